@@ -1,0 +1,268 @@
+// Fused LIF forward/backward on the CPU: the whole T loop per block of neurons, parallel over
+// blocks with at::parallel_for, the inner loop over contiguous neurons vectorised by the compiler.
+//
+// Bytes per element of [T, N] (storage dtype size b), the 5-pass floor of BENCHMARKS.md:
+//   forward   read x, write s                         2b   (+ b for v_seq when asked)
+//   backward  read x, read grad_s, write grad_x       3b   (+ 1 B mask in noisy mode)
+// The forward saves nothing: the backward re-runs the forward for one block of neurons into a
+// scratch of V_{t−1} values (T × block × 4 B, sized to stay in L2) and walks it back. Saving H
+// instead would cost 2b more per element (a write and a read), i.e. 7 passes instead of 5.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "snn_fast/lif_step.h"
+
+namespace snn_fast {
+namespace {
+
+using at::Tensor;
+
+// Neurons per block: the backward keeps T × block accumulators of V_{t−1}; 64 KiB of them stay in
+// L2 on any current core, and 16 lanes keep a full AVX-512 vector busy.
+int64_t block_for(int64_t T) {
+  int64_t b = (int64_t(16384) / std::max<int64_t>(T, 1)) / 16 * 16;
+  return std::min<int64_t>(std::max<int64_t>(b, 16), 1024);
+}
+
+template <typename acc_t>
+LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, double v_reset,
+                             bool decay_input, bool detach_reset, double kappa) {
+  auto p = params.accessor<acc_t, 1>();
+  LIFParams<acc_t> r;
+  r.k = p[0];
+  r.theta = p[1];
+  r.alpha = p[2];
+  r.vr = hard_reset ? acc_t(v_reset) : acc_t(0);
+  r.kappa = acc_t(kappa);
+  r.sg = int(sg);
+  r.hard_reset = hard_reset;
+  r.decay_input = decay_input;
+  r.detach_reset = detach_reset;
+  return r;
+}
+
+void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const c10::optional<Tensor>& mask,
+                  int64_t sg) {
+  TORCH_CHECK(x.dim() == 2, "lif: x must be [T, N], got ", x.dim(), " dims");
+  TORCH_CHECK(x.size(0) >= 1, "lif: x needs T >= 1 time steps");
+  TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1), "lif: v0 must be [N] = [", x.size(1), "], got ",
+              v0.sizes());
+  TORCH_CHECK(v0.scalar_type() == x.scalar_type(), "lif: v0 dtype ", v0.scalar_type(), " != x dtype ",
+              x.scalar_type());
+  TORCH_CHECK(params.dim() == 1 && params.size(0) == 3, "lif: params must be [3] = (k, theta, alpha)");
+  auto want = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(params.scalar_type() == want, "lif: params must be ", want, " for x of ", x.scalar_type());
+  TORCH_CHECK(x.device().is_cpu() && v0.device().is_cpu() && params.device().is_cpu(),
+              "lif (CPU kernel): x, v0 and params must all be CPU tensors");
+  TORCH_CHECK(sg >= 0 && sg < kNumSurrogates, "lif: unknown surrogate id ", sg);
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->sizes() == x.sizes() && mask->device().is_cpu(),
+                "lif: noise_mask must be a CPU bool tensor shaped like x");
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
+              scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
+  const int64_t B = block_for(T);
+  const int64_t nblocks = (N + B - 1) / B;
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<acc_t> v(B);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t n0 = blk * B, n = std::min(B, N - n0);
+      for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[n0 + j]);
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t off = t * N + n0;  // int64: T·N may exceed 2^31
+        if (mask == nullptr) {
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) {
+            acc_t h = lif_charge<acc_t>(v[j], acc_t(x[off + j]), p);
+            acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
+            s[off + j] = scalar_t(sp);
+            v[j] = lif_reset<acc_t>(h, sp, p);
+          }
+        } else {
+          for (int64_t j = 0; j < n; ++j) {
+            acc_t h = lif_charge<acc_t>(v[j], acc_t(x[off + j]), p);
+            acc_t sp = lif_fire<acc_t>(h, mask[off + j], p);
+            s[off + j] = scalar_t(sp);
+            v[j] = lif_reset<acc_t>(h, sp, p);
+          }
+        }
+        if (v_seq != nullptr)
+          for (int64_t j = 0; j < n; ++j) v_seq[off + j] = scalar_t(v[j]);
+      }
+      for (int64_t j = 0; j < n; ++j) v_last[n0 + j] = scalar_t(v[j]);
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
+                                                       const c10::optional<Tensor>& mask_, int64_t sg,
+                                                       bool hard_reset, double v_reset, bool decay_input,
+                                                       bool detach_reset, double kappa, bool return_v_seq) {
+  check_common(x_, v0_, params, mask_, sg);
+  Tensor x = x_.contiguous(), v0 = v0_.contiguous();
+  c10::optional<Tensor> mask;
+  if (mask_.has_value()) mask = mask_->contiguous();
+  const int64_t T = x.size(0), N = x.size(1);
+  Tensor s = at::empty_like(x), v_last = at::empty_like(v0);
+  Tensor v_seq = return_v_seq ? at::empty_like(x) : at::empty({0}, x.options());
+  Tensor saved = at::empty({0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+    fwd_impl<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
+                              mask ? mask->const_data_ptr<bool>() : nullptr, s.mutable_data_ptr<scalar_t>(),
+                              v_last.mutable_data_ptr<scalar_t>(),
+                              return_v_seq ? v_seq.mutable_data_ptr<scalar_t>() : nullptr, T, N, p);
+  });
+  return {s, v_last, v_seq, saved};
+}
+
+template <int SG, typename scalar_t, typename acc_t>
+void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+              const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
+              const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad) {
+  const int64_t B = block_for(T);
+  const int64_t nblocks = (N + B - 1) / B;
+  const acc_t cx = p.decay_input ? p.k : acc_t(1), keep = acc_t(1) - p.k;
+  // One partial sum per block, added in block order afterwards: the result does not depend on the
+  // number of threads.
+  std::vector<double> partial(need_param_grad ? nblocks * 3 : 0, 0.0);
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<acc_t> vprev(T * B);  // V_{t−1} for the block, re-run from v0
+    std::vector<acc_t> dv(B);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t n0 = blk * B, n = std::min(B, N - n0);
+      // Re-run the forward: same functions, same operation order, so the same spikes.
+      for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[n0 + j]);  // dv holds V here
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t off = t * N + n0;
+        acc_t* vp = vprev.data() + t * B;
+        if (mask == nullptr) {
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) {
+            vp[j] = dv[j];
+            acc_t h = lif_charge<acc_t>(dv[j], acc_t(x[off + j]), p);
+            acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
+            dv[j] = lif_reset<acc_t>(h, sp, p);
+          }
+        } else {
+          for (int64_t j = 0; j < n; ++j) {
+            vp[j] = dv[j];
+            acc_t h = lif_charge<acc_t>(dv[j], acc_t(x[off + j]), p);
+            dv[j] = lif_reset<acc_t>(h, lif_fire<acc_t>(h, mask[off + j], p), p);
+          }
+        }
+      }
+      for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[n0 + j]) : acc_t(0);
+      acc_t dk = 0, dth = 0, dal = 0;  // per-block sums stay short, so float is accurate enough
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t off = t * N + n0;
+        const acc_t* vp = vprev.data() + t * B;
+        if (mask == nullptr) {
+#pragma omp simd reduction(+ : dk, dth, dal)
+          for (int64_t j = 0; j < n; ++j) {
+            acc_t xv = acc_t(x[off + j]);
+            acc_t h = lif_charge<acc_t>(vp[j], xv, p);
+            acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
+            acc_t dvt = dv[j] + (gvseq ? acc_t(gvseq[off + j]) : acc_t(0));
+            auto g = lif_step_backward<SG, acc_t>(h, sp, vp[j], xv, acc_t(gs[off + j]), dvt, p);
+            gx[off + j] = scalar_t(g.eps * cx);
+            dv[j] = g.eps * keep;
+            dk += g.dk;
+            dth += g.dtheta;
+            dal += g.dalpha;
+          }
+        } else {
+          for (int64_t j = 0; j < n; ++j) {
+            acc_t xv = acc_t(x[off + j]);
+            acc_t h = lif_charge<acc_t>(vp[j], xv, p);
+            acc_t sp = lif_fire<acc_t>(h, mask[off + j], p);
+            acc_t dvt = dv[j] + (gvseq ? acc_t(gvseq[off + j]) : acc_t(0));
+            auto g = lif_step_backward<SG, acc_t>(h, sp, vp[j], xv, acc_t(gs[off + j]), dvt, p);
+            gx[off + j] = scalar_t(g.eps * cx);
+            dv[j] = g.eps * keep;
+            dk += g.dk;
+            dth += g.dtheta;
+            dal += g.dalpha;
+          }
+        }
+      }
+      for (int64_t j = 0; j < n; ++j) gv0[n0 + j] = scalar_t(dv[j]);
+      if (need_param_grad) {
+        partial[blk * 3 + 0] = dk;
+        partial[blk * 3 + 1] = dth;
+        partial[blk * 3 + 2] = dal;
+      }
+    }
+  });
+  if (need_param_grad) {
+    double acc[3] = {0, 0, 0};
+    for (int64_t b = 0; b < nblocks; ++b)
+      for (int i = 0; i < 3; ++i) acc[i] += partial[b * 3 + i];
+    for (int i = 0; i < 3; ++i) param_grad[i] = acc[i];
+  }
+}
+
+// The surrogate is a template argument of the backward so its inner loop vectorises.
+template <typename scalar_t, typename acc_t, typename... Args>
+void bwd_dispatch(int sg, Args&&... args) {
+  switch (sg) {
+#define SNN_CASE(ID) \
+  case ID:           \
+    return bwd_impl<ID, scalar_t, acc_t>(std::forward<Args>(args)...);
+    SNN_FAST_SURROGATE_CASES(SNN_CASE)
+#undef SNN_CASE
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
+                                               const c10::optional<Tensor>& gvseq_, const Tensor& x_,
+                                               const Tensor& v0_, const Tensor& params,
+                                               const c10::optional<Tensor>& mask_, const Tensor& /*saved*/,
+                                               const Tensor& /*s*/, int64_t sg, bool hard_reset, double v_reset,
+                                               bool decay_input, bool detach_reset, double kappa,
+                                               bool need_param_grad) {
+  check_common(x_, v0_, params, mask_, sg);
+  TORCH_CHECK(grad_s_.sizes() == x_.sizes() && grad_s_.scalar_type() == x_.scalar_type(),
+              "lif_bwd: grad_s must match x in shape and dtype");
+  Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous();
+  Tensor gvlast, gvseq;
+  if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();
+  if (gvseq_.has_value() && gvseq_->numel() > 0) gvseq = gvseq_->to(x.scalar_type()).contiguous();
+  c10::optional<Tensor> mask;
+  if (mask_.has_value()) mask = mask_->contiguous();
+  const int64_t T = x.size(0), N = x.size(1);
+  Tensor gx = at::empty_like(x), gv0 = at::empty_like(v0);
+  std::vector<double> pg(3, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+    const scalar_t* gvl = gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gvs = gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr;
+    bwd_dispatch<scalar_t, acc_t>(int(sg), gs.const_data_ptr<scalar_t>(), gvl, gvs, x.const_data_ptr<scalar_t>(),
+                                   v0.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr,
+                                   gx.mutable_data_ptr<scalar_t>(), gv0.mutable_data_ptr<scalar_t>(), T, N, p,
+                                   need_param_grad, pg.data());
+  });
+  Tensor grad_params = at::tensor(pg, params.options().dtype(at::kDouble)).to(params.scalar_type());
+  return {gx, gv0, grad_params};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snn_fast, CPU, m) {
+  m.impl("lif_fwd", &lif_fwd_cpu);
+  m.impl("lif_bwd", &lif_bwd_cpu);
+}
+
+}  // namespace snn_fast

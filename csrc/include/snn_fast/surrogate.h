@@ -1,0 +1,175 @@
+// Surrogate gradients (SPEC §3), shared by the CPU and CUDA kernels.
+//
+// For each surrogate: prim (g, the analog forward of the noisy spike), grad (g′, the surrogate
+// gradient) and dalpha (∂g/∂α). x = H − θ, a = α. The ids are the ABI of snn_fast/surrogate.py and
+// must never be renumbered. Everything is header-only and __host__ __device__ so one definition
+// serves both the CPU build (tested in CI) and the CUDA build.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define SNN_HD __host__ __device__ __forceinline__
+#else
+#define SNN_HD inline
+#endif
+
+namespace snn_fast {
+
+enum SurrogateId : int {
+  kSigmoid = 0,
+  kAtan = 1,
+  kRectangle = 2,
+  kTriangle = 3,
+  kPiecewiseExp = 4,
+  kSoftSign = 5,
+  kSuperSpike = 6,
+  kErf = 7,
+  kQPseudoSpike = 8,
+  kStraightThrough = 9,
+  kSpikeGate = 10,
+};
+constexpr int kNumSurrogates = 11;
+
+constexpr double kPi = 3.14159265358979323846;
+constexpr double kInvSqrtPi = 0.56418958354775628695;
+
+namespace detail {
+// Overload resolution picks the float or double version on host and device alike.
+template <typename T> SNN_HD T vexp(T x) { using std::exp; return exp(x); }
+template <typename T> SNN_HD T vlog(T x) { using std::log; return log(x); }
+template <typename T> SNN_HD T vatan(T x) { using std::atan; return atan(x); }
+template <typename T> SNN_HD T verfc(T x) { using std::erfc; return erfc(x); }
+template <typename T> SNN_HD T vabs(T x) { return x < T(0) ? -x : x; }
+template <typename T> SNN_HD T vclamp01(T x) { return x < T(0) ? T(0) : (x > T(1) ? T(1) : x); }
+template <typename T> SNN_HD T vsigmoid(T x) { return T(1) / (T(1) + vexp(-x)); }
+}  // namespace detail
+
+// g′(x; a): the surrogate gradient.
+template <int SG, typename T>
+SNN_HD T sg_grad(T x, T a) {
+  using namespace detail;
+  if constexpr (SG == kSigmoid) {
+    T s = vsigmoid(a * x);
+    return a * s * (T(1) - s);
+  } else if constexpr (SG == kAtan) {
+    T u = T(kPi / 2) * a * x;
+    return a / (T(2) * (T(1) + u * u));
+  } else if constexpr (SG == kRectangle) {
+    return vabs(x) < T(0.5) / a ? a : T(0);
+  } else if constexpr (SG == kTriangle) {
+    T d = a - a * a * vabs(x);
+    return d > T(0) ? d : T(0);
+  } else if constexpr (SG == kPiecewiseExp) {
+    return a / T(2) * vexp(-a * vabs(x));
+  } else if constexpr (SG == kSoftSign) {
+    T u = T(1) + vabs(a * x);
+    return a / (T(2) * u * u);
+  } else if constexpr (SG == kSuperSpike) {
+    T u = T(1) + a * vabs(x);
+    return T(1) / (u * u);
+  } else if constexpr (SG == kErf) {
+    return a * T(kInvSqrtPi) * vexp(-(a * x) * (a * x));
+  } else if constexpr (SG == kQPseudoSpike) {
+    T u = T(1) + T(2) * vabs(x) / (a - T(1));
+    return vexp(-a * vlog(u));
+  } else if constexpr (SG == kStraightThrough) {
+    return T(1);
+  } else {  // kSpikeGate
+    return x >= T(0) ? T(1) : T(0);
+  }
+}
+
+// g(x; a): the primitive, emitted by the noisy spike where the mask is 0.
+template <int SG, typename T>
+SNN_HD T sg_prim(T x, T a) {
+  using namespace detail;
+  if constexpr (SG == kSigmoid) {
+    return vsigmoid(a * x);
+  } else if constexpr (SG == kAtan) {
+    return T(0.5) + vatan(T(kPi / 2) * a * x) / T(kPi);
+  } else if constexpr (SG == kRectangle) {
+    return vclamp01(a * x + T(0.5));
+  } else if constexpr (SG == kTriangle) {
+    T ax = a * x;
+    if (ax <= T(-1)) return T(0);
+    if (ax >= T(1)) return T(1);
+    return ax < T(0) ? T(0.5) * (ax + T(1)) * (ax + T(1)) : T(1) - T(0.5) * (T(1) - ax) * (T(1) - ax);
+  } else if constexpr (SG == kPiecewiseExp) {
+    T e = T(0.5) * vexp(-a * vabs(x));
+    return x < T(0) ? e : T(1) - e;
+  } else if constexpr (SG == kSoftSign) {
+    T ax = a * x;
+    return T(0.5) * (ax / (T(1) + vabs(ax)) + T(1));
+  } else if constexpr (SG == kSuperSpike) {
+    return T(0.5) + x / (T(1) + a * vabs(x));
+  } else if constexpr (SG == kErf) {
+    return T(0.5) * verfc(-a * x);
+  } else if constexpr (SG == kQPseudoSpike) {
+    T u = T(1) + T(2) * vabs(x) / (a - T(1));
+    T h = T(0.5) * vexp((T(1) - a) * vlog(u));
+    return x >= T(0) ? T(1) - h : h;
+  } else if constexpr (SG == kStraightThrough) {
+    return x + T(0.5);
+  } else {  // kSpikeGate
+    return x > T(0) ? x : T(0);
+  }
+}
+
+// ∂g/∂a. Scaling family g = G(a x): x · g′(x) / a. Surrogates without a width: 0.
+template <int SG, typename T>
+SNN_HD T sg_dalpha(T x, T a) {
+  using namespace detail;
+  if constexpr (SG == kSuperSpike) {
+    T u = T(1) + a * vabs(x);
+    return -x * vabs(x) / (u * u);
+  } else if constexpr (SG == kQPseudoSpike) {
+    T ax = vabs(x);
+    T u = T(1) + T(2) * ax / (a - T(1));
+    T lu = vlog(u);
+    T dh = T(0.5) * vexp((T(1) - a) * lu) * (-lu + T(2) * ax / ((a - T(1)) * u));
+    return x >= T(0) ? -dh : dh;
+  } else if constexpr (SG == kStraightThrough || SG == kSpikeGate) {
+    return T(0);
+  } else {
+    return x * sg_grad<SG>(x, a) / a;
+  }
+}
+
+// Runtime dispatch for code paths where a uniform switch is cheaper than instantiating per id.
+#define SNN_FAST_SURROGATE_CASES(MACRO) \
+  MACRO(kSigmoid) MACRO(kAtan) MACRO(kRectangle) MACRO(kTriangle) MACRO(kPiecewiseExp) \
+  MACRO(kSoftSign) MACRO(kSuperSpike) MACRO(kErf) MACRO(kQPseudoSpike) MACRO(kStraightThrough) \
+  MACRO(kSpikeGate)
+
+template <typename T>
+SNN_HD T sg_prim_rt(int sg, T x, T a) {
+  switch (sg) {
+#define SNN_CASE(ID) case ID: return sg_prim<ID>(x, a);
+    SNN_FAST_SURROGATE_CASES(SNN_CASE)
+#undef SNN_CASE
+  }
+  return T(0);
+}
+
+template <typename T>
+SNN_HD T sg_grad_rt(int sg, T x, T a) {
+  switch (sg) {
+#define SNN_CASE(ID) case ID: return sg_grad<ID>(x, a);
+    SNN_FAST_SURROGATE_CASES(SNN_CASE)
+#undef SNN_CASE
+  }
+  return T(0);
+}
+
+template <typename T>
+SNN_HD T sg_dalpha_rt(int sg, T x, T a) {
+  switch (sg) {
+#define SNN_CASE(ID) case ID: return sg_dalpha<ID>(x, a);
+    SNN_FAST_SURROGATE_CASES(SNN_CASE)
+#undef SNN_CASE
+  }
+  return T(0);
+}
+
+}  // namespace snn_fast

@@ -1,0 +1,30 @@
+// Every schema of snn_fast, declared once. Each device registers its kernels with
+// TORCH_LIBRARY_IMPL(snn_fast, CPU|CUDA, m) in csrc/cpu/ and csrc/cuda/; Python adds the fake
+// (meta) functions and autograd in snn_fast/ops/*/function.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import snn_fast._C` loads this library, which runs the registrations below. The module itself is
+// empty: Python reaches the ops through torch.ops.snn_fast, never through pybind.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(snn_fast, m) {
+  // LIF family over the whole T loop. x [T, N] contiguous, v0 [N] (x.dtype), params [3] = (k = 1/τ,
+  // θ, α) in float32 (float64 for float64 x). Returns (s [T, N], v_last [N], v_seq [T, N] or [0],
+  // saved: whatever this backend keeps for the backward, possibly empty).
+  m.def(
+      "lif_fwd(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, int surrogate, bool hard_reset, "
+      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool return_v_seq) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Returns (grad_x [T, N], grad_v0 [N], grad_params [3] (zeros unless need_param_grad)).
+  m.def(
+      "lif_bwd(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, Tensor params, "
+      "Tensor? noise_mask, Tensor saved, Tensor s, int surrogate, bool hard_reset, float v_reset, "
+      "bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad) "
+      "-> (Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,170 @@
+"""Argument checking shared by every LIF entry point (reference and fused).
+
+Turns the user-facing arguments (τ or decay, θ, α, v_reset, …) into the kernel's parametrisation:
+``k`` = 1/τ = 1 − λ (the leak), ``theta``, ``alpha``, plus plain-Python flags. Each of k, θ, α stays
+a Python float or a tensor that may require grad, so autograd carries parameter gradients through
+whatever function of a learnable parameter the caller used (1/τ, 1 − λ, sigmoid(w)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+from ... import surrogate as _sg
+
+Scalar = Union[float, int, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LIFFlags:
+    """The non-learnable options; hashable, so kernels can specialise on them."""
+
+    surrogate_id: int
+    hard_reset: bool
+    v_reset: float  # used only when hard_reset; soft reset charges towards 0
+    decay_input: bool  # False for IF (k = 0)
+    detach_reset: bool
+    reset_residual: float  # κ
+
+
+def _is_compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
+def _check_scalar(name: str, value, lo=None, hi=None, lo_open=True, hi_open=True, allow_inf=False):
+    """Validate a scalar parameter (float or 0-d/1-element tensor) and return it unchanged."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar (one element), got shape {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+        if _is_compiling():  # a value check would need a device sync and break the graph
+            return value
+        v = float(value.detach().reshape(()).item())
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        v = float(value)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v}")
+    if hi is not None and (v >= hi if hi_open else v > hi):
+        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {v}")
+    return value
+
+
+def resolve(
+    tau: Optional[Scalar],
+    decay: Optional[Scalar],
+    decay_input: bool,
+    v_threshold: Scalar,
+    v_reset: Optional[float],
+    detach_reset: bool,
+    surrogate,
+    alpha: Optional[Scalar],
+    reset_residual: float,
+):
+    """Return ``(k, theta, alpha, flags, surrogate)`` after checking every argument."""
+    sg = _sg.get(surrogate)
+    if tau is not None and decay is not None:
+        raise ValueError("give either tau or decay, not both")
+    if decay is not None:
+        _check_scalar("decay", decay, lo=0.0, hi=1.0)
+        k = 1.0 - decay
+    elif tau is None:
+        raise ValueError("tau must be given (use math.inf for IF), or decay")
+    else:
+        _check_scalar("tau", tau, lo=1.0, allow_inf=True)
+        if not isinstance(tau, torch.Tensor) and math.isinf(float(tau)):
+            k = 0.0
+        else:
+            k = 1.0 / tau
+    is_if = not isinstance(k, torch.Tensor) and k == 0.0
+    _check_scalar("v_threshold", v_threshold)
+    if v_reset is not None:
+        if isinstance(v_reset, torch.Tensor):
+            raise TypeError("v_reset must be a float or None (soft reset), not a tensor")
+        _check_scalar("v_reset", v_reset)
+    if alpha is None:
+        alpha = sg.alpha if sg.alpha is not None else 1.0
+    else:  # surrogates without a width (straight_through, spike_gate) accept and ignore α
+        _check_scalar("alpha", alpha, lo=0.0)
+        if sg.name == "q_pseudo_spike":
+            _check_scalar("alpha", alpha, lo=1.0)
+    if isinstance(reset_residual, torch.Tensor):
+        raise TypeError("reset_residual must be a float")
+    _check_scalar("reset_residual", reset_residual)
+    flags = LIFFlags(
+        surrogate_id=sg.id,
+        hard_reset=v_reset is not None,
+        v_reset=float(v_reset) if v_reset is not None else 0.0,
+        decay_input=bool(decay_input) and not is_if,
+        detach_reset=bool(detach_reset),
+        reset_residual=float(reset_residual),
+    )
+    return k, v_threshold, alpha, flags, sg
+
+
+def check_x(x: torch.Tensor, allow_float64: bool = True) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+    ok = (torch.float32, torch.float16, torch.bfloat16) + ((torch.float64,) if allow_float64 else ())
+    if x.dtype not in ok:
+        raise TypeError(f"x must have dtype in {[str(d) for d in ok]}, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError("x must be time-first [T, *] with at least one dimension")
+    if x.shape[0] == 0:
+        raise ValueError("x has T = 0 time steps; need T >= 1")
+
+
+def initial_state(x: torch.Tensor, v0, flags: LIFFlags) -> torch.Tensor:
+    """Broadcast ``v0`` (None, float or tensor) to ``x[0]``'s shape, dtype and device."""
+    shape = x.shape[1:]
+    if v0 is None:
+        return torch.full(shape, flags.v_reset if flags.hard_reset else 0.0, dtype=x.dtype, device=x.device)
+    if isinstance(v0, (int, float)) and not isinstance(v0, bool):
+        if not math.isfinite(float(v0)):
+            raise ValueError(f"v0 must be finite, got {v0}")
+        return torch.full(shape, float(v0), dtype=x.dtype, device=x.device)
+    if not isinstance(v0, torch.Tensor):
+        raise TypeError(f"v0 must be None, a float or a tensor, got {type(v0).__name__}")
+    if v0.device != x.device:
+        raise ValueError(f"v0 is on {v0.device} but x is on {x.device}; put them on the same device")
+    if not v0.is_floating_point():
+        raise TypeError(f"v0 must be a floating-point tensor, got {v0.dtype}")
+    try:
+        torch.broadcast_shapes(v0.shape, shape)
+        ok = torch.broadcast_shapes(v0.shape, shape) == shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"v0 of shape {tuple(v0.shape)} does not broadcast to x[0]'s shape {tuple(shape)}")
+    return v0.to(x.dtype).expand(shape)
+
+
+def check_noise_mask(x: torch.Tensor, noise_mask) -> Optional[torch.Tensor]:
+    if noise_mask is None:
+        return None
+    if not isinstance(noise_mask, torch.Tensor):
+        raise TypeError("noise_mask must be a bool tensor or None")
+    if noise_mask.shape != x.shape:
+        raise ValueError(f"noise_mask has shape {tuple(noise_mask.shape)}, x has {tuple(x.shape)}; they must match")
+    if noise_mask.device != x.device:
+        raise ValueError(f"noise_mask is on {noise_mask.device} but x is on {x.device}")
+    if noise_mask.dtype != torch.bool:
+        raise TypeError(f"noise_mask must be torch.bool (True = emit the spike), got {noise_mask.dtype}")
+    return noise_mask
+
+
+def noise_mask_like(x: torch.Tensor, p: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """ASGL mask m ~ Bernoulli(1 − p): True = emit the spike, False = emit the analog value (SPEC §4)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"noise probability p must be in [0, 1], got {p}")
+    return torch.rand(x.shape, device=x.device, generator=generator) >= p

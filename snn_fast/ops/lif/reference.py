@@ -1,0 +1,96 @@
+"""Pure-PyTorch LIF: the definition every fused backend answers to (SPEC §2–§4).
+
+A plain loop over T; every gradient comes from autograd. The only hand-written derivative is the
+surrogate spike itself (forward Θ, backward g′), whose formulas are checked against finite
+differences of the primitive g in ``tests/test_surrogate.py``. Nothing here calls a fused kernel.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ... import surrogate as _sg
+from . import config
+
+
+class _SurrogateSpike(torch.autograd.Function):
+    """out = Θ(x) where mask (Θ(0) = 1), g(x) elsewhere;  ∂out/∂x = g′(x),  ∂out/∂α = ∂g/∂α."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, mask, sg):
+        ctx.sg = sg
+        ctx.save_for_backward(x, alpha)
+        spike = (x >= 0).to(x.dtype)
+        if mask is None:
+            return spike
+        return torch.where(mask, spike, sg.g(x, alpha))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, alpha = ctx.saved_tensors
+        sg = ctx.sg
+        gx = grad * sg.dg(x, alpha) if ctx.needs_input_grad[0] else None
+        ga = None
+        if ctx.needs_input_grad[1]:
+            if sg.dg_dalpha is None:
+                raise ValueError(f"surrogate {sg.name!r} has no dg_dalpha: alpha cannot be learned")
+            ga = (grad * sg.dg_dalpha(x, alpha)).sum().reshape(alpha.shape)
+        return gx, ga, None, None
+
+
+def spike(x: torch.Tensor, alpha, surrogate="sigmoid", mask: Optional[torch.Tensor] = None):
+    sg = _sg.get(surrogate)
+    if not isinstance(alpha, torch.Tensor):
+        alpha = torch.tensor(float(alpha), dtype=x.dtype, device=x.device)
+    return _SurrogateSpike.apply(x, alpha, mask, sg)
+
+
+def lif_multistep_reference(
+    x: torch.Tensor,
+    v0=None,
+    *,
+    tau=2.0,
+    decay=None,
+    decay_input: bool = True,
+    v_threshold=1.0,
+    v_reset: Optional[float] = 0.0,
+    detach_reset: bool = False,
+    surrogate="sigmoid",
+    alpha=None,
+    reset_residual: float = 0.0,
+    noise_mask: Optional[torch.Tensor] = None,
+    return_v_seq: bool = False,
+):
+    """Same arguments and results as :func:`snn_fast.lif_multistep`, computed in ``x.dtype``."""
+    config.check_x(x)
+    k, theta, alpha, flags, sg = config.resolve(
+        tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, reset_residual
+    )
+    noise_mask = config.check_noise_mask(x, noise_mask)
+    return lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
+
+
+def lif_reference_k(x, v0, k, theta, alpha, flags: config.LIFFlags, sg, noise_mask=None, return_v_seq=False):
+    """The loop itself, on checked arguments; ``k`` = 1/τ (0 for IF)."""
+    v = config.initial_state(x, v0, flags)
+    vr = flags.v_reset  # 0 under soft reset, so the charge leaks towards 0 there
+    kappa = flags.reset_residual
+    spikes, vs = [], []
+    for t in range(x.shape[0]):
+        if flags.decay_input:
+            h = v + (x[t] - (v - vr)) * k
+        else:
+            h = v - (v - vr) * k + x[t]
+        s = spike(h - theta, alpha, sg, None if noise_mask is None else noise_mask[t])
+        s_reset = s.detach() if flags.detach_reset else s
+        if flags.hard_reset:
+            v = s_reset * vr + (1 - s_reset) * h
+        else:
+            v = h - s_reset * theta
+        if kappa != 0.0:
+            v = v + kappa * (s - s.detach())  # forward-neutral: lets κ·g′ cross the reset
+        spikes.append(s)
+        vs.append(v)
+    out = (torch.stack(spikes), v)
+    return out + (torch.stack(vs),) if return_v_seq else out

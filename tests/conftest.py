@@ -1,0 +1,80 @@
+"""Shared test helpers. Every tolerance of the suite is defined and justified here, nowhere else.
+
+- float64: the kernels and the reference perform the same operations; what differs is summation
+  order in the parameter-gradient reductions (over up to ~10^5 terms), so 1e-10 is ample.
+- float32: the kernels charge in the reference's operation order, so states agree bitwise and
+  spikes do not flip; gradients differ by reduction order and by contraction of a few products:
+  relative 1e-4 of the largest magnitude over T ≤ 64 steps (each step loses ~1e-7 relative,
+  gradients through T steps compound that by ~T).
+- float16/bfloat16: the kernels compute in fp32 and round only on store; the reference computes in
+  that dtype. The kernel must be at least as close to the float64 truth as plain PyTorch in that
+  dtype is (× LOWP_FACTOR, + one storage ulp), and its spike flips no more frequent.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+
+TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=1e-5, rtol=1e-4),
+}
+LOWP_FACTOR = 2.0
+LOWP_ULP = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+def devices():
+    return ["cpu"] + (["cuda"] if HAS_CUDA else [])
+
+
+def assert_close(actual, expected, dtype=None, name=""):
+    """Compare against the reference in the same dtype (float64 or float32)."""
+    dtype = dtype or expected.dtype
+    tol = TOL[dtype]
+    scale = max(expected.abs().max().item(), 1.0) if expected.numel() else 1.0
+    torch.testing.assert_close(actual.to(expected.dtype), expected, atol=tol["atol"] * scale, rtol=tol["rtol"],
+                               msg=lambda m: f"{name}: {m}")
+
+
+def assert_close_lowp(actual, ref64, ref_lowp, name=""):
+    """fp16/bf16: the kernel's error vs float64 must not exceed plain PyTorch's (× factor + ulp)."""
+    ulp = LOWP_ULP[ref_lowp.dtype]
+    scale = max(ref64.abs().max().item(), 1.0)
+    err_kernel = (actual.double() - ref64.double()).abs().max().item()
+    err_torch = (ref_lowp.double() - ref64.double()).abs().max().item()
+    bound = LOWP_FACTOR * err_torch + ulp * scale
+    print(f"{name}: kernel err {err_kernel:.3e}, torch {ref_lowp.dtype} err {err_torch:.3e}, bound {bound:.3e}")
+    assert err_kernel <= bound, f"{name}: kernel error {err_kernel:.3e} > bound {bound:.3e} (torch err {err_torch:.3e})"
+
+
+@contextlib.contextmanager
+def nan_filled_allocations():
+    """Fresh allocations (torch.empty and friends, in Python or C++) come filled with NaN, so an
+    output element a kernel forgets to write shows up as NaN instead of passing by luck."""
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+        torch.utils.deterministic.fill_uninitialized_memory = prev_fill
+
+
+@pytest.fixture
+def nan_alloc():
+    with nan_filled_allocations():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
