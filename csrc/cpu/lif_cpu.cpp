@@ -68,6 +68,46 @@ void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const
   }
 }
 
+// The per-block loops get one clone per ISA (picked at load time by the dynamic loader), so one
+// build runs AVX-512 where the CPU has it and stays portable. Contraction is off (setup.py), so
+// every clone rounds like the float32 reference.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SNN_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SNN_CPU_CLONES
+#endif
+
+// One block of n neurons (pointers already offset to the block's first neuron), all T steps.
+template <typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
+                              const bool* __restrict__ mask, scalar_t* __restrict__ s,
+                              scalar_t* __restrict__ v_last, scalar_t* __restrict__ v_seq,
+                              acc_t* __restrict__ v, int64_t n, int64_t T, int64_t N, const LIFParams<acc_t> p) {
+  for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t off = t * N;  // int64: T·N may exceed 2^31
+    if (mask == nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        acc_t h = lif_charge<acc_t>(v[j], acc_t(x[off + j]), p);
+        acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
+        s[off + j] = scalar_t(sp);
+        v[j] = lif_reset<acc_t>(h, sp, p);
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        acc_t h = lif_charge<acc_t>(v[j], acc_t(x[off + j]), p);
+        acc_t sp = lif_fire<acc_t>(h, mask[off + j], p);
+        s[off + j] = scalar_t(sp);
+        v[j] = lif_reset<acc_t>(h, sp, p);
+      }
+    }
+    if (v_seq != nullptr)
+      for (int64_t j = 0; j < n; ++j) v_seq[off + j] = scalar_t(v[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) v_last[j] = scalar_t(v[j]);
+}
+
 template <typename scalar_t, typename acc_t>
 void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
               scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
@@ -77,29 +117,8 @@ void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t*
     std::vector<acc_t> v(B);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t n0 = blk * B, n = std::min(B, N - n0);
-      for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[n0 + j]);
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t off = t * N + n0;  // int64: T·N may exceed 2^31
-        if (mask == nullptr) {
-#pragma omp simd
-          for (int64_t j = 0; j < n; ++j) {
-            acc_t h = lif_charge<acc_t>(v[j], acc_t(x[off + j]), p);
-            acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
-            s[off + j] = scalar_t(sp);
-            v[j] = lif_reset<acc_t>(h, sp, p);
-          }
-        } else {
-          for (int64_t j = 0; j < n; ++j) {
-            acc_t h = lif_charge<acc_t>(v[j], acc_t(x[off + j]), p);
-            acc_t sp = lif_fire<acc_t>(h, mask[off + j], p);
-            s[off + j] = scalar_t(sp);
-            v[j] = lif_reset<acc_t>(h, sp, p);
-          }
-        }
-        if (v_seq != nullptr)
-          for (int64_t j = 0; j < n; ++j) v_seq[off + j] = scalar_t(v[j]);
-      }
-      for (int64_t j = 0; j < n; ++j) v_last[n0 + j] = scalar_t(v[j]);
+      fwd_block<scalar_t, acc_t>(x + n0, v0 + n0, mask ? mask + n0 : nullptr, s + n0, v_last + n0,
+                                 v_seq ? v_seq + n0 : nullptr, v.data(), n, T, N, p);
     }
   });
 }
@@ -127,82 +146,109 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const T
   return {s, v_last, v_seq, saved};
 }
 
+// Backward for one block: re-run the forward into vprev (V_{t−1}, T × B), then walk back.
+// Writes the block's (∂k, ∂θ, ∂α) partial sums to out3.
+template <int SG, typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
+                              const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
+                              const scalar_t* __restrict__ v0, const bool* __restrict__ mask,
+                              scalar_t* __restrict__ gx, scalar_t* __restrict__ gv0, acc_t* __restrict__ vprev,
+                              acc_t* __restrict__ dv, acc_t* __restrict__ lane_sums, int64_t n, int64_t B,
+                              int64_t T, int64_t N, const LIFParams<acc_t> p, double* __restrict__ out3) {
+  const acc_t cx = p.decay_input ? p.k : acc_t(1), keep = acc_t(1) - p.k;
+  // Re-run the forward: same functions, same operation order, so the same spikes.
+  for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[j]);  // dv holds V during the re-run
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t off = t * N;
+    acc_t* __restrict__ vp = vprev + t * B;
+    if (mask == nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        vp[j] = dv[j];
+        acc_t h = lif_charge<acc_t>(dv[j], acc_t(x[off + j]), p);
+        acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
+        dv[j] = lif_reset<acc_t>(h, sp, p);
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        vp[j] = dv[j];
+        acc_t h = lif_charge<acc_t>(dv[j], acc_t(x[off + j]), p);
+        dv[j] = lif_reset<acc_t>(h, lif_fire<acc_t>(h, mask[off + j], p), p);
+      }
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
+  // Parameter gradients: one running sum per lane (elementwise adds vectorise without reordering
+  // any sum), folded into double at the end of the block.
+  acc_t* __restrict__ sk = lane_sums;
+  acc_t* __restrict__ sth = lane_sums + B;
+  acc_t* __restrict__ sal = lane_sums + 2 * B;
+  for (int64_t j = 0; j < n; ++j) sk[j] = sth[j] = sal[j] = acc_t(0);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t off = t * N;
+    const acc_t* __restrict__ vp = vprev + t * B;
+    // ∂L/∂V_t from v_seq, added in its own loop: a load behind `gvseq ?` inside the main loop is
+    // control flow the vectoriser cannot if-convert.
+    if (gvseq != nullptr)
+      for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
+    if (mask == nullptr) {
+      for (int64_t j = 0; j < n; ++j) {
+        acc_t xv = acc_t(x[off + j]);
+        acc_t h = lif_charge<acc_t>(vp[j], xv, p);
+        acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
+        acc_t dvt = dv[j];
+        acc_t ek, eth, eal;
+        acc_t eps = lif_step_backward<SG, acc_t>(h, sp, vp[j], xv, acc_t(gs[off + j]), dvt, p, ek, eth, eal);
+        gx[off + j] = scalar_t(eps * cx);
+        dv[j] = eps * keep;
+        sk[j] += ek;
+        sth[j] += eth;
+        sal[j] += eal;
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        acc_t xv = acc_t(x[off + j]);
+        acc_t h = lif_charge<acc_t>(vp[j], xv, p);
+        acc_t sp = lif_fire<acc_t>(h, mask[off + j], p);
+        acc_t dvt = dv[j];
+        acc_t ek, eth, eal;
+        acc_t eps = lif_step_backward<SG, acc_t>(h, sp, vp[j], xv, acc_t(gs[off + j]), dvt, p, ek, eth, eal);
+        gx[off + j] = scalar_t(eps * cx);
+        dv[j] = eps * keep;
+        sk[j] += ek;
+        sth[j] += eth;
+        sal[j] += eal;
+      }
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
+  double dk = 0, dth = 0, dal = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    dk += sk[j];
+    dth += sth[j];
+    dal += sal[j];
+  }
+  out3[0] = dk;
+  out3[1] = dth;
+  out3[2] = dal;
+}
+
 template <int SG, typename scalar_t, typename acc_t>
 void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
               const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
               const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad) {
   const int64_t B = block_for(T);
   const int64_t nblocks = (N + B - 1) / B;
-  const acc_t cx = p.decay_input ? p.k : acc_t(1), keep = acc_t(1) - p.k;
   // One partial sum per block, added in block order afterwards: the result does not depend on the
   // number of threads.
-  std::vector<double> partial(need_param_grad ? nblocks * 3 : 0, 0.0);
+  std::vector<double> partial(nblocks * 3, 0.0);
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<acc_t> vprev(T * B);  // V_{t−1} for the block, re-run from v0
-    std::vector<acc_t> dv(B);
+    std::vector<acc_t> vprev(T * B), dv(B), lane_sums(3 * B);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t n0 = blk * B, n = std::min(B, N - n0);
-      // Re-run the forward: same functions, same operation order, so the same spikes.
-      for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[n0 + j]);  // dv holds V here
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t off = t * N + n0;
-        acc_t* vp = vprev.data() + t * B;
-        if (mask == nullptr) {
-#pragma omp simd
-          for (int64_t j = 0; j < n; ++j) {
-            vp[j] = dv[j];
-            acc_t h = lif_charge<acc_t>(dv[j], acc_t(x[off + j]), p);
-            acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
-            dv[j] = lif_reset<acc_t>(h, sp, p);
-          }
-        } else {
-          for (int64_t j = 0; j < n; ++j) {
-            vp[j] = dv[j];
-            acc_t h = lif_charge<acc_t>(dv[j], acc_t(x[off + j]), p);
-            dv[j] = lif_reset<acc_t>(h, lif_fire<acc_t>(h, mask[off + j], p), p);
-          }
-        }
-      }
-      for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[n0 + j]) : acc_t(0);
-      acc_t dk = 0, dth = 0, dal = 0;  // per-block sums stay short, so float is accurate enough
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const int64_t off = t * N + n0;
-        const acc_t* vp = vprev.data() + t * B;
-        if (mask == nullptr) {
-#pragma omp simd reduction(+ : dk, dth, dal)
-          for (int64_t j = 0; j < n; ++j) {
-            acc_t xv = acc_t(x[off + j]);
-            acc_t h = lif_charge<acc_t>(vp[j], xv, p);
-            acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
-            acc_t dvt = dv[j] + (gvseq ? acc_t(gvseq[off + j]) : acc_t(0));
-            auto g = lif_step_backward<SG, acc_t>(h, sp, vp[j], xv, acc_t(gs[off + j]), dvt, p);
-            gx[off + j] = scalar_t(g.eps * cx);
-            dv[j] = g.eps * keep;
-            dk += g.dk;
-            dth += g.dtheta;
-            dal += g.dalpha;
-          }
-        } else {
-          for (int64_t j = 0; j < n; ++j) {
-            acc_t xv = acc_t(x[off + j]);
-            acc_t h = lif_charge<acc_t>(vp[j], xv, p);
-            acc_t sp = lif_fire<acc_t>(h, mask[off + j], p);
-            acc_t dvt = dv[j] + (gvseq ? acc_t(gvseq[off + j]) : acc_t(0));
-            auto g = lif_step_backward<SG, acc_t>(h, sp, vp[j], xv, acc_t(gs[off + j]), dvt, p);
-            gx[off + j] = scalar_t(g.eps * cx);
-            dv[j] = g.eps * keep;
-            dk += g.dk;
-            dth += g.dtheta;
-            dal += g.dalpha;
-          }
-        }
-      }
-      for (int64_t j = 0; j < n; ++j) gv0[n0 + j] = scalar_t(dv[j]);
-      if (need_param_grad) {
-        partial[blk * 3 + 0] = dk;
-        partial[blk * 3 + 1] = dth;
-        partial[blk * 3 + 2] = dal;
-      }
+      bwd_block<SG, scalar_t, acc_t>(gs + n0, gvlast ? gvlast + n0 : nullptr, gvseq ? gvseq + n0 : nullptr, x + n0,
+                                     v0 + n0, mask ? mask + n0 : nullptr, gx + n0, gv0 + n0, vprev.data(),
+                                     dv.data(), lane_sums.data(), n, B, T, N, p, partial.data() + blk * 3);
     }
   });
   if (need_param_grad) {

@@ -35,8 +35,31 @@ constexpr double kPi = 3.14159265358979323846;
 constexpr double kInvSqrtPi = 0.56418958354775628695;
 
 namespace detail {
+#if !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
+// Host float exp as plain arithmetic (Cephes-style: 2^n · p(r), |rel err| < 2 ulp) so the compiler
+// can vectorise the CPU inner loops; a libm call would keep them scalar (4–16× slower here).
+inline float exp_poly(float x) {
+  x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+  float n = x * 1.44269504088896341f + 0.5f;
+  int ni = int(n) - (n < float(int(n)) ? 1 : 0);  // floor without a libm call
+  float fn = float(ni);
+  float r = x - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  return y * __builtin_bit_cast(float, (unsigned int)(ni + 127) << 23);
+}
+SNN_HD float vexp(float x) { return exp_poly(x); }
+SNN_HD double vexp(double x) { return std::exp(x); }
+#else
+template <typename T> SNN_HD T vexp(T x) { return exp(x); }
+#endif
 // Overload resolution picks the float or double version on host and device alike.
-template <typename T> SNN_HD T vexp(T x) { using std::exp; return exp(x); }
 template <typename T> SNN_HD T vlog(T x) { using std::log; return log(x); }
 template <typename T> SNN_HD T vatan(T x) { using std::atan; return atan(x); }
 template <typename T> SNN_HD T verfc(T x) { using std::erfc; return erfc(x); }
