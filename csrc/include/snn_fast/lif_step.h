@@ -26,9 +26,61 @@ struct LIFParams {
   bool detach_reset;
 };
 
+namespace detail {
+// Round-to-nearest add/sub/mul that the compiler may not fuse into an FMA. nvcc contracts a·b + c
+// by default (--fmad=true), which rounds once instead of twice and would let the CUDA charge drift
+// from the fp32 reference by an ulp, enough to flip a spike sitting on θ. On the host these are the
+// plain operators, exactly what the CPU kernel compiled before (its x86-64 baseline has no FMA).
+SNN_HD float add_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+SNN_HD float sub_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+SNN_HD float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+SNN_HD double add_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+SNN_HD double sub_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+SNN_HD double mul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+}  // namespace detail
+
 template <typename T>
 SNN_HD T lif_charge(T v, T x, const LIFParams<T>& p) {
-  return p.decay_input ? v + (x - (v - p.vr)) * p.k : (v - (v - p.vr) * p.k) + x;
+  using namespace detail;
+  // decay_input: v + (x − (v − vr))·k;  otherwise: (v − (v − vr)·k) + x. Reference order, unfused.
+  return p.decay_input ? add_rn(v, mul_rn(sub_rn(x, sub_rn(v, p.vr)), p.k))
+                       : add_rn(sub_rn(v, mul_rn(sub_rn(v, p.vr), p.k)), x);
 }
 
 // Emitted value: the spike where the mask is 1 (always, without a mask), g(H − θ) where it is 0.
@@ -40,7 +92,9 @@ SNN_HD T lif_fire(T h, bool mask_on, const LIFParams<T>& p) {
 
 template <typename T>
 SNN_HD T lif_reset(T h, T s, const LIFParams<T>& p) {
-  return p.hard_reset ? s * p.vr + (T(1) - s) * h : h - s * p.theta;
+  using namespace detail;
+  // Unfused like the charge: with an analog (noisy) s these roundings matter.
+  return p.hard_reset ? add_rn(mul_rn(s, p.vr), mul_rn(sub_rn(T(1), s), h)) : sub_rn(h, mul_rn(s, p.theta));
 }
 
 // Gradients of one step. In: H, the emitted S, V_{t−1}, X, ∂L/∂S_t and dV = ∂L/∂V_t (all paths).
@@ -51,19 +105,27 @@ struct LIFStepGrad {
   T eps, dk, dtheta, dalpha;
 };
 
-template <int SG, typename T>
-SNN_HD LIFStepGrad<T> lif_step_backward(T h, T s, T v_prev, T x, T grad_s, T dv, const LIFParams<T>& p) {
-  T xs = h - p.theta;
-  T gp = sg_grad<SG>(xs, p.alpha);
+// The step's gradients given gp = g′(H − θ) and dga = ∂g/∂α at H − θ (dga only matters for dalpha).
+// The CUDA kernels call this with a runtime surrogate switch; the CPU kernel through the template below.
+template <typename T>
+SNN_HD LIFStepGrad<T> lif_step_backward_g(T h, T s, T v_prev, T x, T grad_s, T dv, T gp, T dga,
+                                          const LIFParams<T>& p) {
   // S feeds the output, the reset (unless detached) and the κ term.
   T reset_coef = p.hard_reset ? (p.detach_reset ? T(0) : p.vr - h) : (p.detach_reset ? T(0) : -p.theta);
   T ds = grad_s + dv * (reset_coef + p.kappa);
   LIFStepGrad<T> r;
   r.eps = dv * (p.hard_reset ? T(1) - s : T(1)) + ds * gp;
   r.dtheta = -ds * gp - (p.hard_reset ? T(0) : dv * s);  // θ also enters the soft reset directly
-  r.dalpha = ds * sg_dalpha<SG>(xs, p.alpha);
+  r.dalpha = ds * dga;
   r.dk = r.eps * ((p.decay_input ? x : T(0)) - (v_prev - p.vr));
   return r;
+}
+
+template <int SG, typename T>
+SNN_HD LIFStepGrad<T> lif_step_backward(T h, T s, T v_prev, T x, T grad_s, T dv, const LIFParams<T>& p) {
+  T xs = h - p.theta;
+  return lif_step_backward_g<T>(h, s, v_prev, x, grad_s, dv, sg_grad<SG>(xs, p.alpha),
+                                sg_dalpha<SG>(xs, p.alpha), p);
 }
 
 }  // namespace snn_fast
