@@ -12,26 +12,11 @@
 //
 // Instantiated per storage dtype × vector width × PARAM (16 kernels); the surrogate is a switch on a
 // uniform id per element (sg_grad_dalpha_rt), not a template argument: 11× fewer kernels to build.
-#include "lif_common.cuh"
+#include "lif_kernels.cuh"
 
 namespace snn_fast {
 namespace cuda {
 namespace {
-
-template <typename scalar_t>
-struct BwdPtrs {
-  const scalar_t* __restrict__ grad_s;
-  const scalar_t* __restrict__ grad_v_last;
-  const scalar_t* __restrict__ grad_v_seq;
-  const scalar_t* __restrict__ x;
-  const scalar_t* __restrict__ v0;
-  const acc_of_t<scalar_t>* __restrict__ params;
-  const bool* __restrict__ mask;
-  const scalar_t* __restrict__ saved;
-  scalar_t* __restrict__ grad_x;
-  scalar_t* __restrict__ grad_v0;
-  double* __restrict__ partial;  // [gridDim.x, 3] when PARAM
-};
 
 // Sum of v over the block, valid in thread 0. Fixed shuffle tree: deterministic.
 __device__ __forceinline__ void block_sum3(double (&v)[3], double (*smem)[3]) {
@@ -59,100 +44,9 @@ template <typename scalar_t, int VEC, bool PARAM>
 __global__ void __launch_bounds__(kThreads)
     lif_bwd_kernel(BwdPtrs<scalar_t> a, int64_t T, int64_t N, LIFFlagsC flags) {
   using acc_t = acc_of_t<scalar_t>;
-  using Codec = SavedCodec<scalar_t>;
-  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t n0 = i * VEC;  // int64 throughout: T·N may exceed 2^31
-  const LIFParams<acc_t> p = load_params<acc_t>(a.params, flags);
-  const acc_t cx = p.decay_input ? p.k : acc_t(1), keep = acc_t(1) - p.k;
   acc_t dk = 0, dth = 0, dal = 0;
-
-  if (n0 < N) {  // no early return: every thread takes part in the block reduction below
-    acc_t dv[VEC];
-    if (a.grad_v_last != nullptr) {
-      load_acc<VEC>(a.grad_v_last, n0, dv);
-    } else {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) dv[j] = acc_t(0);
-    }
-    // State of step t: H and the emitted S. Loaded one step ahead (for t − 1 in iteration t), so
-    // PARAM gets V_{t−1} from the same read.
-    acc_t h[VEC], s[VEC];
-    auto load_step = [&](int64_t t, acc_t (&hh)[VEC], acc_t (&ss)[VEC]) {
-      const int64_t off = t * N + n0;
-      scalar_t raw[VEC];
-      load_pack<VEC>(a.saved, off, raw);
-      bool m[VEC];
-      if (a.mask != nullptr) {
-        load_mask<VEC>(a.mask, off, m);
-      } else {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) m[j] = true;
-      }
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        bool spike;
-        Codec::decode(raw[j], p.theta, hh[j], spike);
-        ss[j] = emitted<acc_t>(hh[j], spike, m[j], p);
-      }
-    };
-    load_step(T - 1, h, s);
-
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t off = t * N + n0;
-      acc_t hp[VEC], sp[VEC], vprev[VEC], xv[VEC];
-      if (t > 0) load_step(t - 1, hp, sp);
-      if (PARAM) {
-        if (t > 0) {
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) vprev[j] = lif_reset<acc_t>(hp[j], sp[j], p);
-        } else {
-          load_acc<VEC>(a.v0, n0, vprev);
-        }
-        if (p.decay_input) {
-          load_acc<VEC>(a.x, off, xv);
-        } else {
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) xv[j] = acc_t(0);
-        }
-      } else {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) vprev[j] = xv[j] = acc_t(0);  // unused without PARAM
-      }
-      acc_t gs[VEC];
-      load_acc<VEC>(a.grad_s, off, gs);
-      if (a.grad_v_seq != nullptr) {
-        acc_t gq[VEC];
-        load_acc<VEC>(a.grad_v_seq, off, gq);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) dv[j] += gq[j];
-      }
-      acc_t gx[VEC];
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        acc_t gp, dga;
-        sg_grad_dalpha_rt<PARAM, acc_t>(p.sg, h[j] - p.theta, p.alpha, gp, dga);
-        const LIFStepGrad<acc_t> g = lif_step_backward_g<acc_t>(h[j], s[j], vprev[j], xv[j], gs[j], dv[j], gp, dga, p);
-        gx[j] = g.eps * cx;
-        dv[j] = g.eps * keep;
-        if (PARAM) {
-          dk += g.dk;
-          dth += g.dtheta;
-          dal += g.dalpha;
-        }
-      }
-      store_acc<VEC>(a.grad_x, off, gx);
-      if (t > 0) {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          h[j] = hp[j];
-          s[j] = sp[j];
-        }
-      }
-    }
-    store_acc<VEC>(a.grad_v0, n0, dv);
-  }
-
-  if (PARAM) {
+  lif_bwd_thread<scalar_t, VEC, PARAM>(a, T, N, flags, int64_t(blockIdx.x) * kThreads + threadIdx.x, dk, dth, dal);
+  if (PARAM) {  // every thread reaches this point (no early return): the block reduction needs all
     __shared__ double smem[kThreads / 32][3];
     double v[3] = {double(dk), double(dth), double(dal)};
     block_sum3(v, smem);

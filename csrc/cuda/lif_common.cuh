@@ -1,5 +1,8 @@
-// Device helpers shared by lif_fwd.cu and lif_bwd.cu: storage types, packed 16-byte loads/stores,
-// the saved-H codec, parameter loading and launch geometry. CUDA headers and snn_fast/*.h only.
+// Helpers shared by lif_fwd.cu and lif_bwd.cu: storage types, packed 16-byte loads/stores, the
+// saved-H codec, parameter loading and launch geometry. CUDA headers and snn_fast/*.h only.
+// Everything is __host__ __device__ (SNN_HD) so that the per-thread kernel bodies (lif_kernels.cuh)
+// can also run on the host: csrc/cuda/emulate/ executes them thread by thread on the CPU, which is
+// how tests/test_cuda_compile.py checks the kernels' logic on machines without a GPU.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -23,16 +26,16 @@ template <typename scalar_t> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
 template <typename scalar_t> using acc_of_t = typename AccOf<scalar_t>::type;
 
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+SNN_HD float to_acc(float v) { return v; }
+SNN_HD double to_acc(double v) { return v; }
+SNN_HD float to_acc(__half v) { return __half2float(v); }
+SNN_HD float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-template <typename scalar_t> __device__ __forceinline__ scalar_t from_acc(acc_of_t<scalar_t> v);
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+template <typename scalar_t> SNN_HD scalar_t from_acc(acc_of_t<scalar_t> v);
+template <> SNN_HD float from_acc<float>(float v) { return v; }
+template <> SNN_HD double from_acc<double>(double v) { return v; }
+template <> SNN_HD __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> SNN_HD __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
@@ -44,14 +47,14 @@ struct alignas(sizeof(T) * VEC) Pack {
 };
 
 template <int VEC, typename T>
-__device__ __forceinline__ void load_pack(const T* __restrict__ base, int64_t off, T (&out)[VEC]) {
+SNN_HD void load_pack(const T* __restrict__ base, int64_t off, T (&out)[VEC]) {
   const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(base + off);
 #pragma unroll
   for (int j = 0; j < VEC; ++j) out[j] = pk.v[j];
 }
 
 template <int VEC, typename T>
-__device__ __forceinline__ void store_pack(T* __restrict__ base, int64_t off, const T (&in)[VEC]) {
+SNN_HD void store_pack(T* __restrict__ base, int64_t off, const T (&in)[VEC]) {
   Pack<T, VEC> pk;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) pk.v[j] = in[j];
@@ -60,7 +63,7 @@ __device__ __forceinline__ void store_pack(T* __restrict__ base, int64_t off, co
 
 // Load VEC storage values converted to the accumulation type.
 template <int VEC, typename scalar_t>
-__device__ __forceinline__ void load_acc(const scalar_t* __restrict__ base, int64_t off,
+SNN_HD void load_acc(const scalar_t* __restrict__ base, int64_t off,
                                          acc_of_t<scalar_t> (&out)[VEC]) {
   scalar_t raw[VEC];
   load_pack<VEC>(base, off, raw);
@@ -69,7 +72,7 @@ __device__ __forceinline__ void load_acc(const scalar_t* __restrict__ base, int6
 }
 
 template <int VEC, typename scalar_t>
-__device__ __forceinline__ void store_acc(scalar_t* __restrict__ base, int64_t off,
+SNN_HD void store_acc(scalar_t* __restrict__ base, int64_t off,
                                           const acc_of_t<scalar_t> (&in)[VEC]) {
   scalar_t raw[VEC];
 #pragma unroll
@@ -78,7 +81,7 @@ __device__ __forceinline__ void store_acc(scalar_t* __restrict__ base, int64_t o
 }
 
 template <int VEC>
-__device__ __forceinline__ void load_mask(const bool* __restrict__ base, int64_t off, bool (&out)[VEC]) {
+SNN_HD void load_mask(const bool* __restrict__ base, int64_t off, bool (&out)[VEC]) {
   const Pack<uint8_t, VEC> pk = *reinterpret_cast<const Pack<uint8_t, VEC>*>(
       reinterpret_cast<const uint8_t*>(base) + off);
 #pragma unroll
@@ -90,8 +93,8 @@ __device__ __forceinline__ void load_mask(const bool* __restrict__ base, int64_t
 template <typename scalar_t>
 struct SavedCodec {
   using acc_t = acc_of_t<scalar_t>;
-  __device__ __forceinline__ static scalar_t encode(acc_t h, acc_t /*theta*/, bool /*spike*/) { return h; }
-  __device__ __forceinline__ static void decode(scalar_t raw, acc_t theta, acc_t& h, bool& spike) {
+  SNN_HD static scalar_t encode(acc_t h, acc_t /*theta*/, bool /*spike*/) { return h; }
+  SNN_HD static void decode(scalar_t raw, acc_t theta, acc_t& h, bool& spike) {
     h = raw;
     spike = (h - theta) >= acc_t(0);  // the forward's own comparison on the same H: bitwise equal
   }
@@ -99,27 +102,27 @@ struct SavedCodec {
 
 template <typename scalar_t>
 struct SavedCodec16 {  // float16 / bfloat16: D = H − θ with the spike in the mantissa LSB
-  __device__ __forceinline__ static unsigned short bits(scalar_t v);
-  __device__ __forceinline__ static scalar_t from_bits(unsigned short b);
-  __device__ __forceinline__ static scalar_t encode(float h, float theta, bool spike) {
+  SNN_HD static unsigned short bits(scalar_t v);
+  SNN_HD static scalar_t from_bits(unsigned short b);
+  SNN_HD static scalar_t encode(float h, float theta, bool spike) {
     unsigned short b = bits(from_acc<scalar_t>(h - theta));
     return from_bits(static_cast<unsigned short>((b & 0xFFFEu) | (spike ? 1u : 0u)));
   }
-  __device__ __forceinline__ static void decode(scalar_t raw, float theta, float& h, bool& spike) {
+  SNN_HD static void decode(scalar_t raw, float theta, float& h, bool& spike) {
     spike = (bits(raw) & 1u) != 0;
     h = to_acc(raw) + theta;
   }
 };
-template <> __device__ __forceinline__ unsigned short SavedCodec16<__half>::bits(__half v) {
+template <> SNN_HD unsigned short SavedCodec16<__half>::bits(__half v) {
   return __half_as_ushort(v);
 }
-template <> __device__ __forceinline__ __half SavedCodec16<__half>::from_bits(unsigned short b) {
+template <> SNN_HD __half SavedCodec16<__half>::from_bits(unsigned short b) {
   return __ushort_as_half(b);
 }
-template <> __device__ __forceinline__ unsigned short SavedCodec16<__nv_bfloat16>::bits(__nv_bfloat16 v) {
+template <> SNN_HD unsigned short SavedCodec16<__nv_bfloat16>::bits(__nv_bfloat16 v) {
   return __bfloat16_as_ushort(v);
 }
-template <> __device__ __forceinline__ __nv_bfloat16 SavedCodec16<__nv_bfloat16>::from_bits(unsigned short b) {
+template <> SNN_HD __nv_bfloat16 SavedCodec16<__nv_bfloat16>::from_bits(unsigned short b) {
   return __ushort_as_bfloat16(b);
 }
 template <> struct SavedCodec<__half> : SavedCodec16<__half> {};
@@ -127,11 +130,17 @@ template <> struct SavedCodec<__nv_bfloat16> : SavedCodec16<__nv_bfloat16> {};
 
 // Parameters: (k, θ, α) read from device memory (no host sync), the flags from the launch.
 template <typename acc_t>
-__device__ __forceinline__ LIFParams<acc_t> load_params(const acc_t* __restrict__ params, const LIFFlagsC& f) {
+SNN_HD LIFParams<acc_t> load_params(const acc_t* __restrict__ params, const LIFFlagsC& f) {
   LIFParams<acc_t> p;
+#ifdef __CUDA_ARCH__
   p.k = __ldg(params + 0);
   p.theta = __ldg(params + 1);
   p.alpha = __ldg(params + 2);
+#else  // the host emulation of the thread bodies (csrc/cuda/emulate/)
+  p.k = params[0];
+  p.theta = params[1];
+  p.alpha = params[2];
+#endif
   p.vr = f.hard_reset ? acc_t(f.v_reset) : acc_t(0);
   p.kappa = acc_t(f.reset_residual);
   p.sg = f.surrogate;
@@ -144,7 +153,7 @@ __device__ __forceinline__ LIFParams<acc_t> load_params(const acc_t* __restrict_
 // The emitted value given H and the forward's hard spike: the spike where the mask is on (or there
 // is no mask), g(H − θ) elsewhere (SPEC §4). Same function as lif_fire, spike supplied.
 template <typename acc_t>
-__device__ __forceinline__ acc_t emitted(acc_t h, bool spike, bool mask_on, const LIFParams<acc_t>& p) {
+SNN_HD acc_t emitted(acc_t h, bool spike, bool mask_on, const LIFParams<acc_t>& p) {
   return mask_on ? (spike ? acc_t(1) : acc_t(0)) : sg_prim_rt<acc_t>(p.sg, h - p.theta, p.alpha);
 }
 

@@ -1,67 +1,21 @@
 // Fused LIF forward over the whole T loop (SPEC §2–§4). One thread owns VEC contiguous neurons and
 // keeps their membranes in registers for all T steps; every [T, N] tensor is touched once per step
-// with one 16-byte access per thread (coalesced across the warp). Per-element math comes from
-// snn_fast/lif_step.h, the same functions the CPU kernel runs.
+// with one 16-byte access per thread (coalesced across the warp). The thread body is
+// lif_fwd_thread (lif_kernels.cuh); per-element math comes from snn_fast/lif_step.h.
 //
 // Instantiated per storage dtype and vector width only (8 kernels); the optional mask and v_seq are
 // null-pointer checks (uniform branches), the surrogate (needed only for the noisy spike's analog
 // value) a switch on a uniform id.
-#include "lif_common.cuh"
+#include "lif_kernels.cuh"
 
 namespace snn_fast {
 namespace cuda {
 namespace {
 
-template <typename scalar_t>
-struct FwdPtrs {
-  const scalar_t* __restrict__ x;
-  const scalar_t* __restrict__ v0;
-  const acc_of_t<scalar_t>* __restrict__ params;
-  const bool* __restrict__ mask;
-  scalar_t* __restrict__ s;
-  scalar_t* __restrict__ v_last;
-  scalar_t* __restrict__ v_seq;
-  scalar_t* __restrict__ saved;
-};
-
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
     lif_fwd_kernel(FwdPtrs<scalar_t> a, int64_t T, int64_t N, LIFFlagsC flags) {
-  using acc_t = acc_of_t<scalar_t>;
-  using Codec = SavedCodec<scalar_t>;
-  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t n0 = i * VEC;  // int64 throughout: T·N may exceed 2^31
-  if (n0 >= N) return;
-  const LIFParams<acc_t> p = load_params<acc_t>(a.params, flags);
-
-  acc_t v[VEC];
-  load_acc<VEC>(a.v0, n0, v);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t off = t * N + n0;
-    acc_t xv[VEC];
-    load_acc<VEC>(a.x, off, xv);
-    bool m[VEC];
-    if (a.mask != nullptr) {
-      load_mask<VEC>(a.mask, off, m);
-    } else {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) m[j] = true;
-    }
-    acc_t sv[VEC];
-    scalar_t hv[VEC];
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const acc_t h = lif_charge<acc_t>(v[j], xv[j], p);
-      const bool spike = (h - p.theta) >= acc_t(0);
-      sv[j] = emitted<acc_t>(h, spike, m[j], p);
-      v[j] = lif_reset<acc_t>(h, sv[j], p);
-      hv[j] = Codec::encode(h, p.theta, spike);
-    }
-    store_acc<VEC>(a.s, off, sv);
-    store_pack<VEC>(a.saved, off, hv);
-    if (a.v_seq != nullptr) store_acc<VEC>(a.v_seq, off, v);
-  }
-  store_acc<VEC>(a.v_last, n0, v);
+  lif_fwd_thread<scalar_t, VEC>(a, T, N, flags, int64_t(blockIdx.x) * kThreads + threadIdx.x);
 }
 
 template <typename scalar_t>
