@@ -80,6 +80,8 @@ ext_modules, cmdclass = extensions()
 
 setup(
     packages=find_packages(include=["snn_fast", "snn_fast.*"]),
+    # The measured backend table read by snn_fast.ops.lif.autotable.
+    package_data={"snn_fast.ops.lif": ["autotable.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
