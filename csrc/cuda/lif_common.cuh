@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "lif_cuda.h"
@@ -46,9 +47,33 @@ struct alignas(sizeof(T) * VEC) Pack {
   T v[VEC];
 };
 
+// Raw read-only load of B bytes. On the device through the non-coherent path (ld.global.nc): every
+// tensor the kernels read is read-only for their lifetime, and saying so lets the compiler move
+// these loads ahead of the stores to other tensors (it cannot prove the pointers do not alias).
+template <int B> struct RawOf;
+template <> struct RawOf<16> { using type = uint4; };
+template <> struct RawOf<8> { using type = uint2; };
+template <> struct RawOf<4> { using type = unsigned int; };
+template <> struct RawOf<2> { using type = unsigned short; };
+template <> struct RawOf<1> { using type = unsigned char; };
+
+template <typename P>
+SNN_HD P load_ro(const P* p) {
+  static_assert(sizeof(P) == sizeof(typename RawOf<sizeof(P)>::type), "pack size");
+#ifdef __CUDA_ARCH__
+  using R = typename RawOf<sizeof(P)>::type;
+  const R r = __ldg(reinterpret_cast<const R*>(p));
+  P out;
+  memcpy(&out, &r, sizeof(P));
+  return out;
+#else
+  return *p;
+#endif
+}
+
 template <int VEC, typename T>
 SNN_HD void load_pack(const T* __restrict__ base, int64_t off, T (&out)[VEC]) {
-  const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(base + off);
+  const Pack<T, VEC> pk = load_ro(reinterpret_cast<const Pack<T, VEC>*>(base + off));
 #pragma unroll
   for (int j = 0; j < VEC; ++j) out[j] = pk.v[j];
 }
@@ -82,8 +107,8 @@ SNN_HD void store_acc(scalar_t* __restrict__ base, int64_t off,
 
 template <int VEC>
 SNN_HD void load_mask(const bool* __restrict__ base, int64_t off, bool (&out)[VEC]) {
-  const Pack<uint8_t, VEC> pk = *reinterpret_cast<const Pack<uint8_t, VEC>*>(
-      reinterpret_cast<const uint8_t*>(base) + off);
+  const Pack<uint8_t, VEC> pk = load_ro(reinterpret_cast<const Pack<uint8_t, VEC>*>(
+      reinterpret_cast<const uint8_t*>(base) + off));
 #pragma unroll
   for (int j = 0; j < VEC; ++j) out[j] = pk.v[j] != 0;
 }
