@@ -14,9 +14,29 @@ def _flag(name):
     return os.environ.get(name, "0").lower() in ("1", "true", "yes")
 
 
+def _cuda_home_guess():
+    """A CUDA toolkit root holding include/cuda_runtime.h, or None.
+
+    torch derives CUDA_HOME from `which nvcc` as its grandparent directory; when nvcc on PATH is a
+    wrapper script (e.g. /usr/local/bin/nvcc exec-ing the real one) that is /usr/local, which has no
+    CUDA headers. Try the real binary's root and the usual /usr/local/cuda before torch looks.
+    """
+    cands = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        cands.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    cands.append("/usr/local/cuda")
+    for c in cands:
+        if c and os.path.isfile(os.path.join(c, "include", "cuda_runtime.h")):
+            return c
+    return None
+
+
 def extensions():
     if _flag("SNN_FAST_NO_EXT"):
         return [], {}
+    if not _flag("SNN_FAST_NO_CUDA") and _cuda_home_guess():
+        os.environ.setdefault("CUDA_HOME", _cuda_home_guess())
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
 
@@ -36,12 +56,18 @@ def extensions():
         glob.glob(os.path.join(ROOT, "csrc/cuda/*.cpp"))
     )
     if with_cuda and cuda_sources:
+        # A100 (sm_80) and H100 (sm_90) SASS by default; TORCH_CUDA_ARCH_LIST overrides.
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # No --use_fast_math: its approximate exp/log/division and flush-to-zero would move the
+        # analog value of the noisy spike (which feeds the reset) and the surrogate gradients away
+        # from the reference; the kernels are memory-bound, so precise math costs no time.
+        # -lineinfo: compute-sanitizer and profilers map back to source lines, no runtime cost.
+        nvcc = ["-O3", "-lineinfo", "-DSNN_FAST_WITH_CUDA"]
         ext = CUDAExtension(
             "snn_fast._C",
             sources + [os.path.relpath(p, ROOT) for p in cuda_sources],
-            include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx + ["-DSNN_FAST_WITH_CUDA"], "nvcc": ["-O3", "--use_fast_math", "-DSNN_FAST_WITH_CUDA"]},
+            include_dirs=include_dirs + [os.path.join(ROOT, "csrc/cuda")],
+            extra_compile_args={"cxx": cxx + ["-DSNN_FAST_WITH_CUDA"], "nvcc": nvcc},
             extra_link_args=["-fopenmp"],
         )
     else:
@@ -56,6 +82,8 @@ ext_modules, cmdclass = extensions()
 
 setup(
     packages=find_packages(include=["snn_fast", "snn_fast.*"]),
+    # The measured backend table read by snn_fast.ops.lif.autotable.
+    package_data={"snn_fast.ops.lif": ["autotable.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

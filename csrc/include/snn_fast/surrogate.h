@@ -195,4 +195,21 @@ SNN_HD T sg_dalpha_rt(int sg, T x, T a) {
   return T(0);
 }
 
+// g′ and, when WANT_DALPHA, ∂g/∂α in one switch, so each case shares its subexpressions
+// (sg_dalpha of the scaling family reuses sg_grad). The CUDA backward calls this once per element.
+template <bool WANT_DALPHA, typename T>
+SNN_HD void sg_grad_dalpha_rt(int sg, T x, T a, T& gp, T& dga) {
+  switch (sg) {
+#define SNN_CASE(ID)                                           \
+  case ID:                                                     \
+    gp = sg_grad<ID>(x, a);                                    \
+    dga = WANT_DALPHA ? sg_dalpha<ID>(x, a) : T(0);            \
+    return;
+    SNN_FAST_SURROGATE_CASES(SNN_CASE)
+#undef SNN_CASE
+  }
+  gp = T(0);
+  dga = T(0);
+}
+
 }  // namespace snn_fast

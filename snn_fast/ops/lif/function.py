@@ -27,7 +27,9 @@ from .reference import lif_reference_k
 def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
               reset_residual, return_v_seq):
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    return torch.empty_like(x), torch.empty_like(v0), v_seq, x.new_empty(0)
+    # `saved`: the CUDA kernel keeps H ([T, N], x.dtype); the CPU kernel recomputes and keeps nothing.
+    saved = torch.empty_like(x) if x.device.type == "cuda" else x.new_empty(0)
+    return torch.empty_like(x), torch.empty_like(v0), v_seq, saved
 
 
 def _fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, surrogate, hard_reset,

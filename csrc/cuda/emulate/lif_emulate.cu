@@ -1,0 +1,105 @@
+// Host emulation of the CUDA LIF kernels, for checking their logic where there is no GPU.
+//
+// Runs the very thread bodies the __global__ kernels run (lif_fwd_thread / lif_bwd_thread of
+// ../lif_kernels.cuh), for every thread index in turn, on host memory, with the same vector-width
+// choice as the launchers. What this checks: indexing, the 16-byte packs and the scalar fallback,
+// the saved-H codec (spike bit of fp16/bf16), the one-step-ahead carry, V_{t−1} for ∂L/∂k, the
+// optional inputs, the order of operations of lif_step.h. What it does not: the device's own math
+// library (expf etc. round differently from the host's), warp shuffles, memory coalescing.
+// The per-block parameter-gradient partials are summed per block in double, like the kernel (in
+// thread order instead of the shuffle tree).
+//
+// Built by tests/test_cuda_compile.py as a host shared library (nvcc -shared) and called through
+// ctypes. Not part of the extension (setup.py takes csrc/cuda/*.cu only, not this folder).
+#include <vector>
+
+#include "lif_kernels.cuh"
+
+using namespace snn_fast::cuda;
+
+namespace {
+
+template <typename scalar_t>
+void fwd(bool wide, int64_t T, int64_t N, const void* x, const void* v0, const void* params, const bool* mask,
+         void* s, void* v_last, void* v_seq, void* saved, const LIFFlagsC& f) {
+  FwdPtrs<scalar_t> a{static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(v0),
+                      static_cast<const acc_of_t<scalar_t>*>(params), mask, static_cast<scalar_t*>(s),
+                      static_cast<scalar_t*>(v_last), static_cast<scalar_t*>(v_seq), static_cast<scalar_t*>(saved)};
+  constexpr int V = vec_width<scalar_t>();
+  const int vec = wide ? V : 1;
+  const int64_t threads = blocks_for(N, vec) * kThreads;
+  for (int64_t i = 0; i < threads; ++i) {
+    if (wide) lif_fwd_thread<scalar_t, V>(a, T, N, f, i);
+    else lif_fwd_thread<scalar_t, 1>(a, T, N, f, i);
+  }
+}
+
+template <typename scalar_t, int VEC>
+void bwd_vec(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, const LIFFlagsC& f, bool need_param, void* gp) {
+  using acc_t = acc_of_t<scalar_t>;
+  const int64_t blocks = blocks_for(N, VEC);
+  double total[3] = {0, 0, 0};
+  for (int64_t b = 0; b < blocks; ++b) {
+    double blk[3] = {0, 0, 0};
+    for (int64_t t = 0; t < kThreads; ++t) {
+      acc_t dk = 0, dth = 0, dal = 0;
+      const int64_t i = b * kThreads + t;
+      if (need_param) lif_bwd_thread<scalar_t, VEC, true>(a, T, N, f, i, dk, dth, dal);
+      else lif_bwd_thread<scalar_t, VEC, false>(a, T, N, f, i, dk, dth, dal);
+      blk[0] += double(dk);
+      blk[1] += double(dth);
+      blk[2] += double(dal);
+    }
+    for (int c = 0; c < 3; ++c) total[c] += blk[c];
+  }
+  if (need_param)
+    for (int c = 0; c < 3; ++c) static_cast<acc_t*>(gp)[c] = acc_t(total[c]);
+}
+
+template <typename scalar_t>
+void bwd(bool wide, int64_t T, int64_t N, const void* gs, const void* gvl, const void* gvs, const void* x,
+         const void* v0, const void* params, const bool* mask, const void* saved, void* gx, void* gv0,
+         bool need_param, void* grad_params, const LIFFlagsC& f) {
+  BwdPtrs<scalar_t> a{static_cast<const scalar_t*>(gs), static_cast<const scalar_t*>(gvl),
+                      static_cast<const scalar_t*>(gvs), static_cast<const scalar_t*>(x),
+                      static_cast<const scalar_t*>(v0), static_cast<const acc_of_t<scalar_t>*>(params), mask,
+                      static_cast<const scalar_t*>(saved), static_cast<scalar_t*>(gx), static_cast<scalar_t*>(gv0),
+                      nullptr};
+  if (wide) bwd_vec<scalar_t, vec_width<scalar_t>()>(a, T, N, f, need_param, grad_params);
+  else bwd_vec<scalar_t, 1>(a, T, N, f, need_param, grad_params);
+}
+
+}  // namespace
+
+extern "C" {
+
+// dtype: DType (0 f32, 1 f16, 2 bf16, 3 f64). wide: use the 16-byte path (the caller checks that
+// N and the alignments allow it, as the launcher would).
+int emu_lif_fwd(int dtype, int wide, int64_t T, int64_t N, const void* x, const void* v0, const void* params,
+                const bool* mask, void* s, void* v_last, void* v_seq, void* saved, int sg, int hard_reset,
+                double v_reset, int decay_input, int detach_reset, double kappa) {
+  const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa};
+  switch (dtype) {
+    case 0: fwd<float>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f); return 0;
+    case 1: fwd<__half>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f); return 0;
+    case 2: fwd<__nv_bfloat16>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f); return 0;
+    case 3: fwd<double>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f); return 0;
+  }
+  return 1;
+}
+
+int emu_lif_bwd(int dtype, int wide, int64_t T, int64_t N, const void* gs, const void* gvl, const void* gvs,
+                const void* x, const void* v0, const void* params, const bool* mask, const void* saved, void* gx,
+                void* gv0, int need_param, void* grad_params, int sg, int hard_reset, double v_reset,
+                int decay_input, int detach_reset, double kappa) {
+  const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa};
+  switch (dtype) {
+    case 0: bwd<float>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f); return 0;
+    case 1: bwd<__half>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f); return 0;
+    case 2: bwd<__nv_bfloat16>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f); return 0;
+    case 3: bwd<double>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f); return 0;
+  }
+  return 1;
+}
+
+}  // extern "C"

@@ -1,0 +1,81 @@
+// Launch API of the fused LIF CUDA kernels: plain C++, pointers and a stream, no torch types.
+//
+// The kernels (lif_fwd.cu, lif_bwd.cu) include only CUDA headers and snn_fast/*.h, so they compile
+// with nvcc alone (tests/test_cuda_compile.py checks them on machines without a CUDA torch); the
+// torch binding (lif_cuda_binding.cpp) checks tensors and calls these on the current stream.
+//
+// Bytes moved per element of [T, N] (storage dtype size b; the 6-pass design):
+//   forward   read x, write s, write saved H                      3b  (+ b v_seq, + 1 B mask)
+//   backward  read grad_s, read saved H, write grad_x             3b  (+ b grad_v_seq, + 1 B mask,
+//                                                                      + b x when learning k with
+//                                                                        decay_input)
+// 6b in all, vs the 5b floor of re-running the forward from x in the backward (the CPU kernel's
+// way): on a GPU the re-run needs T values per neuron that do not fit in registers for large T, and
+// H gives g′ directly. Saved H per dtype:
+//   float32/float64: H itself; the spike is recomputed as H − θ ≥ 0, bitwise the forward's.
+//   float16/bfloat16: D = H − θ rounded to the storage dtype (centred on θ, so the precision sits
+//     where g′ is large) with the mantissa LSB replaced by the forward's spike bit: spikes are
+//     recovered exactly (rounding alone could flip H − θ ≥ 0 near θ), D is within 1.5 storage ulps
+//     (half an ulp of rounding plus the replaced bit); only g′, ∂g/∂α and V_{t−1} (for ∂L/∂k) see
+//     that error. Cost: 2 B/element, where saving H in float32 would cost 4.
+#pragma once
+
+#include <cstdint>
+
+namespace snn_fast {
+namespace cuda {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+
+// Flags shared by forward and backward (the op's six flags).
+struct LIFFlagsC {
+  int surrogate;
+  bool hard_reset;
+  double v_reset;
+  bool decay_input;
+  bool detach_reset;
+  double reset_residual;
+};
+
+struct LIFFwdArgs {
+  DType dtype;
+  int64_t T, N;
+  const void* x;          // [T, N]
+  const void* v0;         // [N]
+  const void* params;     // [3] (k, θ, α): float32, float64 for float64 x; on the device
+  const bool* mask;       // [T, N] or nullptr
+  void* s;                // [T, N]
+  void* v_last;           // [N]
+  void* v_seq;            // [T, N] or nullptr
+  void* saved;            // [T, N], storage dtype (see above)
+  LIFFlagsC flags;
+};
+
+struct LIFBwdArgs {
+  DType dtype;
+  int64_t T, N;
+  const void* grad_s;      // [T, N]
+  const void* grad_v_last; // [N] or nullptr (zero)
+  const void* grad_v_seq;  // [T, N] or nullptr (zero)
+  const void* x;           // [T, N]; read only when learning k with decay_input
+  const void* v0;          // [N]; read only when learning parameters
+  const void* params;      // [3], device
+  const bool* mask;        // [T, N] or nullptr
+  const void* saved;       // [T, N] from the forward
+  void* grad_x;            // [T, N]
+  void* grad_v0;           // [N]
+  bool need_param_grad;
+  void* grad_params;       // [3] in the params dtype; written only when need_param_grad
+  double* workspace;       // lif_bwd_workspace_doubles(N, dtype) doubles when need_param_grad
+  LIFFlagsC flags;
+};
+
+// Doubles of scratch the backward needs for its deterministic parameter-gradient reduction.
+int64_t lif_bwd_workspace_doubles(int64_t N, DType dtype);
+
+// Both return a cudaError_t as int (0 = success); stream is a cudaStream_t.
+int lif_fwd_launch(const LIFFwdArgs& args, void* stream);
+int lif_bwd_launch(const LIFBwdArgs& args, void* stream);
+
+}  // namespace cuda
+}  // namespace snn_fast

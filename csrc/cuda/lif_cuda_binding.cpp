@@ -1,0 +1,151 @@
+// torch binding of the CUDA LIF kernels: checks, contiguity, allocation, device guard and current
+// stream, then the pointer-based launch API of lif_cuda.h. Compiled only in CUDA builds (setup.py).
+//
+// `saved` (the fourth output of lif_fwd) is the forward's H, [T, N] in x's dtype; see lif_cuda.h
+// for its encoding. lif_bwd refuses a `saved` of another shape or dtype (e.g. from another backend).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "lif_cuda.h"
+
+namespace snn_fast {
+namespace cuda {
+namespace {
+
+using at::Tensor;
+
+DType dtype_of(const Tensor& x) {
+  switch (x.scalar_type()) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    case at::kDouble: return DType::kFloat64;
+    default: TORCH_CHECK(false, "lif (CUDA kernel): unsupported dtype ", x.scalar_type(),
+                         "; use float32, float16, bfloat16 or float64");
+  }
+}
+
+void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const c10::optional<Tensor>& mask,
+                  int64_t sg) {
+  TORCH_CHECK(x.dim() == 2, "lif: x must be [T, N], got ", x.dim(), " dims");
+  TORCH_CHECK(x.size(0) >= 1, "lif: x needs T >= 1 time steps");
+  TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1), "lif: v0 must be [N] = [", x.size(1), "], got ",
+              v0.sizes());
+  TORCH_CHECK(v0.scalar_type() == x.scalar_type(), "lif: v0 dtype ", v0.scalar_type(), " != x dtype ",
+              x.scalar_type());
+  TORCH_CHECK(params.dim() == 1 && params.size(0) == 3, "lif: params must be [3] = (k, theta, alpha)");
+  auto want = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(params.scalar_type() == want, "lif: params must be ", want, " for x of ", x.scalar_type());
+  TORCH_CHECK(x.is_cuda() && v0.device() == x.device() && params.device() == x.device(),
+              "lif (CUDA kernel): x, v0 and params must be on the same CUDA device, got ", x.device(), ", ",
+              v0.device(), ", ", params.device());
+  TORCH_CHECK(sg >= 0 && sg < 11, "lif: unknown surrogate id ", sg);
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->sizes() == x.sizes() && mask->device() == x.device(),
+                "lif: noise_mask must be a bool tensor shaped like x on x's device");
+  }
+  dtype_of(x);
+}
+
+LIFFlagsC make_flags(int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
+                     double kappa) {
+  return LIFFlagsC{int(sg), hard_reset, v_reset, decay_input, detach_reset, kappa};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x_, const Tensor& v0_, const Tensor& params_,
+                                                        const c10::optional<Tensor>& mask_, int64_t sg,
+                                                        bool hard_reset, double v_reset, bool decay_input,
+                                                        bool detach_reset, double kappa, bool return_v_seq) {
+  check_common(x_, v0_, params_, mask_, sg);
+  const c10::cuda::CUDAGuard guard(x_.device());
+  Tensor x = x_.contiguous(), v0 = v0_.contiguous(), params = params_.contiguous();
+  c10::optional<Tensor> mask;
+  if (mask_.has_value()) mask = mask_->contiguous();
+  const int64_t T = x.size(0), N = x.size(1);
+  Tensor s = at::empty_like(x), v_last = at::empty_like(v0);
+  Tensor v_seq = return_v_seq ? at::empty_like(x) : at::empty({0}, x.options());
+  Tensor saved = at::empty_like(x);  // H, see lif_cuda.h
+  LIFFwdArgs a{};
+  a.dtype = dtype_of(x);
+  a.T = T;
+  a.N = N;
+  a.x = x.const_data_ptr();
+  a.v0 = v0.const_data_ptr();
+  a.params = params.const_data_ptr();
+  a.mask = mask ? mask->const_data_ptr<bool>() : nullptr;
+  a.s = s.mutable_data_ptr();
+  a.v_last = v_last.mutable_data_ptr();
+  a.v_seq = return_v_seq ? v_seq.mutable_data_ptr() : nullptr;
+  a.saved = saved.mutable_data_ptr();
+  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+  C10_CUDA_CHECK(static_cast<cudaError_t>(lif_fwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
+  return {s, v_last, v_seq, saved};
+}
+
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
+                                                const c10::optional<Tensor>& gvseq_, const Tensor& x_,
+                                                const Tensor& v0_, const Tensor& params_,
+                                                const c10::optional<Tensor>& mask_, const Tensor& saved_,
+                                                const Tensor& /*s*/, int64_t sg, bool hard_reset, double v_reset,
+                                                bool decay_input, bool detach_reset, double kappa,
+                                                bool need_param_grad) {
+  check_common(x_, v0_, params_, mask_, sg);
+  TORCH_CHECK(grad_s_.sizes() == x_.sizes() && grad_s_.scalar_type() == x_.scalar_type() &&
+                  grad_s_.device() == x_.device(),
+              "lif_bwd: grad_s must match x in shape, dtype and device");
+  TORCH_CHECK(saved_.sizes() == x_.sizes() && saved_.scalar_type() == x_.scalar_type() &&
+                  saved_.device() == x_.device(),
+              "lif_bwd (CUDA kernel): `saved` must be the [T, N] state written by the CUDA lif_fwd, got ",
+              saved_.sizes(), " ", saved_.scalar_type(), " (from another backend?)");
+  const c10::cuda::CUDAGuard guard(x_.device());
+  Tensor x = x_.contiguous(), v0 = v0_.contiguous(), params = params_.contiguous();
+  Tensor gs = grad_s_.contiguous(), saved = saved_.contiguous();
+  Tensor gvlast, gvseq;
+  if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();
+  if (gvseq_.has_value() && gvseq_->numel() > 0) gvseq = gvseq_->to(x.scalar_type()).contiguous();
+  if (gvlast.defined()) TORCH_CHECK(gvlast.sizes() == v0.sizes(), "lif_bwd: grad_v_last must be [N]");
+  if (gvseq.defined()) TORCH_CHECK(gvseq.sizes() == x.sizes(), "lif_bwd: grad_v_seq must be [T, N]");
+  c10::optional<Tensor> mask;
+  if (mask_.has_value()) mask = mask_->contiguous();
+  const int64_t T = x.size(0), N = x.size(1);
+  Tensor gx = at::empty_like(x), gv0 = at::empty_like(v0);
+  Tensor grad_params = need_param_grad ? at::empty({3}, params.options()) : at::zeros({3}, params.options());
+  Tensor workspace;
+  LIFBwdArgs a{};
+  a.dtype = dtype_of(x);
+  a.T = T;
+  a.N = N;
+  a.grad_s = gs.const_data_ptr();
+  a.grad_v_last = gvlast.defined() ? gvlast.const_data_ptr() : nullptr;
+  a.grad_v_seq = gvseq.defined() ? gvseq.const_data_ptr() : nullptr;
+  a.x = x.const_data_ptr();
+  a.v0 = v0.const_data_ptr();
+  a.params = params.const_data_ptr();
+  a.mask = mask ? mask->const_data_ptr<bool>() : nullptr;
+  a.saved = saved.const_data_ptr();
+  a.grad_x = gx.mutable_data_ptr();
+  a.grad_v0 = gv0.mutable_data_ptr();
+  a.need_param_grad = need_param_grad;
+  a.grad_params = grad_params.mutable_data_ptr();
+  if (need_param_grad) {
+    workspace = at::empty({std::max<int64_t>(lif_bwd_workspace_doubles(N, a.dtype), 3)},
+                          x.options().dtype(at::kDouble));
+    a.workspace = workspace.mutable_data_ptr<double>();
+  }
+  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+  C10_CUDA_CHECK(static_cast<cudaError_t>(lif_bwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
+  return {gx, gv0, grad_params};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snn_fast, CUDA, m) {
+  m.impl("lif_fwd", &lif_fwd_cuda);
+  m.impl("lif_bwd", &lif_bwd_cuda);
+}
+
+}  // namespace cuda
+}  // namespace snn_fast

@@ -1,0 +1,309 @@
+"""The CUDA kernels compile for sm_80 and sm_90 without register spills, and their thread bodies
+compute the right thing, checked on any machine with nvcc (no GPU and no CUDA build of torch
+needed: the kernel units include only CUDA headers and our own).
+
+- Each unit is compiled once, for both architectures in one nvcc call, with ``-Xptxas -v``; the
+  ptxas report is parsed per (architecture, kernel).
+- ``csrc/cuda/emulate/lif_emulate.cu`` runs the kernels' own per-thread bodies on the host, thread
+  by thread; its results are compared with the reference (float64/float32 with ``assert_close``,
+  float16/bfloat16 with ``assert_close_lowp``), for every surrogate and reset variant, both vector
+  widths, with and without the noise mask and parameter gradients. It checks the kernels' logic, not
+  the device math library (tests/test_lif_cuda.py does that on a GPU).
+
+Skipped, with the reason, when nvcc is not found. ``SNN_FAST_NVCC`` names a specific nvcc.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+import ctypes
+import itertools
+import math
+
+import pytest
+import torch
+
+from conftest import assert_close, assert_close_lowp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNITS = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+EMULATOR = os.path.join(ROOT, "csrc", "cuda", "emulate", "lif_emulate.cu")
+ARCHS = ("80", "90")
+# Kernels whose spills would cost bandwidth on every element: the T loops.
+HOT = ("lif_fwd_kernel", "lif_bwd_kernel")
+# Every hot instantiation must be present: fwd = 4 dtypes × 2 widths, bwd = × 2 (PARAM).
+EXPECTED_HOT = {"lif_fwd_kernel": 8, "lif_bwd_kernel": 16}
+
+
+def _find_nvcc():
+    cand = [os.environ.get("SNN_FAST_NVCC"), shutil.which("nvcc")]
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home:
+            cand.append(os.path.join(home, "bin", "nvcc"))
+    for c in cand:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+NVCC = _find_nvcc()
+pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found (set SNN_FAST_NVCC or CUDA_HOME)")
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for 'sm_(\d+)'")
+_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_REGS = re.compile(r"Used (\d+) registers")
+
+
+def parse_ptxas(text: str):
+    """{(arch, mangled name): dict(regs, stack, spill_stores, spill_loads)} from ``-Xptxas -v`` output."""
+    out, cur = {}, None
+    for line in text.splitlines():
+        m = _ENTRY.search(line)
+        if m:
+            cur = (m.group(2), m.group(1))
+            out[cur] = {}
+            continue
+        if cur is None:
+            continue
+        m = _SPILL.search(line)
+        if m:
+            out[cur].update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
+        m = _REGS.search(line)
+        if m:
+            out[cur]["regs"] = int(m.group(1))
+    return out
+
+
+def _demangle(names):
+    filt = shutil.which("c++filt")
+    if not filt or not names:
+        return {n: n for n in names}
+    r = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True)
+    lines = r.stdout.splitlines()
+    if r.returncode != 0 or len(lines) != len(names):
+        return {n: n for n in names}
+    # "void snn_fast::cuda::(anonymous namespace)::lif_fwd_kernel<float, 4>(…)" -> "lif_fwd_kernel<float, 4>"
+    short = [re.sub(r"\(.*$", "", re.sub(r"^void |snn_fast::cuda::|\(anonymous namespace\)::", "", ln)) for ln in lines]
+    return dict(zip(names, short))
+
+
+def _compile(unit: str, outdir: str):
+    cmd = [NVCC, "-std=c++17", "-O3", "-I", os.path.join(ROOT, "csrc", "include"), "-I", os.path.join(ROOT, "csrc", "cuda"),
+           "-Xptxas", "-v", "-Werror", "all-warnings", "-c", unit,
+           "-o", os.path.join(outdir, os.path.basename(unit) + ".o")]
+    for a in ARCHS:
+        cmd[1:1] = ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return cmd, r.returncode, r.stdout + r.stderr
+
+
+def _compile_emulator(outdir: str):
+    out = os.path.join(outdir, "liblif_emulate.so")
+    cmd = [NVCC, "-std=c++17", "-O2", "-shared", "-Xcompiler", "-fPIC", "-I", os.path.join(ROOT, "csrc", "include"),
+           "-I", os.path.join(ROOT, "csrc", "cuda"), EMULATOR, "-o", out]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return cmd, r.returncode, r.stdout + r.stderr, out
+
+
+@pytest.fixture(scope="module")
+def build_dir():
+    with tempfile.TemporaryDirectory() as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def compiled(build_dir):
+    """Compile every unit and the host emulator once (two at a time: CI has 2 cores)."""
+    assert UNITS, "no csrc/cuda/*.cu units found"
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        emu = pool.submit(_compile_emulator, build_dir)
+        results = dict(zip(UNITS, pool.map(lambda u: _compile(u, build_dir), UNITS)))
+        results["emulator"] = emu.result()
+    return results
+
+
+@pytest.mark.parametrize("unit", [os.path.basename(u) for u in UNITS])
+def test_unit_compiles(compiled, unit):
+    cmd, rc, text = compiled[os.path.join(ROOT, "csrc", "cuda", unit)]
+    assert rc == 0, f"nvcc failed ({' '.join(cmd)}):\n{text}"
+    assert not re.search(r"\berror\b", text, re.I), text
+
+
+def test_hot_kernels_do_not_spill(compiled):
+    stats = {}
+    for key, (_, rc, text, *_) in compiled.items():
+        if key == "emulator":
+            continue
+        assert rc == 0, text
+        stats.update(parse_ptxas(text))
+    names = _demangle(sorted({n for _, n in stats}))
+    print(f"\n{'arch':<6}{'regs':>5}{'stack':>7}{'spill st/ld':>13}  kernel")
+    for (arch, n), st in sorted(stats.items(), key=lambda kv: (kv[0][0], names[kv[0][1]])):
+        print(f"sm_{arch:<3}{st.get('regs', -1):>5}{st.get('stack', -1):>7}"
+              f"{st.get('spill_stores', -1):>7}/{st.get('spill_loads', -1):<5}  {names[n]}")
+    for arch in ARCHS:
+        for kernel, want in EXPECTED_HOT.items():
+            hot = {n: st for (a, n), st in stats.items() if a == arch and kernel in n}
+            assert len(hot) == want, f"sm_{arch}: expected {want} {kernel} instantiations, found {len(hot)}"
+            for n, st in hot.items():
+                assert "spill_stores" in st and "regs" in st, f"sm_{arch} {names[n]}: no ptxas report parsed"
+                assert st["spill_stores"] == 0 and st["spill_loads"] == 0, (
+                    f"sm_{arch} {names[n]} spills: {st}")
+                assert st["stack"] == 0, f"sm_{arch} {names[n]} uses a stack frame: {st}"
+
+
+def test_parse_ptxas_reads_spills():
+    text = (
+        "ptxas info    : Compiling entry function '_Z3fooPf' for 'sm_90'\n"
+        "ptxas info    : Function properties for _Z3fooPf\n"
+        "    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n"
+        "ptxas info    : Used 255 registers, used 0 barriers, 360 bytes cmem[0]\n"
+    )
+    assert parse_ptxas(text) == {("90", "_Z3fooPf"): dict(stack=8, spill_stores=4, spill_loads=12, regs=255)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Host emulation of the kernels' thread bodies against the reference.
+
+DTYPE_ID = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+VEC = {torch.float32: 4, torch.float16: 8, torch.bfloat16: 8, torch.float64: 2}
+
+
+@pytest.fixture(scope="module")
+def emulator(compiled):
+    cmd, rc, text, path = compiled["emulator"]
+    assert rc == 0, f"host emulator failed to build ({' '.join(cmd)}):\n{text}"
+    lib = ctypes.CDLL(path)
+    P, I, L, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
+    lib.emu_lif_fwd.argtypes = [I, I, L, L] + [P] * 8 + [I, I, D, I, I, D]
+    lib.emu_lif_bwd.argtypes = [I, I, L, L] + [P] * 10 + [I, P, I, I, D, I, I, D]
+    return lib
+
+
+def _ptr(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def emulate(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
+    """fwd + bwd through the emulated kernels; outputs start as NaN so unwritten elements show."""
+    T, N = x.shape
+    nan = float("nan")
+    s, v_seq = torch.full_like(x, nan), torch.full_like(x, nan)
+    v_last, saved = torch.full_like(v0, nan), torch.full_like(x, nan)
+    sg, hard, vr, di, det, kappa = flags
+    dt = DTYPE_ID[x.dtype]
+    assert lib.emu_lif_fwd(dt, int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), _ptr(mask), _ptr(s), _ptr(v_last),
+                           _ptr(v_seq), _ptr(saved), sg, int(hard), vr, int(di), int(det), kappa) == 0
+    gx, gv0 = torch.full_like(x, nan), torch.full_like(v0, nan)
+    gp = torch.zeros_like(params)
+    assert lib.emu_lif_bwd(dt, int(wide), T, N, _ptr(gs), _ptr(gvl), _ptr(gvs), _ptr(x), _ptr(v0), _ptr(params),
+                           _ptr(mask), _ptr(saved), _ptr(gx), _ptr(gv0), int(need_param), _ptr(gp), sg, int(hard), vr,
+                           int(di), int(det), kappa) == 0
+    return dict(s=s, v_last=v_last, v_seq=v_seq, grad_x=gx, grad_v0=gv0, grad_params=gp)
+
+
+def reference(x, v0, params, mask, flags, gs, gvl, gvs, sg_name):
+    from snn_fast import surrogate as _sg
+    from snn_fast.ops.lif.config import LIFFlags
+    from snn_fast.ops.lif.reference import lif_reference_k
+
+    sg, hard, vr, di, det, kappa = flags
+    x = x.detach().clone().requires_grad_(True)
+    v0 = v0.detach().clone().requires_grad_(True)
+    k, theta, alpha = (p.detach().clone().requires_grad_(True) for p in params.unbind())
+    fl = LIFFlags(surrogate_id=sg, hard_reset=hard, v_reset=vr, decay_input=di, detach_reset=det,
+                  reset_residual=kappa)
+    s, v_last, v_seq = lif_reference_k(x, v0, k, theta, alpha, fl, _sg.get(sg_name), mask, return_v_seq=True)
+    gx, gv0, gk, gth, gal = torch.autograd.grad((s, v_last, v_seq), (x, v0, k, theta, alpha), (gs, gvl, gvs),
+                                                allow_unused=True)
+    zero = torch.zeros((), dtype=params.dtype)
+    gp = torch.stack([(g if g is not None else zero).to(params.dtype) for g in (gk, gth, gal)])
+    return dict(s=s.detach(), v_last=v_last.detach(), v_seq=v_seq.detach(), grad_x=gx, grad_v0=gv0, grad_params=gp)
+
+
+# (hard_reset, v_reset, decay_input, detach_reset, κ, k): every reset/charge/gradient path of SPEC §2.
+EMU_VARIANTS = {
+    "hard0": (True, 0.0, True, False, 0.0, 0.5),
+    "hard-neg_decayx": (True, -0.3, False, False, 0.0, 0.25),
+    "soft": (False, 0.0, True, False, 0.0, 0.4),
+    "soft_detach_kappa": (False, 0.0, True, True, 0.2, 0.5),
+    "hard_detach_kappa_if": (True, 0.0, False, True, 0.2, 0.0),
+}
+
+
+def _case(dtype, variant, sg_name, T=7, N=96, noisy=False, seed=0):
+    from snn_fast import surrogate as _sg
+
+    g = torch.Generator().manual_seed(seed)
+    hard, vr, di, det, kappa, k = EMU_VARIANTS[variant]
+    sg = _sg.get(sg_name)
+    alpha = 2.5 if sg_name == "q_pseudo_spike" else (sg.alpha or 1.0)
+    pdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    params = torch.tensor([k, 0.9, alpha], dtype=pdtype)
+    x = (torch.randn(T, N, generator=g, dtype=torch.float64) * 1.2 + 0.5).to(dtype)
+    v0 = (torch.rand(N, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    mask = (torch.rand(T, N, generator=g) >= 0.4) if noisy else None
+    gs, gvs = (torch.randn(T, N, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
+    gvl = torch.randn(N, generator=g, dtype=torch.float64).to(dtype)
+    flags = (sg.id, hard, vr, di, det, kappa)
+    return x, v0, params, mask, flags, gs, gvl, gvs
+
+
+@pytest.mark.parametrize("noisy", [False, True], ids=["spike", "noisy"])
+@pytest.mark.parametrize("variant", list(EMU_VARIANTS))
+@pytest.mark.parametrize("sg_name", ["sigmoid", "atan", "rectangle", "triangle", "piecewise_exp", "soft_sign",
+                                     "super_spike", "erf", "q_pseudo_spike", "straight_through", "spike_gate"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_emulated_kernels_match_reference(emulator, dtype, sg_name, variant, noisy):
+    args = _case(dtype, variant, sg_name, noisy=noisy)
+    want = reference(*args, sg_name)
+    for wide in (True, False):
+        got = emulate(emulator, *args, need_param=True, wide=wide)
+        for key in want:
+            assert_close(got[key], want[key], dtype=dtype, name=f"{sg_name}/{variant}/wide={wide} {key}")
+
+
+@pytest.mark.parametrize("noisy", [False, True], ids=["spike", "noisy"])
+@pytest.mark.parametrize("variant", ["hard0", "soft_detach_kappa", "hard-neg_decayx"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_emulated_kernels_low_precision(emulator, dtype, variant, noisy):
+    """fp16/bf16 storage, fp32 arithmetic: within the low-precision bound of conftest, and the
+    spikes exactly those of float32 arithmetic on the same inputs (the saved spike bit)."""
+    args = _case(dtype, variant, "sigmoid", T=12, N=256, noisy=noisy)
+    x, v0, params, mask, flags, gs, gvl, gvs = args
+    want_lowp = reference(*args, "sigmoid")
+    up = [t.double() if t is not None and t.is_floating_point() else t for t in args[:4]]
+    want64 = reference(up[0], up[1], up[2].double(), mask, flags, gs.double(), gvl.double(), gvs.double(), "sigmoid")
+    want32 = reference(x.float(), v0.float(), params, mask, flags, gs.float(), gvl.float(), gvs.float(), "sigmoid")
+    for wide in (True, False):
+        got = emulate(emulator, *args, need_param=True, wide=wide)
+        if not noisy:
+            assert torch.equal(got["s"].float(), want32["s"]), "spikes differ from float32 arithmetic"
+        for key in want64:
+            assert_close_lowp(got[key], want64[key], want_lowp[key].to(dtype), name=f"{dtype}/{variant} {key}")
+
+
+def test_emulated_kernels_without_optional_inputs(emulator):
+    """No grad_v_last / grad_v_seq, no parameter gradient: zeros assumed, grad_params untouched."""
+    x, v0, params, mask, flags, gs, gvl, gvs = _case(torch.float64, "hard0", "sigmoid")
+    want = reference(x, v0, params, mask, flags, gs, torch.zeros_like(gvl), torch.zeros_like(gvs), "sigmoid")
+    got = emulate(emulator, x, v0, params, mask, flags, gs, None, None, need_param=False, wide=True)
+    for key in ("s", "v_last", "grad_x", "grad_v0"):
+        assert_close(got[key], want[key], name=key)
+    assert torch.equal(got["grad_params"], torch.zeros_like(params))
+
+
+@pytest.mark.parametrize("N", [1, 5, 8 * 256 + 3])
+def test_emulated_kernels_ragged_n(emulator, N):
+    """N not a multiple of the vector width or of the block: the scalar path covers every neuron."""
+    args = _case(torch.float32, "soft", "atan", T=3, N=N)
+    want = reference(*args, "atan")
+    got = emulate(emulator, *args, need_param=True, wide=False)
+    for key in want:
+        assert_close(got[key], want[key], dtype=torch.float32, name=f"N={N} {key}")
