@@ -14,8 +14,16 @@ from . import config
 
 
 def psp_kernel(t: torch.Tensor, tau: float, tau_s: float) -> torch.Tensor:
-    """K(u) = (e^{−u/τ} − e^{−u/τ_s})·1[u ≥ 0]  (without v0)."""
-    return (torch.exp(-t / tau) - torch.exp(-t / tau_s)) * (t >= 0).to(t.dtype)
+    """K(u) = (e^{−u/τ} − e^{−u/τ_s})·1[u ≥ 0]  (without v0).
+
+    The seed evaluates the exponentials at u < 0 too and multiplies by the mask; in float16
+    e^{−u/τ_s} overflows for u < −τ_s·ln 65504 ≈ −42 and inf − inf = NaN survives the mask. Here
+    u < 0 is replaced by 0 before the exponentials: identical values and gradients (0) wherever the
+    seed's are finite, and no NaN in half precision.
+    """
+    causal = t >= 0
+    u = torch.where(causal, t, torch.zeros_like(t))
+    return (torch.exp(-u / tau) - torch.exp(-u / tau_s)) * causal.to(t.dtype)
 
 
 def membrane_reference(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float, tau_s: float,
