@@ -39,7 +39,7 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) tempotron_fwd_kernel(const scalar_t* __restrict__ t_in,
+__global__ void tempotron_fwd_kernel(const scalar_t* __restrict__ t_in,
                                                                  const scalar_t* __restrict__ w,
                                                                  scalar_t* __restrict__ v, int64_t I, int64_t O,
                                                                  int64_t T, int out_tile, TempotronConsts<float> c) {
