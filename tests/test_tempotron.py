@@ -314,3 +314,19 @@ def test_kernel_checks():
         torch.ops.snn_fast.tempotron_fwd(torch.zeros(2, 5), torch.zeros(3, 5, dtype=torch.float64), 10, 15.0, 3.75, 2.0)
     with pytest.raises(RuntimeError, match="inputs"):
         torch.ops.snn_fast.tempotron_fwd(torch.zeros(2, 4), torch.zeros(3, 5), 10, 15.0, 3.75, 2.0)
+
+
+@requires_cpu_kernel
+def test_torch_compile_traces_the_op():
+    """The fake and the autograd registration let torch.compile trace forward and backward in one graph."""
+    T = 20
+    t, w0 = spike_times(3, 30, T, "frac", torch.float32), weights(5, 30, torch.float32)
+    label = torch.tensor([0, 3, 4])
+
+    def step(w):
+        return mse_loss(tempotron(t, w, T, ret_type="v_max", backend="cpu"), 1.0, label, 5)
+
+    w1, w2 = w0.clone().requires_grad_(), w0.clone().requires_grad_()
+    step(w1).backward()
+    torch.compile(step, backend="aot_eager", fullgraph=True)(w2).backward()
+    assert_close(w2.grad, w1.grad, name="compiled grad_w")

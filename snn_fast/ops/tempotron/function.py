@@ -76,19 +76,23 @@ def _fwd_op(backend: str) -> Callable:
 
 
 # --- backend choice: backend= argument, then SNN_FAST_BACKEND, then automatic ----------------------
+# Kernel availability is fixed once the extension is loaded; read it once, so that choosing a
+# backend is plain Python that torch.compile can trace without a graph break.
+_HAS_KERNEL = {key: _ext.has_kernel("tempotron_fwd", key) for key in ("CPU", "CUDA")}
+
 def _unavailable(name: str, x: torch.Tensor) -> Optional[str]:
     if name == "reference":
         return None
     if name == "cpu":
         if x.device.type != "cpu":
             return f"the 'cpu' backend runs on CPU tensors, t_in is on {x.device}"
-        if not _ext.has_kernel("tempotron_fwd", "CPU"):
+        if not _HAS_KERNEL["CPU"]:
             return _ext.missing_message("the 'cpu' Tempotron backend")
         return None
     if name == "cuda":
         if x.device.type != "cuda":
             return f"the 'cuda' backend runs on CUDA tensors, t_in is on {x.device}"
-        if not _ext.has_kernel("tempotron_fwd", "CUDA"):
+        if not _HAS_KERNEL["CUDA"]:
             return _ext.missing_message("the 'cuda' Tempotron backend (built with a CUDA torch and nvcc)")
         return None
     if name == "triton":
