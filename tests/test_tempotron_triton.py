@@ -152,3 +152,23 @@ def test_cuda_kernels_compile_with_nvcc(arch, tmp_path):
     binding = (ROOT / "csrc" / "cuda" / "tempotron_cuda.cpp").read_text()
     assert '#include "tempotron_launch.h"' in binding
     assert "__global__" not in binding and "<<<" not in binding and ".cu\"" not in binding
+
+
+CUDA_INC = next((p for p in ("/usr/local/cuda/include",) if os.path.exists(os.path.join(p, "cuda_runtime.h"))), None)
+
+
+@pytest.mark.skipif(CUDA_INC is None or shutil.which("g++") is None, reason="needs g++ and the CUDA runtime headers")
+def test_cuda_binding_compiles_against_torch_headers(tmp_path):
+    """Syntax and types of the torch binding against this (CPU) torch's headers: the CPU wheel lacks
+    c10/cuda/impl/cuda_cmake_macros.h, which an empty stub replaces (it only sets build macros)."""
+    from torch.utils.cpp_extension import include_paths
+
+    stub = tmp_path / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
+    import sysconfig
+
+    incs = include_paths() + [str(tmp_path), CUDA_INC, str(ROOT / "csrc" / "include"), sysconfig.get_paths()["include"]]
+    cmd = ["g++", "-std=c++20", "-fsyntax-only", *[f"-I{p}" for p in incs], str(ROOT / "csrc/cuda/tempotron_cuda.cpp")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]

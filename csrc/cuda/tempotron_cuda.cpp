@@ -2,7 +2,8 @@
 // stream; the kernels themselves are in tempotron_kernels.cu behind tempotron_launch.h. Compiled
 // only in CUDA builds (setup.py).
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -50,7 +51,7 @@ Tensor tempotron_fwd_cuda(const Tensor& t_in_, const Tensor& w_, int64_t T, doub
               " bytes of shared memory per output, more than this GPU has; use backend='triton'");
   C10_CUDA_CHECK(tempotron_cuda::launch_fwd(code, t_in.const_data_ptr(), w.const_data_ptr(), v.mutable_data_ptr(),
                                             B, I, O, T, tile, tau, tau_s, v0,
-                                            at::cuda::getCurrentCUDAStream().stream()));
+                                            c10::cuda::getCurrentCUDAStream().stream()));
   return v;
 }
 
@@ -82,7 +83,7 @@ std::tuple<Tensor, Tensor> tempotron_bwd_cuda(const Tensor& grad_v_, const Tenso
       need_t_grad ? gt.mutable_data_ptr() : nullptr, need_w_grad ? gw.mutable_data_ptr() : nullptr,
       k.mutable_data_ptr<int32_t>(), e[0].mutable_data_ptr<float>(), e[1].mutable_data_ptr<float>(),
       g[0].mutable_data_ptr<float>(), g[1].mutable_data_ptr<float>(), B, I, O, T, tau, tau_s, v0,
-      at::cuda::getCurrentCUDAStream().stream()));
+      c10::cuda::getCurrentCUDAStream().stream()));
   return {gt, gw};
 }
 
