@@ -21,7 +21,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import v0_of  # noqa: F401  (re-exported for callers that build constants)
 from .function import register_fwd_op, register_tempotron_autograd
 
 
@@ -67,7 +66,8 @@ def _tempotron_scatter_kernel(w_ptr, k_ptr, ea_ptr, es_ptr, ha_ptr, hs_ptr, I, O
     k = tl.load(k_ptr + b * I + i, mask=mi, other=0).to(tl.int64)
     ea = tl.load(ea_ptr + b * I + i, mask=mi, other=0.0)
     es = tl.load(es_ptr + b * I + i, mask=mi, other=0.0)
-    m2 = mo[:, None] & mi[None, :]
+    # Silent inputs (ea = 0: typically half or more of a Gaussian-encoded image) issue no atomics.
+    m2 = mo[:, None] & (mi & (ea != 0))[None, :]
     w = tl.load(w_ptr + o[:, None] * I + i[None, :], mask=m2, other=0.0).to(ACC)
     dst = (b * O + o[:, None]) * T + k[None, :]
     tl.atomic_add(ha_ptr + dst, w * ea[None, :], mask=m2, sem="relaxed")
