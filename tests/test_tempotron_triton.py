@@ -172,3 +172,14 @@ def test_cuda_binding_compiles_against_torch_headers(tmp_path):
     cmd = ["g++", "-std=c++20", "-fsyntax-only", *[f"-I{p}" for p in incs], str(ROOT / "csrc/cuda/tempotron_cuda.cpp")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+@requires_triton_run
+def test_triton_opcheck():
+    from snn_fast.ops.tempotron import triton as tt
+
+    t = spike_times(2, 11, 7, "frac", torch.float32, DEV).requires_grad_()
+    w = weights(3, 11, torch.float32).to(DEV).requires_grad_()
+    # test_aot_dispatch_dynamic is left out: it re-traces with symbolic shapes, minutes in the interpreter.
+    torch.library.opcheck(tt.tempotron_fwd_triton, (t, w, 7, TAU, TAU_S, 2.0),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
