@@ -27,4 +27,13 @@ TORCH_LIBRARY(snn_fast, m) {
       "Tensor? noise_mask, Tensor saved, Tensor s, int surrogate, bool hard_reset, float v_reset, "
       "bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad) "
       "-> (Tensor, Tensor, Tensor)");
+
+  // Tempotron (SPEC §5): the membrane V [B, O, T] of O tempotrons driven by input spike times
+  // t_in [B, I] (negative = no spike) through weight [O, I] (same dtype as t_in), without the
+  // [B, I, T] PSP tensor. v0 is the PSP normalisation. 'v_max' and 'spikes' are computed from V.
+  m.def("tempotron_fwd(Tensor t_in, Tensor weight, int T, float tau, float tau_s, float v0) -> Tensor");
+  // Returns (grad_t_in [B, I] or [0] unless need_t_grad, grad_weight [O, I] or [0] unless need_w_grad).
+  m.def(
+      "tempotron_bwd(Tensor grad_v, Tensor t_in, Tensor weight, float tau, float tau_s, float v0, "
+      "bool need_t_grad, bool need_w_grad) -> (Tensor, Tensor)");
 }

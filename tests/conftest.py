@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import os as _os, torch as _torch; _torch.cuda.is_available() or _os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU: run Triton kernels on CPU tensors through its interpreter; must be set before triton is imported
+
 import contextlib
 import os
 

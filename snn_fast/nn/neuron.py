@@ -1,0 +1,163 @@
+"""Multi-step spiking neurons that drop into models written for SpikingJelly's ``step_mode='m'`` nodes.
+
+Input ``[T, B, ...]``, output spikes of the same shape. The membrane is kept between calls (so a
+long sequence can be fed in chunks); ``reset()`` clears it before the next sample, ``detach()``
+cuts the graph for truncated BPTT. The option checks happen once in ``__init__``, so a forward pass
+never synchronises with the device to validate a parameter.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..ops.lif import config
+from ..ops.lif.function import lif_apply
+
+
+def _f(v) -> float:
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class BaseLIF(nn.Module):
+    def __init__(
+        self,
+        tau: float = 2.0,
+        decay_input: bool = True,
+        v_threshold: float = 1.0,
+        v_reset: Optional[float] = 0.0,
+        detach_reset: bool = False,
+        surrogate="sigmoid",
+        alpha: Optional[float] = None,
+        reset_residual: float = 0.0,
+        learnable_threshold: bool = False,
+        learnable_alpha: bool = False,
+        noise_prob: float = 0.0,
+        store_v_seq: bool = False,
+        backend: str = "auto",
+        decay: Optional[float] = None,
+    ):
+        super().__init__()
+        k, theta, alpha, flags, sg = config.resolve(
+            None if decay is not None else tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate,
+            alpha, reset_residual,
+        )
+        if not 0.0 <= noise_prob <= 1.0:
+            raise ValueError(f"noise_prob must be in [0, 1], got {noise_prob}")
+        self.flags, self.sg = flags, sg
+        self._k = float(k)
+        self.v_threshold = nn.Parameter(torch.tensor(float(theta))) if learnable_threshold else float(theta)
+        if learnable_alpha and sg.dg_dalpha is None:
+            raise ValueError(f"surrogate {sg.name!r} has no dg_dalpha, so alpha cannot be learned")
+        self.alpha = nn.Parameter(torch.tensor(float(alpha))) if learnable_alpha else float(alpha)
+        self.noise_prob = float(noise_prob)
+        self.store_v_seq = store_v_seq
+        self.backend = backend
+        self.v: Optional[torch.Tensor] = None
+        self.v_seq: Optional[torch.Tensor] = None
+
+    def leak(self):
+        """k = 1/τ as used by the kernels (a tensor for learnable τ)."""
+        return self._k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        config.check_x(x)
+        mask = None
+        if self.training and self.noise_prob > 0.0:  # ASGL noisy spike; p = 0 in eval (SPEC §4)
+            mask = config.noise_mask_like(x, self.noise_prob)
+        out = lif_apply(x, self.v, self.leak(), self.v_threshold, self.alpha, self.flags, self.sg, mask,
+                        self.store_v_seq, self.backend)
+        self.v = out[1]
+        if self.store_v_seq:
+            self.v_seq = out[2]
+        return out[0]
+
+    def reset(self) -> None:
+        self.v = None
+        self.v_seq = None
+
+    def detach(self) -> None:
+        if self.v is not None:
+            self.v = self.v.detach()
+
+    def extra_repr(self) -> str:
+        f = self.flags
+        parts = [
+            f"v_threshold={_f(self.v_threshold):g}",
+            f"v_reset={f.v_reset:g}" if f.hard_reset else "v_reset=None",
+            f"surrogate={self.sg.name}", f"alpha={_f(self.alpha):g}", f"detach_reset={f.detach_reset}",
+        ]
+        if f.reset_residual:
+            parts.append(f"reset_residual={f.reset_residual:g}")
+        if self.noise_prob:
+            parts.append(f"noise_prob={self.noise_prob:g}")
+        parts.append(f"backend={self.backend}")
+        return ", ".join(parts)
+
+
+class LIF(BaseLIF):
+    """Leaky integrate-and-fire, the counterpart of SpikingJelly's ``LIFNode(step_mode='m')``.
+
+    Give ``tau`` (> 1) or ``decay`` (λ = 1 − 1/τ, the STBP/CSBP form; then use
+    ``decay_input=False``). ``learn_tau=True`` makes τ a parameter.
+    """
+
+    def __init__(self, tau: float = 2.0, *args, learn_tau: bool = False, **kw):
+        super().__init__(tau, *args, **kw)
+        self.learn_tau = learn_tau
+        if learn_tau:
+            self.tau = nn.Parameter(torch.tensor(1.0 / self._k))
+
+    def leak(self):
+        return 1.0 / self.tau if self.learn_tau else self._k
+
+    def extra_repr(self) -> str:
+        tau = _f(self.tau) if self.learn_tau else 1.0 / self._k
+        return f"tau={tau:g}, decay_input={self.flags.decay_input}, " + super().extra_repr()
+
+
+class IF(BaseLIF):
+    """Integrate-and-fire (no leak): H = V + X."""
+
+    def __init__(self, *args, **kw):
+        kw.pop("decay_input", None)
+        super().__init__(math.inf, False, *args, **kw)
+
+    def leak(self):
+        return 0.0
+
+
+class PLIF(BaseLIF):
+    """Parametric LIF: 1/τ = sigmoid(w) with w learnable, initialised so that τ = ``init_tau``."""
+
+    def __init__(self, init_tau: float = 2.0, *args, **kw):
+        super().__init__(init_tau, *args, **kw)
+        self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
+
+    def leak(self):
+        return torch.sigmoid(self.w)
+
+    def extra_repr(self) -> str:
+        return f"tau={1.0 / torch.sigmoid(self.w).item():g}, decay_input={self.flags.decay_input}, " + super().extra_repr()
+
+
+class MultiStep(nn.Module):
+    """Apply a stateless module to ``[T, B, ...]`` by folding T into the batch (SPEC §6)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B = x.shape[:2]
+        y = self.module(x.flatten(0, 1))
+        return y.view(T, B, *y.shape[1:])
+
+
+def reset_net(net: nn.Module) -> None:
+    """Reset the membrane of every neuron in ``net`` (like ``spikingjelly...functional.reset_net``)."""
+    for m in net.modules():
+        if isinstance(m, BaseLIF):
+            m.reset()

@@ -1,0 +1,249 @@
+"""Triton kernels for the Tempotron (SPEC §5), as the custom op pair
+``snn_fast::tempotron_fwd_triton`` / ``snn_fast::tempotron_bwd_triton`` with the contract of
+``function.py``. Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+
+Forward, three launches, none touching a [B, I, T] tensor:
+  _tempotron_entry_kernel    per (b, i): k = ⌈t⌉, ea = e^{−(k−t)/τ}, es = e^{−(k−t)/τ_s}   (the only exps)
+  _tempotron_scatter_kernel  per (b, i-tile, o-tile): atomic-add W[o,i]·ea (·es) into the
+                             histograms Ha, Hs [B, O, T] (fp32; atomics make the fp32 sum order,
+                             hence the last bits, run-dependent)
+  _tempotron_filter_kernel   per tile of (b, o) rows: the two first-order filters along t → V
+Backward: _tempotron_reverse_kernel (reverse filters of grad_V → Ga, Gs) and
+_tempotron_gather_kernel per (i-tile, o-tile): ∂W summed over b in registers (deterministic),
+∂t partial sums per o-tile (summed over o-tiles afterwards).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .function import register_fwd_op, register_tempotron_autograd
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unavailable_reason(x: torch.Tensor) -> Optional[str]:
+    if x.device.type == "cuda":
+        return None
+    if x.device.type == "cpu" and _interpret():
+        return None
+    return (f"the 'triton' backend runs on CUDA tensors (t_in is on {x.device}); on the CPU it needs the "
+            "interpreter: set TRITON_INTERPRET=1 before importing triton")
+
+
+@triton.jit(do_not_specialize=["n", "T"])
+def _tempotron_entry_kernel(t_ptr, k_ptr, ea_ptr, es_ptr, c_ptr, n, T, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: B·I may exceed 2^31
+    m = offs < n
+    inv_tau = tl.load(c_ptr + 0)
+    inv_tau_s = tl.load(c_ptr + 1)
+    t = tl.load(t_ptr + offs, mask=m, other=-1.0).to(ACC)
+    kf = tl.math.ceil(t)
+    valid = (t >= 0) & (kf < T)
+    u = tl.where(valid, kf - t, 0.0)
+    ea = tl.where(valid, tl.exp(-u * inv_tau), 0.0)
+    es = tl.where(valid, tl.exp(-u * inv_tau_s), 0.0)
+    k = tl.where(valid, kf, 0.0).to(tl.int32)
+    tl.store(k_ptr + offs, k, mask=m)
+    tl.store(ea_ptr + offs, ea, mask=m)
+    tl.store(es_ptr + offs, es, mask=m)
+
+
+@triton.jit(do_not_specialize=["I", "O", "T"])
+def _tempotron_scatter_kernel(w_ptr, k_ptr, ea_ptr, es_ptr, ha_ptr, hs_ptr, I, O, T, BLOCK_I: tl.constexpr,
+                              BLOCK_O: tl.constexpr, ACC: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
+    o = tl.program_id(2).to(tl.int64) * BLOCK_O + tl.arange(0, BLOCK_O)
+    mi = i < I
+    mo = o < O
+    k = tl.load(k_ptr + b * I + i, mask=mi, other=0).to(tl.int64)
+    ea = tl.load(ea_ptr + b * I + i, mask=mi, other=0.0)
+    es = tl.load(es_ptr + b * I + i, mask=mi, other=0.0)
+    # Silent inputs (ea = 0: typically half or more of a Gaussian-encoded image) issue no atomics.
+    m2 = mo[:, None] & (mi & (ea != 0))[None, :]
+    w = tl.load(w_ptr + o[:, None] * I + i[None, :], mask=m2, other=0.0).to(ACC)
+    dst = (b * O + o[:, None]) * T + k[None, :]
+    tl.atomic_add(ha_ptr + dst, w * ea[None, :], mask=m2, sem="relaxed")
+    tl.atomic_add(hs_ptr + dst, w * es[None, :], mask=m2, sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["R", "T"])
+def _tempotron_filter_kernel(ha_ptr, hs_ptr, v_ptr, c_ptr, R, T, BLOCK_R: tl.constexpr, ACC: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    m = r < R
+    da = tl.load(c_ptr + 2)
+    ds = tl.load(c_ptr + 3)
+    v0 = tl.load(c_ptr + 4)
+    a = tl.zeros([BLOCK_R], dtype=ACC)
+    s = tl.zeros([BLOCK_R], dtype=ACC)
+    for t in range(0, T):
+        a = da * a + tl.load(ha_ptr + r * T + t, mask=m, other=0.0)
+        s = ds * s + tl.load(hs_ptr + r * T + t, mask=m, other=0.0)
+        tl.store(v_ptr + r * T + t, (v0 * (a - s)).to(v_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit(do_not_specialize=["R", "T"])
+def _tempotron_reverse_kernel(gv_ptr, ga_ptr, gs_ptr, c_ptr, R, T, BLOCK_R: tl.constexpr, ACC: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    m = r < R
+    da = tl.load(c_ptr + 2)
+    ds = tl.load(c_ptr + 3)
+    ga = tl.zeros([BLOCK_R], dtype=ACC)
+    gs = tl.zeros([BLOCK_R], dtype=ACC)
+    for tt in range(0, T):
+        t = T - 1 - tt
+        g = tl.load(gv_ptr + r * T + t, mask=m, other=0.0).to(ACC)
+        ga = g + da * ga
+        gs = g + ds * gs
+        tl.store(ga_ptr + r * T + t, ga, mask=m)
+        tl.store(gs_ptr + r * T + t, gs, mask=m)
+
+
+@triton.jit(do_not_specialize=["B", "I", "O", "T"])
+def _tempotron_gather_kernel(w_ptr, k_ptr, ea_ptr, es_ptr, ga_ptr, gs_ptr, gw_ptr, gtp_ptr, c_ptr, B, I, O, T,
+                             NEED_T: tl.constexpr, NEED_W: tl.constexpr, BLOCK_I: tl.constexpr,
+                             BLOCK_O: tl.constexpr, ACC: tl.constexpr):
+    pid_o = tl.program_id(1)
+    i = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
+    o = pid_o.to(tl.int64) * BLOCK_O + tl.arange(0, BLOCK_O)
+    mi = i < I
+    mo = o < O
+    m2 = mo[:, None] & mi[None, :]
+    inv_tau = tl.load(c_ptr + 0)
+    inv_tau_s = tl.load(c_ptr + 1)
+    v0 = tl.load(c_ptr + 4)
+    w = tl.load(w_ptr + o[:, None] * I + i[None, :], mask=m2, other=0.0).to(ACC)
+    acc = tl.zeros([BLOCK_O, BLOCK_I], dtype=ACC)
+    zero64 = tl.program_id(0).to(tl.int64) * 0  # int64 row index in compiled and interpreted mode alike
+    for b in range(0, B):
+        bb = zero64 + b
+        k = tl.load(k_ptr + bb * I + i, mask=mi, other=0).to(tl.int64)
+        ea = tl.load(ea_ptr + bb * I + i, mask=mi, other=0.0)
+        es = tl.load(es_ptr + bb * I + i, mask=mi, other=0.0)
+        src = (bb * O + o[:, None]) * T + k[None, :]
+        ga = tl.load(ga_ptr + src, mask=m2, other=0.0)
+        gs = tl.load(gs_ptr + src, mask=m2, other=0.0)
+        if NEED_W:
+            acc += ga * ea[None, :] - gs * es[None, :]
+        if NEED_T:
+            d = tl.sum(w * (ga * (ea * inv_tau)[None, :] - gs * (es * inv_tau_s)[None, :]), axis=0)
+            tl.store(gtp_ptr + (pid_o * B + bb) * I + i, v0 * d, mask=mi)
+    if NEED_W:
+        tl.store(gw_ptr + o[:, None] * I + i[None, :], (v0 * acc).to(gw_ptr.dtype.element_ty), mask=m2)
+
+
+def _acc(dtype):
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _consts(tau, tau_s, v0, acc_dtype, device):
+    import math
+
+    return torch.tensor([1.0 / tau, 1.0 / tau_s, math.exp(-1.0 / tau), math.exp(-1.0 / tau_s), v0],
+                        dtype=acc_dtype, device=device)
+
+
+def _check(t_in, weight, T, tau, tau_s):
+    torch._check(t_in.dim() == 2 and weight.dim() == 2 and t_in.shape[1] == weight.shape[1],
+                 lambda: f"tempotron (triton): t_in [B, I] and weight [O, I] expected, got {tuple(t_in.shape)}, "
+                         f"{tuple(weight.shape)}")
+    torch._check(t_in.dtype == weight.dtype, lambda: f"tempotron (triton): t_in dtype {t_in.dtype} != weight dtype {weight.dtype}")
+    torch._check(t_in.device == weight.device, lambda: "tempotron (triton): t_in and weight on different devices")
+    torch._check(T >= 1 and tau > 0 and tau_s > 0 and tau != tau_s, lambda: "tempotron (triton): bad constants")
+
+
+BLOCK_1D = 256
+BLOCK_I = 64
+BLOCK_R = 64
+
+
+def _block_o(O):
+    return min(16, triton.next_power_of_2(max(O, 1)))
+
+
+def _entries(t_in, T, c, acc_t, acc_tl):
+    n = t_in.numel()
+    k = torch.empty(n, dtype=torch.int32, device=t_in.device)
+    ea = torch.empty(n, dtype=acc_t, device=t_in.device)
+    es = torch.empty(n, dtype=acc_t, device=t_in.device)
+    _tempotron_entry_kernel[(triton.cdiv(n, BLOCK_1D),)](t_in, k, ea, es, c, n, T, BLOCK=BLOCK_1D, ACC=acc_tl)
+    return k, ea, es
+
+
+@torch.library.custom_op("snn_fast::tempotron_fwd_triton", mutates_args=())
+def tempotron_fwd_triton(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float, tau_s: float,
+                         v0: float) -> torch.Tensor:
+    _check(t_in, weight, T, tau, tau_s)
+    t_in, weight = t_in.contiguous(), weight.contiguous()
+    B, I = t_in.shape
+    O = weight.shape[0]
+    acc_t, acc_tl = _acc(weight.dtype)
+    v = torch.empty(B, O, T, dtype=weight.dtype, device=weight.device)
+    if v.numel() == 0:
+        return v
+    c = _consts(tau, tau_s, v0, acc_t, t_in.device)
+    ha = torch.zeros(B, O, T, dtype=acc_t, device=t_in.device)
+    hs = torch.zeros_like(ha)
+    if I > 0:
+        k, ea, es = _entries(t_in, T, c, acc_t, acc_tl)
+        bo = _block_o(O)
+        _tempotron_scatter_kernel[(B, triton.cdiv(I, BLOCK_I), triton.cdiv(O, bo))](
+            weight, k, ea, es, ha, hs, I, O, T, BLOCK_I=BLOCK_I, BLOCK_O=bo, ACC=acc_tl)
+    R = B * O
+    _tempotron_filter_kernel[(triton.cdiv(R, BLOCK_R),)](ha, hs, v, c, R, T, BLOCK_R=BLOCK_R, ACC=acc_tl)
+    return v
+
+
+@tempotron_fwd_triton.register_fake
+def _(t_in, weight, T, tau, tau_s, v0):
+    return weight.new_empty(t_in.shape[0], weight.shape[0], T)
+
+
+@torch.library.custom_op("snn_fast::tempotron_bwd_triton", mutates_args=())
+def tempotron_bwd_triton(grad_v: torch.Tensor, t_in: torch.Tensor, weight: torch.Tensor, tau: float, tau_s: float,
+                         v0: float, need_t_grad: bool, need_w_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    B, I = t_in.shape
+    O = weight.shape[0]
+    T = grad_v.shape[2]
+    _check(t_in, weight, T, tau, tau_s)
+    t_in, weight = t_in.contiguous(), weight.contiguous()
+    gv = grad_v.contiguous()
+    acc_t, acc_tl = _acc(weight.dtype)
+    gt = torch.empty_like(t_in) if need_t_grad else t_in.new_empty(0)
+    gw = torch.empty_like(weight) if need_w_grad else weight.new_empty(0)
+    if B * I == 0 or O == 0 or not (need_t_grad or need_w_grad):
+        return gt.zero_(), gw.zero_()
+    c = _consts(tau, tau_s, v0, acc_t, t_in.device)
+    k, ea, es = _entries(t_in, T, c, acc_t, acc_tl)
+    R = B * O
+    ga = torch.empty(B, O, T, dtype=acc_t, device=t_in.device)
+    gs = torch.empty_like(ga)
+    _tempotron_reverse_kernel[(triton.cdiv(R, BLOCK_R),)](gv, ga, gs, c, R, T, BLOCK_R=BLOCK_R, ACC=acc_tl)
+    bo = _block_o(O)
+    n_ot = triton.cdiv(O, bo)
+    gtp = torch.empty(n_ot, B, I, dtype=acc_t, device=t_in.device) if need_t_grad else ga.new_empty(1)
+    gw_acc = gw if need_w_grad else weight.new_empty(1)
+    _tempotron_gather_kernel[(triton.cdiv(I, BLOCK_I), n_ot)](
+        weight, k, ea, es, ga, gs, gw_acc, gtp, c, B, I, O, T, NEED_T=need_t_grad, NEED_W=need_w_grad,
+        BLOCK_I=BLOCK_I, BLOCK_O=bo, ACC=acc_tl)
+    if need_t_grad:
+        gt.copy_(gtp.sum(0))
+    return gt, gw
+
+
+@tempotron_bwd_triton.register_fake
+def _(grad_v, t_in, weight, tau, tau_s, v0, need_t_grad, need_w_grad):
+    gt = torch.empty_like(t_in) if need_t_grad else t_in.new_empty(0)
+    gw = torch.empty_like(weight) if need_w_grad else weight.new_empty(0)
+    return gt, gw
+
+
+register_tempotron_autograd("snn_fast::tempotron_fwd_triton", tempotron_bwd_triton)
+register_fwd_op("triton", tempotron_fwd_triton)
