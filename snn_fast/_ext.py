@@ -18,11 +18,20 @@ except ImportError as e:  # not built, or built against another torch
     C_IMPORT_ERROR = e
 
 
+def _query(op: str, dispatch_key: str) -> bool:
+    return HAS_C and torch._C._dispatch_has_kernel_for_dispatch_key(f"snn_fast::{op}", dispatch_key)
+
+
+# What this build registered is fixed once _C is loaded. Answering from a dict keeps backend
+# selection plain Python that torch.compile traces without a graph break.
+_KERNELS = {(op, key): _query(op, key) for op in ("lif_fwd", "tempotron_fwd") for key in ("CPU", "CUDA")}
+
+
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """True when torch.ops.snn_fast.<op> has a kernel for CPU or CUDA in this build."""
-    if not HAS_C:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"snn_fast::{op}", dispatch_key)
+    if (op, dispatch_key) not in _KERNELS:
+        _KERNELS[(op, dispatch_key)] = _query(op, dispatch_key)
+    return _KERNELS[(op, dispatch_key)]
 
 
 def missing_message(what: str) -> str:

@@ -1,0 +1,95 @@
+"""Modules behave like SpikingJelly's multi-step nodes and agree with the functional API."""
+import math
+
+import pytest
+import torch
+
+import snn_fast
+from snn_fast import nn as snn
+from snn_fast.ops.lif.reference import lif_multistep_reference
+
+
+def test_lif_module_matches_functional_and_keeps_state():
+    m = snn.LIF(tau=2.5, v_threshold=0.7, surrogate="atan", alpha=3.0)
+    x = torch.randn(6, 4, 5, dtype=torch.float64)
+    s = m(x[:3])
+    s2 = m(x[3:])
+    ref_s, ref_v = lif_multistep_reference(x, tau=2.5, v_threshold=0.7, surrogate="atan", alpha=3.0)
+    assert torch.equal(torch.cat([s, s2]), ref_s)
+    assert torch.allclose(m.v, ref_v)
+    m.reset()
+    assert m.v is None
+    assert torch.equal(m(x), ref_s)
+
+
+def test_detach_cuts_the_graph():
+    m = snn.LIF()
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    m(x)
+    assert m.v.requires_grad
+    m.detach()
+    assert not m.v.requires_grad
+
+
+def test_plif_learns_w_and_threshold():
+    m = snn.PLIF(init_tau=3.0, learnable_threshold=True, learnable_alpha=True)
+    assert math.isclose(1 / torch.sigmoid(m.w).item(), 3.0, rel_tol=1e-6)
+    x = torch.randn(8, 4, 16) * 2
+    m(x).sum().backward()
+    for p in (m.w, m.v_threshold, m.alpha):
+        assert p.grad is not None and p.grad.abs() > 0
+    # the same gradient through the reference
+    w = m.w.detach().clone().requires_grad_(True)
+    s, _ = lif_multistep_reference(x, decay=1 - torch.sigmoid(w), tau=None, v_threshold=1.0)
+    s.sum().backward()
+    torch.testing.assert_close(m.w.grad, w.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_learn_tau_gradient_matches_reference():
+    m = snn.LIF(tau=2.0, learn_tau=True, backend="auto")
+    x = torch.randn(5, 3, 7, dtype=torch.float64)
+    m(x).sum().backward()
+    tau = torch.tensor(2.0, dtype=torch.float32, requires_grad=True)
+    s, _ = lif_multistep_reference(x, tau=tau)
+    s.sum().backward()
+    torch.testing.assert_close(m.tau.grad, tau.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_if_node_integrates_without_leak():
+    m = snn.IF(v_threshold=2.5)
+    s = m(torch.ones(4, 1))
+    assert s.flatten().tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_noise_only_in_training():
+    torch.manual_seed(0)
+    m = snn.LIF(noise_prob=0.5)
+    x = torch.randn(4, 50) + 1
+    s_train = m(x)
+    assert ((s_train != 0) & (s_train != 1)).any()
+    m.reset()
+    m.eval()
+    s_eval = m(x)
+    assert ((s_eval == 0) | (s_eval == 1)).all()
+
+
+def test_extra_repr_and_bad_args():
+    r = repr(snn.LIF(tau=3.0, v_reset=None, surrogate="rect"))
+    assert "tau=3" in r and "v_reset=None" in r and "surrogate=rectangle" in r
+    with pytest.raises(ValueError, match="tau must be > 1"):
+        snn.LIF(tau=1.0)
+    with pytest.raises(ValueError, match="noise_prob"):
+        snn.LIF(noise_prob=2.0)
+    with pytest.raises(ValueError, match="batch|broadcast"):
+        m = snn.LIF()
+        m(torch.randn(2, 3, 4))
+        m(torch.randn(2, 5, 4))  # new batch size without reset()
+
+
+def test_multistep_container_and_reset_net():
+    net = torch.nn.Sequential(snn.MultiStep(torch.nn.Conv2d(2, 3, 3, padding=1)), snn.LIF(), snn.IF())
+    x = torch.randn(4, 2, 2, 5, 5)
+    y = net(x)
+    assert y.shape == (4, 2, 3, 5, 5)
+    snn.reset_net(net)
+    assert all(m.v is None for m in net if isinstance(m, snn.BaseLIF))

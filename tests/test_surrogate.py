@@ -1,0 +1,132 @@
+"""Surrogate contract (SPEC §3): g′ and ∂g/∂α against central differences of the primitive g, for the
+torch formulas and for every fused backend's kernel, so no surrogate can silently return zeros."""
+import math
+
+import pytest
+import torch
+
+import snn_fast
+from snn_fast import surrogate as sgm
+from snn_fast.ops.lif import reference
+
+BUILTIN = sgm.names()
+H = 1e-6  # central difference step in float64: truncation ~h², rounding ~1e-16/h ⇒ error ~1e-10
+
+
+def _points(name, a):
+    """x values away from the kinks (where g′ jumps and finite differences are meaningless)."""
+    x = torch.linspace(-3.0, 3.0, 601, dtype=torch.float64)
+    kinks = {"rectangle": [0.5 / a, -0.5 / a], "triangle": [1 / a, -1 / a, 0.0], "spike_gate": [0.0],
+             "piecewise_exp": [0.0], "soft_sign": [0.0], "super_spike": [0.0], "q_pseudo_spike": [0.0]}
+    keep = torch.ones_like(x, dtype=torch.bool)
+    for k in kinks.get(name, []):
+        keep &= (x - k).abs() > 1e-3
+    return x[keep]
+
+
+def _alpha(name):
+    s = sgm.get(name)
+    return 2.5 if name == "q_pseudo_spike" else (s.alpha * 0.8 if s.alpha else 1.0)
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_dg_matches_finite_difference_of_g(name):
+    s = sgm.get(name)
+    a = torch.tensor(_alpha(name), dtype=torch.float64)
+    x = _points(name, float(a))
+    fd = (s.g(x + H, a) - s.g(x - H, a)) / (2 * H)
+    torch.testing.assert_close(s.dg(x, a), fd, atol=1e-7, rtol=1e-6)
+    assert s.dg(torch.zeros(1, dtype=torch.float64), a).abs().item() > 0, "g′(0) must not vanish"
+
+
+@pytest.mark.parametrize("name", [n for n in BUILTIN if sgm.get(n).alpha is not None])
+def test_dg_dalpha_matches_finite_difference(name):
+    s = sgm.get(name)
+    a = _alpha(name)
+    x = _points(name, a)
+    ta = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    fd = (s.g(x, ta(a + H)) - s.g(x, ta(a - H))) / (2 * H)
+    # rectangle/triangle are only piecewise smooth in α too: drop points whose kink moves past them
+    ok = torch.ones_like(x, dtype=torch.bool)
+    if name in ("rectangle", "triangle"):
+        w = 0.5 if name == "rectangle" else 1.0
+        for edge in (w / (a + H), w / (a - H)):
+            ok &= (x.abs() - edge).abs() > 1e-4
+    torch.testing.assert_close(s.dg_dalpha(x, ta(a))[ok], fd[ok], atol=1e-7, rtol=1e-6)
+
+
+def _backends():
+    out = []
+    if snn_fast.HAS_C:
+        out.append("cpu")
+    try:
+        from snn_fast.ops.lif import triton as _  # noqa: F401
+        import os
+
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            out.append("triton")
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("name", BUILTIN)
+def test_kernel_surrogate_gradient_matches_primitive(backend, name):
+    """One IF step with θ = 0 and a detached reset: ∂s/∂x is exactly the kernel's g′(x), and
+    ∂(Σs)/∂α its Σ ∂g/∂α. Both are compared to finite differences of the reference primitive."""
+    s = sgm.get(name)
+    a = _alpha(name)
+    x = _points(name, a)[::6].contiguous()
+    dtype = torch.float64 if backend == "cpu" else torch.float32
+    xx = x.to(dtype).reshape(1, -1).requires_grad_(True)
+    alpha = torch.tensor(a, dtype=dtype, requires_grad=True)
+    out, _ = snn_fast.lif_multistep(xx, tau=math.inf, v_threshold=0.0, v_reset=0.0, detach_reset=True,
+                                    surrogate=name, alpha=alpha, backend=backend)
+    gx, ga = torch.autograd.grad(out.sum(), [xx, alpha])
+    ta = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    fd = (s.g(x + H, ta(a)) - s.g(x - H, ta(a))) / (2 * H)
+    tol = dict(atol=1e-7, rtol=1e-6) if dtype == torch.float64 else dict(atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gx.reshape(-1).double(), fd, **tol)
+    fda = ((s.g(x, ta(a + H)) - s.g(x, ta(a - H))) / (2 * H)).sum()
+    if s.alpha is not None:
+        torch.testing.assert_close(ga.double(), fda, atol=1e-5, rtol=1e-4)
+    else:
+        assert ga.item() == 0.0
+
+
+def test_aliases_and_unknown_name():
+    assert sgm.get("zif") is sgm.get("triangle")
+    assert sgm.get("STBP") is sgm.get("rectangle")
+    assert sgm.get("fast_sigmoid") is sgm.get("super_spike")
+    with pytest.raises(ValueError, match="unknown surrogate 'nope'.*sigmoid"):
+        sgm.get("nope")
+    with pytest.raises(ValueError, match="unknown surrogate"):
+        snn_fast.lif_multistep(torch.zeros(2, 3), surrogate="nope")
+
+
+def test_kernel_ids_are_stable():
+    expected = ["sigmoid", "atan", "rectangle", "triangle", "piecewise_exp", "soft_sign", "super_spike", "erf",
+                "q_pseudo_spike", "straight_through", "spike_gate"]
+    assert [sgm.by_id(i).name for i in range(sgm.NUM_KERNEL_SURROGATES)] == expected
+
+
+def test_user_surrogate_runs_on_reference_only():
+    sgm.register_surrogate("my_tanh", g=lambda x, a: 0.5 * (torch.tanh(a * x) + 1),
+                           dg=lambda x, a: 0.5 * a * (1 - torch.tanh(a * x) ** 2), alpha=3.0)
+    try:
+        x = torch.randn(4, 10, dtype=torch.float64, requires_grad=True)
+        s, _ = snn_fast.lif_multistep(x, surrogate="my_tanh")  # auto: falls back to the reference
+        s_ref, _ = reference.lif_multistep_reference(x, surrogate="my_tanh")
+        assert torch.equal(s, s_ref)
+        (g,) = torch.autograd.grad(s.sum(), x)
+        assert g.abs().sum() > 0
+        if snn_fast.HAS_C:
+            with pytest.raises(ValueError, match="user-registered surrogate"):
+                snn_fast.lif_multistep(x, surrogate="my_tanh", backend="cpu")
+        with pytest.raises(ValueError, match="already registered"):
+            sgm.register_surrogate("my_tanh", g=lambda x, a: x, dg=lambda x, a: x)
+    finally:
+        sgm.unregister_surrogate("my_tanh")
+    with pytest.raises(ValueError):
+        sgm.get("my_tanh")
