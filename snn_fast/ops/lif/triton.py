@@ -179,6 +179,28 @@ def _sg_dalpha(x, a, SG: tl.constexpr):
 
 
 @triton.jit
+def _mul_rn(a, b, EXACT: tl.constexpr):
+    """a·b rounded on its own, never contracted into an FMA with the add that follows it.
+
+    The charge must round exactly like the reference (separate torch mul and add), or H moves by an
+    ulp and spikes near θ flip between backends. Triton contracts mul+add by default, so on NVIDIA
+    the product is pinned with ``mul.rn`` (ptxas never fuses an explicitly rounded op). The
+    interpreter (numpy) never contracts and has no inline asm, so there it is a plain product.
+    """
+    if EXACT:
+        bb = tl.zeros_like(a) + b
+        if a.dtype == tl.float64:
+            r = tl.inline_asm_elementwise("mul.rn.f64 $0, $1, $2;", "=d,d,d", [a, bb], dtype=tl.float64,
+                                          is_pure=True, pack=1)
+        else:
+            r = tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [a, bb], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+    else:
+        r = a * b
+    return r
+
+
+@triton.jit
 def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, SPIKE_BIT: tl.constexpr):
     """Saved H at one step → (H, emitted S) in the compute dtype of θ."""
     hv = tl.load(hp, mask=m, other=0.0)
@@ -198,7 +220,8 @@ def _lif_fwd_kernel(
     x_ptr, v0_ptr, params_ptr, mask_ptr, s_ptr, vlast_ptr, vseq_ptr, h_ptr,
     T, N, v_reset, N_BUCKET,
     SG: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
-    STORE_VSEQ: tl.constexpr, SPIKE_BIT: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
+    STORE_VSEQ: tl.constexpr, SPIKE_BIT: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     # Per element and step: read x (b), write s (b), write H (b) [+ v_seq b, + mask 1 B].
     pid = tl.program_id(0).to(tl.int64)
@@ -223,9 +246,9 @@ def _lif_fwd_kernel(
         xv = tl.load(xp, mask=m, other=0.0).to(k.dtype)
         # Charge in the reference's operation order (lif_step.h lif_charge).
         if DECAY_INPUT:
-            h = v + (xv - (v - vr)) * k
+            h = v + _mul_rn(xv - (v - vr), k, EXACT)
         else:
-            h = (v - (v - vr) * k) + xv
+            h = (v - _mul_rn(v - vr, k, EXACT)) + xv
         xs = h - theta
         spike = tl.where(xs >= 0.0, 1.0, 0.0).to(k.dtype)
         if HAS_MASK:
@@ -360,6 +383,8 @@ def _lif_bwd_kernel(
 
 
 INTERPRETED = isinstance(_lif_fwd_kernel, _Interpreted) if _Interpreted else False
+# PTX inline asm pins the charge's rounding on NVIDIA; elsewhere (interpreter, ROCm) a plain product.
+EXACT_MUL = not INTERPRETED and torch.version.hip is None
 
 # Elementwise recurrence: each thread owns BLOCK / (32·num_warps) neurons for all T steps. Small
 # blocks keep enough programs in flight for small N (W2: N = 16·4096); big ones amortise the
@@ -458,6 +483,7 @@ def lif_fwd_triton(
             T, N, float(v_reset), _n_bucket(N),
             SG=surrogate, HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None,
             STORE_VSEQ=return_v_seq, SPIKE_BIT=_spike_bit(saved.dtype), WIDE=x.dtype == torch.float64,
+            EXACT=EXACT_MUL,
             **_block_kw(),
         )
     return s, v_last, v_seq, saved
