@@ -18,6 +18,9 @@ import os
 import pytest
 import torch
 
+# No GPU: run Triton kernels on CPU tensors in its interpreter. Must precede any `import triton`.
+if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")  # noqa: E701
+
 TOL = {
     torch.float64: dict(atol=1e-10, rtol=1e-10),
     torch.float32: dict(atol=1e-5, rtol=1e-4),

@@ -6,15 +6,19 @@ owns BLOCK neurons and walks all T steps with the membrane in registers; the mat
 port of ``csrc/include/snn_fast/lif_step.h`` (same formulas, same operation order, so fp32 states
 match the fp32 reference bit for bit and spikes do not flip).
 
-What the forward saves for the backward (``saved``): H_t, the membrane before the reset.
+What the forward saves for the backward (``saved``, [T, N]):
   - float32/float64: H in the storage dtype; S = Θ(H − θ) is recomputed exactly from it.
-  - float16/bfloat16: H rounded to the storage dtype with the spike bit written into the mantissa
-    LSB (rounding could otherwise move H across θ and flip the recomputed spike). The backward takes
-    S from the bit and uses the rounded H (≤ 1.5 ulp off) for g′(H − θ) and the reset terms.
-    Measured on [T=16, N=4096], sigmoid, hard reset, bf16: max |grad_x − grad_x(fp32 H)| is 0.4 ulp of
-    the gradient scale, and the kernel's error vs the float64 truth is 3–10× below plain bf16
-    PyTorch's (``tests/test_lif_triton.py::test_lowp``). Saving H in fp32 instead (``_LOWP_SAVE_FP32``)
-    costs 2 B/elem more in both directions (16 B instead of 12 B fwd+bwd for bf16).
+  - float16/bfloat16: H − θ rounded to the storage dtype. Rounding to nearest never changes the sign
+    bit (not even to ±0), so S = [sign bit clear] is exact; and where g′(H − θ) matters (H near θ)
+    the stored H − θ keeps full relative precision, which a rounded H would lose to cancellation.
+    H = (H − θ) + θ serves the reset terms. Measured against the float64 reference on [T=16,
+    N=1024], sigmoid α=4, κ=0.2, hard/soft, with and without the noise mask (max error / scale):
+        grad_x    fp16 4.3–4.9e-4 (saving H in fp32: 3.9–4.7e-4; plain fp16 torch 0.07–0.30)
+                  bf16 5.5–6.5e-3 (fp32 H: 4.9–5.6e-3; plain bf16 torch 0.10–0.57)
+        grad_τ,θ,α  within 1e-4…2e-2 of the truth, below plain torch's error in 23 of 24 cases
+    A first version stored H itself with the spike bit in the mantissa LSB: grad_x errors were
+    2–3× larger (fp16 1.1–1.7e-3) and grad_α off by 3.3e-2 in bf16, from cancellation in H − θ.
+    Saving H in fp32 instead (``_LOWP_SAVE_FP32``) would cost 2 B/elem more in each direction.
 
 Bytes per element of [T, N] (storage size b; mask 1 B when given):
   forward   read x, write s, write H                          3b   (+ b v_seq, + 1 mask)
@@ -24,7 +28,7 @@ Bytes per element of [T, N] (storage size b; mask 1 B when given):
   the backward as the CPU kernel does) needs the whole [T, BLOCK] history of V_{t−1} on chip while
   walking back, which a GPU program cannot hold for general T; re-running it through global memory
   costs more than saving H once. Same pass count as SpikingJelly 2.0, whose H is fp32 even for
-  fp16/bf16 storage (this saves it in b: 12 B instead of 16 B per element for bf16).
+  fp16/bf16 storage (this saves H − θ in b: 12 B instead of 16 B per element for bf16).
 The backward needs neither V_{t−1} nor x unless the leak k is learned: V_{t−1} = reset(H_{t−1}) comes
 from the H it loads anyway one step ahead.
 
@@ -51,7 +55,7 @@ try:
 except ImportError:  # pragma: no cover
     _Interpreted = ()
 
-# Save H in fp32 for fp16/bf16 instead of the storage dtype + spike bit (for measuring the choice).
+# Save H in fp32 for fp16/bf16 instead of H − θ in the storage dtype (for measuring the choice).
 _LOWP_SAVE_FP32 = False
 # Interpreter: one fixed block (no autotuning, nothing to time); small so tests cover several programs.
 _INTERPRET_BLOCK = 128
@@ -201,18 +205,21 @@ def _mul_rn(a, b, EXACT: tl.constexpr):
 
 
 @triton.jit
-def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, SPIKE_BIT: tl.constexpr):
-    """Saved H at one step → (H, emitted S) in the compute dtype of θ."""
+def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, SAVE_X: tl.constexpr):
+    """Saved state at one step → (H, H − θ, emitted S) in the compute dtype of θ."""
     hv = tl.load(hp, mask=m, other=0.0)
-    h = hv.to(theta.dtype)
-    if SPIKE_BIT:
-        s = (hv.to(tl.int16, bitcast=True) & 1).to(theta.dtype)
-    else:
-        s = tl.where(h - theta >= 0.0, 1.0, 0.0).to(theta.dtype)
+    if SAVE_X:  # fp16/bf16: H − θ was saved; rounding to nearest keeps its sign bit, so S is exact
+        xs = hv.to(theta.dtype)
+        h = xs + theta
+        s = tl.where(hv.to(tl.int16, bitcast=True) >= 0, 1.0, 0.0).to(theta.dtype)
+    else:  # H itself: the same H − θ and the same spike as the forward
+        h = hv.to(theta.dtype)
+        xs = h - theta
+        s = tl.where(xs >= 0.0, 1.0, 0.0).to(theta.dtype)
     if HAS_MASK:
         mk = tl.load(mp, mask=m, other=1) != 0
-        s = tl.where(mk, s, _sg_prim(h - theta, alpha, SG))
-    return h, s
+        s = tl.where(mk, s, _sg_prim(xs, alpha, SG))
+    return h, xs, s
 
 
 @triton.jit(do_not_specialize=["T", "N_BUCKET"])
@@ -220,7 +227,7 @@ def _lif_fwd_kernel(
     x_ptr, v0_ptr, params_ptr, mask_ptr, s_ptr, vlast_ptr, vseq_ptr, h_ptr,
     T, N, v_reset, N_BUCKET,
     SG: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
-    STORE_VSEQ: tl.constexpr, SPIKE_BIT: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr,
+    STORE_VSEQ: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     # Per element and step: read x (b), write s (b), write H (b) [+ v_seq b, + mask 1 B].
@@ -261,10 +268,8 @@ def _lif_fwd_kernel(
         else:
             v = h - s * theta
         tl.store(sp, s.to(sp.dtype.element_ty), mask=m)
-        if SPIKE_BIT:
-            hb = h.to(hp.dtype.element_ty).to(tl.int16, bitcast=True)
-            hb = (hb & -2) | spike.to(tl.int16)
-            tl.store(hp, hb.to(hp.dtype.element_ty, bitcast=True), mask=m)
+        if SAVE_X:
+            tl.store(hp, xs.to(hp.dtype.element_ty), mask=m)
         else:
             tl.store(hp, h.to(hp.dtype.element_ty), mask=m)
         if STORE_VSEQ:
@@ -284,7 +289,7 @@ def _lif_bwd_kernel(
     T, N, v_reset, kappa, N_BUCKET,
     SG: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, DETACH_RESET: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
-    NEED_PARAM_GRAD: tl.constexpr, SPIKE_BIT: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
+    NEED_PARAM_GRAD: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Per element and step: read grad_s (b), read H (b), write grad_x (b)
     # [+ grad_v_seq b, + mask 1 B, + x b when NEED_PARAM_GRAD and DECAY_INPUT].
@@ -323,19 +328,18 @@ def _lif_bwd_kernel(
     mp = mask_ptr + last + offs
     xp = x_ptr + last + offs
     gvp = gvseq_ptr + last + offs
-    h, s = _load_state(hp, mp, m, theta, alpha, SG, HAS_MASK, SPIKE_BIT)
+    h, xs, s = _load_state(hp, mp, m, theta, alpha, SG, HAS_MASK, SAVE_X)
     for i in range(T):
         t = T - 1 - i
         # Step t − 1's state, needed next iteration (and now for V_{t−1} when learning k).
         t_pos = (offs * 0 + t) > 0  # as a tensor (t may be a plain int in the interpreter)
         has_prev = m & t_pos
-        h_prev, s_prev = _load_state(hp - N, mp - N, has_prev, theta, alpha, SG, HAS_MASK, SPIKE_BIT)
+        h_prev, xs_prev, s_prev = _load_state(hp - N, mp - N, has_prev, theta, alpha, SG, HAS_MASK, SAVE_X)
         g_s = tl.load(gsp, mask=m, other=0.0).to(k.dtype)
         dvt = dv
         if HAS_GVSEQ:
             dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
         # lif_step.h lif_step_backward
-        xs = h - theta
         gp = _sg_grad(xs, alpha, SG)
         if DETACH_RESET:
             reset_coef = 0.0 * h
@@ -364,6 +368,7 @@ def _lif_bwd_kernel(
             else:
                 acc_k += eps * (0.0 - (v_prev - vr))
         h = h_prev
+        xs = xs_prev
         s = s_prev
         gsp -= N
         gxp -= N
@@ -439,7 +444,7 @@ def _saved_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def _spike_bit(dtype: torch.dtype) -> bool:
+def _save_x(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
 
 
@@ -482,7 +487,7 @@ def lif_fwd_triton(
             x, v0, pbuf, mask if mask is not None else x, s, v_last, v_seq if return_v_seq else s, saved,
             T, N, float(v_reset), _n_bucket(N),
             SG=surrogate, HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None,
-            STORE_VSEQ=return_v_seq, SPIKE_BIT=_spike_bit(saved.dtype), WIDE=x.dtype == torch.float64,
+            STORE_VSEQ=return_v_seq, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
             EXACT=EXACT_MUL,
             **_block_kw(),
         )
@@ -516,7 +521,7 @@ def lif_bwd_triton(
             T, N, float(v_reset), float(reset_residual), _n_bucket(N),
             SG=surrogate, HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
             HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
-            NEED_PARAM_GRAD=need_param_grad, SPIKE_BIT=_spike_bit(saved.dtype), WIDE=x.dtype == torch.float64,
+            NEED_PARAM_GRAD=need_param_grad, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
             **_block_kw(),
         )
     grad_params = partial.sum(0) if need_param_grad else torch.zeros_like(params)
