@@ -1,0 +1,138 @@
+"""The Triton LIF kernels compile for real GPUs (sm_80, sm_90) without one: ahead-of-time compilation
+of the variants that matter, with register and spill counts.
+
+Compilation needs the real ``triton.jit`` functions, so it runs in a subprocess without
+``TRITON_INTERPRET`` (this file is also that subprocess's script). Registers and local memory
+(spills) are read from the cubin with the ``cuobjdump`` Triton ships, since ``CompiledKernel.n_regs``
+is only filled in when a driver loads the kernel. ``python tests/test_triton_aot.py`` prints the table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+ARCHS = (80, 90)
+DTYPES = ("fp32", "fp16", "bf16")
+SURROGATES = {"sigmoid": 0, "erf": 7, "q_pseudo_spike": 8, "atan": 1}
+# (hard_reset, noise mask, need_param_grad): covers each flag on and off with both partners.
+PATTERNS = ((True, False, False), (False, True, True), (True, True, True), (False, False, False))
+# The config with the most neurons per thread (1024 / 128 threads = 8): the register worst case.
+BLOCK, NUM_WARPS = 1024, 4
+
+
+def _signatures(dt: str, mask: bool):
+    st = f"*{dt}"
+    mk = "*i1" if mask else st
+    consts_f = ["SG", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_X", "WIDE", "EXACT", "BLOCK"]
+    fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": "*fp32", "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
+           "vseq_ptr": st, "h_ptr": st, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
+           **{c: "constexpr" for c in consts_f}}
+    consts_b = ["SG", "HARD_RESET", "DECAY_INPUT", "DETACH_RESET", "HAS_MASK", "HAS_GVLAST", "HAS_GVSEQ",
+                "NEED_PARAM_GRAD", "SAVE_X", "WIDE", "BLOCK"]
+    bwd = {"gs_ptr": st, "gvlast_ptr": st, "gvseq_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": "*fp32",
+           "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": "*fp32", "T": "i32", "N": "i32",
+           "v_reset": "fp32", "kappa": "fp32", "N_BUCKET": "i32", **{c: "constexpr" for c in consts_b}}
+    return fwd, bwd
+
+
+def _resources(cubin: bytes):
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", out)
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def compile_all():
+    """Compile every variant; one JSON row per kernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from snn_fast.ops.lif import triton as lt
+
+    assert not lt.INTERPRETED, "AOT compilation needs TRITON_INTERPRET unset"
+    rows = []
+    for arch in ARCHS:
+        for dt in DTYPES:
+            save_x = dt != "fp32"
+            for sg_name, sg in SURROGATES.items():
+                for hard, mask, npg in PATTERNS:
+                    fwd_sig, bwd_sig = _signatures(dt, mask)
+                    variants = [
+                        ("fwd", lt._lif_fwd_kernel, fwd_sig,
+                         dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False, SAVE_X=save_x,
+                              WIDE=False, EXACT=True, BLOCK=BLOCK)),
+                        ("bwd", lt._lif_bwd_kernel, bwd_sig,
+                         dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
+                              HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SAVE_X=save_x, WIDE=False,
+                              BLOCK=BLOCK)),
+                    ]
+                    for kind, fn, sig, consts in variants:
+                        if kind == "fwd" and npg != hard:  # the forward has no need_param_grad: skip twins
+                            continue
+                        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
+                        k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": NUM_WARPS})
+                        regs, stack, local = _resources(k.asm["cubin"])
+                        ptx = k.asm["ptx"]
+                        rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard, mask=mask,
+                                         need_param_grad=npg, regs=regs, stack=stack, spills=local,
+                                         mul_rn="mul.rn.f32" in ptx))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def aot_rows():
+    pytest.importorskip("triton")
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                         env.get("PYTHONPATH", "")])
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default; set to silence Triton 3.9's warning
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"], capture_output=True, text=True,
+                       env=env, timeout=900)
+    assert r.returncode == 0, f"AOT compilation failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_aot_compiles_every_variant(aot_rows):
+    want = len(ARCHS) * len(DTYPES) * len(SURROGATES) * (len(PATTERNS) + 2)
+    assert len(aot_rows) == want
+
+
+def test_aot_no_spills(aot_rows):
+    bad = [r for r in aot_rows if r["spills"] or r["stack"]]
+    assert not bad, f"kernels with local memory (spills): {bad}"
+    assert max(r["regs"] for r in aot_rows) <= 255
+
+
+def test_aot_forward_pins_the_charge_rounding(aot_rows):
+    """The forward's charge product is an explicit mul.rn (no FMA contraction), so spikes match torch."""
+    assert all(r["mul_rn"] for r in aot_rows if r["kernel"] == "fwd")
+
+
+def _table(rows):
+    lines = ["kernel arch dtype surrogate       hard mask npg  regs spills"]
+    for r in rows:
+        lines.append(f"{r['kernel']:6} sm{r['arch']} {r['dtype']:5} {r['surrogate']:15} {int(r['hard_reset']):4} "
+                     f"{int(r['mask']):4} {int(r['need_param_grad']):3} {r['regs']:5} {r['spills']:6}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    rows = compile_all()
+    if "--json" in sys.argv:
+        print(json.dumps(rows))
+    else:
+        print(_table(rows))
