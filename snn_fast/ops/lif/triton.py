@@ -231,9 +231,11 @@ def _lif_fwd_kernel(
     BLOCK: tl.constexpr,
 ):
     # Per element and step: read x (b), write s (b), write H (b) [+ v_seq b, + mask 1 B].
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)  # int64: pointers advance by N per step, 64-bit
-    m = offs < N
+    # Addressing: one int64 scalar row offset t·N + start (N·T may exceed 2^31) plus int32 lanes,
+    # so the loop carries 2 registers of address instead of a 64-bit pointer per neuron and tensor.
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    lane = tl.arange(0, BLOCK)
+    m = lane < N - start
     k = tl.load(params_ptr)
     theta = tl.load(params_ptr + 1)
     alpha = tl.load(params_ptr + 2)
@@ -243,13 +245,14 @@ def _lif_fwd_kernel(
         vr = v_reset + 0.0 * k
     if not HARD_RESET:
         vr = 0.0 * k  # soft reset charges towards 0
-    v = tl.load(v0_ptr + offs, mask=m, other=0.0).to(k.dtype)
-    xp = x_ptr + offs
-    sp = s_ptr + offs
-    hp = h_ptr + offs
-    vp = vseq_ptr + offs
-    mp = mask_ptr + offs
+    v = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    row = start
     for _t in range(T):
+        xp = x_ptr + row + lane
+        sp = s_ptr + row + lane
+        hp = h_ptr + row + lane
+        vp = vseq_ptr + row + lane
+        mp = mask_ptr + row + lane
         xv = tl.load(xp, mask=m, other=0.0).to(k.dtype)
         # Charge in the reference's operation order (lif_step.h lif_charge).
         if DECAY_INPUT:
@@ -274,12 +277,8 @@ def _lif_fwd_kernel(
             tl.store(hp, h.to(hp.dtype.element_ty), mask=m)
         if STORE_VSEQ:
             tl.store(vp, v.to(vp.dtype.element_ty), mask=m)
-        xp += N
-        sp += N
-        hp += N
-        vp += N
-        mp += N
-    tl.store(vlast_ptr + offs, v.to(vlast_ptr.dtype.element_ty), mask=m)
+        row += N
+    tl.store(vlast_ptr + start + lane, v.to(vlast_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit(do_not_specialize=["T", "N_BUCKET"])
@@ -294,8 +293,9 @@ def _lif_bwd_kernel(
     # Per element and step: read grad_s (b), read H (b), write grad_x (b)
     # [+ grad_v_seq b, + mask 1 B, + x b when NEED_PARAM_GRAD and DECAY_INPUT].
     pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
+    start = pid * BLOCK  # addressing as in the forward: int64 scalar row offset + int32 lanes
+    lane = tl.arange(0, BLOCK)
+    m = lane < N - start
     k = tl.load(params_ptr)
     theta = tl.load(params_ptr + 1)
     alpha = tl.load(params_ptr + 2)
@@ -313,28 +313,28 @@ def _lif_bwd_kernel(
         cx = 1.0 + 0.0 * k
     keep = 1.0 - k
     if HAS_GVLAST:
-        dv = tl.load(gvlast_ptr + offs, mask=m, other=0.0).to(k.dtype)
+        dv = tl.load(gvlast_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
     else:
         dv = tl.zeros([BLOCK], dtype=k.dtype)
     if NEED_PARAM_GRAD:
-        v0 = tl.load(v0_ptr + offs, mask=m, other=0.0).to(k.dtype)
+        v0 = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
         acc_k = tl.zeros([BLOCK], dtype=k.dtype)
         acc_th = tl.zeros([BLOCK], dtype=k.dtype)
         acc_al = tl.zeros([BLOCK], dtype=k.dtype)
     last = tl.cast(T - 1, tl.int64) * N
-    gsp = gs_ptr + last + offs
-    gxp = gx_ptr + last + offs
-    hp = h_ptr + last + offs
-    mp = mask_ptr + last + offs
-    xp = x_ptr + last + offs
-    gvp = gvseq_ptr + last + offs
-    h, xs, s = _load_state(hp, mp, m, theta, alpha, SG, HAS_MASK, SAVE_X)
+    row = last + start
+    h, xs, s = _load_state(h_ptr + row + lane, mask_ptr + row + lane, m, theta, alpha, SG, HAS_MASK, SAVE_X)
     for i in range(T):
         t = T - 1 - i
+        gsp = gs_ptr + row + lane
+        gxp = gx_ptr + row + lane
+        xp = x_ptr + row + lane
+        gvp = gvseq_ptr + row + lane
+        prev = row - N
         # Step t − 1's state, needed next iteration (and now for V_{t−1} when learning k).
-        t_pos = (offs * 0 + t) > 0  # as a tensor (t may be a plain int in the interpreter)
+        t_pos = (lane * 0 + t) > 0  # as a tensor (t may be a plain int in the interpreter)
         has_prev = m & t_pos
-        h_prev, xs_prev, s_prev = _load_state(hp - N, mp - N, has_prev, theta, alpha, SG, HAS_MASK, SAVE_X)
+        h_prev, xs_prev, s_prev = _load_state(h_ptr + prev + lane, mask_ptr + prev + lane, has_prev, theta, alpha, SG, HAS_MASK, SAVE_X)
         g_s = tl.load(gsp, mask=m, other=0.0).to(k.dtype)
         dvt = dv
         if HAS_GVSEQ:
@@ -370,13 +370,8 @@ def _lif_bwd_kernel(
         h = h_prev
         xs = xs_prev
         s = s_prev
-        gsp -= N
-        gxp -= N
-        hp -= N
-        mp -= N
-        xp -= N
-        gvp -= N
-    tl.store(gv0_ptr + offs, dv.to(gv0_ptr.dtype.element_ty), mask=m)
+        row = prev
+    tl.store(gv0_ptr + start + lane, dv.to(gv0_ptr.dtype.element_ty), mask=m)
     if NEED_PARAM_GRAD:
         zero = 0.0 * k
         acc_k = tl.where(m, acc_k, zero)
@@ -393,7 +388,9 @@ EXACT_MUL = not INTERPRETED and torch.version.hip is None
 
 # Elementwise recurrence: each thread owns BLOCK / (32·num_warps) neurons for all T steps. Small
 # blocks keep enough programs in flight for small N (W2: N = 16·4096); big ones amortise the
-# per-program prologue for W1 (N = 4M). Keyed on a coarse N bucket (and the arguments' dtypes, which
+# per-program prologue for W1 (N = 4M). 4 neurons per thread cost 28/38 registers (fwd/bwd, fp32,
+# sigmoid, sm_90); 8 per thread (1024 × 4 warps, for 16-byte bf16 vectors) cost 96/141: the
+# autotuner weighs that occupancy loss, and tests/test_triton_aot.py checks it never spills. Keyed on a coarse N bucket (and the arguments' dtypes, which
 # the autotuner adds by itself), so a new batch size does not re-tune or recompile.
 _CONFIGS = [
     triton.Config({"BLOCK": 128}, num_warps=1),
@@ -412,7 +409,9 @@ else:
     _bwd_launch = triton.autotune(_CONFIGS, key=["N_BUCKET"], reset_to_zero=["pgrad_ptr"])(_lif_bwd_kernel)
 
 
-def _n_bucket(n: int) -> int:
+def _n_bucket(n) -> int:
+    if not isinstance(n, int):  # symbolic under torch.compile(dynamic=True): Inductor tunes by itself
+        return 0
     return min(max(n.bit_length() - 10, 0), 12)  # ≤1K, 2K, 4K, … neurons
 
 
