@@ -261,3 +261,19 @@ def test_torch_compile_fullgraph(device):
     assert_close(loss.detach(), eager.detach(), name="loss")
     assert_close(g_compiled[0], lin.weight.grad, name="grad_weight")
     assert_close(g_compiled[1], tau.grad, name="grad_tau")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fires_at_threshold(dtype, device):
+    """Θ(0) = 1: H exactly equal to θ fires, in the forward and in the backward's recomputed spike."""
+    x = torch.tensor([[1.0, 0.5, 1.0], [0.0, 0.5, 1.0]], dtype=dtype, device=device)  # v0 = 0: H_0 = x_0
+    kw = dict(v_reset=None, decay_input=False, tau=2.0, theta=1.0)
+    got = _run("triton", x, 0.0, **kw)
+    assert got["s"].tolist() == [[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
+    if dtype == torch.float32:
+        _compare(x, 0.0, **kw)
+    else:  # the soft reset's −θ·S term in grad_θ sees the recomputed spike
+        ref64, ref_lowp = _run("reference", x.double(), 0.0, **kw), _run("reference", x, 0.0, **kw)
+        for name in ref64:
+            assert_close_lowp(got[name], ref64[name], ref_lowp[name].to(dtype), name=name)
