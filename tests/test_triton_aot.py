@@ -22,21 +22,26 @@ DTYPES = ("fp32", "fp16", "bf16")
 SURROGATES = {"sigmoid": 0, "erf": 7, "q_pseudo_spike": 8, "atan": 1}
 # (hard_reset, noise mask, need_param_grad): covers each flag on and off with both partners.
 PATTERNS = ((True, False, False), (False, True, True), (True, True, True), (False, False, False))
-# The config with the most neurons per thread (1024 / 128 threads = 8): the register worst case.
-BLOCK, NUM_WARPS = 1024, 4
+
+
+def _worst_config(configs):
+    """The autotune config with the most neurons per thread: the register worst case."""
+    c = max(configs, key=lambda c: (c.kwargs["BLOCK"] // (32 * c.num_warps), c.kwargs["BLOCK"]))
+    return c.kwargs["BLOCK"], c.num_warps
 
 
 def _signatures(dt: str, mask: bool):
     st = f"*{dt}"
+    pt = "*fp64" if dt == "fp64" else "*fp32"
     mk = "*i1" if mask else st
     consts_f = ["SG", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_X", "WIDE", "EXACT", "BLOCK"]
-    fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": "*fp32", "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
+    fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
            "vseq_ptr": st, "h_ptr": st, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
            **{c: "constexpr" for c in consts_f}}
     consts_b = ["SG", "HARD_RESET", "DECAY_INPUT", "DETACH_RESET", "HAS_MASK", "HAS_GVLAST", "HAS_GVSEQ",
                 "NEED_PARAM_GRAD", "SAVE_X", "WIDE", "BLOCK"]
-    bwd = {"gs_ptr": st, "gvlast_ptr": st, "gvseq_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": "*fp32",
-           "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": "*fp32", "T": "i32", "N": "i32",
+    bwd = {"gs_ptr": st, "gvlast_ptr": st, "gvseq_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
+           "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": pt, "T": "i32", "N": "i32",
            "v_reset": "fp32", "kappa": "fp32", "N_BUCKET": "i32", **{c: "constexpr" for c in consts_b}}
     return fwd, bwd
 
@@ -63,32 +68,35 @@ def compile_all():
     from snn_fast.ops.lif import triton as lt
 
     assert not lt.INTERPRETED, "AOT compilation needs TRITON_INTERPRET unset"
+    fwd_cfg, bwd_cfg = _worst_config(lt._FWD_CONFIGS), _worst_config(lt._BWD_CONFIGS)
     rows = []
-    for arch in ARCHS:
-        for dt in DTYPES:
-            save_x = dt != "fp32"
-            for sg_name, sg in SURROGATES.items():
-                for hard, mask, npg in PATTERNS:
-                    fwd_sig, bwd_sig = _signatures(dt, mask)
-                    variants = [
-                        ("fwd", lt._lif_fwd_kernel, fwd_sig,
-                         dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False, SAVE_X=save_x,
-                              WIDE=False, EXACT=True, BLOCK=BLOCK)),
-                        ("bwd", lt._lif_bwd_kernel, bwd_sig,
-                         dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
-                              HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SAVE_X=save_x, WIDE=False,
-                              BLOCK=BLOCK)),
-                    ]
-                    for kind, fn, sig, consts in variants:
-                        if kind == "fwd" and npg != hard:  # the forward has no need_param_grad: skip twins
-                            continue
-                        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
-                        k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": NUM_WARPS})
-                        regs, stack, local = _resources(k.asm["cubin"])
-                        ptx = k.asm["ptx"]
-                        rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard, mask=mask,
-                                         need_param_grad=npg, regs=regs, stack=stack, spills=local,
-                                         mul_rn="mul.rn.f32" in ptx))
+    combos = [(arch, dt, SURROGATES, PATTERNS) for arch in ARCHS for dt in DTYPES]
+    combos.append((90, "fp64", SURROGATES, PATTERNS[2:3]))  # float64 (gradcheck-grade runs on a GPU)
+    for arch, dt, surrogates, patterns in combos:
+        save_x = dt in ("fp16", "bf16")
+        for sg_name, sg in surrogates.items():
+            for hard, mask, npg in patterns:
+                fwd_sig, bwd_sig = _signatures(dt, mask)
+                variants = [
+                    ("fwd", lt._lif_fwd_kernel, fwd_sig,
+                     dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False, SAVE_X=save_x,
+                          WIDE=dt == "fp64", EXACT=True), fwd_cfg),
+                    ("bwd", lt._lif_bwd_kernel, bwd_sig,
+                     dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
+                          HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SAVE_X=save_x, WIDE=dt == "fp64"),
+                     bwd_cfg),
+                ]
+                for kind, fn, sig, consts, (block, warps) in variants:
+                    if kind == "fwd" and npg != hard:  # the forward has no need_param_grad: skip twins
+                        continue
+                    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=dict(consts, BLOCK=block))
+                    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+                    regs, stack, local = _resources(k.asm["cubin"])
+                    ptx = k.asm["ptx"]
+                    rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard, mask=mask,
+                                     need_param_grad=npg, block=block, warps=warps, regs=regs,
+                                     spills=stack + local,  # what Triton's n_spills reports (local bytes)
+                                     mul_rn=("mul.rn.f64" if dt == "fp64" else "mul.rn.f32") in ptx))
     return rows
 
 
@@ -107,12 +115,12 @@ def aot_rows():
 
 
 def test_aot_compiles_every_variant(aot_rows):
-    want = len(ARCHS) * len(DTYPES) * len(SURROGATES) * (len(PATTERNS) + 2)
+    want = len(ARCHS) * len(DTYPES) * len(SURROGATES) * (len(PATTERNS) + 2) + len(SURROGATES) * 2
     assert len(aot_rows) == want
 
 
 def test_aot_no_spills(aot_rows):
-    bad = [r for r in aot_rows if r["spills"] or r["stack"]]
+    bad = [r for r in aot_rows if r["spills"]]
     assert not bad, f"kernels with local memory (spills): {bad}"
     assert max(r["regs"] for r in aot_rows) <= 255
 
@@ -123,10 +131,11 @@ def test_aot_forward_pins_the_charge_rounding(aot_rows):
 
 
 def _table(rows):
-    lines = ["kernel arch dtype surrogate       hard mask npg  regs spills"]
+    lines = ["kernel arch dtype surrogate       hard mask npg BLOCK warps regs spills"]
     for r in rows:
         lines.append(f"{r['kernel']:6} sm{r['arch']} {r['dtype']:5} {r['surrogate']:15} {int(r['hard_reset']):4} "
-                     f"{int(r['mask']):4} {int(r['need_param_grad']):3} {r['regs']:5} {r['spills']:6}")
+                     f"{int(r['mask']):4} {int(r['need_param_grad']):3} {r['block']:5} {r['warps']:5} {r['regs']:4} "
+                     f"{r['spills']:6}")
     return "\n".join(lines)
 
 

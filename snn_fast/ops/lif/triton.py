@@ -392,21 +392,25 @@ EXACT_MUL = not INTERPRETED and torch.version.hip is None
 # sigmoid, sm_90); 8 per thread (1024 × 4 warps, for 16-byte bf16 vectors) cost 96/141: the
 # autotuner weighs that occupancy loss, and tests/test_triton_aot.py checks it never spills. Keyed on a coarse N bucket (and the arguments' dtypes, which
 # the autotuner adds by itself), so a new batch size does not re-tune or recompile.
-_CONFIGS = [
+_FWD_CONFIGS = [
     triton.Config({"BLOCK": 128}, num_warps=1),
     triton.Config({"BLOCK": 256}, num_warps=2),
     triton.Config({"BLOCK": 512}, num_warps=4),
-    triton.Config({"BLOCK": 1024}, num_warps=4),
     triton.Config({"BLOCK": 1024}, num_warps=8),
+    triton.Config({"BLOCK": 1024}, num_warps=4),  # 8 per thread: 16-byte bf16/fp16 vectors
 ]
+# The backward holds ~2× the live state (H_t and H_{t−1}, S, three partial sums); at 8 neurons per
+# thread it reaches 168 registers and an 8-byte stack frame (fp16 q_pseudo_spike with mask and
+# parameter gradients, sm_90), so it stays at 4 per thread.
+_BWD_CONFIGS = _FWD_CONFIGS[:4]
 if INTERPRETED:
     _fwd_launch = _lif_fwd_kernel
     _bwd_launch = _lif_bwd_kernel
 else:
-    _fwd_launch = triton.autotune(_CONFIGS, key=["N_BUCKET"])(_lif_fwd_kernel)
-    # The backward writes only outputs it fully overwrites; the partial buffer is zeroed by the
-    # launcher and rows of unused programs stay zero, so re-running configs is harmless.
-    _bwd_launch = triton.autotune(_CONFIGS, key=["N_BUCKET"], reset_to_zero=["pgrad_ptr"])(_lif_bwd_kernel)
+    _fwd_launch = triton.autotune(_FWD_CONFIGS, key=["N_BUCKET"])(_lif_fwd_kernel)
+    # The backward writes only outputs it fully overwrites, except the partial-sum rows, which a
+    # config with fewer programs would leave stale: reset_to_zero clears them around benchmarking.
+    _bwd_launch = triton.autotune(_BWD_CONFIGS, key=["N_BUCKET"], reset_to_zero=["pgrad_ptr"])(_lif_bwd_kernel)
 
 
 def _n_bucket(n) -> int:
