@@ -100,18 +100,34 @@ def compile_all():
     return rows
 
 
-@pytest.fixture(scope="module")
-def aot_rows():
+def _subprocess(flag):
+    """Run this file without TRITON_INTERPRET (so triton.jit gives real JITFunctions)."""
     pytest.importorskip("triton")
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                          env.get("PYTHONPATH", "")])
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default; set to silence Triton 3.9's warning
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), flag], capture_output=True, text=True,
                        env=env, timeout=900)
-    assert r.returncode == 0, f"AOT compilation failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, f"{flag} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def aot_rows():
+    return _subprocess("--json")
+
+
+def test_compile_sees_the_kernels_without_graph_break():
+    """GPU path of torch.compile: one forward and one backward graph (fullgraph), each holding the
+    Triton kernel itself (triton_op decomposed), not an opaque op."""
+    graphs = _subprocess("--trace")
+    assert len(graphs) == 2
+    fwd, bwd = graphs
+    assert "triton_kernel_wrapper_functional" in fwd and "'x_ptr'" in fwd and "'h_ptr'" in fwd
+    assert "triton_kernel_wrapper_functional" in bwd and "'gs_ptr'" in bwd and "'pgrad_ptr'" in bwd
+    assert "lif_fwd_triton" not in fwd and "lif_bwd_triton" not in bwd
 
 
 def test_aot_compiles_every_variant(aot_rows):
@@ -130,6 +146,42 @@ def test_aot_forward_pins_the_charge_rounding(aot_rows):
     assert all(r["mul_rn"] for r in aot_rows if r["kernel"] == "fwd")
 
 
+def trace_compiled_graphs():
+    """torch.compile(fullgraph=True) of both ops on the GPU code path (triton_op + wrap_triton),
+    traced with fake tensors: AOTAutograd must see the kernels themselves, forward and backward."""
+    import torch
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from snn_fast.ops.lif import triton as lt  # noqa: F401  registers the ops and their autograd
+
+    graphs = []
+
+    def compiler(gm, example_inputs):
+        graphs.append(gm.code)
+
+        def run(args):  # no GPU to launch on: propagate shapes only, return zeros of those shapes
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                outs = gm(*args)
+            return type(outs)(torch.zeros(o.shape, dtype=o.dtype) if isinstance(o, torch.Tensor) else o
+                              for o in outs)
+
+        return make_boxed_func(run)
+
+    def f(x, v0, p):
+        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, p, None, 7, True, 0.0, True, False, 0.2, False)
+        return s.sum() + (v * v).sum()
+
+    x = torch.randn(4, 37, requires_grad=True)
+    v0 = torch.zeros(37)
+    p = torch.tensor([0.5, 1.0, 2.0], requires_grad=True)
+    backend = aot_autograd(fw_compiler=compiler, bw_compiler=compiler)
+    torch.compile(f, backend=backend, fullgraph=True)(x, v0, p).backward()
+    assert x.grad is not None and p.grad is not None
+    return graphs
+
+
 def _table(rows):
     lines = ["kernel arch dtype surrogate       hard mask npg BLOCK warps regs spills"]
     for r in rows:
@@ -140,6 +192,9 @@ def _table(rows):
 
 
 if __name__ == "__main__":
+    if "--trace" in sys.argv:
+        print(json.dumps(trace_compiled_graphs()))
+        sys.exit(0)
     rows = compile_all()
     if "--json" in sys.argv:
         print(json.dumps(rows))

@@ -487,7 +487,7 @@ def lif_fwd_triton(
     if N > 0:
         wrap = torch.library.wrap_triton(_fwd_launch)
         wrap[_grid(N)](
-            x, v0, pbuf, mask if mask is not None else x, s, v_last, v_seq if return_v_seq else s, saved,
+            x, v0, pbuf, mask if mask is not None else x, s, v_last, v_seq, saved,  # v_seq: [0] unless stored
             T, N, float(v_reset), _n_bucket(N),
             SG=surrogate, HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None,
             STORE_VSEQ=return_v_seq, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
