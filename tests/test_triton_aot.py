@@ -161,7 +161,7 @@ def trace_compiled_graphs():
     def compiler(gm, example_inputs):
         graphs.append(gm.code)
 
-        def run(args):  # no GPU to launch on: propagate shapes only, return zeros of those shapes
+        def run(*args):  # no GPU to launch on: propagate shapes only, return zeros of those shapes
             with FakeTensorMode(allow_non_fake_inputs=True):
                 outs = gm(*args)
             return type(outs)(torch.zeros(o.shape, dtype=o.dtype) if isinstance(o, torch.Tensor) else o
