@@ -137,6 +137,23 @@ def test_v0_none_float_and_no_v_seq(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("use", ["s", "v_T"])
+def test_loss_on_one_output(use, device):
+    """Only grad_s or only grad_v_T reaches the backward (the other is None or zeros)."""
+    x, v0 = _inputs(5, 130, device=device)
+    res = {}
+    for be in ("reference", "triton"):
+        xx = x.clone().requires_grad_()
+        theta = torch.tensor(0.8, device=device, requires_grad=True)
+        s, v = lif_multistep(xx, v0, tau=2.5, v_threshold=theta, reset_residual=0.2, backend=be)
+        loss = (s * torch.linspace(-1, 1, 130, device=device)).sum() if use == "s" else (v * v).sum()
+        res[be] = torch.autograd.grad(loss, [xx, theta])
+    for a, b, n in zip(res["triton"], res["reference"], ("grad_x", "grad_theta")):
+        assert_close(a, b, name=n)
+    assert res["reference"][0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_learnable_decay(device):
     """Learnable λ (k = 1 − λ): the gradient reaches it through the same ∂L/∂k."""
     x, v0 = _inputs(6, 50, device=device)
@@ -277,3 +294,35 @@ def test_fires_at_threshold(dtype, device):
         ref64, ref_lowp = _run("reference", x.double(), 0.0, **kw), _run("reference", x, 0.0, **kw)
         for name in ref64:
             assert_close_lowp(got[name], ref64[name], ref_lowp[name].to(dtype), name=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_dynamic_sizes(device):
+    """Symbolic T and N: a new batch size or length reuses the compiled graph."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    params = torch.tensor([0.4, 0.8, 4.0], device=device, requires_grad=True)
+
+    def f(x, v0):
+        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, params, None, 0, True, 0.0, True, False, 0.0, False)
+        return s.sum() + (v * v).sum()
+
+    cnt = CompileCounterWithBackend("inductor" if device == "cuda" else "aot_eager")
+    compiled = torch.compile(f, fullgraph=True, dynamic=True, backend=cnt)
+    for T, N in ((4, 40), (5, 70), (2, 300)):  # T ≠ 3: duck sizing would tie T to params.size(0)
+        x, v0 = _inputs(T, N, device=device)
+        xr = x.clone().requires_grad_()
+        out = compiled(xr, v0)
+        out.backward()
+        g_compiled = (xr.grad.clone(), params.grad.clone())
+        params.grad = None
+        xe = x.clone().requires_grad_()
+        eager = f(xe, v0)
+        eager.backward()
+        assert_close(out.detach(), eager.detach(), name="loss")
+        assert_close(g_compiled[0], xe.grad, name="grad_x")
+        assert_close(g_compiled[1], params.grad, name="grad_params")
+        params.grad = None
+    assert cnt.frame_count == 1
