@@ -36,6 +36,14 @@ Parameter gradients: each program sums its lanes over all its steps into one row
 [programs, 3] buffer, summed by torch afterwards (deterministic, no atomics), and the whole path is
 compiled out (``NEED_PARAM_GRAD`` constexpr) when no parameter needs a gradient.
 
+Variants: every option is a constexpr (surrogate id, hard/soft, decay_input, detach, mask, v_seq,
+grad inputs present, parameter gradients, dtype), so each variant compiles only its own code. T is
+not specialised (``do_not_specialize``: a new length reuses the binary); N only by Triton's
+divisible-by-16 rule (≤ 2 binaries, and aligned vector loads). Autotuned per (dtypes, N bucket).
+
+Known cost: the forward writes H even for inference (3b instead of 2b per element): the op cannot
+tell whether a backward will follow, and the shared op contract has no flag for it.
+
 Runs on CUDA tensors; on CPU tensors only under ``TRITON_INTERPRET=1`` (set before triton is
 imported), which is how CI without a GPU tests these kernels.
 """
