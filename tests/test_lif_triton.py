@@ -154,6 +154,28 @@ def test_loss_on_one_output(use, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_inference_skips_saving(dtype, device):
+    """No input requires grad (or no_grad): the inference op runs, saves nothing, same outputs."""
+    x, v0 = _inputs(6, 130, dtype=dtype, device=device)
+    p = torch.tensor([0.4, 0.8, 4.0], device=device)
+    args = (x, v0, p, None, 0, True, 0.0, True, False, 0.0, True)
+    s_i, v_i, vs_i, saved_i = lt.lif_fwd_dispatch(*args)
+    assert saved_i.numel() == 0
+    with torch.no_grad():
+        assert lt.lif_fwd_dispatch(*args[:2], p.clone().requires_grad_(), *args[3:])[3].numel() == 0
+    s_t, v_t, vs_t, saved_t = lt.lif_fwd_dispatch(*args[:2], p.clone().requires_grad_(), *args[3:])
+    assert saved_t.shape == x.shape
+    for a, b, n in ((s_i, s_t, "s"), (v_i, v_t, "v_T"), (vs_i, vs_t, "v_seq")):
+        assert torch.equal(a, b), n
+    ref = lif_multistep(x, v0, tau=2.5, v_threshold=0.8, return_v_seq=True, backend="reference")
+    got = lif_multistep(x, v0, tau=2.5, v_threshold=0.8, return_v_seq=True, backend="triton")
+    if dtype == torch.float32:
+        for a, b, n in zip(got, ref, ("s", "v_T", "v_seq")):
+            assert_close(a, b, name=n)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_learnable_decay(device):
     """Learnable λ (k = 1 − λ): the gradient reaches it through the same ∂L/∂k."""
     x, v0 = _inputs(6, 50, device=device)
@@ -244,6 +266,8 @@ def test_opcheck(device):
     fwd_args = (x, v0, params, m, 0, True, 0.0, True, False, 0.2, True)
     torch.library.opcheck(torch.ops.snn_fast.lif_fwd_triton.default, fwd_args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(torch.ops.snn_fast.lif_fwd_triton_infer.default, fwd_args,
+                          test_utils=("test_schema", "test_faketensor"))
     s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd_triton(*fwd_args)
     gs = torch.randn_like(s)
     bwd_args = (gs, torch.randn_like(v_last), torch.randn_like(v_seq), x, v0, params, m, saved, s,

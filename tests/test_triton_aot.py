@@ -34,7 +34,8 @@ def _signatures(dt: str, mask: bool):
     st = f"*{dt}"
     pt = "*fp64" if dt == "fp64" else "*fp32"
     mk = "*i1" if mask else st
-    consts_f = ["SG", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_X", "WIDE", "EXACT", "BLOCK"]
+    consts_f = ["SG", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "SAVE_X", "WIDE", "EXACT",
+                "BLOCK"]
     fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
            "vseq_ptr": st, "h_ptr": st, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
            **{c: "constexpr" for c in consts_f}}
@@ -79,8 +80,9 @@ def compile_all():
                 fwd_sig, bwd_sig = _signatures(dt, mask)
                 variants = [
                     ("fwd", lt._lif_fwd_kernel, fwd_sig,
-                     dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False, SAVE_X=save_x,
-                          WIDE=dt == "fp64", EXACT=True), fwd_cfg),
+                     dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False,
+                          SAVE_H=hard or mask,  # (soft, no mask) compiles the inference variant
+                          SAVE_X=save_x, WIDE=dt == "fp64", EXACT=True), fwd_cfg),
                     ("bwd", lt._lif_bwd_kernel, bwd_sig,
                      dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
                           HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SAVE_X=save_x, WIDE=dt == "fp64"),

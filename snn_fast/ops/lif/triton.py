@@ -41,8 +41,8 @@ grad inputs present, parameter gradients, dtype), so each variant compiles only 
 not specialised (``do_not_specialize``: a new length reuses the binary); N only by Triton's
 divisible-by-16 rule (≤ 2 binaries, and aligned vector loads). Autotuned per (dtypes, N bucket).
 
-Known cost: the forward writes H even for inference (3b instead of 2b per element): the op cannot
-tell whether a backward will follow, and the shared op contract has no flag for it.
+Inference: backend 'triton' is ``lif_fwd_dispatch``, which calls ``snn_fast::lif_fwd_triton_infer``
+(no H write: 2b per element) when no input requires grad, and the training op otherwise.
 
 Runs on CUDA tensors; on CPU tensors only under ``TRITON_INTERPRET=1`` (set before triton is
 imported), which is how CI without a GPU tests these kernels.
@@ -235,10 +235,10 @@ def _lif_fwd_kernel(
     x_ptr, v0_ptr, params_ptr, mask_ptr, s_ptr, vlast_ptr, vseq_ptr, h_ptr,
     T, N, v_reset, N_BUCKET,
     SG: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
-    STORE_VSEQ: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr,
-    BLOCK: tl.constexpr,
+    STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr,
+    EXACT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # Per element and step: read x (b), write s (b), write H (b) [+ v_seq b, + mask 1 B].
+    # Per element and step: read x (b), write s (b), write H (b, training only) [+ v_seq b, + mask 1 B].
     # Addressing: one int64 scalar row offset t·N + start (N·T may exceed 2^31) plus int32 lanes,
     # so the loop carries 2 registers of address instead of a 64-bit pointer per neuron and tensor.
     start = tl.program_id(0).to(tl.int64) * BLOCK
@@ -279,10 +279,11 @@ def _lif_fwd_kernel(
         else:
             v = h - s * theta
         tl.store(sp, s.to(sp.dtype.element_ty), mask=m)
-        if SAVE_X:
-            tl.store(hp, xs.to(hp.dtype.element_ty), mask=m)
-        else:
-            tl.store(hp, h.to(hp.dtype.element_ty), mask=m)
+        if SAVE_H:
+            if SAVE_X:
+                tl.store(hp, xs.to(hp.dtype.element_ty), mask=m)
+            else:
+                tl.store(hp, h.to(hp.dtype.element_ty), mask=m)
         if STORE_VSEQ:
             tl.store(vp, v.to(vp.dtype.element_ty), mask=m)
         row += N
@@ -477,11 +478,8 @@ def _param_buffer(params: torch.Tensor, v_reset: float, kappa: float) -> torch.T
     return torch.cat([params, torch.tensor([v_reset, kappa], dtype=torch.float64, device=params.device)])
 
 
-def lif_fwd_triton(
-    x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
-    hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual, return_v_seq,
+         save_h):
     _check(x, v0, params, surrogate)
     x = x.contiguous()
     v0 = v0.contiguous()
@@ -489,20 +487,40 @@ def lif_fwd_triton(
     s = torch.empty_like(x)
     v_last = torch.empty_like(v0)
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    saved = torch.empty((T, N), dtype=_saved_dtype(x.dtype), device=x.device)
+    saved = torch.empty((T, N) if save_h else (0,), dtype=_saved_dtype(x.dtype), device=x.device)
     mask = noise_mask.contiguous() if noise_mask is not None else None
     pbuf = _param_buffer(params.contiguous(), v_reset, reset_residual)
     if N > 0:
         wrap = torch.library.wrap_triton(_fwd_launch)
         wrap[_grid(N)](
-            x, v0, pbuf, mask if mask is not None else x, s, v_last, v_seq, saved,  # v_seq: [0] unless stored
+            x, v0, pbuf, mask if mask is not None else x, s, v_last, v_seq, saved,  # [0]-sized unless stored
             T, N, float(v_reset), _n_bucket(N),
             SG=surrogate, HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None,
-            STORE_VSEQ=return_v_seq, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
+            STORE_VSEQ=return_v_seq, SAVE_H=save_h, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
             EXACT=EXACT_MUL,
             **_block_kw(),
         )
     return s, v_last, v_seq, saved
+
+
+def lif_fwd_triton(
+    x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
+    hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
+    return_v_seq: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training forward: also saves H (H − θ for fp16/bf16) for ``lif_bwd_triton``."""
+    return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
+                return_v_seq, True)
+
+
+def lif_fwd_triton_infer(
+    x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
+    hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
+    return_v_seq: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inference forward (no autograd): saves nothing, 2b per element instead of 3b."""
+    return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
+                return_v_seq, False)
 
 
 def lif_bwd_triton(
@@ -546,10 +564,14 @@ def lif_bwd_triton(
 
 
 def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-              reset_residual, return_v_seq):
+              reset_residual, return_v_seq, save_h=True):
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    saved = x.new_empty(x.shape, dtype=_saved_dtype(x.dtype))
+    saved = x.new_empty(x.shape if save_h else (0,), dtype=_saved_dtype(x.dtype))
     return torch.empty_like(x), torch.empty_like(v0), v_seq, saved
+
+
+def _fake_fwd_infer(*args):
+    return _fake_fwd(*args, save_h=False)
 
 
 def _fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, surrogate, hard_reset,
@@ -558,23 +580,32 @@ def _fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved,
 
 
 FWD_NAME = "snn_fast::lif_fwd_triton"
+FWD_INFER_NAME = "snn_fast::lif_fwd_triton_infer"
 BWD_NAME = "snn_fast::lif_bwd_triton"
 
-if INTERPRETED:
-    _fwd_def = torch.library.custom_op(FWD_NAME, mutates_args=())(lif_fwd_triton)
-    _fwd_def.register_fake(_fake_fwd)
-    _bwd_def = torch.library.custom_op(BWD_NAME, mutates_args=())(lif_bwd_triton)
-    _bwd_def.register_fake(_fake_bwd)
-else:
-    _fwd_def = torch.library.triton_op(FWD_NAME, mutates_args=())(lif_fwd_triton)
-    _bwd_def = torch.library.triton_op(BWD_NAME, mutates_args=())(lif_bwd_triton)
+for _name, _fn, _fake in ((FWD_NAME, lif_fwd_triton, _fake_fwd), (FWD_INFER_NAME, lif_fwd_triton_infer, _fake_fwd_infer),
+                          (BWD_NAME, lif_bwd_triton, _fake_bwd)):
+    if INTERPRETED:
+        torch.library.custom_op(_name, mutates_args=())(_fn).register_fake(_fake)
+    else:
+        torch.library.triton_op(_name, mutates_args=())(_fn)
+
+
+def lif_fwd_dispatch(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
+                     reset_residual, return_v_seq):
+    """The ``fwd`` registered as backend 'triton': the training op (saves H, has autograd) when a
+    gradient can flow, else the inference op, which skips the H write (2b instead of 3b per element)."""
+    train = torch.is_grad_enabled() and (x.requires_grad or v0.requires_grad or params.requires_grad)
+    op = torch.ops.snn_fast.lif_fwd_triton if train else torch.ops.snn_fast.lif_fwd_triton_infer
+    return op(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset, reset_residual,
+              return_v_seq)
 
 
 def _register() -> None:
     from .function import register_fwd_op, register_lif_autograd
 
     register_lif_autograd(FWD_NAME, torch.ops.snn_fast.lif_bwd_triton)
-    register_fwd_op("triton", torch.ops.snn_fast.lif_fwd_triton)
+    register_fwd_op("triton", lif_fwd_dispatch)
 
 
 _register()
