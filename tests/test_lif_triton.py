@@ -130,6 +130,15 @@ def test_shapes(T, N, learn, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("v_reset", [0.0, None], ids=["hard", "soft"])
+def test_long_sequence(v_reset, device):
+    """T = 64 (the conftest fp32 tolerance's horizon), several programs, every gradient."""
+    x, v0 = _inputs(64, 300, device=device)
+    _compare(x, v0, v_reset=v_reset, surrogate="atan", alpha=2.0, reset_residual=0.2,
+             mask=torch.rand(x.shape, device=device) >= 0.2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_v0_none_float_and_no_v_seq(device):
     x, _ = _inputs(6, 70, device=device)
     _compare(x, None, v_seq=False)
