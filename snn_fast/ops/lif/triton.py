@@ -255,13 +255,16 @@ def _lif_fwd_kernel(
         vr = 0.0 * k  # soft reset charges towards 0
     v = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
     row = start
-    for _t in range(T):
-        xp = x_ptr + row + lane
+    # x is prefetched one step ahead: its load does not wait on the recurrence, so issuing it before
+    # step t's arithmetic doubles the loads in flight when few warps share an SM (small N, long T).
+    x_next = tl.load(x_ptr + row + lane, mask=m, other=0.0)
+    for t in range(T):
         sp = s_ptr + row + lane
         hp = h_ptr + row + lane
         vp = vseq_ptr + row + lane
         mp = mask_ptr + row + lane
-        xv = tl.load(xp, mask=m, other=0.0).to(k.dtype)
+        xv = x_next.to(k.dtype)
+        x_next = tl.load(x_ptr + row + N + lane, mask=m & ((lane * 0 + t) < T - 1), other=0.0)
         # Charge in the reference's operation order (lif_step.h lif_charge).
         if DECAY_INPUT:
             h = v + _mul_rn(xv - (v - vr), k, EXACT)
@@ -333,6 +336,7 @@ def _lif_bwd_kernel(
     last = tl.cast(T - 1, tl.int64) * N
     row = last + start
     h, xs, s = _load_state(h_ptr + row + lane, mask_ptr + row + lane, m, theta, alpha, SG, HAS_MASK, SAVE_X)
+    gs_next = tl.load(gs_ptr + row + lane, mask=m, other=0.0)  # prefetched a step ahead, as x in the forward
     for i in range(T):
         t = T - 1 - i
         gsp = gs_ptr + row + lane
@@ -343,8 +347,10 @@ def _lif_bwd_kernel(
         # Step t − 1's state, needed next iteration (and now for V_{t−1} when learning k).
         t_pos = (lane * 0 + t) > 0  # as a tensor (t may be a plain int in the interpreter)
         has_prev = m & t_pos
-        h_prev, xs_prev, s_prev = _load_state(h_ptr + prev + lane, mask_ptr + prev + lane, has_prev, theta, alpha, SG, HAS_MASK, SAVE_X)
-        g_s = tl.load(gsp, mask=m, other=0.0).to(k.dtype)
+        h_prev, xs_prev, s_prev = _load_state(h_ptr + prev + lane, mask_ptr + prev + lane, has_prev, theta, alpha,
+                                              SG, HAS_MASK, SAVE_X)
+        g_s = gs_next.to(k.dtype)
+        gs_next = tl.load(gsp - N, mask=has_prev, other=0.0)
         dvt = dv
         if HAS_GVSEQ:
             dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
@@ -397,10 +403,12 @@ EXACT_MUL = not INTERPRETED and torch.version.hip is None
 
 # Elementwise recurrence: each thread owns BLOCK / (32·num_warps) neurons for all T steps. Small
 # blocks keep enough programs in flight for small N (W2: N = 16·4096); big ones amortise the
-# per-program prologue for W1 (N = 4M). 4 neurons per thread cost 28/38 registers (fwd/bwd, fp32,
-# sigmoid, sm_90); 8 per thread (1024 × 4 warps, for 16-byte bf16 vectors) cost 96/141: the
-# autotuner weighs that occupancy loss, and tests/test_triton_aot.py checks it never spills. Keyed on a coarse N bucket (and the arguments' dtypes, which
-# the autotuner adds by itself), so a new batch size does not re-tune or recompile.
+# per-program prologue for W1 (N = 4M). Registers (sm_90, sigmoid, hard reset, no mask, from
+# tests/test_triton_aot.py's cuobjdump): 4 neurons per thread: fwd 32, bwd 48 (64 with parameter
+# gradients), fp32 and bf16 alike; 8 per thread (1024 × 4 warps, 16-byte bf16 vectors): fwd 106–140,
+# so only the forward offers it and the autotuner weighs the occupancy it costs. Keyed on a coarse
+# N bucket (plus the arguments' dtypes, which the autotuner adds itself): a new batch size neither
+# re-tunes nor recompiles.
 _FWD_CONFIGS = [
     triton.Config({"BLOCK": 128}, num_warps=1),
     triton.Config({"BLOCK": 256}, num_warps=2),
@@ -409,7 +417,7 @@ _FWD_CONFIGS = [
     triton.Config({"BLOCK": 1024}, num_warps=4),  # 8 per thread: 16-byte bf16/fp16 vectors
 ]
 # The backward holds ~2× the live state (H_t and H_{t−1}, S, three partial sums); at 8 neurons per
-# thread it reaches 168 registers and an 8-byte stack frame (fp16 q_pseudo_spike with mask and
+# thread it reached 168 registers and an 8-byte stack frame (fp16 q_pseudo_spike with mask and
 # parameter gradients, sm_90), so it stays at 4 per thread.
 _BWD_CONFIGS = _FWD_CONFIGS[:4]
 if INTERPRETED:
@@ -583,7 +591,8 @@ FWD_NAME = "snn_fast::lif_fwd_triton"
 FWD_INFER_NAME = "snn_fast::lif_fwd_triton_infer"
 BWD_NAME = "snn_fast::lif_bwd_triton"
 
-for _name, _fn, _fake in ((FWD_NAME, lif_fwd_triton, _fake_fwd), (FWD_INFER_NAME, lif_fwd_triton_infer, _fake_fwd_infer),
+for _name, _fn, _fake in ((FWD_NAME, lif_fwd_triton, _fake_fwd),
+                          (FWD_INFER_NAME, lif_fwd_triton_infer, _fake_fwd_infer),
                           (BWD_NAME, lif_bwd_triton, _fake_bwd)):
     if INTERPRETED:
         torch.library.custom_op(_name, mutates_args=())(_fn).register_fake(_fake)
