@@ -21,10 +21,11 @@ What the forward saves for the backward (``saved``, [T, N]):
     Saving H in fp32 instead (``_LOWP_SAVE_FP32``) would cost 2 B/elem more in each direction.
 
 Bytes per element of [T, N] (storage size b; mask 1 B when given):
-  forward   read x, write s, write H                          3b   (+ b v_seq, + 1 mask)
+  forward   read x, write s, write H (H − θ)                  3b   (+ b v_seq, + 1 mask)
+  inference read x, write s                                   2b   (``lif_fwd_triton_infer``)
   backward  read grad_s, read H, write grad_x                 3b   (+ b grad_v_seq, + 1 mask)
             + read x when learning k with decay_input         +b
-  fwd+bwd = 6b: one pass above the 5-pass floor. The floor (save nothing, re-run the forward inside
+  fwd+bwd = 6b (fp32 24 B, bf16/fp16 12 B per element): one pass above the 5-pass floor. The floor (save nothing, re-run the forward inside
   the backward as the CPU kernel does) needs the whole [T, BLOCK] history of V_{t−1} on chip while
   walking back, which a GPU program cannot hold for general T; re-running it through global memory
   costs more than saving H once. Same pass count as SpikingJelly 2.0, whose H is fp32 even for
