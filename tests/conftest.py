@@ -12,13 +12,16 @@
 """
 from __future__ import annotations
 
-import os as _os, torch as _torch; _torch.cuda.is_available() or _os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU: run Triton kernels on CPU tensors through its interpreter; must be set before triton is imported
-
 import contextlib
 import os
 
 import pytest
 import torch
+
+# No GPU: run Triton kernels on CPU tensors in its interpreter. Must precede any `import triton`
+# (pytest imports this file before any test module).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TOL = {
     torch.float64: dict(atol=1e-10, rtol=1e-10),

@@ -1,0 +1,621 @@
+"""Triton kernels for the fused LIF op (SPEC §2–§4): kernels, launchers, op registration.
+
+``_lif_fwd_kernel`` → ``lif_fwd_triton`` (op ``snn_fast::lif_fwd_triton``) and ``_lif_bwd_kernel`` →
+``lif_bwd_triton`` (op ``snn_fast::lif_bwd_triton``), with the contract of ``function.py``. One program
+owns BLOCK neurons and walks all T steps with the membrane in registers; the math of a step is the
+port of ``csrc/include/snn_fast/lif_step.h`` (same formulas, same operation order, so fp32 states
+match the fp32 reference bit for bit and spikes do not flip).
+
+What the forward saves for the backward (``saved``, [T, N]):
+  - float32/float64: H in the storage dtype; S = Θ(H − θ) is recomputed exactly from it.
+  - float16/bfloat16: H − θ rounded to the storage dtype. Rounding to nearest never changes the sign
+    bit (not even to ±0), so S = [sign bit clear] is exact; and where g′(H − θ) matters (H near θ)
+    the stored H − θ keeps full relative precision, which a rounded H would lose to cancellation.
+    H = (H − θ) + θ serves the reset terms. Measured against the float64 reference on [T=16,
+    N=1024], sigmoid α=4, κ=0.2, hard/soft, with and without the noise mask (max error / scale):
+        grad_x    fp16 4.3–4.9e-4 (saving H in fp32: 3.9–4.7e-4; plain fp16 torch 0.07–0.30)
+                  bf16 5.5–6.5e-3 (fp32 H: 4.9–5.6e-3; plain bf16 torch 0.10–0.57)
+        grad_τ,θ,α  within 1e-4…2e-2 of the truth, below plain torch's error in 23 of 24 cases
+    A first version stored H itself with the spike bit in the mantissa LSB: grad_x errors were
+    2–3× larger (fp16 1.1–1.7e-3) and grad_α off by 3.3e-2 in bf16, from cancellation in H − θ.
+    Saving H in fp32 instead (``_LOWP_SAVE_FP32``) would cost 2 B/elem more in each direction.
+
+Bytes per element of [T, N] (storage size b; mask 1 B when given):
+  forward   read x, write s, write H (H − θ)                  3b   (+ b v_seq, + 1 mask)
+  inference read x, write s                                   2b   (``lif_fwd_triton_infer``)
+  backward  read grad_s, read H, write grad_x                 3b   (+ b grad_v_seq, + 1 mask)
+            + read x when learning k with decay_input         +b
+  fwd+bwd = 6b (fp32 24 B, bf16/fp16 12 B per element): one pass above the 5-pass floor. The floor (save nothing, re-run the forward inside
+  the backward as the CPU kernel does) needs the whole [T, BLOCK] history of V_{t−1} on chip while
+  walking back, which a GPU program cannot hold for general T; re-running it through global memory
+  costs more than saving H once. Same pass count as SpikingJelly 2.0, whose H is fp32 even for
+  fp16/bf16 storage (this saves H − θ in b: 12 B instead of 16 B per element for bf16).
+The backward needs neither V_{t−1} nor x unless the leak k is learned: V_{t−1} = reset(H_{t−1}) comes
+from the H it loads anyway one step ahead.
+
+Parameter gradients: each program sums its lanes over all its steps into one row of a
+[programs, 3] buffer, summed by torch afterwards (deterministic, no atomics), and the whole path is
+compiled out (``NEED_PARAM_GRAD`` constexpr) when no parameter needs a gradient.
+
+Variants: every option is a constexpr (surrogate id, hard/soft, decay_input, detach, mask, v_seq,
+grad inputs present, parameter gradients, dtype), so each variant compiles only its own code. T is
+not specialised (``do_not_specialize``: a new length reuses the binary); N only by Triton's
+divisible-by-16 rule (≤ 2 binaries, and aligned vector loads). Autotuned per (dtypes, N bucket).
+
+Inference: backend 'triton' is ``lif_fwd_dispatch``, which calls ``snn_fast::lif_fwd_triton_infer``
+(no H write: 2b per element) when no input requires grad, and the training op otherwise.
+
+Runs on CUDA tensors; on CPU tensors only under ``TRITON_INTERPRET=1`` (set before triton is
+imported), which is how CI without a GPU tests these kernels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ... import surrogate as _sg
+
+try:
+    from triton.runtime.interpreter import InterpretedFunction as _Interpreted
+except ImportError:  # pragma: no cover
+    _Interpreted = ()
+
+# Save H in fp32 for fp16/bf16 instead of H − θ in the storage dtype (for measuring the choice).
+_LOWP_SAVE_FP32 = False
+# Interpreter: one fixed block (no autotuning, nothing to time); small so tests cover several programs.
+_INTERPRET_BLOCK = 128
+_MIN_BLOCK = 128  # smallest BLOCK of any config: sizes the parameter-gradient partial buffer
+
+_PI = tl.constexpr(math.pi)
+_HALF_PI = tl.constexpr(math.pi / 2)
+_QUARTER_PI = tl.constexpr(math.pi / 4)
+_INV_SQRT_PI = tl.constexpr(1.0 / math.sqrt(math.pi))
+
+
+# ---------------------------------------------------------------------------------------------
+# Surrogates (SPEC §3), mirroring csrc/include/snn_fast/surrogate.h. SG is a constexpr, so each
+# kernel variant contains one surrogate only. x = H − θ, a = α; x and a share the compute dtype.
+
+
+@triton.jit
+def _atan(z):
+    """arctan (Cephes atan: range reduction + rational 4/5), max error 2.2e-16 in float64 and 1 ulp
+    in float32 vs numpy. Own code because the interpreter has no libdevice (CI runs that path)."""
+    az = tl.abs(z)
+    big = az > 2.414213562373095  # tan(3π/8)
+    mid = (az > 0.66) & (az <= 2.414213562373095)
+    w = tl.where(big, -1.0 / tl.where(big, az, 1.0), tl.where(mid, (az - 1.0) / (az + 1.0), az))
+    y = tl.where(big, 2.0, tl.where(mid, 1.0, 0.0)).to(z.dtype) * _QUARTER_PI  # exact in float64
+    q2 = w * w
+    p = (((-8.750608600031904122785e-1 * q2 - 1.615753718733365076637e1) * q2 - 7.500855792314704667340e1) * q2
+         - 1.228866684490136173410e2) * q2 - 6.485021904942025371773e1
+    q = ((((q2 + 2.485846490142306297962e1) * q2 + 1.650270098316988542046e2) * q2 + 4.328810604912902668951e2)
+         * q2 + 4.853903996359136964868e2) * q2 + 1.945506571482613964425e2
+    r = y + (w * (q2 * p / q) + w)
+    return tl.where(z < 0.0, -r, r)
+
+
+@triton.jit
+def _sg_grad(x, a, SG: tl.constexpr):
+    """g′(x; a), the surrogate gradient."""
+    if SG == 0:  # sigmoid
+        s = 1.0 / (1.0 + tl.exp(-(a * x)))
+        r = a * s * (1.0 - s)
+    elif SG == 1:  # atan
+        u = a * x * _HALF_PI
+        r = a / (2.0 * (1.0 + u * u))
+    elif SG == 2:  # rectangle
+        r = tl.where(tl.abs(x) < 0.5 / a, a, 0.0 * a)
+    elif SG == 3:  # triangle
+        d = a - a * a * tl.abs(x)
+        r = tl.where(d > 0.0, d, 0.0 * d)
+    elif SG == 4:  # piecewise_exp
+        r = a / 2.0 * tl.exp(-a * tl.abs(x))
+    elif SG == 5:  # soft_sign
+        u = 1.0 + tl.abs(a * x)
+        r = a / (2.0 * u * u)
+    elif SG == 6:  # super_spike
+        u = 1.0 + a * tl.abs(x)
+        r = 1.0 / (u * u)
+    elif SG == 7:  # erf
+        r = a * tl.exp(-(a * x) * (a * x)) * _INV_SQRT_PI
+    elif SG == 8:  # q_pseudo_spike
+        u = 1.0 + 2.0 * tl.abs(x) / (a - 1.0)
+        r = tl.exp(-a * tl.log(u))
+    elif SG == 9:  # straight_through
+        r = 0.0 * x + 1.0
+    else:  # spike_gate
+        r = tl.where(x >= 0.0, 1.0, 0.0).to(x.dtype)
+    return r
+
+
+@triton.jit
+def _sg_prim(x, a, SG: tl.constexpr):
+    """g(x; a), emitted by the noisy spike where the mask is False."""
+    if SG == 0:
+        r = 1.0 / (1.0 + tl.exp(-(a * x)))
+    elif SG == 1:
+        r = 0.5 + _atan(a * x * _HALF_PI) / _PI
+    elif SG == 2:
+        r = tl.minimum(tl.maximum(a * x + 0.5, 0.0), 1.0)
+    elif SG == 3:
+        ax = a * x
+        r = tl.where(ax < 0.0, 0.5 * (ax + 1.0) * (ax + 1.0), 1.0 - 0.5 * (1.0 - ax) * (1.0 - ax))
+        r = tl.where(ax <= -1.0, 0.0, r)
+        r = tl.where(ax >= 1.0, 1.0, r)
+    elif SG == 4:
+        e = 0.5 * tl.exp(-a * tl.abs(x))
+        r = tl.where(x < 0.0, e, 1.0 - e)
+    elif SG == 5:
+        ax = a * x
+        r = 0.5 * (ax / (1.0 + tl.abs(ax)) + 1.0)
+    elif SG == 6:
+        r = 0.5 + x / (1.0 + a * tl.abs(x))
+    elif SG == 7:
+        r = 0.5 * (1.0 + tl.math.erf(a * x))  # = ½·erfc(−αx); abs. error ≤ 1 ulp of 1
+    elif SG == 8:
+        u = 1.0 + 2.0 * tl.abs(x) / (a - 1.0)
+        h = 0.5 * tl.exp((1.0 - a) * tl.log(u))
+        r = tl.where(x >= 0.0, 1.0 - h, h)
+    elif SG == 9:
+        r = x + 0.5
+    else:
+        r = tl.maximum(x, 0.0)
+    return r.to(x.dtype)
+
+
+@triton.jit
+def _sg_dalpha(x, a, SG: tl.constexpr):
+    """∂g/∂a. Scaling family: x·g′(x)/a; no width (straight_through, spike_gate): 0."""
+    if SG == 6:
+        u = 1.0 + a * tl.abs(x)
+        r = -x * tl.abs(x) / (u * u)
+    elif SG == 8:
+        ax = tl.abs(x)
+        u = 1.0 + 2.0 * ax / (a - 1.0)
+        lu = tl.log(u)
+        dh = 0.5 * tl.exp((1.0 - a) * lu) * (-lu + 2.0 * ax / ((a - 1.0) * u))
+        r = tl.where(x >= 0.0, -dh, dh)
+    elif SG == 9 or SG == 10:
+        r = 0.0 * x
+    else:
+        r = x * _sg_grad(x, a, SG) / a
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit
+def _mul_rn(a, b, EXACT: tl.constexpr):
+    """a·b rounded on its own, never contracted into an FMA with the add that follows it.
+
+    The charge must round exactly like the reference (separate torch mul and add), or H moves by an
+    ulp and spikes near θ flip between backends. Triton contracts mul+add by default, so on NVIDIA
+    the product is pinned with ``mul.rn`` (ptxas never fuses an explicitly rounded op). The
+    interpreter (numpy) never contracts and has no inline asm, so there it is a plain product.
+    """
+    if EXACT:
+        bb = tl.zeros_like(a) + b
+        if a.dtype == tl.float64:
+            r = tl.inline_asm_elementwise("mul.rn.f64 $0, $1, $2;", "=d,d,d", [a, bb], dtype=tl.float64,
+                                          is_pure=True, pack=1)
+        else:
+            r = tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [a, bb], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+    else:
+        r = a * b
+    return r
+
+
+@triton.jit
+def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, SAVE_X: tl.constexpr):
+    """Saved state at one step → (H, H − θ, emitted S) in the compute dtype of θ."""
+    hv = tl.load(hp, mask=m, other=0.0)
+    if SAVE_X:  # fp16/bf16: H − θ was saved; rounding to nearest keeps its sign bit, so S is exact
+        xs = hv.to(theta.dtype)
+        h = xs + theta
+        s = tl.where(hv.to(tl.int16, bitcast=True) >= 0, 1.0, 0.0).to(theta.dtype)
+    else:  # H itself: the same H − θ and the same spike as the forward
+        h = hv.to(theta.dtype)
+        xs = h - theta
+        s = tl.where(xs >= 0.0, 1.0, 0.0).to(theta.dtype)
+    if HAS_MASK:
+        mk = tl.load(mp, mask=m, other=1) != 0
+        s = tl.where(mk, s, _sg_prim(xs, alpha, SG))
+    return h, xs, s
+
+
+@triton.jit(do_not_specialize=["T", "N_BUCKET"])
+def _lif_fwd_kernel(
+    x_ptr, v0_ptr, params_ptr, mask_ptr, s_ptr, vlast_ptr, vseq_ptr, h_ptr,
+    T, N, v_reset, N_BUCKET,
+    SG: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
+    STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr,
+    EXACT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # Per element and step: read x (b), write s (b), write H (b, training only) [+ v_seq b, + mask 1 B].
+    # Addressing: one int64 scalar row offset t·N + start (N·T may exceed 2^31) plus int32 lanes,
+    # so the loop carries 2 registers of address instead of a 64-bit pointer per neuron and tensor.
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    lane = tl.arange(0, BLOCK)
+    m = lane < N - start
+    k = tl.load(params_ptr)
+    theta = tl.load(params_ptr + 1)
+    alpha = tl.load(params_ptr + 2)
+    if WIDE:  # float64: v_reset from the buffer (a float argument would be rounded to fp32)
+        vr = tl.load(params_ptr + 3)
+    else:
+        vr = v_reset + 0.0 * k
+    if not HARD_RESET:
+        vr = 0.0 * k  # soft reset charges towards 0
+    v = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    row = start
+    # x is prefetched one step ahead: its load does not wait on the recurrence, so issuing it before
+    # step t's arithmetic doubles the loads in flight when few warps share an SM (small N, long T).
+    x_next = tl.load(x_ptr + row + lane, mask=m, other=0.0)
+    for t in range(T):
+        sp = s_ptr + row + lane
+        hp = h_ptr + row + lane
+        vp = vseq_ptr + row + lane
+        mp = mask_ptr + row + lane
+        xv = x_next.to(k.dtype)
+        x_next = tl.load(x_ptr + row + N + lane, mask=m & ((lane * 0 + t) < T - 1), other=0.0)
+        # Charge in the reference's operation order (lif_step.h lif_charge).
+        if DECAY_INPUT:
+            h = v + _mul_rn(xv - (v - vr), k, EXACT)
+        else:
+            h = (v - _mul_rn(v - vr, k, EXACT)) + xv
+        xs = h - theta
+        spike = tl.where(xs >= 0.0, 1.0, 0.0).to(k.dtype)
+        if HAS_MASK:
+            mk = tl.load(mp, mask=m, other=1) != 0
+            s = tl.where(mk, spike, _sg_prim(xs, alpha, SG))
+        else:
+            s = spike
+        if HARD_RESET:
+            v = s * vr + (1.0 - s) * h
+        else:
+            v = h - s * theta
+        tl.store(sp, s.to(sp.dtype.element_ty), mask=m)
+        if SAVE_H:
+            if SAVE_X:
+                tl.store(hp, xs.to(hp.dtype.element_ty), mask=m)
+            else:
+                tl.store(hp, h.to(hp.dtype.element_ty), mask=m)
+        if STORE_VSEQ:
+            tl.store(vp, v.to(vp.dtype.element_ty), mask=m)
+        row += N
+    tl.store(vlast_ptr + start + lane, v.to(vlast_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit(do_not_specialize=["T", "N_BUCKET"])
+def _lif_bwd_kernel(
+    gs_ptr, gvlast_ptr, gvseq_ptr, x_ptr, v0_ptr, params_ptr, mask_ptr, h_ptr,
+    gx_ptr, gv0_ptr, pgrad_ptr,
+    T, N, v_reset, kappa, N_BUCKET,
+    SG: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, DETACH_RESET: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
+    NEED_PARAM_GRAD: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # Per element and step: read grad_s (b), read H (b), write grad_x (b)
+    # [+ grad_v_seq b, + mask 1 B, + x b when NEED_PARAM_GRAD and DECAY_INPUT].
+    pid = tl.program_id(0).to(tl.int64)
+    start = pid * BLOCK  # addressing as in the forward: int64 scalar row offset + int32 lanes
+    lane = tl.arange(0, BLOCK)
+    m = lane < N - start
+    k = tl.load(params_ptr)
+    theta = tl.load(params_ptr + 1)
+    alpha = tl.load(params_ptr + 2)
+    if WIDE:
+        vr = tl.load(params_ptr + 3)
+        kap = tl.load(params_ptr + 4)
+    else:
+        vr = v_reset + 0.0 * k
+        kap = kappa + 0.0 * k
+    if not HARD_RESET:
+        vr = 0.0 * k
+    if DECAY_INPUT:
+        cx = k
+    else:
+        cx = 1.0 + 0.0 * k
+    keep = 1.0 - k
+    if HAS_GVLAST:
+        dv = tl.load(gvlast_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    else:
+        dv = tl.zeros([BLOCK], dtype=k.dtype)
+    if NEED_PARAM_GRAD:
+        v0 = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+        acc_k = tl.zeros([BLOCK], dtype=k.dtype)
+        acc_th = tl.zeros([BLOCK], dtype=k.dtype)
+        acc_al = tl.zeros([BLOCK], dtype=k.dtype)
+    last = tl.cast(T - 1, tl.int64) * N
+    row = last + start
+    h, xs, s = _load_state(h_ptr + row + lane, mask_ptr + row + lane, m, theta, alpha, SG, HAS_MASK, SAVE_X)
+    gs_next = tl.load(gs_ptr + row + lane, mask=m, other=0.0)  # prefetched a step ahead, as x in the forward
+    for i in range(T):
+        t = T - 1 - i
+        gsp = gs_ptr + row + lane
+        gxp = gx_ptr + row + lane
+        xp = x_ptr + row + lane
+        gvp = gvseq_ptr + row + lane
+        prev = row - N
+        # Step t − 1's state, needed next iteration (and now for V_{t−1} when learning k).
+        t_pos = (lane * 0 + t) > 0  # as a tensor (t may be a plain int in the interpreter)
+        has_prev = m & t_pos
+        h_prev, xs_prev, s_prev = _load_state(h_ptr + prev + lane, mask_ptr + prev + lane, has_prev, theta, alpha,
+                                              SG, HAS_MASK, SAVE_X)
+        g_s = gs_next.to(k.dtype)
+        gs_next = tl.load(gsp - N, mask=has_prev, other=0.0)
+        dvt = dv
+        if HAS_GVSEQ:
+            dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
+        # lif_step.h lif_step_backward
+        gp = _sg_grad(xs, alpha, SG)
+        if DETACH_RESET:
+            reset_coef = 0.0 * h
+        elif HARD_RESET:
+            reset_coef = vr - h
+        else:
+            reset_coef = -theta + 0.0 * h
+        ds = g_s + dvt * (reset_coef + kap)
+        if HARD_RESET:
+            eps = dvt * (1.0 - s) + ds * gp
+        else:
+            eps = dvt + ds * gp
+        tl.store(gxp, (eps * cx).to(gxp.dtype.element_ty), mask=m)
+        dv = eps * keep
+        if NEED_PARAM_GRAD:
+            if HARD_RESET:
+                v_prev = tl.where(t_pos, s_prev * vr + (1.0 - s_prev) * h_prev, v0)
+                acc_th += -ds * gp
+            else:
+                v_prev = tl.where(t_pos, h_prev - s_prev * theta, v0)
+                acc_th += -ds * gp - dvt * s
+            acc_al += ds * _sg_dalpha(xs, alpha, SG)
+            if DECAY_INPUT:
+                xv = tl.load(xp, mask=m, other=0.0).to(k.dtype)
+                acc_k += eps * (xv - (v_prev - vr))
+            else:
+                acc_k += eps * (0.0 - (v_prev - vr))
+        h = h_prev
+        xs = xs_prev
+        s = s_prev
+        row = prev
+    tl.store(gv0_ptr + start + lane, dv.to(gv0_ptr.dtype.element_ty), mask=m)
+    if NEED_PARAM_GRAD:
+        zero = 0.0 * k
+        acc_k = tl.where(m, acc_k, zero)
+        acc_th = tl.where(m, acc_th, zero)
+        acc_al = tl.where(m, acc_al, zero)
+        tl.store(pgrad_ptr + pid * 3, tl.sum(acc_k, axis=0))
+        tl.store(pgrad_ptr + pid * 3 + 1, tl.sum(acc_th, axis=0))
+        tl.store(pgrad_ptr + pid * 3 + 2, tl.sum(acc_al, axis=0))
+
+
+INTERPRETED = isinstance(_lif_fwd_kernel, _Interpreted) if _Interpreted else False
+# PTX inline asm pins the charge's rounding on NVIDIA; elsewhere (interpreter, ROCm) a plain product.
+EXACT_MUL = not INTERPRETED and torch.version.hip is None
+
+# Elementwise recurrence: each thread owns BLOCK / (32·num_warps) neurons for all T steps. Small
+# blocks keep enough programs in flight for small N (W2: N = 16·4096); big ones amortise the
+# per-program prologue for W1 (N = 4M). Registers (sm_90, sigmoid, hard reset, no mask, from
+# tests/test_triton_aot.py's cuobjdump): 4 neurons per thread: fwd 32, bwd 48 (64 with parameter
+# gradients), fp32 and bf16 alike; 8 per thread (1024 × 4 warps, 16-byte bf16 vectors): fwd 106–140,
+# so only the forward offers it and the autotuner weighs the occupancy it costs. Keyed on a coarse
+# N bucket (plus the arguments' dtypes, which the autotuner adds itself): a new batch size neither
+# re-tunes nor recompiles.
+_FWD_CONFIGS = [
+    triton.Config({"BLOCK": 128}, num_warps=1),
+    triton.Config({"BLOCK": 256}, num_warps=2),
+    triton.Config({"BLOCK": 512}, num_warps=4),
+    triton.Config({"BLOCK": 1024}, num_warps=8),
+    triton.Config({"BLOCK": 1024}, num_warps=4),  # 8 per thread: 16-byte bf16/fp16 vectors
+]
+# The backward holds ~2× the live state (H_t and H_{t−1}, S, three partial sums); at 8 neurons per
+# thread it reached 168 registers and an 8-byte stack frame (fp16 q_pseudo_spike with mask and
+# parameter gradients, sm_90), so it stays at 4 per thread.
+_BWD_CONFIGS = _FWD_CONFIGS[:4]
+if INTERPRETED:
+    _fwd_launch = _lif_fwd_kernel
+    _bwd_launch = _lif_bwd_kernel
+else:
+    _fwd_launch = triton.autotune(_FWD_CONFIGS, key=["N_BUCKET"])(_lif_fwd_kernel)
+    # The backward writes only outputs it fully overwrites, except the partial-sum rows, which a
+    # config with fewer programs would leave stale: reset_to_zero clears them around benchmarking.
+    _bwd_launch = triton.autotune(_BWD_CONFIGS, key=["N_BUCKET"], reset_to_zero=["pgrad_ptr"])(_lif_bwd_kernel)
+
+
+def _n_bucket(n) -> int:
+    if not isinstance(n, int):  # symbolic under torch.compile(dynamic=True): Inductor tunes by itself
+        return 0
+    return min(max(n.bit_length() - 10, 0), 12)  # ≤1K, 2K, 4K, … neurons
+
+
+def _block_kw() -> dict:
+    return {"BLOCK": _INTERPRET_BLOCK} if INTERPRETED else {}
+
+
+def _grid(N: int):
+    if INTERPRETED:
+        return (triton.cdiv(N, _INTERPRET_BLOCK),)
+    return lambda meta: (triton.cdiv(N, meta["BLOCK"]),)
+
+
+def unavailable_reason(x: torch.Tensor) -> Optional[str]:
+    """None when the Triton kernels can run on ``x``, else why not."""
+    if x.device.type == "cuda":
+        return None
+    if x.device.type == "cpu":
+        if INTERPRETED:
+            return None
+        return ("the 'triton' backend runs on CUDA tensors; for CPU tensors (slow, for testing) set "
+                "TRITON_INTERPRET=1 before triton is first imported")
+    return f"the 'triton' backend runs on CUDA tensors, x is on {x.device}"
+
+
+def _saved_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype in (torch.float16, torch.bfloat16) and _LOWP_SAVE_FP32:
+        return torch.float32
+    return dtype
+
+
+def _save_x(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float16, torch.bfloat16)
+
+
+def _check(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, surrogate: int) -> None:
+    torch._check(x.dim() == 2, lambda: f"lif_triton: x must be [T, N], got {x.dim()} dims")
+    torch._check(x.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64),
+                 lambda: f"lif_triton: unsupported dtype {x.dtype}")
+    torch._check(v0.dtype == x.dtype, lambda: f"lif_triton: v0 dtype {v0.dtype} != x dtype {x.dtype}")
+    want = torch.float64 if x.dtype == torch.float64 else torch.float32
+    torch._check(params.dtype == want and params.numel() == 3,
+                 lambda: f"lif_triton: params must be [3] {want}, got {tuple(params.shape)} {params.dtype}")
+    torch._check(0 <= surrogate < _sg.NUM_KERNEL_SURROGATES, lambda: f"lif_triton: unknown surrogate id {surrogate}")
+
+
+def _param_buffer(params: torch.Tensor, v_reset: float, kappa: float) -> torch.Tensor:
+    """float64 only: (k, θ, α, v_r, κ) so v_r and κ keep double precision inside the kernel."""
+    if params.dtype != torch.float64:
+        return params
+    return torch.cat([params, torch.tensor([v_reset, kappa], dtype=torch.float64, device=params.device)])
+
+
+def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual, return_v_seq,
+         save_h):
+    _check(x, v0, params, surrogate)
+    x = x.contiguous()
+    v0 = v0.contiguous()
+    T, N = x.shape
+    s = torch.empty_like(x)
+    v_last = torch.empty_like(v0)
+    v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
+    saved = torch.empty((T, N) if save_h else (0,), dtype=_saved_dtype(x.dtype), device=x.device)
+    mask = noise_mask.contiguous() if noise_mask is not None else None
+    pbuf = _param_buffer(params.contiguous(), v_reset, reset_residual)
+    if N > 0:
+        wrap = torch.library.wrap_triton(_fwd_launch)
+        wrap[_grid(N)](
+            x, v0, pbuf, mask if mask is not None else x, s, v_last, v_seq, saved,  # [0]-sized unless stored
+            T, N, float(v_reset), _n_bucket(N),
+            SG=surrogate, HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None,
+            STORE_VSEQ=return_v_seq, SAVE_H=save_h, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
+            EXACT=EXACT_MUL,
+            **_block_kw(),
+        )
+    return s, v_last, v_seq, saved
+
+
+def lif_fwd_triton(
+    x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
+    hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
+    return_v_seq: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training forward: also saves H (H − θ for fp16/bf16) for ``lif_bwd_triton``."""
+    return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
+                return_v_seq, True)
+
+
+def lif_fwd_triton_infer(
+    x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
+    hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
+    return_v_seq: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inference forward (no autograd): saves nothing, 2b per element instead of 3b."""
+    return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
+                return_v_seq, False)
+
+
+def lif_bwd_triton(
+    grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
+    v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
+    surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
+    need_param_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check(x, v0, params, surrogate)
+    T, N = x.shape
+    grad_s = grad_s.to(x.dtype).contiguous()
+    x = x.contiguous()
+    v0 = v0.contiguous()
+    gvl = grad_v_last.to(x.dtype).contiguous() if grad_v_last is not None else None
+    gvs = grad_v_seq.to(x.dtype).contiguous() if grad_v_seq is not None and grad_v_seq.numel() > 0 else None
+    mask = noise_mask.contiguous() if noise_mask is not None else None
+    gx = torch.empty_like(x)
+    gv0 = torch.empty_like(v0)
+    pbuf = _param_buffer(params.contiguous(), v_reset, reset_residual)
+    nprog = triton.cdiv(N, _INTERPRET_BLOCK if INTERPRETED else _MIN_BLOCK) if need_param_grad else 1
+    partial = torch.zeros((max(nprog, 1), 3), dtype=params.dtype, device=x.device)
+    if N > 0:
+        wrap = torch.library.wrap_triton(_bwd_launch)
+        wrap[_grid(N)](
+            grad_s, gvl if gvl is not None else grad_s, gvs if gvs is not None else grad_s, x, v0, pbuf,
+            mask if mask is not None else x, saved, gx, gv0, partial,
+            T, N, float(v_reset), float(reset_residual), _n_bucket(N),
+            SG=surrogate, HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
+            HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
+            NEED_PARAM_GRAD=need_param_grad, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
+            **_block_kw(),
+        )
+    grad_params = partial.sum(0) if need_param_grad else torch.zeros_like(params)
+    return gx, gv0, grad_params
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops. On a GPU, ``triton_op`` + ``wrap_triton``: torch.compile sees through the op to the kernels
+# (no graph break, Inductor can schedule them). Under the interpreter the kernels cannot be traced,
+# so the same functions become an opaque ``custom_op`` with explicit fake (shape) functions.
+
+
+def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
+              reset_residual, return_v_seq, save_h=True):
+    v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
+    saved = x.new_empty(x.shape if save_h else (0,), dtype=_saved_dtype(x.dtype))
+    return torch.empty_like(x), torch.empty_like(v0), v_seq, saved
+
+
+def _fake_fwd_infer(*args):
+    return _fake_fwd(*args, save_h=False)
+
+
+def _fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, surrogate, hard_reset,
+              v_reset, decay_input, detach_reset, reset_residual, need_param_grad):
+    return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(params)
+
+
+FWD_NAME = "snn_fast::lif_fwd_triton"
+FWD_INFER_NAME = "snn_fast::lif_fwd_triton_infer"
+BWD_NAME = "snn_fast::lif_bwd_triton"
+
+for _name, _fn, _fake in ((FWD_NAME, lif_fwd_triton, _fake_fwd),
+                          (FWD_INFER_NAME, lif_fwd_triton_infer, _fake_fwd_infer),
+                          (BWD_NAME, lif_bwd_triton, _fake_bwd)):
+    if INTERPRETED:
+        torch.library.custom_op(_name, mutates_args=())(_fn).register_fake(_fake)
+    else:
+        torch.library.triton_op(_name, mutates_args=())(_fn)
+
+
+def lif_fwd_dispatch(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
+                     reset_residual, return_v_seq):
+    """The ``fwd`` registered as backend 'triton': the training op (saves H, has autograd) when a
+    gradient can flow, else the inference op, which skips the H write (2b instead of 3b per element)."""
+    train = torch.is_grad_enabled() and (x.requires_grad or v0.requires_grad or params.requires_grad)
+    op = torch.ops.snn_fast.lif_fwd_triton if train else torch.ops.snn_fast.lif_fwd_triton_infer
+    return op(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset, reset_residual,
+              return_v_seq)
+
+
+def _register() -> None:
+    from .function import register_fwd_op, register_lif_autograd
+
+    register_lif_autograd(FWD_NAME, torch.ops.snn_fast.lif_bwd_triton)
+    register_fwd_op("triton", lif_fwd_dispatch)
+
+
+_register()

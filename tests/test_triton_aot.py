@@ -1,0 +1,204 @@
+"""The Triton LIF kernels compile for real GPUs (sm_80, sm_90) without one: ahead-of-time compilation
+of the variants that matter, with register and spill counts.
+
+Compilation needs the real ``triton.jit`` functions, so it runs in a subprocess without
+``TRITON_INTERPRET`` (this file is also that subprocess's script). Registers and local memory
+(spills) are read from the cubin with the ``cuobjdump`` Triton ships, since ``CompiledKernel.n_regs``
+is only filled in when a driver loads the kernel. ``python tests/test_triton_aot.py`` prints the table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+ARCHS = (80, 90)
+DTYPES = ("fp32", "fp16", "bf16")
+SURROGATES = {"sigmoid": 0, "erf": 7, "q_pseudo_spike": 8, "atan": 1}
+# (hard_reset, noise mask, need_param_grad): covers each flag on and off with both partners.
+PATTERNS = ((True, False, False), (False, True, True), (True, True, True), (False, False, False))
+
+
+def _worst_config(configs):
+    """The autotune config with the most neurons per thread: the register worst case."""
+    c = max(configs, key=lambda c: (c.kwargs["BLOCK"] // (32 * c.num_warps), c.kwargs["BLOCK"]))
+    return c.kwargs["BLOCK"], c.num_warps
+
+
+def _signatures(dt: str, mask: bool):
+    st = f"*{dt}"
+    pt = "*fp64" if dt == "fp64" else "*fp32"
+    mk = "*i1" if mask else st
+    consts_f = ["SG", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "SAVE_X", "WIDE", "EXACT",
+                "BLOCK"]
+    fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
+           "vseq_ptr": st, "h_ptr": st, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
+           **{c: "constexpr" for c in consts_f}}
+    consts_b = ["SG", "HARD_RESET", "DECAY_INPUT", "DETACH_RESET", "HAS_MASK", "HAS_GVLAST", "HAS_GVSEQ",
+                "NEED_PARAM_GRAD", "SAVE_X", "WIDE", "BLOCK"]
+    bwd = {"gs_ptr": st, "gvlast_ptr": st, "gvseq_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
+           "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": pt, "T": "i32", "N": "i32",
+           "v_reset": "fp32", "kappa": "fp32", "N_BUCKET": "i32", **{c: "constexpr" for c in consts_b}}
+    return fwd, bwd
+
+
+def _resources(cubin: bytes):
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", out)
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def compile_all():
+    """Compile every variant; one JSON row per kernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from snn_fast.ops.lif import triton as lt
+
+    assert not lt.INTERPRETED, "AOT compilation needs TRITON_INTERPRET unset"
+    fwd_cfg, bwd_cfg = _worst_config(lt._FWD_CONFIGS), _worst_config(lt._BWD_CONFIGS)
+    rows = []
+    combos = [(arch, dt, SURROGATES, PATTERNS) for arch in ARCHS for dt in DTYPES]
+    combos.append((90, "fp64", SURROGATES, PATTERNS[2:3]))  # float64 (gradcheck-grade runs on a GPU)
+    for arch, dt, surrogates, patterns in combos:
+        save_x = dt in ("fp16", "bf16")
+        for sg_name, sg in surrogates.items():
+            for hard, mask, npg in patterns:
+                fwd_sig, bwd_sig = _signatures(dt, mask)
+                variants = [
+                    ("fwd", lt._lif_fwd_kernel, fwd_sig,
+                     dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False,
+                          SAVE_H=hard or mask,  # (soft, no mask) compiles the inference variant
+                          SAVE_X=save_x, WIDE=dt == "fp64", EXACT=True), fwd_cfg),
+                    ("bwd", lt._lif_bwd_kernel, bwd_sig,
+                     dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
+                          HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SAVE_X=save_x, WIDE=dt == "fp64"),
+                     bwd_cfg),
+                ]
+                for kind, fn, sig, consts, (block, warps) in variants:
+                    if kind == "fwd" and npg != hard:  # the forward has no need_param_grad: skip twins
+                        continue
+                    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=dict(consts, BLOCK=block))
+                    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+                    regs, stack, local = _resources(k.asm["cubin"])
+                    ptx = k.asm["ptx"]
+                    rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard, mask=mask,
+                                     need_param_grad=npg, block=block, warps=warps, regs=regs,
+                                     spills=stack + local,  # what Triton's n_spills reports (local bytes)
+                                     mul_rn=("mul.rn.f64" if dt == "fp64" else "mul.rn.f32") in ptx))
+    return rows
+
+
+def _subprocess(flag):
+    """Run this file without TRITON_INTERPRET (so triton.jit gives real JITFunctions)."""
+    pytest.importorskip("triton")
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                         env.get("PYTHONPATH", "")])
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default; set to silence Triton 3.9's warning
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), flag], capture_output=True, text=True,
+                       env=env, timeout=900)
+    assert r.returncode == 0, f"{flag} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def aot_rows():
+    return _subprocess("--json")
+
+
+def test_compile_sees_the_kernels_without_graph_break():
+    """GPU path of torch.compile: one forward and one backward graph (fullgraph), each holding the
+    Triton kernel itself (triton_op decomposed), not an opaque op."""
+    graphs = _subprocess("--trace")
+    assert len(graphs) == 2
+    fwd, bwd = graphs
+    assert "triton_kernel_wrapper_functional" in fwd and "'x_ptr'" in fwd and "'h_ptr'" in fwd
+    assert "triton_kernel_wrapper_functional" in bwd and "'gs_ptr'" in bwd and "'pgrad_ptr'" in bwd
+    assert "lif_fwd_triton" not in fwd and "lif_bwd_triton" not in bwd
+
+
+def test_aot_compiles_every_variant(aot_rows):
+    want = len(ARCHS) * len(DTYPES) * len(SURROGATES) * (len(PATTERNS) + 2) + len(SURROGATES) * 2
+    assert len(aot_rows) == want
+
+
+def test_aot_no_spills(aot_rows):
+    bad = [r for r in aot_rows if r["spills"]]
+    assert not bad, f"kernels with local memory (spills): {bad}"
+    assert max(r["regs"] for r in aot_rows) <= 255
+
+
+def test_aot_forward_pins_the_charge_rounding(aot_rows):
+    """The forward's charge product is an explicit mul.rn (no FMA contraction), so spikes match torch."""
+    assert all(r["mul_rn"] for r in aot_rows if r["kernel"] == "fwd")
+
+
+def trace_compiled_graphs():
+    """torch.compile(fullgraph=True) of both ops on the GPU code path (triton_op + wrap_triton),
+    traced with fake tensors: AOTAutograd must see the kernels themselves, forward and backward."""
+    import torch
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from snn_fast.ops.lif import triton as lt  # noqa: F401  registers the ops and their autograd
+
+    graphs = []
+
+    def compiler(gm, example_inputs):
+        graphs.append(gm.code)
+
+        def run(*args):  # no GPU to launch on: propagate shapes only, return zeros of those shapes
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                outs = gm(*args)
+            return type(outs)(torch.zeros(o.shape, dtype=o.dtype) if isinstance(o, torch.Tensor) else o
+                              for o in outs)
+
+        return make_boxed_func(run)
+
+    def f(x, v0, p):
+        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, p, None, 7, True, 0.0, True, False, 0.2, False)
+        return s.sum() + (v * v).sum()
+
+    x = torch.randn(4, 37, requires_grad=True)
+    v0 = torch.zeros(37)
+    p = torch.tensor([0.5, 1.0, 2.0], requires_grad=True)
+    backend = aot_autograd(fw_compiler=compiler, bw_compiler=compiler)
+    torch.compile(f, backend=backend, fullgraph=True)(x, v0, p).backward()
+    assert x.grad is not None and p.grad is not None
+    return graphs
+
+
+def _table(rows):
+    lines = ["kernel arch dtype surrogate       hard mask npg BLOCK warps regs spills"]
+    for r in rows:
+        lines.append(f"{r['kernel']:6} sm{r['arch']} {r['dtype']:5} {r['surrogate']:15} {int(r['hard_reset']):4} "
+                     f"{int(r['mask']):4} {int(r['need_param_grad']):3} {r['block']:5} {r['warps']:5} {r['regs']:4} "
+                     f"{r['spills']:6}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if "--trace" in sys.argv:
+        print(json.dumps(trace_compiled_graphs()))
+        sys.exit(0)
+    rows = compile_all()
+    if "--json" in sys.argv:
+        print(json.dumps(rows))
+    else:
+        print(_table(rows))
