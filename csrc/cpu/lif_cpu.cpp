@@ -24,11 +24,15 @@ namespace {
 
 using at::Tensor;
 
-// Neurons per block: the backward keeps T × block accumulators of V_{t−1}; 64 KiB of them stay in
-// L2 on any current core, and 16 lanes keep a full AVX-512 vector busy.
+// Neurons per block. Each step touches one contiguous run of `block` elements per tensor: runs of
+// 4 KiB (block 1024) stall the hardware prefetchers at every page, longer runs stream. The backward
+// keeps T × block floats of V_{t−1}; SNN_FAST_CPU_BLOCK_ELEMS of them (256 KiB) stay in L2.
+#ifndef SNN_FAST_CPU_BLOCK_ELEMS
+#define SNN_FAST_CPU_BLOCK_ELEMS 65536
+#endif
 int64_t block_for(int64_t T) {
-  int64_t b = (int64_t(16384) / std::max<int64_t>(T, 1)) / 16 * 16;
-  return std::min<int64_t>(std::max<int64_t>(b, 16), 1024);
+  int64_t b = (int64_t(SNN_FAST_CPU_BLOCK_ELEMS) / std::max<int64_t>(T, 1)) / 16 * 16;
+  return std::min<int64_t>(std::max<int64_t>(b, 16), 8192);
 }
 
 template <typename acc_t>
