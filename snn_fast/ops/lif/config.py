@@ -49,6 +49,8 @@ def _check_scalar(name: str, value, lo=None, hi=None, lo_open=True, hi_open=True
         v = float(value.detach().reshape(()).item())
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         v = float(value)
+    elif _is_compiling() and isinstance(value, torch.SymFloat):  # dynamic=True traces floats symbolically
+        return value
     else:
         raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
     if math.isnan(v) or (math.isinf(v) and not allow_inf):
