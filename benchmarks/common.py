@@ -190,6 +190,7 @@ def plot(rows: List[dict], path: str) -> str:
             ax.bar([j + i * width for j in range(len(shapes))], ys, width, label=p)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=20, fontsize=7)
         ax.set_yscale("log")
+        ax.set_ylim(bottom=0.5 * min(r["median_ms"] for r in rs))  # log bars start at the axis floor
         ax.set_ylabel("median ms")
         ax.set_title(f"{op} {mode} {dt}", fontsize=9)
         ax.legend(fontsize=7)
