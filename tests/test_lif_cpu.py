@@ -278,3 +278,14 @@ def test_torch_compile_fullgraph():
     assert torch.equal(got, eager)
     got.backward()
     assert model[0].module.weight.grad is not None and model[0].module.weight.grad.abs().sum() > 0
+
+
+def test_torch_compile_dynamic_shapes_and_float_args():
+    """dynamic=True: sizes and float arguments are symbolic; the argument checks must still trace."""
+    def f(x, tau):
+        return snn_fast.lif_multistep(x, tau=tau, backend="cpu")[0].sum()
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True, backend="aot_eager")
+    for n, tau in ((5, 2.0), (9, 3.0)):
+        x = torch.randn(4, n)
+        assert compiled(x, tau).item() == f(x, tau).item()

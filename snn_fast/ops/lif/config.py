@@ -53,7 +53,8 @@ def _check_scalar(name: str, value, lo=None, hi=None, lo_open=True, hi_open=True
         return value
     else:
         raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
-    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+    # comparisons rather than math.isnan/isinf: torch.compile(dynamic=True) traces them on symbolic floats
+    if v != v or (abs(v) == math.inf and not allow_inf):
         raise ValueError(f"{name} must be finite, got {v}")
     if lo is not None and (v <= lo if lo_open else v < lo):
         raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v}")
@@ -84,7 +85,7 @@ def resolve(
         raise ValueError("tau must be given (use math.inf for IF), or decay")
     else:
         _check_scalar("tau", tau, lo=1.0, allow_inf=True)
-        if not isinstance(tau, torch.Tensor) and math.isinf(float(tau)):
+        if not isinstance(tau, torch.Tensor) and tau == math.inf:
             k = 0.0
         else:
             k = 1.0 / tau
@@ -132,7 +133,7 @@ def initial_state(x: torch.Tensor, v0, flags: LIFFlags) -> torch.Tensor:
     if v0 is None:
         return torch.full(shape, flags.v_reset if flags.hard_reset else 0.0, dtype=x.dtype, device=x.device)
     if isinstance(v0, (int, float)) and not isinstance(v0, bool):
-        if not math.isfinite(float(v0)):
+        if v0 != v0 or abs(v0) == math.inf:
             raise ValueError(f"v0 must be finite, got {v0}")
         return torch.full(shape, float(v0), dtype=x.dtype, device=x.device)
     if not isinstance(v0, torch.Tensor):
