@@ -1,4 +1,6 @@
-"""Writes benchmarks/results/<device>-<date>.{csv,md,png} from the rows the benchmarks recorded."""
+"""Collects the rows the benchmarks record. The runner (benchmarks/run.py, i.e. `make bench`) writes
+them to benchmarks/results/<device>-<date>.{csv,md,png}; a partial ad-hoc pytest run only prints its
+tables, so it never overwrites a full result set (set SNN_FAST_BENCH_OUT to write one anyway)."""
 import os
 import sys
 
@@ -6,8 +8,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def pytest_sessionfinish(session, exitstatus):
+    out = os.environ.get("SNN_FAST_BENCH_OUT")
+    if not out:
+        return
     from benchmarks import common
 
-    out = os.environ.get("SNN_FAST_BENCH_OUT", os.path.join(os.path.dirname(__file__), "results"))
     for p in common.write_results(out):
         print(f"\nwrote {p}")

@@ -135,4 +135,5 @@ if __name__ == "__main__":
     for shape, dtype in cases(dev):
         rows += bench_case(dev, shape, dtype)
     print_rows(rows)
-    print("\n".join(common.write_results(os.environ.get("SNN_FAST_BENCH_OUT", "benchmarks/results"))))
+    if os.environ.get("SNN_FAST_BENCH_OUT"):
+        print("\n".join(common.write_results(os.environ["SNN_FAST_BENCH_OUT"])))

@@ -19,15 +19,14 @@ max_memory_allocated over the step minus memory allocated before it.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 
 import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common  # noqa: E402
 from snn_fast.ops.tempotron import mse_loss, tempotron  # noqa: E402
 
 I, O, T = 784 * 16, 10, 100
@@ -51,53 +50,19 @@ def step(t, w, label, backend):
 
 
 def cpu_peak_bytes(fn) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()  # warm (lazy inits, thread pools)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)["traceEvents"]
-    mem = sorted((e for e in events if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})),
-                 key=lambda e: e["ts"])
-    if not mem:
-        raise RuntimeError("torch.profiler recorded no memory events")
-    a0 = mem[0]["args"]
-    base = a0["Total Allocated"] - a0["Bytes"]
-    return max(e["args"]["Total Allocated"] for e in mem) - base
+    return common.peak_bytes(fn, "cpu")
 
 
 def cuda_peak_bytes(fn) -> int:
-    fn()
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+    return common.peak_bytes(fn, "cuda")
 
 
-def time_cpu(fns: dict, rounds=3, min_run_time=1.0):
-    """Interleaved: each round measures every provider once; all runs pooled per provider."""
-    import numpy as np
-    from torch.utils import benchmark as tb
-
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            m = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-                min_run_time=min_run_time)
-            times[name] += list(m.times)
-    return {k: tuple(float(x) * 1e3 for x in np.quantile(v, [0.5, 0.2, 0.8])) for k, v in times.items()}
+def time_cpu(fns: dict):
+    return common.time_fns(fns, "cpu", rounds=3, min_run_time=1.0)
 
 
 def time_gpu(fns: dict):
-    from triton.testing import do_bench
-
-    return {k: tuple(do_bench(fn, quantiles=[0.5, 0.2, 0.8])) for k, fn in fns.items()}
+    return common.time_fns(fns, "cuda")
 
 
 def providers(device):
@@ -152,18 +117,8 @@ def print_table(rows):
 
 
 def _record(rows):
-    try:  # the shared helper, when the repository has one
-        from benchmarks import common  # type: ignore
-    except ImportError:
-        return
-    rec = getattr(common, "record", None)
-    if rec is None:
-        return
-    try:
-        for r in rows:
-            rec(**r)
-    except TypeError as e:  # a helper with another row format: keep the printed table, say why
-        print(f"benchmarks/common.py record() did not take these rows ({e}); table printed only")
+    for r in rows:
+        common.record(device_name=common.device_name(r["device"]), **r)
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
