@@ -127,11 +127,10 @@ fi
 # --- benchmarks --------------------------------------------------------------------------------
 if [ "${SKIP_BENCH:-0}" != "1" ]; then
   if [ -f "$ROOT/benchmarks/run.py" ]; then
+    # The runner writes <device>-<date>.{csv,md,png}; straight into $OUT/bench (commit them under
+    # benchmarks/results/ afterwards).
+    export SNN_FAST_BENCH_OUT="$OUT/bench"
     stage "benchmarks/run.py" bench.log "$PYTHON" benchmarks/run.py
-    # The runner writes benchmarks/results/<device>-<date>.{csv,md,png}: keep copies.
-    if [ -d "$ROOT/benchmarks/results" ]; then
-      mkdir -p "$OUT/bench_results" && cp -r "$ROOT/benchmarks/results/." "$OUT/bench_results/"
-    fi
   else
     echo "benchmarks/run.py not present: skipped"
   fi
@@ -146,4 +145,9 @@ grep -E "^sm_[0-9]+ " "$OUT/pytest_cuda.log" > "$OUT/ptxas.txt" 2>/dev/null || t
 echo
 echo "=== summary ($OUT)"
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
+# The device tool returns at most 8 files from $OUT: keep the summary, the benchmark CSV/markdown
+# and the autotable loose, and pack every log into one archive.
+(cd "$OUT" && tar czf logs.tar.gz --exclude=logs.tar.gz --exclude=summary.txt --exclude=bench \
+   --exclude=autotable.json ./* && find . -maxdepth 1 -type f ! -name logs.tar.gz ! -name summary.txt \
+   ! -name autotable.json -delete) || true
 exit "$FAILED"
