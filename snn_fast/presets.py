@@ -8,7 +8,7 @@ builds the module and ``preset(name, **over)`` returns the arguments, overrides 
 - ``csbp`` (seed 000): mem = λ·mem·(1 − spike) + x, λ = 0.5, θ = 1, ZIF (triangle) surrogate,
   γ = 1 (α = 1/γ).
 - ``asgl`` (seed 002): v = λ·v + I, hard reset not detached, noisy spike p = 0.5 (decays with
-  ``ASGLSchedule``); learn λ, θ and α with ``nn.PLIF``-style parameters (``learn=True`` here).
+  ``nn.ASGLSchedule``); learn λ, θ and α with ``nn.PLIF``-style parameters (``learn=True`` here).
 - ``bpsa`` (seed 003): IF neuron (``bpsa_lif`` for the leaky one), θ = 0.5, hard reset to 0,
   spatial adjustment = ``spike_gate`` surrogate, temporal adjustment = detach_reset with κ = 0.2.
   The input ReLU is part of the model (apply ``torch.relu`` before the neuron).

@@ -107,3 +107,49 @@ def test_if_module_rejects_nothing_and_inf_tau_is_if():
     a = snn_fast.lif_multistep(x, tau=math.inf, decay_input=True, backend="reference")
     b = snn_fast.lif_multistep(x, tau=math.inf, decay_input=False, backend="reference")
     assert torch.equal(a[0], b[0])  # IF ignores decay_input: H = V + X
+
+
+def test_decay_alone_and_tau_default():
+    x = torch.randn(5, 7, dtype=torch.float64)
+    a = snn_fast.lif_multistep(x, decay=0.5, backend="reference")
+    b = snn_fast.lif_multistep(x, tau=2.0, backend="reference")
+    c = snn_fast.lif_multistep(x, backend="reference")
+    assert torch.equal(a[0], b[0]) and torch.equal(b[0], c[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tensor_tau_inf_is_refused(backend):
+    """IF is selected by a float inf; a tensor inf would silently drop the input under decay_input."""
+    with pytest.raises(ValueError, match="tau must be finite"):
+        snn_fast.lif_multistep(torch.randn(3, 4), tau=torch.tensor(math.inf), backend=backend)
+
+
+@pytest.mark.parametrize("name", ["decay_input", "detach_reset"])
+def test_flags_must_be_bools(name):
+    with pytest.raises(TypeError, match=f"{name} must be a bool"):
+        snn_fast.lif_multistep(torch.randn(3, 4), **{name: "False"})
+
+
+@pytest.mark.skipif(not snn_fast.HAS_C, reason="snn_fast._C not built")
+def test_double_backward_is_refused_not_silently_zero():
+    x = torch.randn(4, 6, requires_grad=True)
+    s, v = snn_fast.lif_multistep(x, backend="cpu")
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad((s.sum() + v.sum()), x, create_graph=True)
+    # the reference supports it
+    s, v = snn_fast.lif_multistep(x, backend="reference", v_reset=None)
+    (g,) = torch.autograd.grad(v.sum() + s.sum(), x, create_graph=True)
+    assert g.requires_grad
+
+
+@pytest.mark.skipif(not snn_fast.HAS_C, reason="snn_fast._C not built")
+def test_bwd_op_checks_gradient_shapes():
+    x = torch.zeros(3, 4)
+    p = torch.tensor([0.5, 1.0, 4.0])
+    e = x.new_empty(0)
+    with pytest.raises(RuntimeError, match="grad_v_last must be \\[N\\]"):
+        torch.ops.snn_fast.lif_bwd(x, torch.zeros(5), None, x, torch.zeros(4), p, None, e, x, 0, True, 0.0, True,
+                                   False, 0.0, False)
+    with pytest.raises(RuntimeError, match="grad_v_seq must be \\[T, N\\]"):
+        torch.ops.snn_fast.lif_bwd(x, None, torch.zeros(2, 4), x, torch.zeros(4), p, None, e, x, 0, True, 0.0, True,
+                                   False, 0.0, False)

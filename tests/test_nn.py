@@ -93,3 +93,23 @@ def test_multistep_container_and_reset_net():
     assert y.shape == (4, 2, 3, 5, 5)
     snn.reset_net(net)
     assert all(m.v is None for m in net if isinstance(m, snn.BaseLIF))
+
+
+def test_module_edge_cases():
+    with pytest.raises(ValueError, match="learn_tau=True needs a finite tau"):
+        snn.LIF(tau=math.inf, learn_tau=True)
+    with pytest.raises(TypeError, match="IF has no leak"):
+        snn.IF(decay=0.5)
+    # MultiStep reshapes (a non-contiguous module output must not break .view)
+    m = snn.MultiStep(torch.nn.Identity())
+    x = torch.randn(3, 2, 4, 5).transpose(2, 3)
+    assert torch.equal(m(x), x)
+
+
+def test_asgl_schedule_decays_noise_at_milestones():
+    net = torch.nn.Sequential(snn.LIF(noise_prob=0.4), snn.PLIF(noise_prob=0.2))
+    sched = snn.ASGLSchedule(net, gamma=0.5, milestones=[2])
+    sched.step()
+    assert net[0].noise_prob == 0.4
+    sched.step()
+    assert net[0].noise_prob == pytest.approx(0.2) and net[1].noise_prob == pytest.approx(0.1)

@@ -344,3 +344,14 @@ def test_digits_example_learns_in_one_epoch(capsys):
     spec.loader.exec_module(mod)
     hist = mod.main(["--epochs", "1", "--plot", ""])
     assert len(hist) == 1 and hist[0][1] > 0.3  # chance is 0.1; the full run reaches ~0.86
+
+
+@pytest.mark.skipif(not _ext.has_kernel("tempotron_fwd", "CPU"), reason="snn_fast._C not built")
+def test_input_whose_fast_exponential_underflows_still_counts():
+    """τ tiny, τ_s not: e^{−u/τ} underflows to 0 while e^{−u/τ_s} does not. The input is not silent."""
+    t = torch.tensor([[0.05, 3.0, -1.0]], dtype=torch.float64)
+    w = torch.randn(2, 3, dtype=torch.float64)
+    ref = tempotron_reference(t, w, 6, tau=0.005, tau_s=15.0, ret_type="v")
+    got = tempotron(t, w, 6, tau=0.005, tau_s=15.0, ret_type="v", backend="cpu")
+    assert ref.abs().max() > 0.1
+    assert_close(got, ref, name="v")

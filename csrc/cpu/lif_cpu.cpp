@@ -285,6 +285,11 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10:
   check_common(x_, v0_, params, mask_, sg);
   TORCH_CHECK(grad_s_.sizes() == x_.sizes() && grad_s_.scalar_type() == x_.scalar_type(),
               "lif_bwd: grad_s must match x in shape and dtype");
+  TORCH_CHECK(!gvlast_.has_value() || gvlast_->sizes() == v0_.sizes(), "lif_bwd: grad_v_last must be [N] = [",
+              x_.size(1), "], got ", gvlast_.has_value() ? gvlast_->sizes() : at::IntArrayRef{});
+  TORCH_CHECK(!gvseq_.has_value() || gvseq_->numel() == 0 || gvseq_->sizes() == x_.sizes(),
+              "lif_bwd: grad_v_seq must be [T, N] like x, got ",
+              gvseq_.has_value() ? gvseq_->sizes() : at::IntArrayRef{});
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous();
   Tensor gvlast, gvseq;
   if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();

@@ -67,7 +67,7 @@ void fwd_impl(const scalar_t* t, const acc_t* wt, scalar_t* v, int64_t B, int64_
       for (int64_t i = 0; i < I; ++i) {
         acc_t ea, es;
         const int64_t k = tempotron_entry<acc_t>(acc_t(t[bi + i]), T, c, &ea, &es);
-        if (ea == acc_t(0)) continue;  // silent: ea = e^{−u/τ} > 0 for every spike on the grid
+        if (ea == acc_t(0) && es == acc_t(0)) continue;  // silent (one exp alone may underflow)
         acc_t* pa = ha.data() + k * O;
         acc_t* ps = hs.data() + k * O;
         const acc_t* wi = wt + i * O;
@@ -141,7 +141,7 @@ void bwd_impl(const scalar_t* gv, const scalar_t* t, const acc_t* wt, scalar_t* 
           const int64_t bi = b * I + i;
           acc_t ea, es;
           const int64_t k = tempotron_entry<acc_t>(acc_t(t[bi]), T, c, &ea, &es);  // each (b, i) once
-          if (ea == acc_t(0)) {
+          if (ea == acc_t(0) && es == acc_t(0)) {  // silent (one exp alone may underflow)
             if (gt != nullptr) gt[bi] = scalar_t(0);
             continue;
           }

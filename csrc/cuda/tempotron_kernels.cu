@@ -55,7 +55,7 @@ __global__ void tempotron_fwd_kernel(const scalar_t* __restrict__ t_in,
   for (int64_t i = threadIdx.x; i < I; i += blockDim.x) {
     float ea, es;
     const int64_t k = tempotron_entry<float>(to_f(tb[i]), T, c, &ea, &es);
-    if (ea == 0.f) continue;  // silent input
+    if (ea == 0.f && es == 0.f) continue;  // silent input (one exp alone may underflow)
     for (int j = 0; j < no; ++j) {
       const float wv = to_f(w[(o0 + j) * I + i]);
       atomicAdd(ha + j * T + k, wv * ea);
@@ -104,7 +104,7 @@ __global__ void tempotron_grad_w_kernel(const int32_t* __restrict__ k, const flo
   for (int64_t b = 0; b < B; ++b) {
     const int64_t bi = b * I + i;
     const float e_a = ea[bi];
-    if (e_a == 0.f) continue;
+    if (e_a == 0.f && es[bi] == 0.f) continue;  // silent input
     const int64_t g = (b * O + o) * T + k[bi];
     acc += tempotron_dw_term<float>(ga[g], gs[g], e_a, es[bi]);
   }
@@ -123,7 +123,7 @@ __global__ void tempotron_grad_t_kernel(const scalar_t* __restrict__ w, const in
   const int64_t bi = b * I + i;
   const float e_a = ea[bi], e_s = es[bi];
   float acc = 0.f;
-  if (e_a != 0.f) {
+  if (e_a != 0.f || e_s != 0.f) {
     for (int64_t o = 0; o < O; ++o) {
       const int64_t g = (b * O + o) * T + k[bi];
       acc += tempotron_dt_term<float>(to_f(w[o * I + i]), ga[g], gs[g], e_a, e_s, c);

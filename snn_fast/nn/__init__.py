@@ -1,5 +1,5 @@
 """Modules: multi-step LIF family neurons and the Tempotron."""
-from .neuron import IF, LIF, PLIF, BaseLIF, MultiStep, reset_net
+from .neuron import IF, LIF, PLIF, ASGLSchedule, BaseLIF, MultiStep, reset_net
 from .tempotron import GaussianTuning, Tempotron
 
-__all__ = ["LIF", "IF", "PLIF", "BaseLIF", "MultiStep", "reset_net", "Tempotron", "GaussianTuning"]
+__all__ = ["LIF", "IF", "PLIF", "ASGLSchedule", "BaseLIF", "MultiStep", "reset_net", "Tempotron", "GaussianTuning"]

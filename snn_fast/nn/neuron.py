@@ -107,6 +107,8 @@ class LIF(BaseLIF):
     def __init__(self, tau: float = 2.0, *args, learn_tau: bool = False, **kw):
         super().__init__(tau, *args, **kw)
         self.learn_tau = learn_tau
+        if learn_tau and self._k == 0.0:
+            raise ValueError("learn_tau=True needs a finite tau (> 1); tau=inf is the IF neuron")
         if learn_tau:
             self.tau = nn.Parameter(torch.tensor(1.0 / self._k))
 
@@ -122,7 +124,9 @@ class IF(BaseLIF):
     """Integrate-and-fire (no leak): H = V + X."""
 
     def __init__(self, *args, **kw):
-        kw.pop("decay_input", None)
+        for name in ("tau", "decay", "decay_input"):
+            if name in kw:
+                raise TypeError(f"IF has no leak: it takes no {name!r} (use LIF)")
         super().__init__(math.inf, False, *args, **kw)
 
     def leak(self):
@@ -153,7 +157,26 @@ class MultiStep(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B = x.shape[:2]
         y = self.module(x.flatten(0, 1))
-        return y.view(T, B, *y.shape[1:])
+        return y.reshape(T, B, *y.shape[1:])
+
+
+class ASGLSchedule:
+    """ASGL's noise schedule (SPEC §4): p ← γ·p at each milestone, for every neuron of ``net``.
+
+    Call ``step()`` once per epoch (or per step, matching the milestones you give).
+    """
+
+    def __init__(self, net: nn.Module, gamma: float = 0.5, milestones=()):
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        self.net, self.gamma, self.milestones, self.count = net, gamma, set(milestones), 0
+
+    def step(self) -> None:
+        self.count += 1
+        if self.count in self.milestones:
+            for m in self.net.modules():
+                if isinstance(m, BaseLIF):
+                    m.noise_prob *= self.gamma
 
 
 def reset_net(net: nn.Module) -> None:

@@ -76,15 +76,19 @@ def resolve(
 ):
     """Return ``(k, theta, alpha, flags, surrogate)`` after checking every argument."""
     sg = _sg.get(surrogate)
+    for name, flag in (("decay_input", decay_input), ("detach_reset", detach_reset)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
     if tau is not None and decay is not None:
         raise ValueError("give either tau or decay, not both")
     if decay is not None:
         _check_scalar("decay", decay, lo=0.0, hi=1.0)
         k = 1.0 - decay
-    elif tau is None:
-        raise ValueError("tau must be given (use math.inf for IF), or decay")
     else:
-        _check_scalar("tau", tau, lo=1.0, allow_inf=True)
+        if tau is None:
+            tau = 2.0  # the default when neither τ nor decay is given (SpikingJelly's)
+        # IF is a structural choice (no leak, decay_input ignored): only a float inf selects it
+        _check_scalar("tau", tau, lo=1.0, allow_inf=not isinstance(tau, torch.Tensor))
         if not isinstance(tau, torch.Tensor) and tau == math.inf:
             k = 0.0
         else:

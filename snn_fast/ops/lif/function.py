@@ -37,6 +37,15 @@ def _fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved,
     return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(params)
 
 
+def _refuse_double_backward(*tensors) -> None:
+    """The backward kernels have no backward of their own: under create_graph=True their result would
+    silently carry no graph (a second grad of 0). Say so instead."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise NotImplementedError(
+            "double backward (create_graph=True) through the fused LIF kernels is not supported; "
+            "use backend='reference' for higher-order gradients")
+
+
 def register_lif_autograd(fwd_op, bwd_op) -> None:
     """Attach the shared backward to a ``fwd`` op whose backward is the matching ``bwd`` op."""
 
@@ -49,6 +58,7 @@ def register_lif_autograd(fwd_op, bwd_op) -> None:
 
     def backward(ctx, grad_s, grad_v_last, grad_v_seq, _grad_saved):
         x, v0, params, noise_mask, saved, s = ctx.saved_tensors
+        _refuse_double_backward(grad_s, grad_v_last, grad_v_seq, x, v0, params)
         if grad_s is None:
             grad_s = torch.zeros_like(x)
         if grad_v_seq is not None and grad_v_seq.numel() == 0:
@@ -118,7 +128,7 @@ def lif_multistep(
     x: torch.Tensor,
     v0=None,
     *,
-    tau=2.0,
+    tau=None,
     decay=None,
     decay_input: bool = True,
     v_threshold=1.0,
@@ -137,7 +147,8 @@ def lif_multistep(
         x: input current, time first. float32/float16/bfloat16 (float64 on CPU and the reference).
         v0: membrane before the first step: None (``v_reset``, or 0 for soft reset), a float, or a
             tensor broadcastable to ``x[0]``.
-        tau: membrane time constant (> 1; ``math.inf`` gives IF). Mutually exclusive with ``decay``.
+        tau: membrane time constant (> 1; a float ``math.inf`` gives IF); 2.0 when neither ``tau`` nor
+            ``decay`` is given. Mutually exclusive with ``decay``.
         decay: λ = 1 − 1/τ in (0, 1), the form of the CSBP/STBP write-ups.
         decay_input: charge ``V + (X − (V − V_r))/τ`` (True) or ``V − (V − V_r)/τ + X`` (False).
         v_threshold: θ. v_reset: hard reset value, or None for soft reset (V − θ·S).

@@ -50,7 +50,7 @@ def lif_multistep_reference(
     x: torch.Tensor,
     v0=None,
     *,
-    tau=2.0,
+    tau=None,
     decay=None,
     decay_input: bool = True,
     v_threshold=1.0,

@@ -47,6 +47,9 @@ def register_tempotron_autograd(fwd_op, bwd_op) -> None:
 
     def backward(ctx, grad_v):
         t_in, weight = ctx.saved_tensors
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (grad_v, t_in, weight)):
+            raise NotImplementedError("double backward (create_graph=True) through the fused Tempotron kernels "
+                                      "is not supported; use backend='reference' for higher-order gradients")
         need_t, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
         gt, gw = bwd_op(grad_v.contiguous(), t_in, weight, *ctx.consts, need_t, need_w)
         return (gt if need_t else None), (gw if need_w else None), None, None, None, None

@@ -66,8 +66,9 @@ def _tempotron_scatter_kernel(w_ptr, k_ptr, ea_ptr, es_ptr, ha_ptr, hs_ptr, I, O
     k = tl.load(k_ptr + b * I + i, mask=mi, other=0).to(tl.int64)
     ea = tl.load(ea_ptr + b * I + i, mask=mi, other=0.0)
     es = tl.load(es_ptr + b * I + i, mask=mi, other=0.0)
-    # Silent inputs (ea = 0: typically half or more of a Gaussian-encoded image) issue no atomics.
-    m2 = mo[:, None] & (mi & (ea != 0))[None, :]
+    # Silent inputs (ea = es = 0: typically half or more of a Gaussian-encoded image) issue no
+    # atomics. Both must vanish: with a tiny τ, e^{−u/τ} underflows while e^{−u/τ_s} does not.
+    m2 = mo[:, None] & (mi & ((ea != 0) | (es != 0)))[None, :]
     w = tl.load(w_ptr + o[:, None] * I + i[None, :], mask=m2, other=0.0).to(ACC)
     dst = (b * O + o[:, None]) * T + k[None, :]
     tl.atomic_add(ha_ptr + dst, w * ea[None, :], mask=m2, sem="relaxed")
