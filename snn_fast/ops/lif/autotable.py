@@ -98,6 +98,8 @@ def order_for(entries: list, dtype: str, T: int, N: int, device: Optional[str] =
 
 def preference(x: torch.Tensor) -> Tuple[str, ...]:
     """Order in which to try the GPU backends for ``x`` ([T, *]); cached per (device, dtype, T, N)."""
+    if not load(table_path()):
+        return DEFAULT  # nothing measured: no need to read (and, under torch.compile, specialise) sizes
     T = int(x.shape[0]) if x.dim() else 1
     N = int(x[0].numel()) if x.dim() else 1
     key = (table_path(), str(x.device), x.dtype, T, N)
