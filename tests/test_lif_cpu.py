@@ -64,12 +64,18 @@ def make(T, N, dtype=torch.float64, seed=0):
     return x, v0, grads
 
 
+# learn=True routes through the kernel's generic backward (parameter gradients), learn=False through
+# its specialised one (no parameter gradients): both must match the reference on the whole grid.
+LEARN = pytest.mark.parametrize("learn", [True, False], ids=["learn", "fixed"])
+
+
+@LEARN
 @pytest.mark.parametrize("surrogate", sgm.names())
 @pytest.mark.parametrize("opts", OPTIONS, ids=opt_id)
-def test_cpu_matches_reference_float64(opts, surrogate):
+def test_cpu_matches_reference_float64(opts, surrogate, learn):
     x, v0, grads = make(7, 127)
-    ref = run("reference", x, v0, opts, surrogate, learn=True, grads=grads)
-    got = run("cpu", x, v0, opts, surrogate, learn=True, grads=grads)
+    ref = run("reference", x, v0, opts, surrogate, learn=learn, grads=grads)
+    got = run("cpu", x, v0, opts, surrogate, learn=learn, grads=grads)
     assert ref.keys() == got.keys()
     for k in ref:
         assert_close(got[k], ref[k], name=k)
@@ -77,11 +83,12 @@ def test_cpu_matches_reference_float64(opts, surrogate):
 
 @pytest.mark.parametrize("T,N", [(1, 1), (1, 4097), (7, 1), (64, 127), (64, 4097)], ids=lambda v: str(v))
 @pytest.mark.parametrize("surrogate", ["sigmoid", "triangle", "q_pseudo_spike"])
-def test_cpu_shapes_float64(T, N, surrogate):
+@LEARN
+def test_cpu_shapes_float64(T, N, surrogate, learn):
     opts = dict(v_reset=0.0, decay_input=True, detach_reset=False, reset_residual=0.0, tau=2.0)
     x, v0, grads = make(T, N, seed=T + N)
-    ref = run("reference", x, v0, opts, surrogate, learn=True, grads=grads)
-    got = run("cpu", x, v0, opts, surrogate, learn=True, grads=grads)
+    ref = run("reference", x, v0, opts, surrogate, learn=learn, grads=grads)
+    got = run("cpu", x, v0, opts, surrogate, learn=learn, grads=grads)
     for k in ref:
         assert_close(got[k], ref[k], name=k)
 
@@ -104,12 +111,13 @@ def _flip_mask(x, v0, opts, surrogate, margin):
     return ((torch.stack(hs) - 0.8).abs() < margin).any(0)
 
 
+@LEARN
 @pytest.mark.parametrize("surrogate", sgm.names())
 @pytest.mark.parametrize("opts", OPTIONS[::3], ids=opt_id)
-def test_cpu_matches_reference_float32(opts, surrogate):
+def test_cpu_matches_reference_float32(opts, surrogate, learn):
     x, v0, grads = make(16, 1000, dtype=torch.float32)
-    ref = run("reference", x, v0, opts, surrogate, learn=True, grads=grads)
-    got = run("cpu", x, v0, opts, surrogate, learn=True, grads=grads)
+    ref = run("reference", x, v0, opts, surrogate, learn=learn, grads=grads)
+    got = run("cpu", x, v0, opts, surrogate, learn=learn, grads=grads)
     near = _flip_mask(x, v0, opts, surrogate, 1e-5)
     flips = (got["s"] != ref["s"]).any(0)
     print(f"neurons near threshold: {int(near.sum())}, spike flips: {int(flips.sum())}")

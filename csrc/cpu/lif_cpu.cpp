@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "snn_fast/lif_step.h"
@@ -81,6 +82,42 @@ void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const
 #define SNN_CPU_CLONES
 #endif
 
+// Calls f(std::bool_constant<hard_reset>, std::bool_constant<decay_input>).
+template <typename F>
+void with_flags(bool hard, bool di, F&& f) {
+  if (hard) {
+    if (di) f(std::true_type{}, std::true_type{});
+    else f(std::true_type{}, std::false_type{});
+  } else {
+    if (di) f(std::false_type{}, std::true_type{});
+    else f(std::false_type{}, std::false_type{});
+  }
+}
+
+// The common case, no noise mask: the reset and charge forms are template arguments, so the loop is
+// a handful of vector ops (the same roundings as lif_charge/lif_reset: x·1 and x·0 select exactly).
+template <bool HARD, bool DI, typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void fwd_block_fast(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
+                                   scalar_t* __restrict__ s, scalar_t* __restrict__ v_last,
+                                   scalar_t* __restrict__ v_seq, acc_t* __restrict__ v, int64_t n, int64_t T,
+                                   int64_t N, const acc_t k, const acc_t theta, const acc_t vr) {
+  for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t off = t * N;  // int64: T·N may exceed 2^31
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t vv = v[j], xv = acc_t(x[off + j]);
+      const acc_t h = DI ? vv + (xv - (vv - vr)) * k : (vv - (vv - vr) * k) + xv;
+      const bool spike = (h - theta) >= acc_t(0);
+      s[off + j] = scalar_t(spike ? acc_t(1) : acc_t(0));
+      v[j] = HARD ? (spike ? vr : h) : (spike ? h - theta : h);
+    }
+    if (v_seq != nullptr)
+      for (int64_t j = 0; j < n; ++j) v_seq[off + j] = scalar_t(v[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) v_last[j] = scalar_t(v[j]);
+}
+
 // One block of n neurons (pointers already offset to the block's first neuron), all T steps.
 template <typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
@@ -121,8 +158,16 @@ void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t*
     std::vector<acc_t> v(B);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t n0 = blk * B, n = std::min(B, N - n0);
-      fwd_block<scalar_t, acc_t>(x + n0, v0 + n0, mask ? mask + n0 : nullptr, s + n0, v_last + n0,
-                                 v_seq ? v_seq + n0 : nullptr, v.data(), n, T, N, p);
+      scalar_t* vs = v_seq ? v_seq + n0 : nullptr;
+      if (mask != nullptr) {
+        fwd_block<scalar_t, acc_t>(x + n0, v0 + n0, mask + n0, s + n0, v_last + n0, vs, v.data(), n, T, N, p);
+      } else {
+        auto run = [&](auto hard, auto di) {
+          fwd_block_fast<decltype(hard)::value, decltype(di)::value, scalar_t, acc_t>(
+              x + n0, v0 + n0, s + n0, v_last + n0, vs, v.data(), n, T, N, p.k, p.theta, p.vr);
+        };
+        with_flags(p.hard_reset, p.decay_input, run);
+      }
     }
   });
 }
@@ -237,6 +282,53 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
   out3[2] = dal;
 }
 
+// Backward for the common case (no noise mask, no parameter gradients): re-run the forward keeping
+// H_t (T × B in L2), then walk back reading only H and ∂L/∂S. The flags are template arguments or
+// uniform scalars (live = 0/1 for detach_reset, κ), so the loop is straight vector code. The algebra is
+// lif_step_backward_g's with hard/soft fixed: s·x and (1 − s)·x select exactly.
+template <int SG, bool HARD, bool DI, typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void bwd_block_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
+                                   const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
+                                   const scalar_t* __restrict__ v0, scalar_t* __restrict__ gx,
+                                   scalar_t* __restrict__ gv0, acc_t* __restrict__ hbuf, acc_t* __restrict__ dv,
+                                   int64_t n, int64_t B, int64_t T, int64_t N, const LIFParams<acc_t> p) {
+  const acc_t k = p.k, theta = p.theta, vr = p.vr, alpha = p.alpha, kappa = p.kappa;
+  const acc_t cx = DI ? k : acc_t(1), keep = acc_t(1) - k, live = p.detach_reset ? acc_t(0) : acc_t(1);
+  for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[j]);  // dv holds V during the re-run
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t off = t * N;
+    acc_t* __restrict__ hp = hbuf + t * B;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t vv = dv[j], xv = acc_t(x[off + j]);
+      const acc_t h = DI ? vv + (xv - (vv - vr)) * k : (vv - (vv - vr) * k) + xv;
+      hp[j] = h;
+      const bool spike = (h - theta) >= acc_t(0);
+      dv[j] = HARD ? (spike ? vr : h) : (spike ? h - theta : h);
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t off = t * N;
+    const acc_t* __restrict__ hp = hbuf + t * B;
+    if (gvseq != nullptr)
+      for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t h = hp[j], d = dv[j];
+      const acc_t xs = h - theta;
+      const bool spike = xs >= acc_t(0);
+      const acc_t gp = sg_grad<SG>(xs, alpha);
+      // ∂L/∂S_t: the output, the reset (unless detached) and κ.
+      const acc_t ds = acc_t(gs[off + j]) + d * (live * (HARD ? vr - h : -theta) + kappa);
+      const acc_t eps = (HARD ? (spike ? acc_t(0) : d) : d) + ds * gp;
+      gx[off + j] = scalar_t(eps * cx);
+      dv[j] = eps * keep;
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
+}
+
 template <int SG, typename scalar_t, typename acc_t>
 void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
               const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
@@ -250,6 +342,15 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
     std::vector<acc_t> vprev(T * B), dv(B), lane_sums(3 * B);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t n0 = blk * B, n = std::min(B, N - n0);
+      if (mask == nullptr && !need_param_grad) {
+        auto run = [&](auto hard, auto di) {
+          bwd_block_fast<SG, decltype(hard)::value, decltype(di)::value, scalar_t, acc_t>(
+              gs + n0, gvlast ? gvlast + n0 : nullptr, gvseq ? gvseq + n0 : nullptr, x + n0, v0 + n0, gx + n0,
+              gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);
+        };
+        with_flags(p.hard_reset, p.decay_input, run);
+        continue;
+      }
       bwd_block<SG, scalar_t, acc_t>(gs + n0, gvlast ? gvlast + n0 : nullptr, gvseq ? gvseq + n0 : nullptr, x + n0,
                                      v0 + n0, mask ? mask + n0 : nullptr, gx + n0, gv0 + n0, vprev.data(),
                                      dv.data(), lane_sums.data(), n, B, T, N, p, partial.data() + blk * 3);
