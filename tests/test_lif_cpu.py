@@ -209,14 +209,16 @@ def test_non_contiguous_and_nd_input():
 
 def test_no_output_element_left_unwritten():
     """Fresh allocations are NaN-filled: a kernel that skipped an element would leave a NaN."""
-    x, v0, grads = make(5, 4099, dtype=torch.float32)
-    mask = torch.rand(5, 4099) > 0.2
-    with nan_filled_allocations():
-        assert torch.empty(3).isnan().all(), "the NaN fill must be active for this test to mean anything"
-        for m in (None, mask):
-            out = run("cpu", x, v0, OPTIONS[0], "sigmoid", learn=True, noise_mask=m, grads=grads)
-            for k, v in out.items():
-                assert torch.isfinite(v).all(), f"{k} has unwritten (NaN) elements"
+    # 5 × 4099 stays with torch's allocator; 5 × 65537 floats (> 1 MiB) come from the output cache.
+    for N in (4099, 65537):
+        x, v0, grads = make(5, N, dtype=torch.float32)
+        mask = torch.rand(5, N) > 0.2
+        with nan_filled_allocations():
+            assert torch.empty(3).isnan().all(), "the NaN fill must be active for this test to mean anything"
+            for m, learn in ((None, True), (None, False), (mask, True)):
+                out = run("cpu", x, v0, OPTIONS[0], "sigmoid", learn=learn, noise_mask=m, grads=grads)
+                for k, v in out.items():
+                    assert torch.isfinite(v).all(), f"{k} has unwritten (NaN) elements (N={N}, learn={learn})"
 
 
 def test_state_carries_across_calls_like_one_long_sequence():

@@ -1,12 +1,14 @@
-// Fused LIF forward/backward on the CPU: the whole T loop per block of neurons, parallel over
-// blocks with at::parallel_for, the inner loop over contiguous neurons vectorised by the compiler.
+// Fused LIF forward/backward on the CPU, the torch-facing ops. The kernels (lif_cpu_kernels_impl.h)
+// run the whole T loop per block of neurons, parallel over blocks with at::parallel_for, the inner
+// loop over contiguous neurons vectorised by the compiler.
 //
 // Bytes per element of [T, N] (storage dtype size b), the 5-pass floor of BENCHMARKS.md:
 //   forward   read x, write s                         2b   (+ b for v_seq when asked)
 //   backward  read x, read grad_s, write grad_x       3b   (+ 1 B mask in noisy mode)
 // The forward saves nothing: the backward re-runs the forward for one block of neurons into a
-// scratch of V_{t−1} values (T × block × 4 B, sized to stay in L2) and walks it back. Saving H
-// instead would cost 2b more per element (a write and a read), i.e. 7 passes instead of 5.
+// scratch (T × block × 4 B, sized to stay in L2) and walks it back. Saving H instead would cost 2b
+// more per element (a write and a read), i.e. 7 passes instead of 5. Large outputs come from the
+// output cache (output_cache.h), which keeps page faults out of the step.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -18,23 +20,14 @@
 #include <type_traits>
 #include <vector>
 
+#include "output_cache.h"
+#include "lif_cpu_kernels.h"
 #include "snn_fast/lif_step.h"
 
 namespace snn_fast {
 namespace {
 
 using at::Tensor;
-
-// Neurons per block. Each step touches one contiguous run of `block` elements per tensor: runs of
-// 4 KiB (block 1024) stall the hardware prefetchers at every page, longer runs stream. The backward
-// keeps T × block floats of V_{t−1}; SNN_FAST_CPU_BLOCK_ELEMS of them (256 KiB) stay in L2.
-#ifndef SNN_FAST_CPU_BLOCK_ELEMS
-#define SNN_FAST_CPU_BLOCK_ELEMS 65536
-#endif
-int64_t block_for(int64_t T) {
-  int64_t b = (int64_t(SNN_FAST_CPU_BLOCK_ELEMS) / std::max<int64_t>(T, 1)) / 16 * 16;
-  return std::min<int64_t>(std::max<int64_t>(b, 16), 8192);
-}
 
 template <typename acc_t>
 LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, double v_reset,
@@ -73,105 +66,6 @@ void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const
   }
 }
 
-// The per-block loops get one clone per ISA (picked at load time by the dynamic loader), so one
-// build runs AVX-512 where the CPU has it and stays portable. Contraction is off (setup.py), so
-// every clone rounds like the float32 reference.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SNN_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SNN_CPU_CLONES
-#endif
-
-// Calls f(std::bool_constant<hard_reset>, std::bool_constant<decay_input>).
-template <typename F>
-void with_flags(bool hard, bool di, F&& f) {
-  if (hard) {
-    if (di) f(std::true_type{}, std::true_type{});
-    else f(std::true_type{}, std::false_type{});
-  } else {
-    if (di) f(std::false_type{}, std::true_type{});
-    else f(std::false_type{}, std::false_type{});
-  }
-}
-
-// The common case, no noise mask: the reset and charge forms are template arguments, so the loop is
-// a handful of vector ops (the same roundings as lif_charge/lif_reset: x·1 and x·0 select exactly).
-template <bool HARD, bool DI, typename scalar_t, typename acc_t>
-SNN_CPU_CLONES void fwd_block_fast(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
-                                   scalar_t* __restrict__ s, scalar_t* __restrict__ v_last,
-                                   scalar_t* __restrict__ v_seq, acc_t* __restrict__ v, int64_t n, int64_t T,
-                                   int64_t N, const acc_t k, const acc_t theta, const acc_t vr) {
-  for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t off = t * N;  // int64: T·N may exceed 2^31
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const acc_t vv = v[j], xv = acc_t(x[off + j]);
-      const acc_t h = DI ? vv + (xv - (vv - vr)) * k : (vv - (vv - vr) * k) + xv;
-      const bool spike = (h - theta) >= acc_t(0);
-      s[off + j] = scalar_t(spike ? acc_t(1) : acc_t(0));
-      v[j] = HARD ? (spike ? vr : h) : (spike ? h - theta : h);
-    }
-    if (v_seq != nullptr)
-      for (int64_t j = 0; j < n; ++j) v_seq[off + j] = scalar_t(v[j]);
-  }
-  for (int64_t j = 0; j < n; ++j) v_last[j] = scalar_t(v[j]);
-}
-
-// One block of n neurons (pointers already offset to the block's first neuron), all T steps.
-template <typename scalar_t, typename acc_t>
-SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
-                              const bool* __restrict__ mask, scalar_t* __restrict__ s,
-                              scalar_t* __restrict__ v_last, scalar_t* __restrict__ v_seq,
-                              acc_t* __restrict__ v, int64_t n, int64_t T, int64_t N, const LIFParams<acc_t> p) {
-  for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t off = t * N;  // int64: T·N may exceed 2^31
-    if (mask == nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        acc_t h = lif_charge<acc_t>(v[j], acc_t(x[off + j]), p);
-        acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
-        s[off + j] = scalar_t(sp);
-        v[j] = lif_reset<acc_t>(h, sp, p);
-      }
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        acc_t h = lif_charge<acc_t>(v[j], acc_t(x[off + j]), p);
-        acc_t sp = lif_fire<acc_t>(h, mask[off + j], p);
-        s[off + j] = scalar_t(sp);
-        v[j] = lif_reset<acc_t>(h, sp, p);
-      }
-    }
-    if (v_seq != nullptr)
-      for (int64_t j = 0; j < n; ++j) v_seq[off + j] = scalar_t(v[j]);
-  }
-  for (int64_t j = 0; j < n; ++j) v_last[j] = scalar_t(v[j]);
-}
-
-template <typename scalar_t, typename acc_t>
-void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
-              scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
-  const int64_t B = block_for(T);
-  const int64_t nblocks = (N + B - 1) / B;
-  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<acc_t> v(B);
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t n0 = blk * B, n = std::min(B, N - n0);
-      scalar_t* vs = v_seq ? v_seq + n0 : nullptr;
-      if (mask != nullptr) {
-        fwd_block<scalar_t, acc_t>(x + n0, v0 + n0, mask + n0, s + n0, v_last + n0, vs, v.data(), n, T, N, p);
-      } else {
-        auto run = [&](auto hard, auto di) {
-          fwd_block_fast<decltype(hard)::value, decltype(di)::value, scalar_t, acc_t>(
-              x + n0, v0 + n0, s + n0, v_last + n0, vs, v.data(), n, T, N, p.k, p.theta, p.vr);
-        };
-        with_flags(p.hard_reset, p.decay_input, run);
-      }
-    }
-  });
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
                                                        const c10::optional<Tensor>& mask_, int64_t sg,
                                                        bool hard_reset, double v_reset, bool decay_input,
@@ -181,199 +75,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const T
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor s = at::empty_like(x), v_last = at::empty_like(v0);
-  Tensor v_seq = return_v_seq ? at::empty_like(x) : at::empty({0}, x.options());
+  Tensor s = empty_cpu_cached(x.sizes(), x.scalar_type()), v_last = at::empty_like(v0);
+  Tensor v_seq = return_v_seq ? empty_cpu_cached(x.sizes(), x.scalar_type()) : at::empty({0}, x.options());
   Tensor saved = at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
-    fwd_impl<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
+    cpu_lif::lif_fwd_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
                               mask ? mask->const_data_ptr<bool>() : nullptr, s.mutable_data_ptr<scalar_t>(),
                               v_last.mutable_data_ptr<scalar_t>(),
                               return_v_seq ? v_seq.mutable_data_ptr<scalar_t>() : nullptr, T, N, p);
   });
   return {s, v_last, v_seq, saved};
-}
-
-// Backward for one block: re-run the forward into vprev (V_{t−1}, T × B), then walk back.
-// Writes the block's (∂k, ∂θ, ∂α) partial sums to out3.
-template <int SG, typename scalar_t, typename acc_t>
-SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
-                              const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
-                              const scalar_t* __restrict__ v0, const bool* __restrict__ mask,
-                              scalar_t* __restrict__ gx, scalar_t* __restrict__ gv0, acc_t* __restrict__ vprev,
-                              acc_t* __restrict__ dv, acc_t* __restrict__ lane_sums, int64_t n, int64_t B,
-                              int64_t T, int64_t N, const LIFParams<acc_t> p, double* __restrict__ out3) {
-  const acc_t cx = p.decay_input ? p.k : acc_t(1), keep = acc_t(1) - p.k;
-  // Re-run the forward: same functions, same operation order, so the same spikes.
-  for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[j]);  // dv holds V during the re-run
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t off = t * N;
-    acc_t* __restrict__ vp = vprev + t * B;
-    if (mask == nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        vp[j] = dv[j];
-        acc_t h = lif_charge<acc_t>(dv[j], acc_t(x[off + j]), p);
-        acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
-        dv[j] = lif_reset<acc_t>(h, sp, p);
-      }
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        vp[j] = dv[j];
-        acc_t h = lif_charge<acc_t>(dv[j], acc_t(x[off + j]), p);
-        dv[j] = lif_reset<acc_t>(h, lif_fire<acc_t>(h, mask[off + j], p), p);
-      }
-    }
-  }
-  for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
-  // Parameter gradients: one running sum per lane (elementwise adds vectorise without reordering
-  // any sum), folded into double at the end of the block.
-  acc_t* __restrict__ sk = lane_sums;
-  acc_t* __restrict__ sth = lane_sums + B;
-  acc_t* __restrict__ sal = lane_sums + 2 * B;
-  for (int64_t j = 0; j < n; ++j) sk[j] = sth[j] = sal[j] = acc_t(0);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const int64_t off = t * N;
-    const acc_t* __restrict__ vp = vprev + t * B;
-    // ∂L/∂V_t from v_seq, added in its own loop: a load behind `gvseq ?` inside the main loop is
-    // control flow the vectoriser cannot if-convert.
-    if (gvseq != nullptr)
-      for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
-    if (mask == nullptr) {
-      for (int64_t j = 0; j < n; ++j) {
-        acc_t xv = acc_t(x[off + j]);
-        acc_t h = lif_charge<acc_t>(vp[j], xv, p);
-        acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
-        acc_t dvt = dv[j];
-        acc_t ek, eth, eal;
-        acc_t eps = lif_step_backward<SG, acc_t>(h, sp, vp[j], xv, acc_t(gs[off + j]), dvt, p, ek, eth, eal);
-        gx[off + j] = scalar_t(eps * cx);
-        dv[j] = eps * keep;
-        sk[j] += ek;
-        sth[j] += eth;
-        sal[j] += eal;
-      }
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        acc_t xv = acc_t(x[off + j]);
-        acc_t h = lif_charge<acc_t>(vp[j], xv, p);
-        acc_t sp = lif_fire<acc_t>(h, mask[off + j], p);
-        acc_t dvt = dv[j];
-        acc_t ek, eth, eal;
-        acc_t eps = lif_step_backward<SG, acc_t>(h, sp, vp[j], xv, acc_t(gs[off + j]), dvt, p, ek, eth, eal);
-        gx[off + j] = scalar_t(eps * cx);
-        dv[j] = eps * keep;
-        sk[j] += ek;
-        sth[j] += eth;
-        sal[j] += eal;
-      }
-    }
-  }
-  for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
-  double dk = 0, dth = 0, dal = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    dk += sk[j];
-    dth += sth[j];
-    dal += sal[j];
-  }
-  out3[0] = dk;
-  out3[1] = dth;
-  out3[2] = dal;
-}
-
-// Backward for the common case (no noise mask, no parameter gradients): re-run the forward keeping
-// H_t (T × B in L2), then walk back reading only H and ∂L/∂S. The flags are template arguments or
-// uniform scalars (live = 0/1 for detach_reset, κ), so the loop is straight vector code. The algebra is
-// lif_step_backward_g's with hard/soft fixed: s·x and (1 − s)·x select exactly.
-template <int SG, bool HARD, bool DI, typename scalar_t, typename acc_t>
-SNN_CPU_CLONES void bwd_block_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
-                                   const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
-                                   const scalar_t* __restrict__ v0, scalar_t* __restrict__ gx,
-                                   scalar_t* __restrict__ gv0, acc_t* __restrict__ hbuf, acc_t* __restrict__ dv,
-                                   int64_t n, int64_t B, int64_t T, int64_t N, const LIFParams<acc_t> p) {
-  const acc_t k = p.k, theta = p.theta, vr = p.vr, alpha = p.alpha, kappa = p.kappa;
-  const acc_t cx = DI ? k : acc_t(1), keep = acc_t(1) - k, live = p.detach_reset ? acc_t(0) : acc_t(1);
-  for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[j]);  // dv holds V during the re-run
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t off = t * N;
-    acc_t* __restrict__ hp = hbuf + t * B;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const acc_t vv = dv[j], xv = acc_t(x[off + j]);
-      const acc_t h = DI ? vv + (xv - (vv - vr)) * k : (vv - (vv - vr) * k) + xv;
-      hp[j] = h;
-      const bool spike = (h - theta) >= acc_t(0);
-      dv[j] = HARD ? (spike ? vr : h) : (spike ? h - theta : h);
-    }
-  }
-  for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const int64_t off = t * N;
-    const acc_t* __restrict__ hp = hbuf + t * B;
-    if (gvseq != nullptr)
-      for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const acc_t h = hp[j], d = dv[j];
-      const acc_t xs = h - theta;
-      const bool spike = xs >= acc_t(0);
-      const acc_t gp = sg_grad<SG>(xs, alpha);
-      // ∂L/∂S_t: the output, the reset (unless detached) and κ.
-      const acc_t ds = acc_t(gs[off + j]) + d * (live * (HARD ? vr - h : -theta) + kappa);
-      const acc_t eps = (HARD ? (spike ? acc_t(0) : d) : d) + ds * gp;
-      gx[off + j] = scalar_t(eps * cx);
-      dv[j] = eps * keep;
-    }
-  }
-  for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
-}
-
-template <int SG, typename scalar_t, typename acc_t>
-void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
-              const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
-              const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad) {
-  const int64_t B = block_for(T);
-  const int64_t nblocks = (N + B - 1) / B;
-  // One partial sum per block, added in block order afterwards: the result does not depend on the
-  // number of threads.
-  std::vector<double> partial(nblocks * 3, 0.0);
-  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<acc_t> vprev(T * B), dv(B), lane_sums(3 * B);
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t n0 = blk * B, n = std::min(B, N - n0);
-      if (mask == nullptr && !need_param_grad) {
-        auto run = [&](auto hard, auto di) {
-          bwd_block_fast<SG, decltype(hard)::value, decltype(di)::value, scalar_t, acc_t>(
-              gs + n0, gvlast ? gvlast + n0 : nullptr, gvseq ? gvseq + n0 : nullptr, x + n0, v0 + n0, gx + n0,
-              gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);
-        };
-        with_flags(p.hard_reset, p.decay_input, run);
-        continue;
-      }
-      bwd_block<SG, scalar_t, acc_t>(gs + n0, gvlast ? gvlast + n0 : nullptr, gvseq ? gvseq + n0 : nullptr, x + n0,
-                                     v0 + n0, mask ? mask + n0 : nullptr, gx + n0, gv0 + n0, vprev.data(),
-                                     dv.data(), lane_sums.data(), n, B, T, N, p, partial.data() + blk * 3);
-    }
-  });
-  if (need_param_grad) {
-    double acc[3] = {0, 0, 0};
-    for (int64_t b = 0; b < nblocks; ++b)
-      for (int i = 0; i < 3; ++i) acc[i] += partial[b * 3 + i];
-    for (int i = 0; i < 3; ++i) param_grad[i] = acc[i];
-  }
-}
-
-// The surrogate is a template argument of the backward so its inner loop vectorises.
-template <typename scalar_t, typename acc_t, typename... Args>
-void bwd_dispatch(int sg, Args&&... args) {
-  switch (sg) {
-#define SNN_CASE(ID) \
-  case ID:           \
-    return bwd_impl<ID, scalar_t, acc_t>(std::forward<Args>(args)...);
-    SNN_FAST_SURROGATE_CASES(SNN_CASE)
-#undef SNN_CASE
-  }
 }
 
 std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
@@ -398,14 +111,14 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10:
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor gx = at::empty_like(x), gv0 = at::empty_like(v0);
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = at::empty_like(v0);
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
     const scalar_t* gvl = gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* gvs = gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr;
-    bwd_dispatch<scalar_t, acc_t>(int(sg), gs.const_data_ptr<scalar_t>(), gvl, gvs, x.const_data_ptr<scalar_t>(),
+    cpu_lif::lif_bwd_kernel<scalar_t, acc_t>(int(sg), gs.const_data_ptr<scalar_t>(), gvl, gvs, x.const_data_ptr<scalar_t>(),
                                    v0.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr,
                                    gx.mutable_data_ptr<scalar_t>(), gv0.mutable_data_ptr<scalar_t>(), T, N, p,
                                    need_param_grad, pg.data());

@@ -1,0 +1,30 @@
+// A small cache of large CPU blocks for the fused kernels' outputs (s, v_seq, grad_x).
+//
+// Why: glibc returns a freed block of tens of MiB to the OS (trim / munmap) and the next step's
+// allocation of the same size faults every 4 KiB page in again. At W4 ([16, 32, 8192] float32) that
+// was ~8000 page faults and 10–14 ms per forward+backward on the dev VM, three times the kernels'
+// own time, and it came and went with the allocator's state. Training repeats the same shapes, so a
+// freed block is kept (up to a cap) and handed to the next request of the same size, as the CUDA
+// caching allocator does on the GPU.
+//
+// Only blocks >= 1 MiB go through it. The cap is SNN_FAST_CPU_CACHE_MB (default 1024; 0 turns the
+// cache off), read once. Allocations are reported to the torch profiler like any CPU allocation, so
+// memory profiles (and our peak-memory benchmark column) still see them.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace snn_fast {
+
+// at::empty(sizes, dtype) on the CPU, contiguous, through the cache when large enough.
+at::Tensor empty_cpu_cached(at::IntArrayRef sizes, at::ScalarType dtype);
+
+// {bytes held in free blocks, bytes live in handed-out blocks, cache hits, misses}.
+std::vector<int64_t> cpu_cache_stats();
+// Frees every cached block (live blocks are unaffected).
+void cpu_cache_clear();
+
+}  // namespace snn_fast
