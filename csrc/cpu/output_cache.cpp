@@ -65,7 +65,8 @@ class CachingCPUAllocator final : public c10::Allocator {
     return {b->ptr, b, &CachingCPUAllocator::release, c10::Device(c10::DeviceType::CPU)};
   }
 
-  c10::DeleterFnPtr raw_deleter() const override { return &CachingCPUAllocator::release; }
+  // No raw_deleter: the DataPtr's context is the Block, not the data pointer, so the raw_allocate API
+  // (which requires the two to coincide) is unsupported; every DataPtr carries its own deleter.
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
   }
