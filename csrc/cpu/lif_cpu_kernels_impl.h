@@ -29,10 +29,16 @@ inline int64_t block_for(int64_t T) {
 // The per-block loops get one clone per ISA (picked at load time by the dynamic loader), so one
 // build runs AVX-512 where the CPU has it and stays portable. Contraction is off (setup.py), so
 // every clone rounds like the float32 reference.
+// x86-64-v3 is AVX2 + FMA, v4 adds AVX-512.
+// SNN_CPU_CLONES_FMA is for loops whose results feed no spike decision (the backward walk): there
+// contraction into FMAs is allowed (fewer instructions, one rounding less; that loop is compute-bound).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SNN_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define SNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define SNN_CPU_CLONES_FMA \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
 #else
 #define SNN_CPU_CLONES
+#define SNN_CPU_CLONES_FMA
 #endif
 
 // Calls f(std::bool_constant<hard_reset>, std::bool_constant<decay_input>).
@@ -213,6 +219,38 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
   out3[2] = dal;
 }
 
+// The walk back from T − 1 to 0 of bwd_block_fast: H_t from hbuf, ∂L/∂V carried in dv. Its own
+// function so that it alone may contract into FMAs (the spike test reads the stored H, so no
+// spike decision can change).
+template <int SG, bool HARD, bool DI, typename scalar_t, typename acc_t>
+SNN_CPU_CLONES_FMA void bwd_walk_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvseq,
+                                      scalar_t* __restrict__ gx, const acc_t* __restrict__ hbuf,
+                                      acc_t* __restrict__ dv, int64_t n, int64_t B, int64_t T, int64_t N,
+                                      const LIFParams<acc_t> p) {
+  const acc_t k = p.k, theta = p.theta, alpha = p.alpha;
+  const acc_t cx = DI ? k : acc_t(1), keep = acc_t(1) - k, live = p.detach_reset ? acc_t(0) : acc_t(1);
+  // ∂S_t/∂H_t-independent part of ∂L/∂S_t through the reset and κ: c0 + c1·H_t.
+  const acc_t c1 = HARD ? -live : acc_t(0), c0 = (HARD ? live * p.vr : -live * theta) + p.kappa;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t off = t * N;
+    const acc_t* __restrict__ hp = hbuf + t * B;
+    if (gvseq != nullptr)
+      for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t h = hp[j], d = dv[j];
+      const acc_t xs = h - theta;
+      const bool spike = xs >= acc_t(0);
+      const acc_t gp = sg_grad<SG>(xs, alpha);
+      // ∂L/∂S_t: the output, the reset (unless detached) and κ.
+      const acc_t ds = acc_t(gs[off + j]) + d * (HARD ? c1 * h + c0 : c0);
+      const acc_t eps = (HARD ? (spike ? acc_t(0) : d) : d) + ds * gp;
+      gx[off + j] = scalar_t(eps * cx);
+      dv[j] = eps * keep;
+    }
+  }
+}
+
 // Backward for the common case (no noise mask, no parameter gradients): re-run the forward keeping
 // H_t (T × B in L2), then walk back reading only H and ∂L/∂S. The flags are template arguments or
 // uniform scalars (live = 0/1 for detach_reset, κ), so the loop is straight vector code. The algebra is
@@ -223,8 +261,7 @@ SNN_CPU_CLONES void bwd_block_fast(const scalar_t* __restrict__ gs, const scalar
                                    const scalar_t* __restrict__ v0, scalar_t* __restrict__ gx,
                                    scalar_t* __restrict__ gv0, acc_t* __restrict__ hbuf, acc_t* __restrict__ dv,
                                    int64_t n, int64_t B, int64_t T, int64_t N, const LIFParams<acc_t> p) {
-  const acc_t k = p.k, theta = p.theta, vr = p.vr, alpha = p.alpha, kappa = p.kappa;
-  const acc_t cx = DI ? k : acc_t(1), keep = acc_t(1) - k, live = p.detach_reset ? acc_t(0) : acc_t(1);
+  const acc_t k = p.k, theta = p.theta, vr = p.vr;
   for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[j]);  // dv holds V during the re-run
   for (int64_t t = 0; t < T; ++t) {
     const int64_t off = t * N;
@@ -239,24 +276,7 @@ SNN_CPU_CLONES void bwd_block_fast(const scalar_t* __restrict__ gs, const scalar
     }
   }
   for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const int64_t off = t * N;
-    const acc_t* __restrict__ hp = hbuf + t * B;
-    if (gvseq != nullptr)
-      for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const acc_t h = hp[j], d = dv[j];
-      const acc_t xs = h - theta;
-      const bool spike = xs >= acc_t(0);
-      const acc_t gp = sg_grad<SG>(xs, alpha);
-      // ∂L/∂S_t: the output, the reset (unless detached) and κ.
-      const acc_t ds = acc_t(gs[off + j]) + d * (live * (HARD ? vr - h : -theta) + kappa);
-      const acc_t eps = (HARD ? (spike ? acc_t(0) : d) : d) + ds * gp;
-      gx[off + j] = scalar_t(eps * cx);
-      dv[j] = eps * keep;
-    }
-  }
+  bwd_walk_fast<SG, HARD, DI, scalar_t, acc_t>(gs, gvseq, gx, hbuf, dv, n, B, T, N, p);
   for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
 }
 

@@ -38,9 +38,8 @@ namespace detail {
 #if !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
 // Host float exp and log as plain arithmetic (Cephes-style, |rel err| < 2 ulp) so the compiler can
 // vectorise the CPU inner loops; a libm call keeps them scalar (4–16× slower; log: 18×).
-inline float exp_poly(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.7f ? 88.7f : x;
+// exp_poly_core takes x in [−87.3, 88.7] (or NaN); the callers clamp only the sides they can reach.
+inline float exp_poly_core(float x) {
   // n = round(x·log2 e) with the 1.5·2^23 shifter: exact for |x·log2 e| < 2^22, no int round trip.
   float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = x - n * 0.693359375f;
@@ -54,6 +53,12 @@ inline float exp_poly(float x) {
   y = y * r * r + r + 1.0f;
   return y * __builtin_bit_cast(float, (unsigned int)(int(n) + 127) << 23);
 }
+inline float exp_poly(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  return exp_poly_core(x > 88.7f ? 88.7f : x);
+}
+// exp for x <= 0 (or NaN): one clamp less in the hot backward loops.
+inline float exp_poly_nonpos(float x) { return exp_poly_core(x < -87.3f ? -87.3f : x); }
 // log for finite x > 0 (the surrogates take logs of u >= 1); NaN passes through.
 inline float log_poly(float x) {
   const int xi = __builtin_bit_cast(int, x);
@@ -80,16 +85,20 @@ inline float log_poly(float x) {
   return x == x ? r : x;
 }
 SNN_HD float vexp(float x) { return exp_poly(x); }
+SNN_HD float vexp_nonpos(float x) { return exp_poly_nonpos(x); }
 SNN_HD float vlog(float x) { return log_poly(x); }
 SNN_HD double vexp(double x) { return std::exp(x); }
+SNN_HD double vexp_nonpos(double x) { return std::exp(x); }
 #else
 template <typename T> SNN_HD T vexp(T x) { return exp(x); }
+template <typename T> SNN_HD T vexp_nonpos(T x) { return exp(x); }
 #endif
 // Overload resolution picks the float or double version on host and device alike.
 template <typename T> SNN_HD T vlog(T x) { using std::log; return log(x); }
 template <typename T> SNN_HD T vatan(T x) { using std::atan; return atan(x); }
 template <typename T> SNN_HD T verfc(T x) { using std::erfc; return erfc(x); }
-template <typename T> SNN_HD T vabs(T x) { return x < T(0) ? -x : x; }
+// fabs, not x < 0 ? −x : x: a sign-bit mask (one vector op) rather than a compare and a blend.
+template <typename T> SNN_HD T vabs(T x) { using std::fabs; return fabs(x); }
 template <typename T> SNN_HD T vclamp01(T x) { return x < T(0) ? T(0) : (x > T(1) ? T(1) : x); }
 template <typename T> SNN_HD T vsigmoid(T x) { return T(1) / (T(1) + vexp(-x)); }
 }  // namespace detail
@@ -99,8 +108,10 @@ template <int SG, typename T>
 SNN_HD T sg_grad(T x, T a) {
   using namespace detail;
   if constexpr (SG == kSigmoid) {
-    T s = vsigmoid(a * x);
-    return a * s * (T(1) - s);
+    // a·σ(ax)·(1 − σ(ax)) = a·e/(1 + e)² with e = exp(−|ax|): one exp with no overflow side, and no
+    // cancellation in 1 − σ where σ rounds to 1.
+    T e = vexp_nonpos(-vabs(a * x)), u = T(1) + e;
+    return a * e / (u * u);
   } else if constexpr (SG == kAtan) {
     T u = T(kPi / 2) * a * x;
     return a / (T(2) * (T(1) + u * u));
@@ -118,7 +129,7 @@ SNN_HD T sg_grad(T x, T a) {
     T u = T(1) + a * vabs(x);
     return T(1) / (u * u);
   } else if constexpr (SG == kErf) {
-    return a * T(kInvSqrtPi) * vexp(-(a * x) * (a * x));
+    return a * T(kInvSqrtPi) * vexp_nonpos(-(a * x) * (a * x));
   } else if constexpr (SG == kQPseudoSpike) {
     T u = T(1) + T(2) * vabs(x) / (a - T(1));
     return vexp(-a * vlog(u));
