@@ -40,8 +40,11 @@ namespace detail {
 // vectorise the CPU inner loops; a libm call keeps them scalar (4–16× slower; log: 18×).
 // exp_poly_core takes x in [−87.3, 88.7] (or NaN); the callers clamp only the sides they can reach.
 inline float exp_poly_core(float x) {
-  // n = round(x·log2 e) with the 1.5·2^23 shifter: exact for |x·log2 e| < 2^22, no int round trip.
-  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  // n = round(x·log2 e) with the 1.5·2^23 shifter (exact for |x·log2 e| < 2^22). The shifter carries
+  // the exponent bias too: t's low mantissa bits are n + 127, shifted into place below with no
+  // float-to-int conversion.
+  const float t = x * 1.44269504088896341f + 12583039.0f;  // 1.5·2^23 + 127
+  const float n = t - 12583039.0f;
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float y = 1.9875691500e-4f;
@@ -51,7 +54,7 @@ inline float exp_poly_core(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  return y * __builtin_bit_cast(float, (unsigned int)(int(n) + 127) << 23);
+  return y * __builtin_bit_cast(float, __builtin_bit_cast(unsigned int, t) << 23);
 }
 inline float exp_poly(float x) {
   x = x < -87.3f ? -87.3f : x;
