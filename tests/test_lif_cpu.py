@@ -229,6 +229,26 @@ def test_state_carries_across_calls_like_one_long_sequence():
     assert torch.equal(torch.cat([s1, s2]), s_full) and torch.equal(v2, v_full)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_cached_constant_inputs(backend):
+    """v0=None / float v0 and float (τ, θ, α) become tensors made once per key (function.py): a call
+    under inference_mode must not poison a later training call, and every key gets its own value."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    x = torch.randn(5, 3, 7) * 2
+    with torch.inference_mode():
+        s_inf, _ = snn_fast.lif_multistep(x, backend=backend)
+    xg = x.clone().requires_grad_(True)
+    s, v = snn_fast.lif_multistep(xg, backend=backend)
+    (s.sum() + v.sum()).backward()  # an inference tensor saved for backward would raise here
+    assert torch.equal(s.detach(), s_inf) and xg.grad is not None
+    for v0, vr, th in ((0.5, 0.0, 1.0), (0.25, 0.0, 1.0), (None, -0.5, 1.0), (None, -0.5, 0.5), (None, 0.0, 0.5)):
+        got = snn_fast.lif_multistep(x, v0, v_reset=vr, v_threshold=th, backend=backend)
+        want = lif_multistep_reference(x, v0, v_reset=vr, v_threshold=th)
+        for g, w in zip(got, want):
+            assert_close(g, w, name=f"v0={v0} v_reset={vr} theta={th}")
+
+
 def test_param_grad_independent_of_thread_count():
     x, v0, grads = make(8, 20000, dtype=torch.float32)
     opts = OPTIONS[0]

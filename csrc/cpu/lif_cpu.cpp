@@ -1,6 +1,6 @@
 // Fused LIF forward/backward on the CPU, the torch-facing ops. The kernels (lif_cpu_kernels_impl.h)
-// run the whole T loop per block of neurons, parallel over blocks with at::parallel_for, the inner
-// loop over contiguous neurons vectorised by the compiler.
+// run the whole T loop per block of neurons, parallel over blocks (a shared queue hands them to
+// at::parallel_for's threads), the inner loop over contiguous neurons vectorised by the compiler.
 //
 // Bytes per element of [T, N] (storage dtype size b), the 5-pass floor of BENCHMARKS.md:
 //   forward   read x, write s                         2b   (+ b for v_seq when asked)

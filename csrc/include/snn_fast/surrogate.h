@@ -47,12 +47,13 @@ inline float exp_poly_core(float x) {
   const float n = t - 12583039.0f;
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
+  // e^r ≈ 1 + r + r²·q(r) on |r| ≤ ln2/2, q of degree 3 fitted for relative error (1.1e-7 before
+  // rounding, about one ulp): two multiply-adds fewer than Cephes' degree-7 form, in the loop that
+  // bounds the backward.
+  float y = 8.312469348e-3f;
+  y = y * r + 4.189000279e-2f;
+  y = y * r + 1.666711420e-1f;
+  y = y * r + 4.999923110e-1f;
   y = y * r * r + r + 1.0f;
   return y * __builtin_bit_cast(float, __builtin_bit_cast(unsigned int, t) << 23);
 }
