@@ -96,17 +96,34 @@ SNN_CPU_CLONES void fwd_block_fast(const scalar_t* __restrict__ x, const scalar_
                                    scalar_t* __restrict__ s, scalar_t* __restrict__ v_last,
                                    scalar_t* __restrict__ v_seq, acc_t* __restrict__ v, int64_t n, int64_t T,
                                    int64_t N, const acc_t k, const acc_t theta, const acc_t vr) {
+  auto step = [=](acc_t vv, acc_t xv, scalar_t& sp) {
+    const acc_t h = DI ? vv + (xv - (vv - vr)) * k : (vv - (vv - vr) * k) + xv;
+    const bool spike = (h - theta) >= acc_t(0);
+    sp = scalar_t(spike ? acc_t(1) : acc_t(0));
+    return HARD ? (spike ? vr : h) : (spike ? h - theta : h);
+  };
   for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t off = t * N;  // int64: T·N may exceed 2^31
+  int64_t t = 0;
+  // Four steps per pass over the block when v_seq is not asked for: V stays in a register between
+  // them and each thread streams four rows of x and of s at once (more misses in flight); measured
+  // ~7 % faster than one step per pass at W4. Same operations per element, so the same results.
+  if (v_seq == nullptr) {
+    for (; t + 4 <= T; t += 4) {
+      const int64_t off = t * N;  // int64: T·N may exceed 2^31
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const acc_t vv = v[j], xv = acc_t(x[off + j]);
-      const acc_t h = DI ? vv + (xv - (vv - vr)) * k : (vv - (vv - vr) * k) + xv;
-      const bool spike = (h - theta) >= acc_t(0);
-      s[off + j] = scalar_t(spike ? acc_t(1) : acc_t(0));
-      v[j] = HARD ? (spike ? vr : h) : (spike ? h - theta : h);
+      for (int64_t j = 0; j < n; ++j) {
+        acc_t vv = v[j];
+        vv = step(vv, acc_t(x[off + j]), s[off + j]);
+        vv = step(vv, acc_t(x[off + N + j]), s[off + N + j]);
+        vv = step(vv, acc_t(x[off + 2 * N + j]), s[off + 2 * N + j]);
+        v[j] = step(vv, acc_t(x[off + 3 * N + j]), s[off + 3 * N + j]);
+      }
     }
+  }
+  for (; t < T; ++t) {
+    const int64_t off = t * N;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) v[j] = step(v[j], acc_t(x[off + j]), s[off + j]);
     if (v_seq != nullptr)
       for (int64_t j = 0; j < n; ++j) v_seq[off + j] = scalar_t(v[j]);
   }

@@ -33,6 +33,7 @@ constexpr int kNumSurrogates = 11;
 
 constexpr double kPi = 3.14159265358979323846;
 constexpr double kInvSqrtPi = 0.56418958354775628695;
+constexpr double kLog2e = 1.44269504088896340736;
 
 namespace detail {
 #if !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
@@ -63,6 +64,23 @@ inline float exp_poly(float x) {
 }
 // exp for x <= 0 (or NaN): one clamp less in the hot backward loops.
 inline float exp_poly_nonpos(float x) { return exp_poly_core(x < -87.3f ? -87.3f : x); }
+// 2^z for z <= 0 (or NaN), the same scheme in base 2: the reduction r = z − round(z) is exact (no
+// two-constant ln 2 split), and the polynomial runs in Estrin's order (a shorter dependency chain
+// than Horner's). The sigmoid surrogate's backward is bound by that chain's latency, not by
+// arithmetic throughput: this form measured ~20 % faster for its loop than exp_poly_nonpos.
+// Max relative error 2.1e-7 over [−126, 0] (tests/test_cpu_math.py scans the floats there).
+inline float exp2_poly_nonpos(float z) {
+  z = z < -126.0f ? -126.0f : z;          // 2^−126: the smallest normal, n + 127 >= 1
+  const float t = z + 12583039.0f;        // 1.5·2^23 + 127, as in exp_poly_core
+  const float r = z - (t - 12583039.0f);  // exact, |r| <= 1/2
+  // 2^r ≈ 1 + c1 r + … + c5 r⁵, fitted for relative error (9.5e-8 before rounding).
+  const float r2 = r * r;
+  const float p01 = 6.931470037e-1f * r + 1.0f;
+  const float p23 = 5.550692603e-2f * r + 2.402224243e-1f;
+  const float p45 = 1.327670878e-3f * r + 9.671509266e-3f;
+  const float y = (p45 * r2 + p23) * r2 + p01;
+  return y * __builtin_bit_cast(float, __builtin_bit_cast(unsigned int, t) << 23);
+}
 // log for finite x > 0 (the surrogates take logs of u >= 1); NaN passes through.
 inline float log_poly(float x) {
   const int xi = __builtin_bit_cast(int, x);
@@ -90,12 +108,15 @@ inline float log_poly(float x) {
 }
 SNN_HD float vexp(float x) { return exp_poly(x); }
 SNN_HD float vexp_nonpos(float x) { return exp_poly_nonpos(x); }
+SNN_HD float vexp2_nonpos(float x) { return exp2_poly_nonpos(x); }
 SNN_HD float vlog(float x) { return log_poly(x); }
 SNN_HD double vexp(double x) { return std::exp(x); }
 SNN_HD double vexp_nonpos(double x) { return std::exp(x); }
+SNN_HD double vexp2_nonpos(double x) { return std::exp2(x); }
 #else
 template <typename T> SNN_HD T vexp(T x) { return exp(x); }
 template <typename T> SNN_HD T vexp_nonpos(T x) { return exp(x); }
+template <typename T> SNN_HD T vexp2_nonpos(T x) { return exp2(x); }
 #endif
 // Overload resolution picks the float or double version on host and device alike.
 template <typename T> SNN_HD T vlog(T x) { using std::log; return log(x); }
@@ -113,8 +134,8 @@ SNN_HD T sg_grad(T x, T a) {
   using namespace detail;
   if constexpr (SG == kSigmoid) {
     // a·σ(ax)·(1 − σ(ax)) = a·e/(1 + e)² with e = exp(−|ax|): one exp with no overflow side, and no
-    // cancellation in 1 − σ where σ rounds to 1.
-    T e = vexp_nonpos(-vabs(a * x)), u = T(1) + e;
+    // cancellation in 1 − σ where σ rounds to 1. e = 2^(−|(a·log2 e)·x|): the loops hoist a·log2 e.
+    T e = vexp2_nonpos(-vabs((a * T(kLog2e)) * x)), u = T(1) + e;
     return a * e / (u * u);
   } else if constexpr (SG == kAtan) {
     T u = T(kPi / 2) * a * x;
