@@ -285,23 +285,38 @@ SNN_CPU_CLONES_FMA void bwd_walk_fast(const scalar_t* __restrict__ gs, const sca
   const acc_t cx = DI ? k : acc_t(1), keep = acc_t(1) - k, live = p.detach_reset ? acc_t(0) : acc_t(1);
   // ∂S_t/∂H_t-independent part of ∂L/∂S_t through the reset and κ: c0 + c1·H_t.
   const acc_t c1 = HARD ? -live : acc_t(0), c0 = (HARD ? live * p.vr : -live * theta) + p.kappa;
-  for (int64_t t = T - 1; t >= 0; --t) {
+  // One step back: ∂L/∂V_t = d and H_t = h in, ∂L/∂X_t to gxo, ∂L/∂V_{t−1} returned.
+  auto back = [=](acc_t d, acc_t h, acc_t g, scalar_t& gxo) {
+    const acc_t xs = h - theta;
+    const bool spike = xs >= acc_t(0);
+    const acc_t gp = sg_grad<SG>(xs, alpha);
+    // ∂L/∂S_t: the output, the reset (unless detached) and κ.
+    const acc_t ds = g + d * (HARD ? c1 * h + c0 : c0);
+    const acc_t eps = (HARD ? (spike ? acc_t(0) : d) : d) + ds * gp;
+    gxo = scalar_t(eps * cx);
+    return eps * keep;
+  };
+  int64_t t = T - 1;
+  // Two steps per pass without v_seq (∂L/∂V carried in a register, two rows of ∂L/∂S and ∂L/∂X
+  // streamed at once), as the forward does with four.
+  if (gvseq == nullptr) {
+    for (; t >= 1; t -= 2) {
+      const int64_t off = t * N;
+      const acc_t* __restrict__ hp = hbuf + t * B;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const acc_t d = back(dv[j], hp[j], acc_t(gs[off + j]), gx[off + j]);
+        dv[j] = back(d, hp[j - B], acc_t(gs[off - N + j]), gx[off - N + j]);
+      }
+    }
+  }
+  for (; t >= 0; --t) {
     const int64_t off = t * N;
     const acc_t* __restrict__ hp = hbuf + t * B;
     if (gvseq != nullptr)
       for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const acc_t h = hp[j], d = dv[j];
-      const acc_t xs = h - theta;
-      const bool spike = xs >= acc_t(0);
-      const acc_t gp = sg_grad<SG>(xs, alpha);
-      // ∂L/∂S_t: the output, the reset (unless detached) and κ.
-      const acc_t ds = acc_t(gs[off + j]) + d * (HARD ? c1 * h + c0 : c0);
-      const acc_t eps = (HARD ? (spike ? acc_t(0) : d) : d) + ds * gp;
-      gx[off + j] = scalar_t(eps * cx);
-      dv[j] = eps * keep;
-    }
+    for (int64_t j = 0; j < n; ++j) dv[j] = back(dv[j], hp[j], acc_t(gs[off + j]), gx[off + j]);
   }
 }
 
@@ -316,18 +331,32 @@ SNN_CPU_CLONES void bwd_block_fast(const scalar_t* __restrict__ gs, const scalar
                                    scalar_t* __restrict__ gv0, acc_t* __restrict__ hbuf, acc_t* __restrict__ dv,
                                    int64_t n, int64_t B, int64_t T, int64_t N, const LIFParams<acc_t> p) {
   const acc_t k = p.k, theta = p.theta, vr = p.vr;
+  // H_t into hp, V_t returned: the forward's step, in the forward's operation order.
+  auto step = [=](acc_t vv, acc_t xv, acc_t& hp) {
+    const acc_t h = DI ? vv + (xv - (vv - vr)) * k : (vv - (vv - vr) * k) + xv;
+    hp = h;
+    const bool spike = (h - theta) >= acc_t(0);
+    return HARD ? (spike ? vr : h) : (spike ? h - theta : h);
+  };
   for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[j]);  // dv holds V during the re-run
-  for (int64_t t = 0; t < T; ++t) {
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) {  // four steps per pass, as in fwd_block_fast
     const int64_t off = t * N;
     acc_t* __restrict__ hp = hbuf + t * B;
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
-      const acc_t vv = dv[j], xv = acc_t(x[off + j]);
-      const acc_t h = DI ? vv + (xv - (vv - vr)) * k : (vv - (vv - vr) * k) + xv;
-      hp[j] = h;
-      const bool spike = (h - theta) >= acc_t(0);
-      dv[j] = HARD ? (spike ? vr : h) : (spike ? h - theta : h);
+      acc_t vv = dv[j];
+      vv = step(vv, acc_t(x[off + j]), hp[j]);
+      vv = step(vv, acc_t(x[off + N + j]), hp[B + j]);
+      vv = step(vv, acc_t(x[off + 2 * N + j]), hp[2 * B + j]);
+      dv[j] = step(vv, acc_t(x[off + 3 * N + j]), hp[3 * B + j]);
     }
+  }
+  for (; t < T; ++t) {
+    const int64_t off = t * N;
+    acc_t* __restrict__ hp = hbuf + t * B;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dv[j] = step(dv[j], acc_t(x[off + j]), hp[j]);
   }
   for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
   bwd_walk_fast<SG, HARD, DI, scalar_t, acc_t>(gs, gvseq, gx, hbuf, dv, n, B, T, N, p);
