@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.9.0
 
-.PHONY: test bench build dev clean
+.PHONY: test bench build dev clean compat
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(VENV)/.torch: $(VENV)/.created
 	@touch $@
 
 $(VENV)/.test-deps: $(VENV)/.torch
-	$(PIP) install pytest pytest-xdist scikit-learn
+	$(PIP) install pytest pytest-xdist scikit-learn matplotlib
 	@touch $@
 
 $(VENV)/.bench-deps: $(VENV)/.torch
@@ -44,5 +44,35 @@ test: $(VENV)/.test-deps $(VENV)/.built
 bench: $(VENV)/.bench-deps $(VENV)/.built
 	$(PY) benchmarks/run.py
 
+# The oldest supported versions (those of the GPU image: torch 2.11 + triton 3.6), in a second venv.
+# torch 2.11 exists on the package index only as its CUDA build (~3.5 GB with its CUDA libraries):
+# that also lets the CUDA kernels compile against torch 2.11's headers here, for sm_90 (no GPU needed
+# to build). The extension is built out of tree into .compat/ so the main .venv's build is untouched;
+# the tests import the package from a copy in .compat/pkg. Runs the whole suite (GPU tests skip).
+COMPAT_VENV   := .venv-compat
+COMPAT_PY     := $(COMPAT_VENV)/bin/python
+COMPAT_PIP    := $(COMPAT_PY) -m pip --disable-pip-version-check -q
+COMPAT_TORCH  ?= torch==2.11.0
+COMPAT_TRITON ?= triton==3.6.0
+
+$(COMPAT_VENV)/.deps:
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PIP) install "$(COMPAT_TORCH)" "$(COMPAT_TRITON)"
+	@# setuptools >= 77 reads pyproject's SPDX license; torch 2.11 asks for < 82; the venv's bundled 65 is older
+	$(COMPAT_PIP) install --upgrade "setuptools>=77,<82" wheel ninja numpy pytest pytest-xdist scikit-learn matplotlib
+	@touch $@
+
+compat: $(COMPAT_VENV)/.deps
+	rm -rf .compat/pkg .compat/lib
+	TORCH_CUDA_ARCH_LIST=$${COMPAT_CUDA_ARCH:-9.0} MAX_JOBS=$${MAX_JOBS:-2} $(COMPAT_PY) setup.py -q build_ext \
+	  --build-lib .compat/lib --build-temp .compat/build
+	mkdir -p .compat/pkg && cp -r snn_fast .compat/pkg/ && rm -f .compat/pkg/snn_fast/_C*.so
+	cp .compat/lib/snn_fast/_C*.so .compat/pkg/snn_fast/
+	$(COMPAT_PY) -c "import torch, triton; print('compat: torch', torch.__version__, 'triton', triton.__version__)"
+	cd tests && PYTHONPATH=$(CURDIR)/.compat/pkg ../$(COMPAT_PY) -c \
+	  "import snn_fast, sys; assert snn_fast.HAS_C and '.compat' in snn_fast.__file__, snn_fast.__file__"
+	@# bin/pytest, not `python -m pytest`: -m would put the repository root (and its own build of _C) first
+	PYTHONPATH=$(CURDIR)/.compat/pkg $(COMPAT_VENV)/bin/pytest tests -n $${PYTEST_WORKERS:-2} -q
+
 clean:
-	rm -rf build *.egg-info snn_fast/_C*.so $(VENV)
+	rm -rf build *.egg-info snn_fast/_C*.so $(VENV) .compat $(COMPAT_VENV)

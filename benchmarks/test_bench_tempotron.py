@@ -32,7 +32,7 @@ from snn_fast.ops.tempotron import mse_loss, tempotron  # noqa: E402
 I, O, T = 784 * 16, 10, 100
 
 
-def make_inputs(device, B, seed=0):
+def make_inputs(device, B, seed=0, I=I):
     g = torch.Generator().manual_seed(seed)
     t = torch.randint(0, T, (B, I), generator=g).float()
     t[torch.rand(B, I, generator=g) < 0.5] = -1.0
@@ -80,10 +80,13 @@ def providers(device):
     return out + ["reference"]
 
 
-def run(device="cpu"):
-    B = 32 if device == "cpu" else 64
-    t, w, label = make_inputs(device, B)
-    provs = providers(device)
+def run(device="cpu", B=None, I=I, providers_=None):
+    """Rows for each provider (``providers_``, default ``providers(device)``; the last is the reference).
+    B defaults to W4's 32 on the CPU and W3's 64 on a GPU; smaller B/I only for plumbing checks."""
+    B = B or (32 if device == "cpu" else 64)
+    t, w, label = make_inputs(device, B, I=I)
+    provs = providers_ or providers(device)
+    assert provs[-1] == "reference", provs
     # Same inputs, same loss: the fused result is checked against the reference before timing.
     ref_loss, ref_grad = step(t, w, label, "reference")
     ref_grad = ref_grad.clone()

@@ -1,0 +1,253 @@
+"""The GPU check: stages in priority order, each under its own timeout, results in $OUT after every
+stage, at most 8 files, a summary table last. Called by scripts/gpu_check.sh (which installs the
+carried wheels first); see README "Running the GPU check".
+
+    OUT=/some/dir python scripts/gpu/check.py [--dry-run] [--full] [--budget S] [--only a,b]
+
+Files in $OUT (the device tool returns at most 8):
+    summary.md                  environment, one line per stage (status, seconds, its last words)
+    correctness.csv             one row per (backend, case) of the LIF correctness stages
+    <device>-<date>.csv/.md/.png  the benchmark rows (W1, W3), benchmarks/common.py's format
+    autotable.json              the measured cuda-vs-triton table (stage autotable)
+    logs.tar.gz                 every stage's full log and env.json
+A stage that times out or fails leaves the others running; the budget (default 480 s) caps the sum,
+so a call with a 600 s limit always gets its files back.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STAGES_PY = os.path.join(ROOT, "scripts", "gpu", "stages.py")
+MAX_FILES = 8
+
+
+def stage_list(py, work, dry, full, nproc):
+    """(name, timeout s, argv or callable, extra env, estimate s on the H200). Estimates: see README."""
+    st = [py, STAGES_PY]
+    d = ["--dry-run"] if dry else []
+    w = ["--work", work]
+    w1_T = "4,8,16,32,64"
+    if dry:
+        build = ["bash", "-c", "nvcc --version >/dev/null 2>&1 || { echo 'nvcc not found: compile step skipped'; "
+                 "exit 0; }; time nvcc -std=c++17 -O3 -arch=sm_90 -c csrc/cuda/lif_fwd.cu -I csrc/include "
+                 "-I csrc/cuda -o \"$WORK/lif_fwd.o\""]
+    else:
+        build = ["bash", "-c", f"rm -f snn_fast/_C*.so; time env TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${{MAX_JOBS:-{nproc}}} "
+                 f"{py} setup.py build_ext --inplace"]
+    one_config = {"SNN_FAST_TRITON_AUTOTUNE": "0"}
+    return [
+        ("env", 60, st + ["env"] + w + d, {}, 15),
+        ("triton-lif", 180, st + ["lif", "--backend", "triton", "--stage-name", "triton-lif"] + w + d, one_config, 100),
+        ("w1-triton", 180, st + ["w1", "--providers", "snn_fast-triton,spikingjelly,reference-compiled",
+                                 "--T", w1_T, "--compiled-T", w1_T if full else "4,16",
+                                 "--stage-name", "w1-triton"] + w + d, {}, 130),
+        ("build", 300, build, {}, 0),  # started in the background after 'env'; see main()
+        ("cuda-lif", 90, st + ["lif", "--backend", "cuda", "--stage-name", "cuda-lif"] + w + d, {}, 20),
+        ("w1-cuda", 120, st + ["w1", "--providers", "snn_fast-cuda", "--T", w1_T, "--stage-name", "w1-cuda"]
+         + w + d, {}, 40),
+        ("autotable", 120, "autotable", {}, 50),
+        ("tempotron", 90, st + ["tempotron", "--stage-name", "tempotron"] + w + d, {}, 25),
+        ("memcheck", 120, "memcheck", one_config, 60),
+    ]
+
+
+def autotable_cmd(py, work, dry, full):
+    if dry:
+        return ["bash", "-c", "echo 'dry run: the autotable needs a CUDA device; skipped'"]
+    args = ["--dtypes", "float32,bfloat16", "--T", "4,16,64", "--N", "65536,4194304"]
+    if full:
+        args = []
+    return [py, os.path.join(ROOT, "benchmarks", "gpu_autotable.py"), "--out", os.path.join(work, "autotable.json"),
+            "--csv", os.path.join(work, "autotable.csv")] + args
+
+
+def memcheck_cmd(py, work, dry):
+    tiny = [py, STAGES_PY, "tiny", "--backends", "cuda,triton", "--work", work] + (["--dry-run"] if dry else [])
+    san = shutil.which("compute-sanitizer")
+    if san is None or dry:
+        why = "dry run" if dry else "compute-sanitizer not found"
+        return ["bash", "-c", f"echo '{why}: the tiny cases run without the sanitizer'; exec \"$@\"", "_"] + tiny
+    return [san, "--tool", "memcheck", "--error-exitcode", "1", "--print-limit", "20"] + tiny
+
+
+class Runner:
+    def __init__(self, out, work, budget, dry):
+        self.out, self.work, self.budget, self.dry = out, work, budget, dry
+        self.t0 = time.monotonic()
+        self.rows = []  # (name, status, seconds, timeout, note)
+        self.logs = os.path.join(work, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+
+    def left(self):
+        return self.budget - (time.monotonic() - self.t0)
+
+    def start(self, name, cmd, env_extra):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", WORK=self.work, **env_extra)
+        log = open(os.path.join(self.logs, f"{name}.log"), "w")
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        # Own process group: a timeout kills the stage and everything it started (compilers, workers).
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return proc, log, time.monotonic()
+
+    def finish(self, name, started, timeout):
+        proc, log, t_start = started
+        try:
+            rc = proc.wait(timeout=max(1.0, min(timeout, self.left()) - (time.monotonic() - t_start)))
+            status = "ok" if rc == 0 else f"FAILED rc={rc}"
+        except subprocess.TimeoutExpired:
+            import signal
+
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            status = f"TIMEOUT after {time.monotonic() - t_start:.0f} s"
+        log.close()
+        secs = time.monotonic() - t_start
+        self.rows.append((name, status, secs, timeout, _last_words(os.path.join(self.logs, f"{name}.log"))))
+        print(f"=== {name}: {status} ({secs:.1f} s)", flush=True)
+        self.publish()
+        return status == "ok"
+
+    def skip(self, name, why, timeout):
+        self.rows.append((name, "skipped", 0.0, timeout, why))
+        print(f"=== {name}: skipped ({why})", flush=True)
+        self.publish()
+
+    def env(self):
+        p = os.path.join(self.work, "env.json")
+        if not os.path.exists(p):
+            return {}
+        with open(p) as f:
+            return json.load(f)
+
+    def publish(self):
+        """Rewrite every file of $OUT from what the stages have left in the work folder so far."""
+        env = self.env()
+        for src in ("correctness.csv", "autotable.json"):
+            p = os.path.join(self.work, src)
+            if os.path.exists(p):
+                shutil.copy(p, os.path.join(self.out, src))
+        rows = []
+        for p in sorted(glob.glob(os.path.join(self.work, "bench-*.json"))):
+            with open(p) as f:
+                rows += json.load(f)
+        if rows:
+            sys.path.insert(0, ROOT)
+            from benchmarks import common
+
+            common.ROWS[:] = [dict(r, copy_gbps=r.get("copy_gbps") or env.get("copy_gbps")) for r in rows]
+            try:
+                common.write_results(self.out)
+            except Exception as e:  # noqa: BLE001 - a plot failure must not lose the CSV
+                print(f"writing benchmark results: {e}")
+        with open(os.path.join(self.out, "summary.md"), "w") as f:
+            f.write(self.summary())
+        with tarfile.open(os.path.join(self.out, "logs.tar.gz"), "w:gz") as tar:
+            for p in sorted(glob.glob(os.path.join(self.logs, "*.log"))) + [os.path.join(self.work, "env.json"),
+                                                                            os.path.join(self.work, "autotable.csv")]:
+                if os.path.exists(p):
+                    tar.add(p, arcname=os.path.basename(p))
+        n = len([p for p in os.listdir(self.out) if os.path.isfile(os.path.join(self.out, p))])
+        assert n <= MAX_FILES, f"{n} files in {self.out}: the device tool returns only {MAX_FILES}"
+
+    def summary(self):
+        env = self.env()
+        lines = [f"# GPU check {'(DRY RUN on the CPU) ' if self.dry else ''}"
+                 f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}", ""]
+        for k in ("device_name", "sm", "torch", "cuda", "triton", "python", "nvcc", "copy_gbps"):
+            if k in env:
+                lines.append(f"- {k}: {env[k]:.1f}" if isinstance(env[k], float) else f"- {k}: {env[k]}")
+        lines += ["", f"Total {time.monotonic() - self.t0:.0f} s of a {self.budget:.0f} s budget.", "",
+                  "| stage | status | seconds | timeout | last words |", "|---|---|---|---|---|"]
+        for name, status, secs, timeout, note in self.rows:
+            lines.append(f"| {name} | {status} | {secs:.1f} | {timeout} | {note.replace('|', '/')} |")
+        return "\n".join(lines) + "\n"
+
+
+def _last_words(path, n=160):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return ""
+    return (lines[-1] if lines else "")[:n]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="run the stages on this CPU machine, tiny sizes")
+    ap.add_argument("--full", action="store_true", help="compiled reference at every T, whole autotable grid, "
+                    "then the whole test suite (no default budget)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds for all stages (default 480; --full 1800)")
+    ap.add_argument("--only", default=None, help="comma-separated stage names")
+    args = ap.parse_args(argv)
+    out = os.path.abspath(os.environ.get("OUT") or os.path.join(ROOT, "gpu_check_out"))
+    os.makedirs(out, exist_ok=True)
+    for p in os.listdir(out):  # $OUT holds this run's files only
+        if os.path.isfile(os.path.join(out, p)):
+            os.remove(os.path.join(out, p))
+    work = tempfile.mkdtemp(prefix="snn_fast_gpu_check_")
+    py = os.environ.get("PYTHON") or sys.executable
+    nproc = os.cpu_count() or 2
+    budget = args.budget or (1800.0 if args.full else 480.0)
+    r = Runner(out, work, budget, args.dry_run)
+    stages = stage_list(py, work, args.dry_run, args.full, nproc)
+    only = set(args.only.split(",")) if args.only else None
+    print(f"GPU check{' (dry run)' if args.dry_run else ''}: out {out}, work {work}, budget {budget:.0f} s; "
+          f"estimated {sum(s[4] for s in stages)} s on the H200", flush=True)
+    selected = [s for s in stages if only is None or s[0] in only]
+    build_stage = next((s for s in selected if s[0] == "build"), None)
+    build = None  # the background build: started after 'env', overlapping the Triton correctness stage
+
+    def wait_build():
+        nonlocal build
+        if build is not None:
+            r.finish("build", build, build_stage[1])
+            build = None
+
+    for name, timeout, cmd, env_extra, _est in selected:
+        if cmd == "autotable":
+            cmd = autotable_cmd(py, work, args.dry_run, args.full)
+        elif cmd == "memcheck":
+            cmd = memcheck_cmd(py, work, args.dry_run)
+        if name == "build":
+            if build is None and not any(row[0] == "build" for row in r.rows):
+                build = r.start("build", cmd, {})
+            wait_build()
+            continue
+        if name not in ("env", "triton-lif"):
+            wait_build()  # time nothing while the compilers share the CPU
+        if r.left() < 5:
+            r.skip(name, "budget spent", timeout)
+            continue
+        if name in ("cuda-lif", "w1-cuda") and not any(row[0] == "build" and row[1] == "ok" for row in r.rows):
+            r.skip(name, "the CUDA extension was not built", timeout)
+            continue
+        r.finish(name, r.start(name, cmd, env_extra), timeout)
+        if name == "env" and build_stage is not None:
+            build = r.start("build", build_stage[2], {"MAX_JOBS": str(max(nproc - 1, 1))})
+    wait_build()
+    if args.full and not args.dry_run and r.left() > 60:
+        r.finish("pytest-full", r.start("pytest-full", [py, "-m", "pytest", "tests", "-q", "-x", "-rs", "-n", "8"], {}),
+                 r.left())
+    r.publish()
+    print()
+    print(r.summary())
+    print(f"files in {out}: {sorted(os.listdir(out))}")
+    failed = [row for row in r.rows if row[1] not in ("ok", "skipped")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""The stages of the GPU check (scripts/gpu_check.sh → scripts/gpu/check.py), one subcommand each.
+
+Each stage runs in its own process under its own timeout, so a hang or a crash costs that stage only.
+A stage writes what it found into the work folder (``--work``) as it goes: ``env.json``,
+``correctness.csv`` (one row per case), ``bench-<stage>.json`` (benchmark rows in the format of
+benchmarks/common.py); check.py turns them into the files that come back from the GPU machine.
+
+``--dry-run`` runs the same code on this CPU machine: Triton under TRITON_INTERPRET=1 on tiny shapes,
+the 'cpu' backend standing in for 'cuda', tiny benchmark sizes. It tests the plumbing, not a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DRY = "--dry-run" in sys.argv
+if DRY:  # must precede the first `import triton`
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Appended, not prepended: a snn_fast on PYTHONPATH (another build of it) wins over the checkout.
+sys.path.append(ROOT)
+sys.path.append(os.path.join(ROOT, "tests"))  # conftest: the suite's tolerances, defined once
+
+import torch  # noqa: E402
+
+import snn_fast  # noqa: E402,F401  (before benchmarks/*, which put the checkout first on sys.path)
+
+DEVICE = "cpu" if DRY else "cuda"
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _append_csv(path, row, fields):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _save_bench_rows(work, stage, rows):
+    path = os.path.join(work, f"bench-{stage}.json")
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=1, default=str)
+    print(f"{len(rows)} benchmark rows -> {path}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1: environment and the copy roofline
+
+
+def stage_env(args):
+    info = dict(python=sys.version.split()[0], torch=torch.__version__, cuda=torch.version.cuda,
+                machine=platform.machine(), dry_run=DRY, device=DEVICE)
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError as e:
+        info["triton"] = f"not importable: {e}"
+    for cmd in (["nvidia-smi"], ["nvidia-smi", "-q", "-d", "CLOCK"], ["nvcc", "--version"]):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+            print(f"$ {' '.join(cmd)}\n{out}")
+            if cmd == ["nvcc", "--version"]:
+                info["nvcc"] = out.strip().splitlines()[-1] if out.strip() else None
+        except (OSError, subprocess.TimeoutExpired) as e:
+            print(f"$ {' '.join(cmd)}: {e}")
+    if DEVICE == "cuda":
+        if not torch.cuda.is_available():
+            print("no CUDA device visible to torch")
+            return 2
+        p = torch.cuda.get_device_properties(0)
+        info.update(device_name=p.name, sm=f"{p.major}{p.minor}", sms=p.multi_processor_count,
+                    memory_gib=round(p.total_memory / 2**30, 1))
+    from benchmarks import common
+
+    info["device_label"] = common.device_name(DEVICE)
+    t0 = time.perf_counter()
+    info["copy_gbps"] = common.copy_gbps(DEVICE)
+    print(f"copy bandwidth (1 GiB copy_, read + write): {info['copy_gbps']:.1f} GB/s "
+          f"({time.perf_counter() - t0:.1f} s)")
+    with open(os.path.join(args.work, "env.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages 2 and 4b: LIF correctness against the reference, a covering set of options
+
+CORRECT_FIELDS = ["stage", "backend", "case", "dtype", "T", "N", "ok", "detail", "seconds"]
+
+
+def lif_cases(dry: bool):
+    """Every surrogate × (fp32, bf16), the other options rotated with co-prime periods so that each
+    value of each option meets several surrogates and both dtypes: hard (v_r 0 and −0.3) / soft reset,
+    detach, decay_input, learnable τ/θ/α, noise mask, κ, v_seq, IF, T ∈ {1, 4, 64}, odd N. Few
+    distinct kernel variants (Triton compiles one per variant): see ``variant_keys``."""
+    from snn_fast import surrogate as sgm
+
+    names = sgm.names()[: sgm.NUM_KERNEL_SURROGATES]
+    Ts = (1, 4, 9) if dry else (1, 4, 64)
+    Ns = (1, 67, 131) if dry else (1, 4099, 65537)
+    cases = []
+    for i, sg in enumerate(names):
+        for d, dtype in enumerate((torch.float32, torch.bfloat16)):
+            j = i + d
+            cases.append(dict(
+                surrogate=sg, dtype=dtype, T=Ts[j % 3], N=Ns[(i + 2 * d) % 3],
+                v_reset=(0.0, None, -0.3)[j % 3], detach_reset=bool((i // 2 + d) % 2),
+                decay_input=j % 2 == 0, learn=(i + d) % 3 != 1, mask=j % 4 == 1,
+                kappa=0.2 if j % 5 == 2 else 0.0, v_seq=j % 3 == 2, tau=math.inf if (i, d) == (3, 0) else 2.5,
+                grad=True))
+    # Inference (no input needs a gradient): Triton runs its forward without the saved state.
+    for dtype in (torch.float32, torch.bfloat16):
+        cases.append(dict(surrogate="sigmoid", dtype=dtype, T=Ts[2], N=Ns[1], v_reset=0.0, detach_reset=False,
+                          decay_input=True, learn=False, mask=False, kappa=0.0, v_seq=False, tau=2.0, grad=False))
+    return cases
+
+
+def variant_keys(case):
+    """The constexpr variants a case instantiates in the Triton kernels (forward, backward)."""
+    hard = case["v_reset"] is not None
+    di = case["decay_input"] and not math.isinf(case["tau"])
+    dt = str(case["dtype"])
+    fwd = ("fwd", case["surrogate"], hard, di, case["mask"], case["v_seq"], case["grad"], dt)
+    if not case["grad"]:
+        return [fwd]
+    bwd = ("bwd", case["surrogate"], hard, di, case["detach_reset"], case["mask"], case["v_seq"], case["learn"], dt)
+    return [fwd, bwd]
+
+
+def case_id(c):
+    parts = [c["surrogate"], str(c["dtype"]).replace("torch.", ""), f"T{c['T']}", f"N{c['N']}",
+             "soft" if c["v_reset"] is None else f"hard{c['v_reset']:g}"]
+    parts += [p for p, on in (("detach", c["detach_reset"]), ("noDI", not c["decay_input"]), ("learn", c["learn"]),
+                              ("mask", c["mask"]), ("vseq", c["v_seq"]), ("IF", math.isinf(c["tau"])),
+                              (f"k{c['kappa']}", c["kappa"] != 0), ("infer", not c["grad"]))
+              if on]
+    return "-".join(parts)
+
+
+def _run_lif(backend, c, x, v0, mask, dtype, seed=1):
+    """Forward (+ backward of a random linear loss of every output) → dict of outputs and grads."""
+    from snn_fast import lif_multistep
+
+    dev = x.device
+    pdt = torch.float64 if dtype == torch.float64 else torch.float32
+    x = x.detach().to(dtype).clone().requires_grad_(c["grad"])
+    v0 = v0.detach().to(dtype).clone().requires_grad_(c["grad"])
+    params = {}
+    tau, theta, alpha = c["tau"], 0.8, None
+    if c["learn"]:
+        if not math.isinf(tau):
+            tau = params["tau"] = torch.tensor(tau, dtype=pdt, device=dev, requires_grad=True)
+        theta = params["theta"] = torch.tensor(theta, dtype=pdt, device=dev, requires_grad=True)
+        from snn_fast import surrogate as sgm
+
+        a0 = sgm.get(c["surrogate"]).alpha
+        if a0 is not None:
+            alpha = params["alpha"] = torch.tensor(a0, dtype=pdt, device=dev, requires_grad=True)
+    out = lif_multistep(x, v0, tau=tau, v_threshold=theta, alpha=alpha, surrogate=c["surrogate"],
+                        v_reset=c["v_reset"], detach_reset=c["detach_reset"], decay_input=c["decay_input"],
+                        reset_residual=c["kappa"], noise_mask=mask, return_v_seq=c["v_seq"], backend=backend)
+    names = ["s", "v_T", "v_seq"][: len(out)]
+    res = dict(zip(names, [o.detach() for o in out]))
+    if c["grad"]:
+        g = torch.Generator().manual_seed(seed)
+        loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(dev)).sum() for o in out)
+        wrt = [x, v0] + list(params.values())
+        grads = torch.autograd.grad(loss, wrt)
+        res.update(zip(["grad_x", "grad_v0"] + ["grad_" + k for k in params], grads))
+    return res
+
+
+def check_lif_case(backend, c, device):
+    """None when ``backend`` agrees with the reference on case ``c``, else what differs.
+
+    float32: no spike may flip against the float32 reference (same operation order), everything else
+    within conftest's float32 tolerance. bfloat16: at least as close to the float64 truth as plain
+    PyTorch in bfloat16 (conftest's ``assert_close_lowp``)."""
+    from conftest import assert_close, assert_close_lowp
+
+    g = torch.Generator().manual_seed(hash(case_id(c)) % 2**31)
+    x = (torch.randn(c["T"], c["N"], generator=g, dtype=torch.float64) * 1.5 + 0.4).to(device)
+    v0 = (torch.rand(c["N"], generator=g, dtype=torch.float64) * 0.5).to(device)
+    mask = (torch.rand(c["T"], c["N"], generator=g) >= 0.3).to(device) if c["mask"] else None
+    dtype = c["dtype"]
+    x, v0 = x.to(dtype).double(), v0.to(dtype).double()  # every run, the float64 truth too, sees the same inputs
+    got = _run_lif(backend, c, x, v0, mask, dtype)
+    try:
+        if dtype == torch.float32:
+            ref = _run_lif("reference", c, x, v0, mask, dtype)
+            flips = (got["s"] != ref["s"]) if mask is None else ((got["s"] != ref["s"]) & mask)
+            if int(flips.sum()):
+                return f"{int(flips.sum())} spikes differ from the float32 reference"
+            for k in ref:
+                if not torch.isfinite(got[k]).all():
+                    return f"{k} has non-finite values"
+                assert_close(got[k], ref[k], name=k)
+        else:
+            ref64 = _run_lif("reference", c, x, v0, mask, torch.float64)
+            ref_lp = _run_lif("reference", c, x, v0, mask, dtype)
+            for k in ref64:
+                # parameter gradients are float32 sums on both sides: judged at the storage dtype's ulp
+                assert_close_lowp(got[k], ref64[k], ref_lp[k].to(dtype), name=f"{dtype} {k}")
+    except AssertionError as e:
+        return str(e).splitlines()[0][:300]
+    return None
+
+
+def stage_lif(args):
+    backend = "cpu" if DRY and args.backend == "cuda" else args.backend  # dry run: 'cpu' stands in
+    cases = lif_cases(DRY)
+    keys = {k for c in cases for k in variant_keys(c)}
+    print(f"{len(cases)} cases, {len(keys)} distinct kernel variants (Triton compiles each once per config; "
+          f"SNN_FAST_TRITON_AUTOTUNE={os.environ.get('SNN_FAST_TRITON_AUTOTUNE', '1')})")
+    path = os.path.join(args.work, "correctness.csv")
+    failed = 0
+    t_all = time.perf_counter()
+    for c in cases:
+        t0 = time.perf_counter()
+        try:
+            why = check_lif_case(backend, c, DEVICE)
+        except Exception as e:  # noqa: BLE001 - a crash is a failed case, the stage goes on
+            why = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        _sync()
+        dt = time.perf_counter() - t0
+        failed += why is not None
+        print(f"{'ok  ' if why is None else 'FAIL'} {backend:9s} {case_id(c):70s} {dt:6.2f} s  {why or ''}", flush=True)
+        _append_csv(path, dict(stage=args.stage, backend=backend, case=case_id(c), dtype=str(c["dtype"])[6:],
+                               T=c["T"], N=c["N"], ok=why is None, detail=why or "", seconds=f"{dt:.2f}"),
+                    CORRECT_FIELDS)
+    print(f"{backend}: {len(cases) - failed}/{len(cases)} cases pass, {time.perf_counter() - t_all:.1f} s "
+          f"(first calls of each variant include its compilation)")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages 3 and 4c: W1 (BENCHMARKS.md)
+
+
+def stage_w1(args):
+    from benchmarks import common
+    from benchmarks import test_bench_lif as bl
+
+    want = args.providers.split(",")
+    if DRY:  # the 'cpu' backend stands in for 'cuda'; tiny shapes
+        want = ["snn_fast-cpu" if p == "snn_fast-cuda" else p for p in want]
+        shapes = [((T, 2, 256), dt) for dt in (torch.float32, torch.bfloat16) for T in (4, 8)]
+    else:
+        Ts = [int(t) for t in args.T.split(",")]
+        shapes = [((T, 64, 65536), dt) for dt in (torch.float32, torch.bfloat16) for T in Ts]
+    compiled_T = {int(t) for t in args.compiled_T.split(",") if t}
+    rows = []
+    for shape, dtype in shapes:
+        names = list(want)
+        if "reference-compiled" in names and (shape[0] not in compiled_T or dtype != torch.float32):
+            names.remove("reference-compiled")  # one Inductor compile per shape: T-unrolled, ~20–60 s each
+        t0 = time.perf_counter()
+        # Dry run: torch.compile traces with the 'eager' backend (the plumbing, not ~60 s of Inductor on 2 cores).
+        rows += bl.bench_case(DEVICE, shape, dtype, names, rounds=2 if DRY else 3,
+                              compile_backend="eager" if DRY else "inductor")
+        print(f"{shape} {dtype}: {time.perf_counter() - t0:.1f} s", flush=True)
+    print(common.markdown_table(rows))
+    _save_bench_rows(args.work, args.stage, rows)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 5: Tempotron W3
+
+
+def stage_tempotron(args):
+    from benchmarks import test_bench_tempotron as bt
+
+    if DRY:
+        rows = bt.run("cpu", B=2, I=64, providers_=["cpu", "triton", "reference"])
+    else:
+        rows = bt.run("cuda")
+    bt.print_table(rows)
+    for r in rows:
+        r["device_name"] = bt.common.device_name(r["device"])
+    _save_bench_rows(args.work, args.stage, rows)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 6: a few launches of every kernel, for compute-sanitizer
+
+
+def stage_tiny(args):
+    """Small LIF (cuda and triton, fp32 and bf16, with parameter gradients and a mask) and Tempotron
+    calls: each kernel launched a few times, every output read back."""
+    import snn_fast
+    from snn_fast.ops.tempotron import tempotron
+
+    backends_ = [b for b in args.backends.split(",") if b]
+    if DRY:
+        backends_ = ["cpu" if b == "cuda" else b for b in backends_]
+    for b in backends_:
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(5, 3, 37, device=DEVICE, dtype=dtype).requires_grad_()
+            tau = torch.tensor(2.0, device=DEVICE, requires_grad=True)
+            mask = torch.rand(x.shape, device=DEVICE) > 0.2
+            s, v = snn_fast.lif_multistep(x, tau=tau, noise_mask=mask, backend=b)
+            (s.float().sum() + v.float().sum()).backward()
+            with torch.no_grad():
+                snn_fast.lif_multistep(x, backend=b)
+            _sync()
+            print(f"lif {b} {dtype}: s {s.float().mean().item():.3f} grad_x {x.grad.float().abs().sum().item():.3f} "
+                  f"grad_tau {tau.grad.item():.4f}")
+        t = torch.randint(-1, 20, (3, 50), device=DEVICE).float()
+        w = torch.randn(4, 50, device=DEVICE, requires_grad=True)
+        v_max = tempotron(t, w, 20, ret_type="v_max", backend=b)
+        v_max.sum().backward()
+        _sync()
+        print(f"tempotron {b}: v_max {v_max.sum().item():.4f} grad {w.grad.abs().sum().item():.4f}")
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "tiny"])
+    ap.add_argument("--work", default=".")
+    ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--stage-name", dest="stage_name", default=None, help="label in the output files")
+    ap.add_argument("--backend", default="triton")
+    ap.add_argument("--backends", default="cuda,triton")
+    ap.add_argument("--providers", default="snn_fast-triton,spikingjelly,reference-compiled")
+    ap.add_argument("--T", default="4,8,16,32,64")
+    ap.add_argument("--compiled-T", dest="compiled_T", default="4,16")
+    args = ap.parse_args(argv)
+    args.stage = args.stage_name or args.stage
+    os.makedirs(args.work, exist_ok=True)
+    fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, tiny=stage_tiny)[
+        ap.parse_args(argv).stage]
+    return fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

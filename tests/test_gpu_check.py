@@ -1,0 +1,117 @@
+"""The GPU check (scripts/gpu_check.sh) works before a GPU ever sees it: its dry run on this CPU machine
+runs every stage's code on tiny sizes and leaves at most 8 files in $OUT (all the device tool returns);
+its case list covers every option in few Triton compilations; its default run fits its 8-minute budget.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
+STAGE_NAMES = ["env", "triton-lif", "w1-triton", "build", "cuda-lif", "w1-cuda", "autotable", "tempotron",
+               "memcheck"]
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def check_mod():
+    return _load("gpu_check_runner", os.path.join(ROOT, "scripts", "gpu", "check.py"))
+
+
+@pytest.fixture(scope="module")
+def stages_mod():
+    return _load("gpu_check_stages", os.path.join(ROOT, "scripts", "gpu", "stages.py"))
+
+
+def test_default_run_fits_the_budget(check_mod):
+    """Estimated seconds per stage on the H200 (measured inputs: README "Running the GPU check") sum to
+    less than the 480 s budget, which leaves a 600 s device call room for start-up and file transfer."""
+    stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=False, nproc=16)
+    assert [s[0] for s in stages] == STAGE_NAMES
+    est = {s[0]: s[4] for s in stages}
+    assert sum(est.values()) <= 480, est
+    assert all(s[1] >= s[4] for s in stages), "a timeout below its own estimate"
+
+
+def test_case_list_covers_every_option_in_few_compilations(stages_mod):
+    cases = stages_mod.lif_cases(dry=False)
+    keys = {k for c in cases for k in stages_mod.variant_keys(c)}
+    assert len(keys) <= 60, f"{len(keys)} Triton variants: each costs a compilation (~0.6 s)"
+    from snn_fast import surrogate as sgm
+
+    sgs = sgm.names()[: sgm.NUM_KERNEL_SURROGATES]
+    for sg in sgs:
+        for dt in (torch.float32, torch.bfloat16):
+            assert any(c["surrogate"] == sg and c["dtype"] == dt and c["grad"] for c in cases), (sg, dt)
+    for opt in ("detach_reset", "decay_input", "learn", "mask", "v_seq", "grad"):
+        assert {c[opt] for c in cases} == {True, False}, opt
+    assert {c["v_reset"] for c in cases} == {0.0, -0.3, None}
+    assert {c["T"] for c in cases} == {1, 4, 64}
+    assert all(c["N"] % 2 == 1 for c in cases)
+    assert any(math.isinf(c["tau"]) for c in cases) and any(c["kappa"] for c in cases)
+    assert len({stages_mod.case_id(c) for c in cases}) == len(cases)
+
+
+def test_dry_run(tmp_path):
+    """Every stage of the check, on this machine: Triton interpreted, 'cpu' standing in for 'cuda', the
+    build reduced to an nvcc compile, tiny benchmarks. Checks the files a GPU run would send back."""
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, WHL_DIR=str(tmp_path / "no-wheels"))
+    r = subprocess.run(["bash", SCRIPT, "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"dry run failed:\n{r.stdout[-4000:]}\n{r.stderr[-3000:]}"
+    files = sorted(os.listdir(out))
+    assert len(files) <= 8, files
+    assert all(os.path.isfile(out / f) for f in files), files
+    summary = (out / "summary.md").read_text()
+    for name in STAGE_NAMES:
+        line = next((ln for ln in summary.splitlines() if ln.startswith(f"| {name} |")), None)
+        assert line is not None, f"stage {name} missing from the summary:\n{summary}"
+        assert "| ok |" in line, line
+    with open(out / "correctness.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["backend"] for r in rows} == {"triton", "cpu"}
+    assert all(r["ok"] == "True" for r in rows), [r for r in rows if r["ok"] != "True"]
+    bench = [f for f in files if f.endswith(".csv") and f != "correctness.csv"]
+    assert len(bench) == 1 and bench[0].startswith("cpu-"), files
+    assert any(f.endswith(".md") and f != "summary.md" for f in files)
+    with open(out / bench[0]) as f:
+        brows = list(csv.DictReader(f))
+    provs = {(r["op"], r["provider"]) for r in brows}
+    assert {("lif", "snn_fast-triton"), ("lif", "snn_fast-cpu"), ("tempotron", "cpu")} <= provs, provs
+    assert all(float(r["median_ms"]) > 0 for r in brows)
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        logs = set(tar.getnames())
+    assert {f"{n}.log" for n in STAGE_NAMES} <= logs and "env.json" in logs, logs
+
+
+def test_a_failing_stage_fails_the_run(tmp_path, check_mod, monkeypatch):
+    """A stage that exits non-zero is reported as FAILED and makes the whole run fail; the later stages
+    still run (--only picks two cheap ones)."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("OUT", str(out))
+    real = check_mod.stage_list
+
+    def broken(*a, **k):
+        st = real(*a, **k)
+        return [(n, t, (["bash", "-c", "echo boom; exit 3"] if n == "env" else c), e, est) for n, t, c, e, est in st]
+
+    monkeypatch.setattr(check_mod, "stage_list", broken)
+    rc = check_mod.main(["--dry-run", "--only", "env,autotable"])
+    assert rc == 1
+    summary = (out / "summary.md").read_text()
+    assert "| env | FAILED rc=3 |" in summary and "| autotable | ok |" in summary, summary
