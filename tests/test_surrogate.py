@@ -55,42 +55,45 @@ def test_dg_dalpha_matches_finite_difference(name):
     torch.testing.assert_close(s.dg_dalpha(x, ta(a))[ok], fd[ok], atol=1e-7, rtol=1e-6)
 
 
-def _backends():
-    out = []
-    if snn_fast.HAS_C:
-        out.append("cpu")
-    try:
-        from snn_fast.ops.lif import triton as _  # noqa: F401
-        import os
-
-        if os.environ.get("TRITON_INTERPRET") == "1":
-            out.append("triton")
-    except ImportError:
-        pass
-    return out
+# Every fused backend, on the device it runs on: 'triton' on a GPU when there is one (else in the
+# interpreter on CPU tensors), 'cuda' skipped without one.
+_DEVICE = {"cpu": "cpu", "cuda": "cuda", "triton": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
-@pytest.mark.parametrize("backend", _backends())
+def _skip_unless_available(backend):
+    from snn_fast.ops.lif.function import BACKENDS
+
+    device = _DEVICE[backend]
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"the '{backend}' backend needs a CUDA device")
+    why = BACKENDS.unavailable(backend, torch.empty(0, device=device))
+    if why is not None:
+        pytest.skip(why)
+    return device
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "triton"])
 @pytest.mark.parametrize("name", BUILTIN)
 def test_kernel_surrogate_gradient_matches_primitive(backend, name):
     """One IF step with θ = 0 and a detached reset: ∂s/∂x is exactly the kernel's g′(x), and
     ∂(Σs)/∂α its Σ ∂g/∂α. Both are compared to finite differences of the reference primitive."""
+    device = _skip_unless_available(backend)
     s = sgm.get(name)
     a = _alpha(name)
     x = _points(name, a)[::6].contiguous()
-    dtype = torch.float64 if backend == "cpu" else torch.float32
-    xx = x.to(dtype).reshape(1, -1).requires_grad_(True)
-    alpha = torch.tensor(a, dtype=dtype, requires_grad=True)
+    dtype = torch.float64 if backend == "cpu" else torch.float32  # the CUDA kernels have no float64
+    xx = x.to(dtype).reshape(1, -1).to(device).requires_grad_(True)
+    alpha = torch.tensor(a, dtype=dtype, device=device, requires_grad=True)
     out, _ = snn_fast.lif_multistep(xx, tau=math.inf, v_threshold=0.0, v_reset=0.0, detach_reset=True,
                                     surrogate=name, alpha=alpha, backend=backend)
     gx, ga = torch.autograd.grad(out.sum(), [xx, alpha])
     ta = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     fd = (s.g(x + H, ta(a)) - s.g(x - H, ta(a))) / (2 * H)
     tol = dict(atol=1e-7, rtol=1e-6) if dtype == torch.float64 else dict(atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(gx.reshape(-1).double(), fd, **tol)
+    torch.testing.assert_close(gx.reshape(-1).double().cpu(), fd, **tol)
     fda = ((s.g(x, ta(a + H)) - s.g(x, ta(a - H))) / (2 * H)).sum()
     if s.alpha is not None:
-        torch.testing.assert_close(ga.double(), fda, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ga.double().cpu(), fda, atol=1e-5, rtol=1e-4)
     else:
         assert ga.item() == 0.0
 
