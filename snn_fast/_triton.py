@@ -21,7 +21,7 @@ def _noop():
 
 def _state() -> Tuple[Optional[ImportError], bool]:
     global _STATE
-    if _STATE is None:
+    if _STATE is None:  # first use may come inside a torch.compile trace: see _import_message, _interpreted
         try:
             import triton
         except ImportError as e:
@@ -41,15 +41,28 @@ def import_error() -> Optional[ImportError]:
     return _state()[0]
 
 
+# Constants of the process, so torch.compile runs them once instead of tracing them (the first
+# answer may be asked inside a trace, which cannot follow triton's import or its jit decorator).
+@torch.compiler.assume_constant_result
+def _import_message() -> str:
+    err = import_error()
+    return "" if err is None else str(err)
+
+
+@torch.compiler.assume_constant_result
+def _interpreted() -> bool:
+    return _state()[1]
+
+
 def interpreted() -> bool:
     """True when Triton kernels run in the interpreter (``TRITON_INTERPRET=1`` before triton's import)."""
-    return _state()[1]
+    return _interpreted()
 
 
 def unavailable_reason(x: torch.Tensor, arg: str = "x") -> Optional[str]:
     """None when a Triton kernel can run on ``x`` (the op's tensor argument named ``arg``), else why not."""
-    err = import_error()
-    if err is not None:
+    err = _import_message()
+    if err:
         return f"the 'triton' backend needs triton (`pip install triton`): {err}"
     if x.device.type == "cuda":
         return None

@@ -32,8 +32,10 @@ _FLAGS = 6  # surrogate … reset_residual: the op arguments between noise_mask 
 
 def _fake_fwd_cpp(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
                   reset_residual, return_v_seq):
-    """snn_fast::lif_fwd serves 'cpu' and 'cuda', which save different things: ask the entry."""
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (BACKENDS.backends[x.device.type].saves(x),)
+    """snn_fast::lif_fwd serves 'cpu' and 'cuda', which save different things: ask the entry of x's
+    device (a meta tensor, which no kernel runs on, gets the CPU's answer)."""
+    entry = BACKENDS.backends["cuda" if x.device.type == "cuda" else "cpu"]
+    return config.fake_fwd_outputs(x, v0, return_v_seq) + (entry.saves(x),)
 
 
 def _save(ctx, bwd, need_param_grad, x, v0, params, noise_mask, flags, saved, s) -> None:
@@ -105,7 +107,7 @@ def _saves_h(x):  # the CUDA kernel keeps H, [T, N] in x.dtype
 
 # The LIF backends. 'reference' is not a table entry: it is plain torch (reference.py) and always runs.
 BACKENDS = backends.OpBackends(
-    "LIF", "x",
+    "x",
     {
         "cpu": backends.Backend(fwd="snn_fast::lif_fwd", bwd="snn_fast::lif_bwd", saves=_saves_nothing,
                                 probe=backends.cpp_probe("lif_fwd", "CPU")),
@@ -130,14 +132,10 @@ if _ext.HAS_C:
 
 
 def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v_seq):
-    """(s, v_last, v_seq, saved) from backend ``b`` outside the eager autograd Function: the inference
-    forward (no saved state: Triton skips the H write, 2b instead of 3b per element) when no gradient
-    can flow, else the training one; through the dispatcher under torch.compile (which traces the
-    registered fake and autograd), else the raw op below the autograd key."""
+    """(s, v_last, v_seq, saved) from backend ``b`` in eager mode outside the autograd Function: the
+    raw op below the autograd key; the inference forward (no saved state: Triton skips the H write,
+    2b instead of 3b per element) when no gradient can flow, else the training one."""
     train = backends.needs_grad(x, v0, params)
-    if config._is_compiling():
-        op = b.infer if (b.infer is not None and not train) else b.fwd
-        return op(x, v0, params, noise_mask, *flags, return_v_seq)
     op = b.infer_raw if (b.infer_raw is not None and not train) else b.fwd_raw
     with torch._C._AutoDispatchBelowAutograd():
         return op(x, v0, params, noise_mask, *flags, return_v_seq)
@@ -206,12 +204,16 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
     mask2 = None if noise_mask is None else noise_mask.reshape(T, -1)
     flag_args = (flags.surrogate_id, flags.hard_reset, flags.v_reset, flags.decay_input, flags.detach_reset,
                  flags.reset_residual)
-    b = BACKENDS.load(name)
-    if config._is_compiling() or not backends.needs_grad(x2, v0_t, params):
-        s, v_last, v_seq, _ = fused_forward(b, x2, v0_t, params, mask2, flag_args, return_v_seq)
+    if config._is_compiling():  # the dispatcher, traced with the registered fake and autograd
+        op = BACKENDS.compiled_fwd(name, backends.needs_grad(x2, v0_t, params))
+        s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq)
     else:
-        s, v_last, v_seq = _LIFFunction.apply(b.fwd_raw, b.bwd_raw, x2, v0_t, params, mask2, flag_args,
-                                              return_v_seq)
+        b = BACKENDS.load(name)
+        if backends.needs_grad(x2, v0_t, params):
+            s, v_last, v_seq = _LIFFunction.apply(b.fwd_raw, b.bwd_raw, x2, v0_t, params, mask2, flag_args,
+                                                  return_v_seq)
+        else:
+            s, v_last, v_seq, _ = fused_forward(b, x2, v0_t, params, mask2, flag_args, return_v_seq)
     out = (s.view(x.shape), v_last.view(shape))
     return out + (v_seq.view(x.shape),) if return_v_seq else out
 

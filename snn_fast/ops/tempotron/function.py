@@ -86,7 +86,7 @@ def _register_compiled(b: backends.Loaded) -> None:
 # The Tempotron backends ('reference' is plain torch, reference.py). No measured table: GPU order
 # is backends.GPU_ORDER.
 BACKENDS = backends.OpBackends(
-    "Tempotron", "t_in",
+    "t_in",
     {
         "cpu": backends.Backend(fwd="snn_fast::tempotron_fwd", bwd="snn_fast::tempotron_bwd",
                                 probe=backends.cpp_probe("tempotron_fwd", "CPU")),
@@ -109,9 +109,10 @@ def select_backend(backend: Optional[str], x: torch.Tensor) -> str:
     return BACKENDS.select(backend, x)
 
 
-def _membrane(b: backends.Loaded, t_in, weight, T, tau, tau_s, v0):
-    if torch.compiler.is_compiling():  # the dispatcher, with the registered fake and autograd
-        return b.fwd(t_in, weight, T, tau, tau_s, v0)
+def _membrane(name: str, t_in, weight, T, tau, tau_s, v0):
+    if torch.compiler.is_compiling():  # the dispatcher, traced with the registered fake and autograd
+        return BACKENDS.compiled_fwd(name, True)(t_in, weight, T, tau, tau_s, v0)
+    b = BACKENDS.load(name)
     if backends.needs_grad(t_in, weight):
         return _TempotronFunction.apply(b.fwd_raw, b.bwd_raw, t_in, weight, T, tau, tau_s, v0)
     with torch._C._AutoDispatchBelowAutograd():
@@ -130,7 +131,7 @@ def tempotron_membrane(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: fl
     name = select_backend(backend, t_in)
     if name == "reference":
         return membrane_reference(t_in, weight, T, tau, tau_s, v0)
-    return _membrane(BACKENDS.load(name), t_in, weight, int(T), float(tau), float(tau_s), float(v0))
+    return _membrane(name, t_in, weight, int(T), float(tau), float(tau_s), float(v0))
 
 
 def tempotron(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float = 15.0, tau_s: float = 15.0 / 4,
