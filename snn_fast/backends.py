@@ -73,20 +73,18 @@ class Backend:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A loaded backend. ``fwd``/``bwd``/``infer`` are the dispatcher's op packets (torch.compile
-    traces them with the registered fake and autograd); ``*_raw`` their ``.default`` overloads, which
-    eager mode calls below the autograd key from the op's one autograd Function."""
+    """A loaded backend: its ops' ``.default`` overloads, which eager mode calls below the autograd
+    key from the op's one autograd Function (torch.compile goes through ``OpBackends.compiled_fwd``)."""
 
     entry: Backend
     fwd: Callable
     bwd: Callable
     infer: Optional[Callable]
-    fwd_raw: Callable
-    bwd_raw: Callable
-    infer_raw: Optional[Callable]
 
 
-def _op(qualname: str):
+def op(qualname: str):
+    """The dispatcher's packet of ``"ns::name"``: what torch.compile traces, with the registered fake
+    and autograd."""
     ns, name = qualname.split("::")
     return getattr(getattr(torch.ops, ns), name)
 
@@ -147,10 +145,7 @@ class OpBackends:
         e = self.backends[name]
         if e.module is not None:
             importlib.import_module(e.module)
-        fwd, bwd = _op(e.fwd), _op(e.bwd)
-        infer = _op(e.infer) if e.infer is not None else None
-        loaded = Loaded(e, fwd, bwd, infer, fwd.default, bwd.default,
-                        infer.default if infer is not None else None)
+        loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, op(e.infer).default if e.infer else None)
         if e.fwd not in self._registered:
             self.register(loaded)
             self._registered.add(e.fwd)
@@ -169,7 +164,7 @@ class OpBackends:
         and autograd; the inference op when no gradient can flow and the backend has one."""
         self._loaded_for_compile(name)
         e = self.backends[name]
-        return _op(e.infer if e.infer is not None and not train else e.fwd)
+        return op(e.infer if e.infer is not None and not train else e.fwd)
 
 
 def requested(backend: Optional[str]) -> str:

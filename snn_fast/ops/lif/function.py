@@ -85,7 +85,7 @@ def _register_compiled(b: backends.Loaded) -> None:
     if b.entry.module is None:  # defined in C++ (ops.cpp)
         torch.library.register_fake(b.entry.fwd)(_fake_fwd_cpp)
         torch.library.register_fake(b.entry.bwd)(config.fake_bwd)
-    bwd = b.bwd
+    bwd = backends.op(b.entry.bwd)
 
     def setup_context(ctx, inputs, output):
         s, _, _, saved = output
@@ -136,7 +136,7 @@ def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v
     raw op below the autograd key; the inference forward (no saved state: Triton skips the H write,
     2b instead of 3b per element) when no gradient can flow, else the training one."""
     train = backends.needs_grad(x, v0, params)
-    op = b.infer_raw if (b.infer_raw is not None and not train) else b.fwd_raw
+    op = b.infer if (b.infer is not None and not train) else b.fwd
     with torch._C._AutoDispatchBelowAutograd():
         return op(x, v0, params, noise_mask, *flags, return_v_seq)
 
@@ -210,7 +210,7 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
     else:
         b = BACKENDS.load(name)
         if backends.needs_grad(x2, v0_t, params):
-            s, v_last, v_seq = _LIFFunction.apply(b.fwd_raw, b.bwd_raw, x2, v0_t, params, mask2, flag_args,
+            s, v_last, v_seq = _LIFFunction.apply(b.fwd, b.bwd, x2, v0_t, params, mask2, flag_args,
                                                   return_v_seq)
         else:
             s, v_last, v_seq, _ = fused_forward(b, x2, v0_t, params, mask2, flag_args, return_v_seq)

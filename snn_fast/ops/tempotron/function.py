@@ -71,7 +71,7 @@ def _register_compiled(b: backends.Loaded) -> None:
     if b.entry.module is None:  # defined in C++ (ops.cpp)
         torch.library.register_fake(b.entry.fwd)(config.fake_fwd)
         torch.library.register_fake(b.entry.bwd)(config.fake_bwd)
-    bwd = b.bwd
+    bwd = backends.op(b.entry.bwd)
 
     def setup_context(ctx, inputs, output):
         t_in, weight, _T, tau, tau_s, v0 = inputs
@@ -114,9 +114,9 @@ def _membrane(name: str, t_in, weight, T, tau, tau_s, v0):
         return BACKENDS.compiled_fwd(name, True)(t_in, weight, T, tau, tau_s, v0)
     b = BACKENDS.load(name)
     if backends.needs_grad(t_in, weight):
-        return _TempotronFunction.apply(b.fwd_raw, b.bwd_raw, t_in, weight, T, tau, tau_s, v0)
+        return _TempotronFunction.apply(b.fwd, b.bwd, t_in, weight, T, tau, tau_s, v0)
     with torch._C._AutoDispatchBelowAutograd():
-        return b.fwd_raw(t_in, weight, T, tau, tau_s, v0)
+        return b.fwd(t_in, weight, T, tau, tau_s, v0)
 
 
 def tempotron_membrane(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float = 15.0,
