@@ -184,7 +184,7 @@ def select(backend: Optional[str], x: torch.Tensor, has_kernel: bool = True, *, 
 def refuse_double_backward(title: str, *tensors) -> None:
     """The backward kernels have no backward of their own: under create_graph=True their result would
     silently carry no graph (a second grad of 0). Say so instead."""
-    if needs_grad(*tensors):
+    if torch.is_grad_enabled() and needs_grad(*tensors):  # grad mode is off in a plain backward
         raise NotImplementedError(
             f"double backward (create_graph=True) through the fused {title} kernels is not supported; "
             "use backend='reference' for higher-order gradients")

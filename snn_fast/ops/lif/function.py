@@ -209,7 +209,8 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
         s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq)
     else:
         b = BACKENDS.load(name)
-        if backends.needs_grad(x2, v0_t, params):
+        # backends.needs_grad written out: this runs on every call of every step (~0.2 µs less)
+        if torch.is_grad_enabled() and (x2.requires_grad or v0_t.requires_grad or params.requires_grad):
             s, v_last, v_seq = _LIFFunction.apply(b.fwd, b.bwd, x2, v0_t, params, mask2, flag_args,
                                                   return_v_seq)
         else:
