@@ -1,72 +1,170 @@
 """Backend choice for every op: the ``backend=`` argument, then ``SNN_FAST_BACKEND``, then automatic.
 
-Automatic: a CUDA tensor gets the fastest GPU backend that is available (see ``_gpu_preference``);
-a CPU tensor gets the C++ kernel; anything else (or a user surrogate, which has no kernel) gets the
-reference. A backend asked for by name that cannot run raises an error saying how to get it; only
-``auto`` falls back.
+Each op's ``function.py`` lists its fused backends in one table, an :class:`OpBackends` of
+:class:`Backend` entries (ops, what they save, a probe); this module chooses among them and loads
+them, the same way for every op. Automatic: a CUDA tensor gets the fastest GPU backend that is
+available (the op's measured :class:`~snn_fast.autotable.AutoTable` when it has one, else
+``GPU_ORDER``); a CPU tensor gets the C++ kernel; anything else (or a user surrogate, which has no
+kernel) gets the reference. A backend asked for by name that cannot run raises an error saying how
+to get it; only ``auto`` falls back.
+
+Loading is lazy: an entry names its ops ("snn_fast::lif_fwd_triton") and the module that defines
+them, imported on the backend's first use (so triton is imported only when a Triton backend runs).
+Loading also makes the op's torch.library registrations for torch.compile (through the op's
+``register`` hook), once per op. Nothing registers itself on import.
 """
 from __future__ import annotations
 
+import importlib
 import os
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from . import _ext
+from . import _ext, _triton
+from .autotable import AutoTable
 
 NAMES = ("auto", "reference", "cpu", "cuda", "triton")
 ENV_VAR = "SNN_FAST_BACKEND"
+GPU_ORDER: Tuple[str, ...] = ("cuda", "triton")
 
-# name -> probe(x) returning None when the backend can run on x, else the reason it cannot.
-_PROBES: Dict[str, Callable[[torch.Tensor], Optional[str]]] = {}
-
-
-def register_probe(name: str, probe: Callable[[torch.Tensor], Optional[str]]) -> None:
-    _PROBES[name] = probe
+# probe(x, arg): None when the backend can run on x (the op's tensor argument named arg), else why not.
+Probe = Callable[[torch.Tensor, str], Optional[str]]
 
 
-def _probe_reference(x):
-    return None
+def cpp_probe(op: str, dispatch_key: str) -> Probe:
+    """Probe of a C++ backend: the tensor is on that device and this build has ``op`` for it."""
+    device = dispatch_key.lower()
+    how = "" if dispatch_key == "CPU" else " (built with a CUDA torch and nvcc)"
+
+    def probe(x: torch.Tensor, arg: str) -> Optional[str]:
+        if x.device.type != device:
+            return f"the '{device}' backend runs on {dispatch_key} tensors, {arg} is on {x.device}"
+        if not _ext.has_kernel(op, dispatch_key):
+            return _ext.missing_message(f"the '{device}' backend{how}")
+        return None
+
+    return probe
 
 
-def _probe_cpu(x):
-    if x.device.type != "cpu":
-        return f"the 'cpu' backend runs on CPU tensors, x is on {x.device}"
-    if not _ext.has_kernel("lif_fwd", "CPU"):
-        return _ext.missing_message("the 'cpu' backend")
-    return None
+def triton_probe(x: torch.Tensor, arg: str) -> Optional[str]:
+    return _triton.unavailable_reason(x, arg)
 
 
-def _probe_cuda(x):
-    if x.device.type != "cuda":
-        return f"the 'cuda' backend runs on CUDA tensors, x is on {x.device}"
-    if not _ext.has_kernel("lif_fwd", "CUDA"):
-        return _ext.missing_message("the 'cuda' backend (built with a CUDA torch and nvcc)")
-    return None
+@dataclass(frozen=True)
+class Backend:
+    """One fused backend of an op: its ops by name (looked up in ``torch.ops`` after importing
+    ``module``), what its forward saves, and its probe.
+
+    ``fwd``/``bwd`` follow the op's contract (its ``function.py``); ``infer`` is a forward that saves
+    nothing, used when no gradient can flow. ``saves(x)`` gives the tensor the forward saves for its
+    backward, for the fake (shape) function of ops defined in C++ (one schema serves 'cpu' and
+    'cuda', which save different things); ops defined in Python carry their fake beside the kernels.
+    """
+
+    fwd: str
+    bwd: str
+    probe: Probe
+    infer: Optional[str] = None
+    module: Optional[str] = None
+    saves: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
-def _probe_triton(x):
-    try:
-        from .ops.lif import triton as _lt  # noqa: F401
-    except ImportError as e:
-        return f"the 'triton' backend needs triton (`pip install triton`): {e}"
-    return _lt.unavailable_reason(x)
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded backend: its ops' ``.default`` overloads, which eager mode calls below the autograd
+    key from the op's one autograd Function (torch.compile goes through ``OpBackends.compiled_fwd``)."""
+
+    entry: Backend
+    fwd: Callable
+    bwd: Callable
+    infer: Optional[Callable]
 
 
-register_probe("reference", _probe_reference)
-register_probe("cpu", _probe_cpu)
-register_probe("cuda", _probe_cuda)
-register_probe("triton", _probe_triton)
+def op(qualname: str):
+    """The dispatcher's packet of ``"ns::name"``: what torch.compile traces, with the registered fake
+    and autograd."""
+    ns, name = qualname.split("::")
+    return getattr(getattr(torch.ops, ns), name)
 
 
-def _gpu_preference(x: torch.Tensor) -> Tuple[str, ...]:
-    """Order to try GPU backends in; refined by a measured table once GPU timings exist."""
-    try:
-        from .ops.lif import autotable
+class OpBackends:
+    """The backends of one op and how to choose and load them.
 
-        return autotable.preference(x)
-    except ImportError:
-        return ("cuda", "triton")
+    ``arg`` names the op's tensor argument the probes look at (and their messages); ``register``
+    (called once per distinct forward op when a backend first loads) makes the torch.library
+    registrations the compiled path needs; ``autotable`` orders the GPU backends when given.
+    """
+
+    def __init__(self, arg: str, backends: Dict[str, Backend], register: Callable[[Loaded], None],
+                 autotable: Optional[AutoTable] = None):
+        self.arg = arg
+        self.backends = backends
+        self.register = register
+        self.autotable = autotable
+        self._loaded: Dict[str, Loaded] = {}
+        self._registered: set = set()
+
+    def unavailable(self, name: str, x: torch.Tensor) -> Optional[str]:
+        """None when backend ``name`` can run on ``x``, else why not (and how to get it)."""
+        if name == "reference":
+            return None
+        return self.backends[name].probe(x, self.arg)
+
+    def gpu_preference(self, x: torch.Tensor) -> Tuple[str, ...]:
+        """Order to try GPU backends in: the measured table's when the op has one."""
+        return self.autotable.preference(x) if self.autotable is not None else GPU_ORDER
+
+    def select(self, backend: Optional[str], x: torch.Tensor, has_kernel: bool = True) -> str:
+        """Resolve ``backend`` for input ``x``. ``has_kernel=False`` (a user surrogate) forces the reference."""
+        name = requested(backend)
+        if name != "auto":
+            if name != "reference" and not has_kernel:
+                raise ValueError(
+                    f"backend {name!r} cannot run a user-registered surrogate (it has no kernel); "
+                    "use backend='reference' or 'auto'"
+                )
+            why = self.unavailable(name, x)
+            if why is not None:
+                raise RuntimeError(why)
+            return name
+        if not has_kernel:
+            return "reference"
+        order = self.gpu_preference(x) if x.device.type == "cuda" else ("cpu",)
+        for cand in order:
+            if self.unavailable(cand, x) is None:
+                return cand
+        return "reference"
+
+    def load(self, name: str) -> Loaded:
+        """The backend's ops, importing their module and registering them on first use."""
+        hit = self._loaded.get(name)
+        if hit is not None:
+            return hit
+        e = self.backends[name]
+        if e.module is not None:
+            importlib.import_module(e.module)
+        loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, op(e.infer).default if e.infer else None)
+        if e.fwd not in self._registered:
+            self.register(loaded)
+            self._registered.add(e.fwd)
+        self._loaded[name] = loaded
+        return loaded
+
+    # The first use may come inside a torch.compile trace, which cannot follow an import or a
+    # torch.library registration: Dynamo runs this eagerly (once per trace) and keeps the result.
+    @torch.compiler.assume_constant_result
+    def _loaded_for_compile(self, name: str) -> bool:
+        self.load(name)
+        return True
+
+    def compiled_fwd(self, name: str, train: bool) -> Callable:
+        """The forward op for torch.compile: the dispatcher's packet, traced with its registered fake
+        and autograd; the inference op when no gradient can flow and the backend has one."""
+        self._loaded_for_compile(name)
+        e = self.backends[name]
+        return op(e.infer if e.infer is not None and not train else e.fwd)
 
 
 def requested(backend: Optional[str]) -> str:
@@ -77,23 +175,28 @@ def requested(backend: Optional[str]) -> str:
     return name
 
 
-def select(backend: Optional[str], x: torch.Tensor, has_kernel: bool = True) -> str:
-    """Resolve ``backend`` for input ``x``. ``has_kernel=False`` (a user surrogate) forces the reference."""
-    name = requested(backend)
-    if name != "auto":
-        if name != "reference" and not has_kernel:
-            raise ValueError(
-                f"backend {name!r} cannot run a user-registered surrogate (it has no kernel); "
-                "use backend='reference' or 'auto'"
-            )
-        why = _PROBES[name](x)
-        if why is not None:
-            raise RuntimeError(why)
-        return name
-    if not has_kernel:
-        return "reference"
-    order = _gpu_preference(x) if x.device.type == "cuda" else ("cpu",)
-    for cand in order:
-        if _PROBES[cand](x) is None:
-            return cand
-    return "reference"
+def select(backend: Optional[str], x: torch.Tensor, has_kernel: bool = True, *, op: OpBackends) -> str:
+    """``op.select(backend, x, has_kernel)``: ``op`` is an op's table, e.g.
+    ``snn_fast.ops.lif.function.BACKENDS`` (named, not defaulted: this module imports no op)."""
+    return op.select(backend, x, has_kernel)
+
+
+def refuse_double_backward(title: str, *tensors) -> None:
+    """The backward kernels have no backward of their own: under create_graph=True their result would
+    silently carry no graph (a second grad of 0). Say so instead."""
+    if torch.is_grad_enabled() and needs_grad(*tensors):  # grad mode is off in a plain backward
+        raise NotImplementedError(
+            f"double backward (create_graph=True) through the fused {title} kernels is not supported; "
+            "use backend='reference' for higher-order gradients")
+
+
+def needs_grad(*tensors) -> bool:
+    """A gradient can flow from the op's outputs to one of ``tensors`` (else the inference path runs).
+    A plain loop: ``any()`` over a generator cost ~1 µs per call here (measured), ~1 % of a tiny
+    fwd+bwd on the CPU."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False

@@ -26,6 +26,9 @@ class Surrogate:
     dg: Fn
     dg_dalpha: Optional[Fn]
     aliases: Tuple[str, ...] = field(default=())
+    # α must exceed this (exclusive bound): 0 for every width; q_pseudo_spike needs α > 1, since its
+    # u = 1 + 2|x|/(α − 1) has a pole at α = 1 and flips sign below it.
+    alpha_min: float = 0.0
 
     @property
     def has_kernel(self) -> bool:
@@ -160,23 +163,23 @@ def _add(s: Surrogate) -> Surrogate:
     return s
 
 
-# id, name, default α, g, g′, ∂g/∂α, aliases. The ids are the kernel ABI (see module docstring).
-for _sid, _name, _alpha, _g, _dg, _da, _aliases in [
-    (0, "sigmoid", 4.0, _sigmoid_g, _sigmoid_dg, None, ()),
-    (1, "atan", 2.0, _atan_g, _atan_dg, None, ()),
-    (2, "rectangle", 1.0, _rect_g, _rect_dg, None, ("rect", "stbp")),
-    (3, "triangle", 1.0, _tri_g, _tri_dg, None, ("zif", "piecewise_quadratic")),
-    (4, "piecewise_exp", 1.0, _pexp_g, _pexp_dg, None, ()),
-    (5, "soft_sign", 2.0, _softsign_g, _softsign_dg, None, ()),
-    (6, "super_spike", 10.0, _superspike_g, _superspike_dg, _superspike_dalpha, ("fast_sigmoid",)),
-    (7, "erf", 2.0, _erf_g, _erf_dg, None, ()),
-    (8, "q_pseudo_spike", 2.0, _qps_g, _qps_dg, _qps_dalpha, ()),
-    (9, "straight_through", None, _st_g, _st_dg, None, ()),
-    (10, "spike_gate", None, _gate_g, _gate_dg, None, ()),
+# id, name, default α, g, g′, ∂g/∂α, aliases, α lower bound. The ids are the kernel ABI (see module docstring).
+for _sid, _name, _alpha, _g, _dg, _da, _aliases, _alpha_min in [
+    (0, "sigmoid", 4.0, _sigmoid_g, _sigmoid_dg, None, (), 0.0),
+    (1, "atan", 2.0, _atan_g, _atan_dg, None, (), 0.0),
+    (2, "rectangle", 1.0, _rect_g, _rect_dg, None, ("rect", "stbp"), 0.0),
+    (3, "triangle", 1.0, _tri_g, _tri_dg, None, ("zif", "piecewise_quadratic"), 0.0),
+    (4, "piecewise_exp", 1.0, _pexp_g, _pexp_dg, None, (), 0.0),
+    (5, "soft_sign", 2.0, _softsign_g, _softsign_dg, None, (), 0.0),
+    (6, "super_spike", 10.0, _superspike_g, _superspike_dg, _superspike_dalpha, ("fast_sigmoid",), 0.0),
+    (7, "erf", 2.0, _erf_g, _erf_dg, None, (), 0.0),
+    (8, "q_pseudo_spike", 2.0, _qps_g, _qps_dg, _qps_dalpha, (), 1.0),
+    (9, "straight_through", None, _st_g, _st_dg, None, (), 0.0),
+    (10, "spike_gate", None, _gate_g, _gate_dg, None, (), 0.0),
 ]:
     if _da is None:  # no width: g does not depend on α, so ∂g/∂α = 0
         _da = _scaling_dalpha(_dg) if _alpha is not None else (lambda x, a: torch.zeros_like(x))
-    _add(Surrogate(_name, _sid, _alpha, _g, _dg, _da, _aliases))
+    _add(Surrogate(_name, _sid, _alpha, _g, _dg, _da, _aliases, _alpha_min))
 
 NUM_KERNEL_SURROGATES = len(_BY_ID)
 
@@ -214,15 +217,18 @@ def register_surrogate(
     dg_dalpha: Optional[Fn] = None,
     alpha: Optional[float] = None,
     aliases: Tuple[str, ...] = (),
+    alpha_min: float = 0.0,
 ) -> Surrogate:
     """Register a surrogate of your own for the reference backend.
 
     ``g(x, a)`` is the primitive, ``dg(x, a)`` its derivative (the surrogate gradient) and
-    ``dg_dalpha(x, a)`` its derivative in the width ``a`` (needed only for a learnable α). The fused
+    ``dg_dalpha(x, a)`` its derivative in the width ``a`` (needed only for a learnable α); a given α
+    must exceed ``alpha_min``. The fused
     kernels cannot run Python functions, so ``backend='auto'`` uses the reference for it and asking
     for a fused backend by name is an error.
     """
-    return _add(Surrogate(name.lower(), -1, alpha, g, dg, dg_dalpha, tuple(a.lower() for a in aliases)))
+    return _add(Surrogate(name.lower(), -1, alpha, g, dg, dg_dalpha, tuple(a.lower() for a in aliases),
+                          float(alpha_min)))
 
 
 def unregister_surrogate(name: str) -> None:

@@ -75,17 +75,43 @@ def test_named_backend_unavailable_says_how_to_get_it():
 def test_env_variable_selects_backend(monkeypatch):
     monkeypatch.setenv("SNN_FAST_BACKEND", "reference")
     from snn_fast import backends
+    from snn_fast.ops.lif.function import BACKENDS as LIF
+    from snn_fast.ops.tempotron.function import BACKENDS as TEMPOTRON
 
-    assert backends.select("auto", torch.zeros(2, 2)) == "reference"
+    assert backends.select("auto", torch.zeros(2, 2), op=LIF) == "reference"
+    assert TEMPOTRON.select("auto", torch.zeros(2, 2)) == "reference"  # one chooser for every op
     monkeypatch.setenv("SNN_FAST_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
-        backends.select(None, torch.zeros(2, 2))
+        backends.select(None, torch.zeros(2, 2), op=LIF)
+    with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
+        TEMPOTRON.select(None, torch.zeros(2, 2))
 
 
 def test_auto_picks_cpu_kernel_for_cpu_tensors():
     from snn_fast import backends
+    from snn_fast.ops.lif.function import BACKENDS as LIF
+    from snn_fast.ops.tempotron.function import BACKENDS as TEMPOTRON
 
-    assert backends.select("auto", torch.zeros(2, 2)) == ("cpu" if snn_fast.HAS_C else "reference")
+    assert backends.select("auto", torch.zeros(2, 2), op=LIF) == ("cpu" if snn_fast.HAS_C else "reference")
+    assert TEMPOTRON.select("auto", torch.zeros(2, 2)) == ("cpu" if snn_fast.HAS_C else "reference")
+    # a user surrogate (no kernel) runs on the reference under auto
+    assert LIF.select("auto", torch.zeros(2, 2), has_kernel=False) == "reference"
+
+
+def test_triton_named_on_cpu_without_interpreter_says_how(monkeypatch):
+    """One answer for "is Triton usable / interpreted" (snn_fast._triton) serves every op's probe."""
+    from snn_fast import _triton
+    from snn_fast.ops.lif.function import BACKENDS as LIF
+    from snn_fast.ops.tempotron.function import BACKENDS as TEMPOTRON
+
+    if _triton.import_error() is not None:
+        pytest.skip(f"triton is not installed: {_triton.import_error()}")
+    monkeypatch.setattr(_triton, "interpreted", lambda: False)
+    with pytest.raises(RuntimeError, match="'triton' backend runs on CUDA tensors, x is on cpu.*TRITON_INTERPRET"):
+        LIF.select("triton", torch.zeros(2, 2))
+    with pytest.raises(RuntimeError, match="t_in is on cpu.*TRITON_INTERPRET"):
+        TEMPOTRON.select("triton", torch.zeros(2, 2))
+    assert "TRITON_INTERPRET" not in _triton.unavailable_reason(torch.zeros(1, device="meta"))
 
 
 @pytest.mark.skipif(not snn_fast.HAS_C, reason="snn_fast._C not built")

@@ -256,9 +256,9 @@ def test_cuda_bwd_rejects_foreign_saved_state():
 
 def _triton_available():
     try:
-        from snn_fast.backends import _probe_triton
+        from snn_fast.ops.lif.function import BACKENDS
 
-        return _probe_triton(torch.empty(1, device="cuda")) is None
+        return BACKENDS.unavailable("triton", torch.empty(1, device="cuda")) is None
     except Exception:  # noqa: BLE001 - any import problem means "not available"
         return False
 

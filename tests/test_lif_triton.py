@@ -22,10 +22,14 @@ pytest.importorskip("triton")
 from conftest import assert_close, assert_close_lowp, devices  # noqa: E402
 
 from snn_fast import lif_multistep  # noqa: E402
+from snn_fast import _triton  # noqa: E402
 from snn_fast import surrogate as _sg  # noqa: E402
+from snn_fast.ops.lif.function import BACKENDS, fused_forward  # noqa: E402
+
+TRITON = BACKENDS.load("triton")  # imports ops/lif/triton.py and registers its ops for torch.compile
 from snn_fast.ops.lif import triton as lt  # noqa: E402
 
-DEVICES = [d for d in devices() if lt.unavailable_reason(torch.empty(0, device=d)) is None]
+DEVICES = [d for d in devices() if _triton.unavailable_reason(torch.empty(0, device=d)) is None]
 if not DEVICES:
     pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set and there is no GPU",
                 allow_module_level=True)
@@ -169,11 +173,14 @@ def test_inference_skips_saving(dtype, device):
     x, v0 = _inputs(6, 130, dtype=dtype, device=device)
     p = torch.tensor([0.4, 0.8, 4.0], device=device)
     args = (x, v0, p, None, 0, True, 0.0, True, False, 0.0, True)
-    s_i, v_i, vs_i, saved_i = lt.lif_fwd_dispatch(*args)
+    def dispatch(*a):  # the forward lif_apply runs for backend 'triton' outside the autograd Function
+        return fused_forward(TRITON, *a[:4], a[4:10], a[10])
+
+    s_i, v_i, vs_i, saved_i = dispatch(*args)
     assert saved_i.numel() == 0
     with torch.no_grad():
-        assert lt.lif_fwd_dispatch(*args[:2], p.clone().requires_grad_(), *args[3:])[3].numel() == 0
-    s_t, v_t, vs_t, saved_t = lt.lif_fwd_dispatch(*args[:2], p.clone().requires_grad_(), *args[3:])
+        assert dispatch(*args[:2], p.clone().requires_grad_(), *args[3:])[3].numel() == 0
+    s_t, v_t, vs_t, saved_t = dispatch(*args[:2], p.clone().requires_grad_(), *args[3:])
     assert saved_t.shape == x.shape
     for a, b, n in ((s_i, s_t, "s"), (v_i, v_t, "v_T"), (vs_i, vs_t, "v_seq")):
         assert torch.equal(a, b), n
@@ -254,10 +261,10 @@ def test_nan_filled_allocations(nan_alloc, device):
 def test_unavailable_reason():
     x = torch.zeros(2, 3)
     if lt.INTERPRETED:
-        assert lt.unavailable_reason(x) is None
+        assert _triton.unavailable_reason(x) is None
     else:
-        assert "TRITON_INTERPRET" in lt.unavailable_reason(x)
-    assert lt.unavailable_reason(torch.zeros(1, device="meta")) is not None
+        assert "TRITON_INTERPRET" in _triton.unavailable_reason(x)
+    assert _triton.unavailable_reason(torch.zeros(1, device="meta")) is not None
 
 
 def _op_args(device, dtype=torch.float32, mask=True):

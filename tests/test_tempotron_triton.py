@@ -79,10 +79,10 @@ def test_triton_silent_inputs():
 
 
 def test_triton_backend_refuses_cpu_without_interpreter(monkeypatch):
-    from snn_fast.ops.tempotron import triton as tt
+    from snn_fast import _triton
 
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert "TRITON_INTERPRET" in tt.unavailable_reason(torch.zeros(1))
+    monkeypatch.setattr(_triton, "interpreted", lambda: False)
+    assert "TRITON_INTERPRET" in _triton.unavailable_reason(torch.zeros(1), "t_in")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         tempotron(torch.zeros(2, 3), torch.zeros(4, 3), 10, backend="triton")
 
@@ -176,6 +176,9 @@ def test_cuda_binding_compiles_against_torch_headers(tmp_path):
 
 @requires_triton_run
 def test_triton_opcheck():
+    from snn_fast.ops.tempotron.function import BACKENDS
+
+    BACKENDS.load("triton")  # imports ops/tempotron/triton.py and registers its ops for torch.compile
     from snn_fast.ops.tempotron import triton as tt
 
     t = spike_times(2, 11, 7, "frac", torch.float32, DEV).requires_grad_()

@@ -156,7 +156,9 @@ def trace_compiled_graphs():
     from torch._dynamo.backends.common import aot_autograd
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from snn_fast.ops.lif import triton as lt  # noqa: F401  registers the ops and their autograd
+    from snn_fast.ops.lif.function import BACKENDS
+
+    BACKENDS.load("triton")  # defines the ops (ops/lif/triton.py) and registers their autograd
 
     graphs = []
 

@@ -1,5 +1,6 @@
-"""The LIF family: reference.py (the definition), function.py (custom ops + autograd + API),
-triton.py (Triton kernels), config.py (argument checks shared by all)."""
+"""The LIF family: reference.py (the definition), function.py (the table of backends, the one
+autograd Function, the API), triton.py (Triton kernels and their ops, loaded by the table on first
+use), config.py (argument checks and the op contract's shapes, shared by all)."""
 from .config import LIFFlags, noise_mask_like
 from .function import lif_apply, lif_multistep
 from .reference import lif_multistep_reference

@@ -1,4 +1,4 @@
-"""Argument checking shared by every LIF entry point (reference and fused).
+"""Argument checking shared by every LIF entry point (reference and fused), and the op contract's shapes.
 
 Turns the user-facing arguments (τ or decay, θ, α, v_reset, …) into the kernel's parametrisation:
 ``k`` = 1/τ = 1 − λ (the leak), ``theta``, ``alpha``, plus plain-Python flags. Each of k, θ, α stays
@@ -102,9 +102,7 @@ def resolve(
     if alpha is None:
         alpha = sg.alpha if sg.alpha is not None else 1.0
     else:  # surrogates without a width (straight_through, spike_gate) accept and ignore α
-        _check_scalar("alpha", alpha, lo=0.0)
-        if sg.name == "q_pseudo_spike":
-            _check_scalar("alpha", alpha, lo=1.0)
+        _check_scalar("alpha", alpha, lo=sg.alpha_min)
     if isinstance(reset_residual, torch.Tensor):
         raise TypeError("reset_residual must be a float")
     _check_scalar("reset_residual", reset_residual)
@@ -175,3 +173,31 @@ def noise_mask_like(x: torch.Tensor, p: float, generator: Optional[torch.Generat
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"noise probability p must be in [0, 1], got {p}")
     return torch.rand(x.shape, device=x.device, generator=generator) >= p
+
+
+# --- the fused ops' contract (function.py), checked and shaped for Python-defined ops -------------
+# The C++ ops check their arguments in C++; an op defined in Python (Triton) checks them here, so a
+# direct caller gets an error naming the argument instead of a kernel reading the wrong memory.
+
+
+def check_op_args(who: str, x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, surrogate: int) -> None:
+    torch._check(x.dim() == 2, lambda: f"{who}: x must be [T, N], got {x.dim()} dims")
+    torch._check(x.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64),
+                 lambda: f"{who}: unsupported dtype {x.dtype}")
+    torch._check(v0.dtype == x.dtype, lambda: f"{who}: v0 dtype {v0.dtype} != x dtype {x.dtype}")
+    want = torch.float64 if x.dtype == torch.float64 else torch.float32
+    torch._check(params.dtype == want and params.numel() == 3,
+                 lambda: f"{who}: params must be [3] {want}, got {tuple(params.shape)} {params.dtype}")
+    torch._check(0 <= surrogate < _sg.NUM_KERNEL_SURROGATES, lambda: f"{who}: unknown surrogate id {surrogate}")
+
+
+def fake_fwd_outputs(x: torch.Tensor, v0: torch.Tensor, return_v_seq: bool):
+    """(s, v_last, v_seq) of a fwd op, for fake (shape) functions; each backend adds what it saves."""
+    v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
+    return torch.empty_like(x), torch.empty_like(v0), v_seq
+
+
+def fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, surrogate, hard_reset,
+             v_reset, decay_input, detach_reset, reset_residual, need_param_grad):
+    """(grad_x, grad_v0, grad_params) of any backend's bwd op."""
+    return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(params)

@@ -1,126 +1,144 @@
-"""LIF as custom ops with autograd, and the public ``lif_multistep``.
+"""LIF: its table of backends, its one autograd Function, and the public ``lif_multistep``.
 
-Every fused backend exposes the same pair of ops (schemas in ``csrc/ops.cpp``):
+Every fused backend implements the same pair of ops (schemas in ``csrc/ops.cpp``; Triton defines
+its own pair with the same signature in ``triton.py``):
 
     fwd(x [T,N], v0 [N], params [3]=(k, θ, α), noise_mask?, surrogate, hard_reset, v_reset,
         decay_input, detach_reset, reset_residual, return_v_seq) -> (s, v_last, v_seq, saved)
     bwd(grad_s, grad_v_last?, grad_v_seq?, x, v0, params, noise_mask?, saved, s, <same flags>,
         need_param_grad) -> (grad_x, grad_v0, grad_params [3])
 
-``saved`` is whatever that backend keeps for its backward (the C++ CPU kernel keeps nothing). The
-CPU and CUDA kernels are ``torch.ops.snn_fast.lif_fwd/lif_bwd``; Triton registers its own pair.
-``register_lif_autograd`` wires any such pair into autograd, so all backends share one backward
-contract, and the learnable parameters get their gradients through ``params``.
+``saved`` is whatever that backend keeps for its backward (``Backend.saves`` in ``BACKENDS``). One
+backward (``_backward``) serves every backend: in eager mode through ``_LIFFunction``, which calls
+the backend's ops below the autograd key; under torch.compile through the same code registered on
+each fwd op with ``torch.library.register_autograd``. The learnable parameters get their gradients
+through ``params``.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Dict, Optional
 
 import torch
 
 from ... import _ext, backends
 from ... import surrogate as _sg
+from ...autotable import AutoTable
 from . import config
 from .reference import lif_reference_k
 
-
-def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-              reset_residual, return_v_seq):
-    v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    # `saved`: the CUDA kernel keeps H ([T, N], x.dtype); the CPU kernel recomputes and keeps nothing.
-    saved = torch.empty_like(x) if x.device.type == "cuda" else x.new_empty(0)
-    return torch.empty_like(x), torch.empty_like(v0), v_seq, saved
+_FLAGS = 6  # surrogate … reset_residual: the op arguments between noise_mask and the last one
 
 
-def _fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, surrogate, hard_reset,
-              v_reset, decay_input, detach_reset, reset_residual, need_param_grad):
-    return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(params)
+def _fake_fwd_cpp(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
+                  reset_residual, return_v_seq):
+    """snn_fast::lif_fwd serves 'cpu' and 'cuda', which save different things: ask the entry of x's
+    device (a meta tensor, which no kernel runs on, gets the CPU's answer)."""
+    entry = BACKENDS.backends["cuda" if x.device.type == "cuda" else "cpu"]
+    return config.fake_fwd_outputs(x, v0, return_v_seq) + (entry.saves(x),)
 
 
-def _refuse_double_backward(*tensors) -> None:
-    """The backward kernels have no backward of their own: under create_graph=True their result would
-    silently carry no graph (a second grad of 0). Say so instead."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise NotImplementedError(
-            "double backward (create_graph=True) through the fused LIF kernels is not supported; "
-            "use backend='reference' for higher-order gradients")
+def _save(ctx, bwd, need_param_grad, x, v0, params, noise_mask, flags, saved, s) -> None:
+    ctx.bwd = bwd
+    ctx.flags = flags
+    ctx.need_param_grad = bool(need_param_grad)
+    ctx.save_for_backward(x, v0, params, noise_mask, saved, s)
 
 
-def _shared_backward(ctx, bwd_op, grad_s, grad_v_last, grad_v_seq):
+def _backward(ctx, grad_s, grad_v_last, grad_v_seq):
     """The one LIF backward: (grad_x, grad_v0, grad_params or None) from the saved tensors."""
     x, v0, params, noise_mask, saved, s = ctx.saved_tensors
-    _refuse_double_backward(grad_s, grad_v_last, grad_v_seq, x, v0, params)
+    backends.refuse_double_backward("LIF", grad_s, grad_v_last, grad_v_seq, x, v0, params)
     if grad_s is None:
         grad_s = torch.zeros_like(x)
     if grad_v_seq is not None and grad_v_seq.numel() == 0:
         grad_v_seq = None
-    gx, gv0, gp = bwd_op(grad_s.contiguous(), grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s,
-                         *ctx.flags, ctx.need_param_grad)
+    gx, gv0, gp = ctx.bwd(grad_s.contiguous(), grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s,
+                          *ctx.flags, ctx.need_param_grad)
     return gx, gv0, (gp if ctx.need_param_grad else None)
 
 
-class _EagerLIF(torch.autograd.Function):
-    """Eager autograd for the C++ ops (CPU/CUDA): the same ops and the same backward as the
-    registration below, without torch.library's per-call Python wrapper around the op (argument
-    normalisation on every call: ~0.3 ms of a forward+backward at any size, measured). The ops are
-    called below the autograd key; under torch.compile the registered path is used instead."""
+class _LIFFunction(torch.autograd.Function):
+    """Eager autograd for every fused backend, given its raw (fwd, bwd) ops. The ops are called below
+    the autograd key: the same ops and the same backward as the registration for torch.compile
+    (``_register_compiled``), without torch.library's per-call Python wrapper around the op (argument
+    normalisation on every call: ~0.3 ms of a forward+backward at any size, measured)."""
 
     @staticmethod
-    def forward(ctx, x, v0, params, noise_mask, flags, return_v_seq):
+    def forward(ctx, fwd, bwd, x, v0, params, noise_mask, flags, return_v_seq):
         with torch._C._AutoDispatchBelowAutograd():
-            s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd.default(x, v0, params, noise_mask, *flags,
-                                                                         return_v_seq)
-        ctx.flags = flags
-        ctx.need_param_grad = bool(ctx.needs_input_grad[2])
+            s, v_last, v_seq, saved = fwd(x, v0, params, noise_mask, *flags, return_v_seq)
+        _save(ctx, bwd, ctx.needs_input_grad[4], x, v0, params, noise_mask, flags, saved, s)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, v0, params, noise_mask, saved, s)
         return s, v_last, v_seq
 
     @staticmethod
     def backward(ctx, grad_s, grad_v_last, grad_v_seq):
         with torch._C._AutoDispatchBelowAutograd():
-            gx, gv0, gp = _shared_backward(ctx, torch.ops.snn_fast.lif_bwd.default, grad_s, grad_v_last,
-                                           grad_v_seq)
-        return gx, gv0, gp, None, None, None
+            gx, gv0, gp = _backward(ctx, grad_s, grad_v_last, grad_v_seq)
+        return None, None, gx, gv0, gp, None, None, None
 
 
-def register_lif_autograd(fwd_op, bwd_op) -> None:
-    """Attach the shared backward to a ``fwd`` op whose backward is the matching ``bwd`` op."""
+def _register_compiled(b: backends.Loaded) -> None:
+    """torch.compile's view of a backend's ops: fakes for the ops defined in C++ (Triton's carry
+    their own) and ``_backward`` as the autograd of the training forward."""
+    if b.entry.module is None:  # defined in C++ (ops.cpp)
+        torch.library.register_fake(b.entry.fwd)(_fake_fwd_cpp)
+        torch.library.register_fake(b.entry.bwd)(config.fake_bwd)
+    bwd = backends.op(b.entry.bwd)
 
     def setup_context(ctx, inputs, output):
-        x, v0, params, noise_mask = inputs[:4]
-        ctx.flags = tuple(inputs[4:10])  # surrogate … reset_residual
-        ctx.need_param_grad = bool(ctx.needs_input_grad[2])
         s, _, _, saved = output
-        ctx.save_for_backward(x, v0, params, noise_mask, saved, s)
+        _save(ctx, bwd, ctx.needs_input_grad[2], *inputs[:4], tuple(inputs[4:4 + _FLAGS]), saved, s)
 
     def backward(ctx, grad_s, grad_v_last, grad_v_seq, _grad_saved):
-        gx, gv0, gp = _shared_backward(ctx, bwd_op, grad_s, grad_v_last, grad_v_seq)
-        return gx, gv0, gp, None, None, None, None, None, None, None, None
+        return _backward(ctx, grad_s, grad_v_last, grad_v_seq) + (None,) * (1 + _FLAGS + 1)  # mask, flags, v_seq
 
-    torch.library.register_autograd(fwd_op, backward, setup_context=setup_context)
+    torch.library.register_autograd(b.entry.fwd, backward, setup_context=setup_context)
 
 
+def _saves_nothing(x):  # the C++ CPU kernel re-runs the forward inside its backward
+    return x.new_empty(0)
+
+
+def _saves_h(x):  # the CUDA kernel keeps H, [T, N] in x.dtype
+    return torch.empty_like(x)
+
+
+# The LIF backends. 'reference' is not a table entry: it is plain torch (reference.py) and always runs.
+BACKENDS = backends.OpBackends(
+    "x",
+    {
+        "cpu": backends.Backend(fwd="snn_fast::lif_fwd", bwd="snn_fast::lif_bwd", saves=_saves_nothing,
+                                probe=backends.cpp_probe("lif_fwd", "CPU")),
+        "cuda": backends.Backend(fwd="snn_fast::lif_fwd", bwd="snn_fast::lif_bwd", saves=_saves_h,
+                                 probe=backends.cpp_probe("lif_fwd", "CUDA")),
+        "triton": backends.Backend(fwd="snn_fast::lif_fwd_triton", bwd="snn_fast::lif_bwd_triton",
+                                   infer="snn_fast::lif_fwd_triton_infer", module="snn_fast.ops.lif.triton",
+                                   probe=backends.triton_probe),
+    },
+    register=_register_compiled,
+    autotable=AutoTable(os.path.join(os.path.dirname(os.path.abspath(__file__)), "autotable.json"),
+                        env_var="SNN_FAST_AUTOTABLE"),
+)
+
+
+# The C++ ops exist as soon as snn_fast._C is loaded (snn_fast._ext, at package import): complete their
+# Python side (fakes, compiled autograd) here and now, so that torch.ops.snn_fast.lif_fwd is whole for
+# any caller. Triton's ops are defined, and completed, when its backend first loads.
 if _ext.HAS_C:
-    torch.library.register_fake("snn_fast::lif_fwd")(_fake_fwd)
-    torch.library.register_fake("snn_fast::lif_bwd")(_fake_bwd)
-    register_lif_autograd("snn_fast::lif_fwd", torch.ops.snn_fast.lif_bwd)
-
-# backend name -> fwd op with the contract above.
-_FWD_OPS: Dict[str, Callable] = {}
-if _ext.HAS_C:
-    _FWD_OPS["cpu"] = torch.ops.snn_fast.lif_fwd
-    _FWD_OPS["cuda"] = torch.ops.snn_fast.lif_fwd
+    BACKENDS.load("cpu")
+    BACKENDS.load("cuda")
 
 
-def register_fwd_op(backend: str, op: Callable) -> None:
-    _FWD_OPS[backend] = op
-
-
-def _fwd_op(backend: str) -> Callable:
-    if backend == "triton" and "triton" not in _FWD_OPS:
-        from . import triton as _  # noqa: F401  registers itself on import
-    return _FWD_OPS[backend]
+def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v_seq):
+    """(s, v_last, v_seq, saved) from backend ``b`` in eager mode outside the autograd Function: the
+    raw op below the autograd key; the inference forward (no saved state: Triton skips the H write,
+    2b instead of 3b per element) when no gradient can flow, else the training one."""
+    train = backends.needs_grad(x, v0, params)
+    op = b.infer if (b.infer is not None and not train) else b.fwd
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(x, v0, params, noise_mask, *flags, return_v_seq)
 
 
 # Small constant inputs of the fused ops, made once per key instead of on every call: the [3] params
@@ -168,7 +186,7 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
     The modules call this directly so that learnable parameters are not re-validated (no device
     sync) on every step.
     """
-    name = backends.select(backend, x, sg.has_kernel)
+    name = BACKENDS.select(backend, x, sg.has_kernel)
     if name == "reference":
         return lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
     T = x.shape[0]
@@ -186,10 +204,17 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
     mask2 = None if noise_mask is None else noise_mask.reshape(T, -1)
     flag_args = (flags.surrogate_id, flags.hard_reset, flags.v_reset, flags.decay_input, flags.detach_reset,
                  flags.reset_residual)
-    if name in ("cpu", "cuda") and not config._is_compiling():
-        s, v_last, v_seq = _EagerLIF.apply(x2, v0_t, params, mask2, flag_args, return_v_seq)
+    if config._is_compiling():  # the dispatcher, traced with the registered fake and autograd
+        op = BACKENDS.compiled_fwd(name, backends.needs_grad(x2, v0_t, params))
+        s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq)
     else:
-        s, v_last, v_seq, _ = _fwd_op(name)(x2, v0_t, params, mask2, *flag_args, return_v_seq)
+        b = BACKENDS.load(name)
+        # backends.needs_grad written out: this runs on every call of every step (~0.2 µs less)
+        if torch.is_grad_enabled() and (x2.requires_grad or v0_t.requires_grad or params.requires_grad):
+            s, v_last, v_seq = _LIFFunction.apply(b.fwd, b.bwd, x2, v0_t, params, mask2, flag_args,
+                                                  return_v_seq)
+        else:
+            s, v_last, v_seq, _ = fused_forward(b, x2, v0_t, params, mask2, flag_args, return_v_seq)
     out = (s.view(x.shape), v_last.view(shape))
     return out + (v_seq.view(x.shape),) if return_v_seq else out
 

@@ -1,7 +1,10 @@
-"""Triton kernels for the fused LIF op (SPEC §2–§4): kernels, launchers, op registration.
+"""Triton kernels for the fused LIF op (SPEC §2–§4): kernels, launchers, op definitions.
 
 ``_lif_fwd_kernel`` → ``lif_fwd_triton`` (op ``snn_fast::lif_fwd_triton``) and ``_lif_bwd_kernel`` →
-``lif_bwd_triton`` (op ``snn_fast::lif_bwd_triton``), with the contract of ``function.py``. One program
+``lif_bwd_triton`` (op ``snn_fast::lif_bwd_triton``), with the contract of ``function.py``, whose
+table (``BACKENDS["triton"]``) imports this module on the backend's first use and registers the
+ops' autograd for torch.compile; this module imports nothing of the package but the surrogate ids,
+the argument checks and the interpreter answer (no import cycle). One program
 owns BLOCK neurons and walks all T steps with the membrane in registers; the math of a step is the
 port of ``csrc/include/snn_fast/lif_step.h`` (same formulas, same operation order, so fp32 states
 match the fp32 reference bit for bit and spikes do not flip).
@@ -18,7 +21,7 @@ What the forward saves for the backward (``saved``, [T, N]):
         grad_τ,θ,α  within 1e-4…2e-2 of the truth, below plain torch's error in 23 of 24 cases
     A first version stored H itself with the spike bit in the mantissa LSB: grad_x errors were
     2–3× larger (fp16 1.1–1.7e-3) and grad_α off by 3.3e-2 in bf16, from cancellation in H − θ.
-    Saving H in fp32 instead (``_LOWP_SAVE_FP32``) would cost 2 B/elem more in each direction.
+    Saving H in fp32 instead (the "fp32 H" column) would cost 2 B/elem more in each direction.
 
 Bytes per element of [T, N] (storage size b; mask 1 B when given):
   forward   read x, write s, write H (H − θ)                  3b   (+ b v_seq, + 1 mask)
@@ -42,8 +45,8 @@ grad inputs present, parameter gradients, dtype), so each variant compiles only 
 not specialised (``do_not_specialize``: a new length reuses the binary); N only by Triton's
 divisible-by-16 rule (≤ 2 binaries, and aligned vector loads). Autotuned per (dtypes, N bucket).
 
-Inference: backend 'triton' is ``lif_fwd_dispatch``, which calls ``snn_fast::lif_fwd_triton_infer``
-(no H write: 2b per element) when no input requires grad, and the training op otherwise.
+Inference: backend 'triton' runs ``snn_fast::lif_fwd_triton_infer`` (no H write: 2b per element)
+when no input requires grad (``function.fused_forward``), and the training op otherwise.
 
 Runs on CUDA tensors; on CPU tensors only under ``TRITON_INTERPRET=1`` (set before triton is
 imported), which is how CI without a GPU tests these kernels.
@@ -57,15 +60,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ... import surrogate as _sg
+from ... import _triton
+from . import config
 
-try:
-    from triton.runtime.interpreter import InterpretedFunction as _Interpreted
-except ImportError:  # pragma: no cover
-    _Interpreted = ()
-
-# Save H in fp32 for fp16/bf16 instead of H − θ in the storage dtype (for measuring the choice).
-_LOWP_SAVE_FP32 = False
+# Decided by triton.jit when the kernels below are decorated; snn_fast._triton reads it the same way.
+INTERPRETED = _triton.interpreted()
 # Interpreter: one fixed block (no autotuning, nothing to time); small so tests cover several programs.
 _INTERPRET_BLOCK = 128
 _MIN_BLOCK = 128  # smallest BLOCK of any config: sizes the parameter-gradient partial buffer
@@ -112,7 +111,7 @@ def _sg_grad(x, a, SG: tl.constexpr):
         r = tl.where(tl.abs(x) < 0.5 / a, a, 0.0 * a)
     elif SG == 3:  # triangle
         d = a - a * a * tl.abs(x)
-        r = tl.where(d > 0.0, d, 0.0 * d)
+        r = tl.where(d < 0.0, tl.zeros_like(d), d)  # clamp(d, min=0): −inf → 0, NaN stays NaN
     elif SG == 4:  # piecewise_exp
         r = a / 2.0 * tl.exp(-a * tl.abs(x))
     elif SG == 5:  # soft_sign
@@ -127,7 +126,7 @@ def _sg_grad(x, a, SG: tl.constexpr):
         u = 1.0 + 2.0 * tl.abs(x) / (a - 1.0)
         r = tl.exp(-a * tl.log(u))
     elif SG == 9:  # straight_through
-        r = 0.0 * x + 1.0
+        r = tl.zeros_like(x) + 1.0  # not 0·x + 1: that is NaN at x = ±inf, where g′ = 1
     else:  # spike_gate
         r = tl.where(x >= 0.0, 1.0, 0.0).to(x.dtype)
     return r
@@ -181,7 +180,7 @@ def _sg_dalpha(x, a, SG: tl.constexpr):
         dh = 0.5 * tl.exp((1.0 - a) * lu) * (-lu + 2.0 * ax / ((a - 1.0) * u))
         r = tl.where(x >= 0.0, -dh, dh)
     elif SG == 9 or SG == 10:
-        r = 0.0 * x
+        r = tl.zeros_like(x)
     else:
         r = x * _sg_grad(x, a, SG) / a
     return r
@@ -357,12 +356,13 @@ def _lif_bwd_kernel(
             dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
         # lif_step.h lif_step_backward
         gp = _sg_grad(xs, alpha, SG)
+        # ∂V/∂S; zeros_like, not 0·h, which is NaN where H = ±inf and the reference's term is 0 or −θ
         if DETACH_RESET:
-            reset_coef = 0.0 * h
+            reset_coef = tl.zeros_like(h)
         elif HARD_RESET:
             reset_coef = vr - h
         else:
-            reset_coef = -theta + 0.0 * h
+            reset_coef = tl.zeros_like(h) - theta
         ds = g_s + dvt * (reset_coef + kap)
         if HARD_RESET:
             eps = dvt * (1.0 - s) + ds * gp
@@ -398,7 +398,6 @@ def _lif_bwd_kernel(
         tl.store(pgrad_ptr + pid * 3 + 2, tl.sum(acc_al, axis=0))
 
 
-INTERPRETED = isinstance(_lif_fwd_kernel, _Interpreted) if _Interpreted else False
 # PTX inline asm pins the charge's rounding on NVIDIA; elsewhere (interpreter, ROCm) a plain product.
 EXACT_MUL = not INTERPRETED and torch.version.hip is None
 
@@ -447,37 +446,8 @@ def _grid(N: int):
     return lambda meta: (triton.cdiv(N, meta["BLOCK"]),)
 
 
-def unavailable_reason(x: torch.Tensor) -> Optional[str]:
-    """None when the Triton kernels can run on ``x``, else why not."""
-    if x.device.type == "cuda":
-        return None
-    if x.device.type == "cpu":
-        if INTERPRETED:
-            return None
-        return ("the 'triton' backend runs on CUDA tensors; for CPU tensors (slow, for testing) set "
-                "TRITON_INTERPRET=1 before triton is first imported")
-    return f"the 'triton' backend runs on CUDA tensors, x is on {x.device}"
-
-
-def _saved_dtype(dtype: torch.dtype) -> torch.dtype:
-    if dtype in (torch.float16, torch.bfloat16) and _LOWP_SAVE_FP32:
-        return torch.float32
-    return dtype
-
-
 def _save_x(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
-
-
-def _check(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, surrogate: int) -> None:
-    torch._check(x.dim() == 2, lambda: f"lif_triton: x must be [T, N], got {x.dim()} dims")
-    torch._check(x.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64),
-                 lambda: f"lif_triton: unsupported dtype {x.dtype}")
-    torch._check(v0.dtype == x.dtype, lambda: f"lif_triton: v0 dtype {v0.dtype} != x dtype {x.dtype}")
-    want = torch.float64 if x.dtype == torch.float64 else torch.float32
-    torch._check(params.dtype == want and params.numel() == 3,
-                 lambda: f"lif_triton: params must be [3] {want}, got {tuple(params.shape)} {params.dtype}")
-    torch._check(0 <= surrogate < _sg.NUM_KERNEL_SURROGATES, lambda: f"lif_triton: unknown surrogate id {surrogate}")
 
 
 def _param_buffer(params: torch.Tensor, v_reset: float, kappa: float) -> torch.Tensor:
@@ -489,14 +459,14 @@ def _param_buffer(params: torch.Tensor, v_reset: float, kappa: float) -> torch.T
 
 def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual, return_v_seq,
          save_h):
-    _check(x, v0, params, surrogate)
+    config.check_op_args("lif_triton", x, v0, params, surrogate)
     x = x.contiguous()
     v0 = v0.contiguous()
     T, N = x.shape
     s = torch.empty_like(x)
     v_last = torch.empty_like(v0)
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    saved = torch.empty((T, N) if save_h else (0,), dtype=_saved_dtype(x.dtype), device=x.device)
+    saved = torch.empty((T, N) if save_h else (0,), dtype=x.dtype, device=x.device)
     mask = noise_mask.contiguous() if noise_mask is not None else None
     pbuf = _param_buffer(params.contiguous(), v_reset, reset_residual)
     if N > 0:
@@ -538,7 +508,7 @@ def lif_bwd_triton(
     surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
     need_param_grad: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check(x, v0, params, surrogate)
+    config.check_op_args("lif_triton", x, v0, params, surrogate)
     T, N = x.shape
     grad_s = grad_s.to(x.dtype).contiguous()
     x = x.contiguous()
@@ -573,19 +543,14 @@ def lif_bwd_triton(
 
 
 def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-              reset_residual, return_v_seq, save_h=True):
-    v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    saved = x.new_empty(x.shape if save_h else (0,), dtype=_saved_dtype(x.dtype))
-    return torch.empty_like(x), torch.empty_like(v0), v_seq, saved
+              reset_residual, return_v_seq):
+    # saves H (fp32/fp64) or H − θ (fp16/bf16): [T, N] in x.dtype
+    return config.fake_fwd_outputs(x, v0, return_v_seq) + (torch.empty_like(x),)
 
 
-def _fake_fwd_infer(*args):
-    return _fake_fwd(*args, save_h=False)
-
-
-def _fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, surrogate, hard_reset,
-              v_reset, decay_input, detach_reset, reset_residual, need_param_grad):
-    return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(params)
+def _fake_fwd_infer(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
+                    reset_residual, return_v_seq):
+    return config.fake_fwd_outputs(x, v0, return_v_seq) + (x.new_empty(0),)  # saves nothing
 
 
 FWD_NAME = "snn_fast::lif_fwd_triton"
@@ -594,28 +559,8 @@ BWD_NAME = "snn_fast::lif_bwd_triton"
 
 for _name, _fn, _fake in ((FWD_NAME, lif_fwd_triton, _fake_fwd),
                           (FWD_INFER_NAME, lif_fwd_triton_infer, _fake_fwd_infer),
-                          (BWD_NAME, lif_bwd_triton, _fake_bwd)):
+                          (BWD_NAME, lif_bwd_triton, config.fake_bwd)):
     if INTERPRETED:
         torch.library.custom_op(_name, mutates_args=())(_fn).register_fake(_fake)
     else:
         torch.library.triton_op(_name, mutates_args=())(_fn)
-
-
-def lif_fwd_dispatch(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                     reset_residual, return_v_seq):
-    """The ``fwd`` registered as backend 'triton': the training op (saves H, has autograd) when a
-    gradient can flow, else the inference op, which skips the H write (2b instead of 3b per element)."""
-    train = torch.is_grad_enabled() and (x.requires_grad or v0.requires_grad or params.requires_grad)
-    op = torch.ops.snn_fast.lif_fwd_triton if train else torch.ops.snn_fast.lif_fwd_triton_infer
-    return op(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset, reset_residual,
-              return_v_seq)
-
-
-def _register() -> None:
-    from .function import register_fwd_op, register_lif_autograd
-
-    register_lif_autograd(FWD_NAME, torch.ops.snn_fast.lif_bwd_triton)
-    register_fwd_op("triton", lif_fwd_dispatch)
-
-
-_register()

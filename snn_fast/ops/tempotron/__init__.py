@@ -1,6 +1,7 @@
 """The Tempotron (SPEC §5): reference.py (the seed's dense computation, the definition),
-function.py (custom ops + autograd + the functional API), triton.py (Triton kernels),
-config.py (argument checks and constants shared by all)."""
+function.py (the table of backends, the one autograd Function, the functional API), triton.py
+(Triton kernels and their ops, loaded by the table on first use), config.py (argument checks,
+constants and the op contract's shapes, shared by all)."""
 from .config import v0_of
 from .function import select_backend, tempotron, tempotron_membrane
 from .reference import mse_loss, tempotron_reference

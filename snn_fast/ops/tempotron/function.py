@@ -1,6 +1,7 @@
-"""Tempotron as custom ops with autograd, and the public ``tempotron`` functional.
+"""Tempotron: its table of backends, its one autograd Function, and the public ``tempotron`` functional.
 
-Design: every fused backend implements one op pair (schemas in ``csrc/ops.cpp``)
+Design: every fused backend implements one op pair (schemas in ``csrc/ops.cpp``; Triton defines its
+own pair with the same signature in ``triton.py``)
 
     fwd(t_in [B,I], weight [O,I], T, tau, tau_s, v0) -> V [B, O, T]
     bwd(grad_V, t_in, weight, tau, tau_s, v0, need_t_grad, need_w_grad) -> (grad_t_in, grad_weight)
@@ -14,12 +15,14 @@ the soft-argmax of ``'spikes'``, and gives ``'v'`` its full gradient. The backwa
 still costs only O(B·I·O + B·O·T): the gradient of max is one-hot in t, and the reverse filter
 turns it into the kernel K(t* − t_i) the SPEC's formula gathers.
 
-The C++ CPU and CUDA kernels are ``torch.ops.snn_fast.tempotron_fwd/_bwd``; Triton registers its
-own pair (``snn_fast::tempotron_fwd_triton``). ``register_tempotron_autograd`` wires either.
+The wiring is the LIF op's (``ops/lif/function.py``): ``BACKENDS`` lists the backends and is chosen
+from by ``snn_fast.backends``; one backward (``_backward``) serves every backend, in eager mode
+through ``_TempotronFunction`` (raw ops below the autograd key) and under torch.compile through the
+same code registered on each fwd op. The forward saves only its inputs.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Optional
 
 import torch
 
@@ -28,97 +31,92 @@ from . import config
 from .reference import membrane_reference, outputs_from_v
 
 
-def _fake_fwd(t_in, weight, T, tau, tau_s, v0):
-    torch._check(t_in.shape[1] == weight.shape[1])
-    return weight.new_empty(t_in.shape[0], weight.shape[0], T)
+def _save(ctx, bwd, need_t, need_w, t_in, weight, consts) -> None:
+    ctx.bwd = bwd
+    ctx.need = (bool(need_t), bool(need_w))
+    ctx.consts = consts  # (tau, tau_s, v0)
+    ctx.save_for_backward(t_in, weight)
 
 
-def _fake_bwd(grad_v, t_in, weight, tau, tau_s, v0, need_t_grad, need_w_grad):
-    gt = torch.empty_like(t_in) if need_t_grad else t_in.new_empty(0)
-    gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w_grad else weight.new_empty(0)
-    return gt, gw
+def _backward(ctx, grad_v):
+    """The one Tempotron backward: (grad_t_in or None, grad_weight or None)."""
+    t_in, weight = ctx.saved_tensors
+    backends.refuse_double_backward("Tempotron", grad_v, t_in, weight)
+    need_t, need_w = ctx.need
+    gt, gw = ctx.bwd(grad_v.contiguous(), t_in, weight, *ctx.consts, need_t, need_w)
+    return (gt if need_t else None), (gw if need_w else None)
 
 
-def register_tempotron_autograd(fwd_op, bwd_op) -> None:
+class _TempotronFunction(torch.autograd.Function):
+    """Eager autograd for every fused backend, given its raw (fwd, bwd) ops, called below the
+    autograd key (no torch.library per-call wrapper; see ``ops/lif/function.py``)."""
+
+    @staticmethod
+    def forward(ctx, fwd, bwd, t_in, weight, T, tau, tau_s, v0):
+        with torch._C._AutoDispatchBelowAutograd():
+            v = fwd(t_in, weight, T, tau, tau_s, v0)
+        _save(ctx, bwd, ctx.needs_input_grad[2], ctx.needs_input_grad[3], t_in, weight, (tau, tau_s, v0))
+        return v
+
+    @staticmethod
+    def backward(ctx, grad_v):
+        with torch._C._AutoDispatchBelowAutograd():
+            gt, gw = _backward(ctx, grad_v)
+        return None, None, gt, gw, None, None, None, None
+
+
+def _register_compiled(b: backends.Loaded) -> None:
+    """torch.compile's view of a backend's ops: fakes for the ops defined in C++ (Triton's carry
+    their own) and ``_backward`` as the autograd of the forward."""
+    if b.entry.module is None:  # defined in C++ (ops.cpp)
+        torch.library.register_fake(b.entry.fwd)(config.fake_fwd)
+        torch.library.register_fake(b.entry.bwd)(config.fake_bwd)
+    bwd = backends.op(b.entry.bwd)
+
     def setup_context(ctx, inputs, output):
         t_in, weight, _T, tau, tau_s, v0 = inputs
-        ctx.consts = (tau, tau_s, v0)
-        ctx.save_for_backward(t_in, weight)
+        _save(ctx, bwd, ctx.needs_input_grad[0], ctx.needs_input_grad[1], t_in, weight, (tau, tau_s, v0))
 
     def backward(ctx, grad_v):
-        t_in, weight = ctx.saved_tensors
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (grad_v, t_in, weight)):
-            raise NotImplementedError("double backward (create_graph=True) through the fused Tempotron kernels "
-                                      "is not supported; use backend='reference' for higher-order gradients")
-        need_t, need_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-        gt, gw = bwd_op(grad_v.contiguous(), t_in, weight, *ctx.consts, need_t, need_w)
-        return (gt if need_t else None), (gw if need_w else None), None, None, None, None
+        return _backward(ctx, grad_v) + (None,) * 4  # T, tau, tau_s, v0
 
-    torch.library.register_autograd(fwd_op, backward, setup_context=setup_context)
+    torch.library.register_autograd(b.entry.fwd, backward, setup_context=setup_context)
 
 
+# The Tempotron backends ('reference' is plain torch, reference.py). No measured table: GPU order
+# is backends.GPU_ORDER.
+BACKENDS = backends.OpBackends(
+    "t_in",
+    {
+        "cpu": backends.Backend(fwd="snn_fast::tempotron_fwd", bwd="snn_fast::tempotron_bwd",
+                                probe=backends.cpp_probe("tempotron_fwd", "CPU")),
+        "cuda": backends.Backend(fwd="snn_fast::tempotron_fwd", bwd="snn_fast::tempotron_bwd",
+                                 probe=backends.cpp_probe("tempotron_fwd", "CUDA")),
+        "triton": backends.Backend(fwd="snn_fast::tempotron_fwd_triton", bwd="snn_fast::tempotron_bwd_triton",
+                                   module="snn_fast.ops.tempotron.triton", probe=backends.triton_probe),
+    },
+    register=_register_compiled,
+)
+
+# The C++ ops exist once snn_fast._C is loaded: complete their Python side now (see ops/lif/function.py).
 if _ext.HAS_C and hasattr(torch.ops.snn_fast, "tempotron_fwd"):
-    torch.library.register_fake("snn_fast::tempotron_fwd")(_fake_fwd)
-    torch.library.register_fake("snn_fast::tempotron_bwd")(_fake_bwd)
-    register_tempotron_autograd("snn_fast::tempotron_fwd", torch.ops.snn_fast.tempotron_bwd)
-
-_FWD_OPS: Dict[str, Callable] = {}
-if _ext.HAS_C and hasattr(torch.ops.snn_fast, "tempotron_fwd"):
-    _FWD_OPS["cpu"] = torch.ops.snn_fast.tempotron_fwd
-    _FWD_OPS["cuda"] = torch.ops.snn_fast.tempotron_fwd
-
-
-def register_fwd_op(backend: str, op: Callable) -> None:
-    _FWD_OPS[backend] = op
-
-
-def _fwd_op(backend: str) -> Callable:
-    if backend == "triton" and "triton" not in _FWD_OPS:
-        from . import triton as _  # noqa: F401  registers itself on import
-    return _FWD_OPS[backend]
-
-
-# --- backend choice: backend= argument, then SNN_FAST_BACKEND, then automatic ----------------------
-# Kernel availability is fixed once the extension is loaded; read it once, so that choosing a
-# backend is plain Python that torch.compile can trace without a graph break.
-_HAS_KERNEL = {key: _ext.has_kernel("tempotron_fwd", key) for key in ("CPU", "CUDA")}
-
-def _unavailable(name: str, x: torch.Tensor) -> Optional[str]:
-    if name == "reference":
-        return None
-    if name == "cpu":
-        if x.device.type != "cpu":
-            return f"the 'cpu' backend runs on CPU tensors, t_in is on {x.device}"
-        if not _HAS_KERNEL["CPU"]:
-            return _ext.missing_message("the 'cpu' Tempotron backend")
-        return None
-    if name == "cuda":
-        if x.device.type != "cuda":
-            return f"the 'cuda' backend runs on CUDA tensors, t_in is on {x.device}"
-        if not _HAS_KERNEL["CUDA"]:
-            return _ext.missing_message("the 'cuda' Tempotron backend (built with a CUDA torch and nvcc)")
-        return None
-    if name == "triton":
-        try:
-            from . import triton as _tt
-        except ImportError as e:
-            return f"the 'triton' backend needs triton (`pip install triton`): {e}"
-        return _tt.unavailable_reason(x)
-    raise AssertionError(name)
+    BACKENDS.load("cpu")
+    BACKENDS.load("cuda")
 
 
 def select_backend(backend: Optional[str], x: torch.Tensor) -> str:
-    name = backends.requested(backend)
-    if name != "auto":
-        why = _unavailable(name, x)
-        if why is not None:
-            raise RuntimeError(why)
-        return name
-    order = ("cuda", "triton") if x.device.type == "cuda" else ("cpu",)
-    for cand in order:
-        if _unavailable(cand, x) is None:
-            return cand
-    return "reference"
+    """The backend= argument, then SNN_FAST_BACKEND, then automatic (``snn_fast.backends``)."""
+    return BACKENDS.select(backend, x)
+
+
+def _membrane(name: str, t_in, weight, T, tau, tau_s, v0):
+    if torch.compiler.is_compiling():  # the dispatcher, traced with the registered fake and autograd
+        return BACKENDS.compiled_fwd(name, True)(t_in, weight, T, tau, tau_s, v0)
+    b = BACKENDS.load(name)
+    if backends.needs_grad(t_in, weight):
+        return _TempotronFunction.apply(b.fwd, b.bwd, t_in, weight, T, tau, tau_s, v0)
+    with torch._C._AutoDispatchBelowAutograd():
+        return b.fwd(t_in, weight, T, tau, tau_s, v0)
 
 
 def tempotron_membrane(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float = 15.0,
@@ -133,7 +131,7 @@ def tempotron_membrane(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: fl
     name = select_backend(backend, t_in)
     if name == "reference":
         return membrane_reference(t_in, weight, T, tau, tau_s, v0)
-    return _fwd_op(name)(t_in, weight, int(T), float(tau), float(tau_s), float(v0))
+    return _membrane(name, t_in, weight, int(T), float(tau), float(tau_s), float(v0))
 
 
 def tempotron(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float = 15.0, tau_s: float = 15.0 / 4,

@@ -1,6 +1,7 @@
 """Triton kernels for the Tempotron (SPEC §5), as the custom op pair
 ``snn_fast::tempotron_fwd_triton`` / ``snn_fast::tempotron_bwd_triton`` with the contract of
-``function.py``. Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+``function.py``, whose table imports this module on the backend's first use and registers the ops'
+autograd for torch.compile. Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
 
 Forward, three launches, none touching a [B, I, T] tensor:
   _tempotron_entry_kernel    per (b, i): k = ⌈t⌉, ea = e^{−(k−t)/τ}, es = e^{−(k−t)/τ_s}   (the only exps)
@@ -14,27 +15,13 @@ _tempotron_gather_kernel per (i-tile, o-tile): ∂W summed over b in registers (
 """
 from __future__ import annotations
 
-import os
-from typing import Optional
+import math
 
 import torch
 import triton
 import triton.language as tl
 
-from .function import register_fwd_op, register_tempotron_autograd
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def unavailable_reason(x: torch.Tensor) -> Optional[str]:
-    if x.device.type == "cuda":
-        return None
-    if x.device.type == "cpu" and _interpret():
-        return None
-    return (f"the 'triton' backend runs on CUDA tensors (t_in is on {x.device}); on the CPU it needs the "
-            "interpreter: set TRITON_INTERPRET=1 before importing triton")
+from . import config
 
 
 @triton.jit(do_not_specialize=["n", "T"])
@@ -145,19 +132,8 @@ def _acc(dtype):
 
 
 def _consts(tau, tau_s, v0, acc_dtype, device):
-    import math
-
     return torch.tensor([1.0 / tau, 1.0 / tau_s, math.exp(-1.0 / tau), math.exp(-1.0 / tau_s), v0],
                         dtype=acc_dtype, device=device)
-
-
-def _check(t_in, weight, T, tau, tau_s):
-    torch._check(t_in.dim() == 2 and weight.dim() == 2 and t_in.shape[1] == weight.shape[1],
-                 lambda: f"tempotron (triton): t_in [B, I] and weight [O, I] expected, got {tuple(t_in.shape)}, "
-                         f"{tuple(weight.shape)}")
-    torch._check(t_in.dtype == weight.dtype, lambda: f"tempotron (triton): t_in dtype {t_in.dtype} != weight dtype {weight.dtype}")
-    torch._check(t_in.device == weight.device, lambda: "tempotron (triton): t_in and weight on different devices")
-    torch._check(T >= 1 and tau > 0 and tau_s > 0 and tau != tau_s, lambda: "tempotron (triton): bad constants")
 
 
 BLOCK_1D = 256
@@ -181,7 +157,7 @@ def _entries(t_in, T, c, acc_t, acc_tl):
 @torch.library.custom_op("snn_fast::tempotron_fwd_triton", mutates_args=())
 def tempotron_fwd_triton(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float, tau_s: float,
                          v0: float) -> torch.Tensor:
-    _check(t_in, weight, T, tau, tau_s)
+    config.check_op_args("tempotron (triton)", t_in, weight, T, tau, tau_s)
     t_in, weight = t_in.contiguous(), weight.contiguous()
     B, I = t_in.shape
     O = weight.shape[0]
@@ -202,9 +178,7 @@ def tempotron_fwd_triton(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: 
     return v
 
 
-@tempotron_fwd_triton.register_fake
-def _(t_in, weight, T, tau, tau_s, v0):
-    return weight.new_empty(t_in.shape[0], weight.shape[0], T)
+tempotron_fwd_triton.register_fake(config.fake_fwd)
 
 
 @torch.library.custom_op("snn_fast::tempotron_bwd_triton", mutates_args=())
@@ -213,7 +187,7 @@ def tempotron_bwd_triton(grad_v: torch.Tensor, t_in: torch.Tensor, weight: torch
     B, I = t_in.shape
     O = weight.shape[0]
     T = grad_v.shape[2]
-    _check(t_in, weight, T, tau, tau_s)
+    config.check_op_args("tempotron (triton)", t_in, weight, T, tau, tau_s)
     t_in, weight = t_in.contiguous(), weight.contiguous()
     gv = grad_v.contiguous()
     acc_t, acc_tl = _acc(weight.dtype)
@@ -239,12 +213,4 @@ def tempotron_bwd_triton(grad_v: torch.Tensor, t_in: torch.Tensor, weight: torch
     return gt, gw
 
 
-@tempotron_bwd_triton.register_fake
-def _(grad_v, t_in, weight, tau, tau_s, v0, need_t_grad, need_w_grad):
-    gt = torch.empty_like(t_in) if need_t_grad else t_in.new_empty(0)
-    gw = torch.empty_like(weight) if need_w_grad else weight.new_empty(0)
-    return gt, gw
-
-
-register_tempotron_autograd("snn_fast::tempotron_fwd_triton", tempotron_bwd_triton)
-register_fwd_op("triton", tempotron_fwd_triton)
+tempotron_bwd_triton.register_fake(config.fake_bwd)
