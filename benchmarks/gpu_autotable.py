@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import snn_fast  # noqa: E402
-from snn_fast import backends  # noqa: E402
+from snn_fast.ops.lif.function import BACKENDS  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 T_GRID = (4, 8, 16, 32, 64)
@@ -66,7 +66,7 @@ def fwd_bwd(backend, x, grad_s):
 
 
 def available(backend, x):
-    return backends._PROBES[backend](x) is None
+    return BACKENDS.unavailable(backend, x) is None
 
 
 def git_sha():

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import snn_fast  # noqa: E402
 from benchmarks import common  # noqa: E402
+from snn_fast.ops.lif.function import BACKENDS as LIF_BACKENDS  # noqa: E402
 
 
 def _spikingjelly_node():
@@ -43,7 +44,7 @@ def default_providers(device):
     fused = []
     for b in ("cuda", "triton"):
         try:
-            snn_fast.backends.select(b, torch.zeros(1, device=device))
+            LIF_BACKENDS.select(b, torch.zeros(1, device=device))
             fused.append(f"snn_fast-{b}")
         except (RuntimeError, ValueError) as e:
             print(f"snn_fast {b} unavailable: {e}")
@@ -67,7 +68,7 @@ def providers(device, names=None, compile_backend="inductor"):
     for name in names:
         if name.startswith("snn_fast-"):
             b = name.split("-", 1)[1]
-            snn_fast.backends.select(b, torch.zeros(1, device=device))  # raises, saying how to get it
+            LIF_BACKENDS.select(b, torch.zeros(1, device=device))  # raises, saying how to get it
             out[name] = lambda x, b=b: snn_fast.lif_multistep(x, backend=b)[0]
         elif name == "spikingjelly":
             sj = _spikingjelly_node()

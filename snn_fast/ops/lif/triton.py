@@ -54,6 +54,7 @@ imported), which is how CI without a GPU tests these kernels.
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -420,7 +421,10 @@ _FWD_CONFIGS = [
 # thread it reached 168 registers and an 8-byte stack frame (fp16 q_pseudo_spike with mask and
 # parameter gradients, sm_90), so it stays at 4 per thread.
 _BWD_CONFIGS = _FWD_CONFIGS[:4]
-if INTERPRETED:
+# SNN_FAST_TRITON_AUTOTUNE=0: one fixed config instead of autotuning, so each kernel variant compiles
+# once instead of 4–5 times (~0.6 s each for sm_90): the GPU check's correctness stage runs 46 variants.
+_FIXED_CONFIG = None if os.environ.get("SNN_FAST_TRITON_AUTOTUNE", "1") != "0" else _FWD_CONFIGS[2]
+if INTERPRETED or _FIXED_CONFIG is not None:
     _fwd_launch = _lif_fwd_kernel
     _bwd_launch = _lif_bwd_kernel
 else:
@@ -437,13 +441,25 @@ def _n_bucket(n) -> int:
 
 
 def _block_kw() -> dict:
-    return {"BLOCK": _INTERPRET_BLOCK} if INTERPRETED else {}
+    if INTERPRETED:
+        return {"BLOCK": _INTERPRET_BLOCK}
+    if _FIXED_CONFIG is not None:
+        return dict(_FIXED_CONFIG.kwargs, num_warps=_FIXED_CONFIG.num_warps)
+    return {}
 
 
 def _grid(N: int):
     if INTERPRETED:
         return (triton.cdiv(N, _INTERPRET_BLOCK),)
+    if _FIXED_CONFIG is not None:
+        return (triton.cdiv(N, _FIXED_CONFIG.kwargs["BLOCK"]),)
     return lambda meta: (triton.cdiv(N, meta["BLOCK"]),)
+
+
+def _launcher(kernel):
+    """``wrap_triton`` lets torch.compile see the kernel inside the op on a GPU. The interpreter's
+    kernels run eagerly inside an opaque op, and torch 2.11's ``wrap_triton`` refuses them."""
+    return kernel if INTERPRETED else torch.library.wrap_triton(kernel)
 
 
 def _save_x(dtype: torch.dtype) -> bool:
@@ -470,7 +486,7 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
     mask = noise_mask.contiguous() if noise_mask is not None else None
     pbuf = _param_buffer(params.contiguous(), v_reset, reset_residual)
     if N > 0:
-        wrap = torch.library.wrap_triton(_fwd_launch)
+        wrap = _launcher(_fwd_launch)
         wrap[_grid(N)](
             x, v0, pbuf, mask if mask is not None else x, s, v_last, v_seq, saved,  # [0]-sized unless stored
             T, N, float(v_reset), _n_bucket(N),
@@ -522,7 +538,7 @@ def lif_bwd_triton(
     nprog = triton.cdiv(N, _INTERPRET_BLOCK if INTERPRETED else _MIN_BLOCK) if need_param_grad else 1
     partial = torch.zeros((max(nprog, 1), 3), dtype=params.dtype, device=x.device)
     if N > 0:
-        wrap = torch.library.wrap_triton(_bwd_launch)
+        wrap = _launcher(_bwd_launch)
         wrap[_grid(N)](
             grad_s, gvl if gvl is not None else grad_s, gvs if gvs is not None else grad_s, x, v0, pbuf,
             mask if mask is not None else x, saved, gx, gv0, partial,
