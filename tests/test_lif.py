@@ -112,10 +112,12 @@ def _id(v):
     return str(v)
 
 
-def cases(backends, *axes, xfail=None):
+def cases(backends, *axes, xfail=None, skip=None):
     """pytest.param for every backend × the product of ``axes`` (lists of values, or of (id, value)),
-    skipped with the probe's reason where the backend cannot run, and marked xfail (strict) where
-    ``xfail(backend, *values)`` or ``KNOWN_FAILURES`` gives a reason."""
+    skipped with the probe's reason (``skip``: id -> reason, this op's ``SKIP`` by default) where the
+    backend cannot run, and marked xfail (strict) where ``xfail(backend, *values)`` or
+    ``KNOWN_FAILURES`` gives a reason."""
+    skip = SKIP if skip is None else skip
     out = []
     for be in backends:
         for combo in itertools.product(*axes):
@@ -130,8 +132,8 @@ def cases(backends, *axes, xfail=None):
             cid = "-".join(ids)
             marks = []
             reason = (xfail and xfail(be, *vals)) or KNOWN_FAILURES.get(cid)
-            if SKIP[be.id]:
-                marks.append(pytest.mark.skip(reason=SKIP[be.id]))
+            if skip[be.id]:
+                marks.append(pytest.mark.skip(reason=skip[be.id]))
             elif reason:
                 marks.append(pytest.mark.xfail(strict=True, reason=reason))
             out.append(pytest.param(be, *vals, id=cid, marks=marks))
