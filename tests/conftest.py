@@ -38,13 +38,16 @@ def devices():
     return ["cpu"] + (["cuda"] if HAS_CUDA else [])
 
 
-def assert_close(actual, expected, dtype=None, name=""):
-    """Compare against the reference in the same dtype (float64 or float32)."""
+def assert_close(actual, expected, dtype=None, name="", equal_nan=False):
+    """Compare against the reference in the same dtype (float64 or float32). The absolute tolerance
+    scales with the largest finite magnitude of ``expected`` (an inf there must not make every value
+    pass); ±inf must match exactly, and NaN only where ``equal_nan`` allows it (extreme inputs)."""
     dtype = dtype or expected.dtype
     tol = TOL[dtype]
-    scale = max(expected.abs().max().item(), 1.0) if expected.numel() else 1.0
+    finite = expected[torch.isfinite(expected)]
+    scale = max(finite.abs().max().item(), 1.0) if finite.numel() else 1.0
     torch.testing.assert_close(actual.to(expected.dtype), expected, atol=tol["atol"] * scale, rtol=tol["rtol"],
-                               msg=lambda m: f"{name}: {m}")
+                               equal_nan=equal_nan, msg=lambda m: f"{name}: {m}")
 
 
 def assert_close_lowp(actual, ref64, ref_lowp, name=""):

@@ -8,6 +8,23 @@ import snn_fast
 from snn_fast import nn as snn
 from snn_fast.ops.lif.reference import lif_multistep_reference
 
+from conftest import assert_close
+
+
+def plif_reference_grads(m, x, loss_fn=lambda s: s.sum(), noise_mask=None):
+    """The gradients of w, θ and α of a fresh PLIF ``m`` (learnable θ and α) recomputed through the
+    reference with the module's own options and parameter values: 1/τ = sigmoid(w), i.e. λ = 1 − sigmoid(w)."""
+    w = m.w.detach().clone().requires_grad_(True)
+    th = m.v_threshold.detach().clone().requires_grad_(True)
+    al = m.alpha.detach().clone().requires_grad_(True)
+    f = m.flags
+    s, _ = lif_multistep_reference(x, tau=None, decay=1 - torch.sigmoid(w), decay_input=f.decay_input, v_threshold=th,
+                                   v_reset=f.v_reset if f.hard_reset else None, detach_reset=f.detach_reset,
+                                   surrogate=m.sg.name, alpha=al, reset_residual=f.reset_residual,
+                                   noise_mask=noise_mask)
+    loss_fn(s).backward()
+    return {"w": w.grad, "v_threshold": th.grad, "alpha": al.grad}
+
 
 def test_lif_module_matches_functional_and_keeps_state():
     m = snn.LIF(tau=2.5, v_threshold=0.7, surrogate="atan", alpha=3.0)
@@ -43,6 +60,10 @@ def test_plif_learns_w_and_threshold():
     s, _ = lif_multistep_reference(x, decay=1 - torch.sigmoid(w), tau=None, v_threshold=1.0)
     s.sum().backward()
     torch.testing.assert_close(m.w.grad, w.grad, rtol=1e-4, atol=1e-5)
+    # and all three, θ and α learnable in the reference too
+    ref = plif_reference_grads(m, x)
+    for name, p in (("w", m.w), ("v_threshold", m.v_threshold), ("alpha", m.alpha)):
+        assert_close(p.grad, ref[name], name=f"grad_{name}")
 
 
 def test_learn_tau_gradient_matches_reference():

@@ -9,6 +9,9 @@ import snn_fast
 from snn_fast import nn as snn
 from snn_fast import presets
 
+from conftest import assert_close
+from test_nn import plif_reference_grads
+
 
 @pytest.mark.parametrize("name,lam,theta", [("stbp_tdbn", 0.25, 0.5), ("csbp", 0.5, 1.0)])
 def test_stbp_and_csbp_follow_their_recurrence(name, lam, theta):
@@ -40,10 +43,18 @@ def test_asgl_learns_decay_threshold_and_width_with_noise():
     m = presets.lif("asgl", learn=True)
     assert isinstance(m, snn.PLIF) and m.noise_prob == 0.5
     assert abs(1 - 1 / (1 / torch.sigmoid(m.w).item()) - 0.5) < 1e-6  # λ = 0.5 at init
-    out = m(torch.randn(6, 4, 20) + 1)
+    x = torch.randn(6, 4, 20) + 1
+    torch.manual_seed(7)
+    out = m(x)
     assert ((out != 0) & (out != 1)).any()  # noisy analog outputs in training
     out.sum().backward()
     assert all(p.grad is not None and p.grad.abs() > 0 for p in (m.w, m.v_threshold, m.alpha))
+    # the same gradients through the reference, with the mask the module drew (torch's generator)
+    torch.manual_seed(7)
+    mask = snn_fast.noise_mask_like(x, m.noise_prob)
+    ref = plif_reference_grads(m, x, noise_mask=mask)
+    for name, p in (("w", m.w), ("v_threshold", m.v_threshold), ("alpha", m.alpha)):
+        assert_close(p.grad, ref[name], name=f"grad_{name}")
 
 
 def test_plif_preset_and_unknown_name():
