@@ -718,8 +718,8 @@ _CPU_HARD = ("cpu: hard reset after a ±inf/near-max input selects V_r where the
 _SG_NAN = "{}: the gradient is NaN where the reference's is not (or not NaN where it is) at ±inf/NaN inputs " \
           "for the {} surrogate" + _FIX
 # (surrogate, reset) -> Triton (interpreted) differs from the reference at extreme inputs, mask or not.
-_TRITON_SG = {("straight_through", "hard"), ("straight_through", "soft"), ("rectangle", "soft"),
-              ("triangle", "hard"), ("triangle", "soft"), ("spike_gate", "soft")}
+# The zeros_like fix in the Triton surrogates (0·x → a true zero) fixed the others of the first list.
+_TRITON_SG = {("straight_through", "hard")}
 _CPU_SG_SOFT = {"rectangle", "straight_through", "spike_gate"}  # the CPU kernel, soft reset, no mask
 
 
@@ -737,7 +737,10 @@ def _xfail_extreme(be, surrogate, v_reset, masked):
         if surrogate in _CPU_SG_SOFT:
             return _SG_NAN.format("cpu", surrogate)
     if be.id == "triton-interp" and (surrogate, reset) in _TRITON_SG:
-        return _SG_NAN.format("triton-interp", surrogate)
+        # Open (issue 14 defines what ±inf inputs return): with g′ ≡ 1 the reset term (V_r − H)·g′ is
+        # −inf at H = +inf, and the kernel's fused ε places 0·inf where autograd's graph does not.
+        return ("triton-interp: straight_through + hard reset at H = ±inf: the gradient's NaN/inf "
+                "positions differ from autograd's (0·inf in another place); open, issue 14")
     return None
 
 
