@@ -42,8 +42,6 @@ class BaseLIF(nn.Module):
         step_mode: str = "m",
     ):
         super().__init__()
-        if step_mode not in ("m", "s"):
-            raise ValueError(f"step_mode must be 'm' ([T, B, ...] per call) or 's' ([B, ...] per call), got {step_mode!r}")
         k, theta, alpha, flags, sg = config.resolve(
             None if decay is not None else tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate,
             alpha, reset_residual,
@@ -66,6 +64,18 @@ class BaseLIF(nn.Module):
     def leak(self):
         """k = 1/τ as used by the kernels (a tensor for learnable τ)."""
         return self._k
+
+    @property
+    def step_mode(self) -> str:
+        return self._step_mode
+
+    @step_mode.setter
+    def step_mode(self, mode: str) -> None:
+        # a property, so that SpikingJelly's functional.set_step_mode (which sets the attribute of
+        # every module that has one) switches a converted model's neurons, and a bad mode is refused
+        if mode not in ("m", "s"):
+            raise ValueError(f"step_mode must be 'm' ([T, B, ...] per call) or 's' ([B, ...] per call), got {mode!r}")
+        self._step_mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.step_mode == "s":
@@ -119,7 +129,7 @@ class BaseLIF(nn.Module):
         return state
 
     def __setstate__(self, state):
-        state.setdefault("step_mode", "m")  # pickled before step_mode existed
+        state.setdefault("_step_mode", "m")  # pickled before step_mode existed
         super().__setstate__(state)
 
     def extra_repr(self) -> str:
@@ -222,7 +232,8 @@ class ASGLSchedule:
 
 
 def reset_net(net: nn.Module) -> None:
-    """Reset the membrane of every neuron in ``net`` (like ``spikingjelly...functional.reset_net``)."""
+    """Reset the membrane of every neuron in ``net`` (like ``spikingjelly...functional.reset_net``),
+    including SpikingJelly's stateful modules that ``snn_fast.convert(..., strict=False)`` left in place."""
     for m in net.modules():
-        if isinstance(m, BaseLIF):
+        if isinstance(m, BaseLIF) or (type(m).__module__.startswith("spikingjelly.") and callable(getattr(m, "reset", None))):
             m.reset()
