@@ -18,6 +18,8 @@ Supported (exact classes: a subclass may change the dynamics, so it is refused, 
   α scales the height, ours the width: they agree only at 1), ``DeterministicPass``
   ('straight_through'), ``LeakyKReLU`` with leak = 0, k = 1 ('spike_gate').
 
+snnTorch's neurons are refused with an error that says what differs (see ``_SNNTORCH_LEAKY``).
+
 No peer is imported here unless the model holds one of its modules already (its package is then loaded).
 """
 from __future__ import annotations
@@ -130,11 +132,40 @@ def _sj_neuron(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# snnTorch: refused, with what differs (checked against snnTorch 1.0 in tests/test_convert.py)
+
+_SNNTORCH_LEAKY = (
+    "snnTorch's Leaky is not snn_fast's LIF: (1) with reset_mechanism='subtract' (its default) step t "
+    "subtracts θ·S[t−1], the previous step's spike, after the decay: mem[t] = β·mem[t−1] + x[t] − θ·S[t−1]; "
+    "snn_fast subtracts at the spike's own step, before the next decay: V[t] = H[t] − θ·S[t], "
+    "H[t+1] = β·V[t] + x[t+1], so the two charges differ by (1 − β)·θ·S[t−1]; (2) it fires on mem > θ, "
+    "snn_fast on H ≥ θ; (3) its state is the pre-reset membrane, passed in and out explicitly "
+    "(forward(input_, mem) -> (spk, mem)), where snn_fast keeps the post-reset one inside the module. "
+    "Rebuild the layer with snn_fast.nn.LIF(decay=β, decay_input=False, v_reset=None) for snn_fast's dynamics")
+
+
+def _snntorch_neuron(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
+    if not type(m).__module__.startswith("snntorch."):
+        return None
+    from snntorch._neurons.neurons import SpikingNeuron
+
+    if not isinstance(m, SpikingNeuron):
+        return None
+    t = type(m)
+    if t.__name__ == "Leaky":
+        raise _Unsupported(_SNNTORCH_LEAKY)
+    raise _Unsupported(f"snnTorch {t.__qualname__} is not supported: snn_fast's LIF family resets at the "
+                       "spike's own step and fires on H ≥ θ; snnTorch's neurons reset from the previous "
+                       "step's spike and fire on mem > θ")
+
+
+# ---------------------------------------------------------------------------------------------------
 # The walk
 
 
 def _factory(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
-    return _sj_neuron(m, backend)
+    make = _sj_neuron(m, backend)
+    return make if make is not None else _snntorch_neuron(m, backend)
 
 
 def _is_converted(m: nn.Module) -> bool:

@@ -436,3 +436,35 @@ def test_zoo_model(which):
     SF.set_step_mode(net, "m")
     ZOO_ERRS[which] = _compare_models(net, x * 2)
     print(which, ZOO_ERRS[which])
+
+
+# ---------------------------------------------------------------------------------------------------
+# snnTorch: refused, and the refusal's account of the difference is checked against snnTorch itself
+
+
+def test_snntorch_leaky_is_refused_with_what_differs():
+    snt = pytest.importorskip("snntorch")
+    torch.manual_seed(6)
+    beta, theta = 0.5, 1.0
+    lif = snt.Leaky(beta=beta, threshold=theta)
+    with pytest.raises(ValueError, match="previous step's spike"):
+        snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), lif))
+    x = torch.rand(20, 4, 8, dtype=torch.float64) * 1.2
+    mem = torch.zeros(4, 8, dtype=torch.float64)
+    spk = []
+    for t in range(x.shape[0]):
+        s, mem = lif(x[t], mem)
+        spk.append(s)
+    spk = torch.stack(spk).to(x.dtype)
+    # the message's formula reproduces snnTorch exactly: mem[t] = β·mem[t−1] + x[t] − θ·S[t−1], S = mem > θ
+    m, s, ref = torch.zeros_like(x[0]), torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        m = beta * m + x[t] - theta * s
+        s = (m > theta).to(x.dtype)
+        ref.append(s)
+    assert torch.equal(torch.stack(ref), spk)
+    # ... and snn_fast's nearest LIF (soft reset at the spike's own step) gives different spikes
+    ours = snn.LIF(decay=beta, decay_input=False, v_reset=None, detach_reset=True, v_threshold=theta)(x)
+    assert spk.sum() > 0 and (ours != spk).any()
+    with pytest.warns(UserWarning, match="Leaky"), pytest.raises(ValueError, match="no supported spiking neuron"):
+        snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), lif), strict=False)
