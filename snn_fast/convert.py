@@ -18,7 +18,9 @@ Supported (exact classes: a subclass may change the dynamics, so it is refused, 
   α scales the height, ours the width: they agree only at 1), ``DeterministicPass``
   ('straight_through'), ``LeakyKReLU`` with leak = 0, k = 1 ('spike_gate').
 
-snnTorch's neurons are refused with an error that says what differs (see ``_SNNTORCH_LEAKY``).
+snnTorch's and Norse's neurons are refused with an error that says what differs (``_SNNTORCH_LEAKY``,
+``_NORSE_BOX``): both fire on mem > θ where snn_fast (and SpikingJelly) fire on H ≥ θ, and snnTorch's
+Leaky resets from the previous step's spike.
 
 No peer is imported here unless the model holds one of its modules already (its package is then loaded).
 """
@@ -160,12 +162,40 @@ def _snntorch_neuron(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Mod
 
 
 # ---------------------------------------------------------------------------------------------------
+# Norse: refused, with what differs (checked against Norse 1.1 in tests/test_convert.py)
+
+_NORSE_BOX = (
+    "Norse's LIFBoxCell is snn_fast's LIF(tau=1/(dt·tau_mem_inv), decay_input=True, v_reset=v_leak) except "
+    "that (1) it fires on v > v_th, snn_fast on H ≥ θ: an input that lands exactly on the threshold (e.g. "
+    "spikes times weights of a few bits) spikes in one and not the other; (2) its state is passed in and "
+    "out explicitly (forward(x, state) -> (z, state)) one step at a time. snn_fast's kernels have no "
+    "strict-threshold option, so it is not converted")
+
+
+def _norse_neuron(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
+    if not type(m).__module__.startswith("norse."):
+        return None
+    from norse.torch.module import snn as norse_snn
+
+    if not isinstance(m, (norse_snn.SNNCell, norse_snn.SNNRecurrentCell, norse_snn.SNN, norse_snn.SNNRecurrent)):
+        return None
+    t = type(m)
+    if t.__name__ in ("LIFBoxCell", "LIFBox"):
+        raise _Unsupported(_NORSE_BOX)
+    raise _Unsupported(f"Norse {t.__qualname__} is not supported: snn_fast's LIF family has no synaptic-current "
+                       "or adaptation state and fires on H ≥ θ (Norse: v > v_th)")
+
+
+# ---------------------------------------------------------------------------------------------------
 # The walk
 
 
 def _factory(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
-    make = _sj_neuron(m, backend)
-    return make if make is not None else _snntorch_neuron(m, backend)
+    for peer in (_sj_neuron, _snntorch_neuron, _norse_neuron):
+        make = peer(m, backend)
+        if make is not None:
+            return make
+    return None
 
 
 def _is_converted(m: nn.Module) -> bool:

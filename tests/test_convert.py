@@ -468,3 +468,31 @@ def test_snntorch_leaky_is_refused_with_what_differs():
     assert spk.sum() > 0 and (ours != spk).any()
     with pytest.warns(UserWarning, match="Leaky"), pytest.raises(ValueError, match="no supported spiking neuron"):
         snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), lif), strict=False)
+
+
+def test_norse_lifbox_is_refused_with_what_differs():
+    """Norse's LIFBoxCell is our decay_input LIF except its strict threshold (v > v_th): equal on
+    random float64 input, different when the membrane lands exactly on the threshold."""
+    pytest.importorskip("norse")
+    from norse.torch import LIFBoxCell, LIFCell
+    from norse.torch.functional.lif_box import LIFBoxParameters
+
+    cell = LIFBoxCell(p=LIFBoxParameters(tau_mem_inv=torch.tensor(500.0, dtype=torch.float64)), dt=0.001)  # k = 0.5
+    for bad in (cell, LIFCell()):
+        with pytest.raises(ValueError, match="v > v_th"):
+            snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), bad))
+
+    def norse_run(x):
+        state, out = None, []
+        for t in range(x.shape[0]):
+            z, state = cell(x[t], state)
+            out.append(z)
+        return torch.stack(out)
+
+    ours = snn.LIF(tau=2.0, decay_input=True, v_reset=0.0)
+    torch.manual_seed(7)
+    x = torch.randn(10, 3, 8, dtype=torch.float64) * 3
+    assert norse_run(x).sum() > 0 and torch.equal(norse_run(x), ours(x))
+    ours.reset()
+    tie = torch.full((1, 1, 1), 2.0, dtype=torch.float64)  # H = 0 + 0.5·(2 − 0) = 1.0 = θ exactly
+    assert norse_run(tie).item() == 0.0 and ours(tie).item() == 1.0
