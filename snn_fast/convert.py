@@ -226,7 +226,11 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     backends.requested(backend)  # an unknown name fails here, not at the first forward
     if not inplace:
-        model = copy.deepcopy(model)
+        try:
+            model = copy.deepcopy(model)
+        except RuntimeError as e:  # a membrane that keeps its graph (a peer's neuron after a forward)
+            raise RuntimeError(f"snn_fast.convert could not copy the model ({e}); reset or detach its neurons "
+                               "first (spikingjelly functional.reset_net / detach_net), or pass inplace=True") from e
     # Plan first, change after: a strict refusal leaves the model as it was.
     plan: List[Tuple[Optional[nn.Module], str, nn.Module, Callable[[], nn.Module]]] = []
     refused: List[Tuple[str, str]] = []

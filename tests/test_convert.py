@@ -496,3 +496,13 @@ def test_norse_lifbox_is_refused_with_what_differs():
     ours.reset()
     tie = torch.full((1, 1, 1), 2.0, dtype=torch.float64)  # H = 0 + 0.5·(2 − 0) = 1.0 = θ exactly
     assert norse_run(tie).item() == 0.0 and ours(tie).item() == 1.0
+
+
+@needs_sj
+def test_copy_of_a_model_holding_a_graph_says_what_to_do():
+    net = torch.nn.Sequential(SL.Linear(3, 4, step_mode="m"), SN.LIFNode(step_mode="m"))
+    net(torch.randn(2, 1, 3))  # SpikingJelly's membrane now keeps its graph: deepcopy refuses it
+    with pytest.raises(RuntimeError, match="reset or detach its neurons"):
+        snn_fast.convert(net)
+    out = snn_fast.convert(net, inplace=True)  # in place needs no copy, and carries the membrane
+    assert isinstance(out[1], snn.LIF) and out[1].v is not None
