@@ -506,3 +506,16 @@ def test_copy_of_a_model_holding_a_graph_says_what_to_do():
         snn_fast.convert(net)
     out = snn_fast.convert(net, inplace=True)  # in place needs no copy, and carries the membrane
     assert isinstance(out[1], snn.LIF) and out[1].v is not None
+
+
+@needs_sj
+def test_spikingjelly_set_step_mode_and_detach_net_reach_converted_neurons():
+    net = snn_fast.convert(torch.nn.Sequential(SL.Linear(3, 4, step_mode="m"), SN.LIFNode(step_mode="m")))
+    SF.set_step_mode(net, "s")  # sets the attribute of every module that has one: ours validates it
+    assert net[1].step_mode == "s" and net(torch.randn(2, 3)).shape == (2, 4)
+    x = torch.randn(2, 3, requires_grad=True)
+    net(x)
+    SF.detach_net(net)
+    assert net[1].v.grad_fn is None
+    with pytest.raises(ValueError, match="step_mode"):
+        SF.set_step_mode(net, "x")
