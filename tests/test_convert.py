@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import copy
 import io
-import pickle
 import sys
 import types
-import warnings
 
 import pytest
 import torch
