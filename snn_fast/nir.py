@@ -89,8 +89,7 @@ def export(model: nn.Module, sample: torch.Tensor, *, dt: float = 1e-4):
         if not f.hard_reset:
             raise ValueError(f"{type(m).__name__} with soft reset (v_reset=None) has no NIR form: NIR neurons "
                              "reset to v_reset")
-        if f.detach_reset or f.reset_residual or m.noise_prob:
-            pass  # training-only options: the forward function is the same
+        # detach_reset, κ and the noisy spike change training only, not the function NIR describes
         shape = neuron_shape(m)
         theta = float(m.v_threshold.detach()) if isinstance(m.v_threshold, torch.Tensor) else float(m.v_threshold)
         if isinstance(m, IF):
