@@ -1,10 +1,13 @@
 """snn_fast: fused kernels for training spiking neural networks in PyTorch."""
 from . import losses, presets, surrogate
 from ._ext import HAS_C
+# the function shadows its module as an attribute of the package (``snn_fast.convert(model)``);
+# ``from snn_fast.convert import …`` still reaches the module
+from .convert import convert
 from .ops.lif import lif_multistep, lif_multistep_reference, noise_mask_like
 
 __version__ = "0.1.0"
-__all__ = ["lif_multistep", "lif_multistep_reference", "noise_mask_like", "surrogate", "presets", "losses", "HAS_C", "nn",
+__all__ = ["convert", "lif_multistep", "lif_multistep_reference", "noise_mask_like", "surrogate", "presets", "losses", "HAS_C", "nn",
            "cpu_cache_info", "empty_cpu_cache"]
 
 
@@ -30,8 +33,8 @@ def empty_cpu_cache() -> None:
 
 
 def __getattr__(name):  # lazy: `snn_fast.nn` imports torch.nn machinery only when used
-    if name == "nn":
+    if name in ("nn", "nir"):
         import importlib
 
-        return importlib.import_module(".nn", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(name)

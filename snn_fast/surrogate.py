@@ -34,10 +34,32 @@ class Surrogate:
     def has_kernel(self) -> bool:
         return self.id >= 0
 
+    def __reduce_ex__(self, protocol):
+        # Pickled (and deep-copied) by name: a module holding a surrogate then pickles even when the
+        # surrogate's functions are lambdas or closures (a user's), and loading gives back the one
+        # registered object. A Surrogate that is not the registered one of its name (built by hand)
+        # pickles field by field, which needs module-level functions.
+        if _REGISTRY.get(self.name) is self:
+            return (get, (self.name,))
+        return object.__reduce_ex__(self, protocol)
 
-# Scaling family: g(x; α) = G(α x)  ⇒  ∂g/∂α = x · g′(x) / α.
+
+# Scaling family: g(x; α) = G(α x)  ⇒  ∂g/∂α = x · g′(x) / α. A class, not a closure, so that a
+# Surrogate built by hand from it still pickles.
+@dataclass(frozen=True)
+class _ScalingDAlpha:
+    dg: Fn
+
+    def __call__(self, x, a):
+        return x * self.dg(x, a) / a
+
+
 def _scaling_dalpha(dg: Fn) -> Fn:
-    return lambda x, a: x * dg(x, a) / a
+    return _ScalingDAlpha(dg)
+
+
+def _zero_dalpha(x, a):  # no width: g does not depend on α
+    return torch.zeros_like(x)
 
 
 def _sigmoid_g(x, a):
@@ -178,7 +200,7 @@ for _sid, _name, _alpha, _g, _dg, _da, _aliases, _alpha_min in [
     (10, "spike_gate", None, _gate_g, _gate_dg, None, (), 0.0),
 ]:
     if _da is None:  # no width: g does not depend on α, so ∂g/∂α = 0
-        _da = _scaling_dalpha(_dg) if _alpha is not None else (lambda x, a: torch.zeros_like(x))
+        _da = _scaling_dalpha(_dg) if _alpha is not None else _zero_dalpha
     _add(Surrogate(_name, _sid, _alpha, _g, _dg, _da, _aliases, _alpha_min))
 
 NUM_KERNEL_SURROGATES = len(_BY_ID)

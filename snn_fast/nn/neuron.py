@@ -1,6 +1,7 @@
 """Multi-step spiking neurons that drop into models written for SpikingJelly's ``step_mode='m'`` nodes.
 
-Input ``[T, B, ...]``, output spikes of the same shape. The membrane is kept between calls (so a
+Input ``[T, B, ...]``, output spikes of the same shape (``step_mode='s'``: one step ``[B, ...]`` per
+call, the membrane carried from call to call, as SpikingJelly's single-step nodes). The membrane is kept between calls (so a
 long sequence can be fed in chunks); ``reset()`` clears it before the next sample, ``detach()``
 cuts the graph for truncated BPTT. The option checks happen once in ``__init__``, so a forward pass
 never synchronises with the device to validate a parameter.
@@ -38,6 +39,7 @@ class BaseLIF(nn.Module):
         store_v_seq: bool = False,
         backend: str = "auto",
         decay: Optional[float] = None,
+        step_mode: str = "m",
     ):
         super().__init__()
         k, theta, alpha, flags, sg = config.resolve(
@@ -55,6 +57,7 @@ class BaseLIF(nn.Module):
         self.noise_prob = float(noise_prob)
         self.store_v_seq = store_v_seq
         self.backend = backend
+        self.step_mode = step_mode
         self.v: Optional[torch.Tensor] = None
         self.v_seq: Optional[torch.Tensor] = None
 
@@ -62,17 +65,48 @@ class BaseLIF(nn.Module):
         """k = 1/τ as used by the kernels (a tensor for learnable τ)."""
         return self._k
 
+    @property
+    def step_mode(self) -> str:
+        return self._step_mode
+
+    @step_mode.setter
+    def step_mode(self, mode: str) -> None:
+        # a property, so that SpikingJelly's functional.set_step_mode (which sets the attribute of
+        # every module that has one) switches a converted model's neurons, and a bad mode is refused
+        if mode not in ("m", "s"):
+            raise ValueError(f"step_mode must be 'm' ([T, B, ...] per call) or 's' ([B, ...] per call), got {mode!r}")
+        self._step_mode = mode
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.step_mode == "s":
+            return self._single_step(x)
+        return self._run(x, self.store_v_seq)
+
+    def _run(self, x: torch.Tensor, store_v_seq: bool) -> torch.Tensor:
+        """The multi-step forward ``[T, B, ...]``; keeps the last membrane (and the sequence when asked)."""
         config.check_x(x)
         mask = None
         if self.training and self.noise_prob > 0.0:  # ASGL noisy spike; p = 0 in eval (SPEC §4)
             mask = config.noise_mask_like(x, self.noise_prob)
         out = lif_apply(x, self.v, self.leak(), self.v_threshold, self.alpha, self.flags, self.sg, mask,
-                        self.store_v_seq, self.backend)
+                        store_v_seq, self.backend)
         self.v = out[1]
-        if self.store_v_seq:
+        if store_v_seq:
             self.v_seq = out[2]
         return out[0]
+
+    def _single_step(self, x: torch.Tensor) -> torch.Tensor:
+        """One step ``[B, ...]``: the fused op over T = 1. With ``store_v_seq`` the membrane after each
+        step is appended to ``v_seq`` (``[steps since reset, B, ...]``), as SpikingJelly does."""
+        s = self._run(x.unsqueeze(0), False)[0]
+        if self.store_v_seq:
+            step = self.v.unsqueeze(0)
+            prev = self.v_seq
+            if prev is None or prev.shape[1:] != step.shape[1:] or prev.dtype != step.dtype or prev.device != step.device:
+                self.v_seq = step.clone()
+            else:
+                self.v_seq = torch.cat((prev, step))
+        return s
 
     def reset(self) -> None:
         self.v = None
@@ -81,6 +115,22 @@ class BaseLIF(nn.Module):
     def detach(self) -> None:
         if self.v is not None:
             self.v = self.v.detach()
+        if self.v_seq is not None:
+            self.v_seq = self.v_seq.detach()
+
+    def __getstate__(self):
+        # The stored membrane of a forward with grad keeps its graph, which neither deepcopy ("Only
+        # Tensors created explicitly by the user support the deepcopy protocol") nor pickle can
+        # carry: a copy keeps the values and starts a new graph (what detach() does for truncated BPTT).
+        state = self.__dict__.copy()
+        for name in ("v", "v_seq"):
+            if isinstance(state.get(name), torch.Tensor):
+                state[name] = state[name].detach()
+        return state
+
+    def __setstate__(self, state):
+        state.setdefault("_step_mode", "m")  # pickled before step_mode existed
+        super().__setstate__(state)
 
     def extra_repr(self) -> str:
         f = self.flags
@@ -94,6 +144,8 @@ class BaseLIF(nn.Module):
         if self.noise_prob:
             parts.append(f"noise_prob={self.noise_prob:g}")
         parts.append(f"backend={self.backend}")
+        if self.step_mode != "m":
+            parts.append(f"step_mode={self.step_mode}")
         return ", ".join(parts)
 
 
@@ -180,7 +232,8 @@ class ASGLSchedule:
 
 
 def reset_net(net: nn.Module) -> None:
-    """Reset the membrane of every neuron in ``net`` (like ``spikingjelly...functional.reset_net``)."""
+    """Reset the membrane of every neuron in ``net`` (like ``spikingjelly...functional.reset_net``),
+    including SpikingJelly's stateful modules that ``snn_fast.convert(..., strict=False)`` left in place."""
     for m in net.modules():
-        if isinstance(m, BaseLIF):
+        if isinstance(m, BaseLIF) or (type(m).__module__.startswith("spikingjelly.") and callable(getattr(m, "reset", None))):
             m.reset()

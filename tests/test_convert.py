@@ -1,0 +1,519 @@
+"""snn_fast.convert: SpikingJelly models with snn_fast's neurons swapped in compute the same function.
+
+Checked against SpikingJelly itself (2.0, installed ``--no-deps``; the tests that need it skip when
+it is absent) in float64: outputs, input gradients and every weight gradient agree to ≤ 1e-9 of their
+scale (the issue's target), on single neurons under every option and surrogate, on hand-written
+SpikingJelly nets, and on models nobody here wrote: SpikingJelly's own zoo (spiking ResNet-18,
+SEW-ResNet-18, Spikformer at small sizes). The zoo imports ``torchvision`` only for
+``load_state_dict_from_url`` (pretrained weights); when torchvision is absent a stub module that
+raises on use stands in while the zoo modules are imported, and is removed right after.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import sys
+import types
+
+import pytest
+import torch
+
+import snn_fast
+import snn_fast.nn as snn
+
+try:
+    import spikingjelly.activation_based as _sj_pkg  # noqa: F401
+    from spikingjelly.activation_based import functional as SF
+    from spikingjelly.activation_based import layer as SL
+    from spikingjelly.activation_based import neuron as SN
+    from spikingjelly.activation_based import surrogate as SS
+
+    HAS_SJ = True
+except ImportError:  # the peer is optional (`pip install --no-deps spikingjelly==2.0.0 loguru`)
+    HAS_SJ = False
+
+needs_sj = pytest.mark.skipif(not HAS_SJ, reason="spikingjelly 2.0 is not installed")
+TOL = 1e-9  # the issue's target for converted vs original in float64
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, what: str = "") -> float:
+    """max |a − b| ≤ TOL · max(1, max |b|); returns the relative error (for the report)."""
+    assert a.shape == b.shape, (what, a.shape, b.shape)
+    scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
+    err = (a - b).abs().max().item() / scale if b.numel() else 0.0
+    assert err <= TOL, f"{what}: |Δ| = {err:.3g} (relative to max(1, |ref|)) > {TOL}"
+    return err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Without the peer
+
+
+@pytest.mark.parametrize("make", [lambda m: snn.LIF(3.0, step_mode=m, store_v_seq=True),
+                                  lambda m: snn.PLIF(2.5, v_reset=None, step_mode=m, store_v_seq=True),
+                                  lambda m: snn.IF(v_threshold=0.6, detach_reset=True, step_mode=m, store_v_seq=True)],
+                         ids=["LIF", "PLIF", "IF"])
+def test_single_step_mode_equals_multi_step(make):
+    """step_mode='s' takes one step [B, ...] per call and carries the membrane: the same spikes,
+    membrane sequence and gradients as one multi-step call over the whole sequence."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 4, dtype=torch.float64) * 2
+    m_multi, m_single = make("m").double(), make("s").double()
+    m_single.load_state_dict(m_multi.state_dict())
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya = m_multi(xa)
+    yb = torch.stack([m_single(xb[t]) for t in range(x.shape[0])])
+    _close(yb, ya, "spikes")
+    _close(m_single.v_seq, m_multi.v_seq, "v_seq")
+    _close(m_single.v, m_multi.v, "v")
+    g = torch.randn_like(ya)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    _close(xb.grad, xa.grad, "grad x")
+    for (n, p), (_, q) in zip(m_multi.named_parameters(), m_single.named_parameters()):
+        _close(q.grad, p.grad, n)
+    m_single.reset()
+    assert m_single.v is None and m_single.v_seq is None
+
+
+def test_step_mode_is_checked():
+    with pytest.raises(ValueError, match="step_mode"):
+        snn.LIF(step_mode="x")
+    m = snn.LIF()
+    with pytest.raises(ValueError, match="step_mode"):
+        m.step_mode = "multi"
+
+
+def test_model_without_neuron_is_refused():
+    with pytest.raises(ValueError, match="no supported spiking neuron"):
+        snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU()))
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        snn_fast.convert(lambda x: x)
+    with pytest.raises(ValueError, match="unknown backend"):
+        snn_fast.convert(torch.nn.Linear(2, 2), backend="fastest")
+
+
+def test_already_converted_model_passes_through():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), snn.LIF())
+    out = snn_fast.convert(net)
+    assert isinstance(out[1], snn.LIF) and out is not net
+
+
+# ---------------------------------------------------------------------------------------------------
+# SpikingJelly: surrogates
+
+
+def _sj_surrogates():
+    """(SpikingJelly surrogate, snn_fast name, α) for every mapping the converter makes."""
+    return [
+        (SS.Sigmoid(alpha=4.0), "sigmoid", 4.0), (SS.Sigmoid(alpha=2.5), "sigmoid", 2.5),
+        (SS.ATan(alpha=2.0), "atan", 2.0), (SS.ATan(alpha=3.0), "atan", 3.0),
+        (SS.PiecewiseQuadratic(alpha=1.0), "triangle", 1.0), (SS.PiecewiseQuadratic(alpha=2.0), "triangle", 2.0),
+        (SS.PiecewiseExp(alpha=1.0), "piecewise_exp", 1.0), (SS.PiecewiseExp(alpha=3.0), "piecewise_exp", 3.0),
+        (SS.SoftSign(alpha=2.0), "soft_sign", 2.0), (SS.SoftSign(alpha=5.0), "soft_sign", 5.0),
+        (SS.Erf(alpha=2.0), "erf", 2.0), (SS.Erf(alpha=1.5), "erf", 1.5),
+        (SS.QPseudoSpike(alpha=2.0), "q_pseudo_spike", 2.0), (SS.QPseudoSpike(alpha=3.5), "q_pseudo_spike", 3.5),
+        (SS.Rect(alpha=1.0), "rectangle", 1.0), (SS.Rect(alpha=2.0), "rectangle", 2.0),
+        (SS.PiecewiseLeakyReLU(w=1.0, c=0.0), "rectangle", 0.5), (SS.PiecewiseLeakyReLU(w=0.25, c=0.0), "rectangle", 2.0),
+        (SS.SuperSpike(alpha=1.0), "super_spike", 1.0),
+        (SS.DeterministicPass(), "straight_through", None),
+        (SS.LeakyKReLU(leak=0.0, k=1.0), "spike_gate", None),
+    ] if HAS_SJ else []
+
+
+SURROGATES = _sj_surrogates()
+SG_IDS = [f"{type(s).__name__}-{n}-{a}" for s, n, a in SURROGATES]
+
+
+@needs_sj
+@pytest.mark.parametrize("sf,name,alpha", SURROGATES, ids=SG_IDS)
+def test_surrogate_mapping_matches_spikingjelly(sf, name, alpha):
+    """The mapped surrogate is SpikingJelly's: the same spike (Θ(0) = 1) and the same gradient at
+    every point of a grid that includes 0 and the kinks of the piecewise ones (±0.25, ±0.5, ±1)."""
+    from snn_fast import surrogate as S
+    from snn_fast.convert import _sj_surrogate
+
+    assert _sj_surrogate(sf) == (name, alpha)
+    x = torch.cat([torch.linspace(-3, 3, 601, dtype=torch.float64),
+                   torch.tensor([0.0, 0.25, -0.25, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0], dtype=torch.float64)])
+    xs = x.clone().requires_grad_(True)
+    y = sf(xs)
+    y.backward(torch.ones_like(y))
+    assert torch.equal(y.detach(), (x >= 0).to(x.dtype))
+    a = torch.tensor(alpha if alpha is not None else 1.0, dtype=torch.float64)
+    _close(S.get(name).dg(x, a), xs.grad, f"{type(sf).__name__} g'")
+
+
+@needs_sj
+@pytest.mark.parametrize("sf,what", [
+    (lambda: SS.S2NN(), "S2NN"),
+    (lambda: SS.SuperSpike(alpha=2.0), "SuperSpike"),
+    (lambda: SS.PiecewiseLeakyReLU(w=1.0, c=0.01), "PiecewiseLeakyReLU"),
+    (lambda: SS.LeakyKReLU(leak=0.1, k=1.0), "LeakyKReLU"),
+    (lambda: SS.Sigmoid(spiking=False), "spiking=False"),
+    (lambda: SS.SquarewaveFourierSeries(), "SquarewaveFourierSeries"),
+], ids=["S2NN", "SuperSpike2", "PLReLU-c", "LeakyKReLU", "analog", "Fourier"])
+def test_unsupported_surrogate_is_named_or_left_with_warning(sf, what):
+    net = torch.nn.Sequential(SL.Linear(3, 4, step_mode="m"), SN.LIFNode(surrogate_function=sf(), step_mode="m"),
+                              SN.IFNode(step_mode="m"))
+    with pytest.raises(ValueError, match=what):
+        snn_fast.convert(net)
+    assert isinstance(net[1], SN.LIFNode) and isinstance(net[2], SN.IFNode)  # refused: nothing changed
+    with pytest.warns(UserWarning, match=what):
+        out = snn_fast.convert(net, strict=False)
+    assert isinstance(out[1], SN.LIFNode) and isinstance(out[2], snn.IF)
+    x = torch.randn(3, 2, 3)
+    out(x)
+    snn.reset_net(out)  # resets the neuron left in place too
+    assert isinstance(out[1].v, float) and out[2].v is None
+
+
+@needs_sj
+def test_unsupported_neuron_is_named():
+    from spikingjelly.activation_based.neuron import KLIFNode, ILIFNode
+
+    # SimpleLIFNode starts from v = 0 whatever v_reset is: refused unless v_reset is 0 or None
+    for node in (KLIFNode(step_mode="m"), ILIFNode(step_mode="m"),
+                 SN.SimpleLIFNode(tau=2.0, decay_input=True, v_reset=0.1, step_mode="m")):
+        with pytest.raises(ValueError, match=type(node).__name__):
+            snn_fast.convert(torch.nn.Sequential(torch.nn.Identity(), node))
+        with pytest.warns(UserWarning), pytest.raises(ValueError, match="no supported spiking neuron"):
+            snn_fast.convert(torch.nn.Sequential(torch.nn.Identity(), node), strict=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# SpikingJelly: single neurons under every option
+
+
+def _neuron_cases():
+    if not HAS_SJ:
+        return []
+    cases = []
+    for tau, di in ((2.0, True), (3.0, False)):
+        for v_reset in (0.0, None, -0.2):
+            for dr in (False, True):
+                cases.append((f"LIF-tau{tau}-di{di}-vr{v_reset}-dr{dr}",
+                              lambda m, tau=tau, di=di, v_reset=v_reset, dr=dr: SN.LIFNode(
+                                  tau=tau, decay_input=di, v_threshold=0.7, v_reset=v_reset, detach_reset=dr,
+                                  surrogate_function=SS.ATan(), step_mode=m, store_v_seq=True)))
+    for v_reset in (0.0, None):
+        cases.append((f"PLIF-vr{v_reset}", lambda m, v_reset=v_reset: SN.ParametricLIFNode(
+            init_tau=3.0, v_reset=v_reset, decay_input=False, surrogate_function=SS.Erf(), step_mode=m)))
+        cases.append((f"PLIF-di-vr{v_reset}", lambda m, v_reset=v_reset: SN.ParametricLIFNode(
+            init_tau=2.0, v_reset=v_reset, detach_reset=True, step_mode=m, store_v_seq=True)))
+        cases.append((f"IF-vr{v_reset}", lambda m, v_reset=v_reset: SN.IFNode(
+            v_threshold=0.5, v_reset=v_reset, surrogate_function=SS.PiecewiseQuadratic(), step_mode=m)))
+    cases.append(("SimpleLIF", lambda m: SN.SimpleLIFNode(tau=2.5, decay_input=True, v_reset=0.0,
+                                                          surrogate_function=SS.SoftSign(), step_mode=m)))
+    cases.append(("SimpleIF", lambda m: SN.SimpleIFNode(v_reset=None, surrogate_function=SS.Rect(), step_mode=m)))
+    for s, name, _ in SURROGATES:
+        cases.append((f"LIF-{type(s).__name__}-{name}", lambda m, s=s: SN.LIFNode(
+            surrogate_function=copy.deepcopy(s), v_reset=None, step_mode=m)))
+    return cases
+
+
+NEURONS = _neuron_cases()
+
+
+def _drive(node, x, mode):
+    """Run ``node`` over ``x`` [T, B, N] in its step mode; spikes [T, B, N]."""
+    if mode == "m":
+        return node(x)
+    return torch.stack([node(x[t]) for t in range(x.shape[0])])
+
+
+@needs_sj
+@pytest.mark.parametrize("mode", ["m", "s"])
+@pytest.mark.parametrize("name,make", NEURONS, ids=[c[0] for c in NEURONS])
+def test_neuron_matches_spikingjelly(name, make, mode):
+    torch.manual_seed(0)
+    ref = make(mode).double()
+    new = snn_fast.convert(ref)
+    assert isinstance(new, snn.BaseLIF) and new.step_mode == mode
+    x = torch.randn(6, 2, 16, dtype=torch.float64) * 1.5
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = _drive(ref, xa, mode), _drive(new, xb, mode)
+    assert ya.sum() > 0  # some spikes, so the reset path is exercised
+    _close(yb, ya, "spikes")
+    _close(new.v, ref.v, "v")
+    if getattr(ref, "store_v_seq", False):
+        _close(new.v_seq, ref.v_seq, "v_seq")
+    # a second chunk without reset continues from the carried membrane
+    ya2, yb2 = _drive(ref, xa * 0.5, mode), _drive(new, xb * 0.5, mode)
+    _close(yb2, ya2, "second chunk")
+    g, g2 = torch.randn_like(ya), torch.randn_like(ya2)
+    ((ya * g).sum() + (ya2 * g2).sum()).backward()
+    ((yb * g).sum() + (yb2 * g2).sum()).backward()
+    _close(xb.grad, xa.grad, "grad x")
+    if hasattr(ref, "w"):  # PLIF's learned τ: the same value, the same gradient
+        assert new.w.item() == ref.w.item() and new.w.dtype == ref.w.dtype
+        _close(new.w.grad, ref.w.grad, "grad w")
+    # reset: SpikingJelly's reset_net and ours both clear the converted neuron
+    SF.reset_net(torch.nn.Sequential(new))
+    assert new.v is None
+    ref.reset()
+    _close(_drive(new, x.detach(), mode), _drive(ref, x.detach(), mode), "after reset")
+
+
+@needs_sj
+def test_plif_learned_tau_and_inplace():
+    """A trained PLIF's τ carries over; inplace=True keeps the optimizer's parameters valid."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(SL.Linear(4, 8, step_mode="m"), SN.ParametricLIFNode(init_tau=2.0, step_mode="m"))
+    with torch.no_grad():
+        net[1].w.fill_(0.7)  # "learned": τ = 1/sigmoid(0.7) ≈ 1.50
+    ref = copy.deepcopy(net)
+    w = net[1].w
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    out = snn_fast.convert(net, inplace=True)
+    assert out is net and isinstance(net[1], snn.PLIF) and net[1].w is w
+    assert abs(1.0 / torch.sigmoid(net[1].w).item() - 1.4966) < 1e-4  # τ = 1/sigmoid(0.7)
+    assert set(map(id, net.parameters())) == {id(p) for g in opt.param_groups for p in g["params"]}
+    x = torch.randn(5, 3, 4) * 2
+    for m in (net, ref):
+        m(x).sum().backward()
+    assert net[1].w.grad is not None and abs(net[1].w.grad.item() - ref[1].w.grad.item()) <= 1e-5 * max(1.0, abs(ref[1].w.grad.item()))
+    before = w.item()
+    opt.step()
+    assert net[1].w.item() != before
+
+
+@needs_sj
+def test_not_inplace_leaves_original_and_carries_state():
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(SL.Linear(4, 8, step_mode="m"), SN.LIFNode(step_mode="m")).double()
+    x = torch.randn(3, 2, 4, dtype=torch.float64) * 3
+    net(x)  # mid-sequence: the membrane is carried into the converted copy
+    SF.detach_net(net)
+    out = snn_fast.convert(net)
+    assert isinstance(net[1], SN.LIFNode) and isinstance(out[1], snn.LIF)
+    _close(out[1].v, net[1].v, "carried v")
+    _close(out(x), net(x), "continued")
+
+
+# ---------------------------------------------------------------------------------------------------
+# SpikingJelly: whole models
+
+
+def _compare_models(net: torch.nn.Module, x: torch.Tensor, mode: str = "m") -> dict:
+    """Convert (a copy of) ``net`` and check outputs, input gradient and every weight gradient in
+    float64; returns the relative errors."""
+    net = net.double()
+    new = snn_fast.convert(net)
+    left = [type(m).__name__ for m in new.modules() if type(m).__module__.startswith("spikingjelly.activation_based.neuron")]
+    assert not left, f"neurons left in place: {left}"
+    n_conv = sum(isinstance(m, snn.BaseLIF) for m in new.modules())
+    assert n_conv > 0
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    run = (lambda m, v: m(v)) if mode == "m" else (lambda m, v: torch.stack([m(v[t]) for t in range(v.shape[0])]))
+    ya, yb = run(net, xa), run(new, xb)
+    errs = {"out": _close(yb, ya, "output")}
+    g = torch.randn_like(ya)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    errs["grad_x"] = _close(xb.grad, xa.grad, "grad x")
+    pa, pb = dict(net.named_parameters()), dict(new.named_parameters())
+    assert pa.keys() == pb.keys()
+    w = 0.0
+    for k in pa:
+        if pa[k].grad is None:
+            assert pb[k].grad is None, k
+            continue
+        w = max(w, _close(pb[k].grad, pa[k].grad, f"grad {k}"))
+    errs["grad_w"] = w
+    # both reset_nets reset the converted model: the next sample gives the original's answer again
+    SF.reset_net(new)
+    SF.reset_net(net)
+    with torch.no_grad():
+        _close(run(new, x), run(net, x), "after SpikingJelly reset_net")
+        snn.reset_net(new)
+        SF.reset_net(net)
+        _close(run(new, x), run(net, x), "after snn_fast reset_net")
+    # the converted model checkpoints whole
+    buf = io.BytesIO()
+    torch.save(new, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    copied = copy.deepcopy(new)
+    for m in (loaded, copied):
+        snn.reset_net(m)
+    snn.reset_net(new)
+    with torch.no_grad():
+        ref = run(new, x)
+        _close(run(loaded, x), ref, "torch.save round trip")
+        _close(run(copied, x), ref, "deepcopy")
+    return errs
+
+
+class _SJMLP(torch.nn.Module):
+    """A hand-written SpikingJelly MLP: Flatten → Linear → LIF → Linear → PLIF → Linear → IF."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            SL.Flatten(step_mode=mode), SL.Linear(12, 32, step_mode=mode),
+            SN.LIFNode(tau=2.0, surrogate_function=SS.ATan(), detach_reset=True, step_mode=mode),
+            SL.Linear(32, 16, step_mode=mode),
+            SN.ParametricLIFNode(init_tau=2.5, v_reset=None, surrogate_function=SS.Sigmoid(alpha=3.0), step_mode=mode),
+            SL.Linear(16, 10, step_mode=mode), SN.IFNode(v_threshold=0.5, step_mode=mode, store_v_seq=True))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _sj_cnn(mode: str):
+    """A hand-written SpikingJelly CNN (the tutorial's shape): conv-BN-LIF ×2, pooling, a LIF classifier."""
+    return torch.nn.Sequential(
+        SL.Conv2d(2, 8, 3, padding=1, bias=False, step_mode=mode), SL.BatchNorm2d(8, step_mode=mode),
+        SN.LIFNode(tau=2.0, surrogate_function=SS.PiecewiseQuadratic(), step_mode=mode),
+        SL.MaxPool2d(2, 2, step_mode=mode),
+        SL.Conv2d(8, 8, 3, padding=1, bias=False, step_mode=mode), SL.BatchNorm2d(8, step_mode=mode),
+        SN.ParametricLIFNode(init_tau=2.0, detach_reset=True, step_mode=mode),
+        SL.MaxPool2d(2, 2, step_mode=mode), SL.Flatten(step_mode=mode),
+        SL.Linear(8 * 2 * 2, 5, step_mode=mode), SN.LIFNode(tau=2.0, v_reset=None, step_mode=mode))
+
+
+@needs_sj
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_handwritten_mlp(mode):
+    torch.manual_seed(3)
+    _compare_models(_SJMLP(mode), torch.randn(6, 4, 3, 4, dtype=torch.float64) * 2, mode)
+
+
+@needs_sj
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_handwritten_cnn(mode):
+    torch.manual_seed(4)
+    _compare_models(_sj_cnn(mode), torch.randn(4, 3, 2, 8, 8, dtype=torch.float64) * 2, mode)
+
+
+def _zoo():
+    """SpikingJelly's model zoo modules, importing them with a torchvision stub when torchvision is
+    absent (they use it only for load_state_dict_from_url, i.e. pretrained weights)."""
+    stub = {}
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        tv, tvm, tvu = (types.ModuleType(n) for n in ("torchvision", "torchvision.models", "torchvision.models.utils"))
+
+        def load_state_dict_from_url(*a, **k):
+            raise RuntimeError("torchvision stub (tests/test_convert.py): no pretrained weights here")
+
+        tvu.load_state_dict_from_url = load_state_dict_from_url
+        tv.models, tvm.utils = tvm, tvu
+        stub = {"torchvision": tv, "torchvision.models": tvm, "torchvision.models.utils": tvu}
+        sys.modules.update(stub)
+    try:
+        from spikingjelly.activation_based.model import sew_resnet, spikformer, spiking_resnet
+    finally:
+        for k in stub:
+            sys.modules.pop(k, None)
+    return spiking_resnet, sew_resnet, spikformer
+
+
+ZOO_ERRS = {}
+
+
+@needs_sj
+@pytest.mark.parametrize("which", ["spiking_resnet18", "sew_resnet18", "spikformer"])
+def test_zoo_model(which):
+    """SpikingJelly's own models, original vs converted, fp64, T = 2, batch 2 at small images."""
+    spiking_resnet, sew_resnet, spikformer = _zoo()
+    torch.manual_seed(5)
+    if which == "spiking_resnet18":
+        net = spiking_resnet.spiking_resnet18(spiking_neuron=SN.LIFNode, surrogate_function=SS.ATan(),
+                                              detach_reset=True, num_classes=10)
+        x = torch.randn(2, 2, 3, 32, 32, dtype=torch.float64)
+    elif which == "sew_resnet18":
+        net = sew_resnet.sew_resnet18(spiking_neuron=SN.IFNode, cnf="ADD", num_classes=10)
+        x = torch.randn(2, 2, 3, 32, 32, dtype=torch.float64)
+    else:  # default neuron: LIFNode (soft/hard per block as the model builds it)
+        net = spikformer.Spikformer(in_channels=3, img_size_h=16, img_size_w=16, patch_size=4, num_classes=10,
+                                    embed_dims=32, num_heads=2, depths=1)
+        x = torch.randn(2, 2, 3, 16, 16, dtype=torch.float64)
+    SF.set_step_mode(net, "m")
+    ZOO_ERRS[which] = _compare_models(net, x * 2)
+    print(which, ZOO_ERRS[which])
+
+
+# ---------------------------------------------------------------------------------------------------
+# snnTorch: refused, and the refusal's account of the difference is checked against snnTorch itself
+
+
+def test_snntorch_leaky_is_refused_with_what_differs():
+    snt = pytest.importorskip("snntorch")
+    torch.manual_seed(6)
+    beta, theta = 0.5, 1.0
+    lif = snt.Leaky(beta=beta, threshold=theta)
+    with pytest.raises(ValueError, match="previous step's spike"):
+        snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), lif))
+    x = torch.rand(20, 4, 8, dtype=torch.float64) * 1.2
+    mem = torch.zeros(4, 8, dtype=torch.float64)
+    spk = []
+    for t in range(x.shape[0]):
+        s, mem = lif(x[t], mem)
+        spk.append(s)
+    spk = torch.stack(spk).to(x.dtype)
+    # the message's formula reproduces snnTorch exactly: mem[t] = β·mem[t−1] + x[t] − θ·S[t−1], S = mem > θ
+    m, s, ref = torch.zeros_like(x[0]), torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        m = beta * m + x[t] - theta * s
+        s = (m > theta).to(x.dtype)
+        ref.append(s)
+    assert torch.equal(torch.stack(ref), spk)
+    # ... and snn_fast's nearest LIF (soft reset at the spike's own step) gives different spikes
+    ours = snn.LIF(decay=beta, decay_input=False, v_reset=None, detach_reset=True, v_threshold=theta)(x)
+    assert spk.sum() > 0 and (ours != spk).any()
+    with pytest.warns(UserWarning, match="Leaky"), pytest.raises(ValueError, match="no supported spiking neuron"):
+        snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), lif), strict=False)
+
+
+def test_norse_lifbox_is_refused_with_what_differs():
+    """Norse's LIFBoxCell is our decay_input LIF except its strict threshold (v > v_th): equal on
+    random float64 input, different when the membrane lands exactly on the threshold."""
+    pytest.importorskip("norse")
+    from norse.torch import LIFBoxCell, LIFCell
+    from norse.torch.functional.lif_box import LIFBoxParameters
+
+    cell = LIFBoxCell(p=LIFBoxParameters(tau_mem_inv=torch.tensor(500.0, dtype=torch.float64)), dt=0.001)  # k = 0.5
+    for bad in (cell, LIFCell()):
+        with pytest.raises(ValueError, match="v > v_th"):
+            snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), bad))
+
+    def norse_run(x):
+        state, out = None, []
+        for t in range(x.shape[0]):
+            z, state = cell(x[t], state)
+            out.append(z)
+        return torch.stack(out)
+
+    ours = snn.LIF(tau=2.0, decay_input=True, v_reset=0.0)
+    torch.manual_seed(7)
+    x = torch.randn(10, 3, 8, dtype=torch.float64) * 3
+    assert norse_run(x).sum() > 0 and torch.equal(norse_run(x), ours(x))
+    ours.reset()
+    tie = torch.full((1, 1, 1), 2.0, dtype=torch.float64)  # H = 0 + 0.5·(2 − 0) = 1.0 = θ exactly
+    assert norse_run(tie).item() == 0.0 and ours(tie).item() == 1.0
+
+
+@needs_sj
+def test_copy_of_a_model_holding_a_graph_says_what_to_do():
+    net = torch.nn.Sequential(SL.Linear(3, 4, step_mode="m"), SN.LIFNode(step_mode="m"))
+    net(torch.randn(2, 1, 3))  # SpikingJelly's membrane now keeps its graph: deepcopy refuses it
+    with pytest.raises(RuntimeError, match="reset or detach its neurons"):
+        snn_fast.convert(net)
+    out = snn_fast.convert(net, inplace=True)  # in place needs no copy, and carries the membrane
+    assert isinstance(out[1], snn.LIF) and out[1].v is not None
+
+
+@needs_sj
+def test_spikingjelly_set_step_mode_and_detach_net_reach_converted_neurons():
+    net = snn_fast.convert(torch.nn.Sequential(SL.Linear(3, 4, step_mode="m"), SN.LIFNode(step_mode="m")))
+    SF.set_step_mode(net, "s")  # sets the attribute of every module that has one: ours validates it
+    assert net[1].step_mode == "s" and net(torch.randn(2, 3)).shape == (2, 4)
+    x = torch.randn(2, 3, requires_grad=True)
+    net(x)
+    SF.detach_net(net)
+    assert net[1].v.grad_fn is None
+    with pytest.raises(ValueError, match="step_mode"):
+        SF.set_step_mode(net, "x")
