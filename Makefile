@@ -21,7 +21,11 @@ $(VENV)/.torch: $(VENV)/.created
 	@touch $@
 
 $(VENV)/.test-deps: $(VENV)/.torch
-	$(PIP) install pytest pytest-xdist scikit-learn matplotlib
+	$(PIP) install pytest pytest-xdist scikit-learn matplotlib tqdm h5py
+	@# peers as oracles (convert, NIR): --no-deps, never hard dependencies; their tests skip when absent
+	$(PIP) install --no-deps spikingjelly==2.0.0 loguru nir==1.0.8 nirtorch==2.6 snntorch==1.0.0 \
+	  || echo "peers not installed: their tests are skipped"
+	$(PIP) install --no-deps norse==1.1.0 || echo "norse not installed (an sdist): its tests are skipped"
 	@touch $@
 
 $(VENV)/.bench-deps: $(VENV)/.torch
