@@ -15,7 +15,7 @@ T = 2, direct encoding), trained with SGD + momentum for a few epochs.
 Prints the table in the document's form (mean ± std over seeds) and plots accuracy against α.
 
     python examples/asgl_width_sweep.py                 # default: 5 widths × 2 methods × 2 seeds
-    python examples/asgl_width_sweep.py --quick         # CI: 2 widths, 1 seed, 2 epochs
+    python examples/asgl_width_sweep.py --quick         # CI: 2 widths, 1 seed, 1 epoch, depth 4
 """
 from __future__ import annotations
 
@@ -80,10 +80,10 @@ def main(argv=None):
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default=default_device())
     ap.add_argument("--plot", default="asgl_width_sweep.png")
-    ap.add_argument("--quick", action="store_true", help="CI: widths 1 and 10, one seed, 2 epochs, depth 6")
+    ap.add_argument("--quick", action="store_true", help="CI: widths 1 and 10, one seed, 1 epoch, depth 4")
     args = ap.parse_args(argv)
     if args.quick:
-        args.alphas, args.seeds, args.epochs, args.depth = "1,10", "0", 2, 6
+        args.alphas, args.seeds, args.epochs, args.depth = "1,10", "0", 1, 4
     alphas = [float(a) for a in args.alphas.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     data = load_digits_split(0, device=args.device)

@@ -14,7 +14,7 @@ Here: an MLP 64 → ``--hidden`` → ``--hidden`` → 10, each hidden layer Line
 Adam, a few epochs, several seeds; prints a T × method table and plots accuracy against T.
 
     python examples/bpsa_timesteps.py                    # default: T 2,4,8 × 2 methods × 3 seeds
-    python examples/bpsa_timesteps.py --quick            # CI: T 2,4, one seed, 2 epochs
+    python examples/bpsa_timesteps.py --quick            # CI: T 2,4, one seed, 1 epoch
 """
 from __future__ import annotations
 
@@ -73,10 +73,10 @@ def main(argv=None):
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default=default_device())
     ap.add_argument("--plot", default="bpsa_timesteps.png")
-    ap.add_argument("--quick", action="store_true", help="CI: T 2 and 4, one seed, 2 epochs")
+    ap.add_argument("--quick", action="store_true", help="CI: T 2 and 4, one seed, 1 epoch")
     args = ap.parse_args(argv)
     if args.quick:
-        args.Ts, args.seeds, args.epochs = "2,4", "0", 2
+        args.Ts, args.seeds, args.epochs = "2,4", "0", 1
     Ts = [int(t) for t in args.Ts.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     data = load_digits_split(0, device=args.device)

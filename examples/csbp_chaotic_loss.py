@@ -16,7 +16,7 @@ pre-activation (s = 10, summed as in the document, z annealed per step to 1 % of
 of training), over several seeds. Prints both accuracies per seed and their mean.
 
     python examples/csbp_chaotic_loss.py                # default: 4000 epochs single neuron, 5 seeds
-    python examples/csbp_chaotic_loss.py --quick        # CI: 600 epochs, 1 seed, 2 epochs
+    python examples/csbp_chaotic_loss.py --quick        # CI: 300 epochs, 1 seed, 1 epoch
 """
 from __future__ import annotations
 
@@ -120,10 +120,10 @@ def main(argv=None):
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default=default_device())
     ap.add_argument("--plot", default="csbp_chaotic_loss.png")
-    ap.add_argument("--quick", action="store_true", help="CI: 600 single-neuron epochs, one seed, 2 epochs")
+    ap.add_argument("--quick", action="store_true", help="CI: 300 single-neuron epochs, one seed, 1 epoch")
     args = ap.parse_args(argv)
     if args.quick:
-        args.neuron_epochs, args.seeds, args.epochs = 600, "0", 2
+        args.neuron_epochs, args.seeds, args.epochs = 300, "0", 1
     seeds = [int(s) for s in args.seeds.split(",")]
     clock = Timer()
 

@@ -11,11 +11,12 @@ its LIF outputs on the test set) for each variant, and plots the rates side by s
 stay in a working range at every depth, without normalisation they die out or saturate.
 
     python examples/stbp_tdbn_resnet19.py               # default: tdBN and none, 4 epochs
-    python examples/stbp_tdbn_resnet19.py --quick       # CI: 1 epoch on 256 images
+    python examples/stbp_tdbn_resnet19.py --quick       # CI: 1 epoch, 128 train / 128 test images
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 
@@ -29,8 +30,14 @@ from snn_fast.nn import reset_net  # noqa: E402
 
 
 @torch.no_grad()
-def evaluate(model, x, y, T, batch_size=256):
-    """(accuracy, {stage: mean firing rate}) on (x, y)."""
+def evaluate(model, x, y, T, batch_size=256, batch_stats=False):
+    """(accuracy, {stage: mean firing rate}) on (x, y).
+
+    ``batch_stats``: normalise with each batch's statistics (train mode, on a copy so the running
+    statistics stay untouched) — for the untrained network, whose running statistics are still the
+    initial (0, 1) and would not describe its activations."""
+    if batch_stats:
+        model = copy.deepcopy(model)
     sums, counts, hooks = {}, {}, []
     for stage, neurons in model.stages.items():
         for m in neurons:
@@ -38,7 +45,7 @@ def evaluate(model, x, y, T, batch_size=256):
                 sums[stage] = sums.get(stage, 0.0) + out.float().sum().item()
                 counts[stage] = counts.get(stage, 0) + out.numel()
             hooks.append(m.register_forward_hook(hook))
-    model.eval()
+    model.train(batch_stats)
     correct = 0
     try:
         for j in range(0, len(y), batch_size):
@@ -61,17 +68,20 @@ def main(argv=None):
     ap.add_argument("-T", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-limit", type=int, default=0, help="use only this many training images (0 = all)")
+    ap.add_argument("--test-limit", type=int, default=0, help="evaluate on only this many test images (0 = all)")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default=default_device())
     ap.add_argument("--plot", default="stbp_tdbn_resnet19.png")
-    ap.add_argument("--quick", action="store_true", help="CI: 1 epoch on 256 training images")
+    ap.add_argument("--quick", action="store_true", help="CI: 1 epoch on 128 training images, 128 test images")
     args = ap.parse_args(argv)
     if args.quick:
-        args.epochs, args.train_limit = 1, 256
+        args.epochs, args.train_limit, args.test_limit = 1, 128, 128
     norms = args.norms.split(",")
     x_tr, y_tr, x_te, y_te = load_digits_split(args.seed, image=True, device=args.device)
     if args.train_limit:
         x_tr, y_tr = x_tr[:args.train_limit], y_tr[:args.train_limit]
+    if args.test_limit:
+        x_te, y_te = x_te[:args.test_limit], y_te[:args.test_limit]
     print(f"digits 8×8: train {len(y_tr)}, test {len(y_te)}; ResNet-19 width {args.width:g}, T {args.T}, "
           f"{args.epochs} epochs, Adam lr {args.lr}, seed {args.seed}, device {args.device}")
 
@@ -81,7 +91,7 @@ def main(argv=None):
         torch.manual_seed(args.seed)
         model = ResNet19(in_channels=1, num_classes=10, width=args.width, norm=norm, backend=args.backend).to(args.device)
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-        _, rates0 = evaluate(model, x_te, y_te, args.T)
+        _, rates0 = evaluate(model, x_te, y_te, args.T, batch_stats=True)
         for ep in range(args.epochs):
             loss = train_epoch(model, opt, x_tr, y_tr, args.T, args.batch_size, desc=f"{norm} epoch {ep}")
             print(f"  {norm:5s} epoch {ep}  loss {loss:.4f}  ({clock():.0f} s)", flush=True)
@@ -89,7 +99,7 @@ def main(argv=None):
         results[norm] = (acc, rates0, rates)
 
     stages = list(next(iter(results.values()))[2])
-    print(f"\ntest accuracy and firing rate per stage (after training; at init in brackets)  [{clock():.0f} s]")
+    print(f"\ntest accuracy and firing rate per stage (after training; at initialisation, batch statistics, in brackets)  [{clock():.0f} s]")
     print("| norm | test acc % | " + " | ".join(stages) + " |")
     print("|---|---|" + "---|" * len(stages))
     for norm, (acc, r0, r) in results.items():
