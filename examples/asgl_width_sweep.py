@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Timer, accuracy, default_device, load_digits_split, mean_std, pyplot, tqdm, train_epoch  # noqa: E402
+from common import add_threads_arg, set_threads, Timer, accuracy, default_device, load_digits_split, mean_std, pyplot, tqdm, train_epoch  # noqa: E402
 
 import snn_fast.nn as snn  # noqa: E402
 from snn_fast import presets  # noqa: E402
@@ -79,9 +79,11 @@ def main(argv=None):
     ap.add_argument("-T", type=int, default=2)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default=default_device())
+    add_threads_arg(ap)
     ap.add_argument("--plot", default="asgl_width_sweep.png")
     ap.add_argument("--quick", action="store_true", help="CI: widths 1 and 10, one seed, 1 epoch, depth 4")
     args = ap.parse_args(argv)
+    set_threads(args.threads)
     if args.quick:
         args.alphas, args.seeds, args.epochs, args.depth = "1,10", "0", 1, 4
     alphas = [float(a) for a in args.alphas.split(",")]

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Timer, accuracy, default_device, load_digits_split, mean_std, pyplot, tqdm, train_epoch  # noqa: E402
+from common import add_threads_arg, set_threads, Timer, accuracy, default_device, load_digits_split, mean_std, pyplot, tqdm, train_epoch  # noqa: E402
 
 import snn_fast.nn as snn  # noqa: E402
 from snn_fast import presets  # noqa: E402
@@ -72,9 +72,11 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default=default_device())
+    add_threads_arg(ap)
     ap.add_argument("--plot", default="bpsa_timesteps.png")
     ap.add_argument("--quick", action="store_true", help="CI: T 2 and 4, one seed, 1 epoch")
     args = ap.parse_args(argv)
+    set_threads(args.threads)
     if args.quick:
         args.Ts, args.seeds, args.epochs = "2,4", "0", 1
     Ts = [int(t) for t in args.Ts.split(",")]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Timer, accuracy, default_device, load_digits_split, mean_std, pyplot, tqdm, train_epoch  # noqa: E402
+from common import add_threads_arg, set_threads, Timer, accuracy, default_device, load_digits_split, mean_std, pyplot, tqdm, train_epoch  # noqa: E402
 
 import snn_fast.nn as snn  # noqa: E402
 from snn_fast import presets  # noqa: E402
@@ -119,9 +119,11 @@ def main(argv=None):
     ap.add_argument("-T", type=int, default=4)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default=default_device())
+    add_threads_arg(ap)
     ap.add_argument("--plot", default="csbp_chaotic_loss.png")
     ap.add_argument("--quick", action="store_true", help="CI: 300 single-neuron epochs, one seed, 1 epoch")
     args = ap.parse_args(argv)
+    set_threads(args.threads)
     if args.quick:
         args.neuron_epochs, args.seeds, args.epochs = 300, "0", 1
     seeds = [int(s) for s in args.seeds.split(",")]

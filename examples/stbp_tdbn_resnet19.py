@@ -23,7 +23,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Timer, default_device, load_digits_split, pyplot, repeat_T, train_epoch  # noqa: E402
+from common import add_threads_arg, set_threads, Timer, default_device, load_digits_split, pyplot, repeat_T, train_epoch  # noqa: E402
 from models.resnet19 import ResNet19  # noqa: E402
 
 from snn_fast.nn import reset_net  # noqa: E402
@@ -71,9 +71,11 @@ def main(argv=None):
     ap.add_argument("--test-limit", type=int, default=0, help="evaluate on only this many test images (0 = all)")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default=default_device())
+    add_threads_arg(ap)
     ap.add_argument("--plot", default="stbp_tdbn_resnet19.png")
     ap.add_argument("--quick", action="store_true", help="CI: 1 epoch on 128 training images, 128 test images")
     args = ap.parse_args(argv)
+    set_threads(args.threads)
     if args.quick:
         args.epochs, args.train_limit, args.test_limit = 1, 128, 128
     norms = args.norms.split(",")
