@@ -114,7 +114,8 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--z", type=float, default=0.01, help="initial chaotic-loss weight (summed over elements)")
+    ap.add_argument("--z", type=float, default=1e-3,
+                    help="initial chaotic-loss weight; the loss is summed over T·B·hidden elements (32768 per batch here), and z = 0.01 collapsed training to 10 %% test accuracy on all five seeds")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("-T", type=int, default=4)
     ap.add_argument("--backend", default="auto")
