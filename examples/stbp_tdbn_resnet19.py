@@ -7,8 +7,8 @@ to 98.67 % test accuracy and plots the average firing rate of each layer. Here t
 scaled by ``--width`` (default 1/8: 16/32/64 instead of 128/256/512), the input is the 8×8 digit
 itself (1 channel, direct encoding, T = 4) and training is a few epochs of Adam. Prints test accuracy
 and the firing rate of every stage (conv1, the three blocks, the FC layer: the mean spike rate of
-its LIF outputs on the test set) for each variant, and plots the rates side by side: with tdBN they
-stay in a working range at every depth, without normalisation they die out or saturate.
+its LIF outputs on the test set) for each variant, at initialisation and after training, and plots
+both side by side — what tdBN is for: firing rates that neither die out nor saturate with depth.
 
     python examples/stbp_tdbn_resnet19.py               # default: tdBN and none, 4 epochs
     python examples/stbp_tdbn_resnet19.py --quick       # CI: 1 epoch, 128 train / 128 test images
@@ -109,15 +109,16 @@ def main(argv=None):
 
     if args.plot:
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
         width = 0.8 / len(results)
-        for i, (norm, (acc, _, r)) in enumerate(results.items()):
-            ax.bar([j + i * width for j in range(len(stages))], [r[s] for s in stages], width,
-                   label=f"{norm} (test acc {100 * acc:.1f} %)")
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(stages))], stages)
-        ax.set_ylabel("mean firing rate (test set)")
-        ax.set_title(f"STBP-tdBN ResNet-19 (width {args.width:g}), digits, T={args.T}", fontsize=9)
-        ax.legend(fontsize=8)
+        for ax, k, when in ((axes[0], 1, "at initialisation"), (axes[1], 2, f"after {args.epochs} epochs")):
+            for i, (norm, res) in enumerate(results.items()):
+                ax.bar([j + i * width for j in range(len(stages))], [res[k][s] for s in stages], width,
+                       label=f"{norm} (test acc {100 * res[0]:.1f} %)" if k == 2 else norm)
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(stages))], stages)
+            ax.set_title(f"ResNet-19 (width {args.width:g}), digits, T={args.T}: {when}", fontsize=9)
+            ax.legend(fontsize=8)
+        axes[0].set_ylabel("mean firing rate (test set)")
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
         print(f"saved {args.plot}")
