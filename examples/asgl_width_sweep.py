@@ -14,7 +14,7 @@ T = 2, direct encoding), trained with SGD + momentum for a few epochs.
   epochs by ``nn.ASGLSchedule``.
 Prints the table in the document's form (mean ± std over seeds) and plots accuracy against α.
 
-    python examples/asgl_width_sweep.py                 # default: 5 widths × 2 methods × 2 seeds
+    python examples/asgl_width_sweep.py                 # default: 5 widths × 2 methods × 3 seeds
     python examples/asgl_width_sweep.py --quick         # CI: 2 widths, 1 seed, 1 epoch, depth 4
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def run(method, alpha, seed, args, data):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--alphas", default="0.5,1,2.5,5,10")
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--depth", type=int, default=10)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=8)
