@@ -4,6 +4,7 @@
 
     python -m pytest benchmarks/test_bench_on.py --benchmark-only -s      # or: make bench
     python benchmarks/test_bench_on.py [cpu|cuda] [n ...] [--threads k] [--rounds r]   # prints the tables
+    SNN_FAST_BENCH_ON_N=1024,2048 make bench                                          # fewer sizes
 
 CPU: n ∈ {1024, 2048, 4096}; GPU: n ∈ {4096, 8192, 16384}; float32. Every provider runs the same
 ``nn.Linear(n, n)`` (one matmul over all T·B rows, as the ON benchmark's fastest entries do) and its
@@ -47,6 +48,12 @@ T, B = 500, 16
 
 
 def sizes(device):
+    """BENCHMARKS.md's sizes (CPU: smaller), or SNN_FAST_BENCH_ON_N="1024,2048" — on the shared 2-core
+    dev VM n = 1024 and 2048 took 9 minutes together (one thread, 2026-11-30); n = 4096 should take several
+    times that (the n² Linear and the Python-loop peers)."""
+    env = os.environ.get("SNN_FAST_BENCH_ON_N")
+    if env:
+        return [int(v) for v in env.split(",")]
     return [1024, 2048, 4096] if device == "cpu" else [4096, 8192, 16384]
 
 
