@@ -31,7 +31,11 @@ $(VENV)/.test-deps: $(VENV)/.torch
 $(VENV)/.bench-deps: $(VENV)/.torch
 	$(PIP) install pytest pytest-benchmark matplotlib
 	# peers, never hard dependencies
-	$(PIP) install --no-deps spikingjelly==2.0.0 loguru || echo "spikingjelly not installed: its rows are skipped"
+	$(PIP) install tqdm h5py
+	$(PIP) install --no-deps spikingjelly==2.0.0 loguru nir==1.0.8 nirtorch==2.6 snntorch==1.0.0 \
+	  || echo "spikingjelly/snntorch not installed: their rows are skipped"
+	@# Norse 1.1 imports nir, nirtorch and h5py (above)
+	$(PIP) install --no-deps norse==1.1.0 || echo "norse not installed: its rows are skipped"
 	@touch $@
 
 # Rebuilt whenever a C++/CUDA source changes.
