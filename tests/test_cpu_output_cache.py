@@ -73,7 +73,10 @@ def test_profiler_sees_cached_allocations():
 
 
 def _run(code, env):
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True)
+    # cwd: `python -c` puts the working directory first on sys.path; from the repository root that would
+    # import the checkout's snn_fast (and its own build of _C) instead of the one under test (make compat).
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_env_cap_zero_turns_the_cache_off():
