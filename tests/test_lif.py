@@ -712,12 +712,10 @@ MASKED = [("nomask", False), ("allmask", True)]
 EXTREME = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
-# What today's kernels get wrong on these inputs (the C++ CPU kernel; Triton interpreted). Each is
-# fixed in parallel by the one-step-formula change (csrc/, snn_fast/ops/lif/triton.py): the lead
-# removes these rules after merging. The CUDA backends could not be run where this was written:
-# no rule covers them, so a GPU run shows their state.
+# What the kernels still get wrong on these inputs (strict xfail: a fix fails the run until its rule
+# goes). The one-step-formula change (C++) and the zeros_like surrogates (Triton) fixed the rest. The
+# CUDA backends have not run yet: no rule covers them, so the first GPU run shows their state.
 # (surrogate, reset) -> Triton (interpreted) differs from the reference at extreme inputs, mask or not.
-# The zeros_like fix in the Triton surrogates (0·x → a true zero) fixed the others of the first list.
 _TRITON_SG = {("straight_through", "hard")}
 
 
