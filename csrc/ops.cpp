@@ -28,6 +28,11 @@ TORCH_LIBRARY(snn_fast, m) {
       "bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad) "
       "-> (Tensor, Tensor, Tensor)");
 
+  // Introspection of the CPU output cache (csrc/cpu/output_cache.h):
+  // [cached bytes, live bytes, hits, misses], and a way to give its blocks back.
+  m.def("cpu_cache_stats() -> int[]");
+  m.def("cpu_cache_clear() -> ()");
+
   // Tempotron (SPEC §5): the membrane V [B, O, T] of O tempotrons driven by input spike times
   // t_in [B, I] (negative = no spike) through weight [O, I] (same dtype as t_in), without the
   // [B, I, T] PSP tensor. v0 is the PSP normalisation. 'v_max' and 'spikes' are computed from V.

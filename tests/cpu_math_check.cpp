@@ -45,7 +45,10 @@ int main(int argc, char** argv) {
   scan("log_poly", 1.0f, 3.0e38f, stride, [](float x) { return log_poly(x); }, [](double x) { return std::log(x); });
   std::printf("nan_propagates %d %d %d\n", int(std::isnan(exp_poly(NAN))), int(std::isnan(exp2_poly_nonpos(NAN))),
               int(std::isnan(log_poly(NAN))));
-  std::printf("clamped %.17g %.17g\n", double(exp2_poly_nonpos(-1000.0f)), double(exp_poly_nonpos(-1000.0f)));
+  std::printf("clamped %.17g %.17g\n", double(exp2_poly_nonpos(-126.0f)), double(exp_poly_nonpos(-87.3f)));
+  std::printf("flushed %.17g %.17g %.17g %.17g %.17g\n", double(exp2_poly_nonpos(-126.5f)),
+              double(exp2_poly_nonpos(-INFINITY)), double(exp_poly_nonpos(-87.4f)), double(exp_poly(-INFINITY)),
+              double(exp_poly_nonpos(-1000.0f)));
   std::printf("exact %.9g %.9g\n", exp2_poly_nonpos(0.0f), exp_poly(0.0f));
   return 0;
 }

@@ -53,8 +53,10 @@ def test_poly_math_accuracy(flags, tmp_path):
         err, worst_x = float(rows[name][0]), rows[name][1]
         assert err <= bound, f"{name}: max relative error {err:.3g} at x = {worst_x} exceeds {bound:.2g}"
     assert rows["nan_propagates"] == ["1", "1", "1"], "a NaN input must give NaN"
-    # Below the clamp: 2^-126 exactly for exp2, exp(-87.3) for exp (both normal, no garbage exponent).
+    # At the clamp: 2^-126 exactly for exp2, exp(-87.3) for exp (both normal, no garbage exponent).
     assert float(rows["clamped"][0]) == 2.0 ** -126
     assert abs(float(rows["clamped"][1]) / 1.2192e-38 - 1) < 1e-3
+    # Below it: exactly 0, as libm's exp(-inf), so g'(±inf) is the reference's 0 (surrogate.h).
+    assert [float(v) for v in rows["flushed"]] == [0.0] * 5
     # exp(0) = 2^0 = 1 exactly, so the sigmoid surrogate's peak is exactly alpha/4.
     assert rows["exact"] == ["1", "1"]

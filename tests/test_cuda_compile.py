@@ -9,6 +9,11 @@ needed: the kernel units include only CUDA headers and our own).
   float16/bfloat16 with ``assert_close_lowp``), for every surrogate and reset variant, both vector
   widths, with and without the noise mask and parameter gradients. It checks the kernels' logic, not
   the device math library (tests/test_lif_cuda.py does that on a GPU).
+- The emulated kernels on ±inf, NaN and ±0.9·max inputs (the cases of tests/test_cpp_special_values.py):
+  the reference's NaN and infinity positions, and an all-True noise mask bitwise equal to none; the
+  fp16/bf16 saved state's sign bit is the forward's spike (NaN and H − θ = −0 included).
+- mul_rn on the device: the charge and the reset compiled to PTX hold no fma (a plain-operator
+  control does, so the probe can see one).
 
 Skipped, with the reason, when nvcc is not found. ``SNN_FAST_NVCC`` names a specific nvcc.
 """
@@ -105,7 +110,10 @@ def _compile(unit: str, outdir: str):
 
 def _compile_emulator(outdir: str):
     out = os.path.join(outdir, "liblif_emulate.so")
-    cmd = [NVCC, "-std=c++17", "-O2", "-shared", "-Xcompiler", "-fPIC", "-I", os.path.join(ROOT, "csrc", "include"),
+    # -ffp-contract=off as the extension (setup.py): nvcc's host compiler contracts a·b + c by default
+    # where the target has FMA, and the emulated charge would then round unlike the device's mul_rn.
+    cmd = [NVCC, "-std=c++17", "-O2", "-shared", "-Xcompiler", "-fPIC,-ffp-contract=off", "-I",
+           os.path.join(ROOT, "csrc", "include"),
            "-I", os.path.join(ROOT, "csrc", "cuda"), EMULATOR, "-o", out]
     r = subprocess.run(cmd, capture_output=True, text=True)
     return cmd, r.returncode, r.stdout + r.stderr, out
@@ -307,3 +315,118 @@ def test_emulated_kernels_ragged_n(emulator, N):
     got = emulate(emulator, *args, need_param=True, wide=False)
     for key in want:
         assert_close(got[key], want[key], dtype=torch.float32, name=f"N={N} {key}")
+
+
+# ---------------------------------------------------------------------------------------------
+# mul_rn on the device: the charge and the reset keep every product rounded on its own.
+
+PTX_PROBE = r"""
+#include "snn_fast/lif_step.h"
+using namespace snn_fast;
+template <typename T> __global__ void charge_di(const T* v, const T* x, T* h, LIFParams<T> p) {
+  h[threadIdx.x] = lif_charge<true>(v[threadIdx.x], x[threadIdx.x], p);
+}
+template <typename T> __global__ void charge_plain(const T* v, const T* x, T* h, LIFParams<T> p) {
+  h[threadIdx.x] = lif_charge<false>(v[threadIdx.x], x[threadIdx.x], p);
+}
+template <typename T> __global__ void reset_hard(const T* v, const T* x, T* h, LIFParams<T> p) {
+  h[threadIdx.x] = lif_reset<true>(v[threadIdx.x], x[threadIdx.x], p);
+}
+template <typename T> __global__ void reset_soft(const T* v, const T* x, T* h, LIFParams<T> p) {
+  h[threadIdx.x] = lif_reset<false>(v[threadIdx.x], x[threadIdx.x], p);
+}
+// The control: the charge with plain operators, which nvcc contracts (so the probe can see an fma).
+template <typename T> __global__ void control(const T* v, const T* x, T* h, LIFParams<T> p) {
+  h[threadIdx.x] = v[threadIdx.x] + (x[threadIdx.x] - (v[threadIdx.x] - p.vr)) * p.k;
+}
+#define INST(K) template __global__ void K<float>(const float*, const float*, float*, LIFParams<float>); \
+                template __global__ void K<double>(const double*, const double*, double*, LIFParams<double>);
+INST(charge_di) INST(charge_plain) INST(reset_hard) INST(reset_soft) INST(control)
+"""
+
+
+def test_device_charge_and_reset_are_not_contracted(tmp_path):
+    src, ptx = tmp_path / "probe.cu", tmp_path / "probe.ptx"
+    src.write_text(PTX_PROBE)
+    cmd = [NVCC, "-std=c++17", "-O3", "-ptx", "-arch=sm_80", "-I", os.path.join(ROOT, "csrc", "include"), str(src),
+           "-o", str(ptx)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    bodies = re.findall(r"\.entry\s+(\S+?)\((.*?)^\}", ptx.read_text(), re.S | re.M)
+    assert len(bodies) == 10, [n for n, _ in bodies]
+    for name, body in bodies:
+        fused = re.findall(r"\bfma\.rn\.f(32|64)", body)
+        if "control" in name:
+            assert fused, f"{name}: nvcc did not contract the plain charge: the probe cannot see an fma"
+        else:
+            assert not fused, f"{name}: contracted into an fma (mul_rn is not holding):\n{body}"
+            assert re.search(r"\bmul\.rn\.f(32|64)", body), f"{name}: no explicitly rounded product:\n{body}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Special values through the emulated thread bodies (the CPU kernel gets the same checks in
+# tests/test_cpp_special_values.py, which defines the cases).
+
+
+@pytest.mark.parametrize("need_param", [False, True], ids=["noparam", "param"])
+@pytest.mark.parametrize("variant", ["hard0", "hard-neg_decayx", "soft_decayx_kappa", "soft_detach",
+                                     "hard_detach_kappa_if"])
+@pytest.mark.parametrize("sg_name", ["sigmoid", "straight_through", "spike_gate"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_kernels_special_values_match_reference(emulator, dtype, sg_name, variant, need_param):
+    from test_cpp_special_values import assert_matches_reference, drop_known_deviation, special_case
+
+    x, v0, params, flags, gs, gvl, gvs = special_case(dtype, variant, sg_name, N=72)
+    want = drop_known_deviation(reference(x, v0, params, None, flags, gs, gvl, gvs, sg_name), flags, sg_name)
+    if not need_param:
+        want.pop("grad_params", None)
+    for wide in (True, False):
+        got = emulate(emulator, x, v0, params, None, flags, gs, gvl, gvs, need_param=need_param, wide=wide)
+        assert_matches_reference(got, want, dtype, f"{sg_name}/{variant}/wide={wide}")
+
+
+@pytest.mark.parametrize("variant", ["hard0", "hard-neg_decayx", "soft_decayx_kappa", "hard_detach"])
+@pytest.mark.parametrize("sg_name", ["sigmoid", "straight_through"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_emulated_all_true_mask_is_bitwise_unmasked(emulator, dtype, sg_name, variant):
+    from test_cpp_special_values import assert_bitwise_equal, special_case
+
+    x, v0, params, flags, gs, gvl, gvs = special_case(dtype, variant, sg_name, N=72)
+    ones = torch.ones(x.shape, dtype=torch.bool)
+    for wide in (True, False):
+        plain = emulate(emulator, x, v0, params, None, flags, gs, gvl, gvs, need_param=True, wide=wide)
+        masked = emulate(emulator, x, v0, params, ones, flags, gs, gvl, gvs, need_param=True, wide=wide)
+        for key in plain:
+            assert_bitwise_equal(masked[key], plain[key], f"{dtype}/{sg_name}/{variant}/wide={wide} {key}")
+
+
+@pytest.mark.parametrize("wide", [True, False], ids=["wide", "scalar"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_emulated_lowp_saved_state_sign_is_the_spike(emulator, dtype, wide):
+    """fp16/bf16 save H − θ with the sign bit set exactly where the forward did not spike: NaN (no
+    spike, whatever its sign) and H − θ = −0 (a spike: −0 ≥ 0) included. IF with θ = 0 and soft reset,
+    so H − θ = H = V_t, which v_seq returns."""
+    from snn_fast import surrogate as _sg
+
+    inf, nan = float("inf"), float("nan")
+    # H per neuron (k = 0: H = V + (X − V)·0): −0, +0, NaN, +0, +0, 2, −2, NaN ((inf − 1)·0).
+    xs = torch.tensor([-1.0, 1.0, nan, 0.0, -0.0, 3.0, -3.0, inf] * 2, dtype=torch.float64)
+    v0 = torch.tensor([-0.0, -0.0, -0.0, -0.0, -0.0, 2.0, -2.0, 1.0] * 2, dtype=torch.float64).to(dtype)
+    T, N = 3, xs.numel()
+    x = xs.expand(T, N).contiguous().to(dtype)
+    params = torch.tensor([0.0, 0.0, 4.0])
+    s, v_seq = torch.full_like(x, nan), torch.full_like(x, nan)
+    v_last, saved = torch.full_like(v0, nan), torch.full_like(x, nan)
+    assert emulator.emu_lif_fwd(DTYPE_ID[dtype], int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), None, _ptr(s),
+                                _ptr(v_last), _ptr(v_seq), _ptr(saved), _sg.get("sigmoid").id, 0, 0.0, 1, 0,
+                                0.0) == 0
+    h = v_seq.float()
+    assert torch.signbit(h[:, 0]).all() and (h[:, 0] == 0).all(), "the case must produce H = −0"
+    assert h[:, 2].isnan().all() and h[:, 7].isnan().all()
+    spike = h >= 0
+    assert torch.equal(s.float() == 1, spike)
+    sign_clear = ~torch.signbit(saved.float())
+    assert torch.equal(sign_clear, spike), f"saved {saved} vs spikes {spike}"
+    fin = ~h.isnan()
+    assert torch.equal(saved.float().abs()[fin], h.abs()[fin])
+    assert saved.float()[~fin].isnan().all()

@@ -141,11 +141,10 @@ _EXTREME = [-math.inf, math.inf, math.nan, -3.0e38, 3.0e38]  # ±inf, NaN, near 
 # The C++ kernels' step math (csrc/include/snn_fast/*.h) gives NaN at x = ±inf here (main at f2ee69b:
 # grad_x NaN for every surrogate, where the reference has 1, 0.5, …); its fix belongs to the C++ side
 # of issue 12 (one step formula). strict: once fixed, this XPASSes and fails, so the mark goes.
-_CPP_INF = pytest.mark.xfail(strict=True, reason="C++ step math: NaN at x = ±inf (issue 12, C++ part)")
 
 
 @pytest.mark.parametrize("v_reset", [0.0, None], ids=["hard", "soft"])
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=_CPP_INF), "cuda", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "triton"])
 @pytest.mark.parametrize("name", BUILTIN)
 def test_kernel_surrogate_at_inf_and_nan_matches_reference(backend, name, v_reset):
     """At x = ±inf, NaN and near the dtype's max, a kernel's g′ and ∂g/∂α are the reference's (the

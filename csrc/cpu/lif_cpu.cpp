@@ -20,8 +20,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "output_cache.h"
+#include "../common/lif_checks.h"
 #include "lif_cpu_kernels.h"
+#include "output_cache.h"
 #include "snn_fast/lif_step.h"
 
 namespace snn_fast {
@@ -46,31 +47,11 @@ LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, 
   return r;
 }
 
-void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const c10::optional<Tensor>& mask,
-                  int64_t sg) {
-  TORCH_CHECK(x.dim() == 2, "lif: x must be [T, N], got ", x.dim(), " dims");
-  TORCH_CHECK(x.size(0) >= 1, "lif: x needs T >= 1 time steps");
-  TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1), "lif: v0 must be [N] = [", x.size(1), "], got ",
-              v0.sizes());
-  TORCH_CHECK(v0.scalar_type() == x.scalar_type(), "lif: v0 dtype ", v0.scalar_type(), " != x dtype ",
-              x.scalar_type());
-  TORCH_CHECK(params.dim() == 1 && params.size(0) == 3, "lif: params must be [3] = (k, theta, alpha)");
-  auto want = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(params.scalar_type() == want, "lif: params must be ", want, " for x of ", x.scalar_type());
-  TORCH_CHECK(x.device().is_cpu() && v0.device().is_cpu() && params.device().is_cpu(),
-              "lif (CPU kernel): x, v0 and params must all be CPU tensors");
-  TORCH_CHECK(sg >= 0 && sg < kNumSurrogates, "lif: unknown surrogate id ", sg);
-  if (mask.has_value()) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->sizes() == x.sizes() && mask->device().is_cpu(),
-                "lif: noise_mask must be a CPU bool tensor shaped like x");
-  }
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
                                                        const c10::optional<Tensor>& mask_, int64_t sg,
                                                        bool hard_reset, double v_reset, bool decay_input,
                                                        bool detach_reset, double kappa, bool return_v_seq) {
-  check_common(x_, v0_, params, mask_, sg);
+  check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
   Tensor x = x_.contiguous(), v0 = v0_.contiguous();
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
@@ -96,14 +77,8 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10:
                                                const Tensor& /*s*/, int64_t sg, bool hard_reset, double v_reset,
                                                bool decay_input, bool detach_reset, double kappa,
                                                bool need_param_grad) {
-  check_common(x_, v0_, params, mask_, sg);
-  TORCH_CHECK(grad_s_.sizes() == x_.sizes() && grad_s_.scalar_type() == x_.scalar_type(),
-              "lif_bwd: grad_s must match x in shape and dtype");
-  TORCH_CHECK(!gvlast_.has_value() || gvlast_->sizes() == v0_.sizes(), "lif_bwd: grad_v_last must be [N] = [",
-              x_.size(1), "], got ", gvlast_.has_value() ? gvlast_->sizes() : at::IntArrayRef{});
-  TORCH_CHECK(!gvseq_.has_value() || gvseq_->numel() == 0 || gvseq_->sizes() == x_.sizes(),
-              "lif_bwd: grad_v_seq must be [T, N] like x, got ",
-              gvseq_.has_value() ? gvseq_->sizes() : at::IntArrayRef{});
+  check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
+  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous();
   Tensor gvlast, gvseq;
   if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();

@@ -77,30 +77,26 @@ class BlockQueue {
 #define SNN_CPU_CLONES_FMA
 #endif
 
-// Calls f(std::bool_constant<hard_reset>, std::bool_constant<decay_input>).
-template <typename F>
-void with_flags(bool hard, bool di, F&& f) {
-  if (hard) {
-    if (di) f(std::true_type{}, std::true_type{});
-    else f(std::true_type{}, std::false_type{});
-  } else {
-    if (di) f(std::false_type{}, std::true_type{});
-    else f(std::false_type{}, std::false_type{});
-  }
-}
+// The flags reach the loops as template arguments (snn_fast::with_flags, once per call), so each
+// loop holds only its own step formula: straight vector code. The step itself is lif_step.h's, the
+// functions the CUDA kernels and their emulator run.
 
-// The common case, no noise mask: the reset and charge forms are template arguments, so the loop is
-// a handful of vector ops (the same roundings as lif_charge/lif_reset: x·1 and x·0 select exactly).
-template <bool HARD, bool DI, typename scalar_t, typename acc_t>
-SNN_CPU_CLONES void fwd_block_fast(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
-                                   scalar_t* __restrict__ s, scalar_t* __restrict__ v_last,
-                                   scalar_t* __restrict__ v_seq, acc_t* __restrict__ v, int64_t n, int64_t T,
-                                   int64_t N, const acc_t k, const acc_t theta, const acc_t vr) {
-  auto step = [=](acc_t vv, acc_t xv, scalar_t& sp) {
-    const acc_t h = DI ? vv + (xv - (vv - vr)) * k : (vv - (vv - vr) * k) + xv;
-    const bool spike = (h - theta) >= acc_t(0);
-    sp = scalar_t(spike ? acc_t(1) : acc_t(0));
-    return HARD ? (spike ? vr : h) : (spike ? h - theta : h);
+// One block of n neurons (pointers already offset to the block's first neuron), all T steps. MASKED:
+// the emitted value follows the noise mask (lif_fire_rt: the surrogate's primitive is a runtime switch
+// there, the loop scalar, as before), else the spike (the common case: a handful of vector ops).
+template <bool HARD, bool DI, bool MASKED, typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
+                              const bool* __restrict__ mask, scalar_t* __restrict__ s,
+                              scalar_t* __restrict__ v_last, scalar_t* __restrict__ v_seq,
+                              acc_t* __restrict__ v, int64_t n, int64_t T, int64_t N, const LIFParams<acc_t> p) {
+  // One step of element i = t·N + j: V_{t−1} in, S_t to s[i], V_t returned.
+  auto step = [&](acc_t vv, int64_t i) {
+    const acc_t h = lif_charge<DI>(vv, acc_t(x[i]), p);
+    acc_t sp;
+    if constexpr (MASKED) sp = lif_fire_rt<acc_t>(h, mask[i], p);
+    else sp = lif_spike<acc_t>(h, p);
+    s[i] = scalar_t(sp);
+    return lif_reset<HARD>(h, sp, p);
   };
   for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
   int64_t t = 0;
@@ -114,48 +110,17 @@ SNN_CPU_CLONES void fwd_block_fast(const scalar_t* __restrict__ x, const scalar_
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         acc_t vv = v[j];
-        vv = step(vv, acc_t(x[off + j]), s[off + j]);
-        vv = step(vv, acc_t(x[off + N + j]), s[off + N + j]);
-        vv = step(vv, acc_t(x[off + 2 * N + j]), s[off + 2 * N + j]);
-        v[j] = step(vv, acc_t(x[off + 3 * N + j]), s[off + 3 * N + j]);
+        vv = step(vv, off + j);
+        vv = step(vv, off + N + j);
+        vv = step(vv, off + 2 * N + j);
+        v[j] = step(vv, off + 3 * N + j);
       }
     }
   }
   for (; t < T; ++t) {
     const int64_t off = t * N;
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) v[j] = step(v[j], acc_t(x[off + j]), s[off + j]);
-    if (v_seq != nullptr)
-      for (int64_t j = 0; j < n; ++j) v_seq[off + j] = scalar_t(v[j]);
-  }
-  for (int64_t j = 0; j < n; ++j) v_last[j] = scalar_t(v[j]);
-}
-
-// One block of n neurons (pointers already offset to the block's first neuron), all T steps.
-template <typename scalar_t, typename acc_t>
-SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
-                              const bool* __restrict__ mask, scalar_t* __restrict__ s,
-                              scalar_t* __restrict__ v_last, scalar_t* __restrict__ v_seq,
-                              acc_t* __restrict__ v, int64_t n, int64_t T, int64_t N, const LIFParams<acc_t> p) {
-  for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t off = t * N;  // int64: T·N may exceed 2^31
-    if (mask == nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        acc_t h = lif_charge<acc_t>(v[j], acc_t(x[off + j]), p);
-        acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
-        s[off + j] = scalar_t(sp);
-        v[j] = lif_reset<acc_t>(h, sp, p);
-      }
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        acc_t h = lif_charge<acc_t>(v[j], acc_t(x[off + j]), p);
-        acc_t sp = lif_fire<acc_t>(h, mask[off + j], p);
-        s[off + j] = scalar_t(sp);
-        v[j] = lif_reset<acc_t>(h, sp, p);
-      }
-    }
+    for (int64_t j = 0; j < n; ++j) v[j] = step(v[j], off + j);
     if (v_seq != nullptr)
       for (int64_t j = 0; j < n; ++j) v_seq[off + j] = scalar_t(v[j]);
   }
@@ -167,55 +132,64 @@ void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t*
               scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
   const int64_t B = fwd_block_for(N);
   const int64_t nblocks = (N + B - 1) / B;
-  BlockQueue queue(nblocks);
-  queue.run([&] {
-    std::vector<acc_t> v(B);
-    for (int64_t blk; (blk = queue.next()) >= 0;) {
-      const int64_t n0 = blk * B, n = std::min(B, N - n0);
-      scalar_t* vs = v_seq ? v_seq + n0 : nullptr;
-      if (mask != nullptr) {
-        fwd_block<scalar_t, acc_t>(x + n0, v0 + n0, mask + n0, s + n0, v_last + n0, vs, v.data(), n, T, N, p);
-      } else {
-        auto run = [&](auto hard, auto di) {
-          fwd_block_fast<decltype(hard)::value, decltype(di)::value, scalar_t, acc_t>(
-              x + n0, v0 + n0, s + n0, v_last + n0, vs, v.data(), n, T, N, p.k, p.theta, p.vr);
-        };
-        with_flags(p.hard_reset, p.decay_input, run);
-      }
-    }
-  });
+  with_flags(
+      [&](auto hard, auto di, auto masked) {
+        BlockQueue queue(nblocks);
+        queue.run([&] {
+          std::vector<acc_t> v(B);
+          for (int64_t blk; (blk = queue.next()) >= 0;) {
+            const int64_t n0 = blk * B, n = std::min(B, N - n0);
+            fwd_block<decltype(hard)::value, decltype(di)::value, decltype(masked)::value, scalar_t, acc_t>(
+                x + n0, v0 + n0, mask ? mask + n0 : nullptr, s + n0, v_last + n0, v_seq ? v_seq + n0 : nullptr,
+                v.data(), n, T, N, p);
+          }
+        });
+      },
+      p.hard_reset, p.decay_input, mask != nullptr);
 }
 
+// The surrogate of the backward's loops: a template argument (SG >= 0; the loops vectorise) or, for
+// kRuntimeSurrogate, the runtime id p.sg (one instantiation for all surrogates).
+constexpr int kRuntimeSurrogate = -1;
+template <int SG, typename T>
+inline void surrogate_grads(T xs, const LIFParams<T>& p, T& gp, T& dga) {
+  if constexpr (SG == kRuntimeSurrogate) {
+    sg_grad_dalpha_rt<true, T>(p.sg, xs, p.alpha, gp, dga);
+  } else {
+    gp = sg_grad<SG>(xs, p.alpha);
+    dga = sg_dalpha<SG>(xs, p.alpha);
+  }
+}
+// The emitted S of element i from its H: the noise mask's choice (MASKED) or the spike.
+template <bool MASKED, int SG = kRuntimeSurrogate, typename T>
+inline T emitted_at(T h, const bool* __restrict__ mask, int64_t i, const LIFParams<T>& p) {
+  if constexpr (!MASKED) return lif_spike<T>(h, p);
+  else if constexpr (SG == kRuntimeSurrogate) return lif_fire_rt<T>(h, mask[i], p);
+  else return lif_fire<SG, T>(h, mask[i], p);
+}
 
-// Backward for one block: re-run the forward into vprev (V_{t−1}, T × B), then walk back.
-// Writes the block's (∂k, ∂θ, ∂α) partial sums to out3.
-template <int SG, typename scalar_t, typename acc_t>
+// Backward for one block with parameter gradients: re-run the forward into vprev (V_{t−1}, T × B),
+// then walk back. Writes the block's (∂k, ∂θ, ∂α) partial sums to out3. MASKED: the emitted value
+// follows the noise mask; its primitive is a runtime switch, so the loops are scalar and SG is
+// kRuntimeSurrogate (8 instantiations for the noisy mode, not 88). Both variants run the same
+// operations, so an all-True mask gives bitwise the unmasked result.
+template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
                               const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
                               const scalar_t* __restrict__ v0, const bool* __restrict__ mask,
                               scalar_t* __restrict__ gx, scalar_t* __restrict__ gv0, acc_t* __restrict__ vprev,
                               acc_t* __restrict__ dv, acc_t* __restrict__ lane_sums, int64_t n, int64_t B,
                               int64_t T, int64_t N, const LIFParams<acc_t> p, double* __restrict__ out3) {
-  const acc_t cx = p.decay_input ? p.k : acc_t(1), keep = acc_t(1) - p.k;
   // Re-run the forward: same functions, same operation order, so the same spikes.
   for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[j]);  // dv holds V during the re-run
   for (int64_t t = 0; t < T; ++t) {
     const int64_t off = t * N;
     acc_t* __restrict__ vp = vprev + t * B;
-    if (mask == nullptr) {
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        vp[j] = dv[j];
-        acc_t h = lif_charge<acc_t>(dv[j], acc_t(x[off + j]), p);
-        acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
-        dv[j] = lif_reset<acc_t>(h, sp, p);
-      }
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        vp[j] = dv[j];
-        acc_t h = lif_charge<acc_t>(dv[j], acc_t(x[off + j]), p);
-        dv[j] = lif_reset<acc_t>(h, lif_fire<acc_t>(h, mask[off + j], p), p);
-      }
+    for (int64_t j = 0; j < n; ++j) {
+      vp[j] = dv[j];
+      const acc_t h = lif_charge<DI>(dv[j], acc_t(x[off + j]), p);
+      dv[j] = lif_reset<HARD>(h, emitted_at<MASKED>(h, mask, off + j, p), p);
     }
   }
   for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
@@ -232,34 +206,18 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
     // control flow the vectoriser cannot if-convert.
     if (gvseq != nullptr)
       for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
-    if (mask == nullptr) {
-      for (int64_t j = 0; j < n; ++j) {
-        acc_t xv = acc_t(x[off + j]);
-        acc_t h = lif_charge<acc_t>(vp[j], xv, p);
-        acc_t sp = (h - p.theta) >= acc_t(0) ? acc_t(1) : acc_t(0);
-        acc_t dvt = dv[j];
-        acc_t ek, eth, eal;
-        acc_t eps = lif_step_backward<SG, acc_t>(h, sp, vp[j], xv, acc_t(gs[off + j]), dvt, p, ek, eth, eal);
-        gx[off + j] = scalar_t(eps * cx);
-        dv[j] = eps * keep;
-        sk[j] += ek;
-        sth[j] += eth;
-        sal[j] += eal;
-      }
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        acc_t xv = acc_t(x[off + j]);
-        acc_t h = lif_charge<acc_t>(vp[j], xv, p);
-        acc_t sp = lif_fire<acc_t>(h, mask[off + j], p);
-        acc_t dvt = dv[j];
-        acc_t ek, eth, eal;
-        acc_t eps = lif_step_backward<SG, acc_t>(h, sp, vp[j], xv, acc_t(gs[off + j]), dvt, p, ek, eth, eal);
-        gx[off + j] = scalar_t(eps * cx);
-        dv[j] = eps * keep;
-        sk[j] += ek;
-        sth[j] += eth;
-        sal[j] += eal;
-      }
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t xv = acc_t(x[off + j]);
+      const acc_t h = lif_charge<DI>(vp[j], xv, p);
+      acc_t gp, dga, ek, eth, eal;
+      surrogate_grads<SG>(h - p.theta, p, gp, dga);
+      const acc_t eps = lif_step_backward_g<HARD, DI, DETACH>(h, emitted_at<MASKED>(h, mask, off + j, p), vp[j], xv,
+                                                              acc_t(gs[off + j]), dv[j], gp, dga, p, ek, eth, eal);
+      gx[off + j] = scalar_t(lif_grad_x<DI>(eps, p));
+      dv[j] = lif_grad_v_prev(eps, p);
+      sk[j] += ek;
+      sth[j] += eth;
+      sal[j] += eal;
     }
   }
   for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
@@ -274,28 +232,58 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
   out3[2] = dal;
 }
 
+// The re-run of bwd_block_fast: the forward from v0, keeping H_t in hbuf (T × B, in L2); leaves V_T
+// in v.
+template <bool HARD, bool DI, bool MASKED, typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void rerun_keep_h(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
+                                 const bool* __restrict__ mask, acc_t* __restrict__ hbuf, acc_t* __restrict__ v,
+                                 int64_t n, int64_t B, int64_t T, int64_t N, const LIFParams<acc_t> p) {
+  // H_t of element i = t·N + j into hp, V_t returned: the forward's step, in the forward's
+  // operation order.
+  auto step = [&](acc_t vv, int64_t i, acc_t& hp) {
+    const acc_t h = lif_charge<DI>(vv, acc_t(x[i]), p);
+    hp = h;
+    return lif_reset<HARD>(h, emitted_at<MASKED>(h, mask, i, p), p);
+  };
+  for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) {  // four steps per pass, as in fwd_block
+    const int64_t off = t * N;
+    acc_t* __restrict__ hp = hbuf + t * B;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      acc_t vv = v[j];
+      vv = step(vv, off + j, hp[j]);
+      vv = step(vv, off + N + j, hp[B + j]);
+      vv = step(vv, off + 2 * N + j, hp[2 * B + j]);
+      v[j] = step(vv, off + 3 * N + j, hp[3 * B + j]);
+    }
+  }
+  for (; t < T; ++t) {
+    const int64_t off = t * N;
+    acc_t* __restrict__ hp = hbuf + t * B;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) v[j] = step(v[j], off + j, hp[j]);
+  }
+}
+
 // The walk back from T − 1 to 0 of bwd_block_fast: H_t from hbuf, ∂L/∂V carried in dv. Its own
 // function so that it alone may contract into FMAs (the spike test reads the stored H, so no
 // spike decision can change).
-template <int SG, bool HARD, bool DI, typename scalar_t, typename acc_t>
+// MASKED (the noise mask, no parameter gradients): the same instantiation but for the emitted value,
+// so an all-True mask rounds exactly like the unmasked walk (same expressions, same contractions;
+// with the surrogate as a runtime id instead, the contracted g′ differed in the last bit).
+template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
 SNN_CPU_CLONES_FMA void bwd_walk_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvseq,
-                                      scalar_t* __restrict__ gx, const acc_t* __restrict__ hbuf,
-                                      acc_t* __restrict__ dv, int64_t n, int64_t B, int64_t T, int64_t N,
-                                      const LIFParams<acc_t> p) {
-  const acc_t k = p.k, theta = p.theta, alpha = p.alpha;
-  const acc_t cx = DI ? k : acc_t(1), keep = acc_t(1) - k, live = p.detach_reset ? acc_t(0) : acc_t(1);
-  // ∂S_t/∂H_t-independent part of ∂L/∂S_t through the reset and κ: c0 + c1·H_t.
-  const acc_t c1 = HARD ? -live : acc_t(0), c0 = (HARD ? live * p.vr : -live * theta) + p.kappa;
-  // One step back: ∂L/∂V_t = d and H_t = h in, ∂L/∂X_t to gxo, ∂L/∂V_{t−1} returned.
-  auto back = [=](acc_t d, acc_t h, acc_t g, scalar_t& gxo) {
-    const acc_t xs = h - theta;
-    const bool spike = xs >= acc_t(0);
-    const acc_t gp = sg_grad<SG>(xs, alpha);
-    // ∂L/∂S_t: the output, the reset (unless detached) and κ.
-    const acc_t ds = g + d * (HARD ? c1 * h + c0 : c0);
-    const acc_t eps = (HARD ? (spike ? acc_t(0) : d) : d) + ds * gp;
-    gxo = scalar_t(eps * cx);
-    return eps * keep;
+                                      const bool* __restrict__ mask, scalar_t* __restrict__ gx,
+                                      const acc_t* __restrict__ hbuf, acc_t* __restrict__ dv, int64_t n, int64_t B,
+                                      int64_t T, int64_t N, const LIFParams<acc_t> p) {
+  // One step back: ∂L/∂V_t = d and H_t = h of element i in, ∂L/∂X_t to gx[i], ∂L/∂V_{t−1} returned.
+  auto back = [&](acc_t d, acc_t h, int64_t i) {
+    const acc_t ds = lif_grad_s<HARD, DETACH>(acc_t(gs[i]), d, h, p);
+    const acc_t eps = lif_grad_h<HARD>(d, emitted_at<MASKED, SG>(h, mask, i, p), ds, sg_grad<SG>(h - p.theta, p.alpha));
+    gx[i] = scalar_t(lif_grad_x<DI>(eps, p));
+    return lif_grad_v_prev(eps, p);
   };
   int64_t t = T - 1;
   // Two steps per pass without v_seq (∂L/∂V carried in a register, two rows of ∂L/∂S and ∂L/∂X
@@ -305,10 +293,7 @@ SNN_CPU_CLONES_FMA void bwd_walk_fast(const scalar_t* __restrict__ gs, const sca
       const int64_t off = t * N;
       const acc_t* __restrict__ hp = hbuf + t * B;
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        const acc_t d = back(dv[j], hp[j], acc_t(gs[off + j]), gx[off + j]);
-        dv[j] = back(d, hp[j - B], acc_t(gs[off - N + j]), gx[off - N + j]);
-      }
+      for (int64_t j = 0; j < n; ++j) dv[j] = back(back(dv[j], hp[j], off + j), hp[j - B], off - N + j);
     }
   }
   for (; t >= 0; --t) {
@@ -317,54 +302,25 @@ SNN_CPU_CLONES_FMA void bwd_walk_fast(const scalar_t* __restrict__ gs, const sca
     if (gvseq != nullptr)
       for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) dv[j] = back(dv[j], hp[j], acc_t(gs[off + j]), gx[off + j]);
+    for (int64_t j = 0; j < n; ++j) dv[j] = back(dv[j], hp[j], off + j);
   }
 }
 
-// Backward for the common case (no noise mask, no parameter gradients): re-run the forward keeping
-// H_t (T × B in L2), then walk back reading only H and ∂L/∂S. The flags are template arguments or
-// uniform scalars (live = 0/1 for detach_reset, κ), so the loop is straight vector code. The algebra is
-// lif_step_backward_g's with hard/soft fixed: s·x and (1 − s)·x select exactly.
-template <int SG, bool HARD, bool DI, typename scalar_t, typename acc_t>
-SNN_CPU_CLONES void bwd_block_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
-                                   const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
-                                   const scalar_t* __restrict__ v0, scalar_t* __restrict__ gx,
-                                   scalar_t* __restrict__ gv0, acc_t* __restrict__ hbuf, acc_t* __restrict__ dv,
-                                   int64_t n, int64_t B, int64_t T, int64_t N, const LIFParams<acc_t> p) {
-  const acc_t k = p.k, theta = p.theta, vr = p.vr;
-  // H_t into hp, V_t returned: the forward's step, in the forward's operation order.
-  auto step = [=](acc_t vv, acc_t xv, acc_t& hp) {
-    const acc_t h = DI ? vv + (xv - (vv - vr)) * k : (vv - (vv - vr) * k) + xv;
-    hp = h;
-    const bool spike = (h - theta) >= acc_t(0);
-    return HARD ? (spike ? vr : h) : (spike ? h - theta : h);
-  };
-  for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[j]);  // dv holds V during the re-run
-  int64_t t = 0;
-  for (; t + 4 <= T; t += 4) {  // four steps per pass, as in fwd_block_fast
-    const int64_t off = t * N;
-    acc_t* __restrict__ hp = hbuf + t * B;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      acc_t vv = dv[j];
-      vv = step(vv, acc_t(x[off + j]), hp[j]);
-      vv = step(vv, acc_t(x[off + N + j]), hp[B + j]);
-      vv = step(vv, acc_t(x[off + 2 * N + j]), hp[2 * B + j]);
-      dv[j] = step(vv, acc_t(x[off + 3 * N + j]), hp[3 * B + j]);
-    }
-  }
-  for (; t < T; ++t) {
-    const int64_t off = t * N;
-    acc_t* __restrict__ hp = hbuf + t * B;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) dv[j] = step(dv[j], acc_t(x[off + j]), hp[j]);
-  }
+// Backward without parameter gradients (the common case, and the noise mask's MASKED variant):
+// re-run the forward keeping H_t (T × B in L2), then walk back reading only H and ∂L/∂S.
+template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
+void bwd_block_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
+                    const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
+                    const scalar_t* __restrict__ v0, const bool* __restrict__ mask, scalar_t* __restrict__ gx,
+                    scalar_t* __restrict__ gv0, acc_t* __restrict__ hbuf, acc_t* __restrict__ dv, int64_t n,
+                    int64_t B, int64_t T, int64_t N, const LIFParams<acc_t> p) {
+  rerun_keep_h<HARD, DI, MASKED, scalar_t, acc_t>(x, v0, mask, hbuf, dv, n, B, T, N, p);  // dv holds V here
   for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
-  bwd_walk_fast<SG, HARD, DI, scalar_t, acc_t>(gs, gvseq, gx, hbuf, dv, n, B, T, N, p);
+  bwd_walk_fast<SG, HARD, DI, DETACH, MASKED, scalar_t, acc_t>(gs, gvseq, mask, gx, hbuf, dv, n, B, T, N, p);
   for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
 }
 
-template <int SG, typename scalar_t, typename acc_t>
+template <int SG, bool HARD, bool DI, bool DETACH, typename scalar_t, typename acc_t>
 void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
               const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
               const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad) {
@@ -378,18 +334,27 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
     std::vector<acc_t> vprev(T * B), dv(B), lane_sums(3 * B);
     for (int64_t blk; (blk = queue.next()) >= 0;) {
       const int64_t n0 = blk * B, n = std::min(B, N - n0);
-      if (mask == nullptr && !need_param_grad) {
-        auto run = [&](auto hard, auto di) {
-          bwd_block_fast<SG, decltype(hard)::value, decltype(di)::value, scalar_t, acc_t>(
-              gs + n0, gvlast ? gvlast + n0 : nullptr, gvseq ? gvseq + n0 : nullptr, x + n0, v0 + n0, gx + n0,
-              gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);
-        };
-        with_flags(p.hard_reset, p.decay_input, run);
-        continue;
+      const scalar_t* gvl = gvlast ? gvlast + n0 : nullptr;
+      const scalar_t* gvs = gvseq ? gvseq + n0 : nullptr;
+      const bool* m = mask ? mask + n0 : nullptr;
+      double* out3 = partial.data() + blk * 3;
+      if (need_param_grad) {
+        if (mask != nullptr)
+          bwd_block<kRuntimeSurrogate, HARD, DI, DETACH, true, scalar_t, acc_t>(
+              gs + n0, gvl, gvs, x + n0, v0 + n0, m, gx + n0, gv0 + n0, vprev.data(), dv.data(), lane_sums.data(),
+              n, B, T, N, p, out3);
+        else
+          bwd_block<SG, HARD, DI, DETACH, false, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m, gx + n0,
+                                                                  gv0 + n0, vprev.data(), dv.data(),
+                                                                  lane_sums.data(), n, B, T, N, p, out3);
+      } else if (mask != nullptr) {
+        bwd_block_fast<SG, HARD, DI, DETACH, true, scalar_t, acc_t>(
+            gs + n0, gvl, gvs, x + n0, v0 + n0, m, gx + n0, gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);
+      } else {
+        bwd_block_fast<SG, HARD, DI, DETACH, false, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m,
+                                                                     gx + n0, gv0 + n0, vprev.data(), dv.data(), n,
+                                                                     B, T, N, p);
       }
-      bwd_block<SG, scalar_t, acc_t>(gs + n0, gvlast ? gvlast + n0 : nullptr, gvseq ? gvseq + n0 : nullptr, x + n0,
-                                     v0 + n0, mask ? mask + n0 : nullptr, gx + n0, gv0 + n0, vprev.data(),
-                                     dv.data(), lane_sums.data(), n, B, T, N, p, partial.data() + blk * 3);
     }
   });
   if (need_param_grad) {
@@ -400,29 +365,30 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
   }
 }
 
-// The surrogate is a template argument of the backward so its inner loop vectorises.
-template <typename scalar_t, typename acc_t, typename... Args>
-void bwd_dispatch(int sg, Args&&... args) {
-  switch (sg) {
-#define SNN_CASE(ID) \
-  case ID:           \
-    return bwd_impl<ID, scalar_t, acc_t>(std::forward<Args>(args)...);
-    SNN_FAST_SURROGATE_CASES(SNN_CASE)
-#undef SNN_CASE
-  }
-}
-
 template <typename scalar_t, typename acc_t>
 void lif_fwd_kernel(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
                     scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
   fwd_impl<scalar_t, acc_t>(x, v0, mask, s, v_last, v_seq, T, N, p);
 }
 
+// The surrogate and the flags are template arguments of the backward so its inner loops vectorise.
 template <typename scalar_t, typename acc_t>
 void lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
                     const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
                     const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad) {
-  bwd_dispatch<scalar_t, acc_t>(sg, gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, need_param_grad, param_grad);
+  with_flags(
+      [&](auto hard, auto di, auto detach) {
+        switch (sg) {
+#define SNN_CASE(ID)                                                                                         \
+  case ID:                                                                                                   \
+    return bwd_impl<ID, decltype(hard)::value, decltype(di)::value, decltype(detach)::value, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, mask, \
+                                                                             gx, gv0, T, N, p, need_param_grad, \
+                                                                             param_grad);
+          SNN_FAST_SURROGATE_CASES(SNN_CASE)
+#undef SNN_CASE
+        }
+      },
+      p.hard_reset, p.decay_input, p.detach_reset);
 }
 
 #define SNN_FAST_INSTANTIATE_LIF_CPU(scalar_t, acc_t)                                                        \

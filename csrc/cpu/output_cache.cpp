@@ -152,10 +152,11 @@ at::Tensor empty_cpu_cached(at::IntArrayRef sizes, at::ScalarType dtype) {
 std::vector<int64_t> cpu_cache_stats() { return CachingCPUAllocator::get().stats(); }
 void cpu_cache_clear() { CachingCPUAllocator::get().clear(); }
 
-TORCH_LIBRARY_FRAGMENT(snn_fast, m) {
-  // Introspection of the CPU output cache (output_cache.h): [cached bytes, live bytes, hits, misses].
-  m.def("cpu_cache_stats() -> int[]", &cpu_cache_stats);
-  m.def("cpu_cache_clear() -> ()", &cpu_cache_clear);
+// Schemas in csrc/ops.cpp. No tensor arguments, so no backend key to dispatch on: registered as
+// CompositeImplicitAutograd, which the dispatcher also uses when the key set is empty.
+TORCH_LIBRARY_IMPL(snn_fast, CompositeImplicitAutograd, m) {
+  m.impl("cpu_cache_stats", &cpu_cache_stats);
+  m.impl("cpu_cache_clear", &cpu_cache_clear);
 }
 
 }  // namespace snn_fast

@@ -113,29 +113,35 @@ SNN_HD void load_mask(const bool* __restrict__ base, int64_t off, bool (&out)[VE
   for (int j = 0; j < VEC; ++j) out[j] = pk.v[j] != 0;
 }
 
-// The saved state of one element (see lif_cuda.h): encode in the forward, decode in the backward.
-// decode returns H and the forward's hard spike Θ(H − θ).
+// The saved state of one element (lif_step.h documents the encoding): encode in the forward,
+// decode in the backward into H, H − θ and the forward's hard spike Θ(H − θ).
 template <typename scalar_t>
-struct SavedCodec {
+struct SavedCodec {  // float32 / float64: H itself
   using acc_t = acc_of_t<scalar_t>;
-  SNN_HD static scalar_t encode(acc_t h, acc_t /*theta*/, bool /*spike*/) { return h; }
-  SNN_HD static void decode(scalar_t raw, acc_t theta, acc_t& h, bool& spike) {
+  SNN_HD static scalar_t encode(acc_t h, acc_t /*theta*/) { return h; }
+  SNN_HD static void decode(scalar_t raw, acc_t theta, acc_t& h, acc_t& xs, bool& spike) {
     h = raw;
-    spike = (h - theta) >= acc_t(0);  // the forward's own comparison on the same H: bitwise equal
+    xs = h - theta;
+    spike = xs >= acc_t(0);  // the forward's own comparison on the same H: bitwise equal
   }
 };
 
 template <typename scalar_t>
-struct SavedCodec16 {  // float16 / bfloat16: D = H − θ with the spike in the mantissa LSB
+struct SavedCodec16 {  // float16 / bfloat16: D = H − θ in the storage dtype, S = sign bit clear
   SNN_HD static unsigned short bits(scalar_t v);
   SNN_HD static scalar_t from_bits(unsigned short b);
-  SNN_HD static scalar_t encode(float h, float theta, bool spike) {
-    unsigned short b = bits(from_acc<scalar_t>(h - theta));
-    return from_bits(static_cast<unsigned short>((b & 0xFFFEu) | (spike ? 1u : 0u)));
+  SNN_HD static scalar_t encode(float h, float theta) {
+    const float xs = h - theta;
+    const unsigned short b = bits(from_acc<scalar_t>(xs));
+    // The sign bit is set to "no spike". Rounding to nearest keeps the sign of every other value
+    // (this changes no bit there); it matters for the two that would lie: H − θ = −0 (a spike: −0 ≥ 0)
+    // and NaN (no spike, whatever NaN's sign).
+    return from_bits(xs >= 0.0f ? static_cast<unsigned short>(b & 0x7FFFu) : static_cast<unsigned short>(b | 0x8000u));
   }
-  SNN_HD static void decode(scalar_t raw, float theta, float& h, bool& spike) {
-    spike = (bits(raw) & 1u) != 0;
-    h = to_acc(raw) + theta;
+  SNN_HD static void decode(scalar_t raw, float theta, float& h, float& xs, bool& spike) {
+    spike = (bits(raw) & 0x8000u) == 0;
+    xs = to_acc(raw);
+    h = xs + theta;
   }
 };
 template <> SNN_HD unsigned short SavedCodec16<__half>::bits(__half v) {
@@ -175,11 +181,24 @@ SNN_HD LIFParams<acc_t> load_params(const acc_t* __restrict__ params, const LIFF
   return p;
 }
 
-// The emitted value given H and the forward's hard spike: the spike where the mask is on (or there
-// is no mask), g(H − θ) elsewhere (SPEC §4). Same function as lif_fire, spike supplied.
+// The emitted value given H − θ and the forward's hard spike: the spike where the mask is on (or
+// there is no mask), g(H − θ) elsewhere. lif_fire_rt of lif_step.h with both already decoded.
 template <typename acc_t>
-SNN_HD acc_t emitted(acc_t h, bool spike, bool mask_on, const LIFParams<acc_t>& p) {
-  return mask_on ? (spike ? acc_t(1) : acc_t(0)) : sg_prim_rt<acc_t>(p.sg, h - p.theta, p.alpha);
+SNN_HD acc_t emitted(acc_t xs, bool spike, bool mask_on, const LIFParams<acc_t>& p) {
+  return mask_on ? (spike ? acc_t(1) : acc_t(0)) : sg_prim_rt<acc_t>(p.sg, xs, p.alpha);
+}
+
+// Calls f(scalar_t{}) for the storage type of `dtype` and returns its result (a cudaError_t as int);
+// cudaErrorInvalidValue for an unknown dtype. One switch for the launchers and the emulator.
+template <typename F>
+int with_storage_type(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: return f(float{});
+    case DType::kFloat16: return f(__half{});
+    case DType::kBFloat16: return f(__nv_bfloat16{});
+    case DType::kFloat64: return f(double{});
+  }
+  return int(cudaErrorInvalidValue);
 }
 
 // Elements per thread: 16 B of storage (4 fp32, 8 fp16/bf16, 2 fp64) when the layout allows.

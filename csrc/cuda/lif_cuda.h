@@ -11,13 +11,9 @@
 //                                                                        decay_input)
 // 6b in all, vs the 5b floor of re-running the forward from x in the backward (the CPU kernel's
 // way): on a GPU the re-run needs T values per neuron that do not fit in registers for large T, and
-// H gives g′ directly. Saved H per dtype:
-//   float32/float64: H itself; the spike is recomputed as H − θ ≥ 0, bitwise the forward's.
-//   float16/bfloat16: D = H − θ rounded to the storage dtype (centred on θ, so the precision sits
-//     where g′ is large) with the mantissa LSB replaced by the forward's spike bit: spikes are
-//     recovered exactly (rounding alone could flip H − θ ≥ 0 near θ), D is within 1.5 storage ulps
-//     (half an ulp of rounding plus the replaced bit); only g′, ∂g/∂α and V_{t−1} (for ∂L/∂k) see
-//     that error. Cost: 2 B/element, where saving H in float32 would cost 4.
+// H gives g′ directly. What is saved per dtype (H for float32/float64, H − θ with the spike in its
+// sign bit for float16/bfloat16, 2 B/element where saving H in float32 would cost 4) is documented
+// once, at the end of snn_fast/lif_step.h; the Triton backend saves the same.
 #pragma once
 
 #include <cstdint>

@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../common/lif_checks.h"
 #include "lif_cuda.h"
 
 namespace snn_fast {
@@ -30,23 +31,7 @@ DType dtype_of(const Tensor& x) {
 
 void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const c10::optional<Tensor>& mask,
                   int64_t sg) {
-  TORCH_CHECK(x.dim() == 2, "lif: x must be [T, N], got ", x.dim(), " dims");
-  TORCH_CHECK(x.size(0) >= 1, "lif: x needs T >= 1 time steps");
-  TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1), "lif: v0 must be [N] = [", x.size(1), "], got ",
-              v0.sizes());
-  TORCH_CHECK(v0.scalar_type() == x.scalar_type(), "lif: v0 dtype ", v0.scalar_type(), " != x dtype ",
-              x.scalar_type());
-  TORCH_CHECK(params.dim() == 1 && params.size(0) == 3, "lif: params must be [3] = (k, theta, alpha)");
-  auto want = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(params.scalar_type() == want, "lif: params must be ", want, " for x of ", x.scalar_type());
-  TORCH_CHECK(x.is_cuda() && v0.device() == x.device() && params.device() == x.device(),
-              "lif (CUDA kernel): x, v0 and params must be on the same CUDA device, got ", x.device(), ", ",
-              v0.device(), ", ", params.device());
-  TORCH_CHECK(sg >= 0 && sg < 11, "lif: unknown surrogate id ", sg);
-  if (mask.has_value()) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->sizes() == x.sizes() && mask->device() == x.device(),
-                "lif: noise_mask must be a bool tensor shaped like x on x's device");
-  }
+  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CUDA, "CUDA kernel");
   dtype_of(x);
 }
 
@@ -93,9 +78,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s_, const c10
                                                 bool decay_input, bool detach_reset, double kappa,
                                                 bool need_param_grad) {
   check_common(x_, v0_, params_, mask_, sg);
-  TORCH_CHECK(grad_s_.sizes() == x_.sizes() && grad_s_.scalar_type() == x_.scalar_type() &&
-                  grad_s_.device() == x_.device(),
-              "lif_bwd: grad_s must match x in shape, dtype and device");
+  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
   TORCH_CHECK(saved_.sizes() == x_.sizes() && saved_.scalar_type() == x_.scalar_type() &&
                   saved_.device() == x_.device(),
               "lif_bwd (CUDA kernel): `saved` must be the [T, N] state written by the CUDA lif_fwd, got ",
@@ -106,8 +89,6 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s_, const c10
   Tensor gvlast, gvseq;
   if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();
   if (gvseq_.has_value() && gvseq_->numel() > 0) gvseq = gvseq_->to(x.scalar_type()).contiguous();
-  if (gvlast.defined()) TORCH_CHECK(gvlast.sizes() == v0.sizes(), "lif_bwd: grad_v_last must be [N]");
-  if (gvseq.defined()) TORCH_CHECK(gvseq.sizes() == x.sizes(), "lif_bwd: grad_v_seq must be [T, N]");
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);

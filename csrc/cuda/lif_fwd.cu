@@ -47,14 +47,9 @@ int launch(const LIFFwdArgs& args, cudaStream_t stream) {
 }  // namespace
 
 int lif_fwd_launch(const LIFFwdArgs& args, void* stream) {
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  switch (args.dtype) {
-    case DType::kFloat32: return launch<float>(args, st);
-    case DType::kFloat16: return launch<__half>(args, st);
-    case DType::kBFloat16: return launch<__nv_bfloat16>(args, st);
-    case DType::kFloat64: return launch<double>(args, st);
-  }
-  return int(cudaErrorInvalidValue);
+  return with_storage_type(args.dtype, [&](auto tag) {
+    return launch<decltype(tag)>(args, static_cast<cudaStream_t>(stream));
+  });
 }
 
 }  // namespace cuda

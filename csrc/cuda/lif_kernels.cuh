@@ -46,14 +46,17 @@ SNN_HD void lif_fwd_thread(const FwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
     }
     acc_t sv[VEC];
     scalar_t hv[VEC];
+    with_flags(
+        [&](auto hard, auto di) {
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const acc_t h = lif_charge<acc_t>(v[j], xv[j], p);
-      const bool spike = (h - p.theta) >= acc_t(0);
-      sv[j] = emitted<acc_t>(h, spike, m[j], p);
-      v[j] = lif_reset<acc_t>(h, sv[j], p);
-      hv[j] = Codec::encode(h, p.theta, spike);
-    }
+          for (int j = 0; j < VEC; ++j) {
+            const acc_t h = lif_charge<decltype(di)::value>(v[j], xv[j], p);
+            sv[j] = lif_fire_rt<acc_t>(h, m[j], p);
+            v[j] = lif_reset<decltype(hard)::value>(h, sv[j], p);
+            hv[j] = Codec::encode(h, p.theta);
+          }
+        },
+        p.hard_reset, p.decay_input);
     store_acc<VEC>(a.s, off, sv);
     store_pack<VEC>(a.saved, off, hv);
     if (a.v_seq != nullptr) store_acc<VEC>(a.v_seq, off, v);
@@ -86,7 +89,6 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
   const int64_t n0 = i * VEC;  // int64 throughout: T·N may exceed 2^31
   if (n0 >= N) return;
   const LIFParams<acc_t> p = load_params<acc_t>(a.params, flags);
-  const acc_t cx = p.decay_input ? p.k : acc_t(1), keep = acc_t(1) - p.k;
 
   acc_t dv[VEC];
   if (a.grad_v_last != nullptr) {
@@ -95,11 +97,12 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
 #pragma unroll
     for (int j = 0; j < VEC; ++j) dv[j] = acc_t(0);
   }
-  // H and the emitted S of a step, decoded from the saved state (+ mask). Loaded one step ahead
-  // (step t − 1 in iteration t), so PARAM gets V_{t−1} = reset(H_{t−1}, S_{t−1}) from the same read.
-  auto load_step = [&](int64_t t, acc_t(&hh)[VEC], acc_t(&ss)[VEC]) {
+  // A step's saved state and its emitted S (decoded + mask). Loaded one step ahead (step t − 1 in
+  // iteration t), so PARAM gets V_{t−1} = reset(H_{t−1}, S_{t−1}) from the same read. The raw saved
+  // value is what is carried to the next iteration, H and H − θ are decoded from it where used: fewer
+  // live registers (carrying both made the float64 ×2 kernel spill on sm_90).
+  auto load_step = [&](int64_t t, scalar_t(&raw)[VEC], acc_t(&ss)[VEC]) {
     const int64_t off = t * N + n0;
-    scalar_t raw[VEC];
     load_pack<VEC>(a.saved, off, raw);
     bool m[VEC];
     if (a.mask != nullptr) {
@@ -110,34 +113,29 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
     }
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
+      acc_t hh, xx;
       bool spike;
-      Codec::decode(raw[j], p.theta, hh[j], spike);
-      ss[j] = emitted<acc_t>(hh[j], spike, m[j], p);
+      Codec::decode(raw[j], p.theta, hh, xx, spike);
+      ss[j] = emitted<acc_t>(xx, spike, m[j], p);
     }
   };
-  acc_t h[VEC], s[VEC];
-  load_step(T - 1, h, s);
+  scalar_t raw[VEC];
+  acc_t s[VEC];
+  load_step(T - 1, raw, s);
 
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t off = t * N + n0;
-    acc_t hp[VEC], sp[VEC], vprev[VEC], xv[VEC];
-    if (t > 0) load_step(t - 1, hp, sp);
+    scalar_t rawp[VEC];
+    acc_t sp[VEC], v0v[VEC], xv[VEC];
+    if (t > 0) load_step(t - 1, rawp, sp);
     if (PARAM) {
-      if (t > 0) {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) vprev[j] = lif_reset<acc_t>(hp[j], sp[j], p);
-      } else {
-        load_acc<VEC>(a.v0, n0, vprev);
-      }
+      if (t == 0) load_acc<VEC>(a.v0, n0, v0v);
       if (p.decay_input) {
         load_acc<VEC>(a.x, off, xv);
       } else {
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) xv[j] = acc_t(0);
+        for (int j = 0; j < VEC; ++j) xv[j] = acc_t(0);  // unused: ∂H/∂k has no X term
       }
-    } else {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) vprev[j] = xv[j] = acc_t(0);  // unused without PARAM
     }
     acc_t gs[VEC];
     load_acc<VEC>(a.grad_s, off, gs);
@@ -147,26 +145,45 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
 #pragma unroll
       for (int j = 0; j < VEC; ++j) dv[j] += gq[j];
     }
-    acc_t gx[VEC];
+    acc_t h[VEC], gp[VEC], dga[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      acc_t gp, dga;
-      sg_grad_dalpha_rt<PARAM, acc_t>(p.sg, h[j] - p.theta, p.alpha, gp, dga);
-      acc_t g_dk, g_dth, g_dal;
-      const acc_t eps = lif_step_backward_g<acc_t>(h[j], s[j], vprev[j], xv[j], gs[j], dv[j], gp, dga, p, g_dk, g_dth, g_dal);
-      gx[j] = eps * cx;
-      dv[j] = eps * keep;
-      if (PARAM) {
-        dk += g_dk;
-        dth += g_dth;
-        dal += g_dal;
-      }
+      acc_t xs;
+      bool spike;
+      Codec::decode(raw[j], p.theta, h[j], xs, spike);
+      sg_grad_dalpha_rt<PARAM, acc_t>(p.sg, xs, p.alpha, gp[j], dga[j]);
     }
+    acc_t gx[VEC];
+    with_flags(
+        [&](auto hard, auto di, auto detach) {
+          constexpr bool HARD = decltype(hard)::value, DI = decltype(di)::value;
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) {
+            acc_t vprev = acc_t(0);  // V_{t−1}: the reset of the previous step's H and S, or v0 (PARAM only)
+            if (PARAM) {
+              acc_t hprev, xsprev;
+              bool spikeprev;
+              if (t > 0) Codec::decode(rawp[j], p.theta, hprev, xsprev, spikeprev);
+              vprev = t > 0 ? lif_reset<HARD>(hprev, sp[j], p) : v0v[j];
+            }
+            acc_t g_dk, g_dth, g_dal;
+            const acc_t eps = lif_step_backward_g<HARD, DI, decltype(detach)::value, acc_t>(
+                h[j], s[j], vprev, PARAM ? xv[j] : acc_t(0), gs[j], dv[j], gp[j], dga[j], p, g_dk, g_dth, g_dal);
+            gx[j] = lif_grad_x<DI>(eps, p);
+            dv[j] = lif_grad_v_prev(eps, p);
+            if (PARAM) {
+              dk += g_dk;
+              dth += g_dth;
+              dal += g_dal;
+            }
+          }
+        },
+        p.hard_reset, p.decay_input, p.detach_reset);
     store_acc<VEC>(a.grad_x, off, gx);
     if (t > 0) {
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        h[j] = hp[j];
+        raw[j] = rawp[j];
         s[j] = sp[j];
       }
     }

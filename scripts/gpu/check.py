@@ -176,7 +176,7 @@ class Runner:
         return "\n".join(lines) + "\n"
 
 
-def _last_words(path, n=160):
+def _last_words(path, n=400):
     try:
         with open(path, errors="replace") as f:
             lines = [ln.strip() for ln in f if ln.strip()]

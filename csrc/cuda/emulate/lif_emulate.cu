@@ -3,9 +3,11 @@
 // Runs the very thread bodies the __global__ kernels run (lif_fwd_thread / lif_bwd_thread of
 // ../lif_kernels.cuh), for every thread index in turn, on host memory, with the same vector-width
 // choice as the launchers. What this checks: indexing, the 16-byte packs and the scalar fallback,
-// the saved-H codec (spike bit of fp16/bf16), the one-step-ahead carry, V_{t−1} for ∂L/∂k, the
-// optional inputs, the order of operations of lif_step.h. What it does not: the device's own math
-// library (expf etc. round differently from the host's), warp shuffles, memory coalescing.
+// the saved-state codec (H − θ with the spike in its sign bit for fp16/bf16), the one-step-ahead
+// carry, V_{t−1} for ∂L/∂k, the optional inputs, the flag dispatch and lif_step.h's functions in
+// their order of operations (the CPU kernels run the same; the one device-only line in them is the
+// mul_rn shim). What it does not: the device's own math library (expf etc. round differently from
+// the host's), warp shuffles, memory coalescing.
 // The per-block parameter-gradient partials are summed per block in double, like the kernel (in
 // thread order instead of the shuffle tree).
 //
@@ -79,13 +81,10 @@ int emu_lif_fwd(int dtype, int wide, int64_t T, int64_t N, const void* x, const 
                 const bool* mask, void* s, void* v_last, void* v_seq, void* saved, int sg, int hard_reset,
                 double v_reset, int decay_input, int detach_reset, double kappa) {
   const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa};
-  switch (dtype) {
-    case 0: fwd<float>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f); return 0;
-    case 1: fwd<__half>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f); return 0;
-    case 2: fwd<__nv_bfloat16>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f); return 0;
-    case 3: fwd<double>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f); return 0;
-  }
-  return 1;
+  return with_storage_type(DType(dtype), [&](auto tag) {
+    fwd<decltype(tag)>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f);
+    return 0;
+  });
 }
 
 int emu_lif_bwd(int dtype, int wide, int64_t T, int64_t N, const void* gs, const void* gvl, const void* gvs,
@@ -93,13 +92,10 @@ int emu_lif_bwd(int dtype, int wide, int64_t T, int64_t N, const void* gs, const
                 void* gv0, int need_param, void* grad_params, int sg, int hard_reset, double v_reset,
                 int decay_input, int detach_reset, double kappa) {
   const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa};
-  switch (dtype) {
-    case 0: bwd<float>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f); return 0;
-    case 1: bwd<__half>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f); return 0;
-    case 2: bwd<__nv_bfloat16>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f); return 0;
-    case 3: bwd<double>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f); return 0;
-  }
-  return 1;
+  return with_storage_type(DType(dtype), [&](auto tag) {
+    bwd<decltype(tag)>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f);
+    return 0;
+  });
 }
 
 }  // extern "C"

@@ -1,12 +1,24 @@
-// One LIF step, forward and backward (SPEC §2, §4), shared by the CPU and CUDA kernels.
+// One LIF step, forward and backward (SPEC §2, §4), shared by the CPU kernels, the CUDA kernels and
+// the CUDA kernels' host emulator: the same functions, with the same flags, in all three.
 //
 // Parametrisation: k = 1/τ (0 for IF), cx = k (decay_input) or 1, vr = v_reset (hard) or 0 (soft).
 //   charge  H = V + (X − (V − vr))·k        (decay_input)
 //           H = V − (V − vr)·k + X          (otherwise)
 //   fire    S = Θ(H − θ) (Θ(0) = 1), or g(H − θ) where the noise mask is 0
 //   reset   V = S·vr + (1 − S)·H (hard)  |  V = H − S·θ (soft)
-// The charge is written in the reference's operation order, so fp32 kernels round exactly like the
-// fp32 reference and spikes do not flip between them.
+//
+// Every function evaluates the reference's expression (snn_fast/ops/lif/reference.py) in the
+// reference's operation order under IEEE arithmetic, so fp32 kernels round exactly like the fp32
+// reference (spikes do not flip between them) and ±inf, NaN and values near the dtype's max give
+// the reference's answer: e.g. a hard reset of H = +inf is 1·vr + 0·inf = NaN there and here.
+//
+// The flags are template parameters (HARD: hard reset, DI: decay_input, DETACH: detach_reset), so
+// each instantiation holds its own formula and nothing else. Two forms once lived here and must not
+// come back: blending both forms with 0/1 factors (0·inf = NaN: an infinite X or H gave NaN, or lost
+// a spike, where the reference has a number) and forking on __CUDA_ARCH__ (the CPU tests and the
+// emulator never ran the device branch they vouch for). Callers turn runtime flags into template
+// arguments with with_flags: the CPU kernels once per block, the CUDA kernels per element (a
+// uniform branch, free there).
 #pragma once
 
 #include "snn_fast/surrogate.h"
@@ -26,44 +38,46 @@ struct LIFParams {
   bool detach_reset;
 };
 
+// A compile-time flag (std::bool_constant without <type_traits>' host-only parts).
+template <bool B>
+struct Flag {
+  static constexpr bool value = B;
+};
+
 namespace detail {
-// Round-to-nearest add/sub/mul that the compiler may not fuse into an FMA. nvcc contracts a·b + c
-// by default (--fmad=true), which rounds once instead of twice and would let the CUDA charge drift
-// from the fp32 reference by an ulp, enough to flip a spike sitting on θ. On the host these are the
-// plain operators, exactly what the CPU kernel compiled before (its x86-64 baseline has no FMA).
-SNN_HD float add_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
+template <bool... Bs, typename F>
+SNN_HD void with_flags_impl(F& f) {
+  f(Flag<Bs>{}...);
 }
-SNN_HD float sub_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
+template <bool... Bs, typename F, typename... Rest>
+SNN_HD void with_flags_impl(F& f, bool b, Rest... rest) {
+  if (b) with_flags_impl<Bs..., true>(f, rest...);
+  else with_flags_impl<Bs..., false>(f, rest...);
 }
+}  // namespace detail
+
+// Calls f(Flag<b0>{}, Flag<b1>{}, …) for runtime bools b0, b1, …: one instantiation of f per
+// combination, selected by branches.
+template <typename F, typename... Bools>
+SNN_HD void with_flags(F&& f, Bools... b) {
+  detail::with_flags_impl<>(f, bool(b)...);
+}
+
+namespace detail {
+// a·b rounded on its own: the one device/host shim of the step math. nvcc contracts a·b + c into an
+// FMA by default (--fmad=true), which rounds once instead of twice and would let the CUDA charge
+// drift from the fp32 reference by an ulp, enough to flip a spike sitting on θ. __fmul_rn is never
+// contracted, and every product of the charge and the reset goes through here, so the adds around
+// them have no product left to fuse with. The host twin is the plain product: host code is built
+// with -ffp-contract=off (setup.py, and the emulator's build in tests/test_cuda_compile.py: nvcc's
+// host compiler contracts by default where the target has FMA), so it rounds once, the same.
+// tests/test_cpp_step.py checks both sides: the host charge against step-by-step correctly rounded
+// arithmetic, and the device charge's PTX for the absence of fma.
 SNN_HD float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fmul_rn(a, b);
 #else
   return a * b;
-#endif
-}
-SNN_HD double add_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-SNN_HD double sub_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dsub_rn(a, b);
-#else
-  return a - b;
 #endif
 }
 SNN_HD double mul_rn(double a, double b) {
@@ -75,78 +89,148 @@ SNN_HD double mul_rn(double a, double b) {
 }
 }  // namespace detail
 
-// Both charge forms are evaluated with unfused round-to-nearest operations (reference order). On the
-// host they are blended by an exact 0/1 factor: a `?:` on the flag keeps GCC from vectorising the
-// CPU backward loop (measured: scalar code, 6x slower) and the extra flops are free in a
-// memory-bound loop. On the GPU the flag is a uniform branch.
-template <typename T>
+// ------------------------------------------------------------------------------------------------
+// Forward
+
+template <bool DI, typename T>
 SNN_HD T lif_charge(T v, T x, const LIFParams<T>& p) {
-  using namespace detail;
-#ifdef __CUDA_ARCH__
-  return p.decay_input ? add_rn(v, mul_rn(sub_rn(x, sub_rn(v, p.vr)), p.k))
-                       : add_rn(sub_rn(v, mul_rn(sub_rn(v, p.vr), p.k)), x);
-#else
-  const T di = p.decay_input ? T(1) : T(0);
-  T with_input_decay = v + (x - (v - p.vr)) * p.k;
-  T plain = (v - (v - p.vr) * p.k) + x;
-  return di * with_input_decay + (T(1) - di) * plain;
-#endif
+  using detail::mul_rn;
+  if constexpr (DI) {
+    return v + mul_rn(x - (v - p.vr), p.k);
+  } else {
+    return (v - mul_rn(v - p.vr, p.k)) + x;
+  }
 }
 
-// Emitted value: the spike where the mask is 1 (always, without a mask), g(H − θ) where it is 0.
+// The hard spike Θ(H − θ) as 0/1 (NaN H: 0, as the reference's comparison).
 template <typename T>
+SNN_HD T lif_spike(T h, const LIFParams<T>& p) {
+  return (h - p.theta) >= T(0) ? T(1) : T(0);
+}
+
+// Emitted value: the spike where the mask is on, g(H − θ) where it is off (SPEC §4). A select, so an
+// all-True mask gives exactly the unmasked result. lif_fire_rt: the surrogate as a runtime id.
+template <int SG, typename T>
 SNN_HD T lif_fire(T h, bool mask_on, const LIFParams<T>& p) {
-  T xs = h - p.theta;
-  return mask_on ? (xs >= T(0) ? T(1) : T(0)) : sg_prim_rt<T>(p.sg, xs, p.alpha);
+  return mask_on ? lif_spike(h, p) : sg_prim<SG>(h - p.theta, p.alpha);
+}
+template <typename T>
+SNN_HD T lif_fire_rt(T h, bool mask_on, const LIFParams<T>& p) {
+  return mask_on ? lif_spike(h, p) : sg_prim_rt<T>(p.sg, h - p.theta, p.alpha);
 }
 
-template <typename T>
+// Unfused like the charge: with an analog (noisy) s these roundings matter; with a 0/1 spike the
+// blend is still evaluated as written (H = ±inf or NaN with S = 1 gives NaN, as the reference).
+template <bool HARD, typename T>
 SNN_HD T lif_reset(T h, T s, const LIFParams<T>& p) {
-  using namespace detail;
-  // Unfused like the charge: with an analog (noisy) s these roundings matter.
-  return p.hard_reset ? add_rn(mul_rn(s, p.vr), mul_rn(sub_rn(T(1), s), h)) : sub_rn(h, mul_rn(s, p.theta));
+  using detail::mul_rn;
+  if constexpr (HARD) {
+    return mul_rn(s, p.vr) + mul_rn(T(1) - s, h);
+  } else {
+    return h - mul_rn(s, p.theta);
+  }
 }
 
-// Gradients of one step given gp = g′(H − θ) and dga = ∂g/∂α there. In: H, the emitted S, V_{t−1},
-// X, ∂L/∂S_t and dv = ∂L/∂V_t (all paths). Returns ε = ∂L/∂H_t (the caller forms ∂L/∂X_t = ε·cx and
-// ∂L/∂V_{t−1} = ε·(1 − k)); writes this step's contributions to ∂L/∂k, ∂L/∂θ, ∂L/∂α. Scalars, not a
-// struct: GCC's `omp simd` cannot vectorise a loop holding an aggregate local. The flags enter as 0/1
-// factors, not `?:`: x·1 and x·0 are exact, so this equals the branchy form for finite values, and a
-// select on a flag inside the loop stops GCC vectorising it.
+// ------------------------------------------------------------------------------------------------
+// Backward: the reference's autograd graph of one step. dv = ∂L/∂V_t (all paths), grad_s = ∂L/∂S_t
+// from the output, gp = g′(H − θ), dga = ∂g/∂α there. Flags select terms, nothing is multiplied by a
+// 0/1 flag, and 1 − S, ε − ε·k keep the reference's products, so for finite incoming gradients a
+// non-finite H, X or V gives NaN and ±inf exactly where the reference does (the CPU kernel and the
+// emulator are tested on that). One grouping differs: ∂L/∂S_t takes dv·((vr + κ) − H) where autograd
+// adds dv·vr − dv·H + κ·dv; they differ only for an infinite ∂L/∂V supplied by the caller.
+
+// ∂L/∂S_t: the output's gradient, the reset's (unless detached) and κ's. vr + κ is loop-invariant
+// (hoisted by the compiler): one subtraction per element, as many operations as the earlier
+// c0 + c1·H form.
+template <bool HARD, bool DETACH, typename T>
+SNN_HD T lif_grad_s(T grad_s, T dv, T h, const LIFParams<T>& p) {
+  if constexpr (DETACH) {
+    // The reference adds κ·(S − detach(S)) only for κ ≠ 0, so with κ = 0 its ∂L/∂S_t never sees dv;
+    // here 0·dv is NaN for a NaN dv (a NaN at a later step). It reaches only ∂L/∂θ and ∂L/∂α, which are
+    // NaN there anyway unless g′(NaN) is finite (straight_through, rectangle, spike_gate). Selecting on
+    // κ ≠ 0 fixes that, but made the fp16/bf16 ×8 parameter-gradient CUDA kernels spill (8 B, sm_80
+    // and sm_90), so it waits for a register-lighter backward.
+    return grad_s + dv * p.kappa;
+  } else if constexpr (HARD) {
+    return grad_s + dv * ((p.vr + p.kappa) - h);
+  } else {
+    return grad_s + dv * (p.kappa - p.theta);
+  }
+}
+
+// ε = ∂L/∂H_t: through the reset (1 − S, or 1 for soft) and through the spike.
+template <bool HARD, typename T>
+SNN_HD T lif_grad_h(T dv, T s, T ds, T gp) {
+  if constexpr (HARD) {
+    return dv * (T(1) - s) + ds * gp;
+  } else {
+    return dv + ds * gp;
+  }
+}
+
+// ∂L/∂X_t = ε·cx.
+template <bool DI, typename T>
+SNN_HD T lif_grad_x(T eps, const LIFParams<T>& p) {
+  if constexpr (DI) {
+    return eps * p.k;
+  } else {
+    return eps;
+  }
+}
+
+// ∂L/∂V_{t−1} = ε − ε·k, as the reference's autograd adds the paths through V_{t−1} (ε) and through
+// V_{t−1} − vr (−ε·k). Written ε·(1 − k), an infinite ε would give ±inf where the reference gets
+// NaN. Same cost where FMAs are allowed (one fnmadd).
 template <typename T>
+SNN_HD T lif_grad_v_prev(T eps, const LIFParams<T>& p) {
+  return eps - eps * p.k;
+}
+
+// One step with parameter gradients. In: H, the emitted S, V_{t−1}, X, ∂L/∂S_t, dv, gp, dga. Returns
+// ε; writes this step's contributions to ∂L/∂k, ∂L/∂θ, ∂L/∂α. Scalars, not a struct: GCC's
+// `omp simd` cannot vectorise a loop holding an aggregate local.
+template <bool HARD, bool DI, bool DETACH, typename T>
 SNN_HD T lif_step_backward_g(T h, T s, T v_prev, T x, T grad_s, T dv, T gp, T dga, const LIFParams<T>& p,
                              T& dk, T& dtheta, T& dalpha) {
-#ifdef __CUDA_ARCH__
-  // GPU: the flags are uniform branches (free), and the factor form costs registers (it made the
-  // float64 ×2 backward spill on sm_90).
-  T reset_coef = p.detach_reset ? T(0) : (p.hard_reset ? p.vr - h : -p.theta);
-  T ds = grad_s + dv * (reset_coef + p.kappa);
-  T eps = dv * (p.hard_reset ? T(1) - s : T(1)) + ds * gp;
-  dtheta = -ds * gp - (p.hard_reset ? T(0) : dv * s);  // θ also enters the soft reset directly
+  const T ds = lif_grad_s<HARD, DETACH>(grad_s, dv, h, p);
+  const T eps = lif_grad_h<HARD>(dv, s, ds, gp);
+  if constexpr (HARD) {
+    dtheta = -(ds * gp);
+  } else {
+    dtheta = -(ds * gp) - dv * s;  // θ also enters the soft reset directly
+  }
   dalpha = ds * dga;
-  dk = eps * ((p.decay_input ? x : T(0)) - (v_prev - p.vr));
-#else
-  const T hard = p.hard_reset ? T(1) : T(0), soft = T(1) - hard;
-  const T live = p.detach_reset ? T(0) : T(1);  // the reset sees the spike's gradient
-  const T di = p.decay_input ? T(1) : T(0);
-  // S feeds the output, the reset (unless detached) and the κ term.
-  T reset_coef = live * (hard * (p.vr - h) - soft * p.theta);
-  T ds = grad_s + dv * (reset_coef + p.kappa);
-  T eps = dv * (T(1) - hard * s) + ds * gp;
-  dtheta = -ds * gp - soft * (dv * s);  // θ also enters the soft reset directly
-  dalpha = ds * dga;
-  dk = eps * (di * x - (v_prev - p.vr));
-#endif
+  if constexpr (DI) {
+    dk = eps * (x - (v_prev - p.vr));
+  } else {
+    dk = -(eps * (v_prev - p.vr));
+  }
   return eps;
 }
 
-// The CPU kernel's form: the surrogate is a template argument so its loop vectorises.
-template <int SG, typename T>
+// The same with the surrogate as a template argument (the CPU kernels: their loops vectorise).
+template <int SG, bool HARD, bool DI, bool DETACH, typename T>
 SNN_HD T lif_step_backward(T h, T s, T v_prev, T x, T grad_s, T dv, const LIFParams<T>& p, T& dk, T& dtheta,
                            T& dalpha) {
-  T xs = h - p.theta;
-  return lif_step_backward_g<T>(h, s, v_prev, x, grad_s, dv, sg_grad<SG>(xs, p.alpha), sg_dalpha<SG>(xs, p.alpha),
-                                p, dk, dtheta, dalpha);
+  const T xs = h - p.theta;
+  return lif_step_backward_g<HARD, DI, DETACH, T>(h, s, v_prev, x, grad_s, dv, sg_grad<SG>(xs, p.alpha),
+                                                  sg_dalpha<SG>(xs, p.alpha), p, dk, dtheta, dalpha);
 }
+
+// ------------------------------------------------------------------------------------------------
+// The state the CUDA (and Triton) forward saves for the backward, one element of [T, N]:
+//   float32 / float64: H itself. The backward recomputes S = Θ(H − θ) with the forward's own
+//     comparison on the same H: bitwise the forward's spike.
+//   float16 / bfloat16: D = H − θ rounded to the storage dtype, its sign bit then set to "no spike"
+//     (cleared where H − θ ≥ 0, set elsewhere), so S = [sign bit of D clear] exactly. Rounding to
+//     nearest keeps the sign of every other value (a negative H − θ that underflows is −0), so this
+//     changes a bit only for H − θ = −0 (a spike: −0 ≥ 0) and NaN (no spike); testing D ≥ 0 after
+//     rounding instead would flip spikes near θ. Where g′(H − θ) matters (H near θ) D keeps full
+//     relative precision, which a rounded H would lose to cancellation; g′ and ∂g/∂α take D itself,
+//     and H = D + θ serves the reset terms. Measured against the float64 reference
+//     (snn_fast/ops/lif/triton.py's docstring has the table): grad_x errors 2–3× smaller than
+//     storing H with the spike in its mantissa's lowest bit, the encoding this replaced.
+//   Cost: b B/element written and read (b = storage size); saving H in float32 would cost 4.
+// ------------------------------------------------------------------------------------------------
 
 }  // namespace snn_fast

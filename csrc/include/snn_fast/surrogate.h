@@ -29,7 +29,7 @@ enum SurrogateId : int {
   kStraightThrough = 9,
   kSpikeGate = 10,
 };
-constexpr int kNumSurrogates = 11;
+constexpr int kNumSurrogates = 11;  // ids 0 … 10: the bindings check ids against this (csrc/common/lif_checks.h)
 
 constexpr double kPi = 3.14159265358979323846;
 constexpr double kInvSqrtPi = 0.56418958354775628695;
@@ -40,6 +40,10 @@ namespace detail {
 // Host float exp and log as plain arithmetic (Cephes-style, |rel err| < 2 ulp) so the compiler can
 // vectorise the CPU inner loops; a libm call keeps them scalar (4–16× slower; log: 18×).
 // exp_poly_core takes x in [−87.3, 88.7] (or NaN); the callers clamp only the sides they can reach.
+// Below the normal range the callers return 0, as libm's exp does for −inf (and from −103.9 on):
+// g′(±inf) of sigmoid, erf, piecewise_exp and q_pseudo_spike is then exactly 0 like the reference's,
+// so an infinite ∂L/∂S times g′ gives the reference's NaN, not ±inf (the result of the clamp,
+// 2^−126, times inf). Between −87.3 and −103.9 libm gives subnormals: an absolute error < 1.2e-38.
 inline float exp_poly_core(float x) {
   // n = round(x·log2 e) with the 1.5·2^23 shifter (exact for |x·log2 e| < 2^22). The shifter carries
   // the exponent bias too: t's low mantissa bits are n + 127, shifted into place below with no
@@ -59,27 +63,32 @@ inline float exp_poly_core(float x) {
   return y * __builtin_bit_cast(float, __builtin_bit_cast(unsigned int, t) << 23);
 }
 inline float exp_poly(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  return exp_poly_core(x > 88.7f ? 88.7f : x);
+  const float c = x < -87.3f ? -87.3f : x;
+  const float r = exp_poly_core(c > 88.7f ? 88.7f : c);
+  return x < -87.3f ? 0.0f : r;
 }
 // exp for x <= 0 (or NaN): one clamp less in the hot backward loops.
-inline float exp_poly_nonpos(float x) { return exp_poly_core(x < -87.3f ? -87.3f : x); }
+inline float exp_poly_nonpos(float x) {
+  const float r = exp_poly_core(x < -87.3f ? -87.3f : x);
+  return x < -87.3f ? 0.0f : r;
+}
 // 2^z for z <= 0 (or NaN), the same scheme in base 2: the reduction r = z − round(z) is exact (no
 // two-constant ln 2 split), and the polynomial runs in Estrin's order (a shorter dependency chain
 // than Horner's). The sigmoid surrogate's backward is bound by that chain's latency, not by
 // arithmetic throughput: in cache, that loop measured 12–25 % faster than with exp_poly_nonpos.
 // Max relative error 2.1e-7 over [−126, 0] (tests/test_cpu_math.py scans the floats there).
-inline float exp2_poly_nonpos(float z) {
-  z = z < -126.0f ? -126.0f : z;          // 2^−126: the smallest normal, n + 127 >= 1
-  const float t = z + 12583039.0f;        // 1.5·2^23 + 127, as in exp_poly_core
-  const float r = z - (t - 12583039.0f);  // exact, |r| <= 1/2
+inline float exp2_poly_nonpos(float z0) {
+  const float z = z0 < -126.0f ? -126.0f : z0;  // 2^−126: the smallest normal, n + 127 >= 1
+  const float t = z + 12583039.0f;              // 1.5·2^23 + 127, as in exp_poly_core
+  const float r = z - (t - 12583039.0f);        // exact, |r| <= 1/2
   // 2^r ≈ 1 + c1 r + … + c5 r⁵, fitted for relative error (9.5e-8 before rounding).
   const float r2 = r * r;
   const float p01 = 6.931470037e-1f * r + 1.0f;
   const float p23 = 5.550692603e-2f * r + 2.402224243e-1f;
   const float p45 = 1.327670878e-3f * r + 9.671509266e-3f;
   const float y = (p45 * r2 + p23) * r2 + p01;
-  return y * __builtin_bit_cast(float, __builtin_bit_cast(unsigned int, t) << 23);
+  const float e = y * __builtin_bit_cast(float, __builtin_bit_cast(unsigned int, t) << 23);
+  return z0 < -126.0f ? 0.0f : e;  // 0 below the normal range, as exp_poly
 }
 // log for finite x > 0 (the surrogates take logs of u >= 1); NaN passes through.
 inline float log_poly(float x) {
@@ -144,7 +153,7 @@ SNN_HD T sg_grad(T x, T a) {
     return vabs(x) < T(0.5) / a ? a : T(0);
   } else if constexpr (SG == kTriangle) {
     T d = a - a * a * vabs(x);
-    return d > T(0) ? d : T(0);
+    return d < T(0) ? T(0) : d;  // NaN passes, as torch.clamp(min=0)
   } else if constexpr (SG == kPiecewiseExp) {
     return a / T(2) * vexp(-a * vabs(x));
   } else if constexpr (SG == kSoftSign) {
@@ -197,7 +206,7 @@ SNN_HD T sg_prim(T x, T a) {
   } else if constexpr (SG == kStraightThrough) {
     return x + T(0.5);
   } else {  // kSpikeGate
-    return x > T(0) ? x : T(0);
+    return x < T(0) ? T(0) : x;  // NaN passes, as torch.clamp(min=0)
   }
 }
 
@@ -226,31 +235,14 @@ SNN_HD T sg_dalpha(T x, T a) {
   MACRO(kSigmoid) MACRO(kAtan) MACRO(kRectangle) MACRO(kTriangle) MACRO(kPiecewiseExp) \
   MACRO(kSoftSign) MACRO(kSuperSpike) MACRO(kErf) MACRO(kQPseudoSpike) MACRO(kStraightThrough) \
   MACRO(kSpikeGate)
+#define SNN_COUNT(ID) +1
+static_assert(0 SNN_FAST_SURROGATE_CASES(SNN_COUNT) == kNumSurrogates, "one case per surrogate id");
+#undef SNN_COUNT
 
 template <typename T>
 SNN_HD T sg_prim_rt(int sg, T x, T a) {
   switch (sg) {
 #define SNN_CASE(ID) case ID: return sg_prim<ID>(x, a);
-    SNN_FAST_SURROGATE_CASES(SNN_CASE)
-#undef SNN_CASE
-  }
-  return T(0);
-}
-
-template <typename T>
-SNN_HD T sg_grad_rt(int sg, T x, T a) {
-  switch (sg) {
-#define SNN_CASE(ID) case ID: return sg_grad<ID>(x, a);
-    SNN_FAST_SURROGATE_CASES(SNN_CASE)
-#undef SNN_CASE
-  }
-  return T(0);
-}
-
-template <typename T>
-SNN_HD T sg_dalpha_rt(int sg, T x, T a) {
-  switch (sg) {
-#define SNN_CASE(ID) case ID: return sg_dalpha<ID>(x, a);
     SNN_FAST_SURROGATE_CASES(SNN_CASE)
 #undef SNN_CASE
   }

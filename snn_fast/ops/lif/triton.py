@@ -217,7 +217,7 @@ def _mul_rn(a, b, EXACT: tl.constexpr):
 def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, SAVE_X: tl.constexpr):
     """Saved state at one step → (H, H − θ, emitted S) in the compute dtype of θ."""
     hv = tl.load(hp, mask=m, other=0.0)
-    if SAVE_X:  # fp16/bf16: H − θ was saved; rounding to nearest keeps its sign bit, so S is exact
+    if SAVE_X:  # fp16/bf16: D = H − θ with its sign bit = "no spike" (see the forward's store), so S is exact
         xs = hv.to(theta.dtype)
         h = xs + theta
         s = tl.where(hv.to(tl.int16, bitcast=True) >= 0, 1.0, 0.0).to(theta.dtype)
@@ -284,8 +284,11 @@ def _lif_fwd_kernel(
             v = h - s * theta
         tl.store(sp, s.to(sp.dtype.element_ty), mask=m)
         if SAVE_H:
-            if SAVE_X:
-                tl.store(hp, xs.to(hp.dtype.element_ty), mask=m)
+            if SAVE_X:  # the one fp16/bf16 encoding, shared with CUDA: csrc/include/snn_fast/lif_step.h
+                # Sign bit set to "no spike" explicitly: rounding alone would mark NaN (sign arbitrary)
+                # or H − θ = −0 (a spike: Θ(0) = 1) wrongly.
+                d = tl.where(xs >= 0.0, tl.abs(xs), -tl.abs(xs))
+                tl.store(hp, d.to(hp.dtype.element_ty), mask=m)
             else:
                 tl.store(hp, h.to(hp.dtype.element_ty), mask=m)
         if STORE_VSEQ:
