@@ -52,7 +52,9 @@ def stage_list(py, work, dry, full, nproc):
         ("w1-triton", 180, st + ["w1", "--providers", "snn_fast-triton,spikingjelly,reference-compiled",
                                  "--T", w1_T, "--compiled-T", w1_T if full else "4,16",
                                  "--stage-name", "w1-triton"] + w + d, {}, 130),
-        ("build", 300, build, {}, 0),  # started in the background after 'env'; see main()
+        # Started in the background before 'env' and waited for before 'w1-triton': its slowest unit
+        # (the CPU fp16 kernels, ~150 s of one core) outlasts env + triton-lif by ~35 s.
+        ("build", 300, build, {}, 35),
         ("cuda-lif", 90, st + ["lif", "--backend", "cuda", "--stage-name", "cuda-lif"] + w + d, {}, 20),
         ("w1-cuda", 120, st + ["w1", "--providers", "snn_fast-cuda", "--T", w1_T, "--stage-name", "w1-cuda"]
          + w + d, {}, 40),
@@ -209,7 +211,7 @@ def main(argv=None):
           f"estimated {sum(s[4] for s in stages)} s on the H200", flush=True)
     selected = [s for s in stages if only is None or s[0] in only]
     build_stage = next((s for s in selected if s[0] == "build"), None)
-    build = None  # the background build: started after 'env', overlapping the Triton correctness stage
+    build = None  # the background build: started with 'env', overlapping it and the Triton correctness stage
 
     def wait_build():
         nonlocal build
@@ -235,9 +237,9 @@ def main(argv=None):
         if name in ("cuda-lif", "w1-cuda") and not any(row[0] == "build" and row[1] == "ok" for row in r.rows):
             r.skip(name, "the CUDA extension was not built", timeout)
             continue
-        r.finish(name, r.start(name, cmd, env_extra), timeout)
         if name == "env" and build_stage is not None:
             build = r.start("build", build_stage[2], {"MAX_JOBS": str(max(nproc - 1, 1))})
+        r.finish(name, r.start(name, cmd, env_extra), timeout)
     wait_build()
     if args.full and not args.dry_run and r.left() > 60:
         r.finish("pytest-full", r.start("pytest-full", [py, "-m", "pytest", "tests", "-q", "-x", "-rs", "-n", "8"], {}),
