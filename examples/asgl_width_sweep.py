@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_threads_arg, set_threads, Timer, accuracy, default_device, load_digits_split, mean_std, pyplot, tqdm, train_epoch  # noqa: E402
+from common import add_threads_arg, set_threads, accuracy, default_device, load_digits_split, mean_std, pyplot, sweep, train_epoch  # noqa: E402
 
 import snn_fast.nn as snn  # noqa: E402
 from snn_fast import presets  # noqa: E402
@@ -95,18 +95,7 @@ def main(argv=None):
     print(f"digits: train {len(data[1])}, test {len(data[3])}; MLP depth {args.depth} width {args.width}, "
           f"T {args.T}, {args.epochs} epochs, SGD lr {args.lr}, seeds {seeds}, device {args.device}")
 
-    clock = Timer()
-    acc = {}
-    jobs = [(a, m, s) for a in alphas for m in ("SG", "ASGL") for s in seeds]
-    for a, m, s in tqdm(jobs, desc="runs"):
-        acc.setdefault((m, a), []).append(run(m, a, s, args, data))
-
-    print(f"\ntest accuracy (%), mean ± std over seeds {seeds}  [{clock():.0f} s]")
-    print("| Width (α) | SG | ASGL |")
-    print("|---|---|---|")
-    for a in alphas:
-        cells = ["{:.2f} ± {:.2f}".format(*(100 * v for v in mean_std(acc[(m, a)]))) for m in ("SG", "ASGL")]
-        print(f"| {a:g} | {cells[0]} | {cells[1]} |")
+    acc = sweep(alphas, ("SG", "ASGL"), seeds, lambda m, a, s: run(m, a, s, args, data), "| Width (α) | SG | ASGL |")
 
     if args.plot:
         plt = pyplot()

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_threads_arg, set_threads, Timer, accuracy, default_device, load_digits_split, mean_std, pyplot, tqdm, train_epoch  # noqa: E402
+from common import add_threads_arg, set_threads, accuracy, default_device, load_digits_split, mean_std, pyplot, sweep, train_epoch  # noqa: E402
 
 import snn_fast.nn as snn  # noqa: E402
 from snn_fast import presets  # noqa: E402
@@ -85,18 +85,8 @@ def main(argv=None):
     print(f"digits: train {len(data[1])}, test {len(data[3])}; MLP 64-{args.hidden}-{args.hidden}-10 (ReLU → IF θ=0.5), "
           f"{args.epochs} epochs, Adam lr {args.lr}, seeds {seeds}, device {args.device}")
 
-    clock = Timer()
-    acc = {}
-    jobs = [(T, m, s) for T in Ts for m in ("plain", "BPSA") for s in seeds]
-    for T, m, s in tqdm(jobs, desc="runs"):
-        acc.setdefault((m, T), []).append(run(m, T, s, args, data))
-
-    print(f"\ntest accuracy (%), mean ± std over seeds {seeds}  [{clock():.0f} s]")
-    print("| T | plain surrogate BPTT | BPSA (spike_gate + κ = 0.2) |")
-    print("|---|---|---|")
-    for T in Ts:
-        cells = ["{:.2f} ± {:.2f}".format(*(100 * v for v in mean_std(acc[(m, T)]))) for m in ("plain", "BPSA")]
-        print(f"| {T} | {cells[0]} | {cells[1]} |")
+    acc = sweep(Ts, ("plain", "BPSA"), seeds, lambda m, T, s: run(m, T, s, args, data),
+                "| T | plain surrogate BPTT | BPSA (spike_gate + κ = 0.2) |", fmt_x=str)
 
     if args.plot:
         plt = pyplot()

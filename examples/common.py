@@ -121,3 +121,20 @@ def pyplot():
 def mean_std(xs):
     t = torch.tensor(xs, dtype=torch.float64)
     return t.mean().item(), (t.std().item() if len(xs) > 1 else 0.0)
+
+
+def sweep(xs, methods, seeds, run_one, header, fmt_x=lambda x: f"{x:g}"):
+    """Accuracy of ``run_one(method, x, seed)`` for every x × method × seed (one tqdm bar), then the
+    table of mean ± std over seeds in the form the source documents print. Returns {(method, x): [acc]}."""
+    clock = Timer()
+    acc = {}
+    jobs = [(x, m, s) for x in xs for m in methods for s in seeds]
+    for x, m, s in tqdm(jobs, desc="runs"):
+        acc.setdefault((m, x), []).append(run_one(m, x, s))
+    print(f"\ntest accuracy (%), mean ± std over seeds {list(seeds)}  [{clock():.0f} s]")
+    print(header)
+    print("|---" * (len(methods) + 1) + "|")
+    for x in xs:
+        cells = ["{:.2f} ± {:.2f}".format(*(100 * v for v in mean_std(acc[(m, x)]))) for m in methods]
+        print(f"| {fmt_x(x)} | " + " | ".join(cells) + " |")
+    return acc
