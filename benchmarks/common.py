@@ -106,26 +106,21 @@ def peak_bytes(fn: Callable[[], object], device: str) -> int:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    import json
-    import tempfile
-
     from torch.profiler import ProfilerActivity, profile
 
     fn()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)["traceEvents"]
-    mem = sorted((e for e in events if e.get("name") == "[memory]" and "Bytes" in e.get("args", {})),
-                 key=lambda e: e["ts"])
+    # The allocation events straight from the profiler's results, not through export_chrome_trace +
+    # json.load: for one snnTorch fwd+bwd over 500 steps at n = 256 the JSON route took the process to
+    # 4.5 GB resident (0.63 GB this way) and 3.1 s (0.85 s), for the same peak (31.3 MB).
+    mem = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                 if e.name() == "[memory]")
     # Peak of the running sum of allocations minus frees, not of "Total Allocated": that field is per
     # allocator (torch's CPU allocator and snn_fast's output cache each report their own).
     live = peak = 0
-    for e in mem:
-        live += e["args"]["Bytes"]
+    for _, nbytes in mem:
+        live += nbytes
         peak = max(peak, live)
     return int(peak)
 

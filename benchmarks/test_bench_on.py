@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import snn_fast  # noqa: E402
 from benchmarks import common  # noqa: E402
+from snn_fast.ops.lif.function import BACKENDS as LIF_BACKENDS  # noqa: E402
 
 T, B = 500, 16
 
@@ -65,7 +66,7 @@ def _fused_backends(device):
     out = []
     for b in names:
         try:
-            snn_fast.backends.select(b, torch.zeros(1, device=device))
+            LIF_BACKENDS.select(b, torch.zeros(1, device=device))
             out.append(b)
         except (RuntimeError, ValueError) as e:
             print(f"snn_fast {b} unavailable: {e}")
@@ -149,12 +150,6 @@ def time_slow(fns, rounds):
     return {k: tuple(float(q) for q in np.quantile(v, [0.5, 0.2, 0.8])) for k, v in times.items()}
 
 
-# CPU peak memory comes from torch.profiler's allocation trace (common.peak_bytes). For the peers that
-# loop over the 500 steps in Python that trace is huge: profiling one snnTorch fwd+bwd at n = 256 took
-# the process to 4.4 GB resident, Norse to 8.3 GB, and the n = 1024 run was killed for memory at 23.8 GB.
-NO_CPU_PEAK = ("snntorch", "norse")
-
-
 def bench_case(device, n, rounds=3, compile_ref=None):
     g = torch.Generator(device=device).manual_seed(0)
     torch.manual_seed(0)
@@ -201,8 +196,7 @@ def bench_case(device, n, rounds=3, compile_ref=None):
             row = dict(op=op, provider=name, mode=mode, shape=f"T{T}xB{B}xn{n}", dtype="float32", device=device,
                        device_name=common.device_name(device), threads=torch.get_num_threads(),
                        median_ms=tm[name][0], q20_ms=tm[name][1], q80_ms=tm[name][2],
-                       peak_bytes=common.peak_bytes(fns[name], device) if mode == "fwd+bwd" and (
-                           device != "cpu" or name not in NO_CPU_PEAK) else None,
+                       peak_bytes=common.peak_bytes(fns[name], device) if mode == "fwd+bwd" else None,
                        speedup=(peer / tm[name][0]) if peer else None, spike_rate=rate)
             rows.append(common.record(**row))
     return rows

@@ -1,0 +1,76 @@
+"""The benchmark suite runs: every benchmark module's case function at a tiny size, end to end
+(providers built, spikes checked against the reference, timed, peak memory taken, rows written).
+
+`make bench` is not part of CI (minutes to hours on the CPU); without this a benchmark broken by an
+API change is found only by the next person who runs it (W2 called ``backends.select`` after its
+signature changed, 2026-11-30). Timing here is one short round: these tests check plumbing, never speed.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+# Appended, not prepended: under `make compat` snn_fast must come from .compat/pkg (PYTHONPATH), not
+# from the checkout, whose _C is built for the main venv's torch.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import snn_fast  # noqa: E402
+from benchmarks import common  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not snn_fast.HAS_C, reason="the CPU benchmarks time the C++ kernel")
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch):
+    """One short timing round, and a private row list (the suite's rows are not ours to write)."""
+    fast = common.time_fns
+
+    def time_fns(fns, device, rounds=3, min_run_time=0.5):
+        return fast(fns, device, rounds=1, min_run_time=0.01)
+
+    monkeypatch.setattr(common, "time_fns", time_fns)
+    monkeypatch.setattr(common, "ROWS", [])
+
+
+def _check_rows(rows, providers):
+    assert rows, "no rows recorded"
+    seen = {r["provider"] for r in rows}
+    assert set(providers) <= seen, (providers, seen)
+    for r in rows:
+        assert r["median_ms"] > 0, r
+
+
+def test_lif_bench(tmp_path):
+    from benchmarks import test_bench_lif as lif
+
+    rows = lif.bench_case("cpu", (4, 2, 64), torch.float32, rounds=1)
+    _check_rows(rows, ["snn_fast-cpu", "reference"])
+    assert all(r["peak_bytes"] > 0 for r in rows if r["mode"] == "fwd+bwd"), rows
+    paths = common.write_results(str(tmp_path))
+    assert any(p.endswith(".csv") for p in paths) and all(os.path.exists(p) for p in paths), paths
+
+
+def test_on_w2_bench(monkeypatch):
+    from benchmarks import test_bench_on as on
+
+    monkeypatch.setattr(on, "T", 20)  # BENCHMARKS.md's 500 steps: seconds per Python-loop provider
+    rows = on.bench_case("cpu", 16, rounds=1)
+    _check_rows(rows, ["snn_fast-cpu", "reference"])
+    # Every provider's peak memory is measured on the CPU now (the profiler's events, not its JSON).
+    assert all(r["peak_bytes"] > 0 for r in rows if r["op"] == "on-w2" and r["mode"] == "fwd+bwd"), rows
+    assert "| 16 | snn_fast-cpu |" in on.summary(rows)
+
+
+def test_tempotron_bench():
+    from benchmarks import test_bench_tempotron as tp
+
+    rows = tp.run("cpu", B=2, I=64)
+    _check_rows(rows, ["cpu", "reference"])
+
+
+def test_models_bench(monkeypatch):
+    pytest.importorskip("spikingjelly.activation_based")
+    from benchmarks import test_bench_models as models
+
+    rows = models.bench_model("spikformer", "cpu", rounds=1)  # the smallest of the three here
+    _check_rows(rows, ["spikingjelly", "snn_fast", "no-neurons"])
