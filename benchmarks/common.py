@@ -12,9 +12,12 @@ import datetime as _dt
 import os
 import platform
 import subprocess
+import weakref
 from typing import Callable, Dict, List
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 ROWS: List[dict] = []
 COLUMNS = ["op", "provider", "mode", "shape", "dtype", "device", "median_ms", "q20_ms", "q80_ms", "bytes",
@@ -95,9 +98,38 @@ def copy_gbps(device: str) -> float:
     return _COPY_GBPS[device]
 
 
+class _LiveTensorBytes(TorchDispatchMode):
+    """The running total of tensor storage that ops allocate under it, and its peak: each op's output
+    whose storage is not one of the op's inputs' (a view or an in-place result) is counted until
+    Python frees that storage (storage objects are preserved while any tensor holds them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.tracked = weakref.WeakSet()
+
+    def _freed(self, nbytes):
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            if id(st) in inputs or st in self.tracked or st.nbytes() == 0:
+                continue
+            self.tracked.add(st)
+            self.live += st.nbytes()
+            weakref.finalize(st, self._freed, st.nbytes())
+        self.peak = max(self.peak, self.live)
+        return out
+
+
 def peak_bytes(fn: Callable[[], object], device: str) -> int:
     """Peak memory a call allocates beyond what was live before it (CUDA: the caching allocator's
-    peak; CPU: torch.profiler's running total of c10 allocations)."""
+    peak; CPU: the peak of live tensor storage the call's ops allocated, ``_LiveTensorBytes``)."""
     if device == "cuda":
         fn()
         torch.cuda.synchronize()
@@ -106,23 +138,15 @@ def peak_bytes(fn: Callable[[], object], device: str) -> int:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-
+    # Not torch.profiler's allocation events: reading them back cost ~85 KB per event (a snnTorch
+    # fwd+bwd over 500 steps at n = 512: 91k events, 7.7 GB resident) and killed W2 at n = 1024.
+    # Where both ran (W2 at n = 256) they agree exactly for snn_fast, SpikingJelly and the reference;
+    # for snnTorch and Norse (Python loops over h[t]) this counts one [T, B, n] tensor more (8.2 MB),
+    # an autograd gradient buffer the profiler saw freed earlier.
     fn()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _LiveTensorBytes() as m:
         fn()
-    # The allocation events straight from the profiler's results, not through export_chrome_trace +
-    # json.load: for one snnTorch fwd+bwd over 500 steps at n = 256 the JSON route took the process to
-    # 4.5 GB resident (0.63 GB this way) and 3.1 s (0.85 s), for the same peak (31.3 MB).
-    mem = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                 if e.name() == "[memory]")
-    # Peak of the running sum of allocations minus frees, not of "Total Allocated": that field is per
-    # allocator (torch's CPU allocator and snn_fast's output cache each report their own).
-    live = peak = 0
-    for _, nbytes in mem:
-        live += nbytes
-        peak = max(peak, live)
-    return int(peak)
+    return int(m.peak)
 
 
 def write_results(out_dir: str) -> List[str]:

@@ -74,3 +74,16 @@ def test_models_bench(monkeypatch):
 
     rows = models.bench_model("spikformer", "cpu", rounds=1)  # the smallest of the three here
     _check_rows(rows, ["spikingjelly", "snn_fast", "no-neurons"])
+
+
+def test_cpu_peak_bytes_counts_live_tensors():
+    """The CPU peak is the largest total of live tensor storage: two 4 KiB tensors at once (ones and
+    its product) then a scalar; a view or an in-place result is not a new allocation."""
+    assert common.peak_bytes(lambda: (torch.ones(1024) * 2).sum(), "cpu") == 2 * 4096
+
+    def views_and_inplace():
+        a = torch.zeros(1024)
+        a.add_(1)
+        return a.view(2, 512).t()
+
+    assert common.peak_bytes(views_and_inplace, "cpu") == 4096
