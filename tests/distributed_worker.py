@@ -7,7 +7,8 @@ Each mode trains the same small SNN for ``STEPS`` steps and saves its parameters
 every rank) to ``DIR/<mode>-rank<R>.pt``. Modes: ``ddp-<backend>`` (DistributedDataParallel),
 ``fsdp-<backend>`` (FSDP2 ``fully_shard``), ``local-<backend>`` (each rank on its half alone, no
 synchronisation: the negative control), ``ddp_compile-<backend>`` (``torch.compile`` of the DDP
-model, backend ``aot_eager``: the custom ops traced through their fakes and registered autograd).
+model, backend ``aot_eager``: the custom ops traced through their fakes and registered autograd),
+``ddp_inductor-<backend>`` (the same with Inductor generating the code around the ops).
 
 The model covers every learnable scalar the neurons have: Conv → LIF (learnable τ, θ and α) →
 Linear → PLIF (learnable w, θ and α; soft reset). No BatchNorm: its batch statistics would differ
@@ -118,32 +119,33 @@ def run_mode(mode: str, rank: int, world: int):
         return full_params(train(DDP(model), x, y)), {}
     if kind == "local":
         return full_params(train(model, x, y)), {}
-    if kind == "ddp_compile":
+    if kind in ("ddp_compile", "ddp_inductor"):
         import torch._dynamo
         from torch._dynamo.utils import counters
 
-        def compiled_run(model):
+        def compiled_run(model, compiler):
             """Train DDP(model) compiled; (parameters, the graphs Dynamo captured, its graph breaks)."""
             torch._dynamo.reset()
             counters.clear()
             graphs = []
 
-            def backend_fn(gm, example_inputs):  # aot_eager, recording what Dynamo captured
+            def backend_fn(gm, example_inputs):  # the compiler, recording what Dynamo captured
                 graphs.append(gm)
-                return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+                return torch._dynamo.lookup_backend(compiler)(gm, example_inputs)
 
             ddp = DDP(model)
             compiled = torch.compile(ddp, backend=backend_fn)
             params = full_params(train(ddp, x, y, step_fn=lambda m, xb: compiled(xb)))
             return params, graphs, dict(counters["graph_break"])
 
-        params, graphs, breaks = compiled_run(model)
+        params, graphs, breaks = compiled_run(model, "aot_eager" if kind == "ddp_compile" else "inductor")
         # The same model with the neurons replaced by a plain activation: DDP's own graph breaks
         # (its forward is not traced, only the wrapped module's), the ones ours must not add to.
+        # Graph breaks are Dynamo's, whatever the compiler: the cheapest one ('eager') for this run.
         plain = build_model(backend)
         for i in (1, 4):
             plain[i] = nn.Sigmoid()
-        _, _, plain_breaks = compiled_run(plain)
+        _, _, plain_breaks = compiled_run(plain, "eager")
         ops = [str(n.target) for gm in graphs for n in gm.graph.nodes
                if n.op == "call_function" and "snn_fast" in str(n.target)]
         return params, dict(graphs=len(graphs), snn_fast_ops=ops, graph_breaks=breaks, plain_graph_breaks=plain_breaks)
