@@ -1,7 +1,9 @@
-"""One rank of the distributed tests (tests/test_distributed.py), and the model, data and training loop
-that the single-process run in the test shares with it.
+"""One rank of the distributed tests (tests/test_distributed.py, and the GPU check's ``ddp`` stage),
+the model, data and training loop that the single-process run shares with it, and ``launch``, which
+starts the ranks.
 
-    python tests/distributed_worker.py --rank R --world 2 --init file:///tmp/x/store --out DIR --modes a,b
+    python tests/distributed_worker.py --rank R --world 2 --init file:///tmp/x/store --out DIR --modes a,b \
+        [--pg gloo|nccl] [--device cpu|cuda]
 
 Each mode trains the same small SNN for ``STEPS`` steps and saves its parameters (full tensors, on
 every rank) to ``DIR/<mode>-rank<R>.pt``. Modes: ``ddp-<backend>`` (DistributedDataParallel),
@@ -22,6 +24,9 @@ import argparse
 import datetime
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
 import time
 
@@ -36,7 +41,7 @@ STEPS = 3
 LR, MOMENTUM = 0.1, 0.9
 
 
-def build_model(backend: str, seed: int = 0) -> nn.Module:
+def build_model(backend: str, device="cpu", seed: int = 0) -> nn.Module:
     from snn_fast.nn import LIF, PLIF, MultiStep
 
     torch.manual_seed(seed)
@@ -51,15 +56,16 @@ def build_model(backend: str, seed: int = 0) -> nn.Module:
         MultiStep(fc),
         PLIF(init_tau=2.5, v_threshold=0.3, v_reset=None, learnable_threshold=True, learnable_alpha=True,
              surrogate="atan", backend=backend),
-    ).double()
+    ).to(device=device, dtype=torch.float64)
 
 
-def make_data(seed: int = 1):
-    """The global batch: inputs ``[T, B, C, H, W]`` (batch is dim 1) and class labels per step."""
+def make_data(device="cpu", seed: int = 1):
+    """The global batch: inputs ``[T, B, C, H, W]`` (batch is dim 1) and class labels per step; drawn
+    on the CPU, so every device sees the same values."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(STEPS, T, B, C, H, W, generator=g, dtype=torch.float64) * 3.0
     y = torch.randint(0, K, (STEPS, B), generator=g)
-    return x, y
+    return x.to(device), y.to(device)
 
 
 def shard(x, y, rank: int, world: int):
@@ -94,7 +100,7 @@ def full_params(model: nn.Module) -> dict:
         t = p.full_tensor() if hasattr(p, "full_tensor") else p
         name = name.replace("module.", "", 1) if name.startswith("module.") else name  # DDP's prefix
         name = name.replace("_orig_mod.", "")  # torch.compile's wrapper
-        out[name] = t.detach().clone().reshape(-1 if t.dim() else ())
+        out[name] = t.detach().cpu().clone().reshape(-1 if t.dim() else ())
     return out
 
 
@@ -108,13 +114,13 @@ def scalars_to_1d(model: nn.Module) -> None:
                 setattr(m, name, nn.Parameter(p.detach().reshape(1)))
 
 
-def run_mode(mode: str, rank: int, world: int):
+def run_mode(mode: str, rank: int, world: int, device="cpu"):
     """(parameters after training, what else the test checks: for the compile mode, the graphs)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     kind, backend = mode.split("-", 1)
-    x, y = shard(*make_data(), rank, world)
-    model = build_model(backend)
+    x, y = shard(*make_data(device), rank, world)
+    model = build_model(backend, device)
     if kind == "ddp":
         return full_params(train(DDP(model), x, y)), {}
     if kind == "local":
@@ -142,7 +148,7 @@ def run_mode(mode: str, rank: int, world: int):
         # The same model with the neurons replaced by a plain activation: DDP's own graph breaks
         # (its forward is not traced, only the wrapped module's), the ones ours must not add to.
         # Graph breaks are Dynamo's, whatever the compiler: the cheapest one ('eager') for this run.
-        plain = build_model(backend)
+        plain = build_model(backend, device)
         for i in (1, 4):
             plain[i] = nn.Sigmoid()
         _, _, plain_breaks = compiled_run(plain, "eager")
@@ -161,6 +167,88 @@ def run_mode(mode: str, rank: int, world: int):
     raise ValueError(f"unknown mode {mode!r}")
 
 
+def _env(pg):
+    env = dict(os.environ)
+    # The ranks import snn_fast the way this process did (an editable install, or PYTHONPATH).
+    import snn_fast
+
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(snn_fast.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+    # The ranks' own connections go over loopback: a container's hostname may resolve to an address
+    # that cannot be reached (no network beyond localhost in CI).
+    names = {n for _, n in socket.if_nameindex()} if hasattr(socket, "if_nameindex") else set()
+    lo = next((n for n in ("lo", "lo0") if n in names), None)
+    if lo is not None:
+        env.setdefault("GLOO_SOCKET_IFNAME", lo)
+        if pg == "nccl":
+            env.setdefault("NCCL_SOCKET_IFNAME", lo)
+    return env
+
+
+def launch(workdir, modes, world=2, pg="gloo", device="cpu", timeout=420.0, collective_timeout=180.0):
+    """Run ``modes`` on ``world`` ranks (subprocesses meeting through a file store in ``workdir``: no
+    port to choose). Returns ``({(mode, rank): (params, meta)}, seconds)``; raises RuntimeError with
+    the ranks' logs when one fails, and ends the others at once (they would wait for it); after
+    ``timeout`` s all are ended. Each rank runs in its own process group, ended whole (Inductor's
+    compile workers too)."""
+    workdir = str(workdir)
+    out = os.path.join(workdir, "out")
+    os.makedirs(out)
+    init = "file://" + os.path.join(workdir, "store")
+    t0 = time.monotonic()
+    procs, logs = [], []
+    for rank in range(world):
+        cmd = [sys.executable, os.path.abspath(__file__), "--rank", str(rank), "--world", str(world), "--init",
+               init, "--out", out, "--modes", ",".join(modes), "--timeout", str(collective_timeout), "--pg", pg,
+               "--device", device]
+        logs.append(os.path.join(workdir, f"rank{rank}.log"))
+        with open(logs[-1], "w") as log:
+            procs.append(subprocess.Popen(cmd, env=_env(pg), stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+    status = [None] * world
+
+    def end(rank, why):
+        try:
+            os.killpg(procs[rank].pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        procs[rank].wait()
+        status[rank] = f"{why} after {time.monotonic() - t0:.0f} s"
+
+    try:
+        while any(st is None for st in status):
+            time.sleep(0.2)
+            for rank, p in enumerate(procs):
+                if status[rank] is None:
+                    status[rank] = p.poll()
+            over = time.monotonic() - t0 > timeout
+            if over or any(st not in (None, 0) for st in status):
+                for rank in range(world):
+                    if status[rank] is None:
+                        end(rank, "timed out" if over else "killed (another rank failed)")
+    finally:  # an interrupted caller leaves no rank behind
+        for rank in range(world):
+            if status[rank] is None:
+                end(rank, "interrupted")
+    secs = time.monotonic() - t0
+    text = {}
+    for rank in range(world):
+        with open(logs[rank], errors="replace") as f:
+            text[rank] = f.read()[-3000:]
+    print(f"{world} ranks ({pg}, {device}), modes {modes}: {secs:.1f} s")
+    for rank in range(world):
+        print(f"--- rank {rank}: exit {status[rank]}\n{text[rank]}")
+    failed = [r for r in range(world) if status[r] != 0]
+    if failed:
+        raise RuntimeError("\n".join(f"--- rank {r}: {status[r]}\n{text[r]}" for r in failed))
+    runs = {}
+    for m in modes:
+        for r in range(world):
+            with open(os.path.join(out, f"{m}-rank{r}.json")) as f:
+                runs[(m, r)] = torch.load(os.path.join(out, f"{m}-rank{r}.pt")), json.load(f)
+    return runs, secs
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--rank", type=int, required=True)
@@ -169,6 +257,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--modes", required=True)
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds any collective may wait")
+    ap.add_argument("--pg", default="gloo", help="process group backend: gloo (CPU or CUDA tensors), nccl")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (every rank on cuda:0)")
     args = ap.parse_args(argv)
 
     import warnings
@@ -179,12 +269,14 @@ def main(argv=None):
     # harmless here, nothing modifies those outputs in place.
     warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
     torch.set_num_threads(1)  # two ranks on a 2-core machine: one thread each
-    dist.init_process_group("gloo", init_method=args.init, rank=args.rank, world_size=args.world,
+    if args.device == "cuda":
+        torch.cuda.set_device(0)
+    dist.init_process_group(args.pg, init_method=args.init, rank=args.rank, world_size=args.world,
                             timeout=datetime.timedelta(seconds=args.timeout))
     try:
         for mode in args.modes.split(","):
             t0 = time.perf_counter()
-            params, meta = run_mode(mode, args.rank, args.world)
+            params, meta = run_mode(mode, args.rank, args.world, args.device)
             torch.save(params, os.path.join(args.out, f"{mode}-rank{args.rank}.pt"))
             with open(os.path.join(args.out, f"{mode}-rank{args.rank}.json"), "w") as f:
                 json.dump(meta, f)

@@ -8,7 +8,7 @@ end with the same float64 parameters as one process training on the global batch
   0-dim; with them reshaped to [1] (``scalars_to_1d``, the README's recipe) it trains to the same
   parameters.
 - ``torch.compile`` of the DDP-wrapped model (backend ``aot_eager``: the custom ops traced through
-  their fakes and registered autograd, DDP's graph split at bucket boundaries).
+  their fakes and registered autograd; and Inductor, marked ``slow``), no graph break of ours.
 - The negative control: each rank training on its half alone ends far from the global run, so the
   comparisons above can fail.
 
@@ -18,14 +18,6 @@ once; a collective gives up after COLLECTIVE_TIMEOUT and the launch after LAUNCH
 rank fails the test instead of hanging CI.
 """
 from __future__ import annotations
-
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -37,12 +29,11 @@ from conftest import assert_close
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available in this torch build")
 
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
 WORLD = 2
 # Measured on this 2-core machine under load: the eager modes 8-11 s for both ranks (start-up, i.e.
-# importing torch, included), the aot_eager compile 15-22 s, Inductor 81 s (fresh cache). The limits are for a hang,
-# not for the expected run: a collective waits COLLECTIVE_TIMEOUT for the other rank (which may be
-# compiling on a busy core), the launch as a whole LAUNCH_TIMEOUT.
+# importing torch, included), the aot_eager compile 15-22 s, Inductor 81 s (fresh cache). The limits
+# are for a hang, not for the expected run: a collective waits COLLECTIVE_TIMEOUT for the other rank
+# (which may be compiling on a busy core), the launch as a whole LAUNCH_TIMEOUT.
 COLLECTIVE_TIMEOUT = 180
 LAUNCH_TIMEOUT = 420
 
@@ -62,78 +53,8 @@ EAGER_MODES = ([f"ddp-{b}" for b in FUSED + ["reference"]] + [f"fsdp-{b}" for b 
                + [f"local-{BASE}"])
 
 
-def _env():
-    env = dict(os.environ)
-    # The worker imports snn_fast the way this process does (an editable install, or PYTHONPATH).
-    import snn_fast
-
-    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(snn_fast.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    # gloo's own connections go over loopback: a container's hostname may resolve to an address that
-    # cannot be reached (no network beyond localhost in CI).
-    if "GLOO_SOCKET_IFNAME" not in env:
-        names = {n for _, n in socket.if_nameindex()} if hasattr(socket, "if_nameindex") else set()
-        for lo in ("lo", "lo0"):
-            if lo in names:
-                env["GLOO_SOCKET_IFNAME"] = lo
-                break
-    env.pop("TRITON_INTERPRET", None)  # no Triton backend in these runs
-    return env
-
-
-def launch(tmp_path, modes, timeout=LAUNCH_TIMEOUT):
-    """Run the worker on WORLD ranks; {(mode, rank): (params, meta)}. A failed rank or the timeout
-    ends them all."""
-    out = tmp_path / "out"
-    out.mkdir()
-    init = f"file://{tmp_path / 'store'}"
-    procs = []
-    t0 = time.monotonic()
-    for rank in range(WORLD):
-        cmd = [sys.executable, WORKER, "--rank", str(rank), "--world", str(WORLD), "--init", init, "--out",
-               str(out), "--modes", ",".join(modes), "--timeout", str(COLLECTIVE_TIMEOUT)]
-        log = open(tmp_path / f"rank{rank}.log", "w")
-        procs.append((subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True), log))
-    status = [None] * WORLD
-
-    def end(rank, why):  # the rank's whole process group: Inductor's compile workers too
-        try:
-            os.killpg(procs[rank][0].pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        procs[rank][0].wait()
-        status[rank] = f"{why} after {time.monotonic() - t0:.0f} s"
-
-    try:
-        while any(st is None for st in status):
-            time.sleep(0.2)
-            for rank, (p, _) in enumerate(procs):
-                if status[rank] is None:
-                    status[rank] = p.poll()
-            over = time.monotonic() - t0 > timeout
-            if over or any(st not in (None, 0) for st in status):  # a failed rank: the others would wait for it
-                for rank in range(WORLD):
-                    if status[rank] is None:
-                        end(rank, "timed out" if over else "killed (another rank failed)")
-    finally:  # an interrupted test leaves no rank behind
-        for rank in range(WORLD):
-            if status[rank] is None:
-                end(rank, "interrupted")
-    for _, log in procs:
-        log.close()
-    failed = [r for r in range(WORLD) if status[r] != 0]
-    logs = {r: (tmp_path / f"rank{r}.log").read_text() for r in range(WORLD)}
-    print(f"{WORLD} ranks, modes {modes}: {time.monotonic() - t0:.1f} s")
-    for r in range(WORLD):
-        print(f"--- rank {r}\n{logs[r][-3000:]}")
-    assert not failed, "\n".join(f"--- rank {r}: {status[r]}\n{logs[r][-3000:]}" for r in failed)
-    runs = {}
-    for m in modes:
-        for r in range(WORLD):
-            with open(out / f"{m}-rank{r}.json") as f:
-                runs[(m, r)] = torch.load(out / f"{m}-rank{r}.pt"), json.load(f)
-    return runs
+def launch(tmp_path, modes):
+    return dw.launch(tmp_path, modes, WORLD, timeout=LAUNCH_TIMEOUT, collective_timeout=COLLECTIVE_TIMEOUT)[0]
 
 
 @pytest.fixture(scope="module")
