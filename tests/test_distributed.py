@@ -113,7 +113,8 @@ def test_fsdp2_equals_one_process_on_the_global_batch(eager_runs, backend):
     if backend != "reference" and not HAS_CPU:
         pytest.skip("the compiled CPU extension (snn_fast._C) is not built")
     for r in range(WORLD):
-        assert_params_close(eager_runs[(f"fsdp-{backend}", r)][0], single(BASE), f"fsdp-{backend} rank {r} vs one process")
+        assert_params_close(eager_runs[(f"fsdp-{backend}", r)][0], single(BASE),
+                            f"fsdp-{backend} rank {r} vs one process")
 
 
 def test_fsdp2_refuses_the_neurons_scalar_parameters(tmp_path):
@@ -163,8 +164,9 @@ def test_torch_compile_of_the_ddp_model(tmp_path, kind):
     runs = launch(tmp_path, [mode])
     for r in range(WORLD):
         params, meta = runs[(mode, r)]
-        print(f"rank {r}: {meta['graphs']} graphs, ops {meta['snn_fast_ops']}, "
-              f"graph breaks {sum(meta['graph_breaks'].values())} (plain model: {sum(meta['plain_graph_breaks'].values())})")
+        n_breaks, n_plain = sum(meta["graph_breaks"].values()), sum(meta["plain_graph_breaks"].values())
+        print(f"rank {r}: {meta['graphs']} graphs, ops {meta['snn_fast_ops']}, graph breaks {n_breaks} "
+              f"(plain model: {n_plain})")
         assert meta["graph_breaks"] == meta["plain_graph_breaks"], meta
         assert meta["snn_fast_ops"] == ["snn_fast.lif_fwd"] * 2, meta
         assert_params_close(params, single("cpu"), f"compiled DDP ({kind}) rank {r} vs one process")
