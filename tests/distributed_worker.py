@@ -167,6 +167,14 @@ def run_mode(mode: str, rank: int, world: int, device="cpu"):
     raise ValueError(f"unknown mode {mode!r}")
 
 
+def loopback():
+    """The loopback interface's name, for GLOO_SOCKET_IFNAME: the ranks' own connections go over it,
+    since a container's hostname may resolve to an address that cannot be reached (no network beyond
+    localhost in CI)."""
+    names = {n for _, n in socket.if_nameindex()} if hasattr(socket, "if_nameindex") else set()
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
 def _env(pg):
     env = dict(os.environ)
     # The ranks import snn_fast the way this process did (an editable install, or PYTHONPATH).
@@ -174,10 +182,7 @@ def _env(pg):
 
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(snn_fast.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    # The ranks' own connections go over loopback: a container's hostname may resolve to an address
-    # that cannot be reached (no network beyond localhost in CI).
-    names = {n for _, n in socket.if_nameindex()} if hasattr(socket, "if_nameindex") else set()
-    lo = next((n for n in ("lo", "lo0") if n in names), None)
+    lo = loopback()
     if lo is not None:
         env.setdefault("GLOO_SOCKET_IFNAME", lo)
         if pg == "nccl":

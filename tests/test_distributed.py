@@ -19,6 +19,8 @@ rank fails the test instead of hanging CI.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -117,7 +119,7 @@ def test_fsdp2_equals_one_process_on_the_global_batch(eager_runs, backend):
                             f"fsdp-{backend} rank {r} vs one process")
 
 
-def test_fsdp2_refuses_the_neurons_scalar_parameters(tmp_path):
+def test_fsdp2_refuses_the_neurons_scalar_parameters(tmp_path, monkeypatch):
     """Why FSDP2 needs ``scalars_to_1d`` (README "Multi-GPU"): fully_shard refuses 0-dim parameters
     before any communication, so a world of one, in this process, shows it. If torch lifts the
     restriction this test fails: drop the recipe from the README then."""
@@ -125,6 +127,8 @@ def test_fsdp2_refuses_the_neurons_scalar_parameters(tmp_path):
 
     own = not dist.is_initialized()
     if own:
+        if dw.loopback() is not None and "GLOO_SOCKET_IFNAME" not in os.environ:
+            monkeypatch.setenv("GLOO_SOCKET_IFNAME", dw.loopback())
         dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         with pytest.raises(ValueError, match="fully_shard doesn't support scalar parameters"):
