@@ -7,7 +7,8 @@ starts the ranks.
 
 Each mode trains the same small SNN for ``STEPS`` steps and saves its parameters (full tensors, on
 every rank) to ``DIR/<mode>-rank<R>.pt``. Modes: ``ddp-<backend>`` (DistributedDataParallel),
-``fsdp-<backend>`` (FSDP2 ``fully_shard``), ``local-<backend>`` (each rank on its half alone, no
+``ddp_chunks-<backend>`` (DDP, the sequence fed one step per forward call
+before one backward, as single-step code does), ``fsdp-<backend>`` (FSDP2 ``fully_shard``), ``local-<backend>`` (each rank on its half alone, no
 synchronisation: the negative control), ``ddp_compile-<backend>`` (``torch.compile`` of the DDP
 model, backend ``aot_eager``: the custom ops traced through their fakes and registered autograd),
 ``ddp_inductor-<backend>`` (the same with Inductor generating the code around the ops).
@@ -123,21 +124,24 @@ def run_mode(mode: str, rank: int, world: int, device="cpu"):
     model = build_model(backend, device)
     if kind == "ddp":
         return full_params(train(DDP(model), x, y)), {}
+    if kind == "ddp_chunks":  # T forward calls of one step each (the membrane carried), one backward
+        return full_params(train(DDP(model), x, y, step_fn=lambda m, xb: torch.cat([m(xb[t:t + 1])
+                                                                                    for t in range(T)]))), {}
     if kind == "local":
         return full_params(train(model, x, y)), {}
     if kind in ("ddp_compile", "ddp_inductor"):
-        import torch._dynamo
+        from torch import _dynamo  # (not `import torch._dynamo`: that would make `torch` local here)
         from torch._dynamo.utils import counters
 
         def compiled_run(model, compiler):
             """Train DDP(model) compiled; (parameters, the graphs Dynamo captured, its graph breaks)."""
-            torch._dynamo.reset()
+            _dynamo.reset()
             counters.clear()
             graphs = []
 
             def backend_fn(gm, example_inputs):  # the compiler, recording what Dynamo captured
                 graphs.append(gm)
-                return torch._dynamo.lookup_backend(compiler)(gm, example_inputs)
+                return _dynamo.lookup_backend(compiler)(gm, example_inputs)
 
             ddp = DDP(model)
             compiled = torch.compile(ddp, backend=backend_fn)

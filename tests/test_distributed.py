@@ -3,7 +3,8 @@
 end with the same float64 parameters as one process training on the global batch.
 
 - DDP, with the fused CPU backend ('cpu', and 'auto', which picks it for CPU tensors) and with the
-  reference; the single-process runs of both backends agree too.
+  reference; the single-process runs of both backends agree too. Also the sequence fed one step per
+  forward call before one backward.
 - FSDP2 (``fully_shard``): it refuses 0-dim parameters, and every learnable scalar of the neurons is
   0-dim; with them reshaped to [1] (``scalars_to_1d``, the README's recipe) it trains to the same
   parameters.
@@ -52,7 +53,7 @@ FUSED = ["cpu", "auto"] if HAS_CPU else []
 BASE = "cpu" if HAS_CPU else "reference"  # the single-process run the others are compared with
 needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="the compiled CPU extension (snn_fast._C) is not built")
 EAGER_MODES = ([f"ddp-{b}" for b in FUSED + ["reference"]] + [f"fsdp-{b}" for b in FUSED[:1] + ["reference"]]
-               + [f"local-{BASE}"])
+               + [f"ddp_chunks-{BASE}", f"local-{BASE}"])
 
 
 def launch(tmp_path, modes):
@@ -108,6 +109,14 @@ def test_ddp_equals_one_process_on_the_global_batch(eager_runs, backend):
         assert torch.equal(r0[name], r1[name]), f"{mode}: ranks differ in {name}"
     assert_params_close(r0, single(BASE), f"{mode} vs one process ({BASE})")
     assert_params_close(r0, single("reference"), f"{mode} vs one process (reference)")
+
+
+def test_ddp_with_one_step_per_forward_call(eager_runs):
+    """T forward calls of one step each (the membrane carried from call to call, as single-step code
+    and truncated BPTT do), then one backward: DDP's gradient hooks fire once per parameter per
+    backward, so this too equals one process running the whole sequence at once."""
+    for r in range(WORLD):
+        assert_params_close(eager_runs[(f"ddp_chunks-{BASE}", r)][0], single(BASE), f"ddp_chunks rank {r}")
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
