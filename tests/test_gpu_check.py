@@ -124,10 +124,12 @@ def test_full_adds_the_ddp_stage(check_mod):
     assert all(s[1] >= s[4] for s in stages), "a timeout below its own estimate"
 
 
+@pytest.mark.slow
 def test_ddp_stage_dry_run(tmp_path, check_mod, monkeypatch):
     """The --full DDP stage on this machine: gloo on the CPU for both its parts, 'cpu' standing in for
     'cuda', Triton interpreted, aot_eager for Inductor. Every case equals one process on the global
-    batch (tests/test_distributed.py checks the same runs in detail)."""
+    batch (tests/test_distributed.py checks the same runs in detail). 44-61 s here (4 process starts,
+    the interpreter, a compile; load average 12-18): marked ``slow``, which CI runs."""
     out = tmp_path / "out"
     monkeypatch.setenv("OUT", str(out))
     rc = check_mod.main(["--dry-run", "--full", "--only", "ddp"])
