@@ -64,8 +64,9 @@ def stage_list(py, work, dry, full, nproc):
         ("memcheck", 120, "memcheck", dict(one_config, PYTORCH_NO_CUDA_MEMORY_CACHING="1"), 60),
     ] + ([
         # --full only: DDP on 2 ranks sharing the GPU (gloo), then DDP, FSDP2 and Inductor-compiled DDP
-        # on 1 rank (NCCL). Estimate: 4 process starts (~5 s each), the Triton fp64 variants, Inductor.
-        ("ddp", 300, st + ["ddp", "--stage-name", "ddp"] + w + d, one_config, 90),
+        # on 1 rank (NCCL), one launch per case. Estimate: 9 process starts (~5 s each), the Triton
+        # fp64 variants, Inductor (~30 s).
+        ("ddp", 420, st + ["ddp", "--stage-name", "ddp"] + w + d, one_config, 120),
     ] if full else [])
 
 

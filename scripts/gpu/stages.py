@@ -413,6 +413,12 @@ def stage_ddp(args):
         return None
 
     def run(case, modes, world, pg, check):
+        # On the GPU one launch per mode (~5 s of start-up each), so that a mode that fails does not
+        # hide the ones after it; the dry run shares one launch (its cost is CI's).
+        for group in [modes] if DRY else [[m] for m in modes]:
+            launch_group(case, group, world, pg, check)
+
+    def launch_group(case, modes, world, pg, check):
         t0 = time.perf_counter()
         try:
             runs, secs = dw.launch(tempfile.mkdtemp(dir=args.work), modes, world, pg=pg, device=DEVICE,
