@@ -115,3 +115,31 @@ def test_a_failing_stage_fails_the_run(tmp_path, check_mod, monkeypatch):
     assert rc == 1
     summary = (out / "summary.md").read_text()
     assert "| env | FAILED rc=3 |" in summary and "| autotable | ok |" in summary, summary
+
+
+def test_full_adds_the_ddp_stage(check_mod):
+    """--full runs the distributed stage after the others (the default run stays within its budget)."""
+    stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=True, nproc=16)
+    assert [s[0] for s in stages] == STAGE_NAMES + ["ddp"]
+    assert all(s[1] >= s[4] for s in stages), "a timeout below its own estimate"
+
+
+@pytest.mark.slow
+def test_ddp_stage_dry_run(tmp_path, check_mod, monkeypatch):
+    """The --full DDP stage on this machine: gloo on the CPU for both its parts, 'cpu' standing in for
+    'cuda', Triton interpreted, aot_eager for Inductor. Every case equals one process on the global
+    batch (tests/test_distributed.py checks the same runs in detail). 44-61 s here (4 process starts,
+    the interpreter, a compile; load average 12-18): marked ``slow``, which CI runs."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("OUT", str(out))
+    rc = check_mod.main(["--dry-run", "--full", "--only", "ddp"])
+    summary = (out / "summary.md").read_text()
+    assert rc == 0 and "| ddp | ok |" in summary, summary
+    with open(out / "correctness.csv") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f) if r["stage"] == "ddp"}
+    want = {"gloo 2 ranks ddp-cpu", "gloo 2 ranks ddp-reference", "gloo 1 rank ddp-auto", "gloo 1 rank fsdp-auto",
+            "gloo 1 rank ddp_compile-auto"}
+    assert want <= rows.keys(), sorted(rows)
+    assert "gloo 2 ranks ddp-triton" in rows, sorted(rows)
+    for r in rows.values():  # Triton: run when it is installed, else a skipped row
+        assert r["ok"] == "True" or (r["backend"] == "triton" and r["detail"].startswith("skipped:")), r

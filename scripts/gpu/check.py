@@ -62,7 +62,12 @@ def stage_list(py, work, dry, full, nproc):
         ("tempotron", 90, st + ["tempotron", "--stage-name", "tempotron"] + w + d, {}, 25),
         # The caching allocator would hide an out-of-bounds access inside one of its blocks: off.
         ("memcheck", 120, "memcheck", dict(one_config, PYTORCH_NO_CUDA_MEMORY_CACHING="1"), 60),
-    ]
+    ] + ([
+        # --full only: DDP on 2 ranks sharing the GPU (gloo), then DDP, FSDP2 and Inductor-compiled DDP
+        # on 1 rank (NCCL), one launch per case. Estimate: 9 process starts (~5 s each), the Triton
+        # fp64 variants, Inductor (~30 s).
+        ("ddp", 420, st + ["ddp", "--stage-name", "ddp"] + w + d, one_config, 120),
+    ] if full else [])
 
 
 def autotable_cmd(py, work, dry, full):
@@ -191,7 +196,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="run the stages on this CPU machine, tiny sizes")
     ap.add_argument("--full", action="store_true", help="compiled reference at every T, whole autotable grid, "
-                    "then the whole test suite (no default budget)")
+                    "the DDP/FSDP2 stage, then the whole test suite (no default budget)")
     ap.add_argument("--budget", type=float, default=None, help="seconds for all stages (default 480; --full 1800)")
     ap.add_argument("--only", default=None, help="comma-separated stage names")
     args = ap.parse_args(argv)

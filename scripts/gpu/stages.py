@@ -336,9 +336,125 @@ def stage_tiny(args):
     return 0
 
 
+# --------------------------------------------------------------------------------------------------
+# Stage 7 (--full only): DDP, FSDP2 and torch.compile on the GPU
+
+
+def stage_ddp(args):
+    """The distributed tests (tests/test_distributed.py) on the GPU, with the model, data and training
+    loop of tests/distributed_worker.py (Conv → LIF with learnable τ/θ/α → Linear → PLIF, float64,
+    3 SGD steps):
+
+    1. two ranks on the one GPU over gloo (NCCL does not allow two ranks on one device): DDP with each fused
+       GPU backend and the reference ends with the parameters of one process on the global batch;
+    2. one rank over NCCL: DDP, FSDP2 and torch.compile (Inductor) of the DDP model with backend
+       'auto', each against one process; the compiled run adds no graph break to DDP's own.
+
+    Dry run: gloo on the CPU throughout, 'cpu' standing in for 'cuda', Triton interpreted, aot_eager
+    for Inductor."""
+    import tempfile
+
+    import distributed_worker as dw
+    from conftest import assert_close
+
+    from snn_fast.ops.lif.function import BACKENDS
+
+    probe = torch.zeros(1, device=DEVICE)
+    fused = ["cpu" if DRY else "cuda", "triton"]
+    path = os.path.join(args.work, "correctness.csv")
+    single_cache = {}
+    failed = 0
+
+    def single(backend):
+        """One process on the global batch: what every distributed run must reproduce."""
+        if backend not in single_cache:
+            x, y = dw.make_data(DEVICE)
+            single_cache[backend] = dw.full_params(dw.train(dw.build_model(backend, DEVICE), x, y))
+        return single_cache[backend]
+
+    def record(backend, case, why, secs, skipped=False):
+        nonlocal failed
+        failed += why is not None and not skipped
+        tag = "skip" if skipped else "ok  " if why is None else "FAIL"
+        print(f"{tag} {backend:9s} {case:36s} {secs:6.1f} s  {why or ''}", flush=True)
+        _append_csv(path, dict(stage=args.stage, backend=backend, case=case, dtype="float64", T=dw.T, N=dw.B,
+                               ok=why is None, detail=why or "", seconds=f"{secs:.1f}"), CORRECT_FIELDS)
+
+    def compare(got, backend, what):
+        """None when ``got`` equals one process on the global batch (with this backend and the reference)."""
+        base = BACKENDS.select(backend, probe)  # 'auto' → the backend it picks
+        try:
+            for b in dict.fromkeys((base, "reference")):
+                want = single(b)
+                assert got.keys() == want.keys(), (sorted(got), sorted(want))
+                for name in want:
+                    assert_close(got[name].reshape(want[name].shape), want[name], name=f"{what} {name} vs {b}")
+        except AssertionError as e:
+            return str(e).strip().splitlines()[0][:300]
+        return None
+
+    def ranks_agree(mode, per_rank):
+        """DDP: the same all-reduced gradients and optimizer on every rank, so the same parameters."""
+        p0 = per_rank[0][0]
+        bad = [n for params, _ in per_rank[1:] for n in p0 if not torch.equal(params[n], p0[n])]
+        return f"ranks differ in {bad}" if bad else None
+
+    def compiled_ok(mode, per_rank):
+        """The compiled run: no graph break beyond DDP's own, each neuron layer's op captured once."""
+        if not mode.startswith("ddp_"):
+            return None
+        for _, meta in per_rank:
+            extra = sorted(set(meta["graph_breaks"]) - set(meta["plain_graph_breaks"]))
+            if meta["graph_breaks"] != meta["plain_graph_breaks"]:
+                return f"graph breaks beyond DDP's own: {extra}"[:300]
+            ops = meta["snn_fast_ops"]
+            if len(ops) != 2 or not all(o.startswith("snn_fast.lif_fwd") for o in ops):
+                return f"expected each neuron layer's op once in the graphs, got {ops}"
+        return None
+
+    def run(case, modes, world, pg, check):
+        # On the GPU one launch per mode (~5 s of start-up each), so that a mode that fails does not
+        # hide the ones after it; the dry run shares one launch (its cost is CI's).
+        for group in [modes] if DRY else [[m] for m in modes]:
+            launch_group(case, group, world, pg, check)
+
+    def launch_group(case, modes, world, pg, check):
+        t0 = time.perf_counter()
+        try:
+            runs, secs = dw.launch(tempfile.mkdtemp(dir=args.work), modes, world, pg=pg, device=DEVICE,
+                                   timeout=200, collective_timeout=120)
+        except Exception as e:  # noqa: BLE001 - a failed launch fails its cases, the stage goes on
+            lines = f"{type(e).__name__}: {e}".strip().splitlines()
+            print("\n".join(lines[-60:]))
+            for m in modes:
+                record(m.split("-", 1)[1], f"{case} {m}", lines[-1][:300], time.perf_counter() - t0)
+            return
+        for m in modes:
+            per_rank = [runs[(m, r)] for r in range(world)]
+            why = check(m, per_rank)
+            for r in range(world):
+                why = why or compare(per_rank[r][0], m.split("-", 1)[1], f"{m} rank {r}")
+            record(m.split("-", 1)[1], f"{case} {m}", why, secs)
+
+    avail = []
+    for b in fused:
+        why = BACKENDS.unavailable(b, probe)
+        if why is None:
+            avail.append(b)
+        else:  # the build stage already reports a missing extension
+            record(b, f"gloo 2 ranks ddp-{b}", f"skipped: {why}"[:300], 0.0, skipped=True)
+    run("gloo 2 ranks", [f"ddp-{b}" for b in avail + ["reference"]], 2, "gloo", ranks_agree)
+    # Inductor on the CPU (dry run) takes ~80 s on 2 cores: aot_eager traces the same ops.
+    compile_mode = "ddp_compile-auto" if DRY else "ddp_inductor-auto"
+    run("gloo 1 rank" if DRY else "nccl 1 rank", ["ddp-auto", "fsdp-auto", compile_mode], 1,
+        "gloo" if DRY else "nccl", compiled_ok)
+    print(f"ddp: {failed} failed")
+    return 1 if failed else 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "tiny"])
+    ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "tiny", "ddp"])
     ap.add_argument("--work", default=".")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--stage-name", dest="stage_name", default=None, help="label in the output files")
@@ -350,7 +466,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.stage = args.stage_name or args.stage
     os.makedirs(args.work, exist_ok=True)
-    fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, tiny=stage_tiny)[
+    fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, tiny=stage_tiny, ddp=stage_ddp)[
         ap.parse_args(argv).stage]
     return fn(args)
 
