@@ -50,10 +50,11 @@ T, B = 500, 16
 
 def sizes(device):
     """BENCHMARKS.md's sizes (CPU: smaller), or SNN_FAST_BENCH_ON_N="1024,2048" — on the shared 2-core
-    dev VM n = 1024 and 2048 took 9 minutes together (one thread, 2026-11-30); n = 4096 should take several
-    times that (the n² Linear and the Python-loop peers). n = 4096 is opt-in on the CPU: its first run
-    was killed at 23.8 GB resident on the 24 GB dev VM (the process already held 17.8 GB at n = 2048;
-    not yet explained), so `make bench` would not survive it there."""
+    dev VM n = 1024 and 2048 took 9 minutes together (one thread, 2026-11-30). n = 4096 is opt-in on
+    the CPU for its time: one round of it took 50 minutes there (niced, under load). Its first run was
+    killed at 23.8 GB resident — the old CPU peak-memory measure, torch.profiler's events read back at
+    ~85 KB each; with ``common.peak_bytes``'s live-storage count it completes at 4.3 GB
+    (benchmarks/results/cpu-x86_64-1t-2026-11-30-w2-n4096.md)."""
     env = os.environ.get("SNN_FAST_BENCH_ON_N")
     if env:
         return [int(v) for v in env.split(",")]
