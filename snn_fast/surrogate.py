@@ -393,7 +393,7 @@ def check_derivatives(s: Surrogate) -> None:
 def unregister_surrogate(name: str) -> None:
     """Remove a user-registered surrogate (built-in ones cannot be removed)."""
     s = get(name)
-    if s.id >= 0:
+    if s.has_kernel:
         raise ValueError(f"built-in surrogate {s.name!r} cannot be unregistered")
     for n in (s.name,) + s.aliases:
         _REGISTRY.pop(n, None)
