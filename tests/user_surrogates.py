@@ -87,11 +87,15 @@ if triton is not None:
 
 
 NAMES = ("user_sigmoid", "user_shifted", "user_box", "user_torch_only")
+WITH_ALPHA = ("user_sigmoid", "user_shifted", "user_torch_only")
+WITH_TRITON = ("user_sigmoid", "user_shifted", "user_box")
 KINKS = {"user_box": [0.5, -0.5]}
 
 
 def register_all():
-    """Register the four (once per process) and return their names."""
+    """Register the four (once per process) and return their names. Called from fixtures, not at
+    import: test modules collected in the same process read ``surrogate.names()`` at import
+    (test_lif.py's grid of the built-ins) and must see the built-ins only."""
     have = set(sgm.names())
     tr = triton is not None
     specs = {
