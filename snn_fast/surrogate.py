@@ -287,13 +287,16 @@ def register_surrogate(
         scaling: g(x; α) = G(α·x), so ∂g/∂α = x·g′(x)/α (derived when ``dg_dalpha`` is not given).
         triton: ``(g, dg)`` or ``(g, dg, dg_dalpha)`` as ``@triton.jit`` functions ``(x, a)`` of a
             block of x and the scalar α, in the kernel's compute dtype (float32; float64 for float64
-            data), returning a block like x. Without it, 'triton' cannot run this surrogate. Its
-            ∂g/∂α may be left out when ``scaling`` or ``alpha is None``.
+            data), returning a block like x; defined at module level with ``triton.language``
+            imported there (Triton resolves a jit function's globals from its module). Without
+            it, 'triton' cannot run this surrogate. Its ∂g/∂α may be left out when ``scaling`` or
+            ``alpha is None``.
 
     Checked here, before anything is registered: the name is free; g, g′ and ∂g/∂α are finite on a
     grid of x and two widths; g′ matches central differences of g, and ∂g/∂α of g in α (the error
-    names the worst point). The Triton functions are checked against the torch ones when the Triton
-    backend first runs them (tests/test_custom_surrogate.py).
+    names the worst point). The Triton functions need a device (or the interpreter) to run: the Triton
+    backend checks them against the torch ones on the same grid the first time it runs them on a
+    device type, and refuses a disagreement (``snn_fast/ops/lif/triton.py``, ``_verify_user``).
 
     ``backend='auto'`` picks the fastest backend that runs the surrogate; naming one that cannot
     ('cuda'; 'triton' without ``triton=``) is an error that says so.

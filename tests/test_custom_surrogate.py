@@ -275,3 +275,20 @@ def test_unregistered_id_is_a_clear_error():
     with pytest.raises(ValueError, match="no registered surrogate has id 999999"):
         custom_cpu.lif_bwd_custom_cpu(x, None, None, x, x[0], torch.tensor([0.5, 1.0, 4.0]), None, x, x, 999999,
                                       True, 0.0, True, False, 0.0, False)
+
+
+def test_triton_functions_that_disagree_with_torch_are_refused():
+    """The Triton versions are checked against the torch ones the first time the Triton backend runs
+    them: a wrong factor in the Triton g′ (the torch pair is right, so registration passes) is an
+    error naming the surrogate and the point, not a silently different gradient on the GPU."""
+    if SKIP["triton-interp"] and SKIP["triton-cuda"]:
+        pytest.skip(SKIP["triton-interp"])
+    sgm.register_surrogate("tmp_wrong_tl", g=_sig, dg=_sig_dg, alpha=4.0, scaling=True,
+                           triton=(user_surrogates.sig_g_tl, user_surrogates.sig_dg_wrong_tl))
+    try:
+        device = "cuda" if not SKIP["triton-cuda"] else "cpu"
+        x = torch.randn(3, 5, device=device)
+        with pytest.raises(ValueError, match="surrogate 'tmp_wrong_tl': its Triton dg disagrees with its torch dg"):
+            snn_fast.lif_multistep(x, surrogate="tmp_wrong_tl", backend="triton")
+    finally:
+        sgm.unregister_surrogate("tmp_wrong_tl")

@@ -64,6 +64,11 @@ if triton is not None:
         return a * s * (1.0 - s)
 
     @triton.jit
+    def sig_dg_wrong_tl(x, a):  # the factor a is missing (test_custom_surrogate.py: refused at first use)
+        s = 1.0 / (1.0 + tl.exp(-(a * x)))
+        return s * (1.0 - s)
+
+    @triton.jit
     def shift_g_tl(x, a):
         return 1.0 / (1.0 + tl.exp(-((a + 1.0) * x)))
 

@@ -60,6 +60,7 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 
 from ... import _triton
 from ... import surrogate as _sg
@@ -484,8 +485,9 @@ def _sg_zero(x, a):  # ∂g/∂α of a user surrogate without a width
     return tl.zeros_like(x)
 
 
-def _sg_args(surrogate: int) -> dict:
-    """The kernels' SG (and SGF) for an op's surrogate id: a built-in's id, or −1 and a user's functions."""
+def _sg_args(surrogate: int, x: Optional[torch.Tensor] = None) -> dict:
+    """The kernels' SG (and SGF) for an op's surrogate id: a built-in's id, or −1 and a user's
+    functions (checked against the user's torch ones on x's device the first time, ``_verify_user``)."""
     if surrogate < _sg.CUSTOM_ID_BASE:
         return {"SG": surrogate, "SGF": None}
     try:
@@ -498,7 +500,58 @@ def _sg_args(surrogate: int) -> dict:
     g, dg, da = sg.triton
     if da is None and not sg.scaling:  # no width: ∂g/∂α = 0
         da = _sg_zero
-    return {"SG": -1, "SGF": (g, dg, da)}
+    sgf = (g, dg, da)
+    if x is not None:
+        _verify_user(sg, sgf, x)
+    return {"SG": -1, "SGF": sgf}
+
+
+@triton.jit
+def _sg_eval_kernel(x_ptr, out_ptr, alpha_ptr, N, SGF: tl.constexpr, BLOCK: tl.constexpr):
+    """g, g′ and ∂g/∂α of a user's Triton functions on a grid, as the LIF kernels evaluate them."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < N
+    x = tl.load(x_ptr + i, mask=m, other=0.0)
+    a = tl.load(alpha_ptr)
+    tl.store(out_ptr + i, _sg_prim(x, a, -1, SGF), mask=m)
+    tl.store(out_ptr + N + i, _sg_grad(x, a, -1, SGF), mask=m)
+    tl.store(out_ptr + 2 * N + i, _sg_dalpha(x, a, -1, SGF), mask=m)
+
+
+# A user's Triton g/g′/∂g/∂α must agree with the torch ones the registration checked (else the GPU
+# trains with another surrogate than the CPU): compared once per surrogate and device type, in
+# float32 on the registration's grid, against torch in float64 on the same float32 points. 1e-4 of
+# (1 + the largest magnitude): float32 evaluation is good to a few ulp (~1e-6) of that, a wrong factor,
+# sign or term is off by far more.
+_VERIFIED: set = set()
+_VERIFY_RTOL = 1e-4
+
+
+def _verify_user(sg, sgf, x: torch.Tensor) -> None:
+    device = x.device
+    key = (sg.id, device.type)
+    # not while tracing (torch.compile, fake tensors): the first eager run checks
+    if key in _VERIFIED or config._is_compiling() or is_fake(x):
+        return
+    xs = _sg._CHECK_X.to(torch.float32)
+    a = sg.alpha if sg.alpha is not None else 1.0
+    out = torch.empty(3 * xs.numel(), dtype=torch.float32, device=device)
+    _sg_eval_kernel[(triton.cdiv(xs.numel(), 512),)](
+        xs.to(device), out, torch.tensor([a], dtype=torch.float32, device=device), xs.numel(), SGF=sgf, BLOCK=512)
+    got = out.view(3, -1).double().cpu()
+    x64, a64 = xs.double(), torch.tensor(a, dtype=torch.float64)
+    want = [sg.g(x64, a64), sg.dg(x64, a64), sg.dg_dalpha(x64, a64) if sg.dg_dalpha is not None else None]
+    for what, gv, wv in zip(("g", "dg", "dg_dalpha"), got, want):
+        if wv is None:
+            continue
+        err = (gv - wv).abs()
+        i = int(torch.nan_to_num(err, nan=math.inf).argmax())
+        tol = _VERIFY_RTOL * (1.0 + wv.abs().max().item())
+        if not err[i] <= tol:
+            raise ValueError(f"surrogate {sg.name!r}: its Triton {what} disagrees with its torch {what}: at "
+                             f"x = {xs[i].item():.6g}, a = {a:g} Triton gives {gv[i].item():.9g}, torch "
+                             f"{wv[i].item():.9g} (tolerance {tol:.2g})")
+    _VERIFIED.add(key)
 
 
 def _save_x(dtype: torch.dtype) -> bool:
@@ -529,7 +582,7 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
         wrap[_grid(N)](
             x, v0, pbuf, mask if mask is not None else x, s, v_last, v_seq, saved,  # [0]-sized unless stored
             T, N, float(v_reset), _n_bucket(N),
-            **_sg_args(surrogate), HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None,
+            **_sg_args(surrogate, x), HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None,
             STORE_VSEQ=return_v_seq, SAVE_H=save_h, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
             EXACT=EXACT_MUL,
             **_block_kw(),
@@ -582,7 +635,7 @@ def lif_bwd_triton(
             grad_s, gvl if gvl is not None else grad_s, gvs if gvs is not None else grad_s, x, v0, pbuf,
             mask if mask is not None else x, saved, gx, gv0, partial,
             T, N, float(v_reset), float(reset_residual), _n_bucket(N),
-            **_sg_args(surrogate), HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
+            **_sg_args(surrogate, x), HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
             HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
             NEED_PARAM_GRAD=need_param_grad, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
             **_block_kw(),
