@@ -136,13 +136,14 @@ class OpBackends:
         forces the reference; ``surrogate`` (a user-registered one) limits the choice to the backends
         that run it."""
         name = requested(backend)
+        custom = surrogate is not None and surrogate.custom  # the built-ins run everywhere: no check per call
         if name != "auto":
             if name != "reference" and not has_kernel:
                 raise ValueError(
                     f"backend {name!r} cannot run a user-registered surrogate (it has no kernel); "
                     "use backend='reference' or 'auto'"
                 )
-            why = self.cannot_run(name, surrogate)
+            why = self.cannot_run(name, surrogate) if custom else None
             if why is not None:
                 ok = [n for n in self.backends if n in NAMES and self.cannot_run(n, surrogate) is None]
                 raise ValueError(f"backend {name!r} cannot run the user-registered surrogate {surrogate.name!r}: "
@@ -155,7 +156,7 @@ class OpBackends:
             return "reference"
         order = self.gpu_preference(x) if x.device.type == "cuda" else ("cpu",)
         for cand in order:
-            if self.cannot_run(cand, surrogate) is None and self.unavailable(cand, x) is None:
+            if (not custom or self.cannot_run(cand, surrogate) is None) and self.unavailable(cand, x) is None:
                 return cand
         return "reference"
 
