@@ -4,9 +4,10 @@ Each op's ``function.py`` lists its fused backends in one table, an :class:`OpBa
 :class:`Backend` entries (ops, what they save, a probe); this module chooses among them and loads
 them, the same way for every op. Automatic: a CUDA tensor gets the fastest GPU backend that is
 available (the op's measured :class:`~snn_fast.autotable.AutoTable` when it has one, else
-``GPU_ORDER``); a CPU tensor gets the C++ kernel; anything else (or a user surrogate, which has no
-kernel) gets the reference. A backend asked for by name that cannot run raises an error saying how
-to get it; only ``auto`` falls back.
+``GPU_ORDER``); a CPU tensor gets the C++ kernel; anything else gets the reference. A surrogate a
+user registered runs only on the backends whose entry accepts it (``Backend.surrogates``): ``auto``
+skips the others, and naming one raises an error naming backend and surrogate. A backend asked for
+by name that cannot run raises an error saying how to get it; only ``auto`` falls back.
 
 Loading is lazy: an entry names its ops ("snn_fast::lif_fwd_triton") and the module that defines
 them, imported on the backend's first use (so triton is imported only when a Triton backend runs).
@@ -69,6 +70,11 @@ class Backend:
     infer: Optional[str] = None
     module: Optional[str] = None
     saves: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    # User-registered surrogates (``snn_fast.surrogate.register_surrogate``): None = this backend runs
+    # the built-in ones only; else surrogate -> None when it can run it, or why not. ``custom_entry``
+    # names the table entry whose ops run them (default: this entry's own ops).
+    surrogates: Optional[Callable[[object], Optional[str]]] = None
+    custom_entry: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -116,15 +122,32 @@ class OpBackends:
         """Order to try GPU backends in: the measured table's when the op has one."""
         return self.autotable.preference(x) if self.autotable is not None else GPU_ORDER
 
-    def select(self, backend: Optional[str], x: torch.Tensor, has_kernel: bool = True) -> str:
-        """Resolve ``backend`` for input ``x``. ``has_kernel=False`` (a user surrogate) forces the reference."""
+    def cannot_run(self, name: str, surrogate) -> Optional[str]:
+        """None when backend ``name`` runs ``surrogate`` (every backend runs the built-ins), else why not."""
+        if name == "reference" or surrogate is None or not getattr(surrogate, "custom", False):
+            return None
+        e = self.backends[name]
+        if e.surrogates is None:
+            return "its kernels are compiled with the built-in surrogates only"
+        return e.surrogates(surrogate)
+
+    def select(self, backend: Optional[str], x: torch.Tensor, has_kernel: bool = True, surrogate=None) -> str:
+        """Resolve ``backend`` for input ``x``. ``has_kernel=False`` (a surrogate no kernel can run)
+        forces the reference; ``surrogate`` (a user-registered one) limits the choice to the backends
+        that run it."""
         name = requested(backend)
+        custom = surrogate is not None and surrogate.custom  # the built-ins run everywhere: no check per call
         if name != "auto":
             if name != "reference" and not has_kernel:
                 raise ValueError(
                     f"backend {name!r} cannot run a user-registered surrogate (it has no kernel); "
                     "use backend='reference' or 'auto'"
                 )
+            why = self.cannot_run(name, surrogate) if custom else None
+            if why is not None:
+                ok = [n for n in self.backends if n in NAMES and self.cannot_run(n, surrogate) is None]
+                raise ValueError(f"backend {name!r} cannot run the user-registered surrogate {surrogate.name!r}: "
+                                 f"{why}; use backend='auto', 'reference'" + "".join(f" or {n!r}" for n in ok))
             why = self.unavailable(name, x)
             if why is not None:
                 raise RuntimeError(why)
@@ -133,9 +156,14 @@ class OpBackends:
             return "reference"
         order = self.gpu_preference(x) if x.device.type == "cuda" else ("cpu",)
         for cand in order:
-            if self.unavailable(cand, x) is None:
+            if (not custom or self.cannot_run(cand, surrogate) is None) and self.unavailable(cand, x) is None:
                 return cand
         return "reference"
+
+    def ops_for(self, name: str, surrogate) -> str:
+        """The table entry whose ops run ``surrogate`` on backend ``name`` (``Backend.custom_entry``)."""
+        e = self.backends[name]
+        return e.custom_entry if e.custom_entry is not None and getattr(surrogate, "custom", False) else name
 
     def load(self, name: str) -> Loaded:
         """The backend's ops, importing their module and registering them on first use."""
@@ -175,10 +203,11 @@ def requested(backend: Optional[str]) -> str:
     return name
 
 
-def select(backend: Optional[str], x: torch.Tensor, has_kernel: bool = True, *, op: OpBackends) -> str:
-    """``op.select(backend, x, has_kernel)``: ``op`` is an op's table, e.g.
+def select(backend: Optional[str], x: torch.Tensor, has_kernel: bool = True, *, op: OpBackends,
+           surrogate=None) -> str:
+    """``op.select(backend, x, has_kernel, surrogate)``: ``op`` is an op's table, e.g.
     ``snn_fast.ops.lif.function.BACKENDS`` (named, not defaulted: this module imports no op)."""
-    return op.select(backend, x, has_kernel)
+    return op.select(backend, x, has_kernel, surrogate)
 
 
 def refuse_double_backward(title: str, *tensors) -> None:

@@ -4,23 +4,40 @@ Every surrogate has a primitive ``g(x, a)`` (the analog forward of the noisy spi
 derivative ``dg(x, a)`` (the surrogate gradient g′), and ``dg_dalpha(x, a)`` (∂g/∂α, for a learnable
 width). ``x = H − θ``. The integer ``id`` is what the fused kernels switch on; it is part of the ABI
 shared with ``csrc/include/snn_fast/surrogate.h`` and ``snn_fast/ops/lif/triton.py`` and must never
-be renumbered. Surrogates registered by users have ``id = -1`` and run on the reference backend only.
+be renumbered.
+
+Surrogates registered by users (:func:`register_surrogate`) get ids from ``CUSTOM_ID_BASE`` up, in
+registration order, for this process only (they are pickled by name, never by id), and run on:
+  - 'cpu': the C++ forward (which does not involve the surrogate unless a noise mask is given) and a
+    backward that evaluates the user's torch ``dg`` (and ``dg_dalpha``) on cache-sized blocks
+    (``snn_fast/ops/lif/custom_cpu.py``);
+  - 'triton': when ``triton=(g, dg[, dg_dalpha])`` gives ``@triton.jit`` versions, passed to the
+    kernels as constexpr functions, so each such surrogate compiles into its own kernel variant;
+  - 'reference': always. Not 'cuda' (its kernels are compiled ahead of time).
+A ``Surrogate`` built by hand (not registered) has ``id = -1`` and runs on the reference only.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+import sys
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
 Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# Ids of user-registered surrogates start here (the built-in ids 0…10 are the kernel ABI; the gap
+# keeps room for more built-ins). Never reused within a process, so a kernel variant compiled for
+# one registration is never run for another.
+CUSTOM_ID_BASE = 1000
+
 
 @dataclass(frozen=True)
 class Surrogate:
     name: str
-    id: int  # kernel id; -1 = reference only
+    id: int  # kernel id: built-in 0…10 (ABI); user-registered ≥ CUSTOM_ID_BASE; -1 = reference only
     alpha: Optional[float]  # default α; None = the surrogate has no width parameter
     g: Fn
     dg: Fn
@@ -29,10 +46,20 @@ class Surrogate:
     # α must exceed this (exclusive bound): 0 for every width; q_pseudo_spike needs α > 1, since its
     # u = 1 + 2|x|/(α − 1) has a pole at α = 1 and flips sign below it.
     alpha_min: float = 0.0
+    # A user's @triton.jit (g, g′, ∂g/∂α) for the Triton kernels; ∂g/∂α may be None when it follows
+    # from g′ (``scaling``: g(x; α) = G(αx)) or is 0 (no width). None: no Triton version.
+    triton: Optional[tuple] = None
+    scaling: bool = False
 
     @property
     def has_kernel(self) -> bool:
-        return self.id >= 0
+        """A built-in surrogate, which every fused backend runs."""
+        return 0 <= self.id < CUSTOM_ID_BASE
+
+    @property
+    def custom(self) -> bool:
+        """Registered by a user: runs on the backends that accept user surrogates (see the module docstring)."""
+        return self.id >= CUSTOM_ID_BASE
 
     def __reduce_ex__(self, protocol):
         # Pickled (and deep-copied) by name: a module holding a surrogate then pickles even when the
@@ -204,6 +231,7 @@ for _sid, _name, _alpha, _g, _dg, _da, _aliases, _alpha_min in [
     _add(Surrogate(_name, _sid, _alpha, _g, _dg, _da, _aliases, _alpha_min))
 
 NUM_KERNEL_SURROGATES = len(_BY_ID)
+assert NUM_KERNEL_SURROGATES <= CUSTOM_ID_BASE
 
 
 def names() -> Tuple[str, ...]:
@@ -232,6 +260,9 @@ def by_id(sid: int) -> Surrogate:
     return _BY_ID[sid]
 
 
+_CUSTOM_IDS = iter(range(CUSTOM_ID_BASE, 1 << 30))
+
+
 def register_surrogate(
     name: str,
     g: Fn,
@@ -240,23 +271,133 @@ def register_surrogate(
     alpha: Optional[float] = None,
     aliases: Tuple[str, ...] = (),
     alpha_min: float = 0.0,
+    *,
+    scaling: bool = False,
+    triton: Optional[tuple] = None,
 ) -> Surrogate:
-    """Register a surrogate of your own for the reference backend.
+    """Register a surrogate of your own; it runs in the fused 'cpu' and 'triton' backends too.
 
-    ``g(x, a)`` is the primitive, ``dg(x, a)`` its derivative (the surrogate gradient) and
-    ``dg_dalpha(x, a)`` its derivative in the width ``a`` (needed only for a learnable α); a given α
-    must exceed ``alpha_min``. The fused
-    kernels cannot run Python functions, so ``backend='auto'`` uses the reference for it and asking
-    for a fused backend by name is an error.
+    Args:
+        g, dg: torch functions ``(x, a) -> tensor like x``: the primitive g (emitted where a noise
+            mask is False) and its derivative g′ (the surrogate gradient), elementwise in ``x = H − θ``
+            with ``a`` (α) a 0-d tensor of x's dtype.
+        dg_dalpha: ∂g/∂α, needed to learn α. Not needed with ``scaling=True`` or without a width.
+        alpha: the default width α; None = g does not depend on α (∂g/∂α = 0).
+        alpha_min: α must exceed this.
+        scaling: g(x; α) = G(α·x), so ∂g/∂α = x·g′(x)/α (derived when ``dg_dalpha`` is not given).
+        triton: ``(g, dg)`` or ``(g, dg, dg_dalpha)`` as ``@triton.jit`` functions ``(x, a)`` of a
+            block of x and the scalar α, in the kernel's compute dtype (float32; float64 for float64
+            data), returning a block like x; defined at module level with ``triton.language``
+            imported there (Triton resolves a jit function's globals from its module). Without
+            it, 'triton' cannot run this surrogate. Its ∂g/∂α may be left out when ``scaling`` or
+            ``alpha is None``.
+
+    Checked here, before anything is registered: the name is free; g, g′ and ∂g/∂α are finite on a
+    grid of x and two widths; g′ matches central differences of g, and ∂g/∂α of g in α (the error
+    names the worst point). The Triton functions need a device (or the interpreter) to run: the Triton
+    backend checks them against the torch ones on the same grid the first time it runs them on a
+    device type, and refuses a disagreement (``snn_fast/ops/lif/triton.py``, ``_verify_user``).
+
+    ``backend='auto'`` picks the fastest backend that runs the surrogate; naming one that cannot
+    ('cuda'; 'triton' without ``triton=``) is an error that says so.
     """
-    return _add(Surrogate(name.lower(), -1, alpha, g, dg, dg_dalpha, tuple(a.lower() for a in aliases),
-                          float(alpha_min)))
+    name = name.lower()
+    aliases = tuple(a.lower() for a in aliases)
+    for n in (name,) + aliases:
+        if n in _REGISTRY:
+            raise ValueError(f"surrogate name {n!r} is already registered")
+    if alpha is not None:
+        alpha = float(alpha)
+        if not alpha > alpha_min:
+            raise ValueError(f"surrogate {name!r}: default alpha {alpha} must exceed alpha_min {alpha_min}")
+    if dg_dalpha is None:
+        if alpha is None:
+            dg_dalpha = _zero_dalpha
+        elif scaling:
+            dg_dalpha = _scaling_dalpha(dg)
+    if triton is not None:
+        triton = _check_triton_fns(name, triton, alpha is None or scaling)
+    s = Surrogate(name, -1, alpha, g, dg, dg_dalpha, aliases, float(alpha_min), triton, bool(scaling))
+    check_derivatives(s)
+    return _add(dataclasses.replace(s, id=next(_CUSTOM_IDS)))
+
+
+def _check_triton_fns(name: str, fns, dalpha_optional: bool) -> tuple:
+    fns = tuple(fns)
+    if len(fns) not in (2, 3):
+        raise ValueError(f"surrogate {name!r}: triton= takes (g, dg) or (g, dg, dg_dalpha), got {len(fns)} items")
+    if len(fns) == 2:
+        if not dalpha_optional:
+            raise ValueError(f"surrogate {name!r}: give triton=(g, dg, dg_dalpha) (∂g/∂α for a learnable alpha), "
+                             "or scaling=True when g(x; α) = G(α·x)")
+        fns = fns + (None,)
+    tr = sys.modules.get("triton")  # the functions were made by triton.jit, so triton is imported
+    kinds = ()
+    if tr is not None:
+        from triton.runtime import interpreter, jit  # noqa: PLC0415 - only when triton is in use
+
+        kinds = (jit.JITFunction, interpreter.InterpretedFunction)
+    for what, f in zip(("g", "dg", "dg_dalpha"), fns):
+        if f is not None and not (kinds and isinstance(f, kinds)):
+            raise TypeError(f"surrogate {name!r}: triton {what} must be a @triton.jit function, "
+                            f"got {type(f).__name__}")
+    return fns
+
+
+# The registration check (SPEC §3's contract, on a grid): x from −8 to 8 in steps of 0.004, shifted by
+# an irrational 0.001·√2 so that no point sits on a kink at a round number (0, ±0.5/α, ±1/α, …),
+# where a central difference straddles the jump in g′ and means nothing. Step H = 1e-6 in float64:
+# truncation ~H²·g‴/6 (1e-10 for sigmoid at α = 20), rounding ~1e-16/H = 1e-10; the tolerance,
+# 1e-6·(1 + max|g′|), is 10⁴ times that and still catches any wrong factor, sign or term.
+_CHECK_X = torch.linspace(-8.0, 8.0, 4001, dtype=torch.float64) + 1e-3 * math.sqrt(2.0)
+_CHECK_H = 1e-6
+_CHECK_RTOL = 1e-6
+
+
+def check_derivatives(s: Surrogate) -> None:
+    """Raise ValueError unless g, g′ and ∂g/∂α are finite and g′, ∂g/∂α are the derivatives of g
+    (central differences on a grid of x, at the default α and twice it); the message names the
+    surrogate and the worst point. Runs on every registration; the built-ins pass it too."""
+    x = _CHECK_X
+    alphas = [s.alpha, 2.0 * s.alpha] if s.alpha is not None else [1.0]
+    h = _CHECK_H
+    for a in alphas:
+        ta = torch.tensor(a, dtype=torch.float64)
+        fns = [("g", s.g), ("dg", s.dg)] + ([("dg_dalpha", s.dg_dalpha)] if s.dg_dalpha is not None else [])
+        vals = {}
+        for what, f in fns:
+            v = f(x, ta)
+            if not isinstance(v, torch.Tensor) or v.shape != x.shape:
+                got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                raise ValueError(f"surrogate {s.name!r}: {what}(x, a) must return a tensor shaped like x "
+                                 f"{tuple(x.shape)}, got {got}")
+            v = v.to(torch.float64)
+            bad = ~torch.isfinite(v)
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                raise ValueError(f"surrogate {s.name!r}: {what}(x, a) is not finite ({v[i].item()}) at "
+                                 f"x = {x[i].item():.6g}, a = {a:g}")
+            vals[what] = v
+        scale = 1.0 + vals["dg"].abs().max().item()
+        checks = [("dg", "g′ is not the derivative of g", vals["dg"],
+                   (s.g(x + h, ta) - s.g(x - h, ta)) / (2 * h))]
+        if "dg_dalpha" in vals:
+            fd = (s.g(x, ta + h) - s.g(x, ta - h)) / (2 * h)
+            checks.append(("dg_dalpha", "dg_dalpha is not ∂g/∂α", vals["dg_dalpha"], fd))
+        for what, why, got, fd in checks:
+            err = (got - fd.to(torch.float64)).abs()
+            i = int(err.argmax())
+            if not err[i] <= _CHECK_RTOL * scale:  # also catches NaN
+                raise ValueError(f"surrogate {s.name!r}: {why}: worst at x = {x[i].item():.6g}, a = {a:g}: "
+                                 f"{what} gives {got[i].item():.9g}, central differences of g give "
+                                 f"{fd[i].item():.9g} (tolerance {_CHECK_RTOL * scale:.2g})")
 
 
 def unregister_surrogate(name: str) -> None:
     """Remove a user-registered surrogate (built-in ones cannot be removed)."""
     s = get(name)
-    if s.id >= 0:
+    if s.has_kernel:
         raise ValueError(f"built-in surrogate {s.name!r} cannot be unregistered")
     for n in (s.name,) + s.aliases:
         _REGISTRY.pop(n, None)
+    _BY_ID.pop(s.id, None)

@@ -23,6 +23,7 @@ EXAMPLES = [
     ("stbp_tdbn_resnet19.py", "stbp_tdbn_resnet19.png", "| tdbn |"),
     ("asgl_width_sweep.py", "asgl_width_sweep.png", "| Width (α) | SG | ASGL |"),
     ("bpsa_timesteps.py", "bpsa_timesteps.png", "| T | plain surrogate BPTT |"),
+    ("custom_surrogate.py", "custom_surrogate.png", "| | sigmoid (α = 4) | sigmoid_mix (learnable α) |"),
 ]
 
 

@@ -123,3 +123,24 @@ def test_unregistered_surrogate_pickles_field_by_field():
     s = S.Surrogate("not_registered", -1, 2.0, base.g, base.dg, base.dg_dalpha)
     s2 = pickle.loads(pickle.dumps(s))
     assert s2 == s and s2 is not s
+
+
+def test_module_with_user_surrogate_in_the_kernels_pickles_by_name():
+    """A module whose surrogate a user registered with Triton functions and a learnable α (issue 17):
+    pickled by name, loaded back as the one registered object, and the copy runs the same (on the
+    fused 'cpu' path where the C++ extension is built)."""
+    import user_surrogates
+
+    user_surrogates.register_all()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for name in user_surrogates.NAMES:
+        m = snn.LIF(surrogate=name, learnable_alpha=S.get(name).alpha is not None)
+        m2 = pickle.loads(pickle.dumps(m))
+        assert m2.sg is S.get(name)
+        buf = io.BytesIO()
+        torch.save(m, buf)
+        buf.seek(0)
+        m3 = torch.load(buf, weights_only=False)
+        assert m3.sg is S.get(name)
+        outs = [_run(k, x) for k in (m, m2, m3)]
+        assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])

@@ -34,12 +34,12 @@ def _signatures(dt: str, mask: bool):
     st = f"*{dt}"
     pt = "*fp64" if dt == "fp64" else "*fp32"
     mk = "*i1" if mask else st
-    consts_f = ["SG", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "SAVE_X", "WIDE", "EXACT",
+    consts_f = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "SAVE_X", "WIDE", "EXACT",
                 "BLOCK"]
     fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
            "vseq_ptr": st, "h_ptr": st, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
            **{c: "constexpr" for c in consts_f}}
-    consts_b = ["SG", "HARD_RESET", "DECAY_INPUT", "DETACH_RESET", "HAS_MASK", "HAS_GVLAST", "HAS_GVSEQ",
+    consts_b = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "DETACH_RESET", "HAS_MASK", "HAS_GVLAST", "HAS_GVSEQ",
                 "NEED_PARAM_GRAD", "SAVE_X", "WIDE", "BLOCK"]
     bwd = {"gs_ptr": st, "gvlast_ptr": st, "gvseq_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
            "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": pt, "T": "i32", "N": "i32",
@@ -61,6 +61,24 @@ def _resources(cubin: bytes):
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
+# User-registered surrogates (issue 17, tests/user_surrogates.py), compiled as the Triton backend
+# launches them (``_sg_args``: SG = −1 and the user's constexpr functions): user_sigmoid is the
+# built-in sigmoid's arithmetic, so its kernels must come out as the built-in's; user_shifted has its
+# own ∂g/∂α. Pattern (hard, mask, parameter gradients) uses g, g′ and ∂g/∂α all three.
+USER_SURROGATES = ("user_sigmoid", "user_shifted")
+USER_DTYPES = ("fp32", "bf16")
+
+
+def _ptx_instructions(ptx: str) -> int:
+    """Instructions in a PTX listing (directives, labels, braces and comments not counted)."""
+    n = 0
+    for line in ptx.splitlines():
+        t = line.strip()
+        if t and not t.startswith((".", "//", "{", "}", "$", "@$")) and not t.endswith(":") and t.endswith(";"):
+            n += 1
+    return n
+
+
 def compile_all():
     """Compile every variant; one JSON row per kernel."""
     import triton
@@ -73,18 +91,26 @@ def compile_all():
     rows = []
     combos = [(arch, dt, SURROGATES, PATTERNS) for arch in ARCHS for dt in DTYPES]
     combos.append((90, "fp64", SURROGATES, PATTERNS[2:3]))  # float64 (gradcheck-grade runs on a GPU)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import user_surrogates
+    from snn_fast import surrogate as sgm
+
+    user_surrogates.register_all()
+    users = {n: sgm.get(n).id for n in USER_SURROGATES}
+    combos += [(arch, dt, users, PATTERNS[2:3]) for arch in ARCHS for dt in USER_DTYPES]
     for arch, dt, surrogates, patterns in combos:
         save_x = dt in ("fp16", "bf16")
         for sg_name, sg in surrogates.items():
             for hard, mask, npg in patterns:
                 fwd_sig, bwd_sig = _signatures(dt, mask)
+                sg_args = lt._sg_args(sg)  # {"SG": id, "SGF": None} or {"SG": -1, "SGF": the user's functions}
                 variants = [
                     ("fwd", lt._lif_fwd_kernel, fwd_sig,
-                     dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False,
+                     dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False,
                           SAVE_H=hard or mask,  # (soft, no mask) compiles the inference variant
                           SAVE_X=save_x, WIDE=dt == "fp64", EXACT=True), fwd_cfg),
                     ("bwd", lt._lif_bwd_kernel, bwd_sig,
-                     dict(SG=sg, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
+                     dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
                           HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SAVE_X=save_x, WIDE=dt == "fp64"),
                      bwd_cfg),
                 ]
@@ -98,7 +124,8 @@ def compile_all():
                     rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard, mask=mask,
                                      need_param_grad=npg, block=block, warps=warps, regs=regs,
                                      spills=stack + local,  # what Triton's n_spills reports (local bytes)
-                                     mul_rn=("mul.rn.f64" if dt == "fp64" else "mul.rn.f32") in ptx))
+                                     mul_rn=("mul.rn.f64" if dt == "fp64" else "mul.rn.f32") in ptx,
+                                     user=sg_name in users, instructions=_ptx_instructions(ptx)))
     return rows
 
 
@@ -134,7 +161,23 @@ def test_compile_sees_the_kernels_without_graph_break():
 
 def test_aot_compiles_every_variant(aot_rows):
     want = len(ARCHS) * len(DTYPES) * len(SURROGATES) * (len(PATTERNS) + 2) + len(SURROGATES) * 2
-    assert len(aot_rows) == want
+    assert len([r for r in aot_rows if not r["user"]]) == want
+    assert len([r for r in aot_rows if r["user"]]) == len(ARCHS) * len(USER_DTYPES) * len(USER_SURROGATES) * 2
+
+
+def test_aot_user_surrogate_is_its_own_variant_at_builtin_cost(aot_rows):
+    """A user's surrogate compiles into its own kernel variant for sm_80 and sm_90 with nothing added:
+    the built-in sigmoid re-registered as a user's gives the built-in's kernels, instruction for
+    instruction and register for register (no runtime switch, no call); the one with its own ∂g/∂α
+    stays within 10 % of the built-in sigmoid's instructions (its g′ has one add more)."""
+    key = lambda r: (r["kernel"], r["arch"], r["dtype"], r["hard_reset"], r["mask"], r["need_param_grad"])  # noqa: E731
+    builtin = {key(r): r for r in aot_rows if r["surrogate"] == "sigmoid"}
+    for r in (r for r in aot_rows if r["user"]):
+        b = builtin[key(r)]
+        if r["surrogate"] == "user_sigmoid":
+            assert (r["instructions"], r["regs"]) == (b["instructions"], b["regs"]), (r, b)
+        else:
+            assert abs(r["instructions"] - b["instructions"]) <= 0.1 * b["instructions"], (r, b)
 
 
 def test_aot_no_spills(aot_rows):
@@ -187,11 +230,11 @@ def trace_compiled_graphs():
 
 
 def _table(rows):
-    lines = ["kernel arch dtype surrogate       hard mask npg BLOCK warps regs spills"]
+    lines = ["kernel arch dtype surrogate       hard mask npg BLOCK warps regs spills instructions"]
     for r in rows:
         lines.append(f"{r['kernel']:6} sm{r['arch']} {r['dtype']:5} {r['surrogate']:15} {int(r['hard_reset']):4} "
                      f"{int(r['mask']):4} {int(r['need_param_grad']):3} {r['block']:5} {r['warps']:5} {r['regs']:4} "
-                     f"{r['spills']:6}")
+                     f"{r['spills']:6} {r['instructions']:12}")
     return "\n".join(lines)
 
 

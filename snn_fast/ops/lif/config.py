@@ -188,7 +188,8 @@ def check_op_args(who: str, x: torch.Tensor, v0: torch.Tensor, params: torch.Ten
     want = torch.float64 if x.dtype == torch.float64 else torch.float32
     torch._check(params.dtype == want and params.numel() == 3,
                  lambda: f"{who}: params must be [3] {want}, got {tuple(params.shape)} {params.dtype}")
-    torch._check(0 <= surrogate < _sg.NUM_KERNEL_SURROGATES, lambda: f"{who}: unknown surrogate id {surrogate}")
+    torch._check(0 <= surrogate < _sg.NUM_KERNEL_SURROGATES or surrogate >= _sg.CUSTOM_ID_BASE,
+                 lambda: f"{who}: unknown surrogate id {surrogate}")
 
 
 def fake_fwd_outputs(x: torch.Tensor, v0: torch.Tensor, return_v_seq: bool):

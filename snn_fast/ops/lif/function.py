@@ -105,17 +105,32 @@ def _saves_h(x):  # the CUDA kernel keeps H, [T, N] in x.dtype
     return torch.empty_like(x)
 
 
+def _cpu_runs(sg) -> Optional[str]:  # any user surrogate: its torch dg runs in custom_cpu.py's backward
+    return None
+
+
+def _triton_runs(sg) -> Optional[str]:
+    return None if sg.triton is not None else (
+        "it was registered without triton=(g, dg[, dg_dalpha]) @triton.jit functions")
+
+
 # The LIF backends. 'reference' is not a table entry: it is plain torch (reference.py) and always runs.
 BACKENDS = backends.OpBackends(
     "x",
     {
         "cpu": backends.Backend(fwd="snn_fast::lif_fwd", bwd="snn_fast::lif_bwd", saves=_saves_nothing,
-                                probe=backends.cpp_probe("lif_fwd", "CPU")),
+                                probe=backends.cpp_probe("lif_fwd", "CPU"), surrogates=_cpu_runs,
+                                custom_entry="cpu_custom"),
         "cuda": backends.Backend(fwd="snn_fast::lif_fwd", bwd="snn_fast::lif_bwd", saves=_saves_h,
                                  probe=backends.cpp_probe("lif_fwd", "CUDA")),
         "triton": backends.Backend(fwd="snn_fast::lif_fwd_triton", bwd="snn_fast::lif_bwd_triton",
                                    infer="snn_fast::lif_fwd_triton_infer", module="snn_fast.ops.lif.triton",
-                                   probe=backends.triton_probe),
+                                   probe=backends.triton_probe, surrogates=_triton_runs),
+        # 'cpu' with a user-registered surrogate (not a backend name of its own): custom_cpu.py
+        "cpu_custom": backends.Backend(fwd="snn_fast::lif_fwd_custom_cpu", bwd="snn_fast::lif_bwd_custom_cpu",
+                                       infer="snn_fast::lif_fwd_custom_cpu_infer",
+                                       module="snn_fast.ops.lif.custom_cpu",
+                                       probe=backends.cpp_probe("lif_fwd", "CPU"), surrogates=_cpu_runs),
     },
     register=_register_compiled,
     autotable=AutoTable(os.path.join(os.path.dirname(os.path.abspath(__file__)), "autotable.json"),
@@ -186,9 +201,13 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
     The modules call this directly so that learnable parameters are not re-validated (no device
     sync) on every step.
     """
-    name = BACKENDS.select(backend, x, sg.has_kernel)
+    name = BACKENDS.select(backend, x, sg.id >= 0, sg)
     if name == "reference":
         return lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
+    if sg.custom:  # a user's surrogate: the entry whose ops run it; α learnable only with its ∂g/∂α
+        name = BACKENDS.ops_for(name, sg)
+        if sg.dg_dalpha is None and isinstance(alpha, torch.Tensor) and alpha.requires_grad:
+            raise ValueError(f"surrogate {sg.name!r} has no dg_dalpha: alpha cannot be learned")
     T = x.shape[0]
     shape = x.shape[1:]
     x2 = x.reshape(T, -1)

@@ -60,8 +60,10 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 
 from ... import _triton
+from ... import surrogate as _sg
 from . import config
 
 # Decided by triton.jit when the kernels below are decorated; snn_fast._triton reads it the same way.
@@ -79,6 +81,9 @@ _INV_SQRT_PI = tl.constexpr(1.0 / math.sqrt(math.pi))
 # ---------------------------------------------------------------------------------------------
 # Surrogates (SPEC §3), mirroring csrc/include/snn_fast/surrogate.h. SG is a constexpr, so each
 # kernel variant contains one surrogate only. x = H − θ, a = α; x and a share the compute dtype.
+# A user-registered surrogate (snn_fast.surrogate.register_surrogate(..., triton=...)) runs as SG = −1
+# with SGF = its @triton.jit (g, g′, ∂g/∂α or None): constexpr functions, inlined into a kernel
+# variant of their own (the tuple is part of the compile key), so no runtime switch either.
 
 
 @triton.jit
@@ -100,9 +105,11 @@ def _atan(z):
 
 
 @triton.jit
-def _sg_grad(x, a, SG: tl.constexpr):
+def _sg_grad(x, a, SG: tl.constexpr, SGF: tl.constexpr = None):
     """g′(x; a), the surrogate gradient."""
-    if SG == 0:  # sigmoid
+    if SG < 0:  # a user's
+        r = SGF[1](x, a).to(x.dtype)
+    elif SG == 0:  # sigmoid
         s = 1.0 / (1.0 + tl.exp(-(a * x)))
         r = a * s * (1.0 - s)
     elif SG == 1:  # atan
@@ -134,9 +141,11 @@ def _sg_grad(x, a, SG: tl.constexpr):
 
 
 @triton.jit
-def _sg_prim(x, a, SG: tl.constexpr):
+def _sg_prim(x, a, SG: tl.constexpr, SGF: tl.constexpr = None):
     """g(x; a), emitted by the noisy spike where the mask is False."""
-    if SG == 0:
+    if SG < 0:
+        r = SGF[0](x, a)
+    elif SG == 0:
         r = 1.0 / (1.0 + tl.exp(-(a * x)))
     elif SG == 1:
         r = 0.5 + _atan(a * x * _HALF_PI) / _PI
@@ -169,9 +178,14 @@ def _sg_prim(x, a, SG: tl.constexpr):
 
 
 @triton.jit
-def _sg_dalpha(x, a, SG: tl.constexpr):
+def _sg_dalpha(x, a, SG: tl.constexpr, SGF: tl.constexpr = None):
     """∂g/∂a. Scaling family: x·g′(x)/a; no width (straight_through, spike_gate): 0."""
-    if SG == 6:
+    if SG < 0:
+        if SGF[2] is None:  # registered with scaling=True
+            r = x * _sg_grad(x, a, SG, SGF) / a
+        else:
+            r = SGF[2](x, a).to(x.dtype)
+    elif SG == 6:
         u = 1.0 + a * tl.abs(x)
         r = -x * tl.abs(x) / (u * u)
     elif SG == 8:
@@ -214,7 +228,8 @@ def _mul_rn(a, b, EXACT: tl.constexpr):
 
 
 @triton.jit
-def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, SAVE_X: tl.constexpr):
+def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, SAVE_X: tl.constexpr,
+                SGF: tl.constexpr = None):
     """Saved state at one step → (H, H − θ, emitted S) in the compute dtype of θ."""
     hv = tl.load(hp, mask=m, other=0.0)
     if SAVE_X:  # fp16/bf16: D = H − θ with its sign bit = "no spike" (see the forward's store), so S is exact
@@ -227,7 +242,7 @@ def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexp
         s = tl.where(xs >= 0.0, 1.0, 0.0).to(theta.dtype)
     if HAS_MASK:
         mk = tl.load(mp, mask=m, other=1) != 0
-        s = tl.where(mk, s, _sg_prim(xs, alpha, SG))
+        s = tl.where(mk, s, _sg_prim(xs, alpha, SG, SGF))
     return h, xs, s
 
 
@@ -235,7 +250,7 @@ def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexp
 def _lif_fwd_kernel(
     x_ptr, v0_ptr, params_ptr, mask_ptr, s_ptr, vlast_ptr, vseq_ptr, h_ptr,
     T, N, v_reset, N_BUCKET,
-    SG: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
+    SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
     STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr,
     EXACT: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -275,7 +290,7 @@ def _lif_fwd_kernel(
         spike = tl.where(xs >= 0.0, 1.0, 0.0).to(k.dtype)
         if HAS_MASK:
             mk = tl.load(mp, mask=m, other=1) != 0
-            s = tl.where(mk, spike, _sg_prim(xs, alpha, SG))
+            s = tl.where(mk, spike, _sg_prim(xs, alpha, SG, SGF))
         else:
             s = spike
         if HARD_RESET:
@@ -302,7 +317,7 @@ def _lif_bwd_kernel(
     gs_ptr, gvlast_ptr, gvseq_ptr, x_ptr, v0_ptr, params_ptr, mask_ptr, h_ptr,
     gx_ptr, gv0_ptr, pgrad_ptr,
     T, N, v_reset, kappa, N_BUCKET,
-    SG: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, DETACH_RESET: tl.constexpr,
+    SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, DETACH_RESET: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -339,7 +354,7 @@ def _lif_bwd_kernel(
         acc_al = tl.zeros([BLOCK], dtype=k.dtype)
     last = tl.cast(T - 1, tl.int64) * N
     row = last + start
-    h, xs, s = _load_state(h_ptr + row + lane, mask_ptr + row + lane, m, theta, alpha, SG, HAS_MASK, SAVE_X)
+    h, xs, s = _load_state(h_ptr + row + lane, mask_ptr + row + lane, m, theta, alpha, SG, HAS_MASK, SAVE_X, SGF)
     gs_next = tl.load(gs_ptr + row + lane, mask=m, other=0.0)  # prefetched a step ahead, as x in the forward
     for i in range(T):
         t = T - 1 - i
@@ -352,14 +367,14 @@ def _lif_bwd_kernel(
         t_pos = (lane * 0 + t) > 0  # as a tensor (t may be a plain int in the interpreter)
         has_prev = m & t_pos
         h_prev, xs_prev, s_prev = _load_state(h_ptr + prev + lane, mask_ptr + prev + lane, has_prev, theta, alpha,
-                                              SG, HAS_MASK, SAVE_X)
+                                              SG, HAS_MASK, SAVE_X, SGF)
         g_s = gs_next.to(k.dtype)
         gs_next = tl.load(gsp - N, mask=has_prev, other=0.0)
         dvt = dv
         if HAS_GVSEQ:
             dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
         # lif_step.h lif_step_backward
-        gp = _sg_grad(xs, alpha, SG)
+        gp = _sg_grad(xs, alpha, SG, SGF)
         # ∂V/∂S; zeros_like, not 0·h, which is NaN where H = ±inf and the reference's term is 0 or −θ
         if DETACH_RESET:
             reset_coef = tl.zeros_like(h)
@@ -381,7 +396,7 @@ def _lif_bwd_kernel(
             else:
                 v_prev = tl.where(t_pos, h_prev - s_prev * theta, v0)
                 acc_th += -ds * gp - dvt * s
-            acc_al += ds * _sg_dalpha(xs, alpha, SG)
+            acc_al += ds * _sg_dalpha(xs, alpha, SG, SGF)
             if DECAY_INPUT:
                 xv = tl.load(xp, mask=m, other=0.0).to(k.dtype)
                 acc_k += eps * (xv - (v_prev - vr))
@@ -465,6 +480,80 @@ def _launcher(kernel):
     return kernel if INTERPRETED else torch.library.wrap_triton(kernel)
 
 
+@triton.jit
+def _sg_zero(x, a):  # ∂g/∂α of a user surrogate without a width
+    return tl.zeros_like(x)
+
+
+def _sg_args(surrogate: int, x: Optional[torch.Tensor] = None) -> dict:
+    """The kernels' SG (and SGF) for an op's surrogate id: a built-in's id, or −1 and a user's
+    functions (checked against the user's torch ones on x's device the first time, ``_verify_user``)."""
+    if surrogate < _sg.CUSTOM_ID_BASE:
+        return {"SG": surrogate, "SGF": None}
+    try:
+        sg = _sg.by_id(surrogate)
+    except KeyError:
+        raise ValueError(f"lif_triton: no registered surrogate has id {surrogate} (unregistered?)") from None
+    if sg.triton is None:
+        raise ValueError(f"backend 'triton' cannot run the user-registered surrogate {sg.name!r}: it was registered "
+                         "without triton=(g, dg[, dg_dalpha]) @triton.jit functions")
+    g, dg, da = sg.triton
+    if da is None and not sg.scaling:  # no width: ∂g/∂α = 0
+        da = _sg_zero
+    sgf = (g, dg, da)
+    if x is not None:
+        _verify_user(sg, sgf, x)
+    return {"SG": -1, "SGF": sgf}
+
+
+@triton.jit
+def _sg_eval_kernel(x_ptr, out_ptr, alpha_ptr, N, SGF: tl.constexpr, BLOCK: tl.constexpr):
+    """g, g′ and ∂g/∂α of a user's Triton functions on a grid, as the LIF kernels evaluate them."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < N
+    x = tl.load(x_ptr + i, mask=m, other=0.0)
+    a = tl.load(alpha_ptr)
+    tl.store(out_ptr + i, _sg_prim(x, a, -1, SGF), mask=m)
+    tl.store(out_ptr + N + i, _sg_grad(x, a, -1, SGF), mask=m)
+    tl.store(out_ptr + 2 * N + i, _sg_dalpha(x, a, -1, SGF), mask=m)
+
+
+# A user's Triton g/g′/∂g/∂α must agree with the torch ones the registration checked (else the GPU
+# trains with another surrogate than the CPU): compared once per surrogate and device type, in
+# float32 on the registration's grid, against torch in float64 on the same float32 points. 1e-4 of
+# (1 + the largest magnitude): float32 evaluation is good to a few ulp (~1e-6) of that, a wrong factor,
+# sign or term is off by far more.
+_VERIFIED: set = set()
+_VERIFY_RTOL = 1e-4
+
+
+def _verify_user(sg, sgf, x: torch.Tensor) -> None:
+    device = x.device
+    key = (sg.id, device.type)
+    # not while tracing (torch.compile, fake tensors): the first eager run checks
+    if key in _VERIFIED or config._is_compiling() or is_fake(x):
+        return
+    xs = _sg._CHECK_X.to(torch.float32)
+    a = sg.alpha if sg.alpha is not None else 1.0
+    out = torch.empty(3 * xs.numel(), dtype=torch.float32, device=device)
+    _sg_eval_kernel[(triton.cdiv(xs.numel(), 512),)](
+        xs.to(device), out, torch.tensor([a], dtype=torch.float32, device=device), xs.numel(), SGF=sgf, BLOCK=512)
+    got = out.view(3, -1).double().cpu()
+    x64, a64 = xs.double(), torch.tensor(a, dtype=torch.float64)
+    want = [sg.g(x64, a64), sg.dg(x64, a64), sg.dg_dalpha(x64, a64) if sg.dg_dalpha is not None else None]
+    for what, gv, wv in zip(("g", "dg", "dg_dalpha"), got, want):
+        if wv is None:
+            continue
+        err = (gv - wv).abs()
+        i = int(torch.nan_to_num(err, nan=math.inf).argmax())
+        tol = _VERIFY_RTOL * (1.0 + wv.abs().max().item())
+        if not err[i] <= tol:
+            raise ValueError(f"surrogate {sg.name!r}: its Triton {what} disagrees with its torch {what}: at "
+                             f"x = {xs[i].item():.6g}, a = {a:g} Triton gives {gv[i].item():.9g}, torch "
+                             f"{wv[i].item():.9g} (tolerance {tol:.2g})")
+    _VERIFIED.add(key)
+
+
 def _save_x(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
 
@@ -493,7 +582,7 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
         wrap[_grid(N)](
             x, v0, pbuf, mask if mask is not None else x, s, v_last, v_seq, saved,  # [0]-sized unless stored
             T, N, float(v_reset), _n_bucket(N),
-            SG=surrogate, HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None,
+            **_sg_args(surrogate, x), HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None,
             STORE_VSEQ=return_v_seq, SAVE_H=save_h, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
             EXACT=EXACT_MUL,
             **_block_kw(),
@@ -546,7 +635,7 @@ def lif_bwd_triton(
             grad_s, gvl if gvl is not None else grad_s, gvs if gvs is not None else grad_s, x, v0, pbuf,
             mask if mask is not None else x, saved, gx, gv0, partial,
             T, N, float(v_reset), float(reset_residual), _n_bucket(N),
-            SG=surrogate, HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
+            **_sg_args(surrogate, x), HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
             HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
             NEED_PARAM_GRAD=need_param_grad, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
             **_block_kw(),

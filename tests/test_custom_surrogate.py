@@ -1,0 +1,294 @@
+"""User-registered surrogates in the fused backends (issue 17).
+
+- registration refuses a g′ or ∂g/∂α that is not the derivative of g, non-finite values, wrong shapes
+  and malformed Triton functions, naming the surrogate (and the worst point), registering nothing;
+- backend choice: 'auto' takes the fastest backend that runs the surrogate; one named that cannot
+  says so, naming backend and surrogate;
+- the 'cpu' (custom_cpu.py) and 'triton' paths against the reference over the option grid of
+  test_lif.py, in float64 and float32, with and without learnable τ/θ/α, noise mask and v_seq, and
+  in float16/bfloat16 (test_lif.py's low-precision bound);
+- the built-in sigmoid re-registered by a user gives Triton results equal to the built-in's bit for
+  bit (the same code, inlined: no switch cost), and the CPU path's equal to the C++ kernel's within
+  the float32 tolerance;
+- torch.compile through the custom CPU ops (opaque custom ops, one graph).
+The surrogate contract itself (g′ against finite differences, through every kernel) runs on these
+surrogates in test_surrogate.py; pickling in test_pickle.py.
+"""
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+import torch
+
+import snn_fast
+from snn_fast import surrogate as sgm
+from snn_fast.ops.lif.function import BACKENDS as LIF
+
+import user_surrogates
+from test_lif import BY_ID, LEARN, OPTIONS, SKIP, cases, compare, make, opt, run
+
+HAS_C = snn_fast.HAS_C
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _registered():
+    user_surrogates.register_all()
+
+
+def _sig(x, a):
+    return torch.sigmoid(a * x)
+
+
+def _sig_dg(x, a):
+    s = torch.sigmoid(a * x)
+    return a * s * (1 - s)
+
+
+# --- registration checks ----------------------------------------------------------------------------
+def test_wrong_derivative_refused_naming_the_worst_point():
+    with pytest.raises(ValueError, match=r"surrogate 'bad_dg': g′ is not the derivative of g: worst at x = "
+                                         r"[-0-9.e]+, a = 4"):
+        sgm.register_surrogate("bad_dg", g=_sig, dg=lambda x, a: torch.sigmoid(a * x) * (1 - torch.sigmoid(a * x)),
+                               alpha=4.0)
+    assert "bad_dg" not in sgm.names()  # nothing registered
+
+
+def test_wrong_dalpha_refused():
+    with pytest.raises(ValueError, match="surrogate 'bad_da': dg_dalpha is not ∂g/∂α"):
+        sgm.register_surrogate("bad_da", g=_sig, dg=_sig_dg, dg_dalpha=lambda x, a: _sig_dg(x, a), alpha=4.0)
+    assert "bad_da" not in sgm.names()
+
+
+def test_non_finite_refused():
+    with pytest.raises(ValueError, match=r"surrogate 'bad_inf': dg\(x, a\) is not finite"):
+        sgm.register_surrogate("bad_inf", g=lambda x, a: x + 0.5,
+                               dg=lambda x, a: torch.where(x.abs() > 7, math.inf, 1.0).to(x.dtype))
+    with pytest.raises(ValueError, match=r"surrogate 'bad_nan': g\(x, a\) is not finite \(nan\)"):
+        sgm.register_surrogate("bad_nan", g=lambda x, a: torch.sqrt(x), dg=lambda x, a: 0.5 / torch.sqrt(x))
+
+
+def test_bad_shape_and_alpha_refused():
+    with pytest.raises(ValueError, match="dg\\(x, a\\) must return a tensor shaped like x"):
+        sgm.register_surrogate("bad_shape", g=lambda x, a: x + 0.5, dg=lambda x, a: torch.ones(()))
+    with pytest.raises(ValueError, match="default alpha 0.5 must exceed alpha_min 1"):
+        sgm.register_surrogate("bad_alpha", g=_sig, dg=_sig_dg, alpha=0.5, alpha_min=1.0, scaling=True)
+
+
+def test_builtins_pass_the_registration_check():
+    for name in sgm.names()[: sgm.NUM_KERNEL_SURROGATES]:
+        sgm.check_derivatives(sgm.get(name))
+
+
+def test_triton_functions_checked():
+    triton = pytest.importorskip("triton")
+    with pytest.raises(TypeError, match="triton dg must be a @triton.jit function"):
+        sgm.register_surrogate("bad_tr", g=_sig, dg=_sig_dg, alpha=4.0, scaling=True,
+                               triton=(user_surrogates.sig_g_tl, _sig_dg))
+    with pytest.raises(ValueError, match=r"triton= takes \(g, dg\) or \(g, dg, dg_dalpha\)"):
+        sgm.register_surrogate("bad_tr", g=_sig, dg=_sig_dg, alpha=4.0, scaling=True,
+                               triton=(user_surrogates.sig_g_tl,))
+    # a width that is not a scaling one: the Triton ∂g/∂α is needed
+    with pytest.raises(ValueError, match=r"give triton=\(g, dg, dg_dalpha\)"):
+        sgm.register_surrogate("bad_tr", g=user_surrogates._shift_g, dg=user_surrogates._shift_dg,
+                               dg_dalpha=user_surrogates._shift_da, alpha=2.0,
+                               triton=(user_surrogates.shift_g_tl, user_surrogates.shift_dg_tl))
+    assert "bad_tr" not in sgm.names()
+    del triton
+
+
+def test_ids_and_unregister():
+    s = sgm.register_surrogate("tmp_sig", g=_sig, dg=_sig_dg, alpha=4.0, scaling=True)
+    try:
+        assert s.custom and not s.has_kernel and s.id >= sgm.CUSTOM_ID_BASE
+        assert sgm.by_id(s.id) is s
+    finally:
+        sgm.unregister_surrogate("tmp_sig")
+    s2 = sgm.register_surrogate("tmp_sig", g=_sig, dg=_sig_dg, alpha=4.0, scaling=True)
+    try:
+        assert s2.id != s.id  # ids are never reused: a kernel variant compiled for one never runs for another
+    finally:
+        sgm.unregister_surrogate("tmp_sig")
+    with pytest.raises(ValueError, match="built-in surrogate 'sigmoid' cannot be unregistered"):
+        sgm.unregister_surrogate("sigmoid")
+
+
+def test_learnable_alpha_needs_dalpha():
+    sgm.register_surrogate("tmp_noda", g=_sig, dg=_sig_dg, alpha=4.0)  # neither dg_dalpha nor scaling
+    try:
+        x = torch.randn(3, 5, dtype=torch.float64)
+        alpha = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+        for be in ["reference"] + (["cpu"] if HAS_C else []):
+            with pytest.raises(ValueError, match="has no dg_dalpha: alpha cannot be learned"):
+                s, _ = snn_fast.lif_multistep(x, surrogate="tmp_noda", alpha=alpha, backend=be)
+                s.sum().backward()
+        with pytest.raises(ValueError, match="has no dg_dalpha"):
+            snn_fast.nn.LIF(surrogate="tmp_noda", learnable_alpha=True)
+    finally:
+        sgm.unregister_surrogate("tmp_noda")
+
+
+# --- backend choice ---------------------------------------------------------------------------------
+def test_auto_picks_a_backend_that_runs_it(monkeypatch):
+    x = torch.zeros(2, 3)
+    if HAS_C:
+        assert LIF.select("auto", x, True, sgm.get("user_torch_only")) == "cpu"
+        assert LIF.ops_for("cpu", sgm.get("user_torch_only")) == "cpu_custom"
+        assert LIF.ops_for("cpu", sgm.get("sigmoid")) == "cpu"
+    # On a GPU: the measured order is cuda, triton; a user surrogate skips 'cuda' (and 'triton' when
+    # it has no Triton functions). Simulated: every backend available, a tensor that says it is on cuda.
+    monkeypatch.setattr(LIF, "unavailable", lambda name, x: None)
+    monkeypatch.setattr(LIF, "gpu_preference", lambda x: ("cuda", "triton"))
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda"))  # select reads only x.device here
+    assert LIF.select("auto", on_gpu, True, sgm.get("sigmoid")) == "cuda"
+    assert LIF.select("auto", on_gpu, True, sgm.get("user_sigmoid")) == "triton"
+    assert LIF.select("auto", on_gpu, True, sgm.get("user_torch_only")) == "reference"
+
+
+def test_named_backend_that_cannot_says_so():
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="backend 'cuda' cannot run the user-registered surrogate 'user_sigmoid': "
+                                         "its kernels are compiled with the built-in surrogates only"):
+        snn_fast.lif_multistep(x, surrogate="user_sigmoid", backend="cuda")
+    with pytest.raises(ValueError, match="backend 'triton' cannot run the user-registered surrogate "
+                                         "'user_torch_only': it was registered without triton="):
+        snn_fast.lif_multistep(x, surrogate="user_torch_only", backend="triton")
+
+
+# --- against the reference ----------------------------------------------------------------------------
+FUSED = [BY_ID["cpu"], BY_ID["triton-interp"], BY_ID["triton-cuda"]]
+USER = list(user_surrogates.WITH_TRITON) + ["user_torch_only"]
+
+
+def _skip_user(be, surrogate):
+    if SKIP[be.id]:
+        return
+    user_surrogates.register_all()
+    why = LIF.cannot_run(be.name, sgm.get(surrogate))
+    if why:
+        pytest.skip(f"{be.name} cannot run {surrogate}: {why}")
+
+
+def _grid():
+    """test_lif.py's option grid: every option in float64 on the CPU; every third (and float32 every
+    fifth) on Triton in the interpreter, which is slow."""
+    out = []
+    for be in FUSED:
+        if be.interpreted:
+            out += cases([be], [torch.float64], OPTIONS[::3], USER, LEARN)
+            out += cases([be], [torch.float32], OPTIONS[1::5], USER, LEARN)
+        else:
+            out += cases([be], [torch.float64, torch.float32], OPTIONS, USER, LEARN)
+    return out
+
+
+@pytest.mark.parametrize("be,dtype,opts,surrogate,learn", _grid())
+def test_matches_reference(be, dtype, opts, surrogate, learn, nan_alloc):
+    _skip_user(be, surrogate)
+    T, N = be.grid_shape
+    x, v0, grads = make(T, N)
+    ref = compare(be, x, v0, opts, dtype, surrogate=surrogate, learn=learn, grads=grads)
+    assert ref["s"].any() and not ref["s"].all()
+    if learn and sgm.get(surrogate).alpha is not None:
+        assert ref["grad_alpha"].abs() > 0
+
+
+@pytest.mark.parametrize("be,dtype,v_reset,surrogate", cases(FUSED, [torch.float64, torch.float32],
+                                                                [("hard", 0.0), ("soft", None)], USER))
+def test_noisy_spike(be, dtype, v_reset, surrogate, nan_alloc):
+    """With a noise mask the emitted value is the user's g (the CPU path's forward is then the loop)."""
+    _skip_user(be, surrogate)
+    T, N = (5, 37) if be.interpreted else (10, 1000)
+    x, v0, grads = make(T, N, seed=9)
+    mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(1))
+    ref = compare(be, x, v0, opt(v_reset, tau=2.0), dtype, mask=mask, surrogate=surrogate, learn=True, grads=grads)
+    analog = ~mask & (ref["s"].cpu() != 0) & (ref["s"].cpu() != 1)
+    assert analog.any()
+
+
+@pytest.mark.parametrize("be,dtype,surrogate", cases(FUSED, [torch.float16, torch.bfloat16],
+                                                     ["user_sigmoid", "user_shifted"]))
+def test_low_precision(be, dtype, surrogate):
+    _skip_user(be, surrogate)
+    T, N = be.lowp_shape
+    x, v0, grads = make(T, N, seed=3)
+    for learn in (False, True):
+        compare(be, x, v0, opt(0.0, reset_residual=0.2), dtype, surrogate=surrogate, learn=learn, grads=grads)
+
+
+@pytest.mark.parametrize("be", cases([BY_ID["triton-interp"], BY_ID["triton-cuda"]]))
+def test_triton_user_sigmoid_is_the_builtin_bit_for_bit(be):
+    """The same arithmetic as the built-in, inlined as a constexpr function: every output and
+    gradient equal, in float32 and float64, with a mask and learnable parameters."""
+    T, N = be.grid_shape
+    x, v0, grads = make(T, N, seed=5)
+    mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(2))
+    for dtype in (torch.float32, torch.float64):
+        for o in (opt(0.0, reset_residual=0.2), opt(None, decay_input=False, detach_reset=True)):
+            kw = dict(learn=True, grads=grads, noise_mask=mask, dtype=dtype, alpha=4.0)
+            a = run("triton", be.device, x, v0, o, surrogate="sigmoid", **kw)
+            b = run("triton", be.device, x, v0, o, surrogate="user_sigmoid", **kw)
+            for k in a:
+                assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+def test_cpu_user_sigmoid_matches_the_cpp_kernel():
+    """Same spikes and states as the built-in's C++ kernel (the forward is that kernel), gradients
+    within the float32 tolerance (the backward's arithmetic is grouped differently)."""
+    from conftest import assert_close
+
+    x, v0, grads = make(16, 3000, seed=6)
+    for o in OPTIONS[::4]:
+        kw = dict(learn=True, grads=grads, dtype=torch.float32, alpha=4.0)
+        a = run("cpu", "cpu", x, v0, o, surrogate="sigmoid", **kw)
+        b = run("cpu", "cpu", x, v0, o, surrogate="user_sigmoid", **kw)
+        for k in ("s", "v_T", "v_seq"):
+            assert torch.equal(a[k], b[k]), k
+        for k in a:
+            assert_close(b[k], a[k], name=k)
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+def test_torch_compile_cpu_custom_ops():
+    """The custom CPU ops are opaque custom ops with fakes and the shared autograd: one graph, same
+    result as eager."""
+    x = torch.randn(6, 40, dtype=torch.float64, requires_grad=True)
+    tau = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+
+    def f(x, tau):
+        s, v = snn_fast.lif_multistep(x, tau=tau, surrogate="user_shifted", backend="cpu")
+        return (s * torch.arange(40, dtype=x.dtype)).sum() + v.sum()
+
+    eager = torch.autograd.grad(f(x, tau), [x, tau])
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(x, tau), [x, tau])
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_unregistered_id_is_a_clear_error():
+    from snn_fast.ops.lif import custom_cpu
+
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="no registered surrogate has id 999999"):
+        custom_cpu.lif_bwd_custom_cpu(x, None, None, x, x[0], torch.tensor([0.5, 1.0, 4.0]), None, x, x, 999999,
+                                      True, 0.0, True, False, 0.0, False)
+
+
+def test_triton_functions_that_disagree_with_torch_are_refused():
+    """The Triton versions are checked against the torch ones the first time the Triton backend runs
+    them: a wrong factor in the Triton g′ (the torch pair is right, so registration passes) is an
+    error naming the surrogate and the point, not a silently different gradient on the GPU."""
+    if SKIP["triton-interp"] and SKIP["triton-cuda"]:
+        pytest.skip(SKIP["triton-interp"])
+    sgm.register_surrogate("tmp_wrong_tl", g=_sig, dg=_sig_dg, alpha=4.0, scaling=True,
+                           triton=(user_surrogates.sig_g_tl, user_surrogates.sig_dg_wrong_tl))
+    try:
+        device = "cuda" if not SKIP["triton-cuda"] else "cpu"
+        x = torch.randn(3, 5, device=device)
+        with pytest.raises(ValueError, match="surrogate 'tmp_wrong_tl': its Triton dg disagrees with its torch dg"):
+            snn_fast.lif_multistep(x, surrogate="tmp_wrong_tl", backend="triton")
+    finally:
+        sgm.unregister_surrogate("tmp_wrong_tl")
