@@ -87,3 +87,11 @@ def test_cpu_peak_bytes_counts_live_tensors():
         return a.view(2, 512).t()
 
     assert common.peak_bytes(views_and_inplace, "cpu") == 4096
+
+
+def test_surrogate_bench():
+    from benchmarks import test_bench_surrogate as sg
+
+    rows = sg.bench_case("cpu", (4, 2, 64), torch.float32, rounds=1)
+    _check_rows(rows, ["snn_fast-cpu", "snn_fast-cpu-user", "reference-user"])
+    assert {(a, b) for *_, a, b, _r, _lo, _hi in sg.ratios(rows)} >= {("snn_fast-cpu-user", "snn_fast-cpu")}
