@@ -327,7 +327,6 @@ def _lif_bwd_kernel(
         cx = k
     else:
         cx = 1.0 + 0.0 * k
-    keep = 1.0 - k
     if HAS_GVLAST:
         dv = tl.load(gvlast_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
     else:
@@ -360,20 +359,24 @@ def _lif_bwd_kernel(
             dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
         # lif_step.h lif_step_backward
         gp = _sg_grad(xs, alpha, SG)
-        # ∂V/∂S; zeros_like, not 0·h, which is NaN where H = ±inf and the reference's term is 0 or −θ
-        if DETACH_RESET:
-            reset_coef = tl.zeros_like(h)
-        elif HARD_RESET:
+        # ∂V/∂S (not detached); zeros_like − θ, not 0·h − θ, which is NaN where H = ±inf
+        if HARD_RESET:
             reset_coef = vr - h
         else:
             reset_coef = tl.zeros_like(h) - theta
-        ds = g_s + dvt * (reset_coef + kap)
+        if DETACH_RESET:
+            # lif_step.h lif_grad_s: with κ = 0 the reference's ∂L/∂S never sees dv (0·dv: NaN after a NaN step)
+            ds = tl.where(kap != 0.0, g_s + dvt * kap, g_s)
+        else:
+            ds = g_s + dvt * (reset_coef + kap)
         if HARD_RESET:
             eps = dvt * (1.0 - s) + ds * gp
         else:
             eps = dvt + ds * gp
         tl.store(gxp, (eps * cx).to(gxp.dtype.element_ty), mask=m)
-        dv = eps * keep
+        # ε − ε·k as lif_step.h lif_grad_v_prev (autograd adds the paths through V and V − vr): ε·(1 − k)
+        # gives ±inf where the reference has inf − inf = NaN (straight_through + hard reset at H = ±max)
+        dv = eps - eps * k
         if NEED_PARAM_GRAD:
             if HARD_RESET:
                 v_prev = tl.where(t_pos, s_prev * vr + (1.0 - s_prev) * h_prev, v0)
