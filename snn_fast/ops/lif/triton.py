@@ -141,7 +141,9 @@ def _sg_prim(x, a, SG: tl.constexpr):
     elif SG == 1:
         r = 0.5 + _atan(a * x * _HALF_PI) / _PI
     elif SG == 2:
-        r = tl.minimum(tl.maximum(a * x + 0.5, 0.0), 1.0)
+        # propagate_nan: clamp(NaN) is NaN in the reference (torch.clamp) and in C++; Triton's default drops it
+        r = tl.minimum(tl.maximum(a * x + 0.5, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0,
+                       propagate_nan=tl.PropagateNan.ALL)
     elif SG == 3:
         ax = a * x
         r = tl.where(ax < 0.0, 0.5 * (ax + 1.0) * (ax + 1.0), 1.0 - 0.5 * (1.0 - ax) * (1.0 - ax))
@@ -164,7 +166,7 @@ def _sg_prim(x, a, SG: tl.constexpr):
     elif SG == 9:
         r = x + 0.5
     else:
-        r = tl.maximum(x, 0.0)
+        r = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu(NaN) = NaN, as the reference
     return r.to(x.dtype)
 
 
