@@ -65,16 +65,12 @@ class BlockQueue {
 // The per-block loops get one clone per ISA (picked at load time by the dynamic loader), so one
 // build runs AVX-512 where the CPU has it and stays portable. Contraction is off (setup.py), so
 // every clone rounds like the float32 reference.
-// x86-64-v3 is AVX2 + FMA, v4 adds AVX-512.
-// SNN_CPU_CLONES_FMA is for loops whose results feed no spike decision (the backward walk): there
-// contraction into FMAs is allowed (fewer instructions, one rounding less; that loop is compute-bound).
+// x86-64-v3 is AVX2 + FMA, v4 adds AVX-512. No loop contracts (the backward walk did until issue 14:
+// its FMAs made an all-True mask differ from no mask by an ulp; W4 fwd+bwd unchanged without them).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define SNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define SNN_CPU_CLONES_FMA \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
 #else
 #define SNN_CPU_CLONES
-#define SNN_CPU_CLONES_FMA
 #endif
 
 // The flags reach the loops as template arguments (snn_fast::with_flags, once per call), so each
