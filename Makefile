@@ -21,7 +21,7 @@ $(VENV)/.torch: $(VENV)/.created
 	@touch $@
 
 $(VENV)/.test-deps: $(VENV)/.torch
-	$(PIP) install pytest pytest-xdist scikit-learn matplotlib tqdm h5py
+	$(PIP) install pytest pytest-xdist hypothesis scikit-learn matplotlib tqdm h5py
 	@# peers as oracles (convert, NIR): --no-deps, never hard dependencies; their tests skip when absent
 	$(PIP) install --no-deps spikingjelly==2.0.0 loguru nir==1.0.8 nirtorch==2.6 snntorch==1.0.0 \
 	  || echo "peers not installed: their tests are skipped"
@@ -68,7 +68,7 @@ $(COMPAT_VENV)/.deps:
 	$(COMPAT_PIP) install "$(COMPAT_TORCH)" "$(COMPAT_TRITON)"
 	@# setuptools >= 77 reads pyproject's SPDX license; torch 2.11 asks for < 82; the venv's bundled 65 is older
 	@# numpy < 2.4: triton 3.6's interpreter (CPU tests) int()s one-element arrays, an error from numpy 2.4 on
-	$(COMPAT_PIP) install --upgrade "setuptools>=77,<82" wheel ninja "numpy<2.4" pytest pytest-xdist scikit-learn matplotlib
+	$(COMPAT_PIP) install --upgrade "setuptools>=77,<82" wheel ninja "numpy<2.4" pytest pytest-xdist hypothesis scikit-learn matplotlib
 	@touch $@
 
 compat: $(COMPAT_VENV)/.deps

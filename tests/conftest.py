@@ -86,3 +86,20 @@ def nan_alloc():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# hypothesis profiles (tests/test_properties.py): "ci", the default, is derandomized (the same examples
+# on every run: CI cannot flake) with no example database and no deadline (the interpreter's first
+# call compiles); "long" (`pytest --hypothesis-profile=long`) draws fresh random examples, 20× as many.
+try:
+    from hypothesis import HealthCheck as _HealthCheck
+    from hypothesis import settings as _hsettings
+except ImportError:  # a test dependency; test_properties.py skips without it
+    pass
+else:
+    _SLOW_OK = [_HealthCheck.too_slow, _HealthCheck.data_too_large, _HealthCheck.filter_too_much]
+    _hsettings.register_profile("ci", max_examples=100, derandomize=True, database=None, deadline=None,
+                                print_blob=True, suppress_health_check=_SLOW_OK)
+    _hsettings.register_profile("long", max_examples=2000, derandomize=False, deadline=None, print_blob=True,
+                                suppress_health_check=_SLOW_OK)
+    _hsettings.load_profile("ci")  # pytest's --hypothesis-profile, applied after this file, overrides it

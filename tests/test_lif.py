@@ -94,12 +94,6 @@ _TRITON_BF16 = ("triton-interp: bf16 parameter gradient (grad_tau/grad_theta/gra
                 "low-precision bound; not an item-3 case, found by the wider bf16 grid")
 KNOWN_FAILURES = {
     "triton-interp-bf16-atan-soft-di1-det0-k0-tau2.5-learn-noisy": _TRITON_BF16,
-    # Open (issue 12): without a mask and without parameter gradients the CPU backward takes its
-    # specialised walk, FMA-contracted (bwd_walk_fast); with a mask it takes the generic walk, which is
-    # not. Forward and spikes are equal bitwise; grad_x differs by ≤ 1 ulp in 15 of 150 elements.
-    "cpu-f32-hard0-di1-det0-k0-tau2.5-fixed": "cpu: all-True mask vs no mask, fp32 hard reset, no parameter "
-                                              "gradients: grad_x ≤ 1 ulp apart (FMA-contracted fast walk vs "
-                                              "the generic walk); open, issue 12",
 }
 
 
@@ -713,23 +707,15 @@ EXTREME = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
 # What the kernels still get wrong on these inputs (strict xfail: a fix fails the run until its rule
-# goes). The one-step-formula change (C++) and the zeros_like surrogates (Triton) fixed the rest. The
-# CUDA backends have not run yet: no rule covers them, so the first GPU run shows their state.
-# (surrogate, reset) -> Triton (interpreted) differs from the reference at extreme inputs, mask or not.
-_TRITON_SG = {("straight_through", "hard")}
-
-
+# goes). The one-step-formula change (C++) and the zeros_like surrogates (Triton) fixed most; Triton's
+# ∂L/∂V_{t−1} as ε − ε·k like lif_step.h (it was ε·(1 − k): ±inf where autograd has inf − inf = NaN,
+# straight_through + hard reset at H = ±max) fixed the last (issue 14). The CUDA backends have not run
+# yet: no rule covers them, so the first GPU run shows their state.
 def _xfail_all_true_mask(be, *values):
     return None  # every backend: the C++ step selects its charge form now (the 0/1 blend is gone)
 
 
 def _xfail_extreme(be, surrogate, v_reset, masked):
-    reset = "soft" if v_reset is None else "hard"
-    if be.id == "triton-interp" and (surrogate, reset) in _TRITON_SG:
-        # Open (issue 14 defines what ±inf inputs return): with g′ ≡ 1 the reset term (V_r − H)·g′ is
-        # −inf at H = +inf, and the kernel's fused ε places 0·inf where autograd's graph does not.
-        return ("triton-interp: straight_through + hard reset at H = ±inf: the gradient's NaN/inf "
-                "positions differ from autograd's (0·inf in another place); open, issue 14")
     return None
 
 

@@ -65,16 +65,12 @@ class BlockQueue {
 // The per-block loops get one clone per ISA (picked at load time by the dynamic loader), so one
 // build runs AVX-512 where the CPU has it and stays portable. Contraction is off (setup.py), so
 // every clone rounds like the float32 reference.
-// x86-64-v3 is AVX2 + FMA, v4 adds AVX-512.
-// SNN_CPU_CLONES_FMA is for loops whose results feed no spike decision (the backward walk): there
-// contraction into FMAs is allowed (fewer instructions, one rounding less; that loop is compute-bound).
+// x86-64-v3 is AVX2 + FMA, v4 adds AVX-512. No loop contracts (the backward walk did until issue 14:
+// its FMAs made an all-True mask differ from no mask by an ulp; W4 fwd+bwd unchanged without them).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define SNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define SNN_CPU_CLONES_FMA \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
 #else
 #define SNN_CPU_CLONES
-#define SNN_CPU_CLONES_FMA
 #endif
 
 // The flags reach the loops as template arguments (snn_fast::with_flags, once per call), so each
@@ -267,14 +263,14 @@ SNN_CPU_CLONES void rerun_keep_h(const scalar_t* __restrict__ x, const scalar_t*
   }
 }
 
-// The walk back from T − 1 to 0 of bwd_block_fast: H_t from hbuf, ∂L/∂V carried in dv. Its own
-// function so that it alone may contract into FMAs (the spike test reads the stored H, so no
-// spike decision can change).
+// The walk back from T − 1 to 0 of bwd_block_fast: H_t from hbuf, ∂L/∂V carried in dv.
 // MASKED (the noise mask, no parameter gradients): the same instantiation but for the emitted value,
-// so an all-True mask rounds exactly like the unmasked walk (same expressions, same contractions;
-// with the surrogate as a runtime id instead, the contracted g′ differed in the last bit).
+// so an all-True mask rounds exactly like the unmasked walk. Not contracted (it was, with
+// SNN_CPU_CLONES_FMA): the hard reset's ε = dv·(1 − S) + ds·g′ has two products, and which one GCC
+// fuses follows statement order, which differed between MASKED and unmasked: grad_x ≤ 1 ulp apart
+// (15 of 150 elements, issue 12). Uncontracted, every operation rounds as in bwd_block and the reference.
 template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
-SNN_CPU_CLONES_FMA void bwd_walk_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvseq,
+SNN_CPU_CLONES void bwd_walk_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvseq,
                                       const bool* __restrict__ mask, scalar_t* __restrict__ gx,
                                       const acc_t* __restrict__ hbuf, acc_t* __restrict__ dv, int64_t n, int64_t B,
                                       int64_t T, int64_t N, const LIFParams<acc_t> p) {

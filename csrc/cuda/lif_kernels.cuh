@@ -167,7 +167,8 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
               vprev = t > 0 ? lif_reset<HARD>(hprev, sp[j], p) : v0v[j];
             }
             acc_t g_dk, g_dth, g_dal;
-            const acc_t eps = lif_step_backward_g<HARD, DI, decltype(detach)::value, acc_t>(
+            // EXACT_K0 = false: detach_reset with κ = 0 keeps 0·dv here (lif_step.h lif_grad_s: registers)
+            const acc_t eps = lif_step_backward_g<HARD, DI, decltype(detach)::value, acc_t, false>(
                 h[j], s[j], vprev, PARAM ? xv[j] : acc_t(0), gs[j], dv[j], gp[j], dga[j], p, g_dk, g_dth, g_dal);
             gx[j] = lif_grad_x<DI>(eps, p);
             dv[j] = lif_grad_v_prev(eps, p);

@@ -142,15 +142,21 @@ SNN_HD T lif_reset(T h, T s, const LIFParams<T>& p) {
 // ∂L/∂S_t: the output's gradient, the reset's (unless detached) and κ's. vr + κ is loop-invariant
 // (hoisted by the compiler): one subtraction per element, as many operations as the earlier
 // c0 + c1·H form.
-template <bool HARD, bool DETACH, typename T>
+// EXACT_K0 (detach_reset only): the reference adds κ·(S − detach(S)) only for κ ≠ 0, so with κ = 0
+// its ∂L/∂S_t never sees dv; 0·dv would be NaN for a NaN or infinite dv (after a NaN step) and reach
+// ∂L/∂θ, ∂L/∂α where the reference's stay finite (g′(NaN) is finite for straight_through, rectangle,
+// spike_gate; ARCHITECTURE.md "Special values"). The select on the loop-invariant κ costs the CPU
+// loops a blend. The CUDA kernels pass false: the select (or a κ = 0 flag) pushes their fp16/bf16 ×8
+// parameter-gradient instantiations over the 128-register cap (8 B spilled, sm_80 and sm_90, issue 14),
+// so there alone that case keeps 0·dv until a register-lighter backward.
+template <bool HARD, bool DETACH, typename T, bool EXACT_K0 = true>
 SNN_HD T lif_grad_s(T grad_s, T dv, T h, const LIFParams<T>& p) {
   if constexpr (DETACH) {
-    // The reference adds κ·(S − detach(S)) only for κ ≠ 0, so with κ = 0 its ∂L/∂S_t never sees dv;
-    // here 0·dv is NaN for a NaN dv (a NaN at a later step). It reaches only ∂L/∂θ and ∂L/∂α, which are
-    // NaN there anyway unless g′(NaN) is finite (straight_through, rectangle, spike_gate). Selecting on
-    // κ ≠ 0 fixes that, but made the fp16/bf16 ×8 parameter-gradient CUDA kernels spill (8 B, sm_80
-    // and sm_90), so it waits for a register-lighter backward.
-    return grad_s + dv * p.kappa;
+    if constexpr (EXACT_K0) {
+      return p.kappa != T(0) ? grad_s + dv * p.kappa : grad_s;
+    } else {
+      return grad_s + dv * p.kappa;
+    }
   } else if constexpr (HARD) {
     return grad_s + dv * ((p.vr + p.kappa) - h);
   } else {
@@ -189,10 +195,10 @@ SNN_HD T lif_grad_v_prev(T eps, const LIFParams<T>& p) {
 // One step with parameter gradients. In: H, the emitted S, V_{t−1}, X, ∂L/∂S_t, dv, gp, dga. Returns
 // ε; writes this step's contributions to ∂L/∂k, ∂L/∂θ, ∂L/∂α. Scalars, not a struct: GCC's
 // `omp simd` cannot vectorise a loop holding an aggregate local.
-template <bool HARD, bool DI, bool DETACH, typename T>
+template <bool HARD, bool DI, bool DETACH, typename T, bool EXACT_K0 = true>
 SNN_HD T lif_step_backward_g(T h, T s, T v_prev, T x, T grad_s, T dv, T gp, T dga, const LIFParams<T>& p,
                              T& dk, T& dtheta, T& dalpha) {
-  const T ds = lif_grad_s<HARD, DETACH>(grad_s, dv, h, p);
+  const T ds = lif_grad_s<HARD, DETACH, T, EXACT_K0>(grad_s, dv, h, p);
   const T eps = lif_grad_h<HARD>(dv, s, ds, gp);
   if constexpr (HARD) {
     dtheta = -(ds * gp);

@@ -3,6 +3,14 @@
 A plain loop over T; every gradient comes from autograd. The only hand-written derivative is the
 surrogate spike itself (forward Θ, backward g′), whose formulas are checked against finite
 differences of the primitive g in ``tests/test_surrogate.py``. Nothing here calls a fused kernel.
+
+Special values: whatever these torch operations give in IEEE arithmetic, in this order and dtype, is
+the answer every backend returns (ARCHITECTURE.md "Special values"). So Θ(NaN) = 0 and NaN gives
+V = NaN; +inf fires, and a hard reset then gives V = 1·V_r + 0·inf = NaN (not V_r: decided, the NaN
+marks the bad input), a soft one +inf; −inf gives S = 0, V = −inf; an infinite V turns NaN at the next
+charge, so the neuron stays silent at V = NaN from there. Finite inputs near the dtype's max give
+NaN/±inf only where these operations overflow; ±0 and subnormals are plain numbers. Gradients:
+autograd's, NaN/±inf included, for finite output gradients.
 """
 from __future__ import annotations
 

@@ -150,7 +150,9 @@ def _sg_prim(x, a, SG: tl.constexpr, SGF: tl.constexpr = None):
     elif SG == 1:
         r = 0.5 + _atan(a * x * _HALF_PI) / _PI
     elif SG == 2:
-        r = tl.minimum(tl.maximum(a * x + 0.5, 0.0), 1.0)
+        # propagate_nan: clamp(NaN) is NaN in the reference (torch.clamp) and in C++; Triton's default drops it
+        r = tl.minimum(tl.maximum(a * x + 0.5, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0,
+                       propagate_nan=tl.PropagateNan.ALL)
     elif SG == 3:
         ax = a * x
         r = tl.where(ax < 0.0, 0.5 * (ax + 1.0) * (ax + 1.0), 1.0 - 0.5 * (1.0 - ax) * (1.0 - ax))
@@ -173,7 +175,7 @@ def _sg_prim(x, a, SG: tl.constexpr, SGF: tl.constexpr = None):
     elif SG == 9:
         r = x + 0.5
     else:
-        r = tl.maximum(x, 0.0)
+        r = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu(NaN) = NaN, as the reference
     return r.to(x.dtype)
 
 
@@ -342,7 +344,6 @@ def _lif_bwd_kernel(
         cx = k
     else:
         cx = 1.0 + 0.0 * k
-    keep = 1.0 - k
     if HAS_GVLAST:
         dv = tl.load(gvlast_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
     else:
@@ -375,20 +376,24 @@ def _lif_bwd_kernel(
             dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
         # lif_step.h lif_step_backward
         gp = _sg_grad(xs, alpha, SG, SGF)
-        # ∂V/∂S; zeros_like, not 0·h, which is NaN where H = ±inf and the reference's term is 0 or −θ
-        if DETACH_RESET:
-            reset_coef = tl.zeros_like(h)
-        elif HARD_RESET:
+        # ∂V/∂S (not detached); zeros_like − θ, not 0·h − θ, which is NaN where H = ±inf
+        if HARD_RESET:
             reset_coef = vr - h
         else:
             reset_coef = tl.zeros_like(h) - theta
-        ds = g_s + dvt * (reset_coef + kap)
+        if DETACH_RESET:
+            # lif_step.h lif_grad_s: with κ = 0 the reference's ∂L/∂S never sees dv (0·dv: NaN after a NaN step)
+            ds = tl.where(kap != 0.0, g_s + dvt * kap, g_s)
+        else:
+            ds = g_s + dvt * (reset_coef + kap)
         if HARD_RESET:
             eps = dvt * (1.0 - s) + ds * gp
         else:
             eps = dvt + ds * gp
         tl.store(gxp, (eps * cx).to(gxp.dtype.element_ty), mask=m)
-        dv = eps * keep
+        # ε − ε·k as lif_step.h lif_grad_v_prev (autograd adds the paths through V and V − vr): ε·(1 − k)
+        # gives ±inf where the reference has inf − inf = NaN (straight_through + hard reset at H = ±max)
+        dv = eps - eps * k
         if NEED_PARAM_GRAD:
             if HARD_RESET:
                 v_prev = tl.where(t_pos, s_prev * vr + (1.0 - s_prev) * h_prev, v0)
