@@ -578,9 +578,17 @@ _BWD_CONFIGS = _FWD_CONFIGS[:4]
 # once instead of 4–5 times (~0.6 s each for sm_90): the GPU check's correctness stage runs 46 variants.
 _FIXED_CONFIG = None if os.environ.get("SNN_FAST_TRITON_AUTOTUNE", "1") != "0" else _FWD_CONFIGS[2]
 # The recompute backward holds a segment's H (and, for parameter gradients, V_{t−1} and X) in
-# registers: CHUNK values per neuron and tensor, so it runs at the backward's 4 neurons per thread
-# at most (tests/test_triton_aot.py reports its registers).
-_BWD_RC_CONFIGS = _BWD_CONFIGS
+# registers, CHUNK values per neuron and tensor, and the compiler hoists the segment's loads of x and
+# grad_s ahead of the arithmetic. Registers at CHUNK = 8, sm_90 (AOT, cuobjdump): 4 neurons per thread
+# 149 (fp32 sigmoid, no mask, no parameter gradients) and spills with parameter gradients (24 B fp32,
+# 232 B fp16/bf16 q_pseudo_spike, 1648 B fp64); 2 per thread 77 / 154–207, fp64 still spills (248 B);
+# 1 per thread 48 / 88–111, fp64 194, no spills. So one neuron per thread: a warp still reads 32
+# contiguous elements per tensor and step (128 B fp32, 64 B bf16: whole 32-byte sectors).
+_BWD_RC_CONFIGS = [
+    triton.Config({"BLOCK": 128}, num_warps=4),
+    triton.Config({"BLOCK": 256}, num_warps=8),
+    triton.Config({"BLOCK": 512}, num_warps=16),
+]
 if INTERPRETED or _FIXED_CONFIG is not None:
     _fwd_launch = _lif_fwd_kernel
     _bwd_launch = _lif_bwd_kernel
@@ -600,19 +608,23 @@ def _n_bucket(n) -> int:
     return min(max(n.bit_length() - 10, 0), 12)  # ≤1K, 2K, 4K, … neurons
 
 
-def _block_kw() -> dict:
+# The recompute backward's fixed config: one neuron per thread as all of _BWD_RC_CONFIGS.
+_FIXED_RC_CONFIG = None if _FIXED_CONFIG is None else _BWD_RC_CONFIGS[2]
+
+
+def _block_kw(fixed=_FIXED_CONFIG) -> dict:
     if INTERPRETED:
         return {"BLOCK": _INTERPRET_BLOCK}
-    if _FIXED_CONFIG is not None:
-        return dict(_FIXED_CONFIG.kwargs, num_warps=_FIXED_CONFIG.num_warps)
+    if fixed is not None:
+        return dict(fixed.kwargs, num_warps=fixed.num_warps)
     return {}
 
 
-def _grid(N: int):
+def _grid(N: int, fixed=_FIXED_CONFIG):
     if INTERPRETED:
         return (triton.cdiv(N, _INTERPRET_BLOCK),)
-    if _FIXED_CONFIG is not None:
-        return (triton.cdiv(N, _FIXED_CONFIG.kwargs["BLOCK"]),)
+    if fixed is not None:
+        return (triton.cdiv(N, fixed.kwargs["BLOCK"]),)
     return lambda meta: (triton.cdiv(N, meta["BLOCK"]),)
 
 
@@ -725,14 +737,14 @@ def lif_bwd_triton_recompute(
     ck = saved.contiguous() if saved.numel() > 0 else v0  # never read for T <= chunk
     if N > 0:
         wrap = _launcher(_bwd_rc_launch)
-        wrap[_grid(N)](
+        wrap[_grid(N, _FIXED_RC_CONFIG)](
             grad_s, gvl if gvl is not None else grad_s, gvs if gvs is not None else grad_s, x, v0, pbuf,
             mask if mask is not None else x, ck, gx, gv0, partial,
             T, N, float(v_reset), float(reset_residual), _n_bucket(N),
             SG=surrogate, HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
             HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
             NEED_PARAM_GRAD=need_param_grad, WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL, CHUNK=chunk,
-            **_block_kw(),
+            **_block_kw(_FIXED_RC_CONFIG),
         )
     grad_params = partial.sum(0) if need_param_grad else torch.zeros_like(params)
     return gx, gv0, grad_params
