@@ -18,7 +18,8 @@ struct FwdPtrs {
   scalar_t* __restrict__ s;
   scalar_t* __restrict__ v_last;
   scalar_t* __restrict__ v_seq;
-  scalar_t* __restrict__ saved;
+  scalar_t* __restrict__ saved;            // nullptr with save="recompute"
+  acc_of_t<scalar_t>* __restrict__ ckpt;   // save="recompute": V every kRcChunk steps, else nullptr
 };
 
 // Forward for neurons [i·VEC, i·VEC + VEC): membranes in registers, one 16-byte access per tensor
@@ -58,8 +59,11 @@ SNN_HD void lif_fwd_thread(const FwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
         },
         p.hard_reset, p.decay_input);
     store_acc<VEC>(a.s, off, sv);
-    store_pack<VEC>(a.saved, off, hv);
+    if (a.saved != nullptr) store_pack<VEC>(a.saved, off, hv);
     if (a.v_seq != nullptr) store_acc<VEC>(a.v_seq, off, v);
+    // save="recompute": V after steps K, 2K, … in the accumulation dtype, exactly the V the re-run
+    // starts from (not after the last step: v_last holds that).
+    if (a.ckpt != nullptr && (t + 1) % kRcChunk == 0 && t + 1 < T) store_pack<VEC>(a.ckpt, (t / kRcChunk) * N + n0, v);
   }
   store_acc<VEC>(a.v_last, n0, v);
 }
@@ -77,6 +81,7 @@ struct BwdPtrs {
   scalar_t* __restrict__ grad_x;
   scalar_t* __restrict__ grad_v0;
   double* __restrict__ partial;  // [gridDim.x, 3] when PARAM
+  const acc_of_t<scalar_t>* __restrict__ ckpt;  // save="recompute": the forward's V checkpoints
 };
 
 // Backward for neurons [i·VEC, i·VEC + VEC), t = T−1 … 0 with ∂L/∂V in registers. With PARAM, adds
@@ -188,6 +193,126 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
       }
     }
   }
+  store_acc<VEC>(a.grad_v0, n0, dv);
+}
+
+// save="recompute": backward for neurons [i·VEC, i·VEC + VEC) from x, v0 and the V checkpoints,
+// without a saved H. Segments of K = kRcChunk steps, last first: re-run the forward over the segment
+// from its first V (v0 or checkpoint c − 1) with the forward's own lif_charge / lif_fire_rt /
+// lif_reset (the same H and spikes bit for bit), keeping H (and with PARAM, V_{t−1} and X) in
+// registers, fully unrolled so every index is a constant; then walk the segment back as
+// lif_bwd_thread does. The mask is read again in the walk (1 B, just read) rather than kept.
+template <typename scalar_t, int VEC, bool PARAM>
+SNN_HD void lif_bwd_rc_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, const LIFFlagsC& flags, int64_t i,
+                              acc_of_t<scalar_t>& dk, acc_of_t<scalar_t>& dth, acc_of_t<scalar_t>& dal) {
+  using acc_t = acc_of_t<scalar_t>;
+  constexpr int K = kRcChunk;
+  const int64_t n0 = i * VEC;  // int64 throughout: T·N may exceed 2^31
+  if (n0 >= N) return;
+  const LIFParams<acc_t> p = load_params<acc_t>(a.params, flags);
+
+  acc_t dv[VEC];
+  if (a.grad_v_last != nullptr) {
+    load_acc<VEC>(a.grad_v_last, n0, dv);
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) dv[j] = acc_t(0);
+  }
+  const int64_t nseg = (T + K - 1) / K;
+  // The flags select one instantiation of the whole walk (not one per step, as lif_bwd_thread does):
+  // with a with_flags per step, nvcc kept the segment's arrays in local memory (264 B stack, sm_90).
+  with_flags(
+      [&](auto hard, auto di, auto detach) {
+        constexpr bool HARD = decltype(hard)::value, DI = decltype(di)::value, DETACH = decltype(detach)::value;
+        for (int64_t c = nseg - 1; c >= 0; --c) {
+          const int64_t t0 = c * K;
+          acc_t v[VEC];
+          if (c == 0) {
+            load_acc<VEC>(a.v0, n0, v);
+          } else {
+            load_pack<VEC>(a.ckpt, (c - 1) * N + n0, v);
+          }
+          acc_t h[K][VEC];
+          acc_t vstart[VEC];  // the segment's first V_{t−1}; later ones are reset(H_{t−1}, S_{t−1}) again
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) vstart[j] = v[j];
+#pragma unroll
+          for (int q = 0; q < K; ++q) {
+            if (t0 + q < T) {
+              const int64_t off = (t0 + q) * N + n0;
+              acc_t xv[VEC];
+              load_acc<VEC>(a.x, off, xv);
+              bool m[VEC];
+              if (a.mask != nullptr) {
+                load_mask<VEC>(a.mask, off, m);
+              } else {
+#pragma unroll
+                for (int j = 0; j < VEC; ++j) m[j] = true;
+              }
+#pragma unroll
+              for (int j = 0; j < VEC; ++j) {
+                h[q][j] = lif_charge<DI>(v[j], xv[j], p);
+                v[j] = lif_reset<HARD>(h[q][j], lif_fire_rt<acc_t>(h[q][j], m[j], p), p);
+              }
+            }
+          }
+#pragma unroll
+          for (int r = 0; r < K; ++r) {
+            const int q = K - 1 - r;
+            if (t0 + q < T) {
+              const int64_t off = (t0 + q) * N + n0;
+              bool m[VEC];
+              if (a.mask != nullptr) {
+                load_mask<VEC>(a.mask, off, m);
+              } else {
+#pragma unroll
+                for (int j = 0; j < VEC; ++j) m[j] = true;
+              }
+              acc_t gs[VEC];
+              load_acc<VEC>(a.grad_s, off, gs);
+              if (a.grad_v_seq != nullptr) {
+                acc_t gq[VEC];
+                load_acc<VEC>(a.grad_v_seq, off, gq);
+#pragma unroll
+                for (int j = 0; j < VEC; ++j) dv[j] += gq[j];
+              }
+              bool mp[VEC];  // step t − 1's mask, for its emitted S (PARAM only)
+#pragma unroll
+              for (int j = 0; j < VEC; ++j) mp[j] = true;
+              if (PARAM && q > 0 && a.mask != nullptr) load_mask<VEC>(a.mask, off - N, mp);
+              acc_t xv[VEC];  // X_t for ∂H/∂k: read again (this thread read it a segment ago) rather than kept
+              if constexpr (PARAM && DI) {
+                load_acc<VEC>(a.x, off, xv);
+              } else {
+#pragma unroll
+                for (int j = 0; j < VEC; ++j) xv[j] = acc_t(0);
+              }
+              acc_t gx[VEC];
+#pragma unroll
+              for (int j = 0; j < VEC; ++j) {
+                const acc_t xs = h[q][j] - p.theta;
+                acc_t gp, dga;
+                sg_grad_dalpha_rt<PARAM, acc_t>(p.sg, xs, p.alpha, gp, dga);
+                const acc_t s = emitted<acc_t>(xs, xs >= acc_t(0), m[j], p);  // = the forward's lif_fire_rt
+                acc_t vprev = vstart[j];  // V_{t−1} for ∂H/∂k: the forward's lif_reset of step t − 1, again
+                if (PARAM && q > 0) vprev = lif_reset<HARD>(h[q - 1][j], lif_fire_rt<acc_t>(h[q - 1][j], mp[j], p), p);
+                acc_t g_dk, g_dth, g_dal;
+                const acc_t eps = lif_step_backward_g<HARD, DI, DETACH, acc_t>(
+                    h[q][j], s, vprev, xv[j], gs[j], dv[j], gp, dga, p, g_dk, g_dth, g_dal);
+                gx[j] = lif_grad_x<DI>(eps, p);
+                dv[j] = lif_grad_v_prev(eps, p);
+                if constexpr (PARAM) {
+                  dk += g_dk;
+                  dth += g_dth;
+                  dal += g_dal;
+                }
+              }
+              store_acc<VEC>(a.grad_x, off, gx);
+            }
+          }
+        }
+      },
+      p.hard_reset, p.decay_input, p.detach_reset);
   store_acc<VEC>(a.grad_v0, n0, dv);
 }
 
