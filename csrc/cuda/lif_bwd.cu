@@ -64,13 +64,17 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // save="recompute" (lif_kernels.cuh lif_bwd_rc_thread): x and the V checkpoints instead of H.
+// A segment's H in shared memory, one column per thread (bank-conflict free: consecutive threads,
+// consecutive words): 8 KiB per block in fp32, 16 KiB in fp64.
 template <typename scalar_t, int VEC, bool PARAM>
 __global__ void __launch_bounds__(kThreads)
     lif_bwd_rc_kernel(BwdPtrs<scalar_t> a, int64_t T, int64_t N, LIFFlagsC flags) {
+  static_assert(VEC == 1, "one neuron per thread (kRcVec)");
   using acc_t = acc_of_t<scalar_t>;
+  __shared__ acc_t hbuf[kRcChunk][kThreads];
   acc_t dk = 0, dth = 0, dal = 0;
-  lif_bwd_rc_thread<scalar_t, VEC, PARAM>(a, T, N, flags, int64_t(blockIdx.x) * kThreads + threadIdx.x, dk, dth,
-                                          dal);
+  lif_bwd_rc_thread<scalar_t, PARAM>(a, T, N, flags, int64_t(blockIdx.x) * kThreads + threadIdx.x,
+                                     &hbuf[0][threadIdx.x], kThreads, dk, dth, dal);
   if (PARAM) write_partial(dk, dth, dal, a.partial);
 }
 

@@ -18,9 +18,12 @@
 // save="recompute" (issue 16; lif_fwd_recompute / lif_bwd_recompute): the forward writes s (v_last,
 // v_seq) and, instead of H, the membrane V after steps K, 2K, … (K = kRcChunk = 8; ceil(T/K) − 1
 // rows of N in the accumulation dtype, none for T <= K); the backward re-runs the forward segment by
-// segment from x and those V with a segment's H in registers, then walks it back:
+// segment from x and those V with a segment's H in shared memory (K·256·4 B = 8 KiB per block, fp64
+// 16 KiB), then walks it back:
 //   forward   read x, write s                                      2b  (+ 4/K B checkpoint, fp64 8/K)
-//   backward  read x, read grad_s, write grad_x                    3b  (+ 4/K B checkpoint read)
+//   backward  read x, read grad_s, write grad_x                    3b  (+ 4/K B checkpoint read; the
+//                                                                      mask, and x when learning k with
+//                                                                      decay_input, read again in the walk)
 // 5b + 8/K B in all (fp32 22 B instead of 24; bf16 11 B instead of 12), at the 5-pass floor save the
 // checkpoints, and a layer keeps 4·N·(ceil(T/K) − 1) bytes for its backward instead of b·T·N
 // (snn_fast/ops/lif/memory.py counts both; tests/test_lif_memory.py checks the counts against what

@@ -196,124 +196,86 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
   store_acc<VEC>(a.grad_v0, n0, dv);
 }
 
-// save="recompute": backward for neurons [i·VEC, i·VEC + VEC) from x, v0 and the V checkpoints,
-// without a saved H. Segments of K = kRcChunk steps, last first: re-run the forward over the segment
-// from its first V (v0 or checkpoint c − 1) with the forward's own lif_charge / lif_fire_rt /
-// lif_reset (the same H and spikes bit for bit), keeping H (and with PARAM, V_{t−1} and X) in
-// registers, fully unrolled so every index is a constant; then walk the segment back as
-// lif_bwd_thread does. The mask is read again in the walk (1 B, just read) rather than kept.
-template <typename scalar_t, int VEC, bool PARAM>
+// save="recompute": backward for neuron i from x, v0 and the V checkpoints, without a saved H.
+// Segments of K = kRcChunk steps, last first: re-run the forward over the segment from its first V
+// (v0 or checkpoint c − 1) with the forward's own lif_charge / lif_fire_rt / lif_reset (the same H
+// and spikes bit for bit), keeping H in `hbuf` (this thread's K slots, `stride` apart: a column of a
+// __shared__ [K][kThreads] array in the kernel, a local array in the emulator), then walk the segment
+// back as lif_bwd_thread does. V_{t−1} (PARAM) is the segment's first V or the forward's reset of
+// step t − 1 again, the mask and (PARAM with decay_input) X_t are read again: this thread read them a
+// segment earlier. One neuron per thread (kRcVec = 1), loops not unrolled: H in registers instead
+// (the segment unrolled, VEC = 1) needed 128 registers and spilled 192 B with PARAM (sm_90, fp32),
+// or 156 registers without spills under __launch_bounds__(256, 1) at 303 s of ptxas per kernel.
+template <typename scalar_t, bool PARAM>
 SNN_HD void lif_bwd_rc_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, const LIFFlagsC& flags, int64_t i,
-                              acc_of_t<scalar_t>& dk, acc_of_t<scalar_t>& dth, acc_of_t<scalar_t>& dal) {
+                              acc_of_t<scalar_t>* hbuf, int stride, acc_of_t<scalar_t>& dk, acc_of_t<scalar_t>& dth,
+                              acc_of_t<scalar_t>& dal) {
   using acc_t = acc_of_t<scalar_t>;
   constexpr int K = kRcChunk;
-  const int64_t n0 = i * VEC;  // int64 throughout: T·N may exceed 2^31
+  const int64_t n0 = i;  // int64 throughout: T·N may exceed 2^31
   if (n0 >= N) return;
   const LIFParams<acc_t> p = load_params<acc_t>(a.params, flags);
-
-  acc_t dv[VEC];
-  if (a.grad_v_last != nullptr) {
-    load_acc<VEC>(a.grad_v_last, n0, dv);
-  } else {
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) dv[j] = acc_t(0);
-  }
+  auto load1 = [&](const scalar_t* base, int64_t off) {
+    acc_t v[1];
+    load_acc<1>(base, off, v);
+    return v[0];
+  };
+  auto mask_at = [&](int64_t off) {
+    bool m[1] = {true};
+    if (a.mask != nullptr) load_mask<1>(a.mask, off, m);
+    return m[0];
+  };
+  acc_t dv = a.grad_v_last != nullptr ? load1(a.grad_v_last, n0) : acc_t(0);
   const int64_t nseg = (T + K - 1) / K;
-  // The flags select one instantiation of the whole walk (not one per step, as lif_bwd_thread does):
-  // with a with_flags per step, nvcc kept the segment's arrays in local memory (264 B stack, sm_90).
   with_flags(
       [&](auto hard, auto di, auto detach) {
         constexpr bool HARD = decltype(hard)::value, DI = decltype(di)::value, DETACH = decltype(detach)::value;
         for (int64_t c = nseg - 1; c >= 0; --c) {
           const int64_t t0 = c * K;
-          acc_t v[VEC];
-          if (c == 0) {
-            load_acc<VEC>(a.v0, n0, v);
-          } else {
-            load_pack<VEC>(a.ckpt, (c - 1) * N + n0, v);
+          const int len = int(T - t0 < K ? T - t0 : K);
+          const acc_t vstart = c == 0 ? load1(a.v0, n0) : load_ro(a.ckpt + (c - 1) * N + n0);
+          acc_t v = vstart;
+#pragma unroll 1
+          for (int q = 0; q < len; ++q) {
+            const int64_t off = (t0 + q) * N + n0;
+            const acc_t h = lif_charge<DI>(v, load1(a.x, off), p);
+            hbuf[q * stride] = h;
+            v = lif_reset<HARD>(h, lif_fire_rt<acc_t>(h, mask_at(off), p), p);
           }
-          acc_t h[K][VEC];
-          acc_t vstart[VEC];  // the segment's first V_{t−1}; later ones are reset(H_{t−1}, S_{t−1}) again
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) vstart[j] = v[j];
-#pragma unroll
-          for (int q = 0; q < K; ++q) {
-            if (t0 + q < T) {
-              const int64_t off = (t0 + q) * N + n0;
-              acc_t xv[VEC];
-              load_acc<VEC>(a.x, off, xv);
-              bool m[VEC];
-              if (a.mask != nullptr) {
-                load_mask<VEC>(a.mask, off, m);
-              } else {
-#pragma unroll
-                for (int j = 0; j < VEC; ++j) m[j] = true;
+#pragma unroll 1
+          for (int q = len - 1; q >= 0; --q) {
+            const int64_t off = (t0 + q) * N + n0;
+            const acc_t h = hbuf[q * stride];
+            const acc_t xs = h - p.theta;
+            acc_t gp, dga;
+            sg_grad_dalpha_rt<PARAM, acc_t>(p.sg, xs, p.alpha, gp, dga);
+            const acc_t s = emitted<acc_t>(xs, xs >= acc_t(0), mask_at(off), p);  // = the forward's lif_fire_rt
+            if (a.grad_v_seq != nullptr) dv += load1(a.grad_v_seq, off);
+            acc_t vprev = vstart, xv = acc_t(0);
+            if constexpr (PARAM) {
+              if (q > 0) {
+                const acc_t hp = hbuf[(q - 1) * stride];
+                vprev = lif_reset<HARD>(hp, lif_fire_rt<acc_t>(hp, mask_at(off - N), p), p);
               }
-#pragma unroll
-              for (int j = 0; j < VEC; ++j) {
-                h[q][j] = lif_charge<DI>(v[j], xv[j], p);
-                v[j] = lif_reset<HARD>(h[q][j], lif_fire_rt<acc_t>(h[q][j], m[j], p), p);
-              }
+              if constexpr (DI) xv = load1(a.x, off);
             }
-          }
-#pragma unroll
-          for (int r = 0; r < K; ++r) {
-            const int q = K - 1 - r;
-            if (t0 + q < T) {
-              const int64_t off = (t0 + q) * N + n0;
-              bool m[VEC];
-              if (a.mask != nullptr) {
-                load_mask<VEC>(a.mask, off, m);
-              } else {
-#pragma unroll
-                for (int j = 0; j < VEC; ++j) m[j] = true;
-              }
-              acc_t gs[VEC];
-              load_acc<VEC>(a.grad_s, off, gs);
-              if (a.grad_v_seq != nullptr) {
-                acc_t gq[VEC];
-                load_acc<VEC>(a.grad_v_seq, off, gq);
-#pragma unroll
-                for (int j = 0; j < VEC; ++j) dv[j] += gq[j];
-              }
-              bool mp[VEC];  // step t − 1's mask, for its emitted S (PARAM only)
-#pragma unroll
-              for (int j = 0; j < VEC; ++j) mp[j] = true;
-              if (PARAM && q > 0 && a.mask != nullptr) load_mask<VEC>(a.mask, off - N, mp);
-              acc_t xv[VEC];  // X_t for ∂H/∂k: read again (this thread read it a segment ago) rather than kept
-              if constexpr (PARAM && DI) {
-                load_acc<VEC>(a.x, off, xv);
-              } else {
-#pragma unroll
-                for (int j = 0; j < VEC; ++j) xv[j] = acc_t(0);
-              }
-              acc_t gx[VEC];
-#pragma unroll
-              for (int j = 0; j < VEC; ++j) {
-                const acc_t xs = h[q][j] - p.theta;
-                acc_t gp, dga;
-                sg_grad_dalpha_rt<PARAM, acc_t>(p.sg, xs, p.alpha, gp, dga);
-                const acc_t s = emitted<acc_t>(xs, xs >= acc_t(0), m[j], p);  // = the forward's lif_fire_rt
-                acc_t vprev = vstart[j];  // V_{t−1} for ∂H/∂k: the forward's lif_reset of step t − 1, again
-                if (PARAM && q > 0) vprev = lif_reset<HARD>(h[q - 1][j], lif_fire_rt<acc_t>(h[q - 1][j], mp[j], p), p);
-                acc_t g_dk, g_dth, g_dal;
-                const acc_t eps = lif_step_backward_g<HARD, DI, DETACH, acc_t>(
-                    h[q][j], s, vprev, xv[j], gs[j], dv[j], gp, dga, p, g_dk, g_dth, g_dal);
-                gx[j] = lif_grad_x<DI>(eps, p);
-                dv[j] = lif_grad_v_prev(eps, p);
-                if constexpr (PARAM) {
-                  dk += g_dk;
-                  dth += g_dth;
-                  dal += g_dal;
-                }
-              }
-              store_acc<VEC>(a.grad_x, off, gx);
+            acc_t g_dk, g_dth, g_dal;
+            const acc_t eps = lif_step_backward_g<HARD, DI, DETACH, acc_t>(h, s, vprev, xv, load1(a.grad_s, off), dv,
+                                                                         gp, dga, p, g_dk, g_dth, g_dal);
+            const acc_t gx[1] = {lif_grad_x<DI>(eps, p)};
+            store_acc<1>(a.grad_x, off, gx);
+            dv = lif_grad_v_prev(eps, p);
+            if constexpr (PARAM) {
+              dk += g_dk;
+              dth += g_dth;
+              dal += g_dal;
             }
           }
         }
       },
       p.hard_reset, p.decay_input, p.detach_reset);
-  store_acc<VEC>(a.grad_v0, n0, dv);
+  const acc_t gv0[1] = {dv};
+  store_acc<1>(a.grad_v0, n0, gv0);
 }
 
 }  // namespace cuda

@@ -50,9 +50,10 @@ void bwd_vec(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, const LIFFlagsC& 
     for (int64_t t = 0; t < kThreads; ++t) {
       acc_t dk = 0, dth = 0, dal = 0;
       const int64_t i = b * kThreads + t;
-      if constexpr (RC) {  // save="recompute" (lif_bwd_rc_kernel's thread body)
-        if (need_param) lif_bwd_rc_thread<scalar_t, VEC, true>(a, T, N, f, i, dk, dth, dal);
-        else lif_bwd_rc_thread<scalar_t, VEC, false>(a, T, N, f, i, dk, dth, dal);
+      if constexpr (RC) {  // save="recompute" (lif_bwd_rc_kernel's thread body; H in a local array)
+        acc_t hbuf[kRcChunk];
+        if (need_param) lif_bwd_rc_thread<scalar_t, true>(a, T, N, f, i, hbuf, 1, dk, dth, dal);
+        else lif_bwd_rc_thread<scalar_t, false>(a, T, N, f, i, hbuf, 1, dk, dth, dal);
       } else {
         if (need_param) lif_bwd_thread<scalar_t, VEC, true>(a, T, N, f, i, dk, dth, dal);
         else lif_bwd_thread<scalar_t, VEC, false>(a, T, N, f, i, dk, dth, dal);

@@ -36,6 +36,23 @@ Bytes per element of [T, N] (storage size b; mask 1 B when given):
 The backward needs neither V_{t−1} nor x unless the leak k is learned: V_{t−1} = reset(H_{t−1}) comes
 from the H it loads anyway one step ahead.
 
+save="recompute" (issue 16; the default until measured on a GPU): ``lif_fwd_triton_recompute`` writes
+s (v_last, v_seq) and, instead of H, V after steps K, 2K, … (K = ``config.RECOMPUTE_CHUNK`` = 8) in the
+compute dtype; ``_lif_bwd_rc_kernel`` re-runs the forward per K-step segment from x and those V with
+the forward's own step (``_lif_step``: the same H and spikes bit for bit), the segment's H in
+registers (a tuple unrolled by ``tl.static_range``: Triton has no indexable register arrays), and
+walks it back. The options considered: (a) re-run all T steps through a per-program scratch in
+global memory: T·BLOCK values per program that a GPU's L2 does not hold for W1 (4M neurons: a
+T·N·4-byte scratch is written and read back, the 6th pass again); (b) checkpoints every K steps, the
+segment in registers: what is kept. Bytes per element of [T, N] (memory.py counts them):
+  forward   read x, write s                                   2b  (+ 4·(ceil(T/K) − 1)/T B of V)
+  backward  read x, read grad_s, write grad_x                 3b  (+ the same V read)
+so fwd+bwd = 5b + 8/K B at most (fp32 21 B at T = 64 instead of 24; bf16 11 B instead of 12) and a
+layer keeps 0 bytes for T ≤ 8, 4·N·(ceil(T/8) − 1) beyond (T·N·b with save="state"). The price is
+registers: K values of H per neuron (and of V_{t−1} and X with parameter gradients), so this backward
+runs one neuron per thread (``_BWD_RC_CONFIGS``). fp16/bf16: the re-run H is the exact float32 H,
+where the state path reads H − θ rounded to b: the gradients are at least as close to the truth.
+
 Parameter gradients: each program sums its lanes over all its steps into one row of a
 [programs, 3] buffer, summed by torch afterwards (deterministic, no atomics), and the whole path is
 compiled out (``NEED_PARAM_GRAD`` constexpr) when no parameter needs a gradient.
