@@ -890,6 +890,15 @@ def test_save_option_is_checked_and_reaches_the_modules(be):
     assert torch.equal(m(x), want)
 
 
+def test_convert_passes_the_save_option():
+    neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), neuron.LIFNode(step_mode="m"))
+    assert snn_fast.convert(net)[1].save == "recompute"
+    assert snn_fast.convert(net, save="state")[1].save == "state"
+    with pytest.raises(ValueError, match="save must be one of"):
+        snn_fast.convert(net, save="h")
+
+
 def _saved_bytes(fn):
     """Bytes autograd keeps for the backward of ``fn()``: every tensor packed by a saved-tensor hook,
     each storage counted once (x itself is the caller's and is counted separately)."""

@@ -65,9 +65,11 @@ __global__ void __launch_bounds__(kThreads)
 
 // save="recompute" (lif_kernels.cuh lif_bwd_rc_thread): x and the V checkpoints instead of H.
 // A segment's H in shared memory, one column per thread (bank-conflict free: consecutive threads,
-// consecutive words): 8 KiB per block in fp32, 16 KiB in fp64.
+// consecutive words): 8 KiB per block in fp32, 16 KiB in fp64. Min. 1 block per SM in the launch
+// bounds: with (kThreads) alone ptxas held the fp32 PARAM kernel to 48 registers and spilled 12 B
+// (sm_90, CUDA 13.0); with it, 56 registers and no spill (46 without PARAM, 110 fp64 PARAM).
 template <typename scalar_t, int VEC, bool PARAM>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     lif_bwd_rc_kernel(BwdPtrs<scalar_t> a, int64_t T, int64_t N, LIFFlagsC flags) {
   static_assert(VEC == 1, "one neuron per thread (kRcVec)");
   using acc_t = acc_of_t<scalar_t>;
