@@ -600,11 +600,12 @@ _FIXED_CONFIG = None if os.environ.get("SNN_FAST_TRITON_AUTOTUNE", "1") != "0" e
 # 149 (fp32 sigmoid, no mask, no parameter gradients) and spills with parameter gradients (24 B fp32,
 # 232 B fp16/bf16 q_pseudo_spike, 1648 B fp64); 2 per thread 77 / 154–207, fp64 still spills (248 B);
 # 1 per thread 48 / 88–111, fp64 194, no spills. So one neuron per thread: a warp still reads 32
-# contiguous elements per tensor and step (128 B fp32, 64 B bf16: whole 32-byte sectors).
+# contiguous elements per tensor and step (128 B fp32, 64 B bf16: whole 32-byte sectors). At most 8
+# warps: 512 threads per program cap a thread at 128 registers, where fp64 with parameter gradients
+# spilled 224 B (BLOCK 512, 16 warps, sm_90).
 _BWD_RC_CONFIGS = [
     triton.Config({"BLOCK": 128}, num_warps=4),
     triton.Config({"BLOCK": 256}, num_warps=8),
-    triton.Config({"BLOCK": 512}, num_warps=16),
 ]
 if INTERPRETED or _FIXED_CONFIG is not None:
     _fwd_launch = _lif_fwd_kernel
@@ -626,7 +627,7 @@ def _n_bucket(n) -> int:
 
 
 # The recompute backward's fixed config: one neuron per thread as all of _BWD_RC_CONFIGS.
-_FIXED_RC_CONFIG = None if _FIXED_CONFIG is None else _BWD_RC_CONFIGS[2]
+_FIXED_RC_CONFIG = None if _FIXED_CONFIG is None else _BWD_RC_CONFIGS[1]
 
 
 def _block_kw(fixed=_FIXED_CONFIG) -> dict:
