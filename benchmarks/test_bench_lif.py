@@ -34,6 +34,24 @@ def _spikingjelly_node():
 
 
 PROVIDERS = ("snn_fast-cpu", "snn_fast-cuda", "snn_fast-triton", "spikingjelly", "reference", "reference-compiled")
+# Ours with an explicit save mode (issue 16): "snn_fast-<backend>-<save>"; plain "snn_fast-<backend>" is
+# the default (save="recompute").
+SAVES = ("recompute", "state")
+
+
+def _ours(name):
+    """(backend, save or None) of an "snn_fast-…" provider name, or None."""
+    if not name.startswith("snn_fast-"):
+        return None
+    parts = name.split("-")
+    return parts[1], (parts[2] if len(parts) > 2 else None)
+
+
+def _known(name):
+    o = _ours(name)
+    if o is None:
+        return name in PROVIDERS
+    return f"snn_fast-{o[0]}" in PROVIDERS and (o[1] is None or o[1] in SAVES)
 
 
 def default_providers(device):
@@ -61,15 +79,17 @@ def providers(device, names=None, compile_backend="inductor"):
     under a fused backend's name or silently lacks a row. A peer that is not installed is reported
     and left out (peers are never dependencies)."""
     names = list(names or default_providers(device))
-    unknown = set(names) - set(PROVIDERS)
+    unknown = [n for n in names if not _known(n)]
     if unknown:
-        raise ValueError(f"unknown providers {sorted(unknown)}; choose from {PROVIDERS}")
+        raise ValueError(f"unknown providers {sorted(unknown)}; choose from {PROVIDERS} (ours also as "
+                         f"snn_fast-<backend>-<save>, save in {SAVES})")
     out = {}
     for name in names:
         if name.startswith("snn_fast-"):
-            b = name.split("-", 1)[1]
+            b, save = _ours(name)
             LIF_BACKENDS.select(b, torch.zeros(1, device=device))  # raises, saying how to get it
-            out[name] = lambda x, b=b: snn_fast.lif_multistep(x, backend=b)[0]
+            kw = {} if save is None else {"save": save}
+            out[name] = lambda x, b=b, kw=kw: snn_fast.lif_multistep(x, backend=b, **kw)[0]
         elif name == "spikingjelly":
             sj = _spikingjelly_node()
             if sj is None:
@@ -130,12 +150,23 @@ def bench_case(device, shape, dtype, names=None, rounds=3, compile_backend="indu
         tm = common.time_fns(fns, device, rounds=rounds)
         peer = tm.get("spikingjelly", (None,))[0]
         for name in fns:
+            ours = _ours(name)
+            if ours is not None and mode == "fwd+bwd":  # what the design moves and keeps (issue 16)
+                from snn_fast.ops.lif import memory
+                from snn_fast.ops.lif.config import DEFAULT_SAVE
+
+                save = ours[1] or DEFAULT_SAVE
+                T, N = shape[0], n_elem // shape[0]
+                extra = dict(save=save, design_bytes=memory.bytes_moved(T, N, dtype, save, backend=ours[0])["total"],
+                             saved_bytes=memory.saved_bytes(T, N, dtype, save, backend=ours[0]))
+            else:
+                extra = {}
             row = dict(op="lif", provider=name, mode=mode, shape="x".join(map(str, shape)),
                        dtype=str(dtype).replace("torch.", ""), device=device,
                        device_name=common.device_name(device), threads=torch.get_num_threads(),
                        median_ms=tm[name][0], q20_ms=tm[name][1], q80_ms=tm[name][2], bytes=passes * n_elem * esize,
                        copy_gbps=copy, peak_bytes=common.peak_bytes(fns[name], device),
-                       speedup=(peer / tm[name][0]) if peer else None)
+                       speedup=(peer / tm[name][0]) if peer else None, **extra)
             rows.append(common.record(**row))
     return rows
 

@@ -27,6 +27,18 @@ TORCH_LIBRARY(snn_fast, m) {
       "Tensor? noise_mask, Tensor saved, Tensor s, int surrogate, bool hard_reset, float v_reset, "
       "bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad) "
       "-> (Tensor, Tensor, Tensor)");
+  // The same pair with save="recompute" (CUDA only): `saved` is the membrane V every K = 8 steps,
+  // [ceil(T/K) − 1, N] in the accumulation dtype (float32; float64 for float64 x), empty for T <= K;
+  // the backward re-runs the forward from x and those checkpoints (csrc/cuda/lif_cuda.h).
+  m.def(
+      "lif_fwd_recompute(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, int surrogate, bool hard_reset, "
+      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool return_v_seq) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "lif_bwd_recompute(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, "
+      "Tensor params, Tensor? noise_mask, Tensor saved, Tensor s, int surrogate, bool hard_reset, float v_reset, "
+      "bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad) "
+      "-> (Tensor, Tensor, Tensor)");
 
   // Introspection of the CPU output cache (csrc/cpu/output_cache.h):
   // [cached bytes, live bytes, hits, misses], and a way to give its blocks back.

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from . import backends
+from .ops.lif import config as _lif_config
 
 _SJ = "spikingjelly.activation_based"
 
@@ -204,7 +205,8 @@ def _is_converted(m: nn.Module) -> bool:
     return isinstance(m, BaseLIF)
 
 
-def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, strict: bool = True) -> nn.Module:
+def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, strict: bool = True,
+            save: str = _lif_config.DEFAULT_SAVE) -> nn.Module:
     """``model`` with every supported spiking neuron replaced by its snn_fast counterpart.
 
     Args:
@@ -215,6 +217,9 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             converted and ``model`` is left untouched.
         strict: a neuron or surrogate without an exact counterpart raises ``ValueError`` naming it
             (nothing is changed then); with ``strict=False`` it is left in place with a warning.
+        save: what the new neurons' GPU kernels keep for the backward: "recompute" (only the membrane
+            every 8 steps; the backward re-runs the forward) or "state" (H of every step); see
+            ``snn_fast.lif_multistep``. Neurons already converted keep theirs.
 
     Returns:
         The converted model (``model`` itself when ``inplace``; a new neuron when ``model`` is one).
@@ -225,6 +230,7 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     backends.requested(backend)  # an unknown name fails here, not at the first forward
+    _lif_config.check_save(save)
     if not inplace:
         try:
             model = copy.deepcopy(model)
@@ -273,6 +279,7 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
         new = new_of.get(id(old))
         if new is None:
             new = new_of[id(old)] = make()
+            new.save = save
         if parent is None:
             model = new
         else:

@@ -41,9 +41,10 @@ UNITS = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 EMULATOR = os.path.join(ROOT, "csrc", "cuda", "emulate", "lif_emulate.cu")
 ARCHS = ("80", "90")
 # Kernels whose spills would cost bandwidth on every element: the T loops.
-HOT = ("lif_fwd_kernel", "lif_bwd_kernel")
-# Every hot instantiation must be present: fwd = 4 dtypes × 2 widths, bwd = × 2 (PARAM).
-EXPECTED_HOT = {"lif_fwd_kernel": 8, "lif_bwd_kernel": 16}
+HOT = ("lif_fwd_kernel", "lif_bwd_kernel", "lif_bwd_rc_kernel")
+# Every hot instantiation must be present: fwd = 4 dtypes × 2 widths, bwd = × 2 (PARAM); the
+# save="recompute" backward = 4 dtypes × PARAM at one width (kRcVec).
+EXPECTED_HOT = {"lif_fwd_kernel": 8, "lif_bwd_kernel": 16, "lif_bwd_rc_kernel": 8}
 
 
 def _find_nvcc():
@@ -191,6 +192,8 @@ def emulator(compiled):
     P, I, L, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
     lib.emu_lif_fwd.argtypes = [I, I, L, L] + [P] * 8 + [I, I, D, I, I, D]
     lib.emu_lif_bwd.argtypes = [I, I, L, L] + [P] * 10 + [I, P, I, I, D, I, I, D]
+    lib.emu_lif_fwd_rc.argtypes = [I, I, L, L] + [P] * 8 + [I, I, D, I, I, D]
+    lib.emu_lif_bwd_rc.argtypes = [I, L, L] + [P] * 10 + [I, P, I, I, D, I, I, D]
     return lib
 
 
@@ -214,6 +217,27 @@ def emulate(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
                            _ptr(mask), _ptr(saved), _ptr(gx), _ptr(gv0), int(need_param), _ptr(gp), sg, int(hard), vr,
                            int(di), int(det), kappa) == 0
     return dict(s=s, v_last=v_last, v_seq=v_seq, grad_x=gx, grad_v0=gv0, grad_params=gp)
+
+
+def emulate_rc(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
+    """The same through the save="recompute" pair: forward with V checkpoints, backward re-running it."""
+    from snn_fast.ops.lif.config import checkpoint_rows
+
+    T, N = x.shape
+    nan = float("nan")
+    s, v_seq = torch.full_like(x, nan), torch.full_like(x, nan)
+    v_last = torch.full_like(v0, nan)
+    ckpt = torch.full((max(checkpoint_rows(T), 1), N), nan, dtype=params.dtype)
+    sg, hard, vr, di, det, kappa = flags
+    dt = DTYPE_ID[x.dtype]
+    assert lib.emu_lif_fwd_rc(dt, int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), _ptr(mask), _ptr(s),
+                              _ptr(v_last), _ptr(v_seq), _ptr(ckpt), sg, int(hard), vr, int(di), int(det), kappa) == 0
+    gx, gv0 = torch.full_like(x, nan), torch.full_like(v0, nan)
+    gp = torch.zeros_like(params)
+    assert lib.emu_lif_bwd_rc(dt, T, N, _ptr(gs), _ptr(gvl), _ptr(gvs), _ptr(x), _ptr(v0), _ptr(params), _ptr(mask),
+                              _ptr(ckpt), _ptr(gx), _ptr(gv0), int(need_param), _ptr(gp), sg, int(hard), vr, int(di),
+                              int(det), kappa) == 0
+    return dict(s=s, v_last=v_last, v_seq=v_seq, grad_x=gx, grad_v0=gv0, grad_params=gp), ckpt
 
 
 def reference(x, v0, params, mask, flags, gs, gvl, gvs, sg_name):
@@ -315,6 +339,70 @@ def test_emulated_kernels_ragged_n(emulator, N):
     got = emulate(emulator, *args, need_param=True, wide=False)
     for key in want:
         assert_close(got[key], want[key], dtype=torch.float32, name=f"N={N} {key}")
+
+
+# ---------------------------------------------------------------------------------------------
+# save="recompute": lif_bwd_rc_thread and the forward's checkpoints, emulated.
+
+
+def test_emulated_recompute_chunk_is_the_package_chunk(emulator):
+    from snn_fast.ops.lif.config import RECOMPUTE_CHUNK
+
+    assert emulator.emu_rc_chunk() == RECOMPUTE_CHUNK
+
+
+@pytest.mark.parametrize("T", [5, 8, 19], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("noisy", [False, True], ids=["spike", "noisy"])
+@pytest.mark.parametrize("variant", list(EMU_VARIANTS))
+@pytest.mark.parametrize("sg_name", ["sigmoid", "q_pseudo_spike", "spike_gate"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_emulated_recompute_matches_reference_and_state(emulator, dtype, sg_name, variant, noisy, T):
+    """One segment (T < K, T = K) and three (T = 2K + 3: checkpoints written and read, steps past T
+    skipped): the reference's results, the state path's bit for bit (the host runs the same
+    lif_step.h functions on the same H, without FMA contraction), and checkpoint c = V after step
+    (c + 1)·K, i.e. v_seq's row."""
+    args = _case(dtype, variant, sg_name, T=T, noisy=noisy)
+    want = reference(*args, sg_name)
+    # the state path at one neuron per thread, as the recompute backward: the same per-block sums
+    state = emulate(emulator, *args, need_param=True, wide=False)
+    for wide in (True, False):  # the forward's width
+        got, ckpt = emulate_rc(emulator, *args, need_param=True, wide=wide)
+        for key in want:
+            assert_close(got[key], want[key], dtype=dtype, name=f"{sg_name}/{variant}/T={T}/wide={wide} {key}")
+            assert torch.equal(got[key], state[key]), f"{key}: recompute differs from the state path"
+        K = emulator.emu_rc_chunk()
+        rows = (T + K - 1) // K - 1
+        for c in range(rows):
+            assert torch.equal(ckpt[c].to(dtype), got["v_seq"][(c + 1) * K - 1]), f"checkpoint {c}"
+
+
+@pytest.mark.parametrize("need_param", [False, True], ids=["noparam", "param"])
+@pytest.mark.parametrize("noisy", [False, True], ids=["spike", "noisy"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_emulated_recompute_low_precision(emulator, dtype, noisy, need_param):
+    """fp16/bf16 storage: the state path's forward bit for bit (spikes included), gradients within
+    the low-precision bound (the re-run H is float32, the state path's H − θ was rounded to b)."""
+    args = _case(dtype, "soft_detach_kappa", "sigmoid", T=19, N=256, noisy=noisy)
+    x, v0, params, mask, flags, gs, gvl, gvs = args
+    want_lowp = reference(*args, "sigmoid")
+    up = [t.double() if t is not None and t.is_floating_point() else t for t in args[:4]]
+    want64 = reference(up[0], up[1], up[2].double(), mask, flags, gs.double(), gvl.double(), gvs.double(), "sigmoid")
+    state = emulate(emulator, *args, need_param=need_param, wide=False)
+    got, _ = emulate_rc(emulator, *args, need_param=need_param, wide=True)
+    for key in ("s", "v_last", "v_seq"):
+        assert torch.equal(got[key], state[key]), key
+    for key in ("grad_x", "grad_v0") + (("grad_params",) if need_param else ()):
+        assert_close_lowp(got[key], want64[key], want_lowp[key].to(dtype), name=f"{dtype} {key}")
+
+
+@pytest.mark.parametrize("N", [1, 5, 8 * 256 + 3])
+def test_emulated_recompute_ragged_n_and_optional_inputs(emulator, N):
+    x, v0, params, mask, flags, gs, gvl, gvs = _case(torch.float32, "soft", "atan", T=11, N=N)
+    want = reference(x, v0, params, mask, flags, gs, torch.zeros_like(gvl), torch.zeros_like(gvs), "atan")
+    got, _ = emulate_rc(emulator, x, v0, params, mask, flags, gs, None, None, need_param=False, wide=False)
+    for key in ("s", "v_last", "grad_x", "grad_v0"):
+        assert_close(got[key], want[key], dtype=torch.float32, name=f"N={N} {key}")
+    assert torch.equal(got["grad_params"], torch.zeros_like(params))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,10 @@ DTYPES = ("fp32", "fp16", "bf16")
 SURROGATES = {"sigmoid": 0, "erf": 7, "q_pseudo_spike": 8, "atan": 1}
 # (hard_reset, noise mask, need_param_grad): covers each flag on and off with both partners.
 PATTERNS = ((True, False, False), (False, True, True), (True, True, True), (False, False, False))
+RC_CHUNK = 8  # snn_fast.ops.lif.config.RECOMPUTE_CHUNK (not imported: this module runs before the package)
+# save="recompute" kernels: the lightest and the most register-hungry surrogate (each variant costs a
+# compile; the recompute backward's registers grow with the surrogate's code, not with the others).
+RC_SURROGATES = ("sigmoid", "q_pseudo_spike")
 
 
 def _worst_config(configs):
@@ -35,16 +39,22 @@ def _signatures(dt: str, mask: bool):
     pt = "*fp64" if dt == "fp64" else "*fp32"
     mk = "*i1" if mask else st
     consts_f = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "SAVE_X", "WIDE", "EXACT",
-                "BLOCK"]
+                "CHUNK", "BLOCK"]
     fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
-           "vseq_ptr": st, "h_ptr": st, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
+           "vseq_ptr": st, "h_ptr": st, "ck_ptr": pt, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
            **{c: "constexpr" for c in consts_f}}
     consts_b = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "DETACH_RESET", "HAS_MASK", "HAS_GVLAST", "HAS_GVSEQ",
                 "NEED_PARAM_GRAD", "SAVE_X", "WIDE", "BLOCK"]
     bwd = {"gs_ptr": st, "gvlast_ptr": st, "gvseq_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
            "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": pt, "T": "i32", "N": "i32",
            "v_reset": "fp32", "kappa": "fp32", "N_BUCKET": "i32", **{c: "constexpr" for c in consts_b}}
-    return fwd, bwd
+    # save="recompute": the V checkpoints (compute dtype) in place of the saved H
+    consts_rc = [c for c in consts_b if c != "SAVE_X"] + ["EXACT", "CHUNK"]
+    bwd_rc = {**{a: t for a, t in bwd.items() if t != "constexpr" and a != "h_ptr"}, "ck_ptr": pt}
+    order = ["gs_ptr", "gvlast_ptr", "gvseq_ptr", "x_ptr", "v0_ptr", "params_ptr", "mask_ptr", "ck_ptr", "gx_ptr",
+             "gv0_ptr", "pgrad_ptr", "T", "N", "v_reset", "kappa", "N_BUCKET"]
+    bwd_rc = {**{a: bwd_rc[a] for a in order}, **{c: "constexpr" for c in consts_rc}}
+    return fwd, bwd, bwd_rc
 
 
 def _resources(cubin: bytes):
@@ -88,6 +98,7 @@ def compile_all():
 
     assert not lt.INTERPRETED, "AOT compilation needs TRITON_INTERPRET unset"
     fwd_cfg, bwd_cfg = _worst_config(lt._FWD_CONFIGS), _worst_config(lt._BWD_CONFIGS)
+    rc_cfg = _worst_config(lt._BWD_RC_CONFIGS)
     rows = []
     combos = [(arch, dt, SURROGATES, PATTERNS) for arch in ARCHS for dt in DTYPES]
     combos.append((90, "fp64", SURROGATES, PATTERNS[2:3]))  # float64 (gradcheck-grade runs on a GPU)
@@ -102,20 +113,30 @@ def compile_all():
         save_x = dt in ("fp16", "bf16")
         for sg_name, sg in surrogates.items():
             for hard, mask, npg in patterns:
-                fwd_sig, bwd_sig = _signatures(dt, mask)
+                fwd_sig, bwd_sig, rc_sig = _signatures(dt, mask)
                 sg_args = lt._sg_args(sg)  # {"SG": id, "SGF": None} or {"SG": -1, "SGF": the user's functions}
                 variants = [
                     ("fwd", lt._lif_fwd_kernel, fwd_sig,
                      dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False,
                           SAVE_H=hard or mask,  # (soft, no mask) compiles the inference variant
-                          SAVE_X=save_x, WIDE=dt == "fp64", EXACT=True), fwd_cfg),
+                          SAVE_X=save_x, WIDE=dt == "fp64", EXACT=True, CHUNK=0), fwd_cfg),
                     ("bwd", lt._lif_bwd_kernel, bwd_sig,
                      dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
                           HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SAVE_X=save_x, WIDE=dt == "fp64"),
                      bwd_cfg),
+                    # save="recompute": the forward that writes checkpoints instead of H, and its backward
+                    ("fwd_rc", lt._lif_fwd_kernel, fwd_sig,
+                     dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False, SAVE_H=False,
+                          SAVE_X=save_x, WIDE=dt == "fp64", EXACT=True, CHUNK=RC_CHUNK), fwd_cfg),
+                    ("bwd_rc", lt._lif_bwd_rc_kernel, rc_sig,
+                     dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
+                          HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, WIDE=dt == "fp64", EXACT=True,
+                          CHUNK=RC_CHUNK), rc_cfg),
                 ]
                 for kind, fn, sig, consts, (block, warps) in variants:
-                    if kind == "fwd" and npg != hard:  # the forward has no need_param_grad: skip twins
+                    if kind.startswith("fwd") and npg != hard:  # the forward has no need_param_grad: skip twins
+                        continue
+                    if kind.endswith("_rc") and sg_name not in RC_SURROGATES:
                         continue
                     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=dict(consts, BLOCK=block))
                     k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
@@ -124,6 +145,7 @@ def compile_all():
                     rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard, mask=mask,
                                      need_param_grad=npg, block=block, warps=warps, regs=regs,
                                      spills=stack + local,  # what Triton's n_spills reports (local bytes)
+                                     stack=stack, local=local,
                                      mul_rn=("mul.rn.f64" if dt == "fp64" else "mul.rn.f32") in ptx,
                                      user=sg_name in users, instructions=_ptx_instructions(ptx)))
     return rows
@@ -161,8 +183,18 @@ def test_compile_sees_the_kernels_without_graph_break():
 
 def test_aot_compiles_every_variant(aot_rows):
     want = len(ARCHS) * len(DTYPES) * len(SURROGATES) * (len(PATTERNS) + 2) + len(SURROGATES) * 2
-    assert len([r for r in aot_rows if not r["user"]]) == want
+    rc = len(ARCHS) * len(DTYPES) * len(RC_SURROGATES) * (len(PATTERNS) + 2) + len(RC_SURROGATES) * 2
+    builtin = [r for r in aot_rows if not r["user"]]
+    assert len(builtin) == want + rc  # + the save="recompute" forward and backward
+    assert sum(r["kernel"] == "bwd_rc" for r in builtin) == len(ARCHS) * len(DTYPES) * len(RC_SURROGATES) * len(
+        PATTERNS) + len(RC_SURROGATES)
     assert len([r for r in aot_rows if r["user"]]) == len(ARCHS) * len(USER_DTYPES) * len(USER_SURROGATES) * 2
+
+
+def test_aot_recompute_chunk_matches_the_package():
+    from snn_fast.ops.lif import config
+
+    assert RC_CHUNK == config.RECOMPUTE_CHUNK
 
 
 def test_aot_user_surrogate_is_its_own_variant_at_builtin_cost(aot_rows):
@@ -181,14 +213,35 @@ def test_aot_user_surrogate_is_its_own_variant_at_builtin_cost(aot_rows):
 
 
 def test_aot_no_spills(aot_rows):
-    bad = [r for r in aot_rows if r["spills"]]
+    bad = [r for r in aot_rows if r["spills"] and r["kernel"] != "bwd_rc"]
     assert not bad, f"kernels with local memory (spills): {bad}"
     assert max(r["regs"] for r in aot_rows) <= 255
 
 
+# The save="recompute" backward: one variant has an 8-byte stack frame at 40 registers and no local
+# memory (sm_80, fp32, soft reset, no mask, no parameter gradients; cuobjdump STACK:8 LOCAL:0), at
+# BLOCK 128 and 256 alike: not a spill (40 registers of 255); ptxas's own frame, open (issue 16).
+RC_STACK_KNOWN = {(80, "fp32", "sigmoid", False, False, False)}
+
+
+def test_aot_recompute_backward_no_spills(aot_rows):
+    rc = [r for r in aot_rows if r["kernel"] == "bwd_rc"]
+    assert rc and all(r["local"] == 0 for r in rc), [r for r in rc if r["local"]]
+    stack = {(r["arch"], r["dtype"], r["surrogate"], r["hard_reset"], r["mask"], r["need_param_grad"])
+             for r in rc if r["stack"]}
+    assert stack == RC_STACK_KNOWN, stack  # a new one fails; so does the known one going away
+    assert all(r["stack"] <= 8 for r in rc)
+
+
 def test_aot_forward_pins_the_charge_rounding(aot_rows):
     """The forward's charge product is an explicit mul.rn (no FMA contraction), so spikes match torch."""
-    assert all(r["mul_rn"] for r in aot_rows if r["kernel"] == "fwd")
+    assert all(r["mul_rn"] for r in aot_rows if r["kernel"] in ("fwd", "fwd_rc"))
+
+
+def test_aot_recompute_backward_pins_the_charge_rounding(aot_rows):
+    """The recompute backward re-runs the forward's charge with the same explicit mul.rn: the same H,
+    so the same spikes, as the forward that ran before it."""
+    assert all(r["mul_rn"] for r in aot_rows if r["kernel"] == "bwd_rc")
 
 
 def trace_compiled_graphs():

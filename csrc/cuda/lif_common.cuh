@@ -207,6 +207,9 @@ constexpr int vec_width() {
   return int(16 / sizeof(scalar_t));
 }
 
+// Neurons per thread of the recompute backward (lif_bwd_rc_kernel): registers hold K of each.
+constexpr int kRcVec = 1;
+
 inline bool aligned(const void* p, int64_t bytes) {
   return p == nullptr || (reinterpret_cast<uintptr_t>(p) % uintptr_t(bytes)) == 0;
 }

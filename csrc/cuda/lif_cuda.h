@@ -14,6 +14,21 @@
 // H gives g′ directly. What is saved per dtype (H for float32/float64, H − θ with the spike in its
 // sign bit for float16/bfloat16, 2 B/element where saving H in float32 would cost 4) is documented
 // once, at the end of snn_fast/lif_step.h; the Triton backend saves the same.
+//
+// save="recompute" (issue 16; lif_fwd_recompute / lif_bwd_recompute): the forward writes s (v_last,
+// v_seq) and, instead of H, the membrane V after steps K, 2K, … (K = kRcChunk = 8; ceil(T/K) − 1
+// rows of N in the accumulation dtype, none for T <= K); the backward re-runs the forward segment by
+// segment from x and those V with a segment's H in shared memory (K·256·4 B = 8 KiB per block, fp64
+// 16 KiB), then walks it back:
+//   forward   read x, write s                                      2b  (+ 4/K B checkpoint, fp64 8/K)
+//   backward  read x, read grad_s, write grad_x                    3b  (+ 4/K B checkpoint read; the
+//                                                                      mask, and x when learning k with
+//                                                                      decay_input, read again in the walk)
+// 5b + 8/K B in all (fp32 22 B instead of 24; bf16 11 B instead of 12), at the 5-pass floor save the
+// checkpoints, and a layer keeps 4·N·(ceil(T/K) − 1) bytes for its backward instead of b·T·N
+// (snn_fast/ops/lif/memory.py counts both; tests/test_lif_memory.py checks the counts against what
+// autograd keeps). The re-run uses lif_step.h's own functions in the forward's order: the same H and
+// the same spikes bit for bit.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +37,12 @@ namespace snn_fast {
 namespace cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+
+// Steps per recompute segment; = snn_fast.ops.lif.config.RECOMPUTE_CHUNK (tests/test_cuda_compile.py).
+constexpr int kRcChunk = 8;
+
+// Rows of V checkpoints of save="recompute" for T steps: V after steps K, 2K, … before the last.
+inline int64_t lif_checkpoint_rows(int64_t T) { return T > 0 ? (T + kRcChunk - 1) / kRcChunk - 1 : 0; }
 
 // Flags shared by forward and backward (the op's six flags).
 struct LIFFlagsC {
@@ -43,8 +64,9 @@ struct LIFFwdArgs {
   void* s;                // [T, N]
   void* v_last;           // [N]
   void* v_seq;            // [T, N] or nullptr
-  void* saved;            // [T, N], storage dtype (see above)
+  void* saved;            // [T, N], storage dtype (see above); nullptr with save="recompute"
   LIFFlagsC flags;
+  void* ckpt;             // save="recompute": [lif_checkpoint_rows(T), N] accumulation dtype, else nullptr
 };
 
 struct LIFBwdArgs {
@@ -57,13 +79,14 @@ struct LIFBwdArgs {
   const void* v0;          // [N]; read only when learning parameters
   const void* params;      // [3], device
   const bool* mask;        // [T, N] or nullptr
-  const void* saved;       // [T, N] from the forward
+  const void* saved;       // [T, N] from the forward; with recompute its V checkpoints (accumulation dtype)
   void* grad_x;            // [T, N]
   void* grad_v0;           // [N]
   bool need_param_grad;
   void* grad_params;       // [3] in the params dtype; written only when need_param_grad
   double* workspace;       // lif_bwd_workspace_doubles(N, dtype) doubles when need_param_grad
   LIFFlagsC flags;
+  bool recompute;          // save="recompute": re-run the forward from x and `saved` (the checkpoints)
 };
 
 // Doubles of scratch the backward needs for its deterministic parameter-gradient reduction.

@@ -3,6 +3,7 @@
 //
 // `saved` (the fourth output of lif_fwd) is the forward's H, [T, N] in x's dtype; see lif_cuda.h
 // for its encoding. lif_bwd refuses a `saved` of another shape or dtype (e.g. from another backend).
+// lif_fwd_recompute / lif_bwd_recompute (save="recompute"): `saved` is the V checkpoints instead.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -40,10 +41,11 @@ LIFFlagsC make_flags(int64_t sg, bool hard_reset, double v_reset, bool decay_inp
   return LIFFlagsC{int(sg), hard_reset, v_reset, decay_input, detach_reset, kappa};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x_, const Tensor& v0_, const Tensor& params_,
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_impl(const Tensor& x_, const Tensor& v0_, const Tensor& params_,
                                                         const c10::optional<Tensor>& mask_, int64_t sg,
                                                         bool hard_reset, double v_reset, bool decay_input,
-                                                        bool detach_reset, double kappa, bool return_v_seq) {
+                                                        bool detach_reset, double kappa, bool return_v_seq,
+                                                        bool recompute) {
   check_common(x_, v0_, params_, mask_, sg);
   const c10::cuda::CUDAGuard guard(x_.device());
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), params = params_.contiguous();
@@ -52,7 +54,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x_, const 
   const int64_t T = x.size(0), N = x.size(1);
   Tensor s = at::empty_like(x), v_last = at::empty_like(v0);
   Tensor v_seq = return_v_seq ? at::empty_like(x) : at::empty({0}, x.options());
-  Tensor saved = at::empty_like(x);  // H, see lif_cuda.h
+  // H (save="state") or the V checkpoints in the accumulation dtype (save="recompute"), see lif_cuda.h
+  Tensor saved = recompute ? at::empty({lif_checkpoint_rows(T), N}, params.options()) : at::empty_like(x);
   LIFFwdArgs a{};
   a.dtype = dtype_of(x);
   a.T = T;
@@ -64,25 +67,53 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x_, const 
   a.s = s.mutable_data_ptr();
   a.v_last = v_last.mutable_data_ptr();
   a.v_seq = return_v_seq ? v_seq.mutable_data_ptr() : nullptr;
-  a.saved = saved.mutable_data_ptr();
+  a.saved = recompute ? nullptr : saved.mutable_data_ptr();
+  a.ckpt = recompute && saved.numel() > 0 ? saved.mutable_data_ptr() : nullptr;
   a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
   C10_CUDA_CHECK(static_cast<cudaError_t>(lif_fwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
   return {s, v_last, v_seq, saved};
 }
 
-std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x, const Tensor& v0, const Tensor& params,
+                                                        const c10::optional<Tensor>& mask, int64_t sg,
+                                                        bool hard_reset, double v_reset, bool decay_input,
+                                                        bool detach_reset, double kappa, bool return_v_seq) {
+  return lif_fwd_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, return_v_seq,
+                      false);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_recompute_cuda(const Tensor& x, const Tensor& v0,
+                                                                  const Tensor& params,
+                                                                  const c10::optional<Tensor>& mask, int64_t sg,
+                                                                  bool hard_reset, double v_reset, bool decay_input,
+                                                                  bool detach_reset, double kappa,
+                                                                  bool return_v_seq) {
+  return lif_fwd_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, return_v_seq,
+                      true);
+}
+
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_impl(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
                                                 const c10::optional<Tensor>& gvseq_, const Tensor& x_,
                                                 const Tensor& v0_, const Tensor& params_,
                                                 const c10::optional<Tensor>& mask_, const Tensor& saved_,
-                                                const Tensor& /*s*/, int64_t sg, bool hard_reset, double v_reset,
+                                                int64_t sg, bool hard_reset, double v_reset,
                                                 bool decay_input, bool detach_reset, double kappa,
-                                                bool need_param_grad) {
+                                                bool need_param_grad, bool recompute) {
   check_common(x_, v0_, params_, mask_, sg);
   check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
-  TORCH_CHECK(saved_.sizes() == x_.sizes() && saved_.scalar_type() == x_.scalar_type() &&
-                  saved_.device() == x_.device(),
-              "lif_bwd (CUDA kernel): `saved` must be the [T, N] state written by the CUDA lif_fwd, got ",
-              saved_.sizes(), " ", saved_.scalar_type(), " (from another backend?)");
+  if (recompute) {
+    TORCH_CHECK(saved_.dim() == 2 && saved_.size(0) == lif_checkpoint_rows(x_.size(0)) &&
+                    saved_.size(1) == x_.size(1) && saved_.scalar_type() == params_.scalar_type() &&
+                    saved_.device() == x_.device(),
+                "lif_bwd_recompute (CUDA kernel): `saved` must be the V checkpoints written by the CUDA "
+                "lif_fwd_recompute, [", lif_checkpoint_rows(x_.size(0)), ", ", x_.size(1), "] ",
+                params_.scalar_type(), ", got ", saved_.sizes(), " ", saved_.scalar_type());
+  } else {
+    TORCH_CHECK(saved_.sizes() == x_.sizes() && saved_.scalar_type() == x_.scalar_type() &&
+                    saved_.device() == x_.device(),
+                "lif_bwd (CUDA kernel): `saved` must be the [T, N] state written by the CUDA lif_fwd, got ",
+                saved_.sizes(), " ", saved_.scalar_type(), " (from another backend?)");
+  }
   const c10::cuda::CUDAGuard guard(x_.device());
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), params = params_.contiguous();
   Tensor gs = grad_s_.contiguous(), saved = saved_.contiguous();
@@ -117,8 +148,30 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s_, const c10
     a.workspace = workspace.mutable_data_ptr<double>();
   }
   a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+  a.recompute = recompute;
   C10_CUDA_CHECK(static_cast<cudaError_t>(lif_bwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
   return {gx, gv0, grad_params};
+}
+
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s, const c10::optional<Tensor>& gvlast,
+                                                const c10::optional<Tensor>& gvseq, const Tensor& x, const Tensor& v0,
+                                                const Tensor& params, const c10::optional<Tensor>& mask,
+                                                const Tensor& saved, const Tensor& /*s*/, int64_t sg,
+                                                bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
+                                                double kappa, bool need_param_grad) {
+  return lif_bwd_impl(grad_s, gvlast, gvseq, x, v0, params, mask, saved, sg, hard_reset, v_reset, decay_input,
+                      detach_reset, kappa, need_param_grad, false);
+}
+
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_recompute_cuda(const Tensor& grad_s, const c10::optional<Tensor>& gvlast,
+                                                          const c10::optional<Tensor>& gvseq, const Tensor& x,
+                                                          const Tensor& v0, const Tensor& params,
+                                                          const c10::optional<Tensor>& mask, const Tensor& saved,
+                                                          const Tensor& /*s*/, int64_t sg, bool hard_reset,
+                                                          double v_reset, bool decay_input, bool detach_reset,
+                                                          double kappa, bool need_param_grad) {
+  return lif_bwd_impl(grad_s, gvlast, gvseq, x, v0, params, mask, saved, sg, hard_reset, v_reset, decay_input,
+                      detach_reset, kappa, need_param_grad, true);
 }
 
 }  // namespace
@@ -126,6 +179,8 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s_, const c10
 TORCH_LIBRARY_IMPL(snn_fast, CUDA, m) {
   m.impl("lif_fwd", &lif_fwd_cuda);
   m.impl("lif_bwd", &lif_bwd_cuda);
+  m.impl("lif_fwd_recompute", &lif_fwd_recompute_cuda);
+  m.impl("lif_bwd_recompute", &lif_bwd_recompute_cuda);
 }
 
 }  // namespace cuda

@@ -18,7 +18,8 @@ struct FwdPtrs {
   scalar_t* __restrict__ s;
   scalar_t* __restrict__ v_last;
   scalar_t* __restrict__ v_seq;
-  scalar_t* __restrict__ saved;
+  scalar_t* __restrict__ saved;            // nullptr with save="recompute"
+  acc_of_t<scalar_t>* __restrict__ ckpt;   // save="recompute": V every kRcChunk steps, else nullptr
 };
 
 // Forward for neurons [i·VEC, i·VEC + VEC): membranes in registers, one 16-byte access per tensor
@@ -58,8 +59,11 @@ SNN_HD void lif_fwd_thread(const FwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
         },
         p.hard_reset, p.decay_input);
     store_acc<VEC>(a.s, off, sv);
-    store_pack<VEC>(a.saved, off, hv);
+    if (a.saved != nullptr) store_pack<VEC>(a.saved, off, hv);
     if (a.v_seq != nullptr) store_acc<VEC>(a.v_seq, off, v);
+    // save="recompute": V after steps K, 2K, … in the accumulation dtype, exactly the V the re-run
+    // starts from (not after the last step: v_last holds that).
+    if (a.ckpt != nullptr && (t + 1) % kRcChunk == 0 && t + 1 < T) store_pack<VEC>(a.ckpt, (t / kRcChunk) * N + n0, v);
   }
   store_acc<VEC>(a.v_last, n0, v);
 }
@@ -77,6 +81,7 @@ struct BwdPtrs {
   scalar_t* __restrict__ grad_x;
   scalar_t* __restrict__ grad_v0;
   double* __restrict__ partial;  // [gridDim.x, 3] when PARAM
+  const acc_of_t<scalar_t>* __restrict__ ckpt;  // save="recompute": the forward's V checkpoints
 };
 
 // Backward for neurons [i·VEC, i·VEC + VEC), t = T−1 … 0 with ∂L/∂V in registers. With PARAM, adds
@@ -190,6 +195,88 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
     }
   }
   store_acc<VEC>(a.grad_v0, n0, dv);
+}
+
+// save="recompute": backward for neuron i from x, v0 and the V checkpoints, without a saved H.
+// Segments of K = kRcChunk steps, last first: re-run the forward over the segment from its first V
+// (v0 or checkpoint c − 1) with the forward's own lif_charge / lif_fire_rt / lif_reset (the same H
+// and spikes bit for bit), keeping H in `hbuf` (this thread's K slots, `stride` apart: a column of a
+// __shared__ [K][kThreads] array in the kernel, a local array in the emulator), then walk the segment
+// back as lif_bwd_thread does. V_{t−1} (PARAM) is the segment's first V or the forward's reset of
+// step t − 1 again, the mask and (PARAM with decay_input) X_t are read again: this thread read them a
+// segment earlier. One neuron per thread (kRcVec = 1), loops not unrolled: H in registers instead
+// (the segment unrolled, VEC = 1) needed 128 registers and spilled 192 B with PARAM (sm_90, fp32),
+// or 156 registers without spills under __launch_bounds__(256, 1) at 303 s of ptxas per kernel.
+template <typename scalar_t, bool PARAM>
+SNN_HD void lif_bwd_rc_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, const LIFFlagsC& flags, int64_t i,
+                              acc_of_t<scalar_t>* hbuf, int stride, acc_of_t<scalar_t>& dk, acc_of_t<scalar_t>& dth,
+                              acc_of_t<scalar_t>& dal) {
+  using acc_t = acc_of_t<scalar_t>;
+  constexpr int K = kRcChunk;
+  const int64_t n0 = i;  // int64 throughout: T·N may exceed 2^31
+  if (n0 >= N) return;
+  const LIFParams<acc_t> p = load_params<acc_t>(a.params, flags);
+  auto load1 = [&](const scalar_t* base, int64_t off) {
+    acc_t v[1];
+    load_acc<1>(base, off, v);
+    return v[0];
+  };
+  auto mask_at = [&](int64_t off) {
+    bool m[1] = {true};
+    if (a.mask != nullptr) load_mask<1>(a.mask, off, m);
+    return m[0];
+  };
+  acc_t dv = a.grad_v_last != nullptr ? load1(a.grad_v_last, n0) : acc_t(0);
+  const int64_t nseg = (T + K - 1) / K;
+  with_flags(
+      [&](auto hard, auto di, auto detach) {
+        constexpr bool HARD = decltype(hard)::value, DI = decltype(di)::value, DETACH = decltype(detach)::value;
+        for (int64_t c = nseg - 1; c >= 0; --c) {
+          const int64_t t0 = c * K;
+          const int len = int(T - t0 < K ? T - t0 : K);
+          const acc_t vstart = c == 0 ? load1(a.v0, n0) : load_ro(a.ckpt + (c - 1) * N + n0);
+          acc_t v = vstart;
+#pragma unroll 1
+          for (int q = 0; q < len; ++q) {
+            const int64_t off = (t0 + q) * N + n0;
+            const acc_t h = lif_charge<DI>(v, load1(a.x, off), p);
+            hbuf[q * stride] = h;
+            v = lif_reset<HARD>(h, lif_fire_rt<acc_t>(h, mask_at(off), p), p);
+          }
+#pragma unroll 1
+          for (int q = len - 1; q >= 0; --q) {
+            const int64_t off = (t0 + q) * N + n0;
+            const acc_t h = hbuf[q * stride];
+            const acc_t xs = h - p.theta;
+            acc_t gp, dga;
+            sg_grad_dalpha_rt<PARAM, acc_t>(p.sg, xs, p.alpha, gp, dga);
+            const acc_t s = emitted<acc_t>(xs, xs >= acc_t(0), mask_at(off), p);  // = the forward's lif_fire_rt
+            if (a.grad_v_seq != nullptr) dv += load1(a.grad_v_seq, off);
+            acc_t vprev = vstart, xv = acc_t(0);
+            if constexpr (PARAM) {
+              if (q > 0) {
+                const acc_t hp = hbuf[(q - 1) * stride];
+                vprev = lif_reset<HARD>(hp, lif_fire_rt<acc_t>(hp, mask_at(off - N), p), p);
+              }
+              if constexpr (DI) xv = load1(a.x, off);
+            }
+            acc_t g_dk, g_dth, g_dal;
+            const acc_t eps = lif_step_backward_g<HARD, DI, DETACH, acc_t>(h, s, vprev, xv, load1(a.grad_s, off), dv,
+                                                                         gp, dga, p, g_dk, g_dth, g_dal);
+            const acc_t gx[1] = {lif_grad_x<DI>(eps, p)};
+            store_acc<1>(a.grad_x, off, gx);
+            dv = lif_grad_v_prev(eps, p);
+            if constexpr (PARAM) {
+              dk += g_dk;
+              dth += g_dth;
+              dal += g_dal;
+            }
+          }
+        }
+      },
+      p.hard_reset, p.decay_input, p.detach_reset);
+  const acc_t gv0[1] = {dv};
+  store_acc<1>(a.grad_v0, n0, gv0);
 }
 
 }  // namespace cuda

@@ -261,9 +261,12 @@ def stage_w1(args):
     from benchmarks import common
     from benchmarks import test_bench_lif as bl
 
-    want = args.providers.split(",")
+    want = []
+    for p in args.providers.split(","):  # each of ours in both save modes (issue 16): W1 rows for each,
+        # the default (save="recompute", its row's `save` column says so) and "<provider>-state"
+        want += [p, f"{p}-state"] if p in ("snn_fast-cuda", "snn_fast-triton") else [p]
     if DRY:  # the 'cpu' backend stands in for 'cuda'; tiny shapes
-        want = ["snn_fast-cpu" if p == "snn_fast-cuda" else p for p in want]
+        want = [p.replace("snn_fast-cuda", "snn_fast-cpu") for p in want]
         shapes = [((T, 2, 256), dt) for dt in (torch.float32, torch.bfloat16) for T in (4, 8)]
     else:
         Ts = [int(t) for t in args.T.split(",")]

@@ -40,8 +40,10 @@ class BaseLIF(nn.Module):
         backend: str = "auto",
         decay: Optional[float] = None,
         step_mode: str = "m",
+        save: str = config.DEFAULT_SAVE,
     ):
         super().__init__()
+        self.save = config.check_save(save)  # what the GPU kernels keep for the backward (lif_multistep)
         k, theta, alpha, flags, sg = config.resolve(
             None if decay is not None else tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate,
             alpha, reset_residual,
@@ -89,7 +91,7 @@ class BaseLIF(nn.Module):
         if self.training and self.noise_prob > 0.0:  # ASGL noisy spike; p = 0 in eval (SPEC §4)
             mask = config.noise_mask_like(x, self.noise_prob)
         out = lif_apply(x, self.v, self.leak(), self.v_threshold, self.alpha, self.flags, self.sg, mask,
-                        store_v_seq, self.backend)
+                        store_v_seq, self.backend, self.save)
         self.v = out[1]
         if store_v_seq:
             self.v_seq = out[2]
@@ -130,6 +132,7 @@ class BaseLIF(nn.Module):
 
     def __setstate__(self, state):
         state.setdefault("_step_mode", "m")  # pickled before step_mode existed
+        state.setdefault("save", config.DEFAULT_SAVE)  # pickled before save existed
         super().__setstate__(state)
 
     def extra_repr(self) -> str:
@@ -144,6 +147,8 @@ class BaseLIF(nn.Module):
         if self.noise_prob:
             parts.append(f"noise_prob={self.noise_prob:g}")
         parts.append(f"backend={self.backend}")
+        if self.save != config.DEFAULT_SAVE:
+            parts.append(f"save={self.save}")
         if self.step_mode != "m":
             parts.append(f"step_mode={self.step_mode}")
         return ", ".join(parts)

@@ -202,3 +202,33 @@ def fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, 
              v_reset, decay_input, detach_reset, reset_residual, need_param_grad):
     """(grad_x, grad_v0, grad_params) of any backend's bwd op."""
     return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(params)
+
+
+# --- save="recompute" | "state": what a GPU forward keeps for its backward -----------------------
+SAVE_MODES = ("recompute", "state")
+# Not yet measured on a GPU (issue 16): "recompute" until a GPU run says which is faster.
+DEFAULT_SAVE = "recompute"
+# Steps per recompute segment (K). The Triton and CUDA recompute backwards hold a segment's H in
+# registers (K values per neuron, unrolled), so K trades registers for checkpoint bytes: K = 8 keeps
+# the backward at <= 4 neurons per thread without spills (tests/test_triton_aot.py,
+# tests/test_cuda_compile.py) and saves nothing for T <= 8, N·4·(ceil(T/8) − 1) bytes beyond (fp32
+# V), against T·N·b for the saved H of save="state". Must match RC_CHUNK of csrc/cuda/lif_cuda.h.
+RECOMPUTE_CHUNK = 8
+
+
+def check_save(save) -> str:
+    if save not in SAVE_MODES:
+        raise ValueError(f"save must be one of {SAVE_MODES}, got {save!r}")
+    return save
+
+
+def checkpoint_rows(T, chunk: int = RECOMPUTE_CHUNK):
+    """Rows of V checkpoints save="recompute" keeps: V after steps K, 2K, … before the last step."""
+    return (T + chunk - 1) // chunk - 1 if chunk else 0
+
+
+def checkpoints_like(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """The recompute forward's saved tensor for [T, N] x: [checkpoint_rows(T), N] in the compute dtype
+    (params' dtype: float32, float64 for float64 x): the exact V the forward carried, so the backward
+    re-runs it bit for bit."""
+    return x.new_empty((checkpoint_rows(x.shape[0]), x.shape[1]), dtype=params.dtype)

@@ -8,7 +8,11 @@ its own pair with the same signature in ``triton.py``):
     bwd(grad_s, grad_v_last?, grad_v_seq?, x, v0, params, noise_mask?, saved, s, <same flags>,
         need_param_grad) -> (grad_x, grad_v0, grad_params [3])
 
-``saved`` is whatever that backend keeps for its backward (``Backend.saves`` in ``BACKENDS``). One
+``saved`` is whatever that backend keeps for its backward (``Backend.saves`` in ``BACKENDS``). The
+GPU backends have two pairs, chosen by ``save=``: "state" (entry "<name>") saves H, [T, N] in the
+storage dtype; "recompute" (entry "<name>:recompute") saves only V every ``config.RECOMPUTE_CHUNK``
+steps (``config.checkpoints_like``, nothing for T <= K) and its backward re-runs the forward from x.
+The CPU kernel saves nothing in either mode (its backward always re-runs the forward). One
 backward (``_backward``) serves every backend: in eager mode through ``_LIFFunction``, which calls
 the backend's ops below the autograd key; under torch.compile through the same code registered on
 each fwd op with ``torch.library.register_autograd``. The learnable parameters get their gradients
@@ -83,7 +87,8 @@ def _register_compiled(b: backends.Loaded) -> None:
     """torch.compile's view of a backend's ops: fakes for the ops defined in C++ (Triton's carry
     their own) and ``_backward`` as the autograd of the training forward."""
     if b.entry.module is None:  # defined in C++ (ops.cpp)
-        torch.library.register_fake(b.entry.fwd)(_fake_fwd_cpp)
+        torch.library.register_fake(b.entry.fwd)(
+            _fake_fwd_cuda_recompute if b.entry.fwd == "snn_fast::lif_fwd_recompute" else _fake_fwd_cpp)
         torch.library.register_fake(b.entry.bwd)(config.fake_bwd)
     bwd = backends.op(b.entry.bwd)
 
@@ -114,6 +119,16 @@ def _triton_runs(sg) -> Optional[str]:
         "it was registered without triton=(g, dg[, dg_dalpha]) @triton.jit functions")
 
 
+def _saves_checkpoints(x):  # save="recompute": V every K steps, [ceil(T/K) − 1, N] in the compute dtype
+    return config.checkpoints_like(x, x.new_empty(0, dtype=torch.float64 if x.dtype == torch.float64
+                                                   else torch.float32))
+
+
+def _fake_fwd_cuda_recompute(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
+                             reset_residual, return_v_seq):
+    return config.fake_fwd_outputs(x, v0, return_v_seq) + (config.checkpoints_like(x, params),)
+
+
 # The LIF backends. 'reference' is not a table entry: it is plain torch (reference.py) and always runs.
 BACKENDS = backends.OpBackends(
     "x",
@@ -131,6 +146,15 @@ BACKENDS = backends.OpBackends(
                                        infer="snn_fast::lif_fwd_custom_cpu_infer",
                                        module="snn_fast.ops.lif.custom_cpu",
                                        probe=backends.cpp_probe("lif_fwd", "CPU"), surrogates=_cpu_runs),
+        # save="recompute" (lif_apply picks "<name>:recompute" where the table has it; 'cpu' and
+        # 'cpu_custom' have no such entry: they save nothing in either mode)
+        "cuda:recompute": backends.Backend(fwd="snn_fast::lif_fwd_recompute", bwd="snn_fast::lif_bwd_recompute",
+                                           saves=_saves_checkpoints, probe=backends.cpp_probe("lif_fwd_recompute",
+                                                                                              "CUDA")),
+        "triton:recompute": backends.Backend(fwd="snn_fast::lif_fwd_triton_recompute",
+                                             bwd="snn_fast::lif_bwd_triton_recompute",
+                                             infer="snn_fast::lif_fwd_triton_infer", module="snn_fast.ops.lif.triton",
+                                             probe=backends.triton_probe, surrogates=_triton_runs),
     },
     register=_register_compiled,
     autotable=AutoTable(os.path.join(os.path.dirname(os.path.abspath(__file__)), "autotable.json"),
@@ -144,6 +168,17 @@ BACKENDS = backends.OpBackends(
 if _ext.HAS_C:
     BACKENDS.load("cpu")
     BACKENDS.load("cuda")
+    if hasattr(torch.ops.snn_fast, "lif_fwd_recompute"):  # absent from a _C built before issue 16
+        BACKENDS.load("cuda:recompute")
+
+
+def entry_name(name: str, save: str) -> str:
+    """The table entry of backend ``name`` for ``save`` ("recompute" | "state")."""
+    if save == "recompute":
+        key = name + ":recompute"
+        if key in BACKENDS.backends:
+            return key
+    return name
 
 
 def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v_seq):
@@ -195,8 +230,9 @@ def _as_param(v, dtype, device) -> torch.Tensor:
 
 
 def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate, noise_mask=None,
-              return_v_seq=False, backend="auto"):
-    """Run the LIF family on already-checked arguments (``k`` = 1/τ; see ``config.resolve``).
+              return_v_seq=False, backend="auto", save=config.DEFAULT_SAVE):
+    """Run the LIF family on already-checked arguments (``k`` = 1/τ; see ``config.resolve``; ``save``
+    checked by ``config.check_save``).
 
     The modules call this directly so that learnable parameters are not re-validated (no device
     sync) on every step.
@@ -208,6 +244,7 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
         name = BACKENDS.ops_for(name, sg)
         if sg.dg_dalpha is None and isinstance(alpha, torch.Tensor) and alpha.requires_grad:
             raise ValueError(f"surrogate {sg.name!r} has no dg_dalpha: alpha cannot be learned")
+    name = entry_name(name, save)
     T = x.shape[0]
     shape = x.shape[1:]
     x2 = x.reshape(T, -1)
@@ -254,6 +291,7 @@ def lif_multistep(
     noise_mask: Optional[torch.Tensor] = None,
     return_v_seq: bool = False,
     backend: str = "auto",
+    save: str = config.DEFAULT_SAVE,
 ):
     """Multi-step LIF neuron over ``x`` of shape ``[T, *]`` (SPEC §2–§4), fused over T.
 
@@ -272,6 +310,10 @@ def lif_multistep(
         noise_mask: bool ``[T, *]``; False emits the analog value g(H − θ) (ASGL noisy spike).
         return_v_seq: also return the membrane after every step.
         backend: 'auto', 'reference', 'cpu', 'cuda' or 'triton'.
+        save: what the GPU kernels keep for the backward. "recompute" (default): only the membrane
+            every 8 steps (nothing for T <= 8); the backward re-runs the forward from x, with the
+            same spikes. "state": H for every step, [T, *] in x's dtype. The results are the same;
+            the CPU kernel and the reference ignore it (the CPU kernel saves nothing either way).
     τ, decay, θ and α may be tensors that require grad; gradients are summed over steps and neurons.
 
     Returns:
@@ -282,9 +324,10 @@ def lif_multistep(
         tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, reset_residual
     )
     noise_mask = config.check_noise_mask(x, noise_mask)
+    config.check_save(save)
     if isinstance(v0, torch.Tensor) and v0.device != x.device:
         raise ValueError(f"v0 is on {v0.device} but x is on {x.device}; put them on the same device")
     for name, p in (("tau", tau), ("decay", decay), ("v_threshold", v_threshold), ("alpha", alpha)):
         if isinstance(p, torch.Tensor) and p.device != x.device and p.device.type != "cpu":
             raise ValueError(f"{name} is on {p.device} but x is on {x.device}")
-    return lif_apply(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq, backend)
+    return lif_apply(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq, backend, save)

@@ -36,6 +36,23 @@ Bytes per element of [T, N] (storage size b; mask 1 B when given):
 The backward needs neither V_{t−1} nor x unless the leak k is learned: V_{t−1} = reset(H_{t−1}) comes
 from the H it loads anyway one step ahead.
 
+save="recompute" (issue 16; the default until measured on a GPU): ``lif_fwd_triton_recompute`` writes
+s (v_last, v_seq) and, instead of H, V after steps K, 2K, … (K = ``config.RECOMPUTE_CHUNK`` = 8) in the
+compute dtype; ``_lif_bwd_rc_kernel`` re-runs the forward per K-step segment from x and those V with
+the forward's own step (``_lif_step``: the same H and spikes bit for bit), the segment's H in
+registers (a tuple unrolled by ``tl.static_range``: Triton has no indexable register arrays), and
+walks it back. The options considered: (a) re-run all T steps through a per-program scratch in
+global memory: T·BLOCK values per program that a GPU's L2 does not hold for W1 (4M neurons: a
+T·N·4-byte scratch is written and read back, the 6th pass again); (b) checkpoints every K steps, the
+segment in registers: what is kept. Bytes per element of [T, N] (memory.py counts them):
+  forward   read x, write s                                   2b  (+ 4·(ceil(T/K) − 1)/T B of V)
+  backward  read x, read grad_s, write grad_x                 3b  (+ the same V read)
+so fwd+bwd = 5b + 8/K B at most (fp32 21 B at T = 64 instead of 24; bf16 11 B instead of 12) and a
+layer keeps 0 bytes for T ≤ 8, 4·N·(ceil(T/8) − 1) beyond (T·N·b with save="state"). The price is
+registers: K values of H per neuron (and of V_{t−1} and X with parameter gradients), so this backward
+runs one neuron per thread (``_BWD_RC_CONFIGS``). fp16/bf16: the re-run H is the exact float32 H,
+where the state path reads H − θ rounded to b: the gradients are at least as close to the truth.
+
 Parameter gradients: each program sums its lanes over all its steps into one row of a
 [programs, 3] buffer, summed by torch afterwards (deterministic, no atomics), and the whole path is
 compiled out (``NEED_PARAM_GRAD`` constexpr) when no parameter needs a gradient.
@@ -248,13 +265,79 @@ def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexp
     return h, xs, s
 
 
+@triton.jit
+def _lif_step(v, xv, mk, k, theta, alpha, vr, SG: tl.constexpr, HARD_RESET: tl.constexpr,
+              DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr, EXACT: tl.constexpr, SGF: tl.constexpr = None):
+    """One forward step (lif_step.h: lif_charge, lif_fire, lif_reset) → (H, H − θ, emitted S, V_t).
+
+    The one copy of the step: the forward kernel runs it, and the recompute backward re-runs it from
+    the same x and V, so its H and spikes are the forward's bit for bit (same operations, same order).
+    ``mk``: the noise mask (True = spike), read only when HAS_MASK."""
+    # Charge in the reference's operation order (lif_step.h lif_charge).
+    if DECAY_INPUT:
+        h = v + _mul_rn(xv - (v - vr), k, EXACT)
+    else:
+        h = (v - _mul_rn(v - vr, k, EXACT)) + xv
+    xs = h - theta
+    spike = tl.where(xs >= 0.0, 1.0, 0.0).to(k.dtype)
+    if HAS_MASK:
+        s = tl.where(mk, spike, _sg_prim(xs, alpha, SG, SGF))
+    else:
+        s = spike
+    if HARD_RESET:
+        v = s * vr + (1.0 - s) * h
+    else:
+        v = h - s * theta
+    return h, xs, s, v
+
+
+@triton.jit
+def _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG: tl.constexpr, HARD_RESET: tl.constexpr,
+              DETACH_RESET: tl.constexpr, SGF: tl.constexpr = None):
+    """One backward step (lif_step.h lif_step_backward): → (ε = ∂L/∂H_t, ∂L/∂S_t, g′(H − θ)).
+    ``dvt``: ∂L/∂V_t from every path (the later step and v_seq)."""
+    gp = _sg_grad(xs, alpha, SG, SGF)
+    # ∂V/∂S (not detached); zeros_like − θ, not 0·h − θ, which is NaN where H = ±inf
+    if HARD_RESET:
+        reset_coef = vr - h
+    else:
+        reset_coef = tl.zeros_like(h) - theta
+    if DETACH_RESET:
+        # lif_step.h lif_grad_s: with κ = 0 the reference's ∂L/∂S never sees dv (0·dv: NaN after a NaN step)
+        ds = tl.where(kap != 0.0, g_s + dvt * kap, g_s)
+    else:
+        ds = g_s + dvt * (reset_coef + kap)
+    if HARD_RESET:
+        eps = dvt * (1.0 - s) + ds * gp
+    else:
+        eps = dvt + ds * gp
+    return eps, ds, gp
+
+
+@triton.jit
+def _param_terms(eps, ds, gp, dvt, s, xs, xv, v_prev, vr, alpha, SG: tl.constexpr, HARD_RESET: tl.constexpr,
+                 DECAY_INPUT: tl.constexpr, SGF: tl.constexpr = None):
+    """One step's contributions to ∂L/∂k, ∂L/∂θ, ∂L/∂α (V_{t−1} = ``v_prev``; ``xv`` read only with
+    DECAY_INPUT)."""
+    if HARD_RESET:
+        dth = -ds * gp
+    else:
+        dth = -ds * gp - dvt * s
+    dal = ds * _sg_dalpha(xs, alpha, SG, SGF)
+    if DECAY_INPUT:
+        dk = eps * (xv - (v_prev - vr))
+    else:
+        dk = eps * (0.0 - (v_prev - vr))
+    return dk, dth, dal
+
+
 @triton.jit(do_not_specialize=["T", "N_BUCKET"])
 def _lif_fwd_kernel(
-    x_ptr, v0_ptr, params_ptr, mask_ptr, s_ptr, vlast_ptr, vseq_ptr, h_ptr,
+    x_ptr, v0_ptr, params_ptr, mask_ptr, s_ptr, vlast_ptr, vseq_ptr, h_ptr, ck_ptr,
     T, N, v_reset, N_BUCKET,
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
     STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr,
-    EXACT: tl.constexpr, BLOCK: tl.constexpr,
+    EXACT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Per element and step: read x (b), write s (b), write H (b, training only) [+ v_seq b, + mask 1 B].
     # Addressing: one int64 scalar row offset t·N + start (N·T may exceed 2^31) plus int32 lanes,
@@ -283,22 +366,11 @@ def _lif_fwd_kernel(
         mp = mask_ptr + row + lane
         xv = x_next.to(k.dtype)
         x_next = tl.load(x_ptr + row + N + lane, mask=m & ((lane * 0 + t) < T - 1), other=0.0)
-        # Charge in the reference's operation order (lif_step.h lif_charge).
-        if DECAY_INPUT:
-            h = v + _mul_rn(xv - (v - vr), k, EXACT)
-        else:
-            h = (v - _mul_rn(v - vr, k, EXACT)) + xv
-        xs = h - theta
-        spike = tl.where(xs >= 0.0, 1.0, 0.0).to(k.dtype)
         if HAS_MASK:
             mk = tl.load(mp, mask=m, other=1) != 0
-            s = tl.where(mk, spike, _sg_prim(xs, alpha, SG, SGF))
         else:
-            s = spike
-        if HARD_RESET:
-            v = s * vr + (1.0 - s) * h
-        else:
-            v = h - s * theta
+            mk = m  # unread
+        h, xs, s, v = _lif_step(v, xv, mk, k, theta, alpha, vr, SG, HARD_RESET, DECAY_INPUT, HAS_MASK, EXACT, SGF)
         tl.store(sp, s.to(sp.dtype.element_ty), mask=m)
         if SAVE_H:
             if SAVE_X:  # the one fp16/bf16 encoding, shared with CUDA: csrc/include/snn_fast/lif_step.h
@@ -310,6 +382,10 @@ def _lif_fwd_kernel(
                 tl.store(hp, h.to(hp.dtype.element_ty), mask=m)
         if STORE_VSEQ:
             tl.store(vp, v.to(vp.dtype.element_ty), mask=m)
+        if CHUNK > 0:  # save="recompute": V after steps K, 2K, … (not after the last step: v_last has it)
+            tc = (lane * 0 + t) + 1
+            tl.store(ck_ptr + tl.cast(t // CHUNK, tl.int64) * N + start + lane, v,
+                     mask=m & (tc % CHUNK == 0) & (tc < T))
         row += N
     tl.store(vlast_ptr + start + lane, v.to(vlast_ptr.dtype.element_ty), mask=m)
 
@@ -374,22 +450,7 @@ def _lif_bwd_kernel(
         dvt = dv
         if HAS_GVSEQ:
             dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
-        # lif_step.h lif_step_backward
-        gp = _sg_grad(xs, alpha, SG, SGF)
-        # ∂V/∂S (not detached); zeros_like − θ, not 0·h − θ, which is NaN where H = ±inf
-        if HARD_RESET:
-            reset_coef = vr - h
-        else:
-            reset_coef = tl.zeros_like(h) - theta
-        if DETACH_RESET:
-            # lif_step.h lif_grad_s: with κ = 0 the reference's ∂L/∂S never sees dv (0·dv: NaN after a NaN step)
-            ds = tl.where(kap != 0.0, g_s + dvt * kap, g_s)
-        else:
-            ds = g_s + dvt * (reset_coef + kap)
-        if HARD_RESET:
-            eps = dvt * (1.0 - s) + ds * gp
-        else:
-            eps = dvt + ds * gp
+        eps, ds, gp = _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG, HARD_RESET, DETACH_RESET, SGF)
         tl.store(gxp, (eps * cx).to(gxp.dtype.element_ty), mask=m)
         # ε − ε·k as lif_step.h lif_grad_v_prev (autograd adds the paths through V and V − vr): ε·(1 − k)
         # gives ±inf where the reference has inf − inf = NaN (straight_through + hard reset at H = ±max)
@@ -397,16 +458,17 @@ def _lif_bwd_kernel(
         if NEED_PARAM_GRAD:
             if HARD_RESET:
                 v_prev = tl.where(t_pos, s_prev * vr + (1.0 - s_prev) * h_prev, v0)
-                acc_th += -ds * gp
             else:
                 v_prev = tl.where(t_pos, h_prev - s_prev * theta, v0)
-                acc_th += -ds * gp - dvt * s
-            acc_al += ds * _sg_dalpha(xs, alpha, SG, SGF)
             if DECAY_INPUT:
                 xv = tl.load(xp, mask=m, other=0.0).to(k.dtype)
-                acc_k += eps * (xv - (v_prev - vr))
             else:
-                acc_k += eps * (0.0 - (v_prev - vr))
+                xv = v_prev  # unread
+            g_k, g_th, g_al = _param_terms(eps, ds, gp, dvt, s, xs, xv, v_prev, vr, alpha, SG, HARD_RESET,
+                                           DECAY_INPUT, SGF)
+            acc_k += g_k
+            acc_th += g_th
+            acc_al += g_al
         h = h_prev
         xs = xs_prev
         s = s_prev
@@ -417,6 +479,113 @@ def _lif_bwd_kernel(
         acc_k = tl.where(m, acc_k, zero)
         acc_th = tl.where(m, acc_th, zero)
         acc_al = tl.where(m, acc_al, zero)
+        tl.store(pgrad_ptr + pid * 3, tl.sum(acc_k, axis=0))
+        tl.store(pgrad_ptr + pid * 3 + 1, tl.sum(acc_th, axis=0))
+        tl.store(pgrad_ptr + pid * 3 + 2, tl.sum(acc_al, axis=0))
+
+
+@triton.jit(do_not_specialize=["T", "N_BUCKET"])
+def _lif_bwd_rc_kernel(
+    gs_ptr, gvlast_ptr, gvseq_ptr, x_ptr, v0_ptr, params_ptr, mask_ptr, ck_ptr,
+    gx_ptr, gv0_ptr, pgrad_ptr,
+    T, N, v_reset, kappa, N_BUCKET,
+    SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
+    DETACH_RESET: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
+    NEED_PARAM_GRAD: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # save="recompute": nothing of the forward but V every CHUNK steps (ck, [ceil(T/CHUNK) − 1, N] in
+    # the compute dtype). Segments of CHUNK steps, last first: re-run the forward over the segment from
+    # its first V (v0 or a checkpoint) with H in registers (a tuple, unrolled by static_range: Triton
+    # has no indexable register arrays), then walk the segment back. Per element and step: read x (b),
+    # read grad_s (b), write grad_x (b) [+ grad_v_seq b, + mask 1 B] and 4/CHUNK B of checkpoint
+    # (8/CHUNK for float64): the 5-pass floor with the forward's read x, write s.
+    pid = tl.program_id(0).to(tl.int64)
+    start = pid * BLOCK
+    lane = tl.arange(0, BLOCK)
+    m = lane < N - start
+    k = tl.load(params_ptr)
+    theta = tl.load(params_ptr + 1)
+    alpha = tl.load(params_ptr + 2)
+    if WIDE:
+        vr = tl.load(params_ptr + 3)
+        kap = tl.load(params_ptr + 4)
+    else:
+        vr = v_reset + 0.0 * k
+        kap = kappa + 0.0 * k
+    if not HARD_RESET:
+        vr = 0.0 * k
+    if DECAY_INPUT:
+        cx = k
+    else:
+        cx = 1.0 + 0.0 * k
+    if HAS_GVLAST:
+        dv = tl.load(gvlast_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    else:
+        dv = tl.zeros([BLOCK], dtype=k.dtype)
+    if NEED_PARAM_GRAD:
+        acc_k = tl.zeros([BLOCK], dtype=k.dtype)
+        acc_th = tl.zeros([BLOCK], dtype=k.dtype)
+        acc_al = tl.zeros([BLOCK], dtype=k.dtype)
+    v_init = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    nseg = (T + CHUNK - 1) // CHUNK
+    for i in range(nseg):
+        c = nseg - 1 - i
+        first = (lane * 0 + c) == 0  # as a tensor (c may be a plain int in the interpreter)
+        t0 = c * CHUNK
+        row0 = tl.cast(t0, tl.int64) * N + start
+        vck = tl.load(ck_ptr + tl.cast(c - 1, tl.int64) * N + start + lane, mask=m & ~first, other=0.0)
+        v = tl.where(first, v_init, vck)
+        # Re-run the forward over the segment: the forward's own step (_lif_step), so the same H and S.
+        hs = ()
+        vs = ()  # V_{t−1} of each step (parameter gradients)
+        xvs = ()  # X_t of each step (∂H/∂k under decay_input)
+        for j in tl.static_range(CHUNK):
+            ok = m & ((lane * 0 + t0 + j) < T)
+            xv = tl.load(x_ptr + row0 + j * N + lane, mask=ok, other=0.0).to(k.dtype)
+            if HAS_MASK:
+                mk = tl.load(mask_ptr + row0 + j * N + lane, mask=ok, other=1) != 0
+            else:
+                mk = ok  # unread
+            if NEED_PARAM_GRAD:
+                vs = vs + (v,)
+                if DECAY_INPUT:
+                    xvs = xvs + (xv,)
+            h, xs, s, v = _lif_step(v, xv, mk, k, theta, alpha, vr, SG, HARD_RESET, DECAY_INPUT, HAS_MASK, EXACT,
+                                    SGF)
+            hs = hs + (h,)
+        # Walk it back. Steps past T (last segment only) leave ∂L/∂V and the sums unchanged.
+        for j in tl.static_range(CHUNK - 1, -1, -1):
+            ok = m & ((lane * 0 + t0 + j) < T)
+            off = row0 + j * N + lane
+            h = hs[j]
+            xs = h - theta
+            s = tl.where(xs >= 0.0, 1.0, 0.0).to(k.dtype)
+            if HAS_MASK:  # the emitted value, as the forward (mask reread: 1 B, just loaded above)
+                mk = tl.load(mask_ptr + off, mask=ok, other=1) != 0
+                s = tl.where(mk, s, _sg_prim(xs, alpha, SG, SGF))
+            g_s = tl.load(gs_ptr + off, mask=ok, other=0.0).to(k.dtype)
+            dvt = dv
+            if HAS_GVSEQ:
+                dvt += tl.load(gvseq_ptr + off, mask=ok, other=0.0).to(k.dtype)
+            eps, ds, gp = _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG, HARD_RESET, DETACH_RESET,
+                                    SGF)
+            tl.store(gx_ptr + off, (eps * cx).to(gx_ptr.dtype.element_ty), mask=ok)
+            # ε − ε·k as the state kernel and lif_step.h lif_grad_v_prev (NaN where autograd has inf − inf)
+            dv = tl.where(ok, eps - eps * k, dv)
+            if NEED_PARAM_GRAD:
+                if DECAY_INPUT:
+                    xv = xvs[j]
+                else:
+                    xv = vs[j]  # unread
+                g_k, g_th, g_al = _param_terms(eps, ds, gp, dvt, s, xs, xv, vs[j], vr, alpha, SG, HARD_RESET,
+                                               DECAY_INPUT, SGF)
+                zero = 0.0 * k
+                acc_k += tl.where(ok, g_k, zero)
+                acc_th += tl.where(ok, g_th, zero)
+                acc_al += tl.where(ok, g_al, zero)
+    tl.store(gv0_ptr + start + lane, dv.to(gv0_ptr.dtype.element_ty), mask=m)
+    if NEED_PARAM_GRAD:
         tl.store(pgrad_ptr + pid * 3, tl.sum(acc_k, axis=0))
         tl.store(pgrad_ptr + pid * 3 + 1, tl.sum(acc_th, axis=0))
         tl.store(pgrad_ptr + pid * 3 + 2, tl.sum(acc_al, axis=0))
@@ -447,14 +616,30 @@ _BWD_CONFIGS = _FWD_CONFIGS[:4]
 # SNN_FAST_TRITON_AUTOTUNE=0: one fixed config instead of autotuning, so each kernel variant compiles
 # once instead of 4–5 times (~0.6 s each for sm_90): the GPU check's correctness stage runs 46 variants.
 _FIXED_CONFIG = None if os.environ.get("SNN_FAST_TRITON_AUTOTUNE", "1") != "0" else _FWD_CONFIGS[2]
+# The recompute backward holds a segment's H (and, for parameter gradients, V_{t−1} and X) in
+# registers, CHUNK values per neuron and tensor, and the compiler hoists the segment's loads of x and
+# grad_s ahead of the arithmetic. Registers at CHUNK = 8, sm_90 (AOT, cuobjdump): 4 neurons per thread
+# 149 (fp32 sigmoid, no mask, no parameter gradients) and spills with parameter gradients (24 B fp32,
+# 232 B fp16/bf16 q_pseudo_spike, 1648 B fp64); 2 per thread 77 / 154–207, fp64 still spills (248 B);
+# 1 per thread 48 / 88–111, fp64 194, no spills. So one neuron per thread: a warp still reads 32
+# contiguous elements per tensor and step (128 B fp32, 64 B bf16: whole 32-byte sectors). At most 8
+# warps: 512 threads per program cap a thread at 128 registers, where fp64 with parameter gradients
+# spilled 224 B (BLOCK 512, 16 warps, sm_90).
+_BWD_RC_CONFIGS = [
+    triton.Config({"BLOCK": 128}, num_warps=4),
+    triton.Config({"BLOCK": 256}, num_warps=8),
+]
 if INTERPRETED or _FIXED_CONFIG is not None:
     _fwd_launch = _lif_fwd_kernel
     _bwd_launch = _lif_bwd_kernel
+    _bwd_rc_launch = _lif_bwd_rc_kernel
 else:
     _fwd_launch = triton.autotune(_FWD_CONFIGS, key=["N_BUCKET"])(_lif_fwd_kernel)
     # The backward writes only outputs it fully overwrites, except the partial-sum rows, which a
     # config with fewer programs would leave stale: reset_to_zero clears them around benchmarking.
     _bwd_launch = triton.autotune(_BWD_CONFIGS, key=["N_BUCKET"], reset_to_zero=["pgrad_ptr"])(_lif_bwd_kernel)
+    _bwd_rc_launch = triton.autotune(_BWD_RC_CONFIGS, key=["N_BUCKET"],
+                                     reset_to_zero=["pgrad_ptr"])(_lif_bwd_rc_kernel)
 
 
 def _n_bucket(n) -> int:
@@ -463,19 +648,23 @@ def _n_bucket(n) -> int:
     return min(max(n.bit_length() - 10, 0), 12)  # ≤1K, 2K, 4K, … neurons
 
 
-def _block_kw() -> dict:
+# The recompute backward's fixed config: one neuron per thread as all of _BWD_RC_CONFIGS.
+_FIXED_RC_CONFIG = None if _FIXED_CONFIG is None else _BWD_RC_CONFIGS[1]
+
+
+def _block_kw(fixed=_FIXED_CONFIG) -> dict:
     if INTERPRETED:
         return {"BLOCK": _INTERPRET_BLOCK}
-    if _FIXED_CONFIG is not None:
-        return dict(_FIXED_CONFIG.kwargs, num_warps=_FIXED_CONFIG.num_warps)
+    if fixed is not None:
+        return dict(fixed.kwargs, num_warps=fixed.num_warps)
     return {}
 
 
-def _grid(N: int):
+def _grid(N: int, fixed=_FIXED_CONFIG):
     if INTERPRETED:
         return (triton.cdiv(N, _INTERPRET_BLOCK),)
-    if _FIXED_CONFIG is not None:
-        return (triton.cdiv(N, _FIXED_CONFIG.kwargs["BLOCK"]),)
+    if fixed is not None:
+        return (triton.cdiv(N, fixed.kwargs["BLOCK"]),)
     return lambda meta: (triton.cdiv(N, meta["BLOCK"]),)
 
 
@@ -571,7 +760,7 @@ def _param_buffer(params: torch.Tensor, v_reset: float, kappa: float) -> torch.T
 
 
 def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual, return_v_seq,
-         save_h):
+         save_h, chunk=0):
     config.check_op_args("lif_triton", x, v0, params, surrogate)
     x = x.contiguous()
     v0 = v0.contiguous()
@@ -580,19 +769,21 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
     v_last = torch.empty_like(v0)
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
     saved = torch.empty((T, N) if save_h else (0,), dtype=x.dtype, device=x.device)
+    # save="recompute": the V checkpoints (config.checkpoint_rows), in the compute dtype
+    ck = torch.empty((config.checkpoint_rows(T, chunk), N), dtype=params.dtype, device=x.device) if chunk else saved
     mask = noise_mask.contiguous() if noise_mask is not None else None
     pbuf = _param_buffer(params.contiguous(), v_reset, reset_residual)
     if N > 0:
         wrap = _launcher(_fwd_launch)
         wrap[_grid(N)](
-            x, v0, pbuf, mask if mask is not None else x, s, v_last, v_seq, saved,  # [0]-sized unless stored
+            x, v0, pbuf, mask if mask is not None else x, s, v_last, v_seq, saved, ck,  # [0]-sized unless stored
             T, N, float(v_reset), _n_bucket(N),
             **_sg_args(surrogate, x), HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None,
             STORE_VSEQ=return_v_seq, SAVE_H=save_h, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
-            EXACT=EXACT_MUL,
+            EXACT=EXACT_MUL, CHUNK=chunk,
             **_block_kw(),
         )
-    return s, v_last, v_seq, saved
+    return s, v_last, v_seq, (ck if chunk else saved)
 
 
 def lif_fwd_triton(
@@ -615,12 +806,18 @@ def lif_fwd_triton_infer(
                 return_v_seq, False)
 
 
-def lif_bwd_triton(
-    grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
-    v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
-    surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    need_param_grad: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lif_fwd_triton_recompute(
+    x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
+    hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
+    return_v_seq: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training forward of save="recompute": writes s (v_last, v_seq) and saves only the membrane every
+    ``config.RECOMPUTE_CHUNK`` steps for ``lif_bwd_triton_recompute``."""
+    return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
+                return_v_seq, False, config.RECOMPUTE_CHUNK)
+
+
+def _bwd_prep(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, surrogate, need_param_grad):
     config.check_op_args("lif_triton", x, v0, params, surrogate)
     T, N = x.shape
     grad_s = grad_s.to(x.dtype).contiguous()
@@ -629,11 +826,54 @@ def lif_bwd_triton(
     gvl = grad_v_last.to(x.dtype).contiguous() if grad_v_last is not None else None
     gvs = grad_v_seq.to(x.dtype).contiguous() if grad_v_seq is not None and grad_v_seq.numel() > 0 else None
     mask = noise_mask.contiguous() if noise_mask is not None else None
-    gx = torch.empty_like(x)
-    gv0 = torch.empty_like(v0)
-    pbuf = _param_buffer(params.contiguous(), v_reset, reset_residual)
     nprog = triton.cdiv(N, _INTERPRET_BLOCK if INTERPRETED else _MIN_BLOCK) if need_param_grad else 1
     partial = torch.zeros((max(nprog, 1), 3), dtype=params.dtype, device=x.device)
+    return grad_s, gvl, gvs, x, v0, mask, torch.empty_like(x), torch.empty_like(v0), partial
+
+
+def lif_bwd_triton_recompute(
+    grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
+    v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
+    surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
+    need_param_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of save="recompute": ``saved`` is the forward's V checkpoints."""
+    T, N = x.shape
+    chunk = config.RECOMPUTE_CHUNK
+    torch._check(saved.dim() == 2 and saved.shape[0] == config.checkpoint_rows(T, chunk) and saved.shape[1] == N
+                 and saved.dtype == params.dtype,
+                 lambda: f"lif_bwd_triton_recompute: `saved` must be the V checkpoints of lif_fwd_triton_recompute, "
+                         f"[{config.checkpoint_rows(T, chunk)}, {N}] {params.dtype}, got {tuple(saved.shape)} "
+                         f"{saved.dtype}")
+    grad_s, gvl, gvs, x, v0, mask, gx, gv0, partial = _bwd_prep(grad_s, grad_v_last, grad_v_seq, x, v0, params,
+                                                                 noise_mask, surrogate, need_param_grad)
+    pbuf = _param_buffer(params.contiguous(), v_reset, reset_residual)
+    ck = saved.contiguous() if saved.numel() > 0 else v0  # never read for T <= chunk
+    if N > 0:
+        wrap = _launcher(_bwd_rc_launch)
+        wrap[_grid(N, _FIXED_RC_CONFIG)](
+            grad_s, gvl if gvl is not None else grad_s, gvs if gvs is not None else grad_s, x, v0, pbuf,
+            mask if mask is not None else x, ck, gx, gv0, partial,
+            T, N, float(v_reset), float(reset_residual), _n_bucket(N),
+            **_sg_args(surrogate, x), HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
+            HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
+            NEED_PARAM_GRAD=need_param_grad, WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL, CHUNK=chunk,
+            **_block_kw(_FIXED_RC_CONFIG),
+        )
+    grad_params = partial.sum(0) if need_param_grad else torch.zeros_like(params)
+    return gx, gv0, grad_params
+
+
+def lif_bwd_triton(
+    grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
+    v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
+    surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
+    need_param_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    T, N = x.shape
+    grad_s, gvl, gvs, x, v0, mask, gx, gv0, partial = _bwd_prep(grad_s, grad_v_last, grad_v_seq, x, v0, params,
+                                                                 noise_mask, surrogate, need_param_grad)
+    pbuf = _param_buffer(params.contiguous(), v_reset, reset_residual)
     if N > 0:
         wrap = _launcher(_bwd_launch)
         wrap[_grid(N)](
@@ -666,13 +906,22 @@ def _fake_fwd_infer(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, d
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (x.new_empty(0),)  # saves nothing
 
 
+def _fake_fwd_recompute(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
+                        reset_residual, return_v_seq):
+    return config.fake_fwd_outputs(x, v0, return_v_seq) + (config.checkpoints_like(x, params),)
+
+
 FWD_NAME = "snn_fast::lif_fwd_triton"
 FWD_INFER_NAME = "snn_fast::lif_fwd_triton_infer"
 BWD_NAME = "snn_fast::lif_bwd_triton"
+FWD_RC_NAME = "snn_fast::lif_fwd_triton_recompute"
+BWD_RC_NAME = "snn_fast::lif_bwd_triton_recompute"
 
 for _name, _fn, _fake in ((FWD_NAME, lif_fwd_triton, _fake_fwd),
                           (FWD_INFER_NAME, lif_fwd_triton_infer, _fake_fwd_infer),
-                          (BWD_NAME, lif_bwd_triton, config.fake_bwd)):
+                          (BWD_NAME, lif_bwd_triton, config.fake_bwd),
+                          (FWD_RC_NAME, lif_fwd_triton_recompute, _fake_fwd_recompute),
+                          (BWD_RC_NAME, lif_bwd_triton_recompute, config.fake_bwd)):
     if INTERPRETED:
         torch.library.custom_op(_name, mutates_args=())(_fn).register_fake(_fake)
     else:
