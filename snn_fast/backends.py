@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -105,6 +106,9 @@ class OpBackends:
         self.autotable = autotable
         self._loaded: Dict[str, Loaded] = {}
         self._registered: set = set()
+        # First loads (import + torch.library registrations, which torch refuses twice) run under a
+        # lock; a loaded backend is then one lock-free dict lookup (tests/test_threads.py).
+        self._lock = threading.RLock()
 
     def unavailable(self, name: str, x: torch.Tensor) -> Optional[str]:
         """None when backend ``name`` can run on ``x``, else why not (and how to get it)."""
@@ -142,15 +146,19 @@ class OpBackends:
         hit = self._loaded.get(name)
         if hit is not None:
             return hit
-        e = self.backends[name]
-        if e.module is not None:
-            importlib.import_module(e.module)
-        loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, op(e.infer).default if e.infer else None)
-        if e.fwd not in self._registered:
-            self.register(loaded)
-            self._registered.add(e.fwd)
-        self._loaded[name] = loaded
-        return loaded
+        with self._lock:
+            hit = self._loaded.get(name)
+            if hit is not None:  # another thread loaded it meanwhile
+                return hit
+            e = self.backends[name]
+            if e.module is not None:
+                importlib.import_module(e.module)
+            loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, op(e.infer).default if e.infer else None)
+            if e.fwd not in self._registered:
+                self.register(loaded)
+                self._registered.add(e.fwd)
+            self._loaded[name] = loaded
+            return loaded
 
     # The first use may come inside a torch.compile trace, which cannot follow an import or a
     # torch.library registration: Dynamo runs this eagerly (once per trace) and keeps the result.
