@@ -175,11 +175,28 @@ class OpBackends:
         return op(e.infer if e.infer is not None and not train else e.fwd)
 
 
+def check_name(backend) -> None:
+    """A ``backend=`` argument is None or one of ``NAMES`` (any case). Before this check 0 and ''
+    silently meant 'auto' and 123 raised an AttributeError (issue 14)."""
+    if backend is None:
+        return
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {NAMES}, or None; got {backend!r} "
+                        f"({type(backend).__name__})")
+    if backend.lower() not in NAMES:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {NAMES}")
+
+
 def requested(backend: Optional[str]) -> str:
-    name = backend if backend not in (None, "auto") else os.environ.get(ENV_VAR, "auto")
-    name = (name or "auto").lower()
+    check_name(backend)
+    if backend is None or backend.lower() == "auto":
+        # An empty SNN_FAST_BACKEND counts as unset (as for most environment variables).
+        name = os.environ.get(ENV_VAR, "") or "auto"
+    else:
+        name = backend
+    name = name.lower()
     if name not in NAMES:
-        raise ValueError(f"unknown backend {name!r}; choose one of {NAMES}")
+        raise ValueError(f"unknown backend {name!r} (from ${ENV_VAR}); choose one of {NAMES}")
     return name
 
 
