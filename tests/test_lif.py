@@ -94,12 +94,6 @@ _TRITON_BF16 = ("triton-interp: bf16 parameter gradient (grad_tau/grad_theta/gra
                 "low-precision bound; not an item-3 case, found by the wider bf16 grid")
 KNOWN_FAILURES = {
     "triton-interp-bf16-atan-soft-di1-det0-k0-tau2.5-learn-noisy": _TRITON_BF16,
-    # Open (issue 12): without a mask and without parameter gradients the CPU backward takes its
-    # specialised walk, FMA-contracted (bwd_walk_fast); with a mask it takes the generic walk, which is
-    # not. Forward and spikes are equal bitwise; grad_x differs by ≤ 1 ulp in 15 of 150 elements.
-    "cpu-f32-hard0-di1-det0-k0-tau2.5-fixed": "cpu: all-True mask vs no mask, fp32 hard reset, no parameter "
-                                              "gradients: grad_x ≤ 1 ulp apart (FMA-contracted fast walk vs "
-                                              "the generic walk); open, issue 12",
 }
 
 
