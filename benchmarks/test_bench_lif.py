@@ -125,12 +125,17 @@ def bench_case(device, shape, dtype, names=None, rounds=3, compile_backend="indu
     for name, f in provs.items():  # every provider computes the same spikes before it is timed
         with torch.no_grad():
             agree = (f(x) == ref_s).float().mean().item()
-        # Ours charge in the reference's operation order: in float32 not one spike may flip. In 16-bit
-        # storage the reference itself rounds every step in that dtype, and a peer may order its
-        # arithmetic differently: a few flips near θ are rounding, not error.
-        exact = name.startswith("snn_fast") and dtype in (torch.float32, torch.float64)
-        assert agree == 1.0 if exact else agree > 0.999, \
-            f"{name} disagrees with the reference on {1 - agree:.4%} of spikes"
+        # float32/float64: not one spike may flip for ours (they charge in the reference's operation
+        # order), nor for any provider on the CPU (W4: SpikingJelly's eager torch ops round like the
+        # reference; measured 0 flips of 4 194 304). On a GPU a peer's generated code (SpikingJelly's
+        # CUDA kernels, inductor's Triton for reference-compiled) may contract a·b + c into an FMA,
+        # one rounding fewer than the reference: a few flips near θ are then rounding, not error; the
+        # same holds for every provider in 16-bit storage, where the reference rounds each step.
+        exact = dtype in (torch.float32, torch.float64) and (name.startswith("snn_fast") or device == "cpu")
+        if exact:
+            assert agree == 1.0, f"{name} disagrees with the reference on {1 - agree:.4%} of spikes"
+        else:
+            assert agree > 0.999, f"{name} disagrees with the reference on {1 - agree:.4%} of spikes"
     xg = x.clone().requires_grad_(True)
 
     def fwd(f):

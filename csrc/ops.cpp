@@ -46,11 +46,12 @@ TORCH_LIBRARY(snn_fast, m) {
   m.def("cpu_cache_clear() -> ()");
 
   // Tempotron (SPEC §5): the membrane V [B, O, T] of O tempotrons driven by input spike times
-  // t_in [B, I] (negative = no spike) through weight [O, I] (same dtype as t_in), without the
-  // [B, I, T] PSP tensor. v0 is the PSP normalisation. 'v_max' and 'spikes' are computed from V.
-  m.def("tempotron_fwd(Tensor t_in, Tensor weight, int T, float tau, float tau_s, float v0) -> Tensor");
+  // t_in [B, I] (negative = no spike; float32, float64 with a float64 weight) through weight [O, I],
+  // without the [B, I, T] PSP tensor. V = scale·Σ W·K̃ with K̃ = K/(1/τ_s − 1/τ) (snn_fast/tempotron.h;
+  // scale = v0·(1/τ_s − 1/τ), finite at τ = τ_s). 'v_max' and 'spikes' are computed from V.
+  m.def("tempotron_fwd(Tensor t_in, Tensor weight, int T, float tau, float tau_s, float scale) -> Tensor");
   // Returns (grad_t_in [B, I] or [0] unless need_t_grad, grad_weight [O, I] or [0] unless need_w_grad).
   m.def(
-      "tempotron_bwd(Tensor grad_v, Tensor t_in, Tensor weight, float tau, float tau_s, float v0, "
+      "tempotron_bwd(Tensor grad_v, Tensor t_in, Tensor weight, float tau, float tau_s, float scale, "
       "bool need_t_grad, bool need_w_grad) -> (Tensor, Tensor)");
 }

@@ -8,11 +8,13 @@ Importing this module does not import triton: the package stays importable witho
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional, Tuple
 
 import torch
 
 _STATE: Optional[Tuple[Optional[ImportError], bool]] = None  # (import error, interpreted), once known
+_LOCK = threading.Lock()  # the first answer is computed once, by one thread (the others wait for it)
 
 
 def _noop():
@@ -21,19 +23,23 @@ def _noop():
 
 def _state() -> Tuple[Optional[ImportError], bool]:
     global _STATE
-    if _STATE is None:  # first use may come inside a torch.compile trace: see _import_message, _interpreted
-        try:
-            import triton
-        except ImportError as e:
-            _STATE = (e, False)
-        else:
+    state = _STATE
+    if state is not None:
+        return state
+    with _LOCK:  # first use may come inside a torch.compile trace: see _import_message, _interpreted
+        if _STATE is None:
             try:
-                from triton.runtime.interpreter import InterpretedFunction
-            except ImportError:  # pragma: no cover - every triton with an interpreter has it here
-                _STATE = (None, False)
+                import triton
+            except ImportError as e:
+                _STATE = (e, False)
             else:
-                _STATE = (None, isinstance(triton.jit(_noop), InterpretedFunction))
-    return _STATE
+                try:
+                    from triton.runtime.interpreter import InterpretedFunction
+                except ImportError:  # pragma: no cover - every triton with an interpreter has it here
+                    _STATE = (None, False)
+                else:
+                    _STATE = (None, isinstance(triton.jit(_noop), InterpretedFunction))
+        return _STATE
 
 
 def import_error() -> Optional[ImportError]:

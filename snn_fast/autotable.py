@@ -62,8 +62,9 @@ class AutoTable:
     def load(self, path: Optional[str] = None) -> list:
         """The table's entries (cached per path). A missing file is an empty table; a malformed one warns."""
         path = path or self.table_path()
-        if path in self._tables:
-            return self._tables[path]
+        hit = self._tables.get(path)  # one read: a concurrent clear_cache cannot make it a KeyError
+        if hit is not None:
+            return hit
         need = ("dtype", "T", "N") + tuple(f"{b}_ms" for b in self.backends)
         entries = []
         if os.path.exists(path):

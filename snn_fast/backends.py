@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -111,6 +112,9 @@ class OpBackends:
         self.autotable = autotable
         self._loaded: Dict[str, Loaded] = {}
         self._registered: set = set()
+        # First loads (import + torch.library registrations, which torch refuses twice) run under a
+        # lock; a loaded backend is then one lock-free dict lookup (tests/test_threads.py).
+        self._lock = threading.RLock()
 
     def unavailable(self, name: str, x: torch.Tensor) -> Optional[str]:
         """None when backend ``name`` can run on ``x``, else why not (and how to get it)."""
@@ -170,15 +174,19 @@ class OpBackends:
         hit = self._loaded.get(name)
         if hit is not None:
             return hit
-        e = self.backends[name]
-        if e.module is not None:
-            importlib.import_module(e.module)
-        loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, op(e.infer).default if e.infer else None)
-        if e.fwd not in self._registered:
-            self.register(loaded)
-            self._registered.add(e.fwd)
-        self._loaded[name] = loaded
-        return loaded
+        with self._lock:
+            hit = self._loaded.get(name)
+            if hit is not None:  # another thread loaded it meanwhile
+                return hit
+            e = self.backends[name]
+            if e.module is not None:
+                importlib.import_module(e.module)
+            loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, op(e.infer).default if e.infer else None)
+            if e.fwd not in self._registered:
+                self.register(loaded)
+                self._registered.add(e.fwd)
+            self._loaded[name] = loaded
+            return loaded
 
     # The first use may come inside a torch.compile trace, which cannot follow an import or a
     # torch.library registration: Dynamo runs this eagerly (once per trace) and keeps the result.
@@ -195,11 +203,28 @@ class OpBackends:
         return op(e.infer if e.infer is not None and not train else e.fwd)
 
 
+def check_name(backend) -> None:
+    """A ``backend=`` argument is None or one of ``NAMES`` (any case). Before this check 0 and ''
+    silently meant 'auto' and 123 raised an AttributeError (issue 14)."""
+    if backend is None:
+        return
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {NAMES}, or None; got {backend!r} "
+                        f"({type(backend).__name__})")
+    if backend.lower() not in NAMES:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {NAMES}")
+
+
 def requested(backend: Optional[str]) -> str:
-    name = backend if backend not in (None, "auto") else os.environ.get(ENV_VAR, "auto")
-    name = (name or "auto").lower()
+    check_name(backend)
+    if backend is None or backend.lower() == "auto":
+        # An empty SNN_FAST_BACKEND counts as unset (as for most environment variables).
+        name = os.environ.get(ENV_VAR, "") or "auto"
+    else:
+        name = backend
+    name = name.lower()
     if name not in NAMES:
-        raise ValueError(f"unknown backend {name!r}; choose one of {NAMES}")
+        raise ValueError(f"unknown backend {name!r} (from ${ENV_VAR}); choose one of {NAMES}")
     return name
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass, field
 import sys
 from typing import Callable, Dict, Optional, Tuple
@@ -199,16 +200,20 @@ def _gate_dg(x, a):
 
 _REGISTRY: Dict[str, Surrogate] = {}
 _BY_ID: Dict[int, Surrogate] = {}
+# Registering and unregistering hold this lock (the name check and the inserts are one step);
+# lookups are single dict reads and listings iterate over a snapshot (tests/test_threads.py).
+_LOCK = threading.Lock()
 
 
 def _add(s: Surrogate) -> Surrogate:
-    for n in (s.name,) + s.aliases:
-        if n in _REGISTRY:
-            raise ValueError(f"surrogate name {n!r} is already registered")
-    for n in (s.name,) + s.aliases:
-        _REGISTRY[n] = s
-    if s.id >= 0:
-        _BY_ID[s.id] = s
+    with _LOCK:
+        for n in (s.name,) + s.aliases:
+            if n in _REGISTRY:
+                raise ValueError(f"surrogate name {n!r} is already registered")
+        for n in (s.name,) + s.aliases:
+            _REGISTRY[n] = s
+        if s.id >= 0:
+            _BY_ID[s.id] = s
     return s
 
 
@@ -237,7 +242,7 @@ assert NUM_KERNEL_SURROGATES <= CUSTOM_ID_BASE
 def names() -> Tuple[str, ...]:
     """Canonical names of every registered surrogate (aliases not repeated)."""
     seen = []
-    for s in _REGISTRY.values():
+    for s in tuple(_REGISTRY.values()):
         if s.name not in seen:
             seen.append(s.name)
     return tuple(seen)
@@ -250,10 +255,11 @@ def get(name) -> Surrogate:
     if not isinstance(name, str):
         raise TypeError(f"surrogate must be a name (str) or a Surrogate, got {type(name).__name__}")
     key = name.lower()
-    if key not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
+    s = _REGISTRY.get(key)  # one read: a concurrent unregister cannot fall between a check and a lookup
+    if s is None:
+        known = ", ".join(sorted(tuple(_REGISTRY)))
         raise ValueError(f"unknown surrogate {name!r}; known surrogates: {known}")
-    return _REGISTRY[key]
+    return s
 
 
 def by_id(sid: int) -> Surrogate:
@@ -398,6 +404,9 @@ def unregister_surrogate(name: str) -> None:
     s = get(name)
     if s.has_kernel:
         raise ValueError(f"built-in surrogate {s.name!r} cannot be unregistered")
-    for n in (s.name,) + s.aliases:
-        _REGISTRY.pop(n, None)
-    _BY_ID.pop(s.id, None)
+    with _LOCK:
+        for n in (s.name,) + s.aliases:
+            if _REGISTRY.get(n) is s:
+                del _REGISTRY[n]
+        if _BY_ID.get(s.id) is s:
+            del _BY_ID[s.id]

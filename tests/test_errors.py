@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import snn_fast
+from snn_fast.ops.tempotron import tempotron
 
 BACKENDS = ["reference"] + (["cpu"] if snn_fast.HAS_C else [])
 
@@ -128,11 +129,95 @@ def test_op_level_checks_name_the_argument():
         torch.ops.snn_fast.lif_fwd(x, torch.zeros(4), p, torch.ones(3, 4), 0, True, 0.0, True, False, 0.0, False)
 
 
-def test_if_module_rejects_nothing_and_inf_tau_is_if():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_if_module_rejects_nothing_and_inf_tau_is_if(backend):
     x = torch.randn(5, 7, dtype=torch.float64)
     a = snn_fast.lif_multistep(x, tau=math.inf, decay_input=True, backend="reference")
     b = snn_fast.lif_multistep(x, tau=math.inf, decay_input=False, backend="reference")
     assert torch.equal(a[0], b[0])  # IF ignores decay_input: H = V + X
+    # the IF module itself (issue 14: this test ran only the functional reference): any real input
+    # runs, gives the functional IF's spikes, and leaks nothing (H = V + X, so a constant input
+    # below θ charges linearly and fires at step ⌈θ/x⌉)
+    m = snn_fast.nn.IF(backend=backend)
+    assert torch.equal(m(x), a[0])
+    m.reset()
+    ramp = m(torch.full((5, 1), 0.3, dtype=torch.float64))
+    assert ramp.flatten().tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]  # V = 0.3, 0.6, 0.9, 1.2 → fire, reset
+    m.reset()
+    extreme = torch.tensor([[0.0, -1e300, 1e300, 5e-324]], dtype=torch.float64).expand(5, 4)
+    assert m(extreme).shape == (5, 4)
+    with pytest.raises(TypeError, match="IF has no leak: it takes no 'tau'"):
+        snn_fast.nn.IF(tau=2.0)
+
+
+# --- issue 14 item 4: each of these was a silent wrong result or an unclear error before ---------
+
+
+@pytest.mark.parametrize("bad", [0, 123, 1.5, b"cpu", ["cpu"]])
+def test_backend_that_is_not_a_string_is_named(bad):
+    """Before: backend=0 silently meant 'auto' and 123 raised AttributeError ('int' has no 'lower')."""
+    x = torch.randn(3, 4)
+    with pytest.raises(TypeError, match=r"backend must be a str, one of .*got "):
+        snn_fast.lif_multistep(x, backend=bad)
+    with pytest.raises(TypeError, match=r"backend must be a str, one of .*got "):
+        tempotron(torch.zeros(2, 5), torch.zeros(3, 5), 10, backend=bad)
+    with pytest.raises(TypeError, match=r"backend must be a str, one of .*got "):
+        snn_fast.nn.LIF(backend=bad)  # refused when the module is built, not at its first forward
+    with pytest.raises(TypeError, match=r"backend must be a str, one of .*got "):
+        snn_fast.nn.Tempotron(5, 3, 10, backend=bad)
+
+
+def test_empty_backend_string_is_refused_but_empty_env_is_unset(monkeypatch):
+    """Before: backend='' silently meant 'auto'. An empty SNN_FAST_BACKEND still means unset."""
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="unknown backend ''"):
+        snn_fast.lif_multistep(x, backend="")
+    monkeypatch.setenv("SNN_FAST_BACKEND", "")
+    assert torch.equal(snn_fast.lif_multistep(x)[0], snn_fast.lif_multistep(x, backend="reference")[0])
+
+
+@pytest.mark.parametrize("shape", [(), (7,)])
+def test_multistep_on_fewer_than_two_dims_is_named(shape):
+    """Before: 'not enough values to unpack (expected 2, got 1)' from inside forward."""
+    m = snn_fast.nn.MultiStep(torch.nn.Identity())
+    with pytest.raises(ValueError, match=r"MultiStep: x must be \[T, B, \.\.\.\] \(at least 2 dims\), got "):
+        m(torch.zeros(shape))
+    assert m(torch.zeros(2, 3)).shape == (2, 3)  # two dims is enough
+
+
+@pytest.mark.parametrize("init_tau", [math.inf, torch.tensor(math.inf), -math.inf])
+def test_plif_infinite_init_tau_is_refused(init_tau):
+    """Before: PLIF(init_tau=inf) built w = −inf (1/τ = sigmoid(w) stuck at 0, no gradient)."""
+    with pytest.raises(ValueError, match="init_tau must be a finite number > 1"):
+        snn_fast.nn.PLIF(init_tau=init_tau)
+
+
+@pytest.mark.parametrize("init_tau,match", [(math.nan, "tau must be finite"), (1.0, "tau must be > 1"),
+                                            (0.5, "tau must be > 1")])
+def test_plif_other_bad_init_tau_is_named(init_tau, match):
+    with pytest.raises(ValueError, match=match):
+        snn_fast.nn.PLIF(init_tau=init_tau)
+
+
+@pytest.mark.parametrize("name", ["straight_through", "spike_gate"])
+def test_learnable_alpha_of_a_widthless_surrogate_is_refused(name):
+    """Before: learnable_alpha=True trained α with a gradient that is always 0."""
+    with pytest.raises(ValueError, match=f"learnable_alpha=True: surrogate '{name}' has no width"):
+        snn_fast.nn.LIF(surrogate=name, learnable_alpha=True)
+    snn_fast.nn.LIF(surrogate=name)  # fixed α (unused) is fine
+    snn_fast.nn.LIF(surrogate="sigmoid", learnable_alpha=True)
+
+
+def test_gaussian_tuning_nan_input_is_named():
+    """Before: NaN features came out as NaN spike times. ±inf is a far-away value: no spike."""
+    enc = snn_fast.nn.GaussianTuning(2, 5, torch.zeros(2), torch.ones(2))
+    x = torch.rand(3, 2, 4)
+    x[1, 0, 2] = math.nan
+    with pytest.raises(ValueError, match=r"x contains NaN \(1 of 24 values\)"):
+        enc.encode(x, 10)
+    x[1, 0, 2] = math.inf
+    t = enc.encode(x, 10)
+    assert not torch.isnan(t).any() and bool((t[1, 0, 2] == -1).all())
 
 
 def test_decay_alone_and_tau_default():

@@ -59,7 +59,7 @@ def test_plif_learns_w_and_threshold():
     w = m.w.detach().clone().requires_grad_(True)
     s, _ = lif_multistep_reference(x, decay=1 - torch.sigmoid(w), tau=None, v_threshold=1.0)
     s.sum().backward()
-    torch.testing.assert_close(m.w.grad, w.grad, rtol=1e-4, atol=1e-5)
+    assert_close(m.w.grad, w.grad, name="grad_w vs reference (θ, α fixed)")
     # and all three, θ and α learnable in the reference too
     ref = plif_reference_grads(m, x)
     for name, p in (("w", m.w), ("v_threshold", m.v_threshold), ("alpha", m.alpha)):
@@ -74,6 +74,37 @@ def test_learn_tau_gradient_matches_reference():
     s, _ = lif_multistep_reference(x, tau=tau)
     s.sum().backward()
     torch.testing.assert_close(m.tau.grad, tau.grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.skipif(not snn_fast.HAS_C, reason="snn_fast._C not built")
+@pytest.mark.parametrize("hard_reset", [False, True])
+def test_cpu_gradcheck_covers_tau(hard_reset):
+    """float64 gradcheck of the fused CPU kernel with τ learnable, next to x, v0, θ and α (issue 14:
+    the CPU gradcheck fixed τ = 2, so ∂L/∂τ of the kernel was only compared in float32)."""
+    T, N = 4, 6
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(T, N, dtype=torch.float64, generator=g).requires_grad_()
+    v0 = torch.randn(N, dtype=torch.float64, generator=g).requires_grad_()
+    tau = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    th = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    al = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(T, N, dtype=torch.bool)  # analog outputs everywhere: g is smooth, gradcheck applies
+
+    def f(x, v0, tau, th, al):
+        return snn_fast.lif_multistep(x, v0, tau=tau, v_threshold=th, alpha=al, noise_mask=mask, return_v_seq=True,
+                                      v_reset=0.0 if hard_reset else None, backend="cpu")
+
+    assert torch.autograd.gradcheck(f, (x, v0, tau, th, al))
+    # and through the module: LIF(learn_tau=True) in float64 on the CPU kernel
+    m = snn.LIF(tau=2.5, learn_tau=True, backend="cpu", noise_prob=0.0).double()
+    xm = torch.randn(T, 2, N, dtype=torch.float64, generator=g)
+
+    s = m(xm)
+    (s * torch.arange(s.numel(), dtype=torch.float64).view_as(s)).sum().backward()
+    tau_ref = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    s_ref, _ = lif_multistep_reference(xm, tau=tau_ref)
+    (s_ref * torch.arange(s.numel(), dtype=torch.float64).view_as(s)).sum().backward()
+    assert_close(m.tau.grad, tau_ref.grad, name="module grad_tau")
 
 
 def test_if_node_integrates_without_leak():

@@ -9,6 +9,7 @@ interpreter is slow, so it gets the small shapes only.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -24,7 +25,7 @@ from snn_fast.nn.tempotron import GaussianTuning, Tempotron
 from snn_fast.ops.tempotron import mse_loss, tempotron, tempotron_membrane, tempotron_reference, v0_of
 from snn_fast.ops.tempotron.reference import membrane_reference
 
-from conftest import HAS_CUDA, assert_close, assert_close_lowp, nan_filled_allocations
+from conftest import HAS_CUDA, LOWP_ULP, assert_close, assert_close_lowp, nan_filled_allocations
 from test_lif import BACKENDS, cases
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,15 +129,17 @@ def test_outputs_and_grads_match_reference(be, shape, dtype, kind, ret_type):
         assert_close(grads[0][1], grads[1][1], name="grad_t")
 
 
-@pytest.mark.parametrize("be", each())
-def test_gradcheck_fp64(be):
+@pytest.mark.parametrize("be,tau_s", each("reference", *[b.id for b in FUSED],
+                                           axes=([("tau_s", TAU_S), ("equal", TAU), ("gap1e-9", TAU * (1 - 1e-9))],)))
+def test_gradcheck_fp64(be, tau_s):
+    """Also at τ_s = τ and 1e-9 from it: the stable form's backward (issue 14)."""
     # gradcheck runs two forwards per input element: the interpreter (~0.3 s each here) gets 12, not 35
     B, I, O, T = (1, 4, 2, 12) if be.interpreted else (2, 7, 3, 12)
     t = spike_times(B, I, T, "frac", device=be.device)
     t[:, 0], t[:, 1] = 0.3, T - 1.5  # away from 0, where a spike switches off (a jump, not a slope)
     t.requires_grad_()
     w = weights(O, I, device=be.device).requires_grad_()
-    fn = lambda t_, w_: tempotron_membrane(t_, w_, T, TAU, TAU_S, backend=be.name)  # noqa: E731
+    fn = lambda t_, w_: tempotron_membrane(t_, w_, T, TAU, tau_s, backend=be.name)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (t, w))
 
 
@@ -257,6 +260,108 @@ def test_input_whose_fast_exponential_underflows_still_counts(be):
     assert_close(got, ref, name="v")
 
 
+# --- near τ = τ_s (issue 14 item 3) -----------------------------------------------------------------
+# Before: τ_s within ~1e-9 (fp32) or ~1e-15 (fp64) of τ gave V ≡ 0 or up to 14 % off (the difference of
+# two nearly equal exponentials over their difference), and τ_s = τ was refused. Now every backend
+# evaluates the normalised PSP K̃ (config / tempotron.h) and τ = τ_s is the alpha kernel.
+GAPS = [0.0, 1e-15, 1e-12, 1e-9, 1e-6, 1e-3, 1e-1]
+NEAR = dict(B=2, I=6, O=3, T=14)
+
+
+def _near_inputs(dtype, device):
+    g = torch.Generator().manual_seed(14)
+    t = torch.rand(NEAR["B"], NEAR["I"], generator=g, dtype=torch.float64) * 11
+    t[0, 1], t[1, 2], t[1, 3] = -1.0, 3.0, 0.0  # silent, integer, at 0
+    w = torch.rand(NEAR["O"], NEAR["I"], generator=g, dtype=torch.float64) - 0.3  # mixed signs
+    return t.to(dtype).to(device), w.to(dtype).to(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _high_precision_v(gap: float, sign: int):
+    """V in 50-digit arithmetic (mpmath) from the seed's own formulas: v0·(e^{−u/τ} − e^{−u/τ_s}) with
+    t_max = τ·τ_s·ln(τ/τ_s)/(τ − τ_s); at τ = τ_s their limit, the alpha kernel normalised to peak at θ.
+    The inputs are the float64 values the backends get (float32 inputs are exact in float64)."""
+    mpmath = pytest.importorskip("mpmath")
+    mp = mpmath.mp.clone() if hasattr(mpmath.mp, "clone") else mpmath.mp
+    mp.dps = 50
+    tau = mp.mpf(TAU)
+    tau_s = mp.mpf(TAU * (1 - sign * gap))  # the float64 the backends are given, exactly
+    if tau == tau_s:
+        k = lambda u: u * mp.exp(-u / tau)  # noqa: E731
+        v0 = 1 / k(tau)
+    else:
+        k = lambda u: mp.exp(-u / tau) - mp.exp(-u / tau_s)  # noqa: E731
+        v0 = 1 / k(tau * tau_s * mp.log(tau / tau_s) / (tau - tau_s))
+    out = {}
+    for dtype in (torch.float64, torch.float32):
+        t, w = _near_inputs(dtype, "cpu")
+        v = torch.zeros(NEAR["B"], NEAR["O"], NEAR["T"], dtype=torch.float64)
+        for b in range(NEAR["B"]):
+            for o in range(NEAR["O"]):
+                for step in range(NEAR["T"]):
+                    acc = mp.mpf(0)
+                    for i in range(NEAR["I"]):
+                        ti = mp.mpf(float(t[b, i]))
+                        if ti >= 0 and step >= ti:
+                            acc += mp.mpf(float(w[o, i])) * k(step - ti)
+                    v[b, o, step] = float(v0 * acc)
+        out[dtype] = v
+    return out
+
+
+@pytest.mark.parametrize("be,dtype,gap,sign", each("reference", *[b.id for b in FUSED], axes=(
+    [torch.float64, torch.float32], GAPS, [("below", 1), ("above", -1)])))
+def test_near_equal_time_constants_match_high_precision(be, dtype, gap, sign):
+    """τ_s = τ·(1 ∓ gap), gap 0 … 1e-1, both sides: V equals the 50-digit value within the dtype's
+    tolerance (fp32 too: the kernels get τ and τ_s as float64, and K̃ has no cancellation)."""
+    if gap == 0 and sign == -1:
+        pytest.skip("the same case as 'below'")
+    t, w = _near_inputs(dtype, be.device)
+    v = tempotron_membrane(t, w, NEAR["T"], TAU, TAU * (1 - sign * gap), backend=be.name)
+    want = _high_precision_v(gap, sign)[dtype].to(be.device)
+    assert want.abs().max() > 0.3
+    assert_close(v, want.to(dtype), name=f"V at gap {gap:g}")
+
+
+@pytest.mark.parametrize("be", each("reference", *[b.id for b in FUSED]))
+def test_equal_time_constants_give_the_alpha_kernel(be):
+    """τ = τ_s: one input of weight 1 at time 0.5 gives θ·(u/τ)·e^{1 − u/τ} (peak θ at u = τ), and
+    'v_max' of an input at 0 is θ exactly where the peak falls on the grid (τ = 4)."""
+    T, tau = 12, 4.0
+    t = torch.tensor([[0.5], [0.0]], dtype=torch.float64, device=be.device)
+    w = torch.ones(1, 1, dtype=torch.float64, device=be.device)
+    v = tempotron_membrane(t, w, T, tau, tau, v_threshold=2.0, backend=be.name)
+    u = torch.arange(T, dtype=torch.float64, device=be.device) - 0.5
+    want = 2.0 * (u / tau) * torch.exp(1 - u / tau) * (u >= 0)
+    assert_close(v[0, 0], want, name="alpha kernel")
+    vmax = tempotron(t, w, T, tau, tau, v_threshold=2.0, backend=be.name)
+    assert_close(vmax[1], torch.tensor([2.0], dtype=torch.float64, device=be.device), name="peak")
+
+
+@pytest.mark.parametrize("be,case", each("reference", *[b.id for b in FUSED], axes=(
+    [("bf16-257", (torch.bfloat16, 257.0)), ("fp16-2049", (torch.float16, 2049.0))],)))
+def test_spike_times_keep_their_precision_with_half_weights(be, case):
+    """Spike times stay float32 whatever the weight dtype: before, bf16 weights rounded time 257 to
+    256 (8 significant bits; fp16: 2049 → 2048), so the PSP started one step early."""
+    dtype, when = case
+    T = int(when) + 3
+    t = torch.tensor([[when, -1.0]], device=be.device)
+    w = torch.ones(2, 2, dtype=dtype, device=be.device)
+    v = tempotron_membrane(t, w, T, backend=be.name)
+    assert v.dtype == dtype
+    k = int(when)
+    assert v[0, 0, k].item() == 0.0, "the PSP must start at the spike (step %d), not a step early" % k
+    # the whole trace is the exact one rounded once to the storage dtype (before: the times and the
+    # grid itself rounded in bf16, so the trace was shifted: 0.61 at step 258 instead of 0.36)
+    want = tempotron_membrane(t.double(), w.double(), T, backend="reference")
+    assert want[0, 0, k + 1].item() > 0.1
+    err = (v.double() - want).abs().max().item()
+    assert err <= LOWP_ULP[dtype] * want.abs().max().item(), f"{err:.3e}"
+    t.requires_grad_(True)
+    tempotron_membrane(t, w, T, backend=be.name).sum().backward()
+    assert t.grad.dtype == torch.float32 and t.grad[0, 0].item() != 0.0
+
+
 # --- backend-specific: the C++ op (CPU and CUDA) ----------------------------------------------------
 @pytest.mark.parametrize("be", each("cpu", "cuda"))
 def test_opcheck(be):
@@ -340,12 +445,17 @@ def test_errors():
     t, w = torch.zeros(2, 5), torch.zeros(3, 5)
     with pytest.raises(ValueError, match="ret_type"):
         tempotron(t, w, 10, ret_type="volts")
-    with pytest.raises(ValueError, match="differ"):
-        tempotron(t, w, 10, tau=4.0, tau_s=4.0)
-    with pytest.raises(ValueError, match="tau_s"):
+    # τ = τ_s was refused ("must differ") before issue 14; it is now the alpha kernel (see
+    # test_equal_time_constants_give_the_alpha_kernel): the call runs and peaks at θ
+    assert tempotron(t, w, 10, tau=4.0, tau_s=4.0).shape == (2, 3)
+    with pytest.raises(ValueError, match="tau_s must be a positive finite number, got -1.0"):
         tempotron(t, w, 10, tau_s=-1.0)
-    with pytest.raises(ValueError, match="v_threshold"):
+    with pytest.raises(ValueError, match="v_threshold must be a positive finite number, got 0.0"):
         tempotron(t, w, 10, v_threshold=0.0)
+    with pytest.raises(ValueError, match="tau must be a positive finite number, got inf"):
+        tempotron(t, w, 10, tau=math.inf)
+    with pytest.raises(ValueError, match="v0 must be a finite number or None, got inf"):
+        tempotron_membrane(t, w, 10, v0=math.inf)
     with pytest.raises(ValueError, match=r"T \(number of time steps\) must be a positive int"):
         tempotron(t, w, 0)
     with pytest.raises(ValueError, match="in_features"):
@@ -362,9 +472,8 @@ def test_errors():
         GaussianTuning(1, 5, torch.ones(1), torch.ones(1))
     with pytest.raises(ValueError, match=r"\[batch, n"):
         GaussianTuning(2, 5, torch.zeros(2), torch.ones(2)).encode(torch.zeros(3, 1, 4), 10)
-    with pytest.raises(ValueError, match="differ"):
-        Tempotron(5, 3, 10, tau=2.0, tau_s=2.0)
-    with pytest.raises(ValueError, match="tau"):
+    assert Tempotron(5, 3, 10, tau=2.0, tau_s=2.0)(t).shape == (2, 3)  # the alpha kernel (issue 14)
+    with pytest.raises(ValueError, match="tau must be a positive finite number, got 0.0"):
         Tempotron(5, 3, 10, tau=0.0)
     with pytest.raises(ValueError, match="ret_type"):
         Tempotron(5, 3, 10)(t, "spike")
@@ -432,18 +541,18 @@ _AOT = textwrap.dedent(r"""
     store, acc = sys.argv[1], getattr(tl, sys.argv[2])
     a = "fp64" if sys.argv[2] == "float64" else "fp32"
     p = lambda d: "*" + d
-    kernels = [
-        (tt._tempotron_entry_kernel, dict(t_ptr=p(store), k_ptr="*i32", ea_ptr=p(a), es_ptr=p(a), c_ptr=p(a),
-                                          n="i64", T="i32"), dict(BLOCK=256)),
-        (tt._tempotron_scatter_kernel, dict(w_ptr=p(store), k_ptr="*i32", ea_ptr=p(a), es_ptr=p(a), ha_ptr=p(a),
-                                            hs_ptr=p(a), I="i32", O="i32", T="i32"), dict(BLOCK_I=64, BLOCK_O=16)),
-        (tt._tempotron_filter_kernel, dict(ha_ptr=p(a), hs_ptr=p(a), v_ptr=p(store), c_ptr=p(a), R="i32", T="i32"),
+    kernels = [  # spike times (t_ptr) are fp32 (fp64 with an fp64 weight) whatever the weight dtype
+        (tt._tempotron_entry_kernel, dict(t_ptr=p(a), k_ptr="*i32", ea_ptr=p(a), es_ptr=p(a), kt_ptr=p(a),
+                                          c_ptr=p(a), n="i64", T="i32"), dict(BLOCK=256)),
+        (tt._tempotron_scatter_kernel, dict(w_ptr=p(store), k_ptr="*i32", ea_ptr=p(a), kt_ptr=p(a), ha_ptr=p(a),
+                                            hd_ptr=p(a), I="i32", O="i32", T="i32"), dict(BLOCK_I=64, BLOCK_O=16)),
+        (tt._tempotron_filter_kernel, dict(ha_ptr=p(a), hd_ptr=p(a), v_ptr=p(store), c_ptr=p(a), R="i32", T="i32"),
          dict(BLOCK_R=64)),
-        (tt._tempotron_reverse_kernel, dict(gv_ptr=p(store), ga_ptr=p(a), gs_ptr=p(a), c_ptr=p(a), R="i32",
+        (tt._tempotron_reverse_kernel, dict(gv_ptr=p(store), gs_ptr=p(a), gl_ptr=p(a), c_ptr=p(a), R="i32",
                                             T="i32"), dict(BLOCK_R=64)),
-        (tt._tempotron_gather_kernel, dict(w_ptr=p(store), k_ptr="*i32", ea_ptr=p(a), es_ptr=p(a), ga_ptr=p(a),
-                                           gs_ptr=p(a), gw_ptr=p(store), gtp_ptr=p(a), c_ptr=p(a), B="i32",
-                                           I="i32", O="i32", T="i32"),
+        (tt._tempotron_gather_kernel, dict(w_ptr=p(store), k_ptr="*i32", ea_ptr=p(a), es_ptr=p(a), kt_ptr=p(a),
+                                           gs_ptr=p(a), gl_ptr=p(a), gw_ptr=p(store), gtp_ptr=p(a), c_ptr=p(a),
+                                           B="i32", I="i32", O="i32", T="i32"),
          dict(NEED_T=True, NEED_W=True, BLOCK_I=64, BLOCK_O=16)),
     ]
     for cc in (80, 90):

@@ -38,16 +38,33 @@ inline int64_t bwd_block_for(int64_t T, int64_t N, bool need_param_grad) {
 }
 inline int64_t fwd_block_for(int64_t N) { return balanced_block(N, 16384); }
 
+// Below these many element-steps (T·N) a call runs on the calling thread, without a parallel
+// region: waking the pool costs ~10-30 µs when a core is free, and on an oversubscribed CPU a
+// scheduler time slice (issue 14: [4, 2, 64] went from 0.44 ms to 1-16 ms with another process busy
+// on one of 2 cores; at [4, 32, 1024] medians of 35-87 ms were measured on the loaded dev VM,
+// benchmarks/test_bench_latency.py). Measured 1 vs 2 threads with both cores free (best of 20-400
+// calls): forward 27.3 vs 26.3 µs at T·N = 2^16, 39.9 vs 34.9 at 2^17, 65.1 vs 49.9 at 2^18;
+// forward+backward 120 vs 145 µs at 2^16, 181 vs 180 at 2^17, 283 vs 306 at 2^18, 579 vs 490 at 2^19.
+// Threads go on only where they saved at least 15 µs, a fraction of one wake-up under load: the
+// forward from 2^18, the backward from 2^19.
+constexpr int64_t kFwdParallelMinWork = int64_t(1) << 18;
+constexpr int64_t kBwdParallelMinWork = int64_t(1) << 19;
+
 // Blocks are handed out one at a time from a shared counter instead of one fixed range per thread:
 // on a shared machine one core is often slower for a while, and with a static split the other then
 // waits at the barrier (~7 % of a W4 step was spent there). Which thread runs a block never changes
 // what the block computes, so results stay independent of the scheduling.
 class BlockQueue {
  public:
-  explicit BlockQueue(int64_t nblocks) : n_(nblocks) {}
+  // serial: the calling thread drains the queue (work below the size where threads pay off).
+  BlockQueue(int64_t nblocks, bool serial) : n_(nblocks), serial_(serial) {}
   // Calls per_thread(queue) on each of min(threads, blocks) threads; per_thread loops on next().
   template <typename F>
   void run(F&& per_thread) {
+    if (serial_) {
+      per_thread();
+      return;
+    }
     const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_));
     at::parallel_for(0, nt, 1, [&](int64_t, int64_t) { per_thread(); });
   }
@@ -59,6 +76,7 @@ class BlockQueue {
 
  private:
   const int64_t n_;
+  const bool serial_;
   std::atomic<int64_t> next_{0};
 };
 
@@ -130,7 +148,7 @@ void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t*
   const int64_t nblocks = (N + B - 1) / B;
   with_flags(
       [&](auto hard, auto di, auto masked) {
-        BlockQueue queue(nblocks);
+        BlockQueue queue(nblocks, T * N < kFwdParallelMinWork);
         queue.run([&] {
           std::vector<acc_t> v(B);
           for (int64_t blk; (blk = queue.next()) >= 0;) {
@@ -325,7 +343,7 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
   // One partial sum per block, added in block order afterwards: the result does not depend on the
   // number of threads.
   std::vector<double> partial(nblocks * 3, 0.0);
-  BlockQueue queue(nblocks);
+  BlockQueue queue(nblocks, T * N < kBwdParallelMinWork);
   queue.run([&] {
     std::vector<acc_t> vprev(T * B), dv(B), lane_sums(3 * B);
     for (int64_t blk; (blk = queue.next()) >= 0;) {

@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "tempotron_launch.h"
 
 namespace snn_fast {
@@ -27,17 +29,18 @@ int dtype_code(const Tensor& x) {
 void check(const Tensor& t_in, const Tensor& w, int64_t T, double tau, double tau_s) {
   TORCH_CHECK(t_in.dim() == 2 && w.dim() == 2, "tempotron: t_in must be [B, I] and weight [O, I]");
   TORCH_CHECK(t_in.size(1) == w.size(1), "tempotron: t_in has ", t_in.size(1), " inputs, weight expects ", w.size(1));
-  TORCH_CHECK(t_in.scalar_type() == w.scalar_type(), "tempotron: t_in dtype ", t_in.scalar_type(),
-              " != weight dtype ", w.scalar_type());
+  TORCH_CHECK(t_in.scalar_type() == at::kFloat, "tempotron (CUDA): t_in (spike times) must be float32, got ",
+              t_in.scalar_type());
   TORCH_CHECK(t_in.is_cuda() && w.is_cuda() && t_in.device() == w.device(),
               "tempotron (CUDA kernel): t_in and weight must be on the same CUDA device");
   TORCH_CHECK(T >= 1 && T < (int64_t(1) << 31), "tempotron: T must be in [1, 2^31), got ", T);
-  TORCH_CHECK(tau > 0 && tau_s > 0 && tau != tau_s, "tempotron: need tau > 0, tau_s > 0, tau != tau_s");
+  TORCH_CHECK(tau > 0 && tau_s > 0 && std::isfinite(tau) && std::isfinite(tau_s),
+              "tempotron: need finite tau > 0, tau_s > 0");
 }
 
-Tensor tempotron_fwd_cuda(const Tensor& t_in_, const Tensor& w_, int64_t T, double tau, double tau_s, double v0) {
+Tensor tempotron_fwd_cuda(const Tensor& t_in_, const Tensor& w_, int64_t T, double tau, double tau_s, double scale) {
+  const int code = dtype_code(w_);  // first: a float64 weight is refused by name, not via t_in's dtype
   check(t_in_, w_, T, tau, tau_s);
-  const int code = dtype_code(t_in_);
   c10::cuda::CUDAGuard guard(t_in_.device());
   Tensor t_in = t_in_.contiguous(), w = w_.contiguous();
   const int64_t B = t_in.size(0), I = t_in.size(1), O = w.size(0);
@@ -50,23 +53,23 @@ Tensor tempotron_fwd_cuda(const Tensor& t_in_, const Tensor& w_, int64_t T, doub
   TORCH_CHECK(tile >= 1, "tempotron (CUDA): T = ", T, " needs ", 8 * T,
               " bytes of shared memory per output, more than this GPU has; use backend='triton'");
   C10_CUDA_CHECK(tempotron_cuda::launch_fwd(code, t_in.const_data_ptr(), w.const_data_ptr(), v.mutable_data_ptr(),
-                                            B, I, O, T, tile, tau, tau_s, v0,
+                                            B, I, O, T, tile, tau, tau_s, scale,
                                             c10::cuda::getCurrentCUDAStream().stream()));
   return v;
 }
 
 std::tuple<Tensor, Tensor> tempotron_bwd_cuda(const Tensor& grad_v_, const Tensor& t_in_, const Tensor& w_,
-                                              double tau, double tau_s, double v0, bool need_t_grad,
+                                              double tau, double tau_s, double scale, bool need_t_grad,
                                               bool need_w_grad) {
   TORCH_CHECK(grad_v_.dim() == 3, "tempotron_bwd: grad_v must be [B, O, T]");
   const int64_t T = grad_v_.size(2);
+  const int code = dtype_code(w_);  // first: a float64 weight is refused by name, not via t_in's dtype
   check(t_in_, w_, T, tau, tau_s);
-  const int code = dtype_code(t_in_);
   c10::cuda::CUDAGuard guard(t_in_.device());
   Tensor t_in = t_in_.contiguous(), w = w_.contiguous();
   const int64_t B = t_in.size(0), I = t_in.size(1), O = w.size(0);
   TORCH_CHECK(grad_v_.size(0) == B && grad_v_.size(1) == O, "tempotron_bwd: grad_v must be [", B, ", ", O, ", T]");
-  Tensor gv = grad_v_.to(t_in.scalar_type()).contiguous();
+  Tensor gv = grad_v_.to(w.scalar_type()).contiguous();
   Tensor gt = need_t_grad ? at::empty_like(t_in) : at::empty({0}, t_in.options());
   Tensor gw = need_w_grad ? at::empty_like(w) : at::empty({0}, w.options());
   if (B * I == 0 || O == 0 || !(need_t_grad || need_w_grad)) {
@@ -76,13 +79,14 @@ std::tuple<Tensor, Tensor> tempotron_bwd_cuda(const Tensor& grad_v_, const Tenso
   }
   auto f32 = t_in.options().dtype(at::kFloat);
   Tensor k = at::empty({B * I}, t_in.options().dtype(at::kInt));
-  Tensor e = at::empty({2, B * I}, f32);
+  Tensor e = at::empty({3, B * I}, f32);
   Tensor g = at::empty({2, B * O * T}, f32);
   C10_CUDA_CHECK(tempotron_cuda::launch_bwd(
       code, gv.const_data_ptr(), t_in.const_data_ptr(), w.const_data_ptr(),
       need_t_grad ? gt.mutable_data_ptr() : nullptr, need_w_grad ? gw.mutable_data_ptr() : nullptr,
       k.mutable_data_ptr<int32_t>(), e[0].mutable_data_ptr<float>(), e[1].mutable_data_ptr<float>(),
-      g[0].mutable_data_ptr<float>(), g[1].mutable_data_ptr<float>(), B, I, O, T, tau, tau_s, v0,
+      e[2].mutable_data_ptr<float>(), g[0].mutable_data_ptr<float>(), g[1].mutable_data_ptr<float>(), B, I, O, T,
+      tau, tau_s, scale,
       c10::cuda::getCurrentCUDAStream().stream()));
   return {gt, gw};
 }

@@ -1,14 +1,14 @@
 // Tempotron CUDA kernels (SPEC §5; the math is shared with the CPU kernel in snn_fast/tempotron.h).
 //
 // Forward, one kernel: block (b, tile of ≤ 8 outputs); its threads stride over the I inputs,
-// compute each input's grid step and exponentials once (not per output) and shared-memory
-// atomic-add W[o,i]·ea (·es) into two [tile, T] fp32 histograms; then one thread per output row
-// runs the two filters along t and writes V. Global traffic: t_in and W read once per block,
+// compute each input's grid step and entry weights once (not per output) and shared-memory
+// atomic-add W[o,i]·ea (·kt) into two [tile, T] fp32 histograms; then one thread per output row
+// runs the two filters along t and writes V. Spike times are float32 whatever the weight dtype. Global traffic: t_in and W read once per block,
 // V written once; no [B, I, T] tensor and no global atomics.
-// Backward: (1) per (b, i) the entries k, ea, es into scratch (the only exps); (2) per (b, o) the
-// reverse filters of grad_V into Ga, Gs; (3) per (o, i) ∂W summed over b in order (deterministic);
-// (4) per (b, i) ∂t as a sum over o. The gathers of Ga/Gs hit a B·O·T·8-byte table (512 KB for
-// W3) that stays in L2.
+// Backward: (1) per (b, i) the entries k, ea, es, kt into scratch (the only exps); (2) per (b, o)
+// the reverse filters of grad_V into Gs, Gl; (3) per (o, i) ∂W summed over b in order
+// (deterministic); (4) per (b, i) ∂t as a sum over o. The gathers of Gs/Gl hit a B·O·T·8-byte
+// table (512 KB for W3) that stays in L2.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -39,63 +39,61 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 template <typename scalar_t>
-__global__ void tempotron_fwd_kernel(const scalar_t* __restrict__ t_in,
-                                                                 const scalar_t* __restrict__ w,
+__global__ void tempotron_fwd_kernel(const float* __restrict__ t_in, const scalar_t* __restrict__ w,
                                                                  scalar_t* __restrict__ v, int64_t I, int64_t O,
                                                                  int64_t T, int out_tile, TempotronConsts<float> c) {
   extern __shared__ float smem[];
   float* ha = smem;
-  float* hs = smem + int64_t(out_tile) * T;
+  float* hd = smem + int64_t(out_tile) * T;
   const int64_t b = blockIdx.x;
   const int64_t o0 = int64_t(blockIdx.y) * out_tile;
   const int no = int(O - o0 < int64_t(out_tile) ? O - o0 : int64_t(out_tile));
   for (int64_t j = threadIdx.x; j < 2 * int64_t(out_tile) * T; j += blockDim.x) smem[j] = 0.f;
   __syncthreads();
-  const scalar_t* tb = t_in + b * I;  // int64 offsets: B·I, O·I may exceed 2^31
+  const float* tb = t_in + b * I;  // int64 offsets: B·I, O·I may exceed 2^31
   for (int64_t i = threadIdx.x; i < I; i += blockDim.x) {
-    float ea, es;
-    const int64_t k = tempotron_entry<float>(to_f(tb[i]), T, c, &ea, &es);
-    if (ea == 0.f && es == 0.f) continue;  // silent input (one exp alone may underflow)
+    float ea, es, kt;
+    const int64_t k = tempotron_entry<float>(tb[i], T, c, &ea, &es, &kt);
+    if (ea == 0.f) continue;  // silent input (or e^{−u/τ_slow} underflowed: contributes nothing)
     for (int j = 0; j < no; ++j) {
       const float wv = to_f(w[(o0 + j) * I + i]);
       atomicAdd(ha + j * T + k, wv * ea);
-      atomicAdd(hs + j * T + k, wv * es);
+      atomicAdd(hd + j * T + k, wv * kt);
     }
   }
   __syncthreads();
   if (threadIdx.x < no) {
     const int j = threadIdx.x;
-    float a = 0.f, s = 0.f;
+    float a = 0.f, d = 0.f;
     scalar_t* vr = v + (b * O + o0 + j) * T;
-    for (int64_t t = 0; t < T; ++t) vr[t] = from_f<scalar_t>(tempotron_filter_step<float>(a, s, ha[j * T + t], hs[j * T + t], c));
+    for (int64_t t = 0; t < T; ++t) vr[t] = from_f<scalar_t>(tempotron_filter_step<float>(a, d, ha[j * T + t], hd[j * T + t], c));
   }
 }
 
-template <typename scalar_t>
-__global__ void tempotron_entry_kernel(const scalar_t* __restrict__ t_in, int32_t* __restrict__ k,
-                                       float* __restrict__ ea, float* __restrict__ es, int64_t n, int64_t T,
-                                       TempotronConsts<float> c) {
+__global__ void tempotron_entry_kernel(const float* __restrict__ t_in, int32_t* __restrict__ k,
+                                       float* __restrict__ ea, float* __restrict__ es, float* __restrict__ kt,
+                                       int64_t n, int64_t T, TempotronConsts<float> c) {
   for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x)
-    k[j] = int32_t(tempotron_entry<float>(to_f(t_in[j]), T, c, ea + j, es + j));
+    k[j] = int32_t(tempotron_entry<float>(t_in[j], T, c, ea + j, es + j, kt + j));
 }
 
 template <typename scalar_t>
-__global__ void tempotron_reverse_kernel(const scalar_t* __restrict__ gv, float* __restrict__ ga,
-                                         float* __restrict__ gs, int64_t R, int64_t T, TempotronConsts<float> c) {
+__global__ void tempotron_reverse_kernel(const scalar_t* __restrict__ gv, float* __restrict__ gs_out,
+                                         float* __restrict__ gl_out, int64_t R, int64_t T, TempotronConsts<float> c) {
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= R) return;
-  float a = 0.f, s = 0.f;
+  float a = 0.f, s = 0.f, l = 0.f;
   for (int64_t t = T - 1; t >= 0; --t) {
-    tempotron_reverse_step<float>(a, s, to_f(gv[r * T + t]), c);
-    ga[r * T + t] = a;
-    gs[r * T + t] = s;
+    tempotron_reverse_step<float>(a, s, l, to_f(gv[r * T + t]), c);
+    gs_out[r * T + t] = s;
+    gl_out[r * T + t] = l;
   }
 }
 
 template <typename scalar_t>
 __global__ void tempotron_grad_w_kernel(const int32_t* __restrict__ k, const float* __restrict__ ea,
-                                        const float* __restrict__ es, const float* __restrict__ ga,
-                                        const float* __restrict__ gs, scalar_t* __restrict__ gw, int64_t B,
+                                        const float* __restrict__ kt, const float* __restrict__ gs,
+                                        const float* __restrict__ gl, scalar_t* __restrict__ gw, int64_t B,
                                         int64_t I, int64_t O, int64_t T, TempotronConsts<float> c) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t o = blockIdx.y;
@@ -104,32 +102,32 @@ __global__ void tempotron_grad_w_kernel(const int32_t* __restrict__ k, const flo
   for (int64_t b = 0; b < B; ++b) {
     const int64_t bi = b * I + i;
     const float e_a = ea[bi];
-    if (e_a == 0.f && es[bi] == 0.f) continue;  // silent input
+    if (e_a == 0.f) continue;  // silent input
     const int64_t g = (b * O + o) * T + k[bi];
-    acc += tempotron_dw_term<float>(ga[g], gs[g], e_a, es[bi]);
+    acc += tempotron_dw_term<float>(gs[g], gl[g], e_a, kt[bi]);
   }
-  gw[o * I + i] = from_f<scalar_t>(c.v0 * acc);
+  gw[o * I + i] = from_f<scalar_t>(c.scale * acc);
 }
 
 template <typename scalar_t>
 __global__ void tempotron_grad_t_kernel(const scalar_t* __restrict__ w, const int32_t* __restrict__ k,
                                         const float* __restrict__ ea, const float* __restrict__ es,
-                                        const float* __restrict__ ga, const float* __restrict__ gs,
-                                        scalar_t* __restrict__ gt, int64_t I, int64_t O, int64_t T,
-                                        TempotronConsts<float> c) {
+                                        const float* __restrict__ kt, const float* __restrict__ gs,
+                                        const float* __restrict__ gl, float* __restrict__ gt, int64_t I, int64_t O,
+                                        int64_t T, TempotronConsts<float> c) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t b = blockIdx.y;
   if (i >= I) return;
   const int64_t bi = b * I + i;
-  const float e_a = ea[bi], e_s = es[bi];
+  const float e_a = ea[bi], e_s = es[bi], k_t = kt[bi];
   float acc = 0.f;
-  if (e_a != 0.f || e_s != 0.f) {
+  if (e_a != 0.f) {
     for (int64_t o = 0; o < O; ++o) {
       const int64_t g = (b * O + o) * T + k[bi];
-      acc += tempotron_dt_term<float>(to_f(w[o * I + i]), ga[g], gs[g], e_a, e_s, c);
+      acc += tempotron_dt_term<float>(to_f(w[o * I + i]), gs[g], gl[g], e_a, e_s, k_t, c);
     }
   }
-  gt[bi] = from_f<scalar_t>(c.v0 * acc);
+  gt[bi] = c.scale * acc;
 }
 
 template <typename scalar_t>
@@ -142,28 +140,27 @@ cudaError_t fwd_typed(const void* t_in, const void* w, void* v, int64_t B, int64
     if (e != cudaSuccess) return e;
   }
   dim3 grid(unsigned(B), unsigned((O + out_tile - 1) / out_tile));
-  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const scalar_t*>(t_in), static_cast<const scalar_t*>(w),
+  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const float*>(t_in), static_cast<const scalar_t*>(w),
                                            static_cast<scalar_t*>(v), I, O, T, out_tile, c);
   return cudaGetLastError();
 }
 
 template <typename scalar_t>
 cudaError_t bwd_typed(const void* gv, const void* t_in, const void* w, void* gt, void* gw, int32_t* k, float* ea,
-                      float* es, float* ga, float* gs, int64_t B, int64_t I, int64_t O, int64_t T,
+                      float* es, float* kt, float* gs, float* gl, int64_t B, int64_t I, int64_t O, int64_t T,
                       const TempotronConsts<float>& c, cudaStream_t stream) {
   const int64_t n = B * I, R = B * O;
   const unsigned eblocks = unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8));
-  tempotron_entry_kernel<scalar_t><<<eblocks, kThreads, 0, stream>>>(static_cast<const scalar_t*>(t_in), k, ea, es,
-                                                                     n, T, c);
+  tempotron_entry_kernel<<<eblocks, kThreads, 0, stream>>>(static_cast<const float*>(t_in), k, ea, es, kt, n, T, c);
   tempotron_reverse_kernel<scalar_t><<<unsigned((R + 127) / 128), 128, 0, stream>>>(
-      static_cast<const scalar_t*>(gv), ga, gs, R, T, c);
+      static_cast<const scalar_t*>(gv), gs, gl, R, T, c);
   const unsigned iblocks = unsigned((I + kThreads - 1) / kThreads);
   if (gw != nullptr)
     tempotron_grad_w_kernel<scalar_t><<<dim3(iblocks, unsigned(O)), kThreads, 0, stream>>>(
-        k, ea, es, ga, gs, static_cast<scalar_t*>(gw), B, I, O, T, c);
+        k, ea, kt, gs, gl, static_cast<scalar_t*>(gw), B, I, O, T, c);
   if (gt != nullptr)
     tempotron_grad_t_kernel<scalar_t><<<dim3(iblocks, unsigned(B)), kThreads, 0, stream>>>(
-        static_cast<const scalar_t*>(w), k, ea, es, ga, gs, static_cast<scalar_t*>(gt), I, O, T, c);
+        static_cast<const scalar_t*>(w), k, ea, es, kt, gs, gl, static_cast<float*>(gt), I, O, T, c);
   return cudaGetLastError();
 }
 
@@ -175,8 +172,8 @@ int fwd_out_tile(int64_t O, int64_t T, int64_t max_smem_bytes) {
 }
 
 cudaError_t launch_fwd(int dtype, const void* t_in, const void* w, void* v, int64_t B, int64_t I, int64_t O,
-                       int64_t T, int out_tile, double tau, double tau_s, double v0, cudaStream_t stream) {
-  const auto c = tempotron_consts<float>(tau, tau_s, v0);
+                       int64_t T, int out_tile, double tau, double tau_s, double scale, cudaStream_t stream) {
+  const auto c = tempotron_consts<float>(tau, tau_s, scale);
   switch (dtype) {
     case kFloat32: return fwd_typed<float>(t_in, w, v, B, I, O, T, out_tile, c, stream);
     case kFloat16: return fwd_typed<__half>(t_in, w, v, B, I, O, T, out_tile, c, stream);
@@ -186,13 +183,13 @@ cudaError_t launch_fwd(int dtype, const void* t_in, const void* w, void* v, int6
 }
 
 cudaError_t launch_bwd(int dtype, const void* gv, const void* t_in, const void* w, void* gt, void* gw, int32_t* k,
-                       float* ea, float* es, float* ga, float* gs, int64_t B, int64_t I, int64_t O, int64_t T,
-                       double tau, double tau_s, double v0, cudaStream_t stream) {
-  const auto c = tempotron_consts<float>(tau, tau_s, v0);
+                       float* ea, float* es, float* kt, float* gs, float* gl, int64_t B, int64_t I, int64_t O,
+                       int64_t T, double tau, double tau_s, double scale, cudaStream_t stream) {
+  const auto c = tempotron_consts<float>(tau, tau_s, scale);
   switch (dtype) {
-    case kFloat32: return bwd_typed<float>(gv, t_in, w, gt, gw, k, ea, es, ga, gs, B, I, O, T, c, stream);
-    case kFloat16: return bwd_typed<__half>(gv, t_in, w, gt, gw, k, ea, es, ga, gs, B, I, O, T, c, stream);
-    case kBFloat16: return bwd_typed<__nv_bfloat16>(gv, t_in, w, gt, gw, k, ea, es, ga, gs, B, I, O, T, c, stream);
+    case kFloat32: return bwd_typed<float>(gv, t_in, w, gt, gw, k, ea, es, kt, gs, gl, B, I, O, T, c, stream);
+    case kFloat16: return bwd_typed<__half>(gv, t_in, w, gt, gw, k, ea, es, kt, gs, gl, B, I, O, T, c, stream);
+    case kBFloat16: return bwd_typed<__nv_bfloat16>(gv, t_in, w, gt, gw, k, ea, es, kt, gs, gl, B, I, O, T, c, stream);
   }
   return cudaErrorInvalidValue;
 }

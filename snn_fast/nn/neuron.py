@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import backends
+from .. import surrogate as _sg
 from ..ops.lif import config
 from ..ops.lif.function import lif_apply
 
@@ -55,6 +57,11 @@ class BaseLIF(nn.Module):
         self.v_threshold = nn.Parameter(torch.tensor(float(theta))) if learnable_threshold else float(theta)
         if learnable_alpha and sg.dg_dalpha is None:
             raise ValueError(f"surrogate {sg.name!r} has no dg_dalpha, so alpha cannot be learned")
+        if learnable_alpha and sg.dg_dalpha is _sg._zero_dalpha:
+            # straight_through, spike_gate: g does not depend on α, so ∂L/∂α ≡ 0 and α would never move.
+            raise ValueError(f"learnable_alpha=True: surrogate {sg.name!r} has no width α (∂g/∂α = 0), "
+                             "so alpha would never be trained; use a surrogate with a width (e.g. 'sigmoid')")
+        backends.check_name(backend)
         self.alpha = nn.Parameter(torch.tensor(float(alpha))) if learnable_alpha else float(alpha)
         self.noise_prob = float(noise_prob)
         self.store_v_seq = store_v_seq
@@ -194,6 +201,15 @@ class PLIF(BaseLIF):
     """Parametric LIF: 1/τ = sigmoid(w) with w learnable, initialised so that τ = ``init_tau``."""
 
     def __init__(self, init_tau: float = 2.0, *args, **kw):
+        try:
+            it = float(init_tau)
+        except (TypeError, ValueError):
+            it = None  # not a number: the tau check below names it
+        if it is not None and math.isinf(it):
+            # τ = inf is the IF neuron for LIF, but PLIF learns w with 1/τ = sigmoid(w): w = −inf
+            # would be stuck (sigmoid′(−inf) = 0) and the forward would compute with an infinite w.
+            raise ValueError(f"init_tau must be a finite number > 1, got {init_tau!r} "
+                             "(1/τ = sigmoid(w) needs a finite w; use IF for no leak)")
         super().__init__(init_tau, *args, **kw)
         self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
 
@@ -212,6 +228,9 @@ class MultiStep(nn.Module):
         self.module = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"MultiStep: x must be [T, B, ...] (at least 2 dims), got {shape}")
         T, B = x.shape[:2]
         y = self.module(x.flatten(0, 1))
         return y.reshape(T, B, *y.shape[1:])

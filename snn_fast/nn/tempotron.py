@@ -2,11 +2,11 @@
 ``neuron.Tempotron`` and ``encoding.GaussianTuning``), on the fused Tempotron op."""
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
 
+from .. import backends
 from ..ops.tempotron import config
 from ..ops.tempotron.function import tempotron_membrane
 from ..ops.tempotron.reference import mse_loss as _mse_loss
@@ -18,7 +18,9 @@ class Tempotron(nn.Module):
 
     V(t) = v0·Σ_i w_i·K(t − t_i), K(u) = (e^{−u/τ} − e^{−u/τ_s})·1[u ≥ 0], v0 chosen so that the
     PSP of a unit weight peaks at ``v_threshold``. The weight is ``fc.weight`` ``[out, in]`` and is
-    initialised like the seed's ``nn.Linear(in_features, out_features, bias=False)``.
+    initialised like the seed's ``nn.Linear(in_features, out_features, bias=False)``. τ = τ_s is
+    allowed (the normalised PSP is then the alpha kernel; ``v0`` is ``inf`` there, and the op
+    evaluates v0·K in its stable form, ``config.scale_of``).
     """
 
     def __init__(self, in_features: int, out_features: int, T: int, tau: float = 15.0, tau_s: float = 15.0 / 4,
@@ -28,12 +30,12 @@ class Tempotron(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         config.check_constants(T, tau, tau_s, v_threshold)
+        backends.check_name(backend)
         self.in_features, self.out_features = in_features, out_features
         self.T, self.tau, self.tau_s, self.v_threshold = T, float(tau), float(tau_s), float(v_threshold)
         self.backend = backend
         self.fc = nn.Linear(in_features, out_features, bias=False)
-        t_max = (tau * tau_s * math.log(tau / tau_s)) / (tau - tau_s)
-        self.v0 = self.v_threshold / (math.exp(-t_max / tau) - math.exp(-t_max / tau_s))
+        self.v0 = config.v0_of(self.tau, self.tau_s, self.v_threshold)  # the seed's, for reference
 
     @property
     def weight(self) -> torch.Tensor:
@@ -45,7 +47,8 @@ class Tempotron(nn.Module):
         config.check_ret_type(ret_type)
         if t_in.dim() != 2 or t_in.shape[1] != self.in_features:
             raise ValueError(f"t_in must be [batch, in_features = {self.in_features}], got {tuple(t_in.shape)}")
-        v = tempotron_membrane(t_in, self.fc.weight, self.T, self.tau, self.tau_s, self.v0, self.v_threshold,
+        # v0=None: the op's own normalisation for (τ, τ_s, θ) — self.v0's value, without its cancellation
+        v = tempotron_membrane(t_in, self.fc.weight, self.T, self.tau, self.tau_s, None, self.v_threshold,
                                self.backend)
         return outputs_from_v(v, self.T, self.v_threshold, ret_type)
 
@@ -90,6 +93,11 @@ class GaussianTuning:
             raise ValueError(f"x must be [batch, n = {self.n}, k], got {tuple(x.shape)}")
         if isinstance(max_spike_time, bool) or not isinstance(max_spike_time, int) or max_spike_time < 1:
             raise ValueError(f"max_spike_time must be a positive int, got {max_spike_time!r}")
+        if bool(torch.isnan(x).any()):
+            # A NaN feature would come out as NaN spike times, which the Tempotron reads as "no
+            # spike" only by accident (NaN >= 0 is False); say where instead.
+            raise ValueError(f"x contains NaN ({int(torch.isnan(x).sum())} of {x.numel()} values): "
+                             "GaussianTuning.encode needs finite or infinite features (±inf → no spike)")
         B, n, k = x.shape
         mu, sigma2 = self.mu.to(x), self.sigma2.to(x)
         x = x.permute(0, 2, 1).reshape(-1, n).unsqueeze(-1).repeat(1, 1, self.m)  # [B·k, n, m]

@@ -21,6 +21,7 @@ through ``params``.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Callable, Dict, Optional
 
 import torch
@@ -195,8 +196,12 @@ def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v
 # of float (k, θ, α) and the [N] initial state of v0=None or a float (a fill of N elements, ~0.1 ms
 # at W4's N = 262144). The ops never write their inputs, so sharing one tensor is safe. Keyed on
 # inference mode too: an inference tensor cannot be saved for a later backward.
+# Thread-safe (tests/test_threads.py): a hit is one dict lookup, atomic without a lock; a miss
+# makes the tensor, then inserts and evicts under _CONST_LOCK (two threads evicting the same oldest
+# key raced: KeyError, issue 14).
 _CONST_CACHE: Dict[tuple, torch.Tensor] = {}
 _CONST_CACHE_SIZE = 32
+_CONST_LOCK = threading.Lock()
 
 
 def _cached_const(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -205,10 +210,15 @@ def _cached_const(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
     key = key + (torch.is_inference_mode_enabled(),)
     t = _CONST_CACHE.get(key)
     if t is None:
-        if len(_CONST_CACHE) >= _CONST_CACHE_SIZE:
-            _CONST_CACHE.pop(next(iter(_CONST_CACHE)))  # oldest first
         with torch.no_grad():
-            t = _CONST_CACHE[key] = make()
+            t = make()
+        with _CONST_LOCK:
+            hit = _CONST_CACHE.get(key)
+            if hit is not None:  # another thread made it meanwhile: share one tensor
+                return hit
+            while len(_CONST_CACHE) >= _CONST_CACHE_SIZE:
+                del _CONST_CACHE[next(iter(_CONST_CACHE))]  # oldest first
+            _CONST_CACHE[key] = t
     return t
 
 

@@ -11,20 +11,78 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_constants(T, tau, tau_s, v_threshold) -> None:
+    """τ = τ_s is allowed: the normalised PSP is then the alpha kernel (see ``scale_of``)."""
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T (number of time steps) must be a positive int, got {T!r}")
     for name, v in (("tau", tau), ("tau_s", tau_s), ("v_threshold", v_threshold)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-    if tau == tau_s:
-        # K = e^{-u/τ} − e^{-u/τ_s} vanishes identically and t_max = τ·τ_s·ln(τ/τ_s)/(τ − τ_s) is 0/0.
-        raise ValueError(f"tau and tau_s must differ (both are {tau}): the PSP kernel would be identically 0")
+
+
+# --- the PSP kernel in a form that stays accurate as τ_s → τ (csrc/include/snn_fast/tempotron.h) ---
+#
+# K(u) = e^{−u/τ} − e^{−u/τ_s} = δ_signed·K̃(u),  δ_signed = 1/τ_s − 1/τ,
+# K̃(u) = e^{−u/τ_slow}·u·φ(u·δ),  δ = |δ_signed| = 1/τ_fast − 1/τ_slow,  φ(z) = −expm1(−z)/z, φ(0) = 1.
+# K̃ > 0 for u > 0 whatever the order of τ and τ_s, and at τ = τ_s it is the alpha kernel u·e^{−u/τ}.
+# The seed's v0·K(u) is scale·K̃(u) with scale = v0·δ_signed = θ / K̃(t_max).
+
+
+def slow_fast(tau: float, tau_s: float) -> Tuple[float, float]:
+    """(τ_slow, τ_fast) = (max, min) of the two time constants."""
+    return (tau, tau_s) if tau >= tau_s else (tau_s, tau)
+
+
+def rate_gap(tau: float, tau_s: float) -> float:
+    """δ_signed = 1/τ_s − 1/τ, as (τ − τ_s)/τ/τ_s: τ − τ_s is exact when the two are within a factor 2
+    (Sterbenz), so δ keeps full relative precision as τ_s → τ (1/τ_s − 1/τ would not)."""
+    return (tau - tau_s) / tau / tau_s
+
+
+def phi(z: float) -> float:
+    """φ(z) = (1 − e^{−z})/z, 1 at z = 0."""
+    return 1.0 if z == 0 else -math.expm1(-z) / z
+
+
+def t_peak(tau: float, tau_s: float) -> float:
+    """Time of the PSP's peak, t_max = τ·τ_s·ln(τ/τ_s)/(τ − τ_s) = τ_slow·log1p(z)/z with
+    z = (τ_slow − τ_fast)/τ_fast; τ_slow at τ = τ_s."""
+    slow, fast = slow_fast(tau, tau_s)
+    z = (slow - fast) / fast
+    return slow if z == 0 else slow * (math.log1p(z) / z)
+
+
+def kernel_shape(u: float, tau: float, tau_s: float) -> float:
+    """K̃(u) for u ≥ 0 (a Python float)."""
+    slow, fast = slow_fast(tau, tau_s)
+    return math.exp(-u / slow) * u * phi(u * abs(rate_gap(tau, tau_s)))
+
+
+def scale_of(tau: float, tau_s: float, v_threshold: float) -> float:
+    """The factor of K̃ that makes a unit weight's PSP peak at v_threshold: θ / K̃(t_max). Finite and
+    accurate for every τ, τ_s > 0, including τ = τ_s."""
+    return v_threshold / kernel_shape(t_peak(tau, tau_s), tau, tau_s)
+
+
+def scale_from_v0(v0: float, tau: float, tau_s: float) -> float:
+    """The kernels' scale for a given seed-style v0 (V = v0·Σ W·K): v0·δ_signed (0 at τ = τ_s, where K ≡ 0)."""
+    return v0 * rate_gap(tau, tau_s)
 
 
 def v0_of(tau: float, tau_s: float, v_threshold: float) -> float:
-    """Normalisation so that the PSP peak v0·K(t_max) equals v_threshold (the seed's formula)."""
-    t_max = (tau * tau_s * math.log(tau / tau_s)) / (tau - tau_s)
-    return v_threshold / (math.exp(-t_max / tau) - math.exp(-t_max / tau_s))
+    """Normalisation so that the PSP peak v0·K(t_max) equals v_threshold (the seed's v0), computed as
+    scale / δ_signed (accurate as τ_s → τ). At τ = τ_s, K ≡ 0 and v0 is infinite: ``math.inf``
+    (the functional and the module then use ``scale_of``, which stays finite)."""
+    gap = rate_gap(tau, tau_s)
+    return math.inf if gap == 0 else scale_of(tau, tau_s, v_threshold) / gap
+
+
+def kernel_consts(tau: float, tau_s: float):
+    """(1/τ_slow, 1/τ_fast, δ, da, ds, c1) of the filter recurrences, as tempotron_consts in
+    csrc/include/snn_fast/tempotron.h computes them (in float64)."""
+    slow, fast = slow_fast(tau, tau_s)
+    delta = (slow - fast) / slow / fast
+    da = math.exp(-1.0 / slow)
+    return 1.0 / slow, 1.0 / fast, delta, da, math.exp(-1.0 / fast), da * phi(delta)
 
 
 def check_ret_type(ret_type) -> None:
@@ -52,9 +110,16 @@ def check_inputs(t_in: torch.Tensor, weight: torch.Tensor) -> Tuple[int, int, in
     return t_in.shape[0], I, O
 
 
+def times_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """Spike times are float32 (float64 with a float64 weight) whatever the weight dtype: in bfloat16
+    a time of 257 would round to 256 (8 significant bits), in float16 2049 to 2048."""
+    return torch.float64 if weight_dtype == torch.float64 else torch.float32
+
+
 def as_times(t_in: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Spike times in the weight's dtype (integer times become floats; negative = no spike)."""
-    return t_in if t_in.dtype == weight.dtype else t_in.to(weight.dtype)
+    """Spike times in ``times_dtype(weight.dtype)`` (integer times become floats; negative = no spike)."""
+    dt = times_dtype(weight.dtype)
+    return t_in if t_in.dtype == dt else t_in.to(dt)
 
 
 # --- the fused ops' contract (function.py), checked and shaped for Python-defined ops -------------
@@ -65,18 +130,20 @@ def check_op_args(who: str, t_in: torch.Tensor, weight: torch.Tensor, T: int, ta
     torch._check(t_in.dim() == 2 and weight.dim() == 2 and t_in.shape[1] == weight.shape[1],
                  lambda: f"{who}: t_in [B, I] and weight [O, I] expected, got {tuple(t_in.shape)}, "
                          f"{tuple(weight.shape)}")
-    torch._check(t_in.dtype == weight.dtype, lambda: f"{who}: t_in dtype {t_in.dtype} != weight dtype {weight.dtype}")
+    torch._check(t_in.dtype == times_dtype(weight.dtype),
+                 lambda: f"{who}: t_in dtype {t_in.dtype} must be {times_dtype(weight.dtype)} for weight dtype "
+                         f"{weight.dtype}")
     torch._check(t_in.device == weight.device, lambda: f"{who}: t_in and weight on different devices")
-    torch._check(T >= 1 and tau > 0 and tau_s > 0 and tau != tau_s, lambda: f"{who}: bad constants")
+    torch._check(T >= 1 and 0 < tau < math.inf and 0 < tau_s < math.inf, lambda: f"{who}: bad constants")
 
 
-def fake_fwd(t_in, weight, T, tau, tau_s, v0):
+def fake_fwd(t_in, weight, T, tau, tau_s, scale):
     """V [B, O, T] of any backend's fwd op, for fake (shape) functions."""
     torch._check(t_in.shape[1] == weight.shape[1])
     return weight.new_empty(t_in.shape[0], weight.shape[0], T)
 
 
-def fake_bwd(grad_v, t_in, weight, tau, tau_s, v0, need_t_grad, need_w_grad):
+def fake_bwd(grad_v, t_in, weight, tau, tau_s, scale, need_t_grad, need_w_grad):
     """(grad_t_in, grad_weight) of any backend's bwd op; an empty tensor for the one not asked for."""
     gt = torch.empty_like(t_in) if need_t_grad else t_in.new_empty(0)
     gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w_grad else weight.new_empty(0)

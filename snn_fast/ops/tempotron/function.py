@@ -3,8 +3,12 @@
 Design: every fused backend implements one op pair (schemas in ``csrc/ops.cpp``; Triton defines its
 own pair with the same signature in ``triton.py``)
 
-    fwd(t_in [B,I], weight [O,I], T, tau, tau_s, v0) -> V [B, O, T]
-    bwd(grad_V, t_in, weight, tau, tau_s, v0, need_t_grad, need_w_grad) -> (grad_t_in, grad_weight)
+    fwd(t_in [B,I], weight [O,I], T, tau, tau_s, scale) -> V [B, O, T]
+    bwd(grad_V, t_in, weight, tau, tau_s, scale, need_t_grad, need_w_grad) -> (grad_t_in, grad_weight)
+
+with V = scale·Σ_i W[o,i]·K̃(t − t_i), K̃ = K/(1/τ_s − 1/τ) the PSP shape that stays accurate as
+τ_s → τ (``config``; csrc/include/snn_fast/tempotron.h), t_in in ``config.times_dtype(weight.dtype)``
+(float32, or float64 with a float64 weight: half precision would round spike times).
 
 and ``'v_max'`` / ``'spikes'`` are computed from V with the reference's own torch formulas
 (``reference.outputs_from_v``). Why V and not a kernel returning only (v_max, argmax): V costs
@@ -22,6 +26,7 @@ same code registered on each fwd op. The forward saves only its inputs.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -34,7 +39,7 @@ from .reference import membrane_reference, outputs_from_v
 def _save(ctx, bwd, need_t, need_w, t_in, weight, consts) -> None:
     ctx.bwd = bwd
     ctx.need = (bool(need_t), bool(need_w))
-    ctx.consts = consts  # (tau, tau_s, v0)
+    ctx.consts = consts  # (tau, tau_s, scale)
     ctx.save_for_backward(t_in, weight)
 
 
@@ -109,29 +114,35 @@ def select_backend(backend: Optional[str], x: torch.Tensor) -> str:
     return BACKENDS.select(backend, x)
 
 
-def _membrane(name: str, t_in, weight, T, tau, tau_s, v0):
+def _membrane(name: str, t_in, weight, T, tau, tau_s, scale):
     if torch.compiler.is_compiling():  # the dispatcher, traced with the registered fake and autograd
-        return BACKENDS.compiled_fwd(name, True)(t_in, weight, T, tau, tau_s, v0)
+        return BACKENDS.compiled_fwd(name, True)(t_in, weight, T, tau, tau_s, scale)
     b = BACKENDS.load(name)
     if backends.needs_grad(t_in, weight):
-        return _TempotronFunction.apply(b.fwd, b.bwd, t_in, weight, T, tau, tau_s, v0)
+        return _TempotronFunction.apply(b.fwd, b.bwd, t_in, weight, T, tau, tau_s, scale)
     with torch._C._AutoDispatchBelowAutograd():
-        return b.fwd(t_in, weight, T, tau, tau_s, v0)
+        return b.fwd(t_in, weight, T, tau, tau_s, scale)
 
 
 def tempotron_membrane(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float = 15.0,
                        tau_s: float = 15.0 / 4, v0: Optional[float] = None, v_threshold: float = 1.0,
                        backend: str = "auto") -> torch.Tensor:
-    """V [B, O, T] (SPEC §5); ``v0`` defaults to the seed's normalisation for (τ, τ_s, θ)."""
+    """V [B, O, T] (SPEC §5); ``v0`` defaults to the seed's normalisation for (τ, τ_s, θ), evaluated
+    in the stable form ``config.scale_of`` (defined at τ = τ_s too, where v0 itself is infinite).
+    A given ``v0`` means V = v0·Σ W·K (so 0 at τ = τ_s, where K ≡ 0)."""
     config.check_constants(T, tau, tau_s, v_threshold)
     config.check_inputs(t_in, weight)
+    if v0 is not None and (isinstance(v0, bool) or not isinstance(v0, (int, float)) or not math.isfinite(v0)):
+        raise ValueError(f"v0 must be a finite number or None, got {v0!r}")
     t_in = config.as_times(t_in, weight)
     if v0 is None:
-        v0 = config.v0_of(tau, tau_s, v_threshold)
+        scale = config.scale_of(tau, tau_s, v_threshold)
+    else:
+        scale = config.scale_from_v0(float(v0), tau, tau_s)
     name = select_backend(backend, t_in)
     if name == "reference":
-        return membrane_reference(t_in, weight, T, tau, tau_s, v0)
-    return _membrane(name, t_in, weight, int(T), float(tau), float(tau_s), float(v0))
+        return membrane_reference(t_in, weight, T, tau, tau_s, scale=scale)
+    return _membrane(name, t_in, weight, int(T), float(tau), float(tau_s), float(scale))
 
 
 def tempotron(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float = 15.0, tau_s: float = 15.0 / 4,
@@ -140,9 +151,11 @@ def tempotron(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float = 15.
 
     Args:
         t_in: ``[B, I]`` input spike times, real or integer valued (any real/integer dtype; cast to
-            ``weight.dtype``); negative = no spike. Gradients flow to it when it requires grad.
+            float32, float64 with a float64 weight); negative = no spike. Gradients flow to it when
+            it requires grad.
         weight: ``[O, I]`` float16/bfloat16/float32 (float64 on CPU and the reference).
-        T: number of time steps t = 0 … T − 1. tau, tau_s: PSP time constants (> 0, different).
+        T: number of time steps t = 0 … T − 1. tau, tau_s: PSP time constants (> 0; equal ones give
+            the alpha kernel u·e^{−u/τ}, the limit of the normalised PSP).
         v_threshold: θ; the PSP is normalised so that a single input of weight 1 peaks at θ.
         ret_type: ``'v'`` → V ``[B, O, T]``; ``'v_max'`` → ``[B, O]``; ``'spikes'`` → ``[B, O]``
             straight-through spike times (negated where the peak stays below θ). The batch

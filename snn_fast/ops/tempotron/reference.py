@@ -1,11 +1,16 @@
-"""Pure-PyTorch Tempotron: exactly the seed's computation (SpikingJelly ``neuron.Tempotron``).
+"""Pure-PyTorch Tempotron: the seed's computation (SpikingJelly ``neuron.Tempotron``).
 
 It materialises the dense PSP tensor ``[B, I, T]`` and multiplies it by the weight: O(B·I·T) memory,
 O(B·I·O·T) work. This is the definition the fused kernels are checked against; it never calls them.
-The one deliberate difference from the seed: ``'v_max'``/``'spikes'`` keep the batch dimension for
-B = 1 (the seed's ``squeeze()`` drops it, and drops O too when O = 1).
+Deliberate differences from the seed: ``'v_max'``/``'spikes'`` keep the batch dimension for B = 1
+(the seed's ``squeeze()`` drops it, and drops O too when O = 1); the PSP v0·K(u) is evaluated as
+scale·K̃(u) (``config``: the same function, without the cancellation of two nearly equal
+exponentials as τ_s → τ, and defined at τ = τ_s); spike times stay float32 (float64 with a float64
+weight) and the PSP is rounded to the weight dtype only before the product with the weight.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -13,28 +18,49 @@ import torch.nn.functional as F
 from . import config
 
 
-def psp_kernel(t: torch.Tensor, tau: float, tau_s: float) -> torch.Tensor:
-    """K(u) = (e^{−u/τ} − e^{−u/τ_s})·1[u ≥ 0]  (without v0).
+def psp_shape(t: torch.Tensor, tau: float, tau_s: float) -> torch.Tensor:
+    """K̃(u) = e^{−u/τ_slow}·u·φ(u·δ)·1[u ≥ 0] = K(u)/(1/τ_s − 1/τ) (``config``), the alpha kernel
+    u·e^{−u/τ} at τ = τ_s.
 
     The seed evaluates the exponentials at u < 0 too and multiplies by the mask; in float16
     e^{−u/τ_s} overflows for u < −τ_s·ln 65504 ≈ −42 and inf − inf = NaN survives the mask. Here
-    u < 0 is replaced by 0 before the exponentials: identical values and gradients (0) wherever the
-    seed's are finite, and no NaN in half precision.
+    u < 0 is replaced by 0 first: identical values and gradients (0) wherever the seed's are finite.
+    φ(z) = −expm1(−z)/z is evaluated at z = 1 where z = 0 (u = 0) and replaced by its limit 1, so its
+    gradient there is finite too.
     """
     causal = t >= 0
     u = torch.where(causal, t, torch.zeros_like(t))
-    return (torch.exp(-u / tau) - torch.exp(-u / tau_s)) * causal.to(t.dtype)
+    slow, _ = config.slow_fast(tau, tau_s)
+    delta = abs(config.rate_gap(tau, tau_s))
+    shape = torch.exp(-u / slow) * u
+    if delta != 0:
+        z = u * delta
+        zero = z == 0
+        z1 = torch.where(zero, torch.ones_like(z), z)
+        shape = shape * torch.where(zero, torch.ones_like(z), -torch.expm1(-z1) / z1)
+    return shape * causal.to(t.dtype)
+
+
+def psp_kernel(t: torch.Tensor, tau: float, tau_s: float) -> torch.Tensor:
+    """K(u) = (e^{−u/τ} − e^{−u/τ_s})·1[u ≥ 0] (without v0), as δ_signed·K̃(u) (no cancellation)."""
+    return config.rate_gap(tau, tau_s) * psp_shape(t, tau, tau_s)
 
 
 def membrane_reference(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float, tau_s: float,
-                       v0: float) -> torch.Tensor:
-    """V [B, O, T] = v0·Σ_i W[o,i]·K(t − t_i)·1[t_i ≥ 0], via the dense [B, I, T] PSP tensor."""
+                       v0: Optional[float] = None, *, scale: Optional[float] = None) -> torch.Tensor:
+    """V [B, O, T] = v0·Σ_i W[o,i]·K(t − t_i)·1[t_i ≥ 0] = scale·Σ_i W[o,i]·K̃(t − t_i)·1[t_i ≥ 0],
+    via the dense [B, I, T] PSP tensor. Give ``v0`` (the seed's) or ``scale`` (``config.scale_of``).
+    The PSP is computed in t_in's dtype and rounded to the weight's before the product."""
+    if (v0 is None) == (scale is None):
+        raise TypeError("membrane_reference: give exactly one of v0 and scale")
+    if scale is None:
+        scale = config.scale_from_v0(v0, tau, tau_s)
     B, I = t_in.shape
     t = torch.arange(0, T, device=t_in.device)
     t = t.view(1, 1, T).repeat(B, I, 1)
     in_spikes = t_in.unsqueeze(-1).repeat(1, 1, T)
-    v_in = v0 * psp_kernel(t - in_spikes, tau, tau_s) * (in_spikes >= 0).to(in_spikes.dtype)
-    return F.linear(v_in.permute(0, 2, 1), weight).permute(0, 2, 1)
+    v_in = scale * psp_shape(t - in_spikes, tau, tau_s) * (in_spikes >= 0).to(in_spikes.dtype)
+    return F.linear(v_in.permute(0, 2, 1).to(weight.dtype), weight).permute(0, 2, 1)
 
 
 def outputs_from_v(v_out: torch.Tensor, T: int, v_threshold: float, ret_type: str) -> torch.Tensor:
@@ -69,8 +95,8 @@ def tempotron_reference(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: f
     config.check_ret_type(ret_type)
     config.check_inputs(t_in, weight)
     t_in = config.as_times(t_in, weight)
-    v0 = config.v0_of(tau, tau_s, v_threshold)
-    return outputs_from_v(membrane_reference(t_in, weight, T, tau, tau_s, v0), T, v_threshold, ret_type)
+    scale = config.scale_of(tau, tau_s, v_threshold)
+    return outputs_from_v(membrane_reference(t_in, weight, T, tau, tau_s, scale=scale), T, v_threshold, ret_type)
 
 
 def mse_loss(v_max: torch.Tensor, v_threshold, label: torch.Tensor, num_classes: int) -> torch.Tensor:
