@@ -144,6 +144,14 @@ def test_backend_first_load_registers_once(fast_switching):
     assert all(b is loaded[0] for b in loaded)
 
 
+def _sig(x, a):
+    return torch.sigmoid(x)
+
+
+def _dsig(x, a):  # its derivative: registration checks g′ against central differences of g
+    return torch.sigmoid(x) * (1 - torch.sigmoid(x))
+
+
 def test_surrogate_registry_concurrent_register_and_read(fast_switching):
     """Threads registering and unregistering their own surrogates while others list and look up:
     no 'dictionary changed size during iteration', and each thread finds its own surrogate."""
@@ -151,7 +159,7 @@ def test_surrogate_registry_concurrent_register_and_read(fast_switching):
         for r in range(60):
             name = f"thread_sg_{i}_{r}"
             if i % 2:
-                sg.register_surrogate(name, lambda x, a: torch.sigmoid(x), lambda x, a: x * 0 + 1)
+                sg.register_surrogate(name, _sig, _dsig)
                 assert sg.get(name).name == name
                 assert name in sg.names()
                 sg.unregister_surrogate(name)
@@ -171,7 +179,7 @@ def test_surrogate_same_name_registered_once(fast_switching):
 
         def work(i):
             try:
-                sg.register_surrogate(name, lambda x, a: torch.sigmoid(x), lambda x, a: x * 0 + 1)
+                sg.register_surrogate(name, _sig, _dsig)
                 return 1
             except ValueError:
                 return 0

@@ -59,7 +59,11 @@ def membrane_reference(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: fl
     t = torch.arange(0, T, device=t_in.device)
     t = t.view(1, 1, T).repeat(B, I, 1)
     in_spikes = t_in.unsqueeze(-1).repeat(1, 1, T)
-    v_in = scale * psp_shape(t - in_spikes, tau, tau_s) * (in_spikes >= 0).to(in_spikes.dtype)
+    # A silent input (t_i < 0, NaN) contributes 0 with gradient 0: its time difference is made acausal
+    # before the kernel, since t − (−inf) = inf would give e^{−inf}·inf = NaN, which a mask after it keeps.
+    fires = in_spikes >= 0
+    diff = torch.where(fires, t - in_spikes, torch.full_like(in_spikes, -1.0))
+    v_in = scale * psp_shape(diff, tau, tau_s) * fires.to(in_spikes.dtype)
     return F.linear(v_in.permute(0, 2, 1).to(weight.dtype), weight).permute(0, 2, 1)
 
 
