@@ -285,6 +285,30 @@ def _examples(be, compiled, interpreted):
     return interpreted if be.interpreted else compiled
 
 
+def _learnable_decay_with_large_input(case):
+    return case["tau_kind"] == "decay" and case["learn_k"] and any(abs(v) > 1e8 for *_, v in case["specials"])
+
+
+# Open (found by CI's first run of this file, 2026-11-30): a learnable ``decay`` (k = 1 − decay) with one
+# large input, here x[0, 0] = float64 max, soft reset, decay_input: the CPU kernel's grad_decay is
+# −0.0358, the reference's −0.0; at x[0, 0] = 1e10 they are −0.19333411 and −0.19333398 (7e-7 apart in
+# float64). The large element's own terms are 0 in exact arithmetic (g′ = 0 at H − θ ≈ 1e10), so one
+# side mishandles them; which one is not settled. Excluded from the random cases above until it is.
+LEARNABLE_DECAY_LARGE = dict(
+    dtype=torch.float64, T=2, N=3, surrogate="sigmoid", v_reset=None, decay_input=True, detach_reset=False,
+    reset_residual=0.0, tau_kind="decay", tau=math.inf, decay=0.5, theta=1.0, alpha=None, learn_k=True,
+    learn_theta=False, learn_alpha=False, mask="none", v0="none", return_v_seq=False, layout="contiguous",
+    grad_layout="contiguous", nd=False, seed=0, scale=0.5, specials=[(0, 0, 1e10)])
+
+
+@pytest.mark.xfail(strict=True, reason="open: grad_decay with a large input differs from the reference (see above)")
+@pytest.mark.parametrize("be", _backend_params(["cpu"]))
+def test_learnable_decay_with_large_input(be):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_case(be, LEARNABLE_DECAY_LARGE)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("be", _backend_params(["cpu", "triton-interp", "cuda", "triton-cuda"]))
 def test_lif_matches_reference_fp64_fp32(be):
@@ -297,6 +321,7 @@ def test_lif_matches_reference_fp64_fp32(be):
     @example(case=LIF_EXAMPLES[2])
     def prop(case):
         note(f"case: {case}")
+        assume(not _learnable_decay_with_large_input(case))  # open: test_learnable_decay_with_large_input
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             check_case(be, case)
@@ -313,6 +338,7 @@ def test_lif_low_precision_matches_reference(be):
     @given(case=lif_cases(be, list(LOWP)))
     def prop(case):
         note(f"case: {case}")
+        assume(not _learnable_decay_with_large_input(case))  # open: test_learnable_decay_with_large_input
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             check_case(be, case)
