@@ -285,15 +285,17 @@ def _examples(be, compiled, interpreted):
     return interpreted if be.interpreted else compiled
 
 
-def _learnable_decay_with_large_input(case):
-    return case["tau_kind"] == "decay" and case["learn_k"] and any(abs(v) > 1e8 for *_, v in case["specials"])
+def _learnable_k_with_large_input(case):
+    return case["learn_k"] and any(math.isfinite(v) and abs(v) > 1e8 for *_, v in case["specials"])
 
 
-# Open (found by CI's first run of this file, 2026-11-30): a learnable ``decay`` (k = 1 − decay) with one
-# large input, here x[0, 0] = float64 max, soft reset, decay_input: the CPU kernel's grad_decay is
-# −0.0358, the reference's −0.0; at x[0, 0] = 1e10 they are −0.19333411 and −0.19333398 (7e-7 apart in
-# float64). The large element's own terms are 0 in exact arithmetic (g′ = 0 at H − θ ≈ 1e10), so one
-# side mishandles them; which one is not settled. Excluded from the random cases above until it is.
+# A learnable τ or decay with a large finite input (found by CI's first run of this file, 2026-11-30):
+# grad_k sums terms ε·(X − V) whose size follows the input, and the v_T / v_seq gradients carry them
+# even where g′ = 0. Their sum rounds to within eps·|largest term| in any order, and the reference and
+# the kernels sum in different orders: at x = 1e10, grad_decay −0.19333411 vs −0.19333398 (1.3e-7, within the
+# bound 8.9e-4 below); at x = 1e300 or the float64 max the terms cancel to rounding noise (−0.0358 vs −0.0),
+# which no tolerance relative to the result can compare. The random cases leave these out; this test
+# keeps the case, with the bound its rounding allows.
 LEARNABLE_DECAY_LARGE = dict(
     dtype=torch.float64, T=2, N=3, surrogate="sigmoid", v_reset=None, decay_input=True, detach_reset=False,
     reset_residual=0.0, tau_kind="decay", tau=math.inf, decay=0.5, theta=1.0, alpha=None, learn_k=True,
@@ -301,12 +303,18 @@ LEARNABLE_DECAY_LARGE = dict(
     grad_layout="contiguous", nd=False, seed=0, scale=0.5, specials=[(0, 0, 1e10)])
 
 
-@pytest.mark.xfail(strict=True, reason="open: grad_decay with a large input differs from the reference (see above)")
-@pytest.mark.parametrize("be", _backend_params(["cpu"]))
-def test_learnable_decay_with_large_input(be):
+@pytest.mark.parametrize("be", _backend_params(["cpu", "triton-interp"]))
+def test_learnable_decay_with_large_input_within_summation_rounding(be):
+    case = LEARNABLE_DECAY_LARGE
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        check_case(be, LEARNABLE_DECAY_LARGE)
+        got = run_lif(be.name, be.device, case)
+        ref = run_lif("reference", be.device, case)
+    # |terms| ≤ |X − V| · |output gradients| ≲ 1e10 · (2·T·N = 12 gradients of |g| ≤ ~3): 10 ulps of 4e11
+    bound = 10 * 2.0 ** -52 * 4e11
+    assert abs(got["grad_decay"].item() - ref["grad_decay"].item()) <= bound, (got["grad_decay"], ref["grad_decay"])
+    for k in ("s", "grad_x"):
+        assert_close(got[k], ref[k], name=k)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -321,7 +329,7 @@ def test_lif_matches_reference_fp64_fp32(be):
     @example(case=LIF_EXAMPLES[2])
     def prop(case):
         note(f"case: {case}")
-        assume(not _learnable_decay_with_large_input(case))  # open: test_learnable_decay_with_large_input
+        assume(not _learnable_k_with_large_input(case))  # rounding: test_learnable_decay_with_large_input_…
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             check_case(be, case)
@@ -338,7 +346,7 @@ def test_lif_low_precision_matches_reference(be):
     @given(case=lif_cases(be, list(LOWP)))
     def prop(case):
         note(f"case: {case}")
-        assume(not _learnable_decay_with_large_input(case))  # open: test_learnable_decay_with_large_input
+        assume(not _learnable_k_with_large_input(case))  # rounding: test_learnable_decay_with_large_input_…
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             check_case(be, case)
