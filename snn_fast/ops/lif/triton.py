@@ -390,21 +390,11 @@ def _lif_fwd_kernel(
     tl.store(vlast_ptr + start + lane, v.to(vlast_ptr.dtype.element_ty), mask=m)
 
 
-@triton.jit(do_not_specialize=["T", "N_BUCKET"])
-def _lif_bwd_kernel(
-    gs_ptr, gvlast_ptr, gvseq_ptr, x_ptr, v0_ptr, params_ptr, mask_ptr, h_ptr,
-    gx_ptr, gv0_ptr, pgrad_ptr,
-    T, N, v_reset, kappa, N_BUCKET,
-    SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, DETACH_RESET: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
-    NEED_PARAM_GRAD: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
-):
-    # Per element and step: read grad_s (b), read H (b), write grad_x (b)
-    # [+ grad_v_seq b, + mask 1 B, + x b when NEED_PARAM_GRAD and DECAY_INPUT].
-    pid = tl.program_id(0).to(tl.int64)
-    start = pid * BLOCK  # addressing as in the forward: int64 scalar row offset + int32 lanes
-    lane = tl.arange(0, BLOCK)
-    m = lane < N - start
+@triton.jit
+def _bwd_prologue(params_ptr, gvlast_p, m, v_reset, kappa, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
+                  HAS_GVLAST: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+    """Both backward kernels' start: k, θ, α, v_r, κ (from the param buffer; v_r and κ as scalars unless
+    WIDE), cx = ∂H/∂X (k under decay_input, else 1) and the incoming ∂L/∂V_T."""
     k = tl.load(params_ptr)
     theta = tl.load(params_ptr + 1)
     alpha = tl.load(params_ptr + 2)
@@ -421,9 +411,29 @@ def _lif_bwd_kernel(
     else:
         cx = 1.0 + 0.0 * k
     if HAS_GVLAST:
-        dv = tl.load(gvlast_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+        dv = tl.load(gvlast_p, mask=m, other=0.0).to(k.dtype)
     else:
         dv = tl.zeros([BLOCK], dtype=k.dtype)
+    return k, theta, alpha, vr, kap, cx, dv
+
+
+@triton.jit(do_not_specialize=["T", "N_BUCKET"])
+def _lif_bwd_kernel(
+    gs_ptr, gvlast_ptr, gvseq_ptr, x_ptr, v0_ptr, params_ptr, mask_ptr, h_ptr,
+    gx_ptr, gv0_ptr, pgrad_ptr,
+    T, N, v_reset, kappa, N_BUCKET,
+    SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, DETACH_RESET: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
+    NEED_PARAM_GRAD: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # Per element and step: read grad_s (b), read H (b), write grad_x (b)
+    # [+ grad_v_seq b, + mask 1 B, + x b when NEED_PARAM_GRAD and DECAY_INPUT].
+    pid = tl.program_id(0).to(tl.int64)
+    start = pid * BLOCK  # addressing as in the forward: int64 scalar row offset + int32 lanes
+    lane = tl.arange(0, BLOCK)
+    m = lane < N - start
+    k, theta, alpha, vr, kap, cx, dv = _bwd_prologue(params_ptr, gvlast_ptr + start + lane, m, v_reset, kappa,
+                                                     HARD_RESET, DECAY_INPUT, HAS_GVLAST, WIDE, BLOCK)
     if NEED_PARAM_GRAD:
         v0 = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
         acc_k = tl.zeros([BLOCK], dtype=k.dtype)
@@ -504,25 +514,8 @@ def _lif_bwd_rc_kernel(
     start = pid * BLOCK
     lane = tl.arange(0, BLOCK)
     m = lane < N - start
-    k = tl.load(params_ptr)
-    theta = tl.load(params_ptr + 1)
-    alpha = tl.load(params_ptr + 2)
-    if WIDE:
-        vr = tl.load(params_ptr + 3)
-        kap = tl.load(params_ptr + 4)
-    else:
-        vr = v_reset + 0.0 * k
-        kap = kappa + 0.0 * k
-    if not HARD_RESET:
-        vr = 0.0 * k
-    if DECAY_INPUT:
-        cx = k
-    else:
-        cx = 1.0 + 0.0 * k
-    if HAS_GVLAST:
-        dv = tl.load(gvlast_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
-    else:
-        dv = tl.zeros([BLOCK], dtype=k.dtype)
+    k, theta, alpha, vr, kap, cx, dv = _bwd_prologue(params_ptr, gvlast_ptr + start + lane, m, v_reset, kappa,
+                                                     HARD_RESET, DECAY_INPUT, HAS_GVLAST, WIDE, BLOCK)
     if NEED_PARAM_GRAD:
         acc_k = tl.zeros([BLOCK], dtype=k.dtype)
         acc_th = tl.zeros([BLOCK], dtype=k.dtype)
