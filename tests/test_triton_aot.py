@@ -212,25 +212,51 @@ def test_aot_user_surrogate_is_its_own_variant_at_builtin_cost(aot_rows):
             assert abs(r["instructions"] - b["instructions"]) <= 0.1 * b["instructions"], (r, b)
 
 
+# Kernels with a stack frame and no local memory, by Triton release (its bundled ptxas), as (kernel, arch,
+# dtype, surrogate, hard_reset, mask, need_param_grad). Each is 8 bytes. With Triton 3.9, only the
+# recompute backward for (sm_80, fp32, soft reset, no mask, no parameter gradients) has one, at 40
+# registers of 255, at BLOCK 128 and 256 alike: not register pressure; ptxas's own frame, open
+# (issue 16). With Triton 3.6 (the GPU image's), ten have one: that same kernel, the recompute backward
+# with parameter gradients at 80 registers (sm_80 sigmoid fp32/fp16/bf16; sm_90 sigmoid and
+# q_pseudo_spike fp16/bf16, sigmoid fp32), and the state backward of q_pseudo_spike for sm_80 fp32 with
+# mask and parameter gradients at its 128-register cap — that one alone may be a real 8-byte spill. A
+# new frame fails, and so does a known one going away (then its entry goes).
+_RC_SOFT = ("bwd_rc", 80, "fp32", "sigmoid", False, False, False)
+STACK_KNOWN = {
+    (3, 9): {_RC_SOFT},
+    (3, 6): {_RC_SOFT, ("bwd", 80, "fp32", "q_pseudo_spike", True, True, True)} | {
+        ("bwd_rc", arch, dt, sg, True, True, True) for arch, dt, sg in (
+            (80, "fp32", "sigmoid"), (80, "fp16", "sigmoid"), (80, "bf16", "sigmoid"), (90, "fp32", "sigmoid"),
+            (90, "fp16", "sigmoid"), (90, "bf16", "sigmoid"), (90, "fp16", "q_pseudo_spike"),
+            (90, "bf16", "q_pseudo_spike"))},
+}
+
+
+def _stack_known():
+    import triton
+
+    version = tuple(int(v) for v in triton.__version__.split(".")[:2])
+    if version not in STACK_KNOWN:
+        pytest.skip(f"no stack-frame record for Triton {triton.__version__} (recorded: 3.6, 3.9)")
+    return STACK_KNOWN[version]
+
+
+def _key(r):
+    return (r["kernel"], r["arch"], r["dtype"], r["surrogate"], r["hard_reset"], r["mask"], r["need_param_grad"])
+
+
 def test_aot_no_spills(aot_rows):
-    bad = [r for r in aot_rows if r["spills"] and r["kernel"] != "bwd_rc"]
-    assert not bad, f"kernels with local memory (spills): {bad}"
+    """No local memory in any kernel; stack frames only where recorded, of 8 bytes at most."""
+    assert not [r for r in aot_rows if r["local"]], "kernels with local memory"
     assert max(r["regs"] for r in aot_rows) <= 255
+    assert all(r["stack"] <= 8 for r in aot_rows)
+    # built-in surrogates (user surrogates: their own test, instruction for instruction)
+    stack = {_key(r) for r in aot_rows if r["stack"] and not r["user"]}
+    assert stack == _stack_known(), stack ^ _stack_known()
 
 
-# The save="recompute" backward: one variant has an 8-byte stack frame at 40 registers and no local
-# memory (sm_80, fp32, soft reset, no mask, no parameter gradients; cuobjdump STACK:8 LOCAL:0), at
-# BLOCK 128 and 256 alike: not a spill (40 registers of 255); ptxas's own frame, open (issue 16).
-RC_STACK_KNOWN = {(80, "fp32", "sigmoid", False, False, False)}
-
-
-def test_aot_recompute_backward_no_spills(aot_rows):
-    rc = [r for r in aot_rows if r["kernel"] == "bwd_rc"]
-    assert rc and all(r["local"] == 0 for r in rc), [r for r in rc if r["local"]]
-    stack = {(r["arch"], r["dtype"], r["surrogate"], r["hard_reset"], r["mask"], r["need_param_grad"])
-             for r in rc if r["stack"]}
-    assert stack == RC_STACK_KNOWN, stack  # a new one fails; so does the known one going away
-    assert all(r["stack"] <= 8 for r in rc)
+def test_aot_recompute_backward_compiled(aot_rows):
+    assert [r for r in aot_rows if r["kernel"] == "bwd_rc"]
 
 
 def test_aot_forward_pins_the_charge_rounding(aot_rows):
