@@ -35,7 +35,7 @@ def _spikingjelly_node():
 
 PROVIDERS = ("snn_fast-cpu", "snn_fast-cuda", "snn_fast-triton", "spikingjelly", "reference", "reference-compiled")
 # Ours with an explicit save mode (issue 16): "snn_fast-<backend>-<save>"; plain "snn_fast-<backend>" is
-# the default (save="recompute").
+# the default (config.DEFAULT_SAVE, "state").
 SAVES = ("recompute", "state")
 
 

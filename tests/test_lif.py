@@ -93,10 +93,10 @@ SKIP = {b.id: _unavailable(b) for b in BACKENDS}
 _TRITON_BF16 = ("triton-interp: bf16 parameter gradient (grad_tau/grad_theta/grad_alpha) beyond the conftest "
                 "low-precision bound; not an item-3 case, found by the wider bf16 grid")
 KNOWN_FAILURES = {
-    # save="state" only (test_low_precision_within_torch_error_state): with save="recompute" (the
-    # default, issue 16) the backward re-runs the exact float32 H instead of reading H − θ rounded to
-    # bf16, and this case passes.
-    "triton-interp-state-bf16-atan-soft-di1-det0-k0-tau2.5-learn-noisy": _TRITON_BF16,
+    # save="state" only (the default): with save="recompute" (test_low_precision_within_torch_error_recompute)
+    # the backward re-runs the exact float32 H instead of reading H − θ rounded to bf16, and this case
+    # passes.
+    "triton-interp-bf16-atan-soft-di1-det0-k0-tau2.5-learn-noisy": _TRITON_BF16,
 }
 
 
@@ -212,7 +212,7 @@ def run(backend, device, x, v0, opts, surrogate="sigmoid", learn=False, noise_ma
         if alpha is not None:
             alpha = params["alpha"] = torch.tensor(alpha, dtype=pdt, device=device, requires_grad=True)
     o = {k: v for k, v in opts.items() if k != "tau"}
-    if save is not None:  # else the default (save="recompute")
+    if save is not None:  # else the default (save="state")
         o["save"] = save
     out = snn_fast.lif_multistep(x, v0, tau=tau, v_threshold=theta, surrogate=surrogate, alpha=alpha,
                                  noise_mask=noise_mask, return_v_seq=return_v_seq, backend=backend, **o)
@@ -349,19 +349,19 @@ def test_low_precision_within_torch_error(be, dtype, case, learn, noisy, nan_all
     compare(be, x, v0, opts, dtype, mask=mask, surrogate=surrogate, learn=learn, grads=grads)
 
 
-def lowp_state_cases():
-    """The same with save="state" on the backends that save a state (not 'cpu', which saves nothing
-    in either mode): the H − θ they store in the storage dtype."""
+def lowp_recompute_cases():
+    """The same with save="recompute" (the default is "state") on the backends that have it (not 'cpu',
+    which saves nothing in either mode): the float32 V checkpoints and the re-run H."""
     out = []
     for be in FUSED:
         if be.name != "cpu":
-            out += cases([be], [("state", "state")], LOWP, [(f"{s}-{opt_id(o)}", (s, o)) for s, o in LOWP_CASES],
+            out += cases([be], [("recompute", "recompute")], LOWP, [(f"{s}-{opt_id(o)}", (s, o)) for s, o in LOWP_CASES],
                          LEARN[:1] if be.interpreted else LEARN, [("spike", False), ("noisy", True)])
     return out
 
 
-@pytest.mark.parametrize("be,save,dtype,case,learn,noisy", lowp_state_cases())
-def test_low_precision_within_torch_error_state(be, save, dtype, case, learn, noisy, nan_alloc):
+@pytest.mark.parametrize("be,save,dtype,case,learn,noisy", lowp_recompute_cases())
+def test_low_precision_within_torch_error_recompute(be, save, dtype, case, learn, noisy, nan_alloc):
     surrogate, opts = case
     x, v0, grads = make(*be.lowp_shape, seed=3)
     grads = tuple(g.to(dtype).double() for g in grads)
@@ -834,8 +834,9 @@ def test_reference_gradcheck():
 
 
 # --- save="recompute" | "state" (issue 16) --------------------------------------------------------
-# Every other test runs the default, save="recompute" (the GPU backends save V every K steps and
-# re-run the forward in the backward; the CPU kernel saves nothing either way). Here both modes, at
+# Every other test runs the default, save="state" (the GPU backends save H; with "recompute" they save
+# V every K steps and re-run the forward in the backward; the CPU kernel saves nothing either way;
+# tests/test_properties.py draws both). Here both modes, at
 # T = 2·K + 3: two whole segments and a partial one, so checkpoints are written and read and the
 # steps past T are skipped; the grid's T (4) is a single segment.
 from snn_fast.ops.lif.config import RECOMPUTE_CHUNK  # noqa: E402
@@ -890,19 +891,20 @@ def test_save_option_is_checked_and_reaches_the_modules(be):
         snn_fast.lif_multistep(x, backend=be.name, save="everything")
     with pytest.raises(ValueError, match="save must be one of"):
         snn_fast.nn.LIF(save="none")
-    m = snn_fast.nn.LIF(backend=be.name, save="state").to(be.device)
-    assert m.save == "state" and "save=state" in repr(m)
+    m = snn_fast.nn.LIF(backend=be.name, save="recompute").to(be.device)  # not the default: shown
+    assert m.save == "recompute" and "save=recompute" in repr(m)
+    assert "save=" not in repr(snn_fast.nn.LIF(backend=be.name))
     xg = x.clone().requires_grad_(True)
     m(xg).sum().backward()
-    want = snn_fast.lif_multistep(x, backend=be.name, save="state")[0]
+    want = snn_fast.lif_multistep(x, backend=be.name, save="recompute")[0]
     assert torch.equal(m(x), want)
 
 
 def test_convert_passes_the_save_option():
     neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
     net = torch.nn.Sequential(torch.nn.Linear(3, 3), neuron.LIFNode(step_mode="m"))
-    assert snn_fast.convert(net)[1].save == "recompute"
-    assert snn_fast.convert(net, save="state")[1].save == "state"
+    assert snn_fast.convert(net)[1].save == "state"
+    assert snn_fast.convert(net, save="recompute")[1].save == "recompute"
     with pytest.raises(ValueError, match="save must be one of"):
         snn_fast.convert(net, save="h")
 

@@ -36,7 +36,7 @@ Bytes per element of [T, N] (storage size b; mask 1 B when given):
 The backward needs neither V_{t−1} nor x unless the leak k is learned: V_{t−1} = reset(H_{t−1}) comes
 from the H it loads anyway one step ahead.
 
-save="recompute" (issue 16; the default until measured on a GPU): ``lif_fwd_triton_recompute`` writes
+save="recompute" (issue 16; not the default: slower than "state" on the H200, config.DEFAULT_SAVE): ``lif_fwd_triton_recompute`` writes
 s (v_last, v_seq) and, instead of H, V after steps K, 2K, … (K = ``config.RECOMPUTE_CHUNK`` = 8) in the
 compute dtype; ``_lif_bwd_rc_kernel`` re-runs the forward per K-step segment from x and those V with
 the forward's own step (``_lif_step``: the same H and spikes bit for bit), the segment's H in
