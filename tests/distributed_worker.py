@@ -290,6 +290,10 @@ def main(argv=None):
             with open(os.path.join(args.out, f"{mode}-rank{args.rank}.json"), "w") as f:
                 json.dump(meta, f)
             print(f"rank {args.rank} {mode}: {time.perf_counter() - t0:.2f} s", flush=True)
+        # Both ranks tear down together: once (of ~10 dry runs, 2026-11-30, under load) rank 0 aborted
+        # at exit ("terminate called without an active exception", -6) after finishing every mode, its
+        # gloo pair torn down while the other rank was still inside its last collective.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0

@@ -18,7 +18,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
 STAGE_NAMES = ["env", "triton-lif", "w1-triton", "build", "cuda-lif", "w1-cuda", "autotable", "tempotron",
-               "memcheck"]
+               "overhead", "memcheck"]
 
 
 def _load(name, path):
@@ -67,6 +67,20 @@ def test_case_list_covers_every_option_in_few_compilations(stages_mod):
     assert len({stages_mod.case_id(c) for c in cases}) == len(cases)
 
 
+def _interpreter_breaks_on_this_numpy() -> bool:
+    """Triton 3.6's interpreter int()s one-element arrays, an error from numpy 2.4 on (the Makefile's
+    compat venv pins numpy < 2.4 for it). The GPU image has triton 3.6 with numpy 2.5: there the dry
+    run's interpreted stages all fail with "only 0-dimensional arrays can be converted to Python
+    scalars" (seen on the H200, 2026-11-30); the real run's stages use the GPU, not the interpreter."""
+    import numpy
+    import triton
+
+    ver = lambda v: tuple(int(p) for p in v.split(".")[:2])  # noqa: E731
+    return ver(triton.__version__) < (3, 7) and ver(numpy.__version__) >= (2, 4)
+
+
+@pytest.mark.skipif(_interpreter_breaks_on_this_numpy(),
+                    reason="triton < 3.7's interpreter fails with numpy >= 2.4 (int() of a 1-element array)")
 def test_dry_run(tmp_path):
     """Every stage of the check, on this machine: Triton interpreted, 'cpu' standing in for 'cuda', the
     build reduced to an nvcc compile, tiny benchmarks. Checks the files a GPU run would send back."""

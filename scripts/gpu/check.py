@@ -33,7 +33,9 @@ MAX_FILES = 8
 
 
 def stage_list(py, work, dry, full, nproc):
-    """(name, timeout s, argv or callable, extra env, estimate s on the H200). Estimates: see README."""
+    """(name, timeout s, argv or callable, extra env, estimate s on the H200). Estimates: the first
+    run's times on the H200 (2026-11-30, benchmarks/results/NVIDIA_H200-2026-11-30-summary.md) with
+    ~20 % room, 384 s in all; see README."""
     st = [py, STAGES_PY]
     d = ["--dry-run"] if dry else []
     w = ["--work", work]
@@ -48,24 +50,27 @@ def stage_list(py, work, dry, full, nproc):
     one_config = {"SNN_FAST_TRITON_AUTOTUNE": "0"}
     return [
         ("env", 60, st + ["env"] + w + d, {}, 15),
-        ("triton-lif", 180, st + ["lif", "--backend", "triton", "--stage-name", "triton-lif"] + w + d, one_config, 100),
+        ("triton-lif", 180, st + ["lif", "--backend", "triton", "--stage-name", "triton-lif"] + w + d, one_config, 45),
         ("w1-triton", 180, st + ["w1", "--providers", "snn_fast-triton,spikingjelly,reference-compiled",
                                  "--T", w1_T, "--compiled-T", w1_T if full else "4",
-                                 "--state-T", w1_T if full else "8,64",
-                                 "--stage-name", "w1-triton"] + w + d, {}, 115),
-        # Started in the background before 'env' and waited for before 'w1-triton': its slowest unit
-        # (the CPU fp16 kernels, ~150 s of one core) outlasts env + triton-lif by ~35 s.
-        ("build", 300, build, {}, 35),
-        ("cuda-lif", 90, st + ["lif", "--backend", "cuda", "--stage-name", "cuda-lif"] + w + d, {}, 20),
-        # w1-triton and w1-cuda: ours in both save modes (issue 16), "state" at T = 8 and 64 (one T within
+                                 "--other-save-T", w1_T if full else "8,64",
+                                 "--stage-name", "w1-triton"] + w + d, {}, 70),
+        # Started in the background before 'env' and waited for before 'w1-triton'. Measured on the
+        # H200 (16 cores, 2026-11-30): 255 s from its start, 206 s beyond env + triton-lif.
+        ("build", 400, build, {}, 210),
+        ("cuda-lif", 90, st + ["lif", "--backend", "cuda", "--stage-name", "cuda-lif"] + w + d, {}, 10),
+        # w1-triton and w1-cuda: ours in both save modes (issue 16), the non-default one at T = 8 and 64 (one T within
         # the 8-step chunk, one beyond; every T under --full); the reference's Inductor compile (~20–60 s
         # each) at T = 4 only, to pay for them.
-        ("w1-cuda", 120, st + ["w1", "--providers", "snn_fast-cuda", "--T", w1_T, "--state-T", w1_T if full else "8,64",
-                               "--stage-name", "w1-cuda"] + w + d, {}, 50),
-        ("autotable", 120, "autotable", {}, 50),
-        ("tempotron", 90, st + ["tempotron", "--stage-name", "tempotron"] + w + d, {}, 25),
+        ("w1-cuda", 120, st + ["w1", "--providers", "snn_fast-cuda", "--T", w1_T, "--other-save-T", w1_T if full else "8,64",
+                               "--stage-name", "w1-cuda"] + w + d, {}, 25),
+        ("autotable", 120, "autotable", {}, 20),
+        ("tempotron", 90, st + ["tempotron", "--stage-name", "tempotron"] + w + d, {}, 10),
+        # Host time of a small fwd+bwd per backend and save mode, with cProfile and torch.profiler
+        # tables in its log: the first check found ~0.5 ms of host work in Triton's backward.
+        ("overhead", 90, st + ["overhead", "--stage-name", "overhead"] + w + d, {}, 20),
         # The caching allocator would hide an out-of-bounds access inside one of its blocks: off.
-        ("memcheck", 120, "memcheck", dict(one_config, PYTORCH_NO_CUDA_MEMORY_CACHING="1"), 60),
+        ("memcheck", 120, "memcheck", dict(one_config, PYTORCH_NO_CUDA_MEMORY_CACHING="1"), 15),
     ] + ([
         # --full only: DDP on 2 ranks sharing the GPU (gloo), then DDP, FSDP2 and Inductor-compiled DDP
         # on 1 rank (NCCL), one launch per case. Estimate: 9 process starts (~5 s each), the Triton

@@ -261,10 +261,13 @@ def stage_w1(args):
     from benchmarks import common
     from benchmarks import test_bench_lif as bl
 
+    from snn_fast.ops.lif.config import DEFAULT_SAVE, SAVE_MODES
+
+    other = next(m for m in SAVE_MODES if m != DEFAULT_SAVE)
     want = []
     for p in args.providers.split(","):  # each of ours in both save modes (issue 16): W1 rows for each,
-        # the default (save="recompute", its row's `save` column says so) and "<provider>-state"
-        want += [p, f"{p}-state"] if p in ("snn_fast-cuda", "snn_fast-triton") else [p]
+        # the default (its row's `save` column says which) and "<provider>-<other mode>"
+        want += [p, f"{p}-{other}"] if p in ("snn_fast-cuda", "snn_fast-triton") else [p]
     if DRY:  # the 'cpu' backend stands in for 'cuda'; tiny shapes
         want = [p.replace("snn_fast-cuda", "snn_fast-cpu") for p in want]
         shapes = [((T, 2, 256), dt) for dt in (torch.float32, torch.bfloat16) for T in (4, 8)]
@@ -272,12 +275,12 @@ def stage_w1(args):
         Ts = [int(t) for t in args.T.split(",")]
         shapes = [((T, 64, 65536), dt) for dt in (torch.float32, torch.bfloat16) for T in Ts]
     compiled_T = {int(t) for t in args.compiled_T.split(",") if t}
-    state_T = {int(t) for t in args.state_T.split(",") if t}
+    other_T = {int(t) for t in args.other_save_T.split(",") if t}
     rows = []
     for shape, dtype in shapes:
         names = list(want)
-        if not DRY and shape[0] not in state_T:  # save="state" at one T within a chunk, one beyond (budget)
-            names = [n for n in names if not n.endswith("-state")]
+        if not DRY and shape[0] not in other_T:  # the other mode at one T within a chunk, one beyond (budget)
+            names = [n for n in names if not n.endswith(f"-{other}")]
         if "reference-compiled" in names and (shape[0] not in compiled_T or dtype != torch.float32):
             names.remove("reference-compiled")  # one Inductor compile per shape: T-unrolled, ~20–60 s each
         t0 = time.perf_counter()
@@ -305,6 +308,104 @@ def stage_tempotron(args):
     for r in rows:
         r["device_name"] = bt.common.device_name(r["device"])
     _save_bench_rows(args.work, args.stage, rows)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 5b: host overhead of one LIF forward+backward
+
+
+def stage_overhead(args):
+    """Where a small LIF fwd+bwd spends its time on the host. The first GPU check (H200, 2026-11-30)
+    found Triton's fwd+bwd at 0.62–0.78 ms for any T at N = 65536 (CUDA: 0.10–0.18 ms) and its
+    forward alone at ≤ 0.09 ms: ~0.5 ms of host work in the backward. Per backend: the GPU-timed
+    fwd+bwd, the host's enqueue time per fwd+bwd (no sync inside the loop), the same for the raw
+    backward op alone, then cProfile's top functions and torch.profiler's CPU table over a few calls,
+    into this stage's log (logs.tar.gz)."""
+    import cProfile
+    import io
+    import pstats
+
+    import snn_fast
+    from benchmarks import common
+    from snn_fast import surrogate as _sg
+    from snn_fast.ops.lif import function as lif_function
+    from snn_fast.ops.lif.function import BACKENDS
+
+    T, N = (4, 256) if DRY else (4, 65536)
+    backends_ = ["cpu", "triton"] if DRY else ["cuda", "triton"]
+    reps = 5 if DRY else 200
+    for b in backends_:
+        for save in ("state", "recompute"):
+            x = torch.randn(T, N, device=DEVICE).requires_grad_()
+            g = torch.randn(T, N, device=DEVICE)
+
+            def step():
+                s, _ = snn_fast.lif_multistep(x, backend=b, save=save)
+                s.backward(g)
+
+            try:
+                for _ in range(3):  # compile, autotune
+                    step()
+            except Exception as e:  # noqa: BLE001 - a missing backend is reported by its own stage
+                print(f"{b} save={save}: skipped: {type(e).__name__}: {e}"[:300])
+                continue
+            _sync()
+            gpu_ms = common.time_fns({"f": step}, DEVICE, rounds=1)["f"][0]
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                step()
+            host_ms = (time.perf_counter() - t0) / reps * 1e3
+            _sync()
+            with torch.no_grad():  # the forward alone (inference op: no saved state)
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    snn_fast.lif_multistep(x, backend=b, save=save)
+                fwd_host_ms = (time.perf_counter() - t0) / reps * 1e3
+            _sync()
+            print(f"{b} save={save} [{T}, {N}] fp32: fwd+bwd {gpu_ms:.3f} ms timed, host {host_ms:.3f} ms per "
+                  f"fwd+bwd, {fwd_host_ms:.3f} ms per inference forward", flush=True)
+            # The raw backward op, called here: on a GPU autograd runs a backward in its own device
+            # thread, which cProfile (this thread only) would not see.
+            entry = BACKENDS.load(lif_function.entry_name(b, save))
+            sid = _sg.get("sigmoid").id
+            flags = (sid, True, 0.0, True, False, 0.0)
+            xd, v0 = x.detach(), torch.zeros(N, device=DEVICE)
+            params = torch.tensor([0.5, 1.0, 4.0], device=DEVICE)
+            s_, _, _, saved = entry.fwd(xd, v0, params, None, *flags, False)
+
+            def bwd_op():
+                return entry.bwd(g, None, None, xd, v0, params, None, saved, s_, *flags, False)
+
+            bwd_op()
+            _sync()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                bwd_op()
+            bwd_host_ms = (time.perf_counter() - t0) / reps * 1e3
+            _sync()
+            print(f"{b} save={save}: {bwd_host_ms:.3f} ms host per raw backward op ({entry.entry.bwd})", flush=True)
+            if save != "state":
+                continue
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(20):
+                bwd_op()
+            _sync()
+            prof.disable()
+            out = io.StringIO()
+            st = pstats.Stats(prof, stream=out).sort_stats("tottime")
+            st.print_stats(25)
+            st.sort_stats("cumulative").print_stats(25)
+            print(f"--- cProfile, 20 raw backward ops, {b} ---\n{out.getvalue()}")
+            acts = [torch.profiler.ProfilerActivity.CPU] + (
+                [torch.profiler.ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+            with torch.profiler.profile(activities=acts) as p:
+                for _ in range(10):
+                    step()
+                _sync()
+            print(f"--- torch.profiler, 10 fwd+bwd, {b} ---")
+            print(p.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=60))
     return 0
 
 
@@ -460,7 +561,7 @@ def stage_ddp(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "tiny", "ddp"])
+    ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "overhead", "tiny", "ddp"])
     ap.add_argument("--work", default=".")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--stage-name", dest="stage_name", default=None, help="label in the output files")
@@ -469,11 +570,13 @@ def main(argv=None):
     ap.add_argument("--providers", default="snn_fast-triton,spikingjelly,reference-compiled")
     ap.add_argument("--T", default="4,8,16,32,64")
     ap.add_argument("--compiled-T", dest="compiled_T", default="4,16")
-    ap.add_argument("--state-T", dest="state_T", default="8,64", help="T of the save='state' rows (ours)")
+    ap.add_argument("--other-save-T", dest="other_save_T", default="8,64",
+                    help="T of our rows in the save mode that is not the default")
     args = ap.parse_args(argv)
     args.stage = args.stage_name or args.stage
     os.makedirs(args.work, exist_ok=True)
-    fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, tiny=stage_tiny, ddp=stage_ddp)[
+    fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, overhead=stage_overhead,
+              tiny=stage_tiny, ddp=stage_ddp)[
         ap.parse_args(argv).stage]
     return fn(args)
 
