@@ -9,7 +9,7 @@ after ``snn_fast.convert``, same weights) and ``no-neurons`` (the converted mode
 replaced by ``nn.Identity``: the rest of the model alone). The neurons' share of a step is
 ``1 − t(no-neurons) / t(provider)``: by substitution, since the profiler cannot attribute
 SpikingJelly's autograd ops in the backward to the neuron that made them. "vs peer" is SpikingJelly's
-median over the provider's. Peak memory: ``common.peak_bytes`` (CPU: the profiler's allocation total).
+median over the provider's. Peak memory: ``common.peak_bytes`` (CPU: live tensor storage).
 
 Sizes: CPU T = 4, batch 4, 32×32×3 (ResNets) and a 1-block Spikformer at 32×32, patch 4, 64 dims, to
 run in seconds; GPU T = 4, batch 32, 224² ResNets and SpikingJelly's CIFAR-10 Spikformer (32², 384
