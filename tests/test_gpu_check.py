@@ -18,7 +18,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
 STAGE_NAMES = ["env", "triton-lif", "w1-triton", "build", "cuda-lif", "w1-cuda", "autotable", "tempotron",
-               "overhead", "memcheck"]
+               "models", "overhead", "memcheck"]
 
 
 def _load(name, path):

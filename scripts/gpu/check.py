@@ -66,6 +66,9 @@ def stage_list(py, work, dry, full, nproc):
                                "--stage-name", "w1-cuda"] + w + d, {}, 25),
         ("autotable", 120, "autotable", {}, 20),
         ("tempotron", 90, st + ["tempotron", "--stage-name", "tempotron"] + w + d, {}, 10),
+        # W5: zoo models' training step, SpikingJelly vs converted (needs the wheels; skips without).
+        # Estimate: 3 models × 3 providers × 2 rounds of do_bench (~0.2 s each), model builds, cuDNN.
+        ("models", 120, st + ["models", "--stage-name", "models"] + w + d, {}, 30),
         # Host time of a small fwd+bwd per backend and save mode, with cProfile and torch.profiler
         # tables in its log: the first check found ~0.5 ms of host work in Triton's backward.
         ("overhead", 90, st + ["overhead", "--stage-name", "overhead"] + w + d, {}, 20),

@@ -312,6 +312,35 @@ def stage_tempotron(args):
 
 
 # --------------------------------------------------------------------------------------------------
+# Stage 5a: W5 widened, a training step of SpikingJelly zoo models, original vs converted (issue 13)
+
+
+def stage_models(args):
+    """benchmarks/test_bench_models.py on the GPU: spiking ResNet-18 and SEW-ResNet-18 at T 4, batch
+    32, 224², and SpikingJelly's CIFAR-10 Spikformer; 2 interleaved rounds. Dry run: the CPU's 1-block
+    Spikformer only."""
+    try:
+        from benchmarks import test_bench_models as bm
+    except BaseException as e:  # noqa: BLE001 - pytest.importorskip raises Skipped when SpikingJelly is absent
+        print(f"models: skipped: {type(e).__name__}: {e}"[:300])
+        return 0
+    rows = []
+    for name in (["spikformer"] if DRY else list(bm.MODELS)):
+        t0 = time.perf_counter()
+        try:
+            r = bm.bench_model(name, DEVICE, rounds=2)
+        except torch.cuda.OutOfMemoryError as e:  # a row missing beats a stage lost
+            print(f"{name}: out of memory: {e}"[:300])
+            torch.cuda.empty_cache()
+            continue
+        bm.print_rows(r)
+        rows += r
+        print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    _save_bench_rows(args.work, args.stage, rows)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # Stage 5b: host overhead of one LIF forward+backward
 
 
@@ -561,7 +590,7 @@ def stage_ddp(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "overhead", "tiny", "ddp"])
+    ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "models", "overhead", "tiny", "ddp"])
     ap.add_argument("--work", default=".")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--stage-name", dest="stage_name", default=None, help="label in the output files")
@@ -575,7 +604,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.stage = args.stage_name or args.stage
     os.makedirs(args.work, exist_ok=True)
-    fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, overhead=stage_overhead,
+    fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, models=stage_models, overhead=stage_overhead,
               tiny=stage_tiny, ddp=stage_ddp)[
         ap.parse_args(argv).stage]
     return fn(args)
