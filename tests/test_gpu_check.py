@@ -157,3 +157,28 @@ def test_ddp_stage_dry_run(tmp_path, check_mod, monkeypatch):
     assert "gloo 2 ranks ddp-triton" in rows, sorted(rows)
     for r in rows.values():  # Triton: run when it is installed, else a skipped row
         assert r["ok"] == "True" or (r["backend"] == "triton" and r["detail"].startswith("skipped:")), r
+
+
+@pytest.mark.slow
+def test_w2_and_models_stages_dry_run(tmp_path, check_mod, monkeypatch):
+    """The W2 (--full) and W5 'models' stages on this machine, at their dry-run sizes: each finishes and
+    its benchmark rows reach the results files (every provider of W2 that is installed here, the three
+    of W5 when SpikingJelly is)."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("OUT", str(out))
+    rc = check_mod.main(["--dry-run", "--full", "--only", "models,w2"])
+    summary = (out / "summary.md").read_text()
+    assert rc == 0 and "| w2 | ok |" in summary and "| models | ok |" in summary, summary
+    csvs = [p for p in os.listdir(out) if p.endswith(".csv") and p != "correctness.csv"]
+    assert len(csvs) == 1, os.listdir(out)
+    with open(out / csvs[0]) as f:
+        rows = list(csv.DictReader(f))
+    w2 = {r["provider"] for r in rows if r["op"] == "on-w2"}
+    assert "snn_fast-cpu" in w2 and "reference" in w2, w2
+    try:
+        import spikingjelly  # noqa: F401
+    except ImportError:
+        return
+    assert "spikingjelly" in w2, w2
+    assert {r["provider"] for r in rows if r["op"] == "train_step:spikformer"} == {"spikingjelly", "snn_fast",
+                                                                                 "no-neurons"}

@@ -79,6 +79,8 @@ def stage_list(py, work, dry, full, nproc):
         # on 1 rank (NCCL), one launch per case. Estimate: 9 process starts (~5 s each), the Triton
         # fp64 variants, Inductor (~30 s).
         ("ddp", 420, st + ["ddp", "--stage-name", "ddp"] + w + d, one_config, 120),
+        # --full only: W2 at the GPU sizes (the n² Linear is most of a step there; BENCHMARKS.md).
+        ("w2", 420, st + ["w2", "--stage-name", "w2"] + w + d, {}, 120),
     ] if full else [])
 
 

@@ -341,6 +341,21 @@ def stage_models(args):
 
 
 # --------------------------------------------------------------------------------------------------
+# --full: W2, the Open Neuromorphic benchmark (Linear(n, n) + LIF, batch 16, T = 500; issue 15)
+
+
+def stage_w2(args):
+    """benchmarks/test_bench_on.py at the GPU sizes (n 4096, 8192, 16384), 2 rounds; peers that are not
+    installed (snnTorch, Norse: not among the carried wheels) are left out by the benchmark itself.
+    Dry run: n = 64, one round."""
+    from benchmarks import test_bench_on as bo
+
+    rows = bo.run(DEVICE, [64] if DRY else None, rounds=1 if DRY else 2)
+    _save_bench_rows(args.work, args.stage, rows)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # Stage 5b: host overhead of one LIF forward+backward
 
 
@@ -590,7 +605,7 @@ def stage_ddp(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "models", "overhead", "tiny", "ddp"])
+    ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "models", "w2", "overhead", "tiny", "ddp"])
     ap.add_argument("--work", default=".")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--stage-name", dest="stage_name", default=None, help="label in the output files")
@@ -604,7 +619,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.stage = args.stage_name or args.stage
     os.makedirs(args.work, exist_ok=True)
-    fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, models=stage_models, overhead=stage_overhead,
+    fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, models=stage_models, w2=stage_w2, overhead=stage_overhead,
               tiny=stage_tiny, ddp=stage_ddp)[
         ap.parse_args(argv).stage]
     return fn(args)
