@@ -421,14 +421,20 @@ def stage_overhead(args):
             def bwd_op():
                 return entry.bwd(g, None, None, xd, v0, params, None, saved, s_, *flags, False)
 
-            bwd_op()
-            _sync()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                bwd_op()
-            bwd_host_ms = (time.perf_counter() - t0) / reps * 1e3
-            _sync()
-            print(f"{b} save={save}: {bwd_host_ms:.3f} ms host per raw backward op ({entry.entry.bwd})", flush=True)
+            def fwd_op():
+                return entry.fwd(xd, v0, params, None, *flags, False)
+
+            raw = {}
+            for what, fn in (("forward", fwd_op), ("backward", bwd_op)):
+                fn()
+                _sync()
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                raw[what] = (time.perf_counter() - t0) / reps * 1e3
+                _sync()
+            print(f"{b} save={save}: host per raw op call, forward {raw['forward']:.3f} ms ({entry.entry.fwd}), "
+                  f"backward {raw['backward']:.3f} ms ({entry.entry.bwd})", flush=True)
             if save != "state":
                 continue
             prof = cProfile.Profile()
