@@ -131,10 +131,11 @@ def test_a_failing_stage_fails_the_run(tmp_path, check_mod, monkeypatch):
     assert "| env | FAILED rc=3 |" in summary and "| autotable | ok |" in summary, summary
 
 
-def test_full_adds_the_ddp_stage(check_mod):
-    """--full runs the distributed stage after the others (the default run stays within its budget)."""
+def test_full_adds_the_ddp_and_w2_stages(check_mod):
+    """--full runs the distributed stage and W2 after the others (the default run stays within its
+    budget)."""
     stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=True, nproc=16)
-    assert [s[0] for s in stages] == STAGE_NAMES + ["ddp"]
+    assert [s[0] for s in stages] == STAGE_NAMES + ["ddp", "w2"]
     assert all(s[1] >= s[4] for s in stages), "a timeout below its own estimate"
 
 
