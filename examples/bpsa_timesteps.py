@@ -142,8 +142,9 @@ def main(argv=None):
           f"{args.epochs} epochs, Adam lr {args.lr}, {'Poisson' if args.poisson else 'direct'} input, seeds {seeds}, "
           f"device {args.device}")
 
+    k = f"{args.kappa:g}"
     acc = sweep(Ts, METHODS, seeds, lambda m, T, s: run(m, T, s, args, data),
-                f"| T | plain surrogate BPTT | BPSA (spike_gate + κ = {args.kappa:g}) | BPSA ÷V (1/V gate + κ = {args.kappa:g}) |", fmt_x=str)
+                f"| T | plain surrogate BPTT | BPSA (spike_gate + κ = {k}) | BPSA ÷V (1/V gate + κ = {k}) |", fmt_x=str)
 
     if args.plot:
         plt = pyplot()
