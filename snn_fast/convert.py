@@ -217,9 +217,9 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             converted and ``model`` is left untouched.
         strict: a neuron or surrogate without an exact counterpart raises ``ValueError`` naming it
             (nothing is changed then); with ``strict=False`` it is left in place with a warning.
-        save: what the new neurons' GPU kernels keep for the backward: "recompute" (only the membrane
-            every 8 steps; the backward re-runs the forward) or "state" (H of every step); see
-            ``snn_fast.lif_multistep``. Neurons already converted keep theirs.
+        save: what the new neurons' GPU kernels keep for the backward: "state" (H of every step; the
+            default, the faster) or "recompute" (only the membrane every 8 steps; the backward re-runs
+            the forward); see ``snn_fast.lif_multistep``. Neurons already converted keep theirs.
 
     Returns:
         The converted model (``model`` itself when ``inplace``; a new neuron when ``model`` is one).

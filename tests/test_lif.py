@@ -743,11 +743,11 @@ def _xfail_extreme(be, surrogate, v_reset, masked):
     return None
 
 
-def _extreme_run(be, dtype, opts, surrogate, learn, masked):
+def _extreme_run(be, dtype, opts, surrogate, learn, masked, save=None):
     x, v0, grads = extreme_inputs(dtype)
     mask = torch.ones(x.shape, dtype=torch.bool) if masked else None
     kw = dict(surrogate=surrogate, learn=learn, grads=grads, dtype=dtype)
-    return run(be.name, be.device, x, v0, opts, noise_mask=mask, **kw), kw, (x, v0)
+    return run(be.name, be.device, x, v0, opts, noise_mask=mask, save=save, **kw), kw, (x, v0)
 
 
 @EXTREME
@@ -804,6 +804,33 @@ def test_extreme_inputs_match_reference(be, dtype, opts, learn, masked):
                                                               MASKED, xfail=_xfail_extreme))
 def test_extreme_inputs_match_reference_every_surrogate(be, surrogate, v_reset, masked):
     got, kw, (x, v0) = _extreme_run(be, torch.float32, opt(v_reset), surrogate, True, masked)
+    mask = torch.ones(x.shape, dtype=torch.bool) if masked else None
+    ref = run("reference", be.device, x, v0, opt(v_reset), noise_mask=mask, **kw)
+    check_extreme(got, ref)
+
+
+# The same with save="recompute" (the default is "state") on the backends that have it: the backward
+# re-runs the forward from x and the V checkpoints, so ±inf, NaN and ±max go through that path too.
+RECOMPUTE_BACKENDS = [b for b in FUSED if b.name != "cpu"]
+
+
+@EXTREME
+@pytest.mark.parametrize("be,dtype,opts,learn,masked", cases(
+    RECOMPUTE_BACKENDS, DTYPES, EXTREME_OPTS, LEARN, MASKED,
+    xfail=lambda be, dtype, opts, learn, masked: _xfail_extreme(be, "sigmoid", opts["v_reset"], masked)))
+def test_extreme_inputs_match_reference_recompute(be, dtype, opts, learn, masked):
+    got, kw, (x, v0) = _extreme_run(be, dtype, opts, "sigmoid", learn, masked, save="recompute")
+    mask = torch.ones(x.shape, dtype=torch.bool) if masked else None
+    ref = run("reference", be.device, x, v0, opts, noise_mask=mask, **kw)
+    check_extreme(got, ref)
+
+
+@EXTREME
+@pytest.mark.parametrize("be,surrogate,v_reset,masked", cases(RECOMPUTE_BACKENDS, SURROGATES,
+                                                              [("hard", 0.0), ("soft", None)], MASKED,
+                                                              xfail=_xfail_extreme))
+def test_extreme_inputs_match_reference_every_surrogate_recompute(be, surrogate, v_reset, masked):
+    got, kw, (x, v0) = _extreme_run(be, torch.float32, opt(v_reset), surrogate, True, masked, save="recompute")
     mask = torch.ones(x.shape, dtype=torch.bool) if masked else None
     ref = run("reference", be.device, x, v0, opt(v_reset), noise_mask=mask, **kw)
     check_extreme(got, ref)

@@ -7,7 +7,7 @@ carried wheels first); see README "Running the GPU check".
 Files in $OUT (the device tool returns at most 8):
     summary.md                  environment, one line per stage (status, seconds, its last words)
     correctness.csv             one row per (backend, case) of the LIF correctness stages
-    <device>-<date>.csv/.md/.png  the benchmark rows (W1, W3), benchmarks/common.py's format
+    <device>-<date>.csv/.md/.png  the benchmark rows (W1, W3, W5; W2 under --full), benchmarks/common.py's format
     autotable.json              the measured cuda-vs-triton table (stage autotable)
     logs.tar.gz                 every stage's full log and env.json
 A stage that times out or fails leaves the others running; the budget (default 480 s) caps the sum,
@@ -66,14 +66,15 @@ def stage_list(py, work, dry, full, nproc):
                                "--stage-name", "w1-cuda"] + w + d, {}, 25),
         ("autotable", 120, "autotable", {}, 20),
         ("tempotron", 90, st + ["tempotron", "--stage-name", "tempotron"] + w + d, {}, 10),
+        # Before the new stages, which the budget would cut first. The caching allocator would hide an
+        # out-of-bounds access inside one of its blocks: off.
+        ("memcheck", 120, "memcheck", dict(one_config, PYTORCH_NO_CUDA_MEMORY_CACHING="1"), 15),
         # W5: zoo models' training step, SpikingJelly vs converted (needs the wheels; skips without).
         # Estimate: 3 models × 3 providers × 2 rounds of do_bench (~0.2 s each), model builds, cuDNN.
         ("models", 120, st + ["models", "--stage-name", "models"] + w + d, {}, 30),
         # Host time of a small fwd+bwd per backend and save mode, with cProfile and torch.profiler
         # tables in its log: the first check found ~0.5 ms of host work in Triton's backward.
         ("overhead", 90, st + ["overhead", "--stage-name", "overhead"] + w + d, {}, 20),
-        # The caching allocator would hide an out-of-bounds access inside one of its blocks: off.
-        ("memcheck", 120, "memcheck", dict(one_config, PYTORCH_NO_CUDA_MEMORY_CACHING="1"), 15),
     ] + ([
         # --full only: DDP on 2 ranks sharing the GPU (gloo), then DDP, FSDP2 and Inductor-compiled DDP
         # on 1 rank (NCCL), one launch per case. Estimate: 9 process starts (~5 s each), the Triton

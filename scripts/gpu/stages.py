@@ -123,11 +123,12 @@ def lif_cases(dry: bool):
                 v_reset=(0.0, None, -0.3)[j % 3], detach_reset=bool((i // 2 + d) % 2),
                 decay_input=j % 2 == 0, learn=(i + d) % 3 != 1, mask=j % 4 == 1,
                 kappa=0.2 if j % 5 == 2 else 0.0, v_seq=j % 3 == 2, tau=math.inf if (i, d) == (3, 0) else 2.5,
-                grad=True))
+                grad=True, save=("state", "recompute")[j % 2]))  # both save= modes, each at T = 64 too
     # Inference (no input needs a gradient): Triton runs its forward without the saved state.
     for dtype in (torch.float32, torch.bfloat16):
         cases.append(dict(surrogate="sigmoid", dtype=dtype, T=Ts[2], N=Ns[1], v_reset=0.0, detach_reset=False,
-                          decay_input=True, learn=False, mask=False, kappa=0.0, v_seq=False, tau=2.0, grad=False))
+                          decay_input=True, learn=False, mask=False, kappa=0.0, v_seq=False, tau=2.0, grad=False,
+                          save="state"))
     return cases
 
 
@@ -136,10 +137,11 @@ def variant_keys(case):
     hard = case["v_reset"] is not None
     di = case["decay_input"] and not math.isinf(case["tau"])
     dt = str(case["dtype"])
-    fwd = ("fwd", case["surrogate"], hard, di, case["mask"], case["v_seq"], case["grad"], dt)
+    fwd = ("fwd", case["surrogate"], hard, di, case["mask"], case["v_seq"], case["grad"], case["save"], dt)
     if not case["grad"]:
         return [fwd]
-    bwd = ("bwd", case["surrogate"], hard, di, case["detach_reset"], case["mask"], case["v_seq"], case["learn"], dt)
+    bwd = ("bwd", case["surrogate"], hard, di, case["detach_reset"], case["mask"], case["v_seq"], case["learn"],
+           case["save"], dt)
     return [fwd, bwd]
 
 
@@ -148,7 +150,8 @@ def case_id(c):
              "soft" if c["v_reset"] is None else f"hard{c['v_reset']:g}"]
     parts += [p for p, on in (("detach", c["detach_reset"]), ("noDI", not c["decay_input"]), ("learn", c["learn"]),
                               ("mask", c["mask"]), ("vseq", c["v_seq"]), ("IF", math.isinf(c["tau"])),
-                              (f"k{c['kappa']}", c["kappa"] != 0), ("infer", not c["grad"]))
+                              (f"k{c['kappa']}", c["kappa"] != 0), ("infer", not c["grad"]),
+                              ("recompute", c["save"] == "recompute"))
               if on]
     return "-".join(parts)
 
@@ -174,7 +177,8 @@ def _run_lif(backend, c, x, v0, mask, dtype, seed=1):
             alpha = params["alpha"] = torch.tensor(a0, dtype=pdt, device=dev, requires_grad=True)
     out = lif_multistep(x, v0, tau=tau, v_threshold=theta, alpha=alpha, surrogate=c["surrogate"],
                         v_reset=c["v_reset"], detach_reset=c["detach_reset"], decay_input=c["decay_input"],
-                        reset_residual=c["kappa"], noise_mask=mask, return_v_seq=c["v_seq"], backend=backend)
+                        reset_residual=c["kappa"], noise_mask=mask, return_v_seq=c["v_seq"], backend=backend,
+                        save=c["save"])
     names = ["s", "v_T", "v_seq"][: len(out)]
     res = dict(zip(names, [o.detach() for o in out]))
     if c["grad"]:
@@ -331,6 +335,8 @@ def stage_models(args):
             r = bm.bench_model(name, DEVICE, rounds=2)
         except torch.cuda.OutOfMemoryError as e:  # a row missing beats a stage lost
             print(f"{name}: out of memory: {e}"[:300])
+            r = None
+        if r is None:  # outside the except: its traceback no longer holds the model's frames
             torch.cuda.empty_cache()
             continue
         bm.print_rows(r)
@@ -418,11 +424,14 @@ def stage_overhead(args):
             params = torch.tensor([0.5, 1.0, 4.0], device=DEVICE)
             s_, _, _, saved = entry.fwd(xd, v0, params, None, *flags, False)
 
+            # below the autograd key, as lif_apply's autograd Function calls them (function.py)
             def bwd_op():
-                return entry.bwd(g, None, None, xd, v0, params, None, saved, s_, *flags, False)
+                with torch._C._AutoDispatchBelowAutograd():
+                    return entry.bwd(g, None, None, xd, v0, params, None, saved, s_, *flags, False)
 
             def fwd_op():
-                return entry.fwd(xd, v0, params, None, *flags, False)
+                with torch._C._AutoDispatchBelowAutograd():
+                    return entry.fwd(xd, v0, params, None, *flags, False)
 
             raw = {}
             for what, fn in (("forward", fwd_op), ("backward", bwd_op)):
@@ -473,17 +482,18 @@ def stage_tiny(args):
     if DRY:
         backends_ = ["cpu" if b == "cuda" else b for b in backends_]
     for b in backends_:
-        for dtype in (torch.float32, torch.bfloat16):
-            x = torch.randn(5, 3, 37, device=DEVICE, dtype=dtype).requires_grad_()
+        # both save= modes; T = 19: two whole 8-step recompute segments and a partial one
+        for dtype, save in ((d, m) for d in (torch.float32, torch.bfloat16) for m in ("state", "recompute")):
+            x = torch.randn(19, 3, 37, device=DEVICE, dtype=dtype).requires_grad_()
             tau = torch.tensor(2.0, device=DEVICE, requires_grad=True)
             mask = torch.rand(x.shape, device=DEVICE) > 0.2
-            s, v = snn_fast.lif_multistep(x, tau=tau, noise_mask=mask, backend=b)
+            s, v = snn_fast.lif_multistep(x, tau=tau, noise_mask=mask, backend=b, save=save)
             (s.float().sum() + v.float().sum()).backward()
             with torch.no_grad():
                 snn_fast.lif_multistep(x, backend=b)
             _sync()
-            print(f"lif {b} {dtype}: s {s.float().mean().item():.3f} grad_x {x.grad.float().abs().sum().item():.3f} "
-                  f"grad_tau {tau.grad.item():.4f}")
+            print(f"lif {b} {dtype} {save}: s {s.float().mean().item():.3f} "
+                  f"grad_x {x.grad.float().abs().sum().item():.3f} grad_tau {tau.grad.item():.4f}")
         t = torch.randint(-1, 20, (3, 50), device=DEVICE).float()
         w = torch.randn(4, 50, device=DEVICE, requires_grad=True)
         v_max = tempotron(t, w, 20, ret_type="v_max", backend=b)

@@ -209,8 +209,8 @@ SAVE_MODES = ("recompute", "state")
 # "state" by measurement: the first GPU check (H200, 2026-11-30, benchmarks/results/NVIDIA_H200-2026-11-30.md,
 # W1 [T, 64, 65536] fwd+bwd) found it faster than "recompute" at every point measured, on both GPU
 # backends: fp32 T = 8 / 64 Triton 0.728 / 1.634 ms vs 0.940 / 1.712, CUDA 0.245 / 1.788 vs 0.361 / 2.678;
-# bf16 T = 64 Triton 0.837 vs 1.278, CUDA 1.525 vs 2.403. "recompute" keeps 44-50 % less (T = 64 fp32
-# peak 1152 vs 2064 MB): the option for a model that does not fit.
+# bf16 T = 64 Triton 0.837 vs 1.278, CUDA 1.525 vs 2.403. "recompute" keeps 39-47 % less peak memory
+# (W1 fwd+bwd; T = 64 fp32 1152 vs 2064 MB): the option for a model that does not fit.
 DEFAULT_SAVE = "state"
 # Steps per recompute segment (K). The Triton and CUDA recompute backwards hold a segment's H in
 # registers (K values per neuron, unrolled), so K trades registers for checkpoint bytes: K = 8 keeps
