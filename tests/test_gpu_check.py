@@ -187,3 +187,18 @@ def test_w2_and_models_stages_dry_run(tmp_path, check_mod, monkeypatch):
     assert "spikingjelly" in w2, w2
     assert {r["provider"] for r in rows if r["op"] == "train_step:spikformer"} == {"spikingjelly", "snn_fast",
                                                                                  "no-neurons"}
+
+
+def test_gpu_tests_script_runs_and_reports(tmp_path):
+    """scripts/gpu_tests.sh (the second call on a warm GPU machine): runs the pytest arguments it is
+    given under its cap and leaves the log and the junit file in $OUT. Here on a few CPU tests."""
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, CAP="300", WORKERS="1",
+               WHL_DIR=str(tmp_path / "no-wheels"))
+    r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_tests.sh"), "tests/test_errors.py", "-k",
+                        "backend"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    log = (out / "pytest.log").read_text()
+    assert r.returncode == 0, log[-3000:]
+    assert "passed" in log and "gpu_tests: pytest exit 0 (finished)" in log, log[-3000:]
+    junit = (out / "junit.xml").read_text()
+    assert "<testsuite" in junit and 'failures="0"' in junit, junit[:500]
