@@ -9,6 +9,8 @@ builds the module and ``preset(name, **over)`` returns the arguments, overrides 
   γ = 1 (α = 1/γ).
 - ``asgl`` (seed 002): v = λ·v + I, hard reset not detached, noisy spike p = 0.5 (decays with
   ``nn.ASGLSchedule``); learn λ, θ and α with ``nn.PLIF``-style parameters (``learn=True`` here).
+  α is the sigmoid's sharpness, σ(α·x); the document's "width" is its inverse (its code sets
+  ``alpha = 1 / width``), so width w is ``alpha=1/w`` (examples/asgl_width_sweep.py).
 - ``bpsa`` (seed 003): IF neuron (``bpsa_lif`` for the leaky one), θ = 0.5, hard reset to 0,
   spatial adjustment = ``spike_gate`` surrogate, temporal adjustment = detach_reset with κ = 0.2.
   The input ReLU is part of the model (apply ``torch.relu`` before the neuron).
