@@ -355,7 +355,8 @@ def lowp_recompute_cases():
     out = []
     for be in FUSED:
         if be.name != "cpu":
-            out += cases([be], [("recompute", "recompute")], LOWP, [(f"{s}-{opt_id(o)}", (s, o)) for s, o in LOWP_CASES],
+            out += cases([be], [("recompute", "recompute")], LOWP,
+                         [(f"{s}-{opt_id(o)}", (s, o)) for s, o in LOWP_CASES],
                          LEARN[:1] if be.interpreted else LEARN, [("spike", False), ("noisy", True)])
     return out
 

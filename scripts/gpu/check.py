@@ -62,8 +62,8 @@ def stage_list(py, work, dry, full, nproc):
         # w1-triton and w1-cuda: ours in both save modes (issue 16), the non-default one at T = 8 and 64 (one T within
         # the 8-step chunk, one beyond; every T under --full); the reference's Inductor compile (~20–60 s
         # each) at T = 4 only, to pay for them.
-        ("w1-cuda", 120, st + ["w1", "--providers", "snn_fast-cuda", "--T", w1_T, "--other-save-T", w1_T if full else "8,64",
-                               "--stage-name", "w1-cuda"] + w + d, {}, 25),
+        ("w1-cuda", 120, st + ["w1", "--providers", "snn_fast-cuda", "--T", w1_T,
+                               "--other-save-T", w1_T if full else "8,64", "--stage-name", "w1-cuda"] + w + d, {}, 25),
         ("autotable", 120, "autotable", {}, 20),
         ("tempotron", 90, st + ["tempotron", "--stage-name", "tempotron"] + w + d, {}, 10),
         # Before the new stages, which the budget would cut first. The caching allocator would hide an

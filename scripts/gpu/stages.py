@@ -385,6 +385,21 @@ def stage_overhead(args):
     T, N = (4, 256) if DRY else (4, 65536)
     backends_ = ["cpu", "triton"] if DRY else ["cuda", "triton"]
     reps = 5 if DRY else 200
+
+    def host_ms(fn):
+        """Milliseconds of host time per call of fn (no sync inside the loop; one after it)."""
+        fn()
+        _sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        ms = (time.perf_counter() - t0) / reps * 1e3
+        _sync()
+        return ms
+
+    def infer(x, b, save):
+        with torch.no_grad():  # the forward alone (inference op: no saved state)
+            snn_fast.lif_multistep(x, backend=b, save=save)
     for b in backends_:
         for save in ("state", "recompute"):
             x = torch.randn(T, N, device=DEVICE).requires_grad_()
@@ -402,19 +417,8 @@ def stage_overhead(args):
                 continue
             _sync()
             gpu_ms = common.time_fns({"f": step}, DEVICE, rounds=1)["f"][0]
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                step()
-            host_ms = (time.perf_counter() - t0) / reps * 1e3
-            _sync()
-            with torch.no_grad():  # the forward alone (inference op: no saved state)
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    snn_fast.lif_multistep(x, backend=b, save=save)
-                fwd_host_ms = (time.perf_counter() - t0) / reps * 1e3
-            _sync()
-            print(f"{b} save={save} [{T}, {N}] fp32: fwd+bwd {gpu_ms:.3f} ms timed, host {host_ms:.3f} ms per "
-                  f"fwd+bwd, {fwd_host_ms:.3f} ms per inference forward", flush=True)
+            print(f"{b} save={save} [{T}, {N}] fp32: fwd+bwd {gpu_ms:.3f} ms timed, host {host_ms(step):.3f} ms per "
+                  f"fwd+bwd, {host_ms(lambda: infer(x, b, save)):.3f} ms per inference forward", flush=True)
             # The raw backward op, called here: on a GPU autograd runs a backward in its own device
             # thread, which cProfile (this thread only) would not see.
             entry = BACKENDS.load(lif_function.entry_name(b, save))
@@ -433,17 +437,8 @@ def stage_overhead(args):
                 with torch._C._AutoDispatchBelowAutograd():
                     return entry.fwd(xd, v0, params, None, *flags, False)
 
-            raw = {}
-            for what, fn in (("forward", fwd_op), ("backward", bwd_op)):
-                fn()
-                _sync()
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    fn()
-                raw[what] = (time.perf_counter() - t0) / reps * 1e3
-                _sync()
-            print(f"{b} save={save}: host per raw op call, forward {raw['forward']:.3f} ms ({entry.entry.fwd}), "
-                  f"backward {raw['backward']:.3f} ms ({entry.entry.bwd})", flush=True)
+            print(f"{b} save={save}: host per raw op call, forward {host_ms(fwd_op):.3f} ms ({entry.entry.fwd}), "
+                  f"backward {host_ms(bwd_op):.3f} ms ({entry.entry.bwd})", flush=True)
             if save != "state":
                 continue
             prof = cProfile.Profile()
@@ -635,8 +630,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.stage = args.stage_name or args.stage
     os.makedirs(args.work, exist_ok=True)
-    fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, models=stage_models, w2=stage_w2, overhead=stage_overhead,
-              tiny=stage_tiny, ddp=stage_ddp)[
+    fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, models=stage_models,
+              w2=stage_w2, overhead=stage_overhead, tiny=stage_tiny, ddp=stage_ddp)[
         ap.parse_args(argv).stage]
     return fn(args)
 
