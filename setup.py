@@ -40,7 +40,8 @@ def extensions():
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
 
-    sources = [os.path.relpath(p, ROOT) for p in ["csrc/ops.cpp"] + sorted(glob.glob(os.path.join(ROOT, "csrc/cpu/*.cpp")))]
+    sources = [os.path.relpath(p, ROOT) for p in ["csrc/ops.cpp"] + sorted(glob.glob(os.path.join(ROOT, "csrc/cpu/*.cpp")))
+               + sorted(glob.glob(os.path.join(ROOT, "csrc/autograd/*.cpp")))]
     include_dirs = [os.path.join(ROOT, "csrc/include")]
     # -fopenmp: at::parallel_for runs its OpenMP region inline in our code. -fno-math-errno and
     # -fno-trapping-math let the vectoriser if-convert the inner loops (neither changes a result);
@@ -66,15 +67,20 @@ def extensions():
         ext = CUDAExtension(
             "snn_fast._C",
             sources + [os.path.relpath(p, ROOT) for p in cuda_sources],
+            py_limited_api=True,
             include_dirs=include_dirs + [os.path.join(ROOT, "csrc/cuda")],
             extra_compile_args={"cxx": cxx + ["-DSNN_FAST_WITH_CUDA"], "nvcc": nvcc},
             extra_link_args=["-fopenmp"],
         )
     else:
         ext = CppExtension(
-            "snn_fast._C", sources, include_dirs=include_dirs,
+            "snn_fast._C", sources, include_dirs=include_dirs, py_limited_api=True,
             extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
         )
+    # py_limited_api: the library holds TORCH_LIBRARY registrations and an empty module, no pybind, so it
+    # uses only CPython's stable ABI (Py_LIMITED_API) and does not link libtorch_python: one build loads
+    # under any Python 3.9+ with the torch it was built against (scripts/gpu_build_ext.sh builds the GPU
+    # image's on this machine). No ABI suffix: the file is snn_fast/_C.so for every Python.
     return [ext], {"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)}
 
 

@@ -87,6 +87,9 @@ class Loaded:
     fwd: Callable
     bwd: Callable
     infer: Optional[Callable]
+    # The forward op has an autograd kernel of its own (registered in C++): eager mode calls ``fwd``
+    # through the autograd key instead of wrapping the raw ops in a Python autograd Function.
+    cpp_autograd: bool = False
 
 
 def op(qualname: str):
@@ -94,6 +97,14 @@ def op(qualname: str):
     and autograd."""
     ns, name = qualname.split("::")
     return getattr(getattr(torch.ops, ns), name)
+
+
+def _has_autograd_kernel(qualname: str) -> bool:
+    """The op (its default overload) has an Autograd kernel of its own, e.g. registered in C++."""
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Autograd")
+    except RuntimeError:  # a name the dispatcher does not know without its overload (aten::add)
+        return False
 
 
 class OpBackends:
@@ -181,7 +192,8 @@ class OpBackends:
             e = self.backends[name]
             if e.module is not None:
                 importlib.import_module(e.module)
-            loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, op(e.infer).default if e.infer else None)
+            loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, op(e.infer).default if e.infer else None,
+                            e.module is None and _has_autograd_kernel(e.fwd))
             if e.fwd not in self._registered:
                 self.register(loaded)
                 self._registered.add(e.fwd)

@@ -99,15 +99,16 @@ class BaseLIF(nn.Module):
             mask = config.noise_mask_like(x, self.noise_prob)
         out = lif_apply(x, self.v, self.leak(), self.v_threshold, self.alpha, self.flags, self.sg, mask,
                         store_v_seq, self.backend, self.save)
-        self.v = out[1]
+        # the state is a plain attribute: set it past nn.Module.__setattr__ (~2 µs of registry checks)
+        self.__dict__["v"] = out[1]
         if store_v_seq:
-            self.v_seq = out[2]
+            self.__dict__["v_seq"] = out[2]
         return out[0]
 
     def _single_step(self, x: torch.Tensor) -> torch.Tensor:
         """One step ``[B, ...]``: the fused op over T = 1. With ``store_v_seq`` the membrane after each
         step is appended to ``v_seq`` (``[steps since reset, B, ...]``), as SpikingJelly does."""
-        s = self._run(x.unsqueeze(0), False)[0]
+        s = self._run(x.unsqueeze(0), False).squeeze(0)  # a view both ways ([0]'s backward allocates)
         if self.store_v_seq:
             step = self.v.unsqueeze(0)
             prev = self.v_seq
@@ -118,8 +119,8 @@ class BaseLIF(nn.Module):
         return s
 
     def reset(self) -> None:
-        self.v = None
-        self.v_seq = None
+        self.__dict__["v"] = None
+        self.__dict__["v_seq"] = None
 
     def detach(self) -> None:
         if self.v is not None:

@@ -7,6 +7,7 @@ whatever function of a learnable parameter the caller used (1/τ, 1 − λ, sigm
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -28,6 +29,12 @@ class LIFFlags:
     decay_input: bool  # False for IF (k = 0)
     detach_reset: bool
     reset_residual: float  # κ
+
+    @functools.cached_property
+    def op_args(self) -> tuple:
+        """The flags as the fused ops take them, after ``noise_mask`` (made once per flags object)."""
+        return (self.surrogate_id, self.hard_reset, self.v_reset, self.decay_input, self.detach_reset,
+                self.reset_residual)
 
 
 def _is_compiling() -> bool:

@@ -86,11 +86,14 @@ class _LIFFunction(torch.autograd.Function):
 
 def _register_compiled(b: backends.Loaded) -> None:
     """torch.compile's view of a backend's ops: fakes for the ops defined in C++ (Triton's carry
-    their own) and ``_backward`` as the autograd of the training forward."""
+    their own) and, unless the op has its autograd in C++ (csrc/autograd/lif_autograd.cpp), ``_backward``
+    as the autograd of the training forward."""
     if b.entry.module is None:  # defined in C++ (ops.cpp)
         torch.library.register_fake(b.entry.fwd)(
             _fake_fwd_cuda_recompute if b.entry.fwd == "snn_fast::lif_fwd_recompute" else _fake_fwd_cpp)
         torch.library.register_fake(b.entry.bwd)(config.fake_bwd)
+    if b.cpp_autograd:
+        return
     bwd = backends.op(b.entry.bwd)
 
     def setup_context(ctx, inputs, output):
@@ -236,7 +239,39 @@ def _initial_state_flat(x, v0, flags: config.LIFFlags) -> torch.Tensor:
 def _as_param(v, dtype, device) -> torch.Tensor:
     if isinstance(v, torch.Tensor):
         return v.reshape(()).to(device=device, dtype=dtype)
-    return torch.tensor(float(v), dtype=dtype, device=device)
+    f = float(v)
+    return _cached_const(("scalar", f, dtype, device), lambda: torch.tensor(f, dtype=dtype, device=device))
+
+
+# (name, loaded backend or None for 'reference') per routing key: the backend choice and the table
+# lookups of a call, made once per (backend=, $SNN_FAST_BACKEND, device type, surrogate, save). Not for
+# 'auto' on a GPU, whose choice depends on the shape (the measured table). Plain dict: a racing miss
+# computes the same value twice.
+_ROUTES: Dict[tuple, tuple] = {}
+
+
+def _route(backend, x, sg: _sg.Surrogate, save: str):
+    compiling = config._is_compiling()
+    key = None
+    if not compiling and (backend is None or type(backend) is str):  # anything else: select's error
+        env = os.environ.get(backends.ENV_VAR) if backend is None or backend == "auto" else None
+        dev = x.device.type
+        if not (dev == "cuda" and backend in (None, "auto") and (env or "auto").lower() == "auto"):
+            key = (backend, env, dev, sg.id, sg.custom, save)
+            hit = _ROUTES.get(key)
+            if hit is not None:
+                return hit
+    name = BACKENDS.select(backend, x, sg.id >= 0, sg)
+    if name == "reference":
+        route = ("reference", None)
+    else:
+        if sg.custom:  # a user's surrogate: the entry whose ops run it
+            name = BACKENDS.ops_for(name, sg)
+        name = entry_name(name, save)
+        route = (name, None if compiling else BACKENDS.load(name))
+    if key is not None:
+        _ROUTES[key] = route
+    return route
 
 
 def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate, noise_mask=None,
@@ -247,14 +282,11 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
     The modules call this directly so that learnable parameters are not re-validated (no device
     sync) on every step.
     """
-    name = BACKENDS.select(backend, x, sg.id >= 0, sg)
+    name, b = _route(backend, x, sg, save)
     if name == "reference":
         return lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
-    if sg.custom:  # a user's surrogate: the entry whose ops run it; α learnable only with its ∂g/∂α
-        name = BACKENDS.ops_for(name, sg)
-        if sg.dg_dalpha is None and isinstance(alpha, torch.Tensor) and alpha.requires_grad:
-            raise ValueError(f"surrogate {sg.name!r} has no dg_dalpha: alpha cannot be learned")
-    name = entry_name(name, save)
+    if sg.custom and sg.dg_dalpha is None and isinstance(alpha, torch.Tensor) and alpha.requires_grad:
+        raise ValueError(f"surrogate {sg.name!r} has no dg_dalpha: alpha cannot be learned")
     T = x.shape[0]
     shape = x.shape[1:]
     x2 = x.reshape(T, -1)
@@ -268,15 +300,19 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
         params = _cached_const(("params", kf, tf, af, pdtype, x.device),
                                lambda: torch.tensor([kf, tf, af], dtype=pdtype, device=x.device))
     mask2 = None if noise_mask is None else noise_mask.reshape(T, -1)
-    flag_args = (flags.surrogate_id, flags.hard_reset, flags.v_reset, flags.decay_input, flags.detach_reset,
-                 flags.reset_residual)
     if config._is_compiling():  # the dispatcher, traced with the registered fake and autograd
+        flag_args = (flags.surrogate_id, flags.hard_reset, flags.v_reset, flags.decay_input, flags.detach_reset,
+                     flags.reset_residual)
         op = BACKENDS.compiled_fwd(name, backends.needs_grad(x2, v0_t, params))
         s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq)
     else:
-        b = BACKENDS.load(name)
+        flag_args = flags.op_args
+        if b is None:  # routed inside a torch.compile trace, run eagerly now
+            b = BACKENDS.load(name)
+        if b.cpp_autograd:  # one dispatcher call; the C++ autograd kernel records the backward when needed
+            s, v_last, v_seq, _ = b.fwd(x2, v0_t, params, mask2, *flag_args, return_v_seq)
         # backends.needs_grad written out: this runs on every call of every step (~0.2 µs less)
-        if torch.is_grad_enabled() and (x2.requires_grad or v0_t.requires_grad or params.requires_grad):
+        elif torch.is_grad_enabled() and (x2.requires_grad or v0_t.requires_grad or params.requires_grad):
             s, v_last, v_seq = _LIFFunction.apply(b.fwd, b.bwd, x2, v0_t, params, mask2, flag_args,
                                                   return_v_seq)
         else:

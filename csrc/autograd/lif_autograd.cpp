@@ -1,0 +1,121 @@
+// Autograd of the C++ LIF ops (snn_fast::lif_fwd on CPU and CUDA, lif_fwd_recompute on CUDA), in C++.
+//
+// Why C++: a Python torch.autograd.Function costs ~35 us of host time per forward+backward (its apply,
+// the context, the Python backward), more than the CPU kernels take at small sizes and far more than a
+// GPU kernel of a small layer. Here the forward is one dispatcher call and the backward runs without
+// Python. torch.compile traces through this kernel with the ops' registered fakes (as it does for
+// torchvision's C++ autograd ops). The backward is the contract of snn_fast/ops/lif/function.py:
+// no gradient for s means zeros, the v_seq placeholder's gradient (return_v_seq false) means none,
+// and the parameter gradients are computed only when params needs one.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+namespace snn_fast {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using FwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                         const c10::optional<Tensor>&, int64_t, bool, double,
+                                                         bool, bool, double, bool);
+using BwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const c10::optional<Tensor>&,
+                                                  const c10::optional<Tensor>&, const Tensor&, const Tensor&,
+                                                  const Tensor&, const c10::optional<Tensor>&, const Tensor&,
+                                                  const Tensor&, int64_t, bool, double, bool, bool, double, bool);
+
+struct StateOps {
+  static constexpr const char* fwd = "snn_fast::lif_fwd";
+  static constexpr const char* bwd = "snn_fast::lif_bwd";
+};
+struct RecomputeOps {
+  static constexpr const char* fwd = "snn_fast::lif_fwd_recompute";
+  static constexpr const char* bwd = "snn_fast::lif_bwd_recompute";
+};
+
+template <typename Ops>
+const c10::TypedOperatorHandle<FwdSig>& fwd_op() {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(Ops::fwd, "").template typed<FwdSig>();
+  return op;
+}
+
+template <typename Ops>
+const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(Ops::bwd, "").template typed<BwdSig>();
+  return op;
+}
+
+bool requires_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
+
+template <typename Ops>
+struct LIFFunction : public torch::autograd::Function<LIFFunction<Ops>> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& v0, const Tensor& params,
+                               const c10::optional<Tensor>& mask, int64_t sg, bool hard_reset, double v_reset,
+                               bool decay_input, bool detach_reset, double kappa, bool return_v_seq) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [s, v_last, v_seq, saved] = fwd_op<Ops>().call(x, v0, params, mask, sg, hard_reset, v_reset, decay_input,
+                                                        detach_reset, kappa, return_v_seq);
+    ctx->save_for_backward({x, v0, params, mask.has_value() ? *mask : Tensor(), saved, s});
+    ctx->saved_data["sg"] = sg;
+    ctx->saved_data["hard_reset"] = hard_reset;
+    ctx->saved_data["v_reset"] = v_reset;
+    ctx->saved_data["decay_input"] = decay_input;
+    ctx->saved_data["detach_reset"] = detach_reset;
+    ctx->saved_data["kappa"] = kappa;
+    ctx->saved_data["return_v_seq"] = return_v_seq;
+    ctx->mark_non_differentiable({saved});
+    ctx->set_materialize_grads(false);
+    return {s, v_last, v_seq, saved};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto sv = ctx->get_saved_variables();
+    const Tensor &x = sv[0], &v0 = sv[1], &params = sv[2], &saved = sv[4], &s = sv[5];
+    const c10::optional<Tensor> mask = sv[3].defined() ? c10::optional<Tensor>(sv[3]) : c10::nullopt;
+    Tensor gs = grads[0];
+    // The backward kernels have no backward of their own: under create_graph=True their result would
+    // silently carry no graph (a second gradient of 0). Refuse instead.
+    TORCH_CHECK_NOT_IMPLEMENTED(
+        !(at::GradMode::is_enabled() && (requires_grad(gs) || requires_grad(grads[1]) || requires_grad(grads[2]) ||
+                                         requires_grad(x) || requires_grad(v0) || requires_grad(params))),
+        "double backward (create_graph=True) through the fused LIF kernels is not supported; "
+        "use backend='reference' for higher-order gradients");
+    if (!gs.defined()) gs = at::zeros_like(x);
+    c10::optional<Tensor> gvl, gvs;
+    if (grads[1].defined()) gvl = grads[1];
+    // without return_v_seq, v_seq is an empty placeholder: a gradient for it carries nothing
+    if (grads[2].defined() && ctx->saved_data.at("return_v_seq").toBool()) gvs = grads[2];
+    const bool need_param_grad = ctx->needs_input_grad(2);
+    const auto& d = ctx->saved_data;
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [gx, gv0, gp] = bwd_op<Ops>().call(
+        gs.contiguous(), gvl, gvs, x, v0, params, mask, saved, s, d.at("sg").toInt(), d.at("hard_reset").toBool(),
+        d.at("v_reset").toDouble(), d.at("decay_input").toBool(), d.at("detach_reset").toBool(),
+        d.at("kappa").toDouble(), need_param_grad);
+    // one entry per forward argument: x, v0, params, then none for the mask and the 7 flags
+    return {gx, gv0, need_param_grad ? gp : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
+            Tensor(), Tensor(), Tensor()};
+  }
+};
+
+template <typename Ops>
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_autograd(const Tensor& x, const Tensor& v0, const Tensor& params,
+                                                            const c10::optional<Tensor>& mask, int64_t sg,
+                                                            bool hard_reset, double v_reset, bool decay_input,
+                                                            bool detach_reset, double kappa, bool return_v_seq) {
+  auto out = LIFFunction<Ops>::apply(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
+                                     return_v_seq);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snn_fast, Autograd, m) {
+  m.impl("lif_fwd", &lif_fwd_autograd<StateOps>);
+  m.impl("lif_fwd_recompute", &lif_fwd_autograd<RecomputeOps>);
+}
+
+}  // namespace snn_fast

@@ -1,0 +1,125 @@
+"""The host work of one LIF forward+backward, counted without a GPU.
+
+On a GPU the kernels of a small layer take microseconds; whatever the Python layers add on top (extra
+torch calls, allocations, a device sync) sets the step time. This file records every torch call the
+eager path makes below the autograd key (a TorchDispatchMode sees each one: the fused ops, allocations,
+copies, ``.item()``'s ``_local_scalar_dense`` sync) and holds the line:
+
+- without parameter gradients: exactly one forward op and one backward op, nothing else but views;
+- with a learnable parameter: the same two ops plus a bounded number of small parameter ops;
+- never a device sync.
+
+The C++ ops are the same on the CPU and the GPU (``snn_fast::lif_fwd``/``lif_bwd``, CUDA kernels behind
+the same schema), so a Python change that adds host work on the GPU fails here first.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import snn_fast
+from snn_fast import nn as snn
+
+pytestmark = pytest.mark.skipif(not snn_fast.HAS_C, reason="needs the C++ extension")
+
+# Ops that make no new storage and launch nothing: the reshapes between [T, *] and [T, N].
+VIEWS = {"view", "_unsafe_view", "alias", "detach", "expand", "as_strided", "_reshape_alias", "reshape",
+         "unsqueeze", "squeeze", "select"}
+SYNCS = {"_local_scalar_dense", "item", "is_nonzero", "equal"}
+
+
+class OpLog(TorchDispatchMode):
+    """Names (``namespace.op``) of the top-level torch calls made while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(f"{func.namespace}.{func._schema.name.split('::')[-1]}")
+        return func(*args, **(kwargs or {}))
+
+    def work(self):
+        """Everything but views."""
+        return [o for o in self.ops if o.split(".")[-1] not in VIEWS]
+
+
+def _fwd_bwd(run, x, grad):
+    """Record one forward and its backward (``grad`` made beforehand: the caller's loss is not ours;
+    ``x.grad`` cleared: accumulating into it is autograd's work, not ours)."""
+    x.grad = None
+    with OpLog() as log:
+        s = run(x)
+        s.backward(grad)
+    return log
+
+
+def _x(shape=(4, 2, 64)):
+    return torch.randn(shape).requires_grad_(True)
+
+
+def test_oplog_sees_allocations_and_syncs():
+    """The instrument itself: an allocation, a copy and a sync below the autograd key are recorded."""
+    with OpLog() as log:
+        t = torch.zeros(3)
+        t.clone().sum().item()
+    assert "aten.zeros" in log.work() and "aten.clone" in log.work()
+    assert any(o.split(".")[-1] in SYNCS for o in log.ops)
+
+
+@pytest.mark.parametrize("save", ["state", "recompute"])
+def test_functional_two_ops_only(save):
+    x = _x()
+    g = torch.randn_like(x)
+    run = lambda x: snn_fast.lif_multistep(x, backend="cpu", save=save)[0]  # noqa: E731
+    run(x.detach())  # first call: constant caches filled
+    log = _fwd_bwd(run, x, g)
+    assert log.work() == ["snn_fast.lif_fwd", "snn_fast.lif_bwd"], log.ops
+
+
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+def test_module_two_ops_only(step_mode):
+    m = snn.LIF(tau=2.0, backend="cpu", step_mode=step_mode)
+    x = _x((2, 64)) if step_mode == "s" else _x()
+    g = torch.randn_like(x)
+    m(x.detach())
+    for _ in range(2):  # fresh state, then the membrane carried from the call before (detached)
+        m.detach()
+        log = _fwd_bwd(m, x, g)
+        assert log.work() == ["snn_fast.lif_fwd", "snn_fast.lif_bwd"], log.ops
+    m.reset()
+    log = _fwd_bwd(m, x, g)
+    assert log.work() == ["snn_fast.lif_fwd", "snn_fast.lif_bwd"], log.ops
+
+
+@pytest.mark.parametrize("kind", ["threshold", "tau", "plif"])
+def test_learnable_parameters_bounded(kind):
+    """A learnable parameter adds the [3] params assembly and its gradient's slice: a few tiny ops,
+    the same number whatever T and N, and no sync (a value check per step would need one)."""
+    counts = set()
+    for shape in ((4, 2, 64), (9, 3, 5)):
+        if kind == "plif":
+            m = snn.PLIF(backend="cpu")
+        else:
+            m = snn.LIF(backend="cpu", learn_tau=kind == "tau", learnable_threshold=kind == "threshold")
+        x = _x(shape)
+        m(x.detach())  # first call: constant caches filled
+        m.reset()
+        log = _fwd_bwd(m, x, torch.randn_like(x))
+        work = log.work()
+        assert work.count("snn_fast.lif_fwd") == 1 and work.count("snn_fast.lif_bwd") == 1, log.ops
+        assert not any(o.split(".")[-1] in SYNCS for o in log.ops), log.ops
+        counts.add(len(work))
+    assert len(counts) == 1, counts
+    assert counts.pop() <= 10
+
+
+def test_inference_one_op():
+    m = snn.LIF(backend="cpu")
+    x = torch.randn(4, 2, 64)
+    m(x)
+    m.reset()
+    with torch.no_grad(), OpLog() as log:
+        m(x)
+    assert log.work() == ["snn_fast.lif_fwd"], log.ops
