@@ -19,7 +19,7 @@ import pytest
 
 ARCHS = (80, 90)
 DTYPES = ("fp32", "fp16", "bf16")
-SURROGATES = {"sigmoid": 0, "erf": 7, "q_pseudo_spike": 8, "atan": 1}
+SURROGATES = ("sigmoid", "erf", "q_pseudo_spike", "atan")  # ids from the registry (the kernels' names)
 # (hard_reset, noise mask, need_param_grad): covers each flag on and off with both partners.
 PATTERNS = ((True, False, False), (False, True, True), (True, True, True), (False, False, False))
 RC_CHUNK = 8  # snn_fast.ops.lif.config.RECOMPUTE_CHUNK (not imported: this module runs before the package)
@@ -38,21 +38,21 @@ def _signatures(dt: str, mask: bool):
     st = f"*{dt}"
     pt = "*fp64" if dt == "fp64" else "*fp32"
     mk = "*i1" if mask else st
-    consts_f = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "SAVE_X", "WIDE", "EXACT",
-                "CHUNK", "BLOCK"]
-    fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
+    consts_f = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "H_MINUS_THETA", "WIDE",
+                "EXACT", "CHUNK", "BLOCK"]
+    fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "wide_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
            "vseq_ptr": st, "h_ptr": st, "ck_ptr": pt, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
            **{c: "constexpr" for c in consts_f}}
     consts_b = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "DETACH_RESET", "HAS_MASK", "HAS_GVLAST", "HAS_GVSEQ",
-                "NEED_PARAM_GRAD", "SAVE_X", "WIDE", "BLOCK"]
+                "NEED_PARAM_GRAD", "H_MINUS_THETA", "WIDE", "BLOCK"]
     bwd = {"gs_ptr": st, "gvlast_ptr": st, "gvseq_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
-           "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": pt, "T": "i32", "N": "i32",
-           "v_reset": "fp32", "kappa": "fp32", "N_BUCKET": "i32", **{c: "constexpr" for c in consts_b}}
+           "wide_ptr": pt, "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": pt, "T": "i32",
+           "N": "i32", "v_reset": "fp32", "kappa": "fp32", "N_BUCKET": "i32", **{c: "constexpr" for c in consts_b}}
     # save="recompute": the V checkpoints (compute dtype) in place of the saved H
-    consts_rc = [c for c in consts_b if c != "SAVE_X"] + ["EXACT", "CHUNK"]
+    consts_rc = [c for c in consts_b if c != "H_MINUS_THETA"] + ["EXACT", "CHUNK"]
     bwd_rc = {**{a: t for a, t in bwd.items() if t != "constexpr" and a != "h_ptr"}, "ck_ptr": pt}
-    order = ["gs_ptr", "gvlast_ptr", "gvseq_ptr", "x_ptr", "v0_ptr", "params_ptr", "mask_ptr", "ck_ptr", "gx_ptr",
-             "gv0_ptr", "pgrad_ptr", "T", "N", "v_reset", "kappa", "N_BUCKET"]
+    order = ["gs_ptr", "gvlast_ptr", "gvseq_ptr", "x_ptr", "v0_ptr", "params_ptr", "wide_ptr", "mask_ptr", "ck_ptr",
+             "gx_ptr", "gv0_ptr", "pgrad_ptr", "T", "N", "v_reset", "kappa", "N_BUCKET"]
     bwd_rc = {**{a: bwd_rc[a] for a in order}, **{c: "constexpr" for c in consts_rc}}
     return fwd, bwd, bwd_rc
 
@@ -72,7 +72,7 @@ def _resources(cubin: bytes):
 
 
 # User-registered surrogates (issue 17, tests/user_surrogates.py), compiled as the Triton backend
-# launches them (``_sg_args``: SG = −1 and the user's constexpr functions): user_sigmoid is the
+# launches them (``surrogate_args``: SG = USER and the user's constexpr functions): user_sigmoid is the
 # built-in sigmoid's arithmetic, so its kernels must come out as the built-in's; user_shifted has its
 # own ∂g/∂α. Pattern (hard, mask, parameter gradients) uses g, g′ and ∂g/∂α all three.
 USER_SURROGATES = ("user_sigmoid", "user_shifted")
@@ -94,41 +94,44 @@ def compile_all():
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from snn_fast.ops.lif import triton as lt
+    from snn_fast.ops.common import triton_surrogate as tsg
+    from snn_fast.ops.lif import triton_kernels as lk
 
-    assert not lt.INTERPRETED, "AOT compilation needs TRITON_INTERPRET unset"
-    fwd_cfg, bwd_cfg = _worst_config(lt._FWD_CONFIGS), _worst_config(lt._BWD_CONFIGS)
-    rc_cfg = _worst_config(lt._BWD_RC_CONFIGS)
+    assert not lk.INTERPRETED, "AOT compilation needs TRITON_INTERPRET unset"
+    fwd_cfg, bwd_cfg = _worst_config(lk.FWD_CONFIGS), _worst_config(lk.BWD_CONFIGS)
+    rc_cfg = _worst_config(lk.BWD_RC_CONFIGS)
     rows = []
-    combos = [(arch, dt, SURROGATES, PATTERNS) for arch in ARCHS for dt in DTYPES]
-    combos.append((90, "fp64", SURROGATES, PATTERNS[2:3]))  # float64 (gradcheck-grade runs on a GPU)
+    combos = [(arch, dt, "builtin", PATTERNS) for arch in ARCHS for dt in DTYPES]
+    combos.append((90, "fp64", "builtin", PATTERNS[2:3]))  # float64 (gradcheck-grade runs on a GPU)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import user_surrogates
     from snn_fast import surrogate as sgm
 
     user_surrogates.register_all()
+    builtins = {n: sgm.get(n).id for n in SURROGATES}
     users = {n: sgm.get(n).id for n in USER_SURROGATES}
-    combos += [(arch, dt, users, PATTERNS[2:3]) for arch in ARCHS for dt in USER_DTYPES]
-    for arch, dt, surrogates, patterns in combos:
-        save_x = dt in ("fp16", "bf16")
+    combos += [(arch, dt, "user", PATTERNS[2:3]) for arch in ARCHS for dt in USER_DTYPES]
+    for arch, dt, which, patterns in combos:
+        surrogates = builtins if which == "builtin" else users
+        hmt = dt in ("fp16", "bf16")  # the saved state is H − θ in the storage dtype
         for sg_name, sg in surrogates.items():
             for hard, mask, npg in patterns:
                 fwd_sig, bwd_sig, rc_sig = _signatures(dt, mask)
-                sg_args = lt._sg_args(sg)  # {"SG": id, "SGF": None} or {"SG": -1, "SGF": the user's functions}
+                sg_args = tsg.surrogate_args(sg)  # {"SG": id, "SGF": None} or {"SG": USER, "SGF": the user's}
                 variants = [
-                    ("fwd", lt._lif_fwd_kernel, fwd_sig,
+                    ("fwd", lk.lif_fwd_kernel, fwd_sig,
                      dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False,
                           SAVE_H=hard or mask,  # (soft, no mask) compiles the inference variant
-                          SAVE_X=save_x, WIDE=dt == "fp64", EXACT=True, CHUNK=0), fwd_cfg),
-                    ("bwd", lt._lif_bwd_kernel, bwd_sig,
+                          H_MINUS_THETA=hmt, WIDE=dt == "fp64", EXACT=True, CHUNK=0), fwd_cfg),
+                    ("bwd", lk.lif_bwd_kernel, bwd_sig,
                      dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
-                          HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SAVE_X=save_x, WIDE=dt == "fp64"),
+                          HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, H_MINUS_THETA=hmt, WIDE=dt == "fp64"),
                      bwd_cfg),
                     # save="recompute": the forward that writes checkpoints instead of H, and its backward
-                    ("fwd_rc", lt._lif_fwd_kernel, fwd_sig,
+                    ("fwd_rc", lk.lif_fwd_kernel, fwd_sig,
                      dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False, SAVE_H=False,
-                          SAVE_X=save_x, WIDE=dt == "fp64", EXACT=True, CHUNK=RC_CHUNK), fwd_cfg),
-                    ("bwd_rc", lt._lif_bwd_rc_kernel, rc_sig,
+                          H_MINUS_THETA=hmt, WIDE=dt == "fp64", EXACT=True, CHUNK=RC_CHUNK), fwd_cfg),
+                    ("bwd_rc", lk.lif_bwd_rc_kernel, rc_sig,
                      dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
                           HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, WIDE=dt == "fp64", EXACT=True,
                           CHUNK=RC_CHUNK), rc_cfg),
