@@ -89,24 +89,28 @@ def _grid(N: int, block: Optional[int]):
 
 
 # --- what one variant needs, made once ---------------------------------------------------------------
-# kind → (BLOCK, num_warps) for every launch of that kind ("fwd", "bwd", "bwd_rc"), and "chunk" → the
-# recompute segment length: set only by ``lab_variant``, to time variants side by side.
+# kind → (BLOCK, num_warps) for every launch of that kind ("fwd", "bwd", "bwd_rc"), "chunk" → the
+# recompute segment length, "knobs" → extra constexpr arguments of every kernel: set only by
+# ``lab_variant``, to time variants side by side.
 _LAB: dict = {}
-# (kind, dtype, device type, surrogate id, flags…) → (kernel, constexpr kwargs, BLOCK or None when autotuned)
-_SPECS: dict = {}
+# (kind, dtype, device type, surrogate id, flags…) → (kernel, constexpr kwargs, BLOCK or None when
+# autotuned); one such table per lab variant (``_SPEC_SETS``), the defaults' under the key ().
+_SPEC_SETS: dict = {(): {}}
+_SPECS: dict = _SPEC_SETS[()]
 
 
 def _config_for(kind: str, fixed) -> Tuple[object, dict, Optional[int]]:
     raw, tuned = {"fwd": (_k.lif_fwd_kernel, _fwd_tuned), "bwd": (_k.lif_bwd_kernel, _bwd_tuned),
                   "bwd_rc": (_k.lif_bwd_rc_kernel, _bwd_rc_tuned)}[kind]
+    knobs = _LAB.get("knobs", {})
     if kind in _LAB:
         block, warps = _LAB[kind]
-        return raw, {"BLOCK": block, "num_warps": warps}, block
+        return raw, {**knobs, "BLOCK": block, "num_warps": warps}, block
     if INTERPRETED:
-        return raw, {"BLOCK": _INTERPRET_BLOCK}, _INTERPRET_BLOCK
+        return raw, {**knobs, "BLOCK": _INTERPRET_BLOCK}, _INTERPRET_BLOCK
     if fixed is not None:
-        return raw, dict(fixed.kwargs, num_warps=fixed.num_warps), fixed.kwargs["BLOCK"]
-    return tuned, {}, None
+        return raw, dict(knobs, **fixed.kwargs, num_warps=fixed.num_warps), fixed.kwargs["BLOCK"]
+    return tuned, dict(knobs), None
 
 
 def _spec(key: tuple, kind: str, fixed, surrogate: int, x: torch.Tensor, flags: dict):
@@ -123,25 +127,24 @@ def _spec(key: tuple, kind: str, fixed, surrogate: int, x: torch.Tensor, flags: 
 
 
 @contextlib.contextmanager
-def lab_variant(fwd=None, bwd=None, bwd_rc=None, chunk=None, eager_wrap=False):
-    """Run the ops with explicit (BLOCK, num_warps) per kernel kind, another recompute segment length
-    and/or wrap_triton in eager mode, instead of the defaults (the GPU check's ``lab`` stage). Not
-    thread-safe; the variant's kernels compile on first use. A recompute forward and its backward
-    must run under the same ``chunk``."""
-    global _EAGER_WRAP
-    saved = dict(_LAB), _EAGER_WRAP
+def lab_variant(fwd=None, bwd=None, bwd_rc=None, chunk=None, knobs=None, eager_wrap=False):
+    """Run the ops with explicit (BLOCK, num_warps) per kernel kind, another recompute segment length,
+    extra constexpr ``knobs`` of the kernels and/or wrap_triton in eager mode, instead of the defaults
+    (the GPU check's ``lab`` stage). Not thread-safe; a variant's kernels compile on its first use. A
+    recompute forward and its backward must run under the same ``chunk``."""
+    global _EAGER_WRAP, _SPECS
+    saved = dict(_LAB), _EAGER_WRAP, _SPECS
     _LAB.clear()
-    _LAB.update({k: v for k, v in (("fwd", fwd), ("bwd", bwd), ("bwd_rc", bwd_rc), ("chunk", chunk))
-                 if v is not None})
+    _LAB.update({k: v for k, v in (("fwd", fwd), ("bwd", bwd), ("bwd_rc", bwd_rc), ("chunk", chunk),
+                                   ("knobs", knobs)) if v is not None})
     _EAGER_WRAP = eager_wrap
-    _SPECS.clear()
+    _SPECS = _SPEC_SETS.setdefault(repr(sorted(_LAB.items())), {}) if _LAB else _SPEC_SETS[()]
     try:
         yield
     finally:
         _LAB.clear()
         _LAB.update(saved[0])
-        _EAGER_WRAP = saved[1]
-        _SPECS.clear()
+        _EAGER_WRAP, _SPECS = saved[1], saved[2]
 
 
 def _rc_chunk() -> int:
