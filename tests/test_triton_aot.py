@@ -39,17 +39,17 @@ def _signatures(dt: str, mask: bool):
     pt = "*fp64" if dt == "fp64" else "*fp32"
     mk = "*i1" if mask else st
     consts_f = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "H_MINUS_THETA", "WIDE",
-                "EXACT", "CHUNK", "BLOCK"]
+                "EXACT", "CHUNK", "BLOCK", "STREAM", "STAGES"]
     fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "wide_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
            "vseq_ptr": st, "h_ptr": st, "ck_ptr": pt, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
            **{c: "constexpr" for c in consts_f}}
     consts_b = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "DETACH_RESET", "HAS_MASK", "HAS_GVLAST", "HAS_GVSEQ",
-                "NEED_PARAM_GRAD", "H_MINUS_THETA", "WIDE", "BLOCK"]
+                "NEED_PARAM_GRAD", "H_MINUS_THETA", "WIDE", "BLOCK", "STREAM", "STAGES"]
     bwd = {"gs_ptr": st, "gvlast_ptr": st, "gvseq_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
            "wide_ptr": pt, "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": pt, "T": "i32",
            "N": "i32", "v_reset": "fp32", "kappa": "fp32", "N_BUCKET": "i32", **{c: "constexpr" for c in consts_b}}
     # save="recompute": the V checkpoints (compute dtype) in place of the saved H
-    consts_rc = [c for c in consts_b if c != "H_MINUS_THETA"] + ["EXACT", "CHUNK"]
+    consts_rc = [c for c in consts_b if c not in ("H_MINUS_THETA", "STREAM", "STAGES")] + ["EXACT", "CHUNK"]
     bwd_rc = {**{a: t for a, t in bwd.items() if t != "constexpr" and a != "h_ptr"}, "ck_ptr": pt}
     order = ["gs_ptr", "gvlast_ptr", "gvseq_ptr", "x_ptr", "v0_ptr", "params_ptr", "wide_ptr", "mask_ptr", "ck_ptr",
              "gx_ptr", "gv0_ptr", "pgrad_ptr", "T", "N", "v_reset", "kappa", "N_BUCKET"]
@@ -141,16 +141,61 @@ def compile_all():
                         continue
                     if kind.endswith("_rc") and sg_name not in RC_SURROGATES:
                         continue
-                    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=dict(consts, BLOCK=block))
-                    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
-                    regs, stack, local = _resources(k.asm["cubin"])
-                    ptx = k.asm["ptx"]
+                    if kind in ("fwd", "bwd", "fwd_rc"):
+                        consts = dict(consts, STREAM=False, STAGES=None)  # the knobs' defaults
+                    k, res = _compile(fn, sig, dict(consts, BLOCK=block), arch, warps)
                     rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard, mask=mask,
-                                     need_param_grad=npg, block=block, warps=warps, regs=regs,
-                                     spills=stack + local,  # what Triton's n_spills reports (local bytes)
-                                     stack=stack, local=local,
-                                     mul_rn=("mul.rn.f64" if dt == "fp64" else "mul.rn.f32") in ptx,
-                                     user=sg_name in users, instructions=_ptx_instructions(ptx)))
+                                     need_param_grad=npg, block=block, warps=warps, user=sg_name in users,
+                                     aligned=False, **res))
+    rows += _aligned_rows(lk, tsg)
+    return rows
+
+
+def _compile(fn, sig, constexprs, arch, warps, aligned=False):
+    """(compiled kernel, resources). ``aligned``: every pointer and N divisible by 16, as Triton
+    specialises them at run time for N % 16 == 0 (W1): the vector loads and registers of that binary."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    attrs = None
+    if aligned:
+        names = list(fn.arg_names)
+        attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items() if t.startswith("*") or a == "N"}
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    regs, stack, local = _resources(k.asm["cubin"])
+    ptx = k.asm["ptx"]
+    return k, dict(regs=regs, spills=stack + local,  # what Triton's n_spills reports (local bytes)
+                   stack=stack, local=local, mul_rn=("mul.rn.f64" if "WIDE" in constexprs and constexprs["WIDE"]
+                                                     else "mul.rn.f32") in ptx,
+                   instructions=_ptx_instructions(ptx), shared=k.metadata.shared,
+                   ld_v4=len(re.findall(r"ld\.global[.\w:]*\.v4", ptx)),
+                   ld_v2=len(re.findall(r"ld\.global[.\w:]*\.v2", ptx)), cp_async="cp.async" in ptx)
+
+
+# W1 ([T, 64, 65536]: N % 16 == 0) on sm_90, the state kernels of sigmoid, hard reset, no mask, no
+# parameter gradients: every autotune config and the knobs of triton_kernels.py, as the lab stage of
+# the GPU check times them. (BLOCK, warps) pairs beyond the autotuned ones: the lab's.
+W1_BLOCKS = ((128, 1), (256, 2), (512, 4), (1024, 8), (1024, 4), (2048, 8), (256, 8))
+W1_KNOBS = (dict(STREAM=False, STAGES=None), dict(STREAM=True, STAGES=None), dict(STREAM=False, STAGES=3))
+
+
+def _aligned_rows(lk, tsg):
+    rows = []
+    for dt in ("fp32", "bf16"):
+        fwd_sig, bwd_sig, _ = _signatures(dt, False)
+        base = dict(**tsg.surrogate_args(tsg.SIGMOID.value), HARD_RESET=True, DECAY_INPUT=True, HAS_MASK=False,
+                    H_MINUS_THETA=dt == "bf16", WIDE=False)
+        for kind, fn, sig, consts in (
+                ("fwd", lk.lif_fwd_kernel, fwd_sig, dict(base, STORE_VSEQ=False, SAVE_H=True, EXACT=True, CHUNK=0)),
+                ("bwd", lk.lif_bwd_kernel, bwd_sig, dict(base, DETACH_RESET=False, HAS_GVLAST=True, HAS_GVSEQ=False,
+                                                         NEED_PARAM_GRAD=False))):
+            for block, warps in W1_BLOCKS:
+                for knobs in W1_KNOBS:
+                    _, res = _compile(fn, sig, dict(consts, BLOCK=block, **knobs), 90, warps, aligned=True)
+                    rows.append(dict(kernel=kind, arch=90, dtype=dt, surrogate="sigmoid", hard_reset=True, mask=False,
+                                     need_param_grad=False, block=block, warps=warps, user=False, aligned=True,
+                                     stream=knobs["STREAM"], stages=knobs["STAGES"], **res))
     return rows
 
 
@@ -169,8 +214,19 @@ def _subprocess(flag):
 
 
 @pytest.fixture(scope="module")
-def aot_rows():
+def aot_all():
     return _subprocess("--json")
+
+
+@pytest.fixture(scope="module")
+def aot_rows(aot_all):
+    """The variants compiled as for any N (no divisibility assumed): the register worst case."""
+    return [r for r in aot_all if not r["aligned"]]
+
+
+@pytest.fixture(scope="module")
+def aot_w1_rows(aot_all):
+    return [r for r in aot_all if r["aligned"]]
 
 
 def test_compile_sees_the_kernels_without_graph_break():
@@ -258,6 +314,24 @@ def test_aot_no_spills(aot_rows):
     assert stack == _stack_known(), stack ^ _stack_known()
 
 
+def test_aot_w1_vector_loads_and_no_spills(aot_w1_rows):
+    """At W1's alignment (N % 16 == 0), every config and knob the lab stage times: no stack or local
+    memory; 16-byte loads where a thread owns 16 bytes of a row (fp32 from 4 neurons per thread, bf16
+    from 8), 8-byte ones at 8 bytes; STAGES software-pipelines the fp32 backward (cp.async)."""
+    assert len(aot_w1_rows) == 2 * 2 * len(W1_BLOCKS) * len(W1_KNOBS)
+    for r in aot_w1_rows:
+        assert r["local"] == 0 and r["stack"] == 0, r
+        row_bytes = r["block"] // (32 * r["warps"]) * (4 if r["dtype"] == "fp32" else 2)
+        if row_bytes >= 16:
+            assert r["ld_v4"] > 0, r
+        elif row_bytes == 8:
+            assert r["ld_v2"] > 0 and r["ld_v4"] == 0, r
+        if r["kernel"] == "bwd" and r["stages"] and r["dtype"] == "fp32" and row_bytes >= 16:
+            assert r["cp_async"] and r["shared"] > 0, r
+        if not r["stages"]:
+            assert not r["cp_async"] and r["shared"] == 0, r
+
+
 def test_aot_recompute_backward_compiled(aot_rows):
     assert [r for r in aot_rows if r["kernel"] == "bwd_rc"]
 
@@ -312,11 +386,13 @@ def trace_compiled_graphs():
 
 
 def _table(rows):
-    lines = ["kernel arch dtype surrogate       hard mask npg BLOCK warps regs spills instructions"]
+    lines = ["kernel arch dtype surrogate       hard mask npg BLOCK warps regs spills instructions  W1: v4 v2 knobs"]
     for r in rows:
+        w1 = (f"  W1: {r['ld_v4']:2} {r['ld_v2']:2} STREAM={int(r['stream'])} STAGES={r['stages']} smem {r['shared']}"
+              if r["aligned"] else "")
         lines.append(f"{r['kernel']:6} sm{r['arch']} {r['dtype']:5} {r['surrogate']:15} {int(r['hard_reset']):4} "
                      f"{int(r['mask']):4} {int(r['need_param_grad']):3} {r['block']:5} {r['warps']:5} {r['regs']:4} "
-                     f"{r['spills']:6} {r['instructions']:12}")
+                     f"{r['spills']:6} {r['instructions']:12}{w1}")
     return "\n".join(lines)
 
 

@@ -630,6 +630,13 @@ LAB_VARIANTS = [
     ("npt4-w8", "state", dict(fwd=(1024, 8), bwd=(1024, 8))),
     ("npt8-w4", "state", dict(fwd=(1024, 4), bwd=(1024, 4))),
     ("npt4-w2", "state", dict(fwd=(256, 2), bwd=(256, 2))),
+    ("npt8-w8", "state", dict(fwd=(2048, 8), bwd=(2048, 8))),  # 8 per thread: 16-byte bf16 vectors
+    # kernel knobs (triton_kernels.py): evict-first loads and streaming stores; the backward's time loop
+    # software-pipelined (cp.async through shared memory, AOT sm_90 at N % 16 == 0)
+    ("stream", "state", dict(knobs=dict(fwd=dict(STREAM=True), bwd=dict(STREAM=True)))),
+    ("bwd-stages2", "state", dict(knobs=dict(bwd=dict(STAGES=2)))),
+    ("bwd-stages3", "state", dict(knobs=dict(bwd=dict(STAGES=3)))),
+    ("bwd-npt8", "state", dict(bwd=(1024, 4))),  # the backward at 8 per thread (16-byte bf16 vectors)
     ("rc-default", "recompute", {}),
     ("rc-chunk4", "recompute", dict(chunk=4)),
     ("rc-chunk16", "recompute", dict(chunk=16)),

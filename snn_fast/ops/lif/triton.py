@@ -90,7 +90,8 @@ def _grid(N: int, block: Optional[int]):
 
 # --- what one variant needs, made once ---------------------------------------------------------------
 # kind → (BLOCK, num_warps) for every launch of that kind ("fwd", "bwd", "bwd_rc"), "chunk" → the
-# recompute segment length, "knobs" → extra constexpr arguments of every kernel: set only by
+# recompute segment length, "knobs" → kind → extra constexpr arguments of that kind's kernel
+# (``triton_kernels.py``: STREAM, STAGES of the forward and the state backward): set only by
 # ``lab_variant``, to time variants side by side.
 _LAB: dict = {}
 # (kind, dtype, device type, surrogate id, flags…) → (kernel, constexpr kwargs, BLOCK or None when
@@ -102,7 +103,7 @@ _SPECS: dict = _SPEC_SETS[()]
 def _config_for(kind: str, fixed) -> Tuple[object, dict, Optional[int]]:
     raw, tuned = {"fwd": (_k.lif_fwd_kernel, _fwd_tuned), "bwd": (_k.lif_bwd_kernel, _bwd_tuned),
                   "bwd_rc": (_k.lif_bwd_rc_kernel, _bwd_rc_tuned)}[kind]
-    knobs = _LAB.get("knobs", {})
+    knobs = _LAB.get("knobs", {}).get(kind, {})
     if kind in _LAB:
         block, warps = _LAB[kind]
         return raw, {**knobs, "BLOCK": block, "num_warps": warps}, block
@@ -129,7 +130,8 @@ def _spec(key: tuple, kind: str, fixed, surrogate: int, x: torch.Tensor, flags: 
 @contextlib.contextmanager
 def lab_variant(fwd=None, bwd=None, bwd_rc=None, chunk=None, knobs=None, eager_wrap=False):
     """Run the ops with explicit (BLOCK, num_warps) per kernel kind, another recompute segment length,
-    extra constexpr ``knobs`` of the kernels and/or wrap_triton in eager mode, instead of the defaults
+    extra constexpr ``knobs`` per kernel kind ({"fwd": {"STREAM": True}, …}) and/or wrap_triton in eager
+    mode, instead of the defaults
     (the GPU check's ``lab`` stage). Not thread-safe; a variant's kernels compile on its first use. A
     recompute forward and its backward must run under the same ``chunk``."""
     global _EAGER_WRAP, _SPECS

@@ -89,10 +89,29 @@ def _mul_rn(a, b, EXACT: tl.constexpr):
 
 
 @triton.jit
+def _ld(p, m, STREAM: tl.constexpr):
+    """A load of a [T, N] stream (0 where masked); STREAM: marked first to evict from L2 (read once)."""
+    if STREAM:
+        r = tl.load(p, mask=m, other=0.0, eviction_policy="evict_first")
+    else:
+        r = tl.load(p, mask=m, other=0.0)
+    return r
+
+
+@triton.jit
+def _st(p, v, m, STREAM: tl.constexpr):
+    """A store to a [T, N] stream; STREAM: streaming store (``.cs``: not kept in L1/L2 for reuse)."""
+    if STREAM:
+        tl.store(p, v, mask=m, cache_modifier=".cs")
+    else:
+        tl.store(p, v, mask=m)
+
+
+@triton.jit
 def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, H_MINUS_THETA: tl.constexpr,
-                SGF: tl.constexpr = None):
+                SGF: tl.constexpr = None, STREAM: tl.constexpr = False):
     """Saved state at one step → (H, H − θ, emitted S) in the compute dtype of θ."""
-    hv = tl.load(hp, mask=m, other=0.0)
+    hv = _ld(hp, m, STREAM)
     if H_MINUS_THETA:  # D = H − θ with its sign bit = "no spike" (see the forward's store), so S is exact
         xs = hv.to(theta.dtype)
         h = xs + theta
@@ -180,8 +199,11 @@ def lif_fwd_kernel(
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
     STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr, H_MINUS_THETA: tl.constexpr, WIDE: tl.constexpr,
     EXACT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    STREAM: tl.constexpr = False, STAGES: tl.constexpr = None,
 ):
     # Per element and step: read x (b), write s (b), write H (b, training only) [+ v_seq b, + mask 1 B].
+    # Knobs (defaults off; the GPU check's lab times them): STREAM, the streams' loads evict-first and
+    # their stores streaming (.cs); STAGES, the time loop's num_stages (Triton's software pipeliner).
     # Addressing: one int64 scalar row offset t·N + start (N·T may exceed 2^31) plus int32 lanes,
     # so the loop carries 2 registers of address instead of a 64-bit pointer per neuron and tensor.
     start = tl.program_id(0).to(tl.int64) * BLOCK
@@ -200,28 +222,28 @@ def lif_fwd_kernel(
     row = start
     # x is prefetched one step ahead: its load does not wait on the recurrence, so issuing it before
     # step t's arithmetic doubles the loads in flight when few warps share an SM (small N, long T).
-    x_next = tl.load(x_ptr + row + lane, mask=m, other=0.0)
-    for t in range(T):
+    x_next = _ld(x_ptr + row + lane, m, STREAM)
+    for t in tl.range(0, T, num_stages=STAGES):
         sp = s_ptr + row + lane
         hp = h_ptr + row + lane
         vp = vseq_ptr + row + lane
         mp = mask_ptr + row + lane
         xv = x_next.to(k.dtype)
-        x_next = tl.load(x_ptr + row + N + lane, mask=m & ((lane * 0 + t) < T - 1), other=0.0)
+        x_next = _ld(x_ptr + row + N + lane, m & ((lane * 0 + t) < T - 1), STREAM)
         if HAS_MASK:
             mk = tl.load(mp, mask=m, other=1) != 0
         else:
             mk = m  # unread
         h, xs, s, v = _lif_step(v, xv, mk, k, theta, alpha, vr, SG, HARD_RESET, DECAY_INPUT, HAS_MASK, EXACT, SGF)
-        tl.store(sp, s.to(sp.dtype.element_ty), mask=m)
+        _st(sp, s.to(sp.dtype.element_ty), m, STREAM)
         if SAVE_H:
             if H_MINUS_THETA:  # the one fp16/bf16 encoding, shared with CUDA: csrc/include/snn_fast/lif_step.h
                 # Sign bit set to "no spike" explicitly: rounding alone would mark NaN (sign arbitrary)
                 # or H − θ = −0 (a spike: Θ(0) = 1) wrongly.
                 d = tl.where(xs >= 0.0, tl.abs(xs), -tl.abs(xs))
-                tl.store(hp, d.to(hp.dtype.element_ty), mask=m)
+                _st(hp, d.to(hp.dtype.element_ty), m, STREAM)
             else:
-                tl.store(hp, h.to(hp.dtype.element_ty), mask=m)
+                _st(hp, h.to(hp.dtype.element_ty), m, STREAM)
         if STORE_VSEQ:
             tl.store(vp, v.to(vp.dtype.element_ty), mask=m)
         if CHUNK > 0:  # save="recompute": V after steps K, 2K, … (not after the last step: v_last has it)
@@ -267,6 +289,7 @@ def lif_bwd_kernel(
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
     DETACH_RESET: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr, H_MINUS_THETA: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
+    STREAM: tl.constexpr = False, STAGES: tl.constexpr = None,
 ):
     # Per element and step: read grad_s (b), read H (b), write grad_x (b)
     # [+ grad_v_seq b, + mask 1 B, + x b when NEED_PARAM_GRAD and DECAY_INPUT].
@@ -284,9 +307,9 @@ def lif_bwd_kernel(
     last = tl.cast(T - 1, tl.int64) * N
     row = last + start
     h, xs, s = _load_state(h_ptr + row + lane, mask_ptr + row + lane, m, theta, alpha, SG, HAS_MASK, H_MINUS_THETA,
-                           SGF)
-    gs_next = tl.load(gs_ptr + row + lane, mask=m, other=0.0)  # prefetched a step ahead, as x in the forward
-    for i in range(T):
+                           SGF, STREAM)
+    gs_next = _ld(gs_ptr + row + lane, m, STREAM)  # prefetched a step ahead, as x in the forward
+    for i in tl.range(0, T, num_stages=STAGES):
         t = T - 1 - i
         gsp = gs_ptr + row + lane
         gxp = gx_ptr + row + lane
@@ -297,14 +320,14 @@ def lif_bwd_kernel(
         t_pos = (lane * 0 + t) > 0  # as a tensor (t may be a plain int in the interpreter)
         has_prev = m & t_pos
         h_prev, xs_prev, s_prev = _load_state(h_ptr + prev + lane, mask_ptr + prev + lane, has_prev, theta, alpha,
-                                              SG, HAS_MASK, H_MINUS_THETA, SGF)
+                                              SG, HAS_MASK, H_MINUS_THETA, SGF, STREAM)
         g_s = gs_next.to(k.dtype)
-        gs_next = tl.load(gsp - N, mask=has_prev, other=0.0)
+        gs_next = _ld(gsp - N, has_prev, STREAM)
         dvt = dv
         if HAS_GVSEQ:
             dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
         eps, ds, gp = _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG, HARD_RESET, DETACH_RESET, SGF)
-        tl.store(gxp, (eps * cx).to(gxp.dtype.element_ty), mask=m)
+        _st(gxp, (eps * cx).to(gxp.dtype.element_ty), m, STREAM)
         # ε − ε·k as lif_step.h lif_grad_v_prev (autograd adds the paths through V and V − vr): ε·(1 − k)
         # gives ±inf where the reference has inf − inf = NaN (straight_through + hard reset at H = ±max)
         dv = eps - eps * k
@@ -444,7 +467,9 @@ FWD_CONFIGS = [
 ]
 # The backward holds ~2× the live state (H_t and H_{t−1}, S, three partial sums); at 8 neurons per
 # thread it reached 168 registers and an 8-byte stack frame (fp16 q_pseudo_spike with mask and
-# parameter gradients, sm_90), so it stays at 4 per thread.
+# parameter gradients, sm_90; no alignment assumed), so it stays at 4 per thread. At W1's alignment
+# (N % 16 == 0: tests/test_triton_aot.py's W1 rows) the same 8 per thread takes 40 registers in bf16
+# with 16-byte loads instead of 8-byte ones; the GPU check's lab stage times it ("bwd-npt8").
 BWD_CONFIGS = FWD_CONFIGS[:4]
 # The recompute backward holds a segment's H (and, for parameter gradients, V_{t−1} and X) in
 # registers, CHUNK values per neuron and tensor, and the compiler hoists the segment's loads of x and
