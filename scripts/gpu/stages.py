@@ -419,6 +419,14 @@ def stage_overhead(args):
             gpu_ms = common.time_fns({"f": step}, DEVICE, rounds=1)["f"][0]
             print(f"{b} save={save} [{T}, {N}] fp32: fwd+bwd {gpu_ms:.3f} ms timed, host {host_ms(step):.3f} ms per "
                   f"fwd+bwd, {host_ms(lambda: infer(x, b, save)):.3f} ms per inference forward", flush=True)
+            if b == "triton":  # the launch path: the kernels called directly (default) vs through wrap_triton
+                from snn_fast.ops.lif import triton as lt
+
+                with lt.lab_variant(eager_wrap=True):
+                    step()
+                    print(f"{b} save={save}: with wrap_triton in eager mode, host {host_ms(step):.3f} ms per "
+                          f"fwd+bwd, fwd+bwd {common.time_fns({'f': step}, DEVICE, rounds=1)['f'][0]:.3f} ms timed",
+                          flush=True)
             # The raw backward op, called here: on a GPU autograd runs a backward in its own device
             # thread, which cProfile (this thread only) would not see.
             entry = BACKENDS.load(lif_function.entry_name(b, save))
