@@ -68,9 +68,9 @@ _EAGER_WRAP = False
 
 
 def launch(kernel, grid, args: tuple, consts: dict) -> None:
-    """Launch ``kernel`` on ``grid``: every launch of this module goes through here."""
+    """Launch ``kernel`` on ``grid``: every launch of this module goes through here. The interpreter's
+    kernels always run directly: their ops are opaque custom ops, and wrap_triton refuses them."""
     if not INTERPRETED and (_EAGER_WRAP or type(args[0]) not in _EAGER_TYPES):
-        # The interpreter's kernels run eagerly inside an opaque op (wrap_triton refuses them).
         torch.library.wrap_triton(kernel)[grid](*args, **consts)
     else:
         kernel[grid](*args, **consts)
@@ -82,7 +82,7 @@ def _n_bucket(n) -> int:
     return min(max(n.bit_length() - 10, 0), 12)  # ≤1K, 2K, 4K, … neurons
 
 
-def _cdiv(a, b):  # triton.cdiv is a constexpr function: ~5 µs per host call in Triton 3.9
+def _cdiv(a, b):  # not triton.cdiv: a constexpr function in Triton 3.9, which unwraps its arguments per call
     return (a + b - 1) // b
 
 
