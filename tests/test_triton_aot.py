@@ -39,17 +39,18 @@ def _signatures(dt: str, mask: bool):
     pt = "*fp64" if dt == "fp64" else "*fp32"
     mk = "*i1" if mask else st
     consts_f = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "H_MINUS_THETA", "WIDE",
-                "EXACT", "CHUNK", "BLOCK", "STREAM", "STAGES"]
+                "EXACT", "CHUNK", "BLOCK", "STREAM", "STAGES", "PREFETCH2"]
     fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "wide_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
            "vseq_ptr": st, "h_ptr": st, "ck_ptr": pt, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
            **{c: "constexpr" for c in consts_f}}
     consts_b = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "DETACH_RESET", "HAS_MASK", "HAS_GVLAST", "HAS_GVSEQ",
-                "NEED_PARAM_GRAD", "H_MINUS_THETA", "WIDE", "BLOCK", "STREAM", "STAGES"]
+                "NEED_PARAM_GRAD", "H_MINUS_THETA", "WIDE", "BLOCK", "STREAM", "STAGES", "PREFETCH2"]
     bwd = {"gs_ptr": st, "gvlast_ptr": st, "gvseq_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
            "wide_ptr": pt, "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": pt, "T": "i32",
            "N": "i32", "v_reset": "fp32", "kappa": "fp32", "N_BUCKET": "i32", **{c: "constexpr" for c in consts_b}}
     # save="recompute": the V checkpoints (compute dtype) in place of the saved H
-    consts_rc = [c for c in consts_b if c not in ("H_MINUS_THETA", "STREAM", "STAGES")] + ["EXACT", "CHUNK"]
+    knobs = ("STREAM", "STAGES", "PREFETCH2")  # the state kernels' only
+    consts_rc = [c for c in consts_b if c != "H_MINUS_THETA" and c not in knobs] + ["EXACT", "CHUNK"]
     bwd_rc = {**{a: t for a, t in bwd.items() if t != "constexpr" and a != "h_ptr"}, "ck_ptr": pt}
     order = ["gs_ptr", "gvlast_ptr", "gvseq_ptr", "x_ptr", "v0_ptr", "params_ptr", "wide_ptr", "mask_ptr", "ck_ptr",
              "gx_ptr", "gv0_ptr", "pgrad_ptr", "T", "N", "v_reset", "kappa", "N_BUCKET"]
@@ -142,7 +143,7 @@ def compile_all():
                     if kind.endswith("_rc") and sg_name not in RC_SURROGATES:
                         continue
                     if kind in ("fwd", "bwd", "fwd_rc"):
-                        consts = dict(consts, STREAM=False, STAGES=None)  # the knobs' defaults
+                        consts = dict(consts, STREAM=False, STAGES=None, PREFETCH2=False)  # the knobs' defaults
                     k, res = _compile(fn, sig, dict(consts, BLOCK=block), arch, warps)
                     rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard, mask=mask,
                                      need_param_grad=npg, block=block, warps=warps, user=sg_name in users,
@@ -177,7 +178,8 @@ def _compile(fn, sig, constexprs, arch, warps, aligned=False):
 # parameter gradients: every autotune config and the knobs of triton_kernels.py, as the lab stage of
 # the GPU check times them. (BLOCK, warps) pairs beyond the autotuned ones: the lab's.
 W1_BLOCKS = ((128, 1), (256, 2), (512, 4), (1024, 8), (1024, 4), (2048, 8), (256, 8))
-W1_KNOBS = (dict(STREAM=False, STAGES=None), dict(STREAM=True, STAGES=None), dict(STREAM=False, STAGES=3))
+W1_KNOBS = (dict(STREAM=False, STAGES=None, PREFETCH2=False), dict(STREAM=True, STAGES=None, PREFETCH2=False),
+            dict(STREAM=False, STAGES=3, PREFETCH2=False), dict(STREAM=False, STAGES=None, PREFETCH2=True))
 
 
 def _aligned_rows(lk, tsg):
@@ -195,7 +197,8 @@ def _aligned_rows(lk, tsg):
                     _, res = _compile(fn, sig, dict(consts, BLOCK=block, **knobs), 90, warps, aligned=True)
                     rows.append(dict(kernel=kind, arch=90, dtype=dt, surrogate="sigmoid", hard_reset=True, mask=False,
                                      need_param_grad=False, block=block, warps=warps, user=False, aligned=True,
-                                     stream=knobs["STREAM"], stages=knobs["STAGES"], **res))
+                                     stream=knobs["STREAM"], stages=knobs["STAGES"], prefetch2=knobs["PREFETCH2"],
+                                     **res))
     return rows
 
 
@@ -388,7 +391,8 @@ def trace_compiled_graphs():
 def _table(rows):
     lines = ["kernel arch dtype surrogate       hard mask npg BLOCK warps regs spills instructions  W1: v4 v2 knobs"]
     for r in rows:
-        w1 = (f"  W1: {r['ld_v4']:2} {r['ld_v2']:2} STREAM={int(r['stream'])} STAGES={r['stages']} smem {r['shared']}"
+        w1 = (f"  W1: {r['ld_v4']:2} {r['ld_v2']:2} STREAM={int(r['stream'])} STAGES={r['stages']} "
+              f"PREFETCH2={int(r['prefetch2'])} smem {r['shared']}"
               if r["aligned"] else "")
         lines.append(f"{r['kernel']:6} sm{r['arch']} {r['dtype']:5} {r['surrogate']:15} {int(r['hard_reset']):4} "
                      f"{int(r['mask']):4} {int(r['need_param_grad']):3} {r['block']:5} {r['warps']:5} {r['regs']:4} "

@@ -81,10 +81,10 @@ def stage_list(py, work, dry, full, nproc):
         # tables in its log: the first check found ~0.5 ms of host work in Triton's backward.
         ("overhead", 90, st + ["overhead", "--stage-name", "overhead"] + w + d, {}, 20),
         # Opt-in (OPT_IN): named variants of the Triton kernels side by side on W1 (launch path, BLOCK,
-        # warps, neurons per thread, recompute segment). Estimate: ~12 variants × 6 shapes, a compile
-        # per variant and dtype (~1 s each), two do_bench rounds (~0.3 s); it stops starting shapes
-        # after --budget seconds.
-        ("lab", 150, st + ["lab", "--stage-name", "lab", "--T", "4,16,64", "--budget", "100"] + w + d, {}, 110),
+        # warps, neurons per thread, kernel knobs, recompute segment). Estimate: 19 variants × 6 shapes,
+        # two kernel compiles per variant and dtype (~1 s each), two do_bench rounds (~0.3 s); it
+        # starts no new shape after --budget seconds (T = 16 and 64 first: the bandwidth questions).
+        ("lab", 150, st + ["lab", "--stage-name", "lab", "--T", "16,64,4", "--budget", "100"] + w + d, {}, 110),
     ] + ([
         # --full only: DDP on 2 ranks sharing the GPU (gloo), then DDP, FSDP2 and Inductor-compiled DDP
         # on 1 rank (NCCL), one launch per case. Estimate: 9 process starts (~5 s each), the Triton

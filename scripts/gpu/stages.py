@@ -645,6 +645,7 @@ LAB_VARIANTS = [
     ("bwd-stages2", "state", dict(knobs=dict(bwd=dict(STAGES=2)))),
     ("bwd-stages3", "state", dict(knobs=dict(bwd=dict(STAGES=3)))),
     ("bwd-npt8", "state", dict(bwd=(1024, 4))),  # the backward at 8 per thread (16-byte bf16 vectors)
+    ("prefetch2", "state", dict(knobs=dict(fwd=dict(PREFETCH2=True), bwd=dict(PREFETCH2=True)))),  # 2 steps ahead
     ("rc-default", "recompute", {}),
     ("rc-chunk4", "recompute", dict(chunk=4)),
     ("rc-chunk16", "recompute", dict(chunk=16)),
@@ -670,7 +671,8 @@ def stage_lab(args):
 
     want = [v for v in LAB_VARIANTS if not args.variants or v[0] in args.variants.split(",")]
     Ts = [9] if DRY else [int(t) for t in args.T.split(",")]  # dry: T = 9 crosses the 4- and 8-step segments
-    shapes = [((T, 2, 128) if DRY else (T, 64, 65536), dt) for dt in (torch.float32, torch.bfloat16) for T in Ts]
+    # T outer, in --T's order (the budget cuts the last): both dtypes of the first T come first
+    shapes = [((T, 2, 128) if DRY else (T, 64, 65536), dt) for T in Ts for dt in (torch.float32, torch.bfloat16)]
     env_path = os.path.join(args.work, "env.json")
     copy = json.load(open(env_path)).get("copy_gbps") if os.path.exists(env_path) else None
     t_start = time.perf_counter()

@@ -111,7 +111,13 @@ def _st(p, v, m, STREAM: tl.constexpr):
 def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, H_MINUS_THETA: tl.constexpr,
                 SGF: tl.constexpr = None, STREAM: tl.constexpr = False):
     """Saved state at one step → (H, H − θ, emitted S) in the compute dtype of θ."""
-    hv = _ld(hp, m, STREAM)
+    return _decode_state(_ld(hp, m, STREAM), mp, m, theta, alpha, SG, HAS_MASK, H_MINUS_THETA, SGF)
+
+
+@triton.jit
+def _decode_state(hv, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, H_MINUS_THETA: tl.constexpr,
+                  SGF: tl.constexpr = None):
+    """The saved value ``hv`` of one step (as stored) → (H, H − θ, emitted S) in the compute dtype of θ."""
     if H_MINUS_THETA:  # D = H − θ with its sign bit = "no spike" (see the forward's store), so S is exact
         xs = hv.to(theta.dtype)
         h = xs + theta
@@ -199,11 +205,13 @@ def lif_fwd_kernel(
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
     STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr, H_MINUS_THETA: tl.constexpr, WIDE: tl.constexpr,
     EXACT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
-    STREAM: tl.constexpr = False, STAGES: tl.constexpr = None,
+    STREAM: tl.constexpr = False, STAGES: tl.constexpr = None, PREFETCH2: tl.constexpr = False,
 ):
     # Per element and step: read x (b), write s (b), write H (b, training only) [+ v_seq b, + mask 1 B].
     # Knobs (defaults off; the GPU check's lab times them): STREAM, the streams' loads evict-first and
-    # their stores streaming (.cs); STAGES, the time loop's num_stages (Triton's software pipeliner).
+    # their stores streaming (.cs); STAGES, the time loop's num_stages (Triton's software pipeliner);
+    # PREFETCH2, x loaded two steps ahead instead of one (twice the loads in flight, one more register
+    # per neuron).
     # Addressing: one int64 scalar row offset t·N + start (N·T may exceed 2^31) plus int32 lanes,
     # so the loop carries 2 registers of address instead of a 64-bit pointer per neuron and tensor.
     start = tl.program_id(0).to(tl.int64) * BLOCK
@@ -223,13 +231,19 @@ def lif_fwd_kernel(
     # x is prefetched one step ahead: its load does not wait on the recurrence, so issuing it before
     # step t's arithmetic doubles the loads in flight when few warps share an SM (small N, long T).
     x_next = _ld(x_ptr + row + lane, m, STREAM)
+    if PREFETCH2:
+        x_next2 = _ld(x_ptr + row + N + lane, m & ((lane * 0 + 1) < T), STREAM)
     for t in tl.range(0, T, num_stages=STAGES):
         sp = s_ptr + row + lane
         hp = h_ptr + row + lane
         vp = vseq_ptr + row + lane
         mp = mask_ptr + row + lane
         xv = x_next.to(k.dtype)
-        x_next = _ld(x_ptr + row + N + lane, m & ((lane * 0 + t) < T - 1), STREAM)
+        if PREFETCH2:
+            x_next = x_next2
+            x_next2 = _ld(x_ptr + row + 2 * N + lane, m & ((lane * 0 + t) < T - 2), STREAM)
+        else:
+            x_next = _ld(x_ptr + row + N + lane, m & ((lane * 0 + t) < T - 1), STREAM)
         if HAS_MASK:
             mk = tl.load(mp, mask=m, other=1) != 0
         else:
@@ -289,7 +303,7 @@ def lif_bwd_kernel(
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
     DETACH_RESET: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr, H_MINUS_THETA: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
-    STREAM: tl.constexpr = False, STAGES: tl.constexpr = None,
+    STREAM: tl.constexpr = False, STAGES: tl.constexpr = None, PREFETCH2: tl.constexpr = False,
 ):
     # Per element and step: read grad_s (b), read H (b), write grad_x (b)
     # [+ grad_v_seq b, + mask 1 B, + x b when NEED_PARAM_GRAD and DECAY_INPUT].
@@ -309,6 +323,10 @@ def lif_bwd_kernel(
     h, xs, s = _load_state(h_ptr + row + lane, mask_ptr + row + lane, m, theta, alpha, SG, HAS_MASK, H_MINUS_THETA,
                            SGF, STREAM)
     gs_next = _ld(gs_ptr + row + lane, m, STREAM)  # prefetched a step ahead, as x in the forward
+    if PREFETCH2:  # and the saved state and grad_s two steps ahead (raw: decoded when used)
+        ahead = m & ((lane * 0 + 1) < T)
+        hv_next = _ld(h_ptr + row - N + lane, ahead, STREAM)
+        gs_next2 = _ld(gs_ptr + row - N + lane, ahead, STREAM)
     for i in tl.range(0, T, num_stages=STAGES):
         t = T - 1 - i
         gsp = gs_ptr + row + lane
@@ -319,10 +337,18 @@ def lif_bwd_kernel(
         # Step t − 1's state, needed next iteration (and now for V_{t−1} when learning k).
         t_pos = (lane * 0 + t) > 0  # as a tensor (t may be a plain int in the interpreter)
         has_prev = m & t_pos
-        h_prev, xs_prev, s_prev = _load_state(h_ptr + prev + lane, mask_ptr + prev + lane, has_prev, theta, alpha,
-                                              SG, HAS_MASK, H_MINUS_THETA, SGF, STREAM)
         g_s = gs_next.to(k.dtype)
-        gs_next = _ld(gsp - N, has_prev, STREAM)
+        if PREFETCH2:
+            h_prev, xs_prev, s_prev = _decode_state(hv_next, mask_ptr + prev + lane, has_prev, theta, alpha, SG,
+                                                    HAS_MASK, H_MINUS_THETA, SGF)
+            two = m & ((lane * 0 + t) > 1)
+            hv_next = _ld(h_ptr + prev - N + lane, two, STREAM)
+            gs_next = gs_next2
+            gs_next2 = _ld(gsp - 2 * N, two, STREAM)
+        else:
+            h_prev, xs_prev, s_prev = _load_state(h_ptr + prev + lane, mask_ptr + prev + lane, has_prev, theta,
+                                                  alpha, SG, HAS_MASK, H_MINUS_THETA, SGF, STREAM)
+            gs_next = _ld(gsp - N, has_prev, STREAM)
         dvt = dv
         if HAS_GVSEQ:
             dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
