@@ -7,7 +7,8 @@
 #
 # Stages (scripts/gpu/check.py, each with its own timeout, results written after each one):
 #   env → triton-lif → w1-triton → build (in the background from 'env' on) → cuda-lif → w1-cuda →
-#   autotable → tempotron → memcheck (→ ddp with --full).  See README "Running the GPU check".
+#   autotable → tempotron → memcheck → models → overhead (→ lab with --lab or --full; → ddp, w2 with --full).
+#   Only some: --only overhead,lab (alias --stages).  See README "Running the GPU check".
 #
 # Environment: PYTHON (default python3), OUT (default ./gpu_check_out), WHL_DIR (default ./.whl: wheels
 # that the GPU image lacks, made by scripts/gpu_prepare.sh; installed offline into a temporary folder).

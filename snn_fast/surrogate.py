@@ -3,7 +3,7 @@
 Every surrogate has a primitive ``g(x, a)`` (the analog forward of the noisy spike, SPEC §4), its
 derivative ``dg(x, a)`` (the surrogate gradient g′), and ``dg_dalpha(x, a)`` (∂g/∂α, for a learnable
 width). ``x = H − θ``. The integer ``id`` is what the fused kernels switch on; it is part of the ABI
-shared with ``csrc/include/snn_fast/surrogate.h`` and ``snn_fast/ops/lif/triton.py`` and must never
+shared with ``csrc/include/snn_fast/surrogate.h`` and ``snn_fast/ops/common/triton_surrogate.py`` and must never
 be renumbered.
 
 Surrogates registered by users (:func:`register_surrogate`) get ids from ``CUSTOM_ID_BASE`` up, in
@@ -302,7 +302,7 @@ def register_surrogate(
     grid of x and two widths; g′ matches central differences of g, and ∂g/∂α of g in α (the error
     names the worst point). The Triton functions need a device (or the interpreter) to run: the Triton
     backend checks them against the torch ones on the same grid the first time it runs them on a
-    device type, and refuses a disagreement (``snn_fast/ops/lif/triton.py``, ``_verify_user``).
+    device type, and refuses a disagreement (``snn_fast/ops/common/triton_surrogate.py``, ``verify_user``).
 
     ``backend='auto'`` picks the fastest backend that runs the surrogate; naming one that cannot
     ('cuda'; 'triton' without ``triton=``) is an error that says so.

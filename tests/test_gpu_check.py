@@ -42,7 +42,8 @@ def test_default_run_fits_the_budget(check_mod):
     """Estimated seconds per stage on the H200 (measured inputs: README "Running the GPU check") sum to
     less than the 480 s budget, which leaves a 600 s device call room for start-up and file transfer."""
     stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=False, nproc=16)
-    assert [s[0] for s in stages] == STAGE_NAMES
+    assert [s[0] for s in stages] == STAGE_NAMES + ["lab"]
+    stages = [s for s in stages if s[0] not in check_mod.OPT_IN]  # the default run
     est = {s[0]: s[4] for s in stages}
     assert sum(est.values()) <= 480, est
     assert all(s[1] >= s[4] for s in stages), "a timeout below its own estimate"
@@ -139,7 +140,7 @@ def test_full_adds_the_ddp_and_w2_stages(check_mod):
     """--full runs the distributed stage and W2 after the others (the default run stays within its
     budget)."""
     stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=True, nproc=16)
-    assert [s[0] for s in stages] == STAGE_NAMES + ["ddp", "w2"]
+    assert [s[0] for s in stages] == STAGE_NAMES + ["lab", "ddp", "w2"]
     assert all(s[1] >= s[4] for s in stages), "a timeout below its own estimate"
 
 
@@ -202,3 +203,36 @@ def test_gpu_tests_script_runs_and_reports(tmp_path):
     assert "passed" in log and "gpu_tests: pytest exit 0 (finished)" in log, log[-3000:]
     junit = (out / "junit.xml").read_text()
     assert "<testsuite" in junit and 'failures="0"' in junit, junit[:500]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_interpreter_breaks_on_this_numpy(),
+                    reason="triton < 3.7's interpreter fails with numpy >= 2.4 (int() of a 1-element array)")
+def test_lab_stage_dry_run(tmp_path, check_mod, stages_mod, monkeypatch):
+    """The opt-in 'lab' stage, alone (``--stages lab``): every variant of LAB_VARIANTS runs on the dry
+    run's shapes under the interpreter, agrees with its save mode's default, and its timed rows reach
+    the results file with the default's time over its own."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("OUT", str(out))
+    rc = check_mod.main(["--dry-run", "--stages", "lab"])
+    summary = (out / "summary.md").read_text()
+    assert rc == 0 and "| lab | ok |" in summary, summary
+    assert "| env |" not in summary  # only the named stage ran
+    csvs = [p for p in os.listdir(out) if p.endswith(".csv")]
+    assert len(csvs) == 1, os.listdir(out)
+    with open(out / csvs[0]) as f:
+        rows = [r for r in csv.DictReader(f) if r["op"] == "lif-lab"]
+    names = [v[0] for v in stages_mod.LAB_VARIANTS]
+    assert len(rows) == 2 * len(names)  # fp32 and bf16
+    for dtype in ("float32", "bfloat16"):
+        got = [r for r in rows if r["dtype"] == dtype]
+        assert [r["provider"] for r in got] == [f"triton:{n}" for n in names]
+        assert all(r["note"] == "" and float(r["median_ms"]) > 0 and float(r["speedup"]) > 0 for r in got), got
+        assert {r["save"] for r in got} == {"state", "recompute"}
+        assert all(float(r["speedup"]) == 1.0 for r in got if r["variant"] in ("default", "rc-default"))
+
+
+def test_unknown_stage_is_refused(check_mod, tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    with pytest.raises(SystemExit):
+        check_mod.main(["--dry-run", "--only", "overhead,labb"])

@@ -19,7 +19,7 @@ import pytest
 
 ARCHS = (80, 90)
 DTYPES = ("fp32", "fp16", "bf16")
-SURROGATES = {"sigmoid": 0, "erf": 7, "q_pseudo_spike": 8, "atan": 1}
+SURROGATES = ("sigmoid", "erf", "q_pseudo_spike", "atan")  # ids from the registry (the kernels' names)
 # (hard_reset, noise mask, need_param_grad): covers each flag on and off with both partners.
 PATTERNS = ((True, False, False), (False, True, True), (True, True, True), (False, False, False))
 RC_CHUNK = 8  # snn_fast.ops.lif.config.RECOMPUTE_CHUNK (not imported: this module runs before the package)
@@ -38,21 +38,22 @@ def _signatures(dt: str, mask: bool):
     st = f"*{dt}"
     pt = "*fp64" if dt == "fp64" else "*fp32"
     mk = "*i1" if mask else st
-    consts_f = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "SAVE_X", "WIDE", "EXACT",
-                "CHUNK", "BLOCK"]
-    fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
+    consts_f = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "H_MINUS_THETA", "WIDE",
+                "EXACT", "CHUNK", "BLOCK", "STREAM", "STAGES", "PREFETCH2"]
+    fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "wide_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
            "vseq_ptr": st, "h_ptr": st, "ck_ptr": pt, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
            **{c: "constexpr" for c in consts_f}}
     consts_b = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "DETACH_RESET", "HAS_MASK", "HAS_GVLAST", "HAS_GVSEQ",
-                "NEED_PARAM_GRAD", "SAVE_X", "WIDE", "BLOCK"]
+                "NEED_PARAM_GRAD", "H_MINUS_THETA", "WIDE", "BLOCK", "STREAM", "STAGES", "PREFETCH2"]
     bwd = {"gs_ptr": st, "gvlast_ptr": st, "gvseq_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
-           "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": pt, "T": "i32", "N": "i32",
-           "v_reset": "fp32", "kappa": "fp32", "N_BUCKET": "i32", **{c: "constexpr" for c in consts_b}}
+           "wide_ptr": pt, "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": pt, "T": "i32",
+           "N": "i32", "v_reset": "fp32", "kappa": "fp32", "N_BUCKET": "i32", **{c: "constexpr" for c in consts_b}}
     # save="recompute": the V checkpoints (compute dtype) in place of the saved H
-    consts_rc = [c for c in consts_b if c != "SAVE_X"] + ["EXACT", "CHUNK"]
+    knobs = ("STREAM", "STAGES", "PREFETCH2")  # the state kernels' only
+    consts_rc = [c for c in consts_b if c != "H_MINUS_THETA" and c not in knobs] + ["EXACT", "CHUNK"]
     bwd_rc = {**{a: t for a, t in bwd.items() if t != "constexpr" and a != "h_ptr"}, "ck_ptr": pt}
-    order = ["gs_ptr", "gvlast_ptr", "gvseq_ptr", "x_ptr", "v0_ptr", "params_ptr", "mask_ptr", "ck_ptr", "gx_ptr",
-             "gv0_ptr", "pgrad_ptr", "T", "N", "v_reset", "kappa", "N_BUCKET"]
+    order = ["gs_ptr", "gvlast_ptr", "gvseq_ptr", "x_ptr", "v0_ptr", "params_ptr", "wide_ptr", "mask_ptr", "ck_ptr",
+             "gx_ptr", "gv0_ptr", "pgrad_ptr", "T", "N", "v_reset", "kappa", "N_BUCKET"]
     bwd_rc = {**{a: bwd_rc[a] for a in order}, **{c: "constexpr" for c in consts_rc}}
     return fwd, bwd, bwd_rc
 
@@ -72,7 +73,7 @@ def _resources(cubin: bytes):
 
 
 # User-registered surrogates (issue 17, tests/user_surrogates.py), compiled as the Triton backend
-# launches them (``_sg_args``: SG = −1 and the user's constexpr functions): user_sigmoid is the
+# launches them (``surrogate_args``: SG = USER and the user's constexpr functions): user_sigmoid is the
 # built-in sigmoid's arithmetic, so its kernels must come out as the built-in's; user_shifted has its
 # own ∂g/∂α. Pattern (hard, mask, parameter gradients) uses g, g′ and ∂g/∂α all three.
 USER_SURROGATES = ("user_sigmoid", "user_shifted")
@@ -94,41 +95,44 @@ def compile_all():
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from snn_fast.ops.lif import triton as lt
+    from snn_fast.ops.common import triton_surrogate as tsg
+    from snn_fast.ops.lif import triton_kernels as lk
 
-    assert not lt.INTERPRETED, "AOT compilation needs TRITON_INTERPRET unset"
-    fwd_cfg, bwd_cfg = _worst_config(lt._FWD_CONFIGS), _worst_config(lt._BWD_CONFIGS)
-    rc_cfg = _worst_config(lt._BWD_RC_CONFIGS)
+    assert not lk.INTERPRETED, "AOT compilation needs TRITON_INTERPRET unset"
+    fwd_cfg, bwd_cfg = _worst_config(lk.FWD_CONFIGS), _worst_config(lk.BWD_CONFIGS)
+    rc_cfg = _worst_config(lk.BWD_RC_CONFIGS)
     rows = []
-    combos = [(arch, dt, SURROGATES, PATTERNS) for arch in ARCHS for dt in DTYPES]
-    combos.append((90, "fp64", SURROGATES, PATTERNS[2:3]))  # float64 (gradcheck-grade runs on a GPU)
+    combos = [(arch, dt, "builtin", PATTERNS) for arch in ARCHS for dt in DTYPES]
+    combos.append((90, "fp64", "builtin", PATTERNS[2:3]))  # float64 (gradcheck-grade runs on a GPU)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import user_surrogates
     from snn_fast import surrogate as sgm
 
     user_surrogates.register_all()
+    builtins = {n: sgm.get(n).id for n in SURROGATES}
     users = {n: sgm.get(n).id for n in USER_SURROGATES}
-    combos += [(arch, dt, users, PATTERNS[2:3]) for arch in ARCHS for dt in USER_DTYPES]
-    for arch, dt, surrogates, patterns in combos:
-        save_x = dt in ("fp16", "bf16")
+    combos += [(arch, dt, "user", PATTERNS[2:3]) for arch in ARCHS for dt in USER_DTYPES]
+    for arch, dt, which, patterns in combos:
+        surrogates = builtins if which == "builtin" else users
+        hmt = dt in ("fp16", "bf16")  # the saved state is H − θ in the storage dtype
         for sg_name, sg in surrogates.items():
             for hard, mask, npg in patterns:
                 fwd_sig, bwd_sig, rc_sig = _signatures(dt, mask)
-                sg_args = lt._sg_args(sg)  # {"SG": id, "SGF": None} or {"SG": -1, "SGF": the user's functions}
+                sg_args = tsg.surrogate_args(sg)  # {"SG": id, "SGF": None} or {"SG": USER, "SGF": the user's}
                 variants = [
-                    ("fwd", lt._lif_fwd_kernel, fwd_sig,
+                    ("fwd", lk.lif_fwd_kernel, fwd_sig,
                      dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False,
                           SAVE_H=hard or mask,  # (soft, no mask) compiles the inference variant
-                          SAVE_X=save_x, WIDE=dt == "fp64", EXACT=True, CHUNK=0), fwd_cfg),
-                    ("bwd", lt._lif_bwd_kernel, bwd_sig,
+                          H_MINUS_THETA=hmt, WIDE=dt == "fp64", EXACT=True, CHUNK=0), fwd_cfg),
+                    ("bwd", lk.lif_bwd_kernel, bwd_sig,
                      dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
-                          HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SAVE_X=save_x, WIDE=dt == "fp64"),
+                          HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, H_MINUS_THETA=hmt, WIDE=dt == "fp64"),
                      bwd_cfg),
                     # save="recompute": the forward that writes checkpoints instead of H, and its backward
-                    ("fwd_rc", lt._lif_fwd_kernel, fwd_sig,
+                    ("fwd_rc", lk.lif_fwd_kernel, fwd_sig,
                      dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False, SAVE_H=False,
-                          SAVE_X=save_x, WIDE=dt == "fp64", EXACT=True, CHUNK=RC_CHUNK), fwd_cfg),
-                    ("bwd_rc", lt._lif_bwd_rc_kernel, rc_sig,
+                          H_MINUS_THETA=hmt, WIDE=dt == "fp64", EXACT=True, CHUNK=RC_CHUNK), fwd_cfg),
+                    ("bwd_rc", lk.lif_bwd_rc_kernel, rc_sig,
                      dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
                           HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, WIDE=dt == "fp64", EXACT=True,
                           CHUNK=RC_CHUNK), rc_cfg),
@@ -138,16 +142,63 @@ def compile_all():
                         continue
                     if kind.endswith("_rc") and sg_name not in RC_SURROGATES:
                         continue
-                    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=dict(consts, BLOCK=block))
-                    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
-                    regs, stack, local = _resources(k.asm["cubin"])
-                    ptx = k.asm["ptx"]
+                    if kind in ("fwd", "bwd", "fwd_rc"):
+                        consts = dict(consts, STREAM=False, STAGES=None, PREFETCH2=False)  # the knobs' defaults
+                    k, res = _compile(fn, sig, dict(consts, BLOCK=block), arch, warps)
                     rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard, mask=mask,
-                                     need_param_grad=npg, block=block, warps=warps, regs=regs,
-                                     spills=stack + local,  # what Triton's n_spills reports (local bytes)
-                                     stack=stack, local=local,
-                                     mul_rn=("mul.rn.f64" if dt == "fp64" else "mul.rn.f32") in ptx,
-                                     user=sg_name in users, instructions=_ptx_instructions(ptx)))
+                                     need_param_grad=npg, block=block, warps=warps, user=sg_name in users,
+                                     aligned=False, **res))
+    rows += _aligned_rows(lk, tsg)
+    return rows
+
+
+def _compile(fn, sig, constexprs, arch, warps, aligned=False):
+    """(compiled kernel, resources). ``aligned``: every pointer and N divisible by 16, as Triton
+    specialises them at run time for N % 16 == 0 (W1): the vector loads and registers of that binary."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    attrs = None
+    if aligned:
+        names = list(fn.arg_names)
+        attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items() if t.startswith("*") or a == "N"}
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    regs, stack, local = _resources(k.asm["cubin"])
+    ptx = k.asm["ptx"]
+    return k, dict(regs=regs, spills=stack + local,  # what Triton's n_spills reports (local bytes)
+                   stack=stack, local=local, mul_rn=("mul.rn.f64" if "WIDE" in constexprs and constexprs["WIDE"]
+                                                     else "mul.rn.f32") in ptx,
+                   instructions=_ptx_instructions(ptx), shared=k.metadata.shared,
+                   ld_v4=len(re.findall(r"ld\.global[.\w:]*\.v4", ptx)),
+                   ld_v2=len(re.findall(r"ld\.global[.\w:]*\.v2", ptx)), cp_async="cp.async" in ptx)
+
+
+# W1 ([T, 64, 65536]: N % 16 == 0) on sm_90, the state kernels of sigmoid, hard reset, no mask, no
+# parameter gradients: every autotune config and the knobs of triton_kernels.py, as the lab stage of
+# the GPU check times them. (BLOCK, warps) pairs beyond the autotuned ones: the lab's.
+W1_BLOCKS = ((128, 1), (256, 2), (512, 4), (1024, 8), (1024, 4), (2048, 8), (256, 8))
+W1_KNOBS = (dict(STREAM=False, STAGES=None, PREFETCH2=False), dict(STREAM=True, STAGES=None, PREFETCH2=False),
+            dict(STREAM=False, STAGES=3, PREFETCH2=False), dict(STREAM=False, STAGES=None, PREFETCH2=True))
+
+
+def _aligned_rows(lk, tsg):
+    rows = []
+    for dt in ("fp32", "bf16"):
+        fwd_sig, bwd_sig, _ = _signatures(dt, False)
+        base = dict(**tsg.surrogate_args(tsg.SIGMOID.value), HARD_RESET=True, DECAY_INPUT=True, HAS_MASK=False,
+                    H_MINUS_THETA=dt == "bf16", WIDE=False)
+        for kind, fn, sig, consts in (
+                ("fwd", lk.lif_fwd_kernel, fwd_sig, dict(base, STORE_VSEQ=False, SAVE_H=True, EXACT=True, CHUNK=0)),
+                ("bwd", lk.lif_bwd_kernel, bwd_sig, dict(base, DETACH_RESET=False, HAS_GVLAST=True, HAS_GVSEQ=False,
+                                                         NEED_PARAM_GRAD=False))):
+            for block, warps in W1_BLOCKS:
+                for knobs in W1_KNOBS:
+                    _, res = _compile(fn, sig, dict(consts, BLOCK=block, **knobs), 90, warps, aligned=True)
+                    rows.append(dict(kernel=kind, arch=90, dtype=dt, surrogate="sigmoid", hard_reset=True, mask=False,
+                                     need_param_grad=False, block=block, warps=warps, user=False, aligned=True,
+                                     stream=knobs["STREAM"], stages=knobs["STAGES"], prefetch2=knobs["PREFETCH2"],
+                                     **res))
     return rows
 
 
@@ -166,8 +217,19 @@ def _subprocess(flag):
 
 
 @pytest.fixture(scope="module")
-def aot_rows():
+def aot_all():
     return _subprocess("--json")
+
+
+@pytest.fixture(scope="module")
+def aot_rows(aot_all):
+    """The variants compiled as for any N (no divisibility assumed): the register worst case."""
+    return [r for r in aot_all if not r["aligned"]]
+
+
+@pytest.fixture(scope="module")
+def aot_w1_rows(aot_all):
+    return [r for r in aot_all if r["aligned"]]
 
 
 def test_compile_sees_the_kernels_without_graph_break():
@@ -255,6 +317,24 @@ def test_aot_no_spills(aot_rows):
     assert stack == _stack_known(), stack ^ _stack_known()
 
 
+def test_aot_w1_vector_loads_and_no_spills(aot_w1_rows):
+    """At W1's alignment (N % 16 == 0), every config and knob the lab stage times: no stack or local
+    memory; 16-byte loads where a thread owns 16 bytes of a row (fp32 from 4 neurons per thread, bf16
+    from 8), 8-byte ones at 8 bytes; STAGES software-pipelines the fp32 backward (cp.async)."""
+    assert len(aot_w1_rows) == 2 * 2 * len(W1_BLOCKS) * len(W1_KNOBS)
+    for r in aot_w1_rows:
+        assert r["local"] == 0 and r["stack"] == 0, r
+        row_bytes = r["block"] // (32 * r["warps"]) * (4 if r["dtype"] == "fp32" else 2)
+        if row_bytes >= 16:
+            assert r["ld_v4"] > 0, r
+        elif row_bytes == 8:
+            assert r["ld_v2"] > 0 and r["ld_v4"] == 0, r
+        if r["kernel"] == "bwd" and r["stages"] and r["dtype"] == "fp32" and row_bytes >= 16:
+            assert r["cp_async"] and r["shared"] > 0, r
+        if not r["stages"]:
+            assert not r["cp_async"] and r["shared"] == 0, r
+
+
 def test_aot_recompute_backward_compiled(aot_rows):
     assert [r for r in aot_rows if r["kernel"] == "bwd_rc"]
 
@@ -309,11 +389,14 @@ def trace_compiled_graphs():
 
 
 def _table(rows):
-    lines = ["kernel arch dtype surrogate       hard mask npg BLOCK warps regs spills instructions"]
+    lines = ["kernel arch dtype surrogate       hard mask npg BLOCK warps regs spills instructions  W1: v4 v2 knobs"]
     for r in rows:
+        w1 = (f"  W1: {r['ld_v4']:2} {r['ld_v2']:2} STREAM={int(r['stream'])} STAGES={r['stages']} "
+              f"PREFETCH2={int(r['prefetch2'])} smem {r['shared']}"
+              if r["aligned"] else "")
         lines.append(f"{r['kernel']:6} sm{r['arch']} {r['dtype']:5} {r['surrogate']:15} {int(r['hard_reset']):4} "
                      f"{int(r['mask']):4} {int(r['need_param_grad']):3} {r['block']:5} {r['warps']:5} {r['regs']:4} "
-                     f"{r['spills']:6} {r['instructions']:12}")
+                     f"{r['spills']:6} {r['instructions']:12}{w1}")
     return "\n".join(lines)
 
 

@@ -59,7 +59,7 @@ if triton is not None:
         return 1.0 / (1.0 + tl.exp(-(a * x)))
 
     @triton.jit
-    def sig_dg_tl(x, a):  # the built-in's formula (triton.py _sg_grad, SG == 0)
+    def sig_dg_tl(x, a):  # the built-in's formula (triton_surrogate.py sg_grad, SIGMOID)
         s = 1.0 / (1.0 + tl.exp(-(a * x)))
         return a * s * (1.0 - s)
 

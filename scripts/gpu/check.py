@@ -2,7 +2,11 @@
 stage, at most 8 files, a summary table last. Called by scripts/gpu_check.sh (which installs the
 carried wheels first); see README "Running the GPU check".
 
-    OUT=/some/dir python scripts/gpu/check.py [--dry-run] [--full] [--budget S] [--only a,b]
+    OUT=/some/dir python scripts/gpu/check.py [--dry-run] [--full] [--budget S] [--only a,b] [--lab]
+
+--only (alias --stages, --stage) runs the named stages only, e.g. ``--only overhead,lab``. The ``lab``
+stage (Triton kernel variants side by side on W1) is opt-in: named by --only, added by --lab, part of
+--full; the default run's estimate already fills its budget without it.
 
 Files in $OUT (the device tool returns at most 8):
     summary.md                  environment, one line per stage (status, seconds, its last words)
@@ -30,6 +34,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES_PY = os.path.join(ROOT, "scripts", "gpu", "stages.py")
 MAX_FILES = 8
+OPT_IN = {"lab"}  # stages the default run leaves out (--only names them, --lab or --full adds them)
 
 
 def stage_list(py, work, dry, full, nproc):
@@ -75,6 +80,11 @@ def stage_list(py, work, dry, full, nproc):
         # Host time of a small fwd+bwd per backend and save mode, with cProfile and torch.profiler
         # tables in its log: the first check found ~0.5 ms of host work in Triton's backward.
         ("overhead", 90, st + ["overhead", "--stage-name", "overhead"] + w + d, {}, 20),
+        # Opt-in (OPT_IN): named variants of the Triton kernels side by side on W1 (launch path, BLOCK,
+        # warps, neurons per thread, kernel knobs, recompute segment). Estimate: 19 variants × 6 shapes,
+        # two kernel compiles per variant and dtype (~1 s each), two do_bench rounds (~0.3 s); it
+        # starts no new shape after --budget seconds (T = 16 and 64 first: the bandwidth questions).
+        ("lab", 150, st + ["lab", "--stage-name", "lab", "--T", "16,64,4", "--budget", "100"] + w + d, {}, 110),
     ] + ([
         # --full only: DDP on 2 ranks sharing the GPU (gloo), then DDP, FSDP2 and Inductor-compiled DDP
         # on 1 rank (NCCL), one launch per case. Estimate: 9 process starts (~5 s each), the Triton
@@ -213,7 +223,9 @@ def main(argv=None):
     ap.add_argument("--full", action="store_true", help="compiled reference at every T, whole autotable grid, "
                     "the DDP/FSDP2 stage, then the whole test suite (no default budget)")
     ap.add_argument("--budget", type=float, default=None, help="seconds for all stages (default 480; --full 1800)")
-    ap.add_argument("--only", default=None, help="comma-separated stage names")
+    ap.add_argument("--only", "--stages", "--stage", dest="only", default=None,
+                    help="comma-separated stage names (only these run)")
+    ap.add_argument("--lab", action="store_true", help="add the opt-in 'lab' stage to the default run")
     args = ap.parse_args(argv)
     out = os.path.abspath(os.environ.get("OUT") or os.path.join(ROOT, "gpu_check_out"))
     os.makedirs(out, exist_ok=True)
@@ -227,9 +239,14 @@ def main(argv=None):
     r = Runner(out, work, budget, args.dry_run)
     stages = stage_list(py, work, args.dry_run, args.full, nproc)
     only = set(args.only.split(",")) if args.only else None
+    unknown = sorted((only or set()) - {s[0] for s in stages})
+    if unknown:
+        ap.error(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(s[0] for s in stages)}")
+    default_out = set() if (args.full or args.lab) else OPT_IN
+    selected = [s for s in stages if (s[0] in only if only is not None else s[0] not in default_out)]
     print(f"GPU check{' (dry run)' if args.dry_run else ''}: out {out}, work {work}, budget {budget:.0f} s; "
-          f"estimated {sum(s[4] for s in stages)} s on the H200", flush=True)
-    selected = [s for s in stages if only is None or s[0] in only]
+          f"stages {', '.join(s[0] for s in selected)}; estimated {sum(s[4] for s in selected)} s on the H200",
+          flush=True)
     build_stage = next((s for s in selected if s[0] == "build"), None)
     build = None  # the background build: started with 'env', overlapping it and the Triton correctness stage
 

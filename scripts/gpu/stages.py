@@ -419,6 +419,14 @@ def stage_overhead(args):
             gpu_ms = common.time_fns({"f": step}, DEVICE, rounds=1)["f"][0]
             print(f"{b} save={save} [{T}, {N}] fp32: fwd+bwd {gpu_ms:.3f} ms timed, host {host_ms(step):.3f} ms per "
                   f"fwd+bwd, {host_ms(lambda: infer(x, b, save)):.3f} ms per inference forward", flush=True)
+            if b == "triton":  # the launch path: the kernels called directly (default) vs through wrap_triton
+                from snn_fast.ops.lif import triton as lt
+
+                with lt.lab_variant(eager_wrap=True):
+                    step()
+                    print(f"{b} save={save}: with wrap_triton in eager mode, host {host_ms(step):.3f} ms per "
+                          f"fwd+bwd, fwd+bwd {common.time_fns({'f': step}, DEVICE, rounds=1)['f'][0]:.3f} ms timed",
+                          flush=True)
             # The raw backward op, called here: on a GPU autograd runs a backward in its own device
             # thread, which cProfile (this thread only) would not see.
             entry = BACKENDS.load(lif_function.entry_name(b, save))
@@ -614,9 +622,126 @@ def stage_ddp(args):
     return 1 if failed else 0
 
 
+# --------------------------------------------------------------------------------------------------
+# Stage 8: the lab, named variants of the Triton LIF kernels side by side on W1
+
+
+# (name, save mode, snn_fast.ops.lif.triton.lab_variant arguments). The first of each save mode is the
+# default of that mode: every row's `speedup` is its time over this one's, same shape, same call.
+# (BLOCK, num_warps) → BLOCK / (32·num_warps) neurons per thread; chunk: the recompute segment length.
+LAB_VARIANTS = [
+    ("default", "state", {}),
+    ("wrap_triton", "state", dict(eager_wrap=True)),  # the launch path: wrap_triton in eager mode
+    ("npt1-w8", "state", dict(fwd=(256, 8), bwd=(256, 8))),
+    ("npt2-w4", "state", dict(fwd=(256, 4), bwd=(256, 4))),
+    ("npt4-w4", "state", dict(fwd=(512, 4), bwd=(512, 4))),
+    ("npt4-w8", "state", dict(fwd=(1024, 8), bwd=(1024, 8))),
+    ("npt8-w4", "state", dict(fwd=(1024, 4), bwd=(1024, 4))),
+    ("npt4-w2", "state", dict(fwd=(256, 2), bwd=(256, 2))),
+    ("npt8-w8", "state", dict(fwd=(2048, 8), bwd=(2048, 8))),  # 8 per thread: 16-byte bf16 vectors
+    # kernel knobs (triton_kernels.py): evict-first loads and streaming stores; the backward's time loop
+    # software-pipelined (cp.async through shared memory, AOT sm_90 at N % 16 == 0)
+    ("stream", "state", dict(knobs=dict(fwd=dict(STREAM=True), bwd=dict(STREAM=True)))),
+    ("bwd-stages2", "state", dict(knobs=dict(bwd=dict(STAGES=2)))),
+    ("bwd-stages3", "state", dict(knobs=dict(bwd=dict(STAGES=3)))),
+    ("bwd-npt8", "state", dict(bwd=(1024, 4))),  # the backward at 8 per thread (16-byte bf16 vectors)
+    ("prefetch2", "state", dict(knobs=dict(fwd=dict(PREFETCH2=True), bwd=dict(PREFETCH2=True)))),  # 2 steps ahead
+    ("rc-default", "recompute", {}),
+    ("rc-chunk4", "recompute", dict(chunk=4)),
+    ("rc-chunk16", "recompute", dict(chunk=16)),
+    ("rc-npt1-w2", "recompute", dict(fwd=(512, 4), bwd_rc=(64, 2))),
+    ("rc-npt2-w4", "recompute", dict(fwd=(512, 4), bwd_rc=(256, 4))),
+]
+
+
+def stage_lab(args):
+    """Each variant of LAB_VARIANTS on W1 ([T, 64, 65536]; T from --T, fp32 and bf16), fwd+bwd, CUDA-event
+    timed (benchmarks/common.py time_fns: do_bench medians, variants interleaved round by round). A
+    variant's spikes and grad_x are first compared with its mode's default (a variant that disagrees is
+    reported, not timed). Rows: op 'lif-lab', provider 'triton:<variant>', bytes = the 5-pass floor (so
+    % copy BW is the share of the floor), speedup = the mode default's time / this one's. Stops adding
+    shapes when --budget seconds are spent. Dry run: [9, 2, 128], the interpreter."""
+    from benchmarks import common
+
+    import snn_fast
+    from snn_fast.ops.lif.function import BACKENDS
+
+    BACKENDS.load("triton")
+    from snn_fast.ops.lif import triton as lt
+
+    want = [v for v in LAB_VARIANTS if not args.variants or v[0] in args.variants.split(",")]
+    Ts = [9] if DRY else [int(t) for t in args.T.split(",")]  # dry: T = 9 crosses the 4- and 8-step segments
+    # T outer, in --T's order (the budget cuts the last): both dtypes of the first T come first
+    shapes = [((T, 2, 128) if DRY else (T, 64, 65536), dt) for T in Ts for dt in (torch.float32, torch.bfloat16)]
+    env_path = os.path.join(args.work, "env.json")
+    copy = json.load(open(env_path)).get("copy_gbps") if os.path.exists(env_path) else None
+    t_start = time.perf_counter()
+    rows = []
+    for shape, dtype in shapes:
+        if time.perf_counter() - t_start > args.budget:
+            print(f"{shape} {dtype}: skipped, the {args.budget:.0f} s budget is spent", flush=True)
+            continue
+        t0 = time.perf_counter()
+        g = torch.Generator(device=DEVICE).manual_seed(0)
+        x = torch.randn(shape, device=DEVICE, dtype=dtype, generator=g) * 2
+        gs = torch.randn(shape, device=DEVICE, dtype=dtype, generator=g)
+        xg = x.clone().requires_grad_(True)
+        fns, notes, base = {}, {}, {}
+        for name, save, kw in want:
+            def step(save=save, kw=kw):
+                with lt.lab_variant(**kw):
+                    xg.grad = None
+                    s, _ = snn_fast.lif_multistep(xg, backend="triton", save=save)
+                    s.backward(gs)
+                return s
+
+            try:
+                s = step()
+                _sync()
+                got = (s.detach(), xg.grad.detach().clone())
+            except Exception as e:  # noqa: BLE001 - a variant that fails is a row of its own
+                notes[name] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+                continue
+            if save not in base:
+                base[save] = (name, got)
+            else:
+                ref = base[save][1]
+                tol = 1e-5 if dtype == torch.float32 else 1e-2
+                if not torch.equal(got[0], ref[0]):
+                    notes[name] = f"spikes differ from {base[save][0]}"
+                elif not torch.allclose(got[1].float(), ref[1].float(), rtol=tol, atol=tol):
+                    notes[name] = f"grad_x differs from {base[save][0]}"
+            if name not in notes:
+                fns[name] = step
+        tm = common.time_fns(fns, DEVICE, rounds=1 if DRY else 2, min_run_time=0.01 if DRY else 0.5)
+        n_elem = x.numel()
+        for name, save, kw in want:
+            if name not in tm and name not in notes:
+                continue
+            ref = tm.get(base.get(save, (None,))[0], (None,))[0]
+            med = tm[name] if name in tm else (None, None, None)
+            rows.append(common.record(
+                op="lif-lab", provider=f"triton:{name}", mode="fwd+bwd", shape="x".join(map(str, shape)),
+                dtype=str(dtype).replace("torch.", ""), device=DEVICE, device_name=common.device_name(DEVICE),
+                threads=torch.get_num_threads(), median_ms=med[0], q20_ms=med[1], q80_ms=med[2],
+                bytes=5 * n_elem * x.element_size(), copy_gbps=copy, save=save, variant=name,
+                knobs=json.dumps(kw, sort_keys=True), note=notes.get(name, ""),
+                speedup=(ref / med[0]) if (ref and med[0]) else None))
+        print(f"{shape} {dtype}: {len(fns)} variants timed, {len(notes)} not, {time.perf_counter() - t0:.1f} s",
+              flush=True)
+    print(common.markdown_table(rows))
+    for r in rows:
+        if r["note"]:
+            print(f"{r['provider']} {r['shape']} {r['dtype']}: {r['note']}")
+    _save_bench_rows(args.work, args.stage, rows)
+    bad = [r for r in rows if r["note"]]
+    return 1 if bad else 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "models", "w2", "overhead", "tiny", "ddp"])
+    ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "models", "w2", "overhead", "tiny", "ddp",
+                                      "lab"])
     ap.add_argument("--work", default=".")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--stage-name", dest="stage_name", default=None, help="label in the output files")
@@ -627,11 +752,13 @@ def main(argv=None):
     ap.add_argument("--compiled-T", dest="compiled_T", default="4,16")
     ap.add_argument("--other-save-T", dest="other_save_T", default="8,64",
                     help="T of our rows in the save mode that is not the default")
+    ap.add_argument("--variants", default="", help="lab: comma-separated variant names (default: all)")
+    ap.add_argument("--budget", type=float, default=90.0, help="lab: seconds after which no new shape starts")
     args = ap.parse_args(argv)
     args.stage = args.stage_name or args.stage
     os.makedirs(args.work, exist_ok=True)
     fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, models=stage_models,
-              w2=stage_w2, overhead=stage_overhead, tiny=stage_tiny, ddp=stage_ddp)[
+              w2=stage_w2, overhead=stage_overhead, tiny=stage_tiny, ddp=stage_ddp, lab=stage_lab)[
         ap.parse_args(argv).stage]
     return fn(args)
 

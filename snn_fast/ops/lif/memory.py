@@ -1,6 +1,6 @@
 """Bytes a fused LIF layer moves and keeps, per save mode: the one place these are counted.
 
-Counted from the kernels' loads and stores (snn_fast/ops/lif/triton.py, csrc/cuda/lif_kernels.cuh;
+Counted from the kernels' loads and stores (snn_fast/ops/lif/triton_kernels.py, csrc/cuda/lif_kernels.cuh;
 the comments there list the same terms), per call on x of shape [T, N] with storage size b bytes
 (4 fp32, 2 fp16/bf16, 8 fp64) and compute size a (4; 8 for fp64):
 
