@@ -187,7 +187,17 @@ def noise_mask_like(x: torch.Tensor, p: float, generator: Optional[torch.Generat
 # direct caller gets an error naming the argument instead of a kernel reading the wrong memory.
 
 
+_OP_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def check_op_args(who: str, x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, surrogate: int) -> None:
+    # Eager calls: one plain test of the common case (torch._check's lambdas cost microseconds per call);
+    # anything off, or a traced call (symbolic shapes), goes through the checks that name the argument.
+    if (not _is_compiling() and x.dim() == 2 and x.dtype in _OP_DTYPES and v0.dtype == x.dtype
+            and params.dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)
+            and params.numel() == 3 and (0 <= surrogate < _sg.NUM_KERNEL_SURROGATES
+                                         or surrogate >= _sg.CUSTOM_ID_BASE)):
+        return
     torch._check(x.dim() == 2, lambda: f"{who}: x must be [T, N], got {x.dim()} dims")
     torch._check(x.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64),
                  lambda: f"{who}: unsupported dtype {x.dtype}")
