@@ -58,6 +58,10 @@ TORCH_LIBRARY(snn_fast, m) {
   // [cached bytes, live bytes, hits, misses], and a way to give its blocks back.
   m.def("cpu_cache_stats() -> int[]");
   m.def("cpu_cache_clear() -> ()");
+  // An uninitialised contiguous tensor shaped like `like`, of its dtype, from that cache: for large
+  // buffers filled from Python (custom_cpu.py's g′), which would otherwise fault their pages in anew
+  // on every call.
+  m.def("cpu_cache_empty_like(Tensor like) -> Tensor");
 
   // Tempotron (SPEC §5): the membrane V [B, O, T] of O tempotrons driven by input spike times
   // t_in [B, I] (negative = no spike; float32, float64 with a float64 weight) through weight [O, I],

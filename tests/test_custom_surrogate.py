@@ -335,16 +335,29 @@ def _backward_calls(T, N, surrogate, learn, masked, v_seq):
                                                           ("user_sigmoid", True, False, True),
                                                           ("user_shifted", True, True, False),
                                                           ("user_box", False, True, True)])
-def test_cpu_backward_calls_do_not_grow_with_T_or_N(surrogate, learn, masked, v_seq):
+def test_cpu_backward_calls_do_not_grow_with_T_or_N(surrogate, learn, masked, v_seq, monkeypatch):
     """The backward of a user surrogate on the CPU is a fixed number of torch calls: the same at
     T = 4 and 33, N = 40 and 5000 (a per-block loop would add calls with N, a per-step one with T),
-    and few: the C++ re-run, the user's g′ (and ∂g/∂α) on all of H − θ at once, the C++ walk."""
+    and few: the C++ re-run, the user's g′ (and ∂g/∂α) on all of H − θ at once, the C++ walk.
+    Beyond ``_CHUNK_BYTES`` of H − θ the user's functions run once per piece of that many bytes: the
+    count then follows the number of pieces only (the same for [4, 1024] and [16, 256]), a few calls
+    per piece."""
+    from snn_fast.ops.lif import custom_cpu
+
+    assert 33 * 5000 * 4 <= custom_cpu._CHUNK_BYTES
     counts = {(T, N): _backward_calls(T, N, surrogate, learn, masked, v_seq) for T in (4, 33) for N in (40, 5000)}
     first = next(iter(counts.values()))
     for shape, calls in counts.items():
         assert calls == first, f"{shape}: {len(calls)} calls, {len(first)} at {next(iter(counts))}"
     assert first.count("snn_fast.lif_sg_arg") == 1 and first.count("snn_fast.lif_bwd_given_sg") == 1, first
     assert len(first) <= 40, first
+
+    monkeypatch.setattr(custom_cpu, "_CHUNK_BYTES", 1024 * 4)  # pieces of 1024 float32 elements
+    four = [_backward_calls(T, N, surrogate, learn, masked, v_seq) for T, N in ((4, 1024), (16, 256), (2, 2048))]
+    assert four[0] == four[1] == four[2]
+    eight, twelve = (len(_backward_calls(T, 1024, surrogate, learn, masked, v_seq)) for T in (8, 12))
+    per_piece = (eight - len(four[0])) / 4
+    assert twelve - eight == eight - len(four[0]) and 0 < per_piece <= 20, (len(four[0]), eight, twelve)
 
 
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")

@@ -36,10 +36,14 @@ from ... import surrogate as _sg
 from . import config
 from .reference import lif_reference_k
 
-# D is evaluated by the user's functions in one piece up to this many bytes, beyond that in pieces of
-# it: their temporaries then stay bounded (a few such pieces) on large layers, while a W4 layer
-# ([16, 262144] float32: 16 MiB) and anything smaller is one call per function.
-_CHUNK_BYTES = 64 << 20
+# The user's functions see D in pieces of this many bytes, their results copied into one [T, N] buffer
+# from the C++ output cache. Why not all of D at once: each of their torch ops then allocates a
+# [T, N] temporary, and glibc hands blocks that large back to the OS when they are freed, so every
+# call faulted its pages in again: at W4 ([16, 262144] float32, 16 MiB per array) 4,000–8,000 page
+# faults per backward and 2–3× the time of the same arithmetic on pieces, whose temporaries are
+# reused from the allocator's free lists and stay in cache. Sized by bytes: a few calls per MiB,
+# against one per time step and per cache-sized block before (benchmarks/test_bench_surrogate.py).
+_CHUNK_BYTES = 1 << 20
 
 
 def _surrogate(sid: int) -> _sg.Surrogate:
@@ -78,34 +82,41 @@ def lif_fwd_custom_cpu(
     return s, v_last, (v_seq[0] if return_v_seq else x.new_empty(0)), x.new_empty(0)
 
 
-def _evaluate(fn, d: torch.Tensor, alpha: torch.Tensor, name: str) -> torch.Tensor:
-    """fn(d, alpha) as a [T, N] buffer of d's dtype: one call up to _CHUNK_BYTES, else one per piece."""
-    def one(part):
-        out = fn(part, alpha)
+def _evaluate(fn, d: torch.Tensor, alpha: torch.Tensor, name: str, *more: torch.Tensor) -> torch.Tensor:
+    """fn(d, alpha) (fn(d, *more, alpha) with ``more``: tensors like d) as a [T, N] buffer of d's
+    dtype: one call up to _CHUNK_BYTES, else one per piece of the flattened arrays (the functions are
+    elementwise)."""
+    def one(part, *rest):
+        out = fn(part, *rest, alpha)
         if out.dtype != part.dtype:
             out = out.to(part.dtype)
         torch._check(out.shape == part.shape,
                      lambda: f"surrogate {name!r}: returned shape {tuple(out.shape)} for an input of {tuple(part.shape)}")
         return out
 
+    n = d.numel()
     per = max(1, _CHUNK_BYTES // d.element_size())
-    if d.numel() <= per:
-        return one(d)
-    out = torch.empty_like(d)
-    flat, out_flat = d.view(-1), out.view(-1)
-    for j in range(0, flat.numel(), per):
-        out_flat[j:j + per].copy_(one(flat[j:j + per]))
+    if n <= per:
+        return one(d, *more)
+    out = torch.ops.snn_fast.cpu_cache_empty_like.default(d)
+    flat, d_flat, more_flat = out.view(-1), d.view(-1), [m.view(-1) for m in more]
+    for j in range(0, n, per):
+        flat[j:j + per].copy_(one(d_flat[j:j + per], *(m[j:j + per] for m in more_flat)))
     return out
+
+
+def _scaled(x, gp, a):  # ∂g/∂α = x·g′/α of a scaling surrogate, from g′ already computed
+    return x * gp / a
 
 
 def _dalpha(sg: _sg.Surrogate, d: torch.Tensor, alpha: torch.Tensor, gp: torch.Tensor) -> torch.Tensor:
     """∂g/∂α at D. The derived one of scaling=True (x·g′(x)/α) reuses g′, the values its own call of
     dg would give again; a surrogate without a width has ∂g/∂α = 0."""
     da = sg.dg_dalpha
-    if da is None:
-        return torch.zeros_like(d)
+    if da is None or da is _sg._zero_dalpha:
+        return torch.ops.snn_fast.cpu_cache_empty_like.default(d).zero_()
     if isinstance(da, _sg._ScalingDAlpha) and da.dg is sg.dg:
-        return d * gp / alpha
+        return _evaluate(_scaled, d, alpha, sg.name, gp)
     return _evaluate(da, d, alpha, sg.name)
 
 
