@@ -40,11 +40,16 @@ TORCH_LIBRARY(snn_fast, m) {
       "bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad) "
       "-> (Tensor, Tensor, Tensor)");
   // A user-registered surrogate on the CPU (snn_fast/ops/lif/custom_cpu.py), whose g′ only torch can
-  // evaluate: lif_sg_arg re-runs the forward and returns D = H − θ for every step, [T, N] in params'
-  // dtype (the emitted values s replace the spike in the reset where noise_mask is given: the
-  // forward's analog ones, from the user's g); the caller evaluates g′(D) (and ∂g/∂α(D)) in torch;
-  // lif_bwd_given_sg is lif_bwd's walk with those read per element instead of a built-in surrogate
-  // (sg_dalpha required with need_param_grad). Same flags and results as lif_bwd otherwise. CPU only.
+  // evaluate: lif_fwd_keep_arg is lif_fwd whose `saved` is D = H − θ for every step, [T, N] in params'
+  // dtype (save="state"); lif_sg_arg re-runs the forward and returns that D (save="recompute"; the
+  // emitted values s replace the spike in the reset where noise_mask is given: the forward's analog
+  // ones, from the user's g); the caller evaluates g′(D) (and ∂g/∂α(D)) in torch; lif_bwd_given_sg is
+  // lif_bwd's walk with those read per element instead of a built-in surrogate (sg_dalpha required
+  // with need_param_grad). Same flags and results as lif_fwd / lif_bwd otherwise. CPU only.
+  m.def(
+      "lif_fwd_keep_arg(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, int surrogate, bool hard_reset, "
+      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool return_v_seq) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lif_sg_arg(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, Tensor s, bool hard_reset, "
       "float v_reset, bool decay_input) -> Tensor");

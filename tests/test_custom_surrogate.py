@@ -338,7 +338,7 @@ def _backward_calls(T, N, surrogate, learn, masked, v_seq):
 def test_cpu_backward_calls_do_not_grow_with_T_or_N(surrogate, learn, masked, v_seq, monkeypatch):
     """The backward of a user surrogate on the CPU is a fixed number of torch calls: the same at
     T = 4 and 33, N = 40 and 5000 (a per-block loop would add calls with N, a per-step one with T),
-    and few: the C++ re-run, the user's g′ (and ∂g/∂α) on all of H − θ at once, the C++ walk.
+    and few: the user's g′ (and ∂g/∂α) on all of H − θ at once, the C++ walk.
     Beyond ``_CHUNK_BYTES`` of H − θ the user's functions run once per piece of that many bytes: the
     count then follows the number of pieces only (the same for [4, 1024] and [16, 256]), a few calls
     per piece."""
@@ -349,7 +349,8 @@ def test_cpu_backward_calls_do_not_grow_with_T_or_N(surrogate, learn, masked, v_
     first = next(iter(counts.values()))
     for shape, calls in counts.items():
         assert calls == first, f"{shape}: {len(calls)} calls, {len(first)} at {next(iter(counts))}"
-    assert first.count("snn_fast.lif_sg_arg") == 1 and first.count("snn_fast.lif_bwd_given_sg") == 1, first
+    # H − θ: saved by the forward (save="state"), re-run under a noise mask (the forward is the loop)
+    assert first.count("snn_fast.lif_sg_arg") == int(masked) and first.count("snn_fast.lif_bwd_given_sg") == 1, first
     assert len(first) <= 40, first
 
     monkeypatch.setattr(custom_cpu, "_CHUNK_BYTES", 1024 * 4)  # pieces of 1024 float32 elements
@@ -393,3 +394,35 @@ def test_cpu_given_sg_ops_check_their_arguments():
         bwd(x, None, None, x, v0, params, None, x, x.double(), None, True, 0.0, True, False, 0.0, False)
     with pytest.raises(RuntimeError, match="need_param_grad needs sg_dalpha"):
         bwd(x, None, None, x, v0, params, None, x, x, None, True, 0.0, True, False, 0.0, True)
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_cpu_saved_state_is_what_memory_counts(dtype):
+    """What autograd keeps for a user surrogate on the CPU beyond x, v0, the parameters and the spikes:
+    D = H − θ in the compute dtype with save="state", nothing with "recompute" or under a noise mask
+    (``memory.saved_bytes(backend="cpu_custom")``); both give the same gradient."""
+    from snn_fast.ops.lif import memory
+    from test_lif import _saved_bytes
+
+    T, N = 9, 300
+    x = torch.randn(T, N).to(dtype).requires_grad_(True)
+    v0 = torch.zeros(N, dtype=dtype)
+    mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(1))
+    grads = {}
+    for save in ("recompute", "state"):
+        for m in (None, mask):
+            out, seen = _saved_bytes(lambda: snn_fast.lif_multistep(x, v0, backend="cpu", save=save, noise_mask=m,
+                                                                    surrogate="user_sigmoid"))
+            known = {t.untyped_storage().data_ptr() for t in (x, v0, out[0], mask)}
+            extra = sum(n for (ptr, _), n in seen.items() if ptr not in known and n > 24)
+            want = 0 if m is not None else memory.saved_bytes(T, N, dtype, save, backend="cpu_custom")
+            assert extra == want, (save, m is None, extra, want)
+            grads[save, m is None] = torch.autograd.grad(out[0].sum(), x)[0]
+    assert memory.saved_bytes(T, N, dtype, "state", backend="cpu_custom") == T * N * (8 if dtype == torch.float64
+                                                                                    else 4)
+    for m in (True, False):
+        assert torch.equal(grads["state", m], grads["recompute", m])
+    b = memory.custom_cpu_bytes(16, 262144, torch.float32)
+    assert b["total"] == 36 * 16 * 262144 + 6 * 262144 * 4 and b["saved"] == 16 * 262144 * 4
+    assert memory.custom_cpu_bytes(16, 262144, torch.float32, "recompute")["total"] == b["total"] + 4 * 16 * 262144

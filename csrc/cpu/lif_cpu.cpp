@@ -47,10 +47,12 @@ LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, 
   return r;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
-                                                       const c10::optional<Tensor>& mask_, int64_t sg,
-                                                       bool hard_reset, double v_reset, bool decay_input,
-                                                       bool detach_reset, double kappa, bool return_v_seq) {
+// keep_arg: `saved` is D = H − θ of every step, [T, N] in params' dtype (lif_fwd_keep_arg).
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu_impl(const Tensor& x_, const Tensor& v0_,
+                                                            const Tensor& params, const c10::optional<Tensor>& mask_,
+                                                            int64_t sg, bool hard_reset, double v_reset,
+                                                            bool decay_input, bool detach_reset, double kappa,
+                                                            bool return_v_seq, bool keep_arg) {
   check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
   Tensor x = x_.contiguous(), v0 = v0_.contiguous();
   c10::optional<Tensor> mask;
@@ -58,16 +60,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const T
   const int64_t T = x.size(0), N = x.size(1);
   Tensor s = empty_cpu_cached(x.sizes(), x.scalar_type()), v_last = at::empty_like(v0);
   Tensor v_seq = return_v_seq ? empty_cpu_cached(x.sizes(), x.scalar_type()) : at::empty({0}, x.options());
-  Tensor saved = at::empty({0}, x.options());
+  Tensor saved = keep_arg ? empty_cpu_cached(x.sizes(), params.scalar_type()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
     cpu_lif::lif_fwd_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
                               mask ? mask->const_data_ptr<bool>() : nullptr, s.mutable_data_ptr<scalar_t>(),
                               v_last.mutable_data_ptr<scalar_t>(),
-                              return_v_seq ? v_seq.mutable_data_ptr<scalar_t>() : nullptr, T, N, p);
+                              return_v_seq ? v_seq.mutable_data_ptr<scalar_t>() : nullptr, T, N, p,
+                              keep_arg ? saved.mutable_data_ptr<acc_t>() : nullptr);
   });
   return {s, v_last, v_seq, saved};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x, const Tensor& v0, const Tensor& params,
+                                                       const c10::optional<Tensor>& mask, int64_t sg,
+                                                       bool hard_reset, double v_reset, bool decay_input,
+                                                       bool detach_reset, double kappa, bool return_v_seq) {
+  return lif_fwd_cpu_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
+                          return_v_seq, false);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_keep_arg_cpu(const Tensor& x, const Tensor& v0,
+                                                                const Tensor& params,
+                                                                const c10::optional<Tensor>& mask, int64_t sg,
+                                                                bool hard_reset, double v_reset, bool decay_input,
+                                                                bool detach_reset, double kappa,
+                                                                bool return_v_seq) {
+  return lif_fwd_cpu_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
+                          return_v_seq, true);
 }
 
 std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
@@ -103,7 +124,8 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10:
 }
 
 // A user's surrogate (snn_fast/ops/lif/custom_cpu.py) in two ops around its torch g′:
-//   lif_sg_arg       read x (and s under a noise mask), write D = H − θ in acc_t     b + a (+ b)
+//   lif_fwd_keep_arg the forward, also writing D = H − θ in acc_t (save="state")    + a
+//   lif_sg_arg       read x (and s under a noise mask), write D (save="recompute")  b + a (+ b)
 //   lif_bwd_given_sg the backward above with g′ (and ∂g/∂α) read from [T, N] acc_t buffers:
 //                    + a (+ a with parameter gradients) (+ b: s under a noise mask)
 // The surrogate id plays no part: the flags alone pick the kernel.
@@ -186,6 +208,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_given_sg_cpu(
 TORCH_LIBRARY_IMPL(snn_fast, CPU, m) {
   m.impl("lif_fwd", &lif_fwd_cpu);
   m.impl("lif_bwd", &lif_bwd_cpu);
+  m.impl("lif_fwd_keep_arg", &lif_fwd_keep_arg_cpu);
   m.impl("lif_sg_arg", &lif_sg_arg_cpu);
   m.impl("lif_bwd_given_sg", &lif_bwd_given_sg_cpu);
 }

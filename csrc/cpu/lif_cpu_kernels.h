@@ -25,10 +25,11 @@ struct Given {
   }
 };
 
-// Forward over all T steps: s, v_last and (when non-null) v_seq.
+// Forward over all T steps: s, v_last and (when non-null) v_seq, and d: H − θ of every step (for a
+// user's surrogate, custom_cpu.py).
 template <typename scalar_t, typename acc_t>
 void lif_fwd_kernel(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
-                    scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p);
+                    scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p, acc_t* d = nullptr);
 
 // Backward: grad_x, grad_v0 and, when need_param_grad, (∂k, ∂θ, ∂α) summed deterministically into
 // param_grad[3]. gvlast / gvseq / mask may be null.
@@ -53,7 +54,7 @@ void lif_bwd_given_kernel(const Given<scalar_t, acc_t>& given, const scalar_t* g
 #define SNN_FAST_EXTERN_LIF_CPU(scalar_t, acc_t)                                                             \
   extern template void lif_fwd_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const bool*,         \
                                                        scalar_t*, scalar_t*, scalar_t*, int64_t, int64_t,     \
-                                                       const LIFParams<acc_t>&);                              \
+                                                       const LIFParams<acc_t>&, acc_t*);                      \
   extern template void lif_bwd_kernel<scalar_t, acc_t>(int, const scalar_t*, const scalar_t*, const scalar_t*, \
                                                        const scalar_t*, const scalar_t*, const bool*, scalar_t*, \
                                                        scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&,  \

@@ -98,14 +98,16 @@ class BlockQueue {
 // One block of n neurons (pointers already offset to the block's first neuron), all T steps. MASKED:
 // the emitted value follows the noise mask (lif_fire_rt: the surrogate's primitive is a runtime switch
 // there, the loop scalar, as before), else the spike (the common case: a handful of vector ops).
-template <bool HARD, bool DI, bool MASKED, typename scalar_t, typename acc_t>
+// KEEP: also H − θ of every step into d (acc_t, [T, N]), the argument of a user's surrogate.
+template <bool HARD, bool DI, bool MASKED, bool KEEP, typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
                               const bool* __restrict__ mask, scalar_t* __restrict__ s,
-                              scalar_t* __restrict__ v_last, scalar_t* __restrict__ v_seq,
+                              scalar_t* __restrict__ v_last, scalar_t* __restrict__ v_seq, acc_t* __restrict__ d,
                               acc_t* __restrict__ v, int64_t n, int64_t T, int64_t N, const LIFParams<acc_t> p) {
   // One step of element i = t·N + j: V_{t−1} in, S_t to s[i], V_t returned.
   auto step = [&](acc_t vv, int64_t i) {
     const acc_t h = lif_charge<DI>(vv, acc_t(x[i]), p);
+    if constexpr (KEEP) d[i] = h - p.theta;
     acc_t sp;
     if constexpr (MASKED) sp = lif_fire_rt<acc_t>(h, mask[i], p);
     else sp = lif_spike<acc_t>(h, p);
@@ -143,23 +145,23 @@ SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __
 
 template <typename scalar_t, typename acc_t>
 void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
-              scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
+              scalar_t* v_seq, acc_t* d, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
   const int64_t B = fwd_block_for(N);
   const int64_t nblocks = (N + B - 1) / B;
   with_flags(
-      [&](auto hard, auto di, auto masked) {
+      [&](auto hard, auto di, auto masked, auto keep) {
         BlockQueue queue(nblocks, T * N < kFwdParallelMinWork);
         queue.run([&] {
           std::vector<acc_t> v(B);
           for (int64_t blk; (blk = queue.next()) >= 0;) {
             const int64_t n0 = blk * B, n = std::min(B, N - n0);
-            fwd_block<decltype(hard)::value, decltype(di)::value, decltype(masked)::value, scalar_t, acc_t>(
-                x + n0, v0 + n0, mask ? mask + n0 : nullptr, s + n0, v_last + n0, v_seq ? v_seq + n0 : nullptr,
-                v.data(), n, T, N, p);
+            fwd_block<decltype(hard)::value, decltype(di)::value, decltype(masked)::value, decltype(keep)::value,
+                      scalar_t, acc_t>(x + n0, v0 + n0, mask ? mask + n0 : nullptr, s + n0, v_last + n0,
+                                       v_seq ? v_seq + n0 : nullptr, d ? d + n0 : nullptr, v.data(), n, T, N, p);
           }
         });
       },
-      p.hard_reset, p.decay_input, mask != nullptr);
+      p.hard_reset, p.decay_input, mask != nullptr, d != nullptr);
 }
 
 // The surrogate of the backward's loops: a template argument (SG >= 0; the loops vectorise), for
@@ -406,8 +408,8 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
 
 template <typename scalar_t, typename acc_t>
 void lif_fwd_kernel(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
-                    scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
-  fwd_impl<scalar_t, acc_t>(x, v0, mask, s, v_last, v_seq, T, N, p);
+                    scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p, acc_t* d) {
+  fwd_impl<scalar_t, acc_t>(x, v0, mask, s, v_last, v_seq, d, T, N, p);
 }
 
 // The surrogate and the flags are template arguments of the backward so its inner loops vectorise.
@@ -468,7 +470,8 @@ void lif_bwd_given_kernel(const Given<scalar_t, acc_t>& given, const scalar_t* g
 
 #define SNN_FAST_INSTANTIATE_LIF_CPU(scalar_t, acc_t)                                                        \
   template void lif_fwd_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const bool*, scalar_t*,     \
-                                                scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&); \
+                                                scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, \
+                                                acc_t*);                                                       \
   template void lif_bwd_kernel<scalar_t, acc_t>(int, const scalar_t*, const scalar_t*, const scalar_t*,       \
                                                 const scalar_t*, const scalar_t*, const bool*, scalar_t*,         \
                                                 scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, bool, double*); \
