@@ -426,3 +426,25 @@ def test_cpu_saved_state_is_what_memory_counts(dtype):
     b = memory.custom_cpu_bytes(16, 262144, torch.float32)
     assert b["total"] == 36 * 16 * 262144 + 6 * 262144 * 4 and b["saved"] == 16 * 262144 * 4
     assert memory.custom_cpu_bytes(16, 262144, torch.float32, "recompute")["total"] == b["total"] + 4 * 16 * 262144
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpu_given_sg_opcheck(masked):
+    """torch.library.opcheck of the three C++ ops behind a user surrogate on the CPU (schema, fakes:
+    registered by custom_cpu.py, the module that calls them)."""
+    from snn_fast.ops.lif import custom_cpu  # noqa: F401
+
+    x, v0, grads = make(6, 50, dtype=torch.float32, seed=2)
+    params = torch.tensor([0.5, 0.8, 4.0])
+    mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(1)) if masked else None
+    ops = torch.ops.snn_fast
+    s, _, _, d = ops.lif_fwd_keep_arg(x, v0, params, mask, 0, True, 0.0, True, False, 0.0, True)
+    torch.library.opcheck(ops.lif_fwd_keep_arg.default, (x, v0, params, mask, 0, True, 0.0, True, False, 0.0, True))
+    torch.library.opcheck(ops.lif_sg_arg.default, (x, v0, params, mask, s, True, 0.0, True))
+    if not masked:  # the re-run gives the forward's H − θ bit for bit
+        assert torch.equal(ops.lif_sg_arg(x, v0, params, None, s, True, 0.0, True), d)
+    gp, dga = torch.sigmoid(d), torch.tanh(d)
+    gs, gvl, gvs = (g.float() for g in grads)
+    torch.library.opcheck(ops.lif_bwd_given_sg.default, (gs, gvl, gvs, x, v0, params, mask, s, gp, dga, True, 0.0,
+                                                          True, False, 0.2, True))

@@ -171,6 +171,11 @@ def _fake_fwd_nosave(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, 
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (x.new_empty(0),)
 
 
+def _fake_fwd_keep_arg(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
+                       reset_residual, return_v_seq):
+    return config.fake_fwd_outputs(x, v0, return_v_seq) + (x.new_empty(x.shape, dtype=params.dtype),)
+
+
 def _fake_sg_arg(x, v0, params, noise_mask, s, hard_reset, v_reset, decay_input):
     return x.new_empty(x.shape, dtype=params.dtype)
 
@@ -188,5 +193,6 @@ for _name, _fn, _fake in ((FWD_NAME, lif_fwd_custom_cpu, _fake_fwd),
                           (BWD_NAME, lif_bwd_custom_cpu, config.fake_bwd)):
     torch.library.custom_op(_name, mutates_args=())(_fn).register_fake(_fake)
 if _ext.HAS_C and hasattr(torch.ops.snn_fast, "lif_sg_arg"):
+    torch.library.register_fake("snn_fast::lif_fwd_keep_arg")(_fake_fwd_keep_arg)
     torch.library.register_fake("snn_fast::lif_sg_arg")(_fake_sg_arg)
     torch.library.register_fake("snn_fast::lif_bwd_given_sg")(_fake_bwd_given)
