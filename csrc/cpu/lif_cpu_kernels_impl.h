@@ -211,8 +211,9 @@ template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_
 SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
                               const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
                               const scalar_t* __restrict__ v0, const bool* __restrict__ mask,
-                              const Given<scalar_t, acc_t> gv, scalar_t* __restrict__ gx, scalar_t* __restrict__ gv0, acc_t* __restrict__ vprev,
-                              acc_t* __restrict__ dv, acc_t* __restrict__ lane_sums, int64_t n, int64_t B,
+                              const Given<scalar_t, acc_t> gv, scalar_t* __restrict__ gx, scalar_t* __restrict__ gv0,
+                              acc_t* __restrict__ vprev, acc_t* __restrict__ dv, acc_t* __restrict__ lane_sums,
+                              int64_t n, int64_t B,
                               int64_t T, int64_t N, const LIFParams<acc_t> p, double* __restrict__ out3) {
   // Re-run the forward: same functions, same operation order, so the same spikes.
   for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[j]);  // dv holds V during the re-run

@@ -110,7 +110,8 @@ def _evaluate(fn, d: torch.Tensor, alpha: torch.Tensor, name: str, *more: torch.
         if out.dtype != part.dtype:
             out = out.to(part.dtype)
         torch._check(out.shape == part.shape,
-                     lambda: f"surrogate {name!r}: returned shape {tuple(out.shape)} for an input of {tuple(part.shape)}")
+                     lambda: f"surrogate {name!r}: returned shape {tuple(out.shape)} for an input of "
+                             f"{tuple(part.shape)}")
         return out
 
     n = d.numel()
