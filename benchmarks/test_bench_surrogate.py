@@ -1,4 +1,4 @@
-"""A user-registered surrogate vs the built-in of the same shape, per backend, in the same run (issue 17).
+"""A user-registered surrogate vs the built-in of the same shape, per backend, in the same run.
 
     python -m pytest benchmarks/test_bench_surrogate.py --benchmark-only -s
     python benchmarks/test_bench_surrogate.py [cpu|cuda]
@@ -6,10 +6,13 @@
 The user's surrogate is the built-in sigmoid (α = 4) re-registered with ``register_surrogate``: torch
 g/g′ (and ``@triton.jit`` versions for the Triton backend), ``scaling=True``. So "user" and "built-in"
 do the same arithmetic and every difference is the cost of running a user's surrogate:
-  - CPU: 'cpu' runs the C++ forward and ``custom_cpu.py``'s blocked backward (the torch g′ per block);
-    the peers are the reference loop with the same user surrogate and SpikingJelly 2.0's LIFNode with
-    its own custom surrogate (a ``SurrogateFunctionBase`` subclass with its own autograd Function,
-    which is how a SpikingJelly user adds a shape; it runs SpikingJelly's torch loop).
+  - CPU: 'cpu' runs the C++ forward, which keeps H − θ (the default save="state"), and a backward of
+    the user's torch g′ on H − θ (1 MiB pieces) and the C++ walk (``custom_cpu.py``); the peers are the
+    reference loop with the same user surrogate and SpikingJelly 2.0's LIFNode with its own custom
+    surrogate (a ``SurrogateFunctionBase`` subclass with its own autograd Function, which is how a
+    SpikingJelly user adds a shape; it runs SpikingJelly's torch loop). Measured at 1 and 2 threads (``torch.set_num_threads``; CPU_THREADS).
+    The ``-learn`` rows: α learnable, the user's surrogate registered with an explicit ``dg_dalpha``
+    (``sigmoid_user_da``), SpikingJelly's custom surrogate with α an ``nn.Parameter`` and its own ∂/∂α.
   - GPU: 'triton' with the user's constexpr functions vs the built-in id; 'cuda' cannot run it.
 Workloads: W4 on the CPU ([16, 32, 8192] float32), W1 at T = 16 on a GPU ([16, 64, 65536] float32 and
 bfloat16); default LIF (τ = 2, hard reset to 0). Timing: ``common.time_fns`` (providers interleaved
@@ -31,6 +34,8 @@ from snn_fast import surrogate as sgm  # noqa: E402
 from snn_fast.ops.lif.function import BACKENDS as LIF_BACKENDS  # noqa: E402
 
 USER = "sigmoid_user"
+USER_DA = "sigmoid_user_da"  # the same with an explicit ∂g/∂α (not derived by scaling=True)
+CPU_THREADS = (1, 2)
 
 
 def _sig_g(x, a):
@@ -42,8 +47,16 @@ def _sig_dg(x, a):
     return a * s * (1 - s)
 
 
+def _sig_da(x, a):
+    s = torch.sigmoid(a * x)
+    return x * s * (1 - s)
+
+
 def register():
-    """The built-in sigmoid as a user would register it (with Triton versions when triton imports)."""
+    """The built-in sigmoid as a user would register it (with Triton versions when triton imports),
+    and once more with its own ∂g/∂α (torch only)."""
+    if USER_DA not in sgm.names():
+        sgm.register_surrogate(USER_DA, g=_sig_g, dg=_sig_dg, dg_dalpha=_sig_da, alpha=4.0)
     if USER in sgm.names():
         return sgm.get(USER)
     fns = None
@@ -67,11 +80,12 @@ def register():
 
 
 def _spikingjelly_nodes():
-    """(built-in Sigmoid node, node with a custom surrogate written as a SpikingJelly user would)."""
+    """(built-in Sigmoid node, node with a custom surrogate written as a SpikingJelly user would, the
+    same with a learnable α)."""
     try:
         from spikingjelly.activation_based import neuron, surrogate
     except Exception:  # not installed (a peer, never a dependency)
-        return None, None
+        return None, None, None
 
     class _UserSigmoidFn(torch.autograd.Function):
         @staticmethod
@@ -98,28 +112,61 @@ def _spikingjelly_nodes():
         def primitive_function(x, alpha):
             return (x * alpha).sigmoid()
 
+    class _UserSigmoidLearnFn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, alpha):
+            ctx.save_for_backward(x, alpha)
+            return (x >= 0).to(x.dtype)
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, alpha = ctx.saved_tensors
+            s = torch.sigmoid(alpha * x)
+            gs = grad * s * (1 - s)
+            return gs * alpha, (gs * x).sum()
+
+    class UserSigmoidLearn(surrogate.SurrogateFunctionBase):
+        def __init__(self, alpha=4.0, spiking=True):
+            super().__init__(spiking=spiking, alpha=torch.nn.Parameter(torch.tensor(float(alpha))))
+
+        @staticmethod
+        def spiking_function(x, alpha):
+            return _UserSigmoidLearnFn.apply(x, alpha)
+
+        @staticmethod
+        def primitive_function(x, alpha):
+            return (x * alpha).sigmoid()
+
     builtin = neuron.LIFNode(tau=2.0, step_mode="m", surrogate_function=surrogate.Sigmoid(alpha=4.0))
     user = neuron.LIFNode(tau=2.0, step_mode="m", surrogate_function=UserSigmoid(alpha=4.0))
-    return builtin, user
+    user_learn = neuron.LIFNode(tau=2.0, step_mode="m", surrogate_function=UserSigmoidLearn(alpha=4.0))
+    return builtin, user, user_learn
 
 
 def providers(device):
     """name -> f(x) returning spikes. ``<backend>`` runs the built-in sigmoid, ``<backend>-user`` the
-    user's; a fused backend that cannot run here is left out with its reason printed."""
+    user's, ``-learn`` with a learnable α (CPU); a fused backend that cannot run here is left out with
+    its reason printed."""
     register()
     out = {}
     fused = ["cpu"] if device == "cpu" else ["cuda", "triton"]
+    alpha = torch.tensor(4.0, device=device, requires_grad=True)  # learnable α (its gradient is computed)
     for b in fused:
-        for sg in ("sigmoid", USER):
+        for sg, learn in (("sigmoid", False), (USER, False)) + ((("sigmoid", True), (USER_DA, True))
+                                                               if device == "cpu" else ()):
             try:
                 LIF_BACKENDS.select(b, torch.zeros(1, device=device), True, sgm.get(sg))
             except (RuntimeError, ValueError) as e:
                 print(f"snn_fast-{b} with {sg}: {e}")
                 continue
-            name = f"snn_fast-{b}" + ("-user" if sg == USER else "")
-            out[name] = lambda x, b=b, sg=sg: snn_fast.lif_multistep(x, backend=b, surrogate=sg)[0]
-    sj, sj_user = _spikingjelly_nodes()
-    for name, node in (("spikingjelly", sj), ("spikingjelly-user", sj_user)):
+            name = f"snn_fast-{b}" + ("-user" if sg != "sigmoid" else "") + ("-learn" if learn else "")
+            out[name] = lambda x, b=b, sg=sg, a=(alpha if learn else 4.0): snn_fast.lif_multistep(
+                x, backend=b, surrogate=sg, alpha=a)[0]
+    sj, sj_user, sj_learn = _spikingjelly_nodes()
+    sj_nodes = (("spikingjelly", sj), ("spikingjelly-user", sj_user))
+    if device == "cpu":
+        sj_nodes += (("spikingjelly-user-learn", sj_learn),)
+    for name, node in sj_nodes:
         if node is None:
             print("spikingjelly not installed: its rows are skipped")
             continue
@@ -131,6 +178,9 @@ def providers(device):
 
         out[name] = run_sj
     out["reference-user"] = lambda x: snn_fast.lif_multistep(x, backend="reference", surrogate=USER)[0]
+    if device == "cpu":
+        out["reference-user-learn"] = lambda x: snn_fast.lif_multistep(x, backend="reference", surrogate=USER_DA,
+                                                                       alpha=alpha)[0]
     return out
 
 
@@ -141,6 +191,20 @@ def cases(device):
 
 
 def bench_case(device, shape, dtype, rounds=3):
+    """Rows of every provider; on the CPU once per thread count of CPU_THREADS (then restored)."""
+    if device != "cpu":
+        return _bench_case(device, shape, dtype, rounds)
+    rows, before = [], torch.get_num_threads()
+    try:
+        for n in CPU_THREADS:
+            torch.set_num_threads(n)
+            rows += _bench_case(device, shape, dtype, rounds)
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def _bench_case(device, shape, dtype, rounds):
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(shape, device=device, dtype=dtype, generator=g) * 2
     gs = torch.randn(shape, device=device, dtype=dtype, generator=g)
@@ -164,10 +228,11 @@ def bench_case(device, shape, dtype, rounds=3):
 
     rows = []
     for mode, wrap, passes in (("fwd", fwd, 2), ("fwd+bwd", fwd_bwd, 5)):
-        fns = {name: (lambda f=f: wrap(f)) for name, f in provs.items()}
+        # a learnable α changes only the backward
+        fns = {name: (lambda f=f: wrap(f)) for name, f in provs.items() if mode != "fwd" or "-learn" not in name}
         tm = common.time_fns(fns, device, rounds=rounds)
-        peer = tm.get("spikingjelly-user", (None,))[0]
         for name in fns:
+            peer = tm.get("spikingjelly-user" + ("-learn" if "-learn" in name else ""), (None,))[0]
             rows.append(common.record(
                 op="lif-surrogate", provider=name, mode=mode, shape="x".join(map(str, shape)),
                 dtype=str(dtype).replace("torch.", ""), device=device, device_name=common.device_name(device),
@@ -178,19 +243,30 @@ def bench_case(device, shape, dtype, rounds=3):
 
 # (slower, faster): each ratio is slower's time over faster's
 RATIOS = [("snn_fast-cpu-user", "snn_fast-cpu"), ("reference-user", "snn_fast-cpu-user"),
-          ("spikingjelly-user", "snn_fast-cpu-user"), ("snn_fast-triton-user", "snn_fast-triton"),
+          ("spikingjelly-user", "snn_fast-cpu-user"),
+          ("snn_fast-cpu-user-learn", "snn_fast-cpu-learn"), ("reference-user-learn", "snn_fast-cpu-user-learn"),
+          ("spikingjelly-user-learn", "snn_fast-cpu-user-learn"),
+          ("snn_fast-triton-user", "snn_fast-triton"),
           ("reference-user", "snn_fast-triton-user"), ("spikingjelly-user", "snn_fast-triton-user")]
 
 
 def ratios(rows):
-    """[(mode, shape, dtype, a, b, median ratio, low, high)] of a's time over b's, for RATIOS."""
+    """[(mode, shape, dtype, threads, a, b, median ratio, low, high)] of a's time over b's, for RATIOS,
+    and each provider's time at its most threads over its time at one (``a`` = ``b``)."""
     out = []
-    by = {(r["mode"], r["shape"], r["dtype"], r["provider"]): r for r in rows}
-    for (mode, shape, dtype, _p) in sorted({k[:3] + (None,) for k in by}, key=str):
+    by = {(r["mode"], r["shape"], r["dtype"], r["threads"], r["provider"]): r for r in rows}
+    for key in sorted({k[:4] for k in by}, key=str):
         for a, b in RATIOS:
-            ra, rb = by.get((mode, shape, dtype, a)), by.get((mode, shape, dtype, b))
+            ra, rb = by.get(key + (a,)), by.get(key + (b,))
             if ra and rb:
-                out.append((mode, shape, dtype, a, b, ra["median_ms"] / rb["median_ms"],
+                out.append(key + (a, b, ra["median_ms"] / rb["median_ms"], ra["q20_ms"] / rb["q80_ms"],
+                                  ra["q80_ms"] / rb["q20_ms"]))
+    threads = sorted({k[3] for k in by})
+    if len(threads) > 1:
+        for (mode, shape, dtype, t, p) in sorted(by, key=str):
+            if t == threads[-1] and (mode, shape, dtype, threads[0], p) in by:
+                ra, rb = by[(mode, shape, dtype, t, p)], by[(mode, shape, dtype, threads[0], p)]
+                out.append((mode, shape, dtype, f"{t} over {threads[0]}", p, p, ra["median_ms"] / rb["median_ms"],
                             ra["q20_ms"] / rb["q80_ms"], ra["q80_ms"] / rb["q20_ms"]))
     return out
 
@@ -198,10 +274,10 @@ def ratios(rows):
 def print_rows(rows):
     print()
     print(common.markdown_table(rows))
-    print("\n| mode | shape | dtype | time of | over time of | ratio (median) | q20–q80 range |")
-    print("|---|---|---|---|---|---|---|")
-    for mode, shape, dtype, a, b, med, lo, hi in ratios(rows):
-        print(f"| {mode} | {shape} | {dtype} | {a} | {b} | {med:.2f} | {lo:.2f}–{hi:.2f} |")
+    print("\n| mode | shape | dtype | threads | time of | over time of | ratio (median) | q20–q80 range |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mode, shape, dtype, th, a, b, med, lo, hi in ratios(rows):
+        print(f"| {mode} | {shape} | {dtype} | {th} | {a} | {b} | {med:.2f} | {lo:.2f}–{hi:.2f} |")
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -39,11 +39,34 @@ TORCH_LIBRARY(snn_fast, m) {
       "Tensor params, Tensor? noise_mask, Tensor saved, Tensor s, int surrogate, bool hard_reset, float v_reset, "
       "bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad) "
       "-> (Tensor, Tensor, Tensor)");
+  // A user-registered surrogate on the CPU (snn_fast/ops/lif/custom_cpu.py), whose g′ only torch can
+  // evaluate: lif_fwd_keep_arg is lif_fwd whose `saved` is D = H − θ for every step, [T, N] in params'
+  // dtype (save="state"); lif_sg_arg re-runs the forward and returns that D (save="recompute"; the
+  // emitted values s replace the spike in the reset where noise_mask is given: the forward's analog
+  // ones, from the user's g); the caller evaluates g′(D) (and ∂g/∂α(D)) in torch; lif_bwd_given_sg is
+  // lif_bwd's walk with those read per element instead of a built-in surrogate (sg_dalpha required
+  // with need_param_grad). Same flags and results as lif_fwd / lif_bwd otherwise. CPU only.
+  m.def(
+      "lif_fwd_keep_arg(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, int surrogate, bool hard_reset, "
+      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool return_v_seq) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "lif_sg_arg(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, Tensor s, bool hard_reset, "
+      "float v_reset, bool decay_input) -> Tensor");
+  m.def(
+      "lif_bwd_given_sg(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, "
+      "Tensor params, Tensor? noise_mask, Tensor s, Tensor sg_grad, Tensor? sg_dalpha, bool hard_reset, "
+      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad) "
+      "-> (Tensor, Tensor, Tensor)");
 
   // Introspection of the CPU output cache (csrc/cpu/output_cache.h):
   // [cached bytes, live bytes, hits, misses], and a way to give its blocks back.
   m.def("cpu_cache_stats() -> int[]");
   m.def("cpu_cache_clear() -> ()");
+  // An uninitialised contiguous tensor shaped like `like`, of its dtype, from that cache: for large
+  // buffers filled from Python (custom_cpu.py's g′), which would otherwise fault their pages in anew
+  // on every call.
+  m.def("cpu_cache_empty_like(Tensor like) -> Tensor");
 
   // Tempotron (SPEC §5): the membrane V [B, O, T] of O tempotrons driven by input spike times
   // t_in [B, I] (negative = no spike; float32, float64 with a float64 weight) through weight [O, I],

@@ -21,13 +21,14 @@ import types
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import snn_fast
 from snn_fast import surrogate as sgm
 from snn_fast.ops.lif.function import BACKENDS as LIF
 
 import user_surrogates
-from test_lif import BY_ID, LEARN, OPTIONS, SKIP, cases, compare, make, opt, run
+from test_lif import BY_ID, LEARN, OPTIONS, SKIP, cases, check, compare, make, opt, run
 
 HAS_C = snn_fast.HAS_C
 
@@ -236,7 +237,8 @@ def test_triton_user_sigmoid_is_the_builtin_bit_for_bit(be):
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
 def test_cpu_user_sigmoid_matches_the_cpp_kernel():
     """Same spikes and states as the built-in's C++ kernel (the forward is that kernel), gradients
-    within the float32 tolerance (the backward's arithmetic is grouped differently)."""
+    within the float32 tolerance (the walk is the same; g′ comes from torch's sigmoid instead of the
+    kernel's own exp, which may differ by an ulp)."""
     from conftest import assert_close
 
     x, v0, grads = make(16, 3000, seed=6)
@@ -292,3 +294,157 @@ def test_triton_functions_that_disagree_with_torch_are_refused():
             snn_fast.lif_multistep(x, surrogate="tmp_wrong_tl", backend="triton")
     finally:
         sgm.unregister_surrogate("tmp_wrong_tl")
+
+
+# --- the CPU backward: one walk, a fixed number of calls --------------------------------------------
+class _CountCalls(TorchDispatchMode):
+    """Every op dispatched while active, those that the CPU custom ops (Python) run included."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from snn_fast.ops.lif import custom_cpu
+
+        self.calls.append(str(func.overloadpacket))
+        python_impl = {custom_cpu.BWD_NAME: custom_cpu.lif_bwd_custom_cpu,
+                       custom_cpu.FWD_NAME: custom_cpu.lif_fwd_custom_cpu}.get(func.name())
+        if python_impl is not None:
+            with self:  # count what it runs
+                return python_impl(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def _backward_calls(T, N, surrogate, learn, masked, v_seq):
+    x, v0, grads = make(T, N, seed=T + N)
+    x, v0 = x.float().requires_grad_(True), v0.float()
+    mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(1)) if masked else None
+    alpha = torch.tensor(3.0, requires_grad=True) if learn else 3.0
+    tau = torch.tensor(2.0, requires_grad=True) if learn else 2.0
+    out = snn_fast.lif_multistep(x, v0, tau=tau, surrogate=surrogate, alpha=alpha, noise_mask=mask,
+                                 return_v_seq=v_seq, backend="cpu")
+    loss = sum((t * g.float()).sum() for t, g in zip(out, grads))
+    with _CountCalls() as c:
+        loss.backward()
+    return c.calls
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+@pytest.mark.parametrize("surrogate,learn,masked,v_seq", [("user_sigmoid", False, False, False),
+                                                          ("user_sigmoid", True, False, True),
+                                                          ("user_shifted", True, True, False),
+                                                          ("user_box", False, True, True)])
+def test_cpu_backward_calls_do_not_grow_with_T_or_N(surrogate, learn, masked, v_seq, monkeypatch):
+    """The backward of a user surrogate on the CPU is a fixed number of torch calls: the same at
+    T = 4 and 33, N = 40 and 5000 (a per-block loop would add calls with N, a per-step one with T),
+    and few: the user's g′ (and ∂g/∂α) on all of H − θ at once, the C++ walk.
+    Beyond ``_CHUNK_BYTES`` of H − θ the user's functions run once per piece of that many bytes: the
+    count then follows the number of pieces only (the same for [4, 1024] and [16, 256]), a few calls
+    per piece."""
+    from snn_fast.ops.lif import custom_cpu
+
+    assert 33 * 5000 * 4 <= custom_cpu._CHUNK_BYTES
+    counts = {(T, N): _backward_calls(T, N, surrogate, learn, masked, v_seq) for T in (4, 33) for N in (40, 5000)}
+    first = next(iter(counts.values()))
+    for shape, calls in counts.items():
+        assert calls == first, f"{shape}: {len(calls)} calls, {len(first)} at {next(iter(counts))}"
+    # H − θ: saved by the forward (save="state"), re-run under a noise mask (the forward is the loop)
+    assert first.count("snn_fast.lif_sg_arg") == int(masked) and first.count("snn_fast.lif_bwd_given_sg") == 1, first
+    assert len(first) <= 40, first
+
+    monkeypatch.setattr(custom_cpu, "_CHUNK_BYTES", 1024 * 4)  # pieces of 1024 float32 elements
+    four = [_backward_calls(T, N, surrogate, learn, masked, v_seq) for T, N in ((4, 1024), (16, 256), (2, 2048))]
+    assert four[0] == four[1] == four[2]
+    eight, twelve = (len(_backward_calls(T, 1024, surrogate, learn, masked, v_seq)) for T in (8, 12))
+    per_piece = (eight - len(four[0])) / 4
+    assert twelve - eight == eight - len(four[0]) and 0 < per_piece <= 20, (len(four[0]), eight, twelve)
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+@pytest.mark.parametrize("save", ["state", "recompute"])
+@pytest.mark.parametrize("surrogate", ["user_shifted", "user_sigmoid"])
+def test_cpu_learnable_alpha_mask_float64(surrogate, save, nan_alloc):
+    """Learnable τ, θ and α (∂g/∂α given, or derived by scaling=True), a noise mask and v_seq, in
+    float64 against the reference; both save modes (the CPU saves nothing in either: same results)."""
+    x, v0, grads = make(19, 300, seed=4)
+    mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(3))
+    for o in (opt(0.0, reset_residual=0.2), opt(None, decay_input=False), opt(-0.3, detach_reset=True)):
+        for m in (None, mask):
+            got = run("cpu", "cpu", x, v0, o, surrogate=surrogate, learn=True, noise_mask=m, grads=grads, save=save)
+            ref = run("reference", "cpu", x, v0, o, surrogate=surrogate, learn=True, noise_mask=m, grads=grads)
+            check(got, ref, mask=m)
+            assert ref["grad_alpha"].abs() > 0
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+def test_cpu_given_sg_ops_check_their_arguments():
+    """The two C++ ops behind the CPU backward name what is wrong instead of reading past a buffer."""
+    x = torch.zeros(3, 5)
+    v0, params = x[0].clone(), torch.tensor([0.5, 1.0, 4.0])
+    d = torch.ops.snn_fast.lif_sg_arg(x, v0, params, None, x, True, 0.0, True)
+    assert d.shape == x.shape and d.dtype == torch.float32
+    torch.testing.assert_close(d, torch.full_like(x, -1.0))  # H = 0, θ = 1
+    with pytest.raises(RuntimeError, match="s must match x"):
+        torch.ops.snn_fast.lif_sg_arg(x, v0, params, torch.ones(3, 5, dtype=torch.bool), x[:2], True, 0.0, True)
+    bwd = torch.ops.snn_fast.lif_bwd_given_sg
+    with pytest.raises(RuntimeError, match="sg_grad must be \\[T, N\\] like x"):
+        bwd(x, None, None, x, v0, params, None, x, x[:2], None, True, 0.0, True, False, 0.0, False)
+    with pytest.raises(RuntimeError, match="sg_grad must be .* in params' dtype"):
+        bwd(x, None, None, x, v0, params, None, x, x.double(), None, True, 0.0, True, False, 0.0, False)
+    with pytest.raises(RuntimeError, match="need_param_grad needs sg_dalpha"):
+        bwd(x, None, None, x, v0, params, None, x, x, None, True, 0.0, True, False, 0.0, True)
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_cpu_saved_state_is_what_memory_counts(dtype):
+    """What autograd keeps for a user surrogate on the CPU beyond x, v0, the parameters and the spikes:
+    D = H − θ in the compute dtype with save="state", nothing with "recompute" or under a noise mask
+    (``memory.saved_bytes(backend="cpu_custom")``); both give the same gradient."""
+    from snn_fast.ops.lif import memory
+    from test_lif import _saved_bytes
+
+    T, N = 9, 300
+    x = torch.randn(T, N).to(dtype).requires_grad_(True)
+    v0 = torch.zeros(N, dtype=dtype)
+    mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(1))
+    grads = {}
+    for save in ("recompute", "state"):
+        for m in (None, mask):
+            out, seen = _saved_bytes(lambda: snn_fast.lif_multistep(x, v0, backend="cpu", save=save, noise_mask=m,
+                                                                    surrogate="user_sigmoid"))
+            known = {t.untyped_storage().data_ptr() for t in (x, v0, out[0], mask)}
+            extra = sum(n for (ptr, _), n in seen.items() if ptr not in known and n > 24)
+            want = 0 if m is not None else memory.saved_bytes(T, N, dtype, save, backend="cpu_custom")
+            assert extra == want, (save, m is None, extra, want)
+            grads[save, m is None] = torch.autograd.grad(out[0].sum(), x)[0]
+    assert memory.saved_bytes(T, N, dtype, "state", backend="cpu_custom") == T * N * (8 if dtype == torch.float64
+                                                                                    else 4)
+    for m in (True, False):
+        assert torch.equal(grads["state", m], grads["recompute", m])
+    b = memory.custom_cpu_bytes(16, 262144, torch.float32)
+    assert b["total"] == 36 * 16 * 262144 + 6 * 262144 * 4 and b["saved"] == 16 * 262144 * 4
+    assert memory.custom_cpu_bytes(16, 262144, torch.float32, "recompute")["total"] == b["total"] + 4 * 16 * 262144
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpu_given_sg_opcheck(masked):
+    """torch.library.opcheck of the three C++ ops behind a user surrogate on the CPU (schema, fakes:
+    registered by custom_cpu.py, the module that calls them)."""
+    from snn_fast.ops.lif import custom_cpu  # noqa: F401
+
+    x, v0, grads = make(6, 50, dtype=torch.float32, seed=2)
+    params = torch.tensor([0.5, 0.8, 4.0])
+    mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(1)) if masked else None
+    ops = torch.ops.snn_fast
+    s, _, _, d = ops.lif_fwd_keep_arg(x, v0, params, mask, 0, True, 0.0, True, False, 0.0, True)
+    torch.library.opcheck(ops.lif_fwd_keep_arg.default, (x, v0, params, mask, 0, True, 0.0, True, False, 0.0, True))
+    torch.library.opcheck(ops.lif_sg_arg.default, (x, v0, params, mask, s, True, 0.0, True))
+    if not masked:  # the re-run gives the forward's H − θ bit for bit
+        assert torch.equal(ops.lif_sg_arg(x, v0, params, None, s, True, 0.0, True), d)
+    gp, dga = torch.sigmoid(d), torch.tanh(d)
+    gs, gvl, gvs = (g.float() for g in grads)
+    torch.library.opcheck(ops.lif_bwd_given_sg.default, (gs, gvl, gvs, x, v0, params, mask, s, gp, dga, True, 0.0,
+                                                          True, False, 0.2, True))

@@ -47,10 +47,12 @@ LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, 
   return r;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
-                                                       const c10::optional<Tensor>& mask_, int64_t sg,
-                                                       bool hard_reset, double v_reset, bool decay_input,
-                                                       bool detach_reset, double kappa, bool return_v_seq) {
+// keep_arg: `saved` is D = H − θ of every step, [T, N] in params' dtype (lif_fwd_keep_arg).
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu_impl(const Tensor& x_, const Tensor& v0_,
+                                                            const Tensor& params, const c10::optional<Tensor>& mask_,
+                                                            int64_t sg, bool hard_reset, double v_reset,
+                                                            bool decay_input, bool detach_reset, double kappa,
+                                                            bool return_v_seq, bool keep_arg) {
   check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
   Tensor x = x_.contiguous(), v0 = v0_.contiguous();
   c10::optional<Tensor> mask;
@@ -58,16 +60,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const T
   const int64_t T = x.size(0), N = x.size(1);
   Tensor s = empty_cpu_cached(x.sizes(), x.scalar_type()), v_last = at::empty_like(v0);
   Tensor v_seq = return_v_seq ? empty_cpu_cached(x.sizes(), x.scalar_type()) : at::empty({0}, x.options());
-  Tensor saved = at::empty({0}, x.options());
+  Tensor saved = keep_arg ? empty_cpu_cached(x.sizes(), params.scalar_type()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
     cpu_lif::lif_fwd_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
                               mask ? mask->const_data_ptr<bool>() : nullptr, s.mutable_data_ptr<scalar_t>(),
                               v_last.mutable_data_ptr<scalar_t>(),
-                              return_v_seq ? v_seq.mutable_data_ptr<scalar_t>() : nullptr, T, N, p);
+                              return_v_seq ? v_seq.mutable_data_ptr<scalar_t>() : nullptr, T, N, p,
+                              keep_arg ? saved.mutable_data_ptr<acc_t>() : nullptr);
   });
   return {s, v_last, v_seq, saved};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x, const Tensor& v0, const Tensor& params,
+                                                       const c10::optional<Tensor>& mask, int64_t sg,
+                                                       bool hard_reset, double v_reset, bool decay_input,
+                                                       bool detach_reset, double kappa, bool return_v_seq) {
+  return lif_fwd_cpu_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
+                          return_v_seq, false);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_keep_arg_cpu(const Tensor& x, const Tensor& v0,
+                                                                const Tensor& params,
+                                                                const c10::optional<Tensor>& mask, int64_t sg,
+                                                                bool hard_reset, double v_reset, bool decay_input,
+                                                                bool detach_reset, double kappa,
+                                                                bool return_v_seq) {
+  return lif_fwd_cpu_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
+                          return_v_seq, true);
 }
 
 std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
@@ -102,11 +123,94 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10:
   return {gx, gv0, grad_params};
 }
 
+// A user's surrogate (snn_fast/ops/lif/custom_cpu.py) in two ops around its torch g′:
+//   lif_fwd_keep_arg the forward, also writing D = H − θ in acc_t (save="state")    + a
+//   lif_sg_arg       read x (and s under a noise mask), write D (save="recompute")  b + a (+ b)
+//   lif_bwd_given_sg the backward above with g′ (and ∂g/∂α) read from [T, N] acc_t buffers:
+//                    + a (+ a with parameter gradients) (+ b: s under a noise mask)
+// The surrogate id plays no part: the flags alone pick the kernel.
+
+// s under a noise mask: the forward's emitted values, [T, N] like x.
+void check_given_s(const Tensor& x, const c10::optional<Tensor>& mask, const Tensor& s) {
+  if (mask.has_value())
+    TORCH_CHECK(s.sizes() == x.sizes() && s.scalar_type() == x.scalar_type() && s.device() == x.device(),
+                "lif (user surrogate): s must match x in shape, dtype and device under a noise mask");
+}
+
+void check_given_buf(const Tensor& x, const Tensor& params, const Tensor& b, const char* name) {
+  TORCH_CHECK(b.sizes() == x.sizes() && b.scalar_type() == params.scalar_type() && b.device() == x.device(),
+              "lif_bwd_given_sg: ", name, " must be [T, N] like x in params' dtype (", params.scalar_type(),
+              "), got ", b.sizes(), " ", b.scalar_type());
+}
+
+Tensor lif_sg_arg_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params, const c10::optional<Tensor>& mask,
+                      const Tensor& s_, bool hard_reset, double v_reset, bool decay_input) {
+  check_lif_args(x_, v0_, params, mask, 0, c10::DeviceType::CPU, "CPU kernel");
+  check_given_s(x_, mask, s_);
+  Tensor x = x_.contiguous(), v0 = v0_.contiguous(), s;
+  if (mask.has_value()) s = s_.contiguous();
+  const int64_t T = x.size(0), N = x.size(1);
+  Tensor d = empty_cpu_cached(x.sizes(), params.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_sg_arg_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, false, 0.0);
+    cpu_lif::lif_sg_arg_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
+                                                s.defined() ? s.const_data_ptr<scalar_t>() : nullptr,
+                                                d.mutable_data_ptr<acc_t>(), T, N, p);
+  });
+  return d;
+}
+
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_given_sg_cpu(
+    const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_, const c10::optional<Tensor>& gvseq_, const Tensor& x_,
+    const Tensor& v0_, const Tensor& params, const c10::optional<Tensor>& mask_, const Tensor& s_,
+    const Tensor& sg_grad_, const c10::optional<Tensor>& sg_dalpha_, bool hard_reset, double v_reset,
+    bool decay_input, bool detach_reset, double kappa, bool need_param_grad) {
+  check_lif_args(x_, v0_, params, mask_, 0, c10::DeviceType::CPU, "CPU kernel");
+  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
+  check_given_s(x_, mask_, s_);
+  check_given_buf(x_, params, sg_grad_, "sg_grad");
+  TORCH_CHECK(!need_param_grad || sg_dalpha_.has_value(),
+              "lif_bwd_given_sg: need_param_grad needs sg_dalpha (zeros for a surrogate without a width)");
+  if (sg_dalpha_.has_value()) check_given_buf(x_, params, *sg_dalpha_, "sg_dalpha");
+  Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous(), gp = sg_grad_.contiguous();
+  Tensor gvlast, gvseq, s, dga;
+  if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();
+  if (gvseq_.has_value() && gvseq_->numel() > 0) gvseq = gvseq_->to(x.scalar_type()).contiguous();
+  if (need_param_grad) dga = sg_dalpha_->contiguous();
+  c10::optional<Tensor> mask;
+  if (mask_.has_value()) {
+    mask = mask_->contiguous();
+    s = s_.contiguous();
+  }
+  const int64_t T = x.size(0), N = x.size(1);
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = at::empty_like(v0);
+  std::vector<double> pg(3, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_given_sg_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, detach_reset, kappa);
+    cpu_lif::Given<scalar_t, acc_t> given{gp.const_data_ptr<acc_t>(),
+                                          dga.defined() ? dga.const_data_ptr<acc_t>() : nullptr,
+                                          s.defined() ? s.const_data_ptr<scalar_t>() : nullptr};
+    const scalar_t* gvl = gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gvs = gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr;
+    cpu_lif::lif_bwd_given_kernel<scalar_t, acc_t>(
+        given, gs.const_data_ptr<scalar_t>(), gvl, gvs, x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
+        mask ? mask->const_data_ptr<bool>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
+        gv0.mutable_data_ptr<scalar_t>(), T, N, p, need_param_grad, pg.data());
+  });
+  Tensor grad_params = at::tensor(pg, params.options().dtype(at::kDouble)).to(params.scalar_type());
+  return {gx, gv0, grad_params};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(snn_fast, CPU, m) {
   m.impl("lif_fwd", &lif_fwd_cpu);
   m.impl("lif_bwd", &lif_bwd_cpu);
+  m.impl("lif_fwd_keep_arg", &lif_fwd_keep_arg_cpu);
+  m.impl("lif_sg_arg", &lif_sg_arg_cpu);
+  m.impl("lif_bwd_given_sg", &lif_bwd_given_sg_cpu);
 }
 
 }  // namespace snn_fast

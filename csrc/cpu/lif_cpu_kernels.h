@@ -12,10 +12,24 @@
 namespace snn_fast {
 namespace cpu_lif {
 
-// Forward over all T steps: s, v_last and (when non-null) v_seq.
+// A user's surrogate (snn_fast/ops/lif/custom_cpu.py): g′(H − θ) and ∂g/∂α evaluated by its torch
+// functions before the walk, [T, N] in acc_t, and, under a noise mask, the forward's emitted values
+// (g's analog ones where the mask is off), read instead of computed. Pointers to element 0 of [T, N].
+template <typename scalar_t, typename acc_t>
+struct Given {
+  const acc_t* gp = nullptr;    // g′(H − θ)
+  const acc_t* dga = nullptr;   // ∂g/∂α (read only with parameter gradients)
+  const scalar_t* s = nullptr;  // emitted S (read only under a noise mask)
+  Given offset(int64_t n0) const {
+    return {gp ? gp + n0 : nullptr, dga ? dga + n0 : nullptr, s ? s + n0 : nullptr};
+  }
+};
+
+// Forward over all T steps: s, v_last and (when non-null) v_seq, and d: H − θ of every step (for a
+// user's surrogate, custom_cpu.py).
 template <typename scalar_t, typename acc_t>
 void lif_fwd_kernel(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
-                    scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p);
+                    scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p, acc_t* d = nullptr);
 
 // Backward: grad_x, grad_v0 and, when need_param_grad, (∂k, ∂θ, ∂α) summed deterministically into
 // param_grad[3]. gvlast / gvseq / mask may be null.
@@ -24,14 +38,33 @@ void lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const sc
                     const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
                     const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad);
 
+// For a user's surrogate: D = H_t − θ of every step into d ([T, N], acc_t), the forward re-run (with
+// s, when non-null, as the emitted values in the reset: a forward under a noise mask).
+template <typename scalar_t, typename acc_t>
+void lif_sg_arg_kernel(const scalar_t* x, const scalar_t* v0, const scalar_t* s, acc_t* d, int64_t T, int64_t N,
+                       const LIFParams<acc_t>& p);
+
+// lif_bwd_kernel with g′ and ∂g/∂α from `given` (and the emitted S from given.s where mask is non-null).
+template <typename scalar_t, typename acc_t>
+void lif_bwd_given_kernel(const Given<scalar_t, acc_t>& given, const scalar_t* gs, const scalar_t* gvlast,
+                          const scalar_t* gvseq, const scalar_t* x, const scalar_t* v0, const bool* mask,
+                          scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N, const LIFParams<acc_t>& p,
+                          bool need_param_grad, double* param_grad);
+
 #define SNN_FAST_EXTERN_LIF_CPU(scalar_t, acc_t)                                                             \
   extern template void lif_fwd_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const bool*,         \
                                                        scalar_t*, scalar_t*, scalar_t*, int64_t, int64_t,     \
-                                                       const LIFParams<acc_t>&);                              \
+                                                       const LIFParams<acc_t>&, acc_t*);                      \
   extern template void lif_bwd_kernel<scalar_t, acc_t>(int, const scalar_t*, const scalar_t*, const scalar_t*, \
                                                        const scalar_t*, const scalar_t*, const bool*, scalar_t*, \
                                                        scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&,  \
-                                                       bool, double*);
+                                                       bool, double*);                                        \
+  extern template void lif_sg_arg_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const scalar_t*,  \
+                                                          acc_t*, int64_t, int64_t, const LIFParams<acc_t>&); \
+  extern template void lif_bwd_given_kernel<scalar_t, acc_t>(                                                \
+      const Given<scalar_t, acc_t>&, const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*,      \
+      const scalar_t*, const bool*, scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, bool,    \
+      double*);
 SNN_FAST_EXTERN_LIF_CPU(float, float)
 SNN_FAST_EXTERN_LIF_CPU(double, double)
 SNN_FAST_EXTERN_LIF_CPU(c10::Half, float)

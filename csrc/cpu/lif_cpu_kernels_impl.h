@@ -98,14 +98,16 @@ class BlockQueue {
 // One block of n neurons (pointers already offset to the block's first neuron), all T steps. MASKED:
 // the emitted value follows the noise mask (lif_fire_rt: the surrogate's primitive is a runtime switch
 // there, the loop scalar, as before), else the spike (the common case: a handful of vector ops).
-template <bool HARD, bool DI, bool MASKED, typename scalar_t, typename acc_t>
+// KEEP: also H − θ of every step into d (acc_t, [T, N]), the argument of a user's surrogate.
+template <bool HARD, bool DI, bool MASKED, bool KEEP, typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
                               const bool* __restrict__ mask, scalar_t* __restrict__ s,
-                              scalar_t* __restrict__ v_last, scalar_t* __restrict__ v_seq,
+                              scalar_t* __restrict__ v_last, scalar_t* __restrict__ v_seq, acc_t* __restrict__ d,
                               acc_t* __restrict__ v, int64_t n, int64_t T, int64_t N, const LIFParams<acc_t> p) {
   // One step of element i = t·N + j: V_{t−1} in, S_t to s[i], V_t returned.
   auto step = [&](acc_t vv, int64_t i) {
     const acc_t h = lif_charge<DI>(vv, acc_t(x[i]), p);
+    if constexpr (KEEP) d[i] = h - p.theta;
     acc_t sp;
     if constexpr (MASKED) sp = lif_fire_rt<acc_t>(h, mask[i], p);
     else sp = lif_spike<acc_t>(h, p);
@@ -143,44 +145,62 @@ SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __
 
 template <typename scalar_t, typename acc_t>
 void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
-              scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
+              scalar_t* v_seq, acc_t* d, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
   const int64_t B = fwd_block_for(N);
   const int64_t nblocks = (N + B - 1) / B;
   with_flags(
-      [&](auto hard, auto di, auto masked) {
+      [&](auto hard, auto di, auto masked, auto keep) {
         BlockQueue queue(nblocks, T * N < kFwdParallelMinWork);
         queue.run([&] {
           std::vector<acc_t> v(B);
           for (int64_t blk; (blk = queue.next()) >= 0;) {
             const int64_t n0 = blk * B, n = std::min(B, N - n0);
-            fwd_block<decltype(hard)::value, decltype(di)::value, decltype(masked)::value, scalar_t, acc_t>(
-                x + n0, v0 + n0, mask ? mask + n0 : nullptr, s + n0, v_last + n0, v_seq ? v_seq + n0 : nullptr,
-                v.data(), n, T, N, p);
+            fwd_block<decltype(hard)::value, decltype(di)::value, decltype(masked)::value, decltype(keep)::value,
+                      scalar_t, acc_t>(x + n0, v0 + n0, mask ? mask + n0 : nullptr, s + n0, v_last + n0,
+                                       v_seq ? v_seq + n0 : nullptr, d ? d + n0 : nullptr, v.data(), n, T, N, p);
           }
         });
       },
-      p.hard_reset, p.decay_input, mask != nullptr);
+      p.hard_reset, p.decay_input, mask != nullptr, d != nullptr);
 }
 
-// The surrogate of the backward's loops: a template argument (SG >= 0; the loops vectorise) or, for
-// kRuntimeSurrogate, the runtime id p.sg (one instantiation for all surrogates).
+// The surrogate of the backward's loops: a template argument (SG >= 0; the loops vectorise), for
+// kRuntimeSurrogate the runtime id p.sg (one instantiation for all surrogates), or for
+// kGivenSurrogate values computed before the walk (a user's torch g′, snn_fast/ops/lif/custom_cpu.py),
+// read per element from Given.
 constexpr int kRuntimeSurrogate = -1;
-template <int SG, typename T>
-inline void surrogate_grads(T xs, const LIFParams<T>& p, T& gp, T& dga) {
-  if constexpr (SG == kRuntimeSurrogate) {
-    sg_grad_dalpha_rt<true, T>(p.sg, xs, p.alpha, gp, dga);
+constexpr int kGivenSurrogate = -2;
+template <int SG, typename scalar_t, typename T>
+inline void surrogate_grads(T h, const LIFParams<T>& p, const Given<scalar_t, T>& gv, int64_t i, T& gp, T& dga) {
+  if constexpr (SG == kGivenSurrogate) {
+    gp = gv.gp[i];
+    dga = gv.dga[i];
+  } else if constexpr (SG == kRuntimeSurrogate) {
+    sg_grad_dalpha_rt<true, T>(p.sg, h - p.theta, p.alpha, gp, dga);
   } else {
-    gp = sg_grad<SG>(xs, p.alpha);
-    dga = sg_dalpha<SG>(xs, p.alpha);
+    gp = sg_grad<SG>(h - p.theta, p.alpha);
+    dga = sg_dalpha<SG>(h - p.theta, p.alpha);
   }
 }
-// The emitted S of element i from its H: the noise mask's choice (MASKED) or the spike.
-template <bool MASKED, int SG = kRuntimeSurrogate, typename T>
-inline T emitted_at(T h, const bool* __restrict__ mask, int64_t i, const LIFParams<T>& p) {
+// g′(H − θ) of element i.
+template <int SG, typename scalar_t, typename T>
+inline T sg_grad_at(T h, const LIFParams<T>& p, const Given<scalar_t, T>& gv, int64_t i) {
+  if constexpr (SG == kGivenSurrogate) return gv.gp[i];
+  else return sg_grad<SG>(h - p.theta, p.alpha);
+}
+// The emitted S of element i from its H: the noise mask's choice (MASKED) or the spike. With a given
+// surrogate the mask's analog values came from the user's g in the forward: read from gv.s.
+template <bool MASKED, int SG = kRuntimeSurrogate, typename scalar_t, typename T>
+inline T emitted_at(T h, const bool* __restrict__ mask, const Given<scalar_t, T>& gv, int64_t i,
+                    const LIFParams<T>& p) {
   if constexpr (!MASKED) return lif_spike<T>(h, p);
+  else if constexpr (SG == kGivenSurrogate) return T(gv.s[i]);
   else if constexpr (SG == kRuntimeSurrogate) return lif_fire_rt<T>(h, mask[i], p);
   else return lif_fire<SG, T>(h, mask[i], p);
 }
+// The surrogate that picks the emitted value in a re-run: the given one, else the runtime switch.
+template <int SG>
+constexpr int kRerunSg = SG == kGivenSurrogate ? kGivenSurrogate : kRuntimeSurrogate;
 
 // Backward for one block with parameter gradients: re-run the forward into vprev (V_{t−1}, T × B),
 // then walk back. Writes the block's (∂k, ∂θ, ∂α) partial sums to out3. MASKED: the emitted value
@@ -191,8 +211,9 @@ template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_
 SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
                               const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
                               const scalar_t* __restrict__ v0, const bool* __restrict__ mask,
-                              scalar_t* __restrict__ gx, scalar_t* __restrict__ gv0, acc_t* __restrict__ vprev,
-                              acc_t* __restrict__ dv, acc_t* __restrict__ lane_sums, int64_t n, int64_t B,
+                              const Given<scalar_t, acc_t> gv, scalar_t* __restrict__ gx, scalar_t* __restrict__ gv0,
+                              acc_t* __restrict__ vprev, acc_t* __restrict__ dv, acc_t* __restrict__ lane_sums,
+                              int64_t n, int64_t B,
                               int64_t T, int64_t N, const LIFParams<acc_t> p, double* __restrict__ out3) {
   // Re-run the forward: same functions, same operation order, so the same spikes.
   for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[j]);  // dv holds V during the re-run
@@ -203,7 +224,7 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
     for (int64_t j = 0; j < n; ++j) {
       vp[j] = dv[j];
       const acc_t h = lif_charge<DI>(dv[j], acc_t(x[off + j]), p);
-      dv[j] = lif_reset<HARD>(h, emitted_at<MASKED>(h, mask, off + j, p), p);
+      dv[j] = lif_reset<HARD>(h, emitted_at<MASKED, kRerunSg<SG>>(h, mask, gv, off + j, p), p);
     }
   }
   for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
@@ -224,9 +245,10 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
       const acc_t xv = acc_t(x[off + j]);
       const acc_t h = lif_charge<DI>(vp[j], xv, p);
       acc_t gp, dga, ek, eth, eal;
-      surrogate_grads<SG>(h - p.theta, p, gp, dga);
-      const acc_t eps = lif_step_backward_g<HARD, DI, DETACH>(h, emitted_at<MASKED>(h, mask, off + j, p), vp[j], xv,
-                                                              acc_t(gs[off + j]), dv[j], gp, dga, p, ek, eth, eal);
+      surrogate_grads<SG>(h, p, gv, off + j, gp, dga);
+      const acc_t sp = emitted_at<MASKED, kRerunSg<SG>>(h, mask, gv, off + j, p);
+      const acc_t eps = lif_step_backward_g<HARD, DI, DETACH>(h, sp, vp[j], xv, acc_t(gs[off + j]), dv[j], gp, dga,
+                                                              p, ek, eth, eal);
       gx[off + j] = scalar_t(lif_grad_x<DI>(eps, p));
       dv[j] = lif_grad_v_prev(eps, p);
       sk[j] += ek;
@@ -247,17 +269,19 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
 }
 
 // The re-run of bwd_block_fast: the forward from v0, keeping H_t in hbuf (T × B, in L2); leaves V_T
-// in v.
-template <bool HARD, bool DI, bool MASKED, typename scalar_t, typename acc_t>
+// in v. ARG: keeps H_t − θ instead (the argument of the surrogate; with B = N, hbuf is [T, N]).
+template <int SG, bool HARD, bool DI, bool MASKED, bool ARG, typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void rerun_keep_h(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
-                                 const bool* __restrict__ mask, acc_t* __restrict__ hbuf, acc_t* __restrict__ v,
-                                 int64_t n, int64_t B, int64_t T, int64_t N, const LIFParams<acc_t> p) {
+                                 const bool* __restrict__ mask, const Given<scalar_t, acc_t> gv,
+                                 acc_t* __restrict__ hbuf, acc_t* __restrict__ v, int64_t n, int64_t B, int64_t T,
+                                 int64_t N, const LIFParams<acc_t> p) {
   // H_t of element i = t·N + j into hp, V_t returned: the forward's step, in the forward's
   // operation order.
   auto step = [&](acc_t vv, int64_t i, acc_t& hp) {
     const acc_t h = lif_charge<DI>(vv, acc_t(x[i]), p);
-    hp = h;
-    return lif_reset<HARD>(h, emitted_at<MASKED>(h, mask, i, p), p);
+    if constexpr (ARG) hp = h - p.theta;
+    else hp = h;
+    return lif_reset<HARD>(h, emitted_at<MASKED, kRerunSg<SG>>(h, mask, gv, i, p), p);
   };
   for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
   int64_t t = 0;
@@ -289,13 +313,14 @@ SNN_CPU_CLONES void rerun_keep_h(const scalar_t* __restrict__ x, const scalar_t*
 // (15 of 150 elements, issue 12). Uncontracted, every operation rounds as in bwd_block and the reference.
 template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void bwd_walk_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvseq,
-                                      const bool* __restrict__ mask, scalar_t* __restrict__ gx,
+                                      const bool* __restrict__ mask, const Given<scalar_t, acc_t> gv,
+                                      scalar_t* __restrict__ gx,
                                       const acc_t* __restrict__ hbuf, acc_t* __restrict__ dv, int64_t n, int64_t B,
                                       int64_t T, int64_t N, const LIFParams<acc_t> p) {
   // One step back: ∂L/∂V_t = d and H_t = h of element i in, ∂L/∂X_t to gx[i], ∂L/∂V_{t−1} returned.
   auto back = [&](acc_t d, acc_t h, int64_t i) {
     const acc_t ds = lif_grad_s<HARD, DETACH>(acc_t(gs[i]), d, h, p);
-    const acc_t eps = lif_grad_h<HARD>(d, emitted_at<MASKED, SG>(h, mask, i, p), ds, sg_grad<SG>(h - p.theta, p.alpha));
+    const acc_t eps = lif_grad_h<HARD>(d, emitted_at<MASKED, SG>(h, mask, gv, i, p), ds, sg_grad_at<SG>(h, p, gv, i));
     gx[i] = scalar_t(lif_grad_x<DI>(eps, p));
     return lif_grad_v_prev(eps, p);
   };
@@ -325,19 +350,21 @@ SNN_CPU_CLONES void bwd_walk_fast(const scalar_t* __restrict__ gs, const scalar_
 template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
 void bwd_block_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
                     const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
-                    const scalar_t* __restrict__ v0, const bool* __restrict__ mask, scalar_t* __restrict__ gx,
-                    scalar_t* __restrict__ gv0, acc_t* __restrict__ hbuf, acc_t* __restrict__ dv, int64_t n,
-                    int64_t B, int64_t T, int64_t N, const LIFParams<acc_t> p) {
-  rerun_keep_h<HARD, DI, MASKED, scalar_t, acc_t>(x, v0, mask, hbuf, dv, n, B, T, N, p);  // dv holds V here
+                    const scalar_t* __restrict__ v0, const bool* __restrict__ mask, const Given<scalar_t, acc_t>& gv,
+                    scalar_t* __restrict__ gx, scalar_t* __restrict__ gv0, acc_t* __restrict__ hbuf,
+                    acc_t* __restrict__ dv, int64_t n, int64_t B, int64_t T, int64_t N, const LIFParams<acc_t> p) {
+  // dv holds V during the re-run
+  rerun_keep_h<SG, HARD, DI, MASKED, false, scalar_t, acc_t>(x, v0, mask, gv, hbuf, dv, n, B, T, N, p);
   for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
-  bwd_walk_fast<SG, HARD, DI, DETACH, MASKED, scalar_t, acc_t>(gs, gvseq, mask, gx, hbuf, dv, n, B, T, N, p);
+  bwd_walk_fast<SG, HARD, DI, DETACH, MASKED, scalar_t, acc_t>(gs, gvseq, mask, gv, gx, hbuf, dv, n, B, T, N, p);
   for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
 }
 
 template <int SG, bool HARD, bool DI, bool DETACH, typename scalar_t, typename acc_t>
 void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
               const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
-              const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad) {
+              const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad,
+              const Given<scalar_t, acc_t>& given = {}) {
   const int64_t B = bwd_block_for(T, N, need_param_grad);
   const int64_t nblocks = (N + B - 1) / B;
   // One partial sum per block, added in block order afterwards: the result does not depend on the
@@ -351,21 +378,22 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
       const scalar_t* gvl = gvlast ? gvlast + n0 : nullptr;
       const scalar_t* gvs = gvseq ? gvseq + n0 : nullptr;
       const bool* m = mask ? mask + n0 : nullptr;
+      const Given<scalar_t, acc_t> gv = given.offset(n0);
       double* out3 = partial.data() + blk * 3;
       if (need_param_grad) {
         if (mask != nullptr)
-          bwd_block<kRuntimeSurrogate, HARD, DI, DETACH, true, scalar_t, acc_t>(
-              gs + n0, gvl, gvs, x + n0, v0 + n0, m, gx + n0, gv0 + n0, vprev.data(), dv.data(), lane_sums.data(),
-              n, B, T, N, p, out3);
+          bwd_block<kRerunSg<SG>, HARD, DI, DETACH, true, scalar_t, acc_t>(
+              gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(),
+              lane_sums.data(), n, B, T, N, p, out3);
         else
-          bwd_block<SG, HARD, DI, DETACH, false, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m, gx + n0,
-                                                                  gv0 + n0, vprev.data(), dv.data(),
+          bwd_block<SG, HARD, DI, DETACH, false, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv,
+                                                                  gx + n0, gv0 + n0, vprev.data(), dv.data(),
                                                                   lane_sums.data(), n, B, T, N, p, out3);
       } else if (mask != nullptr) {
         bwd_block_fast<SG, HARD, DI, DETACH, true, scalar_t, acc_t>(
-            gs + n0, gvl, gvs, x + n0, v0 + n0, m, gx + n0, gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);
+            gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);
       } else {
-        bwd_block_fast<SG, HARD, DI, DETACH, false, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m,
+        bwd_block_fast<SG, HARD, DI, DETACH, false, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv,
                                                                      gx + n0, gv0 + n0, vprev.data(), dv.data(), n,
                                                                      B, T, N, p);
       }
@@ -381,8 +409,8 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
 
 template <typename scalar_t, typename acc_t>
 void lif_fwd_kernel(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
-                    scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
-  fwd_impl<scalar_t, acc_t>(x, v0, mask, s, v_last, v_seq, T, N, p);
+                    scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p, acc_t* d) {
+  fwd_impl<scalar_t, acc_t>(x, v0, mask, s, v_last, v_seq, d, T, N, p);
 }
 
 // The surrogate and the flags are template arguments of the backward so its inner loops vectorise.
@@ -405,12 +433,54 @@ void lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const sc
       p.hard_reset, p.decay_input, p.detach_reset);
 }
 
+// D = H − θ, [T, N]: rerun_keep_h with B = N writes the rows of d in place.
+template <typename scalar_t, typename acc_t>
+void lif_sg_arg_kernel(const scalar_t* x, const scalar_t* v0, const scalar_t* s, acc_t* d, int64_t T, int64_t N,
+                       const LIFParams<acc_t>& p) {
+  const int64_t B = fwd_block_for(N);
+  const int64_t nblocks = (N + B - 1) / B;
+  const Given<scalar_t, acc_t> given{nullptr, nullptr, s};
+  with_flags(
+      [&](auto hard, auto di, auto masked) {
+        BlockQueue queue(nblocks, T * N < kFwdParallelMinWork);
+        queue.run([&] {
+          std::vector<acc_t> v(B);
+          for (int64_t blk; (blk = queue.next()) >= 0;) {
+            const int64_t n0 = blk * B, n = std::min(B, N - n0);
+            rerun_keep_h<kGivenSurrogate, decltype(hard)::value, decltype(di)::value, decltype(masked)::value, true,
+                         scalar_t, acc_t>(x + n0, v0 + n0, nullptr, given.offset(n0), d + n0, v.data(), n, N, T, N,
+                                          p);
+          }
+        });
+      },
+      p.hard_reset, p.decay_input, s != nullptr);
+}
+
+template <typename scalar_t, typename acc_t>
+void lif_bwd_given_kernel(const Given<scalar_t, acc_t>& given, const scalar_t* gs, const scalar_t* gvlast,
+                          const scalar_t* gvseq, const scalar_t* x, const scalar_t* v0, const bool* mask,
+                          scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N, const LIFParams<acc_t>& p,
+                          bool need_param_grad, double* param_grad) {
+  with_flags(
+      [&](auto hard, auto di, auto detach) {
+        bwd_impl<kGivenSurrogate, decltype(hard)::value, decltype(di)::value, decltype(detach)::value, scalar_t,
+                 acc_t>(gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, need_param_grad, param_grad, given);
+      },
+      p.hard_reset, p.decay_input, p.detach_reset);
+}
+
 #define SNN_FAST_INSTANTIATE_LIF_CPU(scalar_t, acc_t)                                                        \
   template void lif_fwd_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const bool*, scalar_t*,     \
-                                                scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&); \
+                                                scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, \
+                                                acc_t*);                                                       \
   template void lif_bwd_kernel<scalar_t, acc_t>(int, const scalar_t*, const scalar_t*, const scalar_t*,       \
                                                 const scalar_t*, const scalar_t*, const bool*, scalar_t*,         \
-                                                scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, bool, double*);
+                                                scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, bool, double*); \
+  template void lif_sg_arg_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const scalar_t*, acc_t*,    \
+                                                   int64_t, int64_t, const LIFParams<acc_t>&);                   \
+  template void lif_bwd_given_kernel<scalar_t, acc_t>(                                                         \
+      const Given<scalar_t, acc_t>&, const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*,        \
+      const scalar_t*, const bool*, scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, bool, double*);
 
 }  // namespace cpu_lif
 }  // namespace snn_fast

@@ -159,4 +159,10 @@ TORCH_LIBRARY_IMPL(snn_fast, CompositeImplicitAutograd, m) {
   m.impl("cpu_cache_clear", &cpu_cache_clear);
 }
 
+namespace {
+at::Tensor cpu_cache_empty_like(const at::Tensor& like) { return empty_cpu_cached(like.sizes(), like.scalar_type()); }
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snn_fast, CPU, m) { m.impl("cpu_cache_empty_like", &cpu_cache_empty_like); }
+
 }  // namespace snn_fast

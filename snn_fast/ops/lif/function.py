@@ -145,13 +145,19 @@ BACKENDS = backends.OpBackends(
         "triton": backends.Backend(fwd="snn_fast::lif_fwd_triton", bwd="snn_fast::lif_bwd_triton",
                                    infer="snn_fast::lif_fwd_triton_infer", module="snn_fast.ops.lif.triton",
                                    probe=backends.triton_probe, surrogates=_triton_runs),
-        # 'cpu' with a user-registered surrogate (not a backend name of its own): custom_cpu.py
+        # 'cpu' with a user-registered surrogate (not a backend name of its own): custom_cpu.py. Saves
+        # H − θ, [T, N] in the compute dtype, for the user's g′; ":recompute" saves nothing (its
+        # backward re-runs the forward for it)
         "cpu_custom": backends.Backend(fwd="snn_fast::lif_fwd_custom_cpu", bwd="snn_fast::lif_bwd_custom_cpu",
-                                       infer="snn_fast::lif_fwd_custom_cpu_infer",
+                                       infer="snn_fast::lif_fwd_custom_cpu_nosave",
                                        module="snn_fast.ops.lif.custom_cpu",
                                        probe=backends.cpp_probe("lif_fwd", "CPU"), surrogates=_cpu_runs),
-        # save="recompute" (lif_apply picks "<name>:recompute" where the table has it; 'cpu' and
-        # 'cpu_custom' have no such entry: they save nothing in either mode)
+        "cpu_custom:recompute": backends.Backend(fwd="snn_fast::lif_fwd_custom_cpu_nosave",
+                                                 bwd="snn_fast::lif_bwd_custom_cpu",
+                                                 module="snn_fast.ops.lif.custom_cpu",
+                                                 probe=backends.cpp_probe("lif_fwd", "CPU"), surrogates=_cpu_runs),
+        # save="recompute" (lif_apply picks "<name>:recompute" where the table has it; 'cpu' has no
+        # such entry: it saves nothing in either mode)
         "cuda:recompute": backends.Backend(fwd="snn_fast::lif_fwd_recompute", bwd="snn_fast::lif_bwd_recompute",
                                            saves=_saves_checkpoints, probe=backends.cpp_probe("lif_fwd_recompute",
                                                                                               "CUDA")),

@@ -18,6 +18,27 @@ backward that needs V_{t−1}), v_seq / grad_v_seq (T·N·b each) and the noise 
 kernel that reads it) when present. The floor of BENCHMARKS.md is 5·T·N·b for forward+backward;
 recompute is there up to its checkpoints. The CPU backend saves nothing in either mode (its backward
 re-runs the forward). tests/test_lif.py checks ``saved_bytes`` against what autograd actually keeps.
+
+A user-registered surrogate on the CPU (custom_cpu.py, ``custom_cpu_bytes``) evaluates its g′ on
+D = H − θ, [T, N] in the compute size a, and hands g′ to the C++ walk as a [T, N] buffer:
+
+    save="state"      forward  read x, write s, write D                            T·N·(2b + a)
+                      saved    D                                                   T·N·a
+    save="recompute"  forward  read x, write s                                     2·T·N·b
+                      backward lif_sg_arg: read x, write D                         T·N·(b + a)
+    both              backward the user's dg: read D, write g′ (+ its temporaries, 2·T·N·a
+                               in cache: it runs on 1 MiB pieces)
+                               lif_bwd_given_sg: read x, grad_s, g′, write grad_x  T·N·(3b + a)
+                               with parameter gradients: ∂g/∂α written and read    +4·T·N·a
+                               (+ D and g′ read again for a scaling surrogate's x·g′/α)
+    under a noise mask: the forward is the reference loop and saves nothing; both backward kernels
+    read s (+2·T·N·b)
+
+Forward+backward, float32: 36 B per element (state) or 40 B (recompute) against the built-in's 20 B
+(5b): g′ written and read (2a) and D written and read (2a, + b for the re-run). The blocked Python
+backward this replaced moved 8b = 32 B (forward 3b: x, s and V saved for the backward; backward 5b:
+x, V, s, grad_s read, grad_x written, its per-block temporaries in cache), but made ~20 torch calls
+per block of 2048 neurons plus one per time step per block, and its time went to them.
 """
 from __future__ import annotations
 
@@ -40,6 +61,8 @@ def saved_bytes(T: int, N: int, dtype: torch.dtype, save: str, backend: str = "t
     if backend == "cpu":
         return 0
     b, a = _sizes(dtype)
+    if backend == "cpu_custom":  # a user's surrogate on the CPU: D = H − θ (none under a noise mask)
+        return T * N * a if save == "state" else 0
     if save == "state":
         return T * N * b
     return checkpoint_rows(T, chunk) * N * a
@@ -77,3 +100,29 @@ def passes(T: int, N: int, dtype: torch.dtype, save: str, **kw) -> float:
     """Forward+backward bytes in units of one pass over [T, N] (the floor is 5)."""
     b, _ = _sizes(dtype)
     return bytes_moved(T, N, dtype, save, **kw)["total"] / (T * N * b)
+
+
+def custom_cpu_bytes(T: int, N: int, dtype: torch.dtype, save: str = "state", *, param_grad: bool = False,
+                     mask: bool = False, v_seq: bool = False) -> Dict[str, int]:
+    """{"fwd", "bwd", "total", "saved"} of a user-registered surrogate on the CPU (the table above),
+    grad_v_last given; the user's temporaries not counted (they stay in cache)."""
+    b, a = _sizes(dtype)
+    TN = T * N
+    fwd = 2 * TN * b + 2 * N * b + (TN * b if v_seq else 0) + (TN if mask else 0)  # x, s; v0, v_last
+    bwd = 0
+    if save == "state" and not mask:
+        fwd += TN * a  # D
+    else:
+        bwd += TN * (b + a)  # lif_sg_arg: x, D
+    bwd += TN * 2 * a  # the user's dg: D, g′
+    bwd += TN * (3 * b + a)  # the walk: x, grad_s, g′, grad_x
+    bwd += 3 * N * b  # v0 (twice), grad_v_last; grad_v0 below
+    bwd += N * b
+    if param_grad:
+        bwd += 4 * TN * a  # ∂g/∂α: D and g′ read, written, read by the walk
+    if v_seq:
+        bwd += TN * b  # grad_v_seq
+    if mask:
+        bwd += 2 * TN * b  # s (the emitted values), read by both kernels instead of the mask
+    saved = 0 if mask else saved_bytes(T, N, dtype, save, backend="cpu_custom")
+    return {"fwd": fwd, "bwd": bwd, "total": fwd + bwd, "saved": saved}
