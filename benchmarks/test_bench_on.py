@@ -1,5 +1,5 @@
 """W2, the Open Neuromorphic framework benchmark: Linear(n, n) + LIF, batch 16, T = 500, loss
-``out.sum()`` (BENCHMARKS.md). snn_fast vs SpikingJelly 2.0, snnTorch, Norse and our reference loop
+``out.sum()`` (docs/spec.md §10). snn_fast vs SpikingJelly 2.0, snnTorch, Norse and our reference loop
 (plus its ``torch.compile`` on a GPU).
 
     python -m pytest benchmarks/test_bench_on.py --benchmark-only -s      # or: make bench
@@ -49,7 +49,7 @@ T, B = 500, 16
 
 
 def sizes(device):
-    """BENCHMARKS.md's sizes (CPU: smaller), or SNN_FAST_BENCH_ON_N="1024,2048" — on the shared 2-core
+    """The sizes of docs/spec.md §10 (CPU: smaller), or SNN_FAST_BENCH_ON_N="1024,2048" — on the shared 2-core
     dev VM n = 1024 and 2048 took 9 minutes together (one thread, 2026-11-30). n = 4096 is opt-in on
     the CPU for its time: one round of it took 50 minutes there (niced, under load). Its first run was
     killed at 23.8 GB resident — the old CPU peak-memory measure, torch.profiler's events read back at

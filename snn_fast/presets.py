@@ -1,4 +1,4 @@
-"""The training methods of the source documents as named LIF option sets (SPEC §2).
+"""The training methods of the source documents as named LIF option sets (docs/spec.md §2).
 
 Each preset is a dict of ``lif_multistep`` / ``nn.LIF`` keyword arguments; ``lif(name, **over)``
 builds the module and ``preset(name, **over)`` returns the arguments, overrides applied.

@@ -53,7 +53,7 @@ def test_lif_bench(tmp_path):
 def test_on_w2_bench(monkeypatch):
     from benchmarks import test_bench_on as on
 
-    monkeypatch.setattr(on, "T", 20)  # BENCHMARKS.md's 500 steps: seconds per Python-loop provider
+    monkeypatch.setattr(on, "T", 20)  # docs/spec.md §10's 500 steps: seconds per Python-loop provider
     rows = on.bench_case("cpu", 16, rounds=1)
     _check_rows(rows, ["snn_fast-cpu", "reference"])
     # Every provider's peak memory is measured on the CPU now (the profiler's events, not its JSON).

@@ -259,7 +259,8 @@ def reference(x, v0, params, mask, flags, gs, gvl, gvs, sg_name):
     return dict(s=s.detach(), v_last=v_last.detach(), v_seq=v_seq.detach(), grad_x=gx, grad_v0=gv0, grad_params=gp)
 
 
-# (hard_reset, v_reset, decay_input, detach_reset, κ, k): every reset/charge/gradient path of SPEC §2.
+# (hard_reset, v_reset, decay_input, detach_reset, κ, k): every reset/charge/gradient path
+# of docs/spec.md §2.
 EMU_VARIANTS = {
     "hard0": (True, 0.0, True, False, 0.0, 0.5),
     "hard-neg_decayx": (True, -0.3, False, False, 0.0, 0.25),

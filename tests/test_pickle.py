@@ -126,7 +126,7 @@ def test_unregistered_surrogate_pickles_field_by_field():
 
 
 def test_module_with_user_surrogate_in_the_kernels_pickles_by_name():
-    """A module whose surrogate a user registered with Triton functions and a learnable α (issue 17):
+    """A module whose surrogate a user registered with Triton functions and a learnable α:
     pickled by name, loaded back as the one registered object, and the copy runs the same (on the
     fused 'cpu' path where the C++ extension is built)."""
     import user_surrogates

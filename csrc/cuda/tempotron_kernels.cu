@@ -1,4 +1,5 @@
-// Tempotron CUDA kernels (SPEC §5; the math is shared with the CPU kernel in snn_fast/tempotron.h).
+// Tempotron CUDA kernels (docs/spec.md §6; the math is shared with the CPU kernel in
+// csrc/include/snn_fast/tempotron.h).
 //
 // Forward, one kernel: block (b, tile of ≤ 8 outputs); its threads stride over the I inputs,
 // compute each input's grid step and entry weights once (not per output) and shared-memory
