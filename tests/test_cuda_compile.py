@@ -8,7 +8,7 @@ needed: the kernel units include only CUDA headers and our own).
   by thread; its results are compared with the reference (float64/float32 with ``assert_close``,
   float16/bfloat16 with ``assert_close_lowp``), for every surrogate and reset variant, both vector
   widths, with and without the noise mask and parameter gradients. It checks the kernels' logic, not
-  the device math library (tests/test_lif_cuda.py does that on a GPU).
+  the device math library (tests/test_lif.py's 'cuda' backend does that on a GPU).
 - The emulated kernels on ±inf, NaN and ±0.9·max inputs (the cases of tests/test_cpp_special_values.py):
   the reference's NaN and infinity positions, and an all-True noise mask bitwise equal to none; the
   fp16/bf16 saved state's sign bit is the forward's spike (NaN and H − θ = −0 included).
