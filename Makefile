@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 TORCH_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.9.0
 
-.PHONY: test bench build dev clean compat
+.PHONY: test bench build dev clean compat lint
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,15 @@ $(VENV)/.built: $(VENV)/.torch $(CSRC)
 	@touch $@
 
 build: $(VENV)/.built
+
+# Lint: ruff with pyproject.toml's rules; a finding fails (CI runs this before the tests).
+RUFF_SPEC ?= ruff==0.17.6
+$(VENV)/.lint-deps: $(VENV)/.created
+	$(PIP) install "$(RUFF_SPEC)"
+	@touch $@
+
+lint: $(VENV)/.lint-deps
+	$(VENV)/bin/ruff check .
 
 test: $(VENV)/.test-deps $(VENV)/.built
 	$(PY) -m pytest tests -n $${PYTEST_WORKERS:-2} -q

@@ -205,7 +205,8 @@ def bench_case(device, n, rounds=3, compile_ref=None):
 
 def summary(rows):
     """Per n and provider: total fwd+bwd, its LIF part, the LIF's share, and the ratios to SpikingJelly."""
-    out = ["| n | provider | fwd ms | fwd+bwd ms | LIF alone fwd+bwd ms | LIF share | total vs SJ | LIF vs SJ | peak MB |",
+    out = ["| n | provider | fwd ms | fwd+bwd ms | LIF alone fwd+bwd ms | LIF share | total vs SJ | LIF vs SJ "
+           "| peak MB |",
            "|---|---|---|---|---|---|---|---|---|"]
     get = {(r["op"], r["mode"], r["shape"], r["provider"]): r for r in rows}
     for shape in dict.fromkeys(r["shape"] for r in rows):

@@ -50,7 +50,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_threads_arg, set_threads, accuracy, default_device, load_digits_split, mean_std, pyplot, sweep, train_epoch  # noqa: E402
+from common import (  # noqa: E402
+    accuracy, add_threads_arg, default_device, load_digits_split, mean_std, pyplot, set_threads, sweep, train_epoch,
+)
 
 import snn_fast.nn as snn  # noqa: E402
 from snn_fast import presets, surrogate  # noqa: E402
@@ -108,7 +110,8 @@ def make_neuron(method, backend, kappa):
 def run(method, T, seed, args, data):
     x_tr, y_tr, x_te, y_te = data
     torch.manual_seed(seed)
-    model = ReLU_IF_MLP(make_neuron(method, args.backend, args.kappa), args.hidden, poisson=args.poisson).to(args.device)
+    neuron = make_neuron(method, args.backend, args.kappa)
+    model = ReLU_IF_MLP(neuron, args.hidden, poisson=args.poisson).to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     for _ in range(args.epochs):
         train_epoch(model, opt, x_tr, y_tr, T, args.batch_size, bar=False)
@@ -138,7 +141,8 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")]
     register_bpsa_norm()
     data = load_digits_split(0, device=args.device)
-    print(f"digits: train {len(data[1])}, test {len(data[3])}; MLP 64-{args.hidden}-{args.hidden}-10 (ReLU → IF θ=0.5), "
+    print(f"digits: train {len(data[1])}, test {len(data[3])}; "
+          f"MLP 64-{args.hidden}-{args.hidden}-10 (ReLU → IF θ=0.5), "
           f"{args.epochs} epochs, Adam lr {args.lr}, {'Poisson' if args.poisson else 'direct'} input, seeds {seeds}, "
           f"device {args.device}")
 

@@ -28,8 +28,6 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import ctypes
-import itertools
-import math
 
 import pytest
 import torch
@@ -100,7 +98,8 @@ def _demangle(names):
 
 
 def _compile(unit: str, outdir: str):
-    cmd = [NVCC, "-std=c++17", "-O3", "-I", os.path.join(ROOT, "csrc", "include"), "-I", os.path.join(ROOT, "csrc", "cuda"),
+    cmd = [NVCC, "-std=c++17", "-O3", "-I", os.path.join(ROOT, "csrc", "include"),
+           "-I", os.path.join(ROOT, "csrc", "cuda"),
            "-Xptxas", "-v", "-Werror", "all-warnings", "-c", unit,
            "-o", os.path.join(outdir, os.path.basename(unit) + ".o")]
     for a in ARCHS:

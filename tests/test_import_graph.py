@@ -8,9 +8,10 @@ Read from the source (``ast``), not by importing, so every import counts, whiche
   ``if``/``try``/``with``/class body) and *function-level* (inside a ``def`` or ``lambda``: runs only
   when called — a lazy import). ``from pkg import name`` is an edge to the submodule ``pkg.name``
   when there is one, else to ``pkg`` (for a package: when its ``__init__.py`` binds ``name`` at top
-  level; otherwise ``name`` is a compiled module such as ``_C`` and there is no edge). The implicit import of parent packages is not an edge (every submodule
-  would otherwise form a circle with the ``__init__`` that imports it). ``importlib.import_module``
-  with a string (the backend tables' lazy loading) is not read;
+  level; otherwise ``name`` is a compiled module such as ``_C`` and there is no edge). The implicit
+  import of parent packages is not an edge (every submodule would otherwise form a circle with the
+  ``__init__`` that imports it). ``importlib.import_module`` with a string (the backend tables' lazy
+  loading) is not read;
 - checked: the graph of module-level edges has no cycle, and neither has the graph of all edges: a
   lazy import may defer a dependency, but one pointing back up (say ``backends`` → ``ops.lif.triton``
   → ``ops.lif.function`` → ``backends``) is still a circle of dependencies between modules.

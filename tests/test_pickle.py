@@ -109,7 +109,8 @@ def test_surrogate_pickles_by_name():
         assert pickle.loads(pickle.dumps(s)) is s
         assert copy.deepcopy(s) is s
     # a user surrogate made of lambdas: a module using it pickles while it is registered
-    S.register_surrogate("test_pickle_lambda", lambda x, a: torch.sigmoid(x), lambda x, a: torch.sigmoid(x) * (1 - torch.sigmoid(x)))
+    S.register_surrogate("test_pickle_lambda", lambda x, a: torch.sigmoid(x),
+                         lambda x, a: torch.sigmoid(x) * (1 - torch.sigmoid(x)))
     try:
         m = snn.LIF(surrogate="test_pickle_lambda", alpha=1.0)
         m2 = pickle.loads(pickle.dumps(m))

@@ -44,7 +44,7 @@ from snn_fast.ops.tempotron import tempotron  # noqa: E402
 
 
 from conftest import assert_close, assert_close_lowp  # noqa: E402
-from test_lif import BY_ID, FUSED, SKIP, check_lowp  # noqa: E402
+from test_lif import BY_ID, SKIP, check_lowp  # noqa: E402
 from test_tempotron import SKIP as TEMPOTRON_SKIP  # noqa: E402
 
 LOWP = (torch.float16, torch.bfloat16)

@@ -50,7 +50,10 @@ def test_dg_matches_finite_difference_of_g(name):
     assert s.dg(torch.zeros(1, dtype=torch.float64), a).abs().item() > 0, "g′(0) must not vanish"
 
 
-@pytest.mark.parametrize("name", [n for n in BUILTIN if sgm.get(n).alpha is not None] + list(user_surrogates.WITH_ALPHA))
+WITH_ALPHA = [n for n in BUILTIN if sgm.get(n).alpha is not None] + list(user_surrogates.WITH_ALPHA)
+
+
+@pytest.mark.parametrize("name", WITH_ALPHA)
 def test_dg_dalpha_matches_finite_difference(name):
     s = sgm.get(name)
     a = _alpha(name)
