@@ -58,8 +58,10 @@ lint: $(VENV)/.lint-deps
 test: $(VENV)/.test-deps $(VENV)/.built
 	$(PY) -m pytest tests -n $${PYTEST_WORKERS:-2} -q
 
+# FULL=1: the long sizes too (CPU: W2 at n = 2048); the default run finishes in about 5 minutes on 2 cores.
+FULL ?= 0
 bench: $(VENV)/.bench-deps $(VENV)/.built
-	$(PY) benchmarks/run.py
+	SNN_FAST_BENCH_FULL=$(FULL) $(PY) benchmarks/run.py
 
 # The oldest supported versions (those of the GPU image: torch 2.11 + triton 3.6), in a second venv.
 # torch 2.11 exists on the package index only as its CUDA build (~3.5 GB with its CUDA libraries):
