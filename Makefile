@@ -85,7 +85,8 @@ $(COMPAT_VENV)/.deps:
 	$(COMPAT_PIP) install "$(COMPAT_TORCH)" "$(COMPAT_TRITON)"
 	@# setuptools >= 77 reads pyproject's SPDX license; torch 2.11 asks for < 82; the venv's bundled 65 is older
 	@# numpy < 2.4: triton 3.6's interpreter (CPU tests) int()s one-element arrays, an error from numpy 2.4 on
-	$(COMPAT_PIP) install --upgrade "setuptools>=77,<82" wheel ninja "numpy<2.4" pytest pytest-xdist hypothesis scikit-learn matplotlib
+	$(COMPAT_PIP) install --upgrade "setuptools>=77,<82" wheel ninja "numpy<2.4" \
+	  pytest pytest-xdist hypothesis scikit-learn matplotlib
 	@touch $@
 
 compat: $(COMPAT_VENV)/.deps
