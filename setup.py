@@ -40,8 +40,9 @@ def extensions():
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
 
-    sources = [os.path.relpath(p, ROOT) for p in ["csrc/ops.cpp"] + sorted(glob.glob(os.path.join(ROOT, "csrc/cpu/*.cpp")))
-               + sorted(glob.glob(os.path.join(ROOT, "csrc/autograd/*.cpp")))]
+    cpu_sources = sorted(glob.glob(os.path.join(ROOT, "csrc/cpu/*.cpp")))
+    autograd_sources = sorted(glob.glob(os.path.join(ROOT, "csrc/autograd/*.cpp")))
+    sources = [os.path.relpath(p, ROOT) for p in ["csrc/ops.cpp"] + cpu_sources + autograd_sources]
     include_dirs = [os.path.join(ROOT, "csrc/include")]
     # -fopenmp: at::parallel_for runs its OpenMP region inline in our code. -fno-math-errno and
     # -fno-trapping-math let the vectoriser if-convert the inner loops (neither changes a result);

@@ -25,6 +25,12 @@ COLUMNS = ["op", "provider", "mode", "shape", "dtype", "device", "median_ms", "q
            "snn_fast", "git_sha", "timestamp"]
 
 
+def full() -> bool:
+    """``make bench FULL=1`` (env SNN_FAST_BENCH_FULL=1): the long sizes too. The default run keeps the
+    same tables with the sizes that finish in minutes on a 2-core CPU."""
+    return os.environ.get("SNN_FAST_BENCH_FULL", "0").lower() in ("1", "true", "yes")
+
+
 def record(**row) -> dict:
     row.setdefault("timestamp", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     row.setdefault("torch", torch.__version__)

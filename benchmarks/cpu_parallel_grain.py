@@ -1,4 +1,4 @@
-"""Where do threads start to pay off in the CPU LIF kernel? 1 vs 2 threads by T·N (issue 14 item 5).
+"""Where do threads start to pay off in the CPU LIF kernel? 1 vs 2 threads by T·N.
 
     PYTHONPATH=. python benchmarks/cpu_parallel_grain.py
 

@@ -3,7 +3,7 @@ the table that ``snn_fast.ops.lif.autotable`` reads to choose between them.
 
     python benchmarks/gpu_autotable.py --out snn_fast/ops/lif/autotable.json [--csv times.csv]
 
-Grid: dtype × T × N (defaults below: the W1 range of BENCHMARKS.md and smaller layers). Each point
+Grid: dtype × T × N (defaults below: the W1 range of docs/spec.md §10 and smaller layers). Each point
 runs the default LIF (τ = 2, sigmoid, hard reset to 0) on random inputs, forward + backward of a
 fixed upstream gradient, interleaving the backends; times are medians of CUDA-event timings
 (``triton.testing.do_bench`` when Triton is installed). A backend that is not available or fails

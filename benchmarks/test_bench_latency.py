@@ -1,4 +1,4 @@
-"""Per-call latency of tiny LIF calls on the CPU, idle and with a competing busy process (issue 14 item 5).
+"""Per-call latency of tiny LIF calls on the CPU, idle and with a competing busy process.
 
     python -m pytest benchmarks/test_bench_latency.py --benchmark-only -s     # or: make bench
     python benchmarks/test_bench_latency.py                                   # the table alone
@@ -8,7 +8,8 @@ Shapes [T, B, N] = [4, 2, 64] and [4, 32, 1024] float32, the default LIF of test
 SpikingJelly 2.0 in the same run. "busy": another process spins on CPU 0 for the whole measurement
 (on a 2-core machine that leaves one core free, as on a shared workstation or a CI runner). Work
 this small must not open a parallel region: waking the pool costs tens of µs, and when a core is
-busy the pool's second thread waits for a scheduler time slice (before the fix: 0.44 ms → 1–16 ms).
+busy the pool's second thread waits for a scheduler time slice (a parallel region turned 0.44 ms into
+1–16 ms).
 
 Timing is per call (perf_counter around each call, not a block average), because contention shows
 up as a tail: median and 20/80 % quantiles as everywhere, plus the 95 % quantile (``p95_ms``).

@@ -1,4 +1,4 @@
-"""LIF forward and forward+backward: snn_fast vs SpikingJelly 2.0 vs our reference (BENCHMARKS.md).
+"""LIF forward and forward+backward: snn_fast vs SpikingJelly 2.0 vs our reference (docs/spec.md §10).
 
     python -m pytest benchmarks/test_bench_lif.py --benchmark-only -s     # or: make bench
 
@@ -6,7 +6,7 @@ W4 on the CPU: [16, 32, 8192] float32. W1 on a GPU: [T, 64, 65536], T ∈ {4, 8,
 and bfloat16, with the CUDA and Triton backends, SpikingJelly's best GPU path and torch.compile of
 our reference. Default LIF: τ = 2, sigmoid α = 4, hard reset to 0, decay_input.
 
-GB/s counts the bytes of the 5-pass floor (BENCHMARKS.md: fwd reads x and writes s; bwd reads
+GB/s counts the bytes of the 5-pass floor (docs/spec.md §10: fwd reads x and writes s; bwd reads
 grad_s and x or a saved state, writes grad_x), 2 passes for the forward alone, whatever a provider
 actually moves; it is compared with a large copy_ measured in the same run. "vs peer" is
 SpikingJelly's median over ours.
@@ -34,7 +34,7 @@ def _spikingjelly_node():
 
 
 PROVIDERS = ("snn_fast-cpu", "snn_fast-cuda", "snn_fast-triton", "spikingjelly", "reference", "reference-compiled")
-# Ours with an explicit save mode (issue 16): "snn_fast-<backend>-<save>"; plain "snn_fast-<backend>" is
+# Ours with an explicit save mode (docs/spec.md §8): "snn_fast-<backend>-<save>"; plain "snn_fast-<backend>" is
 # the default (config.DEFAULT_SAVE, "state").
 SAVES = ("recompute", "state")
 
@@ -156,7 +156,7 @@ def bench_case(device, shape, dtype, names=None, rounds=3, compile_backend="indu
         peer = tm.get("spikingjelly", (None,))[0]
         for name in fns:
             ours = _ours(name)
-            if ours is not None and mode == "fwd+bwd":  # what the design moves and keeps (issue 16)
+            if ours is not None and mode == "fwd+bwd":  # what the design moves and keeps
                 from snn_fast.ops.lif import memory
                 from snn_fast.ops.lif.config import DEFAULT_SAVE
 

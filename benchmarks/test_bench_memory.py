@@ -1,5 +1,5 @@
 """Activation memory per LIF layer: the bytes autograd keeps for the backward, per save mode, against
-SpikingJelly 2.0 in the same run (issue 16).
+SpikingJelly 2.0 in the same run.
 
     python benchmarks/test_bench_memory.py            # the table (CPU: Triton under its interpreter)
     python -m pytest benchmarks/test_bench_memory.py -s

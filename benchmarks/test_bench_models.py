@@ -1,4 +1,4 @@
-"""W5 widened (BENCHMARKS.md): a training step of SpikingJelly zoo models, original vs ``snn_fast.convert``.
+"""W5 widened (docs/spec.md §10): a training step of SpikingJelly zoo models, original vs ``snn_fast.convert``.
 
     python -m pytest benchmarks/test_bench_models.py --benchmark-only -s     # or: make bench
 

@@ -1,18 +1,21 @@
 """W2, the Open Neuromorphic framework benchmark: Linear(n, n) + LIF, batch 16, T = 500, loss
-``out.sum()`` (BENCHMARKS.md). snn_fast vs SpikingJelly 2.0, snnTorch, Norse and our reference loop
+``out.sum()`` (docs/spec.md §10). snn_fast vs SpikingJelly 2.0, snnTorch, Norse and our reference loop
 (plus its ``torch.compile`` on a GPU).
 
     python -m pytest benchmarks/test_bench_on.py --benchmark-only -s      # or: make bench
     python benchmarks/test_bench_on.py [cpu|cuda] [n ...] [--threads k] [--rounds r]   # prints the tables
-    SNN_FAST_BENCH_ON_N=1024,2048 make bench                                          # fewer sizes
+    make bench FULL=1                                                                  # CPU: n = 2048 too
+    SNN_FAST_BENCH_ON_N=1024,2048 make bench                                          # sizes of your choice
 
-CPU: n ∈ {1024, 2048, 4096}; GPU: n ∈ {4096, 8192, 16384}; float32. Every provider runs the same
-``nn.Linear(n, n)`` (one matmul over all T·B rows, as the ON benchmark's fastest entries do) and its
+CPU: n = 1024 (``FULL=1``: 1024 and 2048; 4096 on request); GPU: n ∈ {4096, 8192, 16384}; float32.
+Every provider runs the same ``nn.Linear(n, n)`` (one matmul over all T·B rows, as the ON
+benchmark's fastest entries do) and its
 own neuron on the result; the neurons:
 
 - snn_fast: ``lif_multistep`` with each fused backend present (CPU: the C++ kernel; GPU: CUDA, Triton).
 - SpikingJelly 2.0: ``LIFNode(step_mode='m')``, which picks its own best path for the device.
-- snnTorch 1.0: ``Leaky(beta=0.5, reset_mechanism='zero')`` looped over T in Python (its API is per step).
+- snnTorch 1.0: ``Leaky(beta=0.5, reset_mechanism='zero')`` looped over T in Python (its API is per
+  step), over ``h.unbind(0)`` (see ``run_snntorch``).
 - Norse 1.1: ``norse.torch.LIF`` (its sequence module, which loops over T itself; default parameters,
   so it also integrates a synaptic current). Left out with a note when it does not import (it needs
   ``nir``, ``nirtorch`` and ``h5py`` besides ``--no-deps``).
@@ -49,16 +52,19 @@ T, B = 500, 16
 
 
 def sizes(device):
-    """BENCHMARKS.md's sizes (CPU: smaller), or SNN_FAST_BENCH_ON_N="1024,2048" — on the shared 2-core
-    dev VM n = 1024 and 2048 took 9 minutes together (one thread, 2026-11-30). n = 4096 is opt-in on
-    the CPU for its time: one round of it took 50 minutes there (niced, under load). Its first run was
-    killed at 23.8 GB resident — the old CPU peak-memory measure, torch.profiler's events read back at
-    ~85 KB each; with ``common.peak_bytes``'s live-storage count it completes at 4.3 GB
+    """The sizes of docs/spec.md §10 (CPU: smaller), or SNN_FAST_BENCH_ON_N="1024,2048".
+
+    CPU: n = 1024 by default, 1024 and 2048 with ``SNN_FAST_BENCH_FULL=1`` (``make bench FULL=1``): the
+    Python-loop providers take seconds per call at 2048 on a 2-core machine, and ``make bench`` is
+    meant to finish in minutes. n = 4096 is opt-in through SNN_FAST_BENCH_ON_N: one round of it took
+    50 minutes on the shared 2-core dev VM (niced, under load) and 4.3 GB resident
     (benchmarks/results/cpu-x86_64-1t-2026-11-30-w2-n4096.md)."""
     env = os.environ.get("SNN_FAST_BENCH_ON_N")
     if env:
         return [int(v) for v in env.split(",")]
-    return [1024, 2048] if device == "cpu" else [4096, 8192, 16384]
+    if device != "cpu":
+        return [4096, 8192, 16384]
+    return [1024, 2048] if common.full() else [1024]
 
 
 def _fused_backends(device):
@@ -105,10 +111,14 @@ def neurons(device, compile_ref=None):
                                spike_grad=sn_surrogate.sigmoid(slope=4)).to(device)
 
         def run_snntorch(h, leaky=leaky):
+            # Steps from unbind, not h[t]: each h[t]'s backward allocates a zero [T, B, n] gradient
+            # (64 MB at n = 2048, above glibc's 32 MB mmap ceiling, so mmap + page faults + munmap every
+            # step): 8 M page faults and ~10 s of system time per call there, a cost of the loop, not of
+            # snnTorch. unbind's backward stacks the step gradients once.
             mem = leaky.init_leaky()
             spk = []
-            for t in range(h.shape[0]):
-                s, mem = leaky(h[t], mem)
+            for h_t in h.unbind(0):
+                s, mem = leaky(h_t, mem)
                 spk.append(s)
             return torch.stack(spk)
 
@@ -205,7 +215,8 @@ def bench_case(device, n, rounds=3, compile_ref=None):
 
 def summary(rows):
     """Per n and provider: total fwd+bwd, its LIF part, the LIF's share, and the ratios to SpikingJelly."""
-    out = ["| n | provider | fwd ms | fwd+bwd ms | LIF alone fwd+bwd ms | LIF share | total vs SJ | LIF vs SJ | peak MB |",
+    out = ["| n | provider | fwd ms | fwd+bwd ms | LIF alone fwd+bwd ms | LIF share | total vs SJ | LIF vs SJ "
+           "| peak MB |",
            "|---|---|---|---|---|---|---|---|---|"]
     get = {(r["op"], r["mode"], r["shape"], r["provider"]): r for r in rows}
     for shape in dict.fromkeys(r["shape"] for r in rows):
@@ -253,7 +264,7 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description="W2 (Open Neuromorphic) benchmark; prints the tables")
     ap.add_argument("device", nargs="?", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("n", nargs="*", type=int, help="sizes (default: CPU 1024 2048 4096, GPU 4096 8192 16384)")
+    ap.add_argument("n", nargs="*", type=int, help="sizes (default: sizes(); CPU 1024, GPU 4096 8192 16384)")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()

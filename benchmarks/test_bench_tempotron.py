@@ -1,4 +1,4 @@
-"""W3/W4 (BENCHMARKS.md): Tempotron 'v_max' + mse_loss, forward + backward, fused vs the seed's dense
+"""W3/W4 (docs/spec.md §10): Tempotron 'v_max' + mse_loss, forward + backward, fused vs the seed's dense
 reference, measured in one run on the same inputs, interleaved.
 
     PYTHONPATH=. python -m pytest benchmarks/test_bench_tempotron.py --benchmark-only -s

@@ -48,7 +48,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_threads_arg, set_threads, accuracy, default_device, load_digits_split, mean_std, pyplot, sweep, train_epoch  # noqa: E402
+from common import (  # noqa: E402
+    accuracy, add_threads_arg, default_device, load_digits_split, mean_std, pyplot, set_threads, sweep, train_epoch,
+)
 
 import snn_fast.nn as snn  # noqa: E402
 from snn_fast import presets  # noqa: E402
@@ -73,7 +75,8 @@ class BasicBlock(nn.Module):
 class ResMLP(nn.Module):
     def __init__(self, neuron, blocks, width, d_in=64, classes=10):
         super().__init__()
-        self.body = nn.Sequential(*_linear_bn(d_in, width), neuron(), *[BasicBlock(neuron, width) for _ in range(blocks)])
+        self.body = nn.Sequential(*_linear_bn(d_in, width), neuron(),
+                                  *[BasicBlock(neuron, width) for _ in range(blocks)])
         self.head = snn.MultiStep(nn.Linear(width, classes))
 
     def forward(self, x):  # [T, B, 64] -> logits [B, 10] (mean over T)

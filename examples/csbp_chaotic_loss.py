@@ -29,7 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_threads_arg, set_threads, Timer, accuracy, default_device, load_digits_split, mean_std, pyplot, tqdm, train_epoch  # noqa: E402
+from common import (  # noqa: E402
+    Timer, accuracy, add_threads_arg, default_device, load_digits_split, mean_std, pyplot, set_threads, tqdm,
+    train_epoch,
+)
 
 import snn_fast.nn as snn  # noqa: E402
 from snn_fast import presets  # noqa: E402
@@ -115,7 +118,8 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--z", type=float, default=1e-3,
-                    help="initial chaotic-loss weight; the loss is summed over T·B·hidden elements (32768 per batch here), and z = 0.01 collapsed training to 10 %% test accuracy on all five seeds")
+                    help="initial chaotic-loss weight; the loss is summed over T·B·hidden elements (32768 per "
+                         "batch here), and z = 0.01 collapsed training to 10 %% test accuracy on all five seeds")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("-T", type=int, default=4)
     ap.add_argument("--backend", default="auto")

@@ -126,7 +126,8 @@ def main(argv=None):
           f"sigmoid_mix runs on backend {ran_on!r}")
     losses, alphas = {}, {}
     acc = sweep(["accuracy"], ("sigmoid", "sigmoid_mix"), seeds,
-                lambda m, _, s: run(m, s, args, data, losses, alphas), "| | sigmoid (α = 4) | sigmoid_mix (learnable α) |",
+                lambda m, _, s: run(m, s, args, data, losses, alphas),
+                "| | sigmoid (α = 4) | sigmoid_mix (learnable α) |",
                 fmt_x=str)
     learned = [a for (n, _), v in alphas.items() if n == "sigmoid_mix" for a in v]
     print(f"learned α of sigmoid_mix (per LIF layer, all seeds): {', '.join(f'{a:.3f}' for a in learned)}")

@@ -91,7 +91,8 @@ def main(argv=None):
     results = {}
     for norm in norms:
         torch.manual_seed(args.seed)
-        model = ResNet19(in_channels=1, num_classes=10, width=args.width, norm=norm, backend=args.backend).to(args.device)
+        model = ResNet19(in_channels=1, num_classes=10, width=args.width, norm=norm, backend=args.backend)
+        model = model.to(args.device)
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
         _, rates0 = evaluate(model, x_te, y_te, args.T, batch_stats=True)
         for ep in range(args.epochs):
@@ -101,7 +102,8 @@ def main(argv=None):
         results[norm] = (acc, rates0, rates)
 
     stages = list(next(iter(results.values()))[2])
-    print(f"\ntest accuracy and firing rate per stage (after training; at initialisation, batch statistics, in brackets)  [{clock():.0f} s]")
+    print("\ntest accuracy and firing rate per stage (after training; at initialisation, batch statistics, "
+          f"in brackets)  [{clock():.0f} s]")
     print("| norm | test acc % | " + " | ".join(stages) + " |")
     print("|---|---|" + "---|" * len(stages))
     for norm, (acc, r0, r) in results.items():

@@ -7,7 +7,8 @@ from .convert import convert
 from .ops.lif import lif_multistep, lif_multistep_reference, noise_mask_like
 
 __version__ = "0.1.0"
-__all__ = ["convert", "lif_multistep", "lif_multistep_reference", "noise_mask_like", "surrogate", "presets", "losses", "HAS_C", "nn",
+__all__ = ["convert", "lif_multistep", "lif_multistep_reference", "noise_mask_like", "surrogate", "presets", "losses",
+           "HAS_C", "nn",
            "cpu_cache_info", "empty_cpu_cache"]
 
 

@@ -1,4 +1,4 @@
-"""Losses from the source documents (SPEC §6)."""
+"""Losses from the source documents (docs/spec.md §7)."""
 from __future__ import annotations
 
 import torch

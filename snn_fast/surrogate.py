@@ -1,7 +1,7 @@
-"""Surrogate gradient registry (SPEC §3).
+"""Surrogate gradient registry (docs/spec.md §3).
 
-Every surrogate has a primitive ``g(x, a)`` (the analog forward of the noisy spike, SPEC §4), its
-derivative ``dg(x, a)`` (the surrogate gradient g′), and ``dg_dalpha(x, a)`` (∂g/∂α, for a learnable
+Every surrogate has a primitive ``g(x, a)`` (the analog forward of the noisy spike, docs/spec.md §4),
+its derivative ``dg(x, a)`` (the surrogate gradient g′), and ``dg_dalpha(x, a)`` (∂g/∂α, for a learnable
 width). ``x = H − θ``. The integer ``id`` is what the fused kernels switch on; it is part of the ABI
 shared with ``csrc/include/snn_fast/surrogate.h`` and ``snn_fast/ops/common/triton_surrogate.py`` and must never
 be renumbered.
@@ -350,7 +350,7 @@ def _check_triton_fns(name: str, fns, dalpha_optional: bool) -> tuple:
     return fns
 
 
-# The registration check (SPEC §3's contract, on a grid): x from −8 to 8 in steps of 0.004, shifted by
+# The registration check (docs/spec.md §3, on a grid): x from −8 to 8 in steps of 0.004, shifted by
 # an irrational 0.001·√2 so that no point sits on a kink at a round number (0, ±0.5/α, ±1/α, …),
 # where a central difference straddles the jump in g′ and means nothing. Step H = 1e-6 in float64:
 # truncation ~H²·g‴/6 (1e-10 for sigmoid at α = 20), rounding ~1e-16/H = 1e-10; the tolerance,

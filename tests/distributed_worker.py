@@ -8,9 +8,10 @@ starts the ranks.
 Each mode trains the same small SNN for ``STEPS`` steps and saves its parameters (full tensors, on
 every rank) to ``DIR/<mode>-rank<R>.pt``. Modes: ``ddp-<backend>`` (DistributedDataParallel),
 ``ddp_chunks-<backend>`` (DDP, the sequence fed one step per forward call
-before one backward, as single-step code does), ``fsdp-<backend>`` (FSDP2 ``fully_shard``), ``local-<backend>`` (each rank on its half alone, no
-synchronisation: the negative control), ``ddp_compile-<backend>`` (``torch.compile`` of the DDP
-model, backend ``aot_eager``: the custom ops traced through their fakes and registered autograd),
+before one backward, as single-step code does), ``fsdp-<backend>`` (FSDP2 ``fully_shard``),
+``local-<backend>`` (each rank on its half alone, no synchronisation: the negative control),
+``ddp_compile-<backend>`` (``torch.compile`` of the DDP model, backend ``aot_eager``: the custom ops
+traced through their fakes and registered autograd),
 ``ddp_inductor-<backend>`` (the same with Inductor generating the code around the ops).
 
 The model covers every learnable scalar the neurons have: Conv → LIF (learnable τ, θ and α) →

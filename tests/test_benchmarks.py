@@ -53,7 +53,7 @@ def test_lif_bench(tmp_path):
 def test_on_w2_bench(monkeypatch):
     from benchmarks import test_bench_on as on
 
-    monkeypatch.setattr(on, "T", 20)  # BENCHMARKS.md's 500 steps: seconds per Python-loop provider
+    monkeypatch.setattr(on, "T", 20)  # docs/spec.md §10's 500 steps: seconds per Python-loop provider
     rows = on.bench_case("cpu", 16, rounds=1)
     _check_rows(rows, ["snn_fast-cpu", "reference"])
     # Every provider's peak memory is measured on the CPU now (the profiler's events, not its JSON).
@@ -95,3 +95,17 @@ def test_surrogate_bench():
     rows = sg.bench_case("cpu", (4, 2, 64), torch.float32, rounds=1)
     _check_rows(rows, ["snn_fast-cpu", "snn_fast-cpu-user", "reference-user"])
     assert {(a, b) for *_, a, b, _r, _lo, _hi in sg.ratios(rows)} >= {("snn_fast-cpu-user", "snn_fast-cpu")}
+
+
+def test_w2_sizes_default_and_full(monkeypatch):
+    """`make bench` runs W2 at n = 1024 on the CPU; `make bench FULL=1` adds 2048; the GPU sizes stay."""
+    from benchmarks import test_bench_on as on
+
+    monkeypatch.delenv("SNN_FAST_BENCH_ON_N", raising=False)
+    monkeypatch.delenv("SNN_FAST_BENCH_FULL", raising=False)
+    assert on.sizes("cpu") == [1024]
+    assert on.sizes("cuda") == [4096, 8192, 16384]
+    monkeypatch.setenv("SNN_FAST_BENCH_FULL", "1")
+    assert on.sizes("cpu") == [1024, 2048]
+    monkeypatch.setenv("SNN_FAST_BENCH_ON_N", "256,512")
+    assert on.sizes("cpu") == [256, 512]

@@ -220,8 +220,9 @@ int main() {
     LIFParams<float> p{};
     p.k = kd(gen); p.vr = (i & 1) ? u(gen) : 0.0f; p.theta = 1.0f;
     const float v = u(gen), x = u(gen), s = kd(gen);
-    const float want_di = r(double(v) + double(r(double(r(double(x) - double(r(double(v) - double(p.vr))))) * double(p.k))));
-    const float want_plain = r(double(r(double(v) - double(r(double(r(double(v) - double(p.vr))) * double(p.k))))) + double(x));
+    const float d = r(double(v) - double(p.vr));  // V − V_r, rounded as the kernel rounds it
+    const float want_di = r(double(v) + double(r(double(r(double(x) - double(d))) * double(p.k))));
+    const float want_plain = r(double(r(double(v) - double(r(double(d) * double(p.k))))) + double(x));
     const float want_reset = r(double(r(double(s) * double(p.vr))) + double(r(double(r(1.0 - double(s))) * double(v))));
     bad_di += lif_charge<true>(v, x, p) != want_di;
     bad_plain += lif_charge<false>(v, x, p) != want_plain;

@@ -8,7 +8,7 @@ needed: the kernel units include only CUDA headers and our own).
   by thread; its results are compared with the reference (float64/float32 with ``assert_close``,
   float16/bfloat16 with ``assert_close_lowp``), for every surrogate and reset variant, both vector
   widths, with and without the noise mask and parameter gradients. It checks the kernels' logic, not
-  the device math library (tests/test_lif_cuda.py does that on a GPU).
+  the device math library (tests/test_lif.py's 'cuda' backend does that on a GPU).
 - The emulated kernels on ±inf, NaN and ±0.9·max inputs (the cases of tests/test_cpp_special_values.py):
   the reference's NaN and infinity positions, and an all-True noise mask bitwise equal to none; the
   fp16/bf16 saved state's sign bit is the forward's spike (NaN and H − θ = −0 included).
@@ -28,8 +28,6 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import ctypes
-import itertools
-import math
 
 import pytest
 import torch
@@ -100,7 +98,8 @@ def _demangle(names):
 
 
 def _compile(unit: str, outdir: str):
-    cmd = [NVCC, "-std=c++17", "-O3", "-I", os.path.join(ROOT, "csrc", "include"), "-I", os.path.join(ROOT, "csrc", "cuda"),
+    cmd = [NVCC, "-std=c++17", "-O3", "-I", os.path.join(ROOT, "csrc", "include"),
+           "-I", os.path.join(ROOT, "csrc", "cuda"),
            "-Xptxas", "-v", "-Werror", "all-warnings", "-c", unit,
            "-o", os.path.join(outdir, os.path.basename(unit) + ".o")]
     for a in ARCHS:
@@ -259,7 +258,8 @@ def reference(x, v0, params, mask, flags, gs, gvl, gvs, sg_name):
     return dict(s=s.detach(), v_last=v_last.detach(), v_seq=v_seq.detach(), grad_x=gx, grad_v0=gv0, grad_params=gp)
 
 
-# (hard_reset, v_reset, decay_input, detach_reset, κ, k): every reset/charge/gradient path of SPEC §2.
+# (hard_reset, v_reset, decay_input, detach_reset, κ, k): every reset/charge/gradient path
+# of docs/spec.md §2.
 EMU_VARIANTS = {
     "hard0": (True, 0.0, True, False, 0.0, 0.5),
     "hard-neg_decayx": (True, -0.3, False, False, 0.0, 0.25),

@@ -135,7 +135,7 @@ def test_if_module_rejects_nothing_and_inf_tau_is_if(backend):
     a = snn_fast.lif_multistep(x, tau=math.inf, decay_input=True, backend="reference")
     b = snn_fast.lif_multistep(x, tau=math.inf, decay_input=False, backend="reference")
     assert torch.equal(a[0], b[0])  # IF ignores decay_input: H = V + X
-    # the IF module itself (issue 14: this test ran only the functional reference): any real input
+    # the IF module itself, not only the functional reference: any real input
     # runs, gives the functional IF's spikes, and leaks nothing (H = V + X, so a constant input
     # below θ charges linearly and fires at step ⌈θ/x⌉)
     m = snn_fast.nn.IF(backend=backend)
@@ -150,7 +150,7 @@ def test_if_module_rejects_nothing_and_inf_tau_is_if(backend):
         snn_fast.nn.IF(tau=2.0)
 
 
-# --- issue 14 item 4: each of these was a silent wrong result or an unclear error before ---------
+# --- arguments that could pass unnoticed: each must raise an error naming it --------------------
 
 
 @pytest.mark.parametrize("bad", [0, 123, 1.5, b"cpu", ["cpu"]])

@@ -1,5 +1,5 @@
 """Each example under examples/ runs its --quick mode to completion, writes its figure and prints its
-summary (issue 15: these are what CI runs; all of them together stay under 3 minutes on 2 cores).
+summary (these are what CI runs; all of them together stay under 3 minutes on 2 cores).
 
 Run as subprocesses (a fresh interpreter, as a user would), each in a temporary directory so the PNG
 lands there; the repository's examples/ directory is found from this file.

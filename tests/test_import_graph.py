@@ -1,4 +1,4 @@
-"""The package's import graph has no cycle (issue 12: "0 circles").
+"""The package's import graph has no cycle.
 
 Read from the source (``ast``), not by importing, so every import counts, whichever runs first:
 
@@ -8,15 +8,15 @@ Read from the source (``ast``), not by importing, so every import counts, whiche
   ``if``/``try``/``with``/class body) and *function-level* (inside a ``def`` or ``lambda``: runs only
   when called — a lazy import). ``from pkg import name`` is an edge to the submodule ``pkg.name``
   when there is one, else to ``pkg`` (for a package: when its ``__init__.py`` binds ``name`` at top
-  level; otherwise ``name`` is a compiled module such as ``_C`` and there is no edge). The implicit import of parent packages is not an edge (every submodule
-  would otherwise form a circle with the ``__init__`` that imports it). ``importlib.import_module``
-  with a string (the backend tables' lazy loading) is not read;
+  level; otherwise ``name`` is a compiled module such as ``_C`` and there is no edge). The implicit
+  import of parent packages is not an edge (every submodule would otherwise form a circle with the
+  ``__init__`` that imports it). ``importlib.import_module`` with a string (the backend tables' lazy
+  loading) is not read;
 - checked: the graph of module-level edges has no cycle, and neither has the graph of all edges: a
-  lazy import may defer a dependency, but one pointing back up (the old ``backends`` → ``ops.lif.triton``
+  lazy import may defer a dependency, but one pointing back up (say ``backends`` → ``ops.lif.triton``
   → ``ops.lif.function`` → ``backends``) is still a circle of dependencies between modules.
 
-On the code before issue 12 this finds the two circles the issue names (see ``test_finds_a_cycle``
-for a synthetic one, so the check itself is known to be able to fail).
+``test_finds_a_cycle`` builds a synthetic circle, so the check itself is known to be able to fail.
 """
 from __future__ import annotations
 
@@ -177,8 +177,8 @@ def test_all_imports_have_no_cycle():
 
 
 def test_finds_a_cycle(tmp_path):
-    """The check can fail: the shape of the old Tempotron circle (triton.py imported function.py at
-    module level to register itself; function.py imported triton.py lazily)."""
+    """The check can fail: a kernel module that imports its op's function.py at module level to
+    register itself, while function.py imports the kernel module lazily."""
     pkg = tmp_path / "p"
     (pkg / "op").mkdir(parents=True)
     (pkg / "__init__.py").write_text("from .op import function\n")

@@ -1,4 +1,4 @@
-"""tdBN and the chaotic loss (SPEC §6) against the seeds' formulas."""
+"""tdBN and the chaotic loss (docs/spec.md §7) against the seeds' formulas."""
 import math
 
 import pytest

@@ -79,8 +79,8 @@ def test_learn_tau_gradient_matches_reference():
 @pytest.mark.skipif(not snn_fast.HAS_C, reason="snn_fast._C not built")
 @pytest.mark.parametrize("hard_reset", [False, True])
 def test_cpu_gradcheck_covers_tau(hard_reset):
-    """float64 gradcheck of the fused CPU kernel with τ learnable, next to x, v0, θ and α (issue 14:
-    the CPU gradcheck fixed τ = 2, so ∂L/∂τ of the kernel was only compared in float32)."""
+    """float64 gradcheck of the fused CPU kernel with τ learnable, next to x, v0, θ and α (with τ
+    fixed, ∂L/∂τ of the kernel would only be compared in float32)."""
     T, N = 4, 6
     g = torch.Generator().manual_seed(5)
     x = torch.randn(T, N, dtype=torch.float64, generator=g).requires_grad_()

@@ -109,7 +109,8 @@ def test_surrogate_pickles_by_name():
         assert pickle.loads(pickle.dumps(s)) is s
         assert copy.deepcopy(s) is s
     # a user surrogate made of lambdas: a module using it pickles while it is registered
-    S.register_surrogate("test_pickle_lambda", lambda x, a: torch.sigmoid(x), lambda x, a: torch.sigmoid(x) * (1 - torch.sigmoid(x)))
+    S.register_surrogate("test_pickle_lambda", lambda x, a: torch.sigmoid(x),
+                         lambda x, a: torch.sigmoid(x) * (1 - torch.sigmoid(x)))
     try:
         m = snn.LIF(surrogate="test_pickle_lambda", alpha=1.0)
         m2 = pickle.loads(pickle.dumps(m))
@@ -126,7 +127,7 @@ def test_unregistered_surrogate_pickles_field_by_field():
 
 
 def test_module_with_user_surrogate_in_the_kernels_pickles_by_name():
-    """A module whose surrogate a user registered with Triton functions and a learnable α (issue 17):
+    """A module whose surrogate a user registered with Triton functions and a learnable α:
     pickled by name, loaded back as the one registered object, and the copy runs the same (on the
     fused 'cpu' path where the C++ extension is built)."""
     import user_surrogates

@@ -44,7 +44,7 @@ from snn_fast.ops.tempotron import tempotron  # noqa: E402
 
 
 from conftest import assert_close, assert_close_lowp  # noqa: E402
-from test_lif import BY_ID, FUSED, SKIP, check_lowp  # noqa: E402
+from test_lif import BY_ID, SKIP, check_lowp  # noqa: E402
 from test_tempotron import SKIP as TEMPOTRON_SKIP  # noqa: E402
 
 LOWP = (torch.float16, torch.bfloat16)
@@ -227,7 +227,7 @@ def check_case(be, case):
         ref_lowp = run_lif("reference", be.device, case)
         if be.name == "triton" and dtype == torch.bfloat16:
             # test_lif.py KNOWN_FAILURES (_TRITON_BF16): Triton's bf16 parameter gradients exceed the
-            # low-precision bound (found by issue 12's bf16 grid, open); the rest is compared
+            # low-precision bound (a known failure); the rest is compared
             for d in (got, ref64, ref_lowp):
                 for k in ("grad_tau", "grad_decay", "grad_theta", "grad_alpha"):
                     d.pop(k, None)
@@ -264,7 +264,7 @@ def _case(**over):
 
 
 _F32MAX = torch.finfo(torch.float32).max
-# Cases the drawn ones found rarely, each of which failed before issue 14's fixes; run on every backend.
+# Cases the drawn ones find rarely, each a kernel/reference disagreement once; run on every backend.
 LIF_EXAMPLES = [
     # Triton: ∂L/∂V_{t−1} = ε·(1 − k) gave ±inf where autograd has inf − inf = NaN (g′ ≡ 1, hard reset)
     _case(surrogate="straight_through", specials=[(2, 1, -_F32MAX), (3, 3, math.inf)]),
@@ -368,7 +368,7 @@ def tempotron_cases(draw, be, dtypes):
     T = draw(st.integers(1, 24 if small else 120))
     tau = draw(st.floats(1.0, 40.0))
     # τ_s at least 1.5× away from τ either way: near τ = τ_s the PSP is a difference of nearly equal
-    # exponentials, a regime being reworked on its own (issue 14 item 3), not this file's subject.
+    # exponentials, a regime with its own tests (test_tempotron.py, near τ = τ_s), not this file's subject.
     ratio = draw(st.one_of(st.floats(0.05, 1 / 1.5), st.floats(1.5, 6.0)))
     return dict(
         dtype=dtype, T=T, B=draw(st.integers(1, 3 if small else 6)), I=draw(st.integers(1, 40 if small else 300)),

@@ -1,5 +1,5 @@
-"""Surrogate contract (SPEC §3): g′ and ∂g/∂α against central differences of the primitive g, for the
-torch formulas and for every fused backend's kernel, so no surrogate can silently return zeros. The
+"""Surrogate contract (docs/spec.md §3): g′ and ∂g/∂α against central differences of the primitive g, for
+the torch formulas and for every fused backend's kernel, so no surrogate can silently return zeros. The
 contract covers the built-ins and user-registered surrogates alike (tests/user_surrogates.py: each
 way to register one), on every backend that runs them."""
 import math
@@ -50,7 +50,10 @@ def test_dg_matches_finite_difference_of_g(name):
     assert s.dg(torch.zeros(1, dtype=torch.float64), a).abs().item() > 0, "g′(0) must not vanish"
 
 
-@pytest.mark.parametrize("name", [n for n in BUILTIN if sgm.get(n).alpha is not None] + list(user_surrogates.WITH_ALPHA))
+WITH_ALPHA = [n for n in BUILTIN if sgm.get(n).alpha is not None] + list(user_surrogates.WITH_ALPHA)
+
+
+@pytest.mark.parametrize("name", WITH_ALPHA)
 def test_dg_dalpha_matches_finite_difference(name):
     s = sgm.get(name)
     a = _alpha(name)
@@ -138,8 +141,8 @@ def test_user_surrogate_torch_only():
         assert torch.equal(s, s_ref)
         (g,) = torch.autograd.grad(s.sum(), x)
         assert g.abs().sum() > 0
-        # Registered without Triton functions: 'cuda' and 'triton' cannot run it ('cpu' can since
-        # issue 17, tests/test_custom_surrogate.py), and say so before looking for a GPU.
+        # Registered without Triton functions: 'cuda' and 'triton' cannot run it ('cpu' can,
+        # tests/test_custom_surrogate.py), and say so before looking for a GPU.
         for be in ("cuda", "triton"):
             with pytest.raises(ValueError, match="user-registered surrogate"):
                 snn_fast.lif_multistep(x, surrogate="my_tanh", backend=be)
@@ -152,11 +155,6 @@ def test_user_surrogate_torch_only():
 
 
 _EXTREME = [-math.inf, math.inf, math.nan, -3.0e38, 3.0e38]  # ±inf, NaN, near float32's max
-
-
-# The C++ kernels' step math (csrc/include/snn_fast/*.h) gives NaN at x = ±inf here (main at f2ee69b:
-# grad_x NaN for every surrogate, where the reference has 1, 0.5, …); its fix belongs to the C++ side
-# of issue 12 (one step formula). strict: once fixed, this XPASSes and fails, so the mark goes.
 
 
 @pytest.mark.parametrize("v_reset", [0.0, None], ids=["hard", "soft"])

@@ -1,4 +1,4 @@
-"""Tempotron (SPEC §5): every backend against the seed's dense reference, the modules, errors.
+"""Tempotron (docs/spec.md §6): every backend against the seed's dense reference, the modules, errors.
 
 The backends are enumerated as in test_lif.py (``BACKENDS``: cpu, Triton interpreted on CPU tensors,
 cuda, Triton on CUDA tensors), each probed once with a tiny ``tempotron`` call; one that cannot run
@@ -132,7 +132,7 @@ def test_outputs_and_grads_match_reference(be, shape, dtype, kind, ret_type):
 @pytest.mark.parametrize("be,tau_s", each("reference", *[b.id for b in FUSED],
                                            axes=([("tau_s", TAU_S), ("equal", TAU), ("gap1e-9", TAU * (1 - 1e-9))],)))
 def test_gradcheck_fp64(be, tau_s):
-    """Also at τ_s = τ and 1e-9 from it: the stable form's backward (issue 14)."""
+    """Also at τ_s = τ and 1e-9 from it: the stable form's backward."""
     # gradcheck runs two forwards per input element: the interpreter (~0.3 s each here) gets 12, not 35
     B, I, O, T = (1, 4, 2, 12) if be.interpreted else (2, 7, 3, 12)
     t = spike_times(B, I, T, "frac", device=be.device)
@@ -156,7 +156,8 @@ def test_low_precision_as_close_as_torch(be, dtype):
     g = torch.randn(v.shape, dtype=torch.float64).to(be.device)
     (v * g.to(dtype)).sum().backward()
     w64g = w.detach().double().requires_grad_()
-    (membrane_reference(t.double(), w64g, T, TAU, TAU_S, v0_of(TAU, TAU_S, 1.0)) * g.to(dtype).double()).sum().backward()
+    v_ref = membrane_reference(t.double(), w64g, T, TAU, TAU_S, v0_of(TAU, TAU_S, 1.0))
+    (v_ref * g.to(dtype).double()).sum().backward()
     wlp = w.detach().clone().requires_grad_()
     (tempotron_reference(t, wlp, T, ret_type="v") * g.to(dtype)).sum().backward()
     assert_close_lowp(w.grad, w64g.grad, wlp.grad, name=f"grad_w {dtype}")
@@ -260,10 +261,10 @@ def test_input_whose_fast_exponential_underflows_still_counts(be):
     assert_close(got, ref, name="v")
 
 
-# --- near τ = τ_s (issue 14 item 3) -----------------------------------------------------------------
-# Before: τ_s within ~1e-9 (fp32) or ~1e-15 (fp64) of τ gave V ≡ 0 or up to 14 % off (the difference of
-# two nearly equal exponentials over their difference), and τ_s = τ was refused. Now every backend
-# evaluates the normalised PSP K̃ (config / tempotron.h) and τ = τ_s is the alpha kernel.
+# --- near τ = τ_s (docs/spec.md §6.2) ----------------------------------------------------------------
+# The plain difference of exponentials gives V ≡ 0 or up to 14 % off with τ_s within ~1e-9 (fp32) or
+# ~1e-15 (fp64) of τ. Every backend evaluates the normalised PSP K̃ (config /
+# csrc/include/snn_fast/tempotron.h), and τ = τ_s is the alpha kernel.
 GAPS = [0.0, 1e-15, 1e-12, 1e-9, 1e-6, 1e-3, 1e-1]
 NEAR = dict(B=2, I=6, O=3, T=14)
 
@@ -445,7 +446,7 @@ def test_errors():
     t, w = torch.zeros(2, 5), torch.zeros(3, 5)
     with pytest.raises(ValueError, match="ret_type"):
         tempotron(t, w, 10, ret_type="volts")
-    # τ = τ_s was refused ("must differ") before issue 14; it is now the alpha kernel (see
+    # τ = τ_s is allowed: the alpha kernel (see
     # test_equal_time_constants_give_the_alpha_kernel): the call runs and peaks at θ
     assert tempotron(t, w, 10, tau=4.0, tau_s=4.0).shape == (2, 3)
     with pytest.raises(ValueError, match="tau_s must be a positive finite number, got -1.0"):
@@ -472,7 +473,7 @@ def test_errors():
         GaussianTuning(1, 5, torch.ones(1), torch.ones(1))
     with pytest.raises(ValueError, match=r"\[batch, n"):
         GaussianTuning(2, 5, torch.zeros(2), torch.ones(2)).encode(torch.zeros(3, 1, 4), 10)
-    assert Tempotron(5, 3, 10, tau=2.0, tau_s=2.0)(t).shape == (2, 3)  # the alpha kernel (issue 14)
+    assert Tempotron(5, 3, 10, tau=2.0, tau_s=2.0)(t).shape == (2, 3)  # the alpha kernel
     with pytest.raises(ValueError, match="tau must be a positive finite number, got 0.0"):
         Tempotron(5, 3, 10, tau=0.0)
     with pytest.raises(ValueError, match="ret_type"):

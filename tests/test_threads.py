@@ -1,4 +1,4 @@
-"""Thread safety (issue 14 item 2): every cache and registry of the package under concurrent calls.
+"""Thread safety: every cache and registry of the package under concurrent calls.
 
 Data-loader threads and serving threads call the ops concurrently. Each test runs 4–8 threads × many
 calls with varying parameters under a very short ``sys.setswitchinterval`` (the interpreter then
@@ -63,9 +63,9 @@ class _YieldingKey:
     then happen inside the cache's dict operations, as it can anywhere on Python 3.12+ (eval-breaker
     checks on every call) and free-threaded builds. On 3.11 with the package's own keys (tuples of
     floats, dtypes, devices: C-level hash and ==) the eviction happens to be one atomic stretch of
-    bytecode, so the end-to-end test below passed 3 of 3 runs before the fix here; with these keys the
-    old ``_CONST_CACHE.pop(next(iter(_CONST_CACHE)))`` raised KeyError (two threads evicting the same
-    oldest key) in every run."""
+    bytecode, so the end-to-end test below cannot catch a racy eviction (3 of 3 runs passed with one);
+    with these keys an unguarded ``_CONST_CACHE.pop(next(iter(_CONST_CACHE)))`` raises KeyError (two
+    threads evicting the same oldest key) in every run."""
 
     def __init__(self, j):
         self.j = j

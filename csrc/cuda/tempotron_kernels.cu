@@ -1,10 +1,11 @@
-// Tempotron CUDA kernels (SPEC §5; the math is shared with the CPU kernel in snn_fast/tempotron.h).
+// Tempotron CUDA kernels (docs/spec.md §6; the math is shared with the CPU kernel in
+// csrc/include/snn_fast/tempotron.h).
 //
 // Forward, one kernel: block (b, tile of ≤ 8 outputs); its threads stride over the I inputs,
 // compute each input's grid step and entry weights once (not per output) and shared-memory
 // atomic-add W[o,i]·ea (·kt) into two [tile, T] fp32 histograms; then one thread per output row
-// runs the two filters along t and writes V. Spike times are float32 whatever the weight dtype. Global traffic: t_in and W read once per block,
-// V written once; no [B, I, T] tensor and no global atomics.
+// runs the two filters along t and writes V. Spike times are float32 whatever the weight dtype.
+// Global traffic: t_in and W read once per block, V written once; no [B, I, T] tensor and no global atomics.
 // Backward: (1) per (b, i) the entries k, ea, es, kt into scratch (the only exps); (2) per (b, o)
 // the reverse filters of grad_V into Gs, Gl; (3) per (o, i) ∂W summed over b in order
 // (deterministic); (4) per (b, i) ∂t as a sum over o. The gathers of Gs/Gl hit a B·O·T·8-byte
@@ -66,7 +67,8 @@ __global__ void tempotron_fwd_kernel(const float* __restrict__ t_in, const scala
     const int j = threadIdx.x;
     float a = 0.f, d = 0.f;
     scalar_t* vr = v + (b * O + o0 + j) * T;
-    for (int64_t t = 0; t < T; ++t) vr[t] = from_f<scalar_t>(tempotron_filter_step<float>(a, d, ha[j * T + t], hd[j * T + t], c));
+    for (int64_t t = 0; t < T; ++t)
+      vr[t] = from_f<scalar_t>(tempotron_filter_step<float>(a, d, ha[j * T + t], hd[j * T + t], c));
   }
 }
 

@@ -17,7 +17,7 @@ enum Dtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 int fwd_out_tile(int64_t O, int64_t T, int64_t max_smem_bytes);
 
 // V [B, O, T] (`dtype`) from t_in [B, I] (float32 spike times) and weight [O, I] (`dtype`), contiguous;
-// V = scale·Σ W·K̃ (snn_fast/tempotron.h).
+// V = scale·Σ W·K̃ (csrc/include/snn_fast/tempotron.h).
 cudaError_t launch_fwd(int dtype, const void* t_in, const void* weight, void* v, int64_t B, int64_t I, int64_t O,
                        int64_t T, int out_tile, double tau, double tau_s, double scale, cudaStream_t stream);
 

@@ -48,7 +48,7 @@ def _lif(backend):
 class BasicBlock(nn.Module):
     def __init__(self, c_in, c_out, stride, norm, backend):
         super().__init__()
-        a_res = 1 / math.sqrt(2)  # before the residual add (seed 004, SPEC §6)
+        a_res = 1 / math.sqrt(2)  # before the residual add (seed 004, docs/spec.md §7.1)
         self.conv1 = snn.MultiStep(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=norm == "none"))
         self.bn1 = _norm(norm, c_out, 1.0)
         self.lif1 = _lif(backend)

@@ -3,4 +3,5 @@ from .neuron import IF, LIF, PLIF, ASGLSchedule, BaseLIF, MultiStep, reset_net
 from .tdbn import TDBatchNorm
 from .tempotron import GaussianTuning, Tempotron
 
-__all__ = ["LIF", "IF", "PLIF", "ASGLSchedule", "BaseLIF", "MultiStep", "reset_net", "Tempotron", "GaussianTuning", "TDBatchNorm"]
+__all__ = ["LIF", "IF", "PLIF", "ASGLSchedule", "BaseLIF", "MultiStep", "reset_net", "Tempotron", "GaussianTuning",
+           "TDBatchNorm"]

@@ -1,4 +1,4 @@
-"""Threshold-dependent batch norm (tdBN, seed 004; SPEC §6)."""
+"""Threshold-dependent batch norm (tdBN, seed 004; docs/spec.md §7.1)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Tempotron layer and Gaussian tuning-curve encoder (SPEC §5, seed 001: SpikingJelly's
+"""Tempotron layer and Gaussian tuning-curve encoder (docs/spec.md §6, seed 001: SpikingJelly's
 ``neuron.Tempotron`` and ``encoding.GaussianTuning``), on the fused Tempotron op."""
 from __future__ import annotations
 

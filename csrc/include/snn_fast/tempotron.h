@@ -1,4 +1,4 @@
-// Tempotron math (SPEC §5), shared by the CPU and CUDA kernels.
+// Tempotron math (docs/spec.md §6), shared by the CPU and CUDA kernels.
 //
 // V[b,o,t] = v0·Σ_i W[o,i]·K(t − t_i),  K(u) = (e^{−u/τ} − e^{−u/τ_s})·1[u ≥ 0],  t_i < 0: no spike.
 //
@@ -6,7 +6,7 @@
 //     K(u) = δ_signed·K̃(u),   K̃(u) = e^{−u/τ_slow}·u·φ(u·δ),   φ(z) = −expm1(−z)/z  (φ(0) = 1),
 // δ_signed = 1/τ_s − 1/τ. K̃ never subtracts two nearly equal exponentials: as τ_s → τ the plain
 // difference e^{−u/τ} − e^{−u/τ_s} cancels (all digits lost at |τ − τ_s| ≈ 1e-7·τ in float32; V came
-// out ≡ 0 or 14 % off, issue 14) while K̃ tends to the alpha kernel u·e^{−u/τ}, exactly at δ = 0.
+// out ≡ 0 or 14 % off) while K̃ tends to the alpha kernel u·e^{−u/τ}, exactly at δ = 0.
 // The kernels compute V = scale·Σ_i W·K̃(t − t_i) with scale = v0·δ_signed (finite for τ = τ_s).
 //
 // Grid: an input spiking at t_i ∈ (k − 1, k] enters step k = ⌈t_i⌉ with u = k − t_i ∈ [0, 1) and

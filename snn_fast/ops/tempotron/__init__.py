@@ -1,4 +1,4 @@
-"""The Tempotron (SPEC §5): reference.py (the seed's dense computation, the definition),
+"""The Tempotron (docs/spec.md §6): reference.py (the seed's dense computation, the definition),
 function.py (the table of backends, the one autograd Function, the functional API), triton.py
 (Triton kernels and their ops, loaded by the table on first use), config.py (argument checks,
 constants and the op contract's shapes, shared by all)."""

@@ -1,4 +1,5 @@
-"""Argument checks and constants shared by every Tempotron backend (SPEC §5), and the op contract's shapes."""
+"""Argument checks and constants shared by every Tempotron backend (docs/spec.md §6), and the op
+contract's shapes."""
 from __future__ import annotations
 
 import math

@@ -127,8 +127,8 @@ def _membrane(name: str, t_in, weight, T, tau, tau_s, scale):
 def tempotron_membrane(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float = 15.0,
                        tau_s: float = 15.0 / 4, v0: Optional[float] = None, v_threshold: float = 1.0,
                        backend: str = "auto") -> torch.Tensor:
-    """V [B, O, T] (SPEC §5); ``v0`` defaults to the seed's normalisation for (τ, τ_s, θ), evaluated
-    in the stable form ``config.scale_of`` (defined at τ = τ_s too, where v0 itself is infinite).
+    """V [B, O, T] (docs/spec.md §6); ``v0`` defaults to the seed's normalisation for (τ, τ_s, θ),
+    evaluated in the stable form ``config.scale_of`` (defined at τ = τ_s too, where v0 itself is infinite).
     A given ``v0`` means V = v0·Σ W·K (so 0 at τ = τ_s, where K ≡ 0)."""
     config.check_constants(T, tau, tau_s, v_threshold)
     config.check_inputs(t_in, weight)

@@ -1,4 +1,4 @@
-"""Triton kernels for the Tempotron (SPEC §5), as the custom op pair
+"""Triton kernels for the Tempotron (docs/spec.md §6), as the custom op pair
 ``snn_fast::tempotron_fwd_triton`` / ``snn_fast::tempotron_bwd_triton`` with the contract of
 ``function.py``, whose table imports this module on the backend's first use and registers the ops'
 autograd for torch.compile. Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
