@@ -145,9 +145,9 @@ SNN_HD T lif_reset(T h, T s, const LIFParams<T>& p) {
 // EXACT_K0 (detach_reset only): the reference adds κ·(S − detach(S)) only for κ ≠ 0, so with κ = 0
 // its ∂L/∂S_t never sees dv; 0·dv would be NaN for a NaN or infinite dv (after a NaN step) and reach
 // ∂L/∂θ, ∂L/∂α where the reference's stay finite (g′(NaN) is finite for straight_through, rectangle,
-// spike_gate; ARCHITECTURE.md "Special values"). The select on the loop-invariant κ costs the CPU
+// spike_gate; docs/spec.md §9). The select on the loop-invariant κ costs the CPU
 // loops a blend. The CUDA kernels pass false: the select (or a κ = 0 flag) pushes their fp16/bf16 ×8
-// parameter-gradient instantiations over the 128-register cap (8 B spilled, sm_80 and sm_90, issue 14),
+// parameter-gradient instantiations over the 128-register cap (8 B spilled, sm_80 and sm_90),
 // so there alone that case keeps 0·dv until a register-lighter backward.
 template <bool HARD, bool DETACH, typename T, bool EXACT_K0 = true>
 SNN_HD T lif_grad_s(T grad_s, T dv, T h, const LIFParams<T>& p) {
