@@ -9,8 +9,8 @@ be renumbered.
 Surrogates registered by users (:func:`register_surrogate`) get ids from ``CUSTOM_ID_BASE`` up, in
 registration order, for this process only (they are pickled by name, never by id), and run on:
   - 'cpu': the C++ forward (which does not involve the surrogate unless a noise mask is given) and a
-    backward that evaluates the user's torch ``dg`` (and ``dg_dalpha``) on cache-sized blocks
-    (``snn_fast/ops/lif/custom_cpu.py``);
+    backward that evaluates the user's torch ``dg`` (and ``dg_dalpha``) over H − θ in a few large
+    calls and feeds them to the C++ backward walk (``snn_fast/ops/lif/custom_cpu.py``);
   - 'triton': when ``triton=(g, dg[, dg_dalpha])`` gives ``@triton.jit`` versions, passed to the
     kernels as constexpr functions, so each such surrogate compiles into its own kernel variant;
   - 'reference': always. Not 'cuda' (its kernels are compiled ahead of time).
