@@ -53,7 +53,7 @@ class Surrogate:
     scaling: bool = False
 
     @property
-    def has_kernel(self) -> bool:
+    def builtin(self) -> bool:
         """A built-in surrogate, which every fused backend runs."""
         return 0 <= self.id < CUSTOM_ID_BASE
 
@@ -402,7 +402,7 @@ def check_derivatives(s: Surrogate) -> None:
 def unregister_surrogate(name: str) -> None:
     """Remove a user-registered surrogate (built-in ones cannot be removed)."""
     s = get(name)
-    if s.has_kernel:
+    if s.builtin:
         raise ValueError(f"built-in surrogate {s.name!r} cannot be unregistered")
     with _LOCK:
         for n in (s.name,) + s.aliases:

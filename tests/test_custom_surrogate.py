@@ -102,7 +102,7 @@ def test_triton_functions_checked():
 def test_ids_and_unregister():
     s = sgm.register_surrogate("tmp_sig", g=_sig, dg=_sig_dg, alpha=4.0, scaling=True)
     try:
-        assert s.custom and not s.has_kernel and s.id >= sgm.CUSTOM_ID_BASE
+        assert s.custom and not s.builtin and s.id >= sgm.CUSTOM_ID_BASE
         assert sgm.by_id(s.id) is s
     finally:
         sgm.unregister_surrogate("tmp_sig")
