@@ -68,7 +68,7 @@ TORCH_LIBRARY(snn_fast, m) {
   // on every call.
   m.def("cpu_cache_empty_like(Tensor like) -> Tensor");
 
-  // Tempotron (SPEC §5): the membrane V [B, O, T] of O tempotrons driven by input spike times
+  // Tempotron (docs/spec.md §6): the membrane V [B, O, T] of O tempotrons driven by input spike times
   // t_in [B, I] (negative = no spike; float32, float64 with a float64 weight) through weight [O, I],
   // without the [B, I, T] PSP tensor. V = scale·Σ W·K̃ with K̃ = K/(1/τ_s − 1/τ) (snn_fast/tempotron.h;
   // scale = v0·(1/τ_s − 1/τ), finite at τ = τ_s). 'v_max' and 'spikes' are computed from V.

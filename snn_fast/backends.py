@@ -216,8 +216,8 @@ class OpBackends:
 
 
 def check_name(backend) -> None:
-    """A ``backend=`` argument is None or one of ``NAMES`` (any case). Before this check 0 and ''
-    silently meant 'auto' and 123 raised an AttributeError (issue 14)."""
+    """A ``backend=`` argument is None or one of ``NAMES`` (any case): anything else (0, '', 123) is
+    an error naming it, not a silent 'auto' or an AttributeError."""
     if backend is None:
         return
     if not isinstance(backend, str):

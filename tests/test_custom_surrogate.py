@@ -1,4 +1,4 @@
-"""User-registered surrogates in the fused backends (issue 17).
+"""User-registered surrogates in the fused backends.
 
 - registration refuses a g′ or ∂g/∂α that is not the derivative of g, non-finite values, wrong shapes
   and malformed Triton functions, naming the surrogate (and the worst point), registering nothing;

@@ -1,4 +1,4 @@
-"""LIF (SPEC §2–§4): every backend against the pure-PyTorch reference, by op.
+"""LIF (docs/spec.md §2–§4): every backend against the pure-PyTorch reference, by op.
 
 How the backends are enumerated
 -------------------------------
@@ -87,8 +87,8 @@ def _unavailable(be: Backend) -> Optional[str]:
 SKIP = {b.id: _unavailable(b) for b in BACKENDS}
 
 # Known failures by case id (strict xfail: a case that starts passing fails the run until its entry
-# goes). The extreme-input ones (issue 12, item 3) are the rules ``_xfail_*`` next to their tests.
-# Found by the wider fp16/bf16 grid (these cases were not run before issue 12): Triton's bf16
+# goes). The extreme-input ones are the rules ``_xfail_*`` next to their tests.
+# Found by the fp16/bf16 grid: Triton's bf16
 # parameter gradients exceed the conftest low-precision bound (2 × PyTorch's bf16 error + one ulp).
 _TRITON_BF16 = ("triton-interp: bf16 parameter gradient (grad_tau/grad_theta/grad_alpha) beyond the conftest "
                 "low-precision bound; not an item-3 case, found by the wider bf16 grid")
@@ -144,13 +144,13 @@ def only(*ids):
     return [BY_ID[i] for i in ids]
 
 
-# --- the option grid (SPEC §2) -------------------------------------------------------------------
+# --- the option grid (docs/spec.md §2) ------------------------------------------------------------
 def opt(v_reset=0.0, decay_input=True, detach_reset=False, reset_residual=0.0, tau=2.5):
     return dict(v_reset=v_reset, decay_input=decay_input, detach_reset=detach_reset, reset_residual=reset_residual,
                 tau=tau)
 
 
-# (v_reset, decay_input, detach_reset, reset_residual, tau): the option grid of SPEC §2.
+# (v_reset, decay_input, detach_reset, reset_residual, tau): the option grid of docs/spec.md §2.
 OPTIONS = [opt(vr, di, dr, kap) for vr, di, dr, kap in itertools.product([0.0, None, -0.3], [True, False],
                                                                           [False, True], [0.0, 0.2])] \
     + [opt(0.0, False, False, 0.0, math.inf),  # IF: hard/soft × attached/detached reset
@@ -279,8 +279,7 @@ def compare(be, x, v0, opts, dtype, mask=None, tag="", **kw):
 # --- the grid ------------------------------------------------------------------------------------
 def grid_cases():
     """The grid in both float dtypes for compiled backends. The interpreter (~0.06 s per case, the
-    suite's largest cost) runs it whole in float32 (its grid before issue 12) and in float64 on every
-    third option (how test_lif_cpu.py ran its second dtype)."""
+    suite's largest cost) runs it whole in float32 and in float64 on every third option."""
     out = []
     for be in FUSED:
         if be.interpreted:
@@ -306,7 +305,7 @@ def test_matches_reference(be, dtype, opts, surrogate, learn, nan_alloc):
 @pytest.mark.parametrize("be,dtype,v_reset,surrogate", cases(FUSED, DTYPES, [("hard", 0.0), ("soft", None)],
                                                                 SURROGATES))
 def test_noisy_spike(be, dtype, v_reset, surrogate, nan_alloc):
-    """ASGL noisy spike (SPEC §4): the analog value g(H − θ) where the torch-drawn mask is False."""
+    """ASGL noisy spike (docs/spec.md §4): the analog value g(H − θ) where the torch-drawn mask is False."""
     T, N = (5, 37) if be.interpreted else (10, 1000)
     x, v0, grads = make(T, N, seed=9)
     mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(1))
@@ -654,8 +653,8 @@ VARIANTS = {
 
 
 def pair_cases():
-    """float32 for both pairs; bf16 (each within the low-precision bound) for the GPU pair as before
-    issue 12, since test_low_precision_within_torch_error already runs every backend in bf16."""
+    """float32 for both pairs; bf16 (each within the low-precision bound) for the GPU pair only, since
+    test_low_precision_within_torch_error already runs every backend in bf16."""
     out = []
     for a, b in PAIRS:
         skip = SKIP[a] or SKIP[b]
@@ -699,7 +698,7 @@ def test_fused_backends_agree(be, other, surrogate, variant, noisy, dtype):
                 assert_close_lowp(got[k], ref64[k], lowp[k].to(dtype), name=f"{b_.id} {k}")
 
 
-# --- extreme inputs: ±inf, NaN, values near the dtype's max (issue 12, item 3) ----------------------
+# --- extreme inputs: ±inf, NaN, values near the dtype's max ---------------------------------------
 def extreme_inputs(dtype, T=5):
     """Columns that each carry one special value in x at step 0 or step 2 (then ordinary inputs), or
     one special v0, plus ordinary columns. Made in ``dtype`` exactly (every value representable)."""
@@ -732,10 +731,8 @@ EXTREME = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
 # What the kernels still get wrong on these inputs (strict xfail: a fix fails the run until its rule
-# goes). The one-step-formula change (C++) and the zeros_like surrogates (Triton) fixed most; Triton's
-# ∂L/∂V_{t−1} as ε − ε·k like lif_step.h (it was ε·(1 − k): ±inf where autograd has inf − inf = NaN,
-# straight_through + hard reset at H = ±max) fixed the last (issue 14). The CUDA backends have not run
-# yet: no rule covers them, so the first GPU run shows their state.
+# goes). None today on the CPU and Triton; the CUDA backends are not covered by a rule, so a GPU run
+# shows their state.
 def _xfail_all_true_mask(be, *values):
     return None  # every backend: the C++ step selects its charge form now (the 0/1 blend is gone)
 
@@ -861,7 +858,7 @@ def test_reference_gradcheck():
     assert torch.autograd.gradcheck(f, (x, tau, th, al))
 
 
-# --- save="recompute" | "state" (issue 16) --------------------------------------------------------
+# --- save="recompute" | "state" -------------------------------------------------------------------
 # Every other test runs the default, save="state" (the GPU backends save H; with "recompute" they save
 # V every K steps and re-run the forward in the backward; the CPU kernel saves nothing either way;
 # tests/test_properties.py draws both). Here both modes, at

@@ -72,7 +72,7 @@ def _resources(cubin: bytes):
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
-# User-registered surrogates (issue 17, tests/user_surrogates.py), compiled as the Triton backend
+# User-registered surrogates (tests/user_surrogates.py), compiled as the Triton backend
 # launches them (``surrogate_args``: SG = USER and the user's constexpr functions): user_sigmoid is the
 # built-in sigmoid's arithmetic, so its kernels must come out as the built-in's; user_shifted has its
 # own ∂g/∂α. Pattern (hard, mask, parameter gradients) uses g, g′ and ∂g/∂α all three.
@@ -92,8 +92,6 @@ def _ptx_instructions(ptx: str) -> int:
 
 def compile_all():
     """Compile every variant; one JSON row per kernel."""
-    import triton
-    from triton.backends.compiler import GPUTarget
 
     from snn_fast.ops.common import triton_surrogate as tsg
     from snn_fast.ops.lif import triton_kernels as lk
@@ -278,7 +276,7 @@ def test_aot_user_surrogate_is_its_own_variant_at_builtin_cost(aot_rows):
 # dtype, surrogate, hard_reset, mask, need_param_grad). Each is 8 bytes. With Triton 3.9, only the
 # recompute backward for (sm_80, fp32, soft reset, no mask, no parameter gradients) has one, at 40
 # registers of 255, at BLOCK 128 and 256 alike: not register pressure; ptxas's own frame, open
-# (issue 16). With Triton 3.6 (the GPU image's), ten have one: that same kernel, the recompute backward
+# With Triton 3.6 (the GPU image's), ten have one: that same kernel, the recompute backward
 # with parameter gradients at 80 registers (sm_80 sigmoid fp32/fp16/bf16; sm_90 sigmoid and
 # q_pseudo_spike fp16/bf16, sigmoid fp32), and the state backward of q_pseudo_spike for sm_80 fp32 with
 # mask and parameter gradients at its 128-register cap — that one alone may be a real 8-byte spill. A

@@ -1,4 +1,4 @@
-// Fused Tempotron forward/backward on the CPU (SPEC §5; the math is in snn_fast/tempotron.h).
+// Fused Tempotron forward/backward on the CPU (docs/spec.md §6; the math is in snn_fast/tempotron.h).
 //
 // Forward: per (b, i) the grid step k = ⌈t_i⌉ and its entry weights (ea, kt: computed once,
 // outside the loop over outputs); per sample b two [T, O] histograms in L1, filled by one vector

@@ -26,7 +26,7 @@
 //                                                                      decay_input, read again in the walk)
 // 5b + 8/K B in all (fp32 22 B instead of 24; bf16 11 B instead of 12), at the 5-pass floor save the
 // checkpoints, and a layer keeps 4·N·(ceil(T/K) − 1) bytes for its backward instead of b·T·N
-// (snn_fast/ops/lif/memory.py counts both; tests/test_lif_memory.py checks the counts against what
+// (snn_fast/ops/lif/memory.py counts both; tests/test_lif.py checks the counts against what
 // autograd keeps). The re-run uses lif_step.h's own functions in the forward's order: the same H and
 // the same spikes bit for bit.
 #pragma once

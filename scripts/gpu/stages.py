@@ -258,7 +258,7 @@ def stage_lif(args):
 
 
 # --------------------------------------------------------------------------------------------------
-# Stages 3 and 4c: W1 (BENCHMARKS.md)
+# Stages 3 and 4c: W1 (docs/spec.md §10)
 
 
 def stage_w1(args):
@@ -269,7 +269,7 @@ def stage_w1(args):
 
     other = next(m for m in SAVE_MODES if m != DEFAULT_SAVE)
     want = []
-    for p in args.providers.split(","):  # each of ours in both save modes (issue 16): W1 rows for each,
+    for p in args.providers.split(","):  # each of ours in both save modes: W1 rows for each,
         # the default (its row's `save` column says which) and "<provider>-<other mode>"
         want += [p, f"{p}-{other}"] if p in ("snn_fast-cuda", "snn_fast-triton") else [p]
     if DRY:  # the 'cpu' backend stands in for 'cuda'; tiny shapes
@@ -316,7 +316,7 @@ def stage_tempotron(args):
 
 
 # --------------------------------------------------------------------------------------------------
-# Stage 5a: W5 widened, a training step of SpikingJelly zoo models, original vs converted (issue 13)
+# Stage 5a: W5 widened, a training step of SpikingJelly zoo models, original vs converted
 
 
 def stage_models(args):
@@ -347,7 +347,7 @@ def stage_models(args):
 
 
 # --------------------------------------------------------------------------------------------------
-# --full: W2, the Open Neuromorphic benchmark (Linear(n, n) + LIF, batch 16, T = 500; issue 15)
+# --full: W2, the Open Neuromorphic benchmark (Linear(n, n) + LIF, batch 16, T = 500)
 
 
 def stage_w2(args):

@@ -95,7 +95,7 @@ class BaseLIF(nn.Module):
         """The multi-step forward ``[T, B, ...]``; keeps the last membrane (and the sequence when asked)."""
         config.check_x(x)
         mask = None
-        if self.training and self.noise_prob > 0.0:  # ASGL noisy spike; p = 0 in eval (SPEC §4)
+        if self.training and self.noise_prob > 0.0:  # ASGL noisy spike; p = 0 in eval (docs/spec.md §4)
             mask = config.noise_mask_like(x, self.noise_prob)
         out = lif_apply(x, self.v, self.leak(), self.v_threshold, self.alpha, self.flags, self.sg, mask,
                         store_v_seq, self.backend, self.save)
@@ -222,7 +222,7 @@ class PLIF(BaseLIF):
 
 
 class MultiStep(nn.Module):
-    """Apply a stateless module to ``[T, B, ...]`` by folding T into the batch (SPEC §6)."""
+    """Apply a stateless module to ``[T, B, ...]`` by folding T into the batch (docs/spec.md §7)."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
@@ -238,7 +238,7 @@ class MultiStep(nn.Module):
 
 
 class ASGLSchedule:
-    """ASGL's noise schedule (SPEC §4): p ← γ·p at each milestone, for every neuron of ``net``.
+    """ASGL's noise schedule (docs/spec.md §4): p ← γ·p at each milestone, for every neuron of ``net``.
 
     Call ``step()`` once per epoch (or per step, matching the milestones you give).
     """

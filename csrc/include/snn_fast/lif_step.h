@@ -1,4 +1,4 @@
-// One LIF step, forward and backward (SPEC §2, §4), shared by the CPU kernels, the CUDA kernels and
+// One LIF step, forward and backward (docs/spec.md §2, §4), shared by the CPU kernels, the CUDA kernels and
 // the CUDA kernels' host emulator: the same functions, with the same flags, in all three.
 //
 // Parametrisation: k = 1/τ (0 for IF), cx = k (decay_input) or 1, vr = v_reset (hard) or 0 (soft).
@@ -71,7 +71,7 @@ namespace detail {
 // them have no product left to fuse with. The host twin is the plain product: host code is built
 // with -ffp-contract=off (setup.py, and the emulator's build in tests/test_cuda_compile.py: nvcc's
 // host compiler contracts by default where the target has FMA), so it rounds once, the same.
-// tests/test_cpp_step.py checks both sides: the host charge against step-by-step correctly rounded
+// tests/test_cuda_compile.py checks both sides: the host charge against step-by-step correctly rounded
 // arithmetic, and the device charge's PTX for the absence of fma.
 SNN_HD float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
@@ -108,7 +108,7 @@ SNN_HD T lif_spike(T h, const LIFParams<T>& p) {
   return (h - p.theta) >= T(0) ? T(1) : T(0);
 }
 
-// Emitted value: the spike where the mask is on, g(H − θ) where it is off (SPEC §4). A select, so an
+// Emitted value: the spike where the mask is on, g(H − θ) where it is off (docs/spec.md §4). A select, so an
 // all-True mask gives exactly the unmasked result. lif_fire_rt: the surrogate as a runtime id.
 template <int SG, typename T>
 SNN_HD T lif_fire(T h, bool mask_on, const LIFParams<T>& p) {

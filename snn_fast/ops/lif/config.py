@@ -7,7 +7,6 @@ whatever function of a learnable parameter the caller used (1/τ, 1 − λ, sigm
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -30,11 +29,19 @@ class LIFFlags:
     detach_reset: bool
     reset_residual: float  # κ
 
-    @functools.cached_property
-    def op_args(self) -> tuple:
-        """The flags as the fused ops take them, after ``noise_mask`` (made once per flags object)."""
-        return (self.surrogate_id, self.hard_reset, self.v_reset, self.decay_input, self.detach_reset,
-                self.reset_residual)
+    # ``op_args``: the flags as the fused ops take them, after ``noise_mask``, made once per flags object
+    # as a plain attribute (not a field: equality and hashing ignore it; not a cached_property: its lock
+    # is a context manager torch.compile cannot trace).
+    def __post_init__(self):
+        self._derive()
+
+    def __setstate__(self, state):  # unpickling skips __post_init__ (and older pickles lack op_args)
+        self.__dict__.update(state)
+        self._derive()
+
+    def _derive(self) -> None:
+        object.__setattr__(self, "op_args", (self.surrogate_id, self.hard_reset, self.v_reset, self.decay_input,
+                                             self.detach_reset, self.reset_residual))
 
 
 def _is_compiling() -> bool:
@@ -176,7 +183,7 @@ def check_noise_mask(x: torch.Tensor, noise_mask) -> Optional[torch.Tensor]:
 
 
 def noise_mask_like(x: torch.Tensor, p: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """ASGL mask m ~ Bernoulli(1 − p): True = emit the spike, False = emit the analog value (SPEC §4)."""
+    """ASGL mask m ~ Bernoulli(1 − p): True = emit the spike, False = emit the analog value (docs/spec.md §4)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"noise probability p must be in [0, 1], got {p}")
     return torch.rand(x.shape, device=x.device, generator=generator) >= p

@@ -178,7 +178,7 @@ BACKENDS = backends.OpBackends(
 if _ext.HAS_C:
     BACKENDS.load("cpu")
     BACKENDS.load("cuda")
-    if hasattr(torch.ops.snn_fast, "lif_fwd_recompute"):  # absent from a _C built before issue 16
+    if hasattr(torch.ops.snn_fast, "lif_fwd_recompute"):  # absent from an older build of _C
         BACKENDS.load("cuda:recompute")
 
 
@@ -207,7 +207,7 @@ def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v
 # inference mode too: an inference tensor cannot be saved for a later backward.
 # Thread-safe (tests/test_threads.py): a hit is one dict lookup, atomic without a lock; a miss
 # makes the tensor, then inserts and evicts under _CONST_LOCK (two threads evicting the same oldest
-# key raced: KeyError, issue 14).
+# key raced: KeyError).
 _CONST_CACHE: Dict[tuple, torch.Tensor] = {}
 _CONST_CACHE_SIZE = 32
 _CONST_LOCK = threading.Lock()
@@ -345,7 +345,7 @@ def lif_multistep(
     backend: str = "auto",
     save: str = config.DEFAULT_SAVE,
 ):
-    """Multi-step LIF neuron over ``x`` of shape ``[T, *]`` (SPEC §2–§4), fused over T.
+    """Multi-step LIF neuron over ``x`` of shape ``[T, *]`` (docs/spec.md §2–§4), fused over T.
 
     Args:
         x: input current, time first. float32/float16/bfloat16 (float64 on CPU and the reference).

@@ -1,4 +1,4 @@
-"""Pure-PyTorch LIF: the definition every fused backend answers to (SPEC §2–§4).
+"""Pure-PyTorch LIF: the definition every fused backend answers to (docs/spec.md §2–§4).
 
 A plain loop over T; every gradient comes from autograd. The only hand-written derivative is the
 surrogate spike itself (forward Θ, backward g′), whose formulas are checked against finite
