@@ -2,7 +2,7 @@
 // run the whole T loop per block of neurons, parallel over blocks (a shared queue hands them to
 // at::parallel_for's threads), the inner loop over contiguous neurons vectorised by the compiler.
 //
-// Bytes per element of [T, N] (storage dtype size b), the 5-pass floor of BENCHMARKS.md:
+// Bytes per element of [T, N] (storage dtype size b), the 5-pass floor of docs/spec.md §10:
 //   forward   read x, write s                         2b   (+ b for v_seq when asked)
 //   backward  read x, read grad_s, write grad_x       3b   (+ 1 B mask in noisy mode)
 // The forward saves nothing: the backward re-runs the forward for one block of neurons into a
