@@ -306,13 +306,11 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
         params = _cached_const(("params", kf, tf, af, pdtype, x.device),
                                lambda: torch.tensor([kf, tf, af], dtype=pdtype, device=x.device))
     mask2 = None if noise_mask is None else noise_mask.reshape(T, -1)
+    flag_args = flags.op_args
     if config._is_compiling():  # the dispatcher, traced with the registered fake and autograd
-        flag_args = (flags.surrogate_id, flags.hard_reset, flags.v_reset, flags.decay_input, flags.detach_reset,
-                     flags.reset_residual)
         op = BACKENDS.compiled_fwd(name, backends.needs_grad(x2, v0_t, params))
         s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq)
     else:
-        flag_args = flags.op_args
         if b is None:  # routed inside a torch.compile trace, run eagerly now
             b = BACKENDS.load(name)
         if b.cpp_autograd:  # one dispatcher call; the C++ autograd kernel records the backward when needed
