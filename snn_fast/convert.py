@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from . import backends
-from .ops.lif import config as _lif_config
+from .ops.lif import contract as _lif_contract
 
 _SJ = "spikingjelly.activation_based"
 
@@ -206,7 +206,7 @@ def _is_converted(m: nn.Module) -> bool:
 
 
 def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, strict: bool = True,
-            save: str = _lif_config.DEFAULT_SAVE) -> nn.Module:
+            save: str = _lif_contract.DEFAULT_SAVE) -> nn.Module:
     """``model`` with every supported spiking neuron replaced by its snn_fast counterpart.
 
     Args:
@@ -230,7 +230,7 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     backends.requested(backend)  # an unknown name fails here, not at the first forward
-    _lif_config.check_save(save)
+    _lif_contract.check_save(save)
     if not inplace:
         try:
             model = copy.deepcopy(model)

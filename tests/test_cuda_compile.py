@@ -220,7 +220,7 @@ def emulate(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
 
 def emulate_rc(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
     """The same through the save="recompute" pair: forward with V checkpoints, backward re-running it."""
-    from snn_fast.ops.lif.config import checkpoint_rows
+    from snn_fast.ops.lif.contract import checkpoint_rows
 
     T, N = x.shape
     nan = float("nan")
@@ -241,7 +241,7 @@ def emulate_rc(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
 
 def reference(x, v0, params, mask, flags, gs, gvl, gvs, sg_name):
     from snn_fast import surrogate as _sg
-    from snn_fast.ops.lif.config import LIFFlags
+    from snn_fast.ops.lif.args import LIFFlags
     from snn_fast.ops.lif.reference import lif_reference_k
 
     sg, hard, vr, di, det, kappa = flags
@@ -346,7 +346,7 @@ def test_emulated_kernels_ragged_n(emulator, N):
 
 
 def test_emulated_recompute_chunk_is_the_package_chunk(emulator):
-    from snn_fast.ops.lif.config import RECOMPUTE_CHUNK
+    from snn_fast.ops.lif.contract import RECOMPUTE_CHUNK
 
     assert emulator.emu_rc_chunk() == RECOMPUTE_CHUNK
 

@@ -864,7 +864,7 @@ def test_reference_gradcheck():
 # tests/test_properties.py draws both). Here both modes, at
 # T = 2·K + 3: two whole segments and a partial one, so checkpoints are written and read and the
 # steps past T are skipped; the grid's T (4) is a single segment.
-from snn_fast.ops.lif.config import RECOMPUTE_CHUNK  # noqa: E402
+from snn_fast.ops.lif.contract import RECOMPUTE_CHUNK  # noqa: E402
 
 SAVE_T = 2 * RECOMPUTE_CHUNK + 3
 # (options, surrogate): hard/soft, decay_input or not, detached with κ, IF; q_pseudo_spike has the
@@ -992,18 +992,63 @@ def test_bytes_moved_counts_the_passes():
 
 # --- backend-specific: the C++ ops (CPU and CUDA) --------------------------------------------------
 @pytest.mark.parametrize("be,combo", cases(only("cpu", "cuda"), [
-    ("fixed-nomask-novseq", (False, False, False)), ("learn-mask-vseq", (True, True, True)),
-    ("fixed-mask-vseq", (False, True, True))]))
+    ("fixed-nomask-novseq-state", (False, False, False, 0)), ("learn-mask-vseq-state", (True, True, True, 0)),
+    ("fixed-mask-vseq-recompute", (False, True, True, 1)), ("learn-nomask-vseq-recompute", (True, False, True, 1)),
+    ("fixed-mask-novseq-none", (False, True, False, 2))]))
 def test_cxx_opcheck(be, combo):
-    """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch."""
-    learn, masked, vseq = combo
+    """torch.library.opcheck of the C++ pair, every save mode: schema, fake tensors, autograd
+    registration, AOT dispatch (through the forward's autograd, the backward op too). T = 20: two V
+    checkpoints under save="recompute"."""
+    learn, masked, vseq, save = combo
     dev = be.device
-    x = torch.randn(5, 64, device=dev, requires_grad=True)
+    x = torch.randn(20, 64, device=dev, requires_grad=True)
     v0 = torch.zeros(64, device=dev, requires_grad=True)
     params = torch.tensor([0.5, 1.0, 4.0], device=dev, requires_grad=learn)
-    mask = torch.rand(5, 64, device=dev) > 0.3 if masked else None
-    args = (x, v0, params, mask, 0, True, 0.0, True, False, 0.1, vseq)
+    mask = torch.rand(20, 64, device=dev) > 0.3 if masked else None
+    args = (x, v0, params, mask, 0, True, 0.0, True, False, 0.1, vseq, save)
     torch.library.opcheck(torch.ops.snn_fast.lif_fwd.default, args)
+    with torch.no_grad():
+        s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd(*args)
+    if save != 2:
+        bwd_args = (torch.randn_like(s), torch.randn_like(v_last), torch.randn_like(v_seq) if vseq else None,
+                    x.detach(), v0.detach(), params.detach(), mask, saved, s, None, None, 0, True, 0.0, True, False,
+                    0.1, save, learn)
+        torch.library.opcheck(torch.ops.snn_fast.lif_bwd.default, bwd_args)
+
+
+def test_every_registered_op_is_opchecked():
+    """Each op of the snn_fast namespace has an opcheck in the suite (this list names where); a new
+    op fails here until one is written. The Python-defined pairs share the C++ schemas (contract.py)."""
+    import snn_fast.ops.lif.custom_cpu  # noqa: F401  (defines its pair)
+    from snn_fast import _triton
+    from snn_fast.ops.lif import contract
+
+    checked = {
+        "lif_fwd": "test_cxx_opcheck", "lif_bwd": "test_cxx_opcheck",
+        "lif_sg_arg": "test_custom_surrogate.py::test_cpu_given_sg_opcheck",
+        "lif_fwd_custom_cpu": "test_custom_surrogate.py::test_cpu_given_sg_opcheck",
+        "lif_bwd_custom_cpu": "test_custom_surrogate.py::test_cpu_given_sg_opcheck",
+        "lif_fwd_triton": "test_triton_opcheck", "lif_bwd_triton": "test_triton_opcheck",
+        "tempotron_fwd": "test_tempotron.py::test_opcheck", "tempotron_bwd": "test_tempotron.py::test_opcheck",
+        "tempotron_fwd_triton": "test_tempotron.py::test_triton_opcheck",
+        "tempotron_bwd_triton": "test_tempotron.py::test_triton_opcheck",
+        "cpu_cache_stats": "test_cpu_output_cache.py::test_cache_ops_opcheck",
+        "cpu_cache_clear": "test_cpu_output_cache.py::test_cache_ops_opcheck",
+        "cpu_cache_empty_like": "test_cpu_output_cache.py::test_cache_ops_opcheck",
+    }
+    if _triton.import_error() is None:
+        _lt()
+        import snn_fast.ops.tempotron.function as tf
+
+        tf.BACKENDS.load("triton")
+    names = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("snn_fast::")}
+    assert names <= set(checked), f"ops without an opcheck: {sorted(names - set(checked))}"
+    for name, want in (("lif_fwd", contract.FWD_SCHEMA), ("lif_bwd", contract.BWD_SCHEMA),
+                       ("lif_fwd_custom_cpu", contract.FWD_SCHEMA), ("lif_bwd_custom_cpu", contract.BWD_SCHEMA),
+                       ("lif_fwd_triton", contract.FWD_SCHEMA), ("lif_bwd_triton", contract.BWD_SCHEMA)):
+        if name in names:
+            got = str(getattr(torch.ops.snn_fast, name).default._schema)
+            assert got == f"snn_fast::{name}{want}", (name, got)
 
 
 @pytest.mark.parametrize("be,dtype,opts", cases(only("cpu"), LOWP, [OPTIONS[0], OPTIONS[7]]))
@@ -1081,11 +1126,15 @@ def test_cuda_bwd_rejects_foreign_saved_state(be):
     v0 = torch.zeros(64, device="cuda")
     params = torch.tensor([0.5, 1.0, 4.0], device="cuda")
     flags = (0, True, 0.0, True, False, 0.0)
-    s, v, _, saved = torch.ops.snn_fast.lif_fwd(x, v0, params, None, *flags, False)
+    s, v, _, saved = torch.ops.snn_fast.lif_fwd(x, v0, params, None, *flags, False, 0)
     assert saved.shape == x.shape
     with pytest.raises(RuntimeError, match="saved"):
         torch.ops.snn_fast.lif_bwd(torch.ones_like(s), None, None, x, v0, params, None, x.new_empty(0), s,
-                                   *flags, False)
+                                   None, None, *flags, 0, False)
+    with pytest.raises(RuntimeError, match="save=2"):
+        torch.ops.snn_fast.lif_bwd(torch.ones_like(s), None, None, x, v0, params, None, x.new_empty(0), s,
+                                   None, None, *flags, 2, False)
+    assert torch.ops.snn_fast.lif_fwd(x, v0, params, None, *flags, False, 2)[3].numel() == 0
 
 
 # --- backend-specific: Triton ----------------------------------------------------------------------
@@ -1152,8 +1201,8 @@ def test_triton_inference_skips_saving(be, dtype):
             assert_close_lowp(a, r64, r, name=f"bf16 {n}")
 
 
-def _op_args(device, dtype=torch.float32, mask=True):
-    x, v0, _ = make(4, 37, dtype=dtype)
+def _op_args(device, dtype=torch.float32, mask=True, T=4):
+    x, v0, _ = make(T, 37, dtype=dtype)
     x, v0 = x.to(device), v0.to(device)
     pdt = torch.float64 if dtype == torch.float64 else torch.float32
     params = torch.tensor([0.4, 0.8, 4.0], dtype=pdt, device=device)
@@ -1163,20 +1212,22 @@ def _op_args(device, dtype=torch.float32, mask=True):
 
 @pytest.mark.parametrize("be", cases(TRITON))
 def test_triton_opcheck(be):
-    """Schema, fake (meta) functions and autograd registration of both ops."""
+    """Schema, fake (meta) functions and autograd registration of both ops, every save mode."""
     _lt()
-    x, v0, params, m = _op_args(be.device)
-    fwd_args = (x, v0, params, m, 0, True, 0.0, True, False, 0.2, True)
-    torch.library.opcheck(torch.ops.snn_fast.lif_fwd_triton.default, fwd_args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-    torch.library.opcheck(torch.ops.snn_fast.lif_fwd_triton_infer.default, fwd_args,
-                          test_utils=("test_schema", "test_faketensor"))
-    s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd_triton(*fwd_args)
-    gs = torch.randn_like(s)
-    bwd_args = (gs, torch.randn_like(v_last), torch.randn_like(v_seq), x, v0, params, m, saved, s,
-                0, True, 0.0, True, False, 0.2, True)
-    torch.library.opcheck(torch.ops.snn_fast.lif_bwd_triton.default, bwd_args,
-                          test_utils=("test_schema", "test_faketensor"))
+    x, v0, params, m = _op_args(be.device, T=20)
+    for save in (0, 1, 2):
+        fwd_args = (x, v0, params, m, 0, True, 0.0, True, False, 0.2, True, save)
+        torch.library.opcheck(torch.ops.snn_fast.lif_fwd_triton.default, fwd_args,
+                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+        s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd_triton(*fwd_args)
+        if save == 2:
+            assert saved.numel() == 0
+            continue
+        gs = torch.randn_like(s)
+        bwd_args = (gs, torch.randn_like(v_last), torch.randn_like(v_seq), x, v0, params, m, saved, s, None, None,
+                    0, True, 0.0, True, False, 0.2, save, True)
+        torch.library.opcheck(torch.ops.snn_fast.lif_bwd_triton.default, bwd_args,
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("be", cases(TRITON))
@@ -1191,7 +1242,8 @@ def test_triton_torch_compile_dynamic_sizes(be):
     params = torch.tensor([0.4, 0.8, 4.0], device=device, requires_grad=True)
 
     def f(x, v0):
-        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, params, None, 0, True, 0.0, True, False, 0.0, False)
+        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, params, None, 0, True, 0.0, True, False, 0.0, False,
+                                                       0)
         return s.sum() + (v * v).sum()
 
     cnt = CompileCounterWithBackend("inductor" if device == "cuda" else "aot_eager")

@@ -22,7 +22,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 SURROGATES = ("sigmoid", "erf", "q_pseudo_spike", "atan")  # ids from the registry (the kernels' names)
 # (hard_reset, noise mask, need_param_grad): covers each flag on and off with both partners.
 PATTERNS = ((True, False, False), (False, True, True), (True, True, True), (False, False, False))
-RC_CHUNK = 8  # snn_fast.ops.lif.config.RECOMPUTE_CHUNK (not imported: this module runs before the package)
+RC_CHUNK = 8  # snn_fast.ops.lif.contract.RECOMPUTE_CHUNK (not imported: this module runs before the package)
 # save="recompute" kernels: the lightest and the most register-hungry surrogate (each variant costs a
 # compile; the recompute backward's registers grow with the surrogate's code, not with the others).
 RC_SURROGATES = ("sigmoid", "q_pseudo_spike")
@@ -252,9 +252,9 @@ def test_aot_compiles_every_variant(aot_rows):
 
 
 def test_aot_recompute_chunk_matches_the_package():
-    from snn_fast.ops.lif import config
+    from snn_fast.ops.lif import contract
 
-    assert RC_CHUNK == config.RECOMPUTE_CHUNK
+    assert RC_CHUNK == contract.RECOMPUTE_CHUNK
 
 
 def test_aot_user_surrogate_is_its_own_variant_at_builtin_cost(aot_rows):
@@ -374,7 +374,7 @@ def trace_compiled_graphs():
         return make_boxed_func(run)
 
     def f(x, v0, p):
-        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, p, None, 7, True, 0.0, True, False, 0.2, False)
+        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, p, None, 7, True, 0.0, True, False, 0.2, False, 0)
         return s.sum() + (v * v).sum()
 
     x = torch.randn(4, 37, requires_grad=True)

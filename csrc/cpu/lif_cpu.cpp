@@ -47,13 +47,16 @@ LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, 
   return r;
 }
 
-// keep_arg: `saved` is D = H − θ of every step, [T, N] in params' dtype (lif_fwd_keep_arg).
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu_impl(const Tensor& x_, const Tensor& v0_,
-                                                            const Tensor& params, const c10::optional<Tensor>& mask_,
-                                                            int64_t sg, bool hard_reset, double v_reset,
-                                                            bool decay_input, bool detach_reset, double kappa,
-                                                            bool return_v_seq, bool keep_arg) {
+// save: kSaveSgArg writes D = H − θ of every step into `saved`, [T, N] in params' dtype; every other
+// mode saves nothing (the backward re-runs the forward).
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
+                                                       const c10::optional<Tensor>& mask_, int64_t sg,
+                                                       bool hard_reset, double v_reset, bool decay_input,
+                                                       bool detach_reset, double kappa, bool return_v_seq,
+                                                       int64_t save) {
   check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
+  check_save(save, "CPU kernel", true);
+  const bool keep_arg = save == kSaveSgArg;
   Tensor x = x_.contiguous(), v0 = v0_.contiguous();
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
@@ -73,33 +76,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu_impl(const Tensor& x_, co
   return {s, v_last, v_seq, saved};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x, const Tensor& v0, const Tensor& params,
-                                                       const c10::optional<Tensor>& mask, int64_t sg,
-                                                       bool hard_reset, double v_reset, bool decay_input,
-                                                       bool detach_reset, double kappa, bool return_v_seq) {
-  return lif_fwd_cpu_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
-                          return_v_seq, false);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_keep_arg_cpu(const Tensor& x, const Tensor& v0,
-                                                                const Tensor& params,
-                                                                const c10::optional<Tensor>& mask, int64_t sg,
-                                                                bool hard_reset, double v_reset, bool decay_input,
-                                                                bool detach_reset, double kappa,
-                                                                bool return_v_seq) {
-  return lif_fwd_cpu_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
-                          return_v_seq, true);
-}
-
-std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
-                                               const c10::optional<Tensor>& gvseq_, const Tensor& x_,
-                                               const Tensor& v0_, const Tensor& params,
-                                               const c10::optional<Tensor>& mask_, const Tensor& /*saved*/,
-                                               const Tensor& /*s*/, int64_t sg, bool hard_reset, double v_reset,
-                                               bool decay_input, bool detach_reset, double kappa,
-                                               bool need_param_grad) {
-  check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
-  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
+// The backward of a built-in surrogate: re-runs the forward per block of neurons (lif_bwd_cpu).
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_builtin(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
+                                                   const c10::optional<Tensor>& gvseq_, const Tensor& x_,
+                                                   const Tensor& v0_, const Tensor& params,
+                                                   const c10::optional<Tensor>& mask_, int64_t sg, bool hard_reset,
+                                                   double v_reset, bool decay_input, bool detach_reset, double kappa,
+                                                   bool need_param_grad) {
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous();
   Tensor gvlast, gvseq;
   if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();
@@ -123,12 +106,12 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10:
   return {gx, gv0, grad_params};
 }
 
-// A user's surrogate (snn_fast/ops/lif/custom_cpu.py) in two ops around its torch g′:
-//   lif_fwd_keep_arg the forward, also writing D = H − θ in acc_t (save="state")    + a
-//   lif_sg_arg       read x (and s under a noise mask), write D (save="recompute")  b + a (+ b)
-//   lif_bwd_given_sg the backward above with g′ (and ∂g/∂α) read from [T, N] acc_t buffers:
+// A user's surrogate (snn_fast/ops/lif/custom_cpu.py), around its torch g′ (bytes per element):
+//   lif_fwd, save=3  the forward, also writing D = H − θ in acc_t (save="state")      + a
+//   lif_sg_arg       read x (and s under a noise mask), write D (save="recompute")    b + a (+ b)
+//   lif_bwd, sg_grad the backward above with g′ (and ∂g/∂α) read from [T, N] acc_t buffers:
 //                    + a (+ a with parameter gradients) (+ b: s under a noise mask)
-// The surrogate id plays no part: the flags alone pick the kernel.
+// The surrogate id plays no part there: the flags alone pick the kernel.
 
 // s under a noise mask: the forward's emitted values, [T, N] like x.
 void check_given_s(const Tensor& x, const c10::optional<Tensor>& mask, const Tensor& s) {
@@ -139,7 +122,7 @@ void check_given_s(const Tensor& x, const c10::optional<Tensor>& mask, const Ten
 
 void check_given_buf(const Tensor& x, const Tensor& params, const Tensor& b, const char* name) {
   TORCH_CHECK(b.sizes() == x.sizes() && b.scalar_type() == params.scalar_type() && b.device() == x.device(),
-              "lif_bwd_given_sg: ", name, " must be [T, N] like x in params' dtype (", params.scalar_type(),
+              "lif_bwd: ", name, " must be [T, N] like x in params' dtype (", params.scalar_type(),
               "), got ", b.sizes(), " ", b.scalar_type());
 }
 
@@ -161,17 +144,15 @@ Tensor lif_sg_arg_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
   return d;
 }
 
-std::tuple<Tensor, Tensor, Tensor> lif_bwd_given_sg_cpu(
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_given(
     const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_, const c10::optional<Tensor>& gvseq_, const Tensor& x_,
     const Tensor& v0_, const Tensor& params, const c10::optional<Tensor>& mask_, const Tensor& s_,
     const Tensor& sg_grad_, const c10::optional<Tensor>& sg_dalpha_, bool hard_reset, double v_reset,
     bool decay_input, bool detach_reset, double kappa, bool need_param_grad) {
-  check_lif_args(x_, v0_, params, mask_, 0, c10::DeviceType::CPU, "CPU kernel");
-  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
   check_given_s(x_, mask_, s_);
   check_given_buf(x_, params, sg_grad_, "sg_grad");
   TORCH_CHECK(!need_param_grad || sg_dalpha_.has_value(),
-              "lif_bwd_given_sg: need_param_grad needs sg_dalpha (zeros for a surrogate without a width)");
+              "lif_bwd: need_param_grad with sg_grad needs sg_dalpha (zeros for a surrogate without a width)");
   if (sg_dalpha_.has_value()) check_given_buf(x_, params, *sg_dalpha_, "sg_dalpha");
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous(), gp = sg_grad_.contiguous();
   Tensor gvlast, gvseq, s, dga;
@@ -186,7 +167,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_given_sg_cpu(
   const int64_t T = x.size(0), N = x.size(1);
   Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = at::empty_like(v0);
   std::vector<double> pg(3, 0.0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_given_sg_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_given_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, detach_reset, kappa);
     cpu_lif::Given<scalar_t, acc_t> given{gp.const_data_ptr<acc_t>(),
@@ -203,14 +184,32 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_given_sg_cpu(
   return {gx, gv0, grad_params};
 }
 
+// lif_bwd: with sg_grad, the walk reads the given g′ (a user's surrogate); else the built-in one.
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s, const c10::optional<Tensor>& gvlast,
+                                               const c10::optional<Tensor>& gvseq, const Tensor& x,
+                                               const Tensor& v0, const Tensor& params,
+                                               const c10::optional<Tensor>& mask, const Tensor& /*saved*/,
+                                               const Tensor& s, const c10::optional<Tensor>& sg_grad,
+                                               const c10::optional<Tensor>& sg_dalpha, int64_t sg, bool hard_reset,
+                                               double v_reset, bool decay_input, bool detach_reset, double kappa,
+                                               int64_t save, bool need_param_grad) {
+  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CPU, "CPU kernel");
+  check_lif_bwd_args(grad_s, gvlast, gvseq, x, v0);
+  check_save(save, "CPU kernel", true);
+  if (sg_grad.has_value())
+    return lif_bwd_given(grad_s, gvlast, gvseq, x, v0, params, mask, s, *sg_grad, sg_dalpha, hard_reset, v_reset,
+                         decay_input, detach_reset, kappa, need_param_grad);
+  TORCH_CHECK(!sg_dalpha.has_value(), "lif_bwd: sg_dalpha is given without sg_grad");
+  return lif_bwd_builtin(grad_s, gvlast, gvseq, x, v0, params, mask, sg, hard_reset, v_reset, decay_input,
+                         detach_reset, kappa, need_param_grad);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(snn_fast, CPU, m) {
   m.impl("lif_fwd", &lif_fwd_cpu);
   m.impl("lif_bwd", &lif_bwd_cpu);
-  m.impl("lif_fwd_keep_arg", &lif_fwd_keep_arg_cpu);
   m.impl("lif_sg_arg", &lif_sg_arg_cpu);
-  m.impl("lif_bwd_given_sg", &lif_bwd_given_sg_cpu);
 }
 
 }  // namespace snn_fast

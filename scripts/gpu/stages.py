@@ -265,7 +265,7 @@ def stage_w1(args):
     from benchmarks import common
     from benchmarks import test_bench_lif as bl
 
-    from snn_fast.ops.lif.config import DEFAULT_SAVE, SAVE_MODES
+    from snn_fast.ops.lif.contract import DEFAULT_SAVE, SAVE_MODES
 
     other = next(m for m in SAVE_MODES if m != DEFAULT_SAVE)
     want = []
@@ -379,7 +379,7 @@ def stage_overhead(args):
     import snn_fast
     from benchmarks import common
     from snn_fast import surrogate as _sg
-    from snn_fast.ops.lif import function as lif_function
+    from snn_fast.ops.lif import contract as lif_contract
     from snn_fast.ops.lif.function import BACKENDS
 
     T, N = (4, 256) if DRY else (4, 65536)
@@ -429,21 +429,22 @@ def stage_overhead(args):
                           flush=True)
             # The raw backward op, called here: on a GPU autograd runs a backward in its own device
             # thread, which cProfile (this thread only) would not see.
-            entry = BACKENDS.load(lif_function.entry_name(b, save))
+            entry = BACKENDS.load(b)
+            code = lif_contract.SAVE[save]
             sid = _sg.get("sigmoid").id
             flags = (sid, True, 0.0, True, False, 0.0)
             xd, v0 = x.detach(), torch.zeros(N, device=DEVICE)
             params = torch.tensor([0.5, 1.0, 4.0], device=DEVICE)
-            s_, _, _, saved = entry.fwd(xd, v0, params, None, *flags, False)
+            s_, _, _, saved = entry.fwd(xd, v0, params, None, *flags, False, code)
 
-            # below the autograd key, as lif_apply's autograd Function calls them (function.py)
+            # below the autograd key, as lif_apply's autograd calls them (function.py)
             def bwd_op():
                 with torch._C._AutoDispatchBelowAutograd():
-                    return entry.bwd(g, None, None, xd, v0, params, None, saved, s_, *flags, False)
+                    return entry.bwd(g, None, None, xd, v0, params, None, saved, s_, None, None, *flags, code, False)
 
             def fwd_op():
                 with torch._C._AutoDispatchBelowAutograd():
-                    return entry.fwd(xd, v0, params, None, *flags, False)
+                    return entry.fwd(xd, v0, params, None, *flags, False, code)
 
             print(f"{b} save={save}: host per raw op call, forward {host_ms(fwd_op):.3f} ms ({entry.entry.fwd}), "
                   f"backward {host_ms(bwd_op):.3f} ms ({entry.entry.bwd})", flush=True)

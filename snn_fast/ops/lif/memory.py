@@ -46,7 +46,7 @@ from typing import Dict
 
 import torch
 
-from .config import RECOMPUTE_CHUNK, checkpoint_rows
+from .contract import RECOMPUTE_CHUNK, checkpoint_rows
 
 
 def _sizes(dtype: torch.dtype):

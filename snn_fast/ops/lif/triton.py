@@ -1,9 +1,9 @@
 """The Triton LIF backend: launch code and op definitions (docs/spec.md §LIF).
 
-``lif_fwd_triton`` (op ``snn_fast::lif_fwd_triton``), ``lif_fwd_triton_infer``, ``lif_bwd_triton`` and
-the save="recompute" pair ``lif_fwd_triton_recompute`` / ``lif_bwd_triton_recompute``, with the
-contract of ``function.py``, whose table (``BACKENDS["triton"]``) imports this module on the backend's
-first use and registers the ops' autograd for torch.compile. The kernels are in ``triton_kernels.py``
+``lif_fwd_triton`` and ``lif_bwd_triton`` (ops ``snn_fast::lif_fwd_triton`` / ``lif_bwd_triton``), with
+the schemas of ``contract.py`` (``save``: H, the V checkpoints, or nothing), whose table in
+``function.py`` (``BACKENDS["triton"]``) imports this module on the backend's first use and
+registers the ops' autograd for torch.compile. The kernels are in ``triton_kernels.py``
 (what each saves and moves, per element), the surrogate functions in
 ``snn_fast/ops/common/triton_surrogate.py``. This module imports nothing of the package but those,
 the surrogate registry, the argument checks and the interpreter answer (no import cycle).
@@ -30,7 +30,7 @@ import triton
 
 from ... import surrogate as _sg
 from ..common import triton_surrogate as tsg
-from . import config
+from . import contract
 from . import triton_kernels as _k
 
 INTERPRETED = _k.INTERPRETED
@@ -154,7 +154,7 @@ def lab_variant(fwd=None, bwd=None, bwd_rc=None, chunk=None, knobs=None, eager_w
 
 
 def _rc_chunk() -> int:
-    return _LAB.get("chunk", config.RECOMPUTE_CHUNK)
+    return _LAB.get("chunk", contract.RECOMPUTE_CHUNK)
 
 
 # float64: v_r and κ as a float64 [2] buffer (the kernels' wide_ptr), one per (v_r, κ, device).
@@ -185,7 +185,6 @@ def _saves_h_minus_theta(dtype: torch.dtype) -> bool:
 
 def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual, return_v_seq,
          save_h, chunk=0):
-    config.check_op_args("lif_triton", x, v0, params, surrogate)
     x = x.contiguous()
     v0 = v0.contiguous()
     params = params.contiguous()
@@ -193,8 +192,8 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
     s = torch.empty_like(x)
     v_last = torch.empty_like(v0)
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    if chunk:  # save="recompute": the V checkpoints (config.checkpoint_rows), in the compute dtype
-        saved = torch.empty((config.checkpoint_rows(T, chunk), N), dtype=params.dtype, device=x.device)
+    if chunk:  # save="recompute": the V checkpoints (contract.checkpoint_rows), in the compute dtype
+        saved = torch.empty((contract.checkpoint_rows(T, chunk), N), dtype=params.dtype, device=x.device)
     else:  # H (H − θ for fp16/bf16), or nothing for inference
         saved = torch.empty((T, N) if save_h else (0,), dtype=x.dtype, device=x.device)
     mask = noise_mask.contiguous() if noise_mask is not None else None
@@ -216,32 +215,13 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
 def lif_fwd_triton(
     x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
     hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
+    return_v_seq: bool, save: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training forward: also saves H (H − θ for fp16/bf16) for ``lif_bwd_triton``."""
+    """save 0 ("state"): also saves H (H − θ for fp16/bf16); 1 ("recompute"): only the membrane every
+    ``contract.RECOMPUTE_CHUNK`` steps; 2 (inference): nothing, 2b per element instead of 3b."""
+    contract.check_op_args("lif_triton", x, v0, params, surrogate, save)
     return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, True)
-
-
-def lif_fwd_triton_infer(
-    x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
-    hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inference forward (no autograd): saves nothing, 2b per element instead of 3b."""
-    return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, False)
-
-
-def lif_fwd_triton_recompute(
-    x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
-    hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training forward of save="recompute": writes s (v_last, v_seq) and saves only the membrane every
-    ``config.RECOMPUTE_CHUNK`` steps for ``lif_bwd_triton_recompute``."""
-    return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, False, _rc_chunk())
+                return_v_seq, save == contract.SAVE_STATE, _rc_chunk() if save == contract.SAVE_RECOMPUTE else 0)
 
 
 def _bwd(kind, grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, surrogate, hard_reset, v_reset,
@@ -286,28 +266,25 @@ def _bwd(kind, grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved
 def lif_bwd_triton(
     grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
     v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
-    surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    need_param_grad: bool,
+    sg_grad: Optional[torch.Tensor], sg_dalpha: Optional[torch.Tensor], surrogate: int, hard_reset: bool,
+    v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float, save: int, need_param_grad: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward of the saved state: ``saved`` is the forward's H (H − θ for fp16/bf16)."""
-    config.check_op_args("lif_triton", x, v0, params, surrogate)
-    return _bwd("bwd", grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, surrogate, hard_reset,
-                v_reset, decay_input, detach_reset, reset_residual, need_param_grad)
-
-
-def lif_bwd_triton_recompute(
-    grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
-    v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
-    surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    need_param_grad: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward of save="recompute": ``saved`` is the forward's V checkpoints."""
-    config.check_op_args("lif_triton", x, v0, params, surrogate)
+    """``saved`` is the forward's H (H − θ for fp16/bf16) for save 0, its V checkpoints for save 1."""
+    contract.check_op_args("lif_triton", x, v0, params, surrogate, save, (contract.SAVE_STATE, contract.SAVE_RECOMPUTE))
+    torch._check(sg_grad is None and sg_dalpha is None,
+                 lambda: "lif_bwd_triton: sg_grad/sg_dalpha (a g′ given per element) run on the CPU kernel only")
+    if save == contract.SAVE_STATE:
+        T, N = x.shape
+        torch._check(saved.shape == x.shape and saved.dtype == x.dtype,
+                     lambda: f"lif_bwd_triton: `saved` must be the [T, N] state of lif_fwd_triton with save=0, "
+                             f"{tuple(x.shape)} {x.dtype}, got {tuple(saved.shape)} {saved.dtype}")
+        return _bwd("bwd", grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, surrogate,
+                    hard_reset, v_reset, decay_input, detach_reset, reset_residual, need_param_grad)
     T, N = x.shape
     chunk = _rc_chunk()
-    rows = config.checkpoint_rows(T, chunk)
+    rows = contract.checkpoint_rows(T, chunk)
     torch._check(saved.dim() == 2 and saved.shape[0] == rows and saved.shape[1] == N and saved.dtype == params.dtype,
-                 lambda: f"lif_bwd_triton_recompute: `saved` must be the V checkpoints of lif_fwd_triton_recompute, "
+                 lambda: f"lif_bwd_triton: `saved` must be the V checkpoints of lif_fwd_triton with save=1, "
                          f"[{rows}, {N}] {params.dtype}, got {tuple(saved.shape)} {saved.dtype}")
     ck = saved.contiguous() if saved.numel() > 0 else v0  # never read for T <= chunk
     return _bwd("bwd_rc", grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, ck, surrogate, hard_reset,
@@ -321,33 +298,17 @@ def lif_bwd_triton_recompute(
 
 
 def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-              reset_residual, return_v_seq):
-    # saves H (fp32/fp64) or H − θ (fp16/bf16): [T, N] in x.dtype
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (torch.empty_like(x),)
-
-
-def _fake_fwd_infer(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                    reset_residual, return_v_seq):
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (x.new_empty(0),)  # saves nothing
-
-
-def _fake_fwd_recompute(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                        reset_residual, return_v_seq):
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (config.checkpoints_like(x, params),)
+              reset_residual, return_v_seq, save):
+    return contract.fake_fwd_outputs(x, v0, return_v_seq) + (
+        contract.saved_like("triton", x, params, save, chunk=_rc_chunk()),)
 
 
 FWD_NAME = "snn_fast::lif_fwd_triton"
-FWD_INFER_NAME = "snn_fast::lif_fwd_triton_infer"
 BWD_NAME = "snn_fast::lif_bwd_triton"
-FWD_RC_NAME = "snn_fast::lif_fwd_triton_recompute"
-BWD_RC_NAME = "snn_fast::lif_bwd_triton_recompute"
 
-for _name, _fn, _fake in ((FWD_NAME, lif_fwd_triton, _fake_fwd),
-                          (FWD_INFER_NAME, lif_fwd_triton_infer, _fake_fwd_infer),
-                          (BWD_NAME, lif_bwd_triton, config.fake_bwd),
-                          (FWD_RC_NAME, lif_fwd_triton_recompute, _fake_fwd_recompute),
-                          (BWD_RC_NAME, lif_bwd_triton_recompute, config.fake_bwd)):
+for _name, _fn, _schema, _fake in ((FWD_NAME, lif_fwd_triton, contract.FWD_SCHEMA, _fake_fwd),
+                                   (BWD_NAME, lif_bwd_triton, contract.BWD_SCHEMA, contract.fake_bwd)):
     if INTERPRETED:
-        torch.library.custom_op(_name, mutates_args=())(_fn).register_fake(_fake)
+        torch.library.custom_op(_name, mutates_args=(), schema=_schema)(_fn).register_fake(_fake)
     else:
-        torch.library.triton_op(_name, mutates_args=())(_fn)
+        torch.library.triton_op(_name, mutates_args=(), schema=_schema)(_fn)
