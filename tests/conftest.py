@@ -23,6 +23,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# A user's surrogate on the CPU backend: its g′ (and ∂g/∂α) evaluated eagerly in the suite, not
+# compiled by torch.compile. Every (surrogate, kind, dtype) compiles once per process, seconds each on
+# two cores: the option grids of the user surrogates (test_custom_surrogate.py, test_surrogate.py, …)
+# would compile ~16 of them in each xdist worker. Both paths compute the same functions;
+# test_custom_surrogate.py turns compilation on where it checks the compiled path (against the eager
+# one, bit for bit in float64) and the switches. SNN_FAST_COMPILE_SURROGATES=1 runs the suite compiled.
+os.environ.setdefault("SNN_FAST_COMPILE_SURROGATES", "0")
+
 
 def _inductor_cache_per_op_schemas():
     """Inductor's FX-graph cache key leaves out a custom op's schema (pytorch/pytorch#187319): a graph
