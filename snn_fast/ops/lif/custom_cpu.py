@@ -156,8 +156,8 @@ def _evaluate_eager(sg: _sg.Surrogate, kind: str, d: torch.Tensor, alpha: torch.
 # The user's functions compiled by torch.compile (Inductor) into one loop over all of D that writes
 # g′ (and ∂g/∂α) straight into the buffers the C++ walk reads: one read of D, one write per output, no
 # [T, N] temporaries (so no pieces: the eager path's reason for them is gone), vectorised, and run on
-# torch's threads. At W4 ([16, 262144] float32, 1 thread) the sigmoid's g′ takes ~1.2 ms so against
-# ~11 ms eagerly. Compiled once per (surrogate, kind, dtype) and kept for the process; shapes are
+# torch's threads. At W4 ([16, 262144] float32, 1 thread) the sigmoid's g′ takes ~1.2 ms against
+# 3–4 ms eagerly in pieces. Compiled once per (surrogate, kind, dtype) and kept for the process; shapes are
 # dynamic (D is passed flattened: one symbolic size). Each entry is the compiled function, or None
 # after a failure (then the eager path, with one SurrogateCompileWarning).
 ENV_COMPILE = "SNN_FAST_COMPILE_SURROGATES"
