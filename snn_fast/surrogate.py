@@ -312,10 +312,12 @@ def register_surrogate(
             float32 takes ~1.2 ms against 3–4 ms), at the cost of one compilation per
             surrogate, dtype and kind (g′ alone, or g′ with ∂g/∂α for a learnable α) in a process,
             seconds each, the first time a backward needs it (Inductor's disk cache serves later
-            processes). If compilation fails (no C++ compiler; a function torch.compile cannot
-            trace in one graph) it warns once (``SurrogateCompileWarning``) and evaluates the
-            functions eagerly, as with ``compile=False``. Under an active TorchDispatchMode the
-            functions run eagerly too. The environment variable ``SNN_FAST_COMPILE_SURROGATES=0``
+            processes). Only for layers whose H − θ ([T, N] in float32, or float64) takes at least
+            1 MiB: below that the eager functions are about as fast and nothing is compiled. If
+            compilation fails (no C++ compiler; a function torch.compile cannot trace in one
+            graph) it warns once (``SurrogateCompileWarning``) and evaluates the functions
+            eagerly, as with ``compile=False``. Under an active TorchDispatchMode the functions
+            run eagerly too. The environment variable ``SNN_FAST_COMPILE_SURROGATES=0``
             turns compilation off for every surrogate (read at each backward).
 
     Checked here, before anything is registered: the name is free; g, g′ and ∂g/∂α are finite on a

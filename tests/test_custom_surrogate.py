@@ -260,7 +260,10 @@ def test_torch_compile_cpu_custom_ops(monkeypatch):
     """The custom CPU ops are opaque custom ops with fakes and the shared autograd: one graph, same
     result as eager; the user's functions compiled inside the backward op at run time (an outer
     torch.compile does not trace into the op, so the inner one runs as in eager mode)."""
+    from snn_fast.ops.lif import custom_cpu
+
     monkeypatch.setenv("SNN_FAST_COMPILE_SURROGATES", "1")
+    monkeypatch.setattr(custom_cpu, "_COMPILE_MIN_BYTES", 0)
     x = torch.randn(6, 40, dtype=torch.float64, requires_grad=True)
     tau = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
 
@@ -489,6 +492,15 @@ def test_cpu_given_sg_opcheck(masked):
 COMPILE_ENV = "SNN_FAST_COMPILE_SURROGATES"
 
 
+@pytest.fixture
+def compile_on(monkeypatch):
+    """Compilation on, for layers of any size (the tests' are below custom_cpu._COMPILE_MIN_BYTES)."""
+    from snn_fast.ops.lif import custom_cpu
+
+    monkeypatch.setenv(COMPILE_ENV, "1")
+    monkeypatch.setattr(custom_cpu, "_COMPILE_MIN_BYTES", 0)
+
+
 def _fake_compile(calls, fail=None):
     """A stand-in for custom_cpu._torch_compile: the function to compile runs as it is; every call is
     recorded in ``calls`` as (kernel name, numel of D); ``fail``: raised instead."""
@@ -531,7 +543,7 @@ def _grads_cpu(surrogate, dtype, learn, T=12, N=700, masked=False, save=None, o=
 
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cpu_compiled_matches_eager(dtype, monkeypatch):
+def test_cpu_compiled_matches_eager(dtype, monkeypatch, compile_on):
     """g′ and ∂g/∂α compiled by torch.compile (one fused loop) give the eager path's gradients: within
     the float64 tolerance (1e-10; in practice equal) and the float32 one, for a derived ∂g/∂α
     (scaling=True: x·g′/α from the same g′), a given one, and none (no width: 0); with a noise mask and
@@ -562,7 +574,7 @@ def test_cpu_compiled_matches_eager(dtype, monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
-def test_cpu_compile_failure_falls_back_with_one_warning(fresh_user_sigmoid, monkeypatch):
+def test_cpu_compile_failure_falls_back_with_one_warning(fresh_user_sigmoid, monkeypatch, compile_on):
     """A compilation that fails (here: made to, as with no C++ compiler) warns once per surrogate,
     kind and dtype, naming the surrogate and the way to turn it off, and the eager path gives the
     gradients; later backwards do not try again."""
@@ -588,7 +600,7 @@ def test_cpu_compile_failure_falls_back_with_one_warning(fresh_user_sigmoid, mon
 
 
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
-def test_cpu_untraceable_surrogate_falls_back(fresh_user_sigmoid, monkeypatch):
+def test_cpu_untraceable_surrogate_falls_back(fresh_user_sigmoid, monkeypatch, compile_on):
     """A g′ that torch.compile cannot trace in one graph (a graph break) is refused by Dynamo (it
     compiles nothing: fullgraph), with the warning; the eager path runs it."""
     def dg_breaks(x, a):
@@ -606,9 +618,10 @@ def test_cpu_untraceable_surrogate_falls_back(fresh_user_sigmoid, monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
-def test_cpu_compile_switches(fresh_user_sigmoid, monkeypatch):
-    """Compiled unless register_surrogate(compile=False), SNN_FAST_COMPILE_SURROGATES=0, or a
-    TorchDispatchMode is active (Dynamo does not compile under one); unset or empty means on."""
+def test_cpu_compile_switches(fresh_user_sigmoid, monkeypatch, compile_on):
+    """Compiled unless register_surrogate(compile=False), SNN_FAST_COMPILE_SURROGATES=0, a
+    TorchDispatchMode is active (Dynamo does not compile under one), or H − θ is under 1 MiB; unset
+    or empty means on."""
     from snn_fast.ops.lif import custom_cpu
 
     on, off = fresh_user_sigmoid("tmp_on"), fresh_user_sigmoid("tmp_off", compile=False)
@@ -633,12 +646,19 @@ def test_cpu_compile_switches(fresh_user_sigmoid, monkeypatch):
     with _CountCalls() as c:
         _grads_cpu("tmp_on", torch.float32, False)
     assert not calls and "aten.sigmoid" in c.calls  # the eager path, seen by the mode
+    # by default only a layer whose H − θ takes at least 1 MiB: [16, 16384] float32 is compiled,
+    # [16, 16383] is not
+    monkeypatch.setattr(custom_cpu, "_COMPILE_MIN_BYTES", 1 << 20)
+    for N, want in ((16383, 0), (16384, 1)):
+        calls.clear()
+        _grads_cpu("tmp_on", torch.float32, False, T=16, N=N)
+        assert len(calls) == want, (N, calls)
 
 
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
 @pytest.mark.parametrize("surrogate,learn,masked", [("user_sigmoid", False, False), ("user_sigmoid", True, True),
                                                     ("user_shifted", True, False), ("user_box", True, False)])
-def test_cpu_compiled_backward_is_one_call(surrogate, learn, masked, monkeypatch):
+def test_cpu_compiled_backward_is_one_call(surrogate, learn, masked, monkeypatch, compile_on):
     """On the compiled path the user's functions are one call per backward on all of H − θ, whatever
     T and N (a per-step or per-block loop would make T or N/block calls, on parts of it), also
     beyond the eager path's piece size; g′ with ∂g/∂α in the same call when α is learned."""

@@ -14,9 +14,10 @@ The C++ kernels cannot call a user's Python function per element; they do not ne
          (under a noise mask the forward's emitted values stand in the reset);
       2. the user's torch ``dg`` (and ``dg_dalpha`` with parameter gradients) on D: compiled by
          torch.compile into one fused loop over all of D that writes g′ (and ∂g/∂α) into two [T, N]
-         buffers, one call (``compile=True``, the default; compiled once per surrogate, kind and
-         dtype); or eagerly, a few torch calls per ``_CHUNK_BYTES`` piece of D (``compile=False``,
-         $SNN_FAST_COMPILE_SURROGATES=0, under a TorchDispatchMode, or after a failed compilation);
+         buffers, one call (``compile=True``, the default, for D of at least ``_COMPILE_MIN_BYTES``;
+         compiled once per surrogate, kind and dtype); or eagerly, a few torch calls per
+         ``_CHUNK_BYTES`` piece of D (smaller D, ``compile=False``, $SNN_FAST_COMPILE_SURROGATES=0,
+         under a TorchDispatchMode, or after a failed compilation);
       3. ``snn_fast::lif_bwd`` given ``sg_grad``/``sg_dalpha``: the C++ backward of every built-in
          surrogate (the same per-element step, csrc/include/snn_fast/lif_step.h, in the same
          operation order) reading g′ and ∂g/∂α from those buffers instead of computing a built-in's.
@@ -225,10 +226,18 @@ def _compile_failed(sg: _sg.Surrogate, kind: str, dtype: torch.dtype, err: BaseE
             f"or {ENV_COMPILE}=0 skips the attempt.", _sg.SurrogateCompileWarning, stacklevel=2)
 
 
+# D smaller than this runs eagerly even with compilation on: there the eager path is one piece, a
+# few torch calls, and the compiled call's fixed cost (~20 µs: guards, the wrapper) eats the gain.
+# Measured for the sigmoid's g′, 1 thread: 32K elements 39 µs compiled vs 25 eager, 128K 69 vs 80,
+# 256K (1 MiB) 94 vs 156, 1M 0.3 vs 0.85 ms, 4M 1.5 vs 3–12 ms. A layer below it would need ~10⁵
+# backwards to repay a compilation of seconds.
+_COMPILE_MIN_BYTES = _CHUNK_BYTES
+
+
 def _use_compiled(sg: _sg.Surrogate, d: torch.Tensor) -> bool:
-    # Eager under a TorchDispatchMode (Dynamo refuses to compile with one active) and for fewer than two
-    # elements (Dynamo specialises sizes 0 and 1: a compilation of their own for nothing).
-    return (d.numel() >= 2 and compile_enabled(sg)
+    # Also eager under a TorchDispatchMode (Dynamo refuses to compile with one active) and for fewer
+    # than two elements (Dynamo specialises sizes 0 and 1: a compilation of their own for nothing).
+    return (d.numel() >= 2 and d.numel() * d.element_size() >= _COMPILE_MIN_BYTES and compile_enabled(sg)
             and torch.utils._python_dispatch._get_current_dispatch_mode() is None)
 
 
