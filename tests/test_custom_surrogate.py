@@ -598,6 +598,17 @@ def test_cpu_compile_failure_falls_back_with_one_warning(fresh_user_sigmoid, mon
     for k in want:
         assert torch.equal(got[k], want[k]) and torch.equal(again[k], want[k]), k
 
+    def refuses(fn):  # torch.compile itself raising (as on a Python version Dynamo does not support)
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    monkeypatch.setattr(custom_cpu, "_torch_compile", refuses)
+    with pytest.warns(sgm.SurrogateCompileWarning, match=r"'tmp_nocc' \(g′, torch.float32\).*not supported"):
+        got = _grads_cpu("tmp_nocc", torch.float32, False)
+    monkeypatch.setenv(COMPILE_ENV, "0")
+    want = _grads_cpu("tmp_nocc", torch.float32, False)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
 
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
 def test_cpu_untraceable_surrogate_falls_back(fresh_user_sigmoid, monkeypatch, compile_on):

@@ -201,7 +201,7 @@ def _kernel(sg: _sg.Surrogate, kind: str) -> Callable:
     return types.FunctionType(code, k.__globals__, code.co_name, k.__defaults__, k.__closure__)
 
 
-def _compiled(sg: _sg.Surrogate, kind: str, dtype: torch.dtype) -> Optional[Callable]:
+def _compiled(sg: _sg.Surrogate, kind: str, dtype: torch.dtype) -> Callable:
     key = (sg.id, kind, dtype)
     fn = _COMPILED.get(key, _COMPILED)
     if fn is _COMPILED:
@@ -214,7 +214,7 @@ def _compiled(sg: _sg.Surrogate, kind: str, dtype: torch.dtype) -> Optional[Call
 
 def _compile_failed(sg: _sg.Surrogate, kind: str, dtype: torch.dtype, err: BaseException) -> None:
     with _COMPILED_LOCK:
-        warn = _COMPILED.get((sg.id, kind, dtype)) is not None
+        warn = _COMPILED.get((sg.id, kind, dtype), _COMPILED) is not None  # once: the first failure
         _COMPILED[(sg.id, kind, dtype)] = None
     if warn:
         msg = str(err).strip().splitlines()
@@ -246,12 +246,12 @@ def _evaluate_sg(sg: _sg.Surrogate, d: torch.Tensor, alpha: torch.Tensor, need_d
     kind = _kind(sg, need_dalpha)
     if _use_compiled(sg, d):
         compiled = KIND_GP if kind == KIND_ZERO else kind  # ∂g/∂α = 0: a fill after g′
-        fn = _compiled(sg, compiled, d.dtype)
-        if fn is not None:
+        if _COMPILED.get((sg.id, compiled, d.dtype), _COMPILED) is not None:  # None: it failed before
             gp = torch.ops.snn_fast.cpu_cache_empty_like.default(d)
             ga = torch.ops.snn_fast.cpu_cache_empty_like.default(d) if kind != KIND_GP else None
             bufs = (gp.view(-1),) + ((ga.view(-1),) if compiled != KIND_GP else ())
-            try:
+            try:  # torch.compile itself may refuse (an unsupported Python), or the first call fail
+                fn = _compiled(sg, compiled, d.dtype)
                 with torch.no_grad():
                     fn(d.view(-1), alpha.detach(), *bufs)
             except Exception as e:  # noqa: BLE001 - any failure to compile falls back to the eager path
