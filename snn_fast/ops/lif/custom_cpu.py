@@ -158,8 +158,8 @@ def _evaluate_eager(sg: _sg.Surrogate, kind: str, d: torch.Tensor, alpha: torch.
 # g′ (and ∂g/∂α) straight into the buffers the C++ walk reads: one read of D, one write per output, no
 # [T, N] temporaries (so no pieces: the eager path's reason for them is gone), vectorised, and run on
 # torch's threads. At W4 ([16, 262144] float32, 1 thread) the sigmoid's g′ takes ~1.2 ms against
-# 3–4 ms eagerly in pieces. Compiled once per (surrogate, kind, dtype) and kept for the process; shapes are
-# dynamic (D is passed flattened: one symbolic size). Each entry is the compiled function, or None
+# 3–4 ms eagerly in pieces. Compiled once per (surrogate, kind, dtype) and kept for the process;
+# shapes are dynamic (D is passed flattened: one symbolic size). Each entry is the compiled function, or None
 # after a failure (then the eager path, with one SurrogateCompileWarning).
 ENV_COMPILE = "SNN_FAST_COMPILE_SURROGATES"
 _COMPILED: Dict[Tuple[int, str, torch.dtype], Optional[Callable]] = {}
@@ -254,7 +254,7 @@ def _evaluate_sg(sg: _sg.Surrogate, d: torch.Tensor, alpha: torch.Tensor, need_d
                 fn = _compiled(sg, compiled, d.dtype)
                 with torch.no_grad():
                     fn(d.view(-1), alpha.detach(), *bufs)
-            except Exception as e:  # noqa: BLE001 - any failure to compile falls back to the eager path
+            except Exception as e:  # any failure to compile falls back to the eager path
                 _compile_failed(sg, compiled, d.dtype, e)
             else:
                 if kind == KIND_ZERO:
