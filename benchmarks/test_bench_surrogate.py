@@ -7,10 +7,12 @@ The user's surrogate is the built-in sigmoid (α = 4) re-registered with ``regis
 g/g′ (and ``@triton.jit`` versions for the Triton backend), ``scaling=True``. So "user" and "built-in"
 do the same arithmetic and every difference is the cost of running a user's surrogate:
   - CPU: 'cpu' runs the C++ forward, which keeps H − θ (the default save="state"), and a backward of
-    the user's torch g′ on H − θ (1 MiB pieces) and the C++ walk (``custom_cpu.py``); the peers are the
-    reference loop with the same user surrogate and SpikingJelly 2.0's LIFNode with its own custom
-    surrogate (a ``SurrogateFunctionBase`` subclass with its own autograd Function, which is how a
-    SpikingJelly user adds a shape; it runs SpikingJelly's torch loop). Measured at 1 and 2 threads
+    the user's torch g′ on H − θ, compiled by torch.compile into one loop (``-user``; compiled in the
+    warm-up, not timed) or eager in 1 MiB pieces (``-user-eager``: registered with compile=False),
+    and the C++ walk (``custom_cpu.py``); the peers are the reference loop with the same user
+    surrogate and SpikingJelly 2.0's LIFNode with its own custom surrogate (a
+    ``SurrogateFunctionBase`` subclass with its own autograd Function, which is how a SpikingJelly
+    user adds a shape; it runs SpikingJelly's torch loop). Measured at 1 and 2 threads
     (``torch.set_num_threads``; CPU_THREADS).
     The ``-learn`` rows: α learnable, the user's surrogate registered with an explicit ``dg_dalpha``
     (``sigmoid_user_da``), SpikingJelly's custom surrogate with α an ``nn.Parameter`` and its own ∂/∂α.
@@ -36,6 +38,7 @@ from snn_fast.ops.lif.function import BACKENDS as LIF_BACKENDS  # noqa: E402
 
 USER = "sigmoid_user"
 USER_DA = "sigmoid_user_da"  # the same with an explicit ∂g/∂α (not derived by scaling=True)
+EAGER = "_eager"  # suffix: the same surrogates registered with compile=False (CPU rows "-user-eager")
 CPU_THREADS = (1, 2)
 
 
@@ -55,9 +58,11 @@ def _sig_da(x, a):
 
 def register():
     """The built-in sigmoid as a user would register it (with Triton versions when triton imports),
-    and once more with its own ∂g/∂α (torch only)."""
+    and once more with its own ∂g/∂α (torch only); each also with compile=False (``EAGER``)."""
     if USER_DA not in sgm.names():
         sgm.register_surrogate(USER_DA, g=_sig_g, dg=_sig_dg, dg_dalpha=_sig_da, alpha=4.0)
+        sgm.register_surrogate(USER_DA + EAGER, g=_sig_g, dg=_sig_dg, dg_dalpha=_sig_da, alpha=4.0, compile=False)
+        sgm.register_surrogate(USER + EAGER, g=_sig_g, dg=_sig_dg, alpha=4.0, scaling=True, compile=False)
     if USER in sgm.names():
         return sgm.get(USER)
     fns = None
@@ -153,14 +158,15 @@ def providers(device):
     fused = ["cpu"] if device == "cpu" else ["cuda", "triton"]
     alpha = torch.tensor(4.0, device=device, requires_grad=True)  # learnable α (its gradient is computed)
     for b in fused:
-        for sg, learn in (("sigmoid", False), (USER, False)) + ((("sigmoid", True), (USER_DA, True))
-                                                               if device == "cpu" else ()):
+        cpu_only = (("sigmoid", True), (USER_DA, True), (USER + EAGER, False), (USER_DA + EAGER, True))
+        for sg, learn in (("sigmoid", False), (USER, False)) + (cpu_only if device == "cpu" else ()):
             try:
                 LIF_BACKENDS.select(b, torch.zeros(1, device=device), True, sgm.get(sg))
             except (RuntimeError, ValueError) as e:
                 print(f"snn_fast-{b} with {sg}: {e}")
                 continue
-            name = f"snn_fast-{b}" + ("-user" if sg != "sigmoid" else "") + ("-learn" if learn else "")
+            name = (f"snn_fast-{b}" + ("-user" if sg != "sigmoid" else "") + ("-eager" if sg.endswith(EAGER) else "")
+                    + ("-learn" if learn else ""))
             out[name] = lambda x, b=b, sg=sg, a=(alpha if learn else 4.0): snn_fast.lif_multistep(
                 x, backend=b, surrogate=sg, alpha=a)[0]
     sj, sj_user, sj_learn = _spikingjelly_nodes()
@@ -243,7 +249,8 @@ def _bench_case(device, shape, dtype, rounds):
 
 
 # (slower, faster): each ratio is slower's time over faster's
-RATIOS = [("snn_fast-cpu-user", "snn_fast-cpu"), ("reference-user", "snn_fast-cpu-user"),
+RATIOS = [("snn_fast-cpu-user", "snn_fast-cpu"), ("snn_fast-cpu-user-eager", "snn_fast-cpu-user"),
+          ("snn_fast-cpu-user-eager-learn", "snn_fast-cpu-user-learn"), ("reference-user", "snn_fast-cpu-user"),
           ("spikingjelly-user", "snn_fast-cpu-user"),
           ("snn_fast-cpu-user-learn", "snn_fast-cpu-learn"), ("reference-user-learn", "snn_fast-cpu-user-learn"),
           ("spikingjelly-user-learn", "snn_fast-cpu-user-learn"),

@@ -7,9 +7,10 @@ while those near it get a sharp one. It is a function of α·x (``scaling=True``
 follows and α can be learned without writing it out. ``register_surrogate`` checks g′ and ∂g/∂α
 against finite differences of g before accepting it.
 
-It runs on backend 'cpu' (the C++ forward, and a backward that calls the torch ``dg`` on cache-sized
-blocks) and, through the ``@triton.jit`` versions, in the Triton kernels as a variant of its own (on a
-GPU, or on the CPU under TRITON_INTERPRET=1); ``backend='auto'`` picks the fastest that runs it.
+It runs on backend 'cpu' (the C++ forward, and a backward that evaluates the torch ``dg`` on H − θ:
+compiled by torch.compile for a layer of 1 MiB or more, eagerly for this example's smaller ones)
+and, through the ``@triton.jit`` versions, in the Triton kernels as a variant of its own (on a GPU,
+or on the CPU under TRITON_INTERPRET=1); ``backend='auto'`` picks the fastest that runs it.
 
 Here: an MLP (Linear → LIF → Linear → LIF → Linear, T = 4, direct encoding), once with the built-in
 sigmoid (α = 4 fixed) and once with the mixture (α learnable from 4), same seeds. Prints the test

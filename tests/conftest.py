@@ -23,6 +23,16 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# A user's surrogate on the CPU backend: its g′ (and ∂g/∂α) evaluated eagerly in the suite, not
+# compiled by torch.compile. Every (surrogate, kind, dtype) compiles once per process, seconds each on
+# two cores: the option grids of the user surrogates (test_custom_surrogate.py, test_surrogate.py, …)
+# would compile ~16 of them in each xdist worker. Both paths compute the same functions;
+# test_custom_surrogate.py turns compilation on where it checks the compiled path (against the eager
+# one, within the float64 tolerance) and the switches. SNN_FAST_TEST_COMPILED_SURROGATES=1 runs the
+# suite compiled, the small layers of the tests included (``_compiled_surrogates`` below).
+COMPILED_SURROGATES = os.environ.get("SNN_FAST_TEST_COMPILED_SURROGATES") == "1"
+os.environ["SNN_FAST_COMPILE_SURROGATES"] = "1" if COMPILED_SURROGATES else "0"
+
 
 def _inductor_cache_per_op_schemas():
     """Inductor's FX-graph cache key leaves out a custom op's schema (pytorch/pytorch#187319): a graph
@@ -104,6 +114,17 @@ def nan_filled_allocations():
 def nan_alloc():
     with nan_filled_allocations():
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _compiled_surrogates():
+    """With SNN_FAST_TEST_COMPILED_SURROGATES=1: a user's surrogate compiled on the CPU whatever the
+    size of the layer (custom_cpu._COMPILE_MIN_BYTES, 1 MiB, would leave the tests' layers eager)."""
+    if COMPILED_SURROGATES:
+        from snn_fast.ops.lif import custom_cpu
+
+        custom_cpu._COMPILE_MIN_BYTES = 0
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,9 @@
 - the built-in sigmoid re-registered by a user gives Triton results equal to the built-in's bit for
   bit (the same code, inlined: no switch cost), and the CPU path's equal to the C++ kernel's within
   the float32 tolerance;
-- torch.compile through the custom CPU ops (opaque custom ops, one graph).
+- torch.compile through the custom CPU ops (opaque custom ops, one graph);
+- the CPU backward's user functions compiled by torch.compile: the eager path's gradients, one call
+  per backward, the fallback (with its warning) when compilation fails, and the switches.
 The surrogate contract itself (g′ against finite differences, through every kernel) runs on these
 surrogates in test_surrogate.py; pickling in test_pickle.py.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import math
 import types
+import warnings
 
 import pytest
 import torch
@@ -253,9 +256,14 @@ def test_cpu_user_sigmoid_matches_the_cpp_kernel():
 
 
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
-def test_torch_compile_cpu_custom_ops():
+def test_torch_compile_cpu_custom_ops(monkeypatch):
     """The custom CPU ops are opaque custom ops with fakes and the shared autograd: one graph, same
-    result as eager."""
+    result as eager; the user's functions compiled inside the backward op at run time (an outer
+    torch.compile does not trace into the op, so the inner one runs as in eager mode)."""
+    from snn_fast.ops.lif import custom_cpu
+
+    monkeypatch.setenv("SNN_FAST_COMPILE_SURROGATES", "1")
+    monkeypatch.setattr(custom_cpu, "_COMPILE_MIN_BYTES", 0)
     x = torch.randn(6, 40, dtype=torch.float64, requires_grad=True)
     tau = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
 
@@ -338,7 +346,8 @@ def _backward_calls(T, N, surrogate, learn, masked, v_seq):
 def test_cpu_backward_calls_do_not_grow_with_T_or_N(surrogate, learn, masked, v_seq, monkeypatch):
     """The backward of a user surrogate on the CPU is a fixed number of torch calls: the same at
     T = 4 and 33, N = 40 and 5000 (a per-block loop would add calls with N, a per-step one with T),
-    and few: the user's g′ (and ∂g/∂α) on all of H − θ at once, the C++ walk.
+    and few: the user's g′ (and ∂g/∂α) on all of H − θ at once, the C++ walk. Counted by a
+    TorchDispatchMode, so this is the eager path (the compiled one: test_cpu_compiled_backward_is_one_call).
     Beyond ``_CHUNK_BYTES`` of H − θ the user's functions run once per piece of that many bytes: the
     count then follows the number of pieces only (the same for [4, 1024] and [16, 256]), a few calls
     per piece."""
@@ -431,6 +440,10 @@ def test_cpu_saved_state_is_what_memory_counts(dtype):
     b = memory.custom_cpu_bytes(16, 262144, torch.float32)
     assert b["total"] == 36 * 16 * 262144 + 6 * 262144 * 4 and b["saved"] == 16 * 262144 * 4
     assert memory.custom_cpu_bytes(16, 262144, torch.float32, "recompute")["total"] == b["total"] + 4 * 16 * 262144
+    # a learnable α: ∂g/∂α written and read; eagerly D (and g′) read again for it
+    learn = {c: memory.custom_cpu_bytes(16, 262144, torch.float32, param_grad=True, compiled=c)["total"]
+             for c in (True, False)}
+    assert learn[True] == b["total"] + 2 * 4 * 16 * 262144 and learn[False] == b["total"] + 4 * 4 * 16 * 262144
 
 
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
@@ -469,3 +482,206 @@ def test_cpu_given_sg_opcheck(masked):
             torch.library.opcheck(ops.lif_bwd_custom_cpu.default,
                                   (gs, gvl, gvs, x, v0, params, mask, saved.detach(), s.detach(), None, None, sid, True,
                                    0.0, True, False, 0.2, save, True), test_utils=("test_schema", "test_faketensor"))
+
+
+# --- the CPU backward compiled (torch.compile of the user's functions) -------------------------------
+# The suite runs these functions eagerly (conftest.py sets SNN_FAST_COMPILE_SURROGATES=0: each
+# compilation costs seconds). The tests below turn compilation on; those that only check the switches,
+# the fallback and the number of calls replace torch.compile by a stand-in (``_fake_compile``), so that
+# only test_cpu_compiled_matches_eager compiles for real: five (surrogate, kind, dtype) entries.
+COMPILE_ENV = "SNN_FAST_COMPILE_SURROGATES"
+
+
+@pytest.fixture
+def compile_on(monkeypatch):
+    """Compilation on, for layers of any size (the tests' are below custom_cpu._COMPILE_MIN_BYTES)."""
+    from snn_fast.ops.lif import custom_cpu
+
+    monkeypatch.setenv(COMPILE_ENV, "1")
+    monkeypatch.setattr(custom_cpu, "_COMPILE_MIN_BYTES", 0)
+
+
+def _fake_compile(calls, fail=None):
+    """A stand-in for custom_cpu._torch_compile: the function to compile runs as it is; every call is
+    recorded in ``calls`` as (kernel name, numel of D); ``fail``: raised instead."""
+    def compile_(fn):
+        def run(d, *rest):
+            calls.append((fn.__name__, d.numel()))
+            if fail is not None:
+                raise fail
+            return fn(d, *rest)
+        return run
+    return compile_
+
+
+@pytest.fixture
+def fresh_user_sigmoid():
+    """The sigmoid registered under a name of its own for one test (no entry of the compile cache is
+    shared with another test), unregistered after; the compile cache entries of its id are dropped."""
+    from snn_fast.ops.lif import custom_cpu
+
+    made = []
+
+    def register(name, dg=_sig_dg, **kw):
+        s = sgm.register_surrogate(name, g=_sig, dg=dg, alpha=4.0, scaling=True, **kw)
+        made.append(s)
+        return s
+
+    yield register
+    for s in made:
+        sgm.unregister_surrogate(s.name)
+        for key in [k for k in custom_cpu._COMPILED if k[0] == s.id]:
+            del custom_cpu._COMPILED[key]
+
+
+def _grads_cpu(surrogate, dtype, learn, T=12, N=700, masked=False, save=None, o=None):
+    x, v0, grads = make(T, N, seed=7)
+    mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(5)) if masked else None
+    return run("cpu", "cpu", x, v0, o or opt(0.0, reset_residual=0.2), surrogate=surrogate, learn=learn,
+               noise_mask=mask, grads=grads, dtype=dtype, save=save)
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_compiled_matches_eager(dtype, monkeypatch, compile_on):
+    """g′ and ∂g/∂α compiled by torch.compile (one fused loop) give the eager path's gradients: within
+    the float64 tolerance (1e-10; in practice equal) and the float32 one, for a derived ∂g/∂α
+    (scaling=True: x·g′/α from the same g′), a given one, and none (no width: 0); with a noise mask and
+    both save modes. Compiles for real (user_sigmoid both kinds, user_shifted and user_box in float64;
+    user_sigmoid with ∂g/∂α in float32) and checks that the compiled functions ran, without a warning."""
+    from conftest import assert_close
+    from snn_fast.ops.lif import custom_cpu
+
+    cases_ = ([("user_sigmoid", False, False, None), ("user_sigmoid", True, True, "recompute"),
+               ("user_shifted", True, False, None), ("user_box", True, True, None)]
+              if dtype == torch.float64 else [("user_sigmoid", True, False, None)])
+    for surrogate, learn, masked, save in cases_:
+        monkeypatch.setenv(COMPILE_ENV, "0")
+        eager = _grads_cpu(surrogate, dtype, learn, masked=masked, save=save)
+        monkeypatch.setenv(COMPILE_ENV, "1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", sgm.SurrogateCompileWarning)
+            compiled = _grads_cpu(surrogate, dtype, learn, masked=masked, save=save)
+        sid = sgm.get(surrogate).id
+        kind = custom_cpu._kind(sgm.get(surrogate), learn)
+        kind = custom_cpu.KIND_GP if kind == custom_cpu.KIND_ZERO else kind
+        assert custom_cpu._COMPILED.get((sid, kind, dtype)) is not None, (surrogate, kind, dtype)
+        for k in eager:
+            if k in ("s", "v_T", "v_seq"):
+                assert torch.equal(compiled[k], eager[k]), k  # the forward does not involve g′
+            else:
+                assert_close(compiled[k], eager[k], name=f"{surrogate} learn={learn}: {k}")
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+def test_cpu_compile_failure_falls_back_with_one_warning(fresh_user_sigmoid, monkeypatch, compile_on):
+    """A compilation that fails (here: made to, as with no C++ compiler) warns once per surrogate,
+    kind and dtype, naming the surrogate and the way to turn it off, and the eager path gives the
+    gradients; later backwards do not try again."""
+    from snn_fast.ops.lif import custom_cpu
+
+    fresh_user_sigmoid("tmp_nocc")
+    monkeypatch.setenv(COMPILE_ENV, "0")
+    want = _grads_cpu("tmp_nocc", torch.float64, True)
+    monkeypatch.setenv(COMPILE_ENV, "1")
+    calls = []
+    monkeypatch.setattr(custom_cpu, "_torch_compile",
+                        _fake_compile(calls, fail=RuntimeError("InductorError: no C++ compiler found")))
+    with pytest.warns(sgm.SurrogateCompileWarning,
+                      match=r"could not compile the surrogate 'tmp_nocc' \(g′ and ∂g/∂α, torch.float64\).*"
+                            r"no C\+\+ compiler found.*run eagerly.*compile=False.*SNN_FAST_COMPILE_SURROGATES=0"):
+        got = _grads_cpu("tmp_nocc", torch.float64, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sgm.SurrogateCompileWarning)
+        again = _grads_cpu("tmp_nocc", torch.float64, True)
+    assert len(calls) == 1, calls
+    for k in want:
+        assert torch.equal(got[k], want[k]) and torch.equal(again[k], want[k]), k
+
+    def refuses(fn):  # torch.compile itself raising (as on a Python version Dynamo does not support)
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    monkeypatch.setattr(custom_cpu, "_torch_compile", refuses)
+    with pytest.warns(sgm.SurrogateCompileWarning, match=r"'tmp_nocc' \(g′, torch.float32\).*not supported"):
+        got = _grads_cpu("tmp_nocc", torch.float32, False)
+    monkeypatch.setenv(COMPILE_ENV, "0")
+    want = _grads_cpu("tmp_nocc", torch.float32, False)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+def test_cpu_untraceable_surrogate_falls_back(fresh_user_sigmoid, monkeypatch, compile_on):
+    """A g′ that torch.compile cannot trace in one graph (a graph break) is refused by Dynamo (it
+    compiles nothing: fullgraph), with the warning; the eager path runs it."""
+    def dg_breaks(x, a):
+        torch._dynamo.graph_break()
+        return _sig_dg(x, a)
+
+    fresh_user_sigmoid("tmp_breaks", dg=dg_breaks)
+    monkeypatch.setenv(COMPILE_ENV, "0")
+    want = _grads_cpu("tmp_breaks", torch.float64, False)
+    monkeypatch.setenv(COMPILE_ENV, "1")
+    with pytest.warns(sgm.SurrogateCompileWarning, match="could not compile the surrogate 'tmp_breaks' \\(g′,"):
+        got = _grads_cpu("tmp_breaks", torch.float64, False)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+def test_cpu_compile_switches(fresh_user_sigmoid, monkeypatch, compile_on):
+    """Compiled unless register_surrogate(compile=False), SNN_FAST_COMPILE_SURROGATES=0, a
+    TorchDispatchMode is active (Dynamo does not compile under one), or H − θ is under 1 MiB; unset
+    or empty means on."""
+    from snn_fast.ops.lif import custom_cpu
+
+    on, off = fresh_user_sigmoid("tmp_on"), fresh_user_sigmoid("tmp_off", compile=False)
+    assert on.compile and not off.compile
+    calls = []
+    monkeypatch.setattr(custom_cpu, "_torch_compile", _fake_compile(calls))
+
+    def tried(name, env):
+        if env is None:
+            monkeypatch.delenv(COMPILE_ENV, raising=False)
+        else:
+            monkeypatch.setenv(COMPILE_ENV, env)
+        calls.clear()
+        _grads_cpu(name, torch.float32, False)
+        return len(calls)
+
+    assert tried("tmp_on", None) == 1 and tried("tmp_on", "") == 1 and tried("tmp_on", "1") == 1
+    assert tried("tmp_on", "0") == 0
+    assert tried("tmp_off", None) == 0 and tried("tmp_off", "1") == 0
+    monkeypatch.setenv(COMPILE_ENV, "1")
+    calls.clear()
+    with _CountCalls() as c:
+        _grads_cpu("tmp_on", torch.float32, False)
+    assert not calls and "aten.sigmoid" in c.calls  # the eager path, seen by the mode
+    # by default only a layer whose H − θ takes at least 1 MiB: [16, 16384] float32 is compiled,
+    # [16, 16383] is not
+    monkeypatch.setattr(custom_cpu, "_COMPILE_MIN_BYTES", 1 << 20)
+    for N, want in ((16383, 0), (16384, 1)):
+        calls.clear()
+        _grads_cpu("tmp_on", torch.float32, False, T=16, N=N)
+        assert len(calls) == want, (N, calls)
+
+
+@pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
+@pytest.mark.parametrize("surrogate,learn,masked", [("user_sigmoid", False, False), ("user_sigmoid", True, True),
+                                                    ("user_shifted", True, False), ("user_box", True, False)])
+def test_cpu_compiled_backward_is_one_call(surrogate, learn, masked, monkeypatch, compile_on):
+    """On the compiled path the user's functions are one call per backward on all of H − θ, whatever
+    T and N (a per-step or per-block loop would make T or N/block calls, on parts of it), also
+    beyond the eager path's piece size; g′ with ∂g/∂α in the same call when α is learned."""
+    from snn_fast.ops.lif import custom_cpu
+
+    calls = []
+    monkeypatch.setattr(custom_cpu, "_torch_compile", _fake_compile(calls))
+    monkeypatch.setattr(custom_cpu, "_COMPILED", {})
+    monkeypatch.setenv(COMPILE_ENV, "1")
+    kind = custom_cpu._kind(sgm.get(surrogate), learn)
+    kind = custom_cpu.KIND_GP if kind == custom_cpu.KIND_ZERO else kind
+    for T, N in ((4, 40), (33, 40), (4, 5000), (33, 5000), (16, 3 * custom_cpu._CHUNK_BYTES // 4 // 16)):
+        calls.clear()
+        _grads_cpu(surrogate, torch.float32, learn, T=T, N=N, masked=masked)
+        assert calls == [(f"snn_fast_surrogate_{surrogate}_{kind}", T * N)], (T, N, calls)

@@ -26,11 +26,14 @@ D = H − θ, [T, N] in the compute size a, and hands g′ to the C++ walk as a 
                       saved    D                                                   T·N·a
     save="recompute"  forward  read x, write s                                     2·T·N·b
                       backward lif_sg_arg: read x, write D                         T·N·(b + a)
-    both              backward the user's dg: read D, write g′ (+ its temporaries, 2·T·N·a
-                               in cache: it runs on 1 MiB pieces)
+    both              backward the user's dg: read D, write g′                     2·T·N·a
+                               (compiled: one fused loop; eager: + its temporaries, in
+                               cache: it runs on 1 MiB pieces)
                                lif_bwd_given_sg: read x, grad_s, g′, write grad_x  T·N·(3b + a)
-                               with parameter gradients: ∂g/∂α written and read    +4·T·N·a
-                               (+ D and g′ read again for a scaling surrogate's x·g′/α)
+                               with parameter gradients, compiled: ∂g/∂α written   +2·T·N·a
+                               in the same pass over D, read by the walk
+                               eager: D read again (and g′, for a scaling          +4·T·N·a
+                               surrogate's x·g′/α), ∂g/∂α written and read
     under a noise mask: the forward is the reference loop and saves nothing; both backward kernels
     read s (+2·T·N·b)
 
@@ -103,9 +106,10 @@ def passes(T: int, N: int, dtype: torch.dtype, save: str, **kw) -> float:
 
 
 def custom_cpu_bytes(T: int, N: int, dtype: torch.dtype, save: str = "state", *, param_grad: bool = False,
-                     mask: bool = False, v_seq: bool = False) -> Dict[str, int]:
+                     mask: bool = False, v_seq: bool = False, compiled: bool = True) -> Dict[str, int]:
     """{"fwd", "bwd", "total", "saved"} of a user-registered surrogate on the CPU (the table above),
-    grad_v_last given; the user's temporaries not counted (they stay in cache)."""
+    grad_v_last given; ``compiled``: the user's functions compiled (one pass over D), else eager (their
+    temporaries not counted: they stay in cache)."""
     b, a = _sizes(dtype)
     TN = T * N
     fwd = 2 * TN * b + 2 * N * b + (TN * b if v_seq else 0) + (TN if mask else 0)  # x, s; v0, v_last
@@ -118,8 +122,8 @@ def custom_cpu_bytes(T: int, N: int, dtype: torch.dtype, save: str = "state", *,
     bwd += TN * (3 * b + a)  # the walk: x, grad_s, g′, grad_x
     bwd += 3 * N * b  # v0 (twice), grad_v_last; grad_v0 below
     bwd += N * b
-    if param_grad:
-        bwd += 4 * TN * a  # ∂g/∂α: D and g′ read, written, read by the walk
+    if param_grad:  # ∂g/∂α written, read by the walk; eagerly also D (and g′) read again
+        bwd += (2 if compiled else 4) * TN * a
     if v_seq:
         bwd += TN * b  # grad_v_seq
     if mask:
