@@ -4,7 +4,7 @@ Every fused backend implements the same pair of ops (schemas in ``csrc/ops.cpp``
 its own pair with the same signature in ``triton.py``):
 
     fwd(x [T,N], v0 [N], params [3]=(k, θ, α), noise_mask?, surrogate, hard_reset, v_reset,
-        decay_input, detach_reset, reset_residual, return_v_seq) -> (s, v_last, v_seq, saved)
+        decay_input, detach_reset, reset_residual, mode, return_v_seq) -> (s, v_last, v_seq, saved)
     bwd(grad_s, grad_v_last?, grad_v_seq?, x, v0, params, noise_mask?, saved, s, <same flags>,
         need_param_grad) -> (grad_x, grad_v0, grad_params [3])
 
@@ -32,11 +32,11 @@ from ...autotable import AutoTable
 from . import config
 from .reference import lif_reference_k
 
-_FLAGS = 6  # surrogate … reset_residual: the op arguments between noise_mask and the last one
+_FLAGS = 7  # surrogate … mode: the op arguments between noise_mask and the last one
 
 
 def _fake_fwd_cpp(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                  reset_residual, return_v_seq):
+                  reset_residual, mode, return_v_seq):
     """snn_fast::lif_fwd serves 'cpu' and 'cuda', which save different things: ask the entry of x's
     device (a meta tensor, which no kernel runs on, gets the CPU's answer)."""
     entry = BACKENDS.backends["cuda" if x.device.type == "cuda" else "cpu"]
@@ -126,7 +126,7 @@ def _saves_checkpoints(x):  # save="recompute": V every K steps, [ceil(T/K) − 
 
 
 def _fake_fwd_cuda_recompute(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                             reset_residual, return_v_seq):
+                             reset_residual, mode, return_v_seq):
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (config.checkpoints_like(x, params),)
 
 
@@ -248,6 +248,12 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
     sync) on every step.
     """
     name = BACKENDS.select(backend, x, sg.id >= 0, sg)
+    if name != "reference" and flags.mode and (flags.reset_timing not in config.KERNEL_RESET_TIMINGS or sg.custom):
+        if backend != "auto":
+            why = (f"reset_timing={flags.reset_timing!r}" if flags.reset_timing not in config.KERNEL_RESET_TIMINGS
+                   else f"the user surrogate {sg.name!r} with fire_at_threshold=False or reset_timing")
+            raise ValueError(f"backend={backend!r} cannot run {why}; backend='reference' (or 'auto') runs it")
+        name = "reference"
     if name == "reference":
         return lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
     if sg.custom:  # a user's surrogate: the entry whose ops run it; α learnable only with its ∂g/∂α
@@ -269,7 +275,7 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
                                lambda: torch.tensor([kf, tf, af], dtype=pdtype, device=x.device))
     mask2 = None if noise_mask is None else noise_mask.reshape(T, -1)
     flag_args = (flags.surrogate_id, flags.hard_reset, flags.v_reset, flags.decay_input, flags.detach_reset,
-                 flags.reset_residual)
+                 flags.reset_residual, flags.mode)
     if config._is_compiling():  # the dispatcher, traced with the registered fake and autograd
         op = BACKENDS.compiled_fwd(name, backends.needs_grad(x2, v0_t, params))
         s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq)
@@ -302,6 +308,8 @@ def lif_multistep(
     return_v_seq: bool = False,
     backend: str = "auto",
     save: str = config.DEFAULT_SAVE,
+    fire_at_threshold: bool = True,
+    reset_timing: str = "after_fire",
 ):
     """Multi-step LIF neuron over ``x`` of shape ``[T, *]`` (SPEC §2–§4), fused over T.
 
@@ -325,6 +333,12 @@ def lif_multistep(
             steps (nothing for T <= 8), 39-47 % less peak memory (H200, W1); the backward re-runs
             the forward from x, with the same spikes, 1.05-1.6x slower there. The results are the same;
             the CPU kernel and the reference ignore it (the CPU kernel saves nothing either way).
+        fire_at_threshold: fire on H ≥ θ (True, Θ(0) = 1) or only on H > θ (False: snnTorch, Norse).
+        reset_timing: "after_fire" (default), "delayed" (snnTorch reset_delay=True: the membrane
+            returned is the pre-reset one and the reset R = Θ(V − θ) is applied at the next step,
+            after the decay; needs detach_reset=True), "none" (no reset; v_reset=None) or
+            "after_fire_pending" (snnTorch reset_delay=False; runs on the reference backend only).
+            ``snn_fast/ops/lif/config.py`` RESET_TIMINGS has the formulas.
     τ, decay, θ and α may be tensors that require grad; gradients are summed over steps and neurons.
 
     Returns:
@@ -332,7 +346,8 @@ def lif_multistep(
     """
     config.check_x(x)
     k, theta, alpha, flags, sg = config.resolve(
-        tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, reset_residual
+        tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, reset_residual,
+        fire_at_threshold, reset_timing
     )
     noise_mask = config.check_noise_mask(x, noise_mask)
     config.check_save(save)
