@@ -232,7 +232,7 @@ def fake_fwd_outputs(x: torch.Tensor, v0: torch.Tensor, return_v_seq: bool):
 
 
 def fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, surrogate, hard_reset,
-             v_reset, decay_input, detach_reset, reset_residual, mode, need_param_grad):
+             v_reset, decay_input, detach_reset, reset_residual, need_param_grad, mode=0):
     """(grad_x, grad_v0, grad_params) of any backend's bwd op."""
     return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(params)
 

@@ -4,9 +4,11 @@ Every fused backend implements the same pair of ops (schemas in ``csrc/ops.cpp``
 its own pair with the same signature in ``triton.py``):
 
     fwd(x [T,N], v0 [N], params [3]=(k, θ, α), noise_mask?, surrogate, hard_reset, v_reset,
-        decay_input, detach_reset, reset_residual, mode, return_v_seq) -> (s, v_last, v_seq, saved)
+        decay_input, detach_reset, reset_residual, return_v_seq, mode=0) -> (s, v_last, v_seq, saved)
     bwd(grad_s, grad_v_last?, grad_v_seq?, x, v0, params, noise_mask?, saved, s, <same flags>,
-        need_param_grad) -> (grad_x, grad_v0, grad_params [3])
+        need_param_grad, mode=0) -> (grad_x, grad_v0, grad_params [3])
+
+``mode`` (``config.LIFFlags.mode``: strict threshold, reset timing) is passed only when nonzero.
 
 ``saved`` is whatever that backend keeps for its backward (``Backend.saves`` in ``BACKENDS``). The
 GPU backends have two pairs, chosen by ``save=``: "state" (entry "<name>") saves H, [T, N] in the
@@ -32,20 +34,21 @@ from ...autotable import AutoTable
 from . import config
 from .reference import lif_reference_k
 
-_FLAGS = 7  # surrogate … mode: the op arguments between noise_mask and the last one
+_FLAGS = 6  # surrogate … reset_residual: the op arguments between noise_mask and the last one
 
 
 def _fake_fwd_cpp(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                  reset_residual, mode, return_v_seq):
+                  reset_residual, return_v_seq, mode=0):
     """snn_fast::lif_fwd serves 'cpu' and 'cuda', which save different things: ask the entry of x's
     device (a meta tensor, which no kernel runs on, gets the CPU's answer)."""
     entry = BACKENDS.backends["cuda" if x.device.type == "cuda" else "cpu"]
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (entry.saves(x),)
 
 
-def _save(ctx, bwd, need_param_grad, x, v0, params, noise_mask, flags, saved, s) -> None:
+def _save(ctx, bwd, need_param_grad, x, v0, params, noise_mask, flags, saved, s, tail=()) -> None:
     ctx.bwd = bwd
     ctx.flags = flags
+    ctx.tail = tail  # (mode,) when the mode is set, else ()
     ctx.need_param_grad = bool(need_param_grad)
     ctx.save_for_backward(x, v0, params, noise_mask, saved, s)
 
@@ -59,7 +62,7 @@ def _backward(ctx, grad_s, grad_v_last, grad_v_seq):
     if grad_v_seq is not None and grad_v_seq.numel() == 0:
         grad_v_seq = None
     gx, gv0, gp = ctx.bwd(grad_s.contiguous(), grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s,
-                          *ctx.flags, ctx.need_param_grad)
+                          *ctx.flags, ctx.need_param_grad, *ctx.tail)
     return gx, gv0, (gp if ctx.need_param_grad else None)
 
 
@@ -70,10 +73,10 @@ class _LIFFunction(torch.autograd.Function):
     normalisation on every call: ~0.3 ms of a forward+backward at any size, measured)."""
 
     @staticmethod
-    def forward(ctx, fwd, bwd, x, v0, params, noise_mask, flags, return_v_seq):
+    def forward(ctx, fwd, bwd, x, v0, params, noise_mask, flags, return_v_seq, tail=()):
         with torch._C._AutoDispatchBelowAutograd():
-            s, v_last, v_seq, saved = fwd(x, v0, params, noise_mask, *flags, return_v_seq)
-        _save(ctx, bwd, ctx.needs_input_grad[4], x, v0, params, noise_mask, flags, saved, s)
+            s, v_last, v_seq, saved = fwd(x, v0, params, noise_mask, *flags, return_v_seq, *tail)
+        _save(ctx, bwd, ctx.needs_input_grad[4], x, v0, params, noise_mask, flags, saved, s, tail)
         ctx.set_materialize_grads(False)
         return s, v_last, v_seq
 
@@ -81,7 +84,7 @@ class _LIFFunction(torch.autograd.Function):
     def backward(ctx, grad_s, grad_v_last, grad_v_seq):
         with torch._C._AutoDispatchBelowAutograd():
             gx, gv0, gp = _backward(ctx, grad_s, grad_v_last, grad_v_seq)
-        return None, None, gx, gv0, gp, None, None, None
+        return None, None, gx, gv0, gp, None, None, None, None
 
 
 def _register_compiled(b: backends.Loaded) -> None:
@@ -95,10 +98,13 @@ def _register_compiled(b: backends.Loaded) -> None:
 
     def setup_context(ctx, inputs, output):
         s, _, _, saved = output
-        _save(ctx, bwd, ctx.needs_input_grad[2], *inputs[:4], tuple(inputs[4:4 + _FLAGS]), saved, s)
+        _save(ctx, bwd, ctx.needs_input_grad[2], *inputs[:4], tuple(inputs[4:4 + _FLAGS]), saved, s,
+              tuple(inputs[5 + _FLAGS:]))
+        ctx.n_inputs = len(inputs)
 
     def backward(ctx, grad_s, grad_v_last, grad_v_seq, _grad_saved):
-        return _backward(ctx, grad_s, grad_v_last, grad_v_seq) + (None,) * (1 + _FLAGS + 1)  # mask, flags, v_seq
+        # x, v0, params get gradients; mask, the flags, return_v_seq (and mode) none
+        return _backward(ctx, grad_s, grad_v_last, grad_v_seq) + (None,) * (ctx.n_inputs - 3)
 
     torch.library.register_autograd(b.entry.fwd, backward, setup_context=setup_context)
 
@@ -126,7 +132,7 @@ def _saves_checkpoints(x):  # save="recompute": V every K steps, [ceil(T/K) − 
 
 
 def _fake_fwd_cuda_recompute(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                             reset_residual, mode, return_v_seq):
+                             reset_residual, return_v_seq, mode=0):
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (config.checkpoints_like(x, params),)
 
 
@@ -182,14 +188,14 @@ def entry_name(name: str, save: str) -> str:
     return name
 
 
-def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v_seq):
+def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v_seq, tail=()):
     """(s, v_last, v_seq, saved) from backend ``b`` in eager mode outside the autograd Function: the
     raw op below the autograd key; the inference forward (no saved state: Triton skips the H write,
     2b instead of 3b per element) when no gradient can flow, else the training one."""
     train = backends.needs_grad(x, v0, params)
     op = b.infer if (b.infer is not None and not train) else b.fwd
     with torch._C._AutoDispatchBelowAutograd():
-        return op(x, v0, params, noise_mask, *flags, return_v_seq)
+        return op(x, v0, params, noise_mask, *flags, return_v_seq, *tail)
 
 
 # Small constant inputs of the fused ops, made once per key instead of on every call: the [3] params
@@ -275,18 +281,20 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
                                lambda: torch.tensor([kf, tf, af], dtype=pdtype, device=x.device))
     mask2 = None if noise_mask is None else noise_mask.reshape(T, -1)
     flag_args = (flags.surrogate_id, flags.hard_reset, flags.v_reset, flags.decay_input, flags.detach_reset,
-                 flags.reset_residual, flags.mode)
+                 flags.reset_residual)
+    # the ops' trailing `mode` argument, only when set (a user surrogate's ops never get it)
+    tail = (flags.mode,) if flags.mode else ()
     if config._is_compiling():  # the dispatcher, traced with the registered fake and autograd
         op = BACKENDS.compiled_fwd(name, backends.needs_grad(x2, v0_t, params))
-        s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq)
+        s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq, *tail)
     else:
         b = BACKENDS.load(name)
         # backends.needs_grad written out: this runs on every call of every step (~0.2 µs less)
         if torch.is_grad_enabled() and (x2.requires_grad or v0_t.requires_grad or params.requires_grad):
             s, v_last, v_seq = _LIFFunction.apply(b.fwd, b.bwd, x2, v0_t, params, mask2, flag_args,
-                                                  return_v_seq)
+                                                  return_v_seq, tail)
         else:
-            s, v_last, v_seq, _ = fused_forward(b, x2, v0_t, params, mask2, flag_args, return_v_seq)
+            s, v_last, v_seq, _ = fused_forward(b, x2, v0_t, params, mask2, flag_args, return_v_seq, tail)
     out = (s.view(x.shape), v_last.view(shape))
     return out + (v_seq.view(x.shape),) if return_v_seq else out
 

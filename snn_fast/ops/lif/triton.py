@@ -248,7 +248,7 @@ def _mul_rn(a, b, EXACT: tl.constexpr):
 
 @triton.jit
 def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, SAVE_X: tl.constexpr,
-                SGF: tl.constexpr = None):
+                SGF: tl.constexpr = None, STRICT: tl.constexpr = False):
     """Saved state at one step → (H, H − θ, emitted S) in the compute dtype of θ."""
     hv = tl.load(hp, mask=m, other=0.0)
     if SAVE_X:  # fp16/bf16: D = H − θ with its sign bit = "no spike" (see the forward's store), so S is exact
@@ -258,7 +258,7 @@ def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexp
     else:  # H itself: the same H − θ and the same spike as the forward
         h = hv.to(theta.dtype)
         xs = h - theta
-        s = tl.where(xs >= 0.0, 1.0, 0.0).to(theta.dtype)
+        s = _fires(xs, STRICT).to(theta.dtype)
     if HAS_MASK:
         mk = tl.load(mp, mask=m, other=1) != 0
         s = tl.where(mk, s, _sg_prim(xs, alpha, SG, SGF))
@@ -266,25 +266,53 @@ def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexp
 
 
 @triton.jit
+def _fires(xs, STRICT: tl.constexpr):
+    """Θ(H − θ) as 0/1 (lif_step.h lif_fires): Θ(0) = 1, or 0 when STRICT; NaN: 0."""
+    if STRICT:
+        return tl.where(xs > 0.0, 1.0, 0.0)
+    else:
+        return tl.where(xs >= 0.0, 1.0, 0.0)
+
+
+@triton.jit
+def _pending_hard(v, theta, vr, STRICT: tl.constexpr):
+    """The pending hard reset of TIMING 1 (lif_step.h lif_pending_hard): R·v_r + (1 − R)·V, R = Θ(V − θ)."""
+    r = _fires(v - theta, STRICT).to(v.dtype)
+    return r * vr + (1.0 - r) * v
+
+
+@triton.jit
 def _lif_step(v, xv, mk, k, theta, alpha, vr, SG: tl.constexpr, HARD_RESET: tl.constexpr,
-              DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr, EXACT: tl.constexpr, SGF: tl.constexpr = None):
+              DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr, EXACT: tl.constexpr, SGF: tl.constexpr = None,
+              STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0):
     """One forward step (lif_step.h: lif_charge, lif_fire, lif_reset) → (H, H − θ, emitted S, V_t).
 
     The one copy of the step: the forward kernel runs it, and the recompute backward re-runs it from
     the same x and V, so its H and spikes are the forward's bit for bit (same operations, same order).
-    ``mk``: the noise mask (True = spike), read only when HAS_MASK."""
+    ``mk``: the noise mask (True = spike), read only when HAS_MASK. TIMING (config.RESET_TIMINGS'
+    index): 0 reset after the spike; 1 delayed (V = H carried, its pending reset R = Θ(V − θ) applied
+    here: hard before the charge, soft after it); 2 no reset."""
+    if TIMING == 1:
+        r = _fires(v - theta, STRICT).to(k.dtype)
+        if HARD_RESET:
+            v = r * vr + (1.0 - r) * v
     # Charge in the reference's operation order (lif_step.h lif_charge).
     if DECAY_INPUT:
         h = v + _mul_rn(xv - (v - vr), k, EXACT)
     else:
         h = (v - _mul_rn(v - vr, k, EXACT)) + xv
+    if TIMING == 1:
+        if not HARD_RESET:
+            h = h - r * theta
     xs = h - theta
-    spike = tl.where(xs >= 0.0, 1.0, 0.0).to(k.dtype)
+    spike = _fires(xs, STRICT).to(k.dtype)
     if HAS_MASK:
         s = tl.where(mk, spike, _sg_prim(xs, alpha, SG, SGF))
     else:
         s = spike
-    if HARD_RESET:
+    if TIMING != 0:
+        v = h
+    elif HARD_RESET:
         v = s * vr + (1.0 - s) * h
     else:
         v = h - s * theta
@@ -293,7 +321,7 @@ def _lif_step(v, xv, mk, k, theta, alpha, vr, SG: tl.constexpr, HARD_RESET: tl.c
 
 @triton.jit
 def _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG: tl.constexpr, HARD_RESET: tl.constexpr,
-              DETACH_RESET: tl.constexpr, SGF: tl.constexpr = None):
+              DETACH_RESET: tl.constexpr, SGF: tl.constexpr = None, TIMING: tl.constexpr = 0):
     """One backward step (lif_step.h lif_step_backward): → (ε = ∂L/∂H_t, ∂L/∂S_t, g′(H − θ)).
     ``dvt``: ∂L/∂V_t from every path (the later step and v_seq)."""
     gp = _sg_grad(xs, alpha, SG, SGF)
@@ -302,12 +330,12 @@ def _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG: tl.constexpr, HARD_
         reset_coef = vr - h
     else:
         reset_coef = tl.zeros_like(h) - theta
-    if DETACH_RESET:
+    if DETACH_RESET or TIMING != 0:  # TIMING 1, 2: V = H, no reset that depends on S
         # lif_step.h lif_grad_s: with κ = 0 the reference's ∂L/∂S never sees dv (0·dv: NaN after a NaN step)
         ds = tl.where(kap != 0.0, g_s + dvt * kap, g_s)
     else:
         ds = g_s + dvt * (reset_coef + kap)
-    if HARD_RESET:
+    if HARD_RESET and TIMING == 0:
         eps = dvt * (1.0 - s) + ds * gp
     else:
         eps = dvt + ds * gp
@@ -316,10 +344,18 @@ def _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG: tl.constexpr, HARD_
 
 @triton.jit
 def _param_terms(eps, ds, gp, dvt, s, xs, xv, v_prev, vr, alpha, SG: tl.constexpr, HARD_RESET: tl.constexpr,
-                 DECAY_INPUT: tl.constexpr, SGF: tl.constexpr = None):
+                 DECAY_INPUT: tl.constexpr, SGF: tl.constexpr = None, theta=None, STRICT: tl.constexpr = False,
+                 TIMING: tl.constexpr = 0):
     """One step's contributions to ∂L/∂k, ∂L/∂θ, ∂L/∂α (V_{t−1} = ``v_prev``; ``xv`` read only with
-    DECAY_INPUT)."""
-    if HARD_RESET:
+    DECAY_INPUT; ``theta`` only with TIMING 1)."""
+    if TIMING != 0:
+        dth = -ds * gp
+        if TIMING == 1:
+            if HARD_RESET:
+                v_prev = _pending_hard(v_prev, theta, vr, STRICT)  # the charge starts from V′
+            else:
+                dth = dth - eps * _fires(v_prev - theta, STRICT).to(eps.dtype)  # H − R·θ
+    elif HARD_RESET:
         dth = -ds * gp
     else:
         dth = -ds * gp - dvt * s
@@ -337,7 +373,8 @@ def _lif_fwd_kernel(
     T, N, v_reset, N_BUCKET,
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
     STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr,
-    EXACT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    EXACT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, STRICT: tl.constexpr = False,
+    TIMING: tl.constexpr = 0,
 ):
     # Per element and step: read x (b), write s (b), write H (b, training only) [+ v_seq b, + mask 1 B].
     # Addressing: one int64 scalar row offset t·N + start (N·T may exceed 2^31) plus int32 lanes,
@@ -370,13 +407,14 @@ def _lif_fwd_kernel(
             mk = tl.load(mp, mask=m, other=1) != 0
         else:
             mk = m  # unread
-        h, xs, s, v = _lif_step(v, xv, mk, k, theta, alpha, vr, SG, HARD_RESET, DECAY_INPUT, HAS_MASK, EXACT, SGF)
+        h, xs, s, v = _lif_step(v, xv, mk, k, theta, alpha, vr, SG, HARD_RESET, DECAY_INPUT, HAS_MASK, EXACT, SGF,
+                                STRICT, TIMING)
         tl.store(sp, s.to(sp.dtype.element_ty), mask=m)
         if SAVE_H:
             if SAVE_X:  # the one fp16/bf16 encoding, shared with CUDA: csrc/include/snn_fast/lif_step.h
                 # Sign bit set to "no spike" explicitly: rounding alone would mark NaN (sign arbitrary)
                 # or H − θ = −0 (a spike: Θ(0) = 1) wrongly.
-                d = tl.where(xs >= 0.0, tl.abs(xs), -tl.abs(xs))
+                d = tl.where(_fires(xs, STRICT) != 0.0, tl.abs(xs), -tl.abs(xs))
                 tl.store(hp, d.to(hp.dtype.element_ty), mask=m)
             else:
                 tl.store(hp, h.to(hp.dtype.element_ty), mask=m)
@@ -425,6 +463,7 @@ def _lif_bwd_kernel(
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, DETACH_RESET: tl.constexpr,
     HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr, SAVE_X: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
+    STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0,
 ):
     # Per element and step: read grad_s (b), read H (b), write grad_x (b)
     # [+ grad_v_seq b, + mask 1 B, + x b when NEED_PARAM_GRAD and DECAY_INPUT].
@@ -434,14 +473,18 @@ def _lif_bwd_kernel(
     m = lane < N - start
     k, theta, alpha, vr, kap, cx, dv = _bwd_prologue(params_ptr, gvlast_ptr + start + lane, m, v_reset, kappa,
                                                      HARD_RESET, DECAY_INPUT, HAS_GVLAST, WIDE, BLOCK)
-    if NEED_PARAM_GRAD:
+    # V_{t−1} is needed for the parameter gradients and for a pending hard reset (TIMING 1: ∂L/∂V_{t−1}
+    # is scaled by 1 − R)
+    if NEED_PARAM_GRAD or (TIMING == 1 and HARD_RESET):
         v0 = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    if NEED_PARAM_GRAD:
         acc_k = tl.zeros([BLOCK], dtype=k.dtype)
         acc_th = tl.zeros([BLOCK], dtype=k.dtype)
         acc_al = tl.zeros([BLOCK], dtype=k.dtype)
     last = tl.cast(T - 1, tl.int64) * N
     row = last + start
-    h, xs, s = _load_state(h_ptr + row + lane, mask_ptr + row + lane, m, theta, alpha, SG, HAS_MASK, SAVE_X, SGF)
+    h, xs, s = _load_state(h_ptr + row + lane, mask_ptr + row + lane, m, theta, alpha, SG, HAS_MASK, SAVE_X, SGF,
+                           STRICT)
     gs_next = tl.load(gs_ptr + row + lane, mask=m, other=0.0)  # prefetched a step ahead, as x in the forward
     for i in range(T):
         t = T - 1 - i
@@ -454,28 +497,34 @@ def _lif_bwd_kernel(
         t_pos = (lane * 0 + t) > 0  # as a tensor (t may be a plain int in the interpreter)
         has_prev = m & t_pos
         h_prev, xs_prev, s_prev = _load_state(h_ptr + prev + lane, mask_ptr + prev + lane, has_prev, theta, alpha,
-                                              SG, HAS_MASK, SAVE_X, SGF)
+                                              SG, HAS_MASK, SAVE_X, SGF, STRICT)
         g_s = gs_next.to(k.dtype)
         gs_next = tl.load(gsp - N, mask=has_prev, other=0.0)
         dvt = dv
         if HAS_GVSEQ:
             dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
-        eps, ds, gp = _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG, HARD_RESET, DETACH_RESET, SGF)
+        eps, ds, gp = _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG, HARD_RESET, DETACH_RESET, SGF,
+                                TIMING)
         tl.store(gxp, (eps * cx).to(gxp.dtype.element_ty), mask=m)
         # ε − ε·k as lif_step.h lif_grad_v_prev (autograd adds the paths through V and V − vr): ε·(1 − k)
         # gives ±inf where the reference has inf − inf = NaN (straight_through + hard reset at H = ±max)
         dv = eps - eps * k
-        if NEED_PARAM_GRAD:
-            if HARD_RESET:
+        if NEED_PARAM_GRAD or (TIMING == 1 and HARD_RESET):
+            if TIMING != 0:  # the pre-reset membrane was carried
+                v_prev = tl.where(t_pos, h_prev, v0)
+            elif HARD_RESET:
                 v_prev = tl.where(t_pos, s_prev * vr + (1.0 - s_prev) * h_prev, v0)
             else:
                 v_prev = tl.where(t_pos, h_prev - s_prev * theta, v0)
+        if TIMING == 1 and HARD_RESET:
+            dv = dv * (1.0 - _fires(v_prev - theta, STRICT).to(k.dtype))
+        if NEED_PARAM_GRAD:
             if DECAY_INPUT:
                 xv = tl.load(xp, mask=m, other=0.0).to(k.dtype)
             else:
                 xv = v_prev  # unread
             g_k, g_th, g_al = _param_terms(eps, ds, gp, dvt, s, xs, xv, v_prev, vr, alpha, SG, HARD_RESET,
-                                           DECAY_INPUT, SGF)
+                                           DECAY_INPUT, SGF, theta, STRICT, TIMING)
             acc_k += g_k
             acc_th += g_th
             acc_al += g_al
@@ -502,7 +551,7 @@ def _lif_bwd_rc_kernel(
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
     DETACH_RESET: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr, CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0,
 ):
     # save="recompute": nothing of the forward but V every CHUNK steps (ck, [ceil(T/CHUNK) − 1, N] in
     # the compute dtype). Segments of CHUNK steps, last first: re-run the forward over the segment from
@@ -540,12 +589,13 @@ def _lif_bwd_rc_kernel(
                 mk = tl.load(mask_ptr + row0 + j * N + lane, mask=ok, other=1) != 0
             else:
                 mk = ok  # unread
-            if NEED_PARAM_GRAD:
+            if NEED_PARAM_GRAD or (TIMING == 1 and HARD_RESET):  # V_{t−1}: also a pending hard reset's R
                 vs = vs + (v,)
+            if NEED_PARAM_GRAD:
                 if DECAY_INPUT:
                     xvs = xvs + (xv,)
             h, xs, s, v = _lif_step(v, xv, mk, k, theta, alpha, vr, SG, HARD_RESET, DECAY_INPUT, HAS_MASK, EXACT,
-                                    SGF)
+                                    SGF, STRICT, TIMING)
             hs = hs + (h,)
         # Walk it back. Steps past T (last segment only) leave ∂L/∂V and the sums unchanged.
         for j in tl.static_range(CHUNK - 1, -1, -1):
@@ -553,7 +603,7 @@ def _lif_bwd_rc_kernel(
             off = row0 + j * N + lane
             h = hs[j]
             xs = h - theta
-            s = tl.where(xs >= 0.0, 1.0, 0.0).to(k.dtype)
+            s = _fires(xs, STRICT).to(k.dtype)
             if HAS_MASK:  # the emitted value, as the forward (mask reread: 1 B, just loaded above)
                 mk = tl.load(mask_ptr + off, mask=ok, other=1) != 0
                 s = tl.where(mk, s, _sg_prim(xs, alpha, SG, SGF))
@@ -562,17 +612,20 @@ def _lif_bwd_rc_kernel(
             if HAS_GVSEQ:
                 dvt += tl.load(gvseq_ptr + off, mask=ok, other=0.0).to(k.dtype)
             eps, ds, gp = _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG, HARD_RESET, DETACH_RESET,
-                                    SGF)
+                                    SGF, TIMING)
             tl.store(gx_ptr + off, (eps * cx).to(gx_ptr.dtype.element_ty), mask=ok)
             # ε − ε·k as the state kernel and lif_step.h lif_grad_v_prev (NaN where autograd has inf − inf)
-            dv = tl.where(ok, eps - eps * k, dv)
+            dvp = eps - eps * k
+            if TIMING == 1 and HARD_RESET:
+                dvp = dvp * (1.0 - _fires(vs[j] - theta, STRICT).to(k.dtype))
+            dv = tl.where(ok, dvp, dv)
             if NEED_PARAM_GRAD:
                 if DECAY_INPUT:
                     xv = xvs[j]
                 else:
                     xv = vs[j]  # unread
                 g_k, g_th, g_al = _param_terms(eps, ds, gp, dvt, s, xs, xv, vs[j], vr, alpha, SG, HARD_RESET,
-                                               DECAY_INPUT, SGF)
+                                               DECAY_INPUT, SGF, theta, STRICT, TIMING)
                 zero = 0.0 * k
                 acc_k += tl.where(ok, g_k, zero)
                 acc_th += tl.where(ok, g_th, zero)
@@ -741,6 +794,13 @@ def _verify_user(sg, sgf, x: torch.Tensor) -> None:
     _VERIFIED.add(key)
 
 
+def _mode_kw(mode: int) -> dict:
+    """The op's ``mode`` (config.LIFFlags.mode) as the kernels' STRICT and TIMING constexprs."""
+    torch._check(0 <= mode < 2 * len(config.KERNEL_RESET_TIMINGS),
+                 lambda: f"lif_triton: mode must be (timing << 1) | strict with timing in 0..2, got {mode}")
+    return dict(STRICT=bool(mode & 1), TIMING=mode >> 1)
+
+
 def _save_x(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
 
@@ -753,7 +813,7 @@ def _param_buffer(params: torch.Tensor, v_reset: float, kappa: float) -> torch.T
 
 
 def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual, return_v_seq,
-         save_h, chunk=0):
+         save_h, chunk=0, mode=0):
     config.check_op_args("lif_triton", x, v0, params, surrogate)
     x = x.contiguous()
     v0 = v0.contiguous()
@@ -773,7 +833,7 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
             T, N, float(v_reset), _n_bucket(N),
             **_sg_args(surrogate, x), HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None,
             STORE_VSEQ=return_v_seq, SAVE_H=save_h, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
-            EXACT=EXACT_MUL, CHUNK=chunk,
+            EXACT=EXACT_MUL, CHUNK=chunk, **_mode_kw(mode),
             **_block_kw(),
         )
     return s, v_last, v_seq, (ck if chunk else saved)
@@ -782,32 +842,32 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
 def lif_fwd_triton(
     x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
     hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
+    return_v_seq: bool, mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training forward: also saves H (H − θ for fp16/bf16) for ``lif_bwd_triton``."""
     return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, True)
+                return_v_seq, True, mode=mode)
 
 
 def lif_fwd_triton_infer(
     x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
     hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
+    return_v_seq: bool, mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inference forward (no autograd): saves nothing, 2b per element instead of 3b."""
     return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, False)
+                return_v_seq, False, mode=mode)
 
 
 def lif_fwd_triton_recompute(
     x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
     hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
+    return_v_seq: bool, mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training forward of save="recompute": writes s (v_last, v_seq) and saves only the membrane every
     ``config.RECOMPUTE_CHUNK`` steps for ``lif_bwd_triton_recompute``."""
     return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, False, config.RECOMPUTE_CHUNK)
+                return_v_seq, False, config.RECOMPUTE_CHUNK, mode)
 
 
 def _bwd_prep(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, surrogate, need_param_grad):
@@ -828,7 +888,7 @@ def lif_bwd_triton_recompute(
     grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
     v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
     surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    need_param_grad: bool,
+    need_param_grad: bool, mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of save="recompute": ``saved`` is the forward's V checkpoints."""
     T, N = x.shape
@@ -851,7 +911,7 @@ def lif_bwd_triton_recompute(
             **_sg_args(surrogate, x), HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
             HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
             NEED_PARAM_GRAD=need_param_grad, WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL, CHUNK=chunk,
-            **_block_kw(_FIXED_RC_CONFIG),
+            **_mode_kw(mode), **_block_kw(_FIXED_RC_CONFIG),
         )
     grad_params = partial.sum(0) if need_param_grad else torch.zeros_like(params)
     return gx, gv0, grad_params
@@ -861,7 +921,7 @@ def lif_bwd_triton(
     grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
     v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
     surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    need_param_grad: bool,
+    need_param_grad: bool, mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     T, N = x.shape
     grad_s, gvl, gvs, x, v0, mask, gx, gv0, partial = _bwd_prep(grad_s, grad_v_last, grad_v_seq, x, v0, params,
@@ -876,7 +936,7 @@ def lif_bwd_triton(
             **_sg_args(surrogate, x), HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
             HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
             NEED_PARAM_GRAD=need_param_grad, SAVE_X=_save_x(saved.dtype), WIDE=x.dtype == torch.float64,
-            **_block_kw(),
+            **_mode_kw(mode), **_block_kw(),
         )
     grad_params = partial.sum(0) if need_param_grad else torch.zeros_like(params)
     return gx, gv0, grad_params
@@ -889,18 +949,18 @@ def lif_bwd_triton(
 
 
 def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-              reset_residual, return_v_seq):
+              reset_residual, return_v_seq, mode=0):
     # saves H (fp32/fp64) or H − θ (fp16/bf16): [T, N] in x.dtype
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (torch.empty_like(x),)
 
 
 def _fake_fwd_infer(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                    reset_residual, return_v_seq):
+                    reset_residual, return_v_seq, mode=0):
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (x.new_empty(0),)  # saves nothing
 
 
 def _fake_fwd_recompute(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                        reset_residual, return_v_seq):
+                        reset_residual, return_v_seq, mode=0):
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (config.checkpoints_like(x, params),)
 
 
