@@ -515,7 +515,8 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             model = copy.deepcopy(model)
         except RuntimeError as e:  # a membrane that keeps its graph (a peer's neuron after a forward)
             raise RuntimeError(f"snn_fast.convert could not copy the model ({e}); reset or detach its neurons "
-                               "first (spikingjelly functional.reset_net / detach_net), or pass inplace=True") from e
+                               "first (SpikingJelly functional.reset_net / detach_net, snnTorch utils.reset(net) "
+                               "or the neurons' detach_hidden()), or pass inplace=True") from e
     # Plan first, change after: a strict refusal leaves the model as it was.
     plan: List[Tuple[Optional[nn.Module], str, nn.Module, Callable[[], nn.Module]]] = []
     refused: List[Tuple[str, str]] = []
