@@ -254,10 +254,13 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
     sync) on every step.
     """
     name = BACKENDS.select(backend, x, sg.id >= 0, sg)
-    if name != "reference" and flags.mode and (flags.reset_timing not in config.KERNEL_RESET_TIMINGS or sg.custom):
+    # reset_timing='after_fire_pending' has no kernel; custom_cpu.py (a user surrogate on 'cpu') neither
+    # the strict threshold nor the reset timings
+    if name != "reference" and flags.mode and (flags.reset_timing not in config.KERNEL_RESET_TIMINGS
+                                               or (sg.custom and name == "cpu")):
         if backend != "auto":
             why = (f"reset_timing={flags.reset_timing!r}" if flags.reset_timing not in config.KERNEL_RESET_TIMINGS
-                   else f"the user surrogate {sg.name!r} with fire_at_threshold=False or reset_timing")
+                   else f"the user surrogate {sg.name!r} with fire_at_threshold=False or a reset_timing")
             raise ValueError(f"backend={backend!r} cannot run {why}; backend='reference' (or 'auto') runs it")
         name = "reference"
     if name == "reference":
