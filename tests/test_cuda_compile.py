@@ -266,7 +266,8 @@ def reference(x, v0, params, mask, flags, gs, gvl, gvs, sg_name):
 
 
 # (hard_reset, v_reset, decay_input, detach_reset, κ, k[, mode]): every reset/charge/gradient path of
-# SPEC §2; mode = (reset timing << 1) | strict threshold (config.LIFFlags.mode), 0 when left out.
+# SPEC §2; mode = (reset timing << 1) | strict threshold (config.LIFFlags.mode), 0 when left out: the
+# CUDA kernels run the reset after the spike only (timing 0), so here mode is 0 or 1.
 EMU_VARIANTS = {
     "hard0": (True, 0.0, True, False, 0.0, 0.5),
     "hard-neg_decayx": (True, -0.3, False, False, 0.0, 0.25),
@@ -274,10 +275,7 @@ EMU_VARIANTS = {
     "soft_detach_kappa": (False, 0.0, True, True, 0.2, 0.5),
     "hard_detach_kappa_if": (True, 0.0, False, True, 0.2, 0.0),
     "soft_strict": (False, 0.0, False, False, 0.0, 0.25, 1),
-    "soft_delayed_strict": (False, 0.0, False, True, 0.0, 0.25, 3),
-    "hard_delayed": (True, 0.0, False, True, 0.0, 0.25, 2),
-    "hard-neg_delayed_decayx_kappa": (True, -0.3, True, True, 0.2, 0.5, 2),
-    "none_strict": (False, 0.0, False, False, 0.0, 0.25, 5),
+    "hard_strict_decayx_kappa": (True, 0.0, True, False, 0.2, 0.5, 1),
 }
 
 

@@ -299,8 +299,15 @@ def grid_cases():
             out += cases([be], [torch.float32], OPTIONS, SURROGATES, LEARN)
             out += cases([be], [torch.float64], OPTIONS[::3], SURROGATES, LEARN)
         else:
-            out += cases([be], DTYPES, OPTIONS, SURROGATES, LEARN)
+            out += cases([be], DTYPES, options_for(be), SURROGATES, LEARN)
     return out
+
+
+def options_for(be, options=None):
+    """The option rows backend ``be`` runs: the CUDA kernel has no reset_timing but 'after_fire'
+    (test_cuda_timing_is_refused_or_rerouted checks that)."""
+    options = OPTIONS if options is None else options
+    return [o for o in options if be.name != "cuda" or o.get("reset_timing", "after_fire") == "after_fire"]
 
 
 @pytest.mark.parametrize("be,dtype,opts,surrogate,learn", grid_cases())
@@ -321,8 +328,8 @@ ON_THETA = [opts for opts in OPTIONS if ("fire_at_threshold" in opts or "reset_t
             and opts["v_reset"] in (None, 0.0)]
 
 
-@pytest.mark.parametrize("be,dtype,opts,learn", cases(FUSED, DTYPES, ON_THETA + [opt(None, False), opt(0.0, False)],
-                                                      LEARN))
+@pytest.mark.parametrize("be,dtype,opts,learn", [c for be in FUSED for c in cases(
+    [be], DTYPES, options_for(be, ON_THETA + [opt(None, False), opt(0.0, False)]), LEARN)])
 def test_membrane_on_threshold(be, dtype, opts, learn, nan_alloc):
     """Θ(0) = 1 (fire_at_threshold=True) or 0 (False) where H − θ is exactly 0, as the reference."""
     T, N = be.grid_shape
@@ -355,6 +362,23 @@ def test_pending_reset_timing_runs_on_the_reference_only():
         with pytest.raises(RuntimeError, match="mode"):
             torch.ops.snn_fast.lif_fwd(x, torch.zeros(6, dtype=torch.float64), p, None, 0, False, 0.0, False, True,
                                        0.0, False, 6)
+
+
+@pytest.mark.skipif(SKIP["cuda"] is not None, reason=str(SKIP["cuda"]))
+def test_cuda_timing_is_refused_or_rerouted():
+    """The CUDA kernel runs the reset after the spike only: backend='cuda' refuses the other timings
+    by name, 'auto' runs them on Triton (or the reference) with the reference's result."""
+    x = torch.randn(6, 33, device="cuda")
+    kw = dict(decay=0.5, decay_input=False, v_reset=None, detach_reset=True, reset_timing="delayed")
+    with pytest.raises(ValueError, match="reset_timing='delayed'"):
+        snn_fast.lif_multistep(x, backend="cuda", **kw)
+    got = snn_fast.lif_multistep(x, **kw)
+    want = snn_fast.lif_multistep(x, backend="reference", **kw)
+    assert torch.equal(got[0], want[0])
+    p = torch.tensor([0.5, 1.0, 2.0], device="cuda")
+    with pytest.raises(RuntimeError, match="reset timing"):
+        torch.ops.snn_fast.lif_fwd(x, torch.zeros(33, device="cuda"), p, None, 0, False, 0.0, False, True, 0.0,
+                                   False, 2)
 
 
 @pytest.mark.parametrize("bad,match", [

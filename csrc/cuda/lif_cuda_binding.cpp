@@ -12,6 +12,7 @@
 
 #include "../common/lif_checks.h"
 #include "lif_cuda.h"
+#include "snn_fast/lif_step.h"
 
 namespace snn_fast {
 namespace cuda {
@@ -39,6 +40,8 @@ void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const
 LIFFlagsC make_flags(int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
                      double kappa, int64_t mode) {
   check_lif_mode(mode);
+  TORCH_CHECK((mode >> 1) == kResetAfterFire, "lif (CUDA kernel): mode ", mode, " asks for a reset timing other ",
+              "than after the spike, which the CUDA kernels do not run; backend='triton' (or 'auto') runs it");
   return LIFFlagsC{int(sg), hard_reset, v_reset, decay_input, detach_reset, kappa, int(mode)};
 }
 

@@ -127,17 +127,14 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
   scalar_t raw[VEC];
   acc_t s[VEC];
   load_step(T - 1, raw, s);
-  // A pending hard reset (kResetDelayed) scales ∂L/∂V_{t−1} by 1 − Θ(V_{t−1} − θ): V_{t−1} is needed
-  // without PARAM too.
-  const bool pend_hard = p.timing == kResetDelayed && p.hard_reset;
 
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t off = t * N + n0;
     scalar_t rawp[VEC];
     acc_t sp[VEC], v0v[VEC], xv[VEC];
     if (t > 0) load_step(t - 1, rawp, sp);
-    if ((PARAM || pend_hard) && t == 0) load_acc<VEC>(a.v0, n0, v0v);
     if (PARAM) {
+      if (t == 0) load_acc<VEC>(a.v0, n0, v0v);
       if (p.decay_input) {
         load_acc<VEC>(a.x, off, xv);
       } else {
@@ -167,8 +164,8 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
           constexpr bool HARD = decltype(hard)::value, DI = decltype(di)::value;
 #pragma unroll
           for (int j = 0; j < VEC; ++j) {
-            acc_t vprev = acc_t(0);  // V_{t−1}: the reset of the previous step's H and S, or v0
-            if (PARAM || pend_hard) {
+            acc_t vprev = acc_t(0);  // V_{t−1}: the reset of the previous step's H and S, or v0 (PARAM only)
+            if (PARAM) {
               acc_t hprev, xsprev;
               bool spikeprev;
               if (t > 0) Codec::decode(rawp[j], p, hprev, xsprev, spikeprev);
@@ -179,7 +176,7 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
             const acc_t eps = lif_step_backward_g<HARD, DI, decltype(detach)::value, acc_t, false>(
                 h[j], s[j], vprev, PARAM ? xv[j] : acc_t(0), gs[j], dv[j], gp[j], dga[j], p, g_dk, g_dth, g_dal);
             gx[j] = lif_grad_x<DI>(eps, p);
-            dv[j] = lif_grad_v_prev(eps, vprev, p);
+            dv[j] = lif_grad_v_prev(eps, p);
             if (PARAM) {
               dk += g_dk;
               dth += g_dth;
@@ -256,19 +253,19 @@ SNN_HD void lif_bwd_rc_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, 
             const acc_t s = emitted<acc_t>(xs, lif_fires(xs, p), mask_at(off), p);  // = the forward's lif_fire_rt
             if (a.grad_v_seq != nullptr) dv += load1(a.grad_v_seq, off);
             acc_t vprev = vstart, xv = acc_t(0);
-            if (PARAM || (p.timing == kResetDelayed && p.hard_reset)) {  // V_{t−1}: lif_grad_v_prev's R
+            if constexpr (PARAM) {
               if (q > 0) {
                 const acc_t hp = hbuf[(q - 1) * stride];
                 vprev = lif_reset<HARD>(hp, lif_fire_rt<acc_t>(hp, mask_at(off - N), p), p);
               }
+              if constexpr (DI) xv = load1(a.x, off);
             }
-            if constexpr (PARAM && DI) xv = load1(a.x, off);
             acc_t g_dk, g_dth, g_dal;
             const acc_t eps = lif_step_backward_g<HARD, DI, DETACH, acc_t>(h, s, vprev, xv, load1(a.grad_s, off), dv,
                                                                          gp, dga, p, g_dk, g_dth, g_dal);
             const acc_t gx[1] = {lif_grad_x<DI>(eps, p)};
             store_acc<1>(a.grad_x, off, gx);
-            dv = lif_grad_v_prev(eps, vprev, p);
+            dv = lif_grad_v_prev(eps, p);
             if constexpr (PARAM) {
               dk += g_dk;
               dth += g_dth;

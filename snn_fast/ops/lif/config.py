@@ -47,8 +47,10 @@ class LIFFlags:
 #                 the reset of S_t − R ("avoid a double reset"); reference backend only.
 # The pending R never carries a gradient; detach_reset applies to the after-fire reset.
 RESET_TIMINGS = ("after_fire", "delayed", "none", "after_fire_pending")
-# the timings the fused kernels run (the others: backend='reference')
+# the timings the fused kernels run: the C++ CPU kernel and Triton all three; the CUDA kernel
+# "after_fire" only (csrc/cuda/lif_common.cuh load_params says why). The others: backend='reference'.
 KERNEL_RESET_TIMINGS = ("after_fire", "delayed", "none")
+CUDA_RESET_TIMINGS = ("after_fire",)
 
 
 def _is_compiling() -> bool:

@@ -254,15 +254,25 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
     sync) on every step.
     """
     name = BACKENDS.select(backend, x, sg.id >= 0, sg)
-    # reset_timing='after_fire_pending' has no kernel; custom_cpu.py (a user surrogate on 'cpu') neither
-    # the strict threshold nor the reset timings
-    if name != "reference" and flags.mode and (flags.reset_timing not in config.KERNEL_RESET_TIMINGS
-                                               or (sg.custom and name == "cpu")):
-        if backend != "auto":
-            why = (f"reset_timing={flags.reset_timing!r}" if flags.reset_timing not in config.KERNEL_RESET_TIMINGS
-                   else f"the user surrogate {sg.name!r} with fire_at_threshold=False or a reset_timing")
-            raise ValueError(f"backend={backend!r} cannot run {why}; backend='reference' (or 'auto') runs it")
-        name = "reference"
+    # reset_timing='after_fire_pending' has no kernel, the CUDA kernel runs 'after_fire' only, and
+    # custom_cpu.py (a user surrogate on 'cpu') neither the strict threshold nor the reset timings
+    if name != "reference" and flags.mode:
+        why = None
+        if flags.reset_timing not in config.KERNEL_RESET_TIMINGS:
+            why = f"reset_timing={flags.reset_timing!r}"
+        elif name == "cuda" and flags.reset_timing not in config.CUDA_RESET_TIMINGS:
+            why = f"reset_timing={flags.reset_timing!r}"
+        elif sg.custom and name == "cpu":
+            why = f"the user surrogate {sg.name!r} with fire_at_threshold=False or a reset_timing"
+        if why is not None:
+            if backend != "auto":
+                raise ValueError(f"backend={backend!r} cannot run {why}; backend='auto' picks one that does")
+            name = "reference"
+            if flags.reset_timing in config.KERNEL_RESET_TIMINGS and x.device.type == "cuda":
+                try:
+                    name = BACKENDS.select("triton", x, sg.id >= 0, sg)
+                except (RuntimeError, ValueError):
+                    pass
     if name == "reference":
         return lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
     if sg.custom:  # a user's surrogate: the entry whose ops run it; α learnable only with its ∂g/∂α
