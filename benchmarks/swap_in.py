@@ -8,7 +8,9 @@ Rows (float32, CPU):
   called once per step from the loop, a Linear per step, as the tutorials write it.
 - ``converted per-step``: ``snn_fast.convert(model)``, the same loop unchanged (one fused op per step).
 - ``converted multistep``: the converted neuron's ``multistep`` on the Linear of all T steps at once
-  (one matmul, one kernel): the one-line change ``spk = model.lif.multistep(model.fc(x))[0]``.
+  (one matmul, one kernel): the one-line change ``spk, mem = model.lif.multistep(model.fc(x), mem)``.
+  Its Linear runs over all T·B rows at once, which may round differently from T matmuls of B rows:
+  its spikes are checked against the converted per-step loop given the same Linear output.
 
 Each row checks its spikes against the snnTorch loop's (equal) before it is timed. Modes: ``fwd``
 (no autograd) and ``fwd+bwd`` (then ``out.sum().backward()``). The three are interleaved round by
@@ -66,13 +68,18 @@ def main(argv=None):
     fns = {
         "snntorch": lambda: peer(x),
         "converted per-step": lambda: conv(x),
-        "converted multistep": lambda: conv.lif.multistep(conv.fc(x))[0],
+        "converted multistep": lambda: conv.lif.multistep(conv.fc(x), conv.lif.init_leaky())[0],
     }
     with torch.no_grad():
         want = fns["snntorch"]()
-        for name, f in fns.items():
-            got = f()
-            assert torch.equal(got, want), f"{name}: spikes differ from snnTorch's"
+        assert torch.equal(fns["converted per-step"](), want), "converted per-step: spikes differ from snnTorch's"
+        h = conv.fc(x)
+        mem, loop = conv.lif.init_leaky(), []
+        for t in range(a.T):
+            s, mem = conv.lif(h[t], mem)
+            loop.append(s)
+        assert torch.equal(conv.lif.multistep(h, conv.lif.init_leaky())[0], torch.stack(loop)), \
+            "converted multistep: spikes differ from its per-step loop"
     print(f"W2 the snnTorch way, CPU float32, n={a.n}, T={a.T}, B={a.B}, threads={torch.get_num_threads()}, "
           f"rounds={a.rounds}; spikes equal ({int(want.sum())} of {want.numel()})")
     for mode in ("fwd", "fwd+bwd"):

@@ -251,8 +251,12 @@ class SnnTorchLeaky(nn.Module):
 
     def _run(self, x: torch.Tensor, mem: torch.Tensor):
         k = 1 - self.beta.clamp(0, 1)  # β·V = V − V·(1 − β): snn_fast's leak k = 1 − β
-        return _lif_apply(x, mem, k, self.threshold, self.alpha, self.flags, self.sg, None, False, self.backend,
-                          self.save)
+        theta = self.threshold
+        if not (k.requires_grad or theta.requires_grad) and k.device.type == "cpu":
+            # the same values as Python floats: the op's parameters then come from its cache instead
+            # of a stack of small tensors per step (no device sync: CPU tensors only)
+            k, theta = float(k), float(theta)
+        return _lif_apply(x, mem, k, theta, self.alpha, self.flags, self.sg, None, False, self.backend, self.save)
 
     def forward(self, input_: torch.Tensor, mem: Optional[torch.Tensor] = None):
         if mem is not None:
@@ -398,7 +402,12 @@ class NorseLIFBoxCell(nn.Module):
     def _run(self, x: torch.Tensor, state):
         v0 = state.v if state is not None else self.v_leak
         k = self.dt * self.p.tau_mem_inv  # Norse's dt·τ_mem⁻¹, in the parameter's own dtype
-        s, v = _lif_apply(x, v0, k, self.p.v_th, 1.0, self.flags, self.sg, None, False, self.backend, self.save)
+        theta = self.p.v_th
+        if isinstance(k, torch.Tensor) and not k.requires_grad and k.device.type == "cpu":
+            k = float(k)  # as SnnTorchLeaky._run
+        if isinstance(theta, torch.Tensor) and not theta.requires_grad and theta.device.type == "cpu":
+            theta = float(theta)
+        s, v = _lif_apply(x, v0, k, theta, 1.0, self.flags, self.sg, None, False, self.backend, self.save)
         return s, self._state_type(v=v)
 
     def forward(self, input_tensor: torch.Tensor, state=None):
