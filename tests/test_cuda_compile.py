@@ -520,7 +520,7 @@ def test_emulated_lowp_saved_state_sign_is_the_spike(emulator, dtype, wide):
     v_last, saved = torch.full_like(v0, nan), torch.full_like(x, nan)
     assert emulator.emu_lif_fwd(DTYPE_ID[dtype], int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), None, _ptr(s),
                                 _ptr(v_last), _ptr(v_seq), _ptr(saved), _sg.get("sigmoid").id, 0, 0.0, 1, 0,
-                                0.0) == 0
+                                0.0, 0) == 0
     h = v_seq.float()
     assert torch.signbit(h[:, 0]).all() and (h[:, 0] == 0).all(), "the case must produce H = −0"
     assert h[:, 2].isnan().all() and h[:, 7].isnan().all()

@@ -11,7 +11,7 @@
 //     reset R = Θ(V − θ), recomputed from V without a gradient: hard V ← R·vr + (1 − R)·V before
 //     the charge, soft H ← H − R·θ after it.
 //   kResetNone: V = H, no reset.
-// strict and the timing are runtime fields of LIFParams (uniform branches, no extra instantiations).
+// The strict threshold and the timing are runtime fields of LIFParams (no extra instantiations).
 //
 // Every function evaluates the reference's expression (snn_fast/ops/lif/reference.py) in the
 // reference's operation order under IEEE arithmetic, so fp32 kernels round exactly like the fp32
@@ -48,14 +48,20 @@ struct LIFParams {
   bool hard_reset;
   bool decay_input;
   bool detach_reset;
-  bool strict = false;           // fire on H − θ > 0 (Θ(0) = 0) instead of ≥ 0
+  T fire_min = T(0);             // fire on H − θ ≥ fire_min: 0, or (strict, Θ(0) = 0) the least subnormal
   int timing = kResetAfterFire;  // kResetAfterFire | kResetDelayed | kResetNone
 };
+
+// The least positive subnormal: d > 0 ⇔ d ≥ it for every d, NaN included (false), without flushing
+// subnormals to zero (none of our builds does). So the strict threshold is the same single comparison
+// as Θ(0) = 1 against another loop-invariant bound, not a select between two comparisons.
+SNN_HD constexpr float least_subnormal(float) { return 0x1p-149f; }
+SNN_HD constexpr double least_subnormal(double) { return 0x1p-1074; }
 
 // The op's `mode` argument into p: bit 0 strict, bits 1–2 the timing.
 template <typename T>
 SNN_HD void set_mode(LIFParams<T>& p, int mode) {
-  p.strict = (mode & 1) != 0;
+  p.fire_min = (mode & 1) != 0 ? least_subnormal(T(0)) : T(0);
   p.timing = mode >> 1;
 }
 
@@ -116,7 +122,7 @@ SNN_HD double mul_rn(double a, double b) {
 // Θ(d) as a bool, Θ(0) = 1 or (strict) 0; NaN: false, as the reference's comparison.
 template <typename T>
 SNN_HD bool lif_fires(T d, const LIFParams<T>& p) {
-  return p.strict ? d > T(0) : d >= T(0);
+  return d >= p.fire_min;
 }
 
 // The hard spike Θ(H − θ) as 0/1.
