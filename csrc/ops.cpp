@@ -15,29 +15,30 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(snn_fast, m) {
   // LIF family over the whole T loop. x [T, N] contiguous, v0 [N] (x.dtype), params [3] = (k = 1/τ,
-  // θ, α) in float32 (float64 for float64 x). Returns (s [T, N], v_last [N], v_seq [T, N] or [0],
+  // θ, α) in float32 (float64 for float64 x). mode: bit 0 = fire only on H > θ (Θ(0) = 0), bits 1–2 =
+  // the reset timing (0 after the spike, 1 delayed, 2 none: snn_fast/ops/lif/config.py). Returns (s [T, N], v_last [N], v_seq [T, N] or [0],
   // saved: whatever this backend keeps for the backward, possibly empty).
   m.def(
       "lif_fwd(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, int surrogate, bool hard_reset, "
-      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool return_v_seq) "
+      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool return_v_seq, int mode=0) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   // Returns (grad_x [T, N], grad_v0 [N], grad_params [3] (zeros unless need_param_grad)).
   m.def(
       "lif_bwd(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, Tensor params, "
       "Tensor? noise_mask, Tensor saved, Tensor s, int surrogate, bool hard_reset, float v_reset, "
-      "bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad) "
+      "bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad, int mode=0) "
       "-> (Tensor, Tensor, Tensor)");
   // The same pair with save="recompute" (CUDA only): `saved` is the membrane V every K = 8 steps,
   // [ceil(T/K) − 1, N] in the accumulation dtype (float32; float64 for float64 x), empty for T <= K;
   // the backward re-runs the forward from x and those checkpoints (csrc/cuda/lif_cuda.h).
   m.def(
       "lif_fwd_recompute(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, int surrogate, bool hard_reset, "
-      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool return_v_seq) "
+      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool return_v_seq, int mode=0) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lif_bwd_recompute(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, "
       "Tensor params, Tensor? noise_mask, Tensor saved, Tensor s, int surrogate, bool hard_reset, float v_reset, "
-      "bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad) "
+      "bool decay_input, bool detach_reset, float reset_residual, bool need_param_grad, int mode=0) "
       "-> (Tensor, Tensor, Tensor)");
   // A user-registered surrogate on the CPU (snn_fast/ops/lif/custom_cpu.py), whose g′ only torch can
   // evaluate: lif_fwd_keep_arg is lif_fwd whose `saved` is D = H − θ for every step, [T, N] in params'

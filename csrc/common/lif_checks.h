@@ -40,6 +40,13 @@ inline void check_lif_args(const at::Tensor& x, const at::Tensor& v0, const at::
   }
 }
 
+// The op's `mode` (csrc/ops.cpp): bit 0 strict threshold, bits 1–2 the reset timing the kernels run
+// (after the spike, delayed, none; snnTorch's reset_delay=False form runs on the reference only).
+inline void check_lif_mode(int64_t mode) {
+  TORCH_CHECK(mode >= 0 && mode < 6, "lif: mode must be (timing << 1) | strict with timing 0 (after the spike), ",
+              "1 (delayed) or 2 (none), got ", mode);
+}
+
 // The backward's own inputs: grad_s like x; grad_v_last [N] and grad_v_seq [T, N] (or empty) when given.
 inline void check_lif_bwd_args(const at::Tensor& grad_s, const c10::optional<at::Tensor>& grad_v_last,
                                const c10::optional<at::Tensor>& grad_v_seq, const at::Tensor& x,

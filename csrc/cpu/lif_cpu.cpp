@@ -32,7 +32,7 @@ using at::Tensor;
 
 template <typename acc_t>
 LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, double v_reset,
-                             bool decay_input, bool detach_reset, double kappa) {
+                             bool decay_input, bool detach_reset, double kappa, int64_t mode) {
   auto p = params.accessor<acc_t, 1>();
   LIFParams<acc_t> r;
   r.k = p[0];
@@ -44,6 +44,7 @@ LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, 
   r.hard_reset = hard_reset;
   r.decay_input = decay_input;
   r.detach_reset = detach_reset;
+  set_mode(r, int(mode));
   return r;
 }
 
@@ -52,8 +53,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu_impl(const Tensor& x_, co
                                                             const Tensor& params, const c10::optional<Tensor>& mask_,
                                                             int64_t sg, bool hard_reset, double v_reset,
                                                             bool decay_input, bool detach_reset, double kappa,
-                                                            bool return_v_seq, bool keep_arg) {
+                                                            bool return_v_seq, int64_t mode, bool keep_arg) {
   check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
+  check_lif_mode(mode);
   Tensor x = x_.contiguous(), v0 = v0_.contiguous();
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
@@ -63,7 +65,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu_impl(const Tensor& x_, co
   Tensor saved = keep_arg ? empty_cpu_cached(x.sizes(), params.scalar_type()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, mode);
     cpu_lif::lif_fwd_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
                               mask ? mask->const_data_ptr<bool>() : nullptr, s.mutable_data_ptr<scalar_t>(),
                               v_last.mutable_data_ptr<scalar_t>(),
@@ -76,9 +78,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu_impl(const Tensor& x_, co
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x, const Tensor& v0, const Tensor& params,
                                                        const c10::optional<Tensor>& mask, int64_t sg,
                                                        bool hard_reset, double v_reset, bool decay_input,
-                                                       bool detach_reset, double kappa, bool return_v_seq) {
+                                                       bool detach_reset, double kappa, bool return_v_seq,
+                                                       int64_t mode) {
   return lif_fwd_cpu_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
-                          return_v_seq, false);
+                          return_v_seq, mode, false);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_keep_arg_cpu(const Tensor& x, const Tensor& v0,
@@ -87,8 +90,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_keep_arg_cpu(const Tensor& x,
                                                                 bool hard_reset, double v_reset, bool decay_input,
                                                                 bool detach_reset, double kappa,
                                                                 bool return_v_seq) {
+  // a user's surrogate runs the default firing and reset (custom_cpu.py refuses the other modes)
   return lif_fwd_cpu_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
-                          return_v_seq, true);
+                          return_v_seq, 0, true);
 }
 
 std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
@@ -97,8 +101,9 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10:
                                                const c10::optional<Tensor>& mask_, const Tensor& /*saved*/,
                                                const Tensor& /*s*/, int64_t sg, bool hard_reset, double v_reset,
                                                bool decay_input, bool detach_reset, double kappa,
-                                               bool need_param_grad) {
+                                               bool need_param_grad, int64_t mode) {
   check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
+  check_lif_mode(mode);
   check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous();
   Tensor gvlast, gvseq;
@@ -111,7 +116,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10:
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, mode);
     const scalar_t* gvl = gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* gvs = gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr;
     cpu_lif::lif_bwd_kernel<scalar_t, acc_t>(int(sg), gs.const_data_ptr<scalar_t>(), gvl, gvs, x.const_data_ptr<scalar_t>(),
@@ -153,7 +158,7 @@ Tensor lif_sg_arg_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
   Tensor d = empty_cpu_cached(x.sizes(), params.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_sg_arg_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, false, 0.0);
+    auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, false, 0.0, 0);
     cpu_lif::lif_sg_arg_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
                                                 s.defined() ? s.const_data_ptr<scalar_t>() : nullptr,
                                                 d.mutable_data_ptr<acc_t>(), T, N, p);
@@ -188,7 +193,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_given_sg_cpu(
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_given_sg_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, detach_reset, kappa);
+    auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, detach_reset, kappa, 0);
     cpu_lif::Given<scalar_t, acc_t> given{gp.const_data_ptr<acc_t>(),
                                           dga.defined() ? dga.const_data_ptr<acc_t>() : nullptr,
                                           s.defined() ? s.const_data_ptr<scalar_t>() : nullptr};

@@ -250,7 +250,7 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
       const acc_t eps = lif_step_backward_g<HARD, DI, DETACH>(h, sp, vp[j], xv, acc_t(gs[off + j]), dv[j], gp, dga,
                                                               p, ek, eth, eal);
       gx[off + j] = scalar_t(lif_grad_x<DI>(eps, p));
-      dv[j] = lif_grad_v_prev(eps, p);
+      dv[j] = lif_grad_v_prev(eps, vp[j], p);
       sk[j] += ek;
       sth[j] += eth;
       sal[j] += eal;
@@ -380,7 +380,9 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
       const bool* m = mask ? mask + n0 : nullptr;
       const Given<scalar_t, acc_t> gv = given.offset(n0);
       double* out3 = partial.data() + blk * 3;
-      if (need_param_grad) {
+      // The delayed and no-reset timings take bwd_block's walk (it keeps V_{t−1}, which their pending
+      // reset is recomputed from); its parameter sums are dropped when not asked for.
+      if (need_param_grad || p.timing != kResetAfterFire) {
         if (mask != nullptr)
           bwd_block<kRerunSg<SG>, HARD, DI, DETACH, true, scalar_t, acc_t>(
               gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(),

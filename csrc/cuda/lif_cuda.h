@@ -52,6 +52,7 @@ struct LIFFlagsC {
   bool decay_input;
   bool detach_reset;
   double reset_residual;
+  int mode;  // bit 0 strict threshold, bits 1–2 reset timing (lif_step.h set_mode)
 };
 
 struct LIFFwdArgs {

@@ -12,6 +12,7 @@
 
 #include "../common/lif_checks.h"
 #include "lif_cuda.h"
+#include "snn_fast/lif_step.h"
 
 namespace snn_fast {
 namespace cuda {
@@ -37,14 +38,18 @@ void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const
 }
 
 LIFFlagsC make_flags(int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
-                     double kappa) {
-  return LIFFlagsC{int(sg), hard_reset, v_reset, decay_input, detach_reset, kappa};
+                     double kappa, int64_t mode) {
+  check_lif_mode(mode);
+  TORCH_CHECK((mode >> 1) == kResetAfterFire, "lif (CUDA kernel): mode ", mode, " asks for a reset timing other ",
+              "than after the spike, which the CUDA kernels do not run; backend='triton' (or 'auto') runs it");
+  return LIFFlagsC{int(sg), hard_reset, v_reset, decay_input, detach_reset, kappa, int(mode)};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_impl(const Tensor& x_, const Tensor& v0_, const Tensor& params_,
                                                         const c10::optional<Tensor>& mask_, int64_t sg,
                                                         bool hard_reset, double v_reset, bool decay_input,
                                                         bool detach_reset, double kappa, bool return_v_seq,
+                                                        int64_t mode,
                                                         bool recompute) {
   check_common(x_, v0_, params_, mask_, sg);
   const c10::cuda::CUDAGuard guard(x_.device());
@@ -69,7 +74,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_impl(const Tensor& x_, const 
   a.v_seq = return_v_seq ? v_seq.mutable_data_ptr() : nullptr;
   a.saved = recompute ? nullptr : saved.mutable_data_ptr();
   a.ckpt = recompute && saved.numel() > 0 ? saved.mutable_data_ptr() : nullptr;
-  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, mode);
   C10_CUDA_CHECK(static_cast<cudaError_t>(lif_fwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
   return {s, v_last, v_seq, saved};
 }
@@ -77,9 +82,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_impl(const Tensor& x_, const 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x, const Tensor& v0, const Tensor& params,
                                                         const c10::optional<Tensor>& mask, int64_t sg,
                                                         bool hard_reset, double v_reset, bool decay_input,
-                                                        bool detach_reset, double kappa, bool return_v_seq) {
+                                                        bool detach_reset, double kappa, bool return_v_seq,
+                                                        int64_t mode) {
   return lif_fwd_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, return_v_seq,
-                      false);
+                      mode, false);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_recompute_cuda(const Tensor& x, const Tensor& v0,
@@ -87,9 +93,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_recompute_cuda(const Tensor& 
                                                                   const c10::optional<Tensor>& mask, int64_t sg,
                                                                   bool hard_reset, double v_reset, bool decay_input,
                                                                   bool detach_reset, double kappa,
-                                                                  bool return_v_seq) {
+                                                                  bool return_v_seq, int64_t mode) {
   return lif_fwd_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, return_v_seq,
-                      true);
+                      mode, true);
 }
 
 std::tuple<Tensor, Tensor, Tensor> lif_bwd_impl(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
@@ -98,7 +104,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_impl(const Tensor& grad_s_, const c10
                                                 const c10::optional<Tensor>& mask_, const Tensor& saved_,
                                                 int64_t sg, bool hard_reset, double v_reset,
                                                 bool decay_input, bool detach_reset, double kappa,
-                                                bool need_param_grad, bool recompute) {
+                                                bool need_param_grad, int64_t mode, bool recompute) {
   check_common(x_, v0_, params_, mask_, sg);
   check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
   if (recompute) {
@@ -147,7 +153,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_impl(const Tensor& grad_s_, const c10
                           x.options().dtype(at::kDouble));
     a.workspace = workspace.mutable_data_ptr<double>();
   }
-  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, mode);
   a.recompute = recompute;
   C10_CUDA_CHECK(static_cast<cudaError_t>(lif_bwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
   return {gx, gv0, grad_params};
@@ -158,9 +164,9 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s, const c10:
                                                 const Tensor& params, const c10::optional<Tensor>& mask,
                                                 const Tensor& saved, const Tensor& /*s*/, int64_t sg,
                                                 bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
-                                                double kappa, bool need_param_grad) {
+                                                double kappa, bool need_param_grad, int64_t mode) {
   return lif_bwd_impl(grad_s, gvlast, gvseq, x, v0, params, mask, saved, sg, hard_reset, v_reset, decay_input,
-                      detach_reset, kappa, need_param_grad, false);
+                      detach_reset, kappa, need_param_grad, mode, false);
 }
 
 std::tuple<Tensor, Tensor, Tensor> lif_bwd_recompute_cuda(const Tensor& grad_s, const c10::optional<Tensor>& gvlast,
@@ -169,9 +175,9 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_recompute_cuda(const Tensor& grad_s, 
                                                           const c10::optional<Tensor>& mask, const Tensor& saved,
                                                           const Tensor& /*s*/, int64_t sg, bool hard_reset,
                                                           double v_reset, bool decay_input, bool detach_reset,
-                                                          double kappa, bool need_param_grad) {
+                                                          double kappa, bool need_param_grad, int64_t mode) {
   return lif_bwd_impl(grad_s, gvlast, gvseq, x, v0, params, mask, saved, sg, hard_reset, v_reset, decay_input,
-                      detach_reset, kappa, need_param_grad, true);
+                      detach_reset, kappa, need_param_grad, mode, true);
 }
 
 }  // namespace

@@ -4,9 +4,11 @@ Every fused backend implements the same pair of ops (schemas in ``csrc/ops.cpp``
 its own pair with the same signature in ``triton.py``):
 
     fwd(x [T,N], v0 [N], params [3]=(k, θ, α), noise_mask?, surrogate, hard_reset, v_reset,
-        decay_input, detach_reset, reset_residual, return_v_seq) -> (s, v_last, v_seq, saved)
+        decay_input, detach_reset, reset_residual, return_v_seq, mode=0) -> (s, v_last, v_seq, saved)
     bwd(grad_s, grad_v_last?, grad_v_seq?, x, v0, params, noise_mask?, saved, s, <same flags>,
-        need_param_grad) -> (grad_x, grad_v0, grad_params [3])
+        need_param_grad, mode=0) -> (grad_x, grad_v0, grad_params [3])
+
+``mode`` (``config.LIFFlags.mode``: strict threshold, reset timing) is passed only when nonzero.
 
 ``saved`` is whatever that backend keeps for its backward (``Backend.saves`` in ``BACKENDS``). The
 GPU backends have two pairs, chosen by ``save=``: "state" (entry "<name>") saves H, [T, N] in the
@@ -36,16 +38,17 @@ _FLAGS = 6  # surrogate … reset_residual: the op arguments between noise_mask 
 
 
 def _fake_fwd_cpp(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                  reset_residual, return_v_seq):
+                  reset_residual, return_v_seq, mode=0):
     """snn_fast::lif_fwd serves 'cpu' and 'cuda', which save different things: ask the entry of x's
     device (a meta tensor, which no kernel runs on, gets the CPU's answer)."""
     entry = BACKENDS.backends["cuda" if x.device.type == "cuda" else "cpu"]
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (entry.saves(x),)
 
 
-def _save(ctx, bwd, need_param_grad, x, v0, params, noise_mask, flags, saved, s) -> None:
+def _save(ctx, bwd, need_param_grad, x, v0, params, noise_mask, flags, saved, s, tail=()) -> None:
     ctx.bwd = bwd
     ctx.flags = flags
+    ctx.tail = tail  # (mode,) when the mode is set, else ()
     ctx.need_param_grad = bool(need_param_grad)
     ctx.save_for_backward(x, v0, params, noise_mask, saved, s)
 
@@ -59,7 +62,7 @@ def _backward(ctx, grad_s, grad_v_last, grad_v_seq):
     if grad_v_seq is not None and grad_v_seq.numel() == 0:
         grad_v_seq = None
     gx, gv0, gp = ctx.bwd(grad_s.contiguous(), grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s,
-                          *ctx.flags, ctx.need_param_grad)
+                          *ctx.flags, ctx.need_param_grad, *ctx.tail)
     return gx, gv0, (gp if ctx.need_param_grad else None)
 
 
@@ -70,10 +73,10 @@ class _LIFFunction(torch.autograd.Function):
     normalisation on every call: ~0.3 ms of a forward+backward at any size, measured)."""
 
     @staticmethod
-    def forward(ctx, fwd, bwd, x, v0, params, noise_mask, flags, return_v_seq):
+    def forward(ctx, fwd, bwd, x, v0, params, noise_mask, flags, return_v_seq, tail=()):
         with torch._C._AutoDispatchBelowAutograd():
-            s, v_last, v_seq, saved = fwd(x, v0, params, noise_mask, *flags, return_v_seq)
-        _save(ctx, bwd, ctx.needs_input_grad[4], x, v0, params, noise_mask, flags, saved, s)
+            s, v_last, v_seq, saved = fwd(x, v0, params, noise_mask, *flags, return_v_seq, *tail)
+        _save(ctx, bwd, ctx.needs_input_grad[4], x, v0, params, noise_mask, flags, saved, s, tail)
         ctx.set_materialize_grads(False)
         return s, v_last, v_seq
 
@@ -81,7 +84,7 @@ class _LIFFunction(torch.autograd.Function):
     def backward(ctx, grad_s, grad_v_last, grad_v_seq):
         with torch._C._AutoDispatchBelowAutograd():
             gx, gv0, gp = _backward(ctx, grad_s, grad_v_last, grad_v_seq)
-        return None, None, gx, gv0, gp, None, None, None
+        return None, None, gx, gv0, gp, None, None, None, None
 
 
 def _register_compiled(b: backends.Loaded) -> None:
@@ -98,10 +101,13 @@ def _register_compiled(b: backends.Loaded) -> None:
 
     def setup_context(ctx, inputs, output):
         s, _, _, saved = output
-        _save(ctx, bwd, ctx.needs_input_grad[2], *inputs[:4], tuple(inputs[4:4 + _FLAGS]), saved, s)
+        _save(ctx, bwd, ctx.needs_input_grad[2], *inputs[:4], tuple(inputs[4:4 + _FLAGS]), saved, s,
+              tuple(inputs[5 + _FLAGS:]))
+        ctx.n_inputs = len(inputs)
 
     def backward(ctx, grad_s, grad_v_last, grad_v_seq, _grad_saved):
-        return _backward(ctx, grad_s, grad_v_last, grad_v_seq) + (None,) * (1 + _FLAGS + 1)  # mask, flags, v_seq
+        # x, v0, params get gradients; mask, the flags, return_v_seq (and mode) none
+        return _backward(ctx, grad_s, grad_v_last, grad_v_seq) + (None,) * (ctx.n_inputs - 3)
 
     torch.library.register_autograd(b.entry.fwd, backward, setup_context=setup_context)
 
@@ -129,7 +135,7 @@ def _saves_checkpoints(x):  # save="recompute": V every K steps, [ceil(T/K) − 
 
 
 def _fake_fwd_cuda_recompute(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                             reset_residual, return_v_seq):
+                             reset_residual, return_v_seq, mode=0):
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (config.checkpoints_like(x, params),)
 
 
@@ -191,14 +197,14 @@ def entry_name(name: str, save: str) -> str:
     return name
 
 
-def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v_seq):
+def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v_seq, tail=()):
     """(s, v_last, v_seq, saved) from backend ``b`` in eager mode outside the autograd Function: the
     raw op below the autograd key; the inference forward (no saved state: Triton skips the H write,
     2b instead of 3b per element) when no gradient can flow, else the training one."""
     train = backends.needs_grad(x, v0, params)
     op = b.infer if (b.infer is not None and not train) else b.fwd
     with torch._C._AutoDispatchBelowAutograd():
-        return op(x, v0, params, noise_mask, *flags, return_v_seq)
+        return op(x, v0, params, noise_mask, *flags, return_v_seq, *tail)
 
 
 # Small constant inputs of the fused ops, made once per key instead of on every call: the [3] params
@@ -249,25 +255,51 @@ def _as_param(v, dtype, device) -> torch.Tensor:
     return _cached_const(("scalar", f, dtype, device), lambda: torch.tensor(f, dtype=dtype, device=device))
 
 
+def _kernel_for_mode(name: str, backend, x, sg: _sg.Surrogate, flags: config.LIFFlags) -> str:
+    """``name``, or where it cannot run the firing and reset of ``flags.mode``, the backend that can:
+    reset_timing='after_fire_pending' has no kernel, the CUDA kernel runs 'after_fire' only, and
+    custom_cpu.py (a user surrogate on 'cpu') neither the strict threshold nor the reset timings.
+    A backend asked for by name that cannot is an error; 'auto' falls back to Triton or the reference."""
+    if name == "reference" or not flags.mode:
+        return name
+    why = None
+    if flags.reset_timing not in config.KERNEL_RESET_TIMINGS:
+        why = f"reset_timing={flags.reset_timing!r}"
+    elif name == "cuda" and flags.reset_timing not in config.CUDA_RESET_TIMINGS:
+        why = f"reset_timing={flags.reset_timing!r}"
+    elif sg.custom and name == "cpu":
+        why = f"the user surrogate {sg.name!r} with fire_at_threshold=False or a reset_timing"
+    if why is None:
+        return name
+    if backend is not None and backend.lower() != "auto":
+        raise ValueError(f"backend={backend!r} cannot run {why}; backend='auto' picks one that does")
+    if flags.reset_timing in config.KERNEL_RESET_TIMINGS and x.device.type == "cuda":
+        try:
+            return BACKENDS.select("triton", x, sg.id >= 0, sg)
+        except (RuntimeError, ValueError):
+            pass
+    return "reference"
+
+
 # (name, loaded backend or None for 'reference') per routing key: the backend choice and the table
-# lookups of a call, made once per (backend=, $SNN_FAST_BACKEND, device type, surrogate, save). Not for
+# lookups of a call, made once per (backend=, $SNN_FAST_BACKEND, device type, surrogate, save, mode). Not for
 # 'auto' on a GPU, whose choice depends on the shape (the measured table). Plain dict: a racing miss
 # computes the same value twice.
 _ROUTES: Dict[tuple, tuple] = {}
 
 
-def _route(backend, x, sg: _sg.Surrogate, save: str):
+def _route(backend, x, sg: _sg.Surrogate, save: str, flags: config.LIFFlags):
     compiling = config._is_compiling()
     key = None
     if not compiling and (backend is None or type(backend) is str):  # anything else: select's error
         env = os.environ.get(backends.ENV_VAR) if backend is None or backend == "auto" else None
         dev = x.device.type
         if not (dev == "cuda" and backend in (None, "auto") and (env or "auto").lower() == "auto"):
-            key = (backend, env, dev, sg.id, sg.custom, save)
+            key = (backend, env, dev, sg.id, sg.custom, save, flags.mode)
             hit = _ROUTES.get(key)
             if hit is not None:
                 return hit
-    name = BACKENDS.select(backend, x, sg.id >= 0, sg)
+    name = _kernel_for_mode(BACKENDS.select(backend, x, sg.id >= 0, sg), backend, x, sg, flags)
     if name == "reference":
         route = ("reference", None)
     else:
@@ -288,7 +320,7 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
     The modules call this directly so that learnable parameters are not re-validated (no device
     sync) on every step.
     """
-    name, b = _route(backend, x, sg, save)
+    name, b = _route(backend, x, sg, save, flags)
     if name == "reference":
         return lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
     if sg.custom and sg.dg_dalpha is None and isinstance(alpha, torch.Tensor) and alpha.requires_grad:
@@ -306,23 +338,25 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
         params = _cached_const(("params", kf, tf, af, pdtype, x.device),
                                lambda: torch.tensor([kf, tf, af], dtype=pdtype, device=x.device))
     mask2 = None if noise_mask is None else noise_mask.reshape(T, -1)
+    # the ops' trailing `mode` argument, only when set (a user surrogate's ops never get it)
+    tail = (flags.mode,) if flags.mode else ()
     if config._is_compiling():  # the dispatcher, traced with the registered fake and autograd
         flag_args = (flags.surrogate_id, flags.hard_reset, flags.v_reset, flags.decay_input, flags.detach_reset,
                      flags.reset_residual)
         op = BACKENDS.compiled_fwd(name, backends.needs_grad(x2, v0_t, params))
-        s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq)
+        s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq, *tail)
     else:
         flag_args = flags.op_args
         if b is None:  # routed inside a torch.compile trace, run eagerly now
             b = BACKENDS.load(name)
         if b.cpp_autograd:  # one dispatcher call; the C++ autograd kernel records the backward when needed
-            s, v_last, v_seq, _ = b.fwd(x2, v0_t, params, mask2, *flag_args, return_v_seq)
+            s, v_last, v_seq, _ = b.fwd(x2, v0_t, params, mask2, *flag_args, return_v_seq, *tail)
         # backends.needs_grad written out: this runs on every call of every step (~0.2 µs less)
         elif torch.is_grad_enabled() and (x2.requires_grad or v0_t.requires_grad or params.requires_grad):
             s, v_last, v_seq = _LIFFunction.apply(b.fwd, b.bwd, x2, v0_t, params, mask2, flag_args,
-                                                  return_v_seq)
+                                                  return_v_seq, tail)
         else:
-            s, v_last, v_seq, _ = fused_forward(b, x2, v0_t, params, mask2, flag_args, return_v_seq)
+            s, v_last, v_seq, _ = fused_forward(b, x2, v0_t, params, mask2, flag_args, return_v_seq, tail)
     out = (s.view(x.shape), v_last.view(shape))
     return out + (v_seq.view(x.shape),) if return_v_seq else out
 
@@ -344,6 +378,8 @@ def lif_multistep(
     return_v_seq: bool = False,
     backend: str = "auto",
     save: str = config.DEFAULT_SAVE,
+    fire_at_threshold: bool = True,
+    reset_timing: str = "after_fire",
 ):
     """Multi-step LIF neuron over ``x`` of shape ``[T, *]`` (SPEC §2–§4), fused over T.
 
@@ -367,6 +403,12 @@ def lif_multistep(
             steps (nothing for T <= 8), 39-47 % less peak memory (H200, W1); the backward re-runs
             the forward from x, with the same spikes, 1.05-1.6x slower there. The results are the same;
             the CPU kernel and the reference ignore it (the CPU kernel saves nothing either way).
+        fire_at_threshold: fire on H ≥ θ (True, Θ(0) = 1) or only on H > θ (False: snnTorch, Norse).
+        reset_timing: "after_fire" (default), "delayed" (snnTorch reset_delay=True: the membrane
+            returned is the pre-reset one and the reset R = Θ(V − θ) is applied at the next step,
+            after the decay; needs detach_reset=True), "none" (no reset; v_reset=None) or
+            "after_fire_pending" (snnTorch reset_delay=False; runs on the reference backend only).
+            ``snn_fast/ops/lif/config.py`` RESET_TIMINGS has the formulas.
     τ, decay, θ and α may be tensors that require grad; gradients are summed over steps and neurons.
 
     Returns:
@@ -374,7 +416,8 @@ def lif_multistep(
     """
     config.check_x(x)
     k, theta, alpha, flags, sg = config.resolve(
-        tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, reset_residual
+        tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, reset_residual,
+        fire_at_threshold, reset_timing
     )
     noise_mask = config.check_noise_mask(x, noise_mask)
     config.check_save(save)
