@@ -12,7 +12,7 @@ Host work per call: every kernel launch goes through ``launch`` (one place to co
 mode it calls the kernel directly; ``torch.library.wrap_triton`` is used only while torch.compile
 traces the op (its tensors are then not plain tensors), where it lets Inductor see the kernel. What
 does not change between calls of one variant (the constexpr arguments, the config, the surrogate's
-kernel arguments) is made once per (kind, dtype, flags, surrogate) in ``_SPECS``; the float64 constant
+kernel arguments) is made once per (kind, dtype, flags, mode, surrogate) in ``_SPECS``; the float64 constant
 buffer once per (v_r, κ, device). A call allocates its outputs and, only when a parameter needs a
 gradient, the per-program partial sums.
 
@@ -98,7 +98,7 @@ def _grid(N: int, block: Optional[int]):
 # (``triton_kernels.py``: STREAM, STAGES of the forward and the state backward): set only by
 # ``lab_variant``, to time variants side by side.
 _LAB: dict = {}
-# (kind, dtype, device type, surrogate id, flags…) → (kernel, constexpr kwargs, BLOCK or None when
+# (kind, dtype, device type, surrogate id, flags…, mode) → (kernel, constexpr kwargs, BLOCK or None when
 # autotuned); one such table per lab variant (``_SPEC_SETS``), the defaults' under the key ().
 _SPEC_SETS: dict = {(): {}}
 _SPECS: dict = _SPEC_SETS[()]
@@ -178,13 +178,20 @@ def _wide_buffer(v_reset: float, kappa: float, like: torch.Tensor) -> torch.Tens
     return buf
 
 
+def _mode_kw(mode: int) -> dict:
+    """The op's ``mode`` (config.LIFFlags.mode) as the kernels' STRICT and TIMING constexprs."""
+    torch._check(0 <= mode < 2 * len(config.KERNEL_RESET_TIMINGS),
+                 lambda: f"lif_triton: mode must be (timing << 1) | strict with timing in 0..2, got {mode}")
+    return dict(STRICT=bool(mode & 1), TIMING=mode >> 1)
+
+
 def _saves_h_minus_theta(dtype: torch.dtype) -> bool:
     """fp16/bf16 save H − θ in the storage dtype instead of H (``triton_kernels.py`` says why)."""
     return dtype in (torch.float16, torch.bfloat16)
 
 
 def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual, return_v_seq,
-         save_h, chunk=0):
+         save_h, chunk=0, mode=0):
     config.check_op_args("lif_triton", x, v0, params, surrogate)
     x = x.contiguous()
     v0 = v0.contiguous()
@@ -200,11 +207,11 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
     mask = noise_mask.contiguous() if noise_mask is not None else None
     if N > 0:
         key = ("fwd", x.dtype, x.device.type, surrogate, hard_reset, decay_input, mask is not None, return_v_seq,
-               save_h, chunk)
+               save_h, chunk, mode)
         kernel, consts, block = _spec(key, "fwd", FIXED_CONFIG, surrogate, x, dict(
             HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None, STORE_VSEQ=return_v_seq,
             SAVE_H=save_h, H_MINUS_THETA=_saves_h_minus_theta(x.dtype), WIDE=x.dtype == torch.float64,
-            EXACT=EXACT_MUL, CHUNK=chunk))
+            EXACT=EXACT_MUL, CHUNK=chunk, **_mode_kw(mode)))
         # saved is both h_ptr and ck_ptr: the flags select the one the kernel writes
         launch(kernel, _grid(N, block),
                (x, v0, params, _wide_buffer(float(v_reset), float(reset_residual), params),
@@ -216,36 +223,36 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
 def lif_fwd_triton(
     x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
     hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
+    return_v_seq: bool, mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training forward: also saves H (H − θ for fp16/bf16) for ``lif_bwd_triton``."""
     return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, True)
+                return_v_seq, True, mode=mode)
 
 
 def lif_fwd_triton_infer(
     x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
     hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
+    return_v_seq: bool, mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inference forward (no autograd): saves nothing, 2b per element instead of 3b."""
     return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, False)
+                return_v_seq, False, mode=mode)
 
 
 def lif_fwd_triton_recompute(
     x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
     hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
+    return_v_seq: bool, mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training forward of save="recompute": writes s (v_last, v_seq) and saves only the membrane every
     ``config.RECOMPUTE_CHUNK`` steps for ``lif_bwd_triton_recompute``."""
     return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, False, _rc_chunk())
+                return_v_seq, False, _rc_chunk(), mode)
 
 
 def _bwd(kind, grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, surrogate, hard_reset, v_reset,
-         decay_input, detach_reset, reset_residual, need_param_grad, chunk=0):
+         decay_input, detach_reset, reset_residual, need_param_grad, chunk=0, mode=0):
     T, N = x.shape
     grad_s = grad_s.to(x.dtype).contiguous()
     x = x.contiguous()
@@ -259,10 +266,10 @@ def _bwd(kind, grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved
     partial = None
     if N > 0:
         key = (kind, x.dtype, x.device.type, surrogate, hard_reset, decay_input, detach_reset, mask is not None,
-               gvl is not None, gvs is not None, need_param_grad, chunk)
+               gvl is not None, gvs is not None, need_param_grad, chunk, mode)
         flags = dict(HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
                      HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
-                     NEED_PARAM_GRAD=need_param_grad, WIDE=x.dtype == torch.float64)
+                     NEED_PARAM_GRAD=need_param_grad, WIDE=x.dtype == torch.float64, **_mode_kw(mode))
         if kind == "bwd":
             flags["H_MINUS_THETA"] = _saves_h_minus_theta(x.dtype)
             kernel, consts, block = _spec(key, kind, FIXED_CONFIG, surrogate, x, flags)
@@ -287,19 +294,19 @@ def lif_bwd_triton(
     grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
     v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
     surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    need_param_grad: bool,
+    need_param_grad: bool, mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of the saved state: ``saved`` is the forward's H (H − θ for fp16/bf16)."""
     config.check_op_args("lif_triton", x, v0, params, surrogate)
     return _bwd("bwd", grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, surrogate, hard_reset,
-                v_reset, decay_input, detach_reset, reset_residual, need_param_grad)
+                v_reset, decay_input, detach_reset, reset_residual, need_param_grad, mode=mode)
 
 
 def lif_bwd_triton_recompute(
     grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
     v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
     surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    need_param_grad: bool,
+    need_param_grad: bool, mode: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of save="recompute": ``saved`` is the forward's V checkpoints."""
     config.check_op_args("lif_triton", x, v0, params, surrogate)
@@ -311,7 +318,7 @@ def lif_bwd_triton_recompute(
                          f"[{rows}, {N}] {params.dtype}, got {tuple(saved.shape)} {saved.dtype}")
     ck = saved.contiguous() if saved.numel() > 0 else v0  # never read for T <= chunk
     return _bwd("bwd_rc", grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, ck, surrogate, hard_reset,
-                v_reset, decay_input, detach_reset, reset_residual, need_param_grad, chunk)
+                v_reset, decay_input, detach_reset, reset_residual, need_param_grad, chunk, mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,18 +328,18 @@ def lif_bwd_triton_recompute(
 
 
 def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-              reset_residual, return_v_seq):
+              reset_residual, return_v_seq, mode=0):
     # saves H (fp32/fp64) or H − θ (fp16/bf16): [T, N] in x.dtype
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (torch.empty_like(x),)
 
 
 def _fake_fwd_infer(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                    reset_residual, return_v_seq):
+                    reset_residual, return_v_seq, mode=0):
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (x.new_empty(0),)  # saves nothing
 
 
 def _fake_fwd_recompute(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                        reset_residual, return_v_seq):
+                        reset_residual, return_v_seq, mode=0):
     return config.fake_fwd_outputs(x, v0, return_v_seq) + (config.checkpoints_like(x, params),)
 
 
