@@ -7,7 +7,6 @@ whatever function of a learnable parameter the caller used (1/τ, 1 − λ, sigm
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -37,6 +36,20 @@ class LIFFlags:
         """The op's ``mode`` argument: bit 0 = strict threshold, bits 1–2 = the reset timing's index."""
         return int(not self.fire_at_threshold) | (RESET_TIMINGS.index(self.reset_timing) << 1)
 
+    # ``op_args``: the flags as the fused ops take them, after ``noise_mask``, made once per flags object
+    # as a plain attribute (not a field: equality and hashing ignore it; not a cached_property: its lock
+    # is a context manager torch.compile cannot trace).
+    def __post_init__(self):
+        self._derive()
+
+    def __setstate__(self, state):  # unpickling skips __post_init__ (and older pickles lack op_args)
+        self.__dict__.update(state)
+        self._derive()
+
+    def _derive(self) -> None:
+        object.__setattr__(self, "op_args", (self.surrogate_id, self.hard_reset, self.v_reset, self.decay_input,
+                                             self.detach_reset, self.reset_residual))
+
 
 # When the reset happens (docs/spec.md §2 reset; reference.py is the definition):
 #   "after_fire"  V_t = reset(H_t, S_t) right after the spike (SpikingJelly, Norse).
@@ -52,12 +65,6 @@ RESET_TIMINGS = ("after_fire", "delayed", "none", "after_fire_pending")
 # "after_fire" only (csrc/cuda/lif_common.cuh load_params says why). The others: backend='reference'.
 KERNEL_RESET_TIMINGS = ("after_fire", "delayed", "none")
 CUDA_RESET_TIMINGS = ("after_fire",)
-
-    @functools.cached_property
-    def op_args(self) -> tuple:
-        """The flags as the fused ops take them, after ``noise_mask`` (made once per flags object)."""
-        return (self.surrogate_id, self.hard_reset, self.v_reset, self.decay_input, self.detach_reset,
-                self.reset_residual)
 
 
 def _is_compiling() -> bool:
