@@ -21,11 +21,12 @@ using torch::autograd::variable_list;
 
 using FwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                          const c10::optional<Tensor>&, int64_t, bool, double,
-                                                         bool, bool, double, bool);
+                                                         bool, bool, double, bool, int64_t);
 using BwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const c10::optional<Tensor>&,
                                                   const c10::optional<Tensor>&, const Tensor&, const Tensor&,
                                                   const Tensor&, const c10::optional<Tensor>&, const Tensor&,
-                                                  const Tensor&, int64_t, bool, double, bool, bool, double, bool);
+                                                  const Tensor&, int64_t, bool, double, bool, bool, double, bool,
+                                                  int64_t);
 
 struct StateOps {
   static constexpr const char* fwd = "snn_fast::lif_fwd";
@@ -54,10 +55,11 @@ template <typename Ops>
 struct LIFFunction : public torch::autograd::Function<LIFFunction<Ops>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& v0, const Tensor& params,
                                const c10::optional<Tensor>& mask, int64_t sg, bool hard_reset, double v_reset,
-                               bool decay_input, bool detach_reset, double kappa, bool return_v_seq) {
+                               bool decay_input, bool detach_reset, double kappa, bool return_v_seq,
+                               int64_t mode) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [s, v_last, v_seq, saved] = fwd_op<Ops>().call(x, v0, params, mask, sg, hard_reset, v_reset, decay_input,
-                                                        detach_reset, kappa, return_v_seq);
+                                                        detach_reset, kappa, return_v_seq, mode);
     ctx->save_for_backward({x, v0, params, mask.has_value() ? *mask : Tensor(), saved, s});
     ctx->saved_data["sg"] = sg;
     ctx->saved_data["hard_reset"] = hard_reset;
@@ -66,6 +68,7 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction<Ops>> {
     ctx->saved_data["detach_reset"] = detach_reset;
     ctx->saved_data["kappa"] = kappa;
     ctx->saved_data["return_v_seq"] = return_v_seq;
+    ctx->saved_data["mode"] = mode;
     ctx->mark_non_differentiable({saved});
     ctx->set_materialize_grads(false);
     return {s, v_last, v_seq, saved};
@@ -94,10 +97,10 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction<Ops>> {
     auto [gx, gv0, gp] = bwd_op<Ops>().call(
         gs.contiguous(), gvl, gvs, x, v0, params, mask, saved, s, d.at("sg").toInt(), d.at("hard_reset").toBool(),
         d.at("v_reset").toDouble(), d.at("decay_input").toBool(), d.at("detach_reset").toBool(),
-        d.at("kappa").toDouble(), need_param_grad);
-    // one entry per forward argument: x, v0, params, then none for the mask and the 7 flags
+        d.at("kappa").toDouble(), need_param_grad, d.at("mode").toInt());
+    // one entry per forward argument: x, v0, params, then none for the mask, the 7 flags and the mode
     return {gx, gv0, need_param_grad ? gp : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -105,9 +108,10 @@ template <typename Ops>
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_autograd(const Tensor& x, const Tensor& v0, const Tensor& params,
                                                             const c10::optional<Tensor>& mask, int64_t sg,
                                                             bool hard_reset, double v_reset, bool decay_input,
-                                                            bool detach_reset, double kappa, bool return_v_seq) {
+                                                            bool detach_reset, double kappa, bool return_v_seq,
+                                                            int64_t mode) {
   auto out = LIFFunction<Ops>::apply(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
-                                     return_v_seq);
+                                     return_v_seq, mode);
   return {out[0], out[1], out[2], out[3]};
 }
 
