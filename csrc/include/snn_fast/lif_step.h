@@ -11,7 +11,12 @@
 //     reset R = Θ(V − θ), recomputed from V without a gradient: hard V ← R·vr + (1 − R)·V before
 //     the charge, soft H ← H − R·θ after it.
 //   kResetNone: V = H, no reset.
-// The strict threshold and the timing are runtime fields of LIFParams (no extra instantiations).
+// The strict threshold and the timing are fields of LIFParams (set_mode), read at run time by the
+// default instantiation of every function below (MODE = kRuntimeMode). MODE >= 0 fixes the op's mode
+// at compile time instead: the CPU kernels' mode-0 loops then hold exactly the plain step (a runtime
+// timing test inside the step keeps GCC from vectorising them, ~10x slower), and they take the
+// runtime form for the other modes. The CUDA kernels take the runtime form throughout (their
+// timing is a constant in load_params, so its branches fold away there too).
 //
 // Every function evaluates the reference's expression (snn_fast/ops/lif/reference.py) in the
 // reference's operation order under IEEE arithmetic, so fp32 kernels round exactly like the fp32
@@ -63,6 +68,25 @@ template <typename T>
 SNN_HD void set_mode(LIFParams<T>& p, int mode) {
   p.fire_min = (mode & 1) != 0 ? least_subnormal(T(0)) : T(0);
   p.timing = mode >> 1;
+}
+// ... and back.
+template <typename T>
+SNN_HD int get_mode(const LIFParams<T>& p) {
+  return (p.fire_min != T(0) ? 1 : 0) | (p.timing << 1);
+}
+
+// MODE: the op's mode as a compile-time constant (>= 0), or kRuntimeMode: p.fire_min and p.timing.
+constexpr int kRuntimeMode = -1;
+
+// The reset timing under MODE: a constant unless MODE is kRuntimeMode, so the timing branches of the
+// functions below fold away in a fixed-mode instantiation.
+template <int MODE, typename T>
+SNN_HD int lif_timing(const LIFParams<T>& p) {
+  if constexpr (MODE == kRuntimeMode) {
+    return p.timing;
+  } else {
+    return MODE >> 1;
+  }
 }
 
 // A compile-time flag (std::bool_constant without <type_traits>' host-only parts).
@@ -119,35 +143,42 @@ SNN_HD double mul_rn(double a, double b) {
 // ------------------------------------------------------------------------------------------------
 // Forward
 
-// Θ(d) as a bool, Θ(0) = 1 or (strict) 0; NaN: false, as the reference's comparison.
-template <typename T>
+// Θ(d) as a bool, Θ(0) = 1 or (strict) 0; NaN: false, as the reference's comparison. A fixed
+// strict mode compares with 0 directly (d > 0 ⇔ d ≥ least_subnormal: the same result).
+template <typename T, int MODE = kRuntimeMode>
 SNN_HD bool lif_fires(T d, const LIFParams<T>& p) {
-  return d >= p.fire_min;
+  if constexpr (MODE == kRuntimeMode) {
+    return d >= p.fire_min;
+  } else if constexpr ((MODE & 1) != 0) {
+    return d > T(0);
+  } else {
+    return d >= T(0);
+  }
 }
 
 // The hard spike Θ(H − θ) as 0/1.
-template <typename T>
+template <typename T, int MODE = kRuntimeMode>
 SNN_HD T lif_spike(T h, const LIFParams<T>& p) {
-  return lif_fires(h - p.theta, p) ? T(1) : T(0);
+  return lif_fires<T, MODE>(h - p.theta, p) ? T(1) : T(0);
 }
 
 // The membrane the charge starts from: V itself, or with kResetDelayed and a hard reset the pending
 // reset R·vr + (1 − R)·V applied first (R = Θ(V − θ)).
-template <typename T>
+template <typename T, int MODE = kRuntimeMode>
 SNN_HD T lif_pending_hard(T v, const LIFParams<T>& p) {
   using detail::mul_rn;
-  if (p.timing == kResetDelayed && p.hard_reset) {
-    const T r = lif_spike(v, p);
+  if (lif_timing<MODE>(p) == kResetDelayed && p.hard_reset) {
+    const T r = lif_spike<T, MODE>(v, p);
     return mul_rn(r, p.vr) + mul_rn(T(1) - r, v);
   }
   return v;
 }
 
-template <bool DI, typename T>
+template <bool DI, typename T, int MODE = kRuntimeMode>
 SNN_HD T lif_charge(T v, T x, const LIFParams<T>& p) {
   using detail::mul_rn;
-  if (p.timing == kResetDelayed) {  // the pending reset of the carried (pre-reset) membrane
-    const T r = lif_spike(v, p);
+  if (lif_timing<MODE>(p) == kResetDelayed) {  // the pending reset of the carried (pre-reset) membrane
+    const T r = lif_spike<T, MODE>(v, p);
     if (p.hard_reset) v = mul_rn(r, p.vr) + mul_rn(T(1) - r, v);
     T h;
     if constexpr (DI) {
@@ -166,21 +197,21 @@ SNN_HD T lif_charge(T v, T x, const LIFParams<T>& p) {
 
 // Emitted value: the spike where the mask is on, g(H − θ) where it is off (SPEC §4). A select, so an
 // all-True mask gives exactly the unmasked result. lif_fire_rt: the surrogate as a runtime id.
-template <int SG, typename T>
+template <int SG, typename T, int MODE = kRuntimeMode>
 SNN_HD T lif_fire(T h, bool mask_on, const LIFParams<T>& p) {
-  return mask_on ? lif_spike(h, p) : sg_prim<SG>(h - p.theta, p.alpha);
+  return mask_on ? lif_spike<T, MODE>(h, p) : sg_prim<SG>(h - p.theta, p.alpha);
 }
-template <typename T>
+template <typename T, int MODE = kRuntimeMode>
 SNN_HD T lif_fire_rt(T h, bool mask_on, const LIFParams<T>& p) {
-  return mask_on ? lif_spike(h, p) : sg_prim_rt<T>(p.sg, h - p.theta, p.alpha);
+  return mask_on ? lif_spike<T, MODE>(h, p) : sg_prim_rt<T>(p.sg, h - p.theta, p.alpha);
 }
 
 // Unfused like the charge: with an analog (noisy) s these roundings matter; with a 0/1 spike the
 // blend is still evaluated as written (H = ±inf or NaN with S = 1 gives NaN, as the reference).
-template <bool HARD, typename T>
+template <bool HARD, typename T, int MODE = kRuntimeMode>
 SNN_HD T lif_reset(T h, T s, const LIFParams<T>& p) {
   using detail::mul_rn;
-  if (p.timing != kResetAfterFire) return h;  // the pre-reset membrane is carried
+  if (lif_timing<MODE>(p) != kResetAfterFire) return h;  // the pre-reset membrane is carried
   if constexpr (HARD) {
     return mul_rn(s, p.vr) + mul_rn(T(1) - s, h);
   } else {
@@ -250,28 +281,28 @@ SNN_HD T lif_grad_v_prev(T eps, const LIFParams<T>& p) {
 }
 // The same where a pending hard reset (kResetDelayed) may sit between V_{t−1} and the charge:
 // ∂V′/∂V_{t−1} = 1 − R. Needs V_{t−1}; the other timings give lif_grad_v_prev(eps, p).
-template <typename T>
+template <typename T, int MODE = kRuntimeMode>
 SNN_HD T lif_grad_v_prev(T eps, T v_prev, const LIFParams<T>& p) {
   const T d = eps - eps * p.k;
-  if (p.timing == kResetDelayed && p.hard_reset) return d * (T(1) - lif_spike(v_prev, p));
+  if (lif_timing<MODE>(p) == kResetDelayed && p.hard_reset) return d * (T(1) - lif_spike<T, MODE>(v_prev, p));
   return d;
 }
 
 // One step with parameter gradients. In: H, the emitted S, V_{t−1}, X, ∂L/∂S_t, dv, gp, dga. Returns
 // ε; writes this step's contributions to ∂L/∂k, ∂L/∂θ, ∂L/∂α. Scalars, not a struct: GCC's
 // `omp simd` cannot vectorise a loop holding an aggregate local.
-template <bool HARD, bool DI, bool DETACH, typename T, bool EXACT_K0 = true>
+template <bool HARD, bool DI, bool DETACH, typename T, bool EXACT_K0 = true, int MODE = kRuntimeMode>
 SNN_HD T lif_step_backward_g(T h, T s, T v_prev, T x, T grad_s, T dv, T gp, T dga, const LIFParams<T>& p,
                              T& dk, T& dtheta, T& dalpha) {
-  if (p.timing != kResetAfterFire) {
+  if (lif_timing<MODE>(p) != kResetAfterFire) {
     // V_t = H_t (+ κ·(S − detach S)): ∂L/∂S_t = grad_s + κ·dv, ε = dv + ∂L/∂S_t·g′. With kResetDelayed
     // the charge starts from V′ = the pending hard reset of V_{t−1}, and a soft one adds −R·θ to H.
     const T ds = lif_grad_s<false, true, T, EXACT_K0>(grad_s, dv, h, p);
     const T eps = dv + ds * gp;
-    const bool pending = p.timing == kResetDelayed;
-    const T vp = lif_pending_hard(v_prev, p);
+    const bool pending = lif_timing<MODE>(p) == kResetDelayed;
+    const T vp = lif_pending_hard<T, MODE>(v_prev, p);
     dtheta = -(ds * gp);
-    if (pending && !p.hard_reset) dtheta = dtheta - eps * lif_spike(v_prev, p);
+    if (pending && !p.hard_reset) dtheta = dtheta - eps * lif_spike<T, MODE>(v_prev, p);
     dalpha = ds * dga;
     if constexpr (DI) {
       dk = eps * (x - (vp - p.vr));
