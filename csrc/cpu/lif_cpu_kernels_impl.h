@@ -97,8 +97,10 @@ class BlockQueue {
 //
 // So does the op's mode (MODE, lif_step.h), in two instantiations: 0 (Θ(0) = 1, reset after the spike:
 // the default, whose loops then hold exactly the plain step) and kRuntimeMode for the five others,
-// whose loops test p.fire_min and p.timing per element. One generic instantiation instead of one per
-// mode keeps the build near its mode-less size; the other modes cost their runtime tests.
+// whose loops test p.fire_min and p.timing per element. GCC does not vectorise those (control flow
+// in the four-step loop): at W4 the other modes run ~15x slower than mode 0 (fp32, one thread). One
+// generic instantiation keeps the build smaller than one per mode (still ~1.7x the mode-less CPU
+// compile time, most of it the generic bwd_block per surrogate).
 template <int M>
 struct ModeConst {
   static constexpr int value = M;

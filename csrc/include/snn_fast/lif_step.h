@@ -14,7 +14,7 @@
 // The strict threshold and the timing are fields of LIFParams (set_mode), read at run time by the
 // default instantiation of every function below (MODE = kRuntimeMode). MODE >= 0 fixes the op's mode
 // at compile time instead: the CPU kernels' mode-0 loops then hold exactly the plain step (a runtime
-// timing test inside the step keeps GCC from vectorising them, ~10x slower), and they take the
+// timing test inside the step keeps GCC from vectorising them: an order of magnitude slower), and they take the
 // runtime form for the other modes. The CUDA kernels take the runtime form throughout (their
 // timing is a constant in load_params, so its branches fold away there too).
 //
