@@ -35,7 +35,7 @@ def _spikingjelly_node():
 
 PROVIDERS = ("snn_fast-cpu", "snn_fast-cuda", "snn_fast-triton", "spikingjelly", "reference", "reference-compiled")
 # Ours with an explicit save mode (docs/spec.md §8): "snn_fast-<backend>-<save>"; plain "snn_fast-<backend>" is
-# the default (config.DEFAULT_SAVE, "state").
+# the default (contract.DEFAULT_SAVE, "state").
 SAVES = ("recompute", "state")
 
 
@@ -158,7 +158,7 @@ def bench_case(device, shape, dtype, names=None, rounds=3, compile_backend="indu
             ours = _ours(name)
             if ours is not None and mode == "fwd+bwd":  # what the design moves and keeps
                 from snn_fast.ops.lif import memory
-                from snn_fast.ops.lif.config import DEFAULT_SAVE
+                from snn_fast.ops.lif.contract import DEFAULT_SAVE
 
                 save = ours[1] or DEFAULT_SAVE
                 T, N = shape[0], n_elem // shape[0]

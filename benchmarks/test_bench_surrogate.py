@@ -10,7 +10,8 @@ do the same arithmetic and every difference is the cost of running a user's surr
     the user's torch g′ on H − θ (1 MiB pieces) and the C++ walk (``custom_cpu.py``); the peers are the
     reference loop with the same user surrogate and SpikingJelly 2.0's LIFNode with its own custom
     surrogate (a ``SurrogateFunctionBase`` subclass with its own autograd Function, which is how a
-    SpikingJelly user adds a shape; it runs SpikingJelly's torch loop). Measured at 1 and 2 threads (``torch.set_num_threads``; CPU_THREADS).
+    SpikingJelly user adds a shape; it runs SpikingJelly's torch loop). Measured at 1 and 2 threads
+    (``torch.set_num_threads``; CPU_THREADS).
     The ``-learn`` rows: α learnable, the user's surrogate registered with an explicit ``dg_dalpha``
     (``sigmoid_user_da``), SpikingJelly's custom surrogate with α an ``nn.Parameter`` and its own ∂/∂α.
   - GPU: 'triton' with the user's constexpr functions vs the built-in id; 'cuda' cannot run it.

@@ -18,6 +18,12 @@ except ImportError as e:  # not built, or built against another torch
     C_IMPORT_ERROR = e
 
 
+if HAS_C and hasattr(torch.ops.snn_fast, "cpu_cache_empty_like"):
+    # The output cache's tensor op (csrc/cpu/output_cache.h): its fake, for torch.compile and opcheck.
+    torch.library.register_fake("snn_fast::cpu_cache_empty_like")(
+        lambda like: torch.empty_like(like, memory_format=torch.contiguous_format))
+
+
 def _query(op: str, dispatch_key: str) -> bool:
     return HAS_C and torch._C._dispatch_has_kernel_for_dispatch_key(f"snn_fast::{op}", dispatch_key)
 

@@ -1,8 +1,9 @@
 """Backend choice for every op: the ``backend=`` argument, then ``SNN_FAST_BACKEND``, then automatic.
 
 Each op's ``function.py`` lists its fused backends in one table, an :class:`OpBackends` of
-:class:`Backend` entries (ops, what they save, a probe); this module chooses among them and loads
-them, the same way for every op. Automatic: a CUDA tensor gets the fastest GPU backend that is
+:class:`Backend` entries (a pair of ops and a probe per backend name) with the op's one
+:class:`FusedAutograd`; this module chooses among the backends, loads them and gives their ops that
+autograd, the same way for every op. Automatic: a CUDA tensor gets the fastest GPU backend that is
 available (the op's measured :class:`~snn_fast.autotable.AutoTable` when it has one, else
 ``GPU_ORDER``); a CPU tensor gets the C++ kernel; anything else gets the reference. A surrogate a
 user registered runs only on the backends whose entry accepts it (``Backend.surrogates``): ``auto``
@@ -11,11 +12,13 @@ by name that cannot run raises an error saying how to get it; only ``auto`` fall
 
 Loading is lazy: an entry names its ops ("snn_fast::lif_fwd_triton") and the module that defines
 them, imported on the backend's first use (so triton is imported only when a Triton backend runs).
-Loading also makes the op's torch.library registrations for torch.compile (through the op's
-``register`` hook), once per op. Nothing registers itself on import.
+Loading also makes the ops' torch.library registrations for torch.compile (the op's fakes through
+its ``register_fakes`` hook for ops defined in C++, and the autograd), once per op. Nothing
+registers itself on import.
 """
 from __future__ import annotations
 
+import collections
 import importlib
 import os
 import threading
@@ -56,37 +59,32 @@ def triton_probe(x: torch.Tensor, arg: str) -> Optional[str]:
 
 @dataclass(frozen=True)
 class Backend:
-    """One fused backend of an op: its ops by name (looked up in ``torch.ops`` after importing
-    ``module``), what its forward saves, and its probe.
-
-    ``fwd``/``bwd`` follow the op's contract (its ``function.py``); ``infer`` is a forward that saves
-    nothing, used when no gradient can flow. ``saves(x)`` gives the tensor the forward saves for its
-    backward, for the fake (shape) function of ops defined in C++ (one schema serves 'cpu' and
-    'cuda', which save different things); ops defined in Python carry their fake beside the kernels.
+    """One fused backend of an op: its forward and backward ops by name (looked up in ``torch.ops``
+    after importing ``module``; None: defined in C++), and its probe. The ops follow the op's one
+    schema pair (its ``contract.py``); what the forward saves is an argument of that schema.
     """
 
     fwd: str
     bwd: str
     probe: Probe
-    infer: Optional[str] = None
     module: Optional[str] = None
-    saves: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     # User-registered surrogates (``snn_fast.surrogate.register_surrogate``): None = this backend runs
-    # the built-in ones only; else surrogate -> None when it can run it, or why not. ``custom_entry``
-    # names the table entry whose ops run them (default: this entry's own ops).
+    # the built-in ones only; else surrogate -> None when it can run it, or why not. ``custom``: the
+    # ops that run them when they are not ``fwd``/``bwd`` themselves (the same schemas).
     surrogates: Optional[Callable[[object], Optional[str]]] = None
-    custom_entry: Optional[str] = None
+    custom: Optional["Backend"] = None
 
 
 @dataclass(frozen=True)
 class Loaded:
     """A loaded backend: its ops' ``.default`` overloads, which eager mode calls below the autograd
-    key from the op's one autograd Function (torch.compile goes through ``OpBackends.compiled_fwd``)."""
+    key through the op's :class:`FusedAutograd` (torch.compile goes through ``OpBackends.compiled_fwd``)."""
 
     entry: Backend
     fwd: Callable
     bwd: Callable
-    infer: Optional[Callable]
+    # The forward op's arguments by name (a namedtuple class made from its schema).
+    args: type
     # The forward op has an autograd kernel of its own (registered in C++): eager mode calls ``fwd``
     # through the autograd key instead of wrapping the raw ops in a Python autograd Function.
     cpp_autograd: bool = False
@@ -99,6 +97,12 @@ def op(qualname: str):
     return getattr(getattr(torch.ops, ns), name)
 
 
+def schema_args(qualname: str) -> type:
+    """A namedtuple class of the op's arguments, named as its schema names them."""
+    args = op(qualname).default._schema.arguments
+    return collections.namedtuple(qualname.split("::")[1] + "_args", [a.name for a in args])
+
+
 def _has_autograd_kernel(qualname: str) -> bool:
     """The op (its default overload) has an Autograd kernel of its own, e.g. registered in C++."""
     try:
@@ -107,21 +111,98 @@ def _has_autograd_kernel(qualname: str) -> bool:
         return False
 
 
+class FusedAutograd:
+    """The one autograd of every fused backend of an op, from two functions of the op:
+
+    - ``save(ctx, args, outputs, needs)``: keep what the backward needs; ``args`` is the forward's
+      arguments by name (``Loaded.args``), ``needs[i]`` whether ``differentiable[i]`` needs a gradient;
+    - ``backward(ctx, *grads)``: ``ctx.bwd`` is the backend's backward op and ``grads`` hold one
+      gradient (or None) per forward output; returns one gradient (or None) per ``differentiable``.
+
+    Eager mode runs them in one ``torch.autograd.Function`` around the raw ops, called below the
+    autograd key (no torch.library per-call wrapper: argument normalisation on every call, ~0.3 ms of a
+    LIF forward+backward at any size, measured); torch.compile gets the same two functions registered
+    on each forward op with ``torch.library.register_autograd``. ``nondiff_outputs``: forward outputs
+    that carry no gradient (what it saves for the backward); ``materialize_grads=False``: ``backward``
+    gets None for an output no gradient reached (else zeros).
+    """
+
+    def __init__(self, title: str, differentiable: Tuple[str, ...], save: Callable, backward: Callable,
+                 nondiff_outputs: Tuple[int, ...] = (), materialize_grads: bool = True):
+        self.title = title
+        self.differentiable = differentiable
+        self.save = save
+        self.backward = backward
+        self.nondiff_outputs = nondiff_outputs
+        self.materialize_grads = materialize_grads
+
+    def apply(self, b: Loaded, *args):
+        """Eager forward of backend ``b`` recording this autograd; returns what the forward op returns."""
+        return _FusedFunction.apply(self, b, *args)
+
+    def register(self, b: Loaded) -> None:
+        """torch.compile's autograd of ``b``'s forward op."""
+        bwd = op(b.entry.bwd)
+        index = [b.args._fields.index(n) for n in self.differentiable]
+        n_args = len(b.args._fields)
+
+        def setup_context(ctx, inputs, output):
+            ctx.bwd = bwd
+            self.save(ctx, b.args(*inputs), output, tuple(ctx.needs_input_grad[i] for i in index))
+
+        def backward(ctx, *grads):
+            full = [None] * n_args
+            for i, g in zip(index, self.backward(ctx, *grads)):
+                full[i] = g
+            return tuple(full)
+
+        torch.library.register_autograd(b.entry.fwd, backward, setup_context=setup_context)
+
+
+class _FusedFunction(torch.autograd.Function):
+    """``FusedAutograd.apply``: (spec, loaded backend, *the forward op's arguments)."""
+
+    @staticmethod
+    def forward(ctx, spec: FusedAutograd, b: Loaded, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = b.fwd(*args)
+        named = b.args(*args)
+        ctx.spec, ctx.bwd = spec, b.bwd
+        ctx.index = [b.args._fields.index(n) for n in spec.differentiable]
+        spec.save(ctx, named, out, tuple(ctx.needs_input_grad[2 + i] for i in ctx.index))
+        ctx.n_args = len(args)
+        if spec.nondiff_outputs:
+            ctx.mark_non_differentiable(*(out[i] for i in spec.nondiff_outputs))
+        ctx.set_materialize_grads(spec.materialize_grads)
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        with torch._C._AutoDispatchBelowAutograd():
+            got = ctx.spec.backward(ctx, *grads)
+        full = [None] * (2 + ctx.n_args)
+        for i, g in zip(ctx.index, got):
+            full[2 + i] = g
+        return tuple(full)
+
+
 class OpBackends:
     """The backends of one op and how to choose and load them.
 
-    ``arg`` names the op's tensor argument the probes look at (and their messages); ``register``
-    (called once per distinct forward op when a backend first loads) makes the torch.library
-    registrations the compiled path needs; ``autotable`` orders the GPU backends when given.
+    ``arg`` names the op's tensor argument the probes look at (and their messages); ``autograd`` is
+    the op's one :class:`FusedAutograd`; ``register_fakes`` (called once per forward op defined in
+    C++ when a backend first loads it) registers that pair's fake functions (ops defined in Python
+    carry theirs); ``autotable`` orders the GPU backends when given.
     """
 
-    def __init__(self, arg: str, backends: Dict[str, Backend], register: Callable[[Loaded], None],
-                 autotable: Optional[AutoTable] = None):
+    def __init__(self, arg: str, backends: Dict[str, Backend], autograd: FusedAutograd,
+                 register_fakes: Callable[[Backend], None], autotable: Optional[AutoTable] = None):
         self.arg = arg
         self.backends = backends
-        self.register = register
+        self.autograd = autograd
+        self.register_fakes = register_fakes
         self.autotable = autotable
-        self._loaded: Dict[str, Loaded] = {}
+        self._loaded: Dict[tuple, Loaded] = {}
         self._registered: set = set()
         # First loads (import + torch.library registrations, which torch refuses twice) run under a
         # lock; a loaded backend is then one lock-free dict lookup (tests/test_threads.py).
@@ -160,7 +241,7 @@ class OpBackends:
                 )
             why = self.cannot_run(name, surrogate) if custom else None
             if why is not None:
-                ok = [n for n in self.backends if n in NAMES and self.cannot_run(n, surrogate) is None]
+                ok = [n for n in self.backends if self.cannot_run(n, surrogate) is None]
                 raise ValueError(f"backend {name!r} cannot run the user-registered surrogate {surrogate.name!r}: "
                                  f"{why}; use backend='auto', 'reference'" + "".join(f" or {n!r}" for n in ok))
             why = self.unavailable(name, x)
@@ -175,49 +256,53 @@ class OpBackends:
                 return cand
         return "reference"
 
-    def ops_for(self, name: str, surrogate) -> str:
-        """The table entry whose ops run ``surrogate`` on backend ``name`` (``Backend.custom_entry``)."""
+    def entry(self, name: str, custom: bool = False) -> Backend:
+        """Backend ``name``'s ops; with ``custom``, those that run a user-registered surrogate."""
         e = self.backends[name]
-        return e.custom_entry if e.custom_entry is not None and getattr(surrogate, "custom", False) else name
+        return e.custom if custom and e.custom is not None else e
 
-    def load(self, name: str) -> Loaded:
-        """The backend's ops, importing their module and registering them on first use."""
-        hit = self._loaded.get(name)
+    def load(self, name: str, custom: bool = False) -> Loaded:
+        """Backend ``name``'s ops (``custom``: for a user-registered surrogate), importing their module
+        and registering them on first use."""
+        key = (name, custom)
+        hit = self._loaded.get(key)
         if hit is not None:
             return hit
         with self._lock:
-            hit = self._loaded.get(name)
+            hit = self._loaded.get(key)
             if hit is not None:  # another thread loaded it meanwhile
                 return hit
-            e = self.backends[name]
+            e = self.entry(name, custom)
             if e.module is not None:
                 importlib.import_module(e.module)
-            loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, op(e.infer).default if e.infer else None,
+            loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, schema_args(e.fwd),
                             e.module is None and _has_autograd_kernel(e.fwd))
             if e.fwd not in self._registered:
-                self.register(loaded)
+                if e.module is None:  # defined in C++ (ops.cpp): its fakes come from Python
+                    self.register_fakes(e)
+                if not loaded.cpp_autograd:
+                    self.autograd.register(loaded)
                 self._registered.add(e.fwd)
-            self._loaded[name] = loaded
+            self._loaded[key] = loaded
             return loaded
 
     # The first use may come inside a torch.compile trace, which cannot follow an import or a
     # torch.library registration: Dynamo runs this eagerly (once per trace) and keeps the result.
     @torch.compiler.assume_constant_result
-    def _loaded_for_compile(self, name: str) -> bool:
-        self.load(name)
+    def _loaded_for_compile(self, name: str, custom: bool) -> bool:
+        self.load(name, custom)
         return True
 
-    def compiled_fwd(self, name: str, train: bool) -> Callable:
+    def compiled_fwd(self, name: str, custom: bool = False) -> Callable:
         """The forward op for torch.compile: the dispatcher's packet, traced with its registered fake
-        and autograd; the inference op when no gradient can flow and the backend has one."""
-        self._loaded_for_compile(name)
-        e = self.backends[name]
-        return op(e.infer if e.infer is not None and not train else e.fwd)
+        and autograd."""
+        self._loaded_for_compile(name, custom)
+        return op(self.entry(name, custom).fwd)
 
 
 def check_name(backend) -> None:
-    """A ``backend=`` argument is None or one of ``NAMES`` (any case). Before this check 0 and ''
-    silently meant 'auto' and 123 raised an AttributeError (issue 14)."""
+    """A ``backend=`` argument is None or one of ``NAMES`` (any case): anything else (0, '', 123) is
+    an error naming it, not a silent 'auto' or an AttributeError."""
     if backend is None:
         return
     if not isinstance(backend, str):

@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from . import backends
-from .ops.lif import config as _lif_config
+from .ops.lif import args as _lif_args
+from .ops.lif import contract as _lif_contract
 from .ops.lif.function import lif_apply as _lif_apply
 
 _SJ = "spikingjelly.activation_based"
@@ -223,18 +224,18 @@ class SnnTorchLeaky(nn.Module):
     learned). ``multistep(x, mem=None)`` runs a whole ``[T, ...]`` sequence in one kernel and returns
     ``(spk [T, ...], mem)``, what T calls of ``forward`` return (spikes stacked, last membrane).
 
-    The dynamics (snn_fast/ops/lif/config.py RESET_TIMINGS): mem[t] = β·mem[t−1] + x[t] − θ·R[t] with
+    The dynamics (snn_fast/ops/lif/args.py RESET_TIMINGS): mem[t] = β·mem[t−1] + x[t] − θ·R[t] with
     R[t] = Θ(mem[t−1] − θ) detached, spk = Θ(mem[t] − θ) firing on mem > θ (subtract, reset_delay=True;
     'zero' resets mem[t−1] to 0 before the decay instead). β is clamped to [0, 1] as snnTorch does.
     """
 
-    def __init__(self, src: nn.Module, backend: str = "auto", save: str = _lif_config.DEFAULT_SAVE):
+    def __init__(self, src: nn.Module, backend: str = "auto", save: str = _lif_contract.DEFAULT_SAVE):
         nn.Module.__init__(self)  # not snntorch.Leaky's (see _snntorch_leaky_class)
         mech, delay = src.reset_mechanism, bool(src.reset_delay)
         v_reset, timing, detach = _SNNTORCH_RESETS[(mech, delay)]
         sg, alpha = _snntorch_surrogate(src.spike_grad)
         # β and θ are placeholders here: forward passes the module's tensors
-        _, _, alpha, self.flags, self.sg = _lif_config.resolve(
+        _, _, alpha, self.flags, self.sg = _lif_args.resolve(
             None, 0.5, False, 1.0, v_reset, detach, sg, alpha, 0.0, False, timing)
         self.alpha = float(alpha)
         for name in ("beta", "threshold"):
@@ -309,7 +310,7 @@ def _snntorch_leaky_class() -> type:
         import snntorch
 
         class _Compat(SnnTorchLeaky, snntorch.Leaky):
-            def __init__(self, src, backend="auto", save=_lif_config.DEFAULT_SAVE):
+            def __init__(self, src, backend="auto", save=_lif_contract.DEFAULT_SAVE):
                 SnnTorchLeaky.__init__(self, src, backend, save)
                 snntorch.SpikingNeuron.instances.append(self)
 
@@ -385,7 +386,7 @@ class NorseLIFBoxCell(nn.Module):
     surrogate is Norse's SuperSpike, whose backward is 1/(|x| + 1)² whatever p.alpha is.
     """
 
-    def __init__(self, src: nn.Module, backend: str = "auto", save: str = _lif_config.DEFAULT_SAVE):
+    def __init__(self, src: nn.Module, backend: str = "auto", save: str = _lif_contract.DEFAULT_SAVE):
         super().__init__()
         from norse.torch.functional.lif_box import LIFBoxFeedForwardState
 
@@ -393,7 +394,7 @@ class NorseLIFBoxCell(nn.Module):
         self.p, self.dt = src.p, src.dt
         hard = _norse_reset_is_value(src.p)
         v_reset = float(torch.as_tensor(src.p.v_reset)) if hard else None
-        _, _, _, self.flags, self.sg = _lif_config.resolve(
+        _, _, _, self.flags, self.sg = _lif_args.resolve(
             None, 0.5, True, 1.0, v_reset, False, "super_spike", 1.0, 0.0, False, "after_fire")
         self.v_leak = float(torch.as_tensor(src.p.v_leak))
         self.backend, self.save = backend, save
@@ -493,7 +494,7 @@ def _is_converted(m: nn.Module) -> bool:
 
 
 def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, strict: bool = True,
-            save: str = _lif_config.DEFAULT_SAVE) -> nn.Module:
+            save: str = _lif_contract.DEFAULT_SAVE) -> nn.Module:
     """``model`` with every supported spiking neuron replaced by its snn_fast counterpart.
 
     Args:
@@ -518,7 +519,7 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     backends.requested(backend)  # an unknown name fails here, not at the first forward
-    _lif_config.check_save(save)
+    _lif_contract.check_save(save)
     if not inplace:
         try:
             model = copy.deepcopy(model)

@@ -9,8 +9,8 @@ be renumbered.
 Surrogates registered by users (:func:`register_surrogate`) get ids from ``CUSTOM_ID_BASE`` up, in
 registration order, for this process only (they are pickled by name, never by id), and run on:
   - 'cpu': the C++ forward (which does not involve the surrogate unless a noise mask is given) and a
-    backward that evaluates the user's torch ``dg`` (and ``dg_dalpha``) on cache-sized blocks
-    (``snn_fast/ops/lif/custom_cpu.py``);
+    backward that evaluates the user's torch ``dg`` (and ``dg_dalpha``) over H − θ in a few large
+    calls and feeds them to the C++ backward walk (``snn_fast/ops/lif/custom_cpu.py``);
   - 'triton': when ``triton=(g, dg[, dg_dalpha])`` gives ``@triton.jit`` versions, passed to the
     kernels as constexpr functions, so each such surrogate compiles into its own kernel variant;
   - 'reference': always. Not 'cuda' (its kernels are compiled ahead of time).
@@ -53,7 +53,7 @@ class Surrogate:
     scaling: bool = False
 
     @property
-    def has_kernel(self) -> bool:
+    def builtin(self) -> bool:
         """A built-in surrogate, which every fused backend runs."""
         return 0 <= self.id < CUSTOM_ID_BASE
 
@@ -402,7 +402,7 @@ def check_derivatives(s: Surrogate) -> None:
 def unregister_surrogate(name: str) -> None:
     """Remove a user-registered surrogate (built-in ones cannot be removed)."""
     s = get(name)
-    if s.has_kernel:
+    if s.builtin:
         raise ValueError(f"built-in surrogate {s.name!r} cannot be unregistered")
     with _LOCK:
         for n in (s.name,) + s.aliases:

@@ -23,6 +23,30 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+
+def _inductor_cache_per_op_schemas():
+    """Inductor's FX-graph cache key leaves out a custom op's schema (pytorch/pytorch#187319): a graph
+    compiled against another build of our ops is reused and calls them with that build's arguments
+    ("expected at most 11 argument(s) but received 12"). Give each set of our op schemas (with torch's
+    version) its own cache directory under the temp dir, so a warm cache still serves the same build."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    import hashlib
+    import tempfile
+
+    import snn_fast  # noqa: F401  (registers the C++ ops)
+    try:  # the Triton ops are registered from Python, on import
+        import snn_fast.ops.lif.triton  # noqa: F401
+        import snn_fast.ops.tempotron.triton  # noqa: F401
+    except ImportError:
+        pass
+    schemas = sorted(str(s) for s in torch._C._jit_get_all_schemas() if s.name.startswith("snn_fast::"))
+    key = hashlib.sha256("\n".join([torch.__version__, *schemas]).encode()).hexdigest()[:16]
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_snn_fast_{key}")
+
+
+_inductor_cache_per_op_schemas()
+
 TOL = {
     torch.float64: dict(atol=1e-10, rtol=1e-10),
     torch.float32: dict(atol=1e-5, rtol=1e-4),

@@ -33,10 +33,10 @@ def _node(t):
 
 
 # The C++ ops carry their autograd in C++ (csrc/autograd/lif_autograd.cpp); the others go through
-# the one Python Function of snn_fast/ops/lif/function.py.
-LIF_NODE = {"cpu": "CppNode<snn_fast::(anonymous namespace)::LIFFunction<snn_fast::(anonymous namespace)::StateOps> >",
-            "cuda": "CppNode<snn_fast::(anonymous namespace)::LIFFunction<snn_fast::(anonymous namespace)::StateOps> >",
-            "triton": "_LIFFunctionBackward"}
+# the one Python Function of every op (snn_fast/backends.py FusedAutograd).
+LIF_NODE = {"cpu": "CppNode<snn_fast::(anonymous namespace)::LIFFunction>",
+            "cuda": "CppNode<snn_fast::(anonymous namespace)::LIFFunction>",
+            "triton": "_FusedFunctionBackward"}
 
 
 def _runnable(table, names=("cpu", "triton", "cuda")):
@@ -64,27 +64,34 @@ def test_every_tempotron_backend_runs_under_the_one_function(backend):
     t = (torch.rand(2, 6) * 8).to(dev)
     w = torch.randn(3, 6, device=dev, requires_grad=True)
     v = tempotron_membrane(t, w, 10, backend=backend)
-    assert _node(v) == "_TempotronFunctionBackward", _node(v)
+    assert _node(v) == "_FusedFunctionBackward", _node(v)
     with pytest.raises(NotImplementedError, match="double backward"):
         torch.autograd.grad(v.sum(), w, create_graph=True)
 
 
-def test_each_entry_says_what_it_saves():
-    """The C++ op serves 'cpu' (re-runs the forward: saves nothing) and 'cuda' (saves H, [T, N] in
-    x.dtype); its fake asks the entry of the tensor's device."""
-    x = torch.empty(4, 6, dtype=torch.bfloat16)
-    assert LIF.backends["cpu"].saves(x).numel() == 0
-    h = LIF.backends["cuda"].saves(x)
+def test_each_kernel_says_what_it_saves():
+    """The C++ op serves 'cpu' (re-runs the forward: saves nothing, but D = H − θ for SAVE_SG_ARG) and
+    'cuda' (H, [T, N] in x.dtype, or the V checkpoints); its fake asks the kernel of x's device."""
+    from snn_fast.ops.lif import contract as c
+
+    x, p = torch.empty(20, 6, dtype=torch.bfloat16), torch.empty(3)
+    assert c.saved_like("cpu", x, p, c.SAVE_STATE).numel() == 0
+    assert c.saved_like("cpu", x, p, c.SAVE_RECOMPUTE).numel() == 0
+    assert c.saved_like("cpu", x, p, c.SAVE_SG_ARG).shape == x.shape
+    h = c.saved_like("cuda", x, p, c.SAVE_STATE)
     assert h.shape == x.shape and h.dtype == x.dtype
+    assert c.saved_like("cuda", x, p, c.SAVE_RECOMPUTE).shape == (2, 6)  # V after steps 8 and 16
+    assert c.saved_like("cuda", x, p, c.SAVE_NONE).numel() == 0
     if snn_fast.HAS_C:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        args = (torch.randn(4, 6), torch.zeros(6), torch.tensor([0.5, 1.0, 4.0]), None, 0, True, 0.0, True, False,
-                0.0, False)
-        real = torch.ops.snn_fast.lif_fwd(*args)[3]
-        with FakeTensorMode(allow_non_fake_inputs=True):
-            fake = torch.ops.snn_fast.lif_fwd(*args)[3]
-        assert fake.shape == real.shape == (0,)
+        for save, want in ((c.SAVE_STATE, (0,)), (c.SAVE_NONE, (0,)), (c.SAVE_SG_ARG, (4, 6))):
+            args = (torch.randn(4, 6), torch.zeros(6), torch.tensor([0.5, 1.0, 4.0]), None, 0, True, 0.0, True,
+                    False, 0.0, False, 0, False, save)
+            real = torch.ops.snn_fast.lif_fwd(*args)[3]
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                fake = torch.ops.snn_fast.lif_fwd(*args)[3]
+            assert fake.shape == real.shape == want and fake.dtype == real.dtype, (save, fake, real)
 
 
 @pytest.mark.skipif(_triton.import_error() is not None, reason="triton is not installed")
@@ -94,7 +101,7 @@ def test_triton_module_does_not_register_itself():
         import torch
         from snn_fast.ops.lif.function import BACKENDS
         from snn_fast.ops.lif import triton  # noqa: F401
-        assert "triton" not in BACKENDS._loaded and hasattr(torch.ops.snn_fast, "lif_fwd_triton")
+        assert ("triton", False) not in BACKENDS._loaded and hasattr(torch.ops.snn_fast, "lif_fwd_triton")
         BACKENDS.load("triton")
         assert "snn_fast::lif_fwd_triton" in BACKENDS._registered
         print("ok")

@@ -109,3 +109,11 @@ def test_w2_sizes_default_and_full(monkeypatch):
     assert on.sizes("cpu") == [1024, 2048]
     monkeypatch.setenv("SNN_FAST_BENCH_ON_N", "256,512")
     assert on.sizes("cpu") == [256, 512]
+
+
+def test_overhead_bench():
+    from benchmarks import test_bench_overhead as oh
+
+    rows = oh.bench("cpu", rounds=1)
+    _check_rows(rows, ["snn_fast-module", "snn_fast-functional", "torch-4ops", "torch-sigmoid"])
+    assert {r["mode"] for r in rows} == {"fwd+bwd (host)"}

@@ -15,7 +15,6 @@ backwards are untouched) so that the comparison can be made at float64 precision
 """
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch

@@ -66,7 +66,7 @@ def test_profiler_sees_cached_allocations():
     fwd_bwd(x, torch.ones(T, N))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         s = torch.ops.snn_fast.lif_fwd(x, torch.zeros(N), torch.tensor([0.5, 1.0, 4.0]), None, 0, True, 0.0, True,
-                                       False, 0.0, False)[0]
+                                       False, 0.0, False, 0, False, 0)[0]
         del s
     ev = [e for e in prof.key_averages() if e.key == "snn_fast::lif_fwd"]
     assert ev and ev[0].cpu_memory_usage >= T * N * 4, "the cached output must show in memory profiles"
@@ -77,6 +77,17 @@ def _run(code, env):
     # import the checkout's snn_fast (and its own build of _C) instead of the one under test (make compat).
     return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_cache_ops_opcheck():
+    """torch.library.opcheck of the cache's three ops (schema, fakes, dispatch)."""
+    ops = torch.ops.snn_fast
+    torch.library.opcheck(ops.cpu_cache_empty_like.default, (torch.randn(3, 5),),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(ops.cpu_cache_stats.default, (), test_utils=("test_schema",))
+    torch.library.opcheck(ops.cpu_cache_clear.default, (), test_utils=("test_schema",))
+    stats = ops.cpu_cache_stats()
+    assert len(stats) == 4 and all(isinstance(v, int) for v in stats)
 
 
 def test_env_cap_zero_turns_the_cache_off():

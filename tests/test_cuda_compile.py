@@ -201,9 +201,10 @@ def _ptr(t):
 
 
 def _unpack(flags):
-    """(sg, hard, vr, di, det, κ, mode): the op's mode (strict threshold, reset timing) is 0 when left out."""
+    """(sg, hard, vr, di, det, κ, strict): the strict threshold is off when left out (the CUDA kernels run the
+    reset after the spike only)."""
     sg, hard, vr, di, det, kappa, *rest = flags
-    return sg, hard, vr, di, det, kappa, (rest[0] if rest else 0)
+    return sg, hard, vr, di, det, kappa, int(bool(rest and rest[0]))
 
 
 def emulate(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
@@ -212,50 +213,51 @@ def emulate(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
     nan = float("nan")
     s, v_seq = torch.full_like(x, nan), torch.full_like(x, nan)
     v_last, saved = torch.full_like(v0, nan), torch.full_like(x, nan)
-    sg, hard, vr, di, det, kappa, mode = _unpack(flags)
+    sg, hard, vr, di, det, kappa, strict = _unpack(flags)
     dt = DTYPE_ID[x.dtype]
     assert lib.emu_lif_fwd(dt, int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), _ptr(mask), _ptr(s), _ptr(v_last),
-                           _ptr(v_seq), _ptr(saved), sg, int(hard), vr, int(di), int(det), kappa, mode) == 0
+                           _ptr(v_seq), _ptr(saved), sg, int(hard), vr, int(di), int(det), kappa, strict) == 0
     gx, gv0 = torch.full_like(x, nan), torch.full_like(v0, nan)
     gp = torch.zeros_like(params)
     assert lib.emu_lif_bwd(dt, int(wide), T, N, _ptr(gs), _ptr(gvl), _ptr(gvs), _ptr(x), _ptr(v0), _ptr(params),
                            _ptr(mask), _ptr(saved), _ptr(gx), _ptr(gv0), int(need_param), _ptr(gp), sg, int(hard), vr,
-                           int(di), int(det), kappa, mode) == 0
+                           int(di), int(det), kappa, strict) == 0
     return dict(s=s, v_last=v_last, v_seq=v_seq, grad_x=gx, grad_v0=gv0, grad_params=gp)
 
 
 def emulate_rc(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
     """The same through the save="recompute" pair: forward with V checkpoints, backward re-running it."""
-    from snn_fast.ops.lif.config import checkpoint_rows
+    from snn_fast.ops.lif.contract import checkpoint_rows
 
     T, N = x.shape
     nan = float("nan")
     s, v_seq = torch.full_like(x, nan), torch.full_like(x, nan)
     v_last = torch.full_like(v0, nan)
     ckpt = torch.full((max(checkpoint_rows(T), 1), N), nan, dtype=params.dtype)
-    sg, hard, vr, di, det, kappa, mode = _unpack(flags)
+    sg, hard, vr, di, det, kappa, strict = _unpack(flags)
     dt = DTYPE_ID[x.dtype]
     assert lib.emu_lif_fwd_rc(dt, int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), _ptr(mask), _ptr(s),
-                              _ptr(v_last), _ptr(v_seq), _ptr(ckpt), sg, int(hard), vr, int(di), int(det), kappa, mode) == 0
+                              _ptr(v_last), _ptr(v_seq), _ptr(ckpt), sg, int(hard), vr, int(di), int(det), kappa,
+                              strict) == 0
     gx, gv0 = torch.full_like(x, nan), torch.full_like(v0, nan)
     gp = torch.zeros_like(params)
     assert lib.emu_lif_bwd_rc(dt, T, N, _ptr(gs), _ptr(gvl), _ptr(gvs), _ptr(x), _ptr(v0), _ptr(params), _ptr(mask),
                               _ptr(ckpt), _ptr(gx), _ptr(gv0), int(need_param), _ptr(gp), sg, int(hard), vr, int(di),
-                              int(det), kappa, mode) == 0
+                              int(det), kappa, strict) == 0
     return dict(s=s, v_last=v_last, v_seq=v_seq, grad_x=gx, grad_v0=gv0, grad_params=gp), ckpt
 
 
 def reference(x, v0, params, mask, flags, gs, gvl, gvs, sg_name):
     from snn_fast import surrogate as _sg
-    from snn_fast.ops.lif.config import RESET_TIMINGS, LIFFlags
+    from snn_fast.ops.lif.args import RESET_TIMINGS, LIFFlags
     from snn_fast.ops.lif.reference import lif_reference_k
 
-    sg, hard, vr, di, det, kappa, mode = _unpack(flags)
+    sg, hard, vr, di, det, kappa, strict = _unpack(flags)
     x = x.detach().clone().requires_grad_(True)
     v0 = v0.detach().clone().requires_grad_(True)
     k, theta, alpha = (p.detach().clone().requires_grad_(True) for p in params.unbind())
     fl = LIFFlags(surrogate_id=sg, hard_reset=hard, v_reset=vr, decay_input=di, detach_reset=det,
-                  reset_residual=kappa, fire_at_threshold=not (mode & 1), reset_timing=RESET_TIMINGS[mode >> 1])
+                  reset_residual=kappa, fire_at_threshold=not strict, reset_timing=RESET_TIMINGS[0])
     s, v_last, v_seq = lif_reference_k(x, v0, k, theta, alpha, fl, _sg.get(sg_name), mask, return_v_seq=True)
     gx, gv0, gk, gth, gal = torch.autograd.grad((s, v_last, v_seq), (x, v0, k, theta, alpha), (gs, gvl, gvs),
                                                 allow_unused=True)
@@ -264,17 +266,16 @@ def reference(x, v0, params, mask, flags, gs, gvl, gvs, sg_name):
     return dict(s=s.detach(), v_last=v_last.detach(), v_seq=v_seq.detach(), grad_x=gx, grad_v0=gv0, grad_params=gp)
 
 
-# (hard_reset, v_reset, decay_input, detach_reset, κ, k[, mode]): every reset/charge/gradient path of
-# docs/spec.md §2; mode = (reset timing << 1) | strict threshold (config.LIFFlags.mode), 0 when left out:
-# the CUDA kernels run the reset after the spike only (timing 0), so here mode is 0 or 1.
+# (hard_reset, v_reset, decay_input, detach_reset, κ, k[, strict threshold]): every reset/charge/gradient
+# path of docs/spec.md §2 the CUDA kernels run (the reset after the spike only; the op's reset_timing 0).
 EMU_VARIANTS = {
     "hard0": (True, 0.0, True, False, 0.0, 0.5),
     "hard-neg_decayx": (True, -0.3, False, False, 0.0, 0.25),
     "soft": (False, 0.0, True, False, 0.0, 0.4),
     "soft_detach_kappa": (False, 0.0, True, True, 0.2, 0.5),
     "hard_detach_kappa_if": (True, 0.0, False, True, 0.2, 0.0),
-    "soft_strict": (False, 0.0, False, False, 0.0, 0.25, 1),
-    "hard_strict_decayx_kappa": (True, 0.0, True, False, 0.2, 0.5, 1),
+    "soft_strict": (False, 0.0, False, False, 0.0, 0.25, True),
+    "hard_strict_decayx_kappa": (True, 0.0, True, False, 0.2, 0.5, True),
 }
 
 
@@ -282,7 +283,7 @@ def _case(dtype, variant, sg_name, T=7, N=96, noisy=False, seed=0):
     from snn_fast import surrogate as _sg
 
     g = torch.Generator().manual_seed(seed)
-    hard, vr, di, det, kappa, k, *mode = EMU_VARIANTS[variant]
+    hard, vr, di, det, kappa, k, *strict = EMU_VARIANTS[variant]
     sg = _sg.get(sg_name)
     alpha = 2.5 if sg_name == "q_pseudo_spike" else (sg.alpha or 1.0)
     pdtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -292,8 +293,8 @@ def _case(dtype, variant, sg_name, T=7, N=96, noisy=False, seed=0):
     mask = (torch.rand(T, N, generator=g) >= 0.4) if noisy else None
     gs, gvs = (torch.randn(T, N, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
     gvl = torch.randn(N, generator=g, dtype=torch.float64).to(dtype)
-    flags = (sg.id, hard, vr, di, det, kappa) + tuple(mode)
-    if mode and not di:  # 8 neurons land exactly on θ at the first step: H = 0 − 0·k + θ
+    flags = (sg.id, hard, vr, di, det, kappa) + tuple(strict)
+    if strict and not di:  # 8 neurons land exactly on θ at the first step: H = 0 − 0·k + θ
         v0[:8] = 0.0
         x[0, :8] = params[1].to(dtype)
     return x, v0, params, mask, flags, gs, gvl, gvs
@@ -358,7 +359,7 @@ def test_emulated_kernels_ragged_n(emulator, N):
 
 
 def test_emulated_recompute_chunk_is_the_package_chunk(emulator):
-    from snn_fast.ops.lif.config import RECOMPUTE_CHUNK
+    from snn_fast.ops.lif.contract import RECOMPUTE_CHUNK
 
     assert emulator.emu_rc_chunk() == RECOMPUTE_CHUNK
 

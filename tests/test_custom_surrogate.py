@@ -1,4 +1,4 @@
-"""User-registered surrogates in the fused backends (issue 17).
+"""User-registered surrogates in the fused backends.
 
 - registration refuses a g′ or ∂g/∂α that is not the derivative of g, non-finite values, wrong shapes
   and malformed Triton functions, naming the surrogate (and the worst point), registering nothing;
@@ -102,7 +102,7 @@ def test_triton_functions_checked():
 def test_ids_and_unregister():
     s = sgm.register_surrogate("tmp_sig", g=_sig, dg=_sig_dg, alpha=4.0, scaling=True)
     try:
-        assert s.custom and not s.has_kernel and s.id >= sgm.CUSTOM_ID_BASE
+        assert s.custom and not s.builtin and s.id >= sgm.CUSTOM_ID_BASE
         assert sgm.by_id(s.id) is s
     finally:
         sgm.unregister_surrogate("tmp_sig")
@@ -135,8 +135,8 @@ def test_auto_picks_a_backend_that_runs_it(monkeypatch):
     x = torch.zeros(2, 3)
     if HAS_C:
         assert LIF.select("auto", x, True, sgm.get("user_torch_only")) == "cpu"
-        assert LIF.ops_for("cpu", sgm.get("user_torch_only")) == "cpu_custom"
-        assert LIF.ops_for("cpu", sgm.get("sigmoid")) == "cpu"
+        assert LIF.entry("cpu", custom=True).fwd == "snn_fast::lif_fwd_custom_cpu"
+        assert LIF.entry("cpu").fwd == "snn_fast::lif_fwd"
     # On a GPU: the measured order is cuda, triton; a user surrogate skips 'cuda' (and 'triton' when
     # it has no Triton functions). Simulated: every backend available, a tensor that says it is on cuda.
     monkeypatch.setattr(LIF, "unavailable", lambda name, x: None)
@@ -280,8 +280,8 @@ def test_unregistered_id_is_a_clear_error():
 
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="no registered surrogate has id 999999"):
-        custom_cpu.lif_bwd_custom_cpu(x, None, None, x, x[0], torch.tensor([0.5, 1.0, 4.0]), None, x, x, 999999,
-                                      True, 0.0, True, False, 0.0, False)
+        custom_cpu.lif_bwd_custom_cpu(x, None, None, x, x[0], torch.tensor([0.5, 1.0, 4.0]), None, x, x, None, None,
+                                      999999, True, 0.0, True, False, 0.0, False, 0, 0, False)
 
 
 def test_triton_functions_that_disagree_with_torch_are_refused():
@@ -355,7 +355,7 @@ def test_cpu_backward_calls_do_not_grow_with_T_or_N(surrogate, learn, masked, v_
     for shape, calls in counts.items():
         assert calls == first, f"{shape}: {len(calls)} calls, {len(first)} at {next(iter(counts))}"
     # H − θ: saved by the forward (save="state"), re-run under a noise mask (the forward is the loop)
-    assert first.count("snn_fast.lif_sg_arg") == int(masked) and first.count("snn_fast.lif_bwd_given_sg") == 1, first
+    assert first.count("snn_fast.lif_sg_arg") == int(masked) and first.count("snn_fast.lif_bwd") == 1, first
     assert len(first) <= 40, first
 
     monkeypatch.setattr(custom_cpu, "_CHUNK_BYTES", 1024 * 4)  # pieces of 1024 float32 elements
@@ -384,7 +384,7 @@ def test_cpu_learnable_alpha_mask_float64(surrogate, save, nan_alloc):
 
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
 def test_cpu_given_sg_ops_check_their_arguments():
-    """The two C++ ops behind the CPU backward name what is wrong instead of reading past a buffer."""
+    """The C++ ops behind the CPU backward name what is wrong instead of reading past a buffer."""
     x = torch.zeros(3, 5)
     v0, params = x[0].clone(), torch.tensor([0.5, 1.0, 4.0])
     d = torch.ops.snn_fast.lif_sg_arg(x, v0, params, None, x, True, 0.0, True)
@@ -392,13 +392,18 @@ def test_cpu_given_sg_ops_check_their_arguments():
     torch.testing.assert_close(d, torch.full_like(x, -1.0))  # H = 0, θ = 1
     with pytest.raises(RuntimeError, match="s must match x"):
         torch.ops.snn_fast.lif_sg_arg(x, v0, params, torch.ones(3, 5, dtype=torch.bool), x[:2], True, 0.0, True)
-    bwd = torch.ops.snn_fast.lif_bwd_given_sg
+    e = x.new_empty(0)
+
+    def bwd(sg_grad, sg_dalpha, need_param_grad):
+        return torch.ops.snn_fast.lif_bwd(x, None, None, x, v0, params, None, e, x, sg_grad, sg_dalpha, 0, True, 0.0,
+                                          True, False, 0.0, False, 0, 0, need_param_grad)
+
     with pytest.raises(RuntimeError, match="sg_grad must be \\[T, N\\] like x"):
-        bwd(x, None, None, x, v0, params, None, x, x[:2], None, True, 0.0, True, False, 0.0, False)
+        bwd(x[:2], None, False)
     with pytest.raises(RuntimeError, match="sg_grad must be .* in params' dtype"):
-        bwd(x, None, None, x, v0, params, None, x, x.double(), None, True, 0.0, True, False, 0.0, False)
-    with pytest.raises(RuntimeError, match="need_param_grad needs sg_dalpha"):
-        bwd(x, None, None, x, v0, params, None, x, x, None, True, 0.0, True, False, 0.0, True)
+        bwd(x.double(), None, False)
+    with pytest.raises(RuntimeError, match="need_param_grad with sg_grad needs sg_dalpha"):
+        bwd(x, None, True)
 
 
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
@@ -436,20 +441,37 @@ def test_cpu_saved_state_is_what_memory_counts(dtype):
 @pytest.mark.skipif(not HAS_C, reason="snn_fast._C not built")
 @pytest.mark.parametrize("masked", [False, True])
 def test_cpu_given_sg_opcheck(masked):
-    """torch.library.opcheck of the three C++ ops behind a user surrogate on the CPU (schema, fakes:
-    registered by custom_cpu.py, the module that calls them)."""
+    """torch.library.opcheck of the ops behind a user surrogate on the CPU: the C++ forward saving
+    D = H − θ (save=3), lif_sg_arg, the C++ backward given g′ (fakes: contract.py, custom_cpu.py),
+    and the Python pair that runs them (``lif_fwd_custom_cpu``/``lif_bwd_custom_cpu``, autograd
+    registered by the table), with every save mode."""
     from snn_fast.ops.lif import custom_cpu  # noqa: F401
+    from snn_fast.ops.lif.function import BACKENDS
 
+    BACKENDS.load("cpu", custom=True)
     x, v0, grads = make(6, 50, dtype=torch.float32, seed=2)
     params = torch.tensor([0.5, 0.8, 4.0])
     mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(1)) if masked else None
     ops = torch.ops.snn_fast
-    s, _, _, d = ops.lif_fwd_keep_arg(x, v0, params, mask, 0, True, 0.0, True, False, 0.0, True)
-    torch.library.opcheck(ops.lif_fwd_keep_arg.default, (x, v0, params, mask, 0, True, 0.0, True, False, 0.0, True))
+    s, _, _, d = ops.lif_fwd(x, v0, params, mask, 0, True, 0.0, True, False, 0.0, False, 0, True, 3)
+    assert d.shape == x.shape and d.dtype == params.dtype
+    torch.library.opcheck(ops.lif_fwd.default, (x, v0, params, mask, 0, True, 0.0, True, False, 0.0, False, 0, True, 3))
     torch.library.opcheck(ops.lif_sg_arg.default, (x, v0, params, mask, s, True, 0.0, True))
     if not masked:  # the re-run gives the forward's H − θ bit for bit
         assert torch.equal(ops.lif_sg_arg(x, v0, params, None, s, True, 0.0, True), d)
     gp, dga = torch.sigmoid(d), torch.tanh(d)
     gs, gvl, gvs = (g.float() for g in grads)
-    torch.library.opcheck(ops.lif_bwd_given_sg.default, (gs, gvl, gvs, x, v0, params, mask, s, gp, dga, True, 0.0,
-                                                          True, False, 0.2, True))
+    torch.library.opcheck(ops.lif_bwd.default, (gs, gvl, gvs, x, v0, params, mask, d, s, gp, dga, 0, True, 0.0,
+                                                True, False, 0.2, False, 0, 3, True))
+    sid = sgm.get("user_sigmoid").id
+    xg = x.clone().requires_grad_()
+    for save in (0, 1, 2):
+        fwd_args = (xg, v0, params, mask, sid, True, 0.0, True, False, 0.2, False, 0, True, save)
+        torch.library.opcheck(ops.lif_fwd_custom_cpu.default, fwd_args)
+        s, _, _, saved = ops.lif_fwd_custom_cpu(*fwd_args)
+        if save != 2:
+            # a backward op has no autograd of its own (double backward is refused)
+            torch.library.opcheck(ops.lif_bwd_custom_cpu.default,
+                                  (gs, gvl, gvs, x, v0, params, mask, saved.detach(), s.detach(), None, None, sid, True,
+                                   0.0, True, False, 0.2, False, 0, save, True),
+                                  test_utils=("test_schema", "test_faketensor"))

@@ -31,7 +31,6 @@ def _lt():
     from snn_fast.ops.lif.function import BACKENDS
 
     BACKENDS.load("triton")
-    BACKENDS.load("triton:recompute")
     from snn_fast.ops.lif import triton as lt
 
     return lt
@@ -72,11 +71,7 @@ class HostWork(TorchDispatchMode):
     def __init__(self, lt):
         super().__init__()
         ops = torch.ops.snn_fast
-        self.impls = {ops.lif_fwd_triton.default: lt.lif_fwd_triton,
-                      ops.lif_fwd_triton_infer.default: lt.lif_fwd_triton_infer,
-                      ops.lif_bwd_triton.default: lt.lif_bwd_triton,
-                      ops.lif_fwd_triton_recompute.default: lt.lif_fwd_triton_recompute,
-                      ops.lif_bwd_triton_recompute.default: lt.lif_bwd_triton_recompute}
+        self.impls = {ops.lif_fwd_triton.default: lt.lif_fwd_triton, ops.lif_bwd_triton.default: lt.lif_bwd_triton}
         self.records = []
         self.current = None  # [op name, allocations, what] while one of the ops runs
         self.paused = 0  # inside launch: the interpreter's copies are not the op's
@@ -155,8 +150,7 @@ def test_one_fwd_bwd_launches_two_kernels_and_allocates_only_outputs(counted, sa
     lt = counted[0]
     launches, mode = _run(counted, _step(_device(lt), dtype, save))
     assert launches == ["lif_fwd_kernel", BWD_KERNEL[save]]
-    assert [r[0] for r in mode.records] == [f"snn_fast::lif_fwd_triton{'_recompute' if save == 'recompute' else ''}",
-                                            f"snn_fast::lif_bwd_triton{'_recompute' if save == 'recompute' else ''}"]
+    assert [r[0] for r in mode.records] == ["snn_fast::lif_fwd_triton", "snn_fast::lif_bwd_triton"]
     for name, allocs, outputs, what in mode.records:
         assert allocs <= outputs, f"{name}: {allocs} allocations for {outputs} outputs: {what}"
     assert mode.syncs == [], f"device syncs in one fwd+bwd: {mode.syncs}"
@@ -185,7 +179,7 @@ def test_inference_forward_one_launch_no_saved_state(counted):
     launches, mode = _run(counted, step)
     assert launches == ["lif_fwd_kernel"]
     ((name, allocs, outputs, what),) = mode.records
-    assert name == "snn_fast::lif_fwd_triton_infer" and allocs <= outputs, (name, allocs, what)
+    assert name == "snn_fast::lif_fwd_triton" and allocs <= outputs, (name, allocs, what)
 
 
 # --- the counters can fail -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""LIF (SPEC §2–§4): every backend against the pure-PyTorch reference, by op.
+"""LIF (docs/spec.md §2–§4): every backend against the pure-PyTorch reference, by op.
 
 How the backends are enumerated
 -------------------------------
@@ -87,8 +87,8 @@ def _unavailable(be: Backend) -> Optional[str]:
 SKIP = {b.id: _unavailable(b) for b in BACKENDS}
 
 # Known failures by case id (strict xfail: a case that starts passing fails the run until its entry
-# goes). The extreme-input ones (issue 12, item 3) are the rules ``_xfail_*`` next to their tests.
-# Found by the wider fp16/bf16 grid (these cases were not run before issue 12): Triton's bf16
+# goes). The extreme-input ones are the rules ``_xfail_*`` next to their tests.
+# Found by the fp16/bf16 grid: Triton's bf16
 # parameter gradients exceed the conftest low-precision bound (2 × PyTorch's bf16 error + one ulp).
 _TRITON_BF16 = ("triton-interp: bf16 parameter gradient (grad_tau/grad_theta/grad_alpha) beyond the conftest "
                 "low-precision bound; not an item-3 case, found by the wider bf16 grid")
@@ -144,19 +144,20 @@ def only(*ids):
     return [BY_ID[i] for i in ids]
 
 
-# --- the option grid (SPEC §2) -------------------------------------------------------------------
+# --- the option grid (docs/spec.md §2) ------------------------------------------------------------
 def opt(v_reset=0.0, decay_input=True, detach_reset=False, reset_residual=0.0, tau=2.5, **extra):
     """``extra``: fire_at_threshold, reset_timing (present only where not the default)."""
     return dict(v_reset=v_reset, decay_input=decay_input, detach_reset=detach_reset, reset_residual=reset_residual,
                 tau=tau, **extra)
 
 
-# (v_reset, decay_input, detach_reset, reset_residual, tau): the option grid of SPEC §2.
+# (v_reset, decay_input, detach_reset, reset_residual, tau): the option grid of docs/spec.md §2.
 OPTIONS = [opt(vr, di, dr, kap) for vr, di, dr, kap in itertools.product([0.0, None, -0.3], [True, False],
                                                                           [False, True], [0.0, 0.2])] \
     + [opt(0.0, False, False, 0.0, math.inf),  # IF: hard/soft × attached/detached reset
        opt(None, True, True, 0.2, math.inf),
-       opt(0.0, True, False, 0.2, math.inf), opt(0.0, True, True, 0.2, math.inf), opt(None, True, False, 0.2, math.inf)] \
+       opt(0.0, True, False, 0.2, math.inf), opt(0.0, True, True, 0.2, math.inf),
+       opt(None, True, False, 0.2, math.inf)] \
     + [opt(None, False, False, 0.0, fire_at_threshold=False),  # strict threshold (snnTorch, Norse)
        opt(0.0, True, False, 0.2, fire_at_threshold=False),
        # reset_timing="delayed" (snnTorch reset_delay=True: the pre-reset membrane is carried) and "none"
@@ -291,8 +292,7 @@ def compare(be, x, v0, opts, dtype, mask=None, tag="", **kw):
 # --- the grid ------------------------------------------------------------------------------------
 def grid_cases():
     """The grid in both float dtypes for compiled backends. The interpreter (~0.06 s per case, the
-    suite's largest cost) runs it whole in float32 (its grid before issue 12) and in float64 on every
-    third option (how test_lif_cpu.py ran its second dtype)."""
+    suite's largest cost) runs it whole in float32 and in float64 on every third option."""
     out = []
     for be in FUSED:
         if be.interpreted:
@@ -347,7 +347,7 @@ def test_membrane_on_threshold(be, dtype, opts, learn, nan_alloc):
 
 def test_pending_reset_timing_runs_on_the_reference_only():
     """reset_timing='after_fire_pending' (snnTorch reset_delay=False) has no kernel: 'auto' runs the
-    reference, a named fused backend is refused with the reason; the op refuses its mode too."""
+    reference, a named fused backend is refused with the reason; the op refuses its code too."""
     x = torch.randn(5, 6, dtype=torch.float64)
     kw = dict(decay=0.5, decay_input=False, v_reset=None, reset_timing="after_fire_pending", fire_at_threshold=False)
     got = snn_fast.lif_multistep(x, **kw)
@@ -359,9 +359,9 @@ def test_pending_reset_timing_runs_on_the_reference_only():
                 snn_fast.lif_multistep(x, backend=be.name, **kw)
     if not SKIP["cpu"]:
         p = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
-        with pytest.raises(RuntimeError, match="mode"):
+        with pytest.raises(RuntimeError, match="reset_timing must be"):
             torch.ops.snn_fast.lif_fwd(x, torch.zeros(6, dtype=torch.float64), p, None, 0, False, 0.0, False, True,
-                                       0.0, False, 6)
+                                       0.0, True, 3, False, 0)
 
 
 @pytest.mark.skipif(SKIP["cuda"] is not None, reason=str(SKIP["cuda"]))
@@ -376,9 +376,9 @@ def test_cuda_timing_is_refused_or_rerouted():
     want = snn_fast.lif_multistep(x, backend="reference", **kw)
     assert torch.equal(got[0], want[0])
     p = torch.tensor([0.5, 1.0, 2.0], device="cuda")
-    with pytest.raises(RuntimeError, match="reset timing"):
+    with pytest.raises(RuntimeError, match="reset_timing 1"):
         torch.ops.snn_fast.lif_fwd(x, torch.zeros(33, device="cuda"), p, None, 0, False, 0.0, False, True, 0.0,
-                                   False, 2)
+                                   False, 1, False, 0)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -397,7 +397,7 @@ def test_new_option_errors(bad, match):
 @pytest.mark.parametrize("be,dtype,v_reset,surrogate", cases(FUSED, DTYPES, [("hard", 0.0), ("soft", None)],
                                                                 SURROGATES))
 def test_noisy_spike(be, dtype, v_reset, surrogate, nan_alloc):
-    """ASGL noisy spike (SPEC §4): the analog value g(H − θ) where the torch-drawn mask is False."""
+    """ASGL noisy spike (docs/spec.md §4): the analog value g(H − θ) where the torch-drawn mask is False."""
     T, N = (5, 37) if be.interpreted else (10, 1000)
     x, v0, grads = make(T, N, seed=9)
     mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(1))
@@ -745,8 +745,8 @@ VARIANTS = {
 
 
 def pair_cases():
-    """float32 for both pairs; bf16 (each within the low-precision bound) for the GPU pair as before
-    issue 12, since test_low_precision_within_torch_error already runs every backend in bf16."""
+    """float32 for both pairs; bf16 (each within the low-precision bound) for the GPU pair only, since
+    test_low_precision_within_torch_error already runs every backend in bf16."""
     out = []
     for a, b in PAIRS:
         skip = SKIP[a] or SKIP[b]
@@ -790,7 +790,7 @@ def test_fused_backends_agree(be, other, surrogate, variant, noisy, dtype):
                 assert_close_lowp(got[k], ref64[k], lowp[k].to(dtype), name=f"{b_.id} {k}")
 
 
-# --- extreme inputs: ±inf, NaN, values near the dtype's max (issue 12, item 3) ----------------------
+# --- extreme inputs: ±inf, NaN, values near the dtype's max ---------------------------------------
 def extreme_inputs(dtype, T=5):
     """Columns that each carry one special value in x at step 0 or step 2 (then ordinary inputs), or
     one special v0, plus ordinary columns. Made in ``dtype`` exactly (every value representable)."""
@@ -823,10 +823,8 @@ EXTREME = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
 # What the kernels still get wrong on these inputs (strict xfail: a fix fails the run until its rule
-# goes). The one-step-formula change (C++) and the zeros_like surrogates (Triton) fixed most; Triton's
-# ∂L/∂V_{t−1} as ε − ε·k like lif_step.h (it was ε·(1 − k): ±inf where autograd has inf − inf = NaN,
-# straight_through + hard reset at H = ±max) fixed the last (issue 14). The CUDA backends have not run
-# yet: no rule covers them, so the first GPU run shows their state.
+# goes). None today on the CPU and Triton; the CUDA backends are not covered by a rule, so a GPU run
+# shows their state.
 def _xfail_all_true_mask(be, *values):
     return None  # every backend: the C++ step selects its charge form now (the 0/1 blend is gone)
 
@@ -952,13 +950,13 @@ def test_reference_gradcheck():
     assert torch.autograd.gradcheck(f, (x, tau, th, al))
 
 
-# --- save="recompute" | "state" (issue 16) --------------------------------------------------------
+# --- save="recompute" | "state" -------------------------------------------------------------------
 # Every other test runs the default, save="state" (the GPU backends save H; with "recompute" they save
 # V every K steps and re-run the forward in the backward; the CPU kernel saves nothing either way;
 # tests/test_properties.py draws both). Here both modes, at
 # T = 2·K + 3: two whole segments and a partial one, so checkpoints are written and read and the
 # steps past T are skipped; the grid's T (4) is a single segment.
-from snn_fast.ops.lif.config import RECOMPUTE_CHUNK  # noqa: E402
+from snn_fast.ops.lif.contract import RECOMPUTE_CHUNK  # noqa: E402
 
 SAVE_T = 2 * RECOMPUTE_CHUNK + 3
 # (options, surrogate): hard/soft, decay_input or not, detached with κ, IF; q_pseudo_spike has the
@@ -1086,18 +1084,65 @@ def test_bytes_moved_counts_the_passes():
 
 # --- backend-specific: the C++ ops (CPU and CUDA) --------------------------------------------------
 @pytest.mark.parametrize("be,combo", cases(only("cpu", "cuda"), [
-    ("fixed-nomask-novseq", (False, False, False)), ("learn-mask-vseq", (True, True, True)),
-    ("fixed-mask-vseq", (False, True, True))]))
+    ("fixed-nomask-novseq-state", (False, False, False, 0)), ("learn-mask-vseq-state", (True, True, True, 0)),
+    ("fixed-mask-vseq-recompute", (False, True, True, 1)), ("learn-nomask-vseq-recompute", (True, False, True, 1)),
+    ("fixed-mask-novseq-none", (False, True, False, 2))]))
 def test_cxx_opcheck(be, combo):
-    """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch."""
-    learn, masked, vseq = combo
+    """torch.library.opcheck of the C++ pair, every save mode: schema, fake tensors, autograd
+    registration, AOT dispatch (through the forward's autograd, the backward op too). T = 20: two V
+    checkpoints under save="recompute". The strict threshold with the learnable rows, and on the CPU a
+    reset timing per save mode (the CUDA kernel runs the reset after the spike only)."""
+    learn, masked, vseq, save = combo
     dev = be.device
-    x = torch.randn(5, 64, device=dev, requires_grad=True)
+    strict, timing = learn, (save if dev == "cpu" else 0)
+    x = torch.randn(20, 64, device=dev, requires_grad=True)
     v0 = torch.zeros(64, device=dev, requires_grad=True)
     params = torch.tensor([0.5, 1.0, 4.0], device=dev, requires_grad=learn)
-    mask = torch.rand(5, 64, device=dev) > 0.3 if masked else None
-    args = (x, v0, params, mask, 0, True, 0.0, True, False, 0.1, vseq)
+    mask = torch.rand(20, 64, device=dev) > 0.3 if masked else None
+    args = (x, v0, params, mask, 0, True, 0.0, True, False, 0.1, strict, timing, vseq, save)
     torch.library.opcheck(torch.ops.snn_fast.lif_fwd.default, args)
+    with torch.no_grad():
+        s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd(*args)
+    if save != 2:
+        bwd_args = (torch.randn_like(s), torch.randn_like(v_last), torch.randn_like(v_seq) if vseq else None,
+                    x.detach(), v0.detach(), params.detach(), mask, saved, s, None, None, 0, True, 0.0, True, False,
+                    0.1, strict, timing, save, learn)
+        torch.library.opcheck(torch.ops.snn_fast.lif_bwd.default, bwd_args)
+
+
+def test_every_registered_op_is_opchecked():
+    """Each op of the snn_fast namespace has an opcheck in the suite (this list names where); a new
+    op fails here until one is written. The Python-defined pairs share the C++ schemas (contract.py)."""
+    import snn_fast.ops.lif.custom_cpu  # noqa: F401  (defines its pair)
+    from snn_fast import _triton
+    from snn_fast.ops.lif import contract
+
+    checked = {
+        "lif_fwd": "test_cxx_opcheck", "lif_bwd": "test_cxx_opcheck",
+        "lif_sg_arg": "test_custom_surrogate.py::test_cpu_given_sg_opcheck",
+        "lif_fwd_custom_cpu": "test_custom_surrogate.py::test_cpu_given_sg_opcheck",
+        "lif_bwd_custom_cpu": "test_custom_surrogate.py::test_cpu_given_sg_opcheck",
+        "lif_fwd_triton": "test_triton_opcheck", "lif_bwd_triton": "test_triton_opcheck",
+        "tempotron_fwd": "test_tempotron.py::test_opcheck", "tempotron_bwd": "test_tempotron.py::test_opcheck",
+        "tempotron_fwd_triton": "test_tempotron.py::test_triton_opcheck",
+        "tempotron_bwd_triton": "test_tempotron.py::test_triton_opcheck",
+        "cpu_cache_stats": "test_cpu_output_cache.py::test_cache_ops_opcheck",
+        "cpu_cache_clear": "test_cpu_output_cache.py::test_cache_ops_opcheck",
+        "cpu_cache_empty_like": "test_cpu_output_cache.py::test_cache_ops_opcheck",
+    }
+    if _triton.import_error() is None:
+        _lt()
+        import snn_fast.ops.tempotron.function as tf
+
+        tf.BACKENDS.load("triton")
+    names = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("snn_fast::")}
+    assert names <= set(checked), f"ops without an opcheck: {sorted(names - set(checked))}"
+    for name, want in (("lif_fwd", contract.FWD_SCHEMA), ("lif_bwd", contract.BWD_SCHEMA),
+                       ("lif_fwd_custom_cpu", contract.FWD_SCHEMA), ("lif_bwd_custom_cpu", contract.BWD_SCHEMA),
+                       ("lif_fwd_triton", contract.FWD_SCHEMA), ("lif_bwd_triton", contract.BWD_SCHEMA)):
+        if name in names:
+            got = str(getattr(torch.ops.snn_fast, name).default._schema)
+            assert got == f"snn_fast::{name}{want}", (name, got)
 
 
 @pytest.mark.parametrize("be,dtype,opts", cases(only("cpu"), LOWP, [OPTIONS[0], OPTIONS[7]]))
@@ -1174,12 +1219,16 @@ def test_cuda_bwd_rejects_foreign_saved_state(be):
     x = torch.randn(4, 64, device="cuda")
     v0 = torch.zeros(64, device="cuda")
     params = torch.tensor([0.5, 1.0, 4.0], device="cuda")
-    flags = (0, True, 0.0, True, False, 0.0)
-    s, v, _, saved = torch.ops.snn_fast.lif_fwd(x, v0, params, None, *flags, False)
+    flags = (0, True, 0.0, True, False, 0.0, False, 0)
+    s, v, _, saved = torch.ops.snn_fast.lif_fwd(x, v0, params, None, *flags, False, 0)
     assert saved.shape == x.shape
     with pytest.raises(RuntimeError, match="saved"):
         torch.ops.snn_fast.lif_bwd(torch.ones_like(s), None, None, x, v0, params, None, x.new_empty(0), s,
-                                   *flags, False)
+                                   None, None, *flags, 0, False)
+    with pytest.raises(RuntimeError, match="save=2"):
+        torch.ops.snn_fast.lif_bwd(torch.ones_like(s), None, None, x, v0, params, None, x.new_empty(0), s,
+                                   None, None, *flags, 2, False)
+    assert torch.ops.snn_fast.lif_fwd(x, v0, params, None, *flags, False, 2)[3].numel() == 0
 
 
 # --- backend-specific: Triton ----------------------------------------------------------------------
@@ -1246,8 +1295,8 @@ def test_triton_inference_skips_saving(be, dtype):
             assert_close_lowp(a, r64, r, name=f"bf16 {n}")
 
 
-def _op_args(device, dtype=torch.float32, mask=True):
-    x, v0, _ = make(4, 37, dtype=dtype)
+def _op_args(device, dtype=torch.float32, mask=True, T=4):
+    x, v0, _ = make(T, 37, dtype=dtype)
     x, v0 = x.to(device), v0.to(device)
     pdt = torch.float64 if dtype == torch.float64 else torch.float32
     params = torch.tensor([0.4, 0.8, 4.0], dtype=pdt, device=device)
@@ -1257,20 +1306,24 @@ def _op_args(device, dtype=torch.float32, mask=True):
 
 @pytest.mark.parametrize("be", cases(TRITON))
 def test_triton_opcheck(be):
-    """Schema, fake (meta) functions and autograd registration of both ops."""
+    """Schema, fake (meta) functions and autograd registration of both ops, every save mode (each with
+    another reset timing, the strict threshold with save="recompute")."""
     _lt()
-    x, v0, params, m = _op_args(be.device)
-    fwd_args = (x, v0, params, m, 0, True, 0.0, True, False, 0.2, True)
-    torch.library.opcheck(torch.ops.snn_fast.lif_fwd_triton.default, fwd_args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-    torch.library.opcheck(torch.ops.snn_fast.lif_fwd_triton_infer.default, fwd_args,
-                          test_utils=("test_schema", "test_faketensor"))
-    s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd_triton(*fwd_args)
-    gs = torch.randn_like(s)
-    bwd_args = (gs, torch.randn_like(v_last), torch.randn_like(v_seq), x, v0, params, m, saved, s,
-                0, True, 0.0, True, False, 0.2, True)
-    torch.library.opcheck(torch.ops.snn_fast.lif_bwd_triton.default, bwd_args,
-                          test_utils=("test_schema", "test_faketensor"))
+    x, v0, params, m = _op_args(be.device, T=20)
+    for save in (0, 1, 2):
+        strict, timing = save == 1, save
+        fwd_args = (x, v0, params, m, 0, True, 0.0, True, False, 0.2, strict, timing, True, save)
+        torch.library.opcheck(torch.ops.snn_fast.lif_fwd_triton.default, fwd_args,
+                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+        s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd_triton(*fwd_args)
+        if save == 2:
+            assert saved.numel() == 0
+            continue
+        gs = torch.randn_like(s)
+        bwd_args = (gs, torch.randn_like(v_last), torch.randn_like(v_seq), x, v0, params, m, saved, s, None, None,
+                    0, True, 0.0, True, False, 0.2, strict, timing, save, True)
+        torch.library.opcheck(torch.ops.snn_fast.lif_bwd_triton.default, bwd_args,
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("be", cases(TRITON))
@@ -1285,7 +1338,8 @@ def test_triton_torch_compile_dynamic_sizes(be):
     params = torch.tensor([0.4, 0.8, 4.0], device=device, requires_grad=True)
 
     def f(x, v0):
-        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, params, None, 0, True, 0.0, True, False, 0.0, False)
+        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, params, None, 0, True, 0.0, True, False, 0.0, False,
+                                                       0, False, 0)
         return s.sum() + (v * v).sum()
 
     cnt = CompileCounterWithBackend("inductor" if device == "cuda" else "aot_eager")

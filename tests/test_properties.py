@@ -2,7 +2,7 @@
 
 A case is drawn whole: the shape (T from 1 to 300, N from 1 to a few thousand, with extra weight on
 the SIMD widths and block sizes the CPU kernel splits N by, and on the interpreter's 128-lane block),
-every LIF option of ``snn_fast/ops/lif/config.py`` (hard or soft reset, v_reset, decay_input, detach,
+every LIF option of ``snn_fast/ops/lif/args.py`` (hard or soft reset, v_reset, decay_input, detach,
 κ, τ or decay or IF, learnable τ/θ/α each on its own), the surrogate and α, the noise mask (none,
 all True, random), v0 (none, float, full or broadcast tensor), ``return_v_seq``, the dtype, strided
 (non-contiguous) inputs and output gradients, and special values planted in x (±inf, NaN, ±max, ±0,

@@ -263,7 +263,7 @@ def test_input_whose_fast_exponential_underflows_still_counts(be):
 
 # --- near τ = τ_s (docs/spec.md §6.2) ----------------------------------------------------------------
 # The plain difference of exponentials gives V ≡ 0 or up to 14 % off with τ_s within ~1e-9 (fp32) or
-# ~1e-15 (fp64) of τ. Every backend evaluates the normalised PSP K̃ (config /
+# ~1e-15 (fp64) of τ. Every backend evaluates the normalised PSP K̃ (args /
 # csrc/include/snn_fast/tempotron.h), and τ = τ_s is the alpha kernel.
 GAPS = [0.0, 1e-15, 1e-12, 1e-9, 1e-6, 1e-3, 1e-1]
 NEAR = dict(B=2, I=6, O=3, T=14)
@@ -369,6 +369,10 @@ def test_opcheck(be):
     t = spike_times(3, 17, 9, "frac", device=be.device).requires_grad_()
     w = weights(4, 17, device=be.device).requires_grad_()
     torch.library.opcheck(torch.ops.snn_fast.tempotron_fwd, (t, w, 9, TAU, TAU_S, 2.0))
+    g = torch.randn(3, 4, 9, device=be.device)
+    for need_t, need_w in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(torch.ops.snn_fast.tempotron_bwd,
+                              (g, t.detach(), w.detach(), TAU, TAU_S, 2.0, need_t, need_w))
 
 
 @requires_cpu_kernel
@@ -529,6 +533,9 @@ def test_triton_opcheck(be):
     # test_aot_dispatch_dynamic is left out: it re-traces with symbolic shapes, minutes in the interpreter.
     torch.library.opcheck(tt.tempotron_fwd_triton, (t, w, 7, TAU, TAU_S, 2.0),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    g = torch.randn(2, 3, 7, device=be.device)
+    torch.library.opcheck(tt.tempotron_bwd_triton, (g, t.detach(), w.detach(), TAU, TAU_S, 2.0, True, True),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 # Ahead-of-time compilation of the Triton kernels for sm_80/sm_90, without a GPU (a subprocess

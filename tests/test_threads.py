@@ -130,17 +130,22 @@ def test_lif_concurrent_varying_tau_equals_serial(fast_switching):
 
 def test_backend_first_load_registers_once(fast_switching):
     """Eight threads loading the same backend for the first time: the torch.library registration
-    hook runs once (torch refuses a second fake for one op), every thread gets the same Loaded."""
+    hooks run once (torch refuses a second fake for one op), every thread gets the same Loaded."""
     calls = []
 
     def register(loaded):
         calls.append(loaded)
         time.sleep(0.01)  # a registration takes time: widen the window another thread could enter
 
+    class Autograd:  # the fused-op autograd's registration, counted too
+        def register(self, loaded):
+            calls.append(loaded)
+
     table = backends.OpBackends("x", {"cpu": backends.Backend(fwd="aten::add", bwd="aten::mul",
-                                                              probe=lambda x, arg: None)}, register=register)
+                                                              probe=lambda x, arg: None)},
+                                autograd=Autograd(), register_fakes=register)
     loaded = _run_threads(lambda i: table.load("cpu"))
-    assert len(calls) == 1
+    assert len(calls) == 2 and calls[1] is loaded[0]  # the fakes (given the entry), then the autograd
     assert all(b is loaded[0] for b in loaded)
 
 

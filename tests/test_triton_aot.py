@@ -22,7 +22,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 SURROGATES = ("sigmoid", "erf", "q_pseudo_spike", "atan")  # ids from the registry (the kernels' names)
 # (hard_reset, noise mask, need_param_grad): covers each flag on and off with both partners.
 PATTERNS = ((True, False, False), (False, True, True), (True, True, True), (False, False, False))
-RC_CHUNK = 8  # snn_fast.ops.lif.config.RECOMPUTE_CHUNK (not imported: this module runs before the package)
+RC_CHUNK = 8  # snn_fast.ops.lif.contract.RECOMPUTE_CHUNK (not imported: this module runs before the package)
 # save="recompute" kernels: the lightest and the most register-hungry surrogate (each variant costs a
 # compile; the recompute backward's registers grow with the surrogate's code, not with the others).
 RC_SURROGATES = ("sigmoid", "q_pseudo_spike")
@@ -74,7 +74,7 @@ def _resources(cubin: bytes):
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
-# User-registered surrogates (issue 17, tests/user_surrogates.py), compiled as the Triton backend
+# User-registered surrogates (tests/user_surrogates.py), compiled as the Triton backend
 # launches them (``surrogate_args``: SG = USER and the user's constexpr functions): user_sigmoid is the
 # built-in sigmoid's arithmetic, so its kernels must come out as the built-in's; user_shifted has its
 # own ∂g/∂α. Pattern (hard, mask, parameter gradients) uses g, g′ and ∂g/∂α all three.
@@ -94,8 +94,6 @@ def _ptx_instructions(ptx: str) -> int:
 
 def compile_all():
     """Compile every variant; one JSON row per kernel."""
-    import triton
-    from triton.backends.compiler import GPUTarget
 
     from snn_fast.ops.common import triton_surrogate as tsg
     from snn_fast.ops.lif import triton_kernels as lk
@@ -257,9 +255,9 @@ def test_aot_compiles_every_variant(aot_rows):
 
 
 def test_aot_recompute_chunk_matches_the_package():
-    from snn_fast.ops.lif import config
+    from snn_fast.ops.lif import contract
 
-    assert RC_CHUNK == config.RECOMPUTE_CHUNK
+    assert RC_CHUNK == contract.RECOMPUTE_CHUNK
 
 
 def test_aot_user_surrogate_is_its_own_variant_at_builtin_cost(aot_rows):
@@ -281,7 +279,7 @@ def test_aot_user_surrogate_is_its_own_variant_at_builtin_cost(aot_rows):
 # dtype, surrogate, hard_reset, mask, need_param_grad). Each is 8 bytes. With Triton 3.9, only the
 # recompute backward for (sm_80, fp32, soft reset, no mask, no parameter gradients) has one, at 40
 # registers of 255, at BLOCK 128 and 256 alike: not register pressure; ptxas's own frame, open
-# (issue 16). With Triton 3.6 (the GPU image's), ten have one: that same kernel, the recompute backward
+# With Triton 3.6 (the GPU image's), ten have one: that same kernel, the recompute backward
 # with parameter gradients at 80 registers (sm_80 sigmoid fp32/fp16/bf16; sm_90 sigmoid and
 # q_pseudo_spike fp16/bf16, sigmoid fp32), and the state backward of q_pseudo_spike for sm_80 fp32 with
 # mask and parameter gradients at its 128-register cap — that one alone may be a real 8-byte spill. A
@@ -379,7 +377,8 @@ def trace_compiled_graphs():
         return make_boxed_func(run)
 
     def f(x, v0, p):
-        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, p, None, 7, True, 0.0, True, False, 0.2, False)
+        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, p, None, 7, True, 0.0, True, False, 0.2, False, 0, False,
+                                                       0)
         return s.sum() + (v * v).sum()
 
     x = torch.randn(4, 37, requires_grad=True)

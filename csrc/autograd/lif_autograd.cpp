@@ -1,4 +1,4 @@
-// Autograd of the C++ LIF ops (snn_fast::lif_fwd on CPU and CUDA, lif_fwd_recompute on CUDA), in C++.
+// Autograd of the C++ LIF op (snn_fast::lif_fwd on CPU and CUDA, every save mode), in C++.
 //
 // Why C++: a Python torch.autograd.Function costs ~35 us of host time per forward+backward (its apply,
 // the context, the Python backward), more than the CPU kernels take at small sizes and far more than a
@@ -21,45 +21,34 @@ using torch::autograd::variable_list;
 
 using FwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                          const c10::optional<Tensor>&, int64_t, bool, double,
-                                                         bool, bool, double, bool, int64_t);
+                                                         bool, bool, double, bool, int64_t, bool, int64_t);
 using BwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const c10::optional<Tensor>&,
                                                   const c10::optional<Tensor>&, const Tensor&, const Tensor&,
                                                   const Tensor&, const c10::optional<Tensor>&, const Tensor&,
-                                                  const Tensor&, int64_t, bool, double, bool, bool, double, bool,
-                                                  int64_t);
+                                                  const Tensor&, const c10::optional<Tensor>&,
+                                                  const c10::optional<Tensor>&, int64_t, bool, double, bool, bool,
+                                                  double, bool, int64_t, int64_t, bool);
 
-struct StateOps {
-  static constexpr const char* fwd = "snn_fast::lif_fwd";
-  static constexpr const char* bwd = "snn_fast::lif_bwd";
-};
-struct RecomputeOps {
-  static constexpr const char* fwd = "snn_fast::lif_fwd_recompute";
-  static constexpr const char* bwd = "snn_fast::lif_bwd_recompute";
-};
-
-template <typename Ops>
 const c10::TypedOperatorHandle<FwdSig>& fwd_op() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(Ops::fwd, "").template typed<FwdSig>();
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("snn_fast::lif_fwd", "").typed<FwdSig>();
   return op;
 }
 
-template <typename Ops>
 const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(Ops::bwd, "").template typed<BwdSig>();
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("snn_fast::lif_bwd", "").typed<BwdSig>();
   return op;
 }
 
 bool requires_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
 
-template <typename Ops>
-struct LIFFunction : public torch::autograd::Function<LIFFunction<Ops>> {
+struct LIFFunction : public torch::autograd::Function<LIFFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& v0, const Tensor& params,
                                const c10::optional<Tensor>& mask, int64_t sg, bool hard_reset, double v_reset,
-                               bool decay_input, bool detach_reset, double kappa, bool return_v_seq,
-                               int64_t mode) {
+                               bool decay_input, bool detach_reset, double kappa, bool strict, int64_t timing,
+                               bool return_v_seq, int64_t save) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [s, v_last, v_seq, saved] = fwd_op<Ops>().call(x, v0, params, mask, sg, hard_reset, v_reset, decay_input,
-                                                        detach_reset, kappa, return_v_seq, mode);
+    auto [s, v_last, v_seq, saved] = fwd_op().call(x, v0, params, mask, sg, hard_reset, v_reset, decay_input,
+                                                   detach_reset, kappa, strict, timing, return_v_seq, save);
     ctx->save_for_backward({x, v0, params, mask.has_value() ? *mask : Tensor(), saved, s});
     ctx->saved_data["sg"] = sg;
     ctx->saved_data["hard_reset"] = hard_reset;
@@ -67,8 +56,10 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction<Ops>> {
     ctx->saved_data["decay_input"] = decay_input;
     ctx->saved_data["detach_reset"] = detach_reset;
     ctx->saved_data["kappa"] = kappa;
+    ctx->saved_data["strict"] = strict;
+    ctx->saved_data["timing"] = timing;
     ctx->saved_data["return_v_seq"] = return_v_seq;
-    ctx->saved_data["mode"] = mode;
+    ctx->saved_data["save"] = save;
     ctx->mark_non_differentiable({saved});
     ctx->set_materialize_grads(false);
     return {s, v_last, v_seq, saved};
@@ -94,32 +85,30 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction<Ops>> {
     const bool need_param_grad = ctx->needs_input_grad(2);
     const auto& d = ctx->saved_data;
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [gx, gv0, gp] = bwd_op<Ops>().call(
-        gs.contiguous(), gvl, gvs, x, v0, params, mask, saved, s, d.at("sg").toInt(), d.at("hard_reset").toBool(),
-        d.at("v_reset").toDouble(), d.at("decay_input").toBool(), d.at("detach_reset").toBool(),
-        d.at("kappa").toDouble(), need_param_grad, d.at("mode").toInt());
-    // one entry per forward argument: x, v0, params, then none for the mask, the 7 flags and the mode
+    auto [gx, gv0, gp] = bwd_op().call(
+        gs.contiguous(), gvl, gvs, x, v0, params, mask, saved, s, c10::nullopt, c10::nullopt, d.at("sg").toInt(),
+        d.at("hard_reset").toBool(), d.at("v_reset").toDouble(), d.at("decay_input").toBool(),
+        d.at("detach_reset").toBool(), d.at("kappa").toDouble(), d.at("strict").toBool(), d.at("timing").toInt(),
+        d.at("save").toInt(), need_param_grad);
+    // one entry per forward argument: x, v0, params, then none for the mask, the 8 flags,
+    // return_v_seq and save
     return {gx, gv0, need_param_grad ? gp : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
-template <typename Ops>
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_autograd(const Tensor& x, const Tensor& v0, const Tensor& params,
                                                             const c10::optional<Tensor>& mask, int64_t sg,
                                                             bool hard_reset, double v_reset, bool decay_input,
-                                                            bool detach_reset, double kappa, bool return_v_seq,
-                                                            int64_t mode) {
-  auto out = LIFFunction<Ops>::apply(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
-                                     return_v_seq, mode);
+                                                            bool detach_reset, double kappa, bool strict,
+                                                            int64_t timing, bool return_v_seq, int64_t save) {
+  auto out = LIFFunction::apply(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
+                                strict, timing, return_v_seq, save);
   return {out[0], out[1], out[2], out[3]};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(snn_fast, Autograd, m) {
-  m.impl("lif_fwd", &lif_fwd_autograd<StateOps>);
-  m.impl("lif_fwd_recompute", &lif_fwd_autograd<RecomputeOps>);
-}
+TORCH_LIBRARY_IMPL(snn_fast, Autograd, m) { m.impl("lif_fwd", &lif_fwd_autograd); }
 
 }  // namespace snn_fast

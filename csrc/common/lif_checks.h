@@ -1,7 +1,7 @@
 // Argument checks of the LIF ops (lif_fwd / lif_bwd, schemas in csrc/ops.cpp), shared by the CPU
 // binding (csrc/cpu/lif_cpu.cpp) and the CUDA binding (csrc/cuda/lif_cuda_binding.cpp): one place
 // for what the kernels assume, so the two cannot drift. Host only (torch headers). Each message
-// names the argument. The Python layer (snn_fast/ops/lif/config.py) checks the user-facing
+// names the argument. The Python layer (snn_fast/ops/lif/args.py) checks the user-facing
 // arguments first; these guard the ops themselves, which torch.ops.snn_fast exposes directly.
 #pragma once
 
@@ -13,6 +13,19 @@
 #include "snn_fast/surrogate.h"
 
 namespace snn_fast {
+
+// The ops' `save` argument: what lif_fwd keeps in its fourth output for lif_bwd
+// (snn_fast/ops/lif/contract.py SAVE, the same codes).
+constexpr int64_t kSaveState = 0;      // the GPU kernels: H for every step (the CPU kernel: nothing)
+constexpr int64_t kSaveRecompute = 1;  // the GPU kernels: V every K steps (the CPU kernel: nothing)
+constexpr int64_t kSaveNone = 2;       // inference: nothing, no backward follows
+constexpr int64_t kSaveSgArg = 3;      // the CPU kernel: D = H − θ of every step, for a user's g′
+
+inline void check_save(int64_t save, const char* kernel, bool sg_arg_ok) {
+  TORCH_CHECK(save == kSaveState || save == kSaveRecompute || save == kSaveNone || (sg_arg_ok && save == kSaveSgArg),
+              "lif (", kernel, "): unknown save mode ", save, " (0 state, 1 recompute, 2 none",
+              sg_arg_ok ? ", 3 sg_arg)" : "; 3 sg_arg is the CPU kernel's)");
+}
 
 // x [T, N] with T >= 1, v0 [N] of x's dtype, params [3] in float32 (float64 for float64 x), a bool
 // noise_mask shaped like x, all on x's device, which must be of type `device`; sg a known
@@ -40,11 +53,12 @@ inline void check_lif_args(const at::Tensor& x, const at::Tensor& v0, const at::
   }
 }
 
-// The op's `mode` (csrc/ops.cpp): bit 0 strict threshold, bits 1–2 the reset timing the kernels run
-// (after the spike, delayed, none; snnTorch's reset_delay=False form runs on the reference only).
-inline void check_lif_mode(int64_t mode) {
-  TORCH_CHECK(mode >= 0 && mode < 6, "lif: mode must be (timing << 1) | strict with timing 0 (after the spike), ",
-              "1 (delayed) or 2 (none), got ", mode);
+// The ops' reset_timing (lif_step.h kResetAfterFire…; snn_fast/ops/lif/contract.py the same codes):
+// the kernels run 0 (after the spike), 1 (delayed) and 2 (none); snnTorch's reset_delay=False form
+// runs on the reference only.
+inline void check_reset_timing(int64_t timing) {
+  TORCH_CHECK(timing >= 0 && timing <= 2, "lif: reset_timing must be 0 (after the spike), 1 (delayed) or 2 (none), ",
+              "got ", timing);
 }
 
 // The backward's own inputs: grad_s like x; grad_v_last [N] and grad_v_seq [T, N] (or empty) when given.

@@ -2,7 +2,7 @@
 // run the whole T loop per block of neurons, parallel over blocks (a shared queue hands them to
 // at::parallel_for's threads), the inner loop over contiguous neurons vectorised by the compiler.
 //
-// Bytes per element of [T, N] (storage dtype size b), the 5-pass floor of BENCHMARKS.md:
+// Bytes per element of [T, N] (storage dtype size b), the 5-pass floor of docs/spec.md §10:
 //   forward   read x, write s                         2b   (+ b for v_seq when asked)
 //   backward  read x, read grad_s, write grad_x       3b   (+ 1 B mask in noisy mode)
 // The forward saves nothing: the backward re-runs the forward for one block of neurons into a
@@ -32,7 +32,8 @@ using at::Tensor;
 
 template <typename acc_t>
 LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, double v_reset,
-                             bool decay_input, bool detach_reset, double kappa, int64_t mode) {
+                             bool decay_input, bool detach_reset, double kappa, bool strict = false,
+                             int64_t timing = kResetAfterFire) {
   auto p = params.accessor<acc_t, 1>();
   LIFParams<acc_t> r;
   r.k = p[0];
@@ -44,18 +45,24 @@ LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, 
   r.hard_reset = hard_reset;
   r.decay_input = decay_input;
   r.detach_reset = detach_reset;
-  set_mode(r, int(mode));
+  set_firing(r, strict, int(timing));
   return r;
 }
 
-// keep_arg: `saved` is D = H − θ of every step, [T, N] in params' dtype (lif_fwd_keep_arg).
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu_impl(const Tensor& x_, const Tensor& v0_,
-                                                            const Tensor& params, const c10::optional<Tensor>& mask_,
-                                                            int64_t sg, bool hard_reset, double v_reset,
-                                                            bool decay_input, bool detach_reset, double kappa,
-                                                            bool return_v_seq, int64_t mode, bool keep_arg) {
+// save: kSaveSgArg writes D = H − θ of every step into `saved`, [T, N] in params' dtype; every other
+// mode saves nothing (the backward re-runs the forward).
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
+                                                       const c10::optional<Tensor>& mask_, int64_t sg,
+                                                       bool hard_reset, double v_reset, bool decay_input,
+                                                       bool detach_reset, double kappa, bool strict,
+                                                       int64_t timing, bool return_v_seq, int64_t save) {
   check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
-  check_lif_mode(mode);
+  check_save(save, "CPU kernel", true);
+  check_reset_timing(timing);
+  TORCH_CHECK(save != kSaveSgArg || (!strict && timing == kResetAfterFire),
+              "lif_fwd (CPU kernel): save=3 (D for a user's surrogate) runs strict_threshold=false and ",
+              "reset_timing=0 only");
+  const bool keep_arg = save == kSaveSgArg;
   Tensor x = x_.contiguous(), v0 = v0_.contiguous();
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
@@ -65,7 +72,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu_impl(const Tensor& x_, co
   Tensor saved = keep_arg ? empty_cpu_cached(x.sizes(), params.scalar_type()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, mode);
+    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
     cpu_lif::lif_fwd_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
                               mask ? mask->const_data_ptr<bool>() : nullptr, s.mutable_data_ptr<scalar_t>(),
                               v_last.mutable_data_ptr<scalar_t>(),
@@ -75,36 +82,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu_impl(const Tensor& x_, co
   return {s, v_last, v_seq, saved};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x, const Tensor& v0, const Tensor& params,
-                                                       const c10::optional<Tensor>& mask, int64_t sg,
-                                                       bool hard_reset, double v_reset, bool decay_input,
-                                                       bool detach_reset, double kappa, bool return_v_seq,
-                                                       int64_t mode) {
-  return lif_fwd_cpu_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
-                          return_v_seq, mode, false);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_keep_arg_cpu(const Tensor& x, const Tensor& v0,
-                                                                const Tensor& params,
-                                                                const c10::optional<Tensor>& mask, int64_t sg,
-                                                                bool hard_reset, double v_reset, bool decay_input,
-                                                                bool detach_reset, double kappa,
-                                                                bool return_v_seq) {
-  // a user's surrogate runs the default firing and reset (custom_cpu.py refuses the other modes)
-  return lif_fwd_cpu_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
-                          return_v_seq, 0, true);
-}
-
-std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
-                                               const c10::optional<Tensor>& gvseq_, const Tensor& x_,
-                                               const Tensor& v0_, const Tensor& params,
-                                               const c10::optional<Tensor>& mask_, const Tensor& /*saved*/,
-                                               const Tensor& /*s*/, int64_t sg, bool hard_reset, double v_reset,
-                                               bool decay_input, bool detach_reset, double kappa,
-                                               bool need_param_grad, int64_t mode) {
-  check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
-  check_lif_mode(mode);
-  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
+// The backward of a built-in surrogate: re-runs the forward per block of neurons (lif_bwd_cpu).
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_builtin(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
+                                                   const c10::optional<Tensor>& gvseq_, const Tensor& x_,
+                                                   const Tensor& v0_, const Tensor& params,
+                                                   const c10::optional<Tensor>& mask_, int64_t sg, bool hard_reset,
+                                                   double v_reset, bool decay_input, bool detach_reset, double kappa,
+                                                   bool strict, int64_t timing, bool need_param_grad) {
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous();
   Tensor gvlast, gvseq;
   if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();
@@ -116,7 +100,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10:
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, mode);
+    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
     const scalar_t* gvl = gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* gvs = gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr;
     cpu_lif::lif_bwd_kernel<scalar_t, acc_t>(int(sg), gs.const_data_ptr<scalar_t>(), gvl, gvs, x.const_data_ptr<scalar_t>(),
@@ -128,12 +112,12 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s_, const c10:
   return {gx, gv0, grad_params};
 }
 
-// A user's surrogate (snn_fast/ops/lif/custom_cpu.py) in two ops around its torch g′:
-//   lif_fwd_keep_arg the forward, also writing D = H − θ in acc_t (save="state")    + a
-//   lif_sg_arg       read x (and s under a noise mask), write D (save="recompute")  b + a (+ b)
-//   lif_bwd_given_sg the backward above with g′ (and ∂g/∂α) read from [T, N] acc_t buffers:
+// A user's surrogate (snn_fast/ops/lif/custom_cpu.py), around its torch g′ (bytes per element):
+//   lif_fwd, save=3  the forward, also writing D = H − θ in acc_t (save="state")      + a
+//   lif_sg_arg       read x (and s under a noise mask), write D (save="recompute")    b + a (+ b)
+//   lif_bwd, sg_grad the backward above with g′ (and ∂g/∂α) read from [T, N] acc_t buffers:
 //                    + a (+ a with parameter gradients) (+ b: s under a noise mask)
-// The surrogate id plays no part: the flags alone pick the kernel.
+// The surrogate id plays no part there: the flags alone pick the kernel.
 
 // s under a noise mask: the forward's emitted values, [T, N] like x.
 void check_given_s(const Tensor& x, const c10::optional<Tensor>& mask, const Tensor& s) {
@@ -144,7 +128,7 @@ void check_given_s(const Tensor& x, const c10::optional<Tensor>& mask, const Ten
 
 void check_given_buf(const Tensor& x, const Tensor& params, const Tensor& b, const char* name) {
   TORCH_CHECK(b.sizes() == x.sizes() && b.scalar_type() == params.scalar_type() && b.device() == x.device(),
-              "lif_bwd_given_sg: ", name, " must be [T, N] like x in params' dtype (", params.scalar_type(),
+              "lif_bwd: ", name, " must be [T, N] like x in params' dtype (", params.scalar_type(),
               "), got ", b.sizes(), " ", b.scalar_type());
 }
 
@@ -158,7 +142,7 @@ Tensor lif_sg_arg_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
   Tensor d = empty_cpu_cached(x.sizes(), params.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_sg_arg_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, false, 0.0, 0);
+    auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, false, 0.0);
     cpu_lif::lif_sg_arg_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
                                                 s.defined() ? s.const_data_ptr<scalar_t>() : nullptr,
                                                 d.mutable_data_ptr<acc_t>(), T, N, p);
@@ -166,17 +150,15 @@ Tensor lif_sg_arg_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
   return d;
 }
 
-std::tuple<Tensor, Tensor, Tensor> lif_bwd_given_sg_cpu(
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_given(
     const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_, const c10::optional<Tensor>& gvseq_, const Tensor& x_,
     const Tensor& v0_, const Tensor& params, const c10::optional<Tensor>& mask_, const Tensor& s_,
     const Tensor& sg_grad_, const c10::optional<Tensor>& sg_dalpha_, bool hard_reset, double v_reset,
     bool decay_input, bool detach_reset, double kappa, bool need_param_grad) {
-  check_lif_args(x_, v0_, params, mask_, 0, c10::DeviceType::CPU, "CPU kernel");
-  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
   check_given_s(x_, mask_, s_);
   check_given_buf(x_, params, sg_grad_, "sg_grad");
   TORCH_CHECK(!need_param_grad || sg_dalpha_.has_value(),
-              "lif_bwd_given_sg: need_param_grad needs sg_dalpha (zeros for a surrogate without a width)");
+              "lif_bwd: need_param_grad with sg_grad needs sg_dalpha (zeros for a surrogate without a width)");
   if (sg_dalpha_.has_value()) check_given_buf(x_, params, *sg_dalpha_, "sg_dalpha");
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous(), gp = sg_grad_.contiguous();
   Tensor gvlast, gvseq, s, dga;
@@ -191,9 +173,9 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_given_sg_cpu(
   const int64_t T = x.size(0), N = x.size(1);
   Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = at::empty_like(v0);
   std::vector<double> pg(3, 0.0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_given_sg_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_given_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, detach_reset, kappa, 0);
+    auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, detach_reset, kappa);
     cpu_lif::Given<scalar_t, acc_t> given{gp.const_data_ptr<acc_t>(),
                                           dga.defined() ? dga.const_data_ptr<acc_t>() : nullptr,
                                           s.defined() ? s.const_data_ptr<scalar_t>() : nullptr};
@@ -208,14 +190,36 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_given_sg_cpu(
   return {gx, gv0, grad_params};
 }
 
+// lif_bwd: with sg_grad, the walk reads the given g′ (a user's surrogate); else the built-in one.
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s, const c10::optional<Tensor>& gvlast,
+                                               const c10::optional<Tensor>& gvseq, const Tensor& x,
+                                               const Tensor& v0, const Tensor& params,
+                                               const c10::optional<Tensor>& mask, const Tensor& /*saved*/,
+                                               const Tensor& s, const c10::optional<Tensor>& sg_grad,
+                                               const c10::optional<Tensor>& sg_dalpha, int64_t sg, bool hard_reset,
+                                               double v_reset, bool decay_input, bool detach_reset, double kappa,
+                                               bool strict, int64_t timing, int64_t save, bool need_param_grad) {
+  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CPU, "CPU kernel");
+  check_lif_bwd_args(grad_s, gvlast, gvseq, x, v0);
+  check_save(save, "CPU kernel", true);
+  check_reset_timing(timing);
+  if (sg_grad.has_value()) {
+    TORCH_CHECK(!strict && timing == kResetAfterFire, "lif_bwd (CPU kernel): sg_grad (a user's surrogate) runs ",
+                "strict_threshold=false and reset_timing=0 only");
+    return lif_bwd_given(grad_s, gvlast, gvseq, x, v0, params, mask, s, *sg_grad, sg_dalpha, hard_reset, v_reset,
+                         decay_input, detach_reset, kappa, need_param_grad);
+  }
+  TORCH_CHECK(!sg_dalpha.has_value(), "lif_bwd: sg_dalpha is given without sg_grad");
+  return lif_bwd_builtin(grad_s, gvlast, gvseq, x, v0, params, mask, sg, hard_reset, v_reset, decay_input,
+                         detach_reset, kappa, strict, timing, need_param_grad);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(snn_fast, CPU, m) {
   m.impl("lif_fwd", &lif_fwd_cpu);
   m.impl("lif_bwd", &lif_bwd_cpu);
-  m.impl("lif_fwd_keep_arg", &lif_fwd_keep_arg_cpu);
   m.impl("lif_sg_arg", &lif_sg_arg_cpu);
-  m.impl("lif_bwd_given_sg", &lif_bwd_given_sg_cpu);
 }
 
 }  // namespace snn_fast

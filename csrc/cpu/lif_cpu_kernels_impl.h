@@ -40,7 +40,7 @@ inline int64_t fwd_block_for(int64_t N) { return balanced_block(N, 16384); }
 
 // Below these many element-steps (T·N) a call runs on the calling thread, without a parallel
 // region: waking the pool costs ~10-30 µs when a core is free, and on an oversubscribed CPU a
-// scheduler time slice (issue 14: [4, 2, 64] went from 0.44 ms to 1-16 ms with another process busy
+// scheduler time slice ([4, 2, 64] went from 0.44 ms to 1-16 ms with another process busy
 // on one of 2 cores; at [4, 32, 1024] medians of 35-87 ms were measured on the loaded dev VM,
 // benchmarks/test_bench_latency.py). Measured 1 vs 2 threads with both cores free (best of 20-400
 // calls): forward 27.3 vs 26.3 µs at T·N = 2^16, 39.9 vs 34.9 at 2^17, 65.1 vs 49.9 at 2^18;
@@ -83,8 +83,8 @@ class BlockQueue {
 // The per-block loops get one clone per ISA (picked at load time by the dynamic loader), so one
 // build runs AVX-512 where the CPU has it and stays portable. Contraction is off (setup.py), so
 // every clone rounds like the float32 reference.
-// x86-64-v3 is AVX2 + FMA, v4 adds AVX-512. No loop contracts (the backward walk did until issue 14:
-// its FMAs made an all-True mask differ from no mask by an ulp; W4 fwd+bwd unchanged without them).
+// x86-64-v3 is AVX2 + FMA, v4 adds AVX-512. No loop contracts: FMAs in the backward walk make an
+// all-True mask differ from no mask by an ulp, and W4 fwd+bwd is as fast without them.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define SNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -330,7 +330,7 @@ SNN_CPU_CLONES void rerun_keep_h(const scalar_t* __restrict__ x, const scalar_t*
 // so an all-True mask rounds exactly like the unmasked walk. Not contracted (it was, with
 // SNN_CPU_CLONES_FMA): the hard reset's ε = dv·(1 − S) + ds·g′ has two products, and which one GCC
 // fuses follows statement order, which differed between MASKED and unmasked: grad_x ≤ 1 ulp apart
-// (15 of 150 elements, issue 12). Uncontracted, every operation rounds as in bwd_block and the reference.
+// (15 of 150 elements). Uncontracted, every operation rounds as in bwd_block and the reference.
 template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void bwd_walk_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvseq,
                                       const bool* __restrict__ mask, const Given<scalar_t, acc_t> gv,

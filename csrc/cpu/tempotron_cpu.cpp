@@ -1,4 +1,4 @@
-// Fused Tempotron forward/backward on the CPU (SPEC §5; the math is in snn_fast/tempotron.h).
+// Fused Tempotron forward/backward on the CPU (docs/spec.md §6; the math is in snn_fast/tempotron.h).
 //
 // Forward: per (b, i) the grid step k = ⌈t_i⌉ and its entry weights (ea, kt: computed once,
 // outside the loop over outputs); per sample b two [T, O] histograms in L1, filled by one vector
@@ -26,7 +26,7 @@ using at::Tensor;
 
 // Below this much work (multiply-adds) a call stays on the calling thread: opening a parallel
 // region wakes the pool (~10-30 µs), and on an oversubscribed CPU waits a scheduler time slice
-// for the other thread (issue 14: a tiny LIF call went from 0.44 ms to 1-16 ms with one core
+// for the other thread (a tiny LIF call went from 0.44 ms to 1-16 ms with one core
 // busy). The size is the LIF forward's (kFwdParallelMinWork in lif_cpu_kernels_impl.h, measured: one
 // multiply-add per unit here, a few per element-step there, so this errs on the serial side).
 constexpr int64_t kParallelMinWork = int64_t(1) << 18;

@@ -1,4 +1,4 @@
-// Fused LIF backward (BPTT, SPEC §2) over the whole T loop, walking t = T−1 … 0 with ∂L/∂V in
+// Fused LIF backward (BPTT, docs/spec.md §2) over the whole T loop, walking t = T−1 … 0 with ∂L/∂V in
 // registers. Reads the forward's saved H (lif_cuda.h: exact spikes in every dtype) instead of
 // re-running the forward, so the pass count is grad_s + H + grad_x.
 //

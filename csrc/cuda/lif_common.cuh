@@ -182,7 +182,7 @@ SNN_HD LIFParams<acc_t> load_params(const acc_t* __restrict__ params, const LIFF
   // the spike only (the binding refuses the others), so lif_step.h's timing branches fold away here.
   // With them compiled in, ptxas spilled the parameter-gradient backwards (fp16/bf16 ×8, fp32 ×4,
   // fp64; sm_80) however the timing was dispatched.
-  set_mode(p, f.mode & 1);
+  set_firing(p, f.strict_threshold, kResetAfterFire);
   return p;
 }
 

@@ -15,7 +15,7 @@
 // sign bit for float16/bfloat16, 2 B/element where saving H in float32 would cost 4) is documented
 // once, at the end of snn_fast/lif_step.h; the Triton backend saves the same.
 //
-// save="recompute" (issue 16; lif_fwd_recompute / lif_bwd_recompute): the forward writes s (v_last,
+// save="recompute" (lif_fwd / lif_bwd with save = 1): the forward writes s (v_last,
 // v_seq) and, instead of H, the membrane V after steps K, 2K, … (K = kRcChunk = 8; ceil(T/K) − 1
 // rows of N in the accumulation dtype, none for T <= K); the backward re-runs the forward segment by
 // segment from x and those V with a segment's H in shared memory (K·256·4 B = 8 KiB per block, fp64
@@ -26,7 +26,7 @@
 //                                                                      decay_input, read again in the walk)
 // 5b + 8/K B in all (fp32 22 B instead of 24; bf16 11 B instead of 12), at the 5-pass floor save the
 // checkpoints, and a layer keeps 4·N·(ceil(T/K) − 1) bytes for its backward instead of b·T·N
-// (snn_fast/ops/lif/memory.py counts both; tests/test_lif_memory.py checks the counts against what
+// (snn_fast/ops/lif/memory.py counts both; tests/test_lif.py checks the counts against what
 // autograd keeps). The re-run uses lif_step.h's own functions in the forward's order: the same H and
 // the same spikes bit for bit.
 #pragma once
@@ -38,7 +38,7 @@ namespace cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
-// Steps per recompute segment; = snn_fast.ops.lif.config.RECOMPUTE_CHUNK (tests/test_cuda_compile.py).
+// Steps per recompute segment; = snn_fast.ops.lif.contract.RECOMPUTE_CHUNK (tests/test_cuda_compile.py).
 constexpr int kRcChunk = 8;
 
 // Rows of V checkpoints of save="recompute" for T steps: V after steps K, 2K, … before the last.
@@ -52,7 +52,7 @@ struct LIFFlagsC {
   bool decay_input;
   bool detach_reset;
   double reset_residual;
-  int mode;  // bit 0 strict threshold, bits 1–2 reset timing (lif_step.h set_mode)
+  bool strict_threshold;  // fire on H > θ only (the reset timing: after the spike, the only one here)
 };
 
 struct LIFFwdArgs {

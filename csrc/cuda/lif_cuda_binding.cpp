@@ -1,9 +1,10 @@
 // torch binding of the CUDA LIF kernels: checks, contiguity, allocation, device guard and current
 // stream, then the pointer-based launch API of lif_cuda.h. Compiled only in CUDA builds (setup.py).
 //
-// `saved` (the fourth output of lif_fwd) is the forward's H, [T, N] in x's dtype; see lif_cuda.h
-// for its encoding. lif_bwd refuses a `saved` of another shape or dtype (e.g. from another backend).
-// lif_fwd_recompute / lif_bwd_recompute (save="recompute"): `saved` is the V checkpoints instead.
+// `saved` (the fourth output of lif_fwd) is, by `save`: the forward's H, [T, N] in x's dtype (0,
+// "state"; see lif_cuda.h for its encoding), the V checkpoints (1, "recompute"), or nothing (2,
+// inference: the forward skips the H write). lif_bwd refuses a `saved` of another shape or dtype
+// (e.g. from another backend) and a g′ given from outside (the CPU kernel's).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -38,20 +39,21 @@ void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const
 }
 
 LIFFlagsC make_flags(int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
-                     double kappa, int64_t mode) {
-  check_lif_mode(mode);
-  TORCH_CHECK((mode >> 1) == kResetAfterFire, "lif (CUDA kernel): mode ", mode, " asks for a reset timing other ",
-              "than after the spike, which the CUDA kernels do not run; backend='triton' (or 'auto') runs it");
-  return LIFFlagsC{int(sg), hard_reset, v_reset, decay_input, detach_reset, kappa, int(mode)};
+                     double kappa, bool strict, int64_t timing) {
+  check_reset_timing(timing);
+  TORCH_CHECK(timing == kResetAfterFire, "lif (CUDA kernel): reset_timing ", timing, " (not after the spike) ",
+              "does not run on the CUDA kernels; backend='triton' (or 'auto') runs it");
+  return LIFFlagsC{int(sg), hard_reset, v_reset, decay_input, detach_reset, kappa, strict};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_impl(const Tensor& x_, const Tensor& v0_, const Tensor& params_,
+std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x_, const Tensor& v0_, const Tensor& params_,
                                                         const c10::optional<Tensor>& mask_, int64_t sg,
                                                         bool hard_reset, double v_reset, bool decay_input,
-                                                        bool detach_reset, double kappa, bool return_v_seq,
-                                                        int64_t mode,
-                                                        bool recompute) {
+                                                        bool detach_reset, double kappa, bool strict,
+                                                        int64_t timing, bool return_v_seq, int64_t save) {
   check_common(x_, v0_, params_, mask_, sg);
+  check_save(save, "CUDA kernel", false);
+  const bool recompute = save == kSaveRecompute, keep_h = save == kSaveState;
   const c10::cuda::CUDAGuard guard(x_.device());
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), params = params_.contiguous();
   c10::optional<Tensor> mask;
@@ -59,8 +61,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_impl(const Tensor& x_, const 
   const int64_t T = x.size(0), N = x.size(1);
   Tensor s = at::empty_like(x), v_last = at::empty_like(v0);
   Tensor v_seq = return_v_seq ? at::empty_like(x) : at::empty({0}, x.options());
-  // H (save="state") or the V checkpoints in the accumulation dtype (save="recompute"), see lif_cuda.h
-  Tensor saved = recompute ? at::empty({lif_checkpoint_rows(T), N}, params.options()) : at::empty_like(x);
+  // H (save="state"), the V checkpoints in the accumulation dtype (save="recompute", see lif_cuda.h) or nothing
+  Tensor saved = recompute ? at::empty({lif_checkpoint_rows(T), N}, params.options())
+                           : (keep_h ? at::empty_like(x) : at::empty({0}, x.options()));
   LIFFwdArgs a{};
   a.dtype = dtype_of(x);
   a.T = T;
@@ -72,47 +75,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_impl(const Tensor& x_, const 
   a.s = s.mutable_data_ptr();
   a.v_last = v_last.mutable_data_ptr();
   a.v_seq = return_v_seq ? v_seq.mutable_data_ptr() : nullptr;
-  a.saved = recompute ? nullptr : saved.mutable_data_ptr();
+  a.saved = keep_h ? saved.mutable_data_ptr() : nullptr;
   a.ckpt = recompute && saved.numel() > 0 ? saved.mutable_data_ptr() : nullptr;
-  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, mode);
+  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
   C10_CUDA_CHECK(static_cast<cudaError_t>(lif_fwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
   return {s, v_last, v_seq, saved};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x, const Tensor& v0, const Tensor& params,
-                                                        const c10::optional<Tensor>& mask, int64_t sg,
-                                                        bool hard_reset, double v_reset, bool decay_input,
-                                                        bool detach_reset, double kappa, bool return_v_seq,
-                                                        int64_t mode) {
-  return lif_fwd_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, return_v_seq,
-                      mode, false);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_recompute_cuda(const Tensor& x, const Tensor& v0,
-                                                                  const Tensor& params,
-                                                                  const c10::optional<Tensor>& mask, int64_t sg,
-                                                                  bool hard_reset, double v_reset, bool decay_input,
-                                                                  bool detach_reset, double kappa,
-                                                                  bool return_v_seq, int64_t mode) {
-  return lif_fwd_impl(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, return_v_seq,
-                      mode, true);
-}
-
-std::tuple<Tensor, Tensor, Tensor> lif_bwd_impl(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
                                                 const c10::optional<Tensor>& gvseq_, const Tensor& x_,
                                                 const Tensor& v0_, const Tensor& params_,
                                                 const c10::optional<Tensor>& mask_, const Tensor& saved_,
-                                                int64_t sg, bool hard_reset, double v_reset,
-                                                bool decay_input, bool detach_reset, double kappa,
-                                                bool need_param_grad, int64_t mode, bool recompute) {
+                                                const Tensor& /*s*/, const c10::optional<Tensor>& sg_grad,
+                                                const c10::optional<Tensor>& sg_dalpha, int64_t sg, bool hard_reset,
+                                                double v_reset, bool decay_input, bool detach_reset, double kappa,
+                                                bool strict, int64_t timing, int64_t save, bool need_param_grad) {
   check_common(x_, v0_, params_, mask_, sg);
   check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
+  check_save(save, "CUDA kernel", false);
+  TORCH_CHECK(!sg_grad.has_value() && !sg_dalpha.has_value(),
+              "lif_bwd (CUDA kernel): sg_grad/sg_dalpha (a g′ given per element) run on the CPU kernel only");
+  TORCH_CHECK(save != kSaveNone, "lif_bwd (CUDA kernel): the forward ran with save=2 (inference) and kept nothing "
+              "for a backward");
+  const bool recompute = save == kSaveRecompute;
   if (recompute) {
     TORCH_CHECK(saved_.dim() == 2 && saved_.size(0) == lif_checkpoint_rows(x_.size(0)) &&
                     saved_.size(1) == x_.size(1) && saved_.scalar_type() == params_.scalar_type() &&
                     saved_.device() == x_.device(),
-                "lif_bwd_recompute (CUDA kernel): `saved` must be the V checkpoints written by the CUDA "
-                "lif_fwd_recompute, [", lif_checkpoint_rows(x_.size(0)), ", ", x_.size(1), "] ",
+                "lif_bwd (CUDA kernel, save=1): `saved` must be the V checkpoints written by the CUDA "
+                "lif_fwd with save=1, [", lif_checkpoint_rows(x_.size(0)), ", ", x_.size(1), "] ",
                 params_.scalar_type(), ", got ", saved_.sizes(), " ", saved_.scalar_type());
   } else {
     TORCH_CHECK(saved_.sizes() == x_.sizes() && saved_.scalar_type() == x_.scalar_type() &&
@@ -153,31 +144,10 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_impl(const Tensor& grad_s_, const c10
                           x.options().dtype(at::kDouble));
     a.workspace = workspace.mutable_data_ptr<double>();
   }
-  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, mode);
+  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
   a.recompute = recompute;
   C10_CUDA_CHECK(static_cast<cudaError_t>(lif_bwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
   return {gx, gv0, grad_params};
-}
-
-std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s, const c10::optional<Tensor>& gvlast,
-                                                const c10::optional<Tensor>& gvseq, const Tensor& x, const Tensor& v0,
-                                                const Tensor& params, const c10::optional<Tensor>& mask,
-                                                const Tensor& saved, const Tensor& /*s*/, int64_t sg,
-                                                bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
-                                                double kappa, bool need_param_grad, int64_t mode) {
-  return lif_bwd_impl(grad_s, gvlast, gvseq, x, v0, params, mask, saved, sg, hard_reset, v_reset, decay_input,
-                      detach_reset, kappa, need_param_grad, mode, false);
-}
-
-std::tuple<Tensor, Tensor, Tensor> lif_bwd_recompute_cuda(const Tensor& grad_s, const c10::optional<Tensor>& gvlast,
-                                                          const c10::optional<Tensor>& gvseq, const Tensor& x,
-                                                          const Tensor& v0, const Tensor& params,
-                                                          const c10::optional<Tensor>& mask, const Tensor& saved,
-                                                          const Tensor& /*s*/, int64_t sg, bool hard_reset,
-                                                          double v_reset, bool decay_input, bool detach_reset,
-                                                          double kappa, bool need_param_grad, int64_t mode) {
-  return lif_bwd_impl(grad_s, gvlast, gvseq, x, v0, params, mask, saved, sg, hard_reset, v_reset, decay_input,
-                      detach_reset, kappa, need_param_grad, mode, true);
 }
 
 }  // namespace
@@ -185,8 +155,6 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_recompute_cuda(const Tensor& grad_s, 
 TORCH_LIBRARY_IMPL(snn_fast, CUDA, m) {
   m.impl("lif_fwd", &lif_fwd_cuda);
   m.impl("lif_bwd", &lif_bwd_cuda);
-  m.impl("lif_fwd_recompute", &lif_fwd_recompute_cuda);
-  m.impl("lif_bwd_recompute", &lif_bwd_recompute_cuda);
 }
 
 }  // namespace cuda

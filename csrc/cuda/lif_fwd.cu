@@ -1,4 +1,4 @@
-// Fused LIF forward over the whole T loop (SPEC §2–§4). One thread owns VEC contiguous neurons and
+// Fused LIF forward over the whole T loop (docs/spec.md §2–§4). One thread owns VEC contiguous neurons and
 // keeps their membranes in registers for all T steps; every [T, N] tensor is touched once per step
 // with one 16-byte access per thread (coalesced across the warp). The thread body is
 // lif_fwd_thread (lif_kernels.cuh); per-element math comes from snn_fast/lif_step.h.

@@ -66,7 +66,7 @@ def stage_list(py, work, dry, full, nproc):
         # H200 (16 cores, 2026-11-30): 255 s from its start, 206 s beyond env + triton-lif.
         ("build", 400, build, {}, 210),
         ("cuda-lif", 90, st + ["lif", "--backend", "cuda", "--stage-name", "cuda-lif"] + w + d, {}, 10),
-        # w1-triton and w1-cuda: ours in both save modes (issue 16), the non-default one at T = 8 and 64 (one T within
+        # w1-triton and w1-cuda: ours in both save modes, the non-default one at T = 8 and 64 (one T within
         # the 8-step chunk, one beyond; every T under --full); the reference's Inductor compile (~20–60 s
         # each) at T = 4 only, to pay for them.
         ("w1-cuda", 120, st + ["w1", "--providers", "snn_fast-cuda", "--T", w1_T,
@@ -92,7 +92,7 @@ def stage_list(py, work, dry, full, nproc):
         # on 1 rank (NCCL), one launch per case. Estimate: 9 process starts (~5 s each), the Triton
         # fp64 variants, Inductor (~30 s).
         ("ddp", 420, st + ["ddp", "--stage-name", "ddp"] + w + d, one_config, 120),
-        # --full only: W2 at the GPU sizes (the n² Linear is most of a step there; BENCHMARKS.md).
+        # --full only: W2 at the GPU sizes (the n² Linear is most of a step there; docs/spec.md §10).
         ("w2", 420, st + ["w2", "--stage-name", "w2"] + w + d, {}, 120),
     ] if full else [])
 

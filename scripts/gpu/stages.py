@@ -258,18 +258,18 @@ def stage_lif(args):
 
 
 # --------------------------------------------------------------------------------------------------
-# Stages 3 and 4c: W1 (BENCHMARKS.md)
+# Stages 3 and 4c: W1 (docs/spec.md §10)
 
 
 def stage_w1(args):
     from benchmarks import common
     from benchmarks import test_bench_lif as bl
 
-    from snn_fast.ops.lif.config import DEFAULT_SAVE, SAVE_MODES
+    from snn_fast.ops.lif.contract import DEFAULT_SAVE, SAVE_MODES
 
     other = next(m for m in SAVE_MODES if m != DEFAULT_SAVE)
     want = []
-    for p in args.providers.split(","):  # each of ours in both save modes (issue 16): W1 rows for each,
+    for p in args.providers.split(","):  # each of ours in both save modes: W1 rows for each,
         # the default (its row's `save` column says which) and "<provider>-<other mode>"
         want += [p, f"{p}-{other}"] if p in ("snn_fast-cuda", "snn_fast-triton") else [p]
     if DRY:  # the 'cpu' backend stands in for 'cuda'; tiny shapes
@@ -316,7 +316,7 @@ def stage_tempotron(args):
 
 
 # --------------------------------------------------------------------------------------------------
-# Stage 5a: W5 widened, a training step of SpikingJelly zoo models, original vs converted (issue 13)
+# Stage 5a: W5 widened, a training step of SpikingJelly zoo models, original vs converted
 
 
 def stage_models(args):
@@ -347,7 +347,7 @@ def stage_models(args):
 
 
 # --------------------------------------------------------------------------------------------------
-# --full: W2, the Open Neuromorphic benchmark (Linear(n, n) + LIF, batch 16, T = 500; issue 15)
+# --full: W2, the Open Neuromorphic benchmark (Linear(n, n) + LIF, batch 16, T = 500)
 
 
 def stage_w2(args):
@@ -379,7 +379,7 @@ def stage_overhead(args):
     import snn_fast
     from benchmarks import common
     from snn_fast import surrogate as _sg
-    from snn_fast.ops.lif import function as lif_function
+    from snn_fast.ops.lif import contract as lif_contract
     from snn_fast.ops.lif.function import BACKENDS
 
     T, N = (4, 256) if DRY else (4, 65536)
@@ -429,21 +429,22 @@ def stage_overhead(args):
                           flush=True)
             # The raw backward op, called here: on a GPU autograd runs a backward in its own device
             # thread, which cProfile (this thread only) would not see.
-            entry = BACKENDS.load(lif_function.entry_name(b, save))
+            entry = BACKENDS.load(b)
+            code = lif_contract.SAVE[save]
             sid = _sg.get("sigmoid").id
             flags = (sid, True, 0.0, True, False, 0.0)
             xd, v0 = x.detach(), torch.zeros(N, device=DEVICE)
             params = torch.tensor([0.5, 1.0, 4.0], device=DEVICE)
-            s_, _, _, saved = entry.fwd(xd, v0, params, None, *flags, False)
+            s_, _, _, saved = entry.fwd(xd, v0, params, None, *flags, False, code)
 
-            # below the autograd key, as lif_apply's autograd Function calls them (function.py)
+            # below the autograd key, as lif_apply's autograd calls them (function.py)
             def bwd_op():
                 with torch._C._AutoDispatchBelowAutograd():
-                    return entry.bwd(g, None, None, xd, v0, params, None, saved, s_, *flags, False)
+                    return entry.bwd(g, None, None, xd, v0, params, None, saved, s_, None, None, *flags, code, False)
 
             def fwd_op():
                 with torch._C._AutoDispatchBelowAutograd():
-                    return entry.fwd(xd, v0, params, None, *flags, False)
+                    return entry.fwd(xd, v0, params, None, *flags, False, code)
 
             print(f"{b} save={save}: host per raw op call, forward {host_ms(fwd_op):.3f} ms ({entry.entry.fwd}), "
                   f"backward {host_ms(bwd_op):.3f} ms ({entry.entry.bwd})", flush=True)

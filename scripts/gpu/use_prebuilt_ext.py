@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PROBE = (
     "import torch, snn_fast, sys\n"
     "assert snn_fast.HAS_C, snn_fast._ext.C_IMPORT_ERROR\n"
-    "ops = ('lif_fwd', 'tempotron_fwd') + (('lif_fwd_recompute',) if sys.argv[1] == 'CUDA' else ())\n"
+    "ops = ('lif_fwd', 'lif_bwd', 'tempotron_fwd')\n"
     "for op in ops:\n"
     "    assert torch._C._dispatch_has_kernel_for_dispatch_key('snn_fast::' + op, sys.argv[1]), op + ' has no kernel'\n"
     "print('prebuilt snn_fast._C loads:', snn_fast.__file__, 'torch', torch.__version__)\n"

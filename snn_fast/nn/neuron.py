@@ -16,7 +16,8 @@ from torch import nn
 
 from .. import backends
 from .. import surrogate as _sg
-from ..ops.lif import config
+from ..ops.lif import args as lif_args
+from ..ops.lif import contract as lif_contract
 from ..ops.lif.function import lif_apply
 
 
@@ -42,13 +43,13 @@ class BaseLIF(nn.Module):
         backend: str = "auto",
         decay: Optional[float] = None,
         step_mode: str = "m",
-        save: str = config.DEFAULT_SAVE,
+        save: str = lif_contract.DEFAULT_SAVE,
         fire_at_threshold: bool = True,
         reset_timing: str = "after_fire",
     ):
         super().__init__()
-        self.save = config.check_save(save)  # what the GPU kernels keep for the backward (lif_multistep)
-        k, theta, alpha, flags, sg = config.resolve(
+        self.save = lif_contract.check_save(save)  # what the GPU kernels keep for the backward (lif_multistep)
+        k, theta, alpha, flags, sg = lif_args.resolve(
             None if decay is not None else tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate,
             alpha, reset_residual, fire_at_threshold, reset_timing,
         )
@@ -95,10 +96,10 @@ class BaseLIF(nn.Module):
 
     def _run(self, x: torch.Tensor, store_v_seq: bool) -> torch.Tensor:
         """The multi-step forward ``[T, B, ...]``; keeps the last membrane (and the sequence when asked)."""
-        config.check_x(x)
+        lif_args.check_x(x)
         mask = None
-        if self.training and self.noise_prob > 0.0:  # ASGL noisy spike; p = 0 in eval (SPEC §4)
-            mask = config.noise_mask_like(x, self.noise_prob)
+        if self.training and self.noise_prob > 0.0:  # ASGL noisy spike; p = 0 in eval (docs/spec.md §4)
+            mask = lif_args.noise_mask_like(x, self.noise_prob)
         out = lif_apply(x, self.v, self.leak(), self.v_threshold, self.alpha, self.flags, self.sg, mask,
                         store_v_seq, self.backend, self.save)
         # the state is a plain attribute: set it past nn.Module.__setattr__ (~2 µs of registry checks)
@@ -142,7 +143,7 @@ class BaseLIF(nn.Module):
 
     def __setstate__(self, state):
         state.setdefault("_step_mode", "m")  # pickled before step_mode existed
-        state.setdefault("save", config.DEFAULT_SAVE)  # pickled before save existed
+        state.setdefault("save", lif_contract.DEFAULT_SAVE)  # pickled before save existed
         super().__setstate__(state)
 
     def extra_repr(self) -> str:
@@ -161,7 +162,7 @@ class BaseLIF(nn.Module):
         if self.noise_prob:
             parts.append(f"noise_prob={self.noise_prob:g}")
         parts.append(f"backend={self.backend}")
-        if self.save != config.DEFAULT_SAVE:
+        if self.save != lif_contract.DEFAULT_SAVE:
             parts.append(f"save={self.save}")
         if self.step_mode != "m":
             parts.append(f"step_mode={self.step_mode}")
@@ -228,7 +229,7 @@ class PLIF(BaseLIF):
 
 
 class MultiStep(nn.Module):
-    """Apply a stateless module to ``[T, B, ...]`` by folding T into the batch (SPEC §6)."""
+    """Apply a stateless module to ``[T, B, ...]`` by folding T into the batch (docs/spec.md §7)."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
@@ -244,7 +245,7 @@ class MultiStep(nn.Module):
 
 
 class ASGLSchedule:
-    """ASGL's noise schedule (SPEC §4): p ← γ·p at each milestone, for every neuron of ``net``.
+    """ASGL's noise schedule (docs/spec.md §4): p ← γ·p at each milestone, for every neuron of ``net``.
 
     Call ``step()`` once per epoch (or per step, matching the milestones you give).
     """

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import backends
-from ..ops.tempotron import config
+from ..ops.tempotron import args as tempotron_args
 from ..ops.tempotron.function import tempotron_membrane
 from ..ops.tempotron.reference import mse_loss as _mse_loss
 from ..ops.tempotron.reference import outputs_from_v
@@ -20,7 +20,7 @@ class Tempotron(nn.Module):
     PSP of a unit weight peaks at ``v_threshold``. The weight is ``fc.weight`` ``[out, in]`` and is
     initialised like the seed's ``nn.Linear(in_features, out_features, bias=False)``. τ = τ_s is
     allowed (the normalised PSP is then the alpha kernel; ``v0`` is ``inf`` there, and the op
-    evaluates v0·K in its stable form, ``config.scale_of``).
+    evaluates v0·K in its stable form, ``tempotron_args.scale_of``).
     """
 
     def __init__(self, in_features: int, out_features: int, T: int, tau: float = 15.0, tau_s: float = 15.0 / 4,
@@ -29,13 +29,13 @@ class Tempotron(nn.Module):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        config.check_constants(T, tau, tau_s, v_threshold)
+        tempotron_args.check_constants(T, tau, tau_s, v_threshold)
         backends.check_name(backend)
         self.in_features, self.out_features = in_features, out_features
         self.T, self.tau, self.tau_s, self.v_threshold = T, float(tau), float(tau_s), float(v_threshold)
         self.backend = backend
         self.fc = nn.Linear(in_features, out_features, bias=False)
-        self.v0 = config.v0_of(self.tau, self.tau_s, self.v_threshold)  # the seed's, for reference
+        self.v0 = tempotron_args.v0_of(self.tau, self.tau_s, self.v_threshold)  # the seed's, for reference
 
     @property
     def weight(self) -> torch.Tensor:
@@ -44,7 +44,7 @@ class Tempotron(nn.Module):
     def forward(self, t_in: torch.Tensor, ret_type: str = "v_max") -> torch.Tensor:
         """t_in ``[B, in_features]`` spike times (negative = none) → ``'v'`` ``[B, out, T]``,
         ``'v_max'`` ``[B, out]`` or ``'spikes'`` ``[B, out]`` (the batch dimension is kept for B = 1)."""
-        config.check_ret_type(ret_type)
+        tempotron_args.check_ret_type(ret_type)
         if t_in.dim() != 2 or t_in.shape[1] != self.in_features:
             raise ValueError(f"t_in must be [batch, in_features = {self.in_features}], got {tuple(t_in.shape)}")
         # v0=None: the op's own normalisation for (τ, τ_s, θ) — self.v0's value, without its cancellation

@@ -1,4 +1,4 @@
-// One LIF step, forward and backward (SPEC §2, §4), shared by the CPU kernels, the CUDA kernels and
+// One LIF step, forward and backward (docs/spec.md §2, §4), shared by the CPU kernels, the CUDA kernels and
 // the CUDA kernels' host emulator: the same functions, with the same flags, in all three.
 //
 // Parametrisation: k = 1/τ (0 for IF), cx = k (decay_input) or 1, vr = v_reset (hard) or 0 (soft).
@@ -6,7 +6,7 @@
 //           H = V − (V − vr)·k + X          (otherwise)
 //   fire    S = Θ(H − θ) (Θ(0) = 1; Θ(0) = 0 with strict), or g(H − θ) where the noise mask is 0
 //   reset   V = S·vr + (1 − S)·H (hard)  |  V = H − S·θ (soft)          (timing kResetAfterFire)
-// Reset timings (snn_fast/ops/lif/config.py RESET_TIMINGS):
+// Reset timings (snn_fast/ops/lif/args.py RESET_TIMINGS):
 //   kResetDelayed: V = H (the pre-reset membrane is carried); the next step first applies the pending
 //     reset R = Θ(V − θ), recomputed from V without a gradient: hard V ← R·vr + (1 − R)·V before
 //     the charge, soft H ← H − R·θ after it.
@@ -36,7 +36,7 @@
 
 namespace snn_fast {
 
-// LIFParams::timing (the op's `mode` >> 1; config.RESET_TIMINGS' order). kResetAfterFirePending
+// LIFParams::timing (the op's `mode` >> 1; args.RESET_TIMINGS' order). kResetAfterFirePending
 // (snnTorch reset_delay=False) exists only in the reference; the bindings refuse it.
 constexpr int kResetAfterFire = 0;
 constexpr int kResetDelayed = 1;
@@ -63,11 +63,11 @@ struct LIFParams {
 SNN_HD constexpr float least_subnormal(float) { return 0x1p-149f; }
 SNN_HD constexpr double least_subnormal(double) { return 0x1p-1074; }
 
-// The op's `mode` argument into p: bit 0 strict, bits 1–2 the timing.
+// The ops' strict_threshold and reset_timing into p.
 template <typename T>
-SNN_HD void set_mode(LIFParams<T>& p, int mode) {
-  p.fire_min = (mode & 1) != 0 ? least_subnormal(T(0)) : T(0);
-  p.timing = mode >> 1;
+SNN_HD void set_firing(LIFParams<T>& p, bool strict, int timing) {
+  p.fire_min = strict ? least_subnormal(T(0)) : T(0);
+  p.timing = timing;
 }
 // ... and back.
 template <typename T>
@@ -122,7 +122,7 @@ namespace detail {
 // them have no product left to fuse with. The host twin is the plain product: host code is built
 // with -ffp-contract=off (setup.py, and the emulator's build in tests/test_cuda_compile.py: nvcc's
 // host compiler contracts by default where the target has FMA), so it rounds once, the same.
-// tests/test_cpp_step.py checks both sides: the host charge against step-by-step correctly rounded
+// tests/test_cuda_compile.py checks both sides: the host charge against step-by-step correctly rounded
 // arithmetic, and the device charge's PTX for the absence of fma.
 SNN_HD float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
@@ -195,7 +195,7 @@ SNN_HD T lif_charge(T v, T x, const LIFParams<T>& p) {
   }
 }
 
-// Emitted value: the spike where the mask is on, g(H − θ) where it is off (SPEC §4). A select, so an
+// Emitted value: the spike where the mask is on, g(H − θ) where it is off (docs/spec.md §4). A select, so an
 // all-True mask gives exactly the unmasked result. lif_fire_rt: the surrogate as a runtime id.
 template <int SG, typename T, int MODE = kRuntimeMode>
 SNN_HD T lif_fire(T h, bool mask_on, const LIFParams<T>& p) {
@@ -233,9 +233,9 @@ SNN_HD T lif_reset(T h, T s, const LIFParams<T>& p) {
 // EXACT_K0 (detach_reset only): the reference adds κ·(S − detach(S)) only for κ ≠ 0, so with κ = 0
 // its ∂L/∂S_t never sees dv; 0·dv would be NaN for a NaN or infinite dv (after a NaN step) and reach
 // ∂L/∂θ, ∂L/∂α where the reference's stay finite (g′(NaN) is finite for straight_through, rectangle,
-// spike_gate; ARCHITECTURE.md "Special values"). The select on the loop-invariant κ costs the CPU
+// spike_gate; docs/spec.md §9). The select on the loop-invariant κ costs the CPU
 // loops a blend. The CUDA kernels pass false: the select (or a κ = 0 flag) pushes their fp16/bf16 ×8
-// parameter-gradient instantiations over the 128-register cap (8 B spilled, sm_80 and sm_90, issue 14),
+// parameter-gradient instantiations over the 128-register cap (8 B spilled, sm_80 and sm_90),
 // so there alone that case keeps 0·dv until a register-lighter backward.
 template <bool HARD, bool DETACH, typename T, bool EXACT_K0 = true>
 SNN_HD T lif_grad_s(T grad_s, T dv, T h, const LIFParams<T>& p) {

@@ -1,4 +1,4 @@
-// Surrogate gradients (SPEC §3), shared by the CPU and CUDA kernels.
+// Surrogate gradients (docs/spec.md §3), shared by the CPU and CUDA kernels.
 //
 // For each surrogate: prim (g, the analog forward of the noisy spike), grad (g′, the surrogate
 // gradient) and dalpha (∂g/∂α). x = H − θ, a = α. The ids are the ABI of snn_fast/surrogate.py and

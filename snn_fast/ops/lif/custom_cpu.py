@@ -4,19 +4,19 @@ The C++ kernels cannot call a user's Python function per element; they do not ne
 
   - forward: the LIF forward does not involve the surrogate unless a noise mask is given (the spike
     is Θ(H − θ) whatever g′ is), so the fused C++ forward runs unchanged, with any built-in id. With
-    save="state" (entry 'cpu_custom') it also writes D = H − θ for every step, [T, N] in the compute
-    dtype (float32; float64 for float64 data), the values the forward's comparison saw, and saves it
-    (``snn_fast::lif_fwd_keep_arg``); with save="recompute" ('cpu_custom:recompute') and for
-    inference it saves nothing. With a noise mask the emitted value g(H − θ) needs the user's g: the
-    forward is then the reference loop, without autograd, and saves nothing.
+    save="state" it also writes D = H − θ for every step, [T, N] in the compute dtype (float32;
+    float64 for float64 data), the values the forward's comparison saw, and saves it
+    (``snn_fast::lif_fwd`` with ``contract.SAVE_SG_ARG``); with save="recompute" and for inference it
+    saves nothing. With a noise mask the emitted value g(H − θ) needs the user's g: the forward is
+    then the reference loop, without autograd, and saves nothing.
   - backward, a fixed number of calls per ``_CHUNK_BYTES`` of D:
       1. D saved by the forward, or ``snn_fast::lif_sg_arg``: the forward re-run in C++, returning D
          (under a noise mask the forward's emitted values stand in the reset);
       2. the user's torch ``dg`` (and ``dg_dalpha`` with parameter gradients) on D, in pieces of
          ``_CHUNK_BYTES`` (one call per function for a layer up to that size);
-      3. ``snn_fast::lif_bwd_given_sg``: the C++ backward of every built-in surrogate (the same
-         per-element step, csrc/include/snn_fast/lif_step.h, in the same operation order) reading
-         g′ and ∂g/∂α from those buffers instead of computing a built-in's.
+      3. ``snn_fast::lif_bwd`` given ``sg_grad``/``sg_dalpha``: the C++ backward of every built-in
+         surrogate (the same per-element step, csrc/include/snn_fast/lif_step.h, in the same
+         operation order) reading g′ and ∂g/∂α from those buffers instead of computing a built-in's.
     Memory: D (kept from the forward with save="state"), g′ (and ∂g/∂α) live during the backward,
     a·T·N bytes each (a = 4, or 8 for float64), plus the temporaries of the user's functions on one
     piece; ``memory.custom_cpu_bytes`` counts the traffic.
@@ -35,7 +35,8 @@ import torch
 
 from ... import _ext
 from ... import surrogate as _sg
-from . import config
+from . import args as lif_args
+from . import contract
 from .reference import lif_reference_k
 
 # The user's functions see D in pieces of this many bytes, their results copied into one [T, N] buffer
@@ -65,40 +66,35 @@ def _check(x, v0, params, surrogate):
     torch._check(surrogate >= _sg.CUSTOM_ID_BASE, lambda: f"lif_custom_cpu: {surrogate} is not a user surrogate id")
 
 
-def _forward(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset, reset_residual,
-             return_v_seq, keep_arg):
-    _check(x, v0, params, surrogate)
-    if noise_mask is None and _ext.HAS_C:
-        op = torch.ops.snn_fast.lif_fwd_keep_arg if keep_arg else torch.ops.snn_fast.lif_fwd
-        return op.default(x, v0, params, None, 0, hard_reset, v_reset, decay_input, detach_reset, reset_residual,
-                          return_v_seq)
-    sg = _surrogate(surrogate)
-    k, theta, alpha = params.tolist()
-    flags = config.LIFFlags(surrogate, hard_reset, v_reset if hard_reset else 0.0, decay_input, detach_reset,
-                            reset_residual)
-    with torch.no_grad():
-        s, v_last, *v_seq = lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
-    return s, v_last, (v_seq[0] if return_v_seq else x.new_empty(0)), x.new_empty(0)
+def _check_firing(strict_threshold, reset_timing):
+    # lif_sg_arg re-runs the default firing and reset only: the others run on the reference
+    # (function.py routes them there)
+    torch._check(not strict_threshold and reset_timing == contract.RESET_AFTER_FIRE,
+                 lambda: "lif_custom_cpu: a user surrogate runs strict_threshold=False and reset_timing=0 "
+                         f"(after the spike) only, got {strict_threshold}, {reset_timing}; use backend='reference'")
 
 
 def lif_fwd_custom_cpu(
     x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
     hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
+    strict_threshold: bool, reset_timing: int, return_v_seq: bool, save: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """save="state": (s, v_last, v_seq or [0], saved = D [T, N], or [0] under a noise mask)."""
-    return _forward(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                    reset_residual, return_v_seq, True)
-
-
-def lif_fwd_custom_cpu_nosave(
-    x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
-    hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """save="recompute" and inference: (s, v_last, v_seq or [0], saved = [0])."""
-    return _forward(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                    reset_residual, return_v_seq, False)
+    """(s, v_last, v_seq or [0], saved): D [T, N] for save 0 ("state") without a noise mask, else [0]."""
+    _check(x, v0, params, surrogate)
+    contract.check_op_args("lif_custom_cpu", x, v0, params, surrogate, save)
+    _check_firing(strict_threshold, reset_timing)
+    if noise_mask is None and _ext.HAS_C:
+        keep = contract.SAVE_SG_ARG if save == contract.SAVE_STATE else contract.SAVE_NONE
+        return torch.ops.snn_fast.lif_fwd.default(x, v0, params, None, 0, hard_reset, v_reset, decay_input,
+                                                  detach_reset, reset_residual, False, contract.RESET_AFTER_FIRE,
+                                                  return_v_seq, keep)
+    sg = _surrogate(surrogate)
+    k, theta, alpha = params.tolist()
+    flags = lif_args.LIFFlags(surrogate, hard_reset, v_reset if hard_reset else 0.0, decay_input, detach_reset,
+                              reset_residual)
+    with torch.no_grad():
+        s, v_last, *v_seq = lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
+    return s, v_last, (v_seq[0] if return_v_seq else x.new_empty(0)), x.new_empty(0)
 
 
 def _evaluate(fn, d: torch.Tensor, alpha: torch.Tensor, name: str, *more: torch.Tensor) -> torch.Tensor:
@@ -143,57 +139,44 @@ def _dalpha(sg: _sg.Surrogate, d: torch.Tensor, alpha: torch.Tensor, gp: torch.T
 def lif_bwd_custom_cpu(
     grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
     v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
-    surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    need_param_grad: bool,
+    sg_grad: Optional[torch.Tensor], sg_dalpha: Optional[torch.Tensor], surrogate: int, hard_reset: bool,
+    v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float, strict_threshold: bool,
+    reset_timing: int, save: int, need_param_grad: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The user's g′ (and ∂g/∂α) at D, then the C++ walk reading them (given ones are used as they are)."""
     _check(x, v0, params, surrogate)
-    sg = _surrogate(surrogate)
-    if saved.numel() > 0:  # D from the forward (save="state")
-        d = saved
-    else:
-        d = torch.ops.snn_fast.lif_sg_arg.default(x, v0, params, noise_mask, s, hard_reset, v_reset, decay_input)
-    alpha = params[2]  # a 0-dim tensor of the compute dtype, as the reference passes α
-    gp = _evaluate(sg.dg, d, alpha, sg.name)
-    dga = _dalpha(sg, d, alpha, gp) if need_param_grad else None
-    del d
-    return torch.ops.snn_fast.lif_bwd_given_sg.default(
-        grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, s, gp, dga, hard_reset, v_reset, decay_input,
-        detach_reset, reset_residual, need_param_grad)
+    _check_firing(strict_threshold, reset_timing)
+    if sg_grad is None:
+        sg = _surrogate(surrogate)
+        if saved.numel() > 0:  # D from the forward (save="state")
+            d = saved
+        else:
+            d = torch.ops.snn_fast.lif_sg_arg.default(x, v0, params, noise_mask, s, hard_reset, v_reset, decay_input)
+        alpha = params[2]  # a 0-dim tensor of the compute dtype, as the reference passes α
+        sg_grad = _evaluate(sg.dg, d, alpha, sg.name)
+        sg_dalpha = _dalpha(sg, d, alpha, sg_grad) if need_param_grad else None
+        del d
+    return torch.ops.snn_fast.lif_bwd.default(
+        grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, sg_grad, sg_dalpha, 0, hard_reset,
+        v_reset, decay_input, detach_reset, reset_residual, False, contract.RESET_AFTER_FIRE, save, need_param_grad)
 
 
 def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-              reset_residual, return_v_seq):
-    saved = x.new_empty(x.shape, dtype=params.dtype) if noise_mask is None else x.new_empty(0)  # D
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (saved,)
-
-
-def _fake_fwd_nosave(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                     reset_residual, return_v_seq):
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (x.new_empty(0),)
-
-
-def _fake_fwd_keep_arg(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                       reset_residual, return_v_seq):
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (x.new_empty(x.shape, dtype=params.dtype),)
+              reset_residual, strict_threshold, reset_timing, return_v_seq, save):
+    return contract.fake_fwd_outputs(x, v0, return_v_seq) + (
+        contract.saved_like("cpu_custom", x, params, save, noise_mask),)
 
 
 def _fake_sg_arg(x, v0, params, noise_mask, s, hard_reset, v_reset, decay_input):
     return x.new_empty(x.shape, dtype=params.dtype)
 
 
-def _fake_bwd_given(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, s, sg_grad, sg_dalpha, *flags):
-    return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(params)
-
-
 FWD_NAME = "snn_fast::lif_fwd_custom_cpu"
-FWD_NOSAVE_NAME = "snn_fast::lif_fwd_custom_cpu_nosave"
 BWD_NAME = "snn_fast::lif_bwd_custom_cpu"
 
-for _name, _fn, _fake in ((FWD_NAME, lif_fwd_custom_cpu, _fake_fwd),
-                          (FWD_NOSAVE_NAME, lif_fwd_custom_cpu_nosave, _fake_fwd_nosave),
-                          (BWD_NAME, lif_bwd_custom_cpu, config.fake_bwd)):
-    torch.library.custom_op(_name, mutates_args=())(_fn).register_fake(_fake)
-if _ext.HAS_C and hasattr(torch.ops.snn_fast, "lif_sg_arg"):
-    torch.library.register_fake("snn_fast::lif_fwd_keep_arg")(_fake_fwd_keep_arg)
+torch.library.custom_op(FWD_NAME, mutates_args=(), schema=contract.FWD_SCHEMA)(lif_fwd_custom_cpu).register_fake(
+    _fake_fwd)
+torch.library.custom_op(BWD_NAME, mutates_args=(), schema=contract.BWD_SCHEMA)(lif_bwd_custom_cpu).register_fake(
+    contract.fake_bwd)
+if _ext.HAS_C:
     torch.library.register_fake("snn_fast::lif_sg_arg")(_fake_sg_arg)
-    torch.library.register_fake("snn_fast::lif_bwd_given_sg")(_fake_bwd_given)

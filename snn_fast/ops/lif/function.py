@@ -1,24 +1,13 @@
-"""LIF: its table of backends, its one autograd Function, and the public ``lif_multistep``.
+"""LIF: its table of backends, its one autograd, and the public ``lif_multistep``.
 
-Every fused backend implements the same pair of ops (schemas in ``csrc/ops.cpp``; Triton defines
-its own pair with the same signature in ``triton.py``):
-
-    fwd(x [T,N], v0 [N], params [3]=(k, θ, α), noise_mask?, surrogate, hard_reset, v_reset,
-        decay_input, detach_reset, reset_residual, return_v_seq, mode=0) -> (s, v_last, v_seq, saved)
-    bwd(grad_s, grad_v_last?, grad_v_seq?, x, v0, params, noise_mask?, saved, s, <same flags>,
-        need_param_grad, mode=0) -> (grad_x, grad_v0, grad_params [3])
-
-``mode`` (``config.LIFFlags.mode``: strict threshold, reset timing) is passed only when nonzero.
-
-``saved`` is whatever that backend keeps for its backward (``Backend.saves`` in ``BACKENDS``). The
-GPU backends have two pairs, chosen by ``save=``: "state" (entry "<name>") saves H, [T, N] in the
-storage dtype; "recompute" (entry "<name>:recompute") saves only V every ``config.RECOMPUTE_CHUNK``
-steps (``config.checkpoints_like``, nothing for T <= K) and its backward re-runs the forward from x.
-The CPU kernel saves nothing in either mode (its backward always re-runs the forward). One
-backward (``_backward``) serves every backend: in eager mode through ``_LIFFunction``, which calls
-the backend's ops below the autograd key; under torch.compile through the same code registered on
-each fwd op with ``torch.library.register_autograd``. The learnable parameters get their gradients
-through ``params``.
+Every fused backend implements the same pair of ops (``contract.py``: one schema each, ``save`` an
+argument of both). ``BACKENDS`` names each backend's pair: 'cpu' and 'cuda' are the C++ kernels of
+``snn_fast::lif_fwd``/``lif_bwd``, 'triton' its own pair (``triton.py``), and a user-registered
+surrogate on the CPU runs the pair of ``custom_cpu.py``. One autograd (``_save``/``_backward``, a
+``backends.FusedAutograd``) serves every pair: in eager mode around the raw ops below the autograd
+key, under torch.compile registered on each forward op; the C++ ops carry the same contract in C++
+(``csrc/autograd/lif_autograd.cpp``), one dispatcher call in eager mode. The learnable parameters
+get their gradients through ``params``.
 """
 from __future__ import annotations
 
@@ -31,93 +20,42 @@ import torch
 from ... import _ext, backends
 from ... import surrogate as _sg
 from ...autotable import AutoTable
-from . import config
+from . import args as lif_args
+from . import contract
 from .reference import lif_reference_k
 
-_FLAGS = 6  # surrogate … reset_residual: the op arguments between noise_mask and the last one
+
+def _save(ctx, a, out, needs) -> None:
+    """Keep what ``_backward`` needs; ``a`` is the forward's arguments by name."""
+    s, _, _, saved = out
+    ctx.flags = {n: getattr(a, n) for n in contract.FLAG_ARGS}
+    ctx.flags["save"] = a.save
+    ctx.return_v_seq = a.return_v_seq
+    ctx.need_param_grad = bool(needs[2])
+    ctx.save_for_backward(a.x, a.v0, a.params, a.noise_mask, saved, s)
 
 
-def _fake_fwd_cpp(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                  reset_residual, return_v_seq, mode=0):
-    """snn_fast::lif_fwd serves 'cpu' and 'cuda', which save different things: ask the entry of x's
-    device (a meta tensor, which no kernel runs on, gets the CPU's answer)."""
-    entry = BACKENDS.backends["cuda" if x.device.type == "cuda" else "cpu"]
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (entry.saves(x),)
-
-
-def _save(ctx, bwd, need_param_grad, x, v0, params, noise_mask, flags, saved, s, tail=()) -> None:
-    ctx.bwd = bwd
-    ctx.flags = flags
-    ctx.tail = tail  # (mode,) when the mode is set, else ()
-    ctx.need_param_grad = bool(need_param_grad)
-    ctx.save_for_backward(x, v0, params, noise_mask, saved, s)
-
-
-def _backward(ctx, grad_s, grad_v_last, grad_v_seq):
+def _backward(ctx, grad_s, grad_v_last, grad_v_seq, _grad_saved=None):
     """The one LIF backward: (grad_x, grad_v0, grad_params or None) from the saved tensors."""
     x, v0, params, noise_mask, saved, s = ctx.saved_tensors
     backends.refuse_double_backward("LIF", grad_s, grad_v_last, grad_v_seq, x, v0, params)
     if grad_s is None:
         grad_s = torch.zeros_like(x)
-    if grad_v_seq is not None and grad_v_seq.numel() == 0:
-        grad_v_seq = None
+    if grad_v_seq is not None and (grad_v_seq.numel() == 0 or not ctx.return_v_seq):
+        grad_v_seq = None  # the placeholder v_seq of return_v_seq=False carries nothing
     gx, gv0, gp = ctx.bwd(grad_s.contiguous(), grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s,
-                          *ctx.flags, ctx.need_param_grad, *ctx.tail)
+                          None, None, **ctx.flags, need_param_grad=ctx.need_param_grad)
     return gx, gv0, (gp if ctx.need_param_grad else None)
 
 
-class _LIFFunction(torch.autograd.Function):
-    """Eager autograd for every fused backend, given its raw (fwd, bwd) ops. The ops are called below
-    the autograd key: the same ops and the same backward as the registration for torch.compile
-    (``_register_compiled``), without torch.library's per-call Python wrapper around the op (argument
-    normalisation on every call: ~0.3 ms of a forward+backward at any size, measured)."""
-
-    @staticmethod
-    def forward(ctx, fwd, bwd, x, v0, params, noise_mask, flags, return_v_seq, tail=()):
-        with torch._C._AutoDispatchBelowAutograd():
-            s, v_last, v_seq, saved = fwd(x, v0, params, noise_mask, *flags, return_v_seq, *tail)
-        _save(ctx, bwd, ctx.needs_input_grad[4], x, v0, params, noise_mask, flags, saved, s, tail)
-        ctx.set_materialize_grads(False)
-        return s, v_last, v_seq
-
-    @staticmethod
-    def backward(ctx, grad_s, grad_v_last, grad_v_seq):
-        with torch._C._AutoDispatchBelowAutograd():
-            gx, gv0, gp = _backward(ctx, grad_s, grad_v_last, grad_v_seq)
-        return None, None, gx, gv0, gp, None, None, None, None
+AUTOGRAD = backends.FusedAutograd("LIF", ("x", "v0", "params"), _save, _backward, nondiff_outputs=(3,),
+                                   materialize_grads=False)
 
 
-def _register_compiled(b: backends.Loaded) -> None:
-    """torch.compile's view of a backend's ops: fakes for the ops defined in C++ (Triton's carry
-    their own) and, unless the op has its autograd in C++ (csrc/autograd/lif_autograd.cpp), ``_backward``
-    as the autograd of the training forward."""
-    if b.entry.module is None:  # defined in C++ (ops.cpp)
-        torch.library.register_fake(b.entry.fwd)(
-            _fake_fwd_cuda_recompute if b.entry.fwd == "snn_fast::lif_fwd_recompute" else _fake_fwd_cpp)
-        torch.library.register_fake(b.entry.bwd)(config.fake_bwd)
-    if b.cpp_autograd:
-        return
-    bwd = backends.op(b.entry.bwd)
-
-    def setup_context(ctx, inputs, output):
-        s, _, _, saved = output
-        _save(ctx, bwd, ctx.needs_input_grad[2], *inputs[:4], tuple(inputs[4:4 + _FLAGS]), saved, s,
-              tuple(inputs[5 + _FLAGS:]))
-        ctx.n_inputs = len(inputs)
-
-    def backward(ctx, grad_s, grad_v_last, grad_v_seq, _grad_saved):
-        # x, v0, params get gradients; mask, the flags, return_v_seq (and mode) none
-        return _backward(ctx, grad_s, grad_v_last, grad_v_seq) + (None,) * (ctx.n_inputs - 3)
-
-    torch.library.register_autograd(b.entry.fwd, backward, setup_context=setup_context)
-
-
-def _saves_nothing(x):  # the C++ CPU kernel re-runs the forward inside its backward
-    return x.new_empty(0)
-
-
-def _saves_h(x):  # the CUDA kernel keeps H, [T, N] in x.dtype
-    return torch.empty_like(x)
+def _register_fakes(e: backends.Backend) -> None:
+    """The fakes of the C++ pair (the Python-defined ones register theirs beside their kernels)."""
+    torch.library.register_fake(e.fwd)(contract.fake_fwd_cpp)
+    torch.library.register_fake(e.bwd)(contract.fake_bwd)
 
 
 def _cpu_runs(sg) -> Optional[str]:  # any user surrogate: its torch dg runs in custom_cpu.py's backward
@@ -129,82 +67,44 @@ def _triton_runs(sg) -> Optional[str]:
         "it was registered without triton=(g, dg[, dg_dalpha]) @triton.jit functions")
 
 
-def _saves_checkpoints(x):  # save="recompute": V every K steps, [ceil(T/K) − 1, N] in the compute dtype
-    return config.checkpoints_like(x, x.new_empty(0, dtype=torch.float64 if x.dtype == torch.float64
-                                                   else torch.float32))
-
-
-def _fake_fwd_cuda_recompute(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                             reset_residual, return_v_seq, mode=0):
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (config.checkpoints_like(x, params),)
-
+_CPU = backends.cpp_probe("lif_fwd", "CPU")
 
 # The LIF backends. 'reference' is not a table entry: it is plain torch (reference.py) and always runs.
 BACKENDS = backends.OpBackends(
     "x",
     {
-        "cpu": backends.Backend(fwd="snn_fast::lif_fwd", bwd="snn_fast::lif_bwd", saves=_saves_nothing,
-                                probe=backends.cpp_probe("lif_fwd", "CPU"), surrogates=_cpu_runs,
-                                custom_entry="cpu_custom"),
-        "cuda": backends.Backend(fwd="snn_fast::lif_fwd", bwd="snn_fast::lif_bwd", saves=_saves_h,
+        "cpu": backends.Backend(
+            fwd="snn_fast::lif_fwd", bwd="snn_fast::lif_bwd", probe=_CPU, surrogates=_cpu_runs,
+            # a user's surrogate: its torch g′ between the C++ forward and the C++ backward walk
+            custom=backends.Backend(fwd="snn_fast::lif_fwd_custom_cpu", bwd="snn_fast::lif_bwd_custom_cpu",
+                                    module="snn_fast.ops.lif.custom_cpu", probe=_CPU, surrogates=_cpu_runs)),
+        "cuda": backends.Backend(fwd="snn_fast::lif_fwd", bwd="snn_fast::lif_bwd",
                                  probe=backends.cpp_probe("lif_fwd", "CUDA")),
         "triton": backends.Backend(fwd="snn_fast::lif_fwd_triton", bwd="snn_fast::lif_bwd_triton",
-                                   infer="snn_fast::lif_fwd_triton_infer", module="snn_fast.ops.lif.triton",
-                                   probe=backends.triton_probe, surrogates=_triton_runs),
-        # 'cpu' with a user-registered surrogate (not a backend name of its own): custom_cpu.py. Saves
-        # H − θ, [T, N] in the compute dtype, for the user's g′; ":recompute" saves nothing (its
-        # backward re-runs the forward for it)
-        "cpu_custom": backends.Backend(fwd="snn_fast::lif_fwd_custom_cpu", bwd="snn_fast::lif_bwd_custom_cpu",
-                                       infer="snn_fast::lif_fwd_custom_cpu_nosave",
-                                       module="snn_fast.ops.lif.custom_cpu",
-                                       probe=backends.cpp_probe("lif_fwd", "CPU"), surrogates=_cpu_runs),
-        "cpu_custom:recompute": backends.Backend(fwd="snn_fast::lif_fwd_custom_cpu_nosave",
-                                                 bwd="snn_fast::lif_bwd_custom_cpu",
-                                                 module="snn_fast.ops.lif.custom_cpu",
-                                                 probe=backends.cpp_probe("lif_fwd", "CPU"), surrogates=_cpu_runs),
-        # save="recompute" (lif_apply picks "<name>:recompute" where the table has it; 'cpu' has no
-        # such entry: it saves nothing in either mode)
-        "cuda:recompute": backends.Backend(fwd="snn_fast::lif_fwd_recompute", bwd="snn_fast::lif_bwd_recompute",
-                                           saves=_saves_checkpoints, probe=backends.cpp_probe("lif_fwd_recompute",
-                                                                                              "CUDA")),
-        "triton:recompute": backends.Backend(fwd="snn_fast::lif_fwd_triton_recompute",
-                                             bwd="snn_fast::lif_bwd_triton_recompute",
-                                             infer="snn_fast::lif_fwd_triton_infer", module="snn_fast.ops.lif.triton",
-                                             probe=backends.triton_probe, surrogates=_triton_runs),
+                                   module="snn_fast.ops.lif.triton", probe=backends.triton_probe,
+                                   surrogates=_triton_runs),
     },
-    register=_register_compiled,
+    autograd=AUTOGRAD,
+    register_fakes=_register_fakes,
     autotable=AutoTable(os.path.join(os.path.dirname(os.path.abspath(__file__)), "autotable.json"),
                         env_var="SNN_FAST_AUTOTABLE"),
 )
 
 
 # The C++ ops exist as soon as snn_fast._C is loaded (snn_fast._ext, at package import): complete their
-# Python side (fakes, compiled autograd) here and now, so that torch.ops.snn_fast.lif_fwd is whole for
-# any caller. Triton's ops are defined, and completed, when its backend first loads.
+# Python side (fakes) here and now, so that torch.ops.snn_fast.lif_fwd is whole for any caller.
+# Triton's ops are defined, and completed, when its backend first loads.
 if _ext.HAS_C:
     BACKENDS.load("cpu")
-    BACKENDS.load("cuda")
-    if hasattr(torch.ops.snn_fast, "lif_fwd_recompute"):  # absent from a _C built before issue 16
-        BACKENDS.load("cuda:recompute")
 
 
-def entry_name(name: str, save: str) -> str:
-    """The table entry of backend ``name`` for ``save`` ("recompute" | "state")."""
-    if save == "recompute":
-        key = name + ":recompute"
-        if key in BACKENDS.backends:
-            return key
-    return name
-
-
-def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v_seq, tail=()):
-    """(s, v_last, v_seq, saved) from backend ``b`` in eager mode outside the autograd Function: the
-    raw op below the autograd key; the inference forward (no saved state: Triton skips the H write,
-    2b instead of 3b per element) when no gradient can flow, else the training one."""
-    train = backends.needs_grad(x, v0, params)
-    op = b.infer if (b.infer is not None and not train) else b.fwd
+def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v_seq, save=contract.SAVE_STATE):
+    """(s, v_last, v_seq, saved) from backend ``b`` in eager mode without autograd: the raw op below the
+    autograd key, saving nothing (``contract.SAVE_NONE``) when no gradient can flow."""
+    if not backends.needs_grad(x, v0, params):
+        save = contract.SAVE_NONE
     with torch._C._AutoDispatchBelowAutograd():
-        return op(x, v0, params, noise_mask, *flags, return_v_seq, *tail)
+        return b.fwd(x, v0, params, noise_mask, *flags, return_v_seq, save)
 
 
 # Small constant inputs of the fused ops, made once per key instead of on every call: the [3] params
@@ -213,14 +113,14 @@ def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v
 # inference mode too: an inference tensor cannot be saved for a later backward.
 # Thread-safe (tests/test_threads.py): a hit is one dict lookup, atomic without a lock; a miss
 # makes the tensor, then inserts and evicts under _CONST_LOCK (two threads evicting the same oldest
-# key raced: KeyError, issue 14).
+# key raced: KeyError).
 _CONST_CACHE: Dict[tuple, torch.Tensor] = {}
 _CONST_CACHE_SIZE = 32
 _CONST_LOCK = threading.Lock()
 
 
 def _cached_const(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-    if config._is_compiling():
+    if lif_args._is_compiling():
         return make()
     key = key + (torch.is_inference_mode_enabled(),)
     t = _CONST_CACHE.get(key)
@@ -237,15 +137,15 @@ def _cached_const(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
     return t
 
 
-def _initial_state_flat(x, v0, flags: config.LIFFlags) -> torch.Tensor:
-    """``config.initial_state`` flattened to [N], from the cache when v0 is None or a float."""
+def _initial_state_flat(x, v0, flags: lif_args.LIFFlags) -> torch.Tensor:
+    """``args.initial_state`` flattened to [N], from the cache when v0 is None or a float."""
     if v0 is None or (isinstance(v0, (int, float)) and not isinstance(v0, bool) and v0 == v0
                       and abs(v0) != float("inf")):
         value = float(v0) if v0 is not None else (flags.v_reset if flags.hard_reset else 0.0)
         n = x.numel() // x.shape[0]
         return _cached_const(("v0", n, value, x.dtype, x.device),
                              lambda: torch.full((n,), value, dtype=x.dtype, device=x.device))
-    return config.initial_state(x, v0, flags).reshape(-1)
+    return lif_args.initial_state(x, v0, flags).reshape(-1)
 
 
 def _as_param(v, dtype, device) -> torch.Tensor:
@@ -255,17 +155,17 @@ def _as_param(v, dtype, device) -> torch.Tensor:
     return _cached_const(("scalar", f, dtype, device), lambda: torch.tensor(f, dtype=dtype, device=device))
 
 
-def _kernel_for_mode(name: str, backend, x, sg: _sg.Surrogate, flags: config.LIFFlags) -> str:
-    """``name``, or where it cannot run the firing and reset of ``flags.mode``, the backend that can:
+def _kernel_for_timing(name: str, backend, x, sg: _sg.Surrogate, flags: lif_args.LIFFlags) -> str:
+    """``name``, or where it cannot run the firing and reset of ``flags``, the backend that can:
     reset_timing='after_fire_pending' has no kernel, the CUDA kernel runs 'after_fire' only, and
     custom_cpu.py (a user surrogate on 'cpu') neither the strict threshold nor the reset timings.
     A backend asked for by name that cannot is an error; 'auto' falls back to Triton or the reference."""
-    if name == "reference" or not flags.mode:
+    if name == "reference" or (flags.fire_at_threshold and flags.reset_timing == "after_fire"):
         return name
     why = None
-    if flags.reset_timing not in config.KERNEL_RESET_TIMINGS:
+    if flags.reset_timing not in lif_args.KERNEL_RESET_TIMINGS:
         why = f"reset_timing={flags.reset_timing!r}"
-    elif name == "cuda" and flags.reset_timing not in config.CUDA_RESET_TIMINGS:
+    elif name == "cuda" and flags.reset_timing not in lif_args.CUDA_RESET_TIMINGS:
         why = f"reset_timing={flags.reset_timing!r}"
     elif sg.custom and name == "cpu":
         why = f"the user surrogate {sg.name!r} with fire_at_threshold=False or a reset_timing"
@@ -273,7 +173,7 @@ def _kernel_for_mode(name: str, backend, x, sg: _sg.Surrogate, flags: config.LIF
         return name
     if backend is not None and backend.lower() != "auto":
         raise ValueError(f"backend={backend!r} cannot run {why}; backend='auto' picks one that does")
-    if flags.reset_timing in config.KERNEL_RESET_TIMINGS and x.device.type == "cuda":
+    if flags.reset_timing in lif_args.KERNEL_RESET_TIMINGS and x.device.type == "cuda":
         try:
             return BACKENDS.select("triton", x, sg.id >= 0, sg)
         except (RuntimeError, ValueError):
@@ -281,49 +181,48 @@ def _kernel_for_mode(name: str, backend, x, sg: _sg.Surrogate, flags: config.LIF
     return "reference"
 
 
-# (name, loaded backend or None for 'reference') per routing key: the backend choice and the table
-# lookups of a call, made once per (backend=, $SNN_FAST_BACKEND, device type, surrogate, save, mode). Not for
+# (name, custom, loaded backend or None for 'reference') per routing key: the backend choice and the
+# table lookups of a call, made once per (backend=, $SNN_FAST_BACKEND, device type, surrogate, firing
+# and reset timing). Not for
 # 'auto' on a GPU, whose choice depends on the shape (the measured table). Plain dict: a racing miss
 # computes the same value twice.
 _ROUTES: Dict[tuple, tuple] = {}
 
 
-def _route(backend, x, sg: _sg.Surrogate, save: str, flags: config.LIFFlags):
-    compiling = config._is_compiling()
+def _route(backend, x, sg: _sg.Surrogate, flags: lif_args.LIFFlags):
+    compiling = lif_args._is_compiling()
     key = None
     if not compiling and (backend is None or type(backend) is str):  # anything else: select's error
         env = os.environ.get(backends.ENV_VAR) if backend is None or backend == "auto" else None
         dev = x.device.type
         if not (dev == "cuda" and backend in (None, "auto") and (env or "auto").lower() == "auto"):
-            key = (backend, env, dev, sg.id, sg.custom, save, flags.mode)
+            key = (backend, env, dev, sg.id, sg.custom, flags.fire_at_threshold, flags.reset_timing)
             hit = _ROUTES.get(key)
             if hit is not None:
                 return hit
-    name = _kernel_for_mode(BACKENDS.select(backend, x, sg.id >= 0, sg), backend, x, sg, flags)
+    name = _kernel_for_timing(BACKENDS.select(backend, x, sg.id >= 0, sg), backend, x, sg, flags)
     if name == "reference":
-        route = ("reference", None)
+        route = ("reference", False, None)
     else:
-        if sg.custom:  # a user's surrogate: the entry whose ops run it
-            name = BACKENDS.ops_for(name, sg)
-        name = entry_name(name, save)
-        route = (name, None if compiling else BACKENDS.load(name))
+        custom = bool(sg.custom)  # a user's surrogate: the backend's ops that run it
+        route = (name, custom, None if compiling else BACKENDS.load(name, custom))
     if key is not None:
         _ROUTES[key] = route
     return route
 
 
-def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate, noise_mask=None,
-              return_v_seq=False, backend="auto", save=config.DEFAULT_SAVE):
-    """Run the LIF family on already-checked arguments (``k`` = 1/τ; see ``config.resolve``; ``save``
-    checked by ``config.check_save``).
+def lif_apply(x, v0, k, theta, alpha, flags: lif_args.LIFFlags, sg: _sg.Surrogate, noise_mask=None,
+              return_v_seq=False, backend="auto", save=contract.DEFAULT_SAVE):
+    """Run the LIF family on already-checked arguments (``k`` = 1/τ; see ``args.resolve``; ``save``
+    checked by ``contract.check_save``).
 
     The modules call this directly so that learnable parameters are not re-validated (no device
     sync) on every step.
     """
-    name, b = _route(backend, x, sg, save, flags)
+    name, custom, b = _route(backend, x, sg, flags)
     if name == "reference":
         return lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
-    if sg.custom and sg.dg_dalpha is None and isinstance(alpha, torch.Tensor) and alpha.requires_grad:
+    if custom and sg.dg_dalpha is None and isinstance(alpha, torch.Tensor) and alpha.requires_grad:
         raise ValueError(f"surrogate {sg.name!r} has no dg_dalpha: alpha cannot be learned")
     T = x.shape[0]
     shape = x.shape[1:]
@@ -338,25 +237,23 @@ def lif_apply(x, v0, k, theta, alpha, flags: config.LIFFlags, sg: _sg.Surrogate,
         params = _cached_const(("params", kf, tf, af, pdtype, x.device),
                                lambda: torch.tensor([kf, tf, af], dtype=pdtype, device=x.device))
     mask2 = None if noise_mask is None else noise_mask.reshape(T, -1)
-    # the ops' trailing `mode` argument, only when set (a user surrogate's ops never get it)
-    tail = (flags.mode,) if flags.mode else ()
-    if config._is_compiling():  # the dispatcher, traced with the registered fake and autograd
-        flag_args = (flags.surrogate_id, flags.hard_reset, flags.v_reset, flags.decay_input, flags.detach_reset,
-                     flags.reset_residual)
-        op = BACKENDS.compiled_fwd(name, backends.needs_grad(x2, v0_t, params))
-        s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq, *tail)
+    flag_args = flags.op_args
+    # backends.needs_grad written out: this runs on every call of every step (~0.2 µs less)
+    train = torch.is_grad_enabled() and (x2.requires_grad or v0_t.requires_grad or params.requires_grad)
+    code = contract.SAVE[save] if train else contract.SAVE_NONE
+    if lif_args._is_compiling():  # the dispatcher, traced with the registered fake and autograd
+        op = BACKENDS.compiled_fwd(name, custom)
+        s, v_last, v_seq, _ = op(x2, v0_t, params, mask2, *flag_args, return_v_seq, code)
     else:
-        flag_args = flags.op_args
         if b is None:  # routed inside a torch.compile trace, run eagerly now
-            b = BACKENDS.load(name)
+            b = BACKENDS.load(name, custom)
         if b.cpp_autograd:  # one dispatcher call; the C++ autograd kernel records the backward when needed
-            s, v_last, v_seq, _ = b.fwd(x2, v0_t, params, mask2, *flag_args, return_v_seq, *tail)
-        # backends.needs_grad written out: this runs on every call of every step (~0.2 µs less)
-        elif torch.is_grad_enabled() and (x2.requires_grad or v0_t.requires_grad or params.requires_grad):
-            s, v_last, v_seq = _LIFFunction.apply(b.fwd, b.bwd, x2, v0_t, params, mask2, flag_args,
-                                                  return_v_seq, tail)
+            s, v_last, v_seq, _ = b.fwd(x2, v0_t, params, mask2, *flag_args, return_v_seq, code)
+        elif train:
+            s, v_last, v_seq, _ = AUTOGRAD.apply(b, x2, v0_t, params, mask2, *flag_args, return_v_seq, code)
         else:
-            s, v_last, v_seq, _ = fused_forward(b, x2, v0_t, params, mask2, flag_args, return_v_seq, tail)
+            with torch._C._AutoDispatchBelowAutograd():
+                s, v_last, v_seq, _ = b.fwd(x2, v0_t, params, mask2, *flag_args, return_v_seq, code)
     out = (s.view(x.shape), v_last.view(shape))
     return out + (v_seq.view(x.shape),) if return_v_seq else out
 
@@ -377,11 +274,11 @@ def lif_multistep(
     noise_mask: Optional[torch.Tensor] = None,
     return_v_seq: bool = False,
     backend: str = "auto",
-    save: str = config.DEFAULT_SAVE,
+    save: str = contract.DEFAULT_SAVE,
     fire_at_threshold: bool = True,
     reset_timing: str = "after_fire",
 ):
-    """Multi-step LIF neuron over ``x`` of shape ``[T, *]`` (SPEC §2–§4), fused over T.
+    """Multi-step LIF neuron over ``x`` of shape ``[T, *]`` (docs/spec.md §2–§4), fused over T.
 
     Args:
         x: input current, time first. float32/float16/bfloat16 (float64 on CPU and the reference).
@@ -408,19 +305,19 @@ def lif_multistep(
             returned is the pre-reset one and the reset R = Θ(V − θ) is applied at the next step,
             after the decay; needs detach_reset=True), "none" (no reset; v_reset=None) or
             "after_fire_pending" (snnTorch reset_delay=False; runs on the reference backend only).
-            ``snn_fast/ops/lif/config.py`` RESET_TIMINGS has the formulas.
+            ``snn_fast/ops/lif/args.py`` RESET_TIMINGS has the formulas.
     τ, decay, θ and α may be tensors that require grad; gradients are summed over steps and neurons.
 
     Returns:
         ``(s, v_T)`` or ``(s, v_T, v_seq)``; ``s`` in ``x.dtype``.
     """
-    config.check_x(x)
-    k, theta, alpha, flags, sg = config.resolve(
+    lif_args.check_x(x)
+    k, theta, alpha, flags, sg = lif_args.resolve(
         tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, reset_residual,
         fire_at_threshold, reset_timing
     )
-    noise_mask = config.check_noise_mask(x, noise_mask)
-    config.check_save(save)
+    noise_mask = lif_args.check_noise_mask(x, noise_mask)
+    contract.check_save(save)
     if isinstance(v0, torch.Tensor) and v0.device != x.device:
         raise ValueError(f"v0 is on {v0.device} but x is on {x.device}; put them on the same device")
     for name, p in (("tau", tau), ("decay", decay), ("v_threshold", v_threshold), ("alpha", alpha)):

@@ -15,7 +15,7 @@ the comments there list the same terms), per call on x of shape [T, N] with stor
 
 plus the [N] vectors (v0 read, v_last written; grad_v_last read, grad_v0 written; v0 read again by a
 backward that needs V_{t−1}), v_seq / grad_v_seq (T·N·b each) and the noise mask (T·N bytes per
-kernel that reads it) when present. The floor of BENCHMARKS.md is 5·T·N·b for forward+backward;
+kernel that reads it) when present. The floor of docs/spec.md §10 is 5·T·N·b for forward+backward;
 recompute is there up to its checkpoints. The CPU backend saves nothing in either mode (its backward
 re-runs the forward). tests/test_lif.py checks ``saved_bytes`` against what autograd actually keeps.
 
@@ -46,7 +46,7 @@ from typing import Dict
 
 import torch
 
-from .config import RECOMPUTE_CHUNK, checkpoint_rows
+from .contract import RECOMPUTE_CHUNK, checkpoint_rows
 
 
 def _sizes(dtype: torch.dtype):

@@ -1,4 +1,4 @@
-"""Pure-PyTorch LIF: the definition every fused backend answers to (SPEC §2–§4).
+"""Pure-PyTorch LIF: the definition every fused backend answers to (docs/spec.md §2–§4).
 
 A plain loop over T; every gradient comes from autograd. The only hand-written derivative is the
 surrogate spike itself (forward Θ, backward g′), whose formulas are checked against finite
@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from ... import surrogate as _sg
-from . import config
+from . import args as lif_args
 
 
 class _SurrogateSpike(torch.autograd.Function):
@@ -79,18 +79,18 @@ def lif_multistep_reference(
     reset_timing: str = "after_fire",
 ):
     """Same arguments and results as :func:`snn_fast.lif_multistep`, computed in ``x.dtype``."""
-    config.check_x(x)
-    k, theta, alpha, flags, sg = config.resolve(
+    lif_args.check_x(x)
+    k, theta, alpha, flags, sg = lif_args.resolve(
         tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, reset_residual,
         fire_at_threshold, reset_timing
     )
-    noise_mask = config.check_noise_mask(x, noise_mask)
+    noise_mask = lif_args.check_noise_mask(x, noise_mask)
     return lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
 
 
-def lif_reference_k(x, v0, k, theta, alpha, flags: config.LIFFlags, sg, noise_mask=None, return_v_seq=False):
+def lif_reference_k(x, v0, k, theta, alpha, flags: lif_args.LIFFlags, sg, noise_mask=None, return_v_seq=False):
     """The loop itself, on checked arguments; ``k`` = 1/τ (0 for IF)."""
-    v = config.initial_state(x, v0, flags)
+    v = lif_args.initial_state(x, v0, flags)
     vr = flags.v_reset  # 0 under soft reset, so the charge leaks towards 0 there
     kappa = flags.reset_residual
     strict = not flags.fire_at_threshold

@@ -1,9 +1,9 @@
 """The Triton LIF backend: launch code and op definitions (docs/spec.md §LIF).
 
-``lif_fwd_triton`` (op ``snn_fast::lif_fwd_triton``), ``lif_fwd_triton_infer``, ``lif_bwd_triton`` and
-the save="recompute" pair ``lif_fwd_triton_recompute`` / ``lif_bwd_triton_recompute``, with the
-contract of ``function.py``, whose table (``BACKENDS["triton"]``) imports this module on the backend's
-first use and registers the ops' autograd for torch.compile. The kernels are in ``triton_kernels.py``
+``lif_fwd_triton`` and ``lif_bwd_triton`` (ops ``snn_fast::lif_fwd_triton`` / ``lif_bwd_triton``), with
+the schemas of ``contract.py`` (``save``: H, the V checkpoints, or nothing), whose table in
+``function.py`` (``BACKENDS["triton"]``) imports this module on the backend's first use and
+registers the ops' autograd for torch.compile. The kernels are in ``triton_kernels.py``
 (what each saves and moves, per element), the surrogate functions in
 ``snn_fast/ops/common/triton_surrogate.py``. This module imports nothing of the package but those,
 the surrogate registry, the argument checks and the interpreter answer (no import cycle).
@@ -12,7 +12,7 @@ Host work per call: every kernel launch goes through ``launch`` (one place to co
 mode it calls the kernel directly; ``torch.library.wrap_triton`` is used only while torch.compile
 traces the op (its tensors are then not plain tensors), where it lets Inductor see the kernel. What
 does not change between calls of one variant (the constexpr arguments, the config, the surrogate's
-kernel arguments) is made once per (kind, dtype, flags, mode, surrogate) in ``_SPECS``; the float64 constant
+kernel arguments) is made once per (kind, dtype, flags, surrogate) in ``_SPECS``; the float64 constant
 buffer once per (v_r, κ, device). A call allocates its outputs and, only when a parameter needs a
 gradient, the per-program partial sums.
 
@@ -30,7 +30,7 @@ import triton
 
 from ... import surrogate as _sg
 from ..common import triton_surrogate as tsg
-from . import config
+from . import contract
 from . import triton_kernels as _k
 
 INTERPRETED = _k.INTERPRETED
@@ -98,7 +98,7 @@ def _grid(N: int, block: Optional[int]):
 # (``triton_kernels.py``: STREAM, STAGES of the forward and the state backward): set only by
 # ``lab_variant``, to time variants side by side.
 _LAB: dict = {}
-# (kind, dtype, device type, surrogate id, flags…, mode) → (kernel, constexpr kwargs, BLOCK or None when
+# (kind, dtype, device type, surrogate id, flags…) → (kernel, constexpr kwargs, BLOCK or None when
 # autotuned); one such table per lab variant (``_SPEC_SETS``), the defaults' under the key ().
 _SPEC_SETS: dict = {(): {}}
 _SPECS: dict = _SPEC_SETS[()]
@@ -154,7 +154,7 @@ def lab_variant(fwd=None, bwd=None, bwd_rc=None, chunk=None, knobs=None, eager_w
 
 
 def _rc_chunk() -> int:
-    return _LAB.get("chunk", config.RECOMPUTE_CHUNK)
+    return _LAB.get("chunk", contract.RECOMPUTE_CHUNK)
 
 
 # float64: v_r and κ as a float64 [2] buffer (the kernels' wide_ptr), one per (v_r, κ, device).
@@ -178,21 +178,13 @@ def _wide_buffer(v_reset: float, kappa: float, like: torch.Tensor) -> torch.Tens
     return buf
 
 
-def _mode_kw(mode: int) -> dict:
-    """The op's ``mode`` (config.LIFFlags.mode) as the kernels' STRICT and TIMING constexprs."""
-    torch._check(0 <= mode < 2 * len(config.KERNEL_RESET_TIMINGS),
-                 lambda: f"lif_triton: mode must be (timing << 1) | strict with timing in 0..2, got {mode}")
-    return dict(STRICT=bool(mode & 1), TIMING=mode >> 1)
-
-
 def _saves_h_minus_theta(dtype: torch.dtype) -> bool:
     """fp16/bf16 save H − θ in the storage dtype instead of H (``triton_kernels.py`` says why)."""
     return dtype in (torch.float16, torch.bfloat16)
 
 
-def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual, return_v_seq,
-         save_h, chunk=0, mode=0):
-    config.check_op_args("lif_triton", x, v0, params, surrogate)
+def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual, strict_threshold,
+         reset_timing, return_v_seq, save_h, chunk=0):
     x = x.contiguous()
     v0 = v0.contiguous()
     params = params.contiguous()
@@ -200,18 +192,18 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
     s = torch.empty_like(x)
     v_last = torch.empty_like(v0)
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    if chunk:  # save="recompute": the V checkpoints (config.checkpoint_rows), in the compute dtype
-        saved = torch.empty((config.checkpoint_rows(T, chunk), N), dtype=params.dtype, device=x.device)
+    if chunk:  # save="recompute": the V checkpoints (contract.checkpoint_rows), in the compute dtype
+        saved = torch.empty((contract.checkpoint_rows(T, chunk), N), dtype=params.dtype, device=x.device)
     else:  # H (H − θ for fp16/bf16), or nothing for inference
         saved = torch.empty((T, N) if save_h else (0,), dtype=x.dtype, device=x.device)
     mask = noise_mask.contiguous() if noise_mask is not None else None
     if N > 0:
         key = ("fwd", x.dtype, x.device.type, surrogate, hard_reset, decay_input, mask is not None, return_v_seq,
-               save_h, chunk, mode)
+               save_h, chunk, strict_threshold, reset_timing)
         kernel, consts, block = _spec(key, "fwd", FIXED_CONFIG, surrogate, x, dict(
             HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None, STORE_VSEQ=return_v_seq,
             SAVE_H=save_h, H_MINUS_THETA=_saves_h_minus_theta(x.dtype), WIDE=x.dtype == torch.float64,
-            EXACT=EXACT_MUL, CHUNK=chunk, **_mode_kw(mode)))
+            EXACT=EXACT_MUL, CHUNK=chunk, STRICT=strict_threshold, TIMING=reset_timing))
         # saved is both h_ptr and ck_ptr: the flags select the one the kernel writes
         launch(kernel, _grid(N, block),
                (x, v0, params, _wide_buffer(float(v_reset), float(reset_residual), params),
@@ -223,36 +215,17 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
 def lif_fwd_triton(
     x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
     hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool, mode: int = 0,
+    strict_threshold: bool, reset_timing: int, return_v_seq: bool, save: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training forward: also saves H (H − θ for fp16/bf16) for ``lif_bwd_triton``."""
+    """save 0 ("state"): also saves H (H − θ for fp16/bf16); 1 ("recompute"): only the membrane every
+    ``contract.RECOMPUTE_CHUNK`` steps; 2 (inference): nothing, 2b per element instead of 3b."""
+    contract.check_op_args("lif_triton", x, v0, params, surrogate, save, reset_timing=reset_timing)
     return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, True, mode=mode)
-
-
-def lif_fwd_triton_infer(
-    x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
-    hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool, mode: int = 0,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inference forward (no autograd): saves nothing, 2b per element instead of 3b."""
-    return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, False, mode=mode)
-
-
-def lif_fwd_triton_recompute(
-    x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
-    hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool, mode: int = 0,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training forward of save="recompute": writes s (v_last, v_seq) and saves only the membrane every
-    ``config.RECOMPUTE_CHUNK`` steps for ``lif_bwd_triton_recompute``."""
-    return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, False, _rc_chunk(), mode)
+                bool(strict_threshold), int(reset_timing), return_v_seq, save == contract.SAVE_STATE, _rc_chunk() if save == contract.SAVE_RECOMPUTE else 0)
 
 
 def _bwd(kind, grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, surrogate, hard_reset, v_reset,
-         decay_input, detach_reset, reset_residual, need_param_grad, chunk=0, mode=0):
+         decay_input, detach_reset, reset_residual, strict_threshold, reset_timing, need_param_grad, chunk=0):
     T, N = x.shape
     grad_s = grad_s.to(x.dtype).contiguous()
     x = x.contiguous()
@@ -266,10 +239,11 @@ def _bwd(kind, grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved
     partial = None
     if N > 0:
         key = (kind, x.dtype, x.device.type, surrogate, hard_reset, decay_input, detach_reset, mask is not None,
-               gvl is not None, gvs is not None, need_param_grad, chunk, mode)
+               gvl is not None, gvs is not None, need_param_grad, chunk, strict_threshold, reset_timing)
         flags = dict(HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
                      HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
-                     NEED_PARAM_GRAD=need_param_grad, WIDE=x.dtype == torch.float64, **_mode_kw(mode))
+                     NEED_PARAM_GRAD=need_param_grad, WIDE=x.dtype == torch.float64, STRICT=strict_threshold,
+                     TIMING=reset_timing)
         if kind == "bwd":
             flags["H_MINUS_THETA"] = _saves_h_minus_theta(x.dtype)
             kernel, consts, block = _spec(key, kind, FIXED_CONFIG, surrogate, x, flags)
@@ -293,32 +267,32 @@ def _bwd(kind, grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved
 def lif_bwd_triton(
     grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
     v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
-    surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    need_param_grad: bool, mode: int = 0,
+    sg_grad: Optional[torch.Tensor], sg_dalpha: Optional[torch.Tensor], surrogate: int, hard_reset: bool,
+    v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float, strict_threshold: bool,
+    reset_timing: int, save: int, need_param_grad: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward of the saved state: ``saved`` is the forward's H (H − θ for fp16/bf16)."""
-    config.check_op_args("lif_triton", x, v0, params, surrogate)
-    return _bwd("bwd", grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, surrogate, hard_reset,
-                v_reset, decay_input, detach_reset, reset_residual, need_param_grad, mode=mode)
-
-
-def lif_bwd_triton_recompute(
-    grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
-    v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
-    surrogate: int, hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    need_param_grad: bool, mode: int = 0,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward of save="recompute": ``saved`` is the forward's V checkpoints."""
-    config.check_op_args("lif_triton", x, v0, params, surrogate)
+    """``saved`` is the forward's H (H − θ for fp16/bf16) for save 0, its V checkpoints for save 1."""
+    contract.check_op_args("lif_triton", x, v0, params, surrogate, save, (contract.SAVE_STATE, contract.SAVE_RECOMPUTE),
+                           reset_timing)
+    firing = (bool(strict_threshold), int(reset_timing))
+    torch._check(sg_grad is None and sg_dalpha is None,
+                 lambda: "lif_bwd_triton: sg_grad/sg_dalpha (a g′ given per element) run on the CPU kernel only")
+    if save == contract.SAVE_STATE:
+        T, N = x.shape
+        torch._check(saved.shape == x.shape and saved.dtype == x.dtype,
+                     lambda: f"lif_bwd_triton: `saved` must be the [T, N] state of lif_fwd_triton with save=0, "
+                             f"{tuple(x.shape)} {x.dtype}, got {tuple(saved.shape)} {saved.dtype}")
+        return _bwd("bwd", grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, surrogate,
+                    hard_reset, v_reset, decay_input, detach_reset, reset_residual, *firing, need_param_grad)
     T, N = x.shape
     chunk = _rc_chunk()
-    rows = config.checkpoint_rows(T, chunk)
+    rows = contract.checkpoint_rows(T, chunk)
     torch._check(saved.dim() == 2 and saved.shape[0] == rows and saved.shape[1] == N and saved.dtype == params.dtype,
-                 lambda: f"lif_bwd_triton_recompute: `saved` must be the V checkpoints of lif_fwd_triton_recompute, "
+                 lambda: f"lif_bwd_triton: `saved` must be the V checkpoints of lif_fwd_triton with save=1, "
                          f"[{rows}, {N}] {params.dtype}, got {tuple(saved.shape)} {saved.dtype}")
     ck = saved.contiguous() if saved.numel() > 0 else v0  # never read for T <= chunk
     return _bwd("bwd_rc", grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, ck, surrogate, hard_reset,
-                v_reset, decay_input, detach_reset, reset_residual, need_param_grad, chunk, mode)
+                v_reset, decay_input, detach_reset, reset_residual, *firing, need_param_grad, chunk)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,33 +302,17 @@ def lif_bwd_triton_recompute(
 
 
 def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-              reset_residual, return_v_seq, mode=0):
-    # saves H (fp32/fp64) or H − θ (fp16/bf16): [T, N] in x.dtype
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (torch.empty_like(x),)
-
-
-def _fake_fwd_infer(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                    reset_residual, return_v_seq, mode=0):
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (x.new_empty(0),)  # saves nothing
-
-
-def _fake_fwd_recompute(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                        reset_residual, return_v_seq, mode=0):
-    return config.fake_fwd_outputs(x, v0, return_v_seq) + (config.checkpoints_like(x, params),)
+              reset_residual, strict_threshold, reset_timing, return_v_seq, save):
+    return contract.fake_fwd_outputs(x, v0, return_v_seq) + (
+        contract.saved_like("triton", x, params, save, chunk=_rc_chunk()),)
 
 
 FWD_NAME = "snn_fast::lif_fwd_triton"
-FWD_INFER_NAME = "snn_fast::lif_fwd_triton_infer"
 BWD_NAME = "snn_fast::lif_bwd_triton"
-FWD_RC_NAME = "snn_fast::lif_fwd_triton_recompute"
-BWD_RC_NAME = "snn_fast::lif_bwd_triton_recompute"
 
-for _name, _fn, _fake in ((FWD_NAME, lif_fwd_triton, _fake_fwd),
-                          (FWD_INFER_NAME, lif_fwd_triton_infer, _fake_fwd_infer),
-                          (BWD_NAME, lif_bwd_triton, config.fake_bwd),
-                          (FWD_RC_NAME, lif_fwd_triton_recompute, _fake_fwd_recompute),
-                          (BWD_RC_NAME, lif_bwd_triton_recompute, config.fake_bwd)):
+for _name, _fn, _schema, _fake in ((FWD_NAME, lif_fwd_triton, contract.FWD_SCHEMA, _fake_fwd),
+                                   (BWD_NAME, lif_bwd_triton, contract.BWD_SCHEMA, contract.fake_bwd)):
     if INTERPRETED:
-        torch.library.custom_op(_name, mutates_args=())(_fn).register_fake(_fake)
+        torch.library.custom_op(_name, mutates_args=(), schema=_schema)(_fn).register_fake(_fake)
     else:
-        torch.library.triton_op(_name, mutates_args=())(_fn)
+        torch.library.triton_op(_name, mutates_args=(), schema=_schema)(_fn)

@@ -157,7 +157,7 @@ def _lif_step(v, xv, mk, k, theta, alpha, vr, SG: tl.constexpr, HARD_RESET: tl.c
 
     The one copy of the step: the forward kernel runs it, and the recompute backward re-runs it from
     the same x and V, so its H and spikes are the forward's bit for bit (same operations, same order).
-    ``mk``: the noise mask (True = spike), read only when HAS_MASK. TIMING (config.RESET_TIMINGS'
+    ``mk``: the noise mask (True = spike), read only when HAS_MASK. TIMING (args.RESET_TIMINGS'
     index): 0 reset after the spike; 1 delayed (V = H carried, its pending reset R = Θ(V − θ) applied
     here: hard before the charge, soft after it); 2 no reset."""
     if TIMING == 1:

@@ -4,7 +4,7 @@ It materialises the dense PSP tensor ``[B, I, T]`` and multiplies it by the weig
 O(B·I·O·T) work. This is the definition the fused kernels are checked against; it never calls them.
 Deliberate differences from the seed: ``'v_max'``/``'spikes'`` keep the batch dimension for B = 1
 (the seed's ``squeeze()`` drops it, and drops O too when O = 1); the PSP v0·K(u) is evaluated as
-scale·K̃(u) (``config``: the same function, without the cancellation of two nearly equal
+scale·K̃(u) (``args``: the same function, without the cancellation of two nearly equal
 exponentials as τ_s → τ, and defined at τ = τ_s); spike times stay float32 (float64 with a float64
 weight) and the PSP is rounded to the weight dtype only before the product with the weight.
 """
@@ -15,11 +15,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import config
+from . import args
 
 
 def psp_shape(t: torch.Tensor, tau: float, tau_s: float) -> torch.Tensor:
-    """K̃(u) = e^{−u/τ_slow}·u·φ(u·δ)·1[u ≥ 0] = K(u)/(1/τ_s − 1/τ) (``config``), the alpha kernel
+    """K̃(u) = e^{−u/τ_slow}·u·φ(u·δ)·1[u ≥ 0] = K(u)/(1/τ_s − 1/τ) (``args``), the alpha kernel
     u·e^{−u/τ} at τ = τ_s.
 
     The seed evaluates the exponentials at u < 0 too and multiplies by the mask; in float16
@@ -30,8 +30,8 @@ def psp_shape(t: torch.Tensor, tau: float, tau_s: float) -> torch.Tensor:
     """
     causal = t >= 0
     u = torch.where(causal, t, torch.zeros_like(t))
-    slow, _ = config.slow_fast(tau, tau_s)
-    delta = abs(config.rate_gap(tau, tau_s))
+    slow, _ = args.slow_fast(tau, tau_s)
+    delta = abs(args.rate_gap(tau, tau_s))
     shape = torch.exp(-u / slow) * u
     if delta != 0:
         z = u * delta
@@ -43,18 +43,18 @@ def psp_shape(t: torch.Tensor, tau: float, tau_s: float) -> torch.Tensor:
 
 def psp_kernel(t: torch.Tensor, tau: float, tau_s: float) -> torch.Tensor:
     """K(u) = (e^{−u/τ} − e^{−u/τ_s})·1[u ≥ 0] (without v0), as δ_signed·K̃(u) (no cancellation)."""
-    return config.rate_gap(tau, tau_s) * psp_shape(t, tau, tau_s)
+    return args.rate_gap(tau, tau_s) * psp_shape(t, tau, tau_s)
 
 
 def membrane_reference(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float, tau_s: float,
                        v0: Optional[float] = None, *, scale: Optional[float] = None) -> torch.Tensor:
     """V [B, O, T] = v0·Σ_i W[o,i]·K(t − t_i)·1[t_i ≥ 0] = scale·Σ_i W[o,i]·K̃(t − t_i)·1[t_i ≥ 0],
-    via the dense [B, I, T] PSP tensor. Give ``v0`` (the seed's) or ``scale`` (``config.scale_of``).
+    via the dense [B, I, T] PSP tensor. Give ``v0`` (the seed's) or ``scale`` (``args.scale_of``).
     The PSP is computed in t_in's dtype and rounded to the weight's before the product."""
     if (v0 is None) == (scale is None):
         raise TypeError("membrane_reference: give exactly one of v0 and scale")
     if scale is None:
-        scale = config.scale_from_v0(v0, tau, tau_s)
+        scale = args.scale_from_v0(v0, tau, tau_s)
     B, I = t_in.shape
     t = torch.arange(0, T, device=t_in.device)
     t = t.view(1, 1, T).repeat(B, I, 1)
@@ -83,7 +83,7 @@ def outputs_from_v(v_out: torch.Tensor, T: int, v_threshold: float, ret_type: st
         max_index = max_index.to(v_out.dtype) * mask
         max_index_soft = max_index_soft * mask
         return max_index_soft + (max_index - max_index_soft).detach()
-    config.check_ret_type(ret_type)
+    args.check_ret_type(ret_type)
     raise AssertionError("unreachable")
 
 
@@ -95,11 +95,11 @@ def tempotron_reference(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: f
     Returns V [B, O, T] ('v'), the peak [B, O] ('v_max') or straight-through spike times [B, O]
     ('spikes', −t where the peak stays below threshold: the seed multiplies the index by −1).
     """
-    config.check_constants(T, tau, tau_s, v_threshold)
-    config.check_ret_type(ret_type)
-    config.check_inputs(t_in, weight)
-    t_in = config.as_times(t_in, weight)
-    scale = config.scale_of(tau, tau_s, v_threshold)
+    args.check_constants(T, tau, tau_s, v_threshold)
+    args.check_ret_type(ret_type)
+    args.check_inputs(t_in, weight)
+    t_in = args.as_times(t_in, weight)
+    scale = args.scale_of(tau, tau_s, v_threshold)
     return outputs_from_v(membrane_reference(t_in, weight, T, tau, tau_s, scale=scale), T, v_threshold, ret_type)
 
 

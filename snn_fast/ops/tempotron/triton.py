@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import config
+from . import args as psp
+from . import contract
 
 
 @triton.jit
@@ -173,7 +174,7 @@ def _acc(dtype):
 
 def _consts(tau, tau_s, scale, acc_dtype, device):
     """[1/τ_slow, 1/τ_fast, da, ds, scale, δ, c1] (tempotron_consts in tempotron.h)."""
-    inv_slow, inv_fast, delta, da, ds, c1 = config.kernel_consts(tau, tau_s)
+    inv_slow, inv_fast, delta, da, ds, c1 = psp.kernel_consts(tau, tau_s)
     return torch.tensor([inv_slow, inv_fast, da, ds, scale, delta, c1], dtype=acc_dtype, device=device)
 
 
@@ -199,7 +200,7 @@ def _entries(t_in, T, c, acc_t, acc_tl):
 @torch.library.custom_op("snn_fast::tempotron_fwd_triton", mutates_args=())
 def tempotron_fwd_triton(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: float, tau_s: float,
                          scale: float) -> torch.Tensor:
-    config.check_op_args("tempotron (triton)", t_in, weight, T, tau, tau_s)
+    contract.check_op_args("tempotron (triton)", t_in, weight, T, tau, tau_s)
     t_in, weight = t_in.contiguous(), weight.contiguous()
     B, I = t_in.shape
     O = weight.shape[0]
@@ -220,7 +221,7 @@ def tempotron_fwd_triton(t_in: torch.Tensor, weight: torch.Tensor, T: int, tau: 
     return v
 
 
-tempotron_fwd_triton.register_fake(config.fake_fwd)
+tempotron_fwd_triton.register_fake(contract.fake_fwd)
 
 
 @torch.library.custom_op("snn_fast::tempotron_bwd_triton", mutates_args=())
@@ -229,7 +230,7 @@ def tempotron_bwd_triton(grad_v: torch.Tensor, t_in: torch.Tensor, weight: torch
     B, I = t_in.shape
     O = weight.shape[0]
     T = grad_v.shape[2]
-    config.check_op_args("tempotron (triton)", t_in, weight, T, tau, tau_s)
+    contract.check_op_args("tempotron (triton)", t_in, weight, T, tau, tau_s)
     t_in, weight = t_in.contiguous(), weight.contiguous()
     gv = grad_v.contiguous()
     acc_t, acc_tl = _acc(weight.dtype)
@@ -255,4 +256,4 @@ def tempotron_bwd_triton(grad_v: torch.Tensor, t_in: torch.Tensor, weight: torch
     return gt, gw
 
 
-tempotron_bwd_triton.register_fake(config.fake_bwd)
+tempotron_bwd_triton.register_fake(contract.fake_bwd)

@@ -1,4 +1,6 @@
-"""Argument checking shared by every LIF entry point (reference and fused), and the op contract's shapes.
+"""The user-facing arguments of every LIF entry point (reference and fused): their checks, and their
+translation into the kernels' parametrisation. What the fused ops themselves take and return is
+``contract.py``.
 
 Turns the user-facing arguments (τ or decay, θ, α, v_reset, …) into the kernel's parametrisation:
 ``k`` = 1/τ = 1 − λ (the leak), ``theta``, ``alpha``, plus plain-Python flags. Each of k, θ, α stays
@@ -31,14 +33,10 @@ class LIFFlags:
     fire_at_threshold: bool = True  # Θ(0) = 1 (fire on H ≥ θ); False: fire on H > θ only
     reset_timing: str = "after_fire"  # one of RESET_TIMINGS
 
-    @property
-    def mode(self) -> int:
-        """The op's ``mode`` argument: bit 0 = strict threshold, bits 1–2 = the reset timing's index."""
-        return int(not self.fire_at_threshold) | (RESET_TIMINGS.index(self.reset_timing) << 1)
-
-    # ``op_args``: the flags as the fused ops take them, after ``noise_mask``, made once per flags object
-    # as a plain attribute (not a field: equality and hashing ignore it; not a cached_property: its lock
-    # is a context manager torch.compile cannot trace).
+    # ``op_kwargs``: the flags by the fused ops' argument names; ``op_args``: the same values in the
+    # schema's order (contract.FLAG_ARGS), for the eager call. Made once per flags object as plain
+    # attributes (not fields: equality and hashing ignore them; not cached_property: its lock is a
+    # context manager torch.compile cannot trace).
     def __post_init__(self):
         self._derive()
 
@@ -47,8 +45,12 @@ class LIFFlags:
         self._derive()
 
     def _derive(self) -> None:
-        object.__setattr__(self, "op_args", (self.surrogate_id, self.hard_reset, self.v_reset, self.decay_input,
-                                             self.detach_reset, self.reset_residual))
+        kw = dict(surrogate=self.surrogate_id, hard_reset=self.hard_reset, v_reset=self.v_reset,
+                  decay_input=self.decay_input, detach_reset=self.detach_reset, reset_residual=self.reset_residual,
+                  strict_threshold=not self.fire_at_threshold,
+                  reset_timing=RESET_TIMINGS.index(self.reset_timing))
+        object.__setattr__(self, "op_kwargs", kw)
+        object.__setattr__(self, "op_args", tuple(kw.values()))
 
 
 # When the reset happens (docs/spec.md §2 reset; reference.py is the definition):
@@ -60,6 +62,7 @@ class LIFFlags:
 #   "after_fire_pending"  snnTorch reset_delay=False: R applied as in "delayed", and after the spike
 #                 the reset of S_t − R ("avoid a double reset"); reference backend only.
 # The pending R never carries a gradient; detach_reset applies to the after-fire reset.
+# The op's reset_timing is the index here (contract.RESET_AFTER_FIRE, …).
 RESET_TIMINGS = ("after_fire", "delayed", "none", "after_fire_pending")
 # the timings the fused kernels run: the C++ CPU kernel and Triton all three; the CUDA kernel
 # "after_fire" only (csrc/cuda/lif_common.cuh load_params says why). The others: backend='reference'.
@@ -218,80 +221,7 @@ def check_noise_mask(x: torch.Tensor, noise_mask) -> Optional[torch.Tensor]:
 
 
 def noise_mask_like(x: torch.Tensor, p: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """ASGL mask m ~ Bernoulli(1 − p): True = emit the spike, False = emit the analog value (SPEC §4)."""
+    """ASGL mask m ~ Bernoulli(1 − p): True = emit the spike, False = emit the analog value (docs/spec.md §4)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"noise probability p must be in [0, 1], got {p}")
     return torch.rand(x.shape, device=x.device, generator=generator) >= p
-
-
-# --- the fused ops' contract (function.py), checked and shaped for Python-defined ops -------------
-# The C++ ops check their arguments in C++; an op defined in Python (Triton) checks them here, so a
-# direct caller gets an error naming the argument instead of a kernel reading the wrong memory.
-
-
-_OP_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def check_op_args(who: str, x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, surrogate: int) -> None:
-    # Eager calls: one plain test of the common case (torch._check's lambdas cost microseconds per call);
-    # anything off, or a traced call (symbolic shapes), goes through the checks that name the argument.
-    if (not _is_compiling() and x.dim() == 2 and x.dtype in _OP_DTYPES and v0.dtype == x.dtype
-            and params.dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)
-            and params.numel() == 3 and (0 <= surrogate < _sg.NUM_KERNEL_SURROGATES
-                                         or surrogate >= _sg.CUSTOM_ID_BASE)):
-        return
-    torch._check(x.dim() == 2, lambda: f"{who}: x must be [T, N], got {x.dim()} dims")
-    torch._check(x.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64),
-                 lambda: f"{who}: unsupported dtype {x.dtype}")
-    torch._check(v0.dtype == x.dtype, lambda: f"{who}: v0 dtype {v0.dtype} != x dtype {x.dtype}")
-    want = torch.float64 if x.dtype == torch.float64 else torch.float32
-    torch._check(params.dtype == want and params.numel() == 3,
-                 lambda: f"{who}: params must be [3] {want}, got {tuple(params.shape)} {params.dtype}")
-    torch._check(0 <= surrogate < _sg.NUM_KERNEL_SURROGATES or surrogate >= _sg.CUSTOM_ID_BASE,
-                 lambda: f"{who}: unknown surrogate id {surrogate}")
-
-
-def fake_fwd_outputs(x: torch.Tensor, v0: torch.Tensor, return_v_seq: bool):
-    """(s, v_last, v_seq) of a fwd op, for fake (shape) functions; each backend adds what it saves."""
-    v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    return torch.empty_like(x), torch.empty_like(v0), v_seq
-
-
-def fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, surrogate, hard_reset,
-             v_reset, decay_input, detach_reset, reset_residual, need_param_grad, mode=0):
-    """(grad_x, grad_v0, grad_params) of any backend's bwd op."""
-    return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(params)
-
-
-# --- save="recompute" | "state": what a GPU forward keeps for its backward -----------------------
-SAVE_MODES = ("recompute", "state")
-# "state" by measurement: the first GPU check (H200, 2026-11-30, benchmarks/results/NVIDIA_H200-2026-11-30.md,
-# W1 [T, 64, 65536] fwd+bwd) found it faster than "recompute" at every point measured, on both GPU
-# backends: fp32 T = 8 / 64 Triton 0.728 / 1.634 ms vs 0.940 / 1.712, CUDA 0.245 / 1.788 vs 0.361 / 2.678;
-# bf16 T = 64 Triton 0.837 vs 1.278, CUDA 1.525 vs 2.403. "recompute" keeps 39-47 % less peak memory
-# (W1 fwd+bwd; T = 64 fp32 1152 vs 2064 MB): the option for a model that does not fit.
-DEFAULT_SAVE = "state"
-# Steps per recompute segment (K). The Triton and CUDA recompute backwards hold a segment's H in
-# registers (K values per neuron, unrolled), so K trades registers for checkpoint bytes: K = 8 keeps
-# the backward at <= 4 neurons per thread without spills (tests/test_triton_aot.py,
-# tests/test_cuda_compile.py) and saves nothing for T <= 8, N·4·(ceil(T/8) − 1) bytes beyond (fp32
-# V), against T·N·b for the saved H of save="state". Must match RC_CHUNK of csrc/cuda/lif_cuda.h.
-RECOMPUTE_CHUNK = 8
-
-
-def check_save(save) -> str:
-    if save not in SAVE_MODES:
-        raise ValueError(f"save must be one of {SAVE_MODES}, got {save!r}")
-    return save
-
-
-def checkpoint_rows(T, chunk: int = RECOMPUTE_CHUNK):
-    """Rows of V checkpoints save="recompute" keeps: V after steps K, 2K, … before the last step."""
-    return (T + chunk - 1) // chunk - 1 if chunk else 0
-
-
-def checkpoints_like(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """The recompute forward's saved tensor for [T, N] x: [checkpoint_rows(T), N] in the compute dtype
-    (params' dtype: float32, float64 for float64 x): the exact V the forward carried, so the backward
-    re-runs it bit for bit."""
-    return x.new_empty((checkpoint_rows(x.shape[0]), x.shape[1]), dtype=params.dtype)
