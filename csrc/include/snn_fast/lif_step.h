@@ -11,12 +11,13 @@
 //     reset R = Θ(V − θ), recomputed from V without a gradient: hard V ← R·vr + (1 − R)·V before
 //     the charge, soft H ← H − R·θ after it.
 //   kResetNone: V = H, no reset.
-// The strict threshold and the timing are fields of LIFParams (set_mode), read at run time by the
-// default instantiation of every function below (MODE = kRuntimeMode). MODE >= 0 fixes the op's mode
-// at compile time instead: the CPU kernels' mode-0 loops then hold exactly the plain step (a runtime
-// timing test inside the step keeps GCC from vectorising them: an order of magnitude slower), and they take the
-// runtime form for the other modes. The CUDA kernels take the runtime form throughout (their
-// timing is a constant in load_params, so its branches fold away there too).
+// The strict threshold and the timing are fields of LIFParams (set_firing). The strictness is read at
+// run time by every caller: the spike is d ≥ p.fire_min, one comparison against a loop-invariant
+// bound (0, or the least subnormal for Θ(0) = 0), which vectorises like d ≥ 0. The timing is the
+// template argument TIMING of the functions below: a constant for the CPU kernels (one instantiation
+// per timing, so each loop holds only its own step: a runtime timing test inside the step keeps GCC
+// from vectorising it, an order of magnitude slower), or kRuntimeTiming, p.timing, for the CUDA
+// kernels (load_params sets it to a constant, so its branches fold away there too).
 //
 // Every function evaluates the reference's expression (snn_fast/ops/lif/reference.py) in the
 // reference's operation order under IEEE arithmetic, so fp32 kernels round exactly like the fp32
@@ -36,7 +37,7 @@
 
 namespace snn_fast {
 
-// LIFParams::timing (the op's `mode` >> 1; args.RESET_TIMINGS' order). kResetAfterFirePending
+// LIFParams::timing (the ops' reset_timing; args.RESET_TIMINGS' order). kResetAfterFirePending
 // (snnTorch reset_delay=False) exists only in the reference; the bindings refuse it.
 constexpr int kResetAfterFire = 0;
 constexpr int kResetDelayed = 1;
@@ -57,9 +58,11 @@ struct LIFParams {
   int timing = kResetAfterFire;  // kResetAfterFire | kResetDelayed | kResetNone
 };
 
-// The least positive subnormal: d > 0 ⇔ d ≥ it for every d, NaN included (false), without flushing
-// subnormals to zero (none of our builds does). So the strict threshold is the same single comparison
-// as Θ(0) = 1 against another loop-invariant bound, not a select between two comparisons.
+// The least positive subnormal: d > 0 ⇔ d ≥ it for every d, NaN included (false), as long as
+// subnormal operands are not read as zero (no build of ours sets denormals-are-zero; under
+// torch.set_flush_denormal(True) a strict threshold fires at H = θ). So the strict threshold is the
+// same single comparison as Θ(0) = 1 against another loop-invariant bound, not a select between two
+// comparisons.
 SNN_HD constexpr float least_subnormal(float) { return 0x1p-149f; }
 SNN_HD constexpr double least_subnormal(double) { return 0x1p-1074; }
 
@@ -69,23 +72,37 @@ SNN_HD void set_firing(LIFParams<T>& p, bool strict, int timing) {
   p.fire_min = strict ? least_subnormal(T(0)) : T(0);
   p.timing = timing;
 }
-// ... and back.
+// The default firing and reset (Θ(0) = 1, reset after the spike): what a user's surrogate runs.
 template <typename T>
-SNN_HD int get_mode(const LIFParams<T>& p) {
-  return (p.fire_min != T(0) ? 1 : 0) | (p.timing << 1);
+SNN_HD bool default_firing(const LIFParams<T>& p) {
+  return p.fire_min == T(0) && p.timing == kResetAfterFire;
 }
 
-// MODE: the op's mode as a compile-time constant (>= 0), or kRuntimeMode: p.fire_min and p.timing.
-constexpr int kRuntimeMode = -1;
+// TIMING: the reset timing as a compile-time constant (kResetAfterFire, kResetDelayed, kResetNone),
+// or kRuntimeTiming: p.timing.
+constexpr int kRuntimeTiming = -1;
 
-// The reset timing under MODE: a constant unless MODE is kRuntimeMode, so the timing branches of the
-// functions below fold away in a fixed-mode instantiation.
-template <int MODE, typename T>
+// HARDF: the hard reset as a compile-time flag (0, 1) for the timing branches below, or kRuntimeFlag:
+// p.hard_reset. The CPU kernels fix it, so that the delayed timing's pending reset is no
+// loop-invariant test inside their loops (GCC did not vectorise the backward walk with it).
+constexpr int kRuntimeFlag = -1;
+template <int F>
+SNN_HD bool flag_or(bool runtime) {
+  if constexpr (F == kRuntimeFlag) {
+    return runtime;
+  } else {
+    return F != 0;
+  }
+}
+
+// The reset timing under TIMING: a constant unless TIMING is kRuntimeTiming, so the timing branches of
+// the functions below fold away in a fixed-timing instantiation.
+template <int TIMING, typename T>
 SNN_HD int lif_timing(const LIFParams<T>& p) {
-  if constexpr (MODE == kRuntimeMode) {
+  if constexpr (TIMING == kRuntimeTiming) {
     return p.timing;
   } else {
-    return MODE >> 1;
+    return TIMING;
   }
 }
 
@@ -143,50 +160,44 @@ SNN_HD double mul_rn(double a, double b) {
 // ------------------------------------------------------------------------------------------------
 // Forward
 
-// Θ(d) as a bool, Θ(0) = 1 or (strict) 0; NaN: false, as the reference's comparison. A fixed
-// strict mode compares with 0 directly (d > 0 ⇔ d ≥ least_subnormal: the same result).
-template <typename T, int MODE = kRuntimeMode>
+// Θ(d) as a bool, Θ(0) = 1 or (strict) 0; NaN: false, as the reference's comparison.
+template <typename T>
 SNN_HD bool lif_fires(T d, const LIFParams<T>& p) {
-  if constexpr (MODE == kRuntimeMode) {
-    return d >= p.fire_min;
-  } else if constexpr ((MODE & 1) != 0) {
-    return d > T(0);
-  } else {
-    return d >= T(0);
-  }
+  return d >= p.fire_min;
 }
 
 // The hard spike Θ(H − θ) as 0/1.
-template <typename T, int MODE = kRuntimeMode>
+template <typename T>
 SNN_HD T lif_spike(T h, const LIFParams<T>& p) {
-  return lif_fires<T, MODE>(h - p.theta, p) ? T(1) : T(0);
+  return lif_fires(h - p.theta, p) ? T(1) : T(0);
 }
 
 // The membrane the charge starts from: V itself, or with kResetDelayed and a hard reset the pending
 // reset R·vr + (1 − R)·V applied first (R = Θ(V − θ)).
-template <typename T, int MODE = kRuntimeMode>
+template <typename T, int TIMING = kRuntimeTiming, int HARDF = kRuntimeFlag>
 SNN_HD T lif_pending_hard(T v, const LIFParams<T>& p) {
   using detail::mul_rn;
-  if (lif_timing<MODE>(p) == kResetDelayed && p.hard_reset) {
-    const T r = lif_spike<T, MODE>(v, p);
+  if (lif_timing<TIMING>(p) == kResetDelayed && flag_or<HARDF>(p.hard_reset)) {
+    const T r = lif_spike(v, p);
     return mul_rn(r, p.vr) + mul_rn(T(1) - r, v);
   }
   return v;
 }
 
-template <bool DI, typename T, int MODE = kRuntimeMode>
+template <bool DI, typename T, int TIMING = kRuntimeTiming, int HARDF = kRuntimeFlag>
 SNN_HD T lif_charge(T v, T x, const LIFParams<T>& p) {
   using detail::mul_rn;
-  if (lif_timing<MODE>(p) == kResetDelayed) {  // the pending reset of the carried (pre-reset) membrane
-    const T r = lif_spike<T, MODE>(v, p);
-    if (p.hard_reset) v = mul_rn(r, p.vr) + mul_rn(T(1) - r, v);
+  if (lif_timing<TIMING>(p) == kResetDelayed) {  // the pending reset of the carried (pre-reset) membrane
+    const bool hard = flag_or<HARDF>(p.hard_reset);
+    const T r = lif_spike(v, p);
+    if (hard) v = mul_rn(r, p.vr) + mul_rn(T(1) - r, v);
     T h;
     if constexpr (DI) {
       h = v + mul_rn(x - (v - p.vr), p.k);
     } else {
       h = (v - mul_rn(v - p.vr, p.k)) + x;
     }
-    return p.hard_reset ? h : h - mul_rn(r, p.theta);
+    return hard ? h : h - mul_rn(r, p.theta);
   }
   if constexpr (DI) {
     return v + mul_rn(x - (v - p.vr), p.k);
@@ -197,21 +208,21 @@ SNN_HD T lif_charge(T v, T x, const LIFParams<T>& p) {
 
 // Emitted value: the spike where the mask is on, g(H − θ) where it is off (docs/spec.md §4). A select, so an
 // all-True mask gives exactly the unmasked result. lif_fire_rt: the surrogate as a runtime id.
-template <int SG, typename T, int MODE = kRuntimeMode>
+template <int SG, typename T>
 SNN_HD T lif_fire(T h, bool mask_on, const LIFParams<T>& p) {
-  return mask_on ? lif_spike<T, MODE>(h, p) : sg_prim<SG>(h - p.theta, p.alpha);
+  return mask_on ? lif_spike(h, p) : sg_prim<SG>(h - p.theta, p.alpha);
 }
-template <typename T, int MODE = kRuntimeMode>
+template <typename T>
 SNN_HD T lif_fire_rt(T h, bool mask_on, const LIFParams<T>& p) {
-  return mask_on ? lif_spike<T, MODE>(h, p) : sg_prim_rt<T>(p.sg, h - p.theta, p.alpha);
+  return mask_on ? lif_spike(h, p) : sg_prim_rt<T>(p.sg, h - p.theta, p.alpha);
 }
 
 // Unfused like the charge: with an analog (noisy) s these roundings matter; with a 0/1 spike the
 // blend is still evaluated as written (H = ±inf or NaN with S = 1 gives NaN, as the reference).
-template <bool HARD, typename T, int MODE = kRuntimeMode>
+template <bool HARD, typename T, int TIMING = kRuntimeTiming>
 SNN_HD T lif_reset(T h, T s, const LIFParams<T>& p) {
   using detail::mul_rn;
-  if (lif_timing<MODE>(p) != kResetAfterFire) return h;  // the pre-reset membrane is carried
+  if (lif_timing<TIMING>(p) != kResetAfterFire) return h;  // the pre-reset membrane is carried
   if constexpr (HARD) {
     return mul_rn(s, p.vr) + mul_rn(T(1) - s, h);
   } else {
@@ -281,28 +292,28 @@ SNN_HD T lif_grad_v_prev(T eps, const LIFParams<T>& p) {
 }
 // The same where a pending hard reset (kResetDelayed) may sit between V_{t−1} and the charge:
 // ∂V′/∂V_{t−1} = 1 − R. Needs V_{t−1}; the other timings give lif_grad_v_prev(eps, p).
-template <typename T, int MODE = kRuntimeMode>
+template <typename T, int TIMING = kRuntimeTiming, int HARDF = kRuntimeFlag>
 SNN_HD T lif_grad_v_prev(T eps, T v_prev, const LIFParams<T>& p) {
   const T d = eps - eps * p.k;
-  if (lif_timing<MODE>(p) == kResetDelayed && p.hard_reset) return d * (T(1) - lif_spike<T, MODE>(v_prev, p));
+  if (lif_timing<TIMING>(p) == kResetDelayed && flag_or<HARDF>(p.hard_reset)) return d * (T(1) - lif_spike(v_prev, p));
   return d;
 }
 
 // One step with parameter gradients. In: H, the emitted S, V_{t−1}, X, ∂L/∂S_t, dv, gp, dga. Returns
 // ε; writes this step's contributions to ∂L/∂k, ∂L/∂θ, ∂L/∂α. Scalars, not a struct: GCC's
 // `omp simd` cannot vectorise a loop holding an aggregate local.
-template <bool HARD, bool DI, bool DETACH, typename T, bool EXACT_K0 = true, int MODE = kRuntimeMode>
+template <bool HARD, bool DI, bool DETACH, typename T, bool EXACT_K0 = true, int TIMING = kRuntimeTiming>
 SNN_HD T lif_step_backward_g(T h, T s, T v_prev, T x, T grad_s, T dv, T gp, T dga, const LIFParams<T>& p,
                              T& dk, T& dtheta, T& dalpha) {
-  if (lif_timing<MODE>(p) != kResetAfterFire) {
+  if (lif_timing<TIMING>(p) != kResetAfterFire) {
     // V_t = H_t (+ κ·(S − detach S)): ∂L/∂S_t = grad_s + κ·dv, ε = dv + ∂L/∂S_t·g′. With kResetDelayed
     // the charge starts from V′ = the pending hard reset of V_{t−1}, and a soft one adds −R·θ to H.
     const T ds = lif_grad_s<false, true, T, EXACT_K0>(grad_s, dv, h, p);
     const T eps = dv + ds * gp;
-    const bool pending = lif_timing<MODE>(p) == kResetDelayed;
-    const T vp = lif_pending_hard<T, MODE>(v_prev, p);
+    const bool pending = lif_timing<TIMING>(p) == kResetDelayed;
+    const T vp = lif_pending_hard<T, TIMING, HARD>(v_prev, p);
     dtheta = -(ds * gp);
-    if (pending && !p.hard_reset) dtheta = dtheta - eps * lif_spike<T, MODE>(v_prev, p);
+    if (pending && !HARD) dtheta = dtheta - eps * lif_spike(v_prev, p);
     dalpha = ds * dga;
     if constexpr (DI) {
       dk = eps * (x - (vp - p.vr));
