@@ -1269,10 +1269,10 @@ def test_triton_inference_skips_saving(be, dtype):
     x, v0, _ = make(6, 130, dtype=dtype)
     x, v0 = x.to(device), v0.to(device)
     p = torch.tensor([0.4, 0.8, 4.0], device=device)
-    args = (x, v0, p, None, 0, True, 0.0, True, False, 0.0, True)
+    args = (x, v0, p, None, 0, True, 0.0, True, False, 0.0, False, 0, True)
 
     def dispatch(*a):  # the forward lif_apply runs for backend 'triton', outside the autograd Function
-        return fused_forward(BACKENDS.load("triton"), *a[:4], a[4:10], a[10])
+        return fused_forward(BACKENDS.load("triton"), *a[:4], a[4:12], a[12])
 
     s_i, v_i, vs_i, saved_i = dispatch(*args)
     assert saved_i.numel() == 0
