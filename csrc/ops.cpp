@@ -15,7 +15,9 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(snn_fast, m) {
   // LIF family over the whole T loop. x [T, N] contiguous, v0 [N] (x.dtype), params [3] = (k = 1/τ,
-  // θ, α) in float32 (float64 for float64 x). Returns (s [T, N], v_last [N], v_seq [T, N] or [0],
+  // θ, α) in float32 (float64 for float64 x). strict_threshold: fire on H > θ only (Θ(0) = 0);
+  // reset_timing: 0 after the spike, 1 delayed, 2 none (snn_fast/ops/lif/args.py RESET_TIMINGS;
+  // docs/spec.md §2; the CUDA kernels run 0 only). Returns (s [T, N], v_last [N], v_seq [T, N] or [0],
   // saved). `save` (csrc/common/lif_checks.h) says what `saved` holds for lif_bwd: 0 "state" (CUDA:
   // H, [T, N] in x's dtype), 1 "recompute" (CUDA: V every K = 8 steps, [ceil(T/K) − 1, N] in params'
   // dtype, csrc/cuda/lif_cuda.h), 2 nothing (inference), 3 (CPU) D = H − θ of every step, [T, N] in
@@ -25,7 +27,8 @@ TORCH_LIBRARY(snn_fast, m) {
   // tests/test_lif.py checks that they agree).
   m.def(
       "lif_fwd(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, int surrogate, bool hard_reset, "
-      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool return_v_seq, int save) "
+      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool strict_threshold, "
+      "int reset_timing, bool return_v_seq, int save) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   // Returns (grad_x [T, N], grad_v0 [N], grad_params [3] (zeros unless need_param_grad)). `saved` and
   // `save` are the forward's. sg_grad (and sg_dalpha, required with need_param_grad): g′(H − θ) and
@@ -35,8 +38,8 @@ TORCH_LIBRARY(snn_fast, m) {
   m.def(
       "lif_bwd(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, Tensor params, "
       "Tensor? noise_mask, Tensor saved, Tensor s, Tensor? sg_grad, Tensor? sg_dalpha, int surrogate, "
-      "bool hard_reset, float v_reset, bool decay_input, bool detach_reset, float reset_residual, int save, "
-      "bool need_param_grad) -> (Tensor, Tensor, Tensor)");
+      "bool hard_reset, float v_reset, bool decay_input, bool detach_reset, float reset_residual, "
+      "bool strict_threshold, int reset_timing, int save, bool need_param_grad) -> (Tensor, Tensor, Tensor)");
   // D = H − θ for every step, re-running the forward (CPU): what save=3 keeps, for a backward whose
   // forward saved nothing. Under a noise mask the emitted values s replace the spike in the reset.
   m.def(

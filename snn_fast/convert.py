@@ -18,9 +18,17 @@ Supported (exact classes: a subclass may change the dynamics, so it is refused, 
   α scales the height, ours the width: they agree only at 1), ``DeterministicPass``
   ('straight_through'), ``LeakyKReLU`` with leak = 0, k = 1 ('spike_gate').
 
-snnTorch's and Norse's neurons are refused with an error that says what differs (``_SNNTORCH_LEAKY``,
-``_NORSE_BOX``): both fire on mem > θ where snn_fast (and SpikingJelly) fire on H ≥ θ, and snnTorch's
-Leaky resets from the previous step's spike.
+- snnTorch 1.0 ``Leaky`` → :class:`SnnTorchLeaky` (same ``forward(input_, mem) -> (spk, mem)``): every
+  ``reset_mechanism`` and both ``reset_delay`` (False runs on the reference backend: its reset by
+  S − R has no kernel), learnable β and θ (the same Parameters), ``init_hidden`` both ways,
+  ``graded_spikes_factor`` 1; ``spike_grad`` None/atan, fast_sigmoid, sigmoid, triangular (a
+  registered surrogate, so it runs on the reference backend) and straight_through_estimator.
+- Norse 1.1 ``LIFBoxCell`` → :class:`NorseLIFBoxCell` (same ``forward(x, state) -> (z, state)``, also
+  inside ``SequentialState``), method 'super', reset_value with v_leak = v_reset or reset_subtract
+  with v_leak = 0. (Norse 1.1 has no multi-step ``LIFBox``; ``multistep()`` is the fused [T, ...] call.)
+
+Both fire on mem > θ (``fire_at_threshold=False``); snnTorch keeps the pre-reset membrane
+(``reset_timing='delayed'``).
 
 No peer is imported here unless the model holds one of its modules already (its package is then loaded).
 """
@@ -35,7 +43,9 @@ import torch
 from torch import nn
 
 from . import backends
+from .ops.lif import args as _lif_args
 from .ops.lif import contract as _lif_contract
+from .ops.lif.function import lif_apply as _lif_apply
 
 _SJ = "spikingjelly.activation_based"
 
@@ -135,16 +145,183 @@ def _sj_neuron(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# snnTorch: refused, with what differs (checked against snnTorch 1.0 in tests/test_convert.py)
+# snnTorch 1.0: Leaky
 
-_SNNTORCH_LEAKY = (
-    "snnTorch's Leaky is not snn_fast's LIF: (1) with reset_mechanism='subtract' (its default) step t "
-    "subtracts θ·S[t−1], the previous step's spike, after the decay: mem[t] = β·mem[t−1] + x[t] − θ·S[t−1]; "
-    "snn_fast subtracts at the spike's own step, before the next decay: V[t] = H[t] − θ·S[t], "
-    "H[t+1] = β·V[t] + x[t+1], so the two charges differ by (1 − β)·θ·S[t−1]; (2) it fires on mem > θ, "
-    "snn_fast on H ≥ θ; (3) its state is the pre-reset membrane, passed in and out explicitly "
-    "(forward(input_, mem) -> (spk, mem)), where snn_fast keeps the post-reset one inside the module. "
-    "Rebuild the layer with snn_fast.nn.LIF(decay=β, decay_input=False, v_reset=None) for snn_fast's dynamics")
+
+def _snntorch_triangular():
+    """snnTorch's Triangular as a registered surrogate: its backward is g′(x) = t for x < 0 and −t for
+    x ≥ 0 (snntorch.surrogate.Triangular, checked against it in tests/test_convert_peers.py), so
+    g(x) = ½ − t·|x| with t = α."""
+    from . import surrogate as _sg
+
+    name = "snntorch_triangular"
+    try:
+        return _sg.get(name)
+    except ValueError:
+        pass
+
+    def g(x, a):
+        return 0.5 - a * x.abs()
+
+    def dg(x, a):
+        return torch.where(x < 0, a, -a).to(x.dtype) * torch.ones_like(x)
+
+    def dg_dalpha(x, a):
+        return -x.abs()
+
+    try:
+        return _sg.register_surrogate(name, g, dg, dg_dalpha, alpha=1.0)
+    except ValueError:  # registered meanwhile by another thread
+        return _sg.get(name)
+
+
+def _snntorch_surrogate(fn) -> Tuple[object, Optional[float]]:
+    """(snn_fast surrogate, α) of a snnTorch ``spike_grad``, or _Unsupported."""
+    import inspect
+
+    if fn is None:
+        return "atan", 2.0
+    qn = getattr(fn, "__qualname__", "")
+    if getattr(fn, "__module__", "") != "snntorch.surrogate" or not qn.endswith(".<locals>.inner"):
+        raise _Unsupported(f"spike_grad {fn!r} is not one of snntorch.surrogate's atan(), fast_sigmoid(), "
+                           "sigmoid(), triangular(), straight_through_estimator() (or None)")
+    factory = qn.split(".")[0]
+    cells = inspect.getclosurevars(fn).nonlocals
+    if factory == "atan":  # g′ = α/2 / (1 + (π/2·α·x)²): snn_fast's 'atan'
+        return "atan", float(cells["alpha"])
+    if factory == "fast_sigmoid":  # g′ = 1/(k·|x| + 1)²: 'super_spike' with α = k
+        return "super_spike", float(cells["slope"])
+    if factory == "sigmoid":  # g′ = k·e^{−kx}/(e^{−kx} + 1)² = k·σ(kx)(1 − σ(kx)): 'sigmoid' with α = k
+        return "sigmoid", float(cells["slope"])
+    if factory == "straight_through_estimator":  # g′ = 1
+        return "straight_through", None
+    if factory == "triangular":
+        return _snntorch_triangular(), float(cells["threshold"])
+    raise _Unsupported(f"spike_grad snntorch.surrogate.{factory}() has no snn_fast counterpart (supported: atan, "
+                       "fast_sigmoid, sigmoid, triangular, straight_through_estimator, None)")
+
+
+# snnTorch's (reset_mechanism, reset_delay) → snn_fast's (v_reset, reset_timing, detach_reset): checked
+# against snnTorch 1.0 itself (tests/test_convert_peers.py). reset_delay=False resets by S − R with a
+# non-detached S (its "avoid double reset"), which only the reference backend runs.
+_SNNTORCH_RESETS = {
+    ("subtract", True): (None, "delayed", True),
+    ("zero", True): (0.0, "delayed", True),
+    ("subtract", False): (None, "after_fire_pending", False),
+    ("zero", False): (0.0, "after_fire_pending", False),
+    ("none", True): (None, "none", True),
+    ("none", False): (None, "none", True),
+}
+
+
+class SnnTorchLeaky(nn.Module):
+    """snnTorch 1.0's ``Leaky`` on snn_fast's fused LIF op, made by :func:`convert`.
+
+    The same calling convention: ``forward(input_, mem=None) -> (spk, mem)`` one step at a time from
+    the user's own loop (``init_hidden=True``: ``forward(input_) -> spk``, or ``(spk, mem)`` with
+    ``output=True``, the membrane kept in ``.mem``); each call is one fused op over T = 1. The same
+    parameters: ``beta`` and ``threshold`` are the snnTorch module's own tensors (``Parameter`` when
+    learned). ``multistep(x, mem=None)`` runs a whole ``[T, ...]`` sequence in one kernel and returns
+    ``(spk [T, ...], mem)``, what T calls of ``forward`` return (spikes stacked, last membrane).
+
+    The dynamics (snn_fast/ops/lif/args.py RESET_TIMINGS): mem[t] = β·mem[t−1] + x[t] − θ·R[t] with
+    R[t] = Θ(mem[t−1] − θ) detached, spk = Θ(mem[t] − θ) firing on mem > θ (subtract, reset_delay=True;
+    'zero' resets mem[t−1] to 0 before the decay instead). β is clamped to [0, 1] as snnTorch does.
+    """
+
+    def __init__(self, src: nn.Module, backend: str = "auto", save: str = _lif_contract.DEFAULT_SAVE):
+        nn.Module.__init__(self)  # not snntorch.Leaky's (see _snntorch_leaky_class)
+        mech, delay = src.reset_mechanism, bool(src.reset_delay)
+        v_reset, timing, detach = _SNNTORCH_RESETS[(mech, delay)]
+        sg, alpha = _snntorch_surrogate(src.spike_grad)
+        # β and θ are placeholders here: forward passes the module's tensors
+        _, _, alpha, self.flags, self.sg = _lif_args.resolve(
+            None, 0.5, False, 1.0, v_reset, detach, sg, alpha, 0.0, False, timing)
+        self.alpha = float(alpha)
+        for name in ("beta", "threshold"):
+            t = getattr(src, name)
+            if isinstance(t, nn.Parameter):
+                setattr(self, name, t)  # the same Parameter object
+            else:
+                self.register_buffer(name, t)
+        self.register_buffer("mem", src.mem, persistent=False)
+        self.init_hidden, self.output = bool(src.init_hidden), bool(src.output)
+        self.reset_mechanism, self.reset_delay = mech, delay
+        self.backend, self.save = backend, save
+        self.train(src.training)
+
+    def _run(self, x: torch.Tensor, mem: torch.Tensor):
+        k = 1 - self.beta.clamp(0, 1)  # β·V = V − V·(1 − β): snn_fast's leak k = 1 − β
+        theta = self.threshold
+        if not (k.requires_grad or theta.requires_grad) and k.device.type == "cpu":
+            # the same values as Python floats: the op's parameters then come from its cache instead
+            # of a stack of small tensors per step (no device sync: CPU tensors only)
+            k, theta = float(k), float(theta)
+        return _lif_apply(x, mem, k, theta, self.alpha, self.flags, self.sg, None, False, self.backend, self.save)
+
+    def forward(self, input_: torch.Tensor, mem: Optional[torch.Tensor] = None):
+        if mem is not None:
+            self.mem = mem
+        if self.init_hidden and mem is not None:
+            raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
+        if self.mem.shape != input_.shape:
+            self.mem = torch.zeros_like(input_)
+        s, v = self._run(input_.unsqueeze(0), self.mem)
+        spk = s[0]
+        self.mem = v
+        if self.output or not self.init_hidden:
+            return spk, v
+        return spk
+
+    def multistep(self, x: torch.Tensor, mem: Optional[torch.Tensor] = None):
+        """``[T, ...]`` in one fused op: (spikes ``[T, ...]``, the membrane after the last step)."""
+        if mem is not None:
+            self.mem = mem
+        if self.mem.shape != x.shape[1:]:
+            self.mem = torch.zeros_like(x[0])
+        s, v = self._run(x, self.mem)
+        self.mem = v
+        return s, v
+
+    def reset_mem(self) -> torch.Tensor:
+        self.mem = torch.zeros_like(self.mem)
+        return self.mem
+
+    init_leaky = reset_mem
+
+    def detach_hidden(self) -> None:
+        self.mem = self.mem.detach()
+
+    def extra_repr(self) -> str:
+        return (f"reset_mechanism={self.reset_mechanism!r}, reset_delay={self.reset_delay}, surrogate={self.sg.name}, "
+                f"alpha={self.alpha:g}, init_hidden={self.init_hidden}, backend={self.backend}")
+
+
+_LEAKY_CLASS: Optional[type] = None
+
+
+def _snntorch_leaky_class() -> type:
+    """SnnTorchLeaky as a subclass of snntorch.Leaky too (its methods first), registered in
+    snnTorch's instance list: ``snntorch.utils.reset(net)`` and ``Leaky.reset_hidden()`` /
+    ``detach_hidden()``, which a tutorial's loop calls, then reset and detach the converted neurons'
+    ``mem`` as they did the originals'."""
+    global _LEAKY_CLASS
+    if _LEAKY_CLASS is None:
+        import snntorch
+
+        class _Compat(SnnTorchLeaky, snntorch.Leaky):
+            def __init__(self, src, backend="auto", save=_lif_contract.DEFAULT_SAVE):
+                SnnTorchLeaky.__init__(self, src, backend, save)
+                snntorch.SpikingNeuron.instances.append(self)
+
+            forward = SnnTorchLeaky.forward
+            reset_mem = SnnTorchLeaky.reset_mem
+            init_leaky = SnnTorchLeaky.reset_mem
+            extra_repr = SnnTorchLeaky.extra_repr
+
+        _Compat.__name__ = _Compat.__qualname__ = "SnnTorchLeaky"
+        _LEAKY_CLASS = _Compat
+    return _LEAKY_CLASS
 
 
 def _snntorch_neuron(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
@@ -154,23 +331,107 @@ def _snntorch_neuron(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Mod
 
     if not isinstance(m, SpikingNeuron):
         return None
+    import snntorch
+
     t = type(m)
-    if t.__name__ == "Leaky":
-        raise _Unsupported(_SNNTORCH_LEAKY)
-    raise _Unsupported(f"snnTorch {t.__qualname__} is not supported: snn_fast's LIF family resets at the "
-                       "spike's own step and fires on H ≥ θ; snnTorch's neurons reset from the previous "
-                       "step's spike and fire on mem > θ")
+    if t is not snntorch.Leaky:
+        raise _Unsupported(f"snnTorch {t.__qualname__} is not supported (only Leaky: snn_fast's op has no synaptic "
+                           "current, recurrence, adaptation or second-order state)")
+    for name in ("beta", "threshold"):
+        v = getattr(m, name)
+        if not isinstance(v, torch.Tensor) or v.numel() != 1:
+            raise _Unsupported(f"Leaky with a per-neuron {name} (shape {tuple(v.shape)}): snn_fast's op takes one "
+                               f"{name} per layer")
+    if getattr(m, "surrogate_disable", False):
+        raise _Unsupported("Leaky with surrogate_disable=True (no gradient through the spike) has no snn_fast "
+                           "surrogate")
+    if m.inhibition:
+        raise _Unsupported("Leaky with inhibition=True (only the strongest neuron may fire) couples the neurons")
+    if m.state_quant:
+        raise _Unsupported("Leaky with state_quant (a quantised membrane) is not expressed by snn_fast's op")
+    gsf = m.graded_spikes_factor
+    if isinstance(gsf, nn.Parameter) or float(gsf) != 1.0:
+        raise _Unsupported(f"Leaky with graded_spikes_factor={float(gsf):g}"
+                           f"{' (learnable)' if isinstance(gsf, nn.Parameter) else ''}: snn_fast emits 0/1 spikes")
+    key = (m.reset_mechanism, bool(m.reset_delay))
+    if key not in _SNNTORCH_RESETS:
+        raise _Unsupported(f"Leaky with reset_mechanism={m.reset_mechanism!r}")
+    sg, _ = _snntorch_surrogate(m.spike_grad)  # refuse here, before anything is changed
+    on_reference = not m.reset_delay and m.reset_mechanism != "none" or not isinstance(sg, str)
+    if on_reference and backend not in ("auto", "reference"):
+        why = "reset_delay=False" if isinstance(sg, str) else "spike_grad=triangular()"
+        raise _Unsupported(f"Leaky with {why} runs on the reference backend only, not backend={backend!r}; "
+                           "convert with backend='auto'")
+
+    def make() -> nn.Module:
+        return _snntorch_leaky_class()(m, backend)
+
+    return make
 
 
 # ---------------------------------------------------------------------------------------------------
-# Norse: refused, with what differs (checked against Norse 1.1 in tests/test_convert.py)
+# Norse 1.1: LIFBoxCell
 
-_NORSE_BOX = (
-    "Norse's LIFBoxCell is snn_fast's LIF(tau=1/(dt·tau_mem_inv), decay_input=True, v_reset=v_leak) except "
-    "that (1) it fires on v > v_th, snn_fast on H ≥ θ: an input that lands exactly on the threshold (e.g. "
-    "spikes times weights of a few bits) spikes in one and not the other; (2) its state is passed in and "
-    "out explicitly (forward(x, state) -> (z, state)) one step at a time. snn_fast's kernels have no "
-    "strict-threshold option, so it is not converted")
+
+class NorseLIFBoxCell(nn.Module):
+    """Norse 1.1's ``LIFBoxCell`` on snn_fast's fused LIF op, made by :func:`convert`.
+
+    The same calling convention: ``forward(x, state=None) -> (z, LIFBoxFeedForwardState(v))``, one step per
+    call (each one fused op over T = 1), inside a ``SequentialState`` or the user's loop; ``p`` and ``dt``
+    are the Norse module's. ``multistep(x, state=None)`` runs ``[T, ...]`` in one kernel and returns
+    ``(z [T, ...], state)``, what T calls return (spikes stacked, last state).
+
+    The dynamics: v' = v + dt·τ_mem⁻¹·((x + v_leak) − v), z = Θ(v' − v_th) firing on v' > v_th, then
+    v = (1 − z)·v' + z·v_reset (reset_value) or v' − z·v_th (reset_subtract), z not detached; the
+    surrogate is Norse's SuperSpike, whose backward is 1/(|x| + 1)² whatever p.alpha is.
+    """
+
+    def __init__(self, src: nn.Module, backend: str = "auto", save: str = _lif_contract.DEFAULT_SAVE):
+        super().__init__()
+        from norse.torch.functional.lif_box import LIFBoxFeedForwardState
+
+        self._state_type = LIFBoxFeedForwardState
+        self.p, self.dt = src.p, src.dt
+        hard = _norse_reset_is_value(src.p)
+        v_reset = float(torch.as_tensor(src.p.v_reset)) if hard else None
+        _, _, _, self.flags, self.sg = _lif_args.resolve(
+            None, 0.5, True, 1.0, v_reset, False, "super_spike", 1.0, 0.0, False, "after_fire")
+        self.v_leak = float(torch.as_tensor(src.p.v_leak))
+        self.backend, self.save = backend, save
+        self.train(src.training)
+
+    def _run(self, x: torch.Tensor, state):
+        v0 = state.v if state is not None else self.v_leak
+        k = self.dt * self.p.tau_mem_inv  # Norse's dt·τ_mem⁻¹, in the parameter's own dtype
+        theta = self.p.v_th
+        if isinstance(k, torch.Tensor) and not k.requires_grad and k.device.type == "cpu":
+            k = float(k)  # as SnnTorchLeaky._run
+        if isinstance(theta, torch.Tensor) and not theta.requires_grad and theta.device.type == "cpu":
+            theta = float(theta)
+        s, v = _lif_apply(x, v0, k, theta, 1.0, self.flags, self.sg, None, False, self.backend, self.save)
+        return s, self._state_type(v=v)
+
+    def forward(self, input_tensor: torch.Tensor, state=None):
+        s, st = self._run(input_tensor.unsqueeze(0), state)
+        return s[0], st
+
+    def multistep(self, x: torch.Tensor, state=None):
+        """``[T, ...]`` in one fused op: (spikes ``[T, ...]``, the state after the last step)."""
+        return self._run(x, state)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, dt={self.dt}, backend={self.backend}"
+
+
+def _norse_reset_is_value(p) -> bool:
+    from norse.torch.functional.reset import reset_subtract, reset_value
+
+    if p.reset_method is reset_value:
+        return True
+    if p.reset_method is reset_subtract:
+        return False
+    raise _Unsupported(f"LIFBoxCell with reset_method {getattr(p.reset_method, '__name__', p.reset_method)} "
+                       "(supported: reset_value, reset_subtract)")
 
 
 def _norse_neuron(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
@@ -181,10 +442,37 @@ def _norse_neuron(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module
     if not isinstance(m, (norse_snn.SNNCell, norse_snn.SNNRecurrentCell, norse_snn.SNN, norse_snn.SNNRecurrent)):
         return None
     t = type(m)
-    if t.__name__ in ("LIFBoxCell", "LIFBox"):
-        raise _Unsupported(_NORSE_BOX)
-    raise _Unsupported(f"Norse {t.__qualname__} is not supported: snn_fast's LIF family has no synaptic-current "
-                       "or adaptation state and fires on H ≥ θ (Norse: v > v_th)")
+    if t.__name__ != "LIFBoxCell":
+        raise _Unsupported(f"Norse {t.__qualname__} is not supported (only LIFBoxCell): snn_fast's LIF family has no "
+                           "synaptic-current, recurrent or adaptation state")
+    p = m.p
+    for name in ("tau_mem_inv", "v_leak", "v_th", "v_reset"):
+        v = torch.as_tensor(getattr(p, name))
+        if v.numel() != 1:
+            raise _Unsupported(f"LIFBoxCell with a per-neuron p.{name} (shape {tuple(v.shape)}): snn_fast's op takes "
+                               "one value per layer")
+    if p.method != "super":
+        raise _Unsupported(f"LIFBoxCell with method={p.method!r}: only 'super' (SuperSpike) is mapped exactly "
+                           "(snn_fast 'super_spike', alpha=1)")
+    for name in ("v_leak", "v_reset"):
+        if isinstance(getattr(p, name), torch.Tensor) and getattr(p, name).requires_grad:
+            raise _Unsupported(f"LIFBoxCell with a learned p.{name}: snn_fast learns τ, θ and α only")
+    hard = _norse_reset_is_value(p)
+    v_leak, v_reset = (float(torch.as_tensor(getattr(p, n)).detach()) for n in ("v_leak", "v_reset"))
+    if hard and v_leak != v_reset:
+        raise _Unsupported(f"LIFBoxCell with v_leak={v_leak:g} != v_reset={v_reset:g}: snn_fast's hard reset "
+                           "leaks towards its reset value")
+    if not hard and v_leak != 0.0:
+        raise _Unsupported(f"LIFBoxCell with reset_subtract and v_leak={v_leak:g}: snn_fast's soft reset leaks "
+                           "towards 0")
+    k = float(m.dt) * float(torch.as_tensor(p.tau_mem_inv).detach())
+    if not 0.0 < k < 1.0:
+        raise _Unsupported(f"LIFBoxCell with dt·tau_mem_inv = {k:g}: snn_fast needs 0 < 1/τ < 1")
+
+    def make() -> nn.Module:
+        return NorseLIFBoxCell(m, backend)
+
+    return make
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -202,7 +490,7 @@ def _factory(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
 def _is_converted(m: nn.Module) -> bool:
     from .nn import BaseLIF
 
-    return isinstance(m, BaseLIF)
+    return isinstance(m, (BaseLIF, SnnTorchLeaky, NorseLIFBoxCell))
 
 
 def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, strict: bool = True,
@@ -210,7 +498,8 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
     """``model`` with every supported spiking neuron replaced by its snn_fast counterpart.
 
     Args:
-        model: a ``torch.nn.Module`` holding SpikingJelly neurons (see the module docstring for the list).
+        model: a ``torch.nn.Module`` holding SpikingJelly, snnTorch or Norse neurons (see the module
+            docstring for the list).
         backend: the ``backend`` of the new neurons ('auto', 'reference', 'cpu', 'cuda', 'triton').
         inplace: replace the neurons inside ``model`` itself (an optimizer built on it stays valid:
             the other parameters, and PLIF's ``w``, are the same objects); else a deep copy is
@@ -236,7 +525,8 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             model = copy.deepcopy(model)
         except RuntimeError as e:  # a membrane that keeps its graph (a peer's neuron after a forward)
             raise RuntimeError(f"snn_fast.convert could not copy the model ({e}); reset or detach its neurons "
-                               "first (spikingjelly functional.reset_net / detach_net), or pass inplace=True") from e
+                               "first (SpikingJelly functional.reset_net / detach_net, snnTorch utils.reset(net) "
+                               "or the neurons' detach_hidden()), or pass inplace=True") from e
     # Plan first, change after: a strict refusal leaves the model as it was.
     plan: List[Tuple[Optional[nn.Module], str, nn.Module, Callable[[], nn.Module]]] = []
     refused: List[Tuple[str, str]] = []
@@ -273,7 +563,8 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
         raise ValueError(
             f"snn_fast.convert: no supported spiking neuron in this {type(model).__name__}"
             + (" (only unsupported ones, listed above)" if refused else "")
-            + "; supported: SpikingJelly 2.0 LIFNode, IFNode, ParametricLIFNode, SimpleLIFNode, SimpleIFNode")
+            + "; supported: SpikingJelly 2.0 LIFNode, IFNode, ParametricLIFNode, SimpleLIFNode, SimpleIFNode; "
+              "snnTorch 1.0 Leaky; Norse 1.1 LIFBoxCell")
     new_of: Dict[int, nn.Module] = {}  # a neuron shared by two parents stays shared
     for parent, name, old, make in plan:
         new = new_of.get(id(old))

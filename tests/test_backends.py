@@ -87,7 +87,7 @@ def test_each_kernel_says_what_it_saves():
 
         for save, want in ((c.SAVE_STATE, (0,)), (c.SAVE_NONE, (0,)), (c.SAVE_SG_ARG, (4, 6))):
             args = (torch.randn(4, 6), torch.zeros(6), torch.tensor([0.5, 1.0, 4.0]), None, 0, True, 0.0, True,
-                    False, 0.0, False, save)
+                    False, 0.0, False, 0, False, save)
             real = torch.ops.snn_fast.lif_fwd(*args)[3]
             with FakeTensorMode(allow_non_fake_inputs=True):
                 fake = torch.ops.snn_fast.lif_fwd(*args)[3]

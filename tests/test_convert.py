@@ -437,63 +437,28 @@ def test_zoo_model(which):
 
 
 # ---------------------------------------------------------------------------------------------------
-# snnTorch: refused, and the refusal's account of the difference is checked against snnTorch itself
+# snnTorch and Norse: converted (tests/test_convert_peers.py compares them with the libraries); what
+# has no exact counterpart is refused with the reason
 
 
-def test_snntorch_leaky_is_refused_with_what_differs():
+def test_snntorch_and_norse_convert_and_refuse_the_rest():
     snt = pytest.importorskip("snntorch")
-    torch.manual_seed(6)
-    beta, theta = 0.5, 1.0
-    lif = snt.Leaky(beta=beta, threshold=theta)
-    with pytest.raises(ValueError, match="previous step's spike"):
-        snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), lif))
-    x = torch.rand(20, 4, 8, dtype=torch.float64) * 1.2
-    mem = torch.zeros(4, 8, dtype=torch.float64)
-    spk = []
-    for t in range(x.shape[0]):
-        s, mem = lif(x[t], mem)
-        spk.append(s)
-    spk = torch.stack(spk).to(x.dtype)
-    # the message's formula reproduces snnTorch exactly: mem[t] = β·mem[t−1] + x[t] − θ·S[t−1], S = mem > θ
-    m, s, ref = torch.zeros_like(x[0]), torch.zeros_like(x[0]), []
-    for t in range(x.shape[0]):
-        m = beta * m + x[t] - theta * s
-        s = (m > theta).to(x.dtype)
-        ref.append(s)
-    assert torch.equal(torch.stack(ref), spk)
-    # ... and snn_fast's nearest LIF (soft reset at the spike's own step) gives different spikes
-    ours = snn.LIF(decay=beta, decay_input=False, v_reset=None, detach_reset=True, v_threshold=theta)(x)
-    assert spk.sum() > 0 and (ours != spk).any()
-    with pytest.warns(UserWarning, match="Leaky"), pytest.raises(ValueError, match="no supported spiking neuron"):
-        snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), lif), strict=False)
+    from snn_fast.convert import NorseLIFBoxCell, SnnTorchLeaky
 
-
-def test_norse_lifbox_is_refused_with_what_differs():
-    """Norse's LIFBoxCell is our decay_input LIF except its strict threshold (v > v_th): equal on
-    random float64 input, different when the membrane lands exactly on the threshold."""
+    net = snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), snt.Leaky(beta=0.5)))
+    assert isinstance(net[1], SnnTorchLeaky) and isinstance(net[1], snt.Leaky)
+    with pytest.raises(ValueError, match="only Leaky"):
+        snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), snt.Synaptic(alpha=0.5, beta=0.5)))
+    with pytest.warns(UserWarning, match="Synaptic"):
+        out = snn_fast.convert(torch.nn.Sequential(snt.Leaky(beta=0.5), snt.Synaptic(alpha=0.5, beta=0.5)),
+                               strict=False)
+    assert isinstance(out[0], SnnTorchLeaky) and type(out[1]).__name__ == "Synaptic"
     pytest.importorskip("norse")
     from norse.torch import LIFBoxCell, LIFCell
-    from norse.torch.functional.lif_box import LIFBoxParameters
 
-    cell = LIFBoxCell(p=LIFBoxParameters(tau_mem_inv=torch.tensor(500.0, dtype=torch.float64)), dt=0.001)  # k = 0.5
-    for bad in (cell, LIFCell()):
-        with pytest.raises(ValueError, match="v > v_th"):
-            snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), bad))
-
-    def norse_run(x):
-        state, out = None, []
-        for t in range(x.shape[0]):
-            z, state = cell(x[t], state)
-            out.append(z)
-        return torch.stack(out)
-
-    ours = snn.LIF(tau=2.0, decay_input=True, v_reset=0.0)
-    torch.manual_seed(7)
-    x = torch.randn(10, 3, 8, dtype=torch.float64) * 3
-    assert norse_run(x).sum() > 0 and torch.equal(norse_run(x), ours(x))
-    ours.reset()
-    tie = torch.full((1, 1, 1), 2.0, dtype=torch.float64)  # H = 0 + 0.5·(2 − 0) = 1.0 = θ exactly
-    assert norse_run(tie).item() == 0.0 and ours(tie).item() == 1.0
+    assert isinstance(snn_fast.convert(LIFBoxCell()), NorseLIFBoxCell)
+    with pytest.raises(ValueError, match="only LIFBoxCell"):
+        snn_fast.convert(torch.nn.Sequential(torch.nn.Linear(2, 2), LIFCell()))
 
 
 @needs_sj

@@ -76,9 +76,10 @@ def special_case(dtype, variant, sg_name, T=8, N=70, seed=0):
 
 def cpu_kernel(x, v0, params, mask, flags, gs, gvl, gvs, need_param):
     sg, hard, vr, di, det, kappa = flags
-    s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd(x, v0, params, mask, sg, hard, vr, di, det, kappa, True, 0)
+    s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd(x, v0, params, mask, sg, hard, vr, di, det, kappa, False, 0,
+                                                         True, 0)
     gx, gv0, gp = torch.ops.snn_fast.lif_bwd(gs, gvl, gvs, x, v0, params, mask, saved, s, None, None, sg, hard, vr,
-                                             di, det, kappa, 0, need_param)
+                                             di, det, kappa, False, 0, 0, need_param)
     out = dict(s=s, v_last=v_last, v_seq=v_seq, grad_x=gx, grad_v0=gv0)
     if need_param:
         out["grad_params"] = gp

@@ -66,7 +66,7 @@ def test_profiler_sees_cached_allocations():
     fwd_bwd(x, torch.ones(T, N))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         s = torch.ops.snn_fast.lif_fwd(x, torch.zeros(N), torch.tensor([0.5, 1.0, 4.0]), None, 0, True, 0.0, True,
-                                       False, 0.0, False, 0)[0]
+                                       False, 0.0, False, 0, False, 0)[0]
         del s
     ev = [e for e in prof.key_averages() if e.key == "snn_fast::lif_fwd"]
     assert ev and ev[0].cpu_memory_usage >= T * N * 4, "the cached output must show in memory profiles"

@@ -189,15 +189,22 @@ def emulator(compiled):
     assert rc == 0, f"host emulator failed to build ({' '.join(cmd)}):\n{text}"
     lib = ctypes.CDLL(path)
     P, I, L, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
-    lib.emu_lif_fwd.argtypes = [I, I, L, L] + [P] * 8 + [I, I, D, I, I, D]
-    lib.emu_lif_bwd.argtypes = [I, I, L, L] + [P] * 10 + [I, P, I, I, D, I, I, D]
-    lib.emu_lif_fwd_rc.argtypes = [I, I, L, L] + [P] * 8 + [I, I, D, I, I, D]
-    lib.emu_lif_bwd_rc.argtypes = [I, L, L] + [P] * 10 + [I, P, I, I, D, I, I, D]
+    lib.emu_lif_fwd.argtypes = [I, I, L, L] + [P] * 8 + [I, I, D, I, I, D, I]
+    lib.emu_lif_bwd.argtypes = [I, I, L, L] + [P] * 10 + [I, P, I, I, D, I, I, D, I]
+    lib.emu_lif_fwd_rc.argtypes = [I, I, L, L] + [P] * 8 + [I, I, D, I, I, D, I]
+    lib.emu_lif_bwd_rc.argtypes = [I, L, L] + [P] * 10 + [I, P, I, I, D, I, I, D, I]
     return lib
 
 
 def _ptr(t):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _unpack(flags):
+    """(sg, hard, vr, di, det, κ, strict): the strict threshold is off when left out (the CUDA kernels run the
+    reset after the spike only)."""
+    sg, hard, vr, di, det, kappa, *rest = flags
+    return sg, hard, vr, di, det, kappa, int(bool(rest and rest[0]))
 
 
 def emulate(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
@@ -206,15 +213,15 @@ def emulate(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
     nan = float("nan")
     s, v_seq = torch.full_like(x, nan), torch.full_like(x, nan)
     v_last, saved = torch.full_like(v0, nan), torch.full_like(x, nan)
-    sg, hard, vr, di, det, kappa = flags
+    sg, hard, vr, di, det, kappa, strict = _unpack(flags)
     dt = DTYPE_ID[x.dtype]
     assert lib.emu_lif_fwd(dt, int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), _ptr(mask), _ptr(s), _ptr(v_last),
-                           _ptr(v_seq), _ptr(saved), sg, int(hard), vr, int(di), int(det), kappa) == 0
+                           _ptr(v_seq), _ptr(saved), sg, int(hard), vr, int(di), int(det), kappa, strict) == 0
     gx, gv0 = torch.full_like(x, nan), torch.full_like(v0, nan)
     gp = torch.zeros_like(params)
     assert lib.emu_lif_bwd(dt, int(wide), T, N, _ptr(gs), _ptr(gvl), _ptr(gvs), _ptr(x), _ptr(v0), _ptr(params),
                            _ptr(mask), _ptr(saved), _ptr(gx), _ptr(gv0), int(need_param), _ptr(gp), sg, int(hard), vr,
-                           int(di), int(det), kappa) == 0
+                           int(di), int(det), kappa, strict) == 0
     return dict(s=s, v_last=v_last, v_seq=v_seq, grad_x=gx, grad_v0=gv0, grad_params=gp)
 
 
@@ -227,29 +234,30 @@ def emulate_rc(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
     s, v_seq = torch.full_like(x, nan), torch.full_like(x, nan)
     v_last = torch.full_like(v0, nan)
     ckpt = torch.full((max(checkpoint_rows(T), 1), N), nan, dtype=params.dtype)
-    sg, hard, vr, di, det, kappa = flags
+    sg, hard, vr, di, det, kappa, strict = _unpack(flags)
     dt = DTYPE_ID[x.dtype]
     assert lib.emu_lif_fwd_rc(dt, int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), _ptr(mask), _ptr(s),
-                              _ptr(v_last), _ptr(v_seq), _ptr(ckpt), sg, int(hard), vr, int(di), int(det), kappa) == 0
+                              _ptr(v_last), _ptr(v_seq), _ptr(ckpt), sg, int(hard), vr, int(di), int(det), kappa,
+                              strict) == 0
     gx, gv0 = torch.full_like(x, nan), torch.full_like(v0, nan)
     gp = torch.zeros_like(params)
     assert lib.emu_lif_bwd_rc(dt, T, N, _ptr(gs), _ptr(gvl), _ptr(gvs), _ptr(x), _ptr(v0), _ptr(params), _ptr(mask),
                               _ptr(ckpt), _ptr(gx), _ptr(gv0), int(need_param), _ptr(gp), sg, int(hard), vr, int(di),
-                              int(det), kappa) == 0
+                              int(det), kappa, strict) == 0
     return dict(s=s, v_last=v_last, v_seq=v_seq, grad_x=gx, grad_v0=gv0, grad_params=gp), ckpt
 
 
 def reference(x, v0, params, mask, flags, gs, gvl, gvs, sg_name):
     from snn_fast import surrogate as _sg
-    from snn_fast.ops.lif.args import LIFFlags
+    from snn_fast.ops.lif.args import RESET_TIMINGS, LIFFlags
     from snn_fast.ops.lif.reference import lif_reference_k
 
-    sg, hard, vr, di, det, kappa = flags
+    sg, hard, vr, di, det, kappa, strict = _unpack(flags)
     x = x.detach().clone().requires_grad_(True)
     v0 = v0.detach().clone().requires_grad_(True)
     k, theta, alpha = (p.detach().clone().requires_grad_(True) for p in params.unbind())
     fl = LIFFlags(surrogate_id=sg, hard_reset=hard, v_reset=vr, decay_input=di, detach_reset=det,
-                  reset_residual=kappa)
+                  reset_residual=kappa, fire_at_threshold=not strict, reset_timing=RESET_TIMINGS[0])
     s, v_last, v_seq = lif_reference_k(x, v0, k, theta, alpha, fl, _sg.get(sg_name), mask, return_v_seq=True)
     gx, gv0, gk, gth, gal = torch.autograd.grad((s, v_last, v_seq), (x, v0, k, theta, alpha), (gs, gvl, gvs),
                                                 allow_unused=True)
@@ -258,14 +266,16 @@ def reference(x, v0, params, mask, flags, gs, gvl, gvs, sg_name):
     return dict(s=s.detach(), v_last=v_last.detach(), v_seq=v_seq.detach(), grad_x=gx, grad_v0=gv0, grad_params=gp)
 
 
-# (hard_reset, v_reset, decay_input, detach_reset, κ, k): every reset/charge/gradient path
-# of docs/spec.md §2.
+# (hard_reset, v_reset, decay_input, detach_reset, κ, k[, strict threshold]): every reset/charge/gradient
+# path of docs/spec.md §2 the CUDA kernels run (the reset after the spike only; the op's reset_timing 0).
 EMU_VARIANTS = {
     "hard0": (True, 0.0, True, False, 0.0, 0.5),
     "hard-neg_decayx": (True, -0.3, False, False, 0.0, 0.25),
     "soft": (False, 0.0, True, False, 0.0, 0.4),
     "soft_detach_kappa": (False, 0.0, True, True, 0.2, 0.5),
     "hard_detach_kappa_if": (True, 0.0, False, True, 0.2, 0.0),
+    "soft_strict": (False, 0.0, False, False, 0.0, 0.25, True),
+    "hard_strict_decayx_kappa": (True, 0.0, True, False, 0.2, 0.5, True),
 }
 
 
@@ -273,7 +283,7 @@ def _case(dtype, variant, sg_name, T=7, N=96, noisy=False, seed=0):
     from snn_fast import surrogate as _sg
 
     g = torch.Generator().manual_seed(seed)
-    hard, vr, di, det, kappa, k = EMU_VARIANTS[variant]
+    hard, vr, di, det, kappa, k, *strict = EMU_VARIANTS[variant]
     sg = _sg.get(sg_name)
     alpha = 2.5 if sg_name == "q_pseudo_spike" else (sg.alpha or 1.0)
     pdtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -283,7 +293,10 @@ def _case(dtype, variant, sg_name, T=7, N=96, noisy=False, seed=0):
     mask = (torch.rand(T, N, generator=g) >= 0.4) if noisy else None
     gs, gvs = (torch.randn(T, N, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
     gvl = torch.randn(N, generator=g, dtype=torch.float64).to(dtype)
-    flags = (sg.id, hard, vr, di, det, kappa)
+    flags = (sg.id, hard, vr, di, det, kappa) + tuple(strict)
+    if strict and not di:  # 8 neurons land exactly on θ at the first step: H = 0 − 0·k + θ
+        v0[:8] = 0.0
+        x[0, :8] = params[1].to(dtype)
     return x, v0, params, mask, flags, gs, gvl, gvs
 
 
@@ -507,7 +520,7 @@ def test_emulated_lowp_saved_state_sign_is_the_spike(emulator, dtype, wide):
     v_last, saved = torch.full_like(v0, nan), torch.full_like(x, nan)
     assert emulator.emu_lif_fwd(DTYPE_ID[dtype], int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), None, _ptr(s),
                                 _ptr(v_last), _ptr(v_seq), _ptr(saved), _sg.get("sigmoid").id, 0, 0.0, 1, 0,
-                                0.0) == 0
+                                0.0, 0) == 0
     h = v_seq.float()
     assert torch.signbit(h[:, 0]).all() and (h[:, 0] == 0).all(), "the case must produce H = −0"
     assert h[:, 2].isnan().all() and h[:, 7].isnan().all()

@@ -182,9 +182,14 @@ def _grid():
         if be.interpreted:
             out += cases([be], [torch.float64], OPTIONS[::3], USER, LEARN)
             out += cases([be], [torch.float32], OPTIONS[1::5], USER, LEARN)
+        elif be.name == "cpu":  # custom_cpu.py has no strict threshold or reset timing: reference only
+            out += cases([be], [torch.float64, torch.float32], OPTIONS_AFTER_FIRE, USER, LEARN)
         else:
             out += cases([be], [torch.float64, torch.float32], OPTIONS, USER, LEARN)
     return out
+
+
+OPTIONS_AFTER_FIRE = [o for o in OPTIONS if "fire_at_threshold" not in o and "reset_timing" not in o]
 
 
 @pytest.mark.parametrize("be,dtype,opts,surrogate,learn", _grid())
@@ -245,7 +250,7 @@ def test_cpu_user_sigmoid_matches_the_cpp_kernel():
     from conftest import assert_close
 
     x, v0, grads = make(16, 3000, seed=6)
-    for o in OPTIONS[::4]:
+    for o in OPTIONS_AFTER_FIRE[::4]:
         kw = dict(learn=True, grads=grads, dtype=torch.float32, alpha=4.0)
         a = run("cpu", "cpu", x, v0, o, surrogate="sigmoid", **kw)
         b = run("cpu", "cpu", x, v0, o, surrogate="user_sigmoid", **kw)
@@ -284,7 +289,7 @@ def test_unregistered_id_is_a_clear_error():
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="no registered surrogate has id 999999"):
         custom_cpu.lif_bwd_custom_cpu(x, None, None, x, x[0], torch.tensor([0.5, 1.0, 4.0]), None, x, x, None, None,
-                                      999999, True, 0.0, True, False, 0.0, 0, False)
+                                      999999, True, 0.0, True, False, 0.0, False, 0, 0, False)
 
 
 def test_triton_functions_that_disagree_with_torch_are_refused():
@@ -400,7 +405,7 @@ def test_cpu_given_sg_ops_check_their_arguments():
 
     def bwd(sg_grad, sg_dalpha, need_param_grad):
         return torch.ops.snn_fast.lif_bwd(x, None, None, x, v0, params, None, e, x, sg_grad, sg_dalpha, 0, True, 0.0,
-                                          True, False, 0.0, 0, need_param_grad)
+                                          True, False, 0.0, False, 0, 0, need_param_grad)
 
     with pytest.raises(RuntimeError, match="sg_grad must be \\[T, N\\] like x"):
         bwd(x[:2], None, False)
@@ -461,27 +466,28 @@ def test_cpu_given_sg_opcheck(masked):
     params = torch.tensor([0.5, 0.8, 4.0])
     mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(1)) if masked else None
     ops = torch.ops.snn_fast
-    s, _, _, d = ops.lif_fwd(x, v0, params, mask, 0, True, 0.0, True, False, 0.0, True, 3)
+    s, _, _, d = ops.lif_fwd(x, v0, params, mask, 0, True, 0.0, True, False, 0.0, False, 0, True, 3)
     assert d.shape == x.shape and d.dtype == params.dtype
-    torch.library.opcheck(ops.lif_fwd.default, (x, v0, params, mask, 0, True, 0.0, True, False, 0.0, True, 3))
+    torch.library.opcheck(ops.lif_fwd.default, (x, v0, params, mask, 0, True, 0.0, True, False, 0.0, False, 0, True, 3))
     torch.library.opcheck(ops.lif_sg_arg.default, (x, v0, params, mask, s, True, 0.0, True))
     if not masked:  # the re-run gives the forward's H − θ bit for bit
         assert torch.equal(ops.lif_sg_arg(x, v0, params, None, s, True, 0.0, True), d)
     gp, dga = torch.sigmoid(d), torch.tanh(d)
     gs, gvl, gvs = (g.float() for g in grads)
     torch.library.opcheck(ops.lif_bwd.default, (gs, gvl, gvs, x, v0, params, mask, d, s, gp, dga, 0, True, 0.0,
-                                                True, False, 0.2, 3, True))
+                                                True, False, 0.2, False, 0, 3, True))
     sid = sgm.get("user_sigmoid").id
     xg = x.clone().requires_grad_()
     for save in (0, 1, 2):
-        fwd_args = (xg, v0, params, mask, sid, True, 0.0, True, False, 0.2, True, save)
+        fwd_args = (xg, v0, params, mask, sid, True, 0.0, True, False, 0.2, False, 0, True, save)
         torch.library.opcheck(ops.lif_fwd_custom_cpu.default, fwd_args)
         s, _, _, saved = ops.lif_fwd_custom_cpu(*fwd_args)
         if save != 2:
             # a backward op has no autograd of its own (double backward is refused)
             torch.library.opcheck(ops.lif_bwd_custom_cpu.default,
                                   (gs, gvl, gvs, x, v0, params, mask, saved.detach(), s.detach(), None, None, sid, True,
-                                   0.0, True, False, 0.2, save, True), test_utils=("test_schema", "test_faketensor"))
+                                   0.0, True, False, 0.2, False, 0, save, True),
+                                  test_utils=("test_schema", "test_faketensor"))
 
 
 # --- the CPU backward compiled (torch.compile of the user's functions) -------------------------------

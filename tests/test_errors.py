@@ -120,21 +120,23 @@ def test_op_level_checks_name_the_argument():
     x = torch.zeros(3, 4)
     p = torch.tensor([0.5, 1.0, 4.0])
     with pytest.raises(RuntimeError, match="v0 must be \\[N\\]"):
-        torch.ops.snn_fast.lif_fwd(x, torch.zeros(5), p, None, 0, True, 0.0, True, False, 0.0, False, 0)
+        torch.ops.snn_fast.lif_fwd(x, torch.zeros(5), p, None, 0, True, 0.0, True, False, 0.0, False, 0, False, 0)
     with pytest.raises(RuntimeError, match="unknown surrogate id 42"):
-        torch.ops.snn_fast.lif_fwd(x, torch.zeros(4), p, None, 42, True, 0.0, True, False, 0.0, False, 0)
+        torch.ops.snn_fast.lif_fwd(x, torch.zeros(4), p, None, 42, True, 0.0, True, False, 0.0, False, 0, False, 0)
     with pytest.raises(RuntimeError, match="params must be"):
-        torch.ops.snn_fast.lif_fwd(x, torch.zeros(4), p.double(), None, 0, True, 0.0, True, False, 0.0, False, 0)
+        torch.ops.snn_fast.lif_fwd(x, torch.zeros(4), p.double(), None, 0, True, 0.0, True, False, 0.0, False, 0, False,
+                                   0)
     with pytest.raises(RuntimeError, match="noise_mask must be"):
-        torch.ops.snn_fast.lif_fwd(x, torch.zeros(4), p, torch.ones(3, 4), 0, True, 0.0, True, False, 0.0, False, 0)
+        torch.ops.snn_fast.lif_fwd(x, torch.zeros(4), p, torch.ones(3, 4), 0, True, 0.0, True, False, 0.0, False, 0,
+                                   False, 0)
     with pytest.raises(RuntimeError, match="unknown save mode 7"):
-        torch.ops.snn_fast.lif_fwd(x, torch.zeros(4), p, None, 0, True, 0.0, True, False, 0.0, False, 7)
+        torch.ops.snn_fast.lif_fwd(x, torch.zeros(4), p, None, 0, True, 0.0, True, False, 0.0, False, 0, False, 7)
     with pytest.raises(RuntimeError, match="sg_dalpha is given without sg_grad"):
         torch.ops.snn_fast.lif_bwd(x, None, None, x, torch.zeros(4), p, None, x.new_empty(0), x, None, x, 0, True,
-                                   0.0, True, False, 0.0, 0, False)
+                                   0.0, True, False, 0.0, False, 0, 0, False)
     with pytest.raises(RuntimeError, match="sg_grad must be \\[T, N\\]"):
         torch.ops.snn_fast.lif_bwd(x, None, None, x, torch.zeros(4), p, None, x.new_empty(0), x, x[:2], None, 0,
-                                   True, 0.0, True, False, 0.0, 0, False)
+                                   True, 0.0, True, False, 0.0, False, 0, 0, False)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -268,7 +270,7 @@ def test_bwd_op_checks_gradient_shapes():
     e = x.new_empty(0)
     with pytest.raises(RuntimeError, match="grad_v_last must be \\[N\\]"):
         torch.ops.snn_fast.lif_bwd(x, torch.zeros(5), None, x, torch.zeros(4), p, None, e, x, None, None, 0, True,
-                                   0.0, True, False, 0.0, 0, False)
+                                   0.0, True, False, 0.0, False, 0, 0, False)
     with pytest.raises(RuntimeError, match="grad_v_seq must be \\[T, N\\]"):
         torch.ops.snn_fast.lif_bwd(x, None, torch.zeros(2, 4), x, torch.zeros(4), p, None, e, x, None, None, 0, True,
-                                   0.0, True, False, 0.0, 0, False)
+                                   0.0, True, False, 0.0, False, 0, 0, False)

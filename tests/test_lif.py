@@ -145,9 +145,10 @@ def only(*ids):
 
 
 # --- the option grid (docs/spec.md §2) ------------------------------------------------------------
-def opt(v_reset=0.0, decay_input=True, detach_reset=False, reset_residual=0.0, tau=2.5):
+def opt(v_reset=0.0, decay_input=True, detach_reset=False, reset_residual=0.0, tau=2.5, **extra):
+    """``extra``: fire_at_threshold, reset_timing (present only where not the default)."""
     return dict(v_reset=v_reset, decay_input=decay_input, detach_reset=detach_reset, reset_residual=reset_residual,
-                tau=tau)
+                tau=tau, **extra)
 
 
 # (v_reset, decay_input, detach_reset, reset_residual, tau): the option grid of docs/spec.md §2.
@@ -155,12 +156,24 @@ OPTIONS = [opt(vr, di, dr, kap) for vr, di, dr, kap in itertools.product([0.0, N
                                                                           [False, True], [0.0, 0.2])] \
     + [opt(0.0, False, False, 0.0, math.inf),  # IF: hard/soft × attached/detached reset
        opt(None, True, True, 0.2, math.inf),
-       opt(0.0, True, False, 0.2, math.inf), opt(0.0, True, True, 0.2, math.inf), opt(None, True, False, 0.2, math.inf)]
+       opt(0.0, True, False, 0.2, math.inf), opt(0.0, True, True, 0.2, math.inf),
+       opt(None, True, False, 0.2, math.inf)] \
+    + [opt(None, False, False, 0.0, fire_at_threshold=False),  # strict threshold (snnTorch, Norse)
+       opt(0.0, True, False, 0.2, fire_at_threshold=False),
+       # reset_timing="delayed" (snnTorch reset_delay=True: the pre-reset membrane is carried) and "none"
+       opt(None, False, True, 0.0, fire_at_threshold=False, reset_timing="delayed"),
+       opt(0.0, False, True, 0.0, fire_at_threshold=False, reset_timing="delayed"),
+       opt(-0.3, True, True, 0.2, reset_timing="delayed"),
+       opt(0.0, False, True, 0.0, math.inf, reset_timing="delayed"),
+       opt(None, True, False, 0.0, fire_at_threshold=False, reset_timing="none")]
 
 
 def opt_id(o):
     vr = "soft" if o["v_reset"] is None else f"hard{o['v_reset']:g}"
-    return f"{vr}-di{int(o['decay_input'])}-det{int(o['detach_reset'])}-k{o['reset_residual']:g}-tau{o['tau']:g}"
+    out = f"{vr}-di{int(o['decay_input'])}-det{int(o['detach_reset'])}-k{o['reset_residual']:g}-tau{o['tau']:g}"
+    if o.get("fire_at_threshold") is False:
+        out += "-strict"
+    return out + (f"-{o['reset_timing']}" if "reset_timing" in o else "")
 
 
 SURROGATES = list(sgm.names())
@@ -286,8 +299,15 @@ def grid_cases():
             out += cases([be], [torch.float32], OPTIONS, SURROGATES, LEARN)
             out += cases([be], [torch.float64], OPTIONS[::3], SURROGATES, LEARN)
         else:
-            out += cases([be], DTYPES, OPTIONS, SURROGATES, LEARN)
+            out += cases([be], DTYPES, options_for(be), SURROGATES, LEARN)
     return out
+
+
+def options_for(be, options=None):
+    """The option rows backend ``be`` runs: the CUDA kernel has no reset_timing but 'after_fire'
+    (test_cuda_timing_is_refused_or_rerouted checks that)."""
+    options = OPTIONS if options is None else options
+    return [o for o in options if be.name != "cuda" or o.get("reset_timing", "after_fire") == "after_fire"]
 
 
 @pytest.mark.parametrize("be,dtype,opts,surrogate,learn", grid_cases())
@@ -300,6 +320,78 @@ def test_matches_reference(be, dtype, opts, surrogate, learn, nan_alloc):
     assert ref["s"].any() and not ref["s"].all(), "inputs must make some neurons fire and some not"
     if learn and sgm.get(surrogate).alpha is not None:
         assert ref["grad_alpha"].abs() > 0  # the α path is exercised, not trivially zero
+
+
+# Membranes that land exactly on θ: dyadic inputs with decay 1/2 (decay_input=False) keep every H
+# exact, so H = θ happens at many steps, not only the first.
+ON_THETA = [opts for opts in OPTIONS if ("fire_at_threshold" in opts or "reset_timing" in opts)
+            and opts["v_reset"] in (None, 0.0)]
+
+
+@pytest.mark.parametrize("be,dtype,opts,learn", [c for be in FUSED for c in cases(
+    [be], DTYPES, options_for(be, ON_THETA + [opt(None, False), opt(0.0, False)]), LEARN)])
+def test_membrane_on_threshold(be, dtype, opts, learn, nan_alloc):
+    """Θ(0) = 1 (fire_at_threshold=True) or 0 (False) where H − θ is exactly 0, as the reference."""
+    T, N = be.grid_shape
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(-2, 6, (T, N), generator=g).double() / 4
+    v0 = torch.randint(-2, 4, (N,), generator=g).double() / 4
+    v0[:8] = 0.0
+    x[0, :8] = 1.0  # θ: H = 0 − 0·k + θ at the first step
+    o = dict(opts, tau=2.0 if math.isfinite(opts["tau"]) else opts["tau"], decay_input=False)
+    grads = make(T, N, seed=5)[2]
+    ref = compare(be, x, v0, o, dtype, learn=learn, grads=grads, theta=1.0, surrogate="atan")
+    on = ref["s"][0, :8]
+    assert (on == (1.0 if opts.get("fire_at_threshold", True) else 0.0)).all()
+
+
+def test_pending_reset_timing_runs_on_the_reference_only():
+    """reset_timing='after_fire_pending' (snnTorch reset_delay=False) has no kernel: 'auto' runs the
+    reference, a named fused backend is refused with the reason; the op refuses its code too."""
+    x = torch.randn(5, 6, dtype=torch.float64)
+    kw = dict(decay=0.5, decay_input=False, v_reset=None, reset_timing="after_fire_pending", fire_at_threshold=False)
+    got = snn_fast.lif_multistep(x, **kw)
+    want = lif_multistep_reference(x, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    for be in FUSED:
+        if be.device == "cpu" and not SKIP[be.id]:
+            with pytest.raises(ValueError, match="after_fire_pending"):
+                snn_fast.lif_multistep(x, backend=be.name, **kw)
+    if not SKIP["cpu"]:
+        p = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+        with pytest.raises(RuntimeError, match="reset_timing must be"):
+            torch.ops.snn_fast.lif_fwd(x, torch.zeros(6, dtype=torch.float64), p, None, 0, False, 0.0, False, True,
+                                       0.0, True, 3, False, 0)
+
+
+@pytest.mark.skipif(SKIP["cuda"] is not None, reason=str(SKIP["cuda"]))
+def test_cuda_timing_is_refused_or_rerouted():
+    """The CUDA kernel runs the reset after the spike only: backend='cuda' refuses the other timings
+    by name, 'auto' runs them on Triton (or the reference) with the reference's result."""
+    x = torch.randn(6, 33, device="cuda")
+    kw = dict(decay=0.5, decay_input=False, v_reset=None, detach_reset=True, reset_timing="delayed")
+    with pytest.raises(ValueError, match="reset_timing='delayed'"):
+        snn_fast.lif_multistep(x, backend="cuda", **kw)
+    got = snn_fast.lif_multistep(x, **kw)
+    want = snn_fast.lif_multistep(x, backend="reference", **kw)
+    assert torch.equal(got[0], want[0])
+    p = torch.tensor([0.5, 1.0, 2.0], device="cuda")
+    with pytest.raises(RuntimeError, match="reset_timing 1"):
+        torch.ops.snn_fast.lif_fwd(x, torch.zeros(33, device="cuda"), p, None, 0, False, 0.0, False, True, 0.0,
+                                   False, 1, False, 0)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(reset_timing="later"), "reset_timing must be one of"),
+    (dict(reset_timing="delayed", detach_reset=False), "needs detach_reset=True"),
+    (dict(reset_timing="none", v_reset=0.0), "pass v_reset=None"),
+    (dict(fire_at_threshold=1), "fire_at_threshold must be a bool"),
+])
+def test_new_option_errors(bad, match):
+    kw = dict(v_reset=None, detach_reset=True)
+    kw.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        snn_fast.lif_multistep(torch.randn(3, 4), **kw)
 
 
 @pytest.mark.parametrize("be,dtype,v_reset,surrogate", cases(FUSED, DTYPES, [("hard", 0.0), ("soft", None)],
@@ -998,21 +1090,23 @@ def test_bytes_moved_counts_the_passes():
 def test_cxx_opcheck(be, combo):
     """torch.library.opcheck of the C++ pair, every save mode: schema, fake tensors, autograd
     registration, AOT dispatch (through the forward's autograd, the backward op too). T = 20: two V
-    checkpoints under save="recompute"."""
+    checkpoints under save="recompute". The strict threshold with the learnable rows, and on the CPU a
+    reset timing per save mode (the CUDA kernel runs the reset after the spike only)."""
     learn, masked, vseq, save = combo
     dev = be.device
+    strict, timing = learn, (save if dev == "cpu" else 0)
     x = torch.randn(20, 64, device=dev, requires_grad=True)
     v0 = torch.zeros(64, device=dev, requires_grad=True)
     params = torch.tensor([0.5, 1.0, 4.0], device=dev, requires_grad=learn)
     mask = torch.rand(20, 64, device=dev) > 0.3 if masked else None
-    args = (x, v0, params, mask, 0, True, 0.0, True, False, 0.1, vseq, save)
+    args = (x, v0, params, mask, 0, True, 0.0, True, False, 0.1, strict, timing, vseq, save)
     torch.library.opcheck(torch.ops.snn_fast.lif_fwd.default, args)
     with torch.no_grad():
         s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd(*args)
     if save != 2:
         bwd_args = (torch.randn_like(s), torch.randn_like(v_last), torch.randn_like(v_seq) if vseq else None,
                     x.detach(), v0.detach(), params.detach(), mask, saved, s, None, None, 0, True, 0.0, True, False,
-                    0.1, save, learn)
+                    0.1, strict, timing, save, learn)
         torch.library.opcheck(torch.ops.snn_fast.lif_bwd.default, bwd_args)
 
 
@@ -1125,7 +1219,7 @@ def test_cuda_bwd_rejects_foreign_saved_state(be):
     x = torch.randn(4, 64, device="cuda")
     v0 = torch.zeros(64, device="cuda")
     params = torch.tensor([0.5, 1.0, 4.0], device="cuda")
-    flags = (0, True, 0.0, True, False, 0.0)
+    flags = (0, True, 0.0, True, False, 0.0, False, 0)
     s, v, _, saved = torch.ops.snn_fast.lif_fwd(x, v0, params, None, *flags, False, 0)
     assert saved.shape == x.shape
     with pytest.raises(RuntimeError, match="saved"):
@@ -1175,10 +1269,10 @@ def test_triton_inference_skips_saving(be, dtype):
     x, v0, _ = make(6, 130, dtype=dtype)
     x, v0 = x.to(device), v0.to(device)
     p = torch.tensor([0.4, 0.8, 4.0], device=device)
-    args = (x, v0, p, None, 0, True, 0.0, True, False, 0.0, True)
+    args = (x, v0, p, None, 0, True, 0.0, True, False, 0.0, False, 0, True)
 
     def dispatch(*a):  # the forward lif_apply runs for backend 'triton', outside the autograd Function
-        return fused_forward(BACKENDS.load("triton"), *a[:4], a[4:10], a[10])
+        return fused_forward(BACKENDS.load("triton"), *a[:4], a[4:12], a[12])
 
     s_i, v_i, vs_i, saved_i = dispatch(*args)
     assert saved_i.numel() == 0
@@ -1212,11 +1306,13 @@ def _op_args(device, dtype=torch.float32, mask=True, T=4):
 
 @pytest.mark.parametrize("be", cases(TRITON))
 def test_triton_opcheck(be):
-    """Schema, fake (meta) functions and autograd registration of both ops, every save mode."""
+    """Schema, fake (meta) functions and autograd registration of both ops, every save mode (each with
+    another reset timing, the strict threshold with save="recompute")."""
     _lt()
     x, v0, params, m = _op_args(be.device, T=20)
     for save in (0, 1, 2):
-        fwd_args = (x, v0, params, m, 0, True, 0.0, True, False, 0.2, True, save)
+        strict, timing = save == 1, save
+        fwd_args = (x, v0, params, m, 0, True, 0.0, True, False, 0.2, strict, timing, True, save)
         torch.library.opcheck(torch.ops.snn_fast.lif_fwd_triton.default, fwd_args,
                               test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
         s, v_last, v_seq, saved = torch.ops.snn_fast.lif_fwd_triton(*fwd_args)
@@ -1225,7 +1321,7 @@ def test_triton_opcheck(be):
             continue
         gs = torch.randn_like(s)
         bwd_args = (gs, torch.randn_like(v_last), torch.randn_like(v_seq), x, v0, params, m, saved, s, None, None,
-                    0, True, 0.0, True, False, 0.2, save, True)
+                    0, True, 0.0, True, False, 0.2, strict, timing, save, True)
         torch.library.opcheck(torch.ops.snn_fast.lif_bwd_triton.default, bwd_args,
                               test_utils=("test_schema", "test_faketensor"))
 
@@ -1243,7 +1339,7 @@ def test_triton_torch_compile_dynamic_sizes(be):
 
     def f(x, v0):
         s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, params, None, 0, True, 0.0, True, False, 0.0, False,
-                                                       0)
+                                                       0, False, 0)
         return s.sum() + (v * v).sum()
 
     cnt = CompileCounterWithBackend("inductor" if device == "cuda" else "aot_eager")

@@ -39,18 +39,20 @@ def _signatures(dt: str, mask: bool):
     pt = "*fp64" if dt == "fp64" else "*fp32"
     mk = "*i1" if mask else st
     consts_f = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "HAS_MASK", "STORE_VSEQ", "SAVE_H", "H_MINUS_THETA", "WIDE",
-                "EXACT", "CHUNK", "BLOCK", "STREAM", "STAGES", "PREFETCH2"]
+                "EXACT", "CHUNK", "BLOCK", "STREAM", "STAGES", "PREFETCH2", "STRICT", "TIMING"]
     fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "wide_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
            "vseq_ptr": st, "h_ptr": st, "ck_ptr": pt, "T": "i32", "N": "i32", "v_reset": "fp32", "N_BUCKET": "i32",
            **{c: "constexpr" for c in consts_f}}
     consts_b = ["SG", "SGF", "HARD_RESET", "DECAY_INPUT", "DETACH_RESET", "HAS_MASK", "HAS_GVLAST", "HAS_GVSEQ",
-                "NEED_PARAM_GRAD", "H_MINUS_THETA", "WIDE", "BLOCK", "STREAM", "STAGES", "PREFETCH2"]
+                "NEED_PARAM_GRAD", "H_MINUS_THETA", "WIDE", "BLOCK", "STREAM", "STAGES", "PREFETCH2", "STRICT",
+                "TIMING"]
     bwd = {"gs_ptr": st, "gvlast_ptr": st, "gvseq_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
            "wide_ptr": pt, "mask_ptr": mk, "h_ptr": st, "gx_ptr": st, "gv0_ptr": st, "pgrad_ptr": pt, "T": "i32",
            "N": "i32", "v_reset": "fp32", "kappa": "fp32", "N_BUCKET": "i32", **{c: "constexpr" for c in consts_b}}
     # save="recompute": the V checkpoints (compute dtype) in place of the saved H
     knobs = ("STREAM", "STAGES", "PREFETCH2")  # the state kernels' only
-    consts_rc = [c for c in consts_b if c != "H_MINUS_THETA" and c not in knobs] + ["EXACT", "CHUNK"]
+    modes = ("STRICT", "TIMING")  # the firing rule and reset timing: every kernel's last constexprs
+    consts_rc = [c for c in consts_b if c != "H_MINUS_THETA" and c not in knobs + modes] + ["EXACT", "CHUNK", *modes]
     bwd_rc = {**{a: t for a, t in bwd.items() if t != "constexpr" and a != "h_ptr"}, "ck_ptr": pt}
     order = ["gs_ptr", "gvlast_ptr", "gvseq_ptr", "x_ptr", "v0_ptr", "params_ptr", "wide_ptr", "mask_ptr", "ck_ptr",
              "gx_ptr", "gv0_ptr", "pgrad_ptr", "T", "N", "v_reset", "kappa", "N_BUCKET"]
@@ -136,6 +138,7 @@ def compile_all():
                           CHUNK=RC_CHUNK), rc_cfg),
                 ]
                 for kind, fn, sig, consts, (block, warps) in variants:
+                    consts = dict(consts, STRICT=False, TIMING=0)  # fire on H ≥ θ, reset after the spike
                     if kind.startswith("fwd") and npg != hard:  # the forward has no need_param_grad: skip twins
                         continue
                     if kind.endswith("_rc") and sg_name not in RC_SURROGATES:
@@ -185,7 +188,7 @@ def _aligned_rows(lk, tsg):
     for dt in ("fp32", "bf16"):
         fwd_sig, bwd_sig, _ = _signatures(dt, False)
         base = dict(**tsg.surrogate_args(tsg.SIGMOID.value), HARD_RESET=True, DECAY_INPUT=True, HAS_MASK=False,
-                    H_MINUS_THETA=dt == "bf16", WIDE=False)
+                    H_MINUS_THETA=dt == "bf16", WIDE=False, STRICT=False, TIMING=0)
         for kind, fn, sig, consts in (
                 ("fwd", lk.lif_fwd_kernel, fwd_sig, dict(base, STORE_VSEQ=False, SAVE_H=True, EXACT=True, CHUNK=0)),
                 ("bwd", lk.lif_bwd_kernel, bwd_sig, dict(base, DETACH_RESET=False, HAS_GVLAST=True, HAS_GVSEQ=False,
@@ -374,7 +377,8 @@ def trace_compiled_graphs():
         return make_boxed_func(run)
 
     def f(x, v0, p):
-        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, p, None, 7, True, 0.0, True, False, 0.2, False, 0)
+        s, v, _, _ = torch.ops.snn_fast.lif_fwd_triton(x, v0, p, None, 7, True, 0.0, True, False, 0.2, False, 0, False,
+                                                       0)
         return s.sum() + (v * v).sum()
 
     x = torch.randn(4, 37, requires_grad=True)

@@ -21,13 +21,13 @@ using torch::autograd::variable_list;
 
 using FwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                          const c10::optional<Tensor>&, int64_t, bool, double,
-                                                         bool, bool, double, bool, int64_t);
+                                                         bool, bool, double, bool, int64_t, bool, int64_t);
 using BwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const c10::optional<Tensor>&,
                                                   const c10::optional<Tensor>&, const Tensor&, const Tensor&,
                                                   const Tensor&, const c10::optional<Tensor>&, const Tensor&,
                                                   const Tensor&, const c10::optional<Tensor>&,
                                                   const c10::optional<Tensor>&, int64_t, bool, double, bool, bool,
-                                                  double, int64_t, bool);
+                                                  double, bool, int64_t, int64_t, bool);
 
 const c10::TypedOperatorHandle<FwdSig>& fwd_op() {
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("snn_fast::lif_fwd", "").typed<FwdSig>();
@@ -44,11 +44,11 @@ bool requires_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
 struct LIFFunction : public torch::autograd::Function<LIFFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& v0, const Tensor& params,
                                const c10::optional<Tensor>& mask, int64_t sg, bool hard_reset, double v_reset,
-                               bool decay_input, bool detach_reset, double kappa, bool return_v_seq,
-                               int64_t save) {
+                               bool decay_input, bool detach_reset, double kappa, bool strict, int64_t timing,
+                               bool return_v_seq, int64_t save) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [s, v_last, v_seq, saved] = fwd_op().call(x, v0, params, mask, sg, hard_reset, v_reset, decay_input,
-                                                   detach_reset, kappa, return_v_seq, save);
+                                                   detach_reset, kappa, strict, timing, return_v_seq, save);
     ctx->save_for_backward({x, v0, params, mask.has_value() ? *mask : Tensor(), saved, s});
     ctx->saved_data["sg"] = sg;
     ctx->saved_data["hard_reset"] = hard_reset;
@@ -56,6 +56,8 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction> {
     ctx->saved_data["decay_input"] = decay_input;
     ctx->saved_data["detach_reset"] = detach_reset;
     ctx->saved_data["kappa"] = kappa;
+    ctx->saved_data["strict"] = strict;
+    ctx->saved_data["timing"] = timing;
     ctx->saved_data["return_v_seq"] = return_v_seq;
     ctx->saved_data["save"] = save;
     ctx->mark_non_differentiable({saved});
@@ -86,20 +88,22 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction> {
     auto [gx, gv0, gp] = bwd_op().call(
         gs.contiguous(), gvl, gvs, x, v0, params, mask, saved, s, c10::nullopt, c10::nullopt, d.at("sg").toInt(),
         d.at("hard_reset").toBool(), d.at("v_reset").toDouble(), d.at("decay_input").toBool(),
-        d.at("detach_reset").toBool(), d.at("kappa").toDouble(), d.at("save").toInt(), need_param_grad);
-    // one entry per forward argument: x, v0, params, then none for the mask, the 7 flags and save
+        d.at("detach_reset").toBool(), d.at("kappa").toDouble(), d.at("strict").toBool(), d.at("timing").toInt(),
+        d.at("save").toInt(), need_param_grad);
+    // one entry per forward argument: x, v0, params, then none for the mask, the 8 flags,
+    // return_v_seq and save
     return {gx, gv0, need_param_grad ? gp : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_autograd(const Tensor& x, const Tensor& v0, const Tensor& params,
                                                             const c10::optional<Tensor>& mask, int64_t sg,
                                                             bool hard_reset, double v_reset, bool decay_input,
-                                                            bool detach_reset, double kappa, bool return_v_seq,
-                                                            int64_t save) {
+                                                            bool detach_reset, double kappa, bool strict,
+                                                            int64_t timing, bool return_v_seq, int64_t save) {
   auto out = LIFFunction::apply(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
-                                return_v_seq, save);
+                                strict, timing, return_v_seq, save);
   return {out[0], out[1], out[2], out[3]};
 }
 

@@ -53,6 +53,14 @@ inline void check_lif_args(const at::Tensor& x, const at::Tensor& v0, const at::
   }
 }
 
+// The ops' reset_timing (lif_step.h kResetAfterFire…; snn_fast/ops/lif/contract.py the same codes):
+// the kernels run 0 (after the spike), 1 (delayed) and 2 (none); snnTorch's reset_delay=False form
+// runs on the reference only.
+inline void check_reset_timing(int64_t timing) {
+  TORCH_CHECK(timing >= 0 && timing <= 2, "lif: reset_timing must be 0 (after the spike), 1 (delayed) or 2 (none), ",
+              "got ", timing);
+}
+
 // The backward's own inputs: grad_s like x; grad_v_last [N] and grad_v_seq [T, N] (or empty) when given.
 inline void check_lif_bwd_args(const at::Tensor& grad_s, const c10::optional<at::Tensor>& grad_v_last,
                                const c10::optional<at::Tensor>& grad_v_seq, const at::Tensor& x,

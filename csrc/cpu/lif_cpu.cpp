@@ -32,7 +32,8 @@ using at::Tensor;
 
 template <typename acc_t>
 LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, double v_reset,
-                             bool decay_input, bool detach_reset, double kappa) {
+                             bool decay_input, bool detach_reset, double kappa, bool strict = false,
+                             int64_t timing = kResetAfterFire) {
   auto p = params.accessor<acc_t, 1>();
   LIFParams<acc_t> r;
   r.k = p[0];
@@ -44,6 +45,7 @@ LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, 
   r.hard_reset = hard_reset;
   r.decay_input = decay_input;
   r.detach_reset = detach_reset;
+  set_firing(r, strict, int(timing));
   return r;
 }
 
@@ -52,10 +54,14 @@ LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
                                                        const c10::optional<Tensor>& mask_, int64_t sg,
                                                        bool hard_reset, double v_reset, bool decay_input,
-                                                       bool detach_reset, double kappa, bool return_v_seq,
-                                                       int64_t save) {
+                                                       bool detach_reset, double kappa, bool strict,
+                                                       int64_t timing, bool return_v_seq, int64_t save) {
   check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
   check_save(save, "CPU kernel", true);
+  check_reset_timing(timing);
+  TORCH_CHECK(save != kSaveSgArg || (!strict && timing == kResetAfterFire),
+              "lif_fwd (CPU kernel): save=3 (D for a user's surrogate) runs strict_threshold=false and ",
+              "reset_timing=0 only");
   const bool keep_arg = save == kSaveSgArg;
   Tensor x = x_.contiguous(), v0 = v0_.contiguous();
   c10::optional<Tensor> mask;
@@ -66,7 +72,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const T
   Tensor saved = keep_arg ? empty_cpu_cached(x.sizes(), params.scalar_type()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
     cpu_lif::lif_fwd_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
                               mask ? mask->const_data_ptr<bool>() : nullptr, s.mutable_data_ptr<scalar_t>(),
                               v_last.mutable_data_ptr<scalar_t>(),
@@ -82,7 +88,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_builtin(const Tensor& grad_s_, const 
                                                    const Tensor& v0_, const Tensor& params,
                                                    const c10::optional<Tensor>& mask_, int64_t sg, bool hard_reset,
                                                    double v_reset, bool decay_input, bool detach_reset, double kappa,
-                                                   bool need_param_grad) {
+                                                   bool strict, int64_t timing, bool need_param_grad) {
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous();
   Tensor gvlast, gvseq;
   if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();
@@ -94,7 +100,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_builtin(const Tensor& grad_s_, const 
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+    auto p = make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
     const scalar_t* gvl = gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* gvs = gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr;
     cpu_lif::lif_bwd_kernel<scalar_t, acc_t>(int(sg), gs.const_data_ptr<scalar_t>(), gvl, gvs, x.const_data_ptr<scalar_t>(),
@@ -192,16 +198,20 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s, const c10::
                                                const Tensor& s, const c10::optional<Tensor>& sg_grad,
                                                const c10::optional<Tensor>& sg_dalpha, int64_t sg, bool hard_reset,
                                                double v_reset, bool decay_input, bool detach_reset, double kappa,
-                                               int64_t save, bool need_param_grad) {
+                                               bool strict, int64_t timing, int64_t save, bool need_param_grad) {
   check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CPU, "CPU kernel");
   check_lif_bwd_args(grad_s, gvlast, gvseq, x, v0);
   check_save(save, "CPU kernel", true);
-  if (sg_grad.has_value())
+  check_reset_timing(timing);
+  if (sg_grad.has_value()) {
+    TORCH_CHECK(!strict && timing == kResetAfterFire, "lif_bwd (CPU kernel): sg_grad (a user's surrogate) runs ",
+                "strict_threshold=false and reset_timing=0 only");
     return lif_bwd_given(grad_s, gvlast, gvseq, x, v0, params, mask, s, *sg_grad, sg_dalpha, hard_reset, v_reset,
                          decay_input, detach_reset, kappa, need_param_grad);
+  }
   TORCH_CHECK(!sg_dalpha.has_value(), "lif_bwd: sg_dalpha is given without sg_grad");
   return lif_bwd_builtin(grad_s, gvlast, gvseq, x, v0, params, mask, sg, hard_reset, v_reset, decay_input,
-                         detach_reset, kappa, need_param_grad);
+                         detach_reset, kappa, strict, timing, need_param_grad);
 }
 
 }  // namespace

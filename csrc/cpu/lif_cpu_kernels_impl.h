@@ -94,25 +94,58 @@ class BlockQueue {
 // The flags reach the loops as template arguments (snn_fast::with_flags, once per call), so each
 // loop holds only its own step formula: straight vector code. The step itself is lif_step.h's, the
 // functions the CUDA kernels and their emulator run.
+//
+// So does the reset timing (TIMING, lif_step.h), one instantiation per timing, so that every loop is
+// straight vector code; the strict threshold is a loop-invariant bound of the spike's comparison
+// (p.fire_min), not a template argument. The flags a timing does not read collapse into one
+// instantiation (canonical_flags), and the timings other than the default take bwd_block's walk
+// only (bwd_impl): what the delayed and no-reset timings add to the build is one bwd_block per
+// surrogate and decay_input (and hard/soft reset for the delayed one).
+template <int V>
+struct TimingConst {
+  static constexpr int value = V;
+};
+template <typename acc_t, typename F>
+void with_timing(const LIFParams<acc_t>& p, F&& f) {
+  switch (p.timing) {
+    case kResetDelayed:
+      return f(TimingConst<kResetDelayed>{});
+    case kResetNone:
+      return f(TimingConst<kResetNone>{});
+    default:
+      return f(TimingConst<kResetAfterFire>{});
+  }
+}
+// The hard-reset and detach_reset template flags a timing's step reads: after the spike both; the
+// delayed timing the hard reset (its pending reset; nothing depends on S); no reset neither (the
+// charge's vr is p.vr). The flags a timing does not read are fixed to false: one instantiation.
+template <int TIMING>
+constexpr bool canonical_hard(bool hard) {
+  return TIMING == kResetNone ? false : hard;
+}
+template <int TIMING>
+constexpr bool canonical_detach(bool detach) {
+  return TIMING == kResetAfterFire ? detach : false;
+}
 
 // One block of n neurons (pointers already offset to the block's first neuron), all T steps. MASKED:
 // the emitted value follows the noise mask (lif_fire_rt: the surrogate's primitive is a runtime switch
 // there, the loop scalar, as before), else the spike (the common case: a handful of vector ops).
 // KEEP: also H − θ of every step into d (acc_t, [T, N]), the argument of a user's surrogate.
-template <bool HARD, bool DI, bool MASKED, bool KEEP, typename scalar_t, typename acc_t>
+template <bool HARD, bool DI, bool MASKED, bool KEEP, int TIMING, typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
                               const bool* __restrict__ mask, scalar_t* __restrict__ s,
                               scalar_t* __restrict__ v_last, scalar_t* __restrict__ v_seq, acc_t* __restrict__ d,
                               acc_t* __restrict__ v, int64_t n, int64_t T, int64_t N, const LIFParams<acc_t> p) {
   // One step of element i = t·N + j: V_{t−1} in, S_t to s[i], V_t returned.
   auto step = [&](acc_t vv, int64_t i) {
-    const acc_t h = lif_charge<DI>(vv, acc_t(x[i]), p);
+    const acc_t h = lif_charge<DI, acc_t, TIMING, HARD>(vv, acc_t(x[i]), p);
     if constexpr (KEEP) d[i] = h - p.theta;
     acc_t sp;
     if constexpr (MASKED) sp = lif_fire_rt<acc_t>(h, mask[i], p);
-    else sp = lif_spike<acc_t>(h, p);
+    else sp = lif_spike(h, p);
     s[i] = scalar_t(sp);
-    return lif_reset<HARD>(h, sp, p);
+    return lif_reset<HARD, acc_t, TIMING>(h, sp, p);
   };
   for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
   int64_t t = 0;
@@ -148,20 +181,26 @@ void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t*
               scalar_t* v_seq, acc_t* d, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
   const int64_t B = fwd_block_for(N);
   const int64_t nblocks = (N + B - 1) / B;
-  with_flags(
-      [&](auto hard, auto di, auto masked, auto keep) {
-        BlockQueue queue(nblocks, T * N < kFwdParallelMinWork);
-        queue.run([&] {
-          std::vector<acc_t> v(B);
-          for (int64_t blk; (blk = queue.next()) >= 0;) {
-            const int64_t n0 = blk * B, n = std::min(B, N - n0);
-            fwd_block<decltype(hard)::value, decltype(di)::value, decltype(masked)::value, decltype(keep)::value,
-                      scalar_t, acc_t>(x + n0, v0 + n0, mask ? mask + n0 : nullptr, s + n0, v_last + n0,
-                                       v_seq ? v_seq + n0 : nullptr, d ? d + n0 : nullptr, v.data(), n, T, N, p);
-          }
-        });
-      },
-      p.hard_reset, p.decay_input, mask != nullptr, d != nullptr);
+  with_timing(p, [&](auto timing) {
+    constexpr int TIMING = decltype(timing)::value;
+    with_flags(
+        [&](auto hard, auto di, auto masked, auto keep) {
+          // D for a user's surrogate: the default timing only (lif_cpu.cpp refuses the others)
+          constexpr bool KEEP = decltype(keep)::value && TIMING == kResetAfterFire;
+          BlockQueue queue(nblocks, T * N < kFwdParallelMinWork);
+          queue.run([&] {
+            std::vector<acc_t> v(B);
+            for (int64_t blk; (blk = queue.next()) >= 0;) {
+              const int64_t n0 = blk * B, n = std::min(B, N - n0);
+              fwd_block<canonical_hard<TIMING>(decltype(hard)::value), decltype(di)::value, decltype(masked)::value,
+                        KEEP, TIMING, scalar_t, acc_t>(x + n0, v0 + n0, mask ? mask + n0 : nullptr, s + n0,
+                                                                v_last + n0, v_seq ? v_seq + n0 : nullptr,
+                                                                d ? d + n0 : nullptr, v.data(), n, T, N, p);
+            }
+          });
+        },
+        p.hard_reset, p.decay_input, mask != nullptr, d != nullptr);
+  });
 }
 
 // The surrogate of the backward's loops: a template argument (SG >= 0; the loops vectorise), for
@@ -190,10 +229,10 @@ inline T sg_grad_at(T h, const LIFParams<T>& p, const Given<scalar_t, T>& gv, in
 }
 // The emitted S of element i from its H: the noise mask's choice (MASKED) or the spike. With a given
 // surrogate the mask's analog values came from the user's g in the forward: read from gv.s.
-template <bool MASKED, int SG = kRuntimeSurrogate, typename scalar_t, typename T>
+template <bool MASKED, int SG, typename scalar_t, typename T>
 inline T emitted_at(T h, const bool* __restrict__ mask, const Given<scalar_t, T>& gv, int64_t i,
                     const LIFParams<T>& p) {
-  if constexpr (!MASKED) return lif_spike<T>(h, p);
+  if constexpr (!MASKED) return lif_spike(h, p);
   else if constexpr (SG == kGivenSurrogate) return T(gv.s[i]);
   else if constexpr (SG == kRuntimeSurrogate) return lif_fire_rt<T>(h, mask[i], p);
   else return lif_fire<SG, T>(h, mask[i], p);
@@ -207,7 +246,7 @@ constexpr int kRerunSg = SG == kGivenSurrogate ? kGivenSurrogate : kRuntimeSurro
 // follows the noise mask; its primitive is a runtime switch, so the loops are scalar and SG is
 // kRuntimeSurrogate (8 instantiations for the noisy mode, not 88). Both variants run the same
 // operations, so an all-True mask gives bitwise the unmasked result.
-template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
+template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, int TIMING, typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
                               const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
                               const scalar_t* __restrict__ v0, const bool* __restrict__ mask,
@@ -223,8 +262,8 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
       vp[j] = dv[j];
-      const acc_t h = lif_charge<DI>(dv[j], acc_t(x[off + j]), p);
-      dv[j] = lif_reset<HARD>(h, emitted_at<MASKED, kRerunSg<SG>>(h, mask, gv, off + j, p), p);
+      const acc_t h = lif_charge<DI, acc_t, TIMING, HARD>(dv[j], acc_t(x[off + j]), p);
+      dv[j] = lif_reset<HARD, acc_t, TIMING>(h, emitted_at<MASKED, kRerunSg<SG>>(h, mask, gv, off + j, p), p);
     }
   }
   for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
@@ -243,14 +282,14 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
       for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
     for (int64_t j = 0; j < n; ++j) {
       const acc_t xv = acc_t(x[off + j]);
-      const acc_t h = lif_charge<DI>(vp[j], xv, p);
+      const acc_t h = lif_charge<DI, acc_t, TIMING, HARD>(vp[j], xv, p);
       acc_t gp, dga, ek, eth, eal;
       surrogate_grads<SG>(h, p, gv, off + j, gp, dga);
       const acc_t sp = emitted_at<MASKED, kRerunSg<SG>>(h, mask, gv, off + j, p);
-      const acc_t eps = lif_step_backward_g<HARD, DI, DETACH>(h, sp, vp[j], xv, acc_t(gs[off + j]), dv[j], gp, dga,
-                                                              p, ek, eth, eal);
+      const acc_t eps = lif_step_backward_g<HARD, DI, DETACH, acc_t, true, TIMING>(
+          h, sp, vp[j], xv, acc_t(gs[off + j]), dv[j], gp, dga, p, ek, eth, eal);
       gx[off + j] = scalar_t(lif_grad_x<DI>(eps, p));
-      dv[j] = lif_grad_v_prev(eps, p);
+      dv[j] = lif_grad_v_prev<acc_t, TIMING, HARD>(eps, vp[j], p);
       sk[j] += ek;
       sth[j] += eth;
       sal[j] += eal;
@@ -270,6 +309,8 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
 
 // The re-run of bwd_block_fast: the forward from v0, keeping H_t in hbuf (T × B, in L2); leaves V_T
 // in v. ARG: keeps H_t − θ instead (the argument of the surrogate; with B = N, hbuf is [T, N]).
+// The default timing only, as bwd_walk_fast (the others take bwd_block; a user's surrogate runs the
+// default firing and reset).
 template <int SG, bool HARD, bool DI, bool MASKED, bool ARG, typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void rerun_keep_h(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
                                  const bool* __restrict__ mask, const Given<scalar_t, acc_t> gv,
@@ -278,10 +319,10 @@ SNN_CPU_CLONES void rerun_keep_h(const scalar_t* __restrict__ x, const scalar_t*
   // H_t of element i = t·N + j into hp, V_t returned: the forward's step, in the forward's
   // operation order.
   auto step = [&](acc_t vv, int64_t i, acc_t& hp) {
-    const acc_t h = lif_charge<DI>(vv, acc_t(x[i]), p);
+    const acc_t h = lif_charge<DI, acc_t, kResetAfterFire>(vv, acc_t(x[i]), p);
     if constexpr (ARG) hp = h - p.theta;
     else hp = h;
-    return lif_reset<HARD>(h, emitted_at<MASKED, kRerunSg<SG>>(h, mask, gv, i, p), p);
+    return lif_reset<HARD, acc_t, kResetAfterFire>(h, emitted_at<MASKED, kRerunSg<SG>>(h, mask, gv, i, p), p);
   };
   for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
   int64_t t = 0;
@@ -305,7 +346,8 @@ SNN_CPU_CLONES void rerun_keep_h(const scalar_t* __restrict__ x, const scalar_t*
   }
 }
 
-// The walk back from T − 1 to 0 of bwd_block_fast: H_t from hbuf, ∂L/∂V carried in dv.
+// The walk back from T − 1 to 0 of bwd_block_fast: H_t from hbuf, ∂L/∂V carried in dv. The default
+// timing only.
 // MASKED (the noise mask, no parameter gradients): the same instantiation but for the emitted value,
 // so an all-True mask rounds exactly like the unmasked walk. Not contracted (it was, with
 // SNN_CPU_CLONES_FMA): the hard reset's ε = dv·(1 − S) + ds·g′ has two products, and which one GCC
@@ -320,7 +362,8 @@ SNN_CPU_CLONES void bwd_walk_fast(const scalar_t* __restrict__ gs, const scalar_
   // One step back: ∂L/∂V_t = d and H_t = h of element i in, ∂L/∂X_t to gx[i], ∂L/∂V_{t−1} returned.
   auto back = [&](acc_t d, acc_t h, int64_t i) {
     const acc_t ds = lif_grad_s<HARD, DETACH>(acc_t(gs[i]), d, h, p);
-    const acc_t eps = lif_grad_h<HARD>(d, emitted_at<MASKED, SG>(h, mask, gv, i, p), ds, sg_grad_at<SG>(h, p, gv, i));
+    const acc_t eps =
+        lif_grad_h<HARD>(d, emitted_at<MASKED, SG>(h, mask, gv, i, p), ds, sg_grad_at<SG>(h, p, gv, i));
     gx[i] = scalar_t(lif_grad_x<DI>(eps, p));
     return lif_grad_v_prev(eps, p);
   };
@@ -360,7 +403,7 @@ void bwd_block_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict_
   for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
 }
 
-template <int SG, bool HARD, bool DI, bool DETACH, typename scalar_t, typename acc_t>
+template <int SG, bool HARD, bool DI, bool DETACH, int TIMING, typename scalar_t, typename acc_t>
 void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
               const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
               const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad,
@@ -380,15 +423,23 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
       const bool* m = mask ? mask + n0 : nullptr;
       const Given<scalar_t, acc_t> gv = given.offset(n0);
       double* out3 = partial.data() + blk * 3;
-      if (need_param_grad) {
+      auto full = [&] {
         if (mask != nullptr)
-          bwd_block<kRerunSg<SG>, HARD, DI, DETACH, true, scalar_t, acc_t>(
+          bwd_block<kRerunSg<SG>, HARD, DI, DETACH, true, TIMING, scalar_t, acc_t>(
               gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(),
               lane_sums.data(), n, B, T, N, p, out3);
         else
-          bwd_block<SG, HARD, DI, DETACH, false, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv,
-                                                                  gx + n0, gv0 + n0, vprev.data(), dv.data(),
-                                                                  lane_sums.data(), n, B, T, N, p, out3);
+          bwd_block<SG, HARD, DI, DETACH, false, TIMING, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv,
+                                                                        gx + n0, gv0 + n0, vprev.data(), dv.data(),
+                                                                        lane_sums.data(), n, B, T, N, p, out3);
+      };
+      // The timings other than the default take bwd_block's walk (it keeps V_{t−1}, which the delayed
+      // timing's pending reset is recomputed from; one walk per timing, not two); its parameter sums
+      // are dropped when not asked for.
+      if constexpr (TIMING != kResetAfterFire) {
+        full();
+      } else if (need_param_grad) {
+        full();
       } else if (mask != nullptr) {
         bwd_block_fast<SG, HARD, DI, DETACH, true, scalar_t, acc_t>(
             gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);
@@ -418,25 +469,30 @@ template <typename scalar_t, typename acc_t>
 void lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
                     const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
                     const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad) {
-  with_flags(
-      [&](auto hard, auto di, auto detach) {
-        switch (sg) {
-#define SNN_CASE(ID)                                                                                         \
-  case ID:                                                                                                   \
-    return bwd_impl<ID, decltype(hard)::value, decltype(di)::value, decltype(detach)::value, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, mask, \
-                                                                             gx, gv0, T, N, p, need_param_grad, \
-                                                                             param_grad);
-          SNN_FAST_SURROGATE_CASES(SNN_CASE)
+  with_timing(p, [&](auto timing) {
+    constexpr int TIMING = decltype(timing)::value;
+    with_flags(
+        [&](auto hard, auto di, auto detach) {
+          constexpr bool HARD = canonical_hard<TIMING>(decltype(hard)::value);
+          constexpr bool DETACH = canonical_detach<TIMING>(decltype(detach)::value);
+          switch (sg) {
+#define SNN_CASE(ID)                                                                                       \
+  case ID:                                                                                                 \
+    return bwd_impl<ID, HARD, decltype(di)::value, DETACH, TIMING, scalar_t, acc_t>(                       \
+        gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, need_param_grad, param_grad);
+            SNN_FAST_SURROGATE_CASES(SNN_CASE)
 #undef SNN_CASE
-        }
-      },
-      p.hard_reset, p.decay_input, p.detach_reset);
+          }
+        },
+        p.hard_reset, p.decay_input, p.detach_reset);
+  });
 }
 
 // D = H − θ, [T, N]: rerun_keep_h with B = N writes the rows of d in place.
 template <typename scalar_t, typename acc_t>
 void lif_sg_arg_kernel(const scalar_t* x, const scalar_t* v0, const scalar_t* s, acc_t* d, int64_t T, int64_t N,
                        const LIFParams<acc_t>& p) {
+  TORCH_CHECK(default_firing(p), "lif_sg_arg: the default firing and reset only (a user's surrogate)");
   const int64_t B = fwd_block_for(N);
   const int64_t nblocks = (N + B - 1) / B;
   const Given<scalar_t, acc_t> given{nullptr, nullptr, s};
@@ -461,10 +517,11 @@ void lif_bwd_given_kernel(const Given<scalar_t, acc_t>& given, const scalar_t* g
                           const scalar_t* gvseq, const scalar_t* x, const scalar_t* v0, const bool* mask,
                           scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N, const LIFParams<acc_t>& p,
                           bool need_param_grad, double* param_grad) {
+  TORCH_CHECK(default_firing(p), "lif_bwd (given g′): the default firing and reset only (a user's surrogate)");
   with_flags(
       [&](auto hard, auto di, auto detach) {
-        bwd_impl<kGivenSurrogate, decltype(hard)::value, decltype(di)::value, decltype(detach)::value, scalar_t,
-                 acc_t>(gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, need_param_grad, param_grad, given);
+        bwd_impl<kGivenSurrogate, decltype(hard)::value, decltype(di)::value, decltype(detach)::value,
+                 kResetAfterFire, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, need_param_grad, param_grad, given);
       },
       p.hard_reset, p.decay_input, p.detach_reset);
 }

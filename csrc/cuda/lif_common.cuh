@@ -118,11 +118,11 @@ SNN_HD void load_mask(const bool* __restrict__ base, int64_t off, bool (&out)[VE
 template <typename scalar_t>
 struct SavedCodec {  // float32 / float64: H itself
   using acc_t = acc_of_t<scalar_t>;
-  SNN_HD static scalar_t encode(acc_t h, acc_t /*theta*/) { return h; }
-  SNN_HD static void decode(scalar_t raw, acc_t theta, acc_t& h, acc_t& xs, bool& spike) {
+  SNN_HD static scalar_t encode(acc_t h, const LIFParams<acc_t>& /*p*/) { return h; }
+  SNN_HD static void decode(scalar_t raw, const LIFParams<acc_t>& p, acc_t& h, acc_t& xs, bool& spike) {
     h = raw;
-    xs = h - theta;
-    spike = xs >= acc_t(0);  // the forward's own comparison on the same H: bitwise equal
+    xs = h - p.theta;
+    spike = lif_fires(xs, p);  // the forward's own comparison on the same H: bitwise equal
   }
 };
 
@@ -130,18 +130,18 @@ template <typename scalar_t>
 struct SavedCodec16 {  // float16 / bfloat16: D = H − θ in the storage dtype, S = sign bit clear
   SNN_HD static unsigned short bits(scalar_t v);
   SNN_HD static scalar_t from_bits(unsigned short b);
-  SNN_HD static scalar_t encode(float h, float theta) {
-    const float xs = h - theta;
+  SNN_HD static scalar_t encode(float h, const LIFParams<float>& p) {
+    const float xs = h - p.theta;
     const unsigned short b = bits(from_acc<scalar_t>(xs));
     // The sign bit is set to "no spike". Rounding to nearest keeps the sign of every other value
-    // (this changes no bit there); it matters for the two that would lie: H − θ = −0 (a spike: −0 ≥ 0)
-    // and NaN (no spike, whatever NaN's sign).
-    return from_bits(xs >= 0.0f ? static_cast<unsigned short>(b & 0x7FFFu) : static_cast<unsigned short>(b | 0x8000u));
+    // (this changes no bit there); it matters for the values that would lie: H − θ = −0 (a spike:
+    // −0 ≥ 0), +0 under the strict threshold (no spike) and NaN (no spike, whatever NaN's sign).
+    return from_bits(lif_fires(xs, p) ? static_cast<unsigned short>(b & 0x7FFFu) : static_cast<unsigned short>(b | 0x8000u));
   }
-  SNN_HD static void decode(scalar_t raw, float theta, float& h, float& xs, bool& spike) {
+  SNN_HD static void decode(scalar_t raw, const LIFParams<float>& p, float& h, float& xs, bool& spike) {
     spike = (bits(raw) & 0x8000u) == 0;
     xs = to_acc(raw);
-    h = xs + theta;
+    h = xs + p.theta;
   }
 };
 template <> SNN_HD unsigned short SavedCodec16<__half>::bits(__half v) {
@@ -178,6 +178,11 @@ SNN_HD LIFParams<acc_t> load_params(const acc_t* __restrict__ params, const LIFF
   p.hard_reset = f.hard_reset;
   p.decay_input = f.decay_input;
   p.detach_reset = f.detach_reset;
+  // The strict threshold from the launch; the timing a constant: the CUDA kernels run the reset after
+  // the spike only (the binding refuses the others), so lif_step.h's timing branches fold away here.
+  // With them compiled in, ptxas spilled the parameter-gradient backwards (fp16/bf16 ×8, fp32 ×4,
+  // fp64; sm_80) however the timing was dispatched.
+  set_firing(p, f.strict_threshold, kResetAfterFire);
   return p;
 }
 

@@ -52,6 +52,7 @@ struct LIFFlagsC {
   bool decay_input;
   bool detach_reset;
   double reset_residual;
+  bool strict_threshold;  // fire on H > θ only (the reset timing: after the spike, the only one here)
 };
 
 struct LIFFwdArgs {

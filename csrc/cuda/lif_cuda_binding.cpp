@@ -13,6 +13,7 @@
 
 #include "../common/lif_checks.h"
 #include "lif_cuda.h"
+#include "snn_fast/lif_step.h"
 
 namespace snn_fast {
 namespace cuda {
@@ -38,15 +39,18 @@ void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const
 }
 
 LIFFlagsC make_flags(int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
-                     double kappa) {
-  return LIFFlagsC{int(sg), hard_reset, v_reset, decay_input, detach_reset, kappa};
+                     double kappa, bool strict, int64_t timing) {
+  check_reset_timing(timing);
+  TORCH_CHECK(timing == kResetAfterFire, "lif (CUDA kernel): reset_timing ", timing, " (not after the spike) ",
+              "does not run on the CUDA kernels; backend='triton' (or 'auto') runs it");
+  return LIFFlagsC{int(sg), hard_reset, v_reset, decay_input, detach_reset, kappa, strict};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x_, const Tensor& v0_, const Tensor& params_,
                                                         const c10::optional<Tensor>& mask_, int64_t sg,
                                                         bool hard_reset, double v_reset, bool decay_input,
-                                                        bool detach_reset, double kappa, bool return_v_seq,
-                                                        int64_t save) {
+                                                        bool detach_reset, double kappa, bool strict,
+                                                        int64_t timing, bool return_v_seq, int64_t save) {
   check_common(x_, v0_, params_, mask_, sg);
   check_save(save, "CUDA kernel", false);
   const bool recompute = save == kSaveRecompute, keep_h = save == kSaveState;
@@ -73,7 +77,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x_, const 
   a.v_seq = return_v_seq ? v_seq.mutable_data_ptr() : nullptr;
   a.saved = keep_h ? saved.mutable_data_ptr() : nullptr;
   a.ckpt = recompute && saved.numel() > 0 ? saved.mutable_data_ptr() : nullptr;
-  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
   C10_CUDA_CHECK(static_cast<cudaError_t>(lif_fwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
   return {s, v_last, v_seq, saved};
 }
@@ -85,7 +89,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s_, const c10
                                                 const Tensor& /*s*/, const c10::optional<Tensor>& sg_grad,
                                                 const c10::optional<Tensor>& sg_dalpha, int64_t sg, bool hard_reset,
                                                 double v_reset, bool decay_input, bool detach_reset, double kappa,
-                                                int64_t save, bool need_param_grad) {
+                                                bool strict, int64_t timing, int64_t save, bool need_param_grad) {
   check_common(x_, v0_, params_, mask_, sg);
   check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
   check_save(save, "CUDA kernel", false);
@@ -140,7 +144,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s_, const c10
                           x.options().dtype(at::kDouble));
     a.workspace = workspace.mutable_data_ptr<double>();
   }
-  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa);
+  a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
   a.recompute = recompute;
   C10_CUDA_CHECK(static_cast<cudaError_t>(lif_bwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
   return {gx, gv0, grad_params};

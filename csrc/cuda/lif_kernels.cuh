@@ -54,7 +54,7 @@ SNN_HD void lif_fwd_thread(const FwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
             const acc_t h = lif_charge<decltype(di)::value>(v[j], xv[j], p);
             sv[j] = lif_fire_rt<acc_t>(h, m[j], p);
             v[j] = lif_reset<decltype(hard)::value>(h, sv[j], p);
-            hv[j] = Codec::encode(h, p.theta);
+            hv[j] = Codec::encode(h, p);
           }
         },
         p.hard_reset, p.decay_input);
@@ -120,7 +120,7 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
     for (int j = 0; j < VEC; ++j) {
       acc_t hh, xx;
       bool spike;
-      Codec::decode(raw[j], p.theta, hh, xx, spike);
+      Codec::decode(raw[j], p, hh, xx, spike);
       ss[j] = emitted<acc_t>(xx, spike, m[j], p);
     }
   };
@@ -155,7 +155,7 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
     for (int j = 0; j < VEC; ++j) {
       acc_t xs;
       bool spike;
-      Codec::decode(raw[j], p.theta, h[j], xs, spike);
+      Codec::decode(raw[j], p, h[j], xs, spike);
       sg_grad_dalpha_rt<PARAM, acc_t>(p.sg, xs, p.alpha, gp[j], dga[j]);
     }
     acc_t gx[VEC];
@@ -168,7 +168,7 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
             if (PARAM) {
               acc_t hprev, xsprev;
               bool spikeprev;
-              if (t > 0) Codec::decode(rawp[j], p.theta, hprev, xsprev, spikeprev);
+              if (t > 0) Codec::decode(rawp[j], p, hprev, xsprev, spikeprev);
               vprev = t > 0 ? lif_reset<HARD>(hprev, sp[j], p) : v0v[j];
             }
             acc_t g_dk, g_dth, g_dal;
@@ -250,7 +250,7 @@ SNN_HD void lif_bwd_rc_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, 
             const acc_t xs = h - p.theta;
             acc_t gp, dga;
             sg_grad_dalpha_rt<PARAM, acc_t>(p.sg, xs, p.alpha, gp, dga);
-            const acc_t s = emitted<acc_t>(xs, xs >= acc_t(0), mask_at(off), p);  // = the forward's lif_fire_rt
+            const acc_t s = emitted<acc_t>(xs, lif_fires(xs, p), mask_at(off), p);  // = the forward's lif_fire_rt
             if (a.grad_v_seq != nullptr) dv += load1(a.grad_v_seq, off);
             acc_t vprev = vstart, xv = acc_t(0);
             if constexpr (PARAM) {

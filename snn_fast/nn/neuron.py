@@ -44,12 +44,14 @@ class BaseLIF(nn.Module):
         decay: Optional[float] = None,
         step_mode: str = "m",
         save: str = lif_contract.DEFAULT_SAVE,
+        fire_at_threshold: bool = True,
+        reset_timing: str = "after_fire",
     ):
         super().__init__()
         self.save = lif_contract.check_save(save)  # what the GPU kernels keep for the backward (lif_multistep)
         k, theta, alpha, flags, sg = lif_args.resolve(
             None if decay is not None else tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate,
-            alpha, reset_residual,
+            alpha, reset_residual, fire_at_threshold, reset_timing,
         )
         if not 0.0 <= noise_prob <= 1.0:
             raise ValueError(f"noise_prob must be in [0, 1], got {noise_prob}")
@@ -153,6 +155,10 @@ class BaseLIF(nn.Module):
         ]
         if f.reset_residual:
             parts.append(f"reset_residual={f.reset_residual:g}")
+        if not f.fire_at_threshold:
+            parts.append("fire_at_threshold=False")
+        if f.reset_timing != "after_fire":
+            parts.append(f"reset_timing={f.reset_timing!r}")
         if self.noise_prob:
             parts.append(f"noise_prob={self.noise_prob:g}")
         parts.append(f"backend={self.backend}")

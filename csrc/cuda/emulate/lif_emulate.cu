@@ -101,8 +101,8 @@ extern "C" {
 // dtype) instead of H; the backward re-runs it from x and them (one neuron per thread, kRcVec).
 int emu_lif_fwd_rc(int dtype, int wide, int64_t T, int64_t N, const void* x, const void* v0, const void* params,
                    const bool* mask, void* s, void* v_last, void* v_seq, void* ckpt, int sg, int hard_reset,
-                   double v_reset, int decay_input, int detach_reset, double kappa) {
-  const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa};
+                   double v_reset, int decay_input, int detach_reset, double kappa, int strict) {
+  const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa, strict != 0};
   return with_storage_type(DType(dtype), [&](auto tag) {
     fwd<decltype(tag)>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, nullptr, f, ckpt);
     return 0;
@@ -112,8 +112,8 @@ int emu_lif_fwd_rc(int dtype, int wide, int64_t T, int64_t N, const void* x, con
 int emu_lif_bwd_rc(int dtype, int64_t T, int64_t N, const void* gs, const void* gvl, const void* gvs, const void* x,
                    const void* v0, const void* params, const bool* mask, const void* ckpt, void* gx, void* gv0,
                    int need_param, void* grad_params, int sg, int hard_reset, double v_reset, int decay_input,
-                   int detach_reset, double kappa) {
-  const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa};
+                   int detach_reset, double kappa, int strict) {
+  const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa, strict != 0};
   return with_storage_type(DType(dtype), [&](auto tag) {
     bwd_rc<decltype(tag)>(T, N, gs, gvl, gvs, x, v0, params, mask, ckpt, gx, gv0, need_param, grad_params, f);
     return 0;
@@ -126,8 +126,8 @@ int emu_rc_chunk() { return kRcChunk; }
 // N and the alignments allow it, as the launcher would).
 int emu_lif_fwd(int dtype, int wide, int64_t T, int64_t N, const void* x, const void* v0, const void* params,
                 const bool* mask, void* s, void* v_last, void* v_seq, void* saved, int sg, int hard_reset,
-                double v_reset, int decay_input, int detach_reset, double kappa) {
-  const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa};
+                double v_reset, int decay_input, int detach_reset, double kappa, int strict) {
+  const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa, strict != 0};
   return with_storage_type(DType(dtype), [&](auto tag) {
     fwd<decltype(tag)>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f);
     return 0;
@@ -137,8 +137,8 @@ int emu_lif_fwd(int dtype, int wide, int64_t T, int64_t N, const void* x, const 
 int emu_lif_bwd(int dtype, int wide, int64_t T, int64_t N, const void* gs, const void* gvl, const void* gvs,
                 const void* x, const void* v0, const void* params, const bool* mask, const void* saved, void* gx,
                 void* gv0, int need_param, void* grad_params, int sg, int hard_reset, double v_reset,
-                int decay_input, int detach_reset, double kappa) {
-  const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa};
+                int decay_input, int detach_reset, double kappa, int strict) {
+  const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa, strict != 0};
   return with_storage_type(DType(dtype), [&](auto tag) {
     bwd<decltype(tag)>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f);
     return 0;

@@ -4,8 +4,20 @@
 // Parametrisation: k = 1/τ (0 for IF), cx = k (decay_input) or 1, vr = v_reset (hard) or 0 (soft).
 //   charge  H = V + (X − (V − vr))·k        (decay_input)
 //           H = V − (V − vr)·k + X          (otherwise)
-//   fire    S = Θ(H − θ) (Θ(0) = 1), or g(H − θ) where the noise mask is 0
-//   reset   V = S·vr + (1 − S)·H (hard)  |  V = H − S·θ (soft)
+//   fire    S = Θ(H − θ) (Θ(0) = 1; Θ(0) = 0 with strict), or g(H − θ) where the noise mask is 0
+//   reset   V = S·vr + (1 − S)·H (hard)  |  V = H − S·θ (soft)          (timing kResetAfterFire)
+// Reset timings (snn_fast/ops/lif/args.py RESET_TIMINGS):
+//   kResetDelayed: V = H (the pre-reset membrane is carried); the next step first applies the pending
+//     reset R = Θ(V − θ), recomputed from V without a gradient: hard V ← R·vr + (1 − R)·V before
+//     the charge, soft H ← H − R·θ after it.
+//   kResetNone: V = H, no reset.
+// The strict threshold and the timing are fields of LIFParams (set_firing). The strictness is read at
+// run time by every caller: the spike is d ≥ p.fire_min, one comparison against a loop-invariant
+// bound (0, or the least subnormal for Θ(0) = 0), which vectorises like d ≥ 0. The timing is the
+// template argument TIMING of the functions below: a constant for the CPU kernels (one instantiation
+// per timing, so each loop holds only its own step: a runtime timing test inside the step keeps GCC
+// from vectorising it, an order of magnitude slower), or kRuntimeTiming, p.timing, for the CUDA
+// kernels (load_params sets it to a constant, so its branches fold away there too).
 //
 // Every function evaluates the reference's expression (snn_fast/ops/lif/reference.py) in the
 // reference's operation order under IEEE arithmetic, so fp32 kernels round exactly like the fp32
@@ -25,6 +37,12 @@
 
 namespace snn_fast {
 
+// LIFParams::timing (the ops' reset_timing; args.RESET_TIMINGS' order). kResetAfterFirePending
+// (snnTorch reset_delay=False) exists only in the reference; the bindings refuse it.
+constexpr int kResetAfterFire = 0;
+constexpr int kResetDelayed = 1;
+constexpr int kResetNone = 2;
+
 template <typename T>
 struct LIFParams {
   T k;       // leak 1/τ
@@ -36,7 +54,57 @@ struct LIFParams {
   bool hard_reset;
   bool decay_input;
   bool detach_reset;
+  T fire_min = T(0);             // fire on H − θ ≥ fire_min: 0, or (strict, Θ(0) = 0) the least subnormal
+  int timing = kResetAfterFire;  // kResetAfterFire | kResetDelayed | kResetNone
 };
+
+// The least positive subnormal: d > 0 ⇔ d ≥ it for every d, NaN included (false), as long as
+// subnormal operands are not read as zero (no build of ours sets denormals-are-zero; under
+// torch.set_flush_denormal(True) a strict threshold fires at H = θ). So the strict threshold is the
+// same single comparison as Θ(0) = 1 against another loop-invariant bound, not a select between two
+// comparisons.
+SNN_HD constexpr float least_subnormal(float) { return 0x1p-149f; }
+SNN_HD constexpr double least_subnormal(double) { return 0x1p-1074; }
+
+// The ops' strict_threshold and reset_timing into p.
+template <typename T>
+SNN_HD void set_firing(LIFParams<T>& p, bool strict, int timing) {
+  p.fire_min = strict ? least_subnormal(T(0)) : T(0);
+  p.timing = timing;
+}
+// The default firing and reset (Θ(0) = 1, reset after the spike): what a user's surrogate runs.
+template <typename T>
+SNN_HD bool default_firing(const LIFParams<T>& p) {
+  return p.fire_min == T(0) && p.timing == kResetAfterFire;
+}
+
+// TIMING: the reset timing as a compile-time constant (kResetAfterFire, kResetDelayed, kResetNone),
+// or kRuntimeTiming: p.timing.
+constexpr int kRuntimeTiming = -1;
+
+// HARDF: the hard reset as a compile-time flag (0, 1) for the timing branches below, or kRuntimeFlag:
+// p.hard_reset. The CPU kernels fix it, so that the delayed timing's pending reset is no
+// loop-invariant test inside their loops (GCC did not vectorise the backward walk with it).
+constexpr int kRuntimeFlag = -1;
+template <int F>
+SNN_HD bool flag_or(bool runtime) {
+  if constexpr (F == kRuntimeFlag) {
+    return runtime;
+  } else {
+    return F != 0;
+  }
+}
+
+// The reset timing under TIMING: a constant unless TIMING is kRuntimeTiming, so the timing branches of
+// the functions below fold away in a fixed-timing instantiation.
+template <int TIMING, typename T>
+SNN_HD int lif_timing(const LIFParams<T>& p) {
+  if constexpr (TIMING == kRuntimeTiming) {
+    return p.timing;
+  } else {
+    return TIMING;
+  }
+}
 
 // A compile-time flag (std::bool_constant without <type_traits>' host-only parts).
 template <bool B>
@@ -92,20 +160,50 @@ SNN_HD double mul_rn(double a, double b) {
 // ------------------------------------------------------------------------------------------------
 // Forward
 
-template <bool DI, typename T>
+// Θ(d) as a bool, Θ(0) = 1 or (strict) 0; NaN: false, as the reference's comparison.
+template <typename T>
+SNN_HD bool lif_fires(T d, const LIFParams<T>& p) {
+  return d >= p.fire_min;
+}
+
+// The hard spike Θ(H − θ) as 0/1.
+template <typename T>
+SNN_HD T lif_spike(T h, const LIFParams<T>& p) {
+  return lif_fires(h - p.theta, p) ? T(1) : T(0);
+}
+
+// The membrane the charge starts from: V itself, or with kResetDelayed and a hard reset the pending
+// reset R·vr + (1 − R)·V applied first (R = Θ(V − θ)).
+template <typename T, int TIMING = kRuntimeTiming, int HARDF = kRuntimeFlag>
+SNN_HD T lif_pending_hard(T v, const LIFParams<T>& p) {
+  using detail::mul_rn;
+  if (lif_timing<TIMING>(p) == kResetDelayed && flag_or<HARDF>(p.hard_reset)) {
+    const T r = lif_spike(v, p);
+    return mul_rn(r, p.vr) + mul_rn(T(1) - r, v);
+  }
+  return v;
+}
+
+template <bool DI, typename T, int TIMING = kRuntimeTiming, int HARDF = kRuntimeFlag>
 SNN_HD T lif_charge(T v, T x, const LIFParams<T>& p) {
   using detail::mul_rn;
+  if (lif_timing<TIMING>(p) == kResetDelayed) {  // the pending reset of the carried (pre-reset) membrane
+    const bool hard = flag_or<HARDF>(p.hard_reset);
+    const T r = lif_spike(v, p);
+    if (hard) v = mul_rn(r, p.vr) + mul_rn(T(1) - r, v);
+    T h;
+    if constexpr (DI) {
+      h = v + mul_rn(x - (v - p.vr), p.k);
+    } else {
+      h = (v - mul_rn(v - p.vr, p.k)) + x;
+    }
+    return hard ? h : h - mul_rn(r, p.theta);
+  }
   if constexpr (DI) {
     return v + mul_rn(x - (v - p.vr), p.k);
   } else {
     return (v - mul_rn(v - p.vr, p.k)) + x;
   }
-}
-
-// The hard spike Θ(H − θ) as 0/1 (NaN H: 0, as the reference's comparison).
-template <typename T>
-SNN_HD T lif_spike(T h, const LIFParams<T>& p) {
-  return (h - p.theta) >= T(0) ? T(1) : T(0);
 }
 
 // Emitted value: the spike where the mask is on, g(H − θ) where it is off (docs/spec.md §4). A select, so an
@@ -121,9 +219,10 @@ SNN_HD T lif_fire_rt(T h, bool mask_on, const LIFParams<T>& p) {
 
 // Unfused like the charge: with an analog (noisy) s these roundings matter; with a 0/1 spike the
 // blend is still evaluated as written (H = ±inf or NaN with S = 1 gives NaN, as the reference).
-template <bool HARD, typename T>
+template <bool HARD, typename T, int TIMING = kRuntimeTiming>
 SNN_HD T lif_reset(T h, T s, const LIFParams<T>& p) {
   using detail::mul_rn;
+  if (lif_timing<TIMING>(p) != kResetAfterFire) return h;  // the pre-reset membrane is carried
   if constexpr (HARD) {
     return mul_rn(s, p.vr) + mul_rn(T(1) - s, h);
   } else {
@@ -191,13 +290,38 @@ template <typename T>
 SNN_HD T lif_grad_v_prev(T eps, const LIFParams<T>& p) {
   return eps - eps * p.k;
 }
+// The same where a pending hard reset (kResetDelayed) may sit between V_{t−1} and the charge:
+// ∂V′/∂V_{t−1} = 1 − R. Needs V_{t−1}; the other timings give lif_grad_v_prev(eps, p).
+template <typename T, int TIMING = kRuntimeTiming, int HARDF = kRuntimeFlag>
+SNN_HD T lif_grad_v_prev(T eps, T v_prev, const LIFParams<T>& p) {
+  const T d = eps - eps * p.k;
+  if (lif_timing<TIMING>(p) == kResetDelayed && flag_or<HARDF>(p.hard_reset)) return d * (T(1) - lif_spike(v_prev, p));
+  return d;
+}
 
 // One step with parameter gradients. In: H, the emitted S, V_{t−1}, X, ∂L/∂S_t, dv, gp, dga. Returns
 // ε; writes this step's contributions to ∂L/∂k, ∂L/∂θ, ∂L/∂α. Scalars, not a struct: GCC's
 // `omp simd` cannot vectorise a loop holding an aggregate local.
-template <bool HARD, bool DI, bool DETACH, typename T, bool EXACT_K0 = true>
+template <bool HARD, bool DI, bool DETACH, typename T, bool EXACT_K0 = true, int TIMING = kRuntimeTiming>
 SNN_HD T lif_step_backward_g(T h, T s, T v_prev, T x, T grad_s, T dv, T gp, T dga, const LIFParams<T>& p,
                              T& dk, T& dtheta, T& dalpha) {
+  if (lif_timing<TIMING>(p) != kResetAfterFire) {
+    // V_t = H_t (+ κ·(S − detach S)): ∂L/∂S_t = grad_s + κ·dv, ε = dv + ∂L/∂S_t·g′. With kResetDelayed
+    // the charge starts from V′ = the pending hard reset of V_{t−1}, and a soft one adds −R·θ to H.
+    const T ds = lif_grad_s<false, true, T, EXACT_K0>(grad_s, dv, h, p);
+    const T eps = dv + ds * gp;
+    const bool pending = lif_timing<TIMING>(p) == kResetDelayed;
+    const T vp = lif_pending_hard<T, TIMING, HARD>(v_prev, p);
+    dtheta = -(ds * gp);
+    if (pending && !HARD) dtheta = dtheta - eps * lif_spike(v_prev, p);
+    dalpha = ds * dga;
+    if constexpr (DI) {
+      dk = eps * (x - (vp - p.vr));
+    } else {
+      dk = -(eps * (vp - p.vr));
+    }
+    return eps;
+  }
   const T ds = lif_grad_s<HARD, DETACH, T, EXACT_K0>(grad_s, dv, h, p);
   const T eps = lif_grad_h<HARD>(dv, s, ds, gp);
   if constexpr (HARD) {

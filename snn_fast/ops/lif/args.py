@@ -30,6 +30,8 @@ class LIFFlags:
     decay_input: bool  # False for IF (k = 0)
     detach_reset: bool
     reset_residual: float  # κ
+    fire_at_threshold: bool = True  # Θ(0) = 1 (fire on H ≥ θ); False: fire on H > θ only
+    reset_timing: str = "after_fire"  # one of RESET_TIMINGS
 
     # ``op_kwargs``: the flags by the fused ops' argument names; ``op_args``: the same values in the
     # schema's order (contract.FLAG_ARGS), for the eager call. Made once per flags object as plain
@@ -44,9 +46,28 @@ class LIFFlags:
 
     def _derive(self) -> None:
         kw = dict(surrogate=self.surrogate_id, hard_reset=self.hard_reset, v_reset=self.v_reset,
-                  decay_input=self.decay_input, detach_reset=self.detach_reset, reset_residual=self.reset_residual)
+                  decay_input=self.decay_input, detach_reset=self.detach_reset, reset_residual=self.reset_residual,
+                  strict_threshold=not self.fire_at_threshold,
+                  reset_timing=RESET_TIMINGS.index(self.reset_timing))
         object.__setattr__(self, "op_kwargs", kw)
         object.__setattr__(self, "op_args", tuple(kw.values()))
+
+
+# When the reset happens (docs/spec.md §2 reset; reference.py is the definition):
+#   "after_fire"  V_t = reset(H_t, S_t) right after the spike (SpikingJelly, Norse).
+#   "delayed"     the membrane carried is the pre-reset H; at the next step the pending reset
+#                 R = Θ(V_{t−1} − θ) (recomputed from it, detached) is applied: soft H = charge(V) − R·θ
+#                 (after the decay), hard V ← R·V_r + (1 − R)·V before the charge (snnTorch reset_delay=True).
+#   "none"        no reset at all: V_t = H_t (snnTorch reset_mechanism="none").
+#   "after_fire_pending"  snnTorch reset_delay=False: R applied as in "delayed", and after the spike
+#                 the reset of S_t − R ("avoid a double reset"); reference backend only.
+# The pending R never carries a gradient; detach_reset applies to the after-fire reset.
+# The op's reset_timing is the index here (contract.RESET_AFTER_FIRE, …).
+RESET_TIMINGS = ("after_fire", "delayed", "none", "after_fire_pending")
+# the timings the fused kernels run: the C++ CPU kernel and Triton all three; the CUDA kernel
+# "after_fire" only (csrc/cuda/lif_common.cuh load_params says why). The others: backend='reference'.
+KERNEL_RESET_TIMINGS = ("after_fire", "delayed", "none")
+CUDA_RESET_TIMINGS = ("after_fire",)
 
 
 def _is_compiling() -> bool:
@@ -92,10 +113,13 @@ def resolve(
     surrogate,
     alpha: Optional[Scalar],
     reset_residual: float,
+    fire_at_threshold: bool = True,
+    reset_timing: str = "after_fire",
 ):
     """Return ``(k, theta, alpha, flags, surrogate)`` after checking every argument."""
     sg = _sg.get(surrogate)
-    for name, flag in (("decay_input", decay_input), ("detach_reset", detach_reset)):
+    for name, flag in (("decay_input", decay_input), ("detach_reset", detach_reset),
+                       ("fire_at_threshold", fire_at_threshold)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
     if tau is not None and decay is not None:
@@ -125,6 +149,13 @@ def resolve(
     if isinstance(reset_residual, torch.Tensor):
         raise TypeError("reset_residual must be a float")
     _check_scalar("reset_residual", reset_residual)
+    if reset_timing not in RESET_TIMINGS:
+        raise ValueError(f"reset_timing must be one of {RESET_TIMINGS}, got {reset_timing!r}")
+    if reset_timing == "delayed" and not detach_reset:
+        raise ValueError("reset_timing='delayed' needs detach_reset=True: its reset is recomputed from the "
+                         "carried membrane without a gradient (as snnTorch's)")
+    if reset_timing == "none" and v_reset is not None:
+        raise ValueError("reset_timing='none' has no reset: pass v_reset=None")
     flags = LIFFlags(
         surrogate_id=sg.id,
         hard_reset=v_reset is not None,
@@ -132,6 +163,8 @@ def resolve(
         decay_input=bool(decay_input) and not is_if,
         detach_reset=bool(detach_reset),
         reset_residual=float(reset_residual),
+        fire_at_threshold=bool(fire_at_threshold),
+        reset_timing=reset_timing,
     )
     return k, v_threshold, alpha, flags, sg
 

@@ -23,15 +23,22 @@ import torch
 from ... import surrogate as _sg
 from .args import _is_compiling
 
-FLAG_ARGS = ("surrogate", "hard_reset", "v_reset", "decay_input", "detach_reset", "reset_residual")
+FLAG_ARGS = ("surrogate", "hard_reset", "v_reset", "decay_input", "detach_reset", "reset_residual",
+             "strict_threshold", "reset_timing")
 
 FWD_SCHEMA = ("(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, int surrogate, bool hard_reset, "
-              "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool return_v_seq, "
-              "int save) -> (Tensor, Tensor, Tensor, Tensor)")
+              "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool strict_threshold, "
+              "int reset_timing, bool return_v_seq, int save) -> (Tensor, Tensor, Tensor, Tensor)")
 BWD_SCHEMA = ("(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, Tensor params, "
               "Tensor? noise_mask, Tensor saved, Tensor s, Tensor? sg_grad, Tensor? sg_dalpha, int surrogate, "
               "bool hard_reset, float v_reset, bool decay_input, bool detach_reset, float reset_residual, "
-              "int save, bool need_param_grad) -> (Tensor, Tensor, Tensor)")
+              "bool strict_threshold, int reset_timing, int save, bool need_param_grad) -> (Tensor, Tensor, Tensor)")
+
+# reset_timing: the index of args.RESET_TIMINGS (docs/spec.md §2); the kernels run the first three
+# (csrc/include/snn_fast/lif_step.h ResetTiming repeats the codes), the CUDA kernel the first only.
+# strict_threshold: fire on H > θ only (Θ(0) = 0; the public fire_at_threshold=False).
+RESET_AFTER_FIRE, RESET_DELAYED, RESET_NONE = 0, 1, 2
+KERNEL_RESET_CODES = (RESET_AFTER_FIRE, RESET_DELAYED, RESET_NONE)
 
 # --- save: what a forward keeps for its backward ----------------------------------------------------
 # The public modes (lif_multistep's save=) and the op's codes, which csrc/common/lif_checks.h repeats.
@@ -95,13 +102,15 @@ _OP_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def check_op_args(who: str, x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, surrogate: int,
-                  save: int = SAVE_STATE, saves=(SAVE_STATE, SAVE_RECOMPUTE, SAVE_NONE)) -> None:
+                  save: int = SAVE_STATE, saves=(SAVE_STATE, SAVE_RECOMPUTE, SAVE_NONE),
+                  reset_timing: int = RESET_AFTER_FIRE) -> None:
     # Eager calls: one plain test of the common case (torch._check's lambdas cost microseconds per call);
     # anything off, or a traced call (symbolic shapes), goes through the checks that name the argument.
     if (not _is_compiling() and x.dim() == 2 and x.dtype in _OP_DTYPES and v0.dtype == x.dtype
             and params.dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)
             and params.numel() == 3 and (0 <= surrogate < _sg.NUM_KERNEL_SURROGATES
-                                         or surrogate >= _sg.CUSTOM_ID_BASE) and save in saves):
+                                         or surrogate >= _sg.CUSTOM_ID_BASE) and save in saves
+            and reset_timing in KERNEL_RESET_CODES):
         return
     torch._check(x.dim() == 2, lambda: f"{who}: x must be [T, N], got {x.dim()} dims")
     torch._check(x.dtype in _OP_DTYPES, lambda: f"{who}: unsupported dtype {x.dtype}")
@@ -112,6 +121,8 @@ def check_op_args(who: str, x: torch.Tensor, v0: torch.Tensor, params: torch.Ten
     torch._check(0 <= surrogate < _sg.NUM_KERNEL_SURROGATES or surrogate >= _sg.CUSTOM_ID_BASE,
                  lambda: f"{who}: unknown surrogate id {surrogate}")
     torch._check(save in saves, lambda: f"{who}: save must be one of {tuple(saves)}, got {save}")
+    torch._check(reset_timing in KERNEL_RESET_CODES,
+                 lambda: f"{who}: reset_timing must be one of {KERNEL_RESET_CODES}, got {reset_timing}")
 
 
 def fake_fwd_outputs(x: torch.Tensor, v0: torch.Tensor, return_v_seq: bool):
@@ -121,7 +132,7 @@ def fake_fwd_outputs(x: torch.Tensor, v0: torch.Tensor, return_v_seq: bool):
 
 
 def fake_fwd_cpp(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-                 reset_residual, return_v_seq, save):
+                 reset_residual, strict_threshold, reset_timing, return_v_seq, save):
     """snn_fast::lif_fwd serves 'cpu' and 'cuda', which save different things: x's device says which
     (a meta tensor, which no kernel runs on, gets the CPU's answer)."""
     kernel = "cuda" if x.device.type == "cuda" else "cpu"
@@ -129,6 +140,7 @@ def fake_fwd_cpp(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, deca
 
 
 def fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, sg_grad, sg_dalpha, surrogate,
-             hard_reset, v_reset, decay_input, detach_reset, reset_residual, save, need_param_grad):
+             hard_reset, v_reset, decay_input, detach_reset, reset_residual, strict_threshold, reset_timing, save,
+             need_param_grad):
     """(grad_x, grad_v0, grad_params) of any backend's bwd op."""
     return torch.empty_like(x), torch.empty_like(v0), torch.empty_like(params)

@@ -75,18 +75,28 @@ def _check(x, v0, params, surrogate):
     torch._check(surrogate >= _sg.CUSTOM_ID_BASE, lambda: f"lif_custom_cpu: {surrogate} is not a user surrogate id")
 
 
+def _check_firing(strict_threshold, reset_timing):
+    # lif_sg_arg re-runs the default firing and reset only: the others run on the reference
+    # (function.py routes them there)
+    torch._check(not strict_threshold and reset_timing == contract.RESET_AFTER_FIRE,
+                 lambda: "lif_custom_cpu: a user surrogate runs strict_threshold=False and reset_timing=0 "
+                         f"(after the spike) only, got {strict_threshold}, {reset_timing}; use backend='reference'")
+
+
 def lif_fwd_custom_cpu(
     x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
     hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool, save: int,
+    strict_threshold: bool, reset_timing: int, return_v_seq: bool, save: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(s, v_last, v_seq or [0], saved): D [T, N] for save 0 ("state") without a noise mask, else [0]."""
     _check(x, v0, params, surrogate)
     contract.check_op_args("lif_custom_cpu", x, v0, params, surrogate, save)
+    _check_firing(strict_threshold, reset_timing)
     if noise_mask is None and _ext.HAS_C:
         keep = contract.SAVE_SG_ARG if save == contract.SAVE_STATE else contract.SAVE_NONE
         return torch.ops.snn_fast.lif_fwd.default(x, v0, params, None, 0, hard_reset, v_reset, decay_input,
-                                                  detach_reset, reset_residual, return_v_seq, keep)
+                                                  detach_reset, reset_residual, False, contract.RESET_AFTER_FIRE,
+                                                  return_v_seq, keep)
     sg = _surrogate(surrogate)
     k, theta, alpha = params.tolist()
     flags = lif_args.LIFFlags(surrogate, hard_reset, v_reset if hard_reset else 0.0, decay_input, detach_reset,
@@ -267,10 +277,12 @@ def lif_bwd_custom_cpu(
     grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
     v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
     sg_grad: Optional[torch.Tensor], sg_dalpha: Optional[torch.Tensor], surrogate: int, hard_reset: bool,
-    v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float, save: int, need_param_grad: bool,
+    v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float, strict_threshold: bool,
+    reset_timing: int, save: int, need_param_grad: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The user's g′ (and ∂g/∂α) at D, then the C++ walk reading them (given ones are used as they are)."""
     _check(x, v0, params, surrogate)
+    _check_firing(strict_threshold, reset_timing)
     if sg_grad is None:
         sg = _surrogate(surrogate)
         if saved.numel() > 0:  # D from the forward (save="state")
@@ -282,11 +294,11 @@ def lif_bwd_custom_cpu(
         del d
     return torch.ops.snn_fast.lif_bwd.default(
         grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, sg_grad, sg_dalpha, 0, hard_reset,
-        v_reset, decay_input, detach_reset, reset_residual, save, need_param_grad)
+        v_reset, decay_input, detach_reset, reset_residual, False, contract.RESET_AFTER_FIRE, save, need_param_grad)
 
 
 def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-              reset_residual, return_v_seq, save):
+              reset_residual, strict_threshold, reset_timing, return_v_seq, save):
     return contract.fake_fwd_outputs(x, v0, return_v_seq) + (
         contract.saved_like("cpu_custom", x, params, save, noise_mask),)
 

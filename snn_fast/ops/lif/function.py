@@ -155,25 +155,52 @@ def _as_param(v, dtype, device) -> torch.Tensor:
     return _cached_const(("scalar", f, dtype, device), lambda: torch.tensor(f, dtype=dtype, device=device))
 
 
+def _kernel_for_timing(name: str, backend, x, sg: _sg.Surrogate, flags: lif_args.LIFFlags) -> str:
+    """``name``, or where it cannot run the firing and reset of ``flags``, the backend that can:
+    reset_timing='after_fire_pending' has no kernel, the CUDA kernel runs 'after_fire' only, and
+    custom_cpu.py (a user surrogate on 'cpu') neither the strict threshold nor the reset timings.
+    A backend asked for by name that cannot is an error; 'auto' falls back to Triton or the reference."""
+    if name == "reference" or (flags.fire_at_threshold and flags.reset_timing == "after_fire"):
+        return name
+    why = None
+    if flags.reset_timing not in lif_args.KERNEL_RESET_TIMINGS:
+        why = f"reset_timing={flags.reset_timing!r}"
+    elif name == "cuda" and flags.reset_timing not in lif_args.CUDA_RESET_TIMINGS:
+        why = f"reset_timing={flags.reset_timing!r}"
+    elif sg.custom and name == "cpu":
+        why = f"the user surrogate {sg.name!r} with fire_at_threshold=False or a reset_timing"
+    if why is None:
+        return name
+    if backend is not None and backend.lower() != "auto":
+        raise ValueError(f"backend={backend!r} cannot run {why}; backend='auto' picks one that does")
+    if flags.reset_timing in lif_args.KERNEL_RESET_TIMINGS and x.device.type == "cuda":
+        try:
+            return BACKENDS.select("triton", x, sg.id >= 0, sg)
+        except (RuntimeError, ValueError):
+            pass
+    return "reference"
+
+
 # (name, custom, loaded backend or None for 'reference') per routing key: the backend choice and the
-# table lookups of a call, made once per (backend=, $SNN_FAST_BACKEND, device type, surrogate). Not for
+# table lookups of a call, made once per (backend=, $SNN_FAST_BACKEND, device type, surrogate, firing
+# and reset timing). Not for
 # 'auto' on a GPU, whose choice depends on the shape (the measured table). Plain dict: a racing miss
 # computes the same value twice.
 _ROUTES: Dict[tuple, tuple] = {}
 
 
-def _route(backend, x, sg: _sg.Surrogate):
+def _route(backend, x, sg: _sg.Surrogate, flags: lif_args.LIFFlags):
     compiling = lif_args._is_compiling()
     key = None
     if not compiling and (backend is None or type(backend) is str):  # anything else: select's error
         env = os.environ.get(backends.ENV_VAR) if backend is None or backend == "auto" else None
         dev = x.device.type
         if not (dev == "cuda" and backend in (None, "auto") and (env or "auto").lower() == "auto"):
-            key = (backend, env, dev, sg.id, sg.custom)
+            key = (backend, env, dev, sg.id, sg.custom, flags.fire_at_threshold, flags.reset_timing)
             hit = _ROUTES.get(key)
             if hit is not None:
                 return hit
-    name = BACKENDS.select(backend, x, sg.id >= 0, sg)
+    name = _kernel_for_timing(BACKENDS.select(backend, x, sg.id >= 0, sg), backend, x, sg, flags)
     if name == "reference":
         route = ("reference", False, None)
     else:
@@ -192,7 +219,7 @@ def lif_apply(x, v0, k, theta, alpha, flags: lif_args.LIFFlags, sg: _sg.Surrogat
     The modules call this directly so that learnable parameters are not re-validated (no device
     sync) on every step.
     """
-    name, custom, b = _route(backend, x, sg)
+    name, custom, b = _route(backend, x, sg, flags)
     if name == "reference":
         return lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
     if custom and sg.dg_dalpha is None and isinstance(alpha, torch.Tensor) and alpha.requires_grad:
@@ -248,6 +275,8 @@ def lif_multistep(
     return_v_seq: bool = False,
     backend: str = "auto",
     save: str = contract.DEFAULT_SAVE,
+    fire_at_threshold: bool = True,
+    reset_timing: str = "after_fire",
 ):
     """Multi-step LIF neuron over ``x`` of shape ``[T, *]`` (docs/spec.md §2–§4), fused over T.
 
@@ -271,6 +300,12 @@ def lif_multistep(
             steps (nothing for T <= 8), 39-47 % less peak memory (H200, W1); the backward re-runs
             the forward from x, with the same spikes, 1.05-1.6x slower there. The results are the same;
             the CPU kernel and the reference ignore it (the CPU kernel saves nothing either way).
+        fire_at_threshold: fire on H ≥ θ (True, Θ(0) = 1) or only on H > θ (False: snnTorch, Norse).
+        reset_timing: "after_fire" (default), "delayed" (snnTorch reset_delay=True: the membrane
+            returned is the pre-reset one and the reset R = Θ(V − θ) is applied at the next step,
+            after the decay; needs detach_reset=True), "none" (no reset; v_reset=None) or
+            "after_fire_pending" (snnTorch reset_delay=False; runs on the reference backend only).
+            ``snn_fast/ops/lif/args.py`` RESET_TIMINGS has the formulas.
     τ, decay, θ and α may be tensors that require grad; gradients are summed over steps and neurons.
 
     Returns:
@@ -278,7 +313,8 @@ def lif_multistep(
     """
     lif_args.check_x(x)
     k, theta, alpha, flags, sg = lif_args.resolve(
-        tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, reset_residual
+        tau, decay, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, reset_residual,
+        fire_at_threshold, reset_timing
     )
     noise_mask = lif_args.check_noise_mask(x, noise_mask)
     contract.check_save(save)

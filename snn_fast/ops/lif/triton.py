@@ -183,8 +183,8 @@ def _saves_h_minus_theta(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
 
 
-def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual, return_v_seq,
-         save_h, chunk=0):
+def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual, strict_threshold,
+         reset_timing, return_v_seq, save_h, chunk=0):
     x = x.contiguous()
     v0 = v0.contiguous()
     params = params.contiguous()
@@ -199,11 +199,11 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
     mask = noise_mask.contiguous() if noise_mask is not None else None
     if N > 0:
         key = ("fwd", x.dtype, x.device.type, surrogate, hard_reset, decay_input, mask is not None, return_v_seq,
-               save_h, chunk)
+               save_h, chunk, strict_threshold, reset_timing)
         kernel, consts, block = _spec(key, "fwd", FIXED_CONFIG, surrogate, x, dict(
             HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None, STORE_VSEQ=return_v_seq,
             SAVE_H=save_h, H_MINUS_THETA=_saves_h_minus_theta(x.dtype), WIDE=x.dtype == torch.float64,
-            EXACT=EXACT_MUL, CHUNK=chunk))
+            EXACT=EXACT_MUL, CHUNK=chunk, STRICT=strict_threshold, TIMING=reset_timing))
         # saved is both h_ptr and ck_ptr: the flags select the one the kernel writes
         launch(kernel, _grid(N, block),
                (x, v0, params, _wide_buffer(float(v_reset), float(reset_residual), params),
@@ -215,17 +215,17 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
 def lif_fwd_triton(
     x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], surrogate: int,
     hard_reset: bool, v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-    return_v_seq: bool, save: int,
+    strict_threshold: bool, reset_timing: int, return_v_seq: bool, save: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """save 0 ("state"): also saves H (H − θ for fp16/bf16); 1 ("recompute"): only the membrane every
     ``contract.RECOMPUTE_CHUNK`` steps; 2 (inference): nothing, 2b per element instead of 3b."""
-    contract.check_op_args("lif_triton", x, v0, params, surrogate, save)
+    contract.check_op_args("lif_triton", x, v0, params, surrogate, save, reset_timing=reset_timing)
     return _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, reset_residual,
-                return_v_seq, save == contract.SAVE_STATE, _rc_chunk() if save == contract.SAVE_RECOMPUTE else 0)
+                bool(strict_threshold), int(reset_timing), return_v_seq, save == contract.SAVE_STATE, _rc_chunk() if save == contract.SAVE_RECOMPUTE else 0)
 
 
 def _bwd(kind, grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, surrogate, hard_reset, v_reset,
-         decay_input, detach_reset, reset_residual, need_param_grad, chunk=0):
+         decay_input, detach_reset, reset_residual, strict_threshold, reset_timing, need_param_grad, chunk=0):
     T, N = x.shape
     grad_s = grad_s.to(x.dtype).contiguous()
     x = x.contiguous()
@@ -239,10 +239,11 @@ def _bwd(kind, grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved
     partial = None
     if N > 0:
         key = (kind, x.dtype, x.device.type, surrogate, hard_reset, decay_input, detach_reset, mask is not None,
-               gvl is not None, gvs is not None, need_param_grad, chunk)
+               gvl is not None, gvs is not None, need_param_grad, chunk, strict_threshold, reset_timing)
         flags = dict(HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
                      HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
-                     NEED_PARAM_GRAD=need_param_grad, WIDE=x.dtype == torch.float64)
+                     NEED_PARAM_GRAD=need_param_grad, WIDE=x.dtype == torch.float64, STRICT=strict_threshold,
+                     TIMING=reset_timing)
         if kind == "bwd":
             flags["H_MINUS_THETA"] = _saves_h_minus_theta(x.dtype)
             kernel, consts, block = _spec(key, kind, FIXED_CONFIG, surrogate, x, flags)
@@ -267,10 +268,13 @@ def lif_bwd_triton(
     grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor], grad_v_seq: Optional[torch.Tensor], x: torch.Tensor,
     v0: torch.Tensor, params: torch.Tensor, noise_mask: Optional[torch.Tensor], saved: torch.Tensor, s: torch.Tensor,
     sg_grad: Optional[torch.Tensor], sg_dalpha: Optional[torch.Tensor], surrogate: int, hard_reset: bool,
-    v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float, save: int, need_param_grad: bool,
+    v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float, strict_threshold: bool,
+    reset_timing: int, save: int, need_param_grad: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``saved`` is the forward's H (H − θ for fp16/bf16) for save 0, its V checkpoints for save 1."""
-    contract.check_op_args("lif_triton", x, v0, params, surrogate, save, (contract.SAVE_STATE, contract.SAVE_RECOMPUTE))
+    contract.check_op_args("lif_triton", x, v0, params, surrogate, save, (contract.SAVE_STATE, contract.SAVE_RECOMPUTE),
+                           reset_timing)
+    firing = (bool(strict_threshold), int(reset_timing))
     torch._check(sg_grad is None and sg_dalpha is None,
                  lambda: "lif_bwd_triton: sg_grad/sg_dalpha (a g′ given per element) run on the CPU kernel only")
     if save == contract.SAVE_STATE:
@@ -279,7 +283,7 @@ def lif_bwd_triton(
                      lambda: f"lif_bwd_triton: `saved` must be the [T, N] state of lif_fwd_triton with save=0, "
                              f"{tuple(x.shape)} {x.dtype}, got {tuple(saved.shape)} {saved.dtype}")
         return _bwd("bwd", grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, surrogate,
-                    hard_reset, v_reset, decay_input, detach_reset, reset_residual, need_param_grad)
+                    hard_reset, v_reset, decay_input, detach_reset, reset_residual, *firing, need_param_grad)
     T, N = x.shape
     chunk = _rc_chunk()
     rows = contract.checkpoint_rows(T, chunk)
@@ -288,7 +292,7 @@ def lif_bwd_triton(
                          f"[{rows}, {N}] {params.dtype}, got {tuple(saved.shape)} {saved.dtype}")
     ck = saved.contiguous() if saved.numel() > 0 else v0  # never read for T <= chunk
     return _bwd("bwd_rc", grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, ck, surrogate, hard_reset,
-                v_reset, decay_input, detach_reset, reset_residual, need_param_grad, chunk)
+                v_reset, decay_input, detach_reset, reset_residual, *firing, need_param_grad, chunk)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +302,7 @@ def lif_bwd_triton(
 
 
 def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
-              reset_residual, return_v_seq, save):
+              reset_residual, strict_threshold, reset_timing, return_v_seq, save):
     return contract.fake_fwd_outputs(x, v0, return_v_seq) + (
         contract.saved_like("triton", x, params, save, chunk=_rc_chunk()),)
 

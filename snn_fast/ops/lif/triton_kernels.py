@@ -44,7 +44,8 @@ buffer, summed by torch afterwards (deterministic, no atomics), and the whole pa
 (``NEED_PARAM_GRAD`` constexpr) when no parameter needs a gradient.
 
 Variants: every option is a constexpr (surrogate id, hard/soft, decay_input, detach, mask, v_seq,
-grad inputs present, parameter gradients, dtype), so each variant compiles only its own code. T is
+grad inputs present, parameter gradients, dtype, the firing rule ``STRICT`` and the reset timing
+``TIMING``), so each variant compiles only its own code. T is
 not specialised (``do_not_specialize``: a new length reuses the binary); N only by Triton's
 divisible-by-16 rule (≤ 2 binaries, and aligned vector loads). ``N_BUCKET`` is the autotuning key.
 
@@ -109,14 +110,14 @@ def _st(p, v, m, STREAM: tl.constexpr):
 
 @triton.jit
 def _load_state(hp, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, H_MINUS_THETA: tl.constexpr,
-                SGF: tl.constexpr = None, STREAM: tl.constexpr = False):
+                SGF: tl.constexpr = None, STREAM: tl.constexpr = False, STRICT: tl.constexpr = False):
     """Saved state at one step → (H, H − θ, emitted S) in the compute dtype of θ."""
-    return _decode_state(_ld(hp, m, STREAM), mp, m, theta, alpha, SG, HAS_MASK, H_MINUS_THETA, SGF)
+    return _decode_state(_ld(hp, m, STREAM), mp, m, theta, alpha, SG, HAS_MASK, H_MINUS_THETA, SGF, STRICT)
 
 
 @triton.jit
 def _decode_state(hv, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.constexpr, H_MINUS_THETA: tl.constexpr,
-                  SGF: tl.constexpr = None):
+                  SGF: tl.constexpr = None, STRICT: tl.constexpr = False):
     """The saved value ``hv`` of one step (as stored) → (H, H − θ, emitted S) in the compute dtype of θ."""
     if H_MINUS_THETA:  # D = H − θ with its sign bit = "no spike" (see the forward's store), so S is exact
         xs = hv.to(theta.dtype)
@@ -125,7 +126,7 @@ def _decode_state(hv, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.conste
     else:  # H itself: the same H − θ and the same spike as the forward
         h = hv.to(theta.dtype)
         xs = h - theta
-        s = tl.where(xs >= 0.0, 1.0, 0.0).to(theta.dtype)
+        s = _fires(xs, STRICT).to(theta.dtype)
     if HAS_MASK:
         mk = tl.load(mp, mask=m, other=1) != 0
         s = tl.where(mk, s, tsg.sg_prim(xs, alpha, SG, SGF))
@@ -133,25 +134,53 @@ def _decode_state(hv, mp, m, theta, alpha, SG: tl.constexpr, HAS_MASK: tl.conste
 
 
 @triton.jit
+def _fires(xs, STRICT: tl.constexpr):
+    """Θ(H − θ) as 0/1 (lif_step.h lif_fires): Θ(0) = 1, or 0 when STRICT; NaN: 0."""
+    if STRICT:
+        return tl.where(xs > 0.0, 1.0, 0.0)
+    else:
+        return tl.where(xs >= 0.0, 1.0, 0.0)
+
+
+@triton.jit
+def _pending_hard(v, theta, vr, STRICT: tl.constexpr):
+    """The pending hard reset of TIMING 1 (lif_step.h lif_pending_hard): R·v_r + (1 − R)·V, R = Θ(V − θ)."""
+    r = _fires(v - theta, STRICT).to(v.dtype)
+    return r * vr + (1.0 - r) * v
+
+
+@triton.jit
 def _lif_step(v, xv, mk, k, theta, alpha, vr, SG: tl.constexpr, HARD_RESET: tl.constexpr,
-              DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr, EXACT: tl.constexpr, SGF: tl.constexpr = None):
+              DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr, EXACT: tl.constexpr, SGF: tl.constexpr = None,
+              STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0):
     """One forward step (lif_step.h: lif_charge, lif_fire, lif_reset) → (H, H − θ, emitted S, V_t).
 
     The one copy of the step: the forward kernel runs it, and the recompute backward re-runs it from
     the same x and V, so its H and spikes are the forward's bit for bit (same operations, same order).
-    ``mk``: the noise mask (True = spike), read only when HAS_MASK."""
+    ``mk``: the noise mask (True = spike), read only when HAS_MASK. TIMING (args.RESET_TIMINGS'
+    index): 0 reset after the spike; 1 delayed (V = H carried, its pending reset R = Θ(V − θ) applied
+    here: hard before the charge, soft after it); 2 no reset."""
+    if TIMING == 1:
+        r = _fires(v - theta, STRICT).to(k.dtype)
+        if HARD_RESET:
+            v = r * vr + (1.0 - r) * v
     # Charge in the reference's operation order (lif_step.h lif_charge).
     if DECAY_INPUT:
         h = v + _mul_rn(xv - (v - vr), k, EXACT)
     else:
         h = (v - _mul_rn(v - vr, k, EXACT)) + xv
+    if TIMING == 1:
+        if not HARD_RESET:
+            h = h - r * theta
     xs = h - theta
-    spike = tl.where(xs >= 0.0, 1.0, 0.0).to(k.dtype)
+    spike = _fires(xs, STRICT).to(k.dtype)
     if HAS_MASK:
         s = tl.where(mk, spike, tsg.sg_prim(xs, alpha, SG, SGF))
     else:
         s = spike
-    if HARD_RESET:
+    if TIMING != 0:
+        v = h
+    elif HARD_RESET:
         v = s * vr + (1.0 - s) * h
     else:
         v = h - s * theta
@@ -160,7 +189,7 @@ def _lif_step(v, xv, mk, k, theta, alpha, vr, SG: tl.constexpr, HARD_RESET: tl.c
 
 @triton.jit
 def _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG: tl.constexpr, HARD_RESET: tl.constexpr,
-              DETACH_RESET: tl.constexpr, SGF: tl.constexpr = None):
+              DETACH_RESET: tl.constexpr, SGF: tl.constexpr = None, TIMING: tl.constexpr = 0):
     """One backward step (lif_step.h lif_step_backward): → (ε = ∂L/∂H_t, ∂L/∂S_t, g′(H − θ)).
     ``dvt``: ∂L/∂V_t from every path (the later step and v_seq)."""
     gp = tsg.sg_grad(xs, alpha, SG, SGF)
@@ -169,12 +198,12 @@ def _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG: tl.constexpr, HARD_
         reset_coef = vr - h
     else:
         reset_coef = tl.zeros_like(h) - theta
-    if DETACH_RESET:
+    if DETACH_RESET or TIMING != 0:  # TIMING 1, 2: V = H, no reset that depends on S
         # lif_step.h lif_grad_s: with κ = 0 the reference's ∂L/∂S never sees dv (0·dv: NaN after a NaN step)
         ds = tl.where(kap != 0.0, g_s + dvt * kap, g_s)
     else:
         ds = g_s + dvt * (reset_coef + kap)
-    if HARD_RESET:
+    if HARD_RESET and TIMING == 0:
         eps = dvt * (1.0 - s) + ds * gp
     else:
         eps = dvt + ds * gp
@@ -183,10 +212,18 @@ def _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG: tl.constexpr, HARD_
 
 @triton.jit
 def _param_terms(eps, ds, gp, dvt, s, xs, xv, v_prev, vr, alpha, SG: tl.constexpr, HARD_RESET: tl.constexpr,
-                 DECAY_INPUT: tl.constexpr, SGF: tl.constexpr = None):
+                 DECAY_INPUT: tl.constexpr, SGF: tl.constexpr = None, theta=None, STRICT: tl.constexpr = False,
+                 TIMING: tl.constexpr = 0):
     """One step's contributions to ∂L/∂k, ∂L/∂θ, ∂L/∂α (V_{t−1} = ``v_prev``; ``xv`` read only with
-    DECAY_INPUT)."""
-    if HARD_RESET:
+    DECAY_INPUT; ``theta`` only with TIMING 1)."""
+    if TIMING != 0:
+        dth = -ds * gp
+        if TIMING == 1:
+            if HARD_RESET:
+                v_prev = _pending_hard(v_prev, theta, vr, STRICT)  # the charge starts from V′
+            else:
+                dth = dth - eps * _fires(v_prev - theta, STRICT).to(eps.dtype)  # H − R·θ
+    elif HARD_RESET:
         dth = -ds * gp
     else:
         dth = -ds * gp - dvt * s
@@ -206,6 +243,7 @@ def lif_fwd_kernel(
     STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr, H_MINUS_THETA: tl.constexpr, WIDE: tl.constexpr,
     EXACT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
     STREAM: tl.constexpr = False, STAGES: tl.constexpr = None, PREFETCH2: tl.constexpr = False,
+    STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0,
 ):
     # Per element and step: read x (b), write s (b), write H (b, training only) [+ v_seq b, + mask 1 B].
     # Knobs (defaults off; the GPU check's lab times them): STREAM, the streams' loads evict-first and
@@ -248,13 +286,14 @@ def lif_fwd_kernel(
             mk = tl.load(mp, mask=m, other=1) != 0
         else:
             mk = m  # unread
-        h, xs, s, v = _lif_step(v, xv, mk, k, theta, alpha, vr, SG, HARD_RESET, DECAY_INPUT, HAS_MASK, EXACT, SGF)
+        h, xs, s, v = _lif_step(v, xv, mk, k, theta, alpha, vr, SG, HARD_RESET, DECAY_INPUT, HAS_MASK, EXACT, SGF,
+                                STRICT, TIMING)
         _st(sp, s.to(sp.dtype.element_ty), m, STREAM)
         if SAVE_H:
             if H_MINUS_THETA:  # the one fp16/bf16 encoding, shared with CUDA: csrc/include/snn_fast/lif_step.h
                 # Sign bit set to "no spike" explicitly: rounding alone would mark NaN (sign arbitrary)
                 # or H − θ = −0 (a spike: Θ(0) = 1) wrongly.
-                d = tl.where(xs >= 0.0, tl.abs(xs), -tl.abs(xs))
+                d = tl.where(_fires(xs, STRICT) != 0.0, tl.abs(xs), -tl.abs(xs))
                 _st(hp, d.to(hp.dtype.element_ty), m, STREAM)
             else:
                 _st(hp, h.to(hp.dtype.element_ty), m, STREAM)
@@ -304,6 +343,7 @@ def lif_bwd_kernel(
     DETACH_RESET: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr, H_MINUS_THETA: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
     STREAM: tl.constexpr = False, STAGES: tl.constexpr = None, PREFETCH2: tl.constexpr = False,
+    STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0,
 ):
     # Per element and step: read grad_s (b), read H (b), write grad_x (b)
     # [+ grad_v_seq b, + mask 1 B, + x b when NEED_PARAM_GRAD and DECAY_INPUT].
@@ -313,15 +353,18 @@ def lif_bwd_kernel(
     m = lane < N - start
     k, theta, alpha, vr, kap, cx, dv = _bwd_prologue(params_ptr, wide_ptr, gvlast_ptr + start + lane, m, v_reset,
                                                      kappa, HARD_RESET, DECAY_INPUT, HAS_GVLAST, WIDE, BLOCK)
-    if NEED_PARAM_GRAD:
+    # V_{t−1} is needed for the parameter gradients and for a pending hard reset (TIMING 1: ∂L/∂V_{t−1}
+    # is scaled by 1 − R)
+    if NEED_PARAM_GRAD or (TIMING == 1 and HARD_RESET):
         v0 = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    if NEED_PARAM_GRAD:
         acc_k = tl.zeros([BLOCK], dtype=k.dtype)
         acc_th = tl.zeros([BLOCK], dtype=k.dtype)
         acc_al = tl.zeros([BLOCK], dtype=k.dtype)
     last = tl.cast(T - 1, tl.int64) * N
     row = last + start
     h, xs, s = _load_state(h_ptr + row + lane, mask_ptr + row + lane, m, theta, alpha, SG, HAS_MASK, H_MINUS_THETA,
-                           SGF, STREAM)
+                           SGF, STREAM, STRICT)
     gs_next = _ld(gs_ptr + row + lane, m, STREAM)  # prefetched a step ahead, as x in the forward
     if PREFETCH2:  # and the saved state and grad_s two steps ahead (raw: decoded when used)
         ahead = m & ((lane * 0 + 1) < T)
@@ -340,34 +383,40 @@ def lif_bwd_kernel(
         g_s = gs_next.to(k.dtype)
         if PREFETCH2:
             h_prev, xs_prev, s_prev = _decode_state(hv_next, mask_ptr + prev + lane, has_prev, theta, alpha, SG,
-                                                    HAS_MASK, H_MINUS_THETA, SGF)
+                                                    HAS_MASK, H_MINUS_THETA, SGF, STRICT)
             two = m & ((lane * 0 + t) > 1)
             hv_next = _ld(h_ptr + prev - N + lane, two, STREAM)
             gs_next = gs_next2
             gs_next2 = _ld(gsp - 2 * N, two, STREAM)
         else:
             h_prev, xs_prev, s_prev = _load_state(h_ptr + prev + lane, mask_ptr + prev + lane, has_prev, theta,
-                                                  alpha, SG, HAS_MASK, H_MINUS_THETA, SGF, STREAM)
+                                                  alpha, SG, HAS_MASK, H_MINUS_THETA, SGF, STREAM, STRICT)
             gs_next = _ld(gsp - N, has_prev, STREAM)
         dvt = dv
         if HAS_GVSEQ:
             dvt += tl.load(gvp, mask=m, other=0.0).to(k.dtype)
-        eps, ds, gp = _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG, HARD_RESET, DETACH_RESET, SGF)
+        eps, ds, gp = _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG, HARD_RESET, DETACH_RESET, SGF,
+                                TIMING)
         _st(gxp, (eps * cx).to(gxp.dtype.element_ty), m, STREAM)
         # ε − ε·k as lif_step.h lif_grad_v_prev (autograd adds the paths through V and V − vr): ε·(1 − k)
         # gives ±inf where the reference has inf − inf = NaN (straight_through + hard reset at H = ±max)
         dv = eps - eps * k
-        if NEED_PARAM_GRAD:
-            if HARD_RESET:
+        if NEED_PARAM_GRAD or (TIMING == 1 and HARD_RESET):
+            if TIMING != 0:  # the pre-reset membrane was carried
+                v_prev = tl.where(t_pos, h_prev, v0)
+            elif HARD_RESET:
                 v_prev = tl.where(t_pos, s_prev * vr + (1.0 - s_prev) * h_prev, v0)
             else:
                 v_prev = tl.where(t_pos, h_prev - s_prev * theta, v0)
+        if TIMING == 1 and HARD_RESET:
+            dv = dv * (1.0 - _fires(v_prev - theta, STRICT).to(k.dtype))
+        if NEED_PARAM_GRAD:
             if DECAY_INPUT:
                 xv = tl.load(xp, mask=m, other=0.0).to(k.dtype)
             else:
                 xv = v_prev  # unread
             g_k, g_th, g_al = _param_terms(eps, ds, gp, dvt, s, xs, xv, v_prev, vr, alpha, SG, HARD_RESET,
-                                           DECAY_INPUT, SGF)
+                                           DECAY_INPUT, SGF, theta, STRICT, TIMING)
             acc_k += g_k
             acc_th += g_th
             acc_al += g_al
@@ -394,7 +443,7 @@ def lif_bwd_rc_kernel(
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
     DETACH_RESET: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr, CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0,
 ):
     # save="recompute": nothing of the forward but V every CHUNK steps (ck, [ceil(T/CHUNK) − 1, N] in
     # the compute dtype). Segments of CHUNK steps, last first: re-run the forward over the segment from
@@ -432,12 +481,13 @@ def lif_bwd_rc_kernel(
                 mk = tl.load(mask_ptr + row0 + j * N + lane, mask=ok, other=1) != 0
             else:
                 mk = ok  # unread
-            if NEED_PARAM_GRAD:
+            if NEED_PARAM_GRAD or (TIMING == 1 and HARD_RESET):  # V_{t−1}: also a pending hard reset's R
                 vs = vs + (v,)
+            if NEED_PARAM_GRAD:
                 if DECAY_INPUT:
                     xvs = xvs + (xv,)
             h, xs, s, v = _lif_step(v, xv, mk, k, theta, alpha, vr, SG, HARD_RESET, DECAY_INPUT, HAS_MASK, EXACT,
-                                    SGF)
+                                    SGF, STRICT, TIMING)
             hs = hs + (h,)
         # Walk it back. Steps past T (last segment only) leave ∂L/∂V and the sums unchanged.
         for j in tl.static_range(CHUNK - 1, -1, -1):
@@ -445,7 +495,7 @@ def lif_bwd_rc_kernel(
             off = row0 + j * N + lane
             h = hs[j]
             xs = h - theta
-            s = tl.where(xs >= 0.0, 1.0, 0.0).to(k.dtype)
+            s = _fires(xs, STRICT).to(k.dtype)
             if HAS_MASK:  # the emitted value, as the forward (mask reread: 1 B, just loaded above)
                 mk = tl.load(mask_ptr + off, mask=ok, other=1) != 0
                 s = tl.where(mk, s, tsg.sg_prim(xs, alpha, SG, SGF))
@@ -454,17 +504,20 @@ def lif_bwd_rc_kernel(
             if HAS_GVSEQ:
                 dvt += tl.load(gvseq_ptr + off, mask=ok, other=0.0).to(k.dtype)
             eps, ds, gp = _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG, HARD_RESET, DETACH_RESET,
-                                    SGF)
+                                    SGF, TIMING)
             tl.store(gx_ptr + off, (eps * cx).to(gx_ptr.dtype.element_ty), mask=ok)
             # ε − ε·k as the state kernel and lif_step.h lif_grad_v_prev (NaN where autograd has inf − inf)
-            dv = tl.where(ok, eps - eps * k, dv)
+            dvp = eps - eps * k
+            if TIMING == 1 and HARD_RESET:
+                dvp = dvp * (1.0 - _fires(vs[j] - theta, STRICT).to(k.dtype))
+            dv = tl.where(ok, dvp, dv)
             if NEED_PARAM_GRAD:
                 if DECAY_INPUT:
                     xv = xvs[j]
                 else:
                     xv = vs[j]  # unread
                 g_k, g_th, g_al = _param_terms(eps, ds, gp, dvt, s, xs, xv, vs[j], vr, alpha, SG, HARD_RESET,
-                                               DECAY_INPUT, SGF)
+                                               DECAY_INPUT, SGF, theta, STRICT, TIMING)
                 zero = 0.0 * k
                 acc_k += tl.where(ok, g_k, zero)
                 acc_th += tl.where(ok, g_th, zero)
