@@ -32,6 +32,7 @@ $(VENV)/.test-deps: $(VENV)/.torch
 	$(PIP) install --no-deps spikingjelly==2.0.0 loguru nir==1.0.8 nirtorch==2.6 snntorch==1.0.0 \
 	  || echo "peers not installed: their tests are skipped"
 	$(PIP) install --no-deps norse==1.1.0 || echo "norse not installed (an sdist): its tests are skipped"
+	$(PIP) install --no-deps sinabs==3.1.3 pbr || echo "sinabs not installed: its tests are skipped"
 	@touch $@
 
 $(VENV)/.bench-deps: $(VENV)/.torch
@@ -42,6 +43,7 @@ $(VENV)/.bench-deps: $(VENV)/.torch
 	  || echo "spikingjelly/snntorch not installed: their rows are skipped"
 	@# Norse 1.1 imports nir, nirtorch and h5py (above)
 	$(PIP) install --no-deps norse==1.1.0 || echo "norse not installed: its rows are skipped"
+	$(PIP) install --no-deps sinabs==3.1.3 pbr || echo "sinabs not installed: its rows are skipped"
 	@touch $@
 
 # Rebuilt whenever a C++/CUDA source changes.

@@ -27,7 +27,15 @@ Supported (exact classes: a subclass may change the dynamics, so it is refused, 
   inside ``SequentialState``), method 'super', reset_value with v_leak = v_reset or reset_subtract
   with v_leak = 0. (Norse 1.1 has no multi-step ``LIFBox``; ``multistep()`` is the fused [T, ...] call.)
 
-Both fire on mem > θ (``fire_at_threshold=False``); snnTorch keeps the pre-reset membrane
+- Sinabs 3.1 ``LIF``, ``IAF``, ``LIFSqueeze``, ``IAFSqueeze`` → :class:`SinabsLIF` (a Sinabs
+  ``StatefulLayer`` over ``[B, T, ...]``, or ``[B·T, ...]``, its membrane in ``v_mem`` across calls; the
+  sequence in one fused op): ``spike_fn=SingleSpike`` (fires on v ≥ θ), ``MembraneSubtract`` (θ) or
+  ``MembraneReset(0)``, ``tau_mem`` or ``alpha_mem`` (``train_alphas``) learned as Sinabs has them (the
+  same Parameters), ``norm_input`` both ways, a fixed ``spike_threshold``; surrogates SingleExponential,
+  Heaviside, Gaussian, MultiGaussian, PeriodicExponential (registered per θ: Sinabs's are functions of v
+  and θ). Refused: MultiSpike/MaxSpike, tau_syn, min_v_mem, record_states, other resets, a learned θ.
+
+snnTorch and Norse fire on mem > θ (``fire_at_threshold=False``); snnTorch keeps the pre-reset membrane
 (``reset_timing='delayed'``).
 
 No peer is imported here unless the model holds one of its modules already (its package is then loaded).
@@ -35,6 +43,7 @@ No peer is imported here unless the model holds one of its modules already (its 
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
@@ -476,11 +485,328 @@ def _norse_neuron(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module
 
 
 # ---------------------------------------------------------------------------------------------------
+# Sinabs 3.1: LIF, IAF, LIFSqueeze, IAFSqueeze
+
+
+def _sinabs_sg_fns(sf, theta: float):
+    """(g, g′) in x = v − θ of a Sinabs surrogate at threshold θ (its g′ is Sinabs's ``__call__(v, θ)``
+    written out, the same operations; g a primitive of it), or _Unsupported."""
+    import math
+
+    from sinabs.activation import surrogate_gradient_fn as S
+
+    t = type(sf)
+    if t is S.SingleExponential:  # s/c · exp(−|v − θ|/c), c = θ·width
+        c, s = theta * float(sf.grad_width), float(sf.grad_scale)
+
+        def dg(x, a):
+            return s / c * torch.exp(-torch.abs(x) / c)
+
+        def g(x, a):
+            return s * torch.sign(x) * (1 - torch.exp(-torch.abs(x) / c))
+        return g, dg
+    if t is S.Heaviside:  # [v ≥ θ − window] / θ
+        w = float(sf.window)
+
+        def dg(x, a):
+            return (x + theta >= theta - w).to(x.dtype) / theta
+
+        def g(x, a):
+            return torch.relu(x + theta - (theta - w)) / theta
+        return g, dg
+    # Sinabs's normal density divides by σ·sqrt(2π) computed in float32 (2π is a float32 tensor): the
+    # same denominator here
+    def den(sigma):
+        return float(sigma * torch.sqrt(2 * torch.tensor(math.pi)))
+
+    def normal(x, mu, sigma):
+        return torch.exp(-((x - mu) ** 2) / (2 * sigma ** 2)) / den(sigma)
+
+    def normal_cdf(x, mu, sigma):  # the primitive of normal()
+        return sigma * math.sqrt(2 * math.pi) / den(sigma) * 0.5 * (1 + torch.erf((x - mu) / (sigma * math.sqrt(2.0))))
+
+    if t is S.Gaussian:
+        mu, sigma, s = float(sf.mu), float(sf.sigma), float(sf.grad_scale)
+        return (lambda x, a: s * normal_cdf(x, mu, sigma)), (lambda x, a: normal(x, mu, sigma) * s)
+    if t is S.MultiGaussian:
+        mu, sigma, h, sw, s = (float(v) for v in (sf.mu, sf.sigma, sf.h, sf.s, sf.grad_scale))
+
+        def dg(x, a):
+            return ((1 + h) * normal(x, mu, sigma) - h * normal(x, sigma, sw * sigma)
+                    - h * normal(x, -sigma, sw * sigma)) * s
+
+        def g(x, a):
+            return ((1 + h) * normal_cdf(x, mu, sigma) - h * normal_cdf(x, sigma, sw * sigma)
+                    - h * normal_cdf(x, -sigma, sw * sigma)) * s
+        return g, dg
+    if t is S.PeriodicExponential:  # below θ: exp(x/w); from θ on, a peak exp(−2|v − nθ|/w) per period θ
+        w, s = float(sf.grad_width), float(sf.grad_scale)
+
+        def dg(x, a):
+            v = x + theta
+            vn = v / theta - 0.5
+            vp = theta * (2 * (vn - torch.floor(vn)) - 1)
+            new = (v - theta) * (v < theta) + vp * (v >= theta)
+            return s * torch.exp(-torch.abs(new) / w)
+
+        def g(x, a):
+            v = x + theta
+            n = torch.floor(v / theta - 0.5) + 1  # the period's peak nθ, n ≥ 1 from θ on
+            d = v - n * theta
+
+            def f(d):
+                return s * w / 2 * torch.sign(d) * (1 - torch.exp(-2 * torch.abs(d) / w))
+            period = 2 * f(torch.tensor(theta / 2, dtype=x.dtype))
+            above = s * w + (n - 1) * period + f(d)
+            return torch.where(v < theta, s * w * torch.exp(torch.clamp(x, max=0.0) / w), above)
+        return g, dg
+    raise _Unsupported(f"surrogate_grad_fn {t.__module__}.{t.__qualname__} has no snn_fast counterpart "
+                       "(supported: sinabs.activation SingleExponential, Heaviside, Gaussian, MultiGaussian, "
+                       "PeriodicExponential)")
+
+
+def _sinabs_surrogate(sf, theta: float):
+    """The registered snn_fast surrogate computing Sinabs surrogate ``sf`` at threshold θ (one per
+    surrogate class, its fields and θ: Sinabs's surrogates are functions of v and θ, not of v − θ alone)."""
+    import dataclasses
+
+    from . import surrogate as _sg
+
+    fields = dataclasses.astuple(sf) if dataclasses.is_dataclass(sf) else ()
+    name = f"sinabs_{type(sf).__name__.lower()}{fields!r}@theta={theta!r}".replace(" ", "")
+    try:
+        return _sg.get(name)
+    except ValueError:
+        pass
+    g, dg = _sinabs_sg_fns(sf, theta)
+    try:
+        return _sg.register_surrogate(name, g, dg)
+    except ValueError as e:
+        try:
+            return _sg.get(name)  # registered meanwhile by another thread
+        except ValueError:
+            raise _Unsupported(f"surrogate {sf!r} at threshold {theta:g}: {e}") from None
+
+
+def _sinabs_scalar(m: nn.Module, name: str) -> Optional[torch.Tensor]:
+    v = getattr(m, name, None)
+    if isinstance(v, torch.Tensor) and v.numel() != 1:
+        raise _Unsupported(f"{type(m).__qualname__} with a per-neuron {name} (shape {tuple(v.shape)}): snn_fast's "
+                           f"op takes one {name} per layer")
+    return v
+
+
+class SinabsLIF(nn.Module):
+    """Sinabs 3.1's ``LIF`` / ``IAF`` (and ``LIFSqueeze`` / ``IAFSqueeze``) on snn_fast's fused LIF op,
+    made by :func:`convert`; also a ``sinabs.layers.StatefulLayer`` (``SqueezeMixin`` for the squeeze
+    forms), so ``sinabs.reset_states(net)``, ``sinabs.zero_grad(net)`` and ``reset_states()`` reach it.
+
+    The same calling convention: a stateful module over ``[B, T, ...]`` (squeeze forms: ``[B·T, ...]``
+    with the layer's ``batch_size`` or ``num_timesteps``), the membrane kept in the buffer ``v_mem``
+    across calls (with its graph, as Sinabs keeps it), ``firing_rate`` set by each call; the whole
+    sequence runs in one fused op over time-first ``[T, B, ...]``. The same parameters: ``tau_mem``
+    (or ``alpha_mem`` with ``train_alphas``) and ``spike_threshold`` are the Sinabs module's own.
+
+    The dynamics, Sinabs's with α = exp(−1/τ_mem) (or ``alpha_mem``; 1 for IAF): v ← α·v + (1 − α)·x
+    (``norm_input``; α·v + x without), spike Θ(v − θ) firing on v ≥ θ (``SingleSpike``), then
+    ``MembraneSubtract`` v − S·θ with the spike's surrogate gradient through the reset, or
+    ``MembraneReset(0)`` v·[S = 0] (the reset carries no gradient); snn_fast's leak k = 1 − α.
+    Spikes come out in the input's dtype (Sinabs's are float32 whatever the input's).
+    """
+
+    def __init__(self, src: nn.Module, backend: str = "auto", save: str = _lif_contract.DEFAULT_SAVE):
+        nn.Module.__init__(self)  # not StatefulLayer's (see _sinabs_class)
+        from sinabs.activation import MembraneReset
+        from sinabs.layers import IAF
+
+        self.is_iaf = isinstance(src, IAF)
+        self.train_alphas = bool(getattr(src, "train_alphas", False)) and not self.is_iaf
+        if self.train_alphas:
+            self.alpha_mem = src.alpha_mem  # the same Parameter objects
+            self.alpha_syn = None
+        else:
+            self.tau_mem = src.tau_mem
+            self.tau_syn = None
+        self.spike_threshold = src.spike_threshold
+        self.min_v_mem = None
+        self.register_buffer("v_mem", src.v_mem)
+        self.spike_fn, self.reset_fn, self.surrogate_grad_fn = src.spike_fn, src.reset_fn, src.surrogate_grad_fn
+        self.norm_input = bool(src.norm_input)
+        self.record_states = False
+        self.recordings = {}
+        self.squeeze = hasattr(src, "squeeze_forward")
+        if self.squeeze:
+            self.batch_size, self.num_timesteps = src.batch_size, src.num_timesteps
+        self.hard = isinstance(src.reset_fn, MembraneReset)
+        self._ops: Dict[float, tuple] = {}  # θ → (flags, surrogate)
+        self.backend, self.save = backend, save
+        self.train(src.training)
+
+    @property
+    def alpha_mem_calculated(self) -> torch.Tensor:
+        if self.is_iaf:
+            return torch.tensor(1.0)
+        return self.alpha_mem if self.train_alphas else torch.exp(-1.0 / self.tau_mem)
+
+    @property
+    def tau_mem_calculated(self) -> Optional[torch.Tensor]:
+        if self.is_iaf:
+            return None
+        return -1.0 / torch.log(self.alpha_mem) if self.train_alphas else self.tau_mem
+
+    @property
+    def shape(self):
+        return self.v_mem.shape if self.v_mem.shape != torch.Size([0]) else None
+
+    def _op(self, theta: float):
+        """(flags, surrogate) at threshold θ (Sinabs's surrogate depends on θ: one per value)."""
+        op = self._ops.get(theta)
+        if op is None:
+            sg = _sinabs_surrogate(self.surrogate_grad_fn, theta)
+            _, _, _, flags, sg = _lif_args.resolve(
+                None, 0.5, self.norm_input, 1.0, 0.0 if self.hard else None, self.hard, sg, None, 0.0)
+            op = self._ops[theta] = (flags, sg)
+        return op
+
+    def _prepare_state(self, batch_size: int, trailing) -> None:  # Sinabs's own handling, step by step
+        shape = (batch_size, *trailing)
+        if self.v_mem.shape == torch.Size([0]):
+            self.v_mem = torch.zeros(shape, device=self.v_mem.device)
+        if self.v_mem.shape != shape:
+            if self.v_mem.shape[1:] != torch.Size(trailing):
+                self.v_mem = torch.zeros(shape, device=self.v_mem.device)
+            else:  # only the batch size changed: Sinabs draws the states of the new batch at random
+                idx = torch.randint(low=0, high=self.v_mem.shape[0], size=(batch_size,)).to(self.v_mem.device)
+                self.v_mem = torch.index_select(self.v_mem, 0, idx)
+
+    def forward(self, input_data: torch.Tensor) -> torch.Tensor:
+        x = input_data
+        if self.squeeze:
+            x = x.reshape(self.batch_size, self.num_timesteps, *x.shape[1:])
+        batch_size, _, *trailing = x.shape
+        self._prepare_state(batch_size, trailing)
+        if self.is_iaf:
+            k = 0.0
+        else:
+            k = 1 - self.alpha_mem_calculated
+            if not k.requires_grad and k.device.type == "cpu":
+                k = float(k)  # as SnnTorchLeaky._run
+        theta = float(self.spike_threshold.detach())
+        flags, sg = self._op(theta)
+        s, v = _lif_apply(x.transpose(0, 1).contiguous(), self.v_mem, k, theta, 1.0, flags, sg, None, False,
+                          self.backend, self.save)
+        spikes = s.transpose(0, 1).contiguous()
+        self.v_mem = v
+        self.recordings = {}
+        self.firing_rate = spikes.mean()
+        if self.squeeze:
+            return spikes.flatten(start_dim=0, end_dim=1)
+        return spikes
+
+    def __deepcopy__(self, memo):  # nn.Module's copy (StatefulLayer's rebuilds a Sinabs layer)
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key == "_buffers":  # the membrane without its graph, as Sinabs's copy
+                value = {k: None if b is None else b.detach() for k, b in value.items()}
+            elif isinstance(value, torch.Tensor):  # firing_rate
+                value = value.detach()
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
+
+    def __repr__(self) -> str:
+        return nn.Module.__repr__(self)
+
+    def extra_repr(self) -> str:
+        kind = "IAF" if self.is_iaf else "LIF"
+        reset = "MembraneReset(0)" if self.hard else "MembraneSubtract"
+        return (f"{kind}{'Squeeze' if self.squeeze else ''}, reset={reset}, "
+                f"surrogate_grad_fn={self.surrogate_grad_fn!r}, norm_input={self.norm_input}, backend={self.backend}")
+
+
+_SINABS_CLASSES: Dict[bool, type] = {}
+
+
+def _sinabs_class(squeeze: bool) -> type:
+    """SinabsLIF as a subclass of sinabs.layers.StatefulLayer too (and SqueezeMixin for the squeeze
+    forms; its methods first), so Sinabs's utilities treat it as one of its layers."""
+    if squeeze not in _SINABS_CLASSES:
+        from sinabs.layers import SqueezeMixin, StatefulLayer
+
+        bases = (SinabsLIF, StatefulLayer) + ((SqueezeMixin,) if squeeze else ())
+        cls = type("SinabsLIF", bases, {"forward": SinabsLIF.forward, "__repr__": SinabsLIF.__repr__,
+                                        "__deepcopy__": SinabsLIF.__deepcopy__, "shape": SinabsLIF.shape,
+                                        "__module__": __name__})
+        _SINABS_CLASSES[squeeze] = cls
+    return _SINABS_CLASSES[squeeze]
+
+
+def _sinabs_neuron(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
+    if not type(m).__module__.startswith("sinabs."):
+        return None
+    from sinabs.layers import StatefulLayer
+
+    if not isinstance(m, StatefulLayer):
+        return None
+    from sinabs import activation as A
+    from sinabs import layers as L
+
+    t = type(m)
+    if t not in (L.LIF, L.IAF, L.LIFSqueeze, L.IAFSqueeze):
+        raise _Unsupported(f"Sinabs {t.__qualname__} is not supported (only LIF, IAF, LIFSqueeze, IAFSqueeze): "
+                           "snn_fast's op has no recurrent, adaptive or non-spiking (ExpLeak) variant")
+    if m.spike_fn is not A.SingleSpike:
+        what = getattr(m.spike_fn, "__name__", repr(m.spike_fn))
+        raise _Unsupported(f"{t.__qualname__} with spike_fn={what}: snn_fast emits one spike per step "
+                           "(spike_fn=SingleSpike); MultiSpike/MaxSpike emit ⌊v/θ⌋ spikes and reset by them")
+    if getattr(m, "tau_syn", None) is not None or getattr(m, "alpha_syn", None) is not None:
+        raise _Unsupported(f"{t.__qualname__} with tau_syn: snn_fast's op has no synaptic current")
+    if m.record_states:
+        raise _Unsupported(f"{t.__qualname__} with record_states=True: the fused op does not record the "
+                           "per-step states")
+    if m.min_v_mem is not None:
+        raise _Unsupported(f"{t.__qualname__} with min_v_mem={float(m.min_v_mem):g}: snn_fast's op does not clip "
+                           "the membrane from below")
+    theta = _sinabs_scalar(m, "spike_threshold")
+    if theta is None:
+        raise _Unsupported(f"{t.__qualname__} with spike_threshold=None")
+    if theta.requires_grad:
+        raise _Unsupported(f"{t.__qualname__} with a learned spike_threshold: Sinabs's spike gives it no "
+                           "gradient (only its reset does); snn_fast differentiates θ through both")
+    th = float(theta.detach())
+    if not th > 0:
+        raise _Unsupported(f"{t.__qualname__} with spike_threshold={th:g}: Sinabs's surrogates divide by θ > 0")
+    rf = m.reset_fn
+    if type(rf) is A.MembraneSubtract:
+        if rf.subtract_value is not None and float(rf.subtract_value) != th:
+            raise _Unsupported(f"{t.__qualname__} with MembraneSubtract(subtract_value={float(rf.subtract_value):g}) "
+                               f"!= spike_threshold {th:g}: snn_fast's soft reset subtracts θ")
+    elif type(rf) is A.MembraneReset:
+        if float(rf.reset_value) != 0.0:
+            raise _Unsupported(f"{t.__qualname__} with MembraneReset(reset_value={float(rf.reset_value):g}): Sinabs "
+                               "then adds reset_value to every neuron's membrane, spiking or not (v·[S = 0] + "
+                               "reset_value), which is no reset of snn_fast's; reset_value=0 is exact")
+    else:
+        raise _Unsupported(f"{t.__qualname__} with reset_fn={rf!r} (supported: MembraneSubtract, MembraneReset(0))")
+    if t in (L.LIF, L.LIFSqueeze):
+        a = _sinabs_scalar(m, "alpha_mem" if m.train_alphas else "tau_mem")
+        alpha = float(a.detach()) if m.train_alphas else math.exp(-1.0 / float(a.detach()))
+        if not 0.0 <= alpha < 1.0:
+            raise _Unsupported(f"{t.__qualname__} with decay α = {alpha:g}: snn_fast needs 0 ≤ α < 1 (IAF for α = 1)")
+    _sinabs_surrogate(m.surrogate_grad_fn, th)  # refuse here, before anything is changed
+
+    def make() -> nn.Module:
+        return _sinabs_class(t in (L.LIFSqueeze, L.IAFSqueeze))(m, backend)
+
+    return make
+
+
+# ---------------------------------------------------------------------------------------------------
 # The walk
 
 
 def _factory(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
-    for peer in (_sj_neuron, _snntorch_neuron, _norse_neuron):
+    for peer in (_sj_neuron, _snntorch_neuron, _norse_neuron, _sinabs_neuron):
         make = peer(m, backend)
         if make is not None:
             return make
@@ -490,7 +816,7 @@ def _factory(m: nn.Module, backend: str) -> Optional[Callable[[], nn.Module]]:
 def _is_converted(m: nn.Module) -> bool:
     from .nn import BaseLIF
 
-    return isinstance(m, (BaseLIF, SnnTorchLeaky, NorseLIFBoxCell))
+    return isinstance(m, (BaseLIF, SnnTorchLeaky, NorseLIFBoxCell, SinabsLIF))
 
 
 def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, strict: bool = True,
@@ -564,7 +890,7 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             f"snn_fast.convert: no supported spiking neuron in this {type(model).__name__}"
             + (" (only unsupported ones, listed above)" if refused else "")
             + "; supported: SpikingJelly 2.0 LIFNode, IFNode, ParametricLIFNode, SimpleLIFNode, SimpleIFNode; "
-              "snnTorch 1.0 Leaky; Norse 1.1 LIFBoxCell")
+              "snnTorch 1.0 Leaky; Norse 1.1 LIFBoxCell; Sinabs 3.1 LIF, IAF, LIFSqueeze, IAFSqueeze")
     new_of: Dict[int, nn.Module] = {}  # a neuron shared by two parents stays shared
     for parent, name, old, make in plan:
         new = new_of.get(id(old))
