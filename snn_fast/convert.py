@@ -696,7 +696,9 @@ class SinabsLIF(nn.Module):
         s, v = _lif_apply(x.transpose(0, 1).contiguous(), self.v_mem, k, theta, 1.0, flags, sg, None, False,
                           self.backend, self.save)
         spikes = s.transpose(0, 1).contiguous()
-        self.v_mem = v
+        # a tensor of its own, not a view of the op's [N] output: Sinabs's reset_states detaches its
+        # buffers in place, which torch refuses on a view
+        self.v_mem = v if v._base is None else v.clone()
         self.recordings = {}
         self.firing_rate = spikes.mean()
         if self.squeeze:

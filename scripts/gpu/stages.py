@@ -432,7 +432,7 @@ def stage_overhead(args):
             entry = BACKENDS.load(b)
             code = lif_contract.SAVE[save]
             sid = _sg.get("sigmoid").id
-            flags = (sid, True, 0.0, True, False, 0.0)
+            flags = (sid, True, 0.0, True, False, 0.0, False, 0)  # contract.FLAG_ARGS
             xd, v0 = x.detach(), torch.zeros(N, device=DEVICE)
             params = torch.tensor([0.5, 1.0, 4.0], device=DEVICE)
             s_, _, _, saved = entry.fwd(xd, v0, params, None, *flags, False, code)
