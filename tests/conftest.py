@@ -84,6 +84,20 @@ def assert_close(actual, expected, dtype=None, name="", equal_nan=False):
                                equal_nan=equal_nan, msg=lambda m: f"{name}: {m}")
 
 
+# A converted model against the peer library itself (snnTorch, Norse, Sinabs), both in float64: the
+# same operations in another order, relative to the largest magnitude.
+PEER_RTOL = 1e-9
+
+
+def assert_close_to_peer(got, want, what):
+    assert got is not None and want is not None, f"{what}: a gradient is missing ({got is None}, {want is None})"
+    got, want = got.detach().double(), want.detach().double()
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    scale = want.abs().max().item() or 1.0
+    err = (got - want).abs().max().item() / scale
+    assert err <= PEER_RTOL, f"{what}: relative error {err:.3g} > {PEER_RTOL:g}"
+
+
 def assert_close_lowp(actual, ref64, ref_lowp, name=""):
     """fp16/bf16: the kernel's error vs float64 must not exceed plain PyTorch's (× factor + ulp)."""
     ulp = LOWP_ULP[ref_lowp.dtype]

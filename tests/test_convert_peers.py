@@ -23,19 +23,11 @@ from torch import nn
 import snn_fast
 from snn_fast.convert import NorseLIFBoxCell, SnnTorchLeaky
 
+from conftest import assert_close_to_peer
+
 snn = pytest.importorskip("snntorch")
 sgm = pytest.importorskip("snntorch.surrogate")
 
-RTOL = 1e-9
-
-
-def _close(got, want, what):
-    assert got is not None and want is not None, f"{what}: a gradient is missing ({got is None}, {want is None})"
-    got, want = got.detach().double(), want.detach().double()
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    scale = want.abs().max().item() or 1.0
-    err = (got - want).abs().max().item() / scale
-    assert err <= RTOL, f"{what}: relative error {err:.3g} > {RTOL:g}"
 
 
 @pytest.fixture
@@ -127,9 +119,9 @@ def test_snntorch_leaky_step_by_step(snntorch_f64, mech, delay, sgname, kind):
         want = _run_leaky(peer, x, mem0, False)
         got = _run_leaky(ours, x, mem0, False)
         assert torch.equal(got[0], want[0]), f"spikes differ at {(got[0] != want[0]).nonzero()[:5].tolist()}"
-        _close(got[1], want[1], "mem")
+        assert_close_to_peer(got[1], want[1], "mem")
         for i, (a, b) in enumerate(zip(got[2], want[2])):
-            _close(a, b, ["x", "mem0", "beta", "threshold"][i] + ".grad")
+            assert_close_to_peer(a, b, ["x", "mem0", "beta", "threshold"][i] + ".grad")
 
 
 @pytest.mark.parametrize("mech,delay", RESETS)
@@ -140,9 +132,9 @@ def test_snntorch_leaky_init_hidden(snntorch_f64, mech, delay):
     want = _run_leaky(peer, x, mem0, True)
     got = _run_leaky(ours, x, mem0, True)
     assert torch.equal(got[0], want[0])
-    _close(got[1], want[1], "mem")
+    assert_close_to_peer(got[1], want[1], "mem")
     for a, b in zip(got[2], want[2]):
-        _close(a, b, "grad")
+        assert_close_to_peer(a, b, "grad")
     with pytest.raises(TypeError, match="init_hidden"):
         ours(x[0], mem0)
 
@@ -161,9 +153,9 @@ def test_snntorch_multistep_is_the_loop(snntorch_f64, mech, delay):
         + (mem * torch.randn(mem.shape, generator=g, dtype=torch.float64)).sum()
     grads = torch.autograd.grad(loss, [xx, m0, ours.beta, ours.threshold])
     assert torch.equal(S.detach(), want[0])
-    _close(mem, want[1], "mem")
+    assert_close_to_peer(mem, want[1], "mem")
     for a, b in zip(grads, want[2]):
-        _close(a, b, "grad")
+        assert_close_to_peer(a, b, "grad")
 
 
 def test_snntorch_unpatched_float32():
@@ -226,14 +218,14 @@ class TutorialMLP(nn.Module):
 
 
 def _grads_equal(peer, ours, run):
-    """run(net) -> loss; parameter gradients of the two nets (same initial weights) within RTOL."""
+    """run(net) -> loss; parameter gradients of the two nets (same initial weights) within conftest.PEER_RTOL."""
     for net in (peer, ours):
         net.zero_grad()
         run(net).backward()
     pp, po = dict(peer.named_parameters()), dict(ours.named_parameters())
     assert pp.keys() == po.keys()
     for name in pp:
-        _close(po[name].grad, pp[name].grad, f"{name}.grad")
+        assert_close_to_peer(po[name].grad, pp[name].grad, f"{name}.grad")
 
 
 def test_snntorch_tutorial_mlp(snntorch_f64):
@@ -244,7 +236,7 @@ def test_snntorch_tutorial_mlp(snntorch_f64):
     s_p, m_p = peer(x)
     s_o, m_o = ours(x)
     assert torch.equal(s_o, s_p) and s_p.sum() > 0
-    _close(m_o, m_p, "mem2")
+    assert_close_to_peer(m_o, m_p, "mem2")
     _grads_equal(peer, ours, lambda net: (net(x)[1] ** 2).mean() + net(x)[0].sum())
 
 
@@ -280,7 +272,7 @@ def test_snntorch_tutorial_conv_net(snntorch_f64):
         s_p, m_p = _conv_forward(peer, data)
         s_o, m_o = _conv_forward(ours, data)
         assert torch.equal(s_o, s_p)
-        _close(m_o, m_p, "mem")
+        assert_close_to_peer(m_o, m_p, "mem")
     _grads_equal(peer, ours, lambda net: (_conv_forward(net, data)[1] ** 2).mean())
 
 
@@ -332,9 +324,9 @@ def test_norse_lif_box_cell(reset, kind):
     for multistep in (False, True):
         got = _norse_run(ours, x, v0, multistep)
         assert torch.equal(got[0], want[0])
-        _close(got[1], want[1], "v")
+        assert_close_to_peer(got[1], want[1], "v")
         for i, (a, b) in enumerate(zip(got[2], want[2])):
-            _close(a, b, ["x", "v0", "tau_mem_inv", "v_th"][i] + ".grad")
+            assert_close_to_peer(a, b, ["x", "v0", "tau_mem_inv", "v_th"][i] + ".grad")
 
 
 def test_norse_sequential_state_mlp():
@@ -357,7 +349,7 @@ def test_norse_sequential_state_mlp():
     assert torch.equal(z_o, z_p) and z_p.sum() > 0
     for a, b in zip(st_o, st_p):
         if b is not None:
-            _close(a.v, b.v, "state.v")
+            assert_close_to_peer(a.v, b.v, "state.v")
     _grads_equal(peer, ours, lambda net: run(net)[0].sum() + (run(net)[1][1].v ** 2).sum())
 
 

@@ -25,20 +25,12 @@ from torch import nn
 import snn_fast
 from snn_fast.convert import SinabsLIF
 
+from conftest import assert_close_to_peer
+
 sinabs = pytest.importorskip("sinabs")
 sl = pytest.importorskip("sinabs.layers")
 A = pytest.importorskip("sinabs.activation")
 
-RTOL = 1e-9
-
-
-def _close(got, want, what):
-    assert got is not None and want is not None, f"{what}: a gradient is missing ({got is None}, {want is None})"
-    got, want = got.detach().double(), want.detach().double()
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    scale = want.abs().max().item() or 1.0
-    err = (got - want).abs().max().item() / scale
-    assert err <= RTOL, f"{what}: relative error {err:.3g} > {RTOL:g}"
 
 
 @pytest.fixture
@@ -126,10 +118,10 @@ def _compare(peer, ours, xs, squeeze):
     for i in range(2):
         where = (got[0][i] != want[0][i]).nonzero()[:5].tolist()
         assert torch.equal(got[0][i], want[0][i]), f"call {i}: spikes differ at {where}"
-        _close(got[1][i], want[1][i], f"call {i}: v_mem")
+        assert_close_to_peer(got[1][i], want[1][i], f"call {i}: v_mem")
     assert len(got[2]) == len(want[2])
     for i, (a, b) in enumerate(zip(got[2], want[2])):
-        _close(a, b, ["x1", "x2", "decay"][i] + ".grad")
+        assert_close_to_peer(a, b, ["x1", "x2", "decay"][i] + ".grad")
     return want, got
 
 
@@ -207,7 +199,7 @@ def test_sinabs_example_network(sinabs_f64):
             res.append((y.detach().double(), torch.autograd.grad(loss, [p for p in m.parameters() if p.requires_grad])))
         assert res[0][0].sum() > 0 and torch.equal(res[0][0], res[1][0])
         for a, b in zip(res[1][1], res[0][1]):
-            _close(a, b, "weight grad")
+            assert_close_to_peer(a, b, "weight grad")
 
 
 def test_unpatched_float32():
