@@ -83,8 +83,10 @@ class Loaded:
     entry: Backend
     fwd: Callable
     bwd: Callable
-    # The forward op's arguments by name (a namedtuple class made from its schema).
+    # The forward op's arguments by name (a namedtuple class made from its schema), and the positions
+    # of those that get gradients (the op's ``FusedAutograd.differentiable``), made once at load.
     args: type
+    grad_index: Tuple[int, ...]
     # The forward op has an autograd kernel of its own (registered in C++): eager mode calls ``fwd``
     # through the autograd key instead of wrapping the raw ops in a Python autograd Function.
     cpp_autograd: bool = False
@@ -143,7 +145,7 @@ class FusedAutograd:
     def register(self, b: Loaded) -> None:
         """torch.compile's autograd of ``b``'s forward op."""
         bwd = op(b.entry.bwd)
-        index = [b.args._fields.index(n) for n in self.differentiable]
+        index = b.grad_index
         n_args = len(b.args._fields)
 
         def setup_context(ctx, inputs, output):
@@ -168,7 +170,7 @@ class _FusedFunction(torch.autograd.Function):
             out = b.fwd(*args)
         named = b.args(*args)
         ctx.spec, ctx.bwd = spec, b.bwd
-        ctx.index = [b.args._fields.index(n) for n in spec.differentiable]
+        ctx.index = b.grad_index
         spec.save(ctx, named, out, tuple(ctx.needs_input_grad[2 + i] for i in ctx.index))
         ctx.n_args = len(args)
         if spec.nondiff_outputs:
@@ -275,7 +277,9 @@ class OpBackends:
             e = self.entry(name, custom)
             if e.module is not None:
                 importlib.import_module(e.module)
-            loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, schema_args(e.fwd),
+            args = schema_args(e.fwd)
+            loaded = Loaded(e, op(e.fwd).default, op(e.bwd).default, args,
+                            tuple(args._fields.index(n) for n in self.autograd.differentiable),
                             e.module is None and _has_autograd_kernel(e.fwd))
             if e.fwd not in self._registered:
                 if e.module is None:  # defined in C++ (ops.cpp): its fakes come from Python

@@ -138,6 +138,8 @@ def test_backend_first_load_registers_once(fast_switching):
         time.sleep(0.01)  # a registration takes time: widen the window another thread could enter
 
     class Autograd:  # the fused-op autograd's registration, counted too
+        differentiable = ()
+
         def register(self, loaded):
             calls.append(loaded)
 
