@@ -205,8 +205,104 @@ def _is_converted(m: nn.Module) -> bool:
     return isinstance(m, BaseLIF)
 
 
+# ---------------------------------------------------------------------------------------------------
+# fuse=True: batch norm directly followed by a neuron becomes one BNLIF / TDBNLIF (docs/spec.md §12)
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _fused_bn(bn: nn.Module, neuron: nn.Module) -> Optional[nn.Module]:
+    """The fused module computing ``neuron(bn(x))`` for x [T, B, C, *], holding ``bn``'s parameter and
+    buffer objects and ``neuron`` itself; None when the pair has no exact fused form."""
+    from .nn import BNLIF, TDBNLIF, BaseLIF, TDBatchNorm
+
+    if not isinstance(neuron, BaseLIF):
+        return None
+    if type(bn) is TDBatchNorm:
+        theta = neuron.v_threshold
+        if isinstance(theta, torch.Tensor) or neuron.step_mode != "m":
+            return None  # tdBN's θ is a constant; the neuron's would be learned through the gain too
+        new = TDBNLIF(bn.num_features, bn.alpha * bn.v_threshold / float(theta), bn.eps, bn.momentum,
+                      bn.weight is not None, bn.track_running_stats, neuron=neuron)
+    elif isinstance(bn, _BN_TYPES) and (type(bn) in _BN_TYPES or type(bn).__module__.startswith(_SJ + ".layer")):
+        # torch's own class inside SeqToANNContainer ([T·B, …]), or SpikingJelly's step-mode subclass
+        sj_mode = getattr(bn, "step_mode", None)
+        if sj_mode is not None and sj_mode != neuron.step_mode:
+            return None
+        if sj_mode is None and neuron.step_mode != "m":
+            return None
+        new = BNLIF(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, neuron=neuron)
+    else:
+        return None
+    for name in ("weight", "bias"):  # the same Parameter objects: an optimizer holding them keeps working
+        setattr(new, name, getattr(bn, name))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        if name in new._buffers:
+            new._buffers[name] = getattr(bn, name)
+    new.train(bn.training)
+    return new
+
+
+def _seq_to_ann_bn(m: nn.Module) -> Optional[nn.Module]:
+    """A SpikingJelly SeqToANNContainer ending in a torch BatchNorm: that BatchNorm, else None."""
+    if type(m).__name__ != "SeqToANNContainer" or not type(m).__module__.startswith(_SJ + ".layer"):
+        return None
+    kids = list(m.children())
+    return kids[-1] if kids and type(kids[-1]) in _BN_TYPES else None
+
+
+def _multistep_bn(m: nn.Module) -> Optional[nn.Module]:
+    """snn_fast's ``nn.MultiStep`` around a torch BatchNorm (T folded into the batch): that BatchNorm."""
+    from .nn import MultiStep
+
+    return m.module if type(m) is MultiStep and type(m.module) in _BN_TYPES else None
+
+
+def _fuse(model: nn.Module) -> int:
+    """Replace each batch norm directly followed by an snn_fast neuron, in place; returns how many.
+
+    Directly followed: adjacent in an ``nn.Sequential`` (the batch norm itself, ``nn.MultiStep`` around one, or the last
+    module of a ``SeqToANNContainer``), or a pair a module declares in ``snn_fast_fuse_pairs`` (attribute paths
+    (bn, neuron) whose forward is ``neuron(bn(…))`` with neither used elsewhere). The fused module takes
+    the batch norm's place (a SeqToANNContainer keeps its other modules, the fused module then takes
+    the neuron's place), ``nn.Identity`` the other's.
+    """
+    count = 0
+    for parent in list(model.modules()):
+        pairs = []
+        if isinstance(parent, nn.Sequential):
+            names = list(parent._modules)
+            pairs = [(names[i], names[i + 1]) for i in range(len(names) - 1)]
+        pairs += list(getattr(parent, "snn_fast_fuse_pairs", ()))
+        for bn_path, nr_path in pairs:
+            try:
+                bn, neuron = parent.get_submodule(bn_path), parent.get_submodule(nr_path)
+            except AttributeError:
+                continue
+            inner = _seq_to_ann_bn(bn)
+            wrapped = _multistep_bn(bn)
+            fused = _fused_bn(inner if inner is not None else wrapped if wrapped is not None else bn, neuron)
+            if fused is None:
+                continue
+            if inner is not None:
+                rest = list(bn.children())[:-1]
+                _set_path(parent, bn_path, type(bn)(*rest) if rest else nn.Identity())
+                _set_path(parent, nr_path, fused)
+            else:
+                _set_path(parent, bn_path, fused)
+                _set_path(parent, nr_path, nn.Identity())
+            count += 1
+    return count
+
+
+def _set_path(parent: nn.Module, path: str, new: nn.Module) -> None:
+    *head, last = path.split(".")
+    owner = parent.get_submodule(".".join(head)) if head else parent
+    setattr(owner, last, new)
+
+
 def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, strict: bool = True,
-            save: str = _lif_contract.DEFAULT_SAVE) -> nn.Module:
+            save: str = _lif_contract.DEFAULT_SAVE, fuse: bool = False) -> nn.Module:
     """``model`` with every supported spiking neuron replaced by its snn_fast counterpart.
 
     Args:
@@ -220,6 +316,13 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
         save: what the new neurons' GPU kernels keep for the backward: "state" (H of every step; the
             default, the faster) or "recompute" (only the membrane every 8 steps; the backward re-runs
             the forward); see ``snn_fast.lif_multistep``. Neurons already converted keep theirs.
+        fuse: also replace each batch norm directly followed by a neuron (adjacent in an
+            ``nn.Sequential``: SpikingJelly's multi-step ``layer.BatchNorm1d/2d/3d``, a
+            ``SeqToANNContainer`` ending in a BatchNorm, or ``nn.TDBatchNorm``; or a pair a module lists
+            in ``snn_fast_fuse_pairs``) by one ``nn.BNLIF`` / ``nn.TDBNLIF`` holding the batch norm's
+            parameters and buffers (the same objects) and the neuron (docs/spec.md §12). A pair inside
+            a custom ``forward`` is fused only when its module declares it. Parameter names of the
+            neuron move under the fused module (``<bn>.neuron.…``).
 
     Returns:
         The converted model (``model`` itself when ``inplace``; a new neuron when ``model`` is one).
@@ -284,6 +387,8 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             model = new
         else:
             setattr(parent, name, new)
+    if fuse:
+        _fuse(model)
     if inplace and "spikingjelly.activation_based.functional" in sys.modules:
         # SpikingJelly's reset_net caches each net's resettable modules: forget the replaced ones
         from spikingjelly.activation_based import functional as F
