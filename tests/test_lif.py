@@ -1035,12 +1035,19 @@ def test_every_registered_op_is_opchecked():
         "cpu_cache_stats": "test_cpu_output_cache.py::test_cache_ops_opcheck",
         "cpu_cache_clear": "test_cpu_output_cache.py::test_cache_ops_opcheck",
         "cpu_cache_empty_like": "test_cpu_output_cache.py::test_cache_ops_opcheck",
+        "bn_lif_fwd": "test_bn_lif.py::test_cxx_opcheck", "bn_lif_bwd": "test_bn_lif.py::test_cxx_opcheck",
+        "bn_lif_stats": "test_bn_lif.py::test_cxx_opcheck",
+        "bn_lif_fwd_triton": "test_bn_lif.py::test_triton_opcheck",
+        "bn_lif_bwd_triton": "test_bn_lif.py::test_triton_opcheck",
     }
     if _triton.import_error() is None:
         _lt()
         import snn_fast.ops.tempotron.function as tf
 
         tf.BACKENDS.load("triton")
+        import snn_fast.ops.bn_lif.function as bf
+
+        bf.BACKENDS.load("triton")
     names = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("snn_fast::")}
     assert names <= set(checked), f"ops without an opcheck: {sorted(names - set(checked))}"
     for name, want in (("lif_fwd", contract.FWD_SCHEMA), ("lif_bwd", contract.BWD_SCHEMA),
