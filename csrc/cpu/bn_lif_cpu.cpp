@@ -4,8 +4,8 @@
 // Passes over [T, N] in the storage dtype (b bytes per element; snn_fast/ops/bn_lif/memory.py counts
 // them, against 13 for batch norm followed by the LIF op):
 //   forward   bn_lif_stats: read x;  bn_lif_fwd: read x, write s                        3
-//   backward  the walk: read x, read ∂L/∂S, write ∂L/∂X' (its re-run keeps x − m in L2); then,
-//             training only, the batch-statistics pass: read ∂L/∂X', read x, write ∂L/∂x    6 (eval: 3)
+//   backward  the walk: read x, read ∂L/∂S, write a·∂L/∂X' (its re-run keeps x − m in L2); then,
+//             training only, the batch-statistics pass: read a·∂L/∂X', x, write ∂L/∂x      6 (eval: 3)
 // Nothing is saved between forward and backward: the backward re-runs the forward per block.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -150,8 +150,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cpu(
         int(sg), gs.const_data_ptr<scalar_t>(), gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr,
         gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr, x.const_data_ptr<scalar_t>(),
         v0.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
-        gv0.mutable_data_ptr<scalar_t>(), T, N, p, f, /*scale_by_a=*/!batch_stats, need_param_grad, pg.data(),
-        sums.data());
+        gv0.mutable_data_ptr<scalar_t>(), T, N, p, f, need_param_grad, pg.data(), sums.data());
     // The per-channel algebra (docs/spec.md §12), in double: X' = (x − m)·a + b, a = w·rstd·gain.
     auto w = weight.accessor<acc_t, 1>();
     auto r = rstd.accessor<acc_t, 1>();
@@ -164,8 +163,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cpu(
       gw[c] = g1 * rc * double(gain);
       dgain += g1 * double(w[c]) * rc;
       // ∂m = −a·Σ∂X', ∂var = −½·a·rstd²·Σ∂X'·xc (var biased, Σ(x − m) = 0 for the batch mean):
-      // ∂x = a·∂X' − a·Σ∂X'/n − a·rstd²·xc·Σ∂X'·xc/n.
-      coef[c] = a[c];
+      // ∂x = a·∂X' − a·Σ∂X'/n − a·rstd²·xc·Σ∂X'·xc/n; the walk wrote a·∂X' already.
+      coef[c] = acc_t(1);
       coef[C + c] = acc_t(-double(a[c]) * rc * rc * g1 / n);
       coef[2 * C + c] = acc_t(-double(a[c]) * g0 / n);
     }

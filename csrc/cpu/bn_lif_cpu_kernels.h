@@ -32,13 +32,13 @@ template <typename scalar_t, typename acc_t>
 void bn_lif_fwd_kernel(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
                        scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p, const BNAffine<acc_t>& f);
 
-// Backward walk: gx = ∂L/∂X'·a_c (scale_by_a) or ∂L/∂X' itself, gv0, (∂k, ∂θ, ∂α) into param_grad[3]
+// Backward walk: gx = a_c·∂L/∂X', gv0, (∂k, ∂θ, ∂α) into param_grad[3]
 // when need_param_grad, and per channel Σ∂L/∂X' and Σ∂L/∂X'·(x − m_c) into chan_sums[2C] (always),
 // summed in a fixed order (independent of the thread count).
 template <typename scalar_t, typename acc_t>
 void bn_lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
                        const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
-                       const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool scale_by_a, bool need_param_grad,
+                       const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool need_param_grad,
                        double* param_grad, double* chan_sums);
 
 // In place: gx ← A_c·gx + B_c·(x − m_c) + D_c, coef = [A | B | D] ([3C], acc_t), m = f.m.
@@ -54,8 +54,8 @@ void bn_lif_dx_kernel(const scalar_t* x, scalar_t* gx, int64_t T, int64_t N, con
                                                           const LIFParams<acc_t>&, const BNAffine<acc_t>&);   \
   extern template void bn_lif_bwd_kernel<scalar_t, acc_t>(                                                   \
       int, const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*, const bool*,   \
-      scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, const BNAffine<acc_t>&, bool, bool,    \
-      double*, double*);                                                                                     \
+      scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, const BNAffine<acc_t>&, bool, double*, \
+      double*);                                                                                     \
   extern template void bn_lif_dx_kernel<scalar_t, acc_t>(const scalar_t*, scalar_t*, int64_t, int64_t,        \
                                                          const acc_t*, const BNAffine<acc_t>&);
 SNN_FAST_EXTERN_BN_LIF_CPU(float, float)
