@@ -367,3 +367,17 @@ def test_module_pickles_and_copies():
 
 def _close_t(a, b):
     torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.skipif(bool(SKIP["triton"]), reason=str(SKIP["triton"]))
+@pytest.mark.parametrize("name", ["user_shifted", "user_box"])
+def test_user_surrogate_on_triton(name):
+    """A user's surrogate with @triton.jit functions runs on Triton (learnable α where it has a width)."""
+    import user_surrogates
+
+    user_surrogates.register_all()
+    inp = make_inputs((4, 3, 4, 3, 3), torch.float64, learn=name != "user_box")
+    opts = {} if name == "user_box" else dict(alpha=2.0)
+    ref = run("reference", inp, torch.float64, opts=opts, surrogate=name)
+    got = run("triton", inp, torch.float64, opts=opts, surrogate=name)
+    check(got, ref, torch.float64)

@@ -6,9 +6,9 @@ stores (``csrc/cpu/bn_lif_cpu.cpp``, ``triton_kernels.py``), leaving out the [N]
 
     fused (CPU)      forward   statistics: read x                                        1
                                normalise and fire: read x, write s                       2
-                     backward  the walk: read x, read ∂L/∂S, write ∂L/∂X'                3
-                               batch statistics (training): read ∂L/∂X', read x,
-                               write ∂L/∂x (eval: none, the walk writes a·∂L/∂X')        3
+                     backward  the walk: read x, read ∂L/∂S, write a·∂L/∂X'              3
+                               batch statistics (training): read a·∂L/∂X', read x,
+                               write ∂L/∂x (eval: none, a·∂L/∂X' is ∂L/∂x)               3
                      total, training                                                     9
     BN + LIF (CPU)   BN forward: statistics (read x), normalise (read x, write y)        3
                      LIF forward: read y, write s                                        2
