@@ -381,3 +381,23 @@ def test_user_surrogate_on_triton(name):
     ref = run("reference", inp, torch.float64, opts=opts, surrogate=name)
     got = run("triton", inp, torch.float64, opts=opts, surrogate=name)
     check(got, ref, torch.float64)
+
+
+@pytest.mark.parametrize("be,save", fused(["recompute", "state"]))
+def test_save_modes_agree(be, save):
+    """Results do not depend on the save mode (Triton: H kept, or the forward re-run in the backward)."""
+    inp = make_inputs((5, 3, 4, 3, 3), torch.float64, learn=True)
+    x = inp["x"].clone().requires_grad_(True)
+    w = inp["w"].clone().requires_grad_(True)
+    th = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    s, v = snn_fast.bn_lif(x, w, inp["b"], inp["rm"].clone(), inp["rv"].clone(), True, v_threshold=th,
+                           tdbn_alpha=0.7, backend=be, save=save)
+    (s.sum() + v.sum()).backward()
+    x2 = inp["x"].clone().requires_grad_(True)
+    w2 = inp["w"].clone().requires_grad_(True)
+    th2 = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    s2, v2 = snn_fast.bn_lif_reference(x2, w2, inp["b"], inp["rm"].clone(), inp["rv"].clone(), True, v_threshold=th2,
+                                       tdbn_alpha=0.7)
+    (s2.sum() + v2.sum()).backward()
+    for a, b in ((s, s2), (v, v2), (x.grad, x2.grad), (w.grad, w2.grad), (th.grad, th2.grad)):
+        assert_close(a, b, torch.float64)
