@@ -46,6 +46,31 @@ TORCH_LIBRARY(snn_fast, m) {
       "lif_sg_arg(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, Tensor s, bool hard_reset, "
       "float v_reset, bool decay_input) -> Tensor");
 
+  // Batch norm + LIF in one op (docs/spec.md §12): x [T, N] with N = B·C·inner (channel of element n:
+  // (n / inner) % C), the LIF op's v0, params and flags, and per channel weight, bias, mean, rstd
+  // ([C] in params' dtype). The charge's input is X' = (x − mean)·a + bias with a = weight·rstd·gain,
+  // gain = tdbn_alpha·θ when tdbn_alpha > 0 (tdBN), else 1. Returns what lif_fwd returns; `save` as
+  // lif_fwd's (the CPU kernel saves nothing: its backward re-runs the forward). batch_stats: mean and
+  // rstd are x's own (training); the forward does not read it, the backward does.
+  m.def(
+      "bn_lif_fwd(Tensor x, Tensor v0, Tensor params, Tensor weight, Tensor bias, Tensor mean, Tensor rstd, "
+      "float tdbn_alpha, int inner, bool batch_stats, Tensor? noise_mask, int surrogate, bool hard_reset, "
+      "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool strict_threshold, "
+      "int reset_timing, bool return_v_seq, int save) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Returns (grad_x, grad_v0, grad_params [3], grad_weight [C], grad_bias [C]). batch_stats: mean and
+  // rstd are x's own batch statistics (training), so grad_x includes the gradient through them.
+  m.def(
+      "bn_lif_bwd(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, Tensor params, "
+      "Tensor weight, Tensor bias, Tensor mean, Tensor rstd, float tdbn_alpha, int inner, bool batch_stats, "
+      "Tensor? noise_mask, Tensor saved, Tensor s, int surrogate, bool hard_reset, float v_reset, "
+      "bool decay_input, bool detach_reset, float reset_residual, bool strict_threshold, int reset_timing, "
+      "int save, bool need_param_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Per-channel mean and biased variance of x [T, N] over (T, B, inner), in params' dtype (float64
+  // for float64 x, else float32): one read of x.
+  m.def("bn_lif_stats(Tensor x, int C, int inner) -> (Tensor, Tensor)");
+
   // Introspection of the CPU output cache (csrc/cpu/output_cache.h):
   // [cached bytes, live bytes, hits, misses], and a way to give its blocks back.
   m.def("cpu_cache_stats() -> int[]");

@@ -4,10 +4,12 @@ from ._ext import HAS_C
 # the function shadows its module as an attribute of the package (``snn_fast.convert(model)``);
 # ``from snn_fast.convert import …`` still reaches the module
 from .convert import convert
+from .ops.bn_lif import bn_lif, bn_lif_reference
 from .ops.lif import lif_multistep, lif_multistep_reference, noise_mask_like
 
 __version__ = "0.1.0"
 __all__ = ["convert", "lif_multistep", "lif_multistep_reference", "noise_mask_like", "surrogate", "presets", "losses",
+           "bn_lif", "bn_lif_reference",
            "HAS_C", "nn",
            "cpu_cache_info", "empty_cpu_cache"]
 

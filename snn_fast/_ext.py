@@ -25,12 +25,17 @@ if HAS_C and hasattr(torch.ops.snn_fast, "cpu_cache_empty_like"):
 
 
 def _query(op: str, dispatch_key: str) -> bool:
-    return HAS_C and torch._C._dispatch_has_kernel_for_dispatch_key(f"snn_fast::{op}", dispatch_key)
+    if not HAS_C:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"snn_fast::{op}", dispatch_key)
+    except RuntimeError:  # an op this build of _C does not define (built from older sources)
+        return False
 
 
 # What this build registered is fixed once _C is loaded. Answering from a dict keeps backend
 # selection plain Python that torch.compile traces without a graph break.
-_KERNELS = {(op, key): _query(op, key) for op in ("lif_fwd", "tempotron_fwd") for key in ("CPU", "CUDA")}
+_KERNELS = {(op, key): _query(op, key) for op in ("lif_fwd", "tempotron_fwd", "bn_lif_fwd") for key in ("CPU", "CUDA")}
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:

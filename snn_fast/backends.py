@@ -198,8 +198,10 @@ class OpBackends:
     """
 
     def __init__(self, arg: str, backends: Dict[str, Backend], autograd: FusedAutograd,
-                 register_fakes: Callable[[Backend], None], autotable: Optional[AutoTable] = None):
+                 register_fakes: Callable[[Backend], None], autotable: Optional[AutoTable] = None,
+                 gpu_order: Tuple[str, ...] = GPU_ORDER):
         self.arg = arg
+        self.gpu_order = gpu_order
         self.backends = backends
         self.autograd = autograd
         self.register_fakes = register_fakes
@@ -218,7 +220,7 @@ class OpBackends:
 
     def gpu_preference(self, x: torch.Tensor) -> Tuple[str, ...]:
         """Order to try GPU backends in: the measured table's when the op has one."""
-        return self.autotable.preference(x) if self.autotable is not None else GPU_ORDER
+        return self.autotable.preference(x) if self.autotable is not None else self.gpu_order
 
     def cannot_run(self, name: str, surrogate) -> Optional[str]:
         """None when backend ``name`` runs ``surrogate`` (every backend runs the built-ins), else why not."""

@@ -49,6 +49,7 @@ import warnings
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.fx
 from torch import nn
 
 from . import backends
@@ -821,8 +822,154 @@ def _is_converted(m: nn.Module) -> bool:
     return isinstance(m, (BaseLIF, SnnTorchLeaky, NorseLIFBoxCell, SinabsLIF))
 
 
+# ---------------------------------------------------------------------------------------------------
+# fuse=True: batch norm directly followed by a neuron becomes one BNLIF / TDBNLIF (docs/spec.md §12)
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _fused_bn(bn: nn.Module, neuron: nn.Module) -> Optional[nn.Module]:
+    """The fused module computing ``neuron(bn(x))`` for x [T, B, C, *], holding ``bn``'s parameter and
+    buffer objects and ``neuron`` itself; None when the pair has no exact fused form."""
+    from .nn import BNLIF, TDBNLIF, BaseLIF, TDBatchNorm
+
+    if not isinstance(neuron, BaseLIF):
+        return None
+    if type(bn) is TDBatchNorm:
+        theta = neuron.v_threshold
+        if isinstance(theta, torch.Tensor) or neuron.step_mode != "m":
+            return None  # tdBN's θ is a constant; the neuron's would be learned through the gain too
+        new = TDBNLIF(bn.num_features, bn.alpha * bn.v_threshold / float(theta), bn.eps, bn.momentum,
+                      bn.weight is not None, bn.track_running_stats, neuron=neuron)
+    elif isinstance(bn, _BN_TYPES) and (type(bn) in _BN_TYPES or type(bn).__module__.startswith(_SJ + ".layer")):
+        # torch's own class inside SeqToANNContainer ([T·B, …]), or SpikingJelly's step-mode subclass
+        sj_mode = getattr(bn, "step_mode", None)
+        if sj_mode is not None and sj_mode != neuron.step_mode:
+            return None
+        if sj_mode is None and neuron.step_mode != "m":
+            return None
+        new = BNLIF(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, neuron=neuron)
+    else:
+        return None
+    for name in ("weight", "bias"):  # the same Parameter objects: an optimizer holding them keeps working
+        setattr(new, name, getattr(bn, name))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        if name in new._buffers:
+            new._buffers[name] = getattr(bn, name)
+    new.train(bn.training)
+    return new
+
+
+def _seq_to_ann_bn(m: nn.Module) -> Optional[nn.Module]:
+    """A SpikingJelly SeqToANNContainer ending in a torch BatchNorm: that BatchNorm, else None."""
+    if type(m).__name__ != "SeqToANNContainer" or not type(m).__module__.startswith(_SJ + ".layer"):
+        return None
+    kids = list(m.children())
+    return kids[-1] if kids and type(kids[-1]) in _BN_TYPES else None
+
+
+def _multistep_bn(m: nn.Module) -> Optional[nn.Module]:
+    """snn_fast's ``nn.MultiStep`` around a torch BatchNorm (T folded into the batch): that BatchNorm."""
+    from .nn import MultiStep
+
+    return m.module if type(m) is MultiStep and type(m.module) in _BN_TYPES else None
+
+
+class _ChildrenAsLeaves(torch.fx.Tracer):
+    """Traces one module's own ``forward``: every submodule call is one node (none is traced into)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return True
+
+
+def _traced_pairs(parent: nn.Module) -> List[Tuple[str, str]]:
+    """(bn, neuron) submodule paths of ``parent`` whose own ``forward`` computes ``neuron(bn(…))`` with
+    the batch norm's output used by nothing else and each of the two modules called once, read from
+    the graph torch.fx traces (SpikingJelly's zoo blocks: ``out = self.sn1(self.bn1(self.conv1(x)))``
+    written over three lines). A forward fx cannot trace (control flow on a tensor, …) gives no pair:
+    the modules stay as they are."""
+    try:
+        graph = _ChildrenAsLeaves().trace(parent)
+    except Exception:  # noqa: BLE001 - any tracing failure only means nothing is fused here
+        return []
+    calls: Dict[str, int] = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    pairs = []
+    for n in graph.nodes:
+        if n.op != "call_module" or calls[n.target] != 1 or len(n.args) != 1 or n.kwargs:
+            continue
+        src = n.args[0]
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and calls[src.target] == 1
+                and len(src.users) == 1):
+            pairs.append((src.target, n.target))
+    return pairs
+
+
+def _fuse(model: nn.Module) -> int:
+    """Replace each batch norm directly followed by an snn_fast neuron, in place; returns how many.
+
+    Directly followed: adjacent in an ``nn.Sequential`` (the batch norm itself, ``nn.MultiStep`` around one, or the last
+    module of a ``SeqToANNContainer``); in another module's own ``forward``, ``neuron(bn(…))`` with the batch
+    norm's output used nowhere else, as torch.fx reads it (``_traced_pairs``); or a pair a module declares
+    in ``snn_fast_fuse_pairs`` (attribute paths (bn, neuron), for a forward fx cannot trace). The fused
+    module takes the batch norm's place (a SeqToANNContainer keeps its other modules, the fused module
+    then takes the neuron's place), ``nn.Identity`` the other's.
+    """
+    count = 0
+    for parent in list(model.modules()):
+        pairs = []
+        if isinstance(parent, nn.Sequential):
+            names = list(parent._modules)
+            pairs = [(names[i], names[i + 1]) for i in range(len(names) - 1)]
+        elif type(parent).forward is not nn.Module.forward and _has_bn_and_neuron(parent):
+            pairs = _traced_pairs(parent)
+        pairs += [p for p in getattr(parent, "snn_fast_fuse_pairs", ()) if p not in pairs]
+        for bn_path, nr_path in pairs:
+            try:
+                bn, neuron = parent.get_submodule(bn_path), parent.get_submodule(nr_path)
+            except AttributeError:
+                continue
+            inner = _seq_to_ann_bn(bn)
+            wrapped = _multistep_bn(bn)
+            if type(bn) in _BN_TYPES:
+                # torch's own batch norm called on [T, B, C, …] itself would take T·… as its layout
+                # (BatchNorm1d: B as the channels); only its multi-step wrappers fuse
+                continue
+            fused = _fused_bn(inner if inner is not None else wrapped if wrapped is not None else bn, neuron)
+            if fused is None:
+                continue
+            if inner is not None:
+                rest = list(bn.children())[:-1]
+                _set_path(parent, bn_path, type(bn)(*rest) if rest else nn.Identity())
+                _set_path(parent, nr_path, fused)
+            else:
+                _set_path(parent, bn_path, fused)
+                _set_path(parent, nr_path, nn.Identity())
+            count += 1
+    return count
+
+
+def _has_bn_and_neuron(parent: nn.Module) -> bool:
+    """A direct child is a batch norm (or a container ending in one) and another an snn_fast neuron:
+    only then is the forward traced."""
+    from .nn import BaseLIF, TDBatchNorm
+
+    kids = list(parent.children())
+    has_bn = any(isinstance(k, _BN_TYPES + (TDBatchNorm,)) or _seq_to_ann_bn(k) is not None
+                 or _multistep_bn(k) is not None for k in kids)
+    return has_bn and any(isinstance(k, BaseLIF) for k in kids)
+
+
+def _set_path(parent: nn.Module, path: str, new: nn.Module) -> None:
+    *head, last = path.split(".")
+    owner = parent.get_submodule(".".join(head)) if head else parent
+    setattr(owner, last, new)
+
+
 def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, strict: bool = True,
-            save: str = _lif_contract.DEFAULT_SAVE) -> nn.Module:
+            save: str = _lif_contract.DEFAULT_SAVE, fuse: bool = False) -> nn.Module:
     """``model`` with every supported spiking neuron replaced by its snn_fast counterpart.
 
     Args:
@@ -837,6 +984,13 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
         save: what the new neurons' GPU kernels keep for the backward: "state" (H of every step; the
             default, the faster) or "recompute" (only the membrane every 8 steps; the backward re-runs
             the forward); see ``snn_fast.lif_multistep``. Neurons already converted keep theirs.
+        fuse: also replace each batch norm directly followed by a neuron (adjacent in an
+            ``nn.Sequential``: SpikingJelly's multi-step ``layer.BatchNorm1d/2d/3d``, a
+            ``SeqToANNContainer`` ending in a BatchNorm, or ``nn.TDBatchNorm``; or a pair a module lists
+            in ``snn_fast_fuse_pairs``) by one ``nn.BNLIF`` / ``nn.TDBNLIF`` holding the batch norm's
+            parameters and buffers (the same objects) and the neuron (docs/spec.md §12). A pair inside
+            a custom ``forward`` is fused only when its module declares it. Parameter names of the
+            neuron move under the fused module (``<bn>.neuron.…``).
 
     Returns:
         The converted model (``model`` itself when ``inplace``; a new neuron when ``model`` is one).
@@ -903,6 +1057,8 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             model = new
         else:
             setattr(parent, name, new)
+    if fuse:
+        _fuse(model)
     if inplace and "spikingjelly.activation_based.functional" in sys.modules:
         # SpikingJelly's reset_net caches each net's resettable modules: forget the replaced ones
         from spikingjelly.activation_based import functional as F

@@ -482,3 +482,145 @@ def test_spikingjelly_set_step_mode_and_detach_net_reach_converted_neurons():
     assert net[1].v.grad_fn is None
     with pytest.raises(ValueError, match="step_mode"):
         SF.set_step_mode(net, "x")
+
+
+# ---------------------------------------------------------------------------------------------------
+# fuse=True: batch norm + neuron into one BNLIF / TDBNLIF (docs/spec.md §12)
+
+
+def _compare_fused(net: torch.nn.Module, x: torch.Tensor, n_fused: int, mode: str = "m") -> None:
+    """Convert a copy of ``net`` in place with fuse=True (its parameters and buffers stay the same
+    objects, so they are matched by name in the copy) and check, in float64, outputs, the input
+    gradient, every parameter gradient (BN's included) and the running statistics after a training
+    step, then the outputs in eval mode."""
+    net = net.double()
+    twin = copy.deepcopy(net)
+    params, buffers = dict(twin.named_parameters()), dict(twin.named_buffers())
+    new = snn_fast.convert(twin, inplace=True, fuse=True)
+    got = sum(isinstance(m, snn.BNLIF) for m in new.modules())
+    assert got == n_fused, (got, n_fused)
+    run = (lambda m, v: m(v)) if mode == "m" else (lambda m, v: torch.stack([m(v[t]) for t in range(v.shape[0])]))
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = run(net, xa), run(new, xb)
+    _close(yb, ya, "output")
+    g = torch.randn_like(ya)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    _close(xb.grad, xa.grad, "grad x")
+    for k, p in net.named_parameters():
+        if p.grad is None:
+            assert params[k].grad is None, k
+        else:
+            _close(params[k].grad, p.grad, f"grad {k}")
+    for k, b in net.named_buffers():
+        _close(buffers[k].double(), b.double(), f"buffer {k}")
+    net.eval()
+    new.eval()
+    snn.reset_net(new)
+    if HAS_SJ:
+        SF.reset_net(net)
+    snn.reset_net(net)
+    with torch.no_grad():
+        _close(run(new, x), run(net, x), "eval output")
+
+
+def _sj_bn_cnn(mode: str):
+    """Conv → BN → neuron three ways: SpikingJelly's step-mode BatchNorm2d, SeqToANNContainer(conv, BN),
+    and a SeqToANNContainer holding only the BN (multi-step)."""
+    kids = [SL.Conv2d(2, 6, 3, padding=1, bias=False, step_mode=mode), SL.BatchNorm2d(6, step_mode=mode),
+            SN.LIFNode(tau=2.0, surrogate_function=SS.ATan(), detach_reset=True, step_mode=mode)]
+    if mode == "m":
+        kids += [SL.SeqToANNContainer(torch.nn.Conv2d(6, 6, 3, padding=1, bias=False), torch.nn.BatchNorm2d(6)),
+                 SN.ParametricLIFNode(init_tau=2.0, v_reset=None, step_mode=mode),
+                 SL.SeqToANNContainer(torch.nn.BatchNorm2d(6)), SN.IFNode(step_mode=mode)]
+    kids += [SL.MaxPool2d(2, 2, step_mode=mode), SL.Flatten(step_mode=mode), SL.Linear(6 * 4 * 4, 5, step_mode=mode),
+             SN.LIFNode(tau=2.0, step_mode=mode)]
+    return torch.nn.Sequential(*kids)
+
+
+@needs_sj
+@pytest.mark.parametrize("mode,n", [("m", 3), ("s", 1)])
+def test_fuse_spikingjelly_bn_then_neuron(mode, n):
+    torch.manual_seed(6)
+    net = _sj_bn_cnn(mode)
+    for m in net.modules():  # non-trivial affine
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.3, 0.2)
+    _compare_fused(net, torch.randn(4, 3, 2, 8, 8, dtype=torch.float64) * 2, n, mode)
+
+
+def test_fuse_stbp_tdbn_resnet19_example():
+    import os
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+    try:
+        from models.resnet19 import ResNet19
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(7)
+    net = ResNet19(width=1 / 32, backend="auto")
+    for m in net.modules():
+        if isinstance(m, snn.TDBatchNorm):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.2, 0.2)
+    # conv1's pair and each BasicBlock's (bn1, lif1): 1 + 8
+    _compare_fused(net, torch.randn(2, 2, 3, 8, 8, dtype=torch.float64) * 2, 9)
+
+
+def test_fuse_keeps_batchnorm_state_dict_names():
+    net = torch.nn.Sequential(snn.MultiStep(torch.nn.BatchNorm2d(3)), snn.LIF())
+    before = set(net.state_dict())
+    new = snn_fast.convert(net, fuse=True)
+    assert isinstance(new[0], snn.BNLIF) and isinstance(new[1], torch.nn.Identity)
+    assert {k.replace("0.module.", "0.") for k in before} == set(new.state_dict())
+
+
+@needs_sj
+@pytest.mark.parametrize("arch,n", [("spiking_resnet18", 9), ("sew_resnet18", 17)])
+def test_fuse_spikingjelly_zoo_resnet(arch, n):
+    """SpikingJelly's own zoo ResNets, whose blocks call bn and neuron in a custom forward: every
+    ``sn(bn(…))`` fuses (spiking ResNet: the stem and each block's bn1/sn1, its bn2 feeding the residual
+    add first; SEW: the stem and both pairs of each block), read from the traced forward."""
+    from spikingjelly.activation_based import functional as SF_
+    from spikingjelly.activation_based.model import sew_resnet, spiking_resnet
+
+    torch.manual_seed(8)
+    kw = dict(spiking_neuron=SN.LIFNode, surrogate_function=SS.ATan(), detach_reset=True)
+    net = (spiking_resnet.spiking_resnet18(**kw) if arch == "spiking_resnet18"
+           else sew_resnet.sew_resnet18(cnf="ADD", **kw))
+    SF_.set_step_mode(net, "m")
+    for m in net.modules():  # non-trivial affine and running statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.3, 0.2)
+    _compare_fused(net, torch.randn(2, 2, 3, 32, 32, dtype=torch.float64) * 2, n)
+
+
+def test_fuse_traced_pairs_only_where_the_bn_output_feeds_the_neuron_alone():
+    """A batch norm whose output is also used elsewhere, or a neuron called twice, is not fused."""
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn_a, self.lif_a = snn.TDBatchNorm(3), snn.LIF()  # fused
+            self.bn_b, self.lif_b = snn.TDBatchNorm(3), snn.LIF()  # bn_b's output also added: not fused
+            self.bn_c, self.lif_c = snn.TDBatchNorm(3), snn.LIF()  # lif_c called twice: not fused
+
+        def forward(self, x):
+            y = self.lif_a(self.bn_a(x))
+            b = self.bn_b(y)
+            z = self.lif_b(b) + b
+            return self.lif_c(self.bn_c(z)) + self.lif_c(z)
+
+    torch.manual_seed(9)
+    net = Block()
+    for m in net.modules():
+        if isinstance(m, snn.TDBatchNorm):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.3, 0.2)
+    _compare_fused(net, torch.randn(3, 2, 3, 4, 4, dtype=torch.float64), 1)

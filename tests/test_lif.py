@@ -1115,6 +1115,7 @@ def test_every_registered_op_is_opchecked():
     op fails here until one is written. The Python-defined pairs share the C++ schemas (contract.py)."""
     import snn_fast.ops.lif.custom_cpu  # noqa: F401  (defines its pair)
     from snn_fast import _triton
+    from snn_fast.ops.bn_lif import contract as bn_contract
     from snn_fast.ops.lif import contract
 
     checked = {
@@ -1129,17 +1130,27 @@ def test_every_registered_op_is_opchecked():
         "cpu_cache_stats": "test_cpu_output_cache.py::test_cache_ops_opcheck",
         "cpu_cache_clear": "test_cpu_output_cache.py::test_cache_ops_opcheck",
         "cpu_cache_empty_like": "test_cpu_output_cache.py::test_cache_ops_opcheck",
+        "bn_lif_fwd": "test_bn_lif.py::test_cxx_opcheck (CUDA: test_cuda_opcheck)",
+        "bn_lif_bwd": "test_bn_lif.py::test_cxx_opcheck (CUDA: test_cuda_opcheck)",
+        "bn_lif_stats": "test_bn_lif.py::test_cxx_opcheck",
+        "bn_lif_fwd_triton": "test_bn_lif.py::test_triton_opcheck",
+        "bn_lif_bwd_triton": "test_bn_lif.py::test_triton_opcheck",
     }
     if _triton.import_error() is None:
         _lt()
         import snn_fast.ops.tempotron.function as tf
 
         tf.BACKENDS.load("triton")
+        import snn_fast.ops.bn_lif.function as bf
+
+        bf.BACKENDS.load("triton")
     names = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("snn_fast::")}
     assert names <= set(checked), f"ops without an opcheck: {sorted(names - set(checked))}"
     for name, want in (("lif_fwd", contract.FWD_SCHEMA), ("lif_bwd", contract.BWD_SCHEMA),
                        ("lif_fwd_custom_cpu", contract.FWD_SCHEMA), ("lif_bwd_custom_cpu", contract.BWD_SCHEMA),
-                       ("lif_fwd_triton", contract.FWD_SCHEMA), ("lif_bwd_triton", contract.BWD_SCHEMA)):
+                       ("lif_fwd_triton", contract.FWD_SCHEMA), ("lif_bwd_triton", contract.BWD_SCHEMA),
+                       ("bn_lif_fwd", bn_contract.FWD_SCHEMA), ("bn_lif_bwd", bn_contract.BWD_SCHEMA),
+                       ("bn_lif_fwd_triton", bn_contract.FWD_SCHEMA), ("bn_lif_bwd_triton", bn_contract.BWD_SCHEMA)):
         if name in names:
             got = str(getattr(torch.ops.snn_fast, name).default._schema)
             assert got == f"snn_fast::{name}{want}", (name, got)

@@ -402,7 +402,63 @@ def _table(rows):
     return "\n".join(lines)
 
 
+def compile_bn_lif():
+    """The bn_lif kernels (snn_fast/ops/bn_lif/triton_kernels.py) at their launch configuration, for
+    sm_80 and sm_90, fp32/bf16 storage: forward (saving H), backward (stored H and re-run, with and
+    without parameter gradients and noise mask), and the batch-statistics pass."""
+    from snn_fast.ops.bn_lif import triton as bt
+    from snn_fast.ops.bn_lif import triton_kernels as bk
+    from snn_fast.ops.common import triton_surrogate as tsg
+    from snn_fast import surrogate as sgm
+
+    rows = []
+    for arch in ARCHS:
+        for dt in ("fp32", "bf16"):
+            st, pt = f"*{dt}", "*fp32"
+            for sg_name in ("sigmoid", "q_pseudo_spike"):
+                sg_args = tsg.surrogate_args(sgm.get(sg_name).id)
+                for hard, mask, npg, rerun, strict in ((True, False, False, False, False),
+                                                       (False, True, True, True, True),
+                                                       (True, True, True, False, False)):
+                    mk = "*i1" if mask else st
+                    fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "wide_ptr": pt, "a_ptr": pt, "m_ptr": pt,
+                           "b_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st, "vseq_ptr": st, "h_ptr": pt,
+                           "T": "i32", "N": "i32", "C": "i32", "INNER": "i32", "v_reset": "fp32"}
+                    fc = dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False,
+                              SAVE_H=not rerun, WIDE=False, EXACT=True, BLOCK=bt.BLOCK, STRICT=strict)
+                    bwd = {"gs_ptr": st, "gvl_ptr": st, "gvs_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
+                           "wide_ptr": pt, "a_ptr": pt, "m_ptr": pt, "b_ptr": pt, "mask_ptr": mk, "h_ptr": pt,
+                           "gx_ptr": st, "gv0_ptr": st, "sums_ptr": pt, "psum_ptr": pt, "T": "i32", "N": "i32",
+                           "C": "i32", "INNER": "i32", "v_reset": "fp32", "kappa": "fp32"}
+                    bc = dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
+                              HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SCALE_BY_A=not npg, RERUN=rerun,
+                              WIDE=False, EXACT=True, BLOCK=bt.BLOCK, STRICT=strict)
+                    for kind, fn, sig, consts in (("fwd", bk.bn_lif_fwd_kernel, fwd, fc),
+                                                  ("bwd", bk.bn_lif_bwd_kernel, bwd, bc)):
+                        sig = {**sig, **{c: "constexpr" for c in consts}}
+                        _, res = _compile(fn, sig, consts, arch, bt.NUM_WARPS)
+                        rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard,
+                                         mask=mask, need_param_grad=npg, rerun=rerun, strict=strict, **res))
+            dx = {"x_ptr": st, "gx_ptr": st, "coef_ptr": pt, "m_ptr": pt, "TN": "i64", "N": "i32", "C": "i32",
+                  "INNER": "i32", "BLOCK": "constexpr"}
+            _, res = _compile(bk.bn_lif_dx_kernel, dx, dict(BLOCK=bt.DX_BLOCK), arch, bt.NUM_WARPS)
+            rows.append(dict(kernel="dx", arch=arch, dtype=dt, **res))
+    return rows
+
+
+def test_aot_bn_lif_compiles_without_spills():
+    rows = _subprocess("--bn-lif")
+    assert len(rows) == len(ARCHS) * 2 * (2 * 3 * 2 + 1)
+    for r in rows:
+        assert r["local"] == 0 and r["stack"] == 0, r
+        if r["kernel"] == "fwd" or (r["kernel"] == "bwd" and (r["rerun"] or r["need_param_grad"])):
+            assert r["mul_rn"], r  # the affine input and the charge are pinned products (no FMA)
+
+
 if __name__ == "__main__":
+    if "--bn-lif" in sys.argv:
+        print(json.dumps(compile_bn_lif()))
+        sys.exit(0)
     if "--trace" in sys.argv:
         print(json.dumps(trace_compiled_graphs()))
         sys.exit(0)

@@ -46,6 +46,9 @@ def _lif(backend):
 
 
 class BasicBlock(nn.Module):
+    # forward applies lif1 directly to bn1's output: snn_fast.convert(fuse=True) may fuse the pair
+    snn_fast_fuse_pairs = (("bn1", "lif1"),)
+
     def __init__(self, c_in, c_out, stride, norm, backend):
         super().__init__()
         a_res = 1 / math.sqrt(2)  # before the residual add (seed 004, docs/spec.md §7.1)
@@ -67,6 +70,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet19(nn.Module):
+    snn_fast_fuse_pairs = (("conv1.1", "lif1"),)  # lif1(conv1(x)), conv1 ending in its norm
+
     def __init__(self, in_channels=3, num_classes=10, width=1.0, norm="tdbn", backend="auto"):
         super().__init__()
         c = [max(1, round(k * width)) for k in (128, 256, 512, 256)]

@@ -206,6 +206,14 @@ SNN_HD T lif_charge(T v, T x, const LIFParams<T>& p) {
   }
 }
 
+// The input of bn_lif (docs/spec.md §12): batch norm folded into the charge, X' = (x − m)·a + b per
+// channel, with xc = x − m formed by the caller (the backward keeps it for the channel sums). The
+// product is rounded on its own like the charge's, so CPU and CUDA give the same X'.
+template <typename T>
+SNN_HD T bn_input(T xc, T a, T b) {
+  return detail::mul_rn(xc, a) + b;
+}
+
 // Emitted value: the spike where the mask is on, g(H − θ) where it is off (docs/spec.md §4). A select, so an
 // all-True mask gives exactly the unmasked result. lif_fire_rt: the surrogate as a runtime id.
 template <int SG, typename T>

@@ -1,0 +1,131 @@
+"""Batch norm + LIF, forward+backward, training mode, float32 on the CPU (docs/spec.md §12):
+the fused ``snn_fast.bn_lif`` against batch norm followed by snn_fast's LIF op, and batch norm followed
+by SpikingJelly's multi-step ``LIFNode`` (its torch backend).
+
+    python -m pytest benchmarks/test_bench_bn_lif.py --benchmark-only -s     # or: make bench
+
+Shapes [T, B, C, H, W]: [4, 32, 64, 56, 56] (a ResNet's first stage) and [4, 32, 512, 7, 7] (its last).
+Default LIF (τ = 2, sigmoid α = 4, hard reset to 0). "MB moved" is the memory model's count
+(``snn_fast/ops/bn_lif/memory.py``: 9 passes fused, 13 for BN + LIF); "vs BN+LIF" is the median of
+batch norm + snn_fast LIF over the fused op's.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import snn_fast  # noqa: E402
+from benchmarks import common  # noqa: E402
+from snn_fast.ops.bn_lif import memory  # noqa: E402
+
+SHAPES = [(4, 32, 64, 56, 56), (4, 32, 512, 7, 7)]
+
+
+def _sj_node():
+    try:
+        from spikingjelly.activation_based import neuron, surrogate
+    except Exception:  # a peer, never a dependency
+        return None
+    return neuron.LIFNode(tau=2.0, step_mode="m", surrogate_function=surrogate.Sigmoid(alpha=4.0))
+
+
+def make(shape):
+    g = torch.Generator().manual_seed(0)
+    C = shape[2]
+    x = (torch.randn(shape, generator=g) + 0.5).requires_grad_(True)
+    w = (torch.rand(C, generator=g) + 0.5).requires_grad_(True)
+    b = (torch.randn(C, generator=g) * 0.2 + 0.8).requires_grad_(True)
+    grad = torch.randn(shape, generator=g)
+    return x, w, b, grad
+
+
+def steps(shape):
+    """provider → one forward+backward (training: batch statistics, running statistics updated)."""
+    x, w, b, grad = make(shape)
+    C = shape[2]
+    rm, rv = torch.zeros(C), torch.ones(C)
+    sj = _sj_node()
+
+    def zero():
+        x.grad = w.grad = b.grad = None
+
+    def fused():
+        zero()
+        s, _ = snn_fast.bn_lif(x, w, b, rm, rv, True, 0.1, 1e-5, backend="cpu")
+        s.backward(grad)
+        return s
+
+    def bn(v):
+        return F.batch_norm(v.flatten(0, 1), rm, rv, w, b, True, 0.1, 1e-5).view(v.shape)
+
+    def bn_ours():
+        zero()
+        s, _ = snn_fast.lif_multistep(bn(x), backend="cpu")
+        s.backward(grad)
+        return s
+
+    fns = {"snn_fast-bn_lif": fused, "bn+snn_fast-lif": bn_ours}
+    if sj is not None:
+        def bn_sj():
+            zero()
+            sj.reset()
+            s = sj(bn(x))
+            s.backward(grad)
+            return s
+
+        fns["bn+spikingjelly"] = bn_sj
+    return fns, (x, w, b)
+
+
+def check(fns, tensors):
+    """The fused op's spikes and gradients against batch norm + snn_fast LIF before timing."""
+    x, w, b = tensors
+    s_ref = fns["bn+snn_fast-lif"]()
+    ref = [t.grad.clone() for t in (x, w, b)]
+    s = fns["snn_fast-bn_lif"]()
+    flips = (s != s_ref).float().mean().item()
+    assert flips < 1e-4, flips
+    if flips == 0:
+        for t, r in zip((x, w, b), ref):
+            torch.testing.assert_close(t.grad, r, rtol=1e-3, atol=1e-4 * r.abs().max().item())
+
+
+def run(shapes=SHAPES):
+    rows = []
+    for shape in shapes:
+        fns, tensors = steps(shape)
+        check(fns, tensors)
+        tm = common.time_fns(fns, "cpu", rounds=3, min_run_time=1.0)
+        T, N = shape[0], int(torch.Size(shape[1:]).numel())
+        base = tm["bn+snn_fast-lif"][0]
+        for p, (med, q20, q80) in tm.items():
+            nbytes = memory.fused_bytes(T, N, torch.float32) if p == "snn_fast-bn_lif" else memory.unfused_bytes(
+                T, N, torch.float32)
+            rows.append(dict(op="bn_lif", provider=p, mode="fwd+bwd", shape="x".join(map(str, shape)),
+                             dtype="float32", device="cpu", threads=torch.get_num_threads(), median_ms=med, q20_ms=q20,
+                             q80_ms=q80, bytes=nbytes, vs_bn_lif=base / med))
+    return rows
+
+
+def print_table(rows):
+    print(f"\n{'provider':<18} {'shape':<18} {'median ms':>10} {'q20':>9} {'q80':>9} {'MB moved':>9} {'vs BN+LIF':>9}")
+    for r in rows:
+        print(f"{r['provider']:<18} {r['shape']:<18} {r['median_ms']:>10.1f} {r['q20_ms']:>9.1f} {r['q80_ms']:>9.1f} "
+              f"{r['bytes'] / 1e6:>9.0f} {r['vs_bn_lif']:>9.2f}")
+
+
+def test_bench_bn_lif(benchmark):
+    if not snn_fast.HAS_C:
+        pytest.skip("needs the C++ extension")
+    rows = run()
+    print_table(rows)
+    for r in rows:
+        common.record(device_name=common.device_name("cpu"), **r)
+    benchmark.extra_info.update({f"{r['provider']}@{r['shape']}": r["median_ms"] for r in rows})
+    fns, _ = steps(SHAPES[1])
+    benchmark.pedantic(fns["snn_fast-bn_lif"], rounds=5, warmup_rounds=1)

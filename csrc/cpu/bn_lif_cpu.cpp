@@ -1,0 +1,198 @@
+// Fused batch norm + LIF on the CPU (docs/spec.md §12), the torch-facing ops: bn_lif_stats,
+// bn_lif_fwd, bn_lif_bwd (schemas in csrc/ops.cpp; kernels in bn_lif_cpu_kernels_impl.h).
+//
+// Passes over [T, N] in the storage dtype (b bytes per element; snn_fast/ops/bn_lif/memory.py counts
+// them, against 13 for batch norm followed by the LIF op):
+//   forward   bn_lif_stats: read x;  bn_lif_fwd: read x, write s                        3
+//   backward  the walk: read x, read ∂L/∂S, write a·∂L/∂X' (its re-run keeps x − m in L2); then,
+//             training only, the batch-statistics pass: read a·∂L/∂X', x, write ∂L/∂x      6 (eval: 3)
+// Nothing is saved between forward and backward: the backward re-runs the forward per block.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "../common/lif_checks.h"
+#include "bn_lif_cpu_kernels.h"
+#include "output_cache.h"
+#include "snn_fast/lif_step.h"
+
+namespace snn_fast {
+namespace {
+
+using at::Tensor;
+
+template <typename acc_t>
+LIFParams<acc_t> bn_make_params(const Tensor& params, int64_t sg, bool hard_reset, double v_reset, bool decay_input,
+                                bool detach_reset, double kappa, bool strict, int64_t timing) {
+  // The kernels run the reset after the spike only (bn_lif_cpu_kernels_impl.h kAfter); the Python
+  // routing sends the other timings to the reference.
+  check_reset_timing(timing);
+  TORCH_CHECK(timing == kResetAfterFire, "bn_lif (CPU kernel): reset_timing must be 0 (after the spike), got ",
+              timing, "; backend='reference' runs the delayed and no-reset timings");
+  auto p = params.accessor<acc_t, 1>();
+  LIFParams<acc_t> r;
+  r.k = p[0];
+  r.theta = p[1];
+  r.alpha = p[2];
+  r.vr = hard_reset ? acc_t(v_reset) : acc_t(0);
+  r.kappa = acc_t(kappa);
+  r.sg = int(sg);
+  r.hard_reset = hard_reset;
+  r.decay_input = decay_input;
+  r.detach_reset = detach_reset;
+  set_firing(r, strict, kResetAfterFire);
+  return r;
+}
+
+// x [T, N] with N = B·C·inner; weight, bias, mean, rstd [C] in params' dtype on x's device.
+int64_t check_bn_args(const Tensor& x, const Tensor& params, const Tensor& weight, const Tensor& bias,
+                      const Tensor& mean, const Tensor& rstd, int64_t inner) {
+  const int64_t C = weight.numel();
+  TORCH_CHECK(inner >= 1, "bn_lif: inner (the spatial size S) must be >= 1, got ", inner);
+  TORCH_CHECK(C >= 1 && x.size(1) % (C * inner) == 0, "bn_lif: x's N = ", x.size(1),
+              " is not a multiple of C·inner = ", C, "·", inner);
+  for (const Tensor* t : {&weight, &bias, &mean, &rstd})
+    TORCH_CHECK(t->dim() == 1 && t->numel() == C && t->scalar_type() == params.scalar_type() &&
+                    t->device() == x.device(),
+                "bn_lif: weight, bias, mean and rstd must be [C] = [", C, "] in params' dtype (",
+                params.scalar_type(), ") on x's device, got ", t->sizes(), " ", t->scalar_type());
+  return C;
+}
+
+// gain of the normalised input: α_tdBN·θ (tdBN, docs/spec.md §7.1) or 1 (plain batch norm).
+template <typename acc_t>
+acc_t bn_gain(double tdbn_alpha, acc_t theta) {
+  return tdbn_alpha > 0 ? acc_t(tdbn_alpha) * theta : acc_t(1);
+}
+
+// a_c = weight_c·(rstd_c·gain), the scale of the charge's input, [C] in acc_t.
+template <typename acc_t>
+std::vector<acc_t> bn_scale(const Tensor& weight, const Tensor& rstd, acc_t gain) {
+  const int64_t C = weight.numel();
+  auto w = weight.accessor<acc_t, 1>();
+  auto r = rstd.accessor<acc_t, 1>();
+  std::vector<acc_t> a(C);
+  for (int64_t c = 0; c < C; ++c) a[c] = w[c] * (r[c] * gain);
+  return a;
+}
+
+std::tuple<Tensor, Tensor> bn_lif_stats_cpu(const Tensor& x_, int64_t C, int64_t inner) {
+  TORCH_CHECK(x_.dim() == 2 && x_.device().is_cpu(), "bn_lif_stats: x must be a [T, N] CPU tensor");
+  TORCH_CHECK(C >= 1 && inner >= 1 && x_.size(1) % (C * inner) == 0, "bn_lif_stats: x's N = ", x_.size(1),
+              " is not a multiple of C·inner = ", C, "·", inner);
+  Tensor x = x_.contiguous();
+  const auto pdtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  std::vector<double> mean(C), var(C);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_lif_stats_cpu", [&] {
+    cpu_bn_lif::bn_stats_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), C, inner, mean.data(),
+                                          var.data());
+  });
+  auto opt = x.options().dtype(at::kDouble);
+  return {at::tensor(mean, opt).to(pdtype), at::tensor(var, opt).to(pdtype)};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cpu(
+    const Tensor& x_, const Tensor& v0_, const Tensor& params, const Tensor& weight_, const Tensor& bias_,
+    const Tensor& mean_, const Tensor& rstd_, double tdbn_alpha, int64_t inner, bool /*batch_stats*/,
+    const c10::optional<Tensor>& mask_, int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset, double kappa,
+    bool strict, int64_t timing, bool return_v_seq,
+    int64_t save) {
+  check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
+  check_save(save, "CPU kernel", false);
+  const int64_t C = check_bn_args(x_, params, weight_, bias_, mean_, rstd_, inner);
+  Tensor x = x_.contiguous(), v0 = v0_.contiguous();
+  Tensor weight = weight_.contiguous(), bias = bias_.contiguous(), mean = mean_.contiguous(), rstd = rstd_.contiguous();
+  c10::optional<Tensor> mask;
+  if (mask_.has_value()) mask = mask_->contiguous();
+  const int64_t T = x.size(0), N = x.size(1);
+  Tensor s = empty_cpu_cached(x.sizes(), x.scalar_type()), v_last = at::empty_like(v0);
+  Tensor v_seq = return_v_seq ? empty_cpu_cached(x.sizes(), x.scalar_type()) : at::empty({0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_lif_fwd_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = bn_make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
+    const auto a = bn_scale<acc_t>(weight, rstd, bn_gain<acc_t>(tdbn_alpha, p.theta));
+    cpu_bn_lif::BNAffine<acc_t> f{a.data(), mean.const_data_ptr<acc_t>(), bias.const_data_ptr<acc_t>(), C, inner};
+    cpu_bn_lif::bn_lif_fwd_kernel<scalar_t, acc_t>(
+        x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr,
+        s.mutable_data_ptr<scalar_t>(), v_last.mutable_data_ptr<scalar_t>(),
+        return_v_seq ? v_seq.mutable_data_ptr<scalar_t>() : nullptr, T, N, p, f);
+  });
+  return {s, v_last, v_seq, at::empty({0}, x.options())};
+}
+
+// Returns (grad_x, grad_v0, grad_params [3], grad_weight [C], grad_bias [C]). With batch_stats, mean
+// and rstd are the batch's own (training): grad_x includes their dependence on x.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cpu(
+    const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_, const c10::optional<Tensor>& gvseq_,
+    const Tensor& x_, const Tensor& v0_, const Tensor& params, const Tensor& weight_, const Tensor& bias_,
+    const Tensor& mean_, const Tensor& rstd_, double tdbn_alpha, int64_t inner, bool batch_stats,
+    const c10::optional<Tensor>& mask_, const Tensor& /*saved*/, const Tensor& /*s*/, int64_t sg, bool hard_reset,
+    double v_reset, bool decay_input, bool detach_reset, double kappa, bool strict, int64_t timing, int64_t save,
+    bool need_param_grad) {
+  check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
+  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
+  check_save(save, "CPU kernel", false);
+  const int64_t C = check_bn_args(x_, params, weight_, bias_, mean_, rstd_, inner);
+  Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous();
+  Tensor weight = weight_.contiguous(), mean = mean_.contiguous(), rstd = rstd_.contiguous(), bias = bias_.contiguous();
+  Tensor gvlast, gvseq;
+  if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();
+  if (gvseq_.has_value() && gvseq_->numel() > 0) gvseq = gvseq_->to(x.scalar_type()).contiguous();
+  c10::optional<Tensor> mask;
+  if (mask_.has_value()) mask = mask_->contiguous();
+  const int64_t T = x.size(0), N = x.size(1);
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = at::empty_like(v0);
+  std::vector<double> pg(3, 0.0), gw(C), gb(C);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_lif_bwd_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = bn_make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
+    const acc_t gain = bn_gain<acc_t>(tdbn_alpha, p.theta);
+    const auto a = bn_scale<acc_t>(weight, rstd, gain);
+    cpu_bn_lif::BNAffine<acc_t> f{a.data(), mean.const_data_ptr<acc_t>(), bias.const_data_ptr<acc_t>(), C, inner};
+    std::vector<double> sums(2 * C);  // [Σ∂X' | Σ∂X'·(x − m)] per channel
+    cpu_bn_lif::bn_lif_bwd_kernel<scalar_t, acc_t>(
+        int(sg), gs.const_data_ptr<scalar_t>(), gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr,
+        gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr, x.const_data_ptr<scalar_t>(),
+        v0.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
+        gv0.mutable_data_ptr<scalar_t>(), T, N, p, f, need_param_grad, pg.data(), sums.data());
+    // The per-channel algebra (docs/spec.md §12), in double: X' = (x − m)·a + b, a = w·rstd·gain.
+    auto w = weight.accessor<acc_t, 1>();
+    auto r = rstd.accessor<acc_t, 1>();
+    const double n = double(T) * double(N / C);
+    double dgain = 0;
+    std::vector<acc_t> coef(3 * C);
+    for (int64_t c = 0; c < C; ++c) {
+      const double g0 = sums[c], g1 = sums[C + c], rc = double(r[c]);
+      gb[c] = g0;
+      gw[c] = g1 * rc * double(gain);
+      dgain += g1 * double(w[c]) * rc;
+      // ∂m = −a·Σ∂X', ∂var = −½·a·rstd²·Σ∂X'·xc (var biased, Σ(x − m) = 0 for the batch mean):
+      // ∂x = a·∂X' − a·Σ∂X'/n − a·rstd²·xc·Σ∂X'·xc/n; the walk wrote a·∂X' already.
+      coef[c] = acc_t(1);
+      coef[C + c] = acc_t(-double(a[c]) * rc * rc * g1 / n);
+      coef[2 * C + c] = acc_t(-double(a[c]) * g0 / n);
+    }
+    if (need_param_grad && tdbn_alpha > 0) pg[1] += tdbn_alpha * dgain;  // θ in the gain α·θ
+    if (batch_stats)
+      cpu_bn_lif::bn_lif_dx_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), T,
+                                                    N, coef.data(), f);
+  });
+  auto dopt = params.options().dtype(at::kDouble);
+  Tensor grad_params = at::tensor(pg, dopt).to(params.scalar_type());
+  return {gx, gv0, grad_params, at::tensor(gw, dopt).to(params.scalar_type()),
+          at::tensor(gb, dopt).to(params.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snn_fast, CPU, m) {
+  m.impl("bn_lif_stats", &bn_lif_stats_cpu);
+  m.impl("bn_lif_fwd", &bn_lif_fwd_cpu);
+  m.impl("bn_lif_bwd", &bn_lif_bwd_cpu);
+}
+
+}  // namespace snn_fast

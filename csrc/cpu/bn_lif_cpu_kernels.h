@@ -1,0 +1,68 @@
+// Entry points of the fused batch-norm + LIF CPU kernels (bn_lif_cpu_kernels_impl.h), one
+// instantiation per storage dtype (bn_lif_cpu_kernels_{f32,f64,f16,bf16}.cpp). x is [T, N] contiguous
+// with N = B·C·S: element n of a row belongs to channel (n / S) % C (S = `inner`, the spatial size).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+#include "snn_fast/lif_step.h"
+
+namespace snn_fast {
+namespace cpu_bn_lif {
+
+// The per-channel affine of the charge's input, X' = (x − m_c)·a_c + b_c, [C] each in acc_t.
+template <typename acc_t>
+struct BNAffine {
+  const acc_t* a;
+  const acc_t* m;
+  const acc_t* b;
+  int64_t C;
+  int64_t inner;
+};
+
+// Per-channel mean and biased variance over (T, B, S), in double: one read of x.
+template <typename scalar_t>
+void bn_stats_kernel(const scalar_t* x, int64_t T, int64_t N, int64_t C, int64_t inner, double* mean, double* var);
+
+// Forward: LIF over all T steps charging with X'; s, v_last and (when non-null) v_seq.
+template <typename scalar_t, typename acc_t>
+void bn_lif_fwd_kernel(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
+                       scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p, const BNAffine<acc_t>& f);
+
+// Backward walk: gx = a_c·∂L/∂X', gv0, (∂k, ∂θ, ∂α) into param_grad[3]
+// when need_param_grad, and per channel Σ∂L/∂X' and Σ∂L/∂X'·(x − m_c) into chan_sums[2C] (always),
+// summed in a fixed order (independent of the thread count).
+template <typename scalar_t, typename acc_t>
+void bn_lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+                       const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
+                       const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool need_param_grad,
+                       double* param_grad, double* chan_sums);
+
+// In place: gx ← A_c·gx + B_c·(x − m_c) + D_c, coef = [A | B | D] ([3C], acc_t), m = f.m.
+template <typename scalar_t, typename acc_t>
+void bn_lif_dx_kernel(const scalar_t* x, scalar_t* gx, int64_t T, int64_t N, const acc_t* coef,
+                      const BNAffine<acc_t>& f);
+
+#define SNN_FAST_EXTERN_BN_LIF_CPU(scalar_t, acc_t)                                                          \
+  extern template void bn_stats_kernel<scalar_t>(const scalar_t*, int64_t, int64_t, int64_t, int64_t, double*, \
+                                                 double*);                                                    \
+  extern template void bn_lif_fwd_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const bool*,      \
+                                                          scalar_t*, scalar_t*, scalar_t*, int64_t, int64_t,  \
+                                                          const LIFParams<acc_t>&, const BNAffine<acc_t>&);   \
+  extern template void bn_lif_bwd_kernel<scalar_t, acc_t>(                                                   \
+      int, const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*, const bool*,   \
+      scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, const BNAffine<acc_t>&, bool, double*, \
+      double*);                                                                                     \
+  extern template void bn_lif_dx_kernel<scalar_t, acc_t>(const scalar_t*, scalar_t*, int64_t, int64_t,        \
+                                                         const acc_t*, const BNAffine<acc_t>&);
+SNN_FAST_EXTERN_BN_LIF_CPU(float, float)
+SNN_FAST_EXTERN_BN_LIF_CPU(double, double)
+SNN_FAST_EXTERN_BN_LIF_CPU(c10::Half, float)
+SNN_FAST_EXTERN_BN_LIF_CPU(c10::BFloat16, float)
+#undef SNN_FAST_EXTERN_BN_LIF_CPU
+
+}  // namespace cpu_bn_lif
+}  // namespace snn_fast

@@ -1,0 +1,8 @@
+// The fused batch-norm + LIF CPU kernels for c10::BFloat16 storage (see bn_lif_cpu_kernels_impl.h).
+#include "bn_lif_cpu_kernels_impl.h"
+
+namespace snn_fast {
+namespace cpu_bn_lif {
+SNN_FAST_INSTANTIATE_BN_LIF_CPU(c10::BFloat16, float)
+}  // namespace cpu_bn_lif
+}  // namespace snn_fast

@@ -1,0 +1,406 @@
+// Fused batch-norm + LIF CPU kernels (templates; docs/spec.md §12), instantiated once per storage
+// dtype in bn_lif_cpu_kernels_*.cpp. The torch-facing ops and the byte counts are in bn_lif_cpu.cpp.
+//
+// They are the LIF kernels of lif_cpu_kernels_impl.h (same blocks, block queue, ISA clones and
+// lif_step.h functions) with the charge's input X' = (x − m_c)·a_c + b_c (lif_step.h bn_input). A
+// block's a, m, b are expanded once per block into per-lane arrays, so the inner loops stay straight
+// vector code (no division for the channel per element).
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "bn_lif_cpu_kernels.h"
+#include "lif_cpu_kernels_impl.h"
+
+namespace snn_fast {
+namespace cpu_bn_lif {
+
+using cpu_lif::BlockQueue;
+using cpu_lif::Given;
+using cpu_lif::kRuntimeSurrogate;
+// The reset timing is after the spike here (the op refuses the others: bn_lif_cpu.cpp), a constant so
+// lif_step.h's timing branches fold away and the loops vectorise as the LIF kernels' default timing.
+constexpr int kAfter = kResetAfterFire;
+
+// a, m, b of lanes n0 … n0 + n − 1 into per-lane arrays.
+template <typename acc_t>
+inline void expand(const BNAffine<acc_t>& f, int64_t n0, int64_t n, acc_t* a, acc_t* m, acc_t* b) {
+  int64_t c = (n0 / f.inner) % f.C, r = n0 % f.inner;
+  for (int64_t j = 0; j < n; ++j) {
+    a[j] = f.a[c];
+    m[j] = f.m[c];
+    b[j] = f.b[c];
+    if (++r == f.inner) {
+      r = 0;
+      if (++c == f.C) c = 0;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Statistics: channel c owns the T·B runs of S contiguous elements at ((t·B + b)·C + c)·S. Each run's
+// sum and its sum of squared deviations from the run's mean are taken in the compute dtype (vector
+// reductions over one run, in L1; the deviations' own sum corrects for the rounding of that mean),
+// and the runs are merged in double in run order (Chan et al.), one channel per task: no cancellation
+// of E[x²] − E[x]², and the result does not depend on the thread count.
+template <typename scalar_t>
+SNN_CPU_CLONES void run_moments(const scalar_t* __restrict__ p, int64_t n, double& mean, double& m2) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += acc_t(p[j]);
+  const acc_t rm = acc_t(double(s) / double(n));
+  acc_t q = 0, e = 0;
+#pragma omp simd reduction(+ : q, e)
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t d = acc_t(p[j]) - rm;
+    q += d * d;
+    e += d;
+  }
+  mean = double(rm) + double(e) / double(n);
+  m2 = double(q) - double(e) * double(e) / double(n);
+}
+
+template <typename scalar_t>
+void bn_stats_kernel(const scalar_t* x, int64_t T, int64_t N, int64_t C, int64_t inner, double* mean, double* var) {
+  const int64_t runs = T * (N / (C * inner));
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(runs * inner, 1));
+  at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double cnt = 0, mu = 0, m2 = 0;
+      for (int64_t r = 0; r < runs; ++r) {
+        double rm, q;
+        run_moments<scalar_t>(x + (r * C + c) * inner, inner, rm, q);
+        const double n_new = cnt + double(inner);
+        const double delta = rm - mu;
+        mu += delta * (double(inner) / n_new);
+        m2 += q + delta * delta * (cnt * double(inner) / n_new);
+        cnt = n_new;
+      }
+      mean[c] = mu;
+      var[c] = std::max(m2, 0.0) / cnt;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Forward: cpu_lif::fwd_block with the affine input.
+template <bool HARD, bool DI, bool MASKED, typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
+                              const bool* __restrict__ mask, scalar_t* __restrict__ s,
+                              scalar_t* __restrict__ v_last, scalar_t* __restrict__ v_seq, acc_t* __restrict__ v,
+                              const acc_t* __restrict__ a, const acc_t* __restrict__ m,
+                              const acc_t* __restrict__ b, int64_t n, int64_t T, int64_t N,
+                              const LIFParams<acc_t> p) {
+  auto step = [&](acc_t vv, int64_t i, int64_t j) {
+    const acc_t xp = bn_input<acc_t>(acc_t(x[i]) - m[j], a[j], b[j]);
+    const acc_t h = lif_charge<DI, acc_t, kAfter>(vv, xp, p);
+    acc_t sp;
+    if constexpr (MASKED) sp = lif_fire_rt<acc_t>(h, mask[i], p);
+    else sp = lif_spike<acc_t>(h, p);
+    s[i] = scalar_t(sp);
+    return lif_reset<HARD, acc_t, kAfter>(h, sp, p);
+  };
+  for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
+  int64_t t = 0;
+  if (v_seq == nullptr) {  // four steps per pass, as cpu_lif::fwd_block
+    for (; t + 4 <= T; t += 4) {
+      const int64_t off = t * N;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        acc_t vv = v[j];
+        vv = step(vv, off + j, j);
+        vv = step(vv, off + N + j, j);
+        vv = step(vv, off + 2 * N + j, j);
+        v[j] = step(vv, off + 3 * N + j, j);
+      }
+    }
+  }
+  for (; t < T; ++t) {
+    const int64_t off = t * N;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) v[j] = step(v[j], off + j, j);
+    if (v_seq != nullptr)
+      for (int64_t j = 0; j < n; ++j) v_seq[off + j] = scalar_t(v[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) v_last[j] = scalar_t(v[j]);
+}
+
+template <typename scalar_t, typename acc_t>
+void bn_lif_fwd_kernel(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
+                       scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p, const BNAffine<acc_t>& f) {
+  const int64_t B = cpu_lif::fwd_block_for(N);
+  const int64_t nblocks = (N + B - 1) / B;
+  with_flags(
+      [&](auto hard, auto di, auto masked) {
+        BlockQueue queue(nblocks, T * N < cpu_lif::kFwdParallelMinWork);
+        queue.run([&] {
+          std::vector<acc_t> v(B), a(B), m(B), b(B);
+          for (int64_t blk; (blk = queue.next()) >= 0;) {
+            const int64_t n0 = blk * B, n = std::min(B, N - n0);
+            expand(f, n0, n, a.data(), m.data(), b.data());
+            fwd_block<decltype(hard)::value, decltype(di)::value, decltype(masked)::value, scalar_t, acc_t>(
+                x + n0, v0 + n0, mask ? mask + n0 : nullptr, s + n0, v_last + n0, v_seq ? v_seq + n0 : nullptr,
+                v.data(), a.data(), m.data(), b.data(), n, T, N, p);
+          }
+        });
+      },
+      p.hard_reset, p.decay_input, mask != nullptr);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Backward of one block: re-run the forward keeping xc = x − m and H (with PGRAD: V_{t−1}, from which
+// the walk recomputes H and the parameter terms) for T × B elements in L2, then walk back two steps
+// per pass (∂L/∂V and the lane sums stay in registers between them, two rows of ∂L/∂S and ∂L/∂x
+// stream at once). Per lane it sums ∂L/∂X' and ∂L/∂X'·xc over t (and, with PGRAD, the parameter
+// terms), folded into double at the end of the block: the channel sums of batch norm's backward come
+// out of the same pass, and x is read once from memory. gx receives a·∂L/∂X'.
+// MASKED: the emitted value follows the noise mask, its primitive a runtime switch (SG is then
+// kRuntimeSurrogate), as in cpu_lif::bwd_block.
+template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, bool PGRAD, typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
+                              const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
+                              const scalar_t* __restrict__ v0, const bool* __restrict__ mask,
+                              scalar_t* __restrict__ gx, scalar_t* __restrict__ gv0, acc_t* __restrict__ state,
+                              acc_t* __restrict__ xcbuf, acc_t* __restrict__ dv, acc_t* __restrict__ lanes,
+                              const acc_t* __restrict__ a, const acc_t* __restrict__ m,
+                              const acc_t* __restrict__ b, int64_t n, int64_t B, int64_t T, int64_t N,
+                              const LIFParams<acc_t> p, double* __restrict__ out3, double* __restrict__ chan_out,
+                              int64_t c, int64_t r, int64_t C, int64_t inner) {
+  const Given<scalar_t, acc_t> gv{};
+  for (int64_t j = 0; j < n; ++j) dv[j] = acc_t(v0[j]);  // dv holds V during the re-run
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t off = t * N;
+    acc_t* __restrict__ st = state + t * B;
+    acc_t* __restrict__ xcp = xcbuf + t * B;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t vv = dv[j];
+      const acc_t xc = acc_t(x[off + j]) - m[j];
+      xcp[j] = xc;
+      const acc_t h = lif_charge<DI, acc_t, kAfter>(vv, bn_input<acc_t>(xc, a[j], b[j]), p);
+      if constexpr (PGRAD) st[j] = vv;
+      else st[j] = h;
+      const acc_t sp = cpu_lif::emitted_at<MASKED, kRuntimeSurrogate>(h, mask, gv, off + j, p);
+      dv[j] = lif_reset<HARD, acc_t, kAfter>(h, sp, p);
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
+  acc_t* __restrict__ g0 = lanes;
+  acc_t* __restrict__ g1 = lanes + B;
+  acc_t* __restrict__ sk = lanes + 2 * B;
+  acc_t* __restrict__ sth = lanes + 3 * B;
+  acc_t* __restrict__ sal = lanes + 4 * B;
+  for (int64_t j = 0; j < n; ++j) g0[j] = g1[j] = sk[j] = sth[j] = sal[j] = acc_t(0);
+  // One step back for element i (lane j): ∂L/∂V_t = d in, ∂L/∂V_{t−1} out; `sv` is H (or V_{t−1}).
+  auto back = [&](acc_t d, int64_t i, int64_t j, acc_t sv, acc_t xc, acc_t& s0, acc_t& s1, acc_t& k_, acc_t& th_,
+                  acc_t& al_) {
+    acc_t h, xp = acc_t(0);
+    if constexpr (PGRAD) {
+      xp = bn_input<acc_t>(xc, a[j], b[j]);
+      h = lif_charge<DI, acc_t, kAfter>(sv, xp, p);
+    } else {
+      h = sv;
+    }
+    const acc_t sp = cpu_lif::emitted_at<MASKED, SG>(h, mask, gv, i, p);
+    acc_t eps;
+    if constexpr (PGRAD) {
+      acc_t gp, dga, ek, eth, eal;
+      cpu_lif::surrogate_grads<SG>(h, p, gv, i, gp, dga);
+      eps = lif_step_backward_g<HARD, DI, DETACH, acc_t, true, kAfter>(h, sp, sv, xp, acc_t(gs[i]), d, gp, dga, p, ek,
+                                                                      eth, eal);
+      k_ += ek;
+      th_ += eth;
+      al_ += eal;
+    } else {
+      acc_t gp;
+      if constexpr (SG == kRuntimeSurrogate) {
+        acc_t unused;
+        sg_grad_dalpha_rt<false, acc_t>(p.sg, h - p.theta, p.alpha, gp, unused);
+      } else {
+        gp = sg_grad<SG>(h - p.theta, p.alpha);
+      }
+      const acc_t ds = lif_grad_s<HARD, DETACH>(acc_t(gs[i]), d, h, p);
+      eps = lif_grad_h<HARD>(d, sp, ds, gp);
+    }
+    const acc_t gxp = lif_grad_x<DI>(eps, p);
+    gx[i] = scalar_t(gxp * a[j]);
+    s0 += gxp;
+    s1 += gxp * xc;
+    return lif_grad_v_prev(eps, p);
+  };
+  int64_t t = T - 1;
+  if (gvseq == nullptr) {
+    for (; t >= 1; t -= 2) {
+      const int64_t off = t * N;
+      const acc_t* __restrict__ st = state + t * B;
+      const acc_t* __restrict__ xcp = xcbuf + t * B;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        acc_t s0 = g0[j], s1 = g1[j], k_ = sk[j], th_ = sth[j], al_ = sal[j];
+        const acc_t d = back(dv[j], off + j, j, st[j], xcp[j], s0, s1, k_, th_, al_);
+        dv[j] = back(d, off - N + j, j, st[j - B], xcp[j - B], s0, s1, k_, th_, al_);
+        g0[j] = s0;
+        g1[j] = s1;
+        if constexpr (PGRAD) {
+          sk[j] = k_;
+          sth[j] = th_;
+          sal[j] = al_;
+        }
+      }
+    }
+  }
+  for (; t >= 0; --t) {
+    const int64_t off = t * N;
+    const acc_t* __restrict__ st = state + t * B;
+    const acc_t* __restrict__ xcp = xcbuf + t * B;
+    if (gvseq != nullptr)
+      for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      acc_t s0 = g0[j], s1 = g1[j], k_ = sk[j], th_ = sth[j], al_ = sal[j];
+      dv[j] = back(dv[j], off + j, j, st[j], xcp[j], s0, s1, k_, th_, al_);
+      g0[j] = s0;
+      g1[j] = s1;
+      if constexpr (PGRAD) {
+        sk[j] = k_;
+        sth[j] = th_;
+        sal[j] = al_;
+      }
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
+  // Lanes into the block's channel sums (chan_out: [Σ∂X' | Σ∂X'·xc], [2C]) in lane order; lane 0 is
+  // element r of channel c's run.
+  for (int64_t j = 0; j < n; ++j) {
+    chan_out[c] += double(g0[j]);
+    chan_out[C + c] += double(g1[j]);
+    if (++r == inner) {
+      r = 0;
+      if (++c == C) c = 0;
+    }
+  }
+  if constexpr (PGRAD) {
+    double dk = 0, dth = 0, dal = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      dk += sk[j];
+      dth += sth[j];
+      dal += sal[j];
+    }
+    out3[0] = dk;
+    out3[1] = dth;
+    out3[2] = dal;
+  }
+}
+
+template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
+void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+              const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
+              const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool need_param_grad, double* param_grad,
+              double* chan_sums) {
+  // The block size of LIF's parameter-gradient backward, whatever the flags: the channel sums are
+  // added in block order, so it must not depend on the thread count.
+  const int64_t B = cpu_lif::bwd_block_for(T, N, true) / 2;  // two T × B scratches (V and xc)
+  const int64_t Bs = std::max<int64_t>(B, 16);
+  const int64_t nblocks = (N + Bs - 1) / Bs;
+  std::vector<double> partial(nblocks * 3, 0.0);
+  // Per block its channel sums, [2C] (a block touches a run of channels; the rest stay 0).
+  std::vector<double> block_sums(nblocks * 2 * f.C, 0.0);
+  BlockQueue queue(nblocks, T * N < cpu_lif::kBwdParallelMinWork);
+  queue.run([&] {
+    std::vector<acc_t> state(T * Bs), xcbuf(T * Bs), dv(Bs), lanes(5 * Bs), a(Bs), m(Bs), b(Bs);
+    for (int64_t blk; (blk = queue.next()) >= 0;) {
+      const int64_t n0 = blk * Bs, n = std::min(Bs, N - n0);
+      expand(f, n0, n, a.data(), m.data(), b.data());
+      const scalar_t* gvl = gvlast ? gvlast + n0 : nullptr;
+      const scalar_t* gvs = gvseq ? gvseq + n0 : nullptr;
+      const bool* mk = mask ? mask + n0 : nullptr;
+      auto run = [&](auto pgrad) {
+        bwd_block<SG, HARD, DI, DETACH, MASKED, decltype(pgrad)::value, scalar_t, acc_t>(
+            gs + n0, gvl, gvs, x + n0, v0 + n0, mk, gx + n0, gv0 + n0, state.data(), xcbuf.data(), dv.data(),
+            lanes.data(), a.data(), m.data(), b.data(), n, Bs, T, N, p, partial.data() + blk * 3,
+            block_sums.data() + blk * 2 * f.C, (n0 / f.inner) % f.C, n0 % f.inner, f.C, f.inner);
+      };
+      if (need_param_grad) run(Flag<true>{});
+      else run(Flag<false>{});
+    }
+  });
+  // Channel sums: blocks in ascending order (fixed, whatever thread ran them).
+  std::fill(chan_sums, chan_sums + 2 * f.C, 0.0);
+  for (int64_t k = 0; k < nblocks; ++k)
+    for (int64_t i = 0; i < 2 * f.C; ++i) chan_sums[i] += block_sums[k * 2 * f.C + i];
+  if (need_param_grad) {
+    double acc[3] = {0, 0, 0};
+    for (int64_t k = 0; k < nblocks; ++k)
+      for (int i = 0; i < 3; ++i) acc[i] += partial[k * 3 + i];
+    for (int i = 0; i < 3; ++i) param_grad[i] = acc[i];
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void bn_lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+                       const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
+                       const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool need_param_grad,
+                       double* param_grad, double* chan_sums) {
+  with_flags(
+      [&](auto hard, auto di, auto detach) {
+        constexpr bool H = decltype(hard)::value, D = decltype(di)::value, E = decltype(detach)::value;
+        if (mask != nullptr)
+          return bwd_impl<kRuntimeSurrogate, H, D, E, true, scalar_t, acc_t>(
+              gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, f, need_param_grad, param_grad, chan_sums);
+        switch (sg) {
+#define SNN_CASE(ID)                                                                                          \
+  case ID:                                                                                                    \
+    return bwd_impl<ID, H, D, E, false, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, f,   \
+                                                         need_param_grad, param_grad, chan_sums);
+          SNN_FAST_SURROGATE_CASES(SNN_CASE)
+#undef SNN_CASE
+        }
+      },
+      p.hard_reset, p.decay_input, p.detach_reset);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// gx ← A_c·gx + B_c·(x − m_c) + D_c over runs of S contiguous elements (one channel each).
+template <typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void dx_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ gx, int64_t n, acc_t A, acc_t Bc,
+                           acc_t D, acc_t m) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) gx[j] = scalar_t(A * acc_t(gx[j]) + (Bc * (acc_t(x[j]) - m) + D));
+}
+
+template <typename scalar_t, typename acc_t>
+void bn_lif_dx_kernel(const scalar_t* x, scalar_t* gx, int64_t T, int64_t N, const acc_t* coef,
+                      const BNAffine<acc_t>& f) {
+  const int64_t runs = T * (N / f.inner);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / f.inner);
+  const int64_t C = f.C;
+  at::parallel_for(0, runs, T * N < cpu_lif::kFwdParallelMinWork ? runs : grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t c = r % C;
+      dx_run<scalar_t, acc_t>(x + r * f.inner, gx + r * f.inner, f.inner, coef[c], coef[C + c], coef[2 * C + c],
+                              f.m[c]);
+    }
+  });
+}
+
+#define SNN_FAST_INSTANTIATE_BN_LIF_CPU(scalar_t, acc_t)                                                      \
+  template void bn_stats_kernel<scalar_t>(const scalar_t*, int64_t, int64_t, int64_t, int64_t, double*, double*); \
+  template void bn_lif_fwd_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const bool*, scalar_t*,    \
+                                                   scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, \
+                                                   const BNAffine<acc_t>&);                                    \
+  template void bn_lif_bwd_kernel<scalar_t, acc_t>(int, const scalar_t*, const scalar_t*, const scalar_t*,     \
+                                                   const scalar_t*, const scalar_t*, const bool*, scalar_t*,      \
+                                                   scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&,         \
+                                                   const BNAffine<acc_t>&, bool, double*, double*);              \
+  template void bn_lif_dx_kernel<scalar_t, acc_t>(const scalar_t*, scalar_t*, int64_t, int64_t, const acc_t*,   \
+                                                  const BNAffine<acc_t>&);
+
+}  // namespace cpu_bn_lif
+}  // namespace snn_fast

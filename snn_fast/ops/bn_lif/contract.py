@@ -1,0 +1,57 @@
+"""The fused bn_lif ops' contract: their schemas (``csrc/ops.cpp`` declares the C++ ones; a
+Python-defined backend declares its pair from these strings) and their fake (shape) functions.
+
+    fwd(x [T,N], v0 [N], params [3]=(k, θ, α), weight, bias, mean, rstd [C], tdbn_alpha, inner,
+        batch_stats, noise_mask?, <LIF flags>, return_v_seq, save) -> (s, v_last, v_seq or [0], saved)
+    bwd(grad_s, grad_v_last?, grad_v_seq?, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner,
+        batch_stats, noise_mask?, saved, s, <LIF flags>, save, need_param_grad)
+        -> (grad_x, grad_v0, grad_params [3], grad_weight [C], grad_bias [C])
+    stats(x [T,N], C, inner) -> (mean [C], biased var [C])
+
+N = B·C·inner; element n of a row is in channel (n // inner) % C. The charge's input is
+X' = (x − mean)·a + bias, a = weight·rstd·gain, gain = tdbn_alpha·θ (tdBN) or 1 (tdbn_alpha = 0).
+[C] tensors are in params' dtype (float64 for float64 x, else float32). ``save`` is the LIF op's
+(``snn_fast.ops.lif.contract.SAVE``).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..lif.contract import FLAG_ARGS, SAVE_STATE, fake_fwd_outputs  # noqa: F401  (the same flags as the LIF op)
+
+FWD_SCHEMA = ("(Tensor x, Tensor v0, Tensor params, Tensor weight, Tensor bias, Tensor mean, Tensor rstd, "
+              "float tdbn_alpha, int inner, bool batch_stats, Tensor? noise_mask, int surrogate, bool hard_reset, "
+              "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool strict_threshold, "
+              "int reset_timing, bool return_v_seq, int save) -> (Tensor, Tensor, Tensor, Tensor)")
+BWD_SCHEMA = ("(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, Tensor params, "
+              "Tensor weight, Tensor bias, Tensor mean, Tensor rstd, float tdbn_alpha, int inner, bool batch_stats, "
+              "Tensor? noise_mask, Tensor saved, Tensor s, int surrogate, bool hard_reset, float v_reset, "
+              "bool decay_input, bool detach_reset, float reset_residual, bool strict_threshold, int reset_timing, "
+              "int save, bool need_param_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+STATS_SCHEMA = "(Tensor x, int C, int inner) -> (Tensor, Tensor)"
+
+
+def pdtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of params and of the [C] tensors for x."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def fake_fwd_cpp(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, noise_mask, surrogate,
+                 hard_reset, v_reset, decay_input, detach_reset, reset_residual, strict_threshold, reset_timing,
+                 return_v_seq, save):
+    """The C++ op: the CPU forward saves nothing (its backward re-runs the forward); the CUDA one saves
+    H, [T, N] in params' dtype, with save=0 (csrc/cuda/bn_lif_cuda_binding.cpp)."""
+    keep_h = x.device.type == "cuda" and save == SAVE_STATE
+    saved = x.new_empty(x.shape, dtype=params.dtype) if keep_h else x.new_empty(0)
+    return fake_fwd_outputs(x, v0, return_v_seq) + (saved,)
+
+
+def fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats,
+             noise_mask, saved, s, surrogate, hard_reset, v_reset, decay_input, detach_reset, reset_residual,
+             strict_threshold, reset_timing, save, need_param_grad):
+    return (torch.empty_like(x), torch.empty_like(v0), torch.empty_like(params), torch.empty_like(weight),
+            torch.empty_like(bias))
+
+
+def fake_stats(x, C, inner):
+    return x.new_empty(C, dtype=pdtype(x)), x.new_empty(C, dtype=pdtype(x))

@@ -1,0 +1,46 @@
+"""Bytes a batch-norm + LIF layer moves per forward+backward: the fused op against batch norm followed by
+the LIF op (the one place these are counted; ``benchmarks/test_bench_bn_lif.py`` prints them).
+
+Counted in passes over [T, N] in the storage dtype (b bytes per element), from the kernels' loads and
+stores (``csrc/cpu/bn_lif_cpu.cpp``, ``triton_kernels.py``), leaving out the [N] and [C] vectors:
+
+    fused (CPU)      forward   statistics: read x                                        1
+                               normalise and fire: read x, write s                       2
+                     backward  the walk: read x, read ∂L/∂S, write a·∂L/∂X'              3
+                               batch statistics (training): read a·∂L/∂X', read x,
+                               write ∂L/∂x (eval: none, a·∂L/∂X' is ∂L/∂x)               3
+                     total, training                                                     9
+    BN + LIF (CPU)   BN forward: statistics (read x), normalise (read x, write y)        3
+                     LIF forward: read y, write s                                        2
+                     LIF backward: read y, read ∂L/∂S, write ∂L/∂y                       3
+                     BN backward: sums (read ∂L/∂y, read x), then read ∂L/∂y, read x,
+                     write ∂L/∂x                                                         5
+                     total, training                                                     13
+
+The fused op never writes the normalised y (nor reads it back twice), and sums batch norm's
+per-channel terms inside the LIF backward instead of in a pass of their own: 4 passes fewer. It also
+keeps no [T, N] tensor between forward and backward beyond x (BN + LIF keeps y). Triton with
+save="state" adds H (written and read, compute size a) as its LIF op does.
+"""
+from __future__ import annotations
+
+import torch
+
+FUSED_PASSES = {"forward": 3, "backward": 6}
+UNFUSED_PASSES = {"forward": 5, "backward": 8}
+
+
+def _b(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def fused_bytes(T: int, N: int, dtype: torch.dtype, training: bool = True) -> int:
+    """Bytes the fused CPU op moves for one forward+backward of x [T, N]."""
+    passes = 9 if training else 5  # eval: no statistics pass, no batch-statistics pass
+    return passes * T * N * _b(dtype)
+
+
+def unfused_bytes(T: int, N: int, dtype: torch.dtype, training: bool = True) -> int:
+    """Bytes batch norm followed by the LIF op moves (eval: BN is one read and one write each way)."""
+    passes = 13 if training else 9
+    return passes * T * N * _b(dtype)

@@ -1,0 +1,477 @@
+"""bn_lif (docs/spec.md §12): every backend against the reference (batch norm, then the LIF reference).
+
+One harness, ``run``: forward + backward of a fixed random linear loss of every output, returning the
+outputs, the gradients of x, v0, weight, bias and the learnable τ/θ/α, and the running statistics
+after the step. The option grid is a subset of tests/test_lif.py's (CI time), crossed with train/eval
+and plain BN/tdBN; the edge cases (one-element channels, a zero-variance channel, B·S = 1, T = 1,
+non-contiguous input) run on every backend. Tolerances come from conftest.
+"""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import snn_fast
+from snn_fast import nn as snn
+
+from conftest import assert_close, assert_close_lowp
+
+# id -> (backend, device): Triton on CPU tensors runs interpreted (TRITON_INTERPRET=1, as in CI).
+DEVICE_OF = {"cpu": ("cpu", "cpu"), "triton": ("triton", "cpu"), "cuda": ("cuda", "cuda"),
+             "triton-cuda": ("triton", "cuda")}
+BACKENDS = list(DEVICE_OF)
+
+
+def _unavailable(be):
+    name, dev = DEVICE_OF[be]
+    if dev == "cuda" and not torch.cuda.is_available():
+        return f"{be}: needs a CUDA device"
+    try:
+        snn_fast.bn_lif(torch.ones(2, 1, 1, device=dev), backend=name)
+    except Exception as e:  # noqa: BLE001 - the library's own message is the skip reason
+        return f"{be}: {type(e).__name__}: {e}"
+    return None
+
+
+SKIP = {b: _unavailable(b) for b in BACKENDS}
+
+
+def name_dev(be):
+    """(backend name, device) of a test id; 'reference' and 'auto' run on the CPU."""
+    return DEVICE_OF.get(be, (be, "cpu"))
+
+
+def _id(v):
+    if isinstance(v, tuple):
+        return "-".join(_id(e) for e in v)
+    if isinstance(v, torch.dtype):
+        return str(v).replace("torch.", "")
+    return str(v)
+
+
+def fused(*axes):
+    """pytest params: every fused backend × axes, skipped where the backend cannot run here."""
+    import itertools
+
+    out = []
+    for b in BACKENDS:
+        for combo in itertools.product(*axes) if axes else [()]:
+            marks = [pytest.mark.skip(reason=SKIP[b])] if SKIP[b] else []
+            out.append(pytest.param(b, *combo, marks=marks, id="-".join([b] + [_id(c) for c in combo])))
+    return out
+
+
+# A subset of tests/test_lif.py's OPTIONS: both resets, both charges, detach, κ, IF.
+OPTIONS = {
+    "hard-di": dict(tau=2.0, v_reset=0.0, decay_input=True),
+    "soft-nodi-det": dict(tau=2.5, v_reset=None, decay_input=False, detach_reset=True),
+    "hard-det-kappa": dict(tau=3.0, v_reset=-0.1, detach_reset=True, reset_residual=0.2),
+    "if-soft": dict(tau=float("inf"), v_reset=None),
+}
+SURROGATES = ["sigmoid", "rectangle", "q_pseudo_spike", "spike_gate"]
+# (training, tdbn_alpha): batch statistics with plain BN and with tdBN, running statistics with tdBN.
+MODES = [(True, None), (True, 0.7), (False, 0.7)]
+# Learnable τ/θ/α on alternate cases of the grid (the parameter-gradient walk and the plain one).
+GRID = [(o, sg, (i + j) % 2 == 0, m) for i, o in enumerate(OPTIONS) for j, sg in enumerate(SURROGATES) for m in MODES]
+
+
+def make_inputs(shape, dtype, seed=0, learn=False, affine=True, running=True):
+    g = torch.Generator().manual_seed(seed)
+    C = shape[2]
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 1.5 + 0.3).to(dtype)
+    w = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5) if affine else None
+    b = (torch.randn(C, generator=g, dtype=torch.float64) * 0.3 + 0.5) if affine else None
+    rm = torch.randn(C, generator=g, dtype=torch.float64) * 0.2 if running else None
+    rv = torch.rand(C, generator=g, dtype=torch.float64) + 0.5 if running else None
+    v0 = torch.randn(shape[1:], generator=g, dtype=torch.float64) * 0.2
+    return dict(x=x, w=w, b=b, rm=rm, rv=rv, v0=v0, learn=learn)
+
+
+def run(backend, inp, dtype, training=True, tdbn=None, opts=None, surrogate="sigmoid", return_v_seq=True,
+        noncontig=False, noise_mask=None):
+    """Outputs, gradients and running statistics of one forward+backward in ``dtype``, on the CPU."""
+    opts = dict(opts or {})
+    backend, dev = name_dev(backend)
+    x = inp["x"].to(dtype=dtype, device=dev).detach()
+    if noncontig:  # same values, transposed storage
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)
+        assert not x.is_contiguous()
+    x.requires_grad_(True)
+    pdt = torch.float64 if dtype == torch.float64 else torch.float32
+    w = inp["w"].to(device=dev, dtype=pdt).clone().requires_grad_(True) if inp["w"] is not None else None
+    b = inp["b"].to(device=dev, dtype=pdt).clone().requires_grad_(True) if inp["b"] is not None else None
+    rm = inp["rm"].to(device=dev, dtype=pdt).clone() if inp["rm"] is not None else None
+    rv = inp["rv"].to(device=dev, dtype=pdt).clone() if inp["rv"] is not None else None
+    v0 = inp["v0"].to(dtype=dtype, device=dev).clone().requires_grad_(True)
+    learned = {}
+    if inp["learn"]:
+        if opts.get("tau", 2.0) != float("inf"):
+            learned["tau"] = torch.tensor(opts.get("tau", 2.0), dtype=pdt, device=dev, requires_grad=True)
+        learned["v_threshold"] = torch.tensor(opts.get("v_threshold", 1.0), dtype=pdt, device=dev,
+                                              requires_grad=True)
+        if surrogate not in ("spike_gate", "straight_through"):
+            learned["alpha"] = torch.tensor(opts.get("alpha", 1.5), dtype=pdt, device=dev, requires_grad=True)
+        opts.update(learned)
+    fn = snn_fast.bn_lif_reference if backend == "reference" else snn_fast.bn_lif
+    kw = {} if backend == "reference" else dict(backend=backend)
+    out = fn(x, w, b, rm, rv, training, 0.1, 1e-5, v0=v0, surrogate=surrogate, tdbn_alpha=tdbn,
+             return_v_seq=return_v_seq, noise_mask=None if noise_mask is None else noise_mask.to(dev), **opts, **kw)
+    g = torch.Generator().manual_seed(123)
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(dev)).sum() for o in out)
+    loss.backward()
+    res = {"s": out[0], "v_last": out[1], "grad_x": x.grad, "grad_v0": v0.grad}
+    if return_v_seq:
+        res["v_seq"] = out[2]
+    if w is not None:
+        res["grad_w"], res["grad_b"] = w.grad, b.grad
+    if rm is not None:
+        res["running_mean"], res["running_var"] = rm, rv
+    for k, p in learned.items():
+        res["grad_" + k] = p.grad
+    return {k: v.cpu() for k, v in res.items()}
+
+
+def check(got, ref, dtype):
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert_close(got[k], ref[k], dtype, name=k)
+
+
+# --- the option grid -------------------------------------------------------------------------------
+@pytest.mark.parametrize("be,case", fused(GRID))
+def test_grid_float64(be, case):
+    opt, sg, learn, (training, tdbn) = case
+    inp = make_inputs((5, 3, 4, 3, 5), torch.float64, learn=learn)
+    ref = run("reference", inp, torch.float64, training, tdbn, OPTIONS[opt], sg)
+    got = run(be, inp, torch.float64, training, tdbn, OPTIONS[opt], sg)
+    check(got, ref, torch.float64)
+
+
+@pytest.mark.parametrize("be,opt,learn,mode", fused(list(OPTIONS), [False, True], MODES[:2]))
+def test_grid_float32(be, opt, learn, mode):
+    training, tdbn = mode
+    inp = make_inputs((6, 4, 8, 7, 7), torch.float32, learn=learn)
+    ref = run("reference", inp, torch.float32, training, tdbn, OPTIONS[opt], "atan")
+    got = run(be, inp, torch.float32, training, tdbn, OPTIONS[opt], "atan")
+    check(got, ref, torch.float32)
+
+
+@pytest.mark.parametrize("be,dtype,training", fused([torch.float16, torch.bfloat16], [True, False]))
+def test_low_precision_within_torch_error(be, dtype, training):
+    inp = make_inputs((6, 4, 8, 5, 5), dtype)
+    ref64 = run("reference", inp, torch.float64, training, None, OPTIONS["hard-di"])
+    ref_lp = run("reference", inp, dtype, training, None, OPTIONS["hard-di"])
+    got = run(be, inp, dtype, training, None, OPTIONS["hard-di"])
+    for k in ("v_last", "v_seq", "grad_x", "grad_v0", "grad_w", "grad_b"):
+        # grad_w, grad_b are float32 (the parameters' dtype): the bound is still the x dtype's
+        assert_close_lowp(got[k], ref64[k], ref_lp[k].to(dtype), name=k)
+    flips = (got["s"].double() != ref64["s"]).float().mean().item()
+    flips_torch = (ref_lp["s"].double() != ref64["s"]).float().mean().item()
+    assert flips <= 2 * flips_torch + 1e-3, (flips, flips_torch)
+
+
+@pytest.mark.parametrize("be", fused())
+def test_noise_mask(be):
+    inp = make_inputs((5, 3, 4, 3, 3), torch.float64, learn=True)
+    mask = torch.rand(inp["x"].shape, generator=torch.Generator().manual_seed(1)) > 0.5
+    ref = run("reference", inp, torch.float64, noise_mask=mask)
+    got = run(be, inp, torch.float64, noise_mask=mask)
+    check(got, ref, torch.float64)
+
+
+# --- edge cases -------------------------------------------------------------------------------------
+EDGES = {
+    "one-element-channels": (4, 3, 6),  # [T, B, C]: no spatial dims, S = 1
+    "one-channel": (4, 3, 1, 5, 5),
+    "b-times-s-1": (6, 1, 5),  # B·S = 1: n = T
+    "t-1": (1, 4, 3, 4, 4),
+}
+
+
+@pytest.mark.parametrize("be,edge,training", fused(list(EDGES), [True, False]))
+def test_edge_shapes(be, edge, training):
+    inp = make_inputs(EDGES[edge], torch.float64, learn=True)
+    ref = run("reference", inp, torch.float64, training, 0.7)
+    got = run(be, inp, torch.float64, training, 0.7)
+    check(got, ref, torch.float64)
+
+
+@pytest.mark.parametrize("be", fused())
+def test_zero_variance_channel(be):
+    inp = make_inputs((4, 3, 4, 3, 3), torch.float64, learn=True)
+    inp["x"][:, :, 2] = 0.8  # constant channel: var 0, rstd = 1/√ε
+    ref = run("reference", inp, torch.float64)
+    got = run(be, inp, torch.float64)
+    check(got, ref, torch.float64)
+
+
+@pytest.mark.parametrize("be,affine,running", fused([True, False], [True, False]))
+def test_noncontiguous_affine_and_running_optional(be, affine, running):
+    inp = make_inputs((4, 3, 4, 3, 2), torch.float64, affine=affine, running=running)
+    ref = run("reference", inp, torch.float64, noncontig=True)
+    got = run(be, inp, torch.float64, noncontig=True)
+    check(got, ref, torch.float64)
+
+
+def test_one_value_per_channel_is_refused():
+    x = torch.randn(1, 1, 3)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        snn_fast.bn_lif(x)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        snn_fast.bn_lif_reference(x)
+    snn_fast.bn_lif(x, running_mean=torch.zeros(3), running_var=torch.ones(3), training=False)  # eval: fine
+
+
+def test_argument_errors():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="weight must be"):
+        snn_fast.bn_lif(x, torch.ones(5))
+    with pytest.raises(ValueError, match="at least 3 dims"):
+        snn_fast.bn_lif(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="both running_mean and running_var"):
+        snn_fast.bn_lif(x, running_mean=torch.zeros(4))
+
+
+def test_user_surrogate_routes_to_reference():
+    from snn_fast import surrogate as sgm
+
+    name = "bn_lif_test_cubic"
+    if name not in sgm.names():
+        sgm.register_surrogate(name, g=lambda x, a: torch.sigmoid(a * x),
+                               dg=lambda x, a: a * torch.sigmoid(a * x) * (1 - torch.sigmoid(a * x)), alpha=4.0)
+    inp = make_inputs((4, 3, 4, 3, 3), torch.float64)
+    ref = run("reference", inp, torch.float64, surrogate=name)
+    got = run("auto", inp, torch.float64, surrogate=name)
+    check(got, ref, torch.float64)
+    if not SKIP["cpu"]:
+        with pytest.raises(ValueError, match="cannot run the user-registered surrogate"):
+            run("cpu", inp, torch.float64, surrogate=name)
+
+
+# --- the ops: opcheck, compile -----------------------------------------------------------------------
+@pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))
+@pytest.mark.parametrize("batch_stats,tdbn,need", [(True, 0.0, True), (False, 0.7, True), (True, 0.7, False)])
+def test_cxx_opcheck(batch_stats, tdbn, need):
+    T, B, C, S = 3, 2, 4, 5
+    x = torch.randn(T, B * C * S, dtype=torch.float64, requires_grad=True)
+    v0 = torch.zeros(B * C * S, dtype=torch.float64, requires_grad=True)
+    params = torch.tensor([0.5, 1.0, 4.0], dtype=torch.float64, requires_grad=need)
+    w = torch.rand(C, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(C, dtype=torch.float64, requires_grad=True)
+    mean, var = torch.ops.snn_fast.bn_lif_stats(x.detach(), C, S)
+    rstd = torch.rsqrt(var + 1e-5)
+    flags = (0, True, 0.0, True, False, 0.0, False, 0)  # contract.FLAG_ARGS
+    fwd = (x, v0, params, w, b, mean, rstd, tdbn, S, batch_stats, None, *flags, True, 0)
+    torch.library.opcheck(torch.ops.snn_fast.bn_lif_fwd.default, fwd)
+    s = torch.ops.snn_fast.bn_lif_fwd(*[a.detach() if isinstance(a, torch.Tensor) else a for a in fwd])[0]
+    bwd = (torch.randn_like(x), torch.randn_like(v0), None, x.detach(), v0.detach(), params.detach(), w.detach(),
+           b.detach(), mean, rstd, tdbn, S, batch_stats, None, x.new_empty(0), s, *flags, 0, need)
+    torch.library.opcheck(torch.ops.snn_fast.bn_lif_bwd.default, bwd)
+    torch.library.opcheck(torch.ops.snn_fast.bn_lif_stats.default, (x.detach(), C, S))
+
+
+@pytest.mark.skipif(bool(SKIP["triton"]), reason=str(SKIP["triton"]))
+@pytest.mark.parametrize("save,need", [(0, True), (1, False)])
+def test_triton_opcheck(save, need):
+    import snn_fast.ops.bn_lif.triton  # noqa: F401  (defines the pair)
+
+    T, B, C, S = 3, 2, 2, 3
+    x = torch.randn(T, B * C * S, dtype=torch.float32, requires_grad=True)
+    v0 = torch.zeros(B * C * S, requires_grad=True)
+    params = torch.tensor([0.5, 1.0, 4.0], requires_grad=need)
+    w, b = torch.rand(C, requires_grad=True), torch.randn(C, requires_grad=True)
+    var, mean = torch.var_mean(x.detach().view(-1, C, S), dim=(0, 2), correction=0)
+    rstd = torch.rsqrt(var + 1e-5)
+    flags = (0, True, 0.0, True, False, 0.0, False, 0)  # contract.FLAG_ARGS
+    fwd = (x, v0, params, w, b, mean, rstd, 0.7, S, True, None, *flags, False, save)
+    torch.library.opcheck(torch.ops.snn_fast.bn_lif_fwd_triton.default, fwd)
+    det = [a.detach() if isinstance(a, torch.Tensor) else a for a in fwd]
+    s, _, _, saved = torch.ops.snn_fast.bn_lif_fwd_triton(*det)
+    bwd = (torch.randn_like(x), None, None, *det[:10], None, saved, s, *flags, save, need)
+    torch.library.opcheck(torch.ops.snn_fast.bn_lif_bwd_triton.default, bwd)
+
+
+@pytest.mark.parametrize("be", fused())
+def test_torch_compile_fullgraph(be):
+    torch._dynamo.reset()
+    inp = make_inputs((4, 2, 3, 2, 2), torch.float64, learn=False)
+    name, dev = name_dev(be)
+
+    def step(x, w, b, rm, rv, v0):
+        s, v = snn_fast.bn_lif(x, w, b, rm, rv, True, 0.1, 1e-5, v0=v0, tdbn_alpha=0.7, backend=name)
+        return s, v
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    args = [inp[k].clone().to(dev) for k in ("x", "w", "b", "rm", "rv", "v0")]
+    ref_args = [a.clone() for a in args]
+    for a in (args[0], args[1], args[2], ref_args[0], ref_args[1], ref_args[2]):
+        a.requires_grad_(True)
+    out = compiled(*args)
+    ref = step(*ref_args)
+    for o, r in zip(out, ref):
+        assert_close(o, r, torch.float64)
+    (out[0].sum() + out[1].sum()).backward()
+    (ref[0].sum() + ref[1].sum()).backward()
+    for a, r in zip(args[:3], ref_args[:3]):
+        assert_close(a.grad, r.grad, torch.float64)
+    assert_close(args[3], ref_args[3], torch.float64)  # running statistics updated in the graph too
+
+
+# --- modules ------------------------------------------------------------------------------------------
+def test_bnlif_equals_batchnorm_then_lif():
+    torch.manual_seed(0)
+    bn, lif = torch.nn.BatchNorm2d(4).double(), snn.LIF(tau=2.0, detach_reset=True)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_(0.5, 0.2)
+    fused_m = snn.BNLIF(4, neuron=snn.LIF(tau=2.0, detach_reset=True)).double()
+    fused_m.load_state_dict(bn.state_dict())  # BatchNorm's state dict loads as is
+    x = torch.randn(3, 2, 4, 5, 5, dtype=torch.float64) * 2
+    ms = snn.MultiStep(bn)
+    for train in (True, False):
+        ms.train(train)
+        fused_m.train(train)
+        for _ in range(2):  # the membrane carries over between calls
+            _close_t(fused_m(x), lif(ms(x)))
+        lif.reset()
+        fused_m.reset()
+    for k, v in bn.state_dict().items():
+        _close_t(fused_m.state_dict()[k], v)
+    bn2 = torch.nn.BatchNorm2d(4).double()
+    bn2.load_state_dict({k: v for k, v in fused_m.state_dict().items() if not k.startswith("neuron.")})
+
+
+def test_tdbnlif_equals_tdbatchnorm_then_lif():
+    torch.manual_seed(0)
+    from snn_fast import presets
+
+    td = snn.TDBatchNorm(4, alpha=0.7, v_threshold=0.5).double()
+    lif = presets.lif("stbp_tdbn")
+    f = snn.TDBNLIF(4, alpha=0.7, neuron=presets.lif("stbp_tdbn")).double()
+    f.load_state_dict(td.state_dict())
+    x = torch.randn(3, 2, 4, 3, 3, dtype=torch.float64)
+    _close_t(f(x), lif(td(x)))
+    assert set(f.state_dict()) == set(td.state_dict())
+
+
+def test_bnlif_momentum_none_and_single_step():
+    bn = torch.nn.BatchNorm2d(3, momentum=None).double()
+    f = snn.BNLIF(3, momentum=None, neuron=snn.LIF(step_mode="s")).double()
+    lif = snn.LIF(step_mode="s")
+    for _ in range(3):
+        x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+        _close_t(f(x), lif(bn(x)))
+    _close_t(f.running_var, bn.running_var)
+    assert int(f.num_batches_tracked) == int(bn.num_batches_tracked) == 3
+
+
+def test_module_pickles_and_copies():
+    f = snn.BNLIF(3)
+    x = torch.randn(2, 2, 3, 2, 2)
+    f(x)
+    buf = io.BytesIO()
+    torch.save(f, buf)
+    buf.seek(0)
+    assert isinstance(torch.load(buf, weights_only=False), snn.BNLIF)
+    copy.deepcopy(f)
+
+
+def _close_t(a, b):
+    torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.skipif(bool(SKIP["triton"]), reason=str(SKIP["triton"]))
+@pytest.mark.parametrize("name", ["user_shifted", "user_box"])
+def test_user_surrogate_on_triton(name):
+    """A user's surrogate with @triton.jit functions runs on Triton (learnable α where it has a width)."""
+    import user_surrogates
+
+    user_surrogates.register_all()
+    inp = make_inputs((4, 3, 4, 3, 3), torch.float64, learn=name != "user_box")
+    opts = {} if name == "user_box" else dict(alpha=2.0)
+    ref = run("reference", inp, torch.float64, opts=opts, surrogate=name)
+    got = run("triton", inp, torch.float64, opts=opts, surrogate=name)
+    check(got, ref, torch.float64)
+
+
+@pytest.mark.parametrize("be,save", fused(["recompute", "state"]))
+def test_save_modes_agree(be, save):
+    """Results do not depend on the save mode (Triton: H kept, or the forward re-run in the backward)."""
+    inp = make_inputs((5, 3, 4, 3, 3), torch.float64, learn=True)
+    name, dev = name_dev(be)
+    x = inp["x"].clone().to(dev).requires_grad_(True)
+    w = inp["w"].clone().to(dev).requires_grad_(True)
+    th = torch.tensor(0.8, dtype=torch.float64, device=dev, requires_grad=True)
+    s, v = snn_fast.bn_lif(x, w, inp["b"].to(dev), inp["rm"].clone().to(dev), inp["rv"].clone().to(dev), True,
+                           v_threshold=th, tdbn_alpha=0.7, backend=name, save=save)
+    (s.sum() + v.sum()).backward()
+    x2 = inp["x"].clone().requires_grad_(True)
+    w2 = inp["w"].clone().requires_grad_(True)
+    th2 = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    s2, v2 = snn_fast.bn_lif_reference(x2, w2, inp["b"], inp["rm"].clone(), inp["rv"].clone(), True, v_threshold=th2,
+                                       tdbn_alpha=0.7)
+    (s2.sum() + v2.sum()).backward()
+    for a, b in ((s, s2), (v, v2), (x.grad, x2.grad), (w.grad, w2.grad), (th.grad, th2.grad)):
+        assert_close(a.cpu(), b, torch.float64)
+
+
+@pytest.mark.skipif(bool(SKIP["cuda"]), reason=str(SKIP["cuda"]))
+@pytest.mark.parametrize("save,batch_stats,need", [(0, True, True), (1, True, False), (0, False, True)])
+def test_cuda_opcheck(save, batch_stats, need):
+    T, B, C, S = 3, 2, 4, 5
+    x = torch.randn(T, B * C * S, device="cuda", requires_grad=True)
+    v0 = torch.zeros(B * C * S, device="cuda", requires_grad=True)
+    params = torch.tensor([0.5, 1.0, 4.0], device="cuda", requires_grad=need)
+    w = torch.rand(C, device="cuda", requires_grad=True)
+    b = torch.randn(C, device="cuda", requires_grad=True)
+    var, mean = torch.var_mean(x.detach().view(-1, C, S), dim=(0, 2), correction=0)
+    rstd = torch.rsqrt(var + 1e-5)
+    flags = (0, True, 0.0, True, False, 0.0, True, 0)  # the strict threshold on
+    fwd = (x, v0, params, w, b, mean, rstd, 0.7, S, batch_stats, None, *flags, False, save)
+    torch.library.opcheck(torch.ops.snn_fast.bn_lif_fwd.default, fwd)
+    det = [a.detach() if isinstance(a, torch.Tensor) else a for a in fwd]
+    s, _, _, saved = torch.ops.snn_fast.bn_lif_fwd(*det)
+    assert saved.shape == ((T, B * C * S) if save == 0 else (0,))
+    bwd = (torch.randn_like(x), None, None, *det[:10], None, saved, s, *flags, save, need)
+    torch.library.opcheck(torch.ops.snn_fast.bn_lif_bwd.default, bwd)
+
+
+# --- the firing and reset options of the LIF op ------------------------------------------------------
+def _on_threshold_inputs():
+    """Channels 0 and 3 charge to exactly θ = 1 at the first step (weight 0: X' = bias = 1, v0 = 0,
+    decay_input=False: H = 0 − 0·k + X'); the others are random."""
+    inp = make_inputs((3, 2, 4, 3), torch.float64, learn=False)
+    inp["w"] = torch.tensor([0.0, 0.8, 1.2, 0.0], dtype=torch.float64)
+    inp["b"] = torch.tensor([1.0, 0.5, 0.3, 1.0], dtype=torch.float64)
+    inp["v0"] = torch.zeros_like(inp["v0"])
+    return inp
+
+
+@pytest.mark.parametrize("be,fire_at_threshold,learn", fused([True, False], [False, True]))
+def test_strict_threshold_on_theta(be, fire_at_threshold, learn):
+    inp = _on_threshold_inputs()
+    inp["learn"] = learn
+    opts = dict(tau=2.0, decay_input=False, v_reset=0.0, fire_at_threshold=fire_at_threshold)
+    ref = run("reference", inp, torch.float64, opts=opts)
+    got = run(be, inp, torch.float64, opts=opts)
+    check(got, ref, torch.float64)
+    # the membranes on θ fire at the first step exactly when Θ(0) = 1
+    assert bool((got["s"][0, :, 0] == 1).all()) == fire_at_threshold
+    assert bool((got["s"][0, :, 3] == 1).all()) == fire_at_threshold
+
+
+@pytest.mark.parametrize("timing", ["delayed", "none"])
+def test_reset_timing_runs_on_the_reference(timing):
+    """The kernels reset after the spike only: 'auto' gives the reference's result, a kernel named
+    explicitly refuses with the argument's name."""
+    inp = make_inputs((4, 3, 4, 3), torch.float64, learn=True)
+    opts = dict(tau=2.0, v_reset=None, reset_timing=timing, fire_at_threshold=False, detach_reset=True)
+    check(run("auto", inp, torch.float64, opts=opts), run("reference", inp, torch.float64, opts=opts), torch.float64)
+    assert run("auto", inp, torch.float64, opts=opts)["s"].ne(
+        run("auto", inp, torch.float64, opts=dict(opts, reset_timing="after_fire"))["s"]).any()
+    for be in [b for b in BACKENDS if not SKIP[b]]:
+        with pytest.raises(ValueError, match="reset_timing"):
+            run(be, inp, torch.float64, opts=opts)
