@@ -213,8 +213,9 @@ def bn_lif(
     (a per-channel affine folded into the charge). ``tdbn_alpha``: tdBN, y = weight·α·θ·x̂ + bias with
     θ = ``v_threshold`` (learnable θ gets the gradient of both uses). The LIF arguments are
     ``lif_multistep``'s (``fire_at_threshold``, ``reset_timing`` included: the kernels run every
-    firing rule and the reset after the spike; other timings run on the reference). Under DDP each rank normalises over its own batch, as ``nn.BatchNorm`` does
-    (no SyncBatchNorm). A user-registered surrogate runs on the reference.
+    firing rule and the reset after the spike; other timings run on the reference). Under DDP each
+    rank normalises over its own batch, as ``nn.BatchNorm`` does (no SyncBatchNorm). A user-registered
+    surrogate runs on the reference.
 
     Returns ``(s, v_T)`` or ``(s, v_T, v_seq)``, as ``lif_multistep``.
     """

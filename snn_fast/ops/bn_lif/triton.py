@@ -50,7 +50,8 @@ def bn_lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, w
                       bias: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, tdbn_alpha: float, inner: int,
                       batch_stats: bool, noise_mask: Optional[torch.Tensor], surrogate: int, hard_reset: bool,
                       v_reset: float, decay_input: bool, detach_reset: bool, reset_residual: float,
-                      strict_threshold: bool, reset_timing: int, return_v_seq: bool, save: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                      strict_threshold: bool, reset_timing: int, return_v_seq: bool, save: int
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check(x, v0, params, weight, inner, reset_timing)
     x, v0, params = x.contiguous(), v0.contiguous(), params.contiguous()
     T, N = x.shape
