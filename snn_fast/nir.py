@@ -1,21 +1,55 @@
 """NIR (Neuromorphic Intermediate Representation) export and import for models of snn_fast neurons.
 
-``export(model, sample)`` and ``load(graph)`` need the optional packages ``nir`` and ``nirtorch``.
-NIR describes neurons in continuous time; the discretisation is SpikingJelly's (``dt`` = 1e-4 s by
-default, as in its ``nir_exchange``), so a graph exported by SpikingJelly loads here to the same
-function and back:
+``export(model, sample)`` and ``load(graph, dialect=...)`` need the optional packages ``nir`` and
+``nirtorch``. NIR describes neurons in continuous time; each exporter discretises them its own way and
+leaves some of its neurons' behaviour out of the graph, so ``load`` is told which library wrote the
+graph (``dialect``) and reads it as that library's exported model computes. The loaded model takes
+``[T, B, ...]`` (time first; Sinabs's layers take ``[B, T, ...]``); layers are wrapped in
+``snn_fast.nn.MultiStep``: ``nir.Affine``/``Linear`` → ``nn.Linear``, ``Conv2d``, ``Flatten``.
+
+``dialect="spikingjelly"`` (the default; also ``export``'s graphs): dt = 1e-4 s as SpikingJelly's
+``nir_exchange``, so a graph exported by SpikingJelly loads here to the same function and back:
 
 - ``LIF(τ, decay_input, v_reset=V_r, θ)`` ↔ ``nir.LIF(tau = τ·dt, r = 1 if decay_input else τ,
   v_leak = V_r, v_threshold = θ, v_reset = V_r)``; ``PLIF`` exports its current τ = 1/sigmoid(w).
-- ``IF(θ, V_r)`` ↔ ``nir.IF(r = 1/dt, v_threshold = θ, v_reset = V_r)``.
-- ``nn.Linear`` ↔ ``nir.Affine`` / ``nir.Linear``, ``nn.Conv2d`` ↔ ``nir.Conv2d``, ``nn.Flatten`` ↔
-  ``nir.Flatten`` (each wrapped in ``snn_fast.nn.MultiStep`` on load: the model takes ``[T, B, ...]``).
+- ``IF(θ, V_r)`` ↔ ``nir.IF(r = 1/dt, v_threshold = θ, v_reset = V_r)``. Fires on v ≥ θ, sigmoid (α = 4).
 
-Not expressible, hence refused with a message: soft reset (NIR resets to ``v_reset``), a neuron whose
-leak target differs from its reset value (``v_leak ≠ v_reset``), per-neuron parameters that differ
-across neurons, ``nir.LIF.r`` other than 1 or τ/dt, ``nir.CubaLIF`` (a synaptic current state the
-LIF family does not have). NIR carries no surrogate: a loaded neuron has the default (sigmoid, α = 4)
-unless ``surrogate`` / ``alpha`` are given.
+``dialect="snntorch"`` (snnTorch 1.0, dt = 1e-4 as its code fixes): as its ``import_from_nir`` reads a
+``nir.LIF``: ``Leaky(β = 1 − dt/tau, θ / (r·dt/tau), reset_mechanism="zero", reset_delay=False)``:
+H = β·V + X, fires on H > θ, resets to 0, atan (α = 2). The graph does not record the reset: a Leaky
+exported with another ``reset_mechanism``/``reset_delay`` (the default is "subtract", True) loads, in
+snnTorch too, as this one. Refused: v_leak ≠ 0, v_reset ≠ 0 (snnTorch's import ignores it), ``nir.IF``
+(snnTorch exports none and imports one as a ``Leaky(beta=0.9)``), RLeaky/RSynaptic (a subgraph).
+snnTorch 1.0's ``export_to_nir`` itself fails under nir 1.0.8: its closing ``nir_graph.infer_types()``
+raises "type mismatch: input.output: [[1 4]] -> 0.input: [[4]]" (the Input node keeps the sample's
+batch dim) or, with ``ignore_dims=[0]``, "0.output: [[5]] -> 1.input: []" (a scalar β is written as
+0-d LIF parameters); the graph before that call (``nirtorch.extract_nir_graph`` with snnTorch's
+``_extract_snntorch_module``, as ``export_to_nir`` calls it) loads.
+
+``dialect="norse"`` (Norse 1.1; dt = the ``dt`` given to ``to_nir``, 1e-3 by default, which must be
+the cells' own): Norse writes ``tau = dt / tau_mem_inv`` (not 1/tau_mem_inv), so the loader reads
+dt·tau_mem_inv = dt²/tau: ``LIFBoxCell`` v ← v + dt·tau_mem_inv·(x − v) (r = 1, v_leak = 0 = v_reset),
+``IAFCell`` v ← v + x (r = 1); both fire on v > θ, reset to 0, SuperSpike (``super_spike``, α = 1).
+Norse's own ``from_nir`` reads tau as 1/tau_mem_inv, so it does not load Norse's LIF export back (its
+IAF it does, the same function as here). Refused: r ≠ 1, v_leak ≠ 0, v_reset ≠ 0 (Norse's import
+ignores it), ``nir.CubaLIF`` (``LIFCell``), ``nir.LI`` (``LIBoxCell``).
+
+``dialect="sinabs"`` (Sinabs 3.1, dt = 1: its τ is in steps), the exact (exponential) discretisation:
+``nir.LIF`` → α = exp(−dt/tau), v ← α·v + (1 − α)·r·x: r = 1 is ``norm_input=True`` (Sinabs's default),
+r = 1/(1 − α) ``norm_input=False``; ``nir.IF`` (r = 1/dt) → v ← v + x; fires on v ≥ θ (``SingleSpike``),
+subtracts θ (``MembraneSubtract``), Sinabs's ``SingleExponential()`` surrogate at θ (needs sinabs
+unless ``surrogate`` is given). The graph does not record ``spike_fn`` (Sinabs's default ``MultiSpike``
+is several spikes per step, not NIR's neuron), ``reset_fn``, ``min_v_mem`` or ``norm_input`` (Sinabs
+writes r = 1 for both): a layer exported with other values loads as this one. Sinabs's own
+``from_nir`` reads a LIF as ``norm_input=False`` and an IF with ``min_v_mem=−θ`` (a clip), so it is
+not the exported model either. Refused: v_leak ≠ 0, v_reset ≠ 0, another r, ``nir.LI`` (``ExpLeak``).
+
+Every dialect refuses, naming the node and what differs: parameters that differ across neurons (one
+value per layer here), ``nir.CubaLIF`` (a synaptic current state), a subgraph or a recurrent cycle,
+node types without a mapping; and (SpikingJelly's) v_leak ≠ v_reset, r other than 1 or τ/dt. NIR
+carries no surrogate: ``surrogate`` / ``alpha`` override the dialect's default. ``export`` refuses soft
+reset (NIR resets to ``v_reset``). For the function a peer's own import gives (where it differs),
+import with the peer and ``snn_fast.convert`` the result.
 """
 from __future__ import annotations
 

@@ -315,9 +315,10 @@ def _sinabs_net(norm_input=True):
 
     torch.manual_seed(0)
     # SingleSpike: one spike per step (NIR's neuron; Sinabs's default MultiSpike is not expressible)
-    net = nn.Sequential(nn.Linear(N, N), sl.LIF(tau_mem=3.0, spike_threshold=1.0, spike_fn=SingleSpike,
-                                                norm_input=norm_input),
-                        nn.Linear(N, 6), sl.IAF(spike_threshold=0.5, spike_fn=SingleSpike))
+    # the IAF first, on x itself: dyadic inputs land its membrane on θ exactly
+    net = nn.Sequential(nn.Linear(N, N), sl.IAF(spike_threshold=1.0, spike_fn=SingleSpike),
+                        nn.Linear(N, 6), sl.LIF(tau_mem=3.0, spike_threshold=0.5, spike_fn=SingleSpike,
+                                                norm_input=norm_input))
     with torch.no_grad():
         net[0].weight.copy_(torch.eye(N))
         net[0].bias.zero_()
@@ -346,15 +347,15 @@ def _sinabs_run(net, x):
 
 @pytest.mark.parametrize("kind", ["random", "dyadic"])
 def test_sinabs_graph_loads_exactly(sinabs_f64, kind):
-    """Sinabs's graph (``sinabs.to_nir``: τ in steps, r = 1) of Linear + LIF + IAF loads to what the
+    """Sinabs's graph (``sinabs.to_nir``: τ in steps, r = 1) of Linear + IAF + LIF loads to what the
     exported net computes: v ← α·v + (1 − α)·x (α = e^{−1/τ}, norm_input=True) and v ← v + x, a spike on
     v ≥ θ, MembraneSubtract, SingleExponential."""
     net = _sinabs_net()
     g, net = _sinabs_export(net)
     ours = snir.load(g, dialect="sinabs", dtype=torch.float64)
     lifs = _lifs(ours)
-    assert [type(m).__name__ for m in lifs] == ["LIF", "IF"] and lifs[0].flags.decay_input
-    assert lifs[0].flags.fire_at_threshold and not lifs[0].flags.hard_reset
+    assert [type(m).__name__ for m in lifs] == ["IF", "LIF"] and lifs[1].flags.decay_input
+    assert all(m.flags.fire_at_threshold and not m.flags.hard_reset for m in lifs)
     x = _inputs(kind) * 2
     want = _sinabs_run(net, x)
     got = _run_ours(ours, x)
@@ -372,10 +373,10 @@ def test_sinabs_norm_input_false_as_nir_says(sinabs_f64):
     g = sinabs.to_nir(net.float(), torch.randn(B, T, N))
     net = net.double()
     a = float(np.exp(-1.0 / 3.0))
-    lif = g.nodes["1"]
+    lif = g.nodes["3"]
     lif.r = np.full(np.shape(lif.tau), 1.0 / (1.0 - a))
     ours = snir.load(g, dialect="sinabs", dtype=torch.float64)
-    assert not _lifs(ours)[0].flags.decay_input
+    assert not _lifs(ours)[1].flags.decay_input
     x = _inputs("random")
     _same(_run_ours(ours, x), _sinabs_run(net, x), "norm_input=False")
 
