@@ -1,21 +1,55 @@
 """NIR (Neuromorphic Intermediate Representation) export and import for models of snn_fast neurons.
 
-``export(model, sample)`` and ``load(graph)`` need the optional packages ``nir`` and ``nirtorch``.
-NIR describes neurons in continuous time; the discretisation is SpikingJelly's (``dt`` = 1e-4 s by
-default, as in its ``nir_exchange``), so a graph exported by SpikingJelly loads here to the same
-function and back:
+``export(model, sample)`` and ``load(graph, dialect=...)`` need the optional packages ``nir`` and
+``nirtorch``. NIR describes neurons in continuous time; each exporter discretises them its own way and
+leaves some of its neurons' behaviour out of the graph, so ``load`` is told which library wrote the
+graph (``dialect``) and reads it as that library's exported model computes. The loaded model takes
+``[T, B, ...]`` (time first; Sinabs's layers take ``[B, T, ...]``); layers are wrapped in
+``snn_fast.nn.MultiStep``: ``nir.Affine``/``Linear`` → ``nn.Linear``, ``Conv2d``, ``Flatten``.
+
+``dialect="spikingjelly"`` (the default; also ``export``'s graphs): dt = 1e-4 s as SpikingJelly's
+``nir_exchange``, so a graph exported by SpikingJelly loads here to the same function and back:
 
 - ``LIF(τ, decay_input, v_reset=V_r, θ)`` ↔ ``nir.LIF(tau = τ·dt, r = 1 if decay_input else τ,
   v_leak = V_r, v_threshold = θ, v_reset = V_r)``; ``PLIF`` exports its current τ = 1/sigmoid(w).
-- ``IF(θ, V_r)`` ↔ ``nir.IF(r = 1/dt, v_threshold = θ, v_reset = V_r)``.
-- ``nn.Linear`` ↔ ``nir.Affine`` / ``nir.Linear``, ``nn.Conv2d`` ↔ ``nir.Conv2d``, ``nn.Flatten`` ↔
-  ``nir.Flatten`` (each wrapped in ``snn_fast.nn.MultiStep`` on load: the model takes ``[T, B, ...]``).
+- ``IF(θ, V_r)`` ↔ ``nir.IF(r = 1/dt, v_threshold = θ, v_reset = V_r)``. Fires on v ≥ θ, sigmoid (α = 4).
 
-Not expressible, hence refused with a message: soft reset (NIR resets to ``v_reset``), a neuron whose
-leak target differs from its reset value (``v_leak ≠ v_reset``), per-neuron parameters that differ
-across neurons, ``nir.LIF.r`` other than 1 or τ/dt, ``nir.CubaLIF`` (a synaptic current state the
-LIF family does not have). NIR carries no surrogate: a loaded neuron has the default (sigmoid, α = 4)
-unless ``surrogate`` / ``alpha`` are given.
+``dialect="snntorch"`` (snnTorch 1.0, dt = 1e-4 as its code fixes): as its ``import_from_nir`` reads a
+``nir.LIF``: ``Leaky(β = 1 − dt/tau, θ / (r·dt/tau), reset_mechanism="zero", reset_delay=False)``:
+H = β·V + X, fires on H > θ, resets to 0, atan (α = 2). The graph does not record the reset: a Leaky
+exported with another ``reset_mechanism``/``reset_delay`` (the default is "subtract", True) loads, in
+snnTorch too, as this one. Refused: v_leak ≠ 0, v_reset ≠ 0 (snnTorch's import ignores it), ``nir.IF``
+(snnTorch exports none and imports one as a ``Leaky(beta=0.9)``), RLeaky/RSynaptic (a subgraph).
+snnTorch 1.0's ``export_to_nir`` itself fails under nir 1.0.8: its closing ``nir_graph.infer_types()``
+raises "type mismatch: input.output: [[1 4]] -> 0.input: [[4]]" (the Input node keeps the sample's
+batch dim) or, with ``ignore_dims=[0]``, "0.output: [[5]] -> 1.input: []" (a scalar β is written as
+0-d LIF parameters); the graph before that call (``nirtorch.extract_nir_graph`` with snnTorch's
+``_extract_snntorch_module``, as ``export_to_nir`` calls it) loads.
+
+``dialect="norse"`` (Norse 1.1; dt = the ``dt`` given to ``to_nir``, 1e-3 by default, which must be
+the cells' own): Norse writes ``tau = dt / tau_mem_inv`` (not 1/tau_mem_inv), so the loader reads
+dt·tau_mem_inv = dt²/tau: ``LIFBoxCell`` v ← v + dt·tau_mem_inv·(x − v) (r = 1, v_leak = 0 = v_reset),
+``IAFCell`` v ← v + x (r = 1); both fire on v > θ, reset to 0, SuperSpike (``super_spike``, α = 1).
+Norse's own ``from_nir`` reads tau as 1/tau_mem_inv, so it does not load Norse's LIF export back (its
+IAF it does, the same function as here). Refused: r ≠ 1, v_leak ≠ 0, v_reset ≠ 0 (Norse's import
+ignores it), ``nir.CubaLIF`` (``LIFCell``), ``nir.LI`` (``LIBoxCell``).
+
+``dialect="sinabs"`` (Sinabs 3.1, dt = 1: its τ is in steps), the exact (exponential) discretisation:
+``nir.LIF`` → α = exp(−dt/tau), v ← α·v + (1 − α)·r·x: r = 1 is ``norm_input=True`` (Sinabs's default),
+r = 1/(1 − α) ``norm_input=False``; ``nir.IF`` (r = 1/dt) → v ← v + x; fires on v ≥ θ (``SingleSpike``),
+subtracts θ (``MembraneSubtract``), Sinabs's ``SingleExponential()`` surrogate at θ (needs sinabs
+unless ``surrogate`` is given). The graph does not record ``spike_fn`` (Sinabs's default ``MultiSpike``
+is several spikes per step, not NIR's neuron), ``reset_fn``, ``min_v_mem`` or ``norm_input`` (Sinabs
+writes r = 1 for both): a layer exported with other values loads as this one. Sinabs's own
+``from_nir`` reads a LIF as ``norm_input=False`` and an IF with ``min_v_mem=−θ`` (a clip), so it is
+not the exported model either. Refused: v_leak ≠ 0, v_reset ≠ 0, another r, ``nir.LI`` (``ExpLeak``).
+
+Every dialect refuses, naming the node and what differs: parameters that differ across neurons (one
+value per layer here), ``nir.CubaLIF`` (a synaptic current state), a subgraph or a recurrent cycle,
+node types without a mapping; and (SpikingJelly's) v_leak ≠ v_reset, r other than 1 or τ/dt. NIR
+carries no surrogate: ``surrogate`` / ``alpha`` override the dialect's default. ``export`` refuses soft
+reset (NIR resets to ``v_reset``). For the function a peer's own import gives (where it differs),
+import with the peer and ``snn_fast.convert`` the result.
 """
 from __future__ import annotations
 
@@ -133,6 +167,15 @@ def export(model: nn.Module, sample: torch.Tensor, *, dt: float = 1e-4):
 # load
 
 
+# Each dialect reads a graph the way the named library's exporter wrote it: its discretisation step
+# (dt, in the graph's time unit), and what its neurons do that the graph does not say (the firing
+# comparison, the reset, the default surrogate). See the module docstring.
+DIALECTS = ("spikingjelly", "snntorch", "norse", "sinabs")
+_DEFAULT_DT = {"spikingjelly": 1e-4, "snntorch": 1e-4, "norse": 1e-3, "sinabs": 1.0}
+# the surrogate of the exporter's default neuron (Sinabs's, SingleExponential, depends on θ: made per layer)
+_DEFAULT_SURROGATE = {"spikingjelly": ("sigmoid", None), "snntorch": ("atan", 2.0), "norse": ("super_spike", 1.0)}
+
+
 def _uniform(a, what: str) -> float:
     a = np.asarray(a, dtype=np.float64)
     if a.size == 0:
@@ -161,47 +204,230 @@ class NIRModel(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
-def load(graph, *, dt: float = 1e-4, surrogate="sigmoid", alpha: Optional[float] = None, backend: str = "auto",
-         dtype: torch.dtype = torch.float32, device="cpu") -> nn.Module:
-    """A module computing ``graph`` (a ``nir.NIRGraph`` or the path of a NIR file) on ``[T, B, ...]``."""
+def _sinabs_single_exponential(theta: float):
+    """Sinabs's default surrogate (``SingleExponential()``) at threshold θ, as snn_fast.convert registers it."""
+    try:
+        from sinabs.activation import SingleExponential
+    except ImportError as e:
+        raise ImportError("dialect='sinabs' gives its neurons Sinabs's default surrogate, SingleExponential, "
+                          "which is made from the sinabs package; install it, or pass surrogate=") from e
+    from .convert import _sinabs_surrogate, _Unsupported
+
+    try:
+        return _sinabs_surrogate(SingleExponential(), theta)
+    except _Unsupported as e:
+        raise ValueError(str(e)) from None
+
+
+def _cycle(graph) -> Optional[list]:
+    """A list of node names forming a cycle of ``graph``'s edges, or None."""
+    succ = {}
+    for a, b in graph.edges:
+        succ.setdefault(a, []).append(b)
+    state = {}  # 1: on the stack, 2: done
+    for start in graph.nodes:
+        if state.get(start):
+            continue
+        stack = [(start, iter(succ.get(start, ())))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif not state.get(nxt):
+                state[nxt] = 1
+                stack.append((nxt, iter(succ.get(nxt, ()))))
+                path.append(nxt)
+    return None
+
+
+def load(graph, *, dialect: str = "spikingjelly", dt: Optional[float] = None, surrogate=None,
+         alpha: Optional[float] = None, backend: str = "auto", dtype: torch.dtype = torch.float32,
+         device="cpu") -> nn.Module:
+    """A module computing ``graph`` (a ``nir.NIRGraph`` or the path of a NIR file) on ``[T, B, ...]``.
+
+    Args:
+        graph: the graph, or the path of a NIR file.
+        dialect: the library that exported it: "spikingjelly" (and snn_fast's own ``export``),
+            "snntorch", "norse" or "sinabs". It fixes how τ, r and the reset are read (the module
+            docstring lists each).
+        dt: the exporter's time step in the graph's unit; by default the dialect's: SpikingJelly and
+            snnTorch 1e-4 (fixed in their code), Norse 1e-3 (``to_nir``'s default: pass the ``dt`` you
+            exported with), Sinabs 1 (its τ is in steps).
+        surrogate, alpha: the neurons' surrogate gradient (NIR has none); by default the exporter's
+            default neuron's: SpikingJelly sigmoid (α = 4), snnTorch atan (α = 2), Norse SuperSpike
+            ('super_spike', α = 1), Sinabs ``SingleExponential()`` at the layer's θ.
+        backend, dtype, device: of the loaded modules.
+
+    Raises:
+        ValueError: a node, parameter or structure the dialect's neurons do not compute exactly; the
+            message names the node and what differs.
+    """
     nir, nirtorch = _import()
-    if dt <= 0:
+    if dialect not in DIALECTS:
+        raise ValueError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
+    if dt is None:
+        dt = _DEFAULT_DT[dialect]
+    if not dt > 0:
         raise ValueError(f"dt must be > 0, got {dt}")
     if isinstance(graph, str):
         graph = nir.read(graph)
-    kw = dict(surrogate=surrogate, alpha=alpha, backend=backend)
+    if not isinstance(graph, nir.NIRGraph):
+        raise TypeError(f"load expects a nir.NIRGraph or a file path, got {type(graph).__name__}")
+    names = {id(n): k for k, n in graph.nodes.items()}
 
-    def v_reset(node, v_leak: Optional[float] = None) -> float:
-        vr = 0.0 if node.v_reset is None else _uniform(node.v_reset, f"{type(node).__name__}.v_reset")
-        if v_leak is not None and not _close(v_leak, vr):
-            raise ValueError(f"nir.LIF with v_leak={v_leak:g} ≠ v_reset={vr:g}: snn_fast's LIF leaks towards its "
-                             "reset value")
-        return vr
+    def who(node) -> str:
+        return f"node {names.get(id(node), '?')!r} ({type(node).__name__})"
 
-    def map_lif(node):
-        tau = _uniform(node.tau, "nir.LIF.tau") / dt
+    def sg_kw(theta: float) -> dict:
+        if surrogate is not None:
+            return dict(surrogate=surrogate, alpha=alpha, backend=backend)
+        if dialect == "sinabs":
+            return dict(surrogate=_sinabs_single_exponential(theta), alpha=alpha, backend=backend)
+        sg, a = _DEFAULT_SURROGATE[dialect]
+        return dict(surrogate=sg, alpha=a if alpha is None else alpha, backend=backend)
+
+    def params(node, *fields):
+        out = []
+        for f in fields:
+            v = getattr(node, f)
+            out.append(0.0 if v is None and f == "v_reset" else _uniform(v, f"{who(node)} {f}"))
+        return out
+
+    # --- SpikingJelly (and snn_fast.nir.export): Euler with dt; H = V + (X − (V − V_r))/τ or V − (V − V_r)/τ + X
+
+    def sj_lif(node):
+        tau, r, v_leak, theta, vr = params(node, "tau", "r", "v_leak", "v_threshold", "v_reset")
+        tau /= dt
         if not np.isfinite(tau) or tau <= 1.0:
-            raise ValueError(f"nir.LIF.tau / dt = {tau:g}: snn_fast's LIF needs τ > 1 steps")
-        r = _uniform(node.r, "nir.LIF.r")
+            raise ValueError(f"{who(node)}: tau / dt = {tau:g}: snn_fast's LIF needs τ > 1 steps")
         if _close(r, 1.0):
             decay_input = True
         elif _close(r, tau):
             decay_input = False
         else:
-            raise ValueError(f"nir.LIF.r = {r:g}: snn_fast expresses r = 1 (decay_input=True) or r = τ/dt = {tau:g} "
-                             "(decay_input=False)")
-        vr = v_reset(node, _uniform(node.v_leak, "nir.LIF.v_leak"))
-        return LIF(tau, decay_input=decay_input, v_threshold=_uniform(node.v_threshold, "nir.LIF.v_threshold"),
-                   v_reset=vr, **kw)
+            raise ValueError(f"{who(node)}: r = {r:g}: snn_fast expresses r = 1 (decay_input=True) or "
+                             f"r = τ/dt = {tau:g} (decay_input=False)")
+        if not _close(v_leak, vr):
+            raise ValueError(f"{who(node)}: v_leak={v_leak:g} ≠ v_reset={vr:g}: snn_fast's LIF leaks towards "
+                             "its reset value")
+        return LIF(tau, decay_input=decay_input, v_threshold=theta, v_reset=vr, **sg_kw(theta))
 
-    def map_if(node):
-        r = _uniform(node.r, "nir.IF.r")
+    def sj_if(node):
+        r, theta, vr = params(node, "r", "v_threshold", "v_reset")
         if not _close(r * dt, 1.0):
-            raise ValueError(f"nir.IF.r = {r:g}: snn_fast's IF is r = 1/dt = {1.0 / dt:g}")
-        return IF(v_threshold=_uniform(node.v_threshold, "nir.IF.v_threshold"), v_reset=v_reset(node), **kw)
+            raise ValueError(f"{who(node)}: r = {r:g}: snn_fast's IF is r = 1/dt = {1.0 / dt:g}")
+        return IF(v_threshold=theta, v_reset=vr, **sg_kw(theta))
+
+    # --- snnTorch 1.0, as its import_from_nir reads a LIF: Leaky(β = 1 − dt/τ, θ / (r·dt/τ),
+    # reset_mechanism='zero', reset_delay=False); H = β·V + X, fires on H > θ
+
+    def snntorch_lif(node):
+        tau, r, v_leak, theta, vr = params(node, "tau", "r", "v_leak", "v_threshold", "v_reset")
+        if not np.isclose(v_leak, 0.0):
+            raise ValueError(f"{who(node)}: v_leak = {v_leak:g}: snnTorch's Leaky leaks towards 0 (its import "
+                             "refuses v_leak ≠ 0)")
+        if vr != 0.0:
+            raise ValueError(f"{who(node)}: v_reset = {vr:g}: snnTorch's import resets to 0 "
+                             "(reset_mechanism='zero') whatever v_reset says")
+        beta = 1.0 - dt / tau
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"{who(node)}: β = 1 − dt/tau = {beta:g}: snn_fast needs 0 < β < 1")
+        w_scale = r * dt / tau
+        if not np.isclose(w_scale, 1.0):  # snnTorch's hack_w_scale: the threshold divided, not the input scaled
+            theta = theta / w_scale
+        from .convert import _SNNTORCH_RESETS
+
+        v_reset, timing, detach = _SNNTORCH_RESETS[("zero", False)]
+        return LIF(decay=beta, decay_input=False, v_threshold=theta, v_reset=v_reset, detach_reset=detach,
+                   reset_timing=timing, fire_at_threshold=False, **sg_kw(theta))
+
+    def snntorch_if(node):
+        raise ValueError(f"{who(node)}: snnTorch 1.0 exports no IF node, and its import reads one as "
+                         "Leaky(beta=0.9, reset_mechanism='subtract'), a leaky neuron, not NIR's IF; "
+                         "load it with dialect='spikingjelly' for NIR's IF")
+
+    # --- Norse 1.1: to_nir writes tau = dt / tau_mem_inv (so dt·tau_mem_inv = dt²/tau), r = 1, no v_reset;
+    # LIFBoxCell: v ← v + dt·tau_mem_inv·((x + v_leak) − v), fires on v > θ, v_reset 0 (reset_value)
+
+    def norse_reset(node, vr):
+        if vr != 0.0:
+            raise ValueError(f"{who(node)}: v_reset = {vr:g}: Norse's export writes none and its import resets "
+                             "to v_reset = 0 whatever the graph says")
+
+    def norse_lif(node):
+        tau, r, v_leak, theta, vr = params(node, "tau", "r", "v_leak", "v_threshold", "v_reset")
+        norse_reset(node, vr)
+        if not _close(r, 1.0):
+            raise ValueError(f"{who(node)}: r = {r:g}: Norse's LIFBoxCell has no input resistance (its export "
+                             "writes r = 1)")
+        if v_leak != 0.0:
+            raise ValueError(f"{who(node)}: v_leak = {v_leak:g} ≠ v_reset = 0: snn_fast's LIF leaks towards its "
+                             "reset value")
+        k = dt * dt / tau
+        if not 0.0 < k < 1.0:
+            raise ValueError(f"{who(node)}: dt·tau_mem_inv = dt²/tau = {k:g} (Norse writes tau = dt/tau_mem_inv): "
+                             "snn_fast needs 0 < 1/τ < 1; is dt the one the graph was exported with?")
+        return LIF(1.0 / k, decay_input=True, v_threshold=theta, v_reset=0.0, fire_at_threshold=False,
+                   **sg_kw(theta))
+
+    def norse_if(node):
+        r, theta, vr = params(node, "r", "v_threshold", "v_reset")
+        norse_reset(node, vr)
+        if not _close(r, 1.0):
+            raise ValueError(f"{who(node)}: r = {r:g}: Norse's IAFCell adds its input, v ← v + x (its export "
+                             "writes r = 1)")
+        return IF(v_threshold=theta, v_reset=0.0, fire_at_threshold=False, **sg_kw(theta))
+
+    # --- Sinabs 3.1: τ in steps (dt = 1), α = exp(−dt/τ); LIF v ← α·v + (1 − α)·r·x (r = 1: norm_input=True;
+    # r = 1/(1 − α): norm_input=False), IAF v ← v + r·dt·x; SingleSpike (fires on v ≥ θ), MembraneSubtract
+
+    def sinabs_common(node, v_leak, vr):
+        if v_leak != 0.0:
+            raise ValueError(f"{who(node)}: v_leak = {v_leak:g}: Sinabs's neurons leak towards 0")
+        if vr != 0.0:
+            raise ValueError(f"{who(node)}: v_reset = {vr:g}: Sinabs's neurons subtract θ on a spike "
+                             "(MembraneSubtract) and its export writes no v_reset")
+
+    def sinabs_lif(node):
+        tau, r, v_leak, theta, vr = params(node, "tau", "r", "v_leak", "v_threshold", "v_reset")
+        sinabs_common(node, v_leak, vr)
+        a = float(np.exp(-dt / tau))
+        if not 0.0 < a < 1.0:
+            raise ValueError(f"{who(node)}: α = exp(−dt/tau) = {a:g}: snn_fast needs 0 < α < 1")
+        if _close(r, 1.0):
+            norm_input = True
+        elif _close(r * (1.0 - a), 1.0):
+            norm_input = False
+        else:
+            raise ValueError(f"{who(node)}: r = {r:g}: Sinabs's LIF is r = 1 (norm_input=True) or "
+                             f"r = 1/(1 − α) = {1.0 / (1.0 - a):g} (norm_input=False)")
+        return LIF(decay=a, decay_input=norm_input, v_threshold=theta, v_reset=None, **sg_kw(theta))
+
+    def sinabs_if(node):
+        r, theta, vr = params(node, "r", "v_threshold", "v_reset")
+        sinabs_common(node, 0.0, vr)
+        if not _close(r * dt, 1.0):
+            raise ValueError(f"{who(node)}: r = {r:g}: Sinabs's IAF adds its input, v ← v + x (r = 1/dt = "
+                             f"{1.0 / dt:g})")
+        return IF(v_threshold=theta, v_reset=None, **sg_kw(theta))
+
+    neurons = {"spikingjelly": (sj_lif, sj_if), "snntorch": (snntorch_lif, snntorch_if),
+               "norse": (norse_lif, norse_if), "sinabs": (sinabs_lif, sinabs_if)}[dialect]
 
     def map_cuba(node):
-        raise ValueError("nir.CubaLIF has a synaptic current state that snn_fast's LIF family does not have")
+        raise ValueError(f"{who(node)}: a synaptic current state (current-based LIF: snnTorch Synaptic, Norse "
+                         "LIFCell) that snn_fast's LIF family does not have")
+
+    def map_li(node):
+        raise ValueError(f"{who(node)}: a leaky integrator without spikes (Norse LIBoxCell, Sinabs ExpLeak); "
+                         "snn_fast has spiking neurons only")
 
     def t(a):
         return torch.as_tensor(np.asarray(a), dtype=dtype)
@@ -231,7 +457,25 @@ def load(graph, *, dt: float = 1e-4, surrogate="sigmoid", alpha: Optional[float]
         end = node.end_dim + 1 if node.end_dim >= 0 else node.end_dim
         return MultiStep(nn.Flatten(start, end))
 
-    node_map = {nir.LIF: map_lif, nir.IF: map_if, nir.CubaLIF: map_cuba, nir.Affine: map_affine,
-                nir.Linear: map_affine, nir.Conv2d: map_conv2d, nir.Flatten: map_flatten}
+    builders = {nir.LIF: neurons[0], nir.IF: neurons[1], nir.CubaLIF: map_cuba, nir.LI: map_li,
+                nir.Affine: map_affine, nir.Linear: map_affine, nir.Conv2d: map_conv2d, nir.Flatten: map_flatten}
+    # every node built here first, so that an error names it (nirtorch's node_map is given only the node)
+    built = {}
+    for key, node in graph.nodes.items():
+        if isinstance(node, (nir.Input, nir.Output)):
+            continue
+        if isinstance(node, nir.NIRGraph):
+            raise ValueError(f"node {key!r} is a subgraph (snnTorch writes RLeaky/RSynaptic as one, a recurrent "
+                             "LIF): snn_fast loads flat feed-forward graphs")
+        build = builders.get(type(node))
+        if build is None:
+            raise ValueError(f"node {key!r}: nir.{type(node).__name__} has no mapping in snn_fast.nir (supported: "
+                             "LIF, IF, Affine, Linear, Conv2d, Flatten, Input, Output)")
+        built[id(node)] = build(node)
+    cycle = _cycle(graph)
+    if cycle is not None:
+        raise ValueError(f"the graph has a recurrent cycle {' → '.join(map(str, cycle))}: snn_fast loads "
+                         "feed-forward graphs")
+    node_map = {cls: (lambda node: built[id(node)]) for cls in builders}
     gm = nirtorch.nir_to_torch(graph, node_map, device=device, dtype=dtype)
     return NIRModel(gm).to(device)

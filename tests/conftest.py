@@ -98,6 +98,51 @@ def assert_close_to_peer(got, want, what):
     assert err <= PEER_RTOL, f"{what}: relative error {err:.3g} > {PEER_RTOL:g}"
 
 
+
+# The peers' spike functions return float32 whatever the membrane's dtype (snnTorch's ``(x > 0).float()``,
+# Sinabs's SingleSpike ``(v − θ >= 0).float()``), so the gradient reaching each spike is rounded to
+# float32 in their own float64 backward. These fixtures swap ``.float()`` for the input's dtype in
+# those forwards (their backwards are untouched) so that a comparison can be made at float64
+# precision (tests/test_convert_peers.py, test_convert_sinabs.py, test_nir_peers.py).
+
+
+@pytest.fixture
+def snntorch_f64(monkeypatch):
+    """snnTorch's spike forwards with the input's dtype instead of float32."""
+    sgm = pytest.importorskip("snntorch.surrogate")
+
+    def one(ctx, input_):
+        return (input_ > 0).to(input_.dtype)
+
+    def two(ctx, input_, a):
+        ctx.save_for_backward(input_)
+        for name in ("alpha", "slope", "threshold"):
+            setattr(ctx, name, a)
+        return (input_ > 0).to(input_.dtype)
+
+    monkeypatch.setattr(sgm.StraightThroughEstimator, "forward", staticmethod(one))
+    for cls in (sgm.ATan, sgm.FastSigmoid, sgm.Sigmoid, sgm.Triangular):
+        monkeypatch.setattr(cls, "forward", staticmethod(two))
+
+
+@pytest.fixture
+def sinabs_f64(monkeypatch):
+    """Sinabs's SingleSpike forward (and Heaviside's gradient) with the membrane's dtype instead of float32."""
+    A = pytest.importorskip("sinabs.activation")
+
+    def forward(ctx, v_mem, spike_threshold, surrogate_grad_fn):
+        ctx.save_for_backward(v_mem.clone())
+        ctx.spike_threshold = spike_threshold
+        ctx.surrogate_grad_fn = surrogate_grad_fn
+        return (v_mem - spike_threshold >= 0).to(v_mem.dtype)
+
+    def heaviside(self, v_mem, spike_threshold):
+        return (v_mem >= (spike_threshold - self.window)).to(v_mem.dtype) / spike_threshold
+
+    monkeypatch.setattr(A.SingleSpike, "forward", staticmethod(forward))
+    monkeypatch.setattr(A.Heaviside, "__call__", heaviside)
+
+
 def assert_close_lowp(actual, ref64, ref_lowp, name=""):
     """fp16/bf16: the kernel's error vs float64 must not exceed plain PyTorch's (× factor + ulp)."""
     ulp = LOWP_ULP[ref_lowp.dtype]

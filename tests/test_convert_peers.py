@@ -9,7 +9,7 @@ quarters) on which every membrane is exact and many sit on θ.
 
 snnTorch's spike functions return ``(x > 0).float()``: float32 whatever the membrane's dtype, so
 the gradient reaching each spike is rounded to float32 (~1e-7 relative) in snnTorch's own float64
-backward. ``snntorch_f64`` swaps ``.float()`` for the input's dtype in those forwards (their
+backward. ``snntorch_f64`` (conftest.py) swaps ``.float()`` for the input's dtype in those forwards (their
 backwards are untouched) so that the comparison can be made at float64 precision;
 ``test_snntorch_unpatched_float32`` checks the unpatched library in float32.
 """
@@ -28,23 +28,6 @@ from conftest import assert_close_to_peer
 snn = pytest.importorskip("snntorch")
 sgm = pytest.importorskip("snntorch.surrogate")
 
-
-
-@pytest.fixture
-def snntorch_f64(monkeypatch):
-    """snnTorch's spike forwards with the input's dtype instead of float32 (module docstring)."""
-    def one(ctx, input_):
-        return (input_ > 0).to(input_.dtype)
-
-    def two(ctx, input_, a):
-        ctx.save_for_backward(input_)
-        for name in ("alpha", "slope", "threshold"):
-            setattr(ctx, name, a)
-        return (input_ > 0).to(input_.dtype)
-
-    monkeypatch.setattr(sgm.StraightThroughEstimator, "forward", staticmethod(one))
-    for cls in (sgm.ATan, sgm.FastSigmoid, sgm.Sigmoid, sgm.Triangular):
-        monkeypatch.setattr(cls, "forward", staticmethod(two))
 
 
 SURROGATES = {

@@ -9,7 +9,7 @@ threshold (Sinabs fires on v ≥ θ): x = θ into a zero membrane for IAF, and a
 
 Sinabs's ``SingleSpike`` returns ``(v − θ >= 0).float()``: float32 whatever the membrane's dtype,
 so the gradient reaching each spike is rounded to float32 in Sinabs's own float64 backward
-(and ``Heaviside``'s gradient, ``[v ≥ θ − window].float() / θ``, is float32 too). ``sinabs_f64``
+(and ``Heaviside``'s gradient, ``[v ≥ θ − window].float() / θ``, is float32 too). ``sinabs_f64`` (conftest.py)
 swaps ``.float()`` for the membrane's dtype in those two (nothing else changes) so that the
 comparison can be made at float64 precision; ``test_unpatched_float32`` checks the unpatched
 library in float32.
@@ -31,22 +31,6 @@ sinabs = pytest.importorskip("sinabs")
 sl = pytest.importorskip("sinabs.layers")
 A = pytest.importorskip("sinabs.activation")
 
-
-
-@pytest.fixture
-def sinabs_f64(monkeypatch):
-    """SingleSpike's forward with the membrane's dtype instead of float32 (module docstring)."""
-    def forward(ctx, v_mem, spike_threshold, surrogate_grad_fn):
-        ctx.save_for_backward(v_mem.clone())
-        ctx.spike_threshold = spike_threshold
-        ctx.surrogate_grad_fn = surrogate_grad_fn
-        return (v_mem - spike_threshold >= 0).to(v_mem.dtype)
-
-    def heaviside(self, v_mem, spike_threshold):
-        return (v_mem >= (spike_threshold - self.window)).to(v_mem.dtype) / spike_threshold
-
-    monkeypatch.setattr(A.SingleSpike, "forward", staticmethod(forward))
-    monkeypatch.setattr(A.Heaviside, "__call__", heaviside)
 
 
 SURROGATES = {

@@ -77,7 +77,7 @@ def test_refused():
         snir.load(nir.NIRGraph.from_list(nir.Affine(np.eye(3), np.zeros(3)), lif))
     lif = nir.LIF(tau=np.full(shape, 2e-4), r=np.full(shape, 5.0), v_leak=np.zeros(shape), v_threshold=np.ones(shape),
                   v_reset=np.zeros(shape))
-    with pytest.raises(ValueError, match="nir.LIF.r"):
+    with pytest.raises(ValueError, match="r = 5"):
         snir.load(nir.NIRGraph.from_list(nir.Affine(np.eye(3), np.zeros(3)), lif))
     cuba = nir.CubaLIF(tau_syn=np.full(shape, 2e-4), tau_mem=np.full(shape, 2e-4), r=np.full(shape, 2.0),
                        v_leak=np.zeros(shape), v_threshold=np.ones(shape), w_in=np.full(shape, 2.0))
