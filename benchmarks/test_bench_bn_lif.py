@@ -34,29 +34,35 @@ def _sj_node():
     return neuron.LIFNode(tau=2.0, step_mode="m", surrogate_function=surrogate.Sigmoid(alpha=4.0))
 
 
-def make(shape):
+def make(shape, device="cpu"):
     g = torch.Generator().manual_seed(0)
     C = shape[2]
-    x = (torch.randn(shape, generator=g) + 0.5).requires_grad_(True)
-    w = (torch.rand(C, generator=g) + 0.5).requires_grad_(True)
-    b = (torch.randn(C, generator=g) * 0.2 + 0.8).requires_grad_(True)
-    grad = torch.randn(shape, generator=g)
+    x = (torch.randn(shape, generator=g) + 0.5).to(device).requires_grad_(True)
+    w = (torch.rand(C, generator=g) + 0.5).to(device).requires_grad_(True)
+    b = (torch.randn(C, generator=g) * 0.2 + 0.8).to(device).requires_grad_(True)
+    grad = torch.randn(shape, generator=g).to(device)
     return x, w, b, grad
 
 
-def steps(shape):
+def fused_backends(device):
+    """The fused backends timed on ``device``: the C++ kernel ('cpu' / 'cuda'), and Triton on a GPU."""
+    return ["cpu"] if device == "cpu" else ["cuda", "triton"]
+
+
+def steps(shape, device="cpu"):
     """provider → one forward+backward (training: batch statistics, running statistics updated)."""
-    x, w, b, grad = make(shape)
+    x, w, b, grad = make(shape, device)
     C = shape[2]
-    rm, rv = torch.zeros(C), torch.ones(C)
+    rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
     sj = _sj_node()
+    lif_backend = "cpu" if device == "cpu" else "auto"
 
     def zero():
         x.grad = w.grad = b.grad = None
 
-    def fused():
+    def fused(backend):
         zero()
-        s, _ = snn_fast.bn_lif(x, w, b, rm, rv, True, 0.1, 1e-5, backend="cpu")
+        s, _ = snn_fast.bn_lif(x, w, b, rm, rv, True, 0.1, 1e-5, backend=backend)
         s.backward(grad)
         return s
 
@@ -65,11 +71,12 @@ def steps(shape):
 
     def bn_ours():
         zero()
-        s, _ = snn_fast.lif_multistep(bn(x), backend="cpu")
+        s, _ = snn_fast.lif_multistep(bn(x), backend=lif_backend)
         s.backward(grad)
         return s
 
-    fns = {"snn_fast-bn_lif": fused, "bn+snn_fast-lif": bn_ours}
+    fns = {_name(be, device): (lambda be=be: fused(be)) for be in fused_backends(device)}
+    fns["bn+snn_fast-lif"] = bn_ours
     if sj is not None:
         def bn_sj():
             zero()
@@ -82,33 +89,39 @@ def steps(shape):
     return fns, (x, w, b)
 
 
-def check(fns, tensors):
-    """The fused op's spikes and gradients against batch norm + snn_fast LIF before timing."""
+def _name(backend, device):
+    """The fused op's provider name: 'snn_fast-bn_lif' for the C++ kernel of the device, else with the backend."""
+    return "snn_fast-bn_lif" if backend in ("cpu", "cuda") else f"snn_fast-bn_lif-{backend}"
+
+
+def check(fns, tensors, device="cpu"):
+    """Each fused backend's spikes and gradients against batch norm + snn_fast LIF before timing."""
     x, w, b = tensors
     s_ref = fns["bn+snn_fast-lif"]()
     ref = [t.grad.clone() for t in (x, w, b)]
-    s = fns["snn_fast-bn_lif"]()
-    flips = (s != s_ref).float().mean().item()
-    assert flips < 1e-4, flips
-    if flips == 0:
-        for t, r in zip((x, w, b), ref):
-            torch.testing.assert_close(t.grad, r, rtol=1e-3, atol=1e-4 * r.abs().max().item())
+    for be in fused_backends(device):
+        s = fns[_name(be, device)]()
+        flips = (s != s_ref).float().mean().item()
+        assert flips < 1e-4, (be, flips)
+        if flips == 0:
+            for t, r in zip((x, w, b), ref):
+                torch.testing.assert_close(t.grad, r, rtol=1e-3, atol=1e-4 * r.abs().max().item())
 
 
-def run(shapes=SHAPES):
+def run(shapes=SHAPES, device="cpu", rounds=3):
     rows = []
     for shape in shapes:
-        fns, tensors = steps(shape)
-        check(fns, tensors)
-        tm = common.time_fns(fns, "cpu", rounds=3, min_run_time=1.0)
+        fns, tensors = steps(shape, device)
+        check(fns, tensors, device)
+        tm = common.time_fns(fns, device, rounds=rounds, min_run_time=1.0)
         T, N = shape[0], int(torch.Size(shape[1:]).numel())
         base = tm["bn+snn_fast-lif"][0]
         for p, (med, q20, q80) in tm.items():
-            nbytes = memory.fused_bytes(T, N, torch.float32) if p == "snn_fast-bn_lif" else memory.unfused_bytes(
-                T, N, torch.float32)
+            nbytes = memory.fused_bytes(T, N, torch.float32) if p.startswith("snn_fast-bn_lif") else (
+                memory.unfused_bytes(T, N, torch.float32))
             rows.append(dict(op="bn_lif", provider=p, mode="fwd+bwd", shape="x".join(map(str, shape)),
-                             dtype="float32", device="cpu", threads=torch.get_num_threads(), median_ms=med, q20_ms=q20,
-                             q80_ms=q80, bytes=nbytes, vs_bn_lif=base / med))
+                             dtype="float32", device=device, threads=torch.get_num_threads(), median_ms=med,
+                             q20_ms=q20, q80_ms=q80, bytes=nbytes, vs_bn_lif=base / med))
     return rows
 
 
@@ -129,3 +142,8 @@ def test_bench_bn_lif(benchmark):
     benchmark.extra_info.update({f"{r['provider']}@{r['shape']}": r["median_ms"] for r in rows})
     fns, _ = steps(SHAPES[1])
     benchmark.pedantic(fns["snn_fast-bn_lif"], rounds=5, warmup_rounds=1)
+
+
+if __name__ == "__main__":
+    dev = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+    print_table(run(device=dev))

@@ -5,8 +5,10 @@
 One step = forward over T, cross-entropy on the time-averaged output, backward, SGD step, and
 SpikingJelly's ``functional.reset_net``. Providers, timed in the same run and interleaved round by
 round (``common.time_fns``): ``spikingjelly`` (the zoo model as built), ``snn_fast`` (the same model
-after ``snn_fast.convert``, same weights) and ``no-neurons`` (the converted model with every neuron
-replaced by ``nn.Identity``: the rest of the model alone). The neurons' share of a step is
+after ``snn_fast.convert``, same weights), ``snn_fast-fused`` (``convert(fuse=True)``: each batch norm
+feeding a neuron alone fused with it into one ``bn_lif`` op, docs/spec.md §12; the ResNets' blocks are
+read by torch.fx) and ``no-neurons`` (the converted model with every neuron replaced by
+``nn.Identity``: the rest of the model alone). The neurons' share of a step is
 ``1 − t(no-neurons) / t(provider)``: by substitution, since the profiler cannot attribute
 SpikingJelly's autograd ops in the backward to the neuron that made them. "vs peer" is SpikingJelly's
 median over the provider's. Peak memory: ``common.peak_bytes`` (CPU: live tensor storage).
@@ -96,6 +98,7 @@ def providers(name: str, device: str):
 
     net, x, shape = build(name, device)
     conv = snn_fast.convert(net)  # a converted deep copy: the same weights
+    fused = snn_fast.convert(net, fuse=True)
     bare = _strip_neurons(copy.deepcopy(conv))
     y = torch.randint(0, 10, (x.shape[1],), device=device)
 
@@ -111,7 +114,8 @@ def providers(name: str, device: str):
 
         return step
 
-    return {"spikingjelly": make_step(net), "snn_fast": make_step(conv), "no-neurons": make_step(bare)}, shape
+    return {"spikingjelly": make_step(net), "snn_fast": make_step(conv), "snn_fast-fused": make_step(fused),
+            "no-neurons": make_step(bare)}, shape
 
 
 MODELS = ("spiking_resnet18", "sew_resnet18", "spikformer")

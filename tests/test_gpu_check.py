@@ -42,7 +42,7 @@ def test_default_run_fits_the_budget(check_mod):
     """Estimated seconds per stage on the H200 (measured inputs: README "Running the GPU check") sum to
     less than the 480 s budget, which leaves a 600 s device call room for start-up and file transfer."""
     stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=False, nproc=16)
-    assert [s[0] for s in stages] == STAGE_NAMES + ["lab"]
+    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "lab"]
     stages = [s for s in stages if s[0] not in check_mod.OPT_IN]  # the default run
     est = {s[0]: s[4] for s in stages}
     assert sum(est.values()) <= 480, est
@@ -140,7 +140,7 @@ def test_full_adds_the_ddp_and_w2_stages(check_mod):
     """--full runs the distributed stage and W2 after the others (the default run stays within its
     budget)."""
     stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=True, nproc=16)
-    assert [s[0] for s in stages] == STAGE_NAMES + ["lab", "ddp", "w2"]
+    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "lab", "ddp", "w2"]
     assert all(s[1] >= s[4] for s in stages), "a timeout below its own estimate"
 
 

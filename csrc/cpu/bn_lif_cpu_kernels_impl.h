@@ -67,9 +67,58 @@ SNN_CPU_CLONES void run_moments(const scalar_t* __restrict__ p, int64_t n, doubl
   m2 = double(q) - double(e) * double(e) / double(n);
 }
 
+// Channels of a few elements per run (inner < kShortRun: a Linear's [T, B, C], a ResNet's last 1×1
+// stages): a call per run would cost more than its arithmetic (156 µs for [4, 4, 512, 1, 1]). There
+// x is [runs, W = C·inner], and each column k is summed over the runs in run order, vectorised across
+// the columns, in double; two passes (the mean, then the squared deviations from it), so no
+// cancellation. Each column is one thread's, and channels merge their columns in order: the result
+// does not depend on the thread count either.
+constexpr int64_t kShortRun = 16;
+
+template <typename scalar_t>
+void bn_stats_short_runs(const scalar_t* x, int64_t runs, int64_t C, int64_t inner, double* mean, double* var) {
+  const int64_t W = C * inner;
+  const double n = double(runs) * double(inner);
+  std::vector<double> col(W, 0.0), mu(W);
+  const int64_t grain = std::max<int64_t>(64, (int64_t(1) << 16) / std::max<int64_t>(runs, 1));
+  at::parallel_for(0, W, grain, [&](int64_t k0, int64_t k1) {
+    double* __restrict__ s = col.data();
+    for (int64_t r = 0; r < runs; ++r) {
+      const scalar_t* __restrict__ row = x + r * W;
+#pragma omp simd
+      for (int64_t k = k0; k < k1; ++k) s[k] += double(row[k]);
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double t = 0;
+    for (int64_t k = c * inner; k < (c + 1) * inner; ++k) t += col[k];
+    mean[c] = t / n;
+    for (int64_t k = c * inner; k < (c + 1) * inner; ++k) mu[k] = mean[c];
+  }
+  std::fill(col.begin(), col.end(), 0.0);
+  at::parallel_for(0, W, grain, [&](int64_t k0, int64_t k1) {
+    double* __restrict__ q = col.data();
+    const double* __restrict__ m = mu.data();
+    for (int64_t r = 0; r < runs; ++r) {
+      const scalar_t* __restrict__ row = x + r * W;
+#pragma omp simd
+      for (int64_t k = k0; k < k1; ++k) {
+        const double d = double(row[k]) - m[k];
+        q[k] += d * d;
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double t = 0;
+    for (int64_t k = c * inner; k < (c + 1) * inner; ++k) t += col[k];
+    var[c] = t / n;
+  }
+}
+
 template <typename scalar_t>
 void bn_stats_kernel(const scalar_t* x, int64_t T, int64_t N, int64_t C, int64_t inner, double* mean, double* var) {
   const int64_t runs = T * (N / (C * inner));
+  if (inner < kShortRun) return bn_stats_short_runs<scalar_t>(x, runs, C, inner, mean, var);
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(runs * inner, 1));
   at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {

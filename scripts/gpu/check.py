@@ -6,7 +6,8 @@ carried wheels first); see README "Running the GPU check".
 
 --only (alias --stages, --stage) runs the named stages only, e.g. ``--only overhead,lab``. The ``lab``
 stage (Triton kernel variants side by side on W1) is opt-in: named by --only, added by --lab, part of
---full; the default run's estimate already fills its budget without it.
+--full; so is ``bn-lif`` (fused batch norm + LIF: its CUDA tests and benchmark; ``--only
+env,build,bn-lif``). The default run's estimate already fills its budget without them.
 
 Files in $OUT (the device tool returns at most 8):
     summary.md                  environment, one line per stage (status, seconds, its last words)
@@ -34,7 +35,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES_PY = os.path.join(ROOT, "scripts", "gpu", "stages.py")
 MAX_FILES = 8
-OPT_IN = {"lab"}  # stages the default run leaves out (--only names them, --lab or --full adds them)
+# Stages the default run leaves out (its estimate fills the budget): --only names them, --full adds
+# both, --lab adds lab. bn-lif needs the build: --only env,build,bn-lif.
+OPT_IN = {"lab", "bn-lif"}
 
 
 def stage_list(py, work, dry, full, nproc):
@@ -82,6 +85,10 @@ def stage_list(py, work, dry, full, nproc):
         # Host time of a small fwd+bwd per backend and save mode, with cProfile and torch.profiler
         # tables in its log: the first check found ~0.5 ms of host work in Triton's backward.
         ("overhead", 90, st + ["overhead", "--stage-name", "overhead"] + w + d, {}, 20),
+        # Opt-in (OPT_IN): fused batch norm + LIF (docs/spec.md §12): tests/test_bn_lif.py's CUDA rows (the
+        # C++ binding's every row, Triton's on a subset) against the reference, then the two shapes of
+        # benchmarks/test_bench_bn_lif.py. Estimate: ~60 Triton compiles (~0.5 s), 2 × 4 do_bench rounds.
+        ("bn-lif", 150, st + ["bn_lif", "--stage-name", "bn-lif"] + w + d, {}, 60),
         # Opt-in (OPT_IN): named variants of the Triton kernels side by side on W1 (launch path, BLOCK,
         # warps, neurons per thread, kernel knobs, recompute segment). Estimate: 19 variants × 6 shapes,
         # two kernel compiles per variant and dtype (~1 s each), two do_bench rounds (~0.3 s); it

@@ -347,6 +347,32 @@ def stage_models(args):
 
 
 # --------------------------------------------------------------------------------------------------
+# Opt-in: fused batch norm + LIF (docs/spec.md §12)
+
+
+def stage_bn_lif(args):
+    """tests/test_bn_lif.py's GPU rows against the reference (every row of the C++ binding, which no
+    GPU had run before this stage; Triton's strict-threshold, save-mode and edge rows), then
+    benchmarks/test_bench_bn_lif.py: each fused backend vs batch norm + snn_fast LIF vs batch norm +
+    SpikingJelly LIF at [4, 32, 64, 56, 56] and [4, 32, 512, 7, 7]. Dry run: the CPU kernel's edge rows
+    and a tiny shape."""
+    sel = ("cpu and edge" if DRY else
+           "(cuda and not triton) or (triton-cuda and (strict or save_modes or edge or opcheck))")
+    t0 = time.perf_counter()
+    rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
+                          os.path.join(ROOT, "tests", "test_bn_lif.py"), "-k", sel], cwd=ROOT)
+    print(f"bn_lif tests ({sel}): rc {rc}, {time.perf_counter() - t0:.1f} s", flush=True)
+    from benchmarks import test_bench_bn_lif as bb
+
+    rows = bb.run([(2, 2, 4, 6, 6)] if DRY else bb.SHAPES, DEVICE, rounds=1 if DRY else 2)
+    bb.print_table(rows)
+    for r in rows:
+        r["device_name"] = bb.common.device_name(DEVICE)
+    _save_bench_rows(args.work, args.stage, rows)
+    return 1 if rc not in (0, 5) else 0
+
+
+# --------------------------------------------------------------------------------------------------
 # --full: W2, the Open Neuromorphic benchmark (Linear(n, n) + LIF, batch 16, T = 500)
 
 
@@ -498,6 +524,17 @@ def stage_tiny(args):
             _sync()
             print(f"lif {b} {dtype} {save}: s {s.float().mean().item():.3f} "
                   f"grad_x {x.grad.float().abs().sum().item():.3f} grad_tau {tau.grad.item():.4f}")
+        for dtype, save in ((torch.float32, "state"), (torch.bfloat16, "recompute")):  # bn_lif: BN + LIF fused
+            x = torch.randn(5, 3, 4, 7, 7, device=DEVICE, dtype=dtype).requires_grad_()
+            wb = torch.rand(4, device=DEVICE, requires_grad=True)
+            th = torch.tensor(0.8, device=DEVICE, requires_grad=True)
+            rm, rv = torch.zeros(4, device=DEVICE), torch.ones(4, device=DEVICE)
+            s, v = snn_fast.bn_lif(x, wb, None, rm, rv, True, v_threshold=th, tdbn_alpha=0.7, backend=b, save=save,
+                                   fire_at_threshold=False)
+            (s.float().sum() + v.float().sum()).backward()
+            _sync()
+            print(f"bn_lif {b} {dtype} {save}: s {s.float().mean().item():.3f} "
+                  f"grad_x {x.grad.float().abs().sum().item():.3f} grad_th {th.grad.item():.4f}")
         t = torch.randint(-1, 20, (3, 50), device=DEVICE).float()
         w = torch.randn(4, 50, device=DEVICE, requires_grad=True)
         v_max = tempotron(t, w, 20, ret_type="v_max", backend=b)
@@ -742,7 +779,7 @@ def stage_lab(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "models", "w2", "overhead", "tiny", "ddp",
-                                      "lab"])
+                                      "lab", "bn_lif"])
     ap.add_argument("--work", default=".")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--stage-name", dest="stage_name", default=None, help="label in the output files")
@@ -759,7 +796,8 @@ def main(argv=None):
     args.stage = args.stage_name or args.stage
     os.makedirs(args.work, exist_ok=True)
     fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, models=stage_models,
-              w2=stage_w2, overhead=stage_overhead, tiny=stage_tiny, ddp=stage_ddp, lab=stage_lab)[
+              w2=stage_w2, overhead=stage_overhead, tiny=stage_tiny, ddp=stage_ddp, lab=stage_lab,
+              bn_lif=stage_bn_lif)[
         ap.parse_args(argv).stage]
     return fn(args)
 
