@@ -236,3 +236,18 @@ def test_unknown_stage_is_refused(check_mod, tmp_path, monkeypatch):
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     with pytest.raises(SystemExit):
         check_mod.main(["--dry-run", "--only", "overhead,labb"])
+
+
+def test_bn_lif_stage_dry_run(tmp_path, check_mod, monkeypatch):
+    """The opt-in bn-lif stage on this machine at its dry-run size: its tests pass and its benchmark
+    rows (the fused op, batch norm + snn_fast LIF) reach the results file."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("OUT", str(out))
+    rc = check_mod.main(["--dry-run", "--only", "bn-lif"])
+    summary = (out / "summary.md").read_text()
+    assert rc == 0 and "| bn-lif | ok |" in summary, summary
+    csvs = [p for p in os.listdir(out) if p.endswith(".csv") and p != "correctness.csv"]
+    assert len(csvs) == 1, os.listdir(out)
+    with open(out / csvs[0]) as f:
+        provs = {r["provider"] for r in csv.DictReader(f) if r["op"] == "bn_lif"}
+    assert {"snn_fast-bn_lif", "bn+snn_fast-lif"} <= provs, provs
