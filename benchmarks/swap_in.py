@@ -1,9 +1,9 @@
 """Coming from snnTorch: the Open Neuromorphic W2 model (Linear(n, n) + LIF, batch 16, T = 500, loss
 ``out.sum()``) written the snnTorch way, against its ``snn_fast.convert`` in the same run.
 
-    python benchmarks/swap_in.py [--n 512] [--T 500] [--rounds 5] [--threads k]
+    python benchmarks/swap_in.py [--n 512] [--T 500] [--rounds 5] [--threads k] [--device cuda]
 
-Rows (float32, CPU):
+Rows (float32; CPU by default, the GPU check's opt-in ``swap-in`` stage runs it on a GPU):
 - ``snntorch``: ``snntorch.Leaky(beta=0.5)`` (its defaults: subtract reset, reset_delay=True, ATan)
   called once per step from the loop, a Linear per step, as the tutorials write it.
 - ``converted per-step``: ``snn_fast.convert(model)``, the same loop unchanged (one fused op per step).
@@ -57,13 +57,20 @@ def main(argv=None):
     ap.add_argument("--B", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
+    dev = torch.device(a.device)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    peer = W2Snntorch(a.n)
+    peer = W2Snntorch(a.n).to(dev)
     conv = snn_fast.convert(peer)
-    x = (torch.rand(a.T, a.B, a.n) < 0.3).float()
+    x = (torch.rand(a.T, a.B, a.n) < 0.3).float().to(dev)
 
     fns = {
         "snntorch": lambda: peer(x),
@@ -80,7 +87,7 @@ def main(argv=None):
             loop.append(s)
         assert torch.equal(conv.lif.multistep(h, conv.lif.init_leaky())[0], torch.stack(loop)), \
             "converted multistep: spikes differ from its per-step loop"
-    print(f"W2 the snnTorch way, CPU float32, n={a.n}, T={a.T}, B={a.B}, threads={torch.get_num_threads()}, "
+    print(f"W2 the snnTorch way, {dev.type} float32, n={a.n}, T={a.T}, B={a.B}, threads={torch.get_num_threads()}, "
           f"rounds={a.rounds}; spikes equal ({int(want.sum())} of {want.numel()})")
     for mode in ("fwd", "fwd+bwd"):
         times = {k: [] for k in fns}
@@ -88,12 +95,14 @@ def main(argv=None):
             for name, f in fns.items():
                 for m in (peer, conv):
                     m.zero_grad(set_to_none=True)
+                sync()
                 t0 = time.perf_counter()
                 if mode == "fwd":
                     with torch.no_grad():
                         f()
                 else:
                     f().sum().backward()
+                sync()
                 times[name].append((time.perf_counter() - t0) * 1e3)
         base = statistics.median(times["snntorch"][1:])
         for name, ts in times.items():

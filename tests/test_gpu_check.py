@@ -42,7 +42,7 @@ def test_default_run_fits_the_budget(check_mod):
     """Estimated seconds per stage on the H200 (measured inputs: README "Running the GPU check") sum to
     less than the 480 s budget, which leaves a 600 s device call room for start-up and file transfer."""
     stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=False, nproc=16)
-    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "lab"]
+    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "swap-in", "lab"]
     stages = [s for s in stages if s[0] not in check_mod.OPT_IN]  # the default run
     est = {s[0]: s[4] for s in stages}
     assert sum(est.values()) <= 480, est
@@ -140,7 +140,7 @@ def test_full_adds_the_ddp_and_w2_stages(check_mod):
     """--full runs the distributed stage and W2 after the others (the default run stays within its
     budget)."""
     stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=True, nproc=16)
-    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "lab", "ddp", "w2"]
+    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "swap-in", "lab", "ddp", "w2"]
     assert all(s[1] >= s[4] for s in stages), "a timeout below its own estimate"
 
 
@@ -186,8 +186,8 @@ def test_w2_and_models_stages_dry_run(tmp_path, check_mod, monkeypatch):
     except ImportError:
         return
     assert "spikingjelly" in w2, w2
-    assert {r["provider"] for r in rows if r["op"] == "train_step:spikformer"} == {"spikingjelly", "snn_fast",
-                                                                                 "no-neurons"}
+    assert {r["provider"] for r in rows if r["op"] == "train_step:spikformer"} == {
+        "spikingjelly", "snn_fast", "snn_fast-fused", "no-neurons"}
 
 
 def test_gpu_tests_script_runs_and_reports(tmp_path):
@@ -251,3 +251,14 @@ def test_bn_lif_stage_dry_run(tmp_path, check_mod, monkeypatch):
     with open(out / csvs[0]) as f:
         provs = {r["provider"] for r in csv.DictReader(f) if r["op"] == "bn_lif"}
     assert {"snn_fast-bn_lif", "bn+snn_fast-lif"} <= provs, provs
+
+
+def test_swap_in_stage_dry_run(tmp_path, check_mod, monkeypatch):
+    """The opt-in swap-in stage at its dry-run size: snnTorch's loop and its conversion agree (the
+    benchmark asserts equal spikes before timing) and the stage passes."""
+    pytest.importorskip("snntorch")
+    out = tmp_path / "out"
+    monkeypatch.setenv("OUT", str(out))
+    rc = check_mod.main(["--dry-run", "--only", "swap-in"])
+    summary = (out / "summary.md").read_text()
+    assert rc == 0 and "| swap-in | ok |" in summary, summary

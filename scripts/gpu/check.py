@@ -6,8 +6,8 @@ carried wheels first); see README "Running the GPU check".
 
 --only (alias --stages, --stage) runs the named stages only, e.g. ``--only overhead,lab``. The ``lab``
 stage (Triton kernel variants side by side on W1) is opt-in: named by --only, added by --lab, part of
---full; so is ``bn-lif`` (fused batch norm + LIF: its CUDA tests and benchmark; ``--only
-env,build,bn-lif``). The default run's estimate already fills its budget without them.
+--full; so are ``bn-lif`` (fused batch norm + LIF: its CUDA tests and benchmark; ``--only
+env,build,bn-lif``) and ``swap-in`` (snnTorch's W2 against its conversion). The default run's estimate already fills its budget without them.
 
 Files in $OUT (the device tool returns at most 8):
     summary.md                  environment, one line per stage (status, seconds, its last words)
@@ -37,7 +37,7 @@ STAGES_PY = os.path.join(ROOT, "scripts", "gpu", "stages.py")
 MAX_FILES = 8
 # Stages the default run leaves out (its estimate fills the budget): --only names them, --full adds
 # both, --lab adds lab. bn-lif needs the build: --only env,build,bn-lif.
-OPT_IN = {"lab", "bn-lif"}
+OPT_IN = {"lab", "bn-lif", "swap-in"}
 
 
 def stage_list(py, work, dry, full, nproc):
@@ -89,6 +89,9 @@ def stage_list(py, work, dry, full, nproc):
         # C++ binding's every row, Triton's on a subset) against the reference, then the two shapes of
         # benchmarks/test_bench_bn_lif.py. Estimate: ~60 Triton compiles (~0.5 s), 2 × 4 do_bench rounds.
         ("bn-lif", 150, st + ["bn_lif", "--stage-name", "bn-lif"] + w + d, {}, 60),
+        # Opt-in (OPT_IN): coming from snnTorch (benchmarks/swap_in.py): W2 written the snnTorch way vs its
+        # conversion, per-step and multistep, n 512 and 4096, T 500 (needs snnTorch among the wheels).
+        ("swap-in", 150, st + ["swap_in", "--stage-name", "swap-in"] + w + d, {}, 60),
         # Opt-in (OPT_IN): named variants of the Triton kernels side by side on W1 (launch path, BLOCK,
         # warps, neurons per thread, kernel knobs, recompute segment). Estimate: 19 variants × 6 shapes,
         # two kernel compiles per variant and dtype (~1 s each), two do_bench rounds (~0.3 s); it

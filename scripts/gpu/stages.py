@@ -372,6 +372,22 @@ def stage_bn_lif(args):
     return 1 if rc not in (0, 5) else 0
 
 
+def stage_swap_in(args):
+    """benchmarks/swap_in.py on the GPU: W2 written the snnTorch way (snnTorch's Leaky called per step)
+    against snn_fast.convert of it, per-step and multistep, fwd and fwd+bwd, n 512 and 4096, T 500.
+    Skips without snnTorch (carry its wheel: scripts/gpu_prepare.sh). Dry run: n 32, T 20 on the CPU."""
+    try:
+        import snntorch  # noqa: F401
+    except ImportError as e:
+        print(f"swap-in: skipped: snnTorch is not installed ({e})")
+        return 0
+    rc = 0
+    for n, T, rounds in ([(32, 20, 1)] if DRY else [(512, 500, 3), (4096, 500, 3)]):
+        rc |= subprocess.call([sys.executable, os.path.join(ROOT, "benchmarks", "swap_in.py"), "--n", str(n), "--T",
+                               str(T), "--rounds", str(rounds), "--device", DEVICE], cwd=ROOT)
+    return rc
+
+
 # --------------------------------------------------------------------------------------------------
 # --full: W2, the Open Neuromorphic benchmark (Linear(n, n) + LIF, batch 16, T = 500)
 
@@ -779,7 +795,7 @@ def stage_lab(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "models", "w2", "overhead", "tiny", "ddp",
-                                      "lab", "bn_lif"])
+                                      "lab", "bn_lif", "swap_in"])
     ap.add_argument("--work", default=".")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--stage-name", dest="stage_name", default=None, help="label in the output files")
@@ -797,7 +813,7 @@ def main(argv=None):
     os.makedirs(args.work, exist_ok=True)
     fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, models=stage_models,
               w2=stage_w2, overhead=stage_overhead, tiny=stage_tiny, ddp=stage_ddp, lab=stage_lab,
-              bn_lif=stage_bn_lif)[
+              bn_lif=stage_bn_lif, swap_in=stage_swap_in)[
         ap.parse_args(argv).stage]
     return fn(args)
 
