@@ -309,9 +309,9 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
 
 // The re-run of bwd_block_fast: the forward from v0, keeping H_t in hbuf (T × B, in L2); leaves V_T
 // in v. ARG: keeps H_t − θ instead (the argument of the surrogate; with B = N, hbuf is [T, N]).
-// The default timing only, as bwd_walk_fast (the others take bwd_block; a user's surrogate runs the
-// default firing and reset).
-template <int SG, bool HARD, bool DI, bool MASKED, bool ARG, typename scalar_t, typename acc_t>
+// TIMING: the forward's reset timing (the delayed one soft only: bwd_impl says why).
+template <int SG, bool HARD, bool DI, bool MASKED, bool ARG, typename scalar_t, typename acc_t,
+          int TIMING = kResetAfterFire>
 SNN_CPU_CLONES void rerun_keep_h(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
                                  const bool* __restrict__ mask, const Given<scalar_t, acc_t> gv,
                                  acc_t* __restrict__ hbuf, acc_t* __restrict__ v, int64_t n, int64_t B, int64_t T,
@@ -319,10 +319,10 @@ SNN_CPU_CLONES void rerun_keep_h(const scalar_t* __restrict__ x, const scalar_t*
   // H_t of element i = t·N + j into hp, V_t returned: the forward's step, in the forward's
   // operation order.
   auto step = [&](acc_t vv, int64_t i, acc_t& hp) {
-    const acc_t h = lif_charge<DI, acc_t, kResetAfterFire>(vv, acc_t(x[i]), p);
+    const acc_t h = lif_charge<DI, acc_t, TIMING, HARD>(vv, acc_t(x[i]), p);
     if constexpr (ARG) hp = h - p.theta;
     else hp = h;
-    return lif_reset<HARD, acc_t, kResetAfterFire>(h, emitted_at<MASKED, kRerunSg<SG>>(h, mask, gv, i, p), p);
+    return lif_reset<HARD, acc_t, TIMING>(h, emitted_at<MASKED, kRerunSg<SG>>(h, mask, gv, i, p), p);
   };
   for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
   int64_t t = 0;
@@ -390,16 +390,25 @@ SNN_CPU_CLONES void bwd_walk_fast(const scalar_t* __restrict__ gs, const scalar_
 
 // Backward without parameter gradients (the common case, and the noise mask's MASKED variant):
 // re-run the forward keeping H_t (T × B in L2), then walk back reading only H and ∂L/∂S.
-template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
+// TIMING kResetNone, or kResetDelayed with a soft reset: V_t = H_t carried, and the pending −R·θ
+// (R from V_{t−1}, no gradient: docs/spec.md §2.3) leaves ∂H_t/∂V_{t−1} = 1 − k, so the walk is the
+// soft reset's with detach_reset (∂L/∂S_t = ∂L/∂S_t + κ·∂L/∂V_t, ε = ∂L/∂V_t + ∂L/∂S_t·g′) on the
+// re-run's H: the same operations as bwd_block's walk for those timings (lif_step_backward_g).
+template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t,
+          int TIMING = kResetAfterFire>
 void bwd_block_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
                     const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
                     const scalar_t* __restrict__ v0, const bool* __restrict__ mask, const Given<scalar_t, acc_t>& gv,
                     scalar_t* __restrict__ gx, scalar_t* __restrict__ gv0, acc_t* __restrict__ hbuf,
                     acc_t* __restrict__ dv, int64_t n, int64_t B, int64_t T, int64_t N, const LIFParams<acc_t> p) {
   // dv holds V during the re-run
-  rerun_keep_h<SG, HARD, DI, MASKED, false, scalar_t, acc_t>(x, v0, mask, gv, hbuf, dv, n, B, T, N, p);
+  rerun_keep_h<SG, HARD, DI, MASKED, false, scalar_t, acc_t, TIMING>(x, v0, mask, gv, hbuf, dv, n, B, T, N, p);
   for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
-  bwd_walk_fast<SG, HARD, DI, DETACH, MASKED, scalar_t, acc_t>(gs, gvseq, mask, gv, gx, hbuf, dv, n, B, T, N, p);
+  constexpr bool kAfter = TIMING == kResetAfterFire;
+  static_assert(kAfter || TIMING == kResetNone || (TIMING == kResetDelayed && !HARD),
+                "the hard delayed reset needs V_{t-1} in its walk: bwd_block");
+  bwd_walk_fast<SG, HARD && kAfter, DI, DETACH || !kAfter, MASKED, scalar_t, acc_t>(gs, gvseq, mask, gv, gx, hbuf,
+                                                                                     dv, n, B, T, N, p);
   for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
 }
 
@@ -433,10 +442,18 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
                                                                         gx + n0, gv0 + n0, vprev.data(), dv.data(),
                                                                         lane_sums.data(), n, B, T, N, p, out3);
       };
-      // The timings other than the default take bwd_block's walk (it keeps V_{t−1}, which the delayed
-      // timing's pending reset is recomputed from; one walk per timing, not two); its parameter sums
-      // are dropped when not asked for.
+      // The other timings: the fast walk without parameter gradients and a noise mask, except the hard
+      // delayed reset, whose ∂L/∂V_{t−1} needs V_{t−1} (bwd_block keeps it; its parameter sums are
+      // dropped when not asked for).
       if constexpr (TIMING != kResetAfterFire) {
+        if constexpr (TIMING == kResetNone || !HARD) {
+          if (!need_param_grad && mask == nullptr) {
+            bwd_block_fast<SG, HARD, DI, DETACH, false, scalar_t, acc_t, TIMING>(
+                gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(), n, B, T, N,
+                p);
+            continue;
+          }
+        }
         full();
       } else if (need_param_grad) {
         full();
