@@ -472,3 +472,50 @@ def test_tempotron_low_precision_membrane(be):
             assert_close_lowp(got[k], ref64[k], ref_lp[k], name=k)
 
     prop()
+
+
+# --------------------------------------------------------------------------------------------------
+# bn_lif (docs/spec.md §12): batch norm + LIF fused, every backend against batch norm then the LIF
+# reference, on random layouts [T, B, C, *spatial] (runs of one element and long ones: the two
+# statistics paths of the CPU kernel), options, train/eval, plain BN/tdBN, learnable τ/θ/α. float64:
+# the batch statistics are summed in different orders on each side, which float32 spikes may notice.
+import test_bn_lif as tbl  # noqa: E402
+
+
+@st.composite
+def bn_lif_cases(draw, interpreted):
+    T = draw(st.integers(1, 3 if interpreted else 6))
+    B = draw(st.integers(1, 3))
+    C = draw(st.integers(1, 4 if interpreted else 9))
+    spatial = draw(st.sampled_from([(), (1,), (3,), (2, 3), (5, 4)] + ([] if interpreted else [(17,), (6, 7)])))
+    training = draw(st.booleans())
+    running = draw(st.booleans()) or not training  # eval needs running statistics
+    count = T * B * math.prod(spatial)
+    assume(count > 1 or not (training or not running))  # batch statistics of one value are refused
+    hard = draw(st.booleans())
+    tau = draw(st.sampled_from([2.0, 3.5, math.inf]))
+    sg = draw(st.sampled_from(["sigmoid", "atan", "rectangle", "q_pseudo_spike", "spike_gate"]))
+    opts = dict(tau=tau, v_reset=draw(st.sampled_from([0.0, -0.2])) if hard else None,
+                decay_input=draw(st.booleans()), detach_reset=draw(st.booleans()),
+                reset_residual=draw(st.sampled_from([0.0, 0.0, 0.2])),
+                fire_at_threshold=draw(st.booleans()))
+    return dict(shape=(T, B, C) + spatial, opts=opts, surrogate=sg, training=training,
+                tdbn=draw(st.sampled_from([None, 0.7])), learn=draw(st.booleans()), affine=draw(st.booleans()),
+                running=running, seed=draw(st.integers(0, 2 ** 31 - 1)))
+
+
+@pytest.mark.parametrize("be", [pytest.param(b, marks=[pytest.mark.skip(reason=tbl.SKIP[b])] if tbl.SKIP[b] else [])
+                                for b in tbl.BACKENDS])
+def test_bn_lif_matches_reference_fp64(be):
+    interpreted = be == "triton" and tbl.name_dev(be)[1] == "cpu"
+
+    @settings(max_examples=max(1, (8 if interpreted else 30) * settings().max_examples // 100))
+    @given(case=bn_lif_cases(interpreted))
+    def prop(case):
+        note(f"case: {case}")
+        inp = tbl.make_inputs(case["shape"], torch.float64, seed=case["seed"] % 1000, learn=case["learn"],
+                              affine=case["affine"], running=case["running"])
+        args = (inp, torch.float64, case["training"], case["tdbn"], case["opts"], case["surrogate"])
+        tbl.check(tbl.run(be, *args), tbl.run("reference", *args), torch.float64)
+
+    prop()
