@@ -831,13 +831,20 @@ _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def _fused_bn(bn: nn.Module, neuron: nn.Module) -> Optional[nn.Module]:
     """The fused module computing ``neuron(bn(x))`` for x [T, B, C, *], holding ``bn``'s parameter and
     buffer objects and ``neuron`` itself; None when the pair has no exact fused form."""
-    from .nn import BNLIF, TDBNLIF, BaseLIF, TDBatchNorm
+    from .nn import BNLIF, IF, LIF, PLIF, TDBNLIF, TDBatchNorm
 
-    if not isinstance(neuron, BaseLIF):
+    # BNLIF runs the neuron's op itself, never neuron.forward: a subclass's forward, or a hook on either
+    # module, would be skipped. A timing the fused kernels do not run, or a user's surrogate, would
+    # run on the reference (or be refused by a neuron's explicit backend): slower than not fusing.
+    if type(neuron) not in (LIF, IF, PLIF) or _has_hooks(bn) or _has_hooks(neuron):
         return None
+    if neuron.flags.reset_timing != "after_fire" or neuron.sg.custom:
+        return None
+    if neuron.step_mode == "s" and neuron.store_v_seq:
+        return None  # a single-step neuron appends to its v_seq per call; BNLIF keeps none
     if type(bn) is TDBatchNorm:
         theta = neuron.v_threshold
-        if isinstance(theta, torch.Tensor) or neuron.step_mode != "m":
+        if isinstance(theta, torch.Tensor) or neuron.step_mode != "m" or float(theta) == 0.0:
             return None  # tdBN's θ is a constant; the neuron's would be learned through the gain too
         new = TDBNLIF(bn.num_features, bn.alpha * bn.v_threshold / float(theta), bn.eps, bn.momentum,
                       bn.weight is not None, bn.track_running_stats, neuron=neuron)
@@ -858,6 +865,11 @@ def _fused_bn(bn: nn.Module, neuron: nn.Module) -> Optional[nn.Module]:
             new._buffers[name] = getattr(bn, name)
     new.train(bn.training)
     return new
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
 
 
 def _seq_to_ann_bn(m: nn.Module) -> Optional[nn.Module]:
@@ -882,12 +894,26 @@ class _ChildrenAsLeaves(torch.fx.Tracer):
         return True
 
 
+# Modules whose own forward is traced for pairs: SpikingJelly 2.0's zoo ResNets and their blocks (read:
+# no Python-level use of a batch norm's output besides the neuron, no state changed while tracing).
+# fx sees only the tensor graph: a forward that also stores the batch norm's output (``self.pre = y``)
+# or changes state when run would be fused wrongly or changed by the trace, so any other module's
+# pairs must be declared in ``snn_fast_fuse_pairs``.
+_TRACED_FORWARDS = {
+    _SJ + ".model.spiking_resnet": ("BasicBlock", "Bottleneck", "SpikingResNet"),
+    _SJ + ".model.sew_resnet": ("BasicBlock", "Bottleneck", "SEWResNet"),
+}
+
+
 def _traced_pairs(parent: nn.Module) -> List[Tuple[str, str]]:
     """(bn, neuron) submodule paths of ``parent`` whose own ``forward`` computes ``neuron(bn(…))`` with
     the batch norm's output used by nothing else and each of the two modules called once, read from
     the graph torch.fx traces (SpikingJelly's zoo blocks: ``out = self.sn1(self.bn1(self.conv1(x)))``
-    written over three lines). A forward fx cannot trace (control flow on a tensor, …) gives no pair:
-    the modules stay as they are."""
+    written over three lines). Only the classes of ``_TRACED_FORWARDS``; a forward fx cannot trace
+    gives no pair: the modules stay as they are."""
+    t = type(parent)
+    if t.__name__ not in _TRACED_FORWARDS.get(t.__module__, ()):
+        return []
     try:
         graph = _ChildrenAsLeaves().trace(parent)
     except Exception:  # noqa: BLE001 - any tracing failure only means nothing is fused here
@@ -911,9 +937,10 @@ def _fuse(model: nn.Module) -> int:
     """Replace each batch norm directly followed by an snn_fast neuron, in place; returns how many.
 
     Directly followed: adjacent in an ``nn.Sequential`` (the batch norm itself, ``nn.MultiStep`` around one, or the last
-    module of a ``SeqToANNContainer``); in another module's own ``forward``, ``neuron(bn(…))`` with the batch
-    norm's output used nowhere else, as torch.fx reads it (``_traced_pairs``); or a pair a module declares
-    in ``snn_fast_fuse_pairs`` (attribute paths (bn, neuron), for a forward fx cannot trace). The fused
+    module of a ``SeqToANNContainer``); in the own ``forward`` of SpikingJelly's zoo ResNets and blocks,
+    ``neuron(bn(…))`` with the batch norm's output used nowhere else, as torch.fx reads it
+    (``_traced_pairs``); or a pair any module declares in ``snn_fast_fuse_pairs`` (attribute paths
+    (bn, neuron) whose forward is ``neuron(bn(…))`` with neither used elsewhere). The fused
     module takes the batch norm's place (a SeqToANNContainer keeps its other modules, the fused module
     then takes the neuron's place), ``nn.Identity`` the other's.
     """
@@ -986,10 +1013,12 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             the forward); see ``snn_fast.lif_multistep``. Neurons already converted keep theirs.
         fuse: also replace each batch norm directly followed by a neuron (adjacent in an
             ``nn.Sequential``: SpikingJelly's multi-step ``layer.BatchNorm1d/2d/3d``, a
-            ``SeqToANNContainer`` ending in a BatchNorm, or ``nn.TDBatchNorm``; or a pair a module lists
+            ``SeqToANNContainer`` ending in a BatchNorm, or ``nn.TDBatchNorm``; ``sn(bn(…))`` in
+            SpikingJelly's zoo ResNets (spiking and SEW) and their blocks; or a pair a module lists
             in ``snn_fast_fuse_pairs``) by one ``nn.BNLIF`` / ``nn.TDBNLIF`` holding the batch norm's
             parameters and buffers (the same objects) and the neuron (docs/spec.md §12). A pair inside
-            a custom ``forward`` is fused only when its module declares it. Parameter names of the
+            any other custom ``forward`` is fused only when its module declares it. Not fused: a
+            neuron subclass, a module with hooks, a timing other than 'after_fire', a user's surrogate. Parameter names of the
             neuron move under the fused module (``<bn>.neuron.…``).
 
     Returns:

@@ -585,7 +585,8 @@ def test_fuse_spikingjelly_zoo_resnet(arch, n):
     ``sn(bn(…))`` fuses (spiking ResNet: the stem and each block's bn1/sn1, its bn2 feeding the residual
     add first; SEW: the stem and both pairs of each block), read from the traced forward."""
     from spikingjelly.activation_based import functional as SF_
-    from spikingjelly.activation_based.model import sew_resnet, spiking_resnet
+
+    spiking_resnet, sew_resnet, _ = _zoo()
 
     torch.manual_seed(8)
     kw = dict(spiking_neuron=SN.LIFNode, surrogate_function=SS.ATan(), detach_reset=True)
@@ -600,27 +601,47 @@ def test_fuse_spikingjelly_zoo_resnet(arch, n):
     _compare_fused(net, torch.randn(2, 2, 3, 32, 32, dtype=torch.float64) * 2, n)
 
 
-def test_fuse_traced_pairs_only_where_the_bn_output_feeds_the_neuron_alone():
-    """A batch norm whose output is also used elsewhere, or a neuron called twice, is not fused."""
+def test_fuse_custom_forward_only_where_declared_and_exact():
+    """Outside SpikingJelly's zoo a custom forward is not traced (fx cannot see ``self.pre = y``, or state
+    a trace would change): its pairs fuse when declared in ``snn_fast_fuse_pairs``. A neuron subclass
+    (its own forward) or a module with hooks is never fused."""
 
     class Block(torch.nn.Module):
-        def __init__(self):
+        def __init__(self, declare):
             super().__init__()
-            self.bn_a, self.lif_a = snn.TDBatchNorm(3), snn.LIF()  # fused
-            self.bn_b, self.lif_b = snn.TDBatchNorm(3), snn.LIF()  # bn_b's output also added: not fused
-            self.bn_c, self.lif_c = snn.TDBatchNorm(3), snn.LIF()  # lif_c called twice: not fused
+            self.bn_a, self.lif_a = snn.TDBatchNorm(3), snn.LIF()
+            self.bn_b, self.lif_b = snn.TDBatchNorm(3), snn.LIF()  # bn_b's output is kept too
+            if declare:
+                self.snn_fast_fuse_pairs = [("bn_a", "lif_a")]
 
         def forward(self, x):
             y = self.lif_a(self.bn_a(x))
-            b = self.bn_b(y)
-            z = self.lif_b(b) + b
-            return self.lif_c(self.bn_c(z)) + self.lif_c(z)
+            self.pre = self.bn_b(y)
+            return self.lif_b(self.pre)
 
     torch.manual_seed(9)
-    net = Block()
-    for m in net.modules():
-        if isinstance(m, snn.TDBatchNorm):
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.3, 0.2)
-    _compare_fused(net, torch.randn(3, 2, 3, 4, 4, dtype=torch.float64), 1)
+    for declare, n in ((False, 0), (True, 1)):
+        net = Block(declare)
+        for m in net.modules():
+            if isinstance(m, snn.TDBatchNorm):
+                with torch.no_grad():
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0.3, 0.2)
+        _compare_fused(net, torch.randn(3, 2, 3, 4, 4, dtype=torch.float64), n)
+
+    class Doubled(snn.LIF):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    seq = torch.nn.Sequential(snn.MultiStep(torch.nn.BatchNorm2d(3)), Doubled())
+    assert not any(isinstance(m, snn.BNLIF) for m in snn_fast.convert(seq, fuse=True).modules())
+    seen = []
+    seq = torch.nn.Sequential(snn.MultiStep(torch.nn.BatchNorm2d(3)), snn.LIF())
+    seq[1].register_forward_hook(lambda m, i, o: seen.append(o))
+    new = snn_fast.convert(seq, fuse=True)
+    assert not any(isinstance(m, snn.BNLIF) for m in new.modules())
+    new(torch.randn(2, 2, 3, 4, 4))
+    assert len(seen) == 1  # the hook still fires
+    for kw in (dict(v_reset=None, reset_timing="none"), dict(step_mode="s", store_v_seq=True)):
+        seq = torch.nn.Sequential(snn.MultiStep(torch.nn.BatchNorm2d(3)), snn.LIF(**kw))
+        assert not any(isinstance(m, snn.BNLIF) for m in snn_fast.convert(seq, fuse=True).modules()), kw

@@ -165,7 +165,10 @@ OPTIONS = [opt(vr, di, dr, kap) for vr, di, dr, kap in itertools.product([0.0, N
        opt(0.0, False, True, 0.0, fire_at_threshold=False, reset_timing="delayed"),
        opt(-0.3, True, True, 0.2, reset_timing="delayed"),
        opt(0.0, False, True, 0.0, math.inf, reset_timing="delayed"),
-       opt(None, True, False, 0.0, fire_at_threshold=False, reset_timing="none")]
+       opt(None, True, False, 0.0, fire_at_threshold=False, reset_timing="none"),
+       # κ ≠ 0 where the CPU backward without parameter gradients takes the fast walk (soft delayed, none)
+       opt(None, True, True, 0.2, reset_timing="delayed"),
+       opt(None, False, True, 0.2, reset_timing="none")]
 
 
 def opt_id(o):

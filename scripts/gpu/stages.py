@@ -356,11 +356,25 @@ def stage_bn_lif(args):
     benchmarks/test_bench_bn_lif.py: each fused backend vs batch norm + snn_fast LIF vs batch norm +
     SpikingJelly LIF at [4, 32, 64, 56, 56] and [4, 32, 512, 7, 7]. Dry run: the CPU kernel's edge rows
     and a tiny shape."""
+    from snn_fast import _ext
+
+    if not DRY and not _ext.has_kernel("bn_lif_fwd", "CUDA"):
+        print("bn-lif: this build of snn_fast._C has no CUDA bn_lif kernel (the build stage must run first: "
+              "--only env,build,bn-lif)")
+        return 1
     sel = ("cpu and edge" if DRY else
-           "(cuda and not triton) or (triton-cuda and (strict or save_modes or edge or opcheck))")
+           "(cuda and not triton) or (triton-cuda and (strict or save_modes or edge))")
     t0 = time.perf_counter()
-    rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
-                          os.path.join(ROOT, "tests", "test_bn_lif.py"), "-k", sel], cwd=ROOT)
+    # -rs: the skip reasons in the log; a skipped CUDA row (a probe that says no) fails the stage below
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
+                           os.path.join(ROOT, "tests", "test_bn_lif.py"), "-k", sel], cwd=ROOT, capture_output=True,
+                          text=True)
+    print(proc.stdout[-6000:], proc.stderr[-2000:], sep="\n")
+    rc = proc.returncode
+    skipped_cuda = [ln for ln in proc.stdout.splitlines() if ln.startswith("SKIPPED") and "cuda" in ln]
+    if not DRY and (rc == 5 or skipped_cuda):
+        print(f"bn-lif: no CUDA row ran ({len(skipped_cuda)} skip lines): failed", flush=True)
+        rc = 1
     print(f"bn_lif tests ({sel}): rc {rc}, {time.perf_counter() - t0:.1f} s", flush=True)
     from benchmarks import test_bench_bn_lif as bb
 

@@ -101,9 +101,11 @@ def _batch_stats(name: str, x2: torch.Tensor, C: int, inner: int):
     """(mean, biased var) per channel of x2 [T, N], in params' dtype: one read of x."""
     if name == "cpu":
         return torch.ops.snn_fast.bn_lif_stats(x2, C, inner)
-    v, m = torch.var_mean(x2.reshape(-1, C, inner), dim=(0, 2), correction=0)
     p = contract.pdtype(x2)
-    return m.to(p), v.to(p)
+    # in float32 at least, as F.batch_norm and the CPU kernel (double) keep them: var_mean in bf16
+    # would round the mean and variance to 8 bits (Σ(x − m) = 0 of the backward's algebra with it)
+    v, m = torch.var_mean(x2.reshape(-1, C, inner).to(p), dim=(0, 2), correction=0)
+    return m, v
 
 
 def _update_running(running_mean, running_var, mean, var, n: int, momentum: float) -> None:
