@@ -1018,8 +1018,8 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             in ``snn_fast_fuse_pairs``) by one ``nn.BNLIF`` / ``nn.TDBNLIF`` holding the batch norm's
             parameters and buffers (the same objects) and the neuron (docs/spec.md §12). A pair inside
             any other custom ``forward`` is fused only when its module declares it. Not fused: a
-            neuron subclass, a module with hooks, a timing other than 'after_fire', a user's surrogate. Parameter names of the
-            neuron move under the fused module (``<bn>.neuron.…``).
+            neuron subclass, a module with hooks, a timing other than 'after_fire', a user's surrogate.
+            Parameter names of the neuron move under the fused module (``<bn>.neuron.…``).
 
     Returns:
         The converted model (``model`` itself when ``inplace``; a new neuron when ``model`` is one).
