@@ -838,6 +838,10 @@ def _fused_bn(bn: nn.Module, neuron: nn.Module) -> Optional[nn.Module]:
     # run on the reference (or be refused by a neuron's explicit backend): slower than not fusing.
     if type(neuron) not in (LIF, IF, PLIF) or _has_hooks(bn) or _has_hooks(neuron):
         return None
+    # one training flag drives both halves of the fused module (a frozen batch norm before a training
+    # neuron would lose the neuron's noise); a parametrized weight cannot be handed over as is
+    if bn.training != neuron.training or torch.nn.utils.parametrize.is_parametrized(bn):
+        return None
     if neuron.flags.reset_timing != "after_fire" or neuron.sg.custom:
         return None
     if neuron.step_mode == "s" and neuron.store_v_seq:

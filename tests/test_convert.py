@@ -645,3 +645,6 @@ def test_fuse_custom_forward_only_where_declared_and_exact():
     for kw in (dict(v_reset=None, reset_timing="none"), dict(step_mode="s", store_v_seq=True)):
         seq = torch.nn.Sequential(snn.MultiStep(torch.nn.BatchNorm2d(3)), snn.LIF(**kw))
         assert not any(isinstance(m, snn.BNLIF) for m in snn_fast.convert(seq, fuse=True).modules()), kw
+    seq = torch.nn.Sequential(snn.MultiStep(torch.nn.BatchNorm2d(3)), snn.LIF())
+    seq[0].eval()  # a frozen batch norm before a training neuron
+    assert not any(isinstance(m, snn.BNLIF) for m in snn_fast.convert(seq, fuse=True).modules())
