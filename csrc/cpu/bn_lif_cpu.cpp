@@ -15,8 +15,10 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/bn_lif_checks.h"
 #include "../common/lif_checks.h"
 #include "bn_lif_cpu_kernels.h"
+#include "lif_params.h"
 #include "output_cache.h"
 #include "snn_fast/lif_step.h"
 
@@ -33,34 +35,7 @@ LIFParams<acc_t> bn_make_params(const Tensor& params, int64_t sg, bool hard_rese
   check_reset_timing(timing);
   TORCH_CHECK(timing == kResetAfterFire, "bn_lif (CPU kernel): reset_timing must be 0 (after the spike), got ",
               timing, "; backend='reference' runs the delayed and no-reset timings");
-  auto p = params.accessor<acc_t, 1>();
-  LIFParams<acc_t> r;
-  r.k = p[0];
-  r.theta = p[1];
-  r.alpha = p[2];
-  r.vr = hard_reset ? acc_t(v_reset) : acc_t(0);
-  r.kappa = acc_t(kappa);
-  r.sg = int(sg);
-  r.hard_reset = hard_reset;
-  r.decay_input = decay_input;
-  r.detach_reset = detach_reset;
-  set_firing(r, strict, kResetAfterFire);
-  return r;
-}
-
-// x [T, N] with N = B·C·inner; weight, bias, mean, rstd [C] in params' dtype on x's device.
-int64_t check_bn_args(const Tensor& x, const Tensor& params, const Tensor& weight, const Tensor& bias,
-                      const Tensor& mean, const Tensor& rstd, int64_t inner) {
-  const int64_t C = weight.numel();
-  TORCH_CHECK(inner >= 1, "bn_lif: inner (the spatial size S) must be >= 1, got ", inner);
-  TORCH_CHECK(C >= 1 && x.size(1) % (C * inner) == 0, "bn_lif: x's N = ", x.size(1),
-              " is not a multiple of C·inner = ", C, "·", inner);
-  for (const Tensor* t : {&weight, &bias, &mean, &rstd})
-    TORCH_CHECK(t->dim() == 1 && t->numel() == C && t->scalar_type() == params.scalar_type() &&
-                    t->device() == x.device(),
-                "bn_lif: weight, bias, mean and rstd must be [C] = [", C, "] in params' dtype (",
-                params.scalar_type(), ") on x's device, got ", t->sizes(), " ", t->scalar_type());
-  return C;
+  return make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict);
 }
 
 // gain of the normalised input: α_tdBN·θ (tdBN, docs/spec.md §7.1) or 1 (plain batch norm).

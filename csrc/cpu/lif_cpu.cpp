@@ -22,6 +22,7 @@
 
 #include "../common/lif_checks.h"
 #include "lif_cpu_kernels.h"
+#include "lif_params.h"
 #include "output_cache.h"
 #include "snn_fast/lif_step.h"
 
@@ -29,25 +30,6 @@ namespace snn_fast {
 namespace {
 
 using at::Tensor;
-
-template <typename acc_t>
-LIFParams<acc_t> make_params(const Tensor& params, int64_t sg, bool hard_reset, double v_reset,
-                             bool decay_input, bool detach_reset, double kappa, bool strict = false,
-                             int64_t timing = kResetAfterFire) {
-  auto p = params.accessor<acc_t, 1>();
-  LIFParams<acc_t> r;
-  r.k = p[0];
-  r.theta = p[1];
-  r.alpha = p[2];
-  r.vr = hard_reset ? acc_t(v_reset) : acc_t(0);
-  r.kappa = acc_t(kappa);
-  r.sg = int(sg);
-  r.hard_reset = hard_reset;
-  r.decay_input = decay_input;
-  r.detach_reset = detach_reset;
-  set_firing(r, strict, int(timing));
-  return r;
-}
 
 // save: kSaveSgArg writes D = H − θ of every step into `saved`, [T, N] in params' dtype; every other
 // mode saves nothing (the backward re-runs the forward).

@@ -12,8 +12,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../common/bn_lif_checks.h"
 #include "../common/lif_checks.h"
 #include "bn_lif_cuda.h"
+#include "torch_dtype.h"
 #include "snn_fast/lif_step.h"
 
 namespace snn_fast {
@@ -22,34 +24,14 @@ namespace {
 
 using at::Tensor;
 
-DType bn_dtype_of(const Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    case at::kDouble: return DType::kFloat64;
-    default: TORCH_CHECK(false, "bn_lif (CUDA kernel): unsupported dtype ", x.scalar_type(),
-                         "; use float32, float16, bfloat16 or float64");
-  }
-}
-
-// x [T, N] with N = B·C·inner; weight, bias, mean, rstd [C] in params' dtype on x's device.
+// The LIF op's checks, then batch norm's (bn_lif_checks.h, shared with the CPU binding). Returns C.
 int64_t check_bn(const Tensor& x, const Tensor& v0, const Tensor& params, const c10::optional<Tensor>& mask,
                  int64_t sg, const Tensor& weight, const Tensor& bias, const Tensor& mean, const Tensor& rstd,
                  int64_t inner, int64_t save) {
   check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CUDA, "CUDA kernel");
   check_save(save, "CUDA kernel", false);
-  bn_dtype_of(x);
-  const int64_t C = weight.numel();
-  TORCH_CHECK(inner >= 1, "bn_lif: inner (the spatial size S) must be >= 1, got ", inner);
-  TORCH_CHECK(C >= 1 && x.size(1) % (C * inner) == 0, "bn_lif: x's N = ", x.size(1),
-              " is not a multiple of C·inner = ", C, "·", inner);
-  for (const Tensor* t : {&weight, &bias, &mean, &rstd})
-    TORCH_CHECK(t->dim() == 1 && t->numel() == C && t->scalar_type() == params.scalar_type() &&
-                    t->device() == x.device(),
-                "bn_lif: weight, bias, mean and rstd must be [C] = [", C, "] in params' dtype (",
-                params.scalar_type(), ") on x's device, got ", t->sizes(), " ", t->scalar_type());
-  return C;
+  dtype_of(x, "bn_lif");
+  return check_bn_args(x, params, weight, bias, mean, rstd, inner);
 }
 
 LIFFlagsC bn_flags(int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset, double kappa,
@@ -84,7 +66,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cuda(
   const bool keep_h = save == kSaveState;
   Tensor saved = keep_h ? at::empty({T, N}, params.options()) : at::empty({0}, x.options());
   BNLIFFwdArgs f{};
-  f.dtype = bn_dtype_of(x);
+  f.dtype = dtype_of(x, "bn_lif");
   f.T = T;
   f.N = N;
   f.C = C;
@@ -139,7 +121,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
   Tensor sums = at::empty({2, N}, params.options());
   Tensor psum = need_param_grad ? at::empty({3, N}, params.options()) : Tensor();
   BNLIFBwdArgs w{};
-  w.dtype = bn_dtype_of(x);
+  w.dtype = dtype_of(x, "bn_lif");
   w.T = T;
   w.N = N;
   w.C = C;

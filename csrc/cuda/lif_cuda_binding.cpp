@@ -13,6 +13,7 @@
 
 #include "../common/lif_checks.h"
 #include "lif_cuda.h"
+#include "torch_dtype.h"
 #include "snn_fast/lif_step.h"
 
 namespace snn_fast {
@@ -21,21 +22,10 @@ namespace {
 
 using at::Tensor;
 
-DType dtype_of(const Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    case at::kDouble: return DType::kFloat64;
-    default: TORCH_CHECK(false, "lif (CUDA kernel): unsupported dtype ", x.scalar_type(),
-                         "; use float32, float16, bfloat16 or float64");
-  }
-}
-
 void check_common(const Tensor& x, const Tensor& v0, const Tensor& params, const c10::optional<Tensor>& mask,
                   int64_t sg) {
   check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CUDA, "CUDA kernel");
-  dtype_of(x);
+  dtype_of(x, "lif");
 }
 
 LIFFlagsC make_flags(int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
@@ -65,7 +55,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x_, const 
   Tensor saved = recompute ? at::empty({lif_checkpoint_rows(T), N}, params.options())
                            : (keep_h ? at::empty_like(x) : at::empty({0}, x.options()));
   LIFFwdArgs a{};
-  a.dtype = dtype_of(x);
+  a.dtype = dtype_of(x, "lif");
   a.T = T;
   a.N = N;
   a.x = x.const_data_ptr();
@@ -124,7 +114,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s_, const c10
   Tensor grad_params = need_param_grad ? at::empty({3}, params.options()) : at::zeros({3}, params.options());
   Tensor workspace;
   LIFBwdArgs a{};
-  a.dtype = dtype_of(x);
+  a.dtype = dtype_of(x, "lif");
   a.T = T;
   a.N = N;
   a.grad_s = gs.const_data_ptr();
