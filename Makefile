@@ -5,7 +5,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip --disable-pip-version-check -q
+# --no-cache-dir: the CUDA torch wheels would otherwise sit twice on CI's disk (cache and venv).
+PIP    := $(PY) -m pip --disable-pip-version-check --no-cache-dir -q
 TORCH_SPEC ?= torch==2.14.1
 TRITON_SPEC ?= triton==3.8.0
 # The CUDA kernels are built only where a GPU can run them: without one, compiling them for two
@@ -78,7 +79,7 @@ bench: $(VENV)/.bench-deps $(VENV)/.built
 # the tests import the package from a copy in .compat/pkg. Runs the whole suite (GPU tests skip).
 COMPAT_VENV   := .venv-compat
 COMPAT_PY     := $(COMPAT_VENV)/bin/python
-COMPAT_PIP    := $(COMPAT_PY) -m pip --disable-pip-version-check -q
+COMPAT_PIP    := $(COMPAT_PY) -m pip --disable-pip-version-check --no-cache-dir -q
 COMPAT_TORCH  ?= torch==2.11.0
 COMPAT_TRITON ?= triton==3.6.0
 

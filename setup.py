@@ -47,8 +47,10 @@ def extensions():
     # -fopenmp: at::parallel_for runs its OpenMP region inline in our code. -fno-math-errno and
     # -fno-trapping-math let the vectoriser if-convert the inner loops (neither changes a result);
     # -ffp-contract=off keeps float32 rounding identical to the float32 reference (no fused
-    # multiply-adds), so spikes never flip between the two.
-    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-ffp-contract=off"]
+    # multiply-adds), so spikes never flip between the two. -g0 overrides Python's own -g: with debug
+    # info the templated kernels made a 410 MB library and 1.5 GB of objects per build, and a CI run
+    # (two builds, two CUDA torches) ran out of disk.
+    cxx = ["-O3", "-g0", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-ffp-contract=off"]
     with_cuda = (
         not _flag("SNN_FAST_NO_CUDA")
         and torch.version.cuda is not None
