@@ -242,10 +242,13 @@ template <int SG>
 constexpr int kRerunSg = SG == kGivenSurrogate ? kGivenSurrogate : kRuntimeSurrogate;
 
 // Backward for one block with parameter gradients: re-run the forward into vprev (V_{t−1}, T × B),
-// then walk back. Writes the block's (∂k, ∂θ, ∂α) partial sums to out3. MASKED: the emitted value
-// follows the noise mask; its primitive is a runtime switch, so the loops are scalar and SG is
-// kRuntimeSurrogate (8 instantiations for the noisy mode, not 88). Both variants run the same
-// operations, so an all-True mask gives bitwise the unmasked result.
+// then walk back, recharging H from V_{t−1} and X. Writes the block's (∂k, ∂θ, ∂α) partial sums to
+// out3. Runs under a noise mask and for the delayed and no-reset timings (which need V_{t−1});
+// the default timing without a mask takes bwd_block_params, which gives the same bits. MASKED: the
+// emitted value follows the noise mask; its primitive is a runtime switch, so the loops are scalar
+// and SG is kRuntimeSurrogate (8 instantiations for the noisy mode, not 88). Both variants run the
+// same operations, so an all-True mask gives bitwise the unmasked result (tests/test_cpp_special_values.py
+// compares this function under an all-True mask with bwd_block_params).
 template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, int TIMING, typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
                               const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
@@ -309,40 +312,57 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
 
 // The re-run of bwd_block_fast: the forward from v0, keeping H_t in hbuf (T × B, in L2); leaves V_T
 // in v. ARG: keeps H_t − θ instead (the argument of the surrogate; with B = N, hbuf is [T, N]).
+// KEEP_Q: also ∂H_t/∂k (lif_dh_dk) in qbuf (T × B), for bwd_block_params.
 // TIMING: the forward's reset timing (the delayed one soft only: bwd_impl says why).
 template <int SG, bool HARD, bool DI, bool MASKED, bool ARG, typename scalar_t, typename acc_t,
-          int TIMING = kResetAfterFire>
+          int TIMING = kResetAfterFire, bool KEEP_Q = false>
 SNN_CPU_CLONES void rerun_keep_h(const scalar_t* __restrict__ x, const scalar_t* __restrict__ v0,
                                  const bool* __restrict__ mask, const Given<scalar_t, acc_t> gv,
                                  acc_t* __restrict__ hbuf, acc_t* __restrict__ v, int64_t n, int64_t B, int64_t T,
-                                 int64_t N, const LIFParams<acc_t> p) {
-  // H_t of element i = t·N + j into hp, V_t returned: the forward's step, in the forward's
-  // operation order.
-  auto step = [&](acc_t vv, int64_t i, acc_t& hp) {
-    const acc_t h = lif_charge<DI, acc_t, TIMING, HARD>(vv, acc_t(x[i]), p);
+                                 int64_t N, const LIFParams<acc_t> p, acc_t* __restrict__ qbuf = nullptr) {
+  // H_t of element i = t·N + j into hp (and ∂H_t/∂k into qp), V_t returned: the forward's step, in
+  // the forward's operation order.
+  auto step = [&](acc_t vv, int64_t i, acc_t& hp, acc_t& qp) {
+    const acc_t xv = acc_t(x[i]);
+    const acc_t h = lif_charge<DI, acc_t, TIMING, HARD>(vv, xv, p);
     if constexpr (ARG) hp = h - p.theta;
     else hp = h;
+    if constexpr (KEEP_Q) qp = lif_dh_dk<DI>(vv, xv, p);
     return lif_reset<HARD, acc_t, TIMING>(h, emitted_at<MASKED, kRerunSg<SG>>(h, mask, gv, i, p), p);
   };
+  // Without KEEP_Q the Q stores land in one dummy that the compiler drops.
+  acc_t unused = 0;
   for (int64_t j = 0; j < n; ++j) v[j] = acc_t(v0[j]);
   int64_t t = 0;
   for (; t + 4 <= T; t += 4) {  // four steps per pass, as in fwd_block
     const int64_t off = t * N;
     acc_t* __restrict__ hp = hbuf + t * B;
+    acc_t* __restrict__ qp = KEEP_Q ? qbuf + t * B : nullptr;
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
       acc_t vv = v[j];
-      vv = step(vv, off + j, hp[j]);
-      vv = step(vv, off + N + j, hp[B + j]);
-      vv = step(vv, off + 2 * N + j, hp[2 * B + j]);
-      v[j] = step(vv, off + 3 * N + j, hp[3 * B + j]);
+      if constexpr (KEEP_Q) {
+        vv = step(vv, off + j, hp[j], qp[j]);
+        vv = step(vv, off + N + j, hp[B + j], qp[B + j]);
+        vv = step(vv, off + 2 * N + j, hp[2 * B + j], qp[2 * B + j]);
+        v[j] = step(vv, off + 3 * N + j, hp[3 * B + j], qp[3 * B + j]);
+      } else {
+        vv = step(vv, off + j, hp[j], unused);
+        vv = step(vv, off + N + j, hp[B + j], unused);
+        vv = step(vv, off + 2 * N + j, hp[2 * B + j], unused);
+        v[j] = step(vv, off + 3 * N + j, hp[3 * B + j], unused);
+      }
     }
   }
   for (; t < T; ++t) {
     const int64_t off = t * N;
     acc_t* __restrict__ hp = hbuf + t * B;
+    acc_t* __restrict__ qp = KEEP_Q ? qbuf + t * B : nullptr;
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) v[j] = step(v[j], off + j, hp[j]);
+    for (int64_t j = 0; j < n; ++j) {
+      if constexpr (KEEP_Q) v[j] = step(v[j], off + j, hp[j], qp[j]);
+      else v[j] = step(v[j], off + j, hp[j], unused);
+    }
   }
 }
 
@@ -412,6 +432,71 @@ void bwd_block_fast(const scalar_t* __restrict__ gs, const scalar_t* __restrict_
   for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
 }
 
+// Backward with parameter gradients, the default timing, no noise mask: the re-run keeps H_t and
+// Q_t = ∂H_t/∂k (lif_dh_dk) in two T × B buffers in L2, so the walk reads neither X (from memory)
+// nor V_{t−1} and does not recharge (bwd_block does both). W4 float32 fwd+bwd with a learnable α
+// (benchmarks/test_bench_surrogate.py, the snn_fast-cpu-learn row) went from 6.56 to 5.97–6.14 ms at
+// 1 thread and from 3.62 to 3.08–3.51 ms at 2 (three runs after, one before, same host and day).
+// The same operations on the same values as bwd_block, in the same order (the lane sums add
+// t = T − 1 down to 0), so bitwise bwd_block's results.
+template <int SG, bool HARD, bool DI, bool DETACH, typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void bwd_walk_params(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvseq,
+                                    const Given<scalar_t, acc_t> gv, scalar_t* __restrict__ gx,
+                                    const acc_t* __restrict__ hbuf, const acc_t* __restrict__ qbuf,
+                                    acc_t* __restrict__ dv, acc_t* __restrict__ lane_sums, int64_t n, int64_t B,
+                                    int64_t T, int64_t N, const LIFParams<acc_t> p) {
+  acc_t* __restrict__ sk = lane_sums;
+  acc_t* __restrict__ sth = lane_sums + B;
+  acc_t* __restrict__ sal = lane_sums + 2 * B;
+  // bwd_block's walk loop, with H_t and ∂H_t/∂k read from the buffers. Written out as there: as a
+  // lambda applied twice per pass (bwd_walk_fast's form) GCC left it scalar, 8× slower.
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const int64_t off = t * N;
+    const acc_t* __restrict__ hp = hbuf + t * B;
+    const acc_t* __restrict__ qp = qbuf + t * B;
+    if (gvseq != nullptr)
+      for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t h = hp[j];
+      acc_t gp, dga, ek, eth, eal;
+      surrogate_grads<SG>(h, p, gv, off + j, gp, dga);
+      const acc_t eps = lif_step_backward_q<HARD, DETACH, acc_t>(h, lif_spike(h, p), qp[j], acc_t(gs[off + j]), dv[j],
+                                                                 gp, dga, p, ek, eth, eal);
+      gx[off + j] = scalar_t(lif_grad_x<DI>(eps, p));
+      dv[j] = lif_grad_v_prev(eps, p);
+      sk[j] += ek;
+      sth[j] += eth;
+      sal[j] += eal;
+    }
+  }
+}
+
+template <int SG, bool HARD, bool DI, bool DETACH, typename scalar_t, typename acc_t>
+void bwd_block_params(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ gvlast,
+                      const scalar_t* __restrict__ gvseq, const scalar_t* __restrict__ x,
+                      const scalar_t* __restrict__ v0, const Given<scalar_t, acc_t>& gv, scalar_t* __restrict__ gx,
+                      scalar_t* __restrict__ gv0, acc_t* __restrict__ hbuf, acc_t* __restrict__ qbuf,
+                      acc_t* __restrict__ dv, acc_t* __restrict__ lane_sums, int64_t n, int64_t B, int64_t T,
+                      int64_t N, const LIFParams<acc_t> p, double* __restrict__ out3) {
+  // dv holds V during the re-run
+  rerun_keep_h<SG, HARD, DI, false, false, scalar_t, acc_t, kResetAfterFire, true>(x, v0, nullptr, gv, hbuf, dv, n, B,
+                                                                                    T, N, p, qbuf);
+  for (int64_t j = 0; j < n; ++j) dv[j] = gvlast ? acc_t(gvlast[j]) : acc_t(0);
+  for (int64_t j = 0; j < 3 * B; ++j) lane_sums[j] = acc_t(0);
+  bwd_walk_params<SG, HARD, DI, DETACH, scalar_t, acc_t>(gs, gvseq, gv, gx, hbuf, qbuf, dv, lane_sums, n, B, T, N,
+                                                         p);
+  for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
+  double dk = 0, dth = 0, dal = 0;  // folded as bwd_block folds
+  for (int64_t j = 0; j < n; ++j) {
+    dk += lane_sums[j];
+    dth += lane_sums[B + j];
+    dal += lane_sums[2 * B + j];
+  }
+  out3[0] = dk;
+  out3[1] = dth;
+  out3[2] = dal;
+}
+
 template <int SG, bool HARD, bool DI, bool DETACH, int TIMING, typename scalar_t, typename acc_t>
 void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
               const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
@@ -424,7 +509,7 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
   std::vector<double> partial(nblocks * 3, 0.0);
   BlockQueue queue(nblocks, T * N < kBwdParallelMinWork);
   queue.run([&] {
-    std::vector<acc_t> vprev(T * B), dv(B), lane_sums(3 * B);
+    std::vector<acc_t> vprev(T * B), dv(B), lane_sums(3 * B), qbuf;  // qbuf: bwd_block_params only
     for (int64_t blk; (blk = queue.next()) >= 0;) {
       const int64_t n0 = blk * B, n = std::min(B, N - n0);
       const scalar_t* gvl = gvlast ? gvlast + n0 : nullptr;
@@ -456,7 +541,14 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
         }
         full();
       } else if (need_param_grad) {
-        full();
+        if (mask != nullptr) {
+          full();
+        } else {
+          if (qbuf.empty()) qbuf.resize(T * B);
+          bwd_block_params<SG, HARD, DI, DETACH, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, gv, gx + n0,
+                                                                  gv0 + n0, vprev.data(), qbuf.data(), dv.data(),
+                                                                  lane_sums.data(), n, B, T, N, p, out3);
+        }
       } else if (mask != nullptr) {
         bwd_block_fast<SG, HARD, DI, DETACH, true, scalar_t, acc_t>(
             gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);

@@ -307,6 +307,35 @@ SNN_HD T lif_grad_v_prev(T eps, T v_prev, const LIFParams<T>& p) {
   return d;
 }
 
+// ∂H_t/∂k of the charge (default timing; the delayed one with V′ for V_{t−1}): X − (V_{t−1} − vr) with
+// decay_input, else −(V_{t−1} − vr). A step's ∂L/∂k is ε times this; negation is exact, so ε·(−a)
+// rounds as −(ε·a) does.
+template <bool DI, typename T>
+SNN_HD T lif_dh_dk(T v_prev, T x, const LIFParams<T>& p) {
+  if constexpr (DI) {
+    return x - (v_prev - p.vr);
+  } else {
+    return -(v_prev - p.vr);
+  }
+}
+
+// One step with parameter gradients, the default timing, with q = ∂H_t/∂k (lif_dh_dk) given: the CPU
+// walk keeps q from its re-run instead of V_{t−1} and X. In: H, the emitted S, q, ∂L/∂S_t, dv, gp, dga.
+template <bool HARD, bool DETACH, typename T, bool EXACT_K0 = true>
+SNN_HD T lif_step_backward_q(T h, T s, T q, T grad_s, T dv, T gp, T dga, const LIFParams<T>& p, T& dk, T& dtheta,
+                             T& dalpha) {
+  const T ds = lif_grad_s<HARD, DETACH, T, EXACT_K0>(grad_s, dv, h, p);
+  const T eps = lif_grad_h<HARD>(dv, s, ds, gp);
+  if constexpr (HARD) {
+    dtheta = -(ds * gp);
+  } else {
+    dtheta = -(ds * gp) - dv * s;  // θ also enters the soft reset directly
+  }
+  dalpha = ds * dga;
+  dk = eps * q;
+  return eps;
+}
+
 // One step with parameter gradients. In: H, the emitted S, V_{t−1}, X, ∂L/∂S_t, dv, gp, dga. Returns
 // ε; writes this step's contributions to ∂L/∂k, ∂L/∂θ, ∂L/∂α. Scalars, not a struct: GCC's
 // `omp simd` cannot vectorise a loop holding an aggregate local.
@@ -323,27 +352,11 @@ SNN_HD T lif_step_backward_g(T h, T s, T v_prev, T x, T grad_s, T dv, T gp, T dg
     dtheta = -(ds * gp);
     if (pending && !HARD) dtheta = dtheta - eps * lif_spike(v_prev, p);
     dalpha = ds * dga;
-    if constexpr (DI) {
-      dk = eps * (x - (vp - p.vr));
-    } else {
-      dk = -(eps * (vp - p.vr));
-    }
+    dk = eps * lif_dh_dk<DI>(vp, x, p);
     return eps;
   }
-  const T ds = lif_grad_s<HARD, DETACH, T, EXACT_K0>(grad_s, dv, h, p);
-  const T eps = lif_grad_h<HARD>(dv, s, ds, gp);
-  if constexpr (HARD) {
-    dtheta = -(ds * gp);
-  } else {
-    dtheta = -(ds * gp) - dv * s;  // θ also enters the soft reset directly
-  }
-  dalpha = ds * dga;
-  if constexpr (DI) {
-    dk = eps * (x - (v_prev - p.vr));
-  } else {
-    dk = -(eps * (v_prev - p.vr));
-  }
-  return eps;
+  return lif_step_backward_q<HARD, DETACH, T, EXACT_K0>(h, s, lif_dh_dk<DI>(v_prev, x, p), grad_s, dv, gp, dga, p,
+                                                        dk, dtheta, dalpha);
 }
 
 // The same with the surrogate as a template argument (the CPU kernels: their loops vectorise).
