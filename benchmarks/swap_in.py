@@ -77,18 +77,23 @@ def main(argv=None):
         "converted per-step": lambda: conv(x),
         "converted multistep": lambda: conv.lif.multistep(conv.fc(x), conv.lif.init_leaky())[0],
     }
+    # Spikes must be equal; a difference is reported (how many differ) and the run goes on, so one
+    # flipped spike on a new device still gives its timings, and the exit status is 1.
     with torch.no_grad():
         want = fns["snntorch"]()
-        assert torch.equal(fns["converted per-step"](), want), "converted per-step: spikes differ from snnTorch's"
         h = conv.fc(x)
         mem, loop = conv.lif.init_leaky(), []
         for t in range(a.T):
             s, mem = conv.lif(h[t], mem)
             loop.append(s)
-        assert torch.equal(conv.lif.multistep(h, conv.lif.init_leaky())[0], torch.stack(loop)), \
-            "converted multistep: spikes differ from its per-step loop"
+        checks = {"converted per-step vs snnTorch": (fns["converted per-step"](), want),
+                  "converted multistep vs its per-step loop": (conv.lif.multistep(h, conv.lif.init_leaky())[0],
+                                                               torch.stack(loop))}
+        differ = {k: int((got != ref).sum()) for k, (got, ref) in checks.items()}
+    agree = "spikes equal" if not any(differ.values()) else "SPIKES DIFFER: " + ", ".join(
+        f"{k}: {d} of {want.numel()}" for k, d in differ.items() if d)
     print(f"W2 the snnTorch way, {dev.type} float32, n={a.n}, T={a.T}, B={a.B}, threads={torch.get_num_threads()}, "
-          f"rounds={a.rounds}; spikes equal ({int(want.sum())} of {want.numel()})")
+          f"rounds={a.rounds}; {agree} ({int(want.sum())} spikes of {want.numel()})")
     for mode in ("fwd", "fwd+bwd"):
         times = {k: [] for k in fns}
         for _ in range(a.rounds + 1):  # the first round warms up
@@ -111,7 +116,8 @@ def main(argv=None):
             med = statistics.median(ts)
             print(f"{mode:8s} {name:20s} median {med:9.1f} ms  (q20 {q[0]:.1f}, q80 {q[3]:.1f})  "
                   f"{base / med:5.2f}x vs snnTorch")
+    return 1 if any(differ.values()) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

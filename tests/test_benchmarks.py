@@ -118,3 +118,33 @@ def test_overhead_bench():
     rows = oh.bench("cpu", rounds=1)
     _check_rows(rows, ["snn_fast-module", "snn_fast-functional", "torch-4ops", "torch-sigmoid"])
     assert {r["mode"] for r in rows} == {"fwd+bwd (host)"}
+
+
+def test_swap_in_reports_differing_spikes(monkeypatch, capsys):
+    """benchmarks/swap_in.py: equal spikes say so and exit 0; a flipped spike is counted, the timings
+    still run, and the exit status is 1 (a GPU run gets its numbers and its failure both)."""
+    pytest.importorskip("snntorch")
+    from benchmarks import swap_in
+
+    argv = ["--n", "16", "--T", "6", "--rounds", "1", "--threads", "1"]
+    assert swap_in.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "; spikes equal (" in out and "converted multistep" in out
+
+    real_convert = snn_fast.convert
+
+    class FlipOne(torch.nn.Module):  # the converted model, with its first per-step spike flipped
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.fc, self.lif = inner, inner.fc, inner.lif
+
+        def forward(self, x):
+            s = self.inner(x).clone()
+            s.view(-1)[0] = 1 - s.view(-1)[0]
+            return s
+
+    monkeypatch.setattr(swap_in.snn_fast, "convert", lambda m: FlipOne(real_convert(m)))
+    assert swap_in.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "SPIKES DIFFER: converted per-step vs snnTorch: 1 of " in out, out
+    assert "fwd+bwd  converted per-step" in out  # timed all the same

@@ -255,7 +255,7 @@ def test_bn_lif_stage_dry_run(tmp_path, check_mod, monkeypatch):
 
 def test_swap_in_stage_dry_run(tmp_path, check_mod, monkeypatch):
     """The opt-in swap-in stage at its dry-run size: snnTorch's loop and its conversion agree (the
-    benchmark asserts equal spikes before timing) and the stage passes."""
+    benchmark exits 1 when spikes differ) and the stage passes."""
     pytest.importorskip("snntorch")
     out = tmp_path / "out"
     monkeypatch.setenv("OUT", str(out))
