@@ -476,3 +476,23 @@ def test_reset_timing_runs_on_the_reference(timing):
     for be in [b for b in BACKENDS if not SKIP[b]]:
         with pytest.raises(ValueError, match="reset_timing"):
             run(be, inp, torch.float64, opts=opts)
+
+
+@pytest.mark.skipif(not snn_fast.HAS_C, reason="needs the built C++ extension")
+@pytest.mark.parametrize("learn", [False, True], ids=["fixed", "learn"])
+def test_cpu_results_do_not_depend_on_the_thread_count(learn):
+    """The CPU op adds its per-block channel and parameter sums in block order, so one thread and two
+    give the same bits. Both shapes take the parallel path (T·N >= 2^19); in the second the backward's
+    blocks (4096 elements at T = 4) end inside channels' runs (53 elements)."""
+    before = torch.get_num_threads()
+    try:
+        for shape in ((4, 8, 16, 64, 64), (4, 128, 24, 53)):
+            inp = make_inputs(shape, torch.float32, learn=learn)
+            got = {}
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                got[n] = run("cpu", inp, torch.float32, return_v_seq=False)
+            for k in got[1]:
+                assert torch.equal(got[1][k], got[2][k]), f"{shape} {k}: 1 and 2 threads differ"
+    finally:
+        torch.set_num_threads(before)

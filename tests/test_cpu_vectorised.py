@@ -1,8 +1,9 @@
 """The CPU kernels' hot loops must vectorise: a scalar loop computes the same numbers (every other test
-passes) several times slower. The loops marked ``// [vec]`` in csrc/cpu/lif_cpu_kernels_impl.h are
-compiled here, float32, with setup.py's flags, for the default timing with a built-in surrogate
-(sigmoid) and a given one (a user's g′), and GCC's vectoriser report must say "loop vectorized" at
-each marked line and never "couldn't vectorize loop" there. This caught a walk that GCC left scalar
+passes) several times slower. The loops marked ``// [vec]`` in csrc/cpu/lif_cpu_kernels_impl.h and
+csrc/cpu/bn_lif_cpu_kernels_impl.h are compiled here, float32, with setup.py's flags, for the default
+timing with a built-in surrogate (sigmoid) and, for LIF, a given one (a user's g′), and GCC's
+vectoriser report must say "loop vectorized" inside each marked loop and never "couldn't vectorize
+loop" there. This caught a walk that GCC left scalar
 (8× slower at W4) when its body was a lambda applied twice per pass."""
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEADER = os.path.join(ROOT, "csrc", "cpu", "lif_cpu_kernels_impl.h")
+HEADERS = [os.path.join(ROOT, "csrc", "cpu", f) for f in ("lif_cpu_kernels_impl.h", "bn_lif_cpu_kernels_impl.h")]
 MARK = "// [vec]"
 
 # Calls that instantiate every marked loop (compiled only, never run): the forward, the re-run and
 # walk without parameter gradients, and the walks with them (bwd_block: recharging from V_{t−1};
 # bwd_block_params: from the kept H and ∂H/∂k), each with the built-in sigmoid and with a given g′.
 SOURCE = r"""
-#include "lif_cpu_kernels_impl.h"
+#include "bn_lif_cpu_kernels_impl.h"
 using namespace snn_fast;
 using namespace snn_fast::cpu_lif;
 
@@ -40,6 +41,17 @@ template void instantiate<kSigmoid>(const float*, float*, bool*, double*, const 
                                     LIFParams<float>);
 template void instantiate<kGivenSurrogate>(const float*, float*, bool*, double*, const Given<float, float>&,
                                            LIFParams<float>);
+
+// bn_lif: statistics, forward, backward without and with parameter gradients, and the input gradient.
+void instantiate_bn(const float* f, float* o, bool* m, double* d, LIFParams<float> p) {
+  cpu_bn_lif::run_moments<float>(f, 64, d[0], d[1]);
+  cpu_bn_lif::fwd_block<true, true, false, float, float>(f, f, m, o, o, nullptr, o, f, f, f, 64, 4, 64, p);
+  cpu_bn_lif::bwd_block<kSigmoid, true, true, false, false, false, float, float>(
+      f, f, nullptr, f, f, m, o, o, o, o, o, o, f, f, f, 64, 64, 4, 64, p, d, d, 0, 0, 4, 16);
+  cpu_bn_lif::bwd_block<kSigmoid, true, true, false, false, true, float, float>(
+      f, f, nullptr, f, f, m, o, o, o, o, o, o, f, f, f, 64, 64, 4, 64, p, d, d, 0, 0, 4, 16);
+  cpu_bn_lif::dx_run<float, float>(f, o, 64, 1.f, 1.f, 1.f, 0.f);
+}
 """
 
 
@@ -51,10 +63,10 @@ def _gcc():
     return cxx if ("GCC" in ver or "Free Software Foundation" in ver) and "clang" not in ver else None
 
 
-def _marked_loops():
-    """(first, last) line of each marked loop: the marked `for` line to its closing brace. GCC reports
-    an `omp simd` loop at a line of its body, a plain loop at the `for`."""
-    with open(HEADER) as f:
+def _marked_loops(header):
+    """(first, last) line of each marked loop in ``header``: the marked `for` line to its closing
+    brace. GCC reports an `omp simd` loop at a line of its body, a plain loop at the `for`."""
+    with open(header) as f:
         lines = f.read().split("\n")
     loops = []
     for i, line in enumerate(lines):
@@ -77,9 +89,9 @@ def test_marked_loops_vectorise(tmp_path):
     pytest.importorskip("torch")
     from torch.utils.cpp_extension import include_paths
 
-    marked = _marked_loops()
-    assert len(marked) >= 9, f"expected the [vec] marks in {HEADER}, found {marked}"
-    src = tmp_path / "vec_check.cpp"
+    marked = {h: _marked_loops(h) for h in HEADERS}
+    assert len(marked[HEADERS[0]]) >= 9 and len(marked[HEADERS[1]]) >= 8, f"expected the [vec] marks, found {marked}"
+    src = (tmp_path / "instantiate").with_suffix(".cpp")
     src.write_text(SOURCE)
     report = tmp_path / "vec.txt"
     # setup.py's CPU flags (the extension's cxx list) plus the report
@@ -92,16 +104,20 @@ def test_marked_loops_vectorise(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     text = report.read_text()
-    name = re.escape(os.path.basename(HEADER))
-    vectorised, missed = [], []
-    for m in re.finditer(rf"{name}:(\d+):\d+: (optimized: loop vectorized|missed: couldn't vectorize loop)", text):
-        (vectorised if m.group(2).startswith("optimized") else missed).append(int(m.group(1)))
+    problems = []
+    for header, loops in marked.items():
+        name = re.escape(os.path.basename(header))
+        vectorised, missed = [], []
+        pattern = rf"(?<![\w]){name}:(\d+):\d+: (optimized: loop vectorized|missed: couldn't vectorize loop)"
+        for m in re.finditer(pattern, text):
+            (vectorised if m.group(2).startswith("optimized") else missed).append(int(m.group(1)))
 
-    def inside(lines, loop):
-        return any(loop[0] <= ln <= loop[1] for ln in lines)
+        def inside(lines, loop):
+            return any(loop[0] <= ln <= loop[1] for ln in lines)
 
-    not_vectorised = [lo for lo in marked if not inside(vectorised, lo)]
-    scalar_somewhere = [lo for lo in marked if inside(missed, lo)]
-    assert not not_vectorised and not scalar_somewhere, (
-        f"{HEADER}: marked loops (first, last line) never vectorised: {not_vectorised}; left scalar in some "
-        f"instantiation: {scalar_somewhere} (GCC -fopt-info-vec; report {report})")
+        never = [lo for lo in loops if not inside(vectorised, lo)]
+        scalar = [lo for lo in loops if inside(missed, lo)]
+        if never or scalar:
+            problems.append(f"{header}: marked loops (first, last line) never vectorised: {never}; left scalar in "
+                            f"some instantiation: {scalar}")
+    assert not problems, "\n".join(problems) + f"\n(GCC -fopt-info-vec; report {report})"

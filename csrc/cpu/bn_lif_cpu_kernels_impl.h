@@ -32,11 +32,14 @@ constexpr int kAfter = kResetAfterFire;
 template <typename acc_t>
 inline void expand(const BNAffine<acc_t>& f, int64_t n0, int64_t n, acc_t* a, acc_t* m, acc_t* b) {
   int64_t c = (n0 / f.inner) % f.C, r = n0 % f.inner;
-  for (int64_t j = 0; j < n; ++j) {
-    a[j] = f.a[c];
-    m[j] = f.m[c];
-    b[j] = f.b[c];
-    if (++r == f.inner) {
+  for (int64_t j = 0; j < n;) {  // one channel's run of lanes at a time
+    const int64_t len = std::min(n - j, f.inner - r);
+    std::fill(a + j, a + j + len, f.a[c]);
+    std::fill(m + j, m + j + len, f.m[c]);
+    std::fill(b + j, b + j + len, f.b[c]);
+    j += len;
+    r += len;
+    if (r == f.inner) {
       r = 0;
       if (++c == f.C) c = 0;
     }
@@ -54,11 +57,11 @@ SNN_CPU_CLONES void run_moments(const scalar_t* __restrict__ p, int64_t n, doubl
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   acc_t s = 0;
 #pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < n; ++j) s += acc_t(p[j]);
+  for (int64_t j = 0; j < n; ++j) s += acc_t(p[j]);  // [vec]
   const acc_t rm = acc_t(double(s) / double(n));
   acc_t q = 0, e = 0;
 #pragma omp simd reduction(+ : q, e)
-  for (int64_t j = 0; j < n; ++j) {
+  for (int64_t j = 0; j < n; ++j) {  // [vec]
     const acc_t d = acc_t(p[j]) - rm;
     q += d * d;
     e += d;
@@ -162,7 +165,7 @@ SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __
     for (; t + 4 <= T; t += 4) {
       const int64_t off = t * N;
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
+      for (int64_t j = 0; j < n; ++j) {  // [vec]
         acc_t vv = v[j];
         vv = step(vv, off + j, j);
         vv = step(vv, off + N + j, j);
@@ -174,7 +177,7 @@ SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __
   for (; t < T; ++t) {
     const int64_t off = t * N;
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) v[j] = step(v[j], off + j, j);
+    for (int64_t j = 0; j < n; ++j) v[j] = step(v[j], off + j, j);  // [vec]
     if (v_seq != nullptr)
       for (int64_t j = 0; j < n; ++j) v_seq[off + j] = scalar_t(v[j]);
   }
@@ -203,6 +206,23 @@ void bn_lif_fwd_kernel(const scalar_t* x, const scalar_t* v0, const bool* mask, 
       p.hard_reset, p.decay_input, mask != nullptr);
 }
 
+// Σ v[0..n) in double, as four interleaved partial sums (lanes j mod 4) added (s0 + s1) + (s2 + s3).
+template <typename acc_t>
+inline double lane_run_sum(const acc_t* __restrict__ v, int64_t n) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    s0 += double(v[j]);
+    s1 += double(v[j + 1]);
+    s2 += double(v[j + 2]);
+    s3 += double(v[j + 3]);
+  }
+  if (j < n) s0 += double(v[j]);
+  if (j + 1 < n) s1 += double(v[j + 1]);
+  if (j + 2 < n) s2 += double(v[j + 2]);
+  return (s0 + s1) + (s2 + s3);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Backward of one block: re-run the forward keeping xc = x − m and H (with PGRAD: V_{t−1}, from which
 // the walk recomputes H and the parameter terms) for T × B elements in L2, then walk back two steps
@@ -229,7 +249,7 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
     acc_t* __restrict__ st = state + t * B;
     acc_t* __restrict__ xcp = xcbuf + t * B;
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
+    for (int64_t j = 0; j < n; ++j) {  // [vec]
       const acc_t vv = dv[j];
       const acc_t xc = acc_t(x[off + j]) - m[j];
       xcp[j] = xc;
@@ -291,7 +311,7 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
       const acc_t* __restrict__ st = state + t * B;
       const acc_t* __restrict__ xcp = xcbuf + t * B;
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
+      for (int64_t j = 0; j < n; ++j) {  // [vec]
         acc_t s0 = g0[j], s1 = g1[j], k_ = sk[j], th_ = sth[j], al_ = sal[j];
         const acc_t d = back(dv[j], off + j, j, st[j], xcp[j], s0, s1, k_, th_, al_);
         dv[j] = back(d, off - N + j, j, st[j - B], xcp[j - B], s0, s1, k_, th_, al_);
@@ -312,7 +332,7 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
     if (gvseq != nullptr)
       for (int64_t j = 0; j < n; ++j) dv[j] += acc_t(gvseq[off + j]);
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
+    for (int64_t j = 0; j < n; ++j) {  // [vec]
       acc_t s0 = g0[j], s1 = g1[j], k_ = sk[j], th_ = sth[j], al_ = sal[j];
       dv[j] = back(dv[j], off + j, j, st[j], xcp[j], s0, s1, k_, th_, al_);
       g0[j] = s0;
@@ -325,12 +345,18 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
     }
   }
   for (int64_t j = 0; j < n; ++j) gv0[j] = scalar_t(dv[j]);
-  // Lanes into the block's channel sums (chan_out: [Σ∂X' | Σ∂X'·xc], [2C]) in lane order; lane 0 is
-  // element r of channel c's run.
-  for (int64_t j = 0; j < n; ++j) {
-    chan_out[c] += double(g0[j]);
-    chan_out[C + c] += double(g1[j]);
-    if (++r == inner) {
+  // Lanes into the block's channel sums (chan_out: [Σ∂X' | Σ∂X'·xc], [2C]), one channel's run of lanes
+  // at a time; lane 0 is element r of channel c's run. Within a run, four partial sums over lanes
+  // j ≡ 0, 1, 2, 3 (mod 4), combined as (s0 + s1) + (s2 + s3): a fixed order whatever the vector width.
+  // An add per lane straight into chan_out[c] was one serial chain through memory (each add waits
+  // for the previous one's store), a cost per element of the order of a whole walk step at T = 4.
+  for (int64_t j = 0; j < n;) {
+    const int64_t len = std::min(n - j, inner - r);
+    chan_out[c] += lane_run_sum(g0 + j, len);
+    chan_out[C + c] += lane_run_sum(g1 + j, len);
+    j += len;
+    r += len;
+    if (r == inner) {
       r = 0;
       if (++c == C) c = 0;
     }
@@ -421,7 +447,7 @@ template <typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void dx_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ gx, int64_t n, acc_t A, acc_t Bc,
                            acc_t D, acc_t m) {
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) gx[j] = scalar_t(A * acc_t(gx[j]) + (Bc * (acc_t(x[j]) - m) + D));
+  for (int64_t j = 0; j < n; ++j) gx[j] = scalar_t(A * acc_t(gx[j]) + (Bc * (acc_t(x[j]) - m) + D));  // [vec]
 }
 
 template <typename scalar_t, typename acc_t>
