@@ -12,7 +12,9 @@ Rows (float32; CPU by default, the GPU check's opt-in ``swap-in`` stage runs it 
   Its Linear runs over all T·B rows at once, which may round differently from T matmuls of B rows:
   its spikes are checked against the converted per-step loop given the same Linear output.
 
-Each row checks its spikes against the snnTorch loop's (equal) before it is timed. Modes: ``fwd``
+Spikes are checked before anything is timed: the converted per-step loop against snnTorch's (equal),
+the multistep call against the converted per-step loop; a difference is printed with its count, the
+timings still run, and the exit status is 1. Modes: ``fwd``
 (no autograd) and ``fwd+bwd`` (then ``out.sum().backward()``). The three are interleaved round by
 round; the median and the 20/80 % quantiles over the rounds are printed, in ms.
 """

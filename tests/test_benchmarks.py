@@ -126,7 +126,7 @@ def test_swap_in_reports_differing_spikes(monkeypatch, capsys):
     pytest.importorskip("snntorch")
     from benchmarks import swap_in
 
-    argv = ["--n", "16", "--T", "6", "--rounds", "1", "--threads", "1"]
+    argv = ["--n", "16", "--T", "6", "--rounds", "1"]  # no --threads: main() would leave it set for later tests
     assert swap_in.main(argv) == 0
     out = capsys.readouterr().out
     assert "; spikes equal (" in out and "converted multistep" in out

@@ -194,6 +194,25 @@ def test_cpu_kernel_all_true_mask_is_bitwise_unmasked(dtype, sg_name, variant, n
         assert_bitwise_equal(masked[key], plain[key], f"{dtype}/{sg_name}/{variant} {key}")
 
 
+@requires_c
+@pytest.mark.parametrize("with_v_seq", [False, True], ids=["no_vseq", "vseq"])
+@pytest.mark.parametrize("T", [7, 13])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_param_walks_bitwise_over_blocks(dtype, variant, T, with_v_seq):
+    """The parameter-gradient backward has two walks that must give the same bits: bwd_block_params
+    (no mask: H and ∂H/∂k kept by the re-run) and bwd_block (under a mask: V_{t−1} kept, H recharged).
+    Here over several blocks and a partial last one (N = 3·B + 5 with B = 8192 at these T) and T not a
+    multiple of the re-run's four steps per pass, which the special-value cases above (one block, T = 8)
+    do not reach."""
+    x, v0, params, flags, gs, gvl, gvs = special_case(dtype, variant, "sigmoid", T=T, N=3 * 8192 + 5)
+    gvs = gvs if with_v_seq else None
+    plain = cpu_kernel(x, v0, params, None, flags, gs, gvl, gvs, True)
+    masked = cpu_kernel(x, v0, params, torch.ones(x.shape, dtype=torch.bool), flags, gs, gvl, gvs, True)
+    for key in plain:
+        assert_bitwise_equal(masked[key], plain[key], f"{dtype}/{variant}/T={T} {key}")
+
+
 def test_special_case_holds_the_specials():
     """The cases above would prove nothing without the values they are about."""
     x = special_case(torch.float32, "hard0", "sigmoid")[0]

@@ -20,37 +20,41 @@ HEADERS = [os.path.join(ROOT, "csrc", "cpu", f) for f in ("lif_cpu_kernels_impl.
 MARK = "// [vec]"
 
 # Calls that instantiate every marked loop (compiled only, never run): the forward, the re-run and
-# walk without parameter gradients, and the walks with them (bwd_block: recharging from V_{t−1};
-# bwd_block_params: from the kept H and ∂H/∂k), each with the built-in sigmoid and with a given g′.
+# walk without parameter gradients, and the walks with them (bwd_block: recharging from V_{t−1}, as the
+# hard delayed reset runs it; bwd_block_params: from the kept H and ∂H/∂k, the default
+# timing), each with the built-in sigmoid and with a given g′.
 SOURCE = r"""
 #include "bn_lif_cpu_kernels_impl.h"
 using namespace snn_fast;
 using namespace snn_fast::cpu_lif;
 
+// Sizes are parameters, not literals, so that no constant propagation can remove a loop.
+// bwd_block: the hard delayed reset's walk (it needs V_{t−1}); also the other timings' with parameter
+// gradients and every walk under a noise mask.
 template <int SG>
-void instantiate(const float* f, float* o, bool* m, double* d, const Given<float, float>& gv, LIFParams<float> p) {
-  fwd_block<true, true, false, false, kResetAfterFire, float, float>(f, f, m, o, o, nullptr, o, o, 64, 4, 64, p);
-  bwd_block_fast<SG, true, true, false, false, float, float>(f, f, nullptr, f, f, m, gv, o, o, o, o, 64, 64, 4, 64,
-                                                             p);
-  bwd_block<SG, true, true, false, false, kResetAfterFire, float, float>(f, f, nullptr, f, f, m, gv, o, o, o, o, o,
-                                                                          64, 64, 4, 64, p, d);
-  bwd_block_params<SG, true, true, false, float, float>(f, f, nullptr, f, f, gv, o, o, o, o, o, o, 64, 64, 4, 64, p,
-                                                        d);
+void instantiate(const float* f, float* o, bool* m, double* d, const Given<float, float>& gv, LIFParams<float> p,
+                 int64_t n, int64_t B, int64_t T, int64_t N) {
+  fwd_block<true, true, false, false, kResetAfterFire, float, float>(f, f, m, o, o, nullptr, o, o, n, T, N, p);
+  bwd_block_fast<SG, true, true, false, false, float, float>(f, f, nullptr, f, f, m, gv, o, o, o, o, n, B, T, N, p);
+  bwd_block<SG, true, true, false, false, kResetDelayed, float, float>(f, f, nullptr, f, f, m, gv, o, o, o, o, o, n, B,
+                                                                        T, N, p, d);
+  bwd_block_params<SG, true, true, false, float, float>(f, f, nullptr, f, f, gv, o, o, o, o, o, o, n, B, T, N, p, d);
 }
 template void instantiate<kSigmoid>(const float*, float*, bool*, double*, const Given<float, float>&,
-                                    LIFParams<float>);
+                                    LIFParams<float>, int64_t, int64_t, int64_t, int64_t);
 template void instantiate<kGivenSurrogate>(const float*, float*, bool*, double*, const Given<float, float>&,
-                                           LIFParams<float>);
+                                           LIFParams<float>, int64_t, int64_t, int64_t, int64_t);
 
 // bn_lif: statistics, forward, backward without and with parameter gradients, and the input gradient.
-void instantiate_bn(const float* f, float* o, bool* m, double* d, LIFParams<float> p) {
-  cpu_bn_lif::run_moments<float>(f, 64, d[0], d[1]);
-  cpu_bn_lif::fwd_block<true, true, false, float, float>(f, f, m, o, o, nullptr, o, f, f, f, 64, 4, 64, p);
+void instantiate_bn(const float* f, float* o, bool* m, double* d, LIFParams<float> p, int64_t n, int64_t B,
+                    int64_t T, int64_t N, int64_t C, int64_t inner) {
+  cpu_bn_lif::run_moments<float>(f, n, d[0], d[1]);
+  cpu_bn_lif::fwd_block<true, true, false, float, float>(f, f, m, o, o, nullptr, o, f, f, f, n, T, N, p);
   cpu_bn_lif::bwd_block<kSigmoid, true, true, false, false, false, float, float>(
-      f, f, nullptr, f, f, m, o, o, o, o, o, o, f, f, f, 64, 64, 4, 64, p, d, d, 0, 0, 4, 16);
+      f, f, nullptr, f, f, m, o, o, o, o, o, o, f, f, f, n, B, T, N, p, d, d, 0, 0, C, inner);
   cpu_bn_lif::bwd_block<kSigmoid, true, true, false, false, true, float, float>(
-      f, f, nullptr, f, f, m, o, o, o, o, o, o, f, f, f, 64, 64, 4, 64, p, d, d, 0, 0, 4, 16);
-  cpu_bn_lif::dx_run<float, float>(f, o, 64, 1.f, 1.f, 1.f, 0.f);
+      f, f, nullptr, f, f, m, o, o, o, o, o, o, f, f, f, n, B, T, N, p, d, d, 0, 0, C, inner);
+  cpu_bn_lif::dx_run<float, float>(f, o, n, 1.f, 1.f, 1.f, 0.f);
 }
 """
 
