@@ -482,11 +482,12 @@ def test_reset_timing_runs_on_the_reference(timing):
 @pytest.mark.parametrize("learn", [False, True], ids=["fixed", "learn"])
 def test_cpu_results_do_not_depend_on_the_thread_count(learn):
     """The CPU op adds its per-block channel and parameter sums in block order, so one thread and two
-    give the same bits. Both shapes take the parallel path (T·N >= 2^19); in the second the backward's
-    blocks (4096 elements at T = 4) end inside channels' runs (53 elements)."""
+    give the same bits. Every shape takes the parallel path (T·N >= 2^19); in the second the backward's
+    blocks (4096 elements at T = 4) end inside channels' runs (53 elements: the statistics per column);
+    the third is a Linear layer's [T, B, C] (runs of one: every short-run path, dx per row)."""
     before = torch.get_num_threads()
     try:
-        for shape in ((4, 8, 16, 64, 64), (4, 128, 24, 53)):
+        for shape in ((4, 8, 16, 64, 64), (4, 128, 24, 53), (4, 256, 512)):
             inp = make_inputs(shape, torch.float32, learn=learn)
             got = {}
             for n in (1, 2):

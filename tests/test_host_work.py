@@ -123,3 +123,34 @@ def test_inference_one_op():
     with torch.no_grad(), OpLog() as log:
         m(x)
     assert log.work() == ["snn_fast.lif_fwd"], log.ops
+
+
+@pytest.mark.parametrize("learn", [False, True], ids=["fixed", "learn_tau"])
+def test_bn_lif_module_cpp_autograd_bounded_ops(learn):
+    """The fused batch norm + LIF (snn_fast.nn.BNLIF) on the C++ op: its backward node is the C++ one
+    (csrc/autograd/bn_lif_autograd.cpp; a Python autograd Function cost ~55 µs forward and ~80 µs
+    backward per layer), the forward and backward ops run once each, the rest is a bounded number of
+    small per-channel ops (running statistics, rstd; the learnable τ's params), the same for any T and N,
+    and nothing syncs."""
+    counts = set()
+    for shape in ((4, 2, 8, 3, 3), (6, 3, 8, 5, 2)):
+        m = snn.BNLIF(8, tau=2.0, backend="cpu", learn_tau=learn)
+        x = _x(shape)
+        m(x.detach())  # first call: constant caches filled
+        m.reset()
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+        with OpLog() as log:
+            s = m(x)
+            node = s.grad_fn  # the op's node, under the views to [T, B, C, *]
+            while node is not None and "View" in node.name():
+                node = node.next_functions[0][0]
+            assert node is not None and "BNLIFFunction" in node.name(), s.grad_fn
+            s.backward(torch.ones_like(s))
+        work = log.work()
+        assert work.count("snn_fast.bn_lif_fwd") == 1 and work.count("snn_fast.bn_lif_bwd") == 1, log.ops
+        assert work.count("snn_fast.bn_lif_stats") == 1, log.ops
+        assert not any(o.split(".")[-1] in SYNCS for o in log.ops), log.ops
+        counts.add(len(work))
+    assert len(counts) == 1, counts
+    assert counts.pop() <= 20

@@ -28,10 +28,34 @@ using cpu_lif::kRuntimeSurrogate;
 // lif_step.h's timing branches fold away and the loops vectorise as the LIF kernels' default timing.
 constexpr int kAfter = kResetAfterFire;
 
+// Runs (one channel's contiguous elements) of a few elements: a Linear's [T, B, C] (runs of 1), a
+// ResNet's late 1×1 … 7×7 stages. Taken one run at a time, their per-run cost exceeds the arithmetic
+// (the backward of [4, 4, 512, 1, 1] took 47 µs against 8 µs for the LIF op alone). Below these
+// lengths the work goes per element or per column of a [rows, C·inner] view instead. Each threshold
+// is where the two ways measured level (a standalone build of these kernels, 1–2 threads; per run
+// vs the other way, in µs): the statistics 39 vs 14 at runs of 16, 24 vs 28 at 64, 854 vs 791 at 49
+// with 32·512 channels' runs; dx 13 vs 3.7 at 4, 5.2 vs 5.8 at 16, 223 vs 413 at 49; the per-lane
+// arrays 5.2 vs 1.5 at 1, 4.3 vs 4.9 at 8, 154 vs 381 at 49.
+constexpr int64_t kShortRunStats = 64;
+constexpr int64_t kShortRunDx = 16;
+constexpr int64_t kShortRunExpand = 8;
+
 // a, m, b of lanes n0 … n0 + n − 1 into per-lane arrays.
 template <typename acc_t>
 inline void expand(const BNAffine<acc_t>& f, int64_t n0, int64_t n, acc_t* a, acc_t* m, acc_t* b) {
   int64_t c = (n0 / f.inner) % f.C, r = n0 % f.inner;
+  if (f.inner < kShortRunExpand) {
+    for (int64_t j = 0; j < n; ++j) {
+      a[j] = f.a[c];
+      m[j] = f.m[c];
+      b[j] = f.b[c];
+      if (++r == f.inner) {
+        r = 0;
+        if (++c == f.C) c = 0;
+      }
+    }
+    return;
+  }
   for (int64_t j = 0; j < n;) {  // one channel's run of lanes at a time
     const int64_t len = std::min(n - j, f.inner - r);
     std::fill(a + j, a + j + len, f.a[c]);
@@ -70,13 +94,14 @@ SNN_CPU_CLONES void run_moments(const scalar_t* __restrict__ p, int64_t n, doubl
   m2 = double(q) - double(e) * double(e) / double(n);
 }
 
-// Channels of a few elements per run (inner < kShortRun: a Linear's [T, B, C], a ResNet's last 1×1
-// stages): a call per run would cost more than its arithmetic (156 µs for [4, 4, 512, 1, 1]). There
+// Channels of a few elements per run (inner < kShortRunStats: a Linear's [T, B, C], a ResNet's late 1×1 …
+// 7×7 stages): a call per run would cost more than its arithmetic (156 µs for [4, 4, 512, 1, 1]). There
 // x is [runs, W = C·inner], and each column k is summed over the runs in run order, vectorised across
 // the columns, in double; two passes (the mean, then the squared deviations from it), so no
 // cancellation. Each column is one thread's, and channels merge their columns in order: the result
-// does not depend on the thread count either.
-constexpr int64_t kShortRun = 16;
+// does not depend on the thread count either. Two [C·inner] double arrays: taken only while they stay
+// in L2 (kShortRunCols), else run by run.
+constexpr int64_t kShortRunCols = 32768;
 
 template <typename scalar_t>
 void bn_stats_short_runs(const scalar_t* x, int64_t runs, int64_t C, int64_t inner, double* mean, double* var) {
@@ -121,7 +146,8 @@ void bn_stats_short_runs(const scalar_t* x, int64_t runs, int64_t C, int64_t inn
 template <typename scalar_t>
 void bn_stats_kernel(const scalar_t* x, int64_t T, int64_t N, int64_t C, int64_t inner, double* mean, double* var) {
   const int64_t runs = T * (N / (C * inner));
-  if (inner < kShortRun) return bn_stats_short_runs<scalar_t>(x, runs, C, inner, mean, var);
+  if (inner < kShortRunStats && C * inner <= kShortRunCols)
+    return bn_stats_short_runs<scalar_t>(x, runs, C, inner, mean, var);
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(runs * inner, 1));
   at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -350,15 +376,23 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
   // j ≡ 0, 1, 2, 3 (mod 4), combined as (s0 + s1) + (s2 + s3): a fixed order whatever the vector width.
   // An add per lane straight into chan_out[c] was one serial chain through memory (each add waits
   // for the previous one's store), a cost per element of the order of a whole walk step at T = 4.
-  for (int64_t j = 0; j < n;) {
-    const int64_t len = std::min(n - j, inner - r);
-    chan_out[c] += lane_run_sum(g0 + j, len);
-    chan_out[C + c] += lane_run_sum(g1 + j, len);
-    j += len;
-    r += len;
-    if (r == inner) {
-      r = 0;
+  if (inner == 1) {  // runs of one lane: lane_run_sum of one value is that value, in double
+    for (int64_t j = 0; j < n; ++j) {
+      chan_out[c] += double(g0[j]);
+      chan_out[C + c] += double(g1[j]);
       if (++c == C) c = 0;
+    }
+  } else {
+    for (int64_t j = 0; j < n;) {
+      const int64_t len = std::min(n - j, inner - r);
+      chan_out[c] += lane_run_sum(g0 + j, len);
+      chan_out[C + c] += lane_run_sum(g1 + j, len);
+      j += len;
+      r += len;
+      if (r == inner) {
+        r = 0;
+        if (++c == C) c = 0;
+      }
     }
   }
   if constexpr (PGRAD) {
@@ -450,12 +484,40 @@ SNN_CPU_CLONES void dx_run(const scalar_t* __restrict__ x, scalar_t* __restrict_
   for (int64_t j = 0; j < n; ++j) gx[j] = scalar_t(A * acc_t(gx[j]) + (Bc * (acc_t(x[j]) - m) + D));  // [vec]
 }
 
+// The same over rows of W = C·inner elements with the coefficients expanded per column (short runs:
+// one dx_run call per run of a few elements cost more than the run).
+template <typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void dx_row(const scalar_t* __restrict__ x, scalar_t* __restrict__ gx, int64_t W,
+                           const acc_t* __restrict__ A, const acc_t* __restrict__ Bc, const acc_t* __restrict__ D,
+                           const acc_t* __restrict__ m) {
+#pragma omp simd
+  for (int64_t k = 0; k < W; ++k) gx[k] = scalar_t(A[k] * acc_t(gx[k]) + (Bc[k] * (acc_t(x[k]) - m[k]) + D[k]));  // [vec]
+}
+
 template <typename scalar_t, typename acc_t>
 void bn_lif_dx_kernel(const scalar_t* x, scalar_t* gx, int64_t T, int64_t N, const acc_t* coef,
                       const BNAffine<acc_t>& f) {
   const int64_t runs = T * (N / f.inner);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / f.inner);
   const int64_t C = f.C;
+  if (f.inner < kShortRunDx) {
+    const int64_t W = C * f.inner, rows = runs / C;
+    std::vector<acc_t> cols(4 * W);
+    for (int64_t k = 0; k < W; ++k) {
+      const int64_t c = k / f.inner;
+      cols[k] = coef[c];
+      cols[W + k] = coef[C + c];
+      cols[2 * W + k] = coef[2 * C + c];
+      cols[3 * W + k] = f.m[c];
+    }
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / W);
+    at::parallel_for(0, rows, T * N < cpu_lif::kFwdParallelMinWork ? rows : grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        dx_row<scalar_t, acc_t>(x + r * W, gx + r * W, W, cols.data(), cols.data() + W, cols.data() + 2 * W,
+                                cols.data() + 3 * W);
+    });
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / f.inner);
   at::parallel_for(0, runs, T * N < cpu_lif::kFwdParallelMinWork ? runs : grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t c = r % C;

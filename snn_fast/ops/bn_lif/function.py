@@ -6,7 +6,8 @@ X' = (x − μ)·a + b: the statistics are taken first (one read of x: ``bn_lif_
 the fused forward normalises and fires in one pass. Its backward walks the LIF backward, summing
 batch norm's per-channel terms on the way, and finishes with one elementwise pass for the gradient
 through the batch statistics (``contract.py`` has the schemas). One autograd (``_save``/``_backward``,
-a ``backends.FusedAutograd``) serves every backend, eager and compiled.
+a ``backends.FusedAutograd``) serves the Triton backend, eager and compiled; the C++ op (CPU and
+CUDA) has the same contract in C++ (``csrc/autograd/bn_lif_autograd.cpp``): one dispatcher call.
 """
 from __future__ import annotations
 
@@ -169,7 +170,9 @@ def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, mom
         s, v_last, v_seq, _ = BACKENDS.compiled_fwd(name)(*fargs)
     else:
         bk = BACKENDS.load(name)
-        if train:
+        if bk.cpp_autograd:  # one dispatcher call; the C++ autograd kernel records the backward when needed
+            s, v_last, v_seq, _ = bk.fwd(*fargs)
+        elif train:
             s, v_last, v_seq, _ = AUTOGRAD.apply(bk, *fargs)
         else:
             with torch._C._AutoDispatchBelowAutograd():
