@@ -196,15 +196,16 @@ def test_cpu_kernel_all_true_mask_is_bitwise_unmasked(dtype, sg_name, variant, n
 
 @requires_c
 @pytest.mark.parametrize("with_v_seq", [False, True], ids=["no_vseq", "vseq"])
-@pytest.mark.parametrize("T", [7, 13])
+@pytest.mark.parametrize("T", [7, 8, 13])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpu_param_walks_bitwise_over_blocks(dtype, variant, T, with_v_seq):
     """The parameter-gradient backward has two walks that must give the same bits: bwd_block_params
-    (no mask: H and ∂H/∂k kept by the re-run) and bwd_block (under a mask: V_{t−1} kept, H recharged).
-    Here over several blocks and a partial last one (N = 3·B + 5 with B = 8192 at these T) and T not a
-    multiple of the re-run's four steps per pass, which the special-value cases above (one block, T = 8)
-    do not reach."""
+    (no mask: H and ∂H/∂k kept by the re-run; without v_seq two steps back per pass) and bwd_block
+    (under a mask: V_{t−1} kept, H recharged, one step per pass). Here over several blocks and a
+    partial last one (N = 3·B + 5 with B = 8192 at these T), T not a multiple of the re-run's four
+    steps per pass (7, 13: also a last single step back) and T even (8: pairs only), which the
+    special-value cases above (one block, T = 8, v_seq given) do not reach."""
     x, v0, params, flags, gs, gvl, gvs = special_case(dtype, variant, "sigmoid", T=T, N=3 * 8192 + 5)
     gvs = gvs if with_v_seq else None
     plain = cpu_kernel(x, v0, params, None, flags, gs, gvl, gvs, True)

@@ -264,6 +264,22 @@ def test_double_backward_is_refused_not_silently_zero():
 
 
 @pytest.mark.skipif(not snn_fast.HAS_C, reason="snn_fast._C not built")
+def test_bn_lif_double_backward_is_refused_not_silently_zero():
+    """The fused batch norm + LIF's C++ autograd (csrc/autograd/bn_lif_autograd.cpp) refuses it too,
+    for the input and for batch norm's weight."""
+    x = torch.randn(4, 2, 3, 5, requires_grad=True)
+    w = torch.rand(3).add_(0.5).requires_grad_(True)
+    b = torch.zeros(3, requires_grad=True)
+    for wrt in (x, w):
+        s, v = snn_fast.bn_lif(x, w, b, backend="cpu")
+        with pytest.raises(NotImplementedError, match="double backward"):
+            torch.autograd.grad(s.sum() + v.sum(), wrt, create_graph=True)
+    s, v = snn_fast.bn_lif(x, w, b, backend="reference", v_reset=None)
+    (g,) = torch.autograd.grad(v.sum() + s.sum(), w, create_graph=True)
+    assert g.requires_grad
+
+
+@pytest.mark.skipif(not snn_fast.HAS_C, reason="snn_fast._C not built")
 def test_bwd_op_checks_gradient_shapes():
     x = torch.zeros(3, 4)
     p = torch.tensor([0.5, 1.0, 4.0])

@@ -99,8 +99,8 @@ SNN_CPU_CLONES void run_moments(const scalar_t* __restrict__ p, int64_t n, doubl
 // x is [runs, W = C·inner], and each column k is summed over the runs in run order, vectorised across
 // the columns, in double; two passes (the mean, then the squared deviations from it), so no
 // cancellation. Each column is one thread's, and channels merge their columns in order: the result
-// does not depend on the thread count either. Two [C·inner] double arrays: taken only while they stay
-// in L2 (kShortRunCols), else run by run.
+// does not depend on the thread count either. Two [C·inner] double arrays: for runs of 16 … 63
+// elements taken only while they stay in L2 (kShortRunCols), else run by run.
 constexpr int64_t kShortRunCols = 32768;
 
 template <typename scalar_t>
@@ -146,7 +146,9 @@ void bn_stats_short_runs(const scalar_t* x, int64_t runs, int64_t C, int64_t inn
 template <typename scalar_t>
 void bn_stats_kernel(const scalar_t* x, int64_t T, int64_t N, int64_t C, int64_t inner, double* mean, double* var) {
   const int64_t runs = T * (N / (C * inner));
-  if (inner < kShortRunStats && C * inner <= kShortRunCols)
+  // Runs under 16 elements always per column (run by run is several times slower there whatever
+  // C·inner); 16 … 63 only while the column arrays stay in L2.
+  if (inner < 16 || (inner < kShortRunStats && C * inner <= kShortRunCols))
     return bn_stats_short_runs<scalar_t>(x, runs, C, inner, mean, var);
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(runs * inner, 1));
   at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {

@@ -6,8 +6,9 @@ X' = (x − μ)·a + b: the statistics are taken first (one read of x: ``bn_lif_
 the fused forward normalises and fires in one pass. Its backward walks the LIF backward, summing
 batch norm's per-channel terms on the way, and finishes with one elementwise pass for the gradient
 through the batch statistics (``contract.py`` has the schemas). One autograd (``_save``/``_backward``,
-a ``backends.FusedAutograd``) serves the Triton backend, eager and compiled; the C++ op (CPU and
-CUDA) has the same contract in C++ (``csrc/autograd/bn_lif_autograd.cpp``): one dispatcher call.
+a ``backends.FusedAutograd``) serves the Triton backend (and a build of ``_C`` without the C++
+autograd kernel), eager and compiled; the C++ op (CPU and CUDA) has the same contract in C++
+(``csrc/autograd/bn_lif_autograd.cpp``): one dispatcher call.
 """
 from __future__ import annotations
 
