@@ -11,6 +11,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "packed_flags.h"
+
 namespace snn_fast {
 namespace {
 
@@ -39,15 +41,8 @@ const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
   return op;
 }
 
-bool requires_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
-
-// The flags as one integer (lif_autograd.cpp's packing: each saved_data entry is a hash-map insert
-// here and a lookup in the backward): the surrogate id in the low 32 bits, then one bit per bool,
-// then reset_timing and save (each < 256: the ops refuse other codes before anything is saved).
-constexpr int kHardReset = 32, kDecayInput = 33, kDetachReset = 34, kStrict = 35, kReturnVSeq = 36, kBatch = 37;
-constexpr int kTimingShift = 40, kSaveShift = 48;
-
-bool flag(int64_t f, int bit) { return (f >> bit) & 1; }
+using namespace autograd_flags;
+constexpr int kBatch = kOpBit0;  // batch_stats
 
 struct BNLIFFunction : public torch::autograd::Function<BNLIFFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& v0, const Tensor& params,
@@ -61,11 +56,9 @@ struct BNLIFFunction : public torch::autograd::Function<BNLIFFunction> {
                       v_reset, decay_input, detach_reset, kappa, strict, timing, return_v_seq, save);
     ctx->save_for_backward(
         {x, v0, params, weight, bias, mean, rstd, mask.has_value() ? *mask : Tensor(), saved, s});
-    ctx->saved_data["flags"] = (sg & 0xffffffff) | int64_t(hard_reset) << kHardReset |
-                               int64_t(decay_input) << kDecayInput | int64_t(detach_reset) << kDetachReset |
-                               int64_t(strict) << kStrict | int64_t(return_v_seq) << kReturnVSeq |
-                               int64_t(batch_stats) << kBatch | (timing & 0xff) << kTimingShift |
-                               (save & 0xff) << kSaveShift;
+    ctx->saved_data["flags"] = pack_flags(sg, hard_reset, decay_input, detach_reset, strict, timing, return_v_seq,
+                                          save) |
+                               int64_t(batch_stats) << kBatch;
     ctx->saved_data["v_reset"] = v_reset;
     ctx->saved_data["kappa"] = kappa;
     ctx->saved_data["tdbn_alpha"] = tdbn_alpha;
@@ -101,9 +94,9 @@ struct BNLIFFunction : public torch::autograd::Function<BNLIFFunction> {
     auto [gx, gv0, gp, gw, gb] =
         bwd_op().call(gs.contiguous(), gvl, gvs, x, v0, params, weight, bias, mean, rstd,
                       d.at("tdbn_alpha").toDouble(), d.at("inner").toInt(), flag(f, kBatch), mask, saved, s,
-                      f & 0xffffffff, flag(f, kHardReset), d.at("v_reset").toDouble(), flag(f, kDecayInput),
-                      flag(f, kDetachReset), d.at("kappa").toDouble(), flag(f, kStrict), (f >> kTimingShift) & 0xff,
-                      (f >> kSaveShift) & 0xff, need_param_grad);
+                      surrogate_of(f), flag(f, kHardReset), d.at("v_reset").toDouble(), flag(f, kDecayInput),
+                      flag(f, kDetachReset), d.at("kappa").toDouble(), flag(f, kStrict), timing_of(f), save_of(f),
+                      need_param_grad);
     // one entry per forward argument: x, v0, params, weight, bias, then none for mean, rstd, the three
     // batch-norm scalars, the mask, the 8 flags, return_v_seq and save
     variable_list out(21);

@@ -12,6 +12,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "packed_flags.h"
+
 namespace snn_fast {
 namespace {
 
@@ -39,21 +41,7 @@ const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
   return op;
 }
 
-bool requires_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
-
-// pack_flags: the surrogate id in the low 32 bits, then one bit per bool, then reset_timing and save
-// (each < 256: the ops refuse other codes before anything is saved).
-constexpr int kHardReset = 32, kDecayInput = 33, kDetachReset = 34, kStrict = 35, kReturnVSeq = 36;
-constexpr int kTimingShift = 40, kSaveShift = 48;
-
-int64_t pack_flags(int64_t sg, bool hard_reset, bool decay_input, bool detach_reset, bool strict, int64_t timing,
-                   bool return_v_seq, int64_t save) {
-  return (sg & 0xffffffff) | int64_t(hard_reset) << kHardReset | int64_t(decay_input) << kDecayInput |
-         int64_t(detach_reset) << kDetachReset | int64_t(strict) << kStrict | int64_t(return_v_seq) << kReturnVSeq |
-         (timing & 0xff) << kTimingShift | (save & 0xff) << kSaveShift;
-}
-
-bool flag(int64_t f, int bit) { return (f >> bit) & 1; }
+using namespace autograd_flags;
 
 struct LIFFunction : public torch::autograd::Function<LIFFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& v0, const Tensor& params,
@@ -64,8 +52,7 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction> {
     auto [s, v_last, v_seq, saved] = fwd_op().call(x, v0, params, mask, sg, hard_reset, v_reset, decay_input,
                                                    detach_reset, kappa, strict, timing, return_v_seq, save);
     ctx->save_for_backward({x, v0, params, mask.has_value() ? *mask : Tensor(), saved, s});
-    // The flags as one integer and two floats: each saved_data entry is a hash-map insert here and a
-    // lookup in the backward, per layer and step (ten entries cost ~1 µs of host time, measured).
+    // The flags as one integer and two floats (packed_flags.h says why).
     ctx->saved_data["flags"] = pack_flags(sg, hard_reset, decay_input, detach_reset, strict, timing, return_v_seq,
                                           save);
     ctx->saved_data["v_reset"] = v_reset;
@@ -97,9 +84,9 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction> {
     const bool need_param_grad = ctx->needs_input_grad(2);
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [gx, gv0, gp] = bwd_op().call(
-        gs.contiguous(), gvl, gvs, x, v0, params, mask, saved, s, c10::nullopt, c10::nullopt, f & 0xffffffff,
+        gs.contiguous(), gvl, gvs, x, v0, params, mask, saved, s, c10::nullopt, c10::nullopt, surrogate_of(f),
         flag(f, kHardReset), d.at("v_reset").toDouble(), flag(f, kDecayInput), flag(f, kDetachReset),
-        d.at("kappa").toDouble(), flag(f, kStrict), (f >> kTimingShift) & 0xff, (f >> kSaveShift) & 0xff,
+        d.at("kappa").toDouble(), flag(f, kStrict), timing_of(f), save_of(f),
         need_param_grad);
     // one entry per forward argument: x, v0, params, then none for the mask, the 8 flags,
     // return_v_seq and save
