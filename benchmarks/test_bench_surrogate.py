@@ -6,10 +6,12 @@
 The user's surrogate is the built-in sigmoid (α = 4) re-registered with ``register_surrogate``: torch
 g/g′ (and ``@triton.jit`` versions for the Triton backend), ``scaling=True``. So "user" and "built-in"
 do the same arithmetic and every difference is the cost of running a user's surrogate:
-  - CPU: 'cpu' runs the C++ forward, which keeps H − θ (the default save="state"), and a backward of
-    the user's torch g′ on H − θ, compiled by torch.compile into one loop (``-user``; compiled in the
-    warm-up, not timed) or eager in 1 MiB pieces (``-user-eager``: registered with compile=False),
-    and the C++ walk (``custom_cpu.py``); the peers are the reference loop with the same user
+  - CPU: 'cpu' runs the C++ forward and the C++ walk with the user's g′ translated to C++ and compiled
+    into it (``-user``: native_surrogate.py; built, or loaded from the disk cache, in the warm-up, not
+    timed). ``-user-given``: the same with that step off ($SNN_FAST_NATIVE_SURROGATES=0 around the
+    call): the forward keeps H − θ, the user's torch g′ runs on it compiled by torch.compile into one
+    loop, and the walk reads it (``custom_cpu.py``); ``-user-eager`` (registered with compile=False):
+    the torch g′ eager in 1 MiB pieces. The peers are the reference loop with the same user
     surrogate and SpikingJelly 2.0's LIFNode with its own custom surrogate (a
     ``SurrogateFunctionBase`` subclass with its own autograd Function, which is how a SpikingJelly
     user adds a shape; it runs SpikingJelly's torch loop). Measured at 1 and 2 threads
@@ -35,10 +37,12 @@ import snn_fast  # noqa: E402
 from benchmarks import common  # noqa: E402
 from snn_fast import surrogate as sgm  # noqa: E402
 from snn_fast.ops.lif.function import BACKENDS as LIF_BACKENDS  # noqa: E402
+from snn_fast.ops.lif.native_surrogate import ENV_NATIVE as NATIVE_ENV  # noqa: E402
 
 USER = "sigmoid_user"
 USER_DA = "sigmoid_user_da"  # the same with an explicit ∂g/∂α (not derived by scaling=True)
 EAGER = "_eager"  # suffix: the same surrogates registered with compile=False (CPU rows "-user-eager")
+GIVEN = "+given"  # suffix: the same surrogate, not compiled into the walk (CPU rows "-user-given")
 CPU_THREADS = (1, 2)
 
 
@@ -158,16 +162,18 @@ def providers(device):
     fused = ["cpu"] if device == "cpu" else ["cuda", "triton"]
     alpha = torch.tensor(4.0, device=device, requires_grad=True)  # learnable α (its gradient is computed)
     for b in fused:
-        cpu_only = (("sigmoid", True), (USER_DA, True), (USER + EAGER, False), (USER_DA + EAGER, True))
+        cpu_only = (("sigmoid", True), (USER_DA, True), (USER + EAGER, False), (USER_DA + EAGER, True),
+                    (USER + GIVEN, False), (USER_DA + GIVEN, True))
         for sg, learn in (("sigmoid", False), (USER, False)) + (cpu_only if device == "cpu" else ()):
             try:
-                LIF_BACKENDS.select(b, torch.zeros(1, device=device), True, sgm.get(sg))
+                LIF_BACKENDS.select(b, torch.zeros(1, device=device), True, sgm.get(sg.removesuffix(GIVEN)))
             except (RuntimeError, ValueError) as e:
                 print(f"snn_fast-{b} with {sg}: {e}")
                 continue
             name = (f"snn_fast-{b}" + ("-user" if sg != "sigmoid" else "") + ("-eager" if sg.endswith(EAGER) else "")
-                    + ("-learn" if learn else ""))
-            out[name] = lambda x, b=b, sg=sg, a=(alpha if learn else 4.0): snn_fast.lif_multistep(
+                    + ("-given" if sg.endswith(GIVEN) else "") + ("-learn" if learn else ""))
+            base = sg.removesuffix(GIVEN)
+            out[name] = lambda x, b=b, sg=base, a=(alpha if learn else 4.0): snn_fast.lif_multistep(
                 x, backend=b, surrogate=sg, alpha=a)[0]
     sj, sj_user, sj_learn = _spikingjelly_nodes()
     sj_nodes = (("spikingjelly", sj), ("spikingjelly-user", sj_user))
@@ -236,7 +242,8 @@ def _bench_case(device, shape, dtype, rounds):
     rows = []
     for mode, wrap, passes in (("fwd", fwd, 2), ("fwd+bwd", fwd_bwd, 5)):
         # a learnable α changes only the backward
-        fns = {name: (lambda f=f: wrap(f)) for name, f in provs.items() if mode != "fwd" or "-learn" not in name}
+        fns = {name: (lambda f=f, name=name: _run(name, wrap, f)) for name, f in provs.items()
+               if mode != "fwd" or "-learn" not in name}
         tm = common.time_fns(fns, device, rounds=rounds)
         for name in fns:
             peer = tm.get("spikingjelly-user" + ("-learn" if "-learn" in name else ""), (None,))[0]
@@ -248,8 +255,25 @@ def _bench_case(device, shape, dtype, rounds):
     return rows
 
 
+def _run(name, wrap, f):
+    """wrap(f), with the compiled walk off for the ``-given`` rows (forward and backward)."""
+    if "-given" not in name:
+        return wrap(f)
+    before = os.environ.get(NATIVE_ENV)
+    os.environ[NATIVE_ENV] = "0"
+    try:
+        return wrap(f)
+    finally:
+        if before is None:
+            del os.environ[NATIVE_ENV]
+        else:
+            os.environ[NATIVE_ENV] = before
+
+
 # (slower, faster): each ratio is slower's time over faster's
-RATIOS = [("snn_fast-cpu-user", "snn_fast-cpu"), ("snn_fast-cpu-user-eager", "snn_fast-cpu-user"),
+RATIOS = [("snn_fast-cpu-user", "snn_fast-cpu"), ("snn_fast-cpu-user-given", "snn_fast-cpu-user"),
+          ("snn_fast-cpu-user-given-learn", "snn_fast-cpu-user-learn"),
+          ("snn_fast-cpu-user-eager", "snn_fast-cpu-user"),
           ("snn_fast-cpu-user-eager-learn", "snn_fast-cpu-user-learn"), ("reference-user", "snn_fast-cpu-user"),
           ("spikingjelly-user", "snn_fast-cpu-user"),
           ("snn_fast-cpu-user-learn", "snn_fast-cpu-learn"), ("reference-user-learn", "snn_fast-cpu-user-learn"),

@@ -45,6 +45,13 @@ TORCH_LIBRARY(snn_fast, m) {
   m.def(
       "lif_sg_arg(Tensor x, Tensor v0, Tensor params, Tensor? noise_mask, Tensor s, bool hard_reset, "
       "float v_reset, bool decay_input) -> Tensor");
+  // lif_bwd for a user's surrogate compiled to C++ on this machine (snn_fast/ops/lif/native_surrogate.py):
+  // `kernel` is the address of that library's walk for x's dtype, `abi` its ABI version (checked
+  // against this build's). The default firing and reset, no noise mask. Returns what lif_bwd returns.
+  m.def(
+      "lif_bwd_native(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, Tensor params, "
+      "int kernel, int abi, bool hard_reset, float v_reset, bool decay_input, bool detach_reset, "
+      "float reset_residual, bool need_param_grad) -> (Tensor, Tensor, Tensor)");
 
   // Batch norm + LIF in one op (docs/spec.md §12): x [T, N] with N = B·C·inner (channel of element n:
   // (n / inner) % C), the LIF op's v0, params and flags, and per channel weight, bias, mean, rstd

@@ -8,10 +8,11 @@ be renumbered.
 
 Surrogates registered by users (:func:`register_surrogate`) get ids from ``CUSTOM_ID_BASE`` up, in
 registration order, for this process only (they are pickled by name, never by id), and run on:
-  - 'cpu': the C++ forward (which does not involve the surrogate unless a noise mask is given) and a
-    backward that evaluates the user's torch ``dg`` (and ``dg_dalpha``) over H − θ, compiled with
-    torch.compile into one fused loop (eager torch calls with ``compile=False``), and feeds them to
-    the C++ backward walk (``snn_fast/ops/lif/custom_cpu.py``);
+  - 'cpu': the C++ forward (which does not involve the surrogate unless a noise mask is given) and the
+    C++ backward walk with the user's torch ``dg`` (and ``dg_dalpha``) translated to C++ and compiled
+    into it on this machine (``snn_fast/ops/lif/native_surrogate.py``); where they do not translate,
+    their values over H − θ computed before the walk, compiled by torch.compile into one fused loop
+    (eager torch calls with ``compile=False``), and read by the walk (``snn_fast/ops/lif/custom_cpu.py``);
   - 'triton': when ``triton=(g, dg[, dg_dalpha])`` gives ``@triton.jit`` versions, passed to the
     kernels as constexpr functions, so each such surrogate compiles into its own kernel variant;
   - 'reference': always. Not 'cuda' (its kernels are compiled ahead of time).
@@ -92,6 +93,20 @@ def _scaling_dalpha(dg: Fn) -> Fn:
 
 def _zero_dalpha(x, a):  # no width: g does not depend on α
     return torch.zeros_like(x)
+
+
+# What ∂g/∂α of a surrogate is, for the kernels that compute it from g′ where they can (the CPU paths
+# of a user's surrogate): 0 (no width), x·g′/α (scaling=True, derived), or its own dg_dalpha.
+DALPHA_ZERO, DALPHA_SCALED, DALPHA_OWN = "zero", "scaled", "dalpha"
+
+
+def dalpha_kind(sg: "Surrogate") -> str:
+    da = sg.dg_dalpha
+    if da is None or da is _zero_dalpha:
+        return DALPHA_ZERO
+    if isinstance(da, _ScalingDAlpha) and da.dg is sg.dg:
+        return DALPHA_SCALED
+    return DALPHA_OWN
 
 
 def _sigmoid_g(x, a):
@@ -306,7 +321,12 @@ def register_surrogate(
             imported there (Triton resolves a jit function's globals from its module). Without
             it, 'triton' cannot run this surrogate. Its ∂g/∂α may be left out when ``scaling`` or
             ``alpha is None``.
-        compile: on the 'cpu' backend, compile g′ (and ∂g/∂α) with ``torch.compile`` (Inductor,
+        compile: on the 'cpu' backend, translate g′ (and ∂g/∂α) to C++ and compile them into the C++
+            backward walk, computed inline as a built-in's (``snn_fast/ops/lif/native_surrogate.py``:
+            5–10 s per surrogate and dtype the first time on a machine, cached on disk after; checked
+            against the torch functions before first use; ``SNN_FAST_NATIVE_SURROGATES=0`` skips it).
+            Where a function does not translate (an op outside its list, a reduction, a branch on a
+            value) or cannot be compiled, compile g′ (and ∂g/∂α) with ``torch.compile`` (Inductor,
             dynamic shapes) into one fused loop over H − θ that writes the buffers the C++ backward
             reads (several times faster than the eager torch ops: the sigmoid's g′ at [16, 262144]
             float32 takes ~1.2 ms against 3–4 ms), at the cost of one compilation per

@@ -32,6 +32,10 @@ if not torch.cuda.is_available():
 # suite compiled, the small layers of the tests included (``_compiled_surrogates`` below).
 COMPILED_SURROGATES = os.environ.get("SNN_FAST_TEST_COMPILED_SURROGATES") == "1"
 os.environ["SNN_FAST_COMPILE_SURROGATES"] = "1" if COMPILED_SURROGATES else "0"
+# The same surrogates compiled into the C++ walk (native_surrogate.py): off in the suite but for
+# test_native_surrogate.py, which turns it on (the libraries are built once per session into a shared
+# temporary cache); SNN_FAST_TEST_NATIVE_SURROGATES=1 (with the variable above) runs the suite on them.
+os.environ["SNN_FAST_NATIVE_SURROGATES"] = "1" if os.environ.get("SNN_FAST_TEST_NATIVE_SURROGATES") == "1" else "0"
 
 
 def _inductor_cache_per_op_schemas():

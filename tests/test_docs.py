@@ -58,6 +58,8 @@ ELSEWHERE = {
     ("examples/tempotron_digits.py", "event_driven/examples/tempotron_mnist.py"): "SpikingJelly's repository",
     ("tests/test_cpp_special_values.py", "shim.cpp"): "written into the test's tmp_path",
     ("tests/test_cuda_compile.py", "probe.cu"): "written into the test's tmp_path",
+    ("snn_fast/ops/lif/native_surrogate.py", "src.cpp"): "the generated unit, written into a build directory",
+    ("tests/test_native_surrogate.py", "unit.cpp"): "written into the test's tmp_path",
 }
 
 _PATH_RE = re.compile(

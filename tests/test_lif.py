@@ -1126,6 +1126,7 @@ def test_every_registered_op_is_opchecked():
         "lif_sg_arg": "test_custom_surrogate.py::test_cpu_given_sg_opcheck",
         "lif_fwd_custom_cpu": "test_custom_surrogate.py::test_cpu_given_sg_opcheck",
         "lif_bwd_custom_cpu": "test_custom_surrogate.py::test_cpu_given_sg_opcheck",
+        "lif_bwd_native": "test_native_surrogate.py::test_lif_bwd_native_opcheck",
         "lif_fwd_triton": "test_triton_opcheck", "lif_bwd_triton": "test_triton_opcheck",
         "tempotron_fwd": "test_tempotron.py::test_opcheck", "tempotron_bwd": "test_tempotron.py::test_opcheck",
         "tempotron_fwd_triton": "test_tempotron.py::test_triton_opcheck",

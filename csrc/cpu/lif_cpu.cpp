@@ -172,6 +172,38 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_given(
   return {gx, gv0, grad_params};
 }
 
+// A user's surrogate compiled to C++ (cpu_lif::NativeBwdFn): the built-in backward's walk with that
+// surrogate inline, from a library built on this machine; no buffer of g′. Bytes as the built-in's.
+std::tuple<Tensor, Tensor, Tensor> lif_bwd_native_cpu(const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_,
+                                                      const c10::optional<Tensor>& gvseq_, const Tensor& x_,
+                                                      const Tensor& v0_, const Tensor& params, int64_t kernel,
+                                                      int64_t abi, bool hard_reset, double v_reset, bool decay_input,
+                                                      bool detach_reset, double kappa, bool need_param_grad) {
+  check_lif_args(x_, v0_, params, c10::nullopt, 0, c10::DeviceType::CPU, "CPU kernel");
+  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
+  TORCH_CHECK(abi == cpu_lif::kNativeAbi, "lif_bwd_native: the compiled surrogate's library has ABI ", abi,
+              ", this build ", cpu_lif::kNativeAbi, " (a stale build: rebuild it)");
+  TORCH_CHECK(kernel != 0, "lif_bwd_native: kernel is a null address");
+  Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous();
+  Tensor gvlast, gvseq;
+  if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();
+  if (gvseq_.has_value() && gvseq_->numel() > 0) gvseq = gvseq_->to(x.scalar_type()).contiguous();
+  const int64_t T = x.size(0), N = x.size(1);
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = at::empty_like(v0);
+  std::vector<double> pg(3, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_native_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, detach_reset, kappa);
+    auto fn = reinterpret_cast<cpu_lif::NativeBwdFn<scalar_t, acc_t>>(static_cast<intptr_t>(kernel));
+    fn(gs.const_data_ptr<scalar_t>(), gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr,
+       gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr, x.const_data_ptr<scalar_t>(),
+       v0.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gv0.mutable_data_ptr<scalar_t>(), T, N, p,
+       need_param_grad, pg.data());
+  });
+  Tensor grad_params = at::tensor(pg, params.options().dtype(at::kDouble)).to(params.scalar_type());
+  return {gx, gv0, grad_params};
+}
+
 // lif_bwd: with sg_grad, the walk reads the given g′ (a user's surrogate); else the built-in one.
 std::tuple<Tensor, Tensor, Tensor> lif_bwd_cpu(const Tensor& grad_s, const c10::optional<Tensor>& gvlast,
                                                const c10::optional<Tensor>& gvseq, const Tensor& x,
@@ -202,6 +234,7 @@ TORCH_LIBRARY_IMPL(snn_fast, CPU, m) {
   m.impl("lif_fwd", &lif_fwd_cpu);
   m.impl("lif_bwd", &lif_bwd_cpu);
   m.impl("lif_sg_arg", &lif_sg_arg_cpu);
+  m.impl("lif_bwd_native", &lif_bwd_native_cpu);
 }
 
 }  // namespace snn_fast

@@ -51,6 +51,17 @@ void lif_bwd_given_kernel(const Given<scalar_t, acc_t>& given, const scalar_t* g
                           scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N, const LIFParams<acc_t>& p,
                           bool need_param_grad, double* param_grad);
 
+// A user's surrogate compiled to C++ on this machine (lif_bwd_native_kernel in lif_cpu_kernels_impl.h,
+// built by snn_fast/ops/lif/native_surrogate.py into a library of its own): lif_bwd_kernel's walk
+// with that surrogate inline, the default firing and reset, no noise mask. Its address reaches
+// lif_cpu.cpp's lif_bwd_native op as an integer; kNativeAbi is checked against the library's own
+// before it is used (the library is built from these headers; a stale one is rebuilt).
+template <typename scalar_t, typename acc_t>
+using NativeBwdFn = void (*)(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+                             const scalar_t* v0, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
+                             const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad);
+constexpr int kNativeAbi = 1;
+
 #define SNN_FAST_EXTERN_LIF_CPU(scalar_t, acc_t)                                                             \
   extern template void lif_fwd_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const bool*,         \
                                                        scalar_t*, scalar_t*, scalar_t*, int64_t, int64_t,     \

@@ -89,10 +89,14 @@ class BlockQueue {
 // every clone rounds like the float32 reference.
 // x86-64-v3 is AVX2 + FMA, v4 adds AVX-512. No loop contracts: FMAs in the backward walk make an
 // all-True mask differ from no mask by an ulp, and W4 fwd+bwd is as fast without them.
+// A user's surrogate compiled on this machine (snn_fast/ops/lif/native_surrogate.py) defines it empty
+// and builds for -march=native instead: one copy of each loop, for the CPU it runs on.
+#ifndef SNN_CPU_CLONES
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define SNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SNN_CPU_CLONES
+#endif
 #endif
 
 // The flags reach the loops as template arguments (snn_fast::with_flags, once per call), so each
@@ -213,6 +217,11 @@ void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t*
 // read per element from Given.
 constexpr int kRuntimeSurrogate = -1;
 constexpr int kGivenSurrogate = -2;
+// kNativeSurrogate: a user's torch g′ and ∂g/∂α translated to C++ (snn_fast/ops/lif/native_surrogate.py)
+// as explicit specialisations of sg_grad / sg_dalpha for this id, in a translation unit of their own
+// built on the user's machine (lif_bwd_native_kernel): the walk computes them inline, as a built-in's.
+// No noise mask there (its emitted value needs the user's g; the given path runs it).
+constexpr int kNativeSurrogate = -3;
 template <int SG, typename scalar_t, typename T>
 inline void surrogate_grads(T h, const LIFParams<T>& p, const Given<scalar_t, T>& gv, int64_t i, T& gp, T& dga) {
   if constexpr (SG == kGivenSurrogate) {
@@ -555,7 +564,9 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
       // bwd_block: under a noise mask, and the other timings' walk. The default timing's unmasked
       // blocks never come here (bwd_block_params or bwd_block_fast), so that instantiation is not built.
       auto full = [&] {
-        if (mask != nullptr) {
+        if constexpr (SG == kNativeSurrogate) {
+          return;  // no mask, and the default timing only (lif_bwd_native_kernel)
+        } else if (mask != nullptr) {
           bwd_block<kRerunSg<SG>, HARD, DI, DETACH, true, TIMING, scalar_t, acc_t>(
               gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(),
               lane_sums.data(), n, B, T, N, p, out3);
@@ -588,8 +599,9 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
                                                                   lane_sums.data(), n, B, T, N, p, out3);
         }
       } else if (mask != nullptr) {
-        bwd_block_fast<SG, HARD, DI, DETACH, true, scalar_t, acc_t>(
-            gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);
+        if constexpr (SG != kNativeSurrogate)
+          bwd_block_fast<SG, HARD, DI, DETACH, true, scalar_t, acc_t>(
+              gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);
       } else {
         bwd_block_fast<SG, HARD, DI, DETACH, false, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv,
                                                                      gx + n0, gv0 + n0, vprev.data(), dv.data(), n,
@@ -669,6 +681,23 @@ void lif_bwd_given_kernel(const Given<scalar_t, acc_t>& given, const scalar_t* g
       [&](auto hard, auto di, auto detach) {
         bwd_impl<kGivenSurrogate, decltype(hard)::value, decltype(di)::value, decltype(detach)::value,
                  kResetAfterFire, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, need_param_grad, param_grad, given);
+      },
+      p.hard_reset, p.decay_input, p.detach_reset);
+}
+
+// The backward of a user's surrogate compiled to C++ (kNativeSurrogate): the translation unit that
+// native_surrogate.py generates specialises sg_grad/sg_dalpha<kNativeSurrogate, acc_t> and instantiates
+// this for one dtype; lif_cpu.cpp calls it through a NativeBwdFn pointer (lif_bwd_native). The default
+// firing and reset, no noise mask.
+template <typename scalar_t, typename acc_t>
+void lif_bwd_native_kernel(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+                           const scalar_t* v0, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
+                           const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad) {
+  with_flags(
+      [&](auto hard, auto di, auto detach) {
+        bwd_impl<kNativeSurrogate, decltype(hard)::value, decltype(di)::value, decltype(detach)::value,
+                 kResetAfterFire, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, nullptr, gx, gv0, T, N, p,
+                                                   need_param_grad, param_grad);
       },
       p.hard_reset, p.decay_input, p.detach_reset);
 }

@@ -1,5 +1,11 @@
 """LIF on the CPU with a user-registered surrogate: the ops behind backend 'cpu' for such a surrogate.
 
+First choice: the user's functions translated to C++ and compiled into the walk (native_surrogate.py):
+then the forward keeps nothing and the backward is one call, ``snn_fast::lif_bwd_native``, the
+built-in kernel's bytes. Decided at the forward (``_saves_d``; its fake agrees) and again at the
+backward. What follows is the path for a surrogate that does not translate, a noise mask, or with
+that step off.
+
 The C++ kernels cannot call a user's Python function per element; they do not need to:
 
   - forward: the LIF forward does not involve the surrogate unless a noise mask is given (the spike
@@ -46,6 +52,7 @@ from ... import _ext
 from ... import surrogate as _sg
 from . import args as lif_args
 from . import contract
+from . import native_surrogate
 from .reference import lif_reference_k
 
 # On the eager path the user's functions see D in pieces of this many bytes, their results copied
@@ -93,7 +100,7 @@ def lif_fwd_custom_cpu(
     contract.check_op_args("lif_custom_cpu", x, v0, params, surrogate, save)
     _check_firing(strict_threshold, reset_timing)
     if noise_mask is None and _ext.HAS_C:
-        keep = contract.SAVE_SG_ARG if save == contract.SAVE_STATE else contract.SAVE_NONE
+        keep = contract.SAVE_SG_ARG if _saves_d(surrogate, x.dtype, save, noise_mask) else contract.SAVE_NONE
         return torch.ops.snn_fast.lif_fwd.default(x, v0, params, None, 0, hard_reset, v_reset, decay_input,
                                                   detach_reset, reset_residual, False, contract.RESET_AFTER_FIRE,
                                                   return_v_seq, keep)
@@ -104,6 +111,20 @@ def lif_fwd_custom_cpu(
     with torch.no_grad():
         s, v_last, *v_seq = lif_reference_k(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq)
     return s, v_last, (v_seq[0] if return_v_seq else x.new_empty(0)), x.new_empty(0)
+
+
+def _native(surrogate: int, dtype: torch.dtype, noise_mask) -> Optional[native_surrogate.Native]:
+    """The surrogate compiled into the C++ walk (native_surrogate.py), built at the first call, or None."""
+    if noise_mask is not None or not _ext.HAS_C:
+        return None
+    return native_surrogate.lookup(_surrogate(surrogate), dtype)
+
+
+def _saves_d(surrogate: int, dtype: torch.dtype, save: int, noise_mask) -> bool:
+    """Whether the forward keeps D: for save="state" without a noise mask, unless the backward computes
+    g′ inline (the compiled walk, decided here, at the forward: its fake and real outputs agree)."""
+    return (save == contract.SAVE_STATE and noise_mask is None
+            and _native(surrogate, dtype, noise_mask) is None)
 
 
 def _evaluate(fn, d: torch.Tensor, alpha: torch.Tensor, name: str, *more: torch.Tensor) -> torch.Tensor:
@@ -136,18 +157,11 @@ def _scaled(x, gp, a):  # ∂g/∂α = x·g′/α of a scaling surrogate, from g
 
 # What ∂g/∂α is: KIND_GP none needed (no parameter gradient), KIND_ZERO 0 (no width), KIND_SCALED
 # x·g′/α from g′ (scaling=True; derived), KIND_DALPHA the surrogate's own dg_dalpha.
-KIND_GP, KIND_ZERO, KIND_SCALED, KIND_DALPHA = "gp", "zero", "scaled", "dalpha"
+KIND_GP, KIND_ZERO, KIND_SCALED, KIND_DALPHA = "gp", _sg.DALPHA_ZERO, _sg.DALPHA_SCALED, _sg.DALPHA_OWN
 
 
 def _kind(sg: _sg.Surrogate, need_dalpha: bool) -> str:
-    da = sg.dg_dalpha
-    if not need_dalpha:
-        return KIND_GP
-    if da is None or da is _sg._zero_dalpha:
-        return KIND_ZERO
-    if isinstance(da, _sg._ScalingDAlpha) and da.dg is sg.dg:
-        return KIND_SCALED
-    return KIND_DALPHA
+    return _sg.dalpha_kind(sg) if need_dalpha else KIND_GP
 
 
 def _evaluate_eager(sg: _sg.Surrogate, kind: str, d: torch.Tensor, alpha: torch.Tensor):
@@ -283,6 +297,11 @@ def lif_bwd_custom_cpu(
     """The user's g′ (and ∂g/∂α) at D, then the C++ walk reading them (given ones are used as they are)."""
     _check(x, v0, params, surrogate)
     _check_firing(strict_threshold, reset_timing)
+    native = _native(surrogate, x.dtype, noise_mask) if sg_grad is None else None
+    if native is not None:  # g′ inline in the walk: D (if the forward kept it) is not needed
+        return torch.ops.snn_fast.lif_bwd_native.default(
+            grad_s, grad_v_last, grad_v_seq, x, v0, params, native.address, native.abi, hard_reset, v_reset,
+            decay_input, detach_reset, reset_residual, need_param_grad)
     if sg_grad is None:
         sg = _surrogate(surrogate)
         if saved.numel() > 0:  # D from the forward (save="state")
@@ -299,8 +318,9 @@ def lif_bwd_custom_cpu(
 
 def _fake_fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
               reset_residual, strict_threshold, reset_timing, return_v_seq, save):
+    keeps = _saves_d(surrogate, x.dtype, save, noise_mask)
     return contract.fake_fwd_outputs(x, v0, return_v_seq) + (
-        contract.saved_like("cpu_custom", x, params, save, noise_mask),)
+        x.new_empty(x.shape, dtype=params.dtype) if keeps else x.new_empty(0),)
 
 
 def _fake_sg_arg(x, v0, params, noise_mask, s, hard_reset, v_reset, decay_input):
@@ -316,3 +336,6 @@ torch.library.custom_op(BWD_NAME, mutates_args=(), schema=contract.BWD_SCHEMA)(l
     contract.fake_bwd)
 if _ext.HAS_C:
     torch.library.register_fake("snn_fast::lif_sg_arg")(_fake_sg_arg)
+    torch.library.register_fake("snn_fast::lif_bwd_native")(
+        lambda grad_s, gvl, gvs, x, v0, params, *rest: (torch.empty_like(x), torch.empty_like(v0),
+                                                        torch.empty_like(params)))

@@ -37,6 +37,10 @@ D = H − θ, [T, N] in the compute size a, and hands g′ to the C++ walk as a 
     under a noise mask: the forward is the reference loop and saves nothing; both backward kernels
     read s (+2·T·N·b)
 
+Compiled into the C++ walk (native_surrogate.py: the default where the functions translate and a
+compiler is there) a user's surrogate moves the built-in kernel's bytes: no D, no g′ buffers
+(``custom_cpu_bytes(..., native=True)``; under a noise mask the table above still holds).
+
 Forward+backward, float32: 36 B per element (state) or 40 B (recompute) against the built-in's 20 B
 (5b): g′ written and read (2a) and D written and read (2a, + b for the re-run). The blocked Python
 backward this replaced moved 8b = 32 B (forward 3b: x, s and V saved for the backward; backward 5b:
@@ -106,12 +110,18 @@ def passes(T: int, N: int, dtype: torch.dtype, save: str, **kw) -> float:
 
 
 def custom_cpu_bytes(T: int, N: int, dtype: torch.dtype, save: str = "state", *, param_grad: bool = False,
-                     mask: bool = False, v_seq: bool = False, compiled: bool = True) -> Dict[str, int]:
+                     mask: bool = False, v_seq: bool = False, compiled: bool = True,
+                     native: bool = False) -> Dict[str, int]:
     """{"fwd", "bwd", "total", "saved"} of a user-registered surrogate on the CPU (the table above),
     grad_v_last given; ``compiled``: the user's functions compiled (one pass over D), else eager (their
-    temporaries not counted: they stay in cache)."""
+    temporaries not counted: they stay in cache); ``native``: compiled into the walk (no noise mask),
+    the built-in CPU kernel's bytes."""
     b, a = _sizes(dtype)
     TN = T * N
+    if native and not mask:  # the built-in walk's: x, s; x, grad_s, grad_x (lif_cpu.cpp); the [N] vectors
+        fwd = 2 * TN * b + 2 * N * b + (TN * b if v_seq else 0)
+        bwd = 3 * TN * b + 3 * N * b + (TN * b if v_seq else 0)  # v0, grad_v_last, grad_v0; grad_v_seq
+        return {"fwd": fwd, "bwd": bwd, "total": fwd + bwd, "saved": 0}
     fwd = 2 * TN * b + 2 * N * b + (TN * b if v_seq else 0) + (TN if mask else 0)  # x, s; v0, v_last
     bwd = 0
     if save == "state" and not mask:
