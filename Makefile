@@ -96,7 +96,8 @@ compat: $(COMPAT_VENV)/.deps
 	rm -rf .compat/pkg .compat/lib
 	TORCH_CUDA_ARCH_LIST=$${COMPAT_CUDA_ARCH:-9.0} MAX_JOBS=$${MAX_JOBS:-2} $(COMPAT_PY) setup.py -q build_ext \
 	  --build-lib .compat/lib --build-temp .compat/build
-	mkdir -p .compat/pkg && cp -r snn_fast .compat/pkg/ && rm -f .compat/pkg/snn_fast/_C*.so
+	@# csrc beside the package: a user's surrogate is compiled against its headers (native_surrogate.py)
+	mkdir -p .compat/pkg && cp -r snn_fast csrc .compat/pkg/ && rm -f .compat/pkg/snn_fast/_C*.so
 	cp .compat/lib/snn_fast/_C*.so .compat/pkg/snn_fast/
 	$(COMPAT_PY) -c "import torch, triton; print('compat: torch', torch.__version__, 'triton', triton.__version__)"
 	cd tests && PYTHONPATH=$(CURDIR)/.compat/pkg ../$(COMPAT_PY) -c \

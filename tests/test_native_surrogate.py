@@ -31,8 +31,9 @@ from test_custom_surrogate import OPTIONS_AFTER_FIRE, _CountCalls
 from test_lif import BY_ID, LEARN, cases, check, compare, make, opt, run
 
 native_surrogate = pytest.importorskip("snn_fast.ops.lif.native_surrogate")
-pytestmark = pytest.mark.skipif(not snn_fast.HAS_C or native_surrogate._compiler() is None,
-                                reason="needs snn_fast._C and a C++ compiler")
+pytestmark = pytest.mark.skipif(not snn_fast.HAS_C or native_surrogate.unavailable() is not None,
+                                reason=f"needs snn_fast._C, a C++ compiler and the kernel headers: "
+                                       f"{native_surrogate.unavailable()}")
 
 CPU = BY_ID["cpu"]
 
@@ -454,3 +455,15 @@ def test_lif_bwd_native_opcheck(dtype):
                     torch.tensor([0.5, 0.8, 4.0], dtype=pdt), nat.address, nat.abi, True, 0.0, True, False, 0.2, need)
             torch.library.opcheck(torch.ops.snn_fast.lif_bwd_native.default, args,
                                   test_utils=("test_schema", "test_faketensor"))
+
+
+def test_no_headers_is_silent_and_says_why(fresh, monkeypatch, tmp_path):
+    """An install without the C++ sources beside the package (not editable): nothing compiled, no
+    warning (the machine, not the surrogate), ``why_not`` names the missing header; the gradients are
+    the given-g′ path's."""
+    sg = fresh("nohdr_sig", g=_sig, dg=FORMULAS[0][2], alpha=4.0, scaling=True)
+    monkeypatch.setattr(native_surrogate, "_CSRC", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sgm.SurrogateCompileWarning)
+        n, _ = _native_calls(lambda: _grads(sg.name))
+    assert n == 0 and "lif_cpu_kernels_impl.h missing" in native_surrogate.why_not(sg, torch.float64)

@@ -427,14 +427,22 @@ def _key(src: str, cmd: List[str]) -> str:
     return h.hexdigest()[:24]
 
 
+def unavailable() -> Optional[str]:
+    """Why nothing can be compiled here (no C++ compiler; the kernel headers not beside the package,
+    as in an install that is not editable: the C++ sources are not installed), or None."""
+    if _compiler() is None:
+        return "no C++ compiler found ($CXX, c++, g++)"
+    missing = [h for h in _HEADERS if not os.path.exists(os.path.join(_CSRC, h))]
+    if missing:
+        return f"the kernel headers are not beside the package ({_CSRC}: {missing[0]} missing)"
+    return None
+
+
 def _build(src: str) -> str:
     """The path of the library for ``src``: from the cache, else compiled into it. Raises RuntimeError."""
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found ($CXX, c++, g++)")
-    missing = [h for h in _HEADERS if not os.path.exists(os.path.join(_CSRC, h))]
-    if missing:
-        raise RuntimeError(f"the kernel headers are not next to the package ({_CSRC}: {missing[0]} missing)")
     cache = _cache_dir()
     probe = _command(cxx, "src.cpp", "lib.so")
     key = _key(src, probe)
@@ -558,6 +566,9 @@ def _make(sg: _sg.Surrogate, dtype: torch.dtype):
             src = source(sg, dtype)
         except Untranslatable as e:
             return f"not translated: {e}"
+        why = unavailable()  # not a warning: the machine, not the surrogate (the torch.compile path warns)
+        if why is not None:
+            return why
         try:
             path = _build(src)
             lib = ctypes.CDLL(path)
