@@ -260,6 +260,9 @@ for _sid, _name, _alpha, _g, _dg, _da, _aliases, _alpha_min in [
 
 NUM_KERNEL_SURROGATES = len(_BY_ID)
 assert NUM_KERNEL_SURROGATES <= CUSTOM_ID_BASE
+# The built-ins' names: a test that is a constant under torch.compile (a registered Surrogate reached
+# through a closure is traced with its id as a symbolic int there, so sg.custom would be symbolic).
+BUILTIN_NAMES = frozenset(_REGISTRY)
 
 
 def names() -> Tuple[str, ...]:

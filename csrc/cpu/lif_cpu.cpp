@@ -181,8 +181,6 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_native_cpu(const Tensor& grad_s_, con
                                                       bool detach_reset, double kappa, bool need_param_grad) {
   check_lif_args(x_, v0_, params, c10::nullopt, 0, c10::DeviceType::CPU, "CPU kernel");
   check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
-  TORCH_CHECK(abi == cpu_lif::kNativeAbi, "lif_bwd_native: the compiled surrogate's library has ABI ", abi,
-              ", this build ", cpu_lif::kNativeAbi, " (a stale build: rebuild it)");
   TORCH_CHECK(kernel != 0, "lif_bwd_native: kernel is a null address");
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous();
   Tensor gvlast, gvseq;
@@ -193,6 +191,10 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_native_cpu(const Tensor& grad_s_, con
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_native_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    constexpr int64_t want = cpu_lif::native_abi_tag<scalar_t, acc_t>();
+    TORCH_CHECK(abi == want, "lif_bwd_native: the compiled surrogate's library has ABI tag ", abi,
+                ", this build expects ", want, " for x's dtype ", x.scalar_type(),
+                " (a library for another dtype, or built from other headers)");
     auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, detach_reset, kappa);
     auto fn = reinterpret_cast<cpu_lif::NativeBwdFn<scalar_t, acc_t>>(static_cast<intptr_t>(kernel));
     fn(gs.const_data_ptr<scalar_t>(), gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr,

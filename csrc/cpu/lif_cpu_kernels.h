@@ -6,6 +6,7 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "snn_fast/lif_step.h"
 
@@ -54,13 +55,20 @@ void lif_bwd_given_kernel(const Given<scalar_t, acc_t>& given, const scalar_t* g
 // A user's surrogate compiled to C++ on this machine (lif_bwd_native_kernel in lif_cpu_kernels_impl.h,
 // built by snn_fast/ops/lif/native_surrogate.py into a library of its own): lif_bwd_kernel's walk
 // with that surrogate inline, the default firing and reset, no noise mask. Its address reaches
-// lif_cpu.cpp's lif_bwd_native op as an integer; kNativeAbi is checked against the library's own
-// before it is used (the library is built from these headers; a stale one is rebuilt).
+// lif_cpu.cpp's lif_bwd_native op as an integer, with the library's native_abi_tag, which the op
+// compares with its own for x's dtype before the call: the version below (bumped when the call
+// changes), the storage dtype, and the size of LIFParams (a library built from edited headers).
 template <typename scalar_t, typename acc_t>
 using NativeBwdFn = void (*)(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
                              const scalar_t* v0, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
                              const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad);
 constexpr int kNativeAbi = 1;
+template <typename scalar_t, typename acc_t>
+constexpr int64_t native_abi_tag() {
+  constexpr int64_t dtype = std::is_same_v<scalar_t, float> ? 1 : std::is_same_v<scalar_t, double> ? 2
+                            : std::is_same_v<scalar_t, c10::Half> ? 3 : 4;
+  return int64_t(kNativeAbi) * 1000000 + int64_t(sizeof(LIFParams<acc_t>)) * 100 + dtype;
+}
 
 #define SNN_FAST_EXTERN_LIF_CPU(scalar_t, acc_t)                                                             \
   extern template void lif_fwd_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const bool*,         \

@@ -565,7 +565,7 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
       // blocks never come here (bwd_block_params or bwd_block_fast), so that instantiation is not built.
       auto full = [&] {
         if constexpr (SG == kNativeSurrogate) {
-          return;  // no mask, and the default timing only (lif_bwd_native_kernel)
+          TORCH_INTERNAL_ASSERT(false, "the compiled surrogate's walk runs without a noise mask");
         } else if (mask != nullptr) {
           bwd_block<kRerunSg<SG>, HARD, DI, DETACH, true, TIMING, scalar_t, acc_t>(
               gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(),
@@ -602,6 +602,8 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
         if constexpr (SG != kNativeSurrogate)
           bwd_block_fast<SG, HARD, DI, DETACH, true, scalar_t, acc_t>(
               gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);
+        else
+          TORCH_INTERNAL_ASSERT(false, "the compiled surrogate's walk runs without a noise mask");
       } else {
         bwd_block_fast<SG, HARD, DI, DETACH, false, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv,
                                                                      gx + n0, gv0 + n0, vprev.data(), dv.data(), n,

@@ -120,11 +120,25 @@ def _native(surrogate: int, dtype: torch.dtype, noise_mask) -> Optional[native_s
     return native_surrogate.lookup(_surrogate(surrogate), dtype)
 
 
+# (surrogate id, dtype) -> whether the forward keeps D with save="state", fixed at the first forward
+# of the process: the fake forward (torch.compile) and every later real one give the saved tensor the
+# same shape even if the switches change afterwards (the backward copes either way: without D and
+# without the compiled walk it re-runs the forward for D). A compiled graph loaded from torch.compile's
+# disk cache by a process that decides otherwise (the compiled walk unavailable there) fails Inductor's
+# size check of the saved tensor instead of computing anything wrong.
+_FWD_KEEPS_D: Dict[Tuple[int, torch.dtype], bool] = {}
+
+
 def _saves_d(surrogate: int, dtype: torch.dtype, save: int, noise_mask) -> bool:
     """Whether the forward keeps D: for save="state" without a noise mask, unless the backward computes
-    g′ inline (the compiled walk, decided here, at the forward: its fake and real outputs agree)."""
-    return (save == contract.SAVE_STATE and noise_mask is None
-            and _native(surrogate, dtype, noise_mask) is None)
+    g′ inline (the compiled walk, decided at the first forward for this surrogate and dtype)."""
+    if save != contract.SAVE_STATE or noise_mask is not None:
+        return False
+    key = (surrogate, dtype)
+    keeps = _FWD_KEEPS_D.get(key)
+    if keeps is None:
+        keeps = _FWD_KEEPS_D.setdefault(key, _native(surrogate, dtype, noise_mask) is None)
+    return keeps
 
 
 def _evaluate(fn, d: torch.Tensor, alpha: torch.Tensor, name: str, *more: torch.Tensor) -> torch.Tensor:

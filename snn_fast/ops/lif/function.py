@@ -204,7 +204,8 @@ def _route(backend, x, sg: _sg.Surrogate, flags: lif_args.LIFFlags):
     if name == "reference":
         route = ("reference", False, None)
     else:
-        custom = bool(sg.custom)  # a user's surrogate: the backend's ops that run it
+        # a user's surrogate: the backend's ops that run it (by name: a constant under torch.compile)
+        custom = sg.name not in _sg.BUILTIN_NAMES
         route = (name, custom, None if compiling else BACKENDS.load(name, custom))
     if key is not None:
         _ROUTES[key] = route
