@@ -396,9 +396,13 @@ def test_disk_cache_serves_another_process():
     """Another process finds the library this one built and loads it without compiling."""
     nat = native_surrogate.lookup(sgm.get("user_sigmoid"), torch.float32)
     assert nat is not None
+    # the package this process imported (make compat's copy comes first on PYTHONPATH; a bare ``-c``
+    # would put the working directory's package, built for another torch, ahead of it)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(snn_fast.__file__)))
     script = "\n".join([
-        "import sys, torch",
-        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})",
+        "import sys",
+        f"sys.path[:0] = [{pkg_root!r}, {os.path.dirname(os.path.abspath(__file__))!r}]",
+        "import torch",
         "from snn_fast import surrogate as sgm",
         "from snn_fast.ops.lif import native_surrogate as ns",
         "import user_surrogates",
@@ -411,7 +415,8 @@ def test_disk_cache_serves_another_process():
         "n = ns.lookup(sgm.get('user_sigmoid'), torch.float32)",
         "assert n is not None, ns.why_not(sgm.get('user_sigmoid'), torch.float32)",
         "print(n.path)"])
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(os.path.abspath(__file__)))
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == nat.path
 

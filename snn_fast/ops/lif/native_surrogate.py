@@ -584,24 +584,12 @@ def lookup(sg: _sg.Surrogate, dtype: torch.dtype) -> Optional[Native]:
 
 
 def _make(sg: _sg.Surrogate, dtype: torch.dtype):
-    """Native, or the reason there is none. Runs on a thread of its own: there no dispatch mode, no
-    Dynamo tracing context and no fake mode of the caller's is active (the first use may come from
-    inside torch.compile tracing the forward: the translation's own trace must not add symbols or
-    guards to the user's graph), and the probe runs real torch ops."""
-    out = []
-
-    def run():
-        try:
-            out.append(_make_here(sg, dtype))
-        except BaseException as e:  # carried to the caller's thread
-            out.append(e)
-
-    t = threading.Thread(target=run, name="snn_fast-native-surrogate")
-    t.start()
-    t.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    result, failed = out[0]
+    """Native, or the reason there is none. Outside the caller's dispatch modes and Dynamo tracing
+    context (the first use may come from inside torch.compile tracing the forward, under its fake
+    mode: the translation's own trace must not add symbols or guards to the user's graph, and the
+    probe runs real torch ops). Not on a thread of its own: torch 2.11's make_fx crashed there."""
+    with torch._guards.tracing(None), torch.utils._python_dispatch._disable_current_modes():
+        result, failed = _make_here(sg, dtype)
     if failed:  # warned here, on the caller's thread (and at the caller's line)
         warnings.warn(f"snn_fast: the surrogate {sg.name!r} could not be compiled into the C++ backward "
                       f"({dtype}): {result}; the torch.compile'd or eager path runs it instead. "
