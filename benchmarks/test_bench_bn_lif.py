@@ -7,7 +7,15 @@ by SpikingJelly's multi-step ``LIFNode`` (its torch backend).
 Shapes [T, B, C, H, W]: [4, 32, 64, 56, 56] (a ResNet's first stage) and [4, 32, 512, 7, 7] (its last).
 Default LIF (τ = 2, sigmoid α = 4, hard reset to 0). "MB moved" is the memory model's count
 (``snn_fast/ops/bn_lif/memory.py``: 9 passes fused, 13 for BN + LIF); "vs BN+LIF" is the median of
-batch norm + snn_fast LIF over the fused op's.
+batch norm + snn_fast LIF over the row's.
+
+The ``-user`` rows (CPU): the same sigmoid registered by a user (benchmarks/test_bench_surrogate.py's
+``sigmoid_user``), "vs BN+LIF" against ``bn+snn_fast-lif-user`` (batch norm + the LIF op with it):
+``snn_fast-bn_lif-user`` with its g′ compiled into bn_lif's walk (built in the warm-up, not timed),
+``-user-unfused`` the same with that step off ($SNN_FAST_NATIVE_SURROGATES=0 around the call: batch
+norm's affine in torch around the LIF op's backward), ``bn_lif-reference-user`` what ran before the CPU
+kernel took user surrogates (batch norm, then the LIF reference loop), ``bn+spikingjelly-user``
+SpikingJelly's LIFNode with the surrogate written as its users write one.
 """
 from __future__ import annotations
 
@@ -21,6 +29,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import snn_fast  # noqa: E402
 from benchmarks import common  # noqa: E402
+from benchmarks.test_bench_surrogate import USER, _run as _with_switch, _spikingjelly_nodes  # noqa: E402
+from benchmarks.test_bench_surrogate import register as register_user  # noqa: E402
 from snn_fast.ops.bn_lif import memory  # noqa: E402
 
 SHAPES = [(4, 32, 64, 56, 56), (4, 32, 512, 7, 7)]
@@ -86,7 +96,42 @@ def steps(shape, device="cpu"):
             return s
 
         fns["bn+spikingjelly"] = bn_sj
+    if device == "cpu":
+        fns.update(_user_steps(x, w, b, grad, bn, zero))
     return fns, (x, w, b)
+
+
+def _user_steps(x, w, b, grad, bn, zero):
+    """The ``-user`` providers (module docstring), CPU only."""
+    register_user()
+    rm, rv = torch.zeros(x.shape[2]), torch.ones(x.shape[2])
+
+    def fused(backend):
+        zero()
+        s, _ = snn_fast.bn_lif(x, w, b, rm, rv, True, 0.1, 1e-5, backend=backend, surrogate=USER)
+        s.backward(grad)
+        return s
+
+    def bn_ours():
+        zero()
+        s, _ = snn_fast.lif_multistep(bn(x), backend="cpu", surrogate=USER)
+        s.backward(grad)
+        return s
+
+    fns = {"snn_fast-bn_lif-user": lambda: fused("cpu"),
+           "snn_fast-bn_lif-user-unfused": lambda: _with_switch("-given", lambda f: f(), lambda: fused("cpu")),
+           "bn_lif-reference-user": lambda: fused("reference"), "bn+snn_fast-lif-user": bn_ours}
+    sj_user = _spikingjelly_nodes()[1]
+    if sj_user is not None:
+        def bn_sj():
+            zero()
+            sj_user.reset()
+            s = sj_user(bn(x))
+            s.backward(grad)
+            return s
+
+        fns["bn+spikingjelly-user"] = bn_sj
+    return fns
 
 
 def _name(backend, device):
@@ -99,10 +144,16 @@ def check(fns, tensors, device="cpu"):
     x, w, b = tensors
     s_ref = fns["bn+snn_fast-lif"]()
     ref = [t.grad.clone() for t in (x, w, b)]
-    for be in fused_backends(device):
-        s = fns[_name(be, device)]()
+    pairs = [(_name(be, device), "bn+snn_fast-lif") for be in fused_backends(device)]
+    if "snn_fast-bn_lif-user" in fns:
+        pairs += [(p, "bn+snn_fast-lif-user") for p in ("snn_fast-bn_lif-user", "snn_fast-bn_lif-user-unfused")]
+    for name, base in pairs:
+        if base != "bn+snn_fast-lif":
+            s_ref = fns[base]()
+            ref = [t.grad.clone() for t in (x, w, b)]
+        s = fns[name]()
         flips = (s != s_ref).float().mean().item()
-        assert flips < 1e-4, (be, flips)
+        assert flips < 1e-4, (name, flips)
         if flips == 0:
             for t, r in zip((x, w, b), ref):
                 torch.testing.assert_close(t.grad, r, rtol=1e-3, atol=1e-4 * r.abs().max().item())
@@ -115,9 +166,9 @@ def run(shapes=SHAPES, device="cpu", rounds=3):
         check(fns, tensors, device)
         tm = common.time_fns(fns, device, rounds=rounds, min_run_time=1.0)
         T, N = shape[0], int(torch.Size(shape[1:]).numel())
-        base = tm["bn+snn_fast-lif"][0]
         for p, (med, q20, q80) in tm.items():
-            nbytes = memory.fused_bytes(T, N, torch.float32) if p.startswith("snn_fast-bn_lif") else (
+            base = tm["bn+snn_fast-lif-user" if "-user" in p else "bn+snn_fast-lif"][0]
+            nbytes = memory.fused_bytes(T, N, torch.float32) if p in ("snn_fast-bn_lif", "snn_fast-bn_lif-user") else (
                 memory.unfused_bytes(T, N, torch.float32))
             rows.append(dict(op="bn_lif", provider=p, mode="fwd+bwd", shape="x".join(map(str, shape)),
                              dtype="float32", device=device, threads=torch.get_num_threads(), median_ms=med,
@@ -126,9 +177,9 @@ def run(shapes=SHAPES, device="cpu", rounds=3):
 
 
 def print_table(rows):
-    print(f"\n{'provider':<18} {'shape':<18} {'median ms':>10} {'q20':>9} {'q80':>9} {'MB moved':>9} {'vs BN+LIF':>9}")
+    print(f"\n{'provider':<28} {'shape':<18} {'median ms':>10} {'q20':>9} {'q80':>9} {'MB moved':>9} {'vs BN+LIF':>9}")
     for r in rows:
-        print(f"{r['provider']:<18} {r['shape']:<18} {r['median_ms']:>10.1f} {r['q20_ms']:>9.1f} {r['q80_ms']:>9.1f} "
+        print(f"{r['provider']:<28} {r['shape']:<18} {r['median_ms']:>10.1f} {r['q20_ms']:>9.1f} {r['q80_ms']:>9.1f} "
               f"{r['bytes'] / 1e6:>9.0f} {r['vs_bn_lif']:>9.2f}")
 
 

@@ -74,6 +74,15 @@ TORCH_LIBRARY(snn_fast, m) {
       "bool decay_input, bool detach_reset, float reset_residual, bool strict_threshold, int reset_timing, "
       "int save, bool need_param_grad) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // bn_lif_bwd for a user's surrogate compiled to C++ on this machine (snn_fast/ops/lif/native_surrogate.py,
+  // as lif_bwd_native): `kernel` the address of that library's bn_lif walk for x's dtype, `abi` its
+  // ABI tag (checked against this build's). The reset after the spike, no noise mask.
+  m.def(
+      "bn_lif_bwd_native(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, "
+      "Tensor params, Tensor weight, Tensor bias, Tensor mean, Tensor rstd, float tdbn_alpha, int inner, "
+      "bool batch_stats, int kernel, int abi, bool hard_reset, float v_reset, bool decay_input, "
+      "bool detach_reset, float reset_residual, bool strict_threshold, bool need_param_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Per-channel mean and biased variance of x [T, N] over (T, B, inner), in params' dtype (float64
   // for float64 x, else float32): one read of x.
   m.def("bn_lif_stats(Tensor x, int C, int inner) -> (Tensor, Tensor)");

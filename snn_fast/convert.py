@@ -834,15 +834,16 @@ def _fused_bn(bn: nn.Module, neuron: nn.Module) -> Optional[nn.Module]:
     from .nn import BNLIF, IF, LIF, PLIF, TDBNLIF, TDBatchNorm
 
     # BNLIF runs the neuron's op itself, never neuron.forward: a subclass's forward, or a hook on either
-    # module, would be skipped. A timing the fused kernels do not run, or a user's surrogate, would
-    # run on the reference (or be refused by a neuron's explicit backend): slower than not fusing.
+    # module, would be skipped. A timing the fused kernels do not run, or a user's surrogate with the
+    # strict threshold (the CPU kernel's user-surrogate path runs the default firing only), would run
+    # on the reference (or be refused by a neuron's explicit backend): slower than not fusing.
     if type(neuron) not in (LIF, IF, PLIF) or _has_hooks(bn) or _has_hooks(neuron):
         return None
     # one training flag drives both halves of the fused module (a frozen batch norm before a training
     # neuron would lose the neuron's noise); a parametrized weight cannot be handed over as is
     if bn.training != neuron.training or torch.nn.utils.parametrize.is_parametrized(bn):
         return None
-    if neuron.flags.reset_timing != "after_fire" or neuron.sg.custom:
+    if neuron.flags.reset_timing != "after_fire" or (neuron.sg.custom and not neuron.flags.fire_at_threshold):
         return None
     if neuron.step_mode == "s" and neuron.store_v_seq:
         return None  # a single-step neuron appends to its v_seq per call; BNLIF keeps none
@@ -1022,7 +1023,8 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             in ``snn_fast_fuse_pairs``) by one ``nn.BNLIF`` / ``nn.TDBNLIF`` holding the batch norm's
             parameters and buffers (the same objects) and the neuron (docs/spec.md §12). A pair inside
             any other custom ``forward`` is fused only when its module declares it. Not fused: a
-            neuron subclass, a module with hooks, a timing other than 'after_fire', a user's surrogate.
+            neuron subclass, a module with hooks, a timing other than 'after_fire', a user's surrogate with
+            ``fire_at_threshold=False``.
             Parameter names of the neuron move under the fused module (``<bn>.neuron.…``).
 
     Returns:

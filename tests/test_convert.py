@@ -648,3 +648,21 @@ def test_fuse_custom_forward_only_where_declared_and_exact():
     seq = torch.nn.Sequential(snn.MultiStep(torch.nn.BatchNorm2d(3)), snn.LIF())
     seq[0].eval()  # a frozen batch norm before a training neuron
     assert not any(isinstance(m, snn.BNLIF) for m in snn_fast.convert(seq, fuse=True).modules())
+
+
+def test_fuse_user_surrogate_default_firing_only():
+    """A user's surrogate is fused (the fused op runs it on the CPU kernel and on Triton), and equal to
+    the unfused model; with fire_at_threshold=False it is not (the CPU path runs the default firing)."""
+    import user_surrogates
+
+    user_surrogates.register_all()
+    torch.manual_seed(10)
+    net = torch.nn.Sequential(snn.MultiStep(torch.nn.Conv2d(2, 3, 3, padding=1)),
+                              snn.MultiStep(torch.nn.BatchNorm2d(3)), snn.LIF(surrogate="user_shifted"))
+    with torch.no_grad():
+        net[1].module.weight.uniform_(0.5, 1.5)
+        net[1].module.bias.normal_(0.3, 0.2)
+    _compare_fused(net, torch.randn(3, 2, 2, 5, 5, dtype=torch.float64) * 2, 1)
+    seq = torch.nn.Sequential(snn.MultiStep(torch.nn.BatchNorm2d(3)),
+                              snn.LIF(surrogate="user_shifted", fire_at_threshold=False))
+    assert not any(isinstance(m, snn.BNLIF) for m in snn_fast.convert(seq, fuse=True).modules())

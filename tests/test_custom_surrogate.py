@@ -318,11 +318,14 @@ class _CountCalls(TorchDispatchMode):
         self.calls = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from snn_fast.ops.bn_lif import custom_cpu as bn_custom_cpu
         from snn_fast.ops.lif import custom_cpu
 
         self.calls.append(str(func.overloadpacket))
         python_impl = {custom_cpu.BWD_NAME: custom_cpu.lif_bwd_custom_cpu,
-                       custom_cpu.FWD_NAME: custom_cpu.lif_fwd_custom_cpu}.get(func.name())
+                       custom_cpu.FWD_NAME: custom_cpu.lif_fwd_custom_cpu,
+                       bn_custom_cpu.BWD_NAME: bn_custom_cpu.bn_lif_bwd_custom_cpu,
+                       bn_custom_cpu.FWD_NAME: bn_custom_cpu.bn_lif_fwd_custom_cpu}.get(func.name())
         if python_impl is not None:
             with self:  # count what it runs
                 return python_impl(*args, **(kwargs or {}))

@@ -1116,6 +1116,7 @@ def test_cxx_opcheck(be, combo):
 def test_every_registered_op_is_opchecked():
     """Each op of the snn_fast namespace has an opcheck in the suite (this list names where); a new
     op fails here until one is written. The Python-defined pairs share the C++ schemas (contract.py)."""
+    import snn_fast.ops.bn_lif.custom_cpu  # noqa: F401  (defines its pair)
     import snn_fast.ops.lif.custom_cpu  # noqa: F401  (defines its pair)
     from snn_fast import _triton
     from snn_fast.ops.bn_lif import contract as bn_contract
@@ -1137,6 +1138,9 @@ def test_every_registered_op_is_opchecked():
         "bn_lif_fwd": "test_bn_lif.py::test_cxx_opcheck (CUDA: test_cuda_opcheck)",
         "bn_lif_bwd": "test_bn_lif.py::test_cxx_opcheck (CUDA: test_cuda_opcheck)",
         "bn_lif_stats": "test_bn_lif.py::test_cxx_opcheck",
+        "bn_lif_bwd_native": "test_bn_lif_user_surrogate.py::test_bn_lif_bwd_native_opcheck",
+        "bn_lif_fwd_custom_cpu": "test_bn_lif_user_surrogate.py::test_custom_ops_opcheck",
+        "bn_lif_bwd_custom_cpu": "test_bn_lif_user_surrogate.py::test_custom_ops_opcheck",
         "bn_lif_fwd_triton": "test_bn_lif.py::test_triton_opcheck",
         "bn_lif_bwd_triton": "test_bn_lif.py::test_triton_opcheck",
     }
@@ -1154,7 +1158,9 @@ def test_every_registered_op_is_opchecked():
                        ("lif_fwd_custom_cpu", contract.FWD_SCHEMA), ("lif_bwd_custom_cpu", contract.BWD_SCHEMA),
                        ("lif_fwd_triton", contract.FWD_SCHEMA), ("lif_bwd_triton", contract.BWD_SCHEMA),
                        ("bn_lif_fwd", bn_contract.FWD_SCHEMA), ("bn_lif_bwd", bn_contract.BWD_SCHEMA),
-                       ("bn_lif_fwd_triton", bn_contract.FWD_SCHEMA), ("bn_lif_bwd_triton", bn_contract.BWD_SCHEMA)):
+                       ("bn_lif_fwd_triton", bn_contract.FWD_SCHEMA), ("bn_lif_bwd_triton", bn_contract.BWD_SCHEMA),
+                       ("bn_lif_fwd_custom_cpu", bn_contract.FWD_SCHEMA),
+                       ("bn_lif_bwd_custom_cpu", bn_contract.BWD_SCHEMA)):
         if name in names:
             got = str(getattr(torch.ops.snn_fast, name).default._schema)
             assert got == f"snn_fast::{name}{want}", (name, got)

@@ -100,17 +100,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cpu(
 }
 
 // Returns (grad_x, grad_v0, grad_params [3], grad_weight [C], grad_bias [C]). With batch_stats, mean
-// and rstd are the batch's own (training): grad_x includes their dependence on x.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cpu(
+// and rstd are the batch's own (training): grad_x includes their dependence on x. `walk(tag, args)`
+// runs the LIF walk of the surrogate (built-in or compiled: bn_lif_bwd_kernel's arguments after its
+// id) for the storage type of `tag`; the rest, around it, is the same for both.
+template <typename Walk>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_common(
     const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_, const c10::optional<Tensor>& gvseq_,
     const Tensor& x_, const Tensor& v0_, const Tensor& params, const Tensor& weight_, const Tensor& bias_,
     const Tensor& mean_, const Tensor& rstd_, double tdbn_alpha, int64_t inner, bool batch_stats,
-    const c10::optional<Tensor>& mask_, const Tensor& /*saved*/, const Tensor& /*s*/, int64_t sg, bool hard_reset,
-    double v_reset, bool decay_input, bool detach_reset, double kappa, bool strict, int64_t timing, int64_t save,
-    bool need_param_grad) {
-  check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
-  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
-  check_save(save, "CPU kernel", false);
+    const c10::optional<Tensor>& mask_, int64_t sg, bool hard_reset, double v_reset, bool decay_input,
+    bool detach_reset, double kappa, bool strict, int64_t timing, bool need_param_grad, const Walk& walk) {
   const int64_t C = check_bn_args(x_, params, weight_, bias_, mean_, rstd_, inner);
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), gs = grad_s_.contiguous();
   Tensor weight = weight_.contiguous(), mean = mean_.contiguous(), rstd = rstd_.contiguous(), bias = bias_.contiguous();
@@ -129,11 +128,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cpu(
     const auto a = bn_scale<acc_t>(weight, rstd, gain);
     cpu_bn_lif::BNAffine<acc_t> f{a.data(), mean.const_data_ptr<acc_t>(), bias.const_data_ptr<acc_t>(), C, inner};
     std::vector<double> sums(2 * C);  // [Σ∂X' | Σ∂X'·(x − m)] per channel
-    cpu_bn_lif::bn_lif_bwd_kernel<scalar_t, acc_t>(
-        int(sg), gs.const_data_ptr<scalar_t>(), gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr,
-        gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr, x.const_data_ptr<scalar_t>(),
-        v0.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
-        gv0.mutable_data_ptr<scalar_t>(), T, N, p, f, need_param_grad, pg.data(), sums.data());
+    walk(scalar_t(), gs.const_data_ptr<scalar_t>(), gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr,
+         gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr, x.const_data_ptr<scalar_t>(),
+         v0.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
+         gv0.mutable_data_ptr<scalar_t>(), T, N, p, f, need_param_grad, pg.data(), sums.data());
     // The per-channel algebra (docs/spec.md §12), in double: X' = (x − m)·a + b, a = w·rstd·gain.
     auto w = weight.accessor<acc_t, 1>();
     auto r = rstd.accessor<acc_t, 1>();
@@ -162,12 +160,59 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cpu(
           at::tensor(gb, dopt).to(params.scalar_type())};
 }
 
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cpu(
+    const Tensor& grad_s, const c10::optional<Tensor>& gvlast, const c10::optional<Tensor>& gvseq, const Tensor& x,
+    const Tensor& v0, const Tensor& params, const Tensor& weight, const Tensor& bias, const Tensor& mean,
+    const Tensor& rstd, double tdbn_alpha, int64_t inner, bool batch_stats, const c10::optional<Tensor>& mask,
+    const Tensor& /*saved*/, const Tensor& /*s*/, int64_t sg, bool hard_reset, double v_reset, bool decay_input,
+    bool detach_reset, double kappa, bool strict, int64_t timing, int64_t save, bool need_param_grad) {
+  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CPU, "CPU kernel");
+  check_lif_bwd_args(grad_s, gvlast, gvseq, x, v0);
+  check_save(save, "CPU kernel", false);
+  return bn_lif_bwd_common(
+      grad_s, gvlast, gvseq, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, mask, sg,
+      hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing, need_param_grad,
+      [&](auto tag, auto... args) {
+        using scalar_t = decltype(tag);
+        using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+        cpu_bn_lif::bn_lif_bwd_kernel<scalar_t, acc_t>(int(sg), args...);
+      });
+}
+
+// A user's surrogate compiled to C++ (cpu_bn_lif::NativeBnBwdFn): the built-in backward's walk with that
+// surrogate inline, from a library built on this machine. Bytes as the built-in's.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_native_cpu(
+    const Tensor& grad_s, const c10::optional<Tensor>& gvlast, const c10::optional<Tensor>& gvseq, const Tensor& x,
+    const Tensor& v0, const Tensor& params, const Tensor& weight, const Tensor& bias, const Tensor& mean,
+    const Tensor& rstd, double tdbn_alpha, int64_t inner, bool batch_stats, int64_t kernel, int64_t abi,
+    bool hard_reset, double v_reset, bool decay_input, bool detach_reset, double kappa, bool strict,
+    bool need_param_grad) {
+  check_lif_args(x, v0, params, c10::nullopt, 0, c10::DeviceType::CPU, "CPU kernel");
+  check_lif_bwd_args(grad_s, gvlast, gvseq, x, v0);
+  TORCH_CHECK(kernel != 0, "bn_lif_bwd_native: kernel is a null address");
+  // The walk does not read p.sg: 0 (a built-in id) only passes bn_make_params's check.
+  return bn_lif_bwd_common(
+      grad_s, gvlast, gvseq, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, c10::nullopt, 0,
+      hard_reset, v_reset, decay_input, detach_reset, kappa, strict, kResetAfterFire, need_param_grad,
+      [&](auto tag, auto gs, auto gvl, auto gvs, auto xp, auto v0p, const bool* /*mask*/, auto... rest) {
+        using scalar_t = decltype(tag);
+        using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+        constexpr int64_t want = cpu_bn_lif::bn_native_abi_tag<scalar_t, acc_t>();
+        TORCH_CHECK(abi == want, "bn_lif_bwd_native: the compiled surrogate's library has ABI tag ", abi,
+                    ", this build expects ", want, " for x's dtype ", x.scalar_type(),
+                    " (a library for another dtype, or built from other headers)");
+        auto fn = reinterpret_cast<cpu_bn_lif::NativeBnBwdFn<scalar_t, acc_t>>(static_cast<intptr_t>(kernel));
+        fn(gs, gvl, gvs, xp, v0p, rest...);
+      });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(snn_fast, CPU, m) {
   m.impl("bn_lif_stats", &bn_lif_stats_cpu);
   m.impl("bn_lif_fwd", &bn_lif_fwd_cpu);
   m.impl("bn_lif_bwd", &bn_lif_bwd_cpu);
+  m.impl("bn_lif_bwd_native", &bn_lif_bwd_native_cpu);
 }
 
 }  // namespace snn_fast

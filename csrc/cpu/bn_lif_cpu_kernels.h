@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "lif_cpu_kernels.h"
 #include "snn_fast/lif_step.h"
 
 namespace snn_fast {
@@ -45,6 +46,24 @@ void bn_lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const
 template <typename scalar_t, typename acc_t>
 void bn_lif_dx_kernel(const scalar_t* x, scalar_t* gx, int64_t T, int64_t N, const acc_t* coef,
                       const BNAffine<acc_t>& f);
+
+// A user's surrogate compiled to C++ on this machine (bn_lif_bwd_native_kernel in
+// bn_lif_cpu_kernels_impl.h, built by snn_fast/ops/lif/native_surrogate.py into a library of its own):
+// bn_lif_bwd_kernel's walk with that surrogate inline, no noise mask. Its address reaches
+// bn_lif_cpu.cpp's bn_lif_bwd_native op as an integer with the library's bn_native_abi_tag, which the
+// op compares with its own for x's dtype before the call: LIF's tag (version, dtype, LIFParams) and
+// this call's version and the size of BNAffine.
+template <typename scalar_t, typename acc_t>
+using NativeBnBwdFn = void (*)(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+                               const scalar_t* v0, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
+                               const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool need_param_grad,
+                               double* param_grad, double* chan_sums);
+constexpr int kBnNativeAbi = 1;
+template <typename scalar_t, typename acc_t>
+constexpr int64_t bn_native_abi_tag() {
+  return (int64_t(kBnNativeAbi) * 1000 + int64_t(sizeof(BNAffine<acc_t>))) * 100000000 +
+         cpu_lif::native_abi_tag<scalar_t, acc_t>();
+}
 
 #define SNN_FAST_EXTERN_BN_LIF_CPU(scalar_t, acc_t)                                                          \
   extern template void bn_stats_kernel<scalar_t>(const scalar_t*, int64_t, int64_t, int64_t, int64_t, double*, \

@@ -477,6 +477,24 @@ void bn_lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const
       p.hard_reset, p.decay_input, p.detach_reset);
 }
 
+// The walk of a user's surrogate compiled to C++ (cpu_lif::kNativeSurrogate): the translation unit that
+// snn_fast/ops/lif/native_surrogate.py generates specialises sg_grad/sg_dalpha for that id and
+// instantiates this for one dtype; bn_lif_cpu.cpp calls it through a NativeBnBwdFn pointer
+// (bn_lif_bwd_native). No noise mask (its emitted value needs the user's g).
+template <typename scalar_t, typename acc_t>
+void bn_lif_bwd_native_kernel(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+                              const scalar_t* v0, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
+                              const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool need_param_grad,
+                              double* param_grad, double* chan_sums) {
+  with_flags(
+      [&](auto hard, auto di, auto detach) {
+        bwd_impl<cpu_lif::kNativeSurrogate, decltype(hard)::value, decltype(di)::value, decltype(detach)::value,
+                 false, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, nullptr, gx, gv0, T, N, p, f, need_param_grad,
+                                         param_grad, chan_sums);
+      },
+      p.hard_reset, p.decay_input, p.detach_reset);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // gx ← A_c·gx + B_c·(x − m_c) + D_c over runs of S contiguous elements (one channel each).
 template <typename scalar_t, typename acc_t>

@@ -59,6 +59,10 @@ def _register_fakes(e: backends.Backend) -> None:
     torch.library.register_fake(e.bwd)(contract.fake_bwd)
 
 
+def _cpu_runs(sg) -> Optional[str]:  # any user surrogate: custom_cpu.py (within the limits _route applies)
+    return None
+
+
 def _triton_runs(sg) -> Optional[str]:
     return None if sg.triton is not None else (
         "it was registered without triton=(g, dg[, dg_dalpha]) @triton.jit functions")
@@ -66,12 +70,15 @@ def _triton_runs(sg) -> Optional[str]:
 
 _CPU = backends.cpp_probe("bn_lif_fwd", "CPU")
 
-# A user-registered surrogate runs on Triton (with its @triton.jit functions) and the reference: auto
-# routes it to the reference on the CPU.
+# A user-registered surrogate runs on Triton (with its @triton.jit functions), on the CPU (custom_cpu.py:
+# compiled into the walk, or its torch g′ around the LIF op's backward) and on the reference.
 BACKENDS = backends.OpBackends(
     "x",
     {
-        "cpu": backends.Backend(fwd="snn_fast::bn_lif_fwd", bwd="snn_fast::bn_lif_bwd", probe=_CPU),
+        "cpu": backends.Backend(
+            fwd="snn_fast::bn_lif_fwd", bwd="snn_fast::bn_lif_bwd", probe=_CPU, surrogates=_cpu_runs,
+            custom=backends.Backend(fwd="snn_fast::bn_lif_fwd_custom_cpu", bwd="snn_fast::bn_lif_bwd_custom_cpu",
+                                    module="snn_fast.ops.bn_lif.custom_cpu", probe=_CPU, surrogates=_cpu_runs)),
         "cuda": backends.Backend(fwd="snn_fast::bn_lif_fwd", bwd="snn_fast::bn_lif_bwd",
                                  probe=backends.cpp_probe("bn_lif_fwd", "CUDA")),
         "triton": backends.Backend(fwd="snn_fast::bn_lif_fwd_triton", bwd="snn_fast::bn_lif_bwd_triton",
@@ -85,18 +92,12 @@ BACKENDS = backends.OpBackends(
     gpu_order=("triton", "cuda"),
 )
 
-_STATS_REGISTERED = []
-
-
-def _register_stats_fake() -> None:
-    if not _STATS_REGISTERED:
-        torch.library.register_fake("snn_fast::bn_lif_stats")(contract.fake_stats)
-        _STATS_REGISTERED.append(True)
-
-
+# The CPU ops outside the table's pairs: their fakes, registered once at import.
 if _ext.HAS_C and _ext.has_kernel("bn_lif_fwd", "CPU"):  # an older build of _C may lack the op
     BACKENDS.load("cpu")
-    _register_stats_fake()
+    torch.library.register_fake("snn_fast::bn_lif_stats")(contract.fake_stats)
+    if _ext.has_kernel("bn_lif_bwd_native", "CPU"):
+        torch.library.register_fake("snn_fast::bn_lif_bwd_native")(contract.fake_bwd_native)
 
 
 def _batch_stats(name: str, x2: torch.Tensor, C: int, inner: int):
@@ -117,14 +118,21 @@ def _update_running(running_mean, running_var, mean, var, n: int, momentum: floa
         running_var.mul_(1.0 - momentum).add_(var.to(running_var.dtype) * (n / (n - 1)), alpha=momentum)
 
 
-def _kernel_for_timing(name: str, backend, flags: lif_args.LIFFlags) -> str:
-    """``name``, or the reference where the reset timing is not after the spike: the bn_lif kernels run
-    that one only (the strict threshold they all run). A kernel asked for by name is an error."""
-    if name == "reference" or flags.reset_timing == "after_fire":
+def _route(name: str, backend, sg: _sg.Surrogate, flags: lif_args.LIFFlags, noise_mask) -> str:
+    """``name``, or the reference where it cannot run: a reset timing other than after the spike (the
+    bn_lif kernels run that one only; the strict threshold they all run), and for a user surrogate on
+    the CPU (custom_cpu.py) a noise mask or the strict threshold. A kernel asked for by name is an error."""
+    if name == "reference":
+        return name
+    why = None
+    if flags.reset_timing != "after_fire":
+        why = f"reset_timing={flags.reset_timing!r} (the fused kernels reset after the spike only)"
+    elif name == "cpu" and sg.name not in _sg.BUILTIN_NAMES and (noise_mask is not None or not flags.fire_at_threshold):
+        why = f"the user surrogate {sg.name!r} with a noise mask or fire_at_threshold=False"
+    if why is None:
         return name
     if backend is not None and backend.lower() != "auto":
-        raise ValueError(f"bn_lif: backend={backend!r} cannot run reset_timing={flags.reset_timing!r} (the fused "
-                         "kernels reset after the spike only); use backend='auto' or 'reference'")
+        raise ValueError(f"bn_lif: backend={backend!r} cannot run {why}; use backend='auto' or 'reference'")
     return "reference"
 
 
@@ -132,10 +140,14 @@ def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, mom
                  theta, alpha, flags: lif_args.LIFFlags, sg: _sg.Surrogate, noise_mask=None, return_v_seq=False,
                  tdbn_alpha: Optional[float] = None, backend="auto", save=lif_contract.DEFAULT_SAVE):
     """``bn_lif`` on checked arguments (``k`` = 1/τ; ``args.resolve``'s results). The modules call this."""
-    name = _kernel_for_timing(BACKENDS.select(backend, x, sg.id >= 0, sg), backend, flags)
+    name = _route(BACKENDS.select(backend, x, sg.id >= 0, sg), backend, sg, flags, noise_mask)
     if name == "reference":
         return bn_lif_reference_k(x, weight, bias, running_mean, running_var, training, momentum, eps, v0, k, theta,
                                   alpha, flags, sg, noise_mask, return_v_seq, tdbn_alpha)
+    # a user's surrogate: the backend's ops that run it (by name: a constant under torch.compile)
+    custom = sg.name not in _sg.BUILTIN_NAMES
+    if custom and sg.dg_dalpha is None and isinstance(alpha, torch.Tensor) and alpha.requires_grad:
+        raise ValueError(f"surrogate {sg.name!r} has no dg_dalpha: alpha cannot be learned")
     T = x.shape[0]
     C, inner = bn_args.layout(x)
     x2 = x.reshape(T, -1)
@@ -168,9 +180,9 @@ def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, mom
     code = lif_contract.SAVE[save] if train else lif_contract.SAVE_NONE
     fargs = (x2, v0_t, params, w, b, mean, rstd, ta, inner, batch, mask2, *flags.op_args, return_v_seq, code)
     if lif_args._is_compiling():
-        s, v_last, v_seq, _ = BACKENDS.compiled_fwd(name)(*fargs)
+        s, v_last, v_seq, _ = BACKENDS.compiled_fwd(name, custom)(*fargs)
     else:
-        bk = BACKENDS.load(name)
+        bk = BACKENDS.load(name, custom)
         if bk.cpp_autograd:  # one dispatcher call; the C++ autograd kernel records the backward when needed
             s, v_last, v_seq, _ = bk.fwd(*fargs)
         elif train:
@@ -221,7 +233,8 @@ def bn_lif(
     ``lif_multistep``'s (``fire_at_threshold``, ``reset_timing`` included: the kernels run every
     firing rule and the reset after the spike; other timings run on the reference). Under DDP each
     rank normalises over its own batch, as ``nn.BatchNorm`` does (no SyncBatchNorm). A user-registered
-    surrogate runs on the reference.
+    surrogate runs on the CPU kernel (compiled into its walk where it translates: custom_cpu.py), on
+    Triton where it has @triton.jit functions, and on the reference.
 
     Returns ``(s, v_T)`` or ``(s, v_T, v_seq)``, as ``lif_multistep``.
     """
