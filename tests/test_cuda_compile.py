@@ -14,6 +14,10 @@ needed: the kernel units include only CUDA headers and our own).
   fp16/bf16 saved state's sign bit is the forward's spike (NaN and H − θ = −0 included).
 - mul_rn on the device: the charge and the reset compiled to PTX hold no fma (a plain-operator
   control does, so the probe can see one).
+- The fused batch-norm + LIF kernels (bn_lif.cu): compiled here for both architectures (spills
+  checked); their thread bodies (bn_lif_kernels.cuh) are emulated the same way by
+  ``csrc/cuda/emulate/bn_lif_emulate.cu``, driven as their torch binding drives them, in
+  tests/test_cuda_bn_lif_emulate.py (which reuses this file's nvcc lookup and ``_compile_emulator``).
 
 Skipped, with the reason, when nvcc is not found. ``SNN_FAST_NVCC`` names a specific nvcc.
 """
@@ -108,13 +112,14 @@ def _compile(unit: str, outdir: str):
     return cmd, r.returncode, r.stdout + r.stderr
 
 
-def _compile_emulator(outdir: str):
-    out = os.path.join(outdir, "liblif_emulate.so")
+def _compile_emulator(outdir: str, source: str = EMULATOR):
+    """A host emulator (csrc/cuda/emulate/*.cu) as a shared library in ``outdir``: (cmd, rc, output, path)."""
+    out = os.path.join(outdir, "lib" + os.path.splitext(os.path.basename(source))[0] + ".so")
     # -ffp-contract=off as the extension (setup.py): nvcc's host compiler contracts a·b + c by default
     # where the target has FMA, and the emulated charge would then round unlike the device's mul_rn.
     cmd = [NVCC, "-std=c++17", "-O2", "-shared", "-Xcompiler", "-fPIC,-ffp-contract=off", "-I",
            os.path.join(ROOT, "csrc", "include"),
-           "-I", os.path.join(ROOT, "csrc", "cuda"), EMULATOR, "-o", out]
+           "-I", os.path.join(ROOT, "csrc", "cuda"), source, "-o", out]
     r = subprocess.run(cmd, capture_output=True, text=True)
     return cmd, r.returncode, r.stdout + r.stderr, out
 
@@ -535,7 +540,10 @@ def test_emulated_lowp_saved_state_sign_is_the_spike(emulator, dtype, wide):
 
 # The bn_lif kernels (csrc/cuda/bn_lif.cu, docs/spec.md §12): compiled for both architectures, every
 # storage dtype; no spills but the float64 backward's on sm_90 (24 B frame, 32 B spilled, as compiled
-# by nvcc 13.0: float64 is the gradcheck dtype, not a training one). No torch binding runs them yet.
+# by nvcc 13.0: float64 is the gradcheck dtype, not a training one). Their torch binding
+# (bn_lif_cuda_binding.cpp, backend='cuda') has never run on a GPU; their thread bodies
+# (bn_lif_kernels.cuh) and the binding's host algebra are checked on the host against the reference by
+# tests/test_cuda_bn_lif_emulate.py.
 BN_LIF_KNOWN_SPILLS = {("90", "bnlif_backwardIdE")}
 
 
