@@ -273,6 +273,29 @@ def test_cxx_opcheck(batch_stats, tdbn, need):
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_stats.default, (x.detach(), C, S))
 
 
+@pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))
+def test_cxx_op_errors_name_the_op_and_argument():
+    """The C++ op's checks (the LIF op's, shared) name bn_lif and the argument, not 'lif'."""
+    T, C, S = 3, 4, 5
+    x = torch.randn(T, 2 * C * S)
+    v0, params = torch.zeros(2 * C * S), torch.tensor([0.5, 1.0, 4.0])
+    bn = (torch.ones(C), torch.zeros(C), torch.zeros(C), torch.ones(C), 0.0, S, True, None)
+    flags = [0, True, 0.0, True, False, 0.0, False, 0]  # contract.FLAG_ARGS
+    fwd = torch.ops.snn_fast.bn_lif_fwd
+    cases = [((x, v0.double(), params, *bn, *flags, False, 0), "bn_lif: v0 dtype"),
+             ((x, v0, params.double(), *bn, *flags, False, 0), "bn_lif: params must be Float"),
+             ((x, v0, params, *bn, 77, *flags[1:], False, 0), "bn_lif: unknown surrogate id 77"),
+             ((x, v0, params, *bn, *flags[:-1], 7, False, 0), "bn_lif: reset_timing must be"),
+             ((x, v0, params, *bn, *flags, False, 9), r"bn_lif \(CPU kernel\): unknown save mode 9")]
+    for args, msg in cases:
+        with pytest.raises(RuntimeError, match=msg):
+            fwd(*args)
+    s = fwd(x, v0, params, *bn, *flags, False, 0)[0]
+    with pytest.raises(RuntimeError, match="bn_lif_bwd: grad_s must match x"):
+        torch.ops.snn_fast.bn_lif_bwd(x[:1], None, None, x, v0, params, *bn[:7], None, x.new_empty(0), s, *flags, 0,
+                                      False)
+
+
 @pytest.mark.skipif(bool(SKIP["triton"]), reason=str(SKIP["triton"]))
 @pytest.mark.parametrize("save,need", [(0, True), (1, False)])
 def test_triton_opcheck(save, need):

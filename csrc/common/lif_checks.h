@@ -21,9 +21,10 @@ constexpr int64_t kSaveRecompute = 1;  // the GPU kernels: V every K steps (the 
 constexpr int64_t kSaveNone = 2;       // inference: nothing, no backward follows
 constexpr int64_t kSaveSgArg = 3;      // the CPU kernel: D = H − θ of every step, for a user's g′
 
-inline void check_save(int64_t save, const char* kernel, bool sg_arg_ok) {
+// `op` names the op in the messages ("lif", "bn_lif").
+inline void check_save(int64_t save, const char* kernel, bool sg_arg_ok, const char* op = "lif") {
   TORCH_CHECK(save == kSaveState || save == kSaveRecompute || save == kSaveNone || (sg_arg_ok && save == kSaveSgArg),
-              "lif (", kernel, "): unknown save mode ", save, " (0 state, 1 recompute, 2 none",
+              op, " (", kernel, "): unknown save mode ", save, " (0 state, 1 recompute, 2 none",
               sg_arg_ok ? ", 3 sg_arg)" : "; 3 sg_arg is the CPU kernel's)");
 }
 
@@ -32,23 +33,23 @@ inline void check_save(int64_t save, const char* kernel, bool sg_arg_ok) {
 // surrogate id. `kernel` names the backend in the device messages ("CPU kernel", "CUDA kernel").
 inline void check_lif_args(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& params,
                            const c10::optional<at::Tensor>& mask, int64_t sg, c10::DeviceType device,
-                           const char* kernel) {
-  TORCH_CHECK(x.dim() == 2, "lif: x must be [T, N], got ", x.dim(), " dims");
-  TORCH_CHECK(x.size(0) >= 1, "lif: x needs T >= 1 time steps");
-  TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1), "lif: v0 must be [N] = [", x.size(1), "], got ",
+                           const char* kernel, const char* op = "lif") {
+  TORCH_CHECK(x.dim() == 2, op, ": x must be [T, N], got ", x.dim(), " dims");
+  TORCH_CHECK(x.size(0) >= 1, op, ": x needs T >= 1 time steps");
+  TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1), op, ": v0 must be [N] = [", x.size(1), "], got ",
               v0.sizes());
-  TORCH_CHECK(v0.scalar_type() == x.scalar_type(), "lif: v0 dtype ", v0.scalar_type(), " != x dtype ",
+  TORCH_CHECK(v0.scalar_type() == x.scalar_type(), op, ": v0 dtype ", v0.scalar_type(), " != x dtype ",
               x.scalar_type());
-  TORCH_CHECK(params.dim() == 1 && params.size(0) == 3, "lif: params must be [3] = (k, theta, alpha)");
+  TORCH_CHECK(params.dim() == 1 && params.size(0) == 3, op, ": params must be [3] = (k, theta, alpha)");
   const auto want = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(params.scalar_type() == want, "lif: params must be ", want, " for x of ", x.scalar_type());
+  TORCH_CHECK(params.scalar_type() == want, op, ": params must be ", want, " for x of ", x.scalar_type());
   TORCH_CHECK(x.device().type() == device && v0.device() == x.device() && params.device() == x.device(),
-              "lif (", kernel, "): x, v0 and params must be on the same ", c10::DeviceTypeName(device),
+              op, " (", kernel, "): x, v0 and params must be on the same ", c10::DeviceTypeName(device),
               " device, got ", x.device(), ", ", v0.device(), ", ", params.device());
-  TORCH_CHECK(sg >= 0 && sg < kNumSurrogates, "lif: unknown surrogate id ", sg);
+  TORCH_CHECK(sg >= 0 && sg < kNumSurrogates, op, ": unknown surrogate id ", sg);
   if (mask.has_value()) {
     TORCH_CHECK(mask->scalar_type() == at::kBool && mask->sizes() == x.sizes() && mask->device() == x.device(),
-                "lif: noise_mask must be a bool tensor shaped like x on x's device, got ", mask->scalar_type(),
+                op, ": noise_mask must be a bool tensor shaped like x on x's device, got ", mask->scalar_type(),
                 " ", mask->sizes(), " on ", mask->device());
   }
 }
@@ -56,24 +57,24 @@ inline void check_lif_args(const at::Tensor& x, const at::Tensor& v0, const at::
 // The ops' reset_timing (lif_step.h kResetAfterFire…; snn_fast/ops/lif/contract.py the same codes):
 // the kernels run 0 (after the spike), 1 (delayed) and 2 (none); snnTorch's reset_delay=False form
 // runs on the reference only.
-inline void check_reset_timing(int64_t timing) {
-  TORCH_CHECK(timing >= 0 && timing <= 2, "lif: reset_timing must be 0 (after the spike), 1 (delayed) or 2 (none), ",
+inline void check_reset_timing(int64_t timing, const char* op = "lif") {
+  TORCH_CHECK(timing >= 0 && timing <= 2, op, ": reset_timing must be 0 (after the spike), 1 (delayed) or 2 (none), ",
               "got ", timing);
 }
 
 // The backward's own inputs: grad_s like x; grad_v_last [N] and grad_v_seq [T, N] (or empty) when given.
 inline void check_lif_bwd_args(const at::Tensor& grad_s, const c10::optional<at::Tensor>& grad_v_last,
                                const c10::optional<at::Tensor>& grad_v_seq, const at::Tensor& x,
-                               const at::Tensor& v0) {
+                               const at::Tensor& v0, const char* op = "lif") {
   TORCH_CHECK(grad_s.sizes() == x.sizes() && grad_s.scalar_type() == x.scalar_type() &&
                   grad_s.device() == x.device(),
-              "lif_bwd: grad_s must match x in shape, dtype and device");
+              op, "_bwd: grad_s must match x in shape, dtype and device");
   TORCH_CHECK(!grad_v_last.has_value() || (grad_v_last->sizes() == v0.sizes() && grad_v_last->device() == x.device()),
-              "lif_bwd: grad_v_last must be [N] = [", x.size(1), "] on x's device, got ",
+              op, "_bwd: grad_v_last must be [N] = [", x.size(1), "] on x's device, got ",
               grad_v_last.has_value() ? grad_v_last->sizes() : at::IntArrayRef{});
   TORCH_CHECK(!grad_v_seq.has_value() || grad_v_seq->numel() == 0 ||
                   (grad_v_seq->sizes() == x.sizes() && grad_v_seq->device() == x.device()),
-              "lif_bwd: grad_v_seq must be [T, N] like x, got ",
+              op, "_bwd: grad_v_seq must be [T, N] like x, got ",
               grad_v_seq.has_value() ? grad_v_seq->sizes() : at::IntArrayRef{});
 }
 

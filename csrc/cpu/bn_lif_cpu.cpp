@@ -32,7 +32,7 @@ LIFParams<acc_t> bn_make_params(const Tensor& params, int64_t sg, bool hard_rese
                                 bool detach_reset, double kappa, bool strict, int64_t timing) {
   // The kernels run the reset after the spike only (bn_lif_cpu_kernels_impl.h kAfter); the Python
   // routing sends the other timings to the reference.
-  check_reset_timing(timing);
+  check_reset_timing(timing, "bn_lif");
   TORCH_CHECK(timing == kResetAfterFire, "bn_lif (CPU kernel): reset_timing must be 0 (after the spike), got ",
               timing, "; backend='reference' runs the delayed and no-reset timings");
   return make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict);
@@ -76,8 +76,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cpu(
     const c10::optional<Tensor>& mask_, int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset, double kappa,
     bool strict, int64_t timing, bool return_v_seq,
     int64_t save) {
-  check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel");
-  check_save(save, "CPU kernel", false);
+  check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel", "bn_lif");
+  check_save(save, "CPU kernel", false, "bn_lif");
   const int64_t C = check_bn_args(x_, params, weight_, bias_, mean_, rstd_, inner);
   Tensor x = x_.contiguous(), v0 = v0_.contiguous();
   Tensor weight = weight_.contiguous(), bias = bias_.contiguous(), mean = mean_.contiguous(), rstd = rstd_.contiguous();
@@ -166,9 +166,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cpu(
     const Tensor& rstd, double tdbn_alpha, int64_t inner, bool batch_stats, const c10::optional<Tensor>& mask,
     const Tensor& /*saved*/, const Tensor& /*s*/, int64_t sg, bool hard_reset, double v_reset, bool decay_input,
     bool detach_reset, double kappa, bool strict, int64_t timing, int64_t save, bool need_param_grad) {
-  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CPU, "CPU kernel");
-  check_lif_bwd_args(grad_s, gvlast, gvseq, x, v0);
-  check_save(save, "CPU kernel", false);
+  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CPU, "CPU kernel", "bn_lif");
+  check_lif_bwd_args(grad_s, gvlast, gvseq, x, v0, "bn_lif");
+  check_save(save, "CPU kernel", false, "bn_lif");
   return bn_lif_bwd_common(
       grad_s, gvlast, gvseq, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, mask, sg,
       hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing, need_param_grad,
@@ -187,8 +187,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_native_cpu(
     const Tensor& rstd, double tdbn_alpha, int64_t inner, bool batch_stats, int64_t kernel, int64_t abi,
     bool hard_reset, double v_reset, bool decay_input, bool detach_reset, double kappa, bool strict,
     bool need_param_grad) {
-  check_lif_args(x, v0, params, c10::nullopt, 0, c10::DeviceType::CPU, "CPU kernel");
-  check_lif_bwd_args(grad_s, gvlast, gvseq, x, v0);
+  check_lif_args(x, v0, params, c10::nullopt, 0, c10::DeviceType::CPU, "CPU kernel", "bn_lif");
+  check_lif_bwd_args(grad_s, gvlast, gvseq, x, v0, "bn_lif");
   TORCH_CHECK(kernel != 0, "bn_lif_bwd_native: kernel is a null address");
   // The walk does not read p.sg: 0 (a built-in id) only passes bn_make_params's check.
   return bn_lif_bwd_common(

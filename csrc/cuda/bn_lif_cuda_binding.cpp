@@ -28,15 +28,15 @@ using at::Tensor;
 int64_t check_bn(const Tensor& x, const Tensor& v0, const Tensor& params, const c10::optional<Tensor>& mask,
                  int64_t sg, const Tensor& weight, const Tensor& bias, const Tensor& mean, const Tensor& rstd,
                  int64_t inner, int64_t save) {
-  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CUDA, "CUDA kernel");
-  check_save(save, "CUDA kernel", false);
+  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CUDA, "CUDA kernel", "bn_lif");
+  check_save(save, "CUDA kernel", false, "bn_lif");
   dtype_of(x, "bn_lif");
   return check_bn_args(x, params, weight, bias, mean, rstd, inner);
 }
 
 LIFFlagsC bn_flags(int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset, double kappa,
                    bool strict, int64_t timing) {
-  check_reset_timing(timing);
+  check_reset_timing(timing, "bn_lif");
   TORCH_CHECK(timing == kResetAfterFire, "bn_lif (CUDA kernel): reset_timing must be 0 (after the spike), got ",
               timing, "; backend='reference' runs the delayed and no-reset timings");
   return LIFFlagsC{int(sg), hard_reset, v_reset, decay_input, detach_reset, kappa, strict};
@@ -97,7 +97,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
     double v_reset, bool decay_input, bool detach_reset, double kappa, bool strict, int64_t timing, int64_t save,
     bool need_param_grad) {
   const int64_t C = check_bn(x_, v0_, params_, mask_, sg, weight, bias, mean, rstd, inner, save);
-  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_);
+  check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_, "bn_lif");
   TORCH_CHECK(save != kSaveNone, "bn_lif_bwd (CUDA kernel): the forward ran with save=2 (inference) and kept "
               "nothing for a backward");
   const bool rerun = save != kSaveState;
