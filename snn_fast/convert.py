@@ -828,22 +828,36 @@ def _is_converted(m: nn.Module) -> bool:
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def _user_surrogate_fuses(neuron: nn.Module) -> bool:
+    """A user's surrogate, with the default firing, where the fused op runs it on a kernel: with its
+    @triton.jit functions (Triton, on a GPU), or translated into the CPU kernel's walk
+    (native_surrogate.translatable). Elsewhere the fused op would run the reference (a noise mask, the
+    strict threshold) or batch norm in torch around the LIF op's backward: slower than the pair."""
+    if not neuron.flags.fire_at_threshold:
+        return False
+    if neuron.sg.triton is not None:
+        return True
+    from .ops.lif import native_surrogate
+
+    return native_surrogate.translatable(neuron.sg)
+
+
 def _fused_bn(bn: nn.Module, neuron: nn.Module) -> Optional[nn.Module]:
     """The fused module computing ``neuron(bn(x))`` for x [T, B, C, *], holding ``bn``'s parameter and
     buffer objects and ``neuron`` itself; None when the pair has no exact fused form."""
     from .nn import BNLIF, IF, LIF, PLIF, TDBNLIF, TDBatchNorm
 
     # BNLIF runs the neuron's op itself, never neuron.forward: a subclass's forward, or a hook on either
-    # module, would be skipped. A timing the fused kernels do not run, or a user's surrogate with the
-    # strict threshold (the CPU kernel's user-surrogate path runs the default firing only), would run
-    # on the reference (or be refused by a neuron's explicit backend): slower than not fusing.
+    # module, would be skipped. A timing the fused kernels do not run would run on the reference (or be
+    # refused by a neuron's explicit backend): slower than not fusing. So would a user's surrogate the
+    # fused op cannot run as fast as the pair (_user_surrogate_fuses).
     if type(neuron) not in (LIF, IF, PLIF) or _has_hooks(bn) or _has_hooks(neuron):
         return None
     # one training flag drives both halves of the fused module (a frozen batch norm before a training
     # neuron would lose the neuron's noise); a parametrized weight cannot be handed over as is
     if bn.training != neuron.training or torch.nn.utils.parametrize.is_parametrized(bn):
         return None
-    if neuron.flags.reset_timing != "after_fire" or (neuron.sg.custom and not neuron.flags.fire_at_threshold):
+    if neuron.flags.reset_timing != "after_fire" or (neuron.sg.custom and not _user_surrogate_fuses(neuron)):
         return None
     if neuron.step_mode == "s" and neuron.store_v_seq:
         return None  # a single-step neuron appends to its v_seq per call; BNLIF keeps none
@@ -1023,8 +1037,8 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             in ``snn_fast_fuse_pairs``) by one ``nn.BNLIF`` / ``nn.TDBNLIF`` holding the batch norm's
             parameters and buffers (the same objects) and the neuron (docs/spec.md §12). A pair inside
             any other custom ``forward`` is fused only when its module declares it. Not fused: a
-            neuron subclass, a module with hooks, a timing other than 'after_fire', a user's surrogate with
-            ``fire_at_threshold=False``.
+            neuron subclass, a module with hooks, a timing other than 'after_fire', a user's surrogate that
+            neither has Triton functions nor translates into the CPU walk, or with ``fire_at_threshold=False``.
             Parameter names of the neuron move under the fused module (``<bn>.neuron.…``).
 
     Returns:

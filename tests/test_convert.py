@@ -650,19 +650,41 @@ def test_fuse_custom_forward_only_where_declared_and_exact():
     assert not any(isinstance(m, snn.BNLIF) for m in snn_fast.convert(seq, fuse=True).modules())
 
 
-def test_fuse_user_surrogate_default_firing_only():
-    """A user's surrogate is fused (the fused op runs it on the CPU kernel and on Triton), and equal to
-    the unfused model; with fire_at_threshold=False it is not (the CPU path runs the default firing)."""
+def test_fuse_user_surrogate_where_a_kernel_runs_it(monkeypatch, tmp_path):
+    """A user's surrogate is fused where the fused op runs it on a kernel: with Triton functions, or
+    translated into the CPU walk (then equal to the unfused model); not with fire_at_threshold=False,
+    nor a torch-only surrogate whose g′ does not translate (or with the compiled walk off)."""
     import user_surrogates
+    from snn_fast import surrogate as sgm
+    from snn_fast.ops.lif import native_surrogate
 
     user_surrogates.register_all()
-    torch.manual_seed(10)
-    net = torch.nn.Sequential(snn.MultiStep(torch.nn.Conv2d(2, 3, 3, padding=1)),
-                              snn.MultiStep(torch.nn.BatchNorm2d(3)), snn.LIF(surrogate="user_shifted"))
-    with torch.no_grad():
-        net[1].module.weight.uniform_(0.5, 1.5)
-        net[1].module.bias.normal_(0.3, 0.2)
-    _compare_fused(net, torch.randn(3, 2, 2, 5, 5, dtype=torch.float64) * 2, 1)
-    seq = torch.nn.Sequential(snn.MultiStep(torch.nn.BatchNorm2d(3)),
-                              snn.LIF(surrogate="user_shifted", fire_at_threshold=False))
-    assert not any(isinstance(m, snn.BNLIF) for m in snn_fast.convert(seq, fuse=True).modules())
+    monkeypatch.setenv(native_surrogate.ENV_NATIVE, "1")
+    monkeypatch.setenv(native_surrogate.ENV_COMPILE, "1")
+    monkeypatch.setenv(native_surrogate.ENV_CACHE, str(tmp_path))
+
+    def fused(surrogate, **kw):
+        seq = torch.nn.Sequential(snn.MultiStep(torch.nn.BatchNorm2d(3)), snn.LIF(surrogate=surrogate, **kw))
+        return sum(isinstance(m, snn.BNLIF) for m in snn_fast.convert(seq, fuse=True).modules())
+
+    native = native_surrogate.unavailable("bn_lif") is None
+    assert fused("user_torch_only") == int(native)  # no Triton functions: fused when it translates
+    if sgm.get("user_shifted").triton is not None:
+        assert fused("user_shifted") == 1
+    assert fused("user_shifted", fire_at_threshold=False) == 0
+    name = "convert_user_erf"  # the sigmoid's g′ plus 0·erf(x): erf does not translate
+    if name not in sgm.names():
+        sgm.register_surrogate(name, g=lambda x, a: torch.sigmoid(a * x), alpha=2.0, scaling=True,
+                               dg=lambda x, a: a * torch.sigmoid(a * x) * (1 - torch.sigmoid(a * x)) + 0 * torch.erf(x))
+    assert fused(name) == 0
+    monkeypatch.setenv(native_surrogate.ENV_NATIVE, "0")
+    assert fused("user_torch_only") == 0
+    if native:
+        monkeypatch.setenv(native_surrogate.ENV_NATIVE, "1")
+        torch.manual_seed(10)
+        net = torch.nn.Sequential(snn.MultiStep(torch.nn.Conv2d(2, 3, 3, padding=1)),
+                                  snn.MultiStep(torch.nn.BatchNorm2d(3)), snn.LIF(surrogate="user_torch_only"))
+        with torch.no_grad():
+            net[1].module.weight.uniform_(0.5, 1.5)
+            net[1].module.bias.normal_(0.3, 0.2)
+        _compare_fused(net, torch.randn(3, 2, 2, 5, 5, dtype=torch.float64) * 2, 1)

@@ -82,7 +82,7 @@ def _bwd_unfused(grad_s, grad_v_last, grad_v_seq, x, v0, params, weight, bias, m
     shape = (T, N // (C * inner), C, inner)
     per_c = (1, 1, C, 1)
     xc = x.to(pd).view(shape) - mean.view(per_c)
-    xp = (xc * a.view(per_c) + bias.view(per_c)).view(T, N)  # lif_step.h bn_input: mul, then add
+    xp = (xc * a.view(per_c)).add_(bias.view(per_c)).view(T, N)  # lif_step.h bn_input: mul, then add
     gvl = grad_v_last.to(pd) if grad_v_last is not None else None
     gvs = grad_v_seq.to(pd) if grad_v_seq is not None else None
     gxp, gv0, gp = lif_custom.lif_bwd_custom_cpu(
@@ -90,18 +90,20 @@ def _bwd_unfused(grad_s, grad_v_last, grad_v_seq, x, v0, params, weight, bias, m
         v_reset, decay_input, detach_reset, reset_residual, False, lif_contract.RESET_AFTER_FIRE,
         lif_contract.SAVE_RECOMPUTE, need_param_grad)
     del xp
+    # Σ∂X' and Σ∂X'·(x − m) per channel, reduced in the compute dtype (torch's cascaded sums), then the
+    # per-channel algebra in float64 as the C++ op does it; the elementwise passes in place on ∂X'.
     g4 = gxp.view(shape)
-    g0 = g4.sum((0, 1, 3), dtype=torch.float64)  # Σ∂X' per channel
-    g1 = (g4 * xc).sum((0, 1, 3), dtype=torch.float64)  # Σ∂X'·(x − m)
+    g0 = g4.sum((0, 1, 3)).double()
+    g1 = (g4 * xc).sum((0, 1, 3)).double()
     r, ad, gd = rstd.double(), a.double(), gain.double()
     grad_w = g1 * r * gd
     gp = gp.double()
     if need_param_grad and tdbn_alpha > 0:  # θ in the gain α·θ
         gp[1] += tdbn_alpha * (g1 * weight.double() * r).sum()
-    gx = g4 * a.view(per_c)
+    gx = g4.mul_(a.view(per_c))
     if batch_stats:  # through the batch's mean and variance: ∂x = a·∂X' − a·Σ∂X'/n − a·rstd²·xc·Σ∂X'·xc/n
         n = float(T) * float(N // C)
-        gx = gx + (xc * (-ad * r * r * g1 / n).to(pd).view(per_c) + (-ad * g0 / n).to(pd).view(per_c))
+        gx.addcmul_(xc, (-ad * r * r * g1 / n).to(pd).view(per_c)).add_((-ad * g0 / n).to(pd).view(per_c))
     return (gx.view(T, N).to(x.dtype), gv0.to(x.dtype), gp.to(pd), grad_w.to(pd), g0.to(pd))
 
 

@@ -593,6 +593,19 @@ def enabled(sg: _sg.Surrogate) -> bool:
             and os.environ.get(ENV_NATIVE, "").strip() != "0")
 
 
+def translatable(sg: _sg.Surrogate) -> bool:
+    """Whether ``sg`` would get a compiled walk here, short of building it: on, a compiler and the headers,
+    and its functions translate (traced, not compiled; the check against torch comes at the build)."""
+    if not enabled(sg) or unavailable("bn_lif") is not None:
+        return False
+    with torch._guards.tracing(None), torch.utils._python_dispatch._disable_current_modes(), torch.no_grad():
+        try:
+            translate(sg, torch.float32)
+        except Untranslatable:
+            return False
+    return True
+
+
 def why_not(sg: _sg.Surrogate, dtype: torch.dtype, op: str = "lif") -> Optional[str]:
     """Why ``sg`` has no compiled walk of ``op`` for ``dtype`` (after a lookup), None if it has one or was
     not tried."""
