@@ -828,15 +828,18 @@ def _is_converted(m: nn.Module) -> bool:
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _user_surrogate_fuses(neuron: nn.Module) -> bool:
-    """A user's surrogate, with the default firing, where the fused op runs it on a kernel: with its
-    @triton.jit functions (Triton, on a GPU), or translated into the CPU kernel's walk
-    (native_surrogate.translatable). Elsewhere the fused op would run the reference (a noise mask, the
-    strict threshold) or batch norm in torch around the LIF op's backward: slower than the pair."""
-    if not neuron.flags.fire_at_threshold:
+def _user_surrogate_fuses(bn: nn.Module, neuron: nn.Module) -> bool:
+    """A user's surrogate where the fused op runs it on a kernel, for the device the batch norm is on
+    at conversion: on a GPU with its @triton.jit functions (Triton); on the CPU translated into the C++
+    walk (native_surrogate.translatable), with the default firing and no noise (the CPU path's scope).
+    Elsewhere the fused op would run the reference, or batch norm in torch around the LIF op's backward:
+    slower than the pair."""
+    t = next(iter(bn.buffers()), None)
+    t = next(iter(bn.parameters()), None) if t is None else t
+    if t is not None and t.device.type == "cuda":
+        return neuron.sg.triton is not None
+    if not neuron.flags.fire_at_threshold or neuron.noise_prob > 0:
         return False
-    if neuron.sg.triton is not None:
-        return True
     from .ops.lif import native_surrogate
 
     return native_surrogate.translatable(neuron.sg)
@@ -857,7 +860,7 @@ def _fused_bn(bn: nn.Module, neuron: nn.Module) -> Optional[nn.Module]:
     # neuron would lose the neuron's noise); a parametrized weight cannot be handed over as is
     if bn.training != neuron.training or torch.nn.utils.parametrize.is_parametrized(bn):
         return None
-    if neuron.flags.reset_timing != "after_fire" or (neuron.sg.custom and not _user_surrogate_fuses(neuron)):
+    if neuron.flags.reset_timing != "after_fire" or (neuron.sg.custom and not _user_surrogate_fuses(bn, neuron)):
         return None
     if neuron.step_mode == "s" and neuron.store_v_seq:
         return None  # a single-step neuron appends to its v_seq per call; BNLIF keeps none
@@ -1037,8 +1040,10 @@ def convert(model: nn.Module, *, backend: str = "auto", inplace: bool = False, s
             in ``snn_fast_fuse_pairs``) by one ``nn.BNLIF`` / ``nn.TDBNLIF`` holding the batch norm's
             parameters and buffers (the same objects) and the neuron (docs/spec.md §12). A pair inside
             any other custom ``forward`` is fused only when its module declares it. Not fused: a
-            neuron subclass, a module with hooks, a timing other than 'after_fire', a user's surrogate that
-            neither has Triton functions nor translates into the CPU walk, or with ``fire_at_threshold=False``.
+            neuron subclass, a module with hooks, a timing other than 'after_fire', a user's surrogate
+            the fused op cannot run on a kernel on the batch norm's device (CUDA: without Triton
+            functions; CPU: one that does not translate into the C++ walk, or with noise or
+            ``fire_at_threshold=False``).
             Parameter names of the neuron move under the fused module (``<bn>.neuron.…``).
 
     Returns:

@@ -669,9 +669,10 @@ def test_fuse_user_surrogate_where_a_kernel_runs_it(monkeypatch, tmp_path):
 
     native = native_surrogate.unavailable("bn_lif") is None
     assert fused("user_torch_only") == int(native)  # no Triton functions: fused when it translates
-    if sgm.get("user_shifted").triton is not None:
-        assert fused("user_shifted") == 1
+    if sgm.get("user_shifted").triton is not None:  # translates too
+        assert fused("user_shifted") == int(native)
     assert fused("user_shifted", fire_at_threshold=False) == 0
+    assert fused("user_torch_only", noise_prob=0.3) == 0  # a noise mask: the CPU path runs the reference
     name = "convert_user_erf"  # the sigmoid's g′ plus 0·erf(x): erf does not translate
     if name not in sgm.names():
         sgm.register_surrogate(name, g=lambda x, a: torch.sigmoid(a * x), alpha=2.0, scaling=True,

@@ -542,8 +542,8 @@ def test_emulated_lowp_saved_state_sign_is_the_spike(emulator, dtype, wide):
 # storage dtype; no spills but the float64 backward's on sm_90 (24 B frame, 32 B spilled, as compiled
 # by nvcc 13.0: float64 is the gradcheck dtype, not a training one). Their torch binding
 # (bn_lif_cuda_binding.cpp, backend='cuda') has never run on a GPU; their thread bodies
-# (bn_lif_kernels.cuh) and the binding's host algebra are checked on the host against the reference by
-# tests/test_cuda_bn_lif_emulate.py.
+# (bn_lif_kernels.cuh) are checked on the host against the reference by tests/test_cuda_bn_lif_emulate.py,
+# driven by a torch transcription of the binding's host algebra (the binding itself runs only on a GPU).
 BN_LIF_KNOWN_SPILLS = {("90", "bnlif_backwardIdE")}
 
 

@@ -9,13 +9,15 @@ The backward, decided per call:
     the built-in kernel's bytes and passes;
   - else (a surrogate that does not translate, no compiler, SNN_FAST_NATIVE_SURROGATES=0): batch norm's
     affine X' = (x − m)·a + b in torch, with the forward's operations in its order (so the same bits of
-    H and the same spikes), the LIF op's backward for a user surrogate on X' (``custom_cpu.py`` of the
-    LIF op: its compiled walk, or the user's torch g′ compiled or eager), and batch norm's per-channel
-    algebra in torch, the formulas of csrc/cpu/bn_lif_cpu.cpp. X' and its gradient are two [T, N]
-    arrays in the compute dtype that the fused path never makes.
+    H and the same spikes), the LIF op's backward given the user's torch g′ on X' (``custom_cpu.py`` of
+    the LIF op: D = H − θ re-run, g′ compiled by torch.compile or eager, the C++ walk reading it), and
+    batch norm's per-channel algebra in torch, the formulas of csrc/cpu/bn_lif_cpu.cpp, in place on
+    ∂L/∂X'. Memory beyond the fused path's: x − m, X' (freed before the sums), ∂L/∂X', the walk's D
+    and g′ (and ∂g/∂α), and one product for Σ∂L/∂X'·(x − m): [T, N] arrays in the compute dtype.
 
-Limits, as the LIF op's path (function.py routes the rest to the reference): no noise mask, the
-reset after the spike, and the fallback runs the default firing only (fire_at_threshold=True).
+Limits (function.py routes the rest to the reference): no noise mask, the reset after the spike, and
+fire_at_threshold=True on both paths (the compiled walk could run the strict threshold; the fallback's
+re-run of D cannot, and the choice between them is made in the backward).
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def bn_lif_fwd_custom_cpu(
 def _native(surrogate: int, dtype: torch.dtype) -> Optional[native_surrogate.Native]:
     if not _ext.HAS_C or not _ext.has_kernel("bn_lif_bwd_native", "CPU"):
         return None
-    return native_surrogate.lookup(lif_custom._surrogate(surrogate), dtype, op="bn_lif")
+    return native_surrogate.lookup(lif_custom._surrogate(surrogate, "bn_lif_custom_cpu"), dtype, op="bn_lif")
 
 
 def _gain(params: torch.Tensor, tdbn_alpha: float) -> torch.Tensor:
@@ -85,10 +87,10 @@ def _bwd_unfused(grad_s, grad_v_last, grad_v_seq, x, v0, params, weight, bias, m
     xp = (xc * a.view(per_c)).add_(bias.view(per_c)).view(T, N)  # lif_step.h bn_input: mul, then add
     gvl = grad_v_last.to(pd) if grad_v_last is not None else None
     gvs = grad_v_seq.to(pd) if grad_v_seq is not None else None
-    gxp, gv0, gp = lif_custom.lif_bwd_custom_cpu(
+    gxp, gv0, gp = lif_custom.bwd_given(
         grad_s.to(pd), gvl, gvs, xp, v0.to(pd), params, None, xp.new_empty(0), s, None, None, surrogate, hard_reset,
-        v_reset, decay_input, detach_reset, reset_residual, False, lif_contract.RESET_AFTER_FIRE,
-        lif_contract.SAVE_RECOMPUTE, need_param_grad)
+        v_reset, decay_input, detach_reset, reset_residual, lif_contract.SAVE_RECOMPUTE, need_param_grad,
+        op="bn_lif_custom_cpu")
     del xp
     # Σ∂X' and Σ∂X'·(x − m) per channel, reduced in the compute dtype (torch's cascaded sums), then the
     # per-channel algebra in float64 as the C++ op does it; the elementwise passes in place on ∂X'.

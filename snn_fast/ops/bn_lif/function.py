@@ -233,8 +233,9 @@ def bn_lif(
     ``lif_multistep``'s (``fire_at_threshold``, ``reset_timing`` included: the kernels run every
     firing rule and the reset after the spike; other timings run on the reference). Under DDP each
     rank normalises over its own batch, as ``nn.BatchNorm`` does (no SyncBatchNorm). A user-registered
-    surrogate runs on the CPU kernel (compiled into its walk where it translates: custom_cpu.py), on
-    Triton where it has @triton.jit functions, and on the reference.
+    surrogate runs on the CPU kernel (compiled into its walk where it translates: custom_cpu.py; with
+    a noise mask or ``fire_at_threshold=False`` on the reference), on Triton where it has @triton.jit
+    functions, and on the reference.
 
     Returns ``(s, v_T)`` or ``(s, v_T, v_seq)``, as ``lif_multistep``.
     """

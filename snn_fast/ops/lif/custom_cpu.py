@@ -65,11 +65,11 @@ from .reference import lif_reference_k
 _CHUNK_BYTES = 1 << 20
 
 
-def _surrogate(sid: int) -> _sg.Surrogate:
+def _surrogate(sid: int, op: str = "lif_custom_cpu") -> _sg.Surrogate:
     try:
         return _sg.by_id(sid)
     except KeyError:
-        raise ValueError(f"lif_custom_cpu: no registered surrogate has id {sid} (unregistered?)") from None
+        raise ValueError(f"{op}: no registered surrogate has id {sid} (unregistered?)") from None
 
 
 def _check(x, v0, params, surrogate):
@@ -316,8 +316,17 @@ def lif_bwd_custom_cpu(
         return torch.ops.snn_fast.lif_bwd_native.default(
             grad_s, grad_v_last, grad_v_seq, x, v0, params, native.address, native.abi, hard_reset, v_reset,
             decay_input, detach_reset, reset_residual, need_param_grad)
+    return bwd_given(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, sg_grad, sg_dalpha,
+                     surrogate, hard_reset, v_reset, decay_input, detach_reset, reset_residual, save, need_param_grad)
+
+
+def bwd_given(grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s, sg_grad, sg_dalpha, surrogate,
+              hard_reset, v_reset, decay_input, detach_reset, reset_residual, save, need_param_grad,
+              op: str = "lif_custom_cpu"):
+    """The backward without the compiled walk: the user's g′ (and ∂g/∂α) at D, unless given, then the
+    C++ walk reading them (also bn_lif's fallback: snn_fast/ops/bn_lif/custom_cpu.py)."""
     if sg_grad is None:
-        sg = _surrogate(surrogate)
+        sg = _surrogate(surrogate, op)
         if saved.numel() > 0:  # D from the forward (save="state")
             d = saved
         else:

@@ -593,17 +593,26 @@ def enabled(sg: _sg.Surrogate) -> bool:
             and os.environ.get(ENV_NATIVE, "").strip() != "0")
 
 
+# surrogate id -> whether its functions translate (translatable's trace, once per surrogate)
+_TRANSLATES: Dict[int, bool] = {}
+
+
 def translatable(sg: _sg.Surrogate) -> bool:
-    """Whether ``sg`` would get a compiled walk here, short of building it: on, a compiler and the headers,
-    and its functions translate (traced, not compiled; the check against torch comes at the build)."""
-    if not enabled(sg) or unavailable("bn_lif") is not None:
+    """Whether ``sg`` would get bn_lif's compiled walk here, short of building it: on, the op in this
+    build, a compiler and the headers, and its functions translate (traced once per surrogate, not
+    compiled; the check against torch comes at the build)."""
+    if not enabled(sg) or not _ext.has_kernel("bn_lif_bwd_native", "CPU") or unavailable("bn_lif") is not None:
         return False
-    with torch._guards.tracing(None), torch.utils._python_dispatch._disable_current_modes(), torch.no_grad():
-        try:
-            translate(sg, torch.float32)
-        except Untranslatable:
-            return False
-    return True
+    ok = _TRANSLATES.get(sg.id)
+    if ok is None:
+        with torch._guards.tracing(None), torch.utils._python_dispatch._disable_current_modes(), torch.no_grad():
+            try:
+                translate(sg, torch.float32)
+                ok = True
+            except Untranslatable:
+                ok = False
+        _TRANSLATES[sg.id] = ok
+    return ok
 
 
 def why_not(sg: _sg.Surrogate, dtype: torch.dtype, op: str = "lif") -> Optional[str]:
