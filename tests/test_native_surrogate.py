@@ -392,6 +392,43 @@ def test_disk_cache_serves_a_later_lookup(fresh, monkeypatch):
     assert again is not None and again.path == first.path
 
 
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX ownership")
+def test_cache_of_another_user_is_refused(fresh, monkeypatch, tmp_path):
+    """A cache directory another user owns is not loaded from (their library would run here): a warning
+    naming the directory, the other path's gradients. One of our own that others could write is made
+    writable by us only; a library in it that others could have written is built again."""
+    sg = fresh("owner_sig", g=_sig, dg=FORMULAS[0][2], alpha=4.0, scaling=True)
+    monkeypatch.setenv(native_surrogate.ENV_NATIVE, "0")
+    want = _grads(sg.name)
+    monkeypatch.setenv(native_surrogate.ENV_NATIVE, "1")
+    monkeypatch.setenv(native_surrogate.ENV_CACHE, str(tmp_path))
+    cache = tmp_path / "native_surrogates"
+    cache.mkdir()
+    os.chmod(cache, 0o777)
+    me = os.getuid()
+    monkeypatch.setattr(native_surrogate.os, "getuid", lambda: me + 1)
+    with pytest.warns(sgm.SurrogateCompileWarning, match="belongs to another user.*SNN_FAST_CACHE_DIR"):
+        got = _grads(sg.name)
+    assert "belongs to another user" in native_surrogate.why_not(sg, torch.float64)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert not list(cache.glob("*.so")) and cache.stat().st_mode & 0o777 == 0o777  # untouched
+    monkeypatch.setattr(native_surrogate.os, "getuid", lambda: me)
+    native_surrogate._LOADED.pop((sg.id, torch.float64))
+    nat = native_surrogate.lookup(sg, torch.float64)
+    assert nat is not None, native_surrogate.why_not(sg, torch.float64)
+    assert cache.stat().st_mode & 0o022 == 0 and os.stat(nat.path).st_mode & 0o022 == 0
+    os.chmod(nat.path, 0o777)  # a library others could have written: not loaded, built again
+    built = []
+    real = native_surrogate.subprocess.run
+    monkeypatch.setattr(native_surrogate.subprocess, "run",
+                        lambda cmd, *a, **kw: built.append("--version" not in cmd) or real(cmd, *a, **kw))
+    native_surrogate._LOADED.pop((sg.id, torch.float64))
+    again = native_surrogate.lookup(sg, torch.float64)
+    assert again is not None and again.path == nat.path and os.stat(nat.path).st_mode & 0o022 == 0
+    assert any(built)
+
+
 def test_disk_cache_serves_another_process():
     """Another process finds the library this one built and loads it without compiling."""
     nat = native_surrogate.lookup(sgm.get("user_sigmoid"), torch.float32)

@@ -489,6 +489,27 @@ def unavailable(op: str = "lif") -> Optional[str]:
     return None
 
 
+# A library runs in this process: the cache must hold only what this user wrote. POSIX only (elsewhere
+# no check). The directory: another user's is refused; our own that others could write is made writable
+# by us only. A library another user owns, or that others could have written, is built again.
+def _private_dir(path: str) -> None:
+    if not hasattr(os, "getuid"):
+        return
+    st = os.stat(path)
+    if st.st_uid != os.getuid():
+        raise RuntimeError(f"{path} belongs to another user (uid {st.st_uid}), so a library loaded from it could "
+                           f"run their code; set ${ENV_CACHE} to a directory of your own")
+    if st.st_mode & 0o022:
+        os.chmod(path, st.st_mode & ~0o022)
+
+
+def _trusted(lib: str) -> bool:
+    if not hasattr(os, "getuid"):
+        return True
+    st = os.stat(lib)
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def _build(src: str, headers: Tuple[str, ...] = _HEADERS) -> str:
     """The path of the library for ``src``: from the cache, else compiled into it. Raises RuntimeError."""
     cxx = _compiler()
@@ -498,9 +519,12 @@ def _build(src: str, headers: Tuple[str, ...] = _HEADERS) -> str:
     probe = _command(cxx, "src.cpp", "lib.so")
     key = _key(src, probe, headers)
     lib = os.path.join(cache, f"{key}.so")
+    os.makedirs(cache, mode=0o700, exist_ok=True)
+    _private_dir(cache)
     if os.path.exists(lib):
-        return lib
-    os.makedirs(cache, exist_ok=True)
+        if _trusted(lib):
+            return lib
+        os.remove(lib)
     with tempfile.TemporaryDirectory(dir=cache, prefix=f".{key}-") as tmp:
         cpp, out = os.path.join(tmp, "src.cpp"), os.path.join(tmp, "lib.so")
         with open(cpp, "w") as f:
@@ -510,6 +534,7 @@ def _build(src: str, headers: Tuple[str, ...] = _HEADERS) -> str:
             err = [ln for ln in r.stderr.splitlines() if "error" in ln] or r.stderr.splitlines()[-3:]
             raise RuntimeError(f"the C++ compiler failed: {' | '.join(err[:3])[:400]}")
         shutil.copy(cpp, os.path.join(cache, f"{key}.cpp"))  # beside the library, to read
+        os.chmod(out, 0o755)  # whatever the umask: writable by us only (_trusted)
         os.replace(out, lib)  # atomic: a concurrent builder of the same key writes the same bytes
     return lib
 
