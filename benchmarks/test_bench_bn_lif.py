@@ -64,74 +64,46 @@ def steps(shape, device="cpu"):
     x, w, b, grad = make(shape, device)
     C = shape[2]
     rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
-    sj = _sj_node()
     lif_backend = "cpu" if device == "cpu" else "auto"
-
-    def zero():
-        x.grad = w.grad = b.grad = None
-
-    def fused(backend):
-        zero()
-        s, _ = snn_fast.bn_lif(x, w, b, rm, rv, True, 0.1, 1e-5, backend=backend)
-        s.backward(grad)
-        return s
 
     def bn(v):
         return F.batch_norm(v.flatten(0, 1), rm, rv, w, b, True, 0.1, 1e-5).view(v.shape)
 
-    def bn_ours():
-        zero()
-        s, _ = snn_fast.lif_multistep(bn(x), backend=lif_backend)
-        s.backward(grad)
-        return s
+    def step(f):  # f() -> spikes; the gradients of x, w, b from zero
+        def run():
+            x.grad = w.grad = b.grad = None
+            s = f()
+            s.backward(grad)
+            return s
+        return run
 
-    fns = {_name(be, device): (lambda be=be: fused(be)) for be in fused_backends(device)}
-    fns["bn+snn_fast-lif"] = bn_ours
+    def fused(backend, sg="sigmoid"):
+        return step(lambda: snn_fast.bn_lif(x, w, b, rm, rv, True, 0.1, 1e-5, backend=backend, surrogate=sg)[0])
+
+    def pair(sg="sigmoid"):
+        return step(lambda: snn_fast.lif_multistep(bn(x), backend=lif_backend, surrogate=sg)[0])
+
+    def sj_pair(node):
+        def f():
+            node.reset()
+            return node(bn(x))
+        return step(f)
+
+    fns = {_name(be, device): fused(be) for be in fused_backends(device)}
+    fns["bn+snn_fast-lif"] = pair()
+    sj = _sj_node()
     if sj is not None:
-        def bn_sj():
-            zero()
-            sj.reset()
-            s = sj(bn(x))
-            s.backward(grad)
-            return s
-
-        fns["bn+spikingjelly"] = bn_sj
-    if device == "cpu":
-        fns.update(_user_steps(x, w, b, grad, bn, zero))
+        fns["bn+spikingjelly"] = sj_pair(sj)
+    if device == "cpu":  # the -user rows (module docstring)
+        register_user()
+        unfused = fused("cpu", USER)
+        fns.update({"snn_fast-bn_lif-user": fused("cpu", USER),
+                    "snn_fast-bn_lif-user-unfused": lambda: _with_switch("-given", lambda f: f(), unfused),
+                    "bn_lif-reference-user": fused("reference", USER), "bn+snn_fast-lif-user": pair(USER)})
+        sj_user = _spikingjelly_nodes()[1]
+        if sj_user is not None:
+            fns["bn+spikingjelly-user"] = sj_pair(sj_user)
     return fns, (x, w, b)
-
-
-def _user_steps(x, w, b, grad, bn, zero):
-    """The ``-user`` providers (module docstring), CPU only."""
-    register_user()
-    rm, rv = torch.zeros(x.shape[2]), torch.ones(x.shape[2])
-
-    def fused(backend):
-        zero()
-        s, _ = snn_fast.bn_lif(x, w, b, rm, rv, True, 0.1, 1e-5, backend=backend, surrogate=USER)
-        s.backward(grad)
-        return s
-
-    def bn_ours():
-        zero()
-        s, _ = snn_fast.lif_multistep(bn(x), backend="cpu", surrogate=USER)
-        s.backward(grad)
-        return s
-
-    fns = {"snn_fast-bn_lif-user": lambda: fused("cpu"),
-           "snn_fast-bn_lif-user-unfused": lambda: _with_switch("-given", lambda f: f(), lambda: fused("cpu")),
-           "bn_lif-reference-user": lambda: fused("reference"), "bn+snn_fast-lif-user": bn_ours}
-    sj_user = _spikingjelly_nodes()[1]
-    if sj_user is not None:
-        def bn_sj():
-            zero()
-            sj_user.reset()
-            s = sj_user(bn(x))
-            s.backward(grad)
-            return s
-
-        fns["bn+spikingjelly-user"] = bn_sj
-    return fns
 
 
 def _name(backend, device):

@@ -552,17 +552,23 @@ def _probe_points(acc: torch.dtype) -> torch.Tensor:
     return torch.cat([torch.linspace(-12, 12, 4801, dtype=acc), torch.tensor(special, dtype=acc)])
 
 
+def _evaluate(lib: ctypes.CDLL, x: torch.Tensor, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(g′, ∂g/∂α) at x (1-D, contiguous, the compute dtype) from the library, as its walk computes them."""
+    cty = ctypes.c_double if x.dtype == torch.float64 else ctypes.c_float
+    gp, dga = torch.empty_like(x), torch.empty_like(x)
+    lib.snn_fast_native_eval(ctypes.c_void_p(x.data_ptr()), cty(alpha), ctypes.c_void_p(gp.data_ptr()),
+                             ctypes.c_void_p(dga.data_ptr()), ctypes.c_int64(x.numel()))
+    return gp, dga
+
+
 def _check(sg: _sg.Surrogate, lib: ctypes.CDLL, acc: torch.dtype) -> None:
-    cty = ctypes.c_double if acc == torch.float64 else ctypes.c_float
     x = _probe_points(acc)
     kind = _sg.dalpha_kind(sg)
     base = sg.alpha if sg.alpha is not None else 1.0
     rtol, atol = _TOL[acc]
     for alpha in (base, 2.0 * base + 0.25):
         a = torch.tensor(alpha, dtype=acc)
-        gp, dga = torch.empty_like(x), torch.empty_like(x)
-        lib.snn_fast_native_eval(ctypes.c_void_p(x.data_ptr()), cty(alpha), ctypes.c_void_p(gp.data_ptr()),
-                                 ctypes.c_void_p(dga.data_ptr()), ctypes.c_int64(x.numel()))
+        gp, dga = _evaluate(lib, x, alpha)
         with torch.no_grad():
             want_gp = sg.dg(x, a).to(acc).expand_as(x)
             if kind == _sg.DALPHA_ZERO:
@@ -594,11 +600,7 @@ class Native:
 
     def evaluate(self, x: torch.Tensor, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
         """(g′, ∂g/∂α) at x (1-D, contiguous, the compute dtype) as the walk computes them."""
-        cty = ctypes.c_double if x.dtype == torch.float64 else ctypes.c_float
-        gp, dga = torch.empty_like(x), torch.empty_like(x)
-        self.lib.snn_fast_native_eval(ctypes.c_void_p(x.data_ptr()), cty(alpha), ctypes.c_void_p(gp.data_ptr()),
-                                      ctypes.c_void_p(dga.data_ptr()), ctypes.c_int64(x.numel()))
-        return gp, dga
+        return _evaluate(self.lib, x, alpha)
 
 
 # (surrogate id, storage dtype) for the LIF op, (id, dtype, op) for another -> Native, or the reason
