@@ -10,7 +10,8 @@ Default LIF (τ = 2, sigmoid α = 4, hard reset to 0). "MB moved" is the memory 
 batch norm + snn_fast LIF over the row's.
 
 The ``-user`` rows (CPU): the same sigmoid registered by a user (benchmarks/test_bench_surrogate.py's
-``sigmoid_user``), "vs BN+LIF" against ``bn+snn_fast-lif-user`` (batch norm + the LIF op with it):
+``sigmoid_user``), "vs BN+LIF" against ``bn+snn_fast-lif-user`` (batch norm + the LIF op with it;
+on a GPU ``snn_fast-bn_lif-triton-user``, its @triton.jit functions in the fused Triton kernel):
 ``snn_fast-bn_lif-user`` with its g′ compiled into bn_lif's walk (built in the warm-up, not timed),
 ``-user-unfused`` the same with that step off ($SNN_FAST_NATIVE_SURROGATES=0 around the call: batch
 norm's affine in torch around the LIF op's backward), ``bn_lif-reference-user`` what ran before the CPU
@@ -94,8 +95,10 @@ def steps(shape, device="cpu"):
     sj = _sj_node()
     if sj is not None:
         fns["bn+spikingjelly"] = sj_pair(sj)
-    if device == "cpu":  # the -user rows (module docstring)
-        register_user()
+    register_user()  # the -user rows (module docstring)
+    if device != "cpu":
+        fns.update({"snn_fast-bn_lif-triton-user": fused("triton", USER), "bn+snn_fast-lif-user": pair(USER)})
+    else:
         unfused = fused("cpu", USER)
         fns.update({"snn_fast-bn_lif-user": fused("cpu", USER),
                     "snn_fast-bn_lif-user-unfused": lambda: _with_switch("-given", lambda f: f(), unfused),
@@ -112,17 +115,15 @@ def _name(backend, device):
 
 
 def check(fns, tensors, device="cpu"):
-    """Each fused backend's spikes and gradients against batch norm + snn_fast LIF before timing."""
+    """Each fused row's spikes and gradients against batch norm + snn_fast LIF with the same surrogate,
+    before timing."""
     x, w, b = tensors
-    s_ref = fns["bn+snn_fast-lif"]()
-    ref = [t.grad.clone() for t in (x, w, b)]
-    pairs = [(_name(be, device), "bn+snn_fast-lif") for be in fused_backends(device)]
-    if "snn_fast-bn_lif-user" in fns:
-        pairs += [(p, "bn+snn_fast-lif-user") for p in ("snn_fast-bn_lif-user", "snn_fast-bn_lif-user-unfused")]
-    for name, base in pairs:
-        if base != "bn+snn_fast-lif":
-            s_ref = fns[base]()
-            ref = [t.grad.clone() for t in (x, w, b)]
+    refs = {}
+    for name in [p for p in fns if p.startswith("snn_fast-bn_lif")]:
+        base = "bn+snn_fast-lif-user" if "-user" in name else "bn+snn_fast-lif"
+        if base not in refs:
+            refs[base] = fns[base](), [t.grad.clone() for t in (x, w, b)]
+        s_ref, ref = refs[base]
         s = fns[name]()
         flips = (s != s_ref).float().mean().item()
         assert flips < 1e-4, (name, flips)
@@ -140,7 +141,8 @@ def run(shapes=SHAPES, device="cpu", rounds=3):
         T, N = shape[0], int(torch.Size(shape[1:]).numel())
         for p, (med, q20, q80) in tm.items():
             base = tm["bn+snn_fast-lif-user" if "-user" in p else "bn+snn_fast-lif"][0]
-            nbytes = memory.fused_bytes(T, N, torch.float32) if p in ("snn_fast-bn_lif", "snn_fast-bn_lif-user") else (
+            fused = p.startswith("snn_fast-bn_lif") and not p.endswith("-unfused")
+            nbytes = memory.fused_bytes(T, N, torch.float32) if fused else (
                 memory.unfused_bytes(T, N, torch.float32))
             rows.append(dict(op="bn_lif", provider=p, mode="fwd+bwd", shape="x".join(map(str, shape)),
                              dtype="float32", device=device, threads=torch.get_num_threads(), median_ms=med,
