@@ -296,3 +296,25 @@ def test_custom_ops_opcheck(path, save, need, monkeypatch, native_cache):
     bwd = (torch.randn_like(x), torch.randn_like(v0), None, *det[:10], None, saved, s, *flags, save, need)
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_bwd_custom_cpu.default, bwd,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_native
+@pytest.mark.parametrize("learn", [False, True])
+def test_native_backward_is_a_fixed_handful_of_calls(learn, monkeypatch, native_cache):
+    """The backward with the compiled walk: the same calls at T = 3 and 11, 2 and 40 channels, one of them
+    bn_lif_bwd_native; no LIF-op walk, no D re-run, no call of the user's torch functions."""
+    _set_path(monkeypatch, "native", native_cache)
+    seen = {}
+    for T in (3, 11):
+        for C in (2, 40):
+            x = torch.randn(T, 4, C, 5, requires_grad=True)
+            tau = torch.tensor(2.0, requires_grad=True) if learn else 2.0
+            s, v = snn_fast.bn_lif(x, torch.rand(C) + 0.5, tau=tau, surrogate="user_shifted", alpha=2.0,
+                                   tdbn_alpha=0.7, backend="cpu")
+            with _CountCalls() as c:
+                (s.sum() + v.sum()).backward()
+            assert c.calls.count("snn_fast.bn_lif_bwd_native") == 1, c.calls
+            assert not {"snn_fast.lif_bwd", "snn_fast.lif_sg_arg", "aten.sigmoid"} & set(c.calls), c.calls
+            seen[T, C] = c.calls
+    first = next(iter(seen.values()))
+    assert all(v == first for v in seen.values()) and len(first) <= 60, first
