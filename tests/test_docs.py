@@ -47,7 +47,7 @@ EXTERNAL = {
 }
 # Written at run time (build outputs, results, temporary copies), so absent from a clean checkout.
 GENERATED_PREFIXES = (".venv", ".compat", "build/", ".venv-compat", "benchmarks/results/", "$OUT", "OUT/", ".gpu_ext/",
-                      "snn_fast/_C")
+                      ".gpu_ext_build/", "snn_fast/_C")
 # Names that are not this repository's files, each with the reason; "*" = in any file.
 ELSEWHERE = {
     ("*", "summary.md"): "written by scripts/gpu_check.sh into the device's $OUT",

@@ -58,6 +58,23 @@ def test_used_when_it_matches_and_loads(tree):
     assert "loads" in r.stdout and os.path.isfile(tree / "snn_fast" / "_C.so")
 
 
+def test_gzipped_library_is_unpacked_and_used(tree):
+    """What scripts/gpu_build_ext.sh writes: _C.so.gz (the CUDA build is larger than the 64 MiB the device
+    tool carries), unpacked into the package."""
+    import gzip
+
+    lib = tree / ".gpu_ext" / "_C.so"
+    with open(lib, "rb") as src, gzip.open(str(lib) + ".gz", "wb", compresslevel=1) as out:
+        shutil.copyfileobj(src, out)
+    lib.unlink()
+    (tree / ".gpu_ext" / "SOURCES").write_text(_hash(tree) + "\n")
+    r = _use(tree, "CPU")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "loads" in r.stdout
+    with open(BUILT[0], "rb") as a, open(tree / "snn_fast" / "_C.so", "rb") as b:
+        assert a.read() == b.read()
+
+
 def test_rebuilt_when_sources_differ(tree):
     (tree / ".gpu_ext" / "SOURCES").write_text("0" * 16 + "\n")
     r = _use(tree, "CPU")

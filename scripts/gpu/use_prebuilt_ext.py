@@ -7,6 +7,7 @@ why, and the stage builds the extension on the GPU machine as before.
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import shutil
 import subprocess
@@ -38,8 +39,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     root = a.root
     a.dir = a.dir or os.path.join(root, ".gpu_ext")
-    lib, stamp = os.path.join(a.dir, "_C.so"), os.path.join(a.dir, "SOURCES")
-    if not os.path.isfile(lib) or not os.path.isfile(stamp):
+    # _C.so.gz: the library compressed (scripts/gpu_build_ext.sh writes it: the CUDA build is larger than
+    # what the device tool carries, 64 MiB); _C.so as it is (an older .gpu_ext, or one unpacked by hand)
+    stamp = os.path.join(a.dir, "SOURCES")
+    lib = next((p for p in (os.path.join(a.dir, n) for n in ("_C.so.gz", "_C.so")) if os.path.isfile(p)), None)
+    if lib is None or not os.path.isfile(stamp):
         print(f"no prebuilt library in {a.dir} (scripts/gpu_build_ext.sh makes it): building")
         return 1
     want, have = source_hash(root), open(stamp).read().strip()
@@ -49,7 +53,11 @@ def main(argv=None) -> int:
     dest = os.path.join(root, "snn_fast", "_C.so")
     for old in (p for p in os.listdir(os.path.dirname(dest)) if p.startswith("_C") and p.endswith(".so")):
         os.remove(os.path.join(os.path.dirname(dest), old))
-    shutil.copyfile(lib, dest)
+    if lib.endswith(".gz"):
+        with gzip.open(lib, "rb") as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    else:
+        shutil.copyfile(lib, dest)
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([a.python, "-c", PROBE, a.key], cwd=root, env=env, capture_output=True, text=True)
     print(r.stdout + r.stderr, end="")
