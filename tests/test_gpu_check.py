@@ -240,17 +240,24 @@ def test_unknown_stage_is_refused(check_mod, tmp_path, monkeypatch):
 
 def test_bn_lif_stage_dry_run(tmp_path, check_mod, monkeypatch):
     """The opt-in bn-lif stage on this machine at its dry-run size: its tests pass and its benchmark
-    rows (the fused op, batch norm + snn_fast LIF) reach the results file."""
+    rows (the fused op, batch norm + snn_fast LIF, each with a user's surrogate too) reach the results
+    file; the run's work folder is gone afterwards (its logs are in $OUT)."""
+    import tempfile
+
     out = tmp_path / "out"
     monkeypatch.setenv("OUT", str(out))
+    monkeypatch.delenv("SNN_FAST_GPU_CHECK_KEEP_WORK", raising=False)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     rc = check_mod.main(["--dry-run", "--only", "bn-lif"])
+    assert not os.listdir(tmp_path / "tmp")
     summary = (out / "summary.md").read_text()
     assert rc == 0 and "| bn-lif | ok |" in summary, summary
     csvs = [p for p in os.listdir(out) if p.endswith(".csv") and p != "correctness.csv"]
     assert len(csvs) == 1, os.listdir(out)
     with open(out / csvs[0]) as f:
         provs = {r["provider"] for r in csv.DictReader(f) if r["op"] == "bn_lif"}
-    assert {"snn_fast-bn_lif", "bn+snn_fast-lif"} <= provs, provs
+    assert {"snn_fast-bn_lif", "bn+snn_fast-lif", "snn_fast-bn_lif-user", "bn+snn_fast-lif-user"} <= provs, provs
 
 
 def test_swap_in_stage_dry_run(tmp_path, check_mod, monkeypatch):
