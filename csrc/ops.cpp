@@ -83,9 +83,11 @@ TORCH_LIBRARY(snn_fast, m) {
       "bool batch_stats, int kernel, int abi, bool hard_reset, float v_reset, bool decay_input, "
       "bool detach_reset, float reset_residual, bool strict_threshold, bool need_param_grad) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Per-channel mean and biased variance of x [T, N] over (T, B, inner), in params' dtype (float64
-  // for float64 x, else float32): one read of x.
-  m.def("bn_lif_stats(Tensor x, int C, int inner) -> (Tensor, Tensor)");
+  // Per-channel batch statistics of x [T, N] over (T, B, inner), in params' dtype (float64 for
+  // float64 x, else float32), computed in double from one read of x: (mean, rstd = 1/√(var + eps) of
+  // the biased variance, the unbiased variance for the running statistics). One op for what took
+  // var_mean, add, rsqrt and a scale (a small layer's step is host-bound on a GPU).
+  m.def("bn_lif_stats(Tensor x, int C, int inner, float eps) -> (Tensor, Tensor, Tensor)");
 
   // Introspection of the CPU output cache (csrc/cpu/output_cache.h):
   // [cached bytes, live bytes, hits, misses], and a way to give its blocks back.

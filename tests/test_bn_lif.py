@@ -261,8 +261,7 @@ def test_cxx_opcheck(batch_stats, tdbn, need):
     params = torch.tensor([0.5, 1.0, 4.0], dtype=torch.float64, requires_grad=need)
     w = torch.rand(C, dtype=torch.float64, requires_grad=True)
     b = torch.randn(C, dtype=torch.float64, requires_grad=True)
-    mean, var = torch.ops.snn_fast.bn_lif_stats(x.detach(), C, S)
-    rstd = torch.rsqrt(var + 1e-5)
+    mean, rstd, _ = torch.ops.snn_fast.bn_lif_stats(x.detach(), C, S, 1e-5)
     flags = (0, True, 0.0, True, False, 0.0, False, 0)  # contract.FLAG_ARGS
     fwd = (x, v0, params, w, b, mean, rstd, tdbn, S, batch_stats, None, *flags, True, 0)
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_fwd.default, fwd)
@@ -270,7 +269,37 @@ def test_cxx_opcheck(batch_stats, tdbn, need):
     bwd = (torch.randn_like(x), torch.randn_like(v0), None, x.detach(), v0.detach(), params.detach(), w.detach(),
            b.detach(), mean, rstd, tdbn, S, batch_stats, None, x.new_empty(0), s, *flags, 0, need)
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_bwd.default, bwd)
-    torch.library.opcheck(torch.ops.snn_fast.bn_lif_stats.default, (x.detach(), C, S))
+    torch.library.opcheck(torch.ops.snn_fast.bn_lif_stats.default, (x.detach(), C, S, 1e-5))
+
+
+@pytest.mark.parametrize("op", ["cxx-cpu", "cxx-cuda", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(3, 4, 5, 7, 7), (2, 3, 2, 1000), (4, 8, 1, 2500), (5, 7, 3), (2, 1, 4)], ids=str)
+def test_batch_stats_match_torch(monkeypatch, shape, dtype, op):
+    """function.py's statistics, (mean, rstd = 1/√(biased var + eps), unbiased var) in params' dtype:
+    the C++ bn_lif_stats (double inside; on CUDA chunked, [4, 8, 1, 2500] in 20 chunks) and the torch
+    fallback it replaces where a build lacks it, against torch in float64 on x as stored."""
+    from snn_fast.ops.bn_lif import function as bf
+
+    device = "cuda" if op == "cxx-cuda" else "cpu"
+    if op.startswith("cxx") and (device not in bf._STATS_OP or (device == "cuda" and not torch.cuda.is_available())):
+        pytest.skip(f"no bn_lif_stats kernel for {device} in this build of _C (or no {device} device)")
+    if op == "torch":
+        monkeypatch.setattr(bf, "_STATS_OP", frozenset())
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.7).to(dtype).to(device)
+    T, C = shape[0], shape[2]
+    inner = x[0, 0, 0].numel()
+    n = x.numel() // C
+    mean, rstd, varu = (t.cpu() for t in bf._batch_stats(x.reshape(T, -1), C, inner, n, 1e-5))
+    x = x.cpu()
+    xd = x.double().transpose(1, 2).reshape(T, C, -1).transpose(0, 1).reshape(C, -1)
+    pd = torch.float64 if dtype == torch.float64 else torch.float32
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=3e-6, atol=1e-6)
+    for got, want, what in ((mean, xd.mean(1), "mean"), (rstd, torch.rsqrt(xd.var(1, correction=0) + 1e-5), "rstd"),
+                            (varu, xd.var(1), "var_unbiased")):
+        assert got.dtype == pd and got.shape == (C,), what
+        torch.testing.assert_close(got.double(), want, **tol, msg=what)
 
 
 @pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))

@@ -286,8 +286,7 @@ def test_custom_ops_opcheck(path, save, need, monkeypatch, native_cache):
     params = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=need)
     w = torch.rand(C, dtype=torch.float64, requires_grad=True)
     b = torch.randn(C, dtype=torch.float64, requires_grad=True)
-    mean, var = torch.ops.snn_fast.bn_lif_stats(x.detach(), C, S)
-    rstd = torch.rsqrt(var + 1e-5)
+    mean, rstd, _ = torch.ops.snn_fast.bn_lif_stats(x.detach(), C, S, 1e-5)
     flags = (sgm.get("user_shifted").id, True, 0.0, True, False, 0.0, False, 0)  # contract.FLAG_ARGS
     fwd = (x, v0, params, w, b, mean, rstd, 0.7, S, True, None, *flags, True, save)
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_fwd_custom_cpu.default, fwd)

@@ -2,14 +2,16 @@
 against the reference, on any machine with nvcc (no GPU and no CUDA build of torch needed).
 
 ``csrc/cuda/emulate/bn_lif_emulate.cu`` runs the kernels' own per-thread bodies (bn_lif_kernels.cuh:
-forward, backward, dx) for every thread index of the launchers' grid; ``emulate`` below drives them
-exactly as csrc/cuda/bn_lif_cuda_binding.cpp does, its host-side algebra rewritten in torch line for
-line: a = weight·(rstd·gain), gain = tdbn_alpha·θ or 1; the saved H (save=state) or a scratch the
-backward re-runs the forward into (recompute); ``scale_by_a = not batch_stats``; the per-channel sums
-of ∂L/∂X' and ∂L/∂X'·(x − m) in float64, ∂weight, ∂bias, the θ term of tdBN; the dx pass's
-coefficients [a, −a·rstd²·g1/n, −a·g0/n] with batch statistics. The statistics are taken as
-snn_fast/ops/bn_lif/function.py takes them for a non-CPU backend. Every output, the sums and the
-scratch H start as NaN, so an element no thread writes shows.
+forward, backward, dx) for every thread index of the launchers' grid, and their block reductions (the
+backward's channel sums and algebra, ∂params, the batch statistics) share by share with the device's
+summation tree. ``emulate`` below drives them as csrc/cuda/bn_lif_cuda_binding.cpp does, with its
+allocations and launches: the kernels compute the scale a = weight·(rstd·gain), gain = tdbn_alpha·θ or
+1, themselves; the saved H (save=state) or a scratch the backward re-runs the forward into
+(recompute); ``scale_by_a = not batch_stats``; the channel pass (∂weight, ∂bias, the dx coefficients
+[a, −a·rstd²·g1/n, −a·g0/n] with batch statistics, the channels' parameter terms with tdBN's θ term);
+the ∂params pass. The batch statistics come from the emulated ``bn_lif_stats`` (chunked, shifted sums
+in double), as snn_fast/ops/bn_lif/function.py takes them on a GPU. Every output, the sums, the
+scratch H, the coefficients and the chunk sums start as NaN, so an element no thread writes shows.
 
 Compared with ``bn_lif_reference_k`` (batch norm, then the LIF reference; gradients by autograd):
 float64 and float32 with ``assert_close``, float16/bfloat16 with ``assert_close_lowp`` and the spike
@@ -48,9 +50,13 @@ def bn_emulator():
         lib = ctypes.CDLL(path)
     P, I, L, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
     flags = [I, I, D, I, I, D, I]
-    lib.emu_bnlif_fwd.argtypes = [I, L, L, L, L] + [P] * 11 + flags
-    lib.emu_bnlif_bwd.argtypes = [I, L, L, L, L] + [P] * 11 + [I, I, I] + [P] * 4 + flags
+    lib.emu_bnlif_fwd.argtypes = [I, L, L, L, L] + [P] * 5 + [D] + [P] * 7 + flags
+    lib.emu_bnlif_bwd.argtypes = [I, L, L, L, L] + [P] * 8 + [D] + [P] * 4 + [I, I, I] + [P] * 4 + flags
     lib.emu_bnlif_dx.argtypes = [I, L, L, L, L] + [P] * 4
+    lib.emu_bnlif_channels.argtypes = [I, L, L, L, L] + [P] * 5 + [D, I] + [P] * 5
+    lib.emu_bnlif_stats.argtypes = [I, L, L, L, L, P, P, D, P, P, P]
+    lib.emu_bnlif_stats_chunks.argtypes = [L, L, L, L]
+    lib.emu_bnlif_stats_chunks.restype = L
     return lib
 
 
@@ -70,27 +76,26 @@ def _nan(shape, dtype):
 
 def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, mask, flags, gs, gvl, gvs,
             save, need_param_grad, return_v_seq=True, mutate=()):
-    """bn_lif_fwd_cuda then bn_lif_bwd_cuda (csrc/cuda/bn_lif_cuda_binding.cpp) on the emulated kernels.
-    x [T, N]; v0 [N]; params, weight, bias, mean, rstd in params' dtype; flags = (sg, hard, vr, di, det,
-    κ, strict). ``mutate`` breaks one step on purpose (test_a_broken_algebra_is_caught)."""
+    """bn_lif_fwd_cuda then bn_lif_bwd_cuda (csrc/cuda/bn_lif_cuda_binding.cpp) on the emulated kernels,
+    with the binding's allocations and launches: forward; backward walk; the channel sums and their
+    algebra (and ∂params); the dx pass with batch statistics. x [T, N]; v0 [N]; params, weight, bias,
+    mean, rstd in params' dtype; flags = (sg, hard, vr, di, det, κ, strict). ``mutate`` breaks one step
+    on purpose (test_a_broken_algebra_is_caught)."""
     T, N = x.shape
     C = weight.numel()
     pt = params.dtype
     dt = DTYPE_ID[x.dtype]
     lif_flags = (flags[0], int(flags[1]), flags[2], int(flags[3]), int(flags[4]), flags[5], int(flags[6]))
-    # bn_scale
-    gain = params[1] * tdbn_alpha if tdbn_alpha > 0 else torch.ones((), dtype=pt)
-    a = (weight * (rstd * gain)).contiguous()
-    m, b = mean.contiguous(), bias.contiguous()
+    w, r, m, b = weight.contiguous(), rstd.contiguous(), mean.contiguous(), bias.contiguous()
     k_inner = 1 if "inner" in mutate else inner
     # forward
     s, v_last = _nan((T, N), x.dtype), _nan((N,), x.dtype)
     v_seq = _nan((T, N), x.dtype) if return_v_seq else torch.empty(0, dtype=x.dtype)
     keep_h = save == SAVE_STATE
     saved = _nan((T, N), pt) if keep_h else torch.empty(0, dtype=x.dtype)
-    assert lib.emu_bnlif_fwd(dt, T, N, C, k_inner, _ptr(x), _ptr(v0), _ptr(params), _ptr(a), _ptr(m), _ptr(b),
-                             _ptr(mask), _ptr(s), _ptr(v_last), _ptr(v_seq) if return_v_seq else None,
-                             _ptr(saved) if keep_h else None, *lif_flags) == 0
+    assert lib.emu_bnlif_fwd(dt, T, N, C, k_inner, _ptr(x), _ptr(v0), _ptr(params), _ptr(w), _ptr(r), tdbn_alpha,
+                             _ptr(m), _ptr(b), _ptr(mask), _ptr(s), _ptr(v_last),
+                             _ptr(v_seq) if return_v_seq else None, _ptr(saved) if keep_h else None, *lif_flags) == 0
     # backward
     rerun = save != SAVE_STATE
     if "no_rerun" in mutate:
@@ -105,27 +110,38 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
     if "scale_by_a" in mutate:
         scale_by_a = not scale_by_a
     assert lib.emu_bnlif_bwd(dt, T, N, C, k_inner, _ptr(gs.contiguous()), _ptr(gvlast), _ptr(gvseq), _ptr(x),
-                             _ptr(v0), _ptr(params), _ptr(a), _ptr(m), _ptr(b), _ptr(mask), _ptr(h), int(rerun),
-                             int(scale_by_a), int(need_param_grad), _ptr(gx), _ptr(gv0), _ptr(sums), _ptr(psum),
-                             *lif_flags) == 0
-    # the per-channel algebra, in float64
-    ch = sums.view(2, N // (C * inner), C, inner).double().sum((1, 3))
-    g0, g1, r = ch[0], ch[1], rstd.double()
-    gw = g1 * r * gain.double()
-    gp = psum.double().sum(1) if need_param_grad else torch.zeros(3, dtype=torch.float64)
-    if need_param_grad and tdbn_alpha > 0 and "theta" not in mutate:  # θ in the gain α·θ
-        gp[1] += (g1 * weight.double() * r).sum() * tdbn_alpha
+                             _ptr(v0), _ptr(params), _ptr(w), _ptr(r), tdbn_alpha, _ptr(m), _ptr(b), _ptr(mask),
+                             _ptr(h), int(rerun), int(scale_by_a), int(need_param_grad), _ptr(gx), _ptr(gv0),
+                             _ptr(sums), _ptr(psum), *lif_flags) == 0
+    # the channel sums and their algebra, then ∂params
+    gw, gb, gp = _nan((C,), pt), _nan((C,), pt), _nan((3,), pt)
+    coef = _nan((3 * C,), pt) if batch_stats else None
+    pchan = _nan((3 * C,), torch.float64) if need_param_grad else None
+    # "theta": the channel pass told plain batch norm (no tdBN gain: neither its θ term nor its scale)
+    assert lib.emu_bnlif_channels(dt, T, N, C, inner, _ptr(sums), _ptr(psum), _ptr(params), _ptr(w), _ptr(r),
+                                  0.0 if "theta" in mutate else tdbn_alpha, int(batch_stats), _ptr(gw), _ptr(gb),
+                                  _ptr(coef), _ptr(pchan), _ptr(gp)) == 0
     if batch_stats and N > 0:
-        n = float(T) * float(N // C)
-        ad = a.double()
-        d_term = torch.zeros_like(ad) if "dx_mean" in mutate else -ad * g0 / n
-        coef = torch.cat([ad, -ad * r * r * g1 / n, d_term]).to(pt).contiguous()
+        if "dx_mean" in mutate:
+            coef[2 * C:] = 0
         assert lib.emu_bnlif_dx(dt, T, N, C, inner, _ptr(x), _ptr(gx), _ptr(coef), _ptr(m)) == 0
-    out = dict(s=s, v_last=v_last, grad_x=gx, grad_v0=gv0, grad_params=gp.to(pt), grad_weight=gw.to(pt),
-               grad_bias=g0.to(pt))
+    out = dict(s=s, v_last=v_last, grad_x=gx, grad_v0=gv0, grad_params=gp, grad_weight=gw, grad_bias=gb)
     if return_v_seq:
         out["v_seq"] = v_seq
-    return out, dict(saved=saved, sums=sums, psum=psum)
+    return out, dict(saved=saved, sums=sums, psum=psum, coef=coef, pchan=pchan)
+
+
+def emulate_stats(lib, x2, C, inner, eps=EPS):
+    """bn_lif_stats_cuda on the emulated kernels: (mean, rstd, unbiased var) of x2 [T, N], and the chunk
+    sums [C, P, 2]."""
+    T, N = x2.shape
+    pd = torch.float64 if x2.dtype == torch.float64 else torch.float32
+    P = lib.emu_bnlif_stats_chunks(T, N, C, inner)
+    part = _nan((C * P * 2,), torch.float64)
+    mean, rstd, varu = _nan((C,), pd), _nan((C,), pd), _nan((C,), pd)
+    assert lib.emu_bnlif_stats(DTYPE_ID[x2.dtype], T, N, C, inner, _ptr(x2.contiguous()), _ptr(part), eps,
+                               _ptr(mean), _ptr(rstd), _ptr(varu)) == 0
+    return mean, rstd, varu, part.view(C, P, 2)
 
 
 # --- cases and the reference -----------------------------------------------------------------------
@@ -203,17 +219,17 @@ def reference(c, dtype=None, no_grad_outputs=False):
 
 
 def run(lib, c, save, need_param_grad, no_grad_outputs=False, return_v_seq=True, mutate=()):
-    """The case through the emulated binding: statistics as function.py takes them for the CUDA backend."""
+    """The case through the emulated binding: the batch statistics from the emulated bn_lif_stats (as
+    function.py takes them for the CUDA backend), the running ones as function.py folds them."""
     x = c["x"]
     T, C = x.shape[0], x.shape[2]
     inner = x[0, 0, 0].numel()
     x2 = x.reshape(T, -1).contiguous()
     pd = c["params"].dtype
     if c["batch"]:
-        var, mean = torch.var_mean(x2.reshape(-1, C, inner).to(pd), dim=(0, 2), correction=0)
+        mean, rstd, _, _ = emulate_stats(lib, x2, C, inner)
     else:
-        mean, var = c["rm"].to(pd, copy=True), c["rv"].to(pd)
-    rstd = torch.rsqrt(var + EPS)
+        mean, rstd = c["rm"].to(pd, copy=True), torch.rsqrt(c["rv"].to(pd) + EPS)
     mask = None if c["mask"] is None else c["mask"].reshape(T, -1).contiguous()
     gvl = None if no_grad_outputs else c["gvl"].reshape(-1)
     gvs = None if no_grad_outputs else c["gvs"].reshape(T, -1)
@@ -243,6 +259,9 @@ def check_all(lib, c, want, dtype, what, saves=SAVES, params=(True, False), **kw
             assert not extra["sums"].isnan().any(), f"{name}: sums not written everywhere"
             if need_param:
                 assert not extra["psum"].isnan().any(), f"{name}: psum not written everywhere"
+                assert not extra["pchan"].isnan().any(), f"{name}: pchan not written everywhere"
+            if extra["coef"] is not None:
+                assert not extra["coef"].isnan().any(), f"{name}: dx coefficients not written everywhere"
             if first is None:
                 first = got
             else:
@@ -339,6 +358,67 @@ def test_emulated_bn_lif_low_precision(bn_emulator, dtype, mode, save):
     flips = (got["s"].double() != ref64["s"]).float().mean().item()
     flips_torch = (ref_lp["s"].double() != ref64["s"]).float().mean().item()
     assert flips <= 2 * flips_torch + 1e-3, (flips, flips_torch)
+
+
+# --- the batch statistics --------------------------------------------------------------------------------
+
+STATS_SHAPES = {
+    "one-chunk": (3, 4, 5, 7, 7),  # [T, B, C, *]: 588 values per channel
+    "chunks": (2, 3, 2, 1000),  # 6000 values per channel: two chunks, the second ragged
+    "many-chunks": (4, 8, 1, 2500),  # 80000 values, one channel: 20 chunks
+    "inner1": (5, 7, 3),
+    "two-values": (2, 1, 4),  # n = 2 per channel
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", list(STATS_SHAPES))
+def test_emulated_stats_match_torch(bn_emulator, shape, dtype):
+    """Mean, rstd and the unbiased variance against torch in float64 (from x as stored): float64 to
+    1e-12 relative, float32 outputs to their rounding; every chunk sum written."""
+    shp = STATS_SHAPES[shape]
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(shp, generator=g, dtype=torch.float64) * 2 + 0.7).to(dtype)
+    T, C = shp[0], shp[2]
+    inner = x[0, 0, 0].numel()
+    x2 = x.reshape(T, -1)
+    mean, rstd, varu, part = emulate_stats(bn_emulator, x2, C, inner)
+    xd = x2.double().reshape(-1, C, inner)
+    var, m = torch.var_mean(xd, dim=(0, 2), correction=0)
+    want_r, want_vu = torch.rsqrt(var + EPS), torch.var(xd, dim=(0, 2), correction=1)
+    assert not part.isnan().any()
+    n = xd.numel() // C
+    assert part.shape[1] == (1 if n <= 4096 else min(-(-n // 4096), -(-2048 // C)))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-7, atol=1e-7)
+    for got, want, what in ((mean, m, "mean"), (rstd, want_r, "rstd"), (varu, want_vu, "var_unbiased")):
+        torch.testing.assert_close(got.double(), want, **tol, msg=what)
+
+
+def test_emulated_stats_shift_keeps_a_large_mean(bn_emulator):
+    """|mean| ≫ std: 1e6 + N(0, 1e-2) in float64. Σx² − (Σx)²/n unshifted loses the variance (~1e-4)
+    to cancellation (checked below: relative error ≫ 1e-3); the shift by the channel's first value keeps
+    it to ~1e-12. The reference is torch on x − 1e6 (exact in float64), since torch's own Welford on x
+    carries ~1e-8 here."""
+    g = torch.Generator().manual_seed(4)
+    x = 1e6 + torch.randn(4, 8, 3, 300, generator=g, dtype=torch.float64) * 1e-2
+    x2 = x.reshape(4, -1)
+    mean, rstd, varu, _ = emulate_stats(bn_emulator, x2, 3, 300)
+    xs = x2.reshape(-1, 3, 300) - 1e6
+    want = torch.var(xs, dim=(0, 2))
+    torch.testing.assert_close(varu, want, rtol=1e-10, atol=0)
+    torch.testing.assert_close(mean - 1e6, xs.mean(dim=(0, 2)), rtol=1e-6, atol=1e-12)
+    xd, n = x2.reshape(-1, 3, 300), 4 * 8 * 300
+    naive = ((xd * xd).sum((0, 2)) - xd.sum((0, 2)) ** 2 / n) / (n - 1)
+    assert ((naive - want).abs() / want).max() > 1e-3
+
+
+def test_emulated_channel_pass_without_param_grad_zeroes_params(bn_emulator):
+    """Without parameter gradients block 0 writes ∂params = 0 (the binding returns it unread), and the
+    coefficients exist only with batch statistics."""
+    c = make_case((3, 2, 4, 3), torch.float64, "hard-di", "running-bn")
+    got, extra = run(bn_emulator, c, SAVE_STATE, False)
+    assert torch.equal(got["grad_params"], torch.zeros(3, dtype=torch.float64))
+    assert extra["coef"] is None and extra["pchan"] is None
 
 
 # --- the checks can fail -------------------------------------------------------------------------------

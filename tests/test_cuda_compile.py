@@ -559,3 +559,11 @@ def test_bn_lif_kernels_compile_without_spills(compiled):
                 known = any(a == arch and k in n for a, k in BN_LIF_KNOWN_SPILLS)
                 spills = st["spill_stores"] + st["spill_loads"]
                 assert bool(spills) == known, f"sm_{arch} {n}: {st} (known spill: {known})"
+        # the reductions: channel sums (acc float/double × 32/64-bit index), ∂params (per acc), the
+        # statistics' chunk pass (4 storage dtypes × index) and their finish (4)
+        for kernel, count in (("bnlif_channels", 4), ("bnlif_params", 2), ("bnlif_stats_part", 8),
+                              ("bnlif_stats_finish_kernel", 4)):
+            found = {n: st for (a, n), st in stats.items() if a == arch and kernel in n}
+            assert len(found) == count, f"sm_{arch}: expected {count} {kernel} instantiations, found {sorted(found)}"
+            for n, st in found.items():
+                assert st["spill_stores"] + st["spill_loads"] == 0, f"sm_{arch} {n}: {st}"

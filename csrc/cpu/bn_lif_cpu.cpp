@@ -55,19 +55,30 @@ std::vector<acc_t> bn_scale(const Tensor& weight, const Tensor& rstd, acc_t gain
   return a;
 }
 
-std::tuple<Tensor, Tensor> bn_lif_stats_cpu(const Tensor& x_, int64_t C, int64_t inner) {
+std::tuple<Tensor, Tensor, Tensor> bn_lif_stats_cpu(const Tensor& x_, int64_t C, int64_t inner, double eps) {
   TORCH_CHECK(x_.dim() == 2 && x_.device().is_cpu(), "bn_lif_stats: x must be a [T, N] CPU tensor");
   TORCH_CHECK(C >= 1 && inner >= 1 && x_.size(1) % (C * inner) == 0, "bn_lif_stats: x's N = ", x_.size(1),
               " is not a multiple of C·inner = ", C, "·", inner);
+  TORCH_CHECK(x_.size(0) * (x_.size(1) / C) >= 1, "bn_lif_stats: no values per channel, x is ", x_.sizes());
   Tensor x = x_.contiguous();
-  const auto pdtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   std::vector<double> mean(C), var(C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_lif_stats_cpu", [&] {
     cpu_bn_lif::bn_stats_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), C, inner, mean.data(),
                                           var.data());
   });
-  auto opt = x.options().dtype(at::kDouble);
-  return {at::tensor(mean, opt).to(pdtype), at::tensor(var, opt).to(pdtype)};
+  const double n = double(x.size(0)) * double(x.size(1) / C);
+  const auto opt = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  Tensor m = at::empty({C}, opt), r = at::empty({C}, opt), vu = at::empty({C}, opt);
+  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "bn_lif_stats_cpu_out", [&] {
+    scalar_t *pm = m.mutable_data_ptr<scalar_t>(), *pr = r.mutable_data_ptr<scalar_t>(),
+             *pv = vu.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) {  // as csrc/cuda/bn_lif_kernels.cuh's bnlif_stats_finish
+      pm[c] = scalar_t(mean[c]);
+      pr[c] = scalar_t(1.0 / std::sqrt(var[c] + eps));
+      pv[c] = scalar_t(var[c] * n / (n - 1));
+    }
+  });
+  return {m, r, vu};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cpu(

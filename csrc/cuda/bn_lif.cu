@@ -9,7 +9,8 @@ namespace snn_fast {
 namespace cuda {
 namespace {
 
-// One thread per neuron (forward, backward) or element (dx); the bodies are bn_lif_kernels.cuh's.
+// One thread per neuron (forward, backward, dx), one block per channel (the backward's
+// channel sums) or per channel chunk (statistics); the bodies are bn_lif_kernels.cuh's.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) bnlif_forward(BNLIFFwdArgs args) {
   bnlif_fwd_thread<scalar_t>(args, int64_t(blockIdx.x) * kThreads + threadIdx.x);
@@ -25,7 +26,105 @@ __global__ void __launch_bounds__(kThreads) bnlif_dx(BNLIFDxArgs args) {
   bnlif_dx_thread<scalar_t>(args, int64_t(blockIdx.x) * kThreads + threadIdx.x);
 }
 
+// The block's totals of K values per thread, summed in a fixed tree (the emulator sums in the same
+// order); valid in thread 0. NT: the block size, a power of two.
+template <int NT, int K>
+__device__ void block_sum(double (&v)[K]) {
+  __shared__ double sh[K][NT];
+  const int tid = threadIdx.x;
+  for (int j = 0; j < K; ++j) sh[j][tid] = v[j];
+  __syncthreads();
+  for (int s = NT / 2; s > 0; s >>= 1) {
+    if (tid < s)
+      for (int j = 0; j < K; ++j) sh[j][tid] += sh[j][tid + s];
+    __syncthreads();
+  }
+  for (int j = 0; j < K; ++j) v[j] = sh[j][0];
+}
+
+template <typename acc_t, typename idx_t>
+__global__ void __launch_bounds__(kChanThreads) bnlif_channels(BNLIFChannelArgs args) {
+  double v[5];
+  bnlif_channel_share<acc_t, idx_t>(args, blockIdx.x, threadIdx.x, kChanThreads, v);
+  block_sum<kChanThreads>(v);
+  if (threadIdx.x == 0) bnlif_channel_epilogue<acc_t>(args, blockIdx.x, v);
+}
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kParamThreads) bnlif_params(BNLIFChannelArgs args) {
+  double v[3];
+  bnlif_params_share(args, threadIdx.x, kParamThreads, v);
+  block_sum<kParamThreads>(v);
+  if (threadIdx.x == 0) bnlif_params_epilogue<acc_t>(args, v);
+}
+
+template <typename scalar_t, typename idx_t>
+__global__ void __launch_bounds__(kStatsThreads) bnlif_stats_part(BNStatsArgs args) {
+  const int64_t c = blockIdx.x / args.P, p = blockIdx.x % args.P;
+  double v[2];
+  bnlif_stats_share<scalar_t, idx_t>(args, c, p, threadIdx.x, kStatsThreads, v);
+  block_sum<kStatsThreads>(v);
+  if (threadIdx.x == 0) {
+    args.part[blockIdx.x * 2] = v[0];
+    args.part[blockIdx.x * 2 + 1] = v[1];
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) bnlif_stats_finish_kernel(BNStatsArgs args) {
+  bnlif_stats_finish<scalar_t>(args, int64_t(blockIdx.x) * kThreads + threadIdx.x);
+}
+
+// f(acc_t{}) for the acc type of storage dtype d.
+template <typename F>
+int with_acc_type(DType d, F&& f) {
+  return d == DType::kFloat64 ? f(double{}) : f(float{});
+}
+
 }  // namespace
+
+int64_t bn_lif_stats_chunks(int64_t T, int64_t N, int64_t C, int64_t inner) {
+  return bnlif_stats_chunks(T, N, C, inner);
+}
+
+int bn_lif_channels_launch(const BNLIFChannelArgs& args, void* stream) {
+  if (args.C == 0) return 0;
+  const bool narrow = args.N / args.C + kChanThreads < (int64_t(1) << 31);
+  return with_acc_type(args.dtype, [&](auto tag) {
+    using acc_t = decltype(tag);
+    auto st = static_cast<cudaStream_t>(stream);
+    if (narrow)
+      bnlif_channels<acc_t, uint32_t><<<dim3(unsigned(args.C)), kChanThreads, 0, st>>>(args);
+    else
+      bnlif_channels<acc_t, uint64_t><<<dim3(unsigned(args.C)), kChanThreads, 0, st>>>(args);
+    return int(cudaGetLastError());
+  });
+}
+
+int bn_lif_params_launch(const BNLIFChannelArgs& args, void* stream) {
+  return with_acc_type(args.dtype, [&](auto tag) {
+    bnlif_params<decltype(tag)><<<1, kParamThreads, 0, static_cast<cudaStream_t>(stream)>>>(args);
+    return int(cudaGetLastError());
+  });
+}
+
+int bn_lif_stats_launch(const BNStatsArgs& args, void* stream) {
+  if (args.C == 0) return 0;
+  const bool narrow = args.T * (args.N / args.C) + kStatsThreads < (int64_t(1) << 31);
+  return with_storage_type(args.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    auto st = static_cast<cudaStream_t>(stream);
+    const dim3 grid(unsigned(args.C * args.P));
+    if (narrow)
+      bnlif_stats_part<scalar_t, uint32_t><<<grid, kStatsThreads, 0, st>>>(args);
+    else
+      bnlif_stats_part<scalar_t, uint64_t><<<grid, kStatsThreads, 0, st>>>(args);
+    int err = int(cudaGetLastError());
+    if (err != 0) return err;
+    bnlif_stats_finish_kernel<scalar_t><<<dim3(unsigned(blocks_for(args.C, 1))), kThreads, 0, st>>>(args);
+    return int(cudaGetLastError());
+  });
+}
 
 int bn_lif_fwd_launch(const BNLIFFwdArgs& args, void* stream) {
   if (args.N == 0 || args.T == 0) return 0;
@@ -48,7 +147,7 @@ int bn_lif_bwd_launch(const BNLIFBwdArgs& args, void* stream) {
 int bn_lif_dx_launch(const BNLIFDxArgs& args, void* stream) {
   if (args.N == 0 || args.T == 0) return 0;
   return with_storage_type(args.dtype, [&](auto tag) {
-    bnlif_dx<decltype(tag)><<<dim3(unsigned(blocks_for(args.T * args.N, 1))), kThreads, 0,
+    bnlif_dx<decltype(tag)><<<dim3(unsigned(blocks_for(args.N, 1))), kThreads, 0,
                               static_cast<cudaStream_t>(stream)>>>(args);
     return int(cudaGetLastError());
   });

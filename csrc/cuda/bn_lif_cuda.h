@@ -3,12 +3,20 @@
 // (tests/test_cuda_compile.py). The torch binding is bn_lif_cuda_binding.cpp (backend='cuda'; 'auto'
 // prefers Triton on a GPU until the GPU check has timed both).
 //
-// x is [T, N] with N = B·C·inner, channel (n / inner) % C. One thread per neuron; per element and step:
+// x is [T, N] with N = B·C·inner, channel (n / inner) % C; a run is one (t, b): `inner` consecutive
+// elements of one channel. The per-channel scale a_c = weight_c·(rstd_c·gain), gain = tdbn_alpha·θ
+// (tdBN) or 1, is computed by each thread from weight, rstd and params, as the CPU op does it (no
+// torch op for it on the host). Per element and step:
+//   stats     read x: per (channel, chunk) shifted sums Σ(x − K_c), Σ(x − K_c)² in double ([C, P, 2]),
+//             then per channel mean, rstd = 1/√(var + eps) and the unbiased variance (bn_lif_stats)
 //   forward   read x, write s, write H (acc_t, save="state")
 //   backward  read H (or re-run the forward into it: read x, write H), read x, read ∂L/∂S, write ∂L/∂X'
 //             (a_c·∂L/∂X' in eval); per neuron its sums over t of ∂L/∂X', ∂L/∂X'·(x − m) ([2, N]) and,
-//             with parameter gradients, its (∂k, ∂θ, ∂α) terms ([3, N]), reduced per channel by the caller
+//             with parameter gradients, its (∂k, ∂θ, ∂α) terms ([3, N])
+//   channels  one block per channel sums those in double: ∂weight, ∂bias, the dx coefficients and the
+//             channel's parameter-gradient terms ([3, C] double); one block then sums those into ∂params
 //   dx        training: read ∂L/∂X', x, write ∂L/∂x = A_c·∂L/∂X' + B_c·(x − m_c) + D_c
+// Every sum runs in a fixed order (fixed partition, fixed tree): the results are deterministic.
 #pragma once
 
 #include <cstdint>
@@ -24,9 +32,11 @@ struct BNLIFFwdArgs {
   const void* x;       // [T, N] storage dtype
   const void* v0;      // [N]
   const void* params;  // [3] acc: k, θ, α
-  const void* a;       // [C] acc: the scale a_c, mean m_c and shift b_c of X' = (x − m)·a + b
+  const void* w;       // [C] acc: weight, rstd (a_c = w_c·(rstd_c·gain)), mean m_c and shift b_c of
+  const void* rstd;    //   X' = (x − m)·a + b
   const void* m;
   const void* b;
+  double tdbn_alpha;   // > 0: tdBN's gain α·θ; 0: gain 1
   const bool* mask;    // [T, N] or null
   void* s;             // [T, N]
   void* v_last;        // [N]
@@ -44,9 +54,11 @@ struct BNLIFBwdArgs {
   const void* x;
   const void* v0;
   const void* params;
-  const void* a;
+  const void* w;
+  const void* rstd;
   const void* m;
   const void* b;
+  double tdbn_alpha;
   const bool* mask;
   void* h;                 // [T, N] acc: the forward's H, or a scratch the kernel fills first (rerun)
   bool rerun;
@@ -57,6 +69,37 @@ struct BNLIFBwdArgs {
   void* sums;              // [2, N] acc
   void* psum;              // [3, N] acc, or null without parameter gradients
   LIFFlagsC flags;
+};
+
+// The per-channel reduction of the backward's sums and its epilogue (one block per channel), then the
+// parameter gradient (one block).
+struct BNLIFChannelArgs {
+  DType dtype;             // x's: the [C] tensors, sums and psum are in its acc type
+  int64_t T, N, C, inner;
+  const void* sums;        // [2, N] acc, from the backward
+  const void* psum;        // [3, N] acc, or null without parameter gradients
+  const void* params;      // [3] acc
+  const void* w;           // [C] acc
+  const void* rstd;        // [C] acc
+  double tdbn_alpha;
+  bool batch_stats;        // write the dx coefficients
+  void* grad_w;            // [C] acc: Σ∂L/∂X'·(x − m)·rstd·gain
+  void* grad_b;            // [C] acc: Σ∂L/∂X'
+  void* coef;              // [3, C] acc: A | B | D of the dx pass (batch_stats), or null
+  double* pchan;           // [3, C]: the channel's (∂k, ∂θ, ∂α) terms, tdBN's θ term included, or null
+  void* grad_params;       // [3] acc: written 0 by block 0 when pchan is null, else by bn_lif_params_launch
+};
+
+struct BNStatsArgs {
+  DType dtype;
+  int64_t T, N, C, inner;
+  int64_t P;               // chunks per channel (blocks of the first pass: C·P)
+  const void* x;           // [T, N]
+  double* part;            // [C, P, 2] scratch
+  double eps;
+  void* mean;              // [C] acc
+  void* rstd;              // [C] acc: 1/√(var + eps), var the biased variance
+  void* var_unbiased;      // [C] acc: var·n/(n − 1) (n the values per channel, > 1)
 };
 
 struct BNLIFDxArgs {
@@ -72,6 +115,12 @@ struct BNLIFDxArgs {
 int bn_lif_fwd_launch(const BNLIFFwdArgs& args, void* stream);
 int bn_lif_bwd_launch(const BNLIFBwdArgs& args, void* stream);
 int bn_lif_dx_launch(const BNLIFDxArgs& args, void* stream);
+int bn_lif_channels_launch(const BNLIFChannelArgs& args, void* stream);
+int bn_lif_params_launch(const BNLIFChannelArgs& args, void* stream);  // with args.pchan only
+int bn_lif_stats_launch(const BNStatsArgs& args, void* stream);
+// The chunks per channel of bn_lif_stats_launch for this shape (at least 1): enough blocks to fill a
+// GPU, each of at least a few thousand values.
+int64_t bn_lif_stats_chunks(int64_t T, int64_t N, int64_t C, int64_t inner);
 
 }  // namespace cuda
 }  // namespace snn_fast

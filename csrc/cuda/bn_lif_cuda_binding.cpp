@@ -5,7 +5,7 @@
 //
 // `saved` (the fourth output of bn_lif_fwd) is, by `save`: the forward's H, [T, N] in params' dtype
 // (0, "state"), or nothing (1, "recompute": the backward re-runs the forward into a scratch H; 2,
-// inference). The batch statistics come from torch (snn_fast/ops/bn_lif/function.py), not from here.
+// inference). bn_lif_stats: the batch's per-channel mean, rstd and unbiased variance (one read of x).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -42,10 +42,33 @@ LIFFlagsC bn_flags(int64_t sg, bool hard_reset, double v_reset, bool decay_input
   return LIFFlagsC{int(sg), hard_reset, v_reset, decay_input, detach_reset, kappa, strict};
 }
 
-// (a [C], gain []): a_c = weight_c·(rstd_c·gain), gain = tdbn_alpha·θ (tdBN) or 1, in params' dtype.
-std::pair<Tensor, Tensor> bn_scale(const Tensor& weight, const Tensor& rstd, const Tensor& params, double tdbn_alpha) {
-  Tensor gain = tdbn_alpha > 0 ? params.select(0, 1) * tdbn_alpha : at::ones({}, params.options());
-  return {(weight * (rstd * gain)).contiguous(), gain};
+std::tuple<Tensor, Tensor, Tensor> bn_lif_stats_cuda(const Tensor& x_, int64_t C, int64_t inner, double eps) {
+  TORCH_CHECK(x_.dim() == 2 && x_.is_cuda(), "bn_lif_stats: x must be a [T, N] CUDA tensor");
+  TORCH_CHECK(C >= 1 && inner >= 1 && x_.size(1) % (C * inner) == 0, "bn_lif_stats: x's N = ", x_.size(1),
+              " is not a multiple of C·inner = ", C, "·", inner);
+  TORCH_CHECK(x_.size(0) * (x_.size(1) / C) >= 1, "bn_lif_stats: no values per channel, x is ", x_.sizes());
+  const c10::cuda::CUDAGuard guard(x_.device());
+  const Tensor x = x_.contiguous();
+  const int64_t T = x.size(0), N = x.size(1);
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto opt = x.options().dtype(acc);
+  Tensor mean = at::empty({C}, opt), rstd = at::empty({C}, opt), var_unbiased = at::empty({C}, opt);
+  BNStatsArgs a{};
+  a.dtype = dtype_of(x, "bn_lif_stats");
+  a.T = T;
+  a.N = N;
+  a.C = C;
+  a.inner = inner;
+  a.P = bn_lif_stats_chunks(T, N, C, inner);
+  const Tensor part = at::empty({C * a.P * 2}, x.options().dtype(at::kDouble));
+  a.x = x.const_data_ptr();
+  a.part = part.mutable_data_ptr<double>();
+  a.eps = eps;
+  a.mean = mean.mutable_data_ptr();
+  a.rstd = rstd.mutable_data_ptr();
+  a.var_unbiased = var_unbiased.mutable_data_ptr();
+  C10_CUDA_CHECK(static_cast<cudaError_t>(bn_lif_stats_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
+  return {mean, rstd, var_unbiased};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cuda(
@@ -59,8 +82,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cuda(
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  const Tensor a = bn_scale(weight, rstd, params, tdbn_alpha).first;
-  const Tensor m = mean.contiguous(), b = bias.contiguous();
+  const Tensor w = weight.contiguous(), r = rstd.contiguous(), m = mean.contiguous(), b = bias.contiguous();
   Tensor s = at::empty_like(x), v_last = at::empty_like(v0);
   Tensor v_seq = return_v_seq ? at::empty_like(x) : at::empty({0}, x.options());
   const bool keep_h = save == kSaveState;
@@ -74,9 +96,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cuda(
   f.x = x.const_data_ptr();
   f.v0 = v0.const_data_ptr();
   f.params = params.const_data_ptr();
-  f.a = a.const_data_ptr();
+  f.w = w.const_data_ptr();
+  f.rstd = r.const_data_ptr();
   f.m = m.const_data_ptr();
   f.b = b.const_data_ptr();
+  f.tdbn_alpha = tdbn_alpha;
   f.mask = mask ? mask->const_data_ptr<bool>() : nullptr;
   f.s = s.mutable_data_ptr();
   f.v_last = v_last.mutable_data_ptr();
@@ -114,65 +138,86 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  auto [a, gain] = bn_scale(weight, rstd, params, tdbn_alpha);
-  const Tensor m = mean.contiguous(), b = bias.contiguous();
+  const Tensor w = weight.contiguous(), r = rstd.contiguous(), m = mean.contiguous(), b = bias.contiguous();
   Tensor h = rerun ? at::empty({T, N}, params.options()) : saved_.contiguous();
   Tensor gx = at::empty_like(x), gv0 = at::empty_like(v0);
-  Tensor sums = at::empty({2, N}, params.options());
-  Tensor psum = need_param_grad ? at::empty({3, N}, params.options()) : Tensor();
-  BNLIFBwdArgs w{};
-  w.dtype = dtype_of(x, "bn_lif");
-  w.T = T;
-  w.N = N;
-  w.C = C;
-  w.inner = inner;
-  w.grad_s = gs.const_data_ptr();
-  w.grad_v_last = gvlast.defined() ? gvlast.const_data_ptr() : nullptr;
-  w.grad_v_seq = gvseq.defined() ? gvseq.const_data_ptr() : nullptr;
-  w.x = x.const_data_ptr();
-  w.v0 = v0.const_data_ptr();
-  w.params = params.const_data_ptr();
-  w.a = a.const_data_ptr();
-  w.m = m.const_data_ptr();
-  w.b = b.const_data_ptr();
-  w.mask = mask ? mask->const_data_ptr<bool>() : nullptr;
-  w.h = h.mutable_data_ptr();
-  w.rerun = rerun;
-  w.scale_by_a = !batch_stats;
-  w.need_param_grad = need_param_grad;
-  w.grad_x = gx.mutable_data_ptr();
-  w.grad_v0 = gv0.mutable_data_ptr();
-  w.sums = sums.mutable_data_ptr();
-  w.psum = need_param_grad ? psum.mutable_data_ptr() : nullptr;
-  w.flags = bn_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
+  // one scratch in params' dtype: the per-neuron sums [2, N], their parameter terms [3, N], the dx
+  // coefficients [3, C]; the channels' parameter terms [3, C] in double
+  const int64_t n_ps = need_param_grad ? 3 * N : 0, n_coef = batch_stats ? 3 * C : 0;
+  const Tensor scratch = at::empty({2 * N + n_ps + n_coef}, params.options());
+  if (T == 0) scratch.zero_();  // no step: the walk writes no sums, and the channels sum zeros
+  const Tensor pchan = need_param_grad ? at::empty({3 * C}, params.options().dtype(at::kDouble)) : Tensor();
+  Tensor gp = at::empty({3}, params.options()), gw = at::empty({C}, params.options()),
+         gb = at::empty({C}, params.options());
+  char* base = static_cast<char*>(scratch.mutable_data_ptr());
+  const size_t esz = scratch.element_size();
+  void* sums = base;
+  void* psum = need_param_grad ? base + 2 * N * esz : nullptr;
+  void* coef = batch_stats ? base + (2 * N + n_ps) * esz : nullptr;
+  BNLIFBwdArgs wa{};
+  wa.dtype = dtype_of(x, "bn_lif");
+  wa.T = T;
+  wa.N = N;
+  wa.C = C;
+  wa.inner = inner;
+  wa.grad_s = gs.const_data_ptr();
+  wa.grad_v_last = gvlast.defined() ? gvlast.const_data_ptr() : nullptr;
+  wa.grad_v_seq = gvseq.defined() ? gvseq.const_data_ptr() : nullptr;
+  wa.x = x.const_data_ptr();
+  wa.v0 = v0.const_data_ptr();
+  wa.params = params.const_data_ptr();
+  wa.w = w.const_data_ptr();
+  wa.rstd = r.const_data_ptr();
+  wa.m = m.const_data_ptr();
+  wa.b = b.const_data_ptr();
+  wa.tdbn_alpha = tdbn_alpha;
+  wa.mask = mask ? mask->const_data_ptr<bool>() : nullptr;
+  wa.h = h.mutable_data_ptr();
+  wa.rerun = rerun;
+  wa.scale_by_a = !batch_stats;
+  wa.need_param_grad = need_param_grad;
+  wa.grad_x = gx.mutable_data_ptr();
+  wa.grad_v0 = gv0.mutable_data_ptr();
+  wa.sums = sums;
+  wa.psum = psum;
+  wa.flags = bn_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
-  C10_CUDA_CHECK(static_cast<cudaError_t>(bn_lif_bwd_launch(w, stream)));
-  // The per-channel algebra (docs/spec.md §12) in float64, as the CPU op and Triton do it.
-  const Tensor ch = sums.view({2, N / (C * inner), C, inner}).to(at::kDouble).sum({1, 3});
-  const Tensor g0 = ch.select(0, 0), g1 = ch.select(0, 1), r = rstd.to(at::kDouble);
-  const Tensor gw = g1 * r * gain.to(at::kDouble);
-  Tensor gp = need_param_grad ? psum.to(at::kDouble).sum(1) : at::zeros({3}, params.options().dtype(at::kDouble));
-  if (need_param_grad && tdbn_alpha > 0) {  // θ in the gain α·θ
-    gp.select(0, 1).add_((g1 * weight.to(at::kDouble) * r).sum() * tdbn_alpha);
-  }
+  C10_CUDA_CHECK(static_cast<cudaError_t>(bn_lif_bwd_launch(wa, stream)));
+  // Per channel (docs/spec.md §12), in double: ∂weight, ∂bias, the dx coefficients, ∂params.
+  BNLIFChannelArgs ca{};
+  ca.dtype = wa.dtype;
+  ca.T = T;
+  ca.N = N;
+  ca.C = C;
+  ca.inner = inner;
+  ca.sums = sums;
+  ca.psum = psum;
+  ca.params = wa.params;
+  ca.w = wa.w;
+  ca.rstd = wa.rstd;
+  ca.tdbn_alpha = tdbn_alpha;
+  ca.batch_stats = batch_stats;
+  ca.grad_w = gw.mutable_data_ptr();
+  ca.grad_b = gb.mutable_data_ptr();
+  ca.coef = coef;
+  ca.pchan = need_param_grad ? pchan.mutable_data_ptr<double>() : nullptr;
+  ca.grad_params = gp.mutable_data_ptr();
+  C10_CUDA_CHECK(static_cast<cudaError_t>(bn_lif_channels_launch(ca, stream)));
+  if (need_param_grad) C10_CUDA_CHECK(static_cast<cudaError_t>(bn_lif_params_launch(ca, stream)));
   if (batch_stats && N > 0) {
-    const double n = double(T) * double(N / C);
-    const Tensor ad = a.to(at::kDouble);
-    const Tensor coef = at::cat({ad, -ad * r * r * g1 / n, -ad * g0 / n}).to(params.scalar_type()).contiguous();
     BNLIFDxArgs d{};
-    d.dtype = w.dtype;
+    d.dtype = wa.dtype;
     d.T = T;
     d.N = N;
     d.C = C;
     d.inner = inner;
     d.x = x.const_data_ptr();
     d.grad_x = gx.mutable_data_ptr();
-    d.coef = coef.const_data_ptr();
+    d.coef = coef;
     d.m = m.const_data_ptr();
     C10_CUDA_CHECK(static_cast<cudaError_t>(bn_lif_dx_launch(d, stream)));
   }
-  const auto pt = params.scalar_type();
-  return {gx, gv0, gp.to(pt), gw.to(pt), g0.to(pt)};
+  return {gx, gv0, gp, gw, gb};
 }
 
 }  // namespace
@@ -180,6 +225,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
 TORCH_LIBRARY_IMPL(snn_fast, CUDA, m) {
   m.impl("bn_lif_fwd", &bn_lif_fwd_cuda);
   m.impl("bn_lif_bwd", &bn_lif_bwd_cuda);
+  m.impl("bn_lif_stats", &bn_lif_stats_cuda);
 }
 
 }  // namespace cuda

@@ -12,6 +12,13 @@
 namespace snn_fast {
 namespace cuda {
 
+// a_c = w_c·(rstd_c·gain), gain = tdbn_alpha·θ (tdBN) or 1: bn_lif_cpu.cpp's bn_scale, per thread.
+template <typename acc_t>
+SNN_HD acc_t bnlif_scale(const void* w, const void* rstd, double tdbn_alpha, int64_t c, acc_t theta) {
+  const acc_t gain = tdbn_alpha > 0 ? acc_t(tdbn_alpha) * theta : acc_t(1);
+  return static_cast<const acc_t*>(w)[c] * (static_cast<const acc_t*>(rstd)[c] * gain);
+}
+
 // The emitted value of element i from its H: the spike, or g(H − θ) where the noise mask is off.
 template <typename acc_t>
 SNN_HD acc_t bnlif_emitted(acc_t h, const bool* mask, int64_t i, const LIFParams<acc_t>& p) {
@@ -53,8 +60,8 @@ SNN_HD void bnlif_fwd_thread(const BNLIFFwdArgs& args, int64_t n) {
   const acc_t v = bnlif_run_forward<scalar_t>(
       static_cast<const scalar_t*>(args.x), static_cast<const scalar_t*>(args.v0), args.mask,
       static_cast<scalar_t*>(args.s), static_cast<scalar_t*>(args.v_seq), static_cast<acc_t*>(args.h), n, args.T,
-      args.N, static_cast<const acc_t*>(args.a)[c], static_cast<const acc_t*>(args.m)[c],
-      static_cast<const acc_t*>(args.b)[c], p);
+      args.N, bnlif_scale<acc_t>(args.w, args.rstd, args.tdbn_alpha, c, p.theta),
+      static_cast<const acc_t*>(args.m)[c], static_cast<const acc_t*>(args.b)[c], p);
   static_cast<scalar_t*>(args.v_last)[n] = from_acc<scalar_t>(v);
 }
 
@@ -68,8 +75,8 @@ SNN_HD void bnlif_bwd_thread(const BNLIFBwdArgs& args, int64_t n) {
   if (n >= N) return;
   const auto p = load_params(static_cast<const acc_t*>(args.params), args.flags);
   const int64_t c = (n / args.inner) % args.C;
-  const acc_t a = static_cast<const acc_t*>(args.a)[c], m = static_cast<const acc_t*>(args.m)[c],
-              b = static_cast<const acc_t*>(args.b)[c];
+  const acc_t a = bnlif_scale<acc_t>(args.w, args.rstd, args.tdbn_alpha, c, p.theta),
+              m = static_cast<const acc_t*>(args.m)[c], b = static_cast<const acc_t*>(args.b)[c];
   const scalar_t* x = static_cast<const scalar_t*>(args.x);
   const scalar_t* v0 = static_cast<const scalar_t*>(args.v0);
   const scalar_t* gs = static_cast<const scalar_t*>(args.grad_s);
@@ -125,17 +132,154 @@ SNN_HD void bnlif_bwd_thread(const BNLIFBwdArgs& args, int64_t n) {
   }
 }
 
-// Training, element i of [T, N]: ∂L/∂x = A_c·∂L/∂X' + B_c·(x − m_c) + D_c, in place over ∂L/∂X'.
+// Training, neuron n over t = 0 … T − 1: ∂L/∂x = A_c·∂L/∂X' + B_c·(x − m_c) + D_c, in place over
+// ∂L/∂X'. One thread per neuron, as the walk: its channel (two 64-bit divisions) once, not per element.
 template <typename scalar_t>
-SNN_HD void bnlif_dx_thread(const BNLIFDxArgs& args, int64_t i) {
+SNN_HD void bnlif_dx_thread(const BNLIFDxArgs& args, int64_t n) {
   using acc_t = acc_of_t<scalar_t>;
-  if (i >= args.T * args.N) return;
-  const int64_t C = args.C;
-  const int64_t c = ((i % args.N) / args.inner) % C;
+  if (n >= args.N) return;
+  const int64_t C = args.C, N = args.N;
+  const int64_t c = (n / args.inner) % C;
   const acc_t* coef = static_cast<const acc_t*>(args.coef);
+  const acc_t A = coef[c], B = coef[C + c], D = coef[2 * C + c], m = static_cast<const acc_t*>(args.m)[c];
+  const scalar_t* x = static_cast<const scalar_t*>(args.x);
   scalar_t* gx = static_cast<scalar_t*>(args.grad_x);
-  const acc_t xc = to_acc(static_cast<const scalar_t*>(args.x)[i]) - static_cast<const acc_t*>(args.m)[c];
-  gx[i] = from_acc<scalar_t>(coef[c] * to_acc(gx[i]) + (coef[C + c] * xc + coef[2 * C + c]));
+  for (int64_t t = 0; t < args.T; ++t) {
+    const int64_t i = t * N + n;
+    const acc_t xc = to_acc(x[i]) - m;
+    gx[i] = from_acc<scalar_t>(A * to_acc(gx[i]) + (B * xc + D));
+  }
+}
+
+// --- per-channel reductions ------------------------------------------------------------------------
+// Each is a thread's share (a fixed stride over the channel's values, in order) plus an epilogue the
+// block's thread 0 runs on the block's totals; bn_lif.cu sums the shares with block_sum (a fixed tree),
+// the emulator with the same tree on the host.
+
+constexpr int kChanThreads = 512;   // bnlif_channels: one block per channel
+constexpr int kParamThreads = 256;  // bnlif_params: one block
+constexpr int kStatsThreads = 256;  // bnlif_stats_part: one block per (channel, chunk)
+
+// Thread tid's share of channel c's per-neuron backward terms: Σ over its neurons
+// n = (b·C + c)·inner + i of sums[n], sums[N + n] and, with psum, psum[n], psum[N + n], psum[2N + n].
+// idx_t: 32-bit when the channel's B·inner + nthreads fits (the binding's choice), for the division.
+template <typename acc_t, typename idx_t>
+SNN_HD void bnlif_channel_share(const BNLIFChannelArgs& a, int64_t c, int tid, int nthreads, double (&out)[5]) {
+  const acc_t* sums = static_cast<const acc_t*>(a.sums);
+  const acc_t* ps = static_cast<const acc_t*>(a.psum);
+  const int64_t N = a.N;
+  const idx_t inner = idx_t(a.inner), count = idx_t(a.N / a.C);
+  for (int j = 0; j < 5; ++j) out[j] = 0;
+#pragma unroll 4
+  for (idx_t k = idx_t(tid); k < count; k += idx_t(nthreads)) {
+    const idx_t b = k / inner;
+    const int64_t n = (int64_t(b) * a.C + c) * a.inner + int64_t(k - b * inner);
+    out[0] += double(sums[n]);
+    out[1] += double(sums[N + n]);
+    if (ps != nullptr) {
+      out[2] += double(ps[n]);
+      out[3] += double(ps[N + n]);
+      out[4] += double(ps[2 * N + n]);
+    }
+  }
+}
+
+// Channel c from its totals (g0 = Σ∂L/∂X', g1 = Σ∂L/∂X'·(x − m), the three parameter terms), in
+// double as the CPU op: ∂weight = g1·rstd·gain, ∂bias = g0; with batch statistics the dx coefficients
+// A = a, B = −a·rstd²·g1/n, D = −a·g0/n (n = T·B·inner); the channel's (∂k, ∂θ + tdBN's θ term
+// g1·w·rstd·α_tdBN, ∂α) into pchan, or, without parameter gradients, block 0 zeroes ∂params.
+template <typename acc_t>
+SNN_HD void bnlif_channel_epilogue(const BNLIFChannelArgs& a, int64_t c, const double (&tot)[5]) {
+  const int64_t C = a.C;
+  const acc_t theta = static_cast<const acc_t*>(a.params)[1];
+  const acc_t gain = a.tdbn_alpha > 0 ? acc_t(a.tdbn_alpha) * theta : acc_t(1);
+  const acc_t w = static_cast<const acc_t*>(a.w)[c], r = static_cast<const acc_t*>(a.rstd)[c];
+  const double g0 = tot[0], g1 = tot[1], rd = double(r);
+  static_cast<acc_t*>(a.grad_w)[c] = acc_t(g1 * rd * double(gain));
+  static_cast<acc_t*>(a.grad_b)[c] = acc_t(g0);
+  if (a.coef != nullptr) {
+    const double n = double(a.T) * double(a.N / C);
+    const double ad = double(w * (r * gain));  // the forward's a_c (bnlif_scale), exactly
+    acc_t* coef = static_cast<acc_t*>(a.coef);
+    coef[c] = acc_t(ad);
+    coef[C + c] = acc_t(-ad * rd * rd * g1 / n);
+    coef[2 * C + c] = acc_t(-ad * g0 / n);
+  }
+  if (a.pchan != nullptr) {
+    a.pchan[c] = tot[2];
+    a.pchan[C + c] = tot[3] + (a.tdbn_alpha > 0 ? g1 * double(w) * rd * a.tdbn_alpha : 0.0);
+    a.pchan[2 * C + c] = tot[4];
+  } else if (c == 0) {
+    acc_t* gp = static_cast<acc_t*>(a.grad_params);
+    gp[0] = gp[1] = gp[2] = acc_t(0);
+  }
+}
+
+// Thread tid's share of ∂params: Σ over its channels of pchan's three rows.
+SNN_HD void bnlif_params_share(const BNLIFChannelArgs& a, int tid, int nthreads, double (&out)[3]) {
+  out[0] = out[1] = out[2] = 0;
+  for (int64_t c = tid; c < a.C; c += nthreads) {
+    out[0] += a.pchan[c];
+    out[1] += a.pchan[a.C + c];
+    out[2] += a.pchan[2 * a.C + c];
+  }
+}
+
+template <typename acc_t>
+SNN_HD void bnlif_params_epilogue(const BNLIFChannelArgs& a, const double (&tot)[3]) {
+  acc_t* gp = static_cast<acc_t*>(a.grad_params);
+  for (int j = 0; j < 3; ++j) gp[j] = acc_t(tot[j]);
+}
+
+// Chunks per channel of the statistics' first pass: ~2048 blocks in all when the channels have the
+// values for it, each of at least 4096 values, at least one.
+SNN_HD int64_t bnlif_stats_chunks(int64_t T, int64_t N, int64_t C, int64_t inner) {
+  if (C <= 0 || inner <= 0) return 1;
+  const int64_t count = T * (N / C);
+  const int64_t by_size = (count + 4095) / 4096, by_grid = (2048 + C - 1) / C;
+  const int64_t p = by_size < by_grid ? by_size : by_grid;
+  return p > 1 ? p : 1;
+}
+
+// Block (c, p)'s thread tid: its share of Σd and Σd², d = x − K_c over chunk p of channel c's values
+// (k < T·B·inner in run order: run r = k / inner is (t, b), element (r·C + c)·inner + k % inner). The
+// shift K_c, the channel's first value, keeps Σd² − (Σd)²/n from cancelling when |mean| ≫ std.
+template <typename scalar_t, typename idx_t>
+SNN_HD void bnlif_stats_share(const BNStatsArgs& a, int64_t c, int64_t p, int tid, int nthreads, double (&out)[2]) {
+  const scalar_t* x = static_cast<const scalar_t*>(a.x);
+  const int64_t count = a.T * (a.N / a.C), chunk = (count + a.P - 1) / a.P;
+  const int64_t begin = p * chunk, end = begin + chunk < count ? begin + chunk : count;
+  const double K = double(to_acc(x[c * a.inner]));
+  const idx_t inner = idx_t(a.inner);
+  out[0] = out[1] = 0;
+  if (begin >= end) return;
+#pragma unroll 4
+  for (idx_t k = idx_t(begin) + idx_t(tid); k < idx_t(end); k += idx_t(nthreads)) {
+    const idx_t r = k / inner;
+    const double d = double(to_acc(x[(int64_t(r) * a.C + c) * a.inner + int64_t(k - r * inner)])) - K;
+    out[0] += d;
+    out[1] += d * d;
+  }
+}
+
+// Channel c's mean, rstd and unbiased variance from its P chunks' sums (in chunk order), in double.
+template <typename scalar_t>
+SNN_HD void bnlif_stats_finish(const BNStatsArgs& a, int64_t c) {
+  using acc_t = acc_of_t<scalar_t>;
+  if (c >= a.C) return;
+  double s1 = 0, s2 = 0;
+  for (int64_t p = 0; p < a.P; ++p) {
+    s1 += a.part[(c * a.P + p) * 2];
+    s2 += a.part[(c * a.P + p) * 2 + 1];
+  }
+  const double n = double(a.T) * double(a.N / a.C);
+  const double K = double(to_acc(static_cast<const scalar_t*>(a.x)[c * a.inner]));
+  const double dm = s1 / n;
+  double var = s2 / n - dm * dm;
+  var = var > 0 ? var : 0.0;
+  static_cast<acc_t*>(a.mean)[c] = acc_t(K + dm);
+  static_cast<acc_t*>(a.rstd)[c] = acc_t(1.0 / sqrt(var + a.eps));
+  static_cast<acc_t*>(a.var_unbiased)[c] = acc_t(var * n / (n - 1));
 }
 
 }  // namespace cuda

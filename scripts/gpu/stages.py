@@ -525,7 +525,78 @@ def stage_overhead(args):
                 _sync()
             print(f"--- torch.profiler, 10 fwd+bwd, {b} ---")
             print(p.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=60))
+    _overhead_bn_lif(host_ms, reps)
     return 0
+
+
+def _overhead_bn_lif(host_ms, reps):
+    """The fused batch norm + LIF (docs/spec.md §12) at a host-bound size: GPU-timed and host time per
+    training fwd+bwd for each fused backend, batch norm + snn_fast LIF and the fused op's pieces (the
+    statistics, the raw ops), then torch.profiler's table for the C++ op. The first GPU run (H100,
+    2026-12-06) found every fused row at ~1 ms whatever the size: host work, not bandwidth."""
+    import torch.nn.functional as F
+
+    import snn_fast
+    from benchmarks import common
+
+    shape = (2, 2, 4, 3, 3) if DRY else (4, 8, 64, 8, 8)
+    C = shape[2]
+    x = torch.randn(shape, device=DEVICE).requires_grad_()
+    w = (torch.rand(C, device=DEVICE) + 0.5).requires_grad_()
+    b = torch.randn(C, device=DEVICE).requires_grad_()
+    rm, rv = torch.zeros(C, device=DEVICE), torch.ones(C, device=DEVICE)
+    g = torch.randn(shape, device=DEVICE)
+
+    def fused(be):
+        def step():
+            x.grad = w.grad = b.grad = None
+            snn_fast.bn_lif(x, w, b, rm, rv, True, 0.1, 1e-5, backend=be)[0].backward(g)
+        return step
+
+    def pair():
+        x.grad = w.grad = b.grad = None
+        y = F.batch_norm(x.flatten(0, 1), rm, rv, w, b, True, 0.1, 1e-5).view(shape)
+        snn_fast.lif_multistep(y, backend="cpu" if DRY else "auto")[0].backward(g)
+
+    steps = {f"bn_lif-{be}": fused(be) for be in (["cpu"] if DRY else ["cuda", "triton"])}
+    steps["bn+snn_fast-lif"] = pair
+    for name, step in steps.items():
+        try:
+            for _ in range(3):
+                step()
+        except Exception as e:  # noqa: BLE001 - a missing backend is reported by the bn-lif stage
+            print(f"bn_lif overhead {name}: skipped: {type(e).__name__}: {e}"[:300])
+            continue
+        _sync()
+        gpu_ms = common.time_fns({"f": step}, DEVICE, rounds=1)["f"][0]
+        print(f"bn_lif overhead {name} {list(shape)} fp32 training: fwd+bwd {gpu_ms:.3f} ms timed, host "
+              f"{host_ms(step):.3f} ms per fwd+bwd", flush=True)
+    x2, inner = x.detach().reshape(shape[0], -1), shape[3] * shape[4]
+    print(f"bn_lif overhead: host {host_ms(lambda: torch.ops.snn_fast.bn_lif_stats(x2, C, inner, 1e-5)):.3f} ms "
+          f"per bn_lif_stats (the C++ op)", flush=True)
+    first = next(iter(steps))
+    acts = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as p:
+        for _ in range(10):
+            steps[first]()
+        _sync()
+    print(f"--- torch.profiler, 10 fwd+bwd, {first} ---")
+    print(p.key_averages().table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=60))
+    # the benchmark's larger shape: where the device time goes per kernel (the first run's ~1 ms)
+    big = (2, 2, 4, 5, 5) if DRY else (4, 32, 64, 56, 56)
+    x = torch.randn(big, device=DEVICE).requires_grad_()
+    g = torch.randn(big, device=DEVICE)
+    shape = big
+    steps[first]()
+    _sync()
+    with torch.profiler.profile(activities=acts) as p:
+        for _ in range(5):
+            steps[first]()
+        _sync()
+    print(f"--- torch.profiler, 5 fwd+bwd at {list(big)}, {first}, by device time ---")
+    print(p.key_averages().table(sort_by="cuda_time_total" if DEVICE == "cuda" else "cpu_time_total", row_limit=20,
+                                 max_name_column_width=60))
 
 
 # --------------------------------------------------------------------------------------------------

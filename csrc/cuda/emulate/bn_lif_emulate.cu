@@ -3,23 +3,35 @@
 //
 // Runs the very thread bodies the __global__ kernels run (bnlif_fwd_thread / bnlif_bwd_thread /
 // bnlif_dx_thread of ../bn_lif_kernels.cuh), for every thread index of the launchers' grid in turn
-// (blocks_for(·, 1)·kThreads, so the threads past N or T·N run too and must return), on host memory.
-// The arguments are those of BNLIFFwdArgs / BNLIFBwdArgs / BNLIFDxArgs (bn_lif_cuda.h), flattened for
-// ctypes; the launchers' early return on N = 0 or T = 0 is kept. What this checks: the channel
-// indexing, the per-channel a, m, b, the forward, the saved or re-run H, the backward walk, the
-// per-neuron sums and parameter-gradient terms, the dx pass, the optional inputs and the flag dispatch,
-// with lif_step.h's functions in their order of operations. What it does not: the device's math
-// library (expf etc.), FMA contraction of the plain a·b + c in the sums and in dx (the host build
-// uses -ffp-contract=off), memory ordering between threads (none of these kernels shares data
-// between threads).
+// (blocks_for(N, 1)·kThreads, so the threads past N run too and must return), on host memory;
+// and the block reductions (the backward's channel sums, ∂params, the statistics) as bn_lif.cu runs
+// them: every thread's share (bnlif_*_share), the block's fixed tree of block_sum on the host in the
+// same order, then the epilogue. The arguments are those of bn_lif_cuda.h's structs, flattened for
+// ctypes; the launchers' early returns are kept. What this checks: the channel indexing, the
+// per-channel scale a_c from weight, rstd and the gain, m, b, the forward, the saved or re-run H, the
+// backward walk, the per-neuron sums and parameter-gradient terms, their channel sums and algebra, the
+// dx pass, the statistics' chunking and shift, the optional inputs and the flag dispatch, with
+// lif_step.h's functions in their order of operations. What it does not: the device's math library
+// (expf etc.), FMA contraction of the plain a·b + c in the sums and in dx (the host build uses
+// -ffp-contract=off), shared memory and __syncthreads (the tree runs level by level here).
 //
 // Built by tests/test_cuda_bn_lif_emulate.py as a host shared library (nvcc -shared) and called
 // through ctypes. Not part of the extension (setup.py takes csrc/cuda/*.cu only, not this folder).
+#include <vector>
+
 #include "bn_lif_kernels.cuh"
 
 using namespace snn_fast::cuda;
 
 namespace {
+
+// bn_lif.cu's block_sum on the host: NT shares of K values, the same pairwise tree; the total in v[0].
+template <int K>
+void block_sum_host(std::vector<double>& v, int NT) {  // v[tid·K + j]
+  for (int s = NT / 2; s > 0; s >>= 1)
+    for (int tid = 0; tid < s; ++tid)
+      for (int j = 0; j < K; ++j) v[tid * K + j] += v[(tid + s) * K + j];
+}
 
 LIFFlagsC flags_of(int sg, int hard_reset, double v_reset, int decay_input, int detach_reset, double kappa,
                    int strict) {
@@ -32,7 +44,8 @@ extern "C" {
 
 // dtype: DType (0 f32, 1 f16, 2 bf16, 3 f64). Pointers as in BNLIFFwdArgs (null where it allows).
 int emu_bnlif_fwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, const void* x, const void* v0,
-                  const void* params, const void* a, const void* m, const void* b, const bool* mask, void* s,
+                  const void* params, const void* w, const void* rstd, double tdbn_alpha, const void* m,
+                  const void* b, const bool* mask, void* s,
                   void* v_last, void* v_seq, void* h, int sg, int hard_reset, double v_reset, int decay_input,
                   int detach_reset, double kappa, int strict) {
   BNLIFFwdArgs f{};
@@ -44,7 +57,9 @@ int emu_bnlif_fwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, con
   f.x = x;
   f.v0 = v0;
   f.params = params;
-  f.a = a;
+  f.w = w;
+  f.rstd = rstd;
+  f.tdbn_alpha = tdbn_alpha;
   f.m = m;
   f.b = b;
   f.mask = mask;
@@ -64,7 +79,8 @@ int emu_bnlif_fwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, con
 // Pointers as in BNLIFBwdArgs.
 int emu_bnlif_bwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, const void* grad_s,
                   const void* grad_v_last, const void* grad_v_seq, const void* x, const void* v0, const void* params,
-                  const void* a, const void* m, const void* b, const bool* mask, void* h, int rerun, int scale_by_a,
+                  const void* wt, const void* rstd, double tdbn_alpha, const void* m, const void* b,
+                  const bool* mask, void* h, int rerun, int scale_by_a,
                   int need_param_grad, void* grad_x, void* grad_v0, void* sums, void* psum, int sg, int hard_reset,
                   double v_reset, int decay_input, int detach_reset, double kappa, int strict) {
   BNLIFBwdArgs w{};
@@ -79,7 +95,9 @@ int emu_bnlif_bwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, con
   w.x = x;
   w.v0 = v0;
   w.params = params;
-  w.a = a;
+  w.w = wt;
+  w.rstd = rstd;
+  w.tdbn_alpha = tdbn_alpha;
   w.m = m;
   w.b = b;
   w.mask = mask;
@@ -115,10 +133,112 @@ int emu_bnlif_dx(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, cons
   d.m = m;
   if (d.N == 0 || d.T == 0) return 0;
   return with_storage_type(d.dtype, [&](auto tag) {
-    const int64_t threads = blocks_for(d.T * d.N, 1) * kThreads;
-    for (int64_t i = 0; i < threads; ++i) bnlif_dx_thread<decltype(tag)>(d, i);
+    const int64_t threads = blocks_for(d.N, 1) * kThreads;
+    for (int64_t n = 0; n < threads; ++n) bnlif_dx_thread<decltype(tag)>(d, n);
     return 0;
   });
+}
+
+// bn_lif_channels_launch then, with pchan, bn_lif_params_launch (BNLIFChannelArgs; null where it allows).
+int emu_bnlif_channels(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, const void* sums, const void* psum,
+                       const void* params, const void* w, const void* rstd, double tdbn_alpha, int batch_stats,
+                       void* grad_w, void* grad_b, void* coef, double* pchan, void* grad_params) {
+  BNLIFChannelArgs a{};
+  a.dtype = DType(dtype);
+  a.T = T;
+  a.N = N;
+  a.C = C;
+  a.inner = inner;
+  a.sums = sums;
+  a.psum = psum;
+  a.params = params;
+  a.w = w;
+  a.rstd = rstd;
+  a.tdbn_alpha = tdbn_alpha;
+  a.batch_stats = batch_stats != 0;
+  a.grad_w = grad_w;
+  a.grad_b = grad_b;
+  a.coef = coef;
+  a.pchan = pchan;
+  a.grad_params = grad_params;
+  if (a.C == 0) return 0;
+  auto run = [&](auto tag) {
+    using acc_t = decltype(tag);
+    const bool narrow = a.N / a.C + kChanThreads < (int64_t(1) << 31);
+    std::vector<double> v(kChanThreads * 5);
+    for (int64_t c = 0; c < a.C; ++c) {
+      for (int tid = 0; tid < kChanThreads; ++tid) {
+        double share[5];
+        if (narrow)
+          bnlif_channel_share<acc_t, uint32_t>(a, c, tid, kChanThreads, share);
+        else
+          bnlif_channel_share<acc_t, uint64_t>(a, c, tid, kChanThreads, share);
+        for (int j = 0; j < 5; ++j) v[tid * 5 + j] = share[j];
+      }
+      block_sum_host<5>(v, kChanThreads);
+      const double tot[5] = {v[0], v[1], v[2], v[3], v[4]};
+      bnlif_channel_epilogue<acc_t>(a, c, tot);
+    }
+    if (a.pchan != nullptr) {
+      std::vector<double> q(kParamThreads * 3);
+      for (int tid = 0; tid < kParamThreads; ++tid) {
+        double share[3];
+        bnlif_params_share(a, tid, kParamThreads, share);
+        for (int j = 0; j < 3; ++j) q[tid * 3 + j] = share[j];
+      }
+      block_sum_host<3>(q, kParamThreads);
+      const double tot[3] = {q[0], q[1], q[2]};
+      bnlif_params_epilogue<acc_t>(a, tot);
+    }
+    return 0;
+  };
+  return DType(dtype) == DType::kFloat64 ? run(double{}) : run(float{});
+}
+
+// bn_lif_stats_launch (BNStatsArgs); part: [C, P, 2] scratch with P = bn_lif_stats_chunks(…).
+int emu_bnlif_stats(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, const void* x, double* part, double eps,
+                    void* mean, void* rstd, void* var_unbiased) {
+  BNStatsArgs a{};
+  a.dtype = DType(dtype);
+  a.T = T;
+  a.N = N;
+  a.C = C;
+  a.inner = inner;
+  a.P = bnlif_stats_chunks(T, N, C, inner);
+  a.x = x;
+  a.part = part;
+  a.eps = eps;
+  a.mean = mean;
+  a.rstd = rstd;
+  a.var_unbiased = var_unbiased;
+  if (a.C == 0) return 0;
+  return with_storage_type(a.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const bool narrow = a.T * (a.N / a.C) + kStatsThreads < (int64_t(1) << 31);
+    std::vector<double> v(kStatsThreads * 2);
+    for (int64_t blk = 0; blk < a.C * a.P; ++blk) {
+      const int64_t c = blk / a.P, p = blk % a.P;
+      for (int tid = 0; tid < kStatsThreads; ++tid) {
+        double share[2];
+        if (narrow)
+          bnlif_stats_share<scalar_t, uint32_t>(a, c, p, tid, kStatsThreads, share);
+        else
+          bnlif_stats_share<scalar_t, uint64_t>(a, c, p, tid, kStatsThreads, share);
+        v[tid * 2] = share[0];
+        v[tid * 2 + 1] = share[1];
+      }
+      block_sum_host<2>(v, kStatsThreads);
+      a.part[blk * 2] = v[0];
+      a.part[blk * 2 + 1] = v[1];
+    }
+    const int64_t threads = blocks_for(a.C, 1) * kThreads;
+    for (int64_t c = 0; c < threads; ++c) bnlif_stats_finish<scalar_t>(a, c);
+    return 0;
+  });
+}
+
+int64_t emu_bnlif_stats_chunks(int64_t T, int64_t N, int64_t C, int64_t inner) {
+  return bnlif_stats_chunks(T, N, C, inner);
 }
 
 int emu_bnlif_threads() { return kThreads; }

@@ -6,7 +6,7 @@ Python-defined backend declares its pair from these strings) and their fake (sha
     bwd(grad_s, grad_v_last?, grad_v_seq?, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner,
         batch_stats, noise_mask?, saved, s, <LIF flags>, save, need_param_grad)
         -> (grad_x, grad_v0, grad_params [3], grad_weight [C], grad_bias [C])
-    stats(x [T,N], C, inner) -> (mean [C], biased var [C])
+    stats(x [T,N], C, inner, eps) -> (mean [C], rstd [C] = 1/√(biased var + eps), unbiased var [C])
 
 N = B·C·inner; element n of a row is in channel (n // inner) % C. The charge's input is
 X' = (x − mean)·a + bias, a = weight·rstd·gain, gain = tdbn_alpha·θ (tdBN) or 1 (tdbn_alpha = 0).
@@ -28,7 +28,7 @@ BWD_SCHEMA = ("(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x
               "Tensor? noise_mask, Tensor saved, Tensor s, int surrogate, bool hard_reset, float v_reset, "
               "bool decay_input, bool detach_reset, float reset_residual, bool strict_threshold, int reset_timing, "
               "int save, bool need_param_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
-STATS_SCHEMA = "(Tensor x, int C, int inner) -> (Tensor, Tensor)"
+STATS_SCHEMA = "(Tensor x, int C, int inner, float eps) -> (Tensor, Tensor, Tensor)"
 
 
 def pdtype(x: torch.Tensor) -> torch.dtype:
@@ -59,5 +59,5 @@ def fake_bwd_native(grad_s, grad_v_last, grad_v_seq, x, v0, params, weight, bias
             torch.empty_like(bias))
 
 
-def fake_stats(x, C, inner):
-    return x.new_empty(C, dtype=pdtype(x)), x.new_empty(C, dtype=pdtype(x))
+def fake_stats(x, C, inner, eps):
+    return tuple(x.new_empty(C, dtype=pdtype(x)) for _ in range(3))

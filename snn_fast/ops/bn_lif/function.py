@@ -1,8 +1,8 @@
 """bn_lif: its table of backends, its one autograd, and the public ``bn_lif`` (docs/spec.md §12).
 
 The op is the LIF op of ``snn_fast.ops.lif`` charging with the per-channel affine of batch norm,
-X' = (x − μ)·a + b: the statistics are taken first (one read of x: ``bn_lif_stats`` on the CPU,
-``torch.var_mean`` elsewhere), the running statistics updated as ``nn.BatchNorm`` updates them, and
+X' = (x − μ)·a + b: the statistics are taken first (one read of x: the C++ ``bn_lif_stats`` on the CPU
+and CUDA, ``torch.var_mean`` without it), the running statistics updated as ``nn.BatchNorm`` updates them, and
 the fused forward normalises and fires in one pass. Its backward walks the LIF backward, summing
 batch norm's per-channel terms on the way, and finishes with one elementwise pass for the gradient
 through the batch statistics (``contract.py`` has the schemas). One autograd (``_save``/``_backward``,
@@ -87,9 +87,10 @@ BACKENDS = backends.OpBackends(
     },
     autograd=AUTOGRAD,
     register_fakes=_register_fakes,
-    # 'auto' on a GPU: Triton first. The CUDA kernels run by name (backend='cuda'); they become the
-    # first choice once the GPU check has timed both on a GPU (none has run them yet).
-    gpu_order=("triton", "cuda"),
+    # 'auto' on a GPU: the CUDA kernels first. The first GPU run (H100, 2026-12-06, fwd+bwd fp32):
+    # 1.02 / 1.14 ms against Triton's 1.80 / 2.00 ms at [4,32,64,56,56] / [4,32,512,7,7]
+    # (benchmarks/results/NVIDIA_H100_80GB_HBM3-2026-12-06-bn-lif.md). Triton where _C has no CUDA kernel.
+    gpu_order=("cuda", "triton"),
 )
 
 # The CPU ops outside the table's pairs: their fakes, registered once at import.
@@ -100,22 +101,33 @@ if _ext.HAS_C and _ext.has_kernel("bn_lif_fwd", "CPU"):  # an older build of _C 
         torch.library.register_fake("snn_fast::bn_lif_bwd_native")(contract.fake_bwd_native)
 
 
-def _batch_stats(name: str, x2: torch.Tensor, C: int, inner: int):
-    """(mean, biased var) per channel of x2 [T, N], in params' dtype: one read of x."""
-    if name == "cpu":
-        return torch.ops.snn_fast.bn_lif_stats(x2, C, inner)
+# The device types whose statistics the C++ op takes in this build (the Triton backend runs without
+# it); decided once, a constant under torch.compile.
+_STATS_OP = frozenset(d for d, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+                      if _ext.HAS_C and _ext.has_kernel("bn_lif_stats", key))
+
+
+def _batch_stats(x2: torch.Tensor, C: int, inner: int, n: int, eps: float):
+    """(mean, rstd = 1/√(biased var + eps), unbiased var) per channel of x2 [T, N], in params' dtype:
+    one read of x, one op (``bn_lif_stats``, in double) where this build has the kernel, else torch."""
+    if x2.device.type in _STATS_OP:
+        return torch.ops.snn_fast.bn_lif_stats(x2, C, inner, eps)
     p = contract.pdtype(x2)
-    # in float32 at least, as F.batch_norm and the CPU kernel (double) keep them: var_mean in bf16
-    # would round the mean and variance to 8 bits (Σ(x − m) = 0 of the backward's algebra with it)
+    # in float32 at least, as F.batch_norm and the C++ op (double) keep them: var_mean in bf16 would
+    # round the mean and variance to 8 bits (Σ(x − m) = 0 of the backward's algebra with it)
     v, m = torch.var_mean(x2.reshape(-1, C, inner).to(p), dim=(0, 2), correction=0)
-    return m, v
+    return m, torch.rsqrt(v + eps), v * (n / (n - 1))
 
 
-def _update_running(running_mean, running_var, mean, var, n: int, momentum: float) -> None:
-    """nn.BatchNorm's update: r ← (1 − m)·r + m·batch, the unbiased variance in running_var."""
+def _update_running(running_mean, running_var, mean, var_unbiased, momentum: float) -> None:
+    """nn.BatchNorm's update r ← (1 − m)·r + m·batch (the unbiased variance in running_var), as a
+    lerp: one op for both buffers when their dtype is the statistics' (the usual case)."""
     with torch.no_grad():
-        running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        running_var.mul_(1.0 - momentum).add_(var.to(running_var.dtype) * (n / (n - 1)), alpha=momentum)
+        if running_mean.dtype == mean.dtype and running_var.dtype == mean.dtype:
+            torch._foreach_lerp_((running_mean, running_var), (mean, var_unbiased), momentum)
+        else:
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            running_var.lerp_(var_unbiased.to(running_var.dtype), momentum)
 
 
 def _route(name: str, backend, sg: _sg.Surrogate, flags: lif_args.LIFFlags, noise_mask) -> str:
@@ -156,12 +168,12 @@ def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, mom
     with torch.no_grad():  # the backward differentiates through the statistics itself
         if batch:
             n = bn_args.check_count(x, C)
-            mean, var = _batch_stats(name, x2.detach(), C, inner)
+            mean, rstd, var_unbiased = _batch_stats(x2.detach(), C, inner, n, eps)
             if training and running_mean is not None:
-                _update_running(running_mean, running_var, mean, var, n, momentum)
+                _update_running(running_mean, running_var, mean, var_unbiased, momentum)
         else:
-            mean, var = running_mean.to(pd, copy=True), running_var.to(pd)  # a copy: saved for the backward
-        rstd = torch.rsqrt(var + eps)
+            mean = running_mean.to(pd, copy=True)  # a copy: saved for the backward
+            rstd = torch.rsqrt(running_var.to(pd) + eps)
     w = weight.to(pd) if weight is not None else _cached_const(("ones", C, pd, x.device),
                                                                lambda: torch.ones(C, dtype=pd, device=x.device))
     b = bias.to(pd) if bias is not None else _cached_const(("zeros", C, pd, x.device),
