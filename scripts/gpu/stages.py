@@ -571,6 +571,22 @@ def _overhead_bn_lif(host_ms, reps):
         gpu_ms = common.time_fns({"f": step}, DEVICE, rounds=1)["f"][0]
         print(f"bn_lif overhead {name} {list(shape)} fp32 training: fwd+bwd {gpu_ms:.3f} ms timed, host "
               f"{host_ms(step):.3f} ms per fwd+bwd", flush=True)
+    import cProfile
+    import io
+    import pstats
+
+    for name in [n for n in steps if n.startswith("bn_lif-")]:  # the Python side of each fused backend
+        prof = cProfile.Profile()
+        # the backward in this thread (on a GPU autograd runs it in a device thread cProfile does not see)
+        with torch.autograd.set_multithreading_enabled(False):
+            prof.enable()
+            for _ in range(20):
+                steps[name]()
+            _sync()
+            prof.disable()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(20)
+        print(f"--- cProfile, 20 fwd+bwd, {name} ---\n{out.getvalue()}")
     x2, inner = x.detach().reshape(shape[0], -1), shape[3] * shape[4]
     print(f"bn_lif overhead: host {host_ms(lambda: torch.ops.snn_fast.bn_lif_stats(x2, C, inner, 1e-5)):.3f} ms "
           f"per bn_lif_stats (the C++ op)", flush=True)
