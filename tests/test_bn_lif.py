@@ -291,7 +291,8 @@ def test_batch_stats_match_torch(monkeypatch, shape, dtype, op):
     T, C = shape[0], shape[2]
     inner = x[0, 0, 0].numel()
     n = x.numel() // C
-    mean, rstd, varu = (t.cpu() for t in bf._batch_stats(x.reshape(T, -1), C, inner, n, 1e-5))
+    name = "cuda" if device == "cuda" else "cpu"
+    mean, rstd, varu = (t.cpu() for t in bf._batch_stats(name, x.reshape(T, -1), C, inner, n, 1e-5))
     x = x.cpu()
     xd = x.double().transpose(1, 2).reshape(T, C, -1).transpose(0, 1).reshape(C, -1)
     pd = torch.float64 if dtype == torch.float64 else torch.float32
@@ -300,6 +301,16 @@ def test_batch_stats_match_torch(monkeypatch, shape, dtype, op):
                             (varu, xd.var(1), "var_unbiased")):
         assert got.dtype == pd and got.shape == (C,), what
         torch.testing.assert_close(got.double(), want, **tol, msg=what)
+
+
+@pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))
+def test_stats_op_refuses_one_value_per_channel():
+    """The unbiased variance needs n > 1 (nn.BatchNorm's training error); the op says so, not NaN."""
+    with pytest.raises(RuntimeError, match="more than 1 value per channel"):
+        torch.ops.snn_fast.bn_lif_stats(torch.randn(1, 4), 4, 1, 1e-5)
+    mean, rstd, varu = torch.ops.snn_fast.bn_lif_stats(torch.tensor([[1.0, 2.0], [3.0, 5.0]]), 2, 1, 0.0)
+    assert torch.equal(mean, torch.tensor([2.0, 3.5])) and torch.equal(varu, torch.tensor([2.0, 4.5]))
+    torch.testing.assert_close(rstd, torch.tensor([1.0, 1 / 1.5]))
 
 
 @pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))

@@ -57,6 +57,7 @@ def bn_emulator():
     lib.emu_bnlif_stats.argtypes = [I, L, L, L, L, P, P, D, P, P, P]
     lib.emu_bnlif_stats_chunks.argtypes = [L, L, L, L]
     lib.emu_bnlif_stats_chunks.restype = L
+    lib.emu_bnlif_force_wide_index.argtypes = [I]
     return lib
 
 
@@ -104,8 +105,12 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
     gvseq = None if gvs is None or gvs.numel() == 0 else gvs.to(x.dtype).contiguous()
     h = _nan((T, N), pt) if save != SAVE_STATE else saved.contiguous()
     gx, gv0 = _nan((T, N), x.dtype), _nan((N,), x.dtype)
-    sums = _nan((2, N), pt)
-    psum = _nan((3, N), pt) if need_param_grad else None
+    # the binding's one scratch in params' dtype: sums [2, N] | psum [3, N] | coef [3, C], by offset
+    n_ps, n_coef = (3 * N if need_param_grad else 0), (3 * C if batch_stats else 0)
+    scratch = _nan((2 * N + n_ps + n_coef,), pt)
+    sums = scratch[:2 * N].view(2, N)
+    psum = scratch[2 * N:2 * N + n_ps].view(3, N) if need_param_grad else None
+    coef = scratch[2 * N + n_ps:] if batch_stats else None
     scale_by_a = not batch_stats
     if "scale_by_a" in mutate:
         scale_by_a = not scale_by_a
@@ -115,7 +120,6 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
                              _ptr(sums), _ptr(psum), *lif_flags) == 0
     # the channel sums and their algebra, then ∂params
     gw, gb, gp = _nan((C,), pt), _nan((C,), pt), _nan((3,), pt)
-    coef = _nan((3 * C,), pt) if batch_stats else None
     pchan = _nan((3 * C,), torch.float64) if need_param_grad else None
     # "theta": the channel pass told plain batch norm (no tdBN gain: neither its θ term nor its scale)
     assert lib.emu_bnlif_channels(dt, T, N, C, inner, _ptr(sums), _ptr(psum), _ptr(params), _ptr(w), _ptr(r),
@@ -410,6 +414,38 @@ def test_emulated_stats_shift_keeps_a_large_mean(bn_emulator):
     xd, n = x2.reshape(-1, 3, 300), 4 * 8 * 300
     naive = ((xd * xd).sum((0, 2)) - xd.sum((0, 2)) ** 2 / n) / (n - 1)
     assert ((naive - want).abs() / want).max() > 1e-3
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_emulated_stats_keep_a_non_finite_channel(bn_emulator, bad):
+    """A NaN or inf in a channel gives that channel NaN statistics (as the CPU op and torch: no clamp of
+    a NaN variance to 0, which would leave running_var finite while running_mean is not); the other
+    channels are untouched."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 4, 3, 5, generator=g, dtype=torch.float64)
+    x[1, 2, 1, 3] = bad
+    x2 = x.reshape(3, -1)
+    mean, rstd, varu, _ = emulate_stats(bn_emulator, x2, 3, 5)
+    assert rstd[1].isnan() and varu[1].isnan() and not mean[1].isfinite()
+    xd = x2.reshape(-1, 3, 5)
+    for c in (0, 2):
+        torch.testing.assert_close(varu[c], xd[:, c].var(), rtol=1e-12, atol=0)
+
+
+def test_emulated_wide_index_path_equals_narrow(bn_emulator):
+    """The 64-bit index instantiations of the channel and statistics reductions (taken past 2^31 values
+    per channel) give bit for bit the 32-bit ones' results: the same values in the same order."""
+    c = make_case((3, 4, 3, 2, 1000), torch.float64, "soft-di-det-kappa", "batch-tdbn", "atan")
+    try:
+        got = []
+        for wide in (0, 1):
+            bn_emulator.emu_bnlif_force_wide_index(wide)
+            got.append(run(bn_emulator, c, SAVE_RECOMPUTE, True)[0])
+    finally:
+        bn_emulator.emu_bnlif_force_wide_index(0)
+    for key in got[0]:
+        assert torch.equal(got[0][key], got[1][key]), key
+    assert_close(got[0]["grad_weight"], reference(c)["grad_weight"], dtype=torch.float64, name="grad_weight")
 
 
 def test_emulated_channel_pass_without_param_grad_zeroes_params(bn_emulator):

@@ -59,7 +59,8 @@ std::tuple<Tensor, Tensor, Tensor> bn_lif_stats_cpu(const Tensor& x_, int64_t C,
   TORCH_CHECK(x_.dim() == 2 && x_.device().is_cpu(), "bn_lif_stats: x must be a [T, N] CPU tensor");
   TORCH_CHECK(C >= 1 && inner >= 1 && x_.size(1) % (C * inner) == 0, "bn_lif_stats: x's N = ", x_.size(1),
               " is not a multiple of C·inner = ", C, "·", inner);
-  TORCH_CHECK(x_.size(0) * (x_.size(1) / C) >= 1, "bn_lif_stats: no values per channel, x is ", x_.sizes());
+  TORCH_CHECK(x_.size(0) * (x_.size(1) / C) > 1,
+              "bn_lif_stats: expected more than 1 value per channel (the unbiased variance), x is ", x_.sizes());
   Tensor x = x_.contiguous();
   std::vector<double> mean(C), var(C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_lif_stats_cpu", [&] {

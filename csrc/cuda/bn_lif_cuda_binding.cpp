@@ -46,7 +46,8 @@ std::tuple<Tensor, Tensor, Tensor> bn_lif_stats_cuda(const Tensor& x_, int64_t C
   TORCH_CHECK(x_.dim() == 2 && x_.is_cuda(), "bn_lif_stats: x must be a [T, N] CUDA tensor");
   TORCH_CHECK(C >= 1 && inner >= 1 && x_.size(1) % (C * inner) == 0, "bn_lif_stats: x's N = ", x_.size(1),
               " is not a multiple of C·inner = ", C, "·", inner);
-  TORCH_CHECK(x_.size(0) * (x_.size(1) / C) >= 1, "bn_lif_stats: no values per channel, x is ", x_.sizes());
+  TORCH_CHECK(x_.size(0) * (x_.size(1) / C) > 1,
+              "bn_lif_stats: expected more than 1 value per channel (the unbiased variance), x is ", x_.sizes());
   const c10::cuda::CUDAGuard guard(x_.device());
   const Tensor x = x_.contiguous();
   const int64_t T = x.size(0), N = x.size(1);
@@ -144,8 +145,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
   // one scratch in params' dtype: the per-neuron sums [2, N], their parameter terms [3, N], the dx
   // coefficients [3, C]; the channels' parameter terms [3, C] in double
   const int64_t n_ps = need_param_grad ? 3 * N : 0, n_coef = batch_stats ? 3 * C : 0;
-  const Tensor scratch = at::empty({2 * N + n_ps + n_coef}, params.options());
-  if (T == 0) scratch.zero_();  // no step: the walk writes no sums, and the channels sum zeros
+  const Tensor scratch = at::empty({2 * N + n_ps + n_coef}, params.options());  // T >= 1: check_lif_args
   const Tensor pchan = need_param_grad ? at::empty({3 * C}, params.options().dtype(at::kDouble)) : Tensor();
   Tensor gp = at::empty({3}, params.options()), gw = at::empty({C}, params.options()),
          gb = at::empty({C}, params.options());

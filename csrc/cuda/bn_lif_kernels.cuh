@@ -276,7 +276,7 @@ SNN_HD void bnlif_stats_finish(const BNStatsArgs& a, int64_t c) {
   const double K = double(to_acc(static_cast<const scalar_t*>(a.x)[c * a.inner]));
   const double dm = s1 / n;
   double var = s2 / n - dm * dm;
-  var = var > 0 ? var : 0.0;
+  var = var < 0 ? 0.0 : var;  // rounding below 0 clamped; NaN (an inf or NaN in x) kept, as on the CPU
   static_cast<acc_t*>(a.mean)[c] = acc_t(K + dm);
   static_cast<acc_t*>(a.rstd)[c] = acc_t(1.0 / sqrt(var + a.eps));
   static_cast<acc_t*>(a.var_unbiased)[c] = acc_t(var * n / (n - 1));

@@ -25,6 +25,10 @@ using namespace snn_fast::cuda;
 
 namespace {
 
+// The 64-bit index instantiations of the reductions (bn_lif.cu takes them past 2^31 values per
+// channel, beyond any test's size) on request: emu_bnlif_force_wide_index(1).
+bool g_force_wide = false;
+
 // bn_lif.cu's block_sum on the host: NT shares of K values, the same pairwise tree; the total in v[0].
 template <int K>
 void block_sum_host(std::vector<double>& v, int NT) {  // v[tid·K + j]
@@ -164,7 +168,7 @@ int emu_bnlif_channels(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner
   if (a.C == 0) return 0;
   auto run = [&](auto tag) {
     using acc_t = decltype(tag);
-    const bool narrow = a.N / a.C + kChanThreads < (int64_t(1) << 31);
+    const bool narrow = !g_force_wide && a.N / a.C + kChanThreads < (int64_t(1) << 31);
     std::vector<double> v(kChanThreads * 5);
     for (int64_t c = 0; c < a.C; ++c) {
       for (int tid = 0; tid < kChanThreads; ++tid) {
@@ -214,7 +218,7 @@ int emu_bnlif_stats(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, c
   if (a.C == 0) return 0;
   return with_storage_type(a.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    const bool narrow = a.T * (a.N / a.C) + kStatsThreads < (int64_t(1) << 31);
+    const bool narrow = !g_force_wide && a.T * (a.N / a.C) + kStatsThreads < (int64_t(1) << 31);
     std::vector<double> v(kStatsThreads * 2);
     for (int64_t blk = 0; blk < a.C * a.P; ++blk) {
       const int64_t c = blk / a.P, p = blk % a.P;
@@ -240,6 +244,8 @@ int emu_bnlif_stats(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, c
 int64_t emu_bnlif_stats_chunks(int64_t T, int64_t N, int64_t C, int64_t inner) {
   return bnlif_stats_chunks(T, N, C, inner);
 }
+
+void emu_bnlif_force_wide_index(int on) { g_force_wide = on != 0; }
 
 int emu_bnlif_threads() { return kThreads; }
 

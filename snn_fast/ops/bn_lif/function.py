@@ -107,10 +107,11 @@ _STATS_OP = frozenset(d for d, key in (("cpu", "CPU"), ("cuda", "CUDA"))
                       if _ext.HAS_C and _ext.has_kernel("bn_lif_stats", key))
 
 
-def _batch_stats(x2: torch.Tensor, C: int, inner: int, n: int, eps: float):
+def _batch_stats(name: str, x2: torch.Tensor, C: int, inner: int, n: int, eps: float):
     """(mean, rstd = 1/√(biased var + eps), unbiased var) per channel of x2 [T, N], in params' dtype:
-    one read of x, one op (``bn_lif_stats``, in double) where this build has the kernel, else torch."""
-    if x2.device.type in _STATS_OP:
+    one read of x, one op (``bn_lif_stats``, in double) for the C++ backends where this build has the
+    kernel, else torch (Triton named on a GPU whose architecture _C was not built for must still run)."""
+    if name in ("cpu", "cuda") and x2.device.type in _STATS_OP:
         return torch.ops.snn_fast.bn_lif_stats(x2, C, inner, eps)
     p = contract.pdtype(x2)
     # in float32 at least, as F.batch_norm and the C++ op (double) keep them: var_mean in bf16 would
@@ -168,7 +169,7 @@ def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, mom
     with torch.no_grad():  # the backward differentiates through the statistics itself
         if batch:
             n = bn_args.check_count(x, C)
-            mean, rstd, var_unbiased = _batch_stats(x2.detach(), C, inner, n, eps)
+            mean, rstd, var_unbiased = _batch_stats(name, x2.detach(), C, inner, n, eps)
             if training and running_mean is not None:
                 _update_running(running_mean, running_var, mean, var_unbiased, momentum)
         else:
