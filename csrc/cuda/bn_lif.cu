@@ -75,12 +75,6 @@ __global__ void __launch_bounds__(kThreads) bnlif_stats_finish_kernel(BNStatsArg
   bnlif_stats_finish<scalar_t>(args, int64_t(blockIdx.x) * kThreads + threadIdx.x);
 }
 
-// f(acc_t{}) for the acc type of storage dtype d.
-template <typename F>
-int with_acc_type(DType d, F&& f) {
-  return d == DType::kFloat64 ? f(double{}) : f(float{});
-}
-
 }  // namespace
 
 int64_t bn_lif_stats_chunks(int64_t T, int64_t N, int64_t C, int64_t inner) {
@@ -89,7 +83,7 @@ int64_t bn_lif_stats_chunks(int64_t T, int64_t N, int64_t C, int64_t inner) {
 
 int bn_lif_channels_launch(const BNLIFChannelArgs& args, void* stream) {
   if (args.C == 0) return 0;
-  const bool narrow = args.N / args.C + kChanThreads < (int64_t(1) << 31);
+  const bool narrow = bnlif_channels_narrow(args);
   return with_acc_type(args.dtype, [&](auto tag) {
     using acc_t = decltype(tag);
     auto st = static_cast<cudaStream_t>(stream);
@@ -110,7 +104,7 @@ int bn_lif_params_launch(const BNLIFChannelArgs& args, void* stream) {
 
 int bn_lif_stats_launch(const BNStatsArgs& args, void* stream) {
   if (args.C == 0) return 0;
-  const bool narrow = args.T * (args.N / args.C) + kStatsThreads < (int64_t(1) << 31);
+  const bool narrow = bnlif_stats_narrow(args);
   return with_storage_type(args.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
     auto st = static_cast<cudaStream_t>(stream);

@@ -160,6 +160,20 @@ constexpr int kChanThreads = 512;   // bnlif_channels: one block per channel
 constexpr int kParamThreads = 256;  // bnlif_params: one block
 constexpr int kStatsThreads = 256;  // bnlif_stats_part: one block per (channel, chunk)
 
+// f(acc_t{}) for the acc type of storage dtype d (the reductions depend on it only). Host only.
+template <typename F>
+int with_acc_type(DType d, F&& f) {
+  return d == DType::kFloat64 ? f(double{}) : f(float{});
+}
+
+// The 32-bit index instantiations serve while a channel's values plus one block's stride fit in 31 bits.
+inline bool bnlif_channels_narrow(const BNLIFChannelArgs& a) {
+  return a.N / a.C + kChanThreads < (int64_t(1) << 31);
+}
+inline bool bnlif_stats_narrow(const BNStatsArgs& a) {
+  return a.T * (a.N / a.C) + kStatsThreads < (int64_t(1) << 31);
+}
+
 // Thread tid's share of channel c's per-neuron backward terms: Σ over its neurons
 // n = (b·C + c)·inner + i of sums[n], sums[N + n] and, with psum, psum[n], psum[N + n], psum[2N + n].
 // idx_t: 32-bit when the channel's B·inner + nthreads fits (the binding's choice), for the division.

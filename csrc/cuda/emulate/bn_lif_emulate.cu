@@ -168,7 +168,7 @@ int emu_bnlif_channels(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner
   if (a.C == 0) return 0;
   auto run = [&](auto tag) {
     using acc_t = decltype(tag);
-    const bool narrow = !g_force_wide && a.N / a.C + kChanThreads < (int64_t(1) << 31);
+    const bool narrow = !g_force_wide && bnlif_channels_narrow(a);
     std::vector<double> v(kChanThreads * 5);
     for (int64_t c = 0; c < a.C; ++c) {
       for (int tid = 0; tid < kChanThreads; ++tid) {
@@ -196,7 +196,7 @@ int emu_bnlif_channels(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner
     }
     return 0;
   };
-  return DType(dtype) == DType::kFloat64 ? run(double{}) : run(float{});
+  return with_acc_type(a.dtype, run);
 }
 
 // bn_lif_stats_launch (BNStatsArgs); part: [C, P, 2] scratch with P = bn_lif_stats_chunks(…).
@@ -218,7 +218,7 @@ int emu_bnlif_stats(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, c
   if (a.C == 0) return 0;
   return with_storage_type(a.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    const bool narrow = !g_force_wide && a.T * (a.N / a.C) + kStatsThreads < (int64_t(1) << 31);
+    const bool narrow = !g_force_wide && bnlif_stats_narrow(a);
     std::vector<double> v(kStatsThreads * 2);
     for (int64_t blk = 0; blk < a.C * a.P; ++blk) {
       const int64_t c = blk / a.P, p = blk % a.P;
