@@ -16,6 +16,7 @@ import torch
 
 import snn_fast
 from snn_fast import nn as snn
+from snn_fast.ops.bn_lif import function as bl_function
 
 from conftest import assert_close, assert_close_lowp
 
@@ -272,18 +273,25 @@ def test_cxx_opcheck(batch_stats, tdbn, need):
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_stats.default, (x.detach(), C, S, 1e-5))
 
 
-@pytest.mark.parametrize("op", ["cxx-cpu", "cxx-cuda", "torch"])
+@pytest.mark.parametrize("op", ["cxx-cpu", "cxx-cuda", "torch", "triton", "triton-cuda"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(3, 4, 5, 7, 7), (2, 3, 2, 1000), (4, 8, 1, 2500), (5, 7, 3), (2, 1, 4)], ids=str)
 def test_batch_stats_match_torch(monkeypatch, shape, dtype, op):
     """function.py's statistics, (mean, rstd = 1/√(biased var + eps), unbiased var) in params' dtype:
-    the C++ bn_lif_stats (double inside; on CUDA chunked, [4, 8, 1, 2500] in 20 chunks) and the torch
-    fallback it replaces where a build lacks it, against torch in float64 on x as stored."""
+    the C++ bn_lif_stats (double inside; on CUDA chunked, [4, 8, 1, 2500] in 20 chunks), the Triton
+    one (chunked too: 625 chunks interpreted, 20 on a GPU) and the torch fallback where a build lacks
+    them, against torch in float64 on x as stored."""
     from snn_fast.ops.bn_lif import function as bf
 
-    device = "cuda" if op == "cxx-cuda" else "cpu"
-    if op.startswith("cxx") and (device not in bf._STATS_OP or (device == "cuda" and not torch.cuda.is_available())):
-        pytest.skip(f"no bn_lif_stats kernel for {device} in this build of _C (or no {device} device)")
+    device = "cuda" if op.endswith("cuda") else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if op.startswith("cxx") and device not in bf._STATS_OP:
+        pytest.skip(f"no bn_lif_stats kernel for {device} in this build of _C")
+    if op.startswith("triton"):
+        if SKIP["triton" if device == "cpu" else "triton-cuda"]:
+            pytest.skip(str(SKIP["triton" if device == "cpu" else "triton-cuda"]))
+        bf.BACKENDS.load("triton")
     if op == "torch":
         monkeypatch.setattr(bf, "_STATS_OP", frozenset())
     g = torch.Generator().manual_seed(5)
@@ -291,7 +299,7 @@ def test_batch_stats_match_torch(monkeypatch, shape, dtype, op):
     T, C = shape[0], shape[2]
     inner = x[0, 0, 0].numel()
     n = x.numel() // C
-    name = "cuda" if device == "cuda" else "cpu"
+    name = "triton" if op.startswith("triton") else "cuda" if device == "cuda" else "cpu"
     mean, rstd, varu = (t.cpu() for t in bf._batch_stats(name, x.reshape(T, -1), C, inner, n, 1e-5))
     x = x.cpu()
     xd = x.double().transpose(1, 2).reshape(T, C, -1).transpose(0, 1).reshape(C, -1)
@@ -311,6 +319,41 @@ def test_stats_op_refuses_one_value_per_channel():
     mean, rstd, varu = torch.ops.snn_fast.bn_lif_stats(torch.tensor([[1.0, 2.0], [3.0, 5.0]]), 2, 1, 0.0)
     assert torch.equal(mean, torch.tensor([2.0, 3.5])) and torch.equal(varu, torch.tensor([2.0, 4.5]))
     torch.testing.assert_close(rstd, torch.tensor([1.0, 1 / 1.5]))
+
+
+@pytest.mark.skipif(bool(SKIP["triton"]), reason=str(SKIP["triton"]))
+def test_triton_stats_refuse_one_value_and_keep_precision():
+    """The Triton statistics: n = 1 refused as the C++ op refuses it; exact at n = 2; the shift by the
+    channel's first value keeps the variance when |mean| ≫ std (1e6 ± 1e-3 in float64: the unshifted
+    Σx² − (Σx)²/n loses it to cancellation); an inf or NaN in one channel makes that channel's
+    statistics non-finite (as torch's: mean inf, variance NaN for an inf) and leaves the others."""
+    bl_function.BACKENDS.load("triton")
+    stats = torch.ops.snn_fast.bn_lif_stats_triton
+    with pytest.raises(RuntimeError, match="more than 1 value per channel"):
+        stats(torch.randn(1, 4), 4, 1, 1e-5)
+    mean, rstd, varu = stats(torch.tensor([[1.0, 2.0], [3.0, 5.0]]), 2, 1, 0.0)
+    assert torch.equal(mean, torch.tensor([2.0, 3.5])) and torch.equal(varu, torch.tensor([2.0, 4.5]))
+    torch.testing.assert_close(rstd, torch.tensor([1.0, 1 / 1.5]))
+    g = torch.Generator().manual_seed(2)
+    d = torch.randn(4, 3 * 2 * 300, generator=g, dtype=torch.float64) * 1e-3
+    x = 1e6 + d
+    mean, rstd, varu = stats(x, 2, 300, 1e-12)
+    xd = (x - 1e6).view(4, 3, 2, 300).permute(2, 0, 1, 3).reshape(2, -1)  # [C, T·B·inner], exact
+    torch.testing.assert_close(varu, xd.var(1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(mean, 1e6 + xd.mean(1), rtol=1e-15, atol=0)
+    xc = x.view(4, 3, 2, 300).permute(2, 0, 1, 3).reshape(2, -1)
+    naive = ((xc * xc).sum(1) - xc.sum(1) ** 2 / xc.shape[1]) / (xc.shape[1] - 1)
+    assert ((naive - xd.var(1)).abs() / xd.var(1)).max() > 1e-3  # what the shift is for
+    x = torch.randn(3, 4 * 3 * 5, generator=g)
+    want = stats(x, 3, 5, 1e-5)
+    for bad in (float("inf"), float("nan")):
+        xb = x.clone()
+        xb[1, 5 + 2] = bad  # channel 1
+        got = stats(xb, 3, 5, 1e-5)
+        for gt, wt in zip(got, want):
+            assert not torch.isfinite(gt[1]), (bad, got)
+            assert torch.equal(gt[[0, 2]], wt[[0, 2]]), (bad, got)
+        assert torch.isnan(got[2][1]), got  # never clamped to a finite variance
 
 
 @pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))
@@ -339,7 +382,9 @@ def test_cxx_op_errors_name_the_op_and_argument():
 @pytest.mark.skipif(bool(SKIP["triton"]), reason=str(SKIP["triton"]))
 @pytest.mark.parametrize("save,need", [(0, True), (1, False)])
 def test_triton_opcheck(save, need):
-    import snn_fast.ops.bn_lif.triton  # noqa: F401  (defines the pair)
+    # the pair with its autograd registered (loading the backend; alone, this test used to find the
+    # forward without one, depending on which test had run the backend first)
+    bl_function.BACKENDS.load("triton")
 
     T, B, C, S = 3, 2, 2, 3
     x = torch.randn(T, B * C * S, dtype=torch.float32, requires_grad=True)
@@ -355,6 +400,7 @@ def test_triton_opcheck(save, need):
     s, _, _, saved = torch.ops.snn_fast.bn_lif_fwd_triton(*det)
     bwd = (torch.randn_like(x), None, None, *det[:10], None, saved, s, *flags, save, need)
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_bwd_triton.default, bwd)
+    torch.library.opcheck(torch.ops.snn_fast.bn_lif_stats_triton.default, (x.detach(), C, S, 1e-5))
 
 
 @pytest.mark.parametrize("be", fused())

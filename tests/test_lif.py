@@ -1143,6 +1143,7 @@ def test_every_registered_op_is_opchecked():
         "bn_lif_bwd_custom_cpu": "test_bn_lif_user_surrogate.py::test_custom_ops_opcheck",
         "bn_lif_fwd_triton": "test_bn_lif.py::test_triton_opcheck",
         "bn_lif_bwd_triton": "test_bn_lif.py::test_triton_opcheck",
+        "bn_lif_stats_triton": "test_bn_lif.py::test_triton_opcheck",
     }
     if _triton.import_error() is None:
         _lt()

@@ -590,6 +590,11 @@ def _overhead_bn_lif(host_ms, reps):
     x2, inner = x.detach().reshape(shape[0], -1), shape[3] * shape[4]
     print(f"bn_lif overhead: host {host_ms(lambda: torch.ops.snn_fast.bn_lif_stats(x2, C, inner, 1e-5)):.3f} ms "
           f"per bn_lif_stats (the C++ op)", flush=True)
+    if not DRY:  # the Triton backend's statistics (two launches): loaded by its fused row above
+        stats_t = getattr(torch.ops.snn_fast, "bn_lif_stats_triton", None)
+        if stats_t is not None:
+            print(f"bn_lif overhead: host {host_ms(lambda: stats_t(x2, C, inner, 1e-5)):.3f} ms per "
+                  f"bn_lif_stats_triton", flush=True)
     first = next(iter(steps))
     acts = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if DEVICE == "cuda" else [])

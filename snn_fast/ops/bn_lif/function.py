@@ -109,8 +109,10 @@ _STATS_OP = frozenset(d for d, key in (("cpu", "CPU"), ("cuda", "CUDA"))
 
 def _batch_stats(name: str, x2: torch.Tensor, C: int, inner: int, n: int, eps: float):
     """(mean, rstd = 1/√(biased var + eps), unbiased var) per channel of x2 [T, N], in params' dtype:
-    one read of x, one op (``bn_lif_stats``, in double) for the C++ backends where this build has the
-    kernel, else torch (Triton named on a GPU whose architecture _C was not built for must still run)."""
+    one read of x, one op in float64: the C++ ``bn_lif_stats`` for the C++ backends where this build
+    has the kernel, the Triton one for Triton (loaded with the backend), else torch."""
+    if name == "triton":
+        return torch.ops.snn_fast.bn_lif_stats_triton(x2, C, inner, eps)  # triton.py, loaded with the backend
     if name in ("cpu", "cuda") and x2.device.type in _STATS_OP:
         return torch.ops.snn_fast.bn_lif_stats(x2, C, inner, eps)
     p = contract.pdtype(x2)
@@ -166,6 +168,10 @@ def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, mom
     x2 = x.reshape(T, -1)
     pd = contract.pdtype(x)
     batch = bn_args.uses_batch_stats(training, running_mean)
+    compiling = lif_args._is_compiling()
+    # the backend's ops (and, for Triton, its statistics op) loaded before the statistics are taken
+    fwd = BACKENDS.compiled_fwd(name, custom) if compiling else None
+    bk = None if compiling else BACKENDS.load(name, custom)
     with torch.no_grad():  # the backward differentiates through the statistics itself
         if batch:
             n = bn_args.check_count(x, C)
@@ -192,10 +198,9 @@ def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, mom
     train = backends.needs_grad(x2, v0_t, params, w, b)
     code = lif_contract.SAVE[save] if train else lif_contract.SAVE_NONE
     fargs = (x2, v0_t, params, w, b, mean, rstd, ta, inner, batch, mask2, *flags.op_args, return_v_seq, code)
-    if lif_args._is_compiling():
-        s, v_last, v_seq, _ = BACKENDS.compiled_fwd(name, custom)(*fargs)
+    if compiling:
+        s, v_last, v_seq, _ = fwd(*fargs)
     else:
-        bk = BACKENDS.load(name, custom)
         if bk.cpp_autograd:  # one dispatcher call; the C++ autograd kernel records the backward when needed
             s, v_last, v_seq, _ = bk.fwd(*fargs)
         elif train:

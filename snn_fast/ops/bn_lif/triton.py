@@ -1,7 +1,9 @@
-"""bn_lif's Triton ops, ``snn_fast::bn_lif_fwd_triton`` / ``bn_lif_bwd_triton`` (the schemas of
-``contract.py``): the kernels of ``triton_kernels.py`` and the per-channel algebra of batch norm's
-backward in torch (on [C] tensors, in float64). Under ``TRITON_INTERPRET=1`` (no GPU) the kernels run
-in Triton's interpreter on CPU tensors, which is how CI tests them.
+"""bn_lif's Triton ops, ``snn_fast::bn_lif_fwd_triton`` / ``bn_lif_bwd_triton`` / ``bn_lif_stats_triton``
+(the schemas of ``contract.py``): the kernels of ``triton_kernels.py``, batch norm's per-channel algebra
+included, so that a call is allocations and launches only (the first GPU run measured this backend at
+1.8–2.0 ms per step when ~20 small torch ops on [C] tensors ran around its kernels). Under
+``TRITON_INTERPRET=1`` (no GPU) the kernels run in Triton's interpreter on CPU tensors, which is how
+CI tests them.
 
 Save modes: "state" keeps H of every step ([T, N] in the compute dtype) for the backward;
 "recompute" keeps nothing, and the backward re-runs the forward into a scratch H first.
@@ -21,6 +23,14 @@ from . import triton_kernels as _k
 BLOCK = 64 if INTERPRETED else 256
 NUM_WARPS = 4
 DX_BLOCK = 256 if INTERPRETED else 1024
+CHAN_BLOCK = 64 if INTERPRETED else 512  # the per-channel reductions: values per step of a program
+PARAM_BLOCK = 256
+FINISH_BLOCK = 128  # channels per program of the statistics' finish
+# The statistics' first pass: ~STATS_GRID programs in all when the channels have the values for it,
+# chunks of at least STATS_MIN_CHUNK values (small under the interpreter, so tests cover several).
+STATS_GRID = 2048
+STATS_MIN_CHUNK = 128 if INTERPRETED else 4096
+_I32 = 1 << 31
 
 
 def _cdiv(a, b):
@@ -40,10 +50,9 @@ def _check(x, v0, params, weight, inner, reset_timing):
                  lambda: f"bn_lif_triton: x's N = {x.shape[1]} is not a multiple of C·inner = {C}·{inner}")
 
 
-def _scale(weight, rstd, params, tdbn_alpha):
-    """a_c = weight·(rstd·gain), gain = tdbn_alpha·θ or 1 (as the C++ op computes it)."""
-    gain = tdbn_alpha * params[1] if tdbn_alpha > 0 else torch.ones((), dtype=params.dtype, device=params.device)
-    return weight * (rstd * gain), gain
+def _wide(v_reset, reset_residual, tdbn_alpha, params):
+    """float64: v_r, κ and tdBN's α as the kernels' float64 buffer (else never read)."""
+    return _wide_buffer((float(v_reset), float(reset_residual), float(tdbn_alpha)), params)
 
 
 def bn_lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, weight: torch.Tensor,
@@ -55,7 +64,6 @@ def bn_lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, w
     _check(x, v0, params, weight, inner, reset_timing)
     x, v0, params = x.contiguous(), v0.contiguous(), params.contiguous()
     T, N = x.shape
-    a, _ = _scale(weight, rstd, params, tdbn_alpha)
     s = torch.empty_like(x)
     v_last = torch.empty_like(v0)
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
@@ -64,13 +72,13 @@ def bn_lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, w
     mask = noise_mask.contiguous() if noise_mask is not None else None
     if N > 0:
         launch(_k.bn_lif_fwd_kernel, (_cdiv(N, BLOCK),),
-               (x, v0, params, _wide_buffer(float(v_reset), float(reset_residual), params), a.contiguous(),
-                mean.contiguous(), bias.contiguous(), mask if mask is not None else x, s, v_last, v_seq, saved,
-                T, N, weight.numel(), inner, float(v_reset)),
+               (x, v0, params, _wide(v_reset, reset_residual, tdbn_alpha, params), weight.contiguous(),
+                rstd.contiguous(), mean.contiguous(), bias.contiguous(), mask if mask is not None else x, s, v_last,
+                v_seq, saved, T, N, weight.numel(), inner, float(v_reset), float(tdbn_alpha)),
                dict(tsg.surrogate_args(surrogate, x, "bn_lif_triton"), HARD_RESET=hard_reset,
                     DECAY_INPUT=decay_input, HAS_MASK=mask is not None, STORE_VSEQ=return_v_seq, SAVE_H=save_h,
-                    WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL, BLOCK=BLOCK, STRICT=strict_threshold,
-                    num_warps=NUM_WARPS))
+                    WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL, BLOCK=BLOCK, TDBN=tdbn_alpha > 0,
+                    STRICT=strict_threshold, num_warps=NUM_WARPS))
     return s, v_last, v_seq, saved
 
 
@@ -94,39 +102,72 @@ def bn_lif_bwd_triton(grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor],
     gvl = grad_v_last.to(x.dtype).contiguous() if grad_v_last is not None else None
     gvs = grad_v_seq.to(x.dtype).contiguous() if grad_v_seq is not None and grad_v_seq.numel() > 0 else None
     mask = noise_mask.contiguous() if noise_mask is not None else None
-    a, gain = _scale(weight, rstd, params, tdbn_alpha)
     h = torch.empty((T, N), dtype=params.dtype, device=x.device) if rerun else saved.contiguous()
+    weight, rstd, mean, bias = weight.contiguous(), rstd.contiguous(), mean.contiguous(), bias.contiguous()
+    wide = _wide(v_reset, reset_residual, tdbn_alpha, params)
+    pd, dev = params.dtype, x.device
     gx = torch.empty_like(x)
     gv0 = torch.empty_like(v0)
-    sums = torch.empty((2, N), dtype=params.dtype, device=x.device)
-    psum = torch.empty((3, N), dtype=params.dtype, device=x.device) if need_param_grad else sums
+    # per neuron: Σ_t ∂L/∂X', Σ_t ∂L/∂X'·(x − m) and, with parameter gradients, the (∂k, ∂θ, ∂α) terms
+    sums = torch.empty((5 if need_param_grad else 2, N), dtype=pd, device=dev)
+    gw, gb = torch.empty(C, dtype=pd, device=dev), torch.empty(C, dtype=pd, device=dev)
+    gp = torch.empty(3, dtype=pd, device=dev)
+    coef = torch.empty(3 * C, dtype=pd, device=dev) if batch_stats else gw  # [A | B | D] of the dx pass
+    pchan = torch.empty((3, C), dtype=torch.float64, device=dev) if need_param_grad else gw
     if N > 0:
         launch(_k.bn_lif_bwd_kernel, (_cdiv(N, BLOCK),),
                (grad_s, gvl if gvl is not None else grad_s, gvs if gvs is not None else grad_s, x, v0, params,
-                _wide_buffer(float(v_reset), float(reset_residual), params), a.contiguous(), mean.contiguous(),
-                bias.contiguous(), mask if mask is not None else x, h, gx, gv0, sums, psum,
-                T, N, C, inner, float(v_reset), float(reset_residual)),
+                wide, weight, rstd, mean, bias, mask if mask is not None else x, h, gx, gv0, sums,
+                T, N, C, inner, float(v_reset), float(reset_residual), float(tdbn_alpha)),
                dict(tsg.surrogate_args(surrogate, x, "bn_lif_triton"), HARD_RESET=hard_reset,
                     DECAY_INPUT=decay_input, DETACH_RESET=detach_reset, HAS_MASK=mask is not None,
                     HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None, NEED_PARAM_GRAD=need_param_grad,
                     SCALE_BY_A=not batch_stats, RERUN=rerun, WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL,
-                    BLOCK=BLOCK, STRICT=strict_threshold, num_warps=NUM_WARPS))
-    # The per-channel algebra (docs/spec.md §12) in float64, as the C++ op does it.
-    ch = sums.view(2, -1, C, inner).double().sum(dim=(1, 3))
-    g0, g1 = ch[0], ch[1]
-    r = rstd.double()
-    gw = g1 * r * gain.double()
-    gb = g0
-    gp = psum.double().sum(1) if need_param_grad else torch.zeros(3, dtype=torch.float64, device=x.device)
-    if need_param_grad and tdbn_alpha > 0:
-        gp = gp + torch.stack([gp.new_zeros(()), tdbn_alpha * (g1 * weight.double() * r).sum(), gp.new_zeros(())])
+                    BLOCK=BLOCK, TDBN=tdbn_alpha > 0, STRICT=strict_threshold, num_warps=NUM_WARPS))
+    count = N // C
+    launch(_k.bn_lif_channels_kernel, (C,),
+           (sums, params, wide, weight, rstd, gw, gb, gp, coef, pchan, T, N, C, inner, count, float(tdbn_alpha)),
+           dict(NEED_PARAM_GRAD=need_param_grad, BATCH_STATS=batch_stats, TDBN=tdbn_alpha > 0,
+                WIDE=x.dtype == torch.float64, NARROW=count + CHAN_BLOCK < _I32, BLOCK=CHAN_BLOCK,
+                num_warps=NUM_WARPS))
+    if need_param_grad:
+        launch(_k.bn_lif_params_kernel, (1,), (pchan, gp, C), dict(BLOCK=PARAM_BLOCK, num_warps=NUM_WARPS))
     if batch_stats and N > 0:
-        n = T * (N // C)
-        ad = a.double()
-        coef = torch.cat([ad, -ad * r * r * g1 / n, -ad * g0 / n]).to(params.dtype)
-        launch(_k.bn_lif_dx_kernel, (_cdiv(T * N, DX_BLOCK),), (x, gx, coef, mean.contiguous(), T * N, N, C, inner),
+        launch(_k.bn_lif_dx_kernel, (_cdiv(T * N, DX_BLOCK),), (x, gx, coef, mean, T * N, N, C, inner),
                dict(BLOCK=DX_BLOCK, num_warps=NUM_WARPS))
-    return gx, gv0, gp.to(params.dtype), gw.to(params.dtype), gb.to(params.dtype)
+    return gx, gv0, gp, gw, gb
+
+
+def stats_chunk(count: int, C: int) -> int:
+    """Values per chunk of the statistics' first pass (a multiple of CHAN_BLOCK)."""
+    by_grid = max(1, _cdiv(STATS_GRID, C))
+    per = max(STATS_MIN_CHUNK, _cdiv(count, by_grid))
+    return _cdiv(per, CHAN_BLOCK) * CHAN_BLOCK
+
+
+def bn_lif_stats_triton(x: torch.Tensor, C: int, inner: int, eps: float
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, rstd = 1/√(biased var + eps), unbiased var) per channel of x [T, N], in params' dtype:
+    the C++ ``bn_lif_stats``'s contract, in two kernels (float64 sums per chunk, then per channel)."""
+    torch._check(x.dim() == 2, lambda: "bn_lif_stats_triton: x must be [T, N]")
+    T, N = x.shape
+    torch._check(C >= 1 and inner >= 1 and N % (C * inner) == 0,
+                 lambda: f"bn_lif_stats_triton: x's N = {N} is not a multiple of C·inner = {C}·{inner}")
+    count = T * (N // C)
+    torch._check(count > 1, lambda: f"Expected more than 1 value per channel when training, got {count} per "
+                                    f"channel (bn_lif_stats_triton)")
+    x = x.contiguous()
+    pd = contract.pdtype(x)
+    mean, rstd, var = (torch.empty(C, dtype=pd, device=x.device) for _ in range(3))
+    chunk = stats_chunk(count, C)
+    P = _cdiv(count, chunk)
+    part = torch.empty((C, P, 2), dtype=torch.float64, device=x.device)
+    launch(_k.bn_lif_stats_part_kernel, (C, P), (x, part, C, inner, count, chunk, P),
+           dict(NARROW=count + 2 * chunk < _I32, BLOCK=CHAN_BLOCK, num_warps=NUM_WARPS))
+    launch(_k.bn_lif_stats_finish_kernel, (_cdiv(C, FINISH_BLOCK),),
+           (x, part, _wide_buffer((float(eps),), mean), mean, rstd, var, C, inner, count, P, float(eps)),
+           dict(WIDE=pd == torch.float64, BLOCK=FINISH_BLOCK, num_warps=NUM_WARPS))
+    return mean, rstd, var
 
 
 def _fake_fwd(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, noise_mask, surrogate,
@@ -138,9 +179,11 @@ def _fake_fwd(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_
 
 FWD_NAME = "snn_fast::bn_lif_fwd_triton"
 BWD_NAME = "snn_fast::bn_lif_bwd_triton"
+STATS_NAME = "snn_fast::bn_lif_stats_triton"
 
 for _name, _fn, _schema, _fake in ((FWD_NAME, bn_lif_fwd_triton, contract.FWD_SCHEMA, _fake_fwd),
-                                   (BWD_NAME, bn_lif_bwd_triton, contract.BWD_SCHEMA, contract.fake_bwd)):
+                                   (BWD_NAME, bn_lif_bwd_triton, contract.BWD_SCHEMA, contract.fake_bwd),
+                                   (STATS_NAME, bn_lif_stats_triton, contract.STATS_SCHEMA, contract.fake_stats)):
     if INTERPRETED:
         torch.library.custom_op(_name, mutates_args=(), schema=_schema)(_fn).register_fake(_fake)
     else:

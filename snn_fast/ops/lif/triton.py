@@ -157,21 +157,22 @@ def _rc_chunk() -> int:
     return _LAB.get("chunk", contract.RECOMPUTE_CHUNK)
 
 
-# float64: v_r and κ as a float64 [2] buffer (the kernels' wide_ptr), one per (v_r, κ, device).
+# float64: the kernels' float constants (v_r and κ; bn_lif adds tdBN's α, its statistics eps) as a
+# float64 buffer (wide_ptr: a float argument reaches a kernel as fp32), one per (values, device).
 _WIDE: dict = {}
 _WIDE_MAX = 64
 
 
-def _wide_buffer(v_reset: float, kappa: float, like: torch.Tensor) -> torch.Tensor:
+def _wide_buffer(values: Tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
     if like.dtype != torch.float64:
         return like  # never read
     if type(like) not in _EAGER_TYPES:  # traced: a constant of the graph, not a cached tensor
-        return torch.tensor([v_reset, kappa], dtype=torch.float64, device=like.device)
-    key = (v_reset, kappa, like.device)
+        return torch.tensor(values, dtype=torch.float64, device=like.device)
+    key = (values, like.device)
     buf = _WIDE.get(key)
     if buf is None:
         with torch.inference_mode(False):
-            buf = torch.tensor([v_reset, kappa], dtype=torch.float64, device=like.device)
+            buf = torch.tensor(values, dtype=torch.float64, device=like.device)
         if len(_WIDE) >= _WIDE_MAX:
             _WIDE.clear()
         _WIDE[key] = buf
@@ -206,7 +207,7 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
             EXACT=EXACT_MUL, CHUNK=chunk, STRICT=strict_threshold, TIMING=reset_timing))
         # saved is both h_ptr and ck_ptr: the flags select the one the kernel writes
         launch(kernel, _grid(N, block),
-               (x, v0, params, _wide_buffer(float(v_reset), float(reset_residual), params),
+               (x, v0, params, _wide_buffer((float(v_reset), float(reset_residual)), params),
                 mask if mask is not None else x, s, v_last, v_seq, saved, saved,
                 T, N, float(v_reset), _n_bucket(N)), consts)
     return s, v_last, v_seq, saved
@@ -257,7 +258,7 @@ def _bwd(kind, grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved
                 partial = torch.zeros((_cdiv(N, _MIN_BLOCK), 3), dtype=params.dtype, device=x.device)
         launch(kernel, _grid(N, block),
                (grad_s, gvl if gvl is not None else grad_s, gvs if gvs is not None else grad_s, x, v0, params,
-                _wide_buffer(float(v_reset), float(reset_residual), params), mask if mask is not None else x,
+                _wide_buffer((float(v_reset), float(reset_residual)), params), mask if mask is not None else x,
                 saved, gx, gv0, partial if partial is not None else gv0,  # gv0: never written as partial sums
                 T, N, float(v_reset), float(reset_residual), _n_bucket(N)), consts)
     grad_params = partial.sum(0) if partial is not None else torch.zeros_like(params)
