@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 
 import pytest
 import torch
@@ -354,6 +355,111 @@ def test_triton_stats_refuse_one_value_and_keep_precision():
             assert not torch.isfinite(gt[1]), (bad, got)
             assert torch.equal(gt[[0, 2]], wt[[0, 2]]), (bad, got)
         assert torch.isnan(got[2][1]), got  # never clamped to a finite variance
+
+
+def _triton_op_calls(bt, x, C, S, training, need, tdbn):
+    """The Triton ops' outputs for one statistics + forward + backward on x [T, N]."""
+    T, N = x.shape
+    v0, params = torch.zeros(N, dtype=x.dtype), torch.tensor([0.5, 1.0, 4.0], dtype=x.dtype)
+    g = torch.Generator().manual_seed(9)
+    w, b = torch.rand(C, generator=g, dtype=x.dtype) + 0.5, torch.randn(C, generator=g, dtype=x.dtype)
+    flags = (0, True, 0.0, True, False, 0.0, False, 0)  # contract.FLAG_ARGS
+    stats = bt.bn_lif_stats_triton(x, C, S, 1e-5)
+    mean, rstd = stats[0], stats[1]
+    s, v_last, _, saved = bt.bn_lif_fwd_triton(x, v0, params, w, b, mean, rstd, tdbn, S, training, None, *flags,
+                                               False, 0)
+    gs = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    grads = bt.bn_lif_bwd_triton(gs, None, None, x, v0, params, w, b, mean, rstd, tdbn, S, training, None, saved, s,
+                                 *flags, 0, need)
+    return (*stats, s, v_last, *grads)
+
+
+@pytest.mark.skipif(bool(SKIP["triton"]), reason=str(SKIP["triton"]))
+@pytest.mark.parametrize("training,need,tdbn", [(True, True, 0.7), (True, False, 0.0), (False, True, 0.0),
+                                                (False, False, 0.7)])
+def test_triton_ops_write_every_output(monkeypatch, training, need, tdbn):
+    """Every output of the Triton ops is written by a kernel: with every float allocation filled with
+    NaN, they come out finite and bitwise the same (∂params zeroed by the channel pass without
+    parameter gradients, the scratch rows read only where written); and the 64-bit index paths
+    (NARROW off, as beyond 2³¹ values) give bitwise the 32-bit paths' results."""
+    bl_function.BACKENDS.load("triton")
+    from snn_fast.ops.bn_lif import triton as bt
+
+    T, B, C, S = 3, 2, 5, 7
+    x = torch.randn(T, B * C * S, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    want = _triton_op_calls(bt, x, C, S, training, need, tdbn)
+    assert all(torch.isfinite(t).all() for t in want)
+    if not need:
+        assert torch.equal(want[-3], torch.zeros(3, dtype=x.dtype))  # ∂params
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    with monkeypatch.context() as mp:
+        mp.setattr(torch, "empty", lambda *a, **k: nan(empty(*a, **k)))
+        mp.setattr(torch, "empty_like", lambda *a, **k: nan(empty_like(*a, **k)))
+        got = _triton_op_calls(bt, x, C, S, training, need, tdbn)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    with monkeypatch.context() as mp:
+        mp.setattr(bt, "_I32", 0)  # every launch on its 64-bit index path
+        got = _triton_op_calls(bt, x, C, S, training, need, tdbn)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("op", ["cxx-cpu", "triton"])
+def test_stats_eps_in_double(op, dtype):
+    """A channel of constant values: rstd = 1/√ε with ε in double (as F.batch_norm's double eps), then
+    rounded to params' dtype, bitwise (ε = 1e-5 rounded to fp32 first would change the last bits)."""
+    if op == "triton":
+        if SKIP["triton"]:
+            pytest.skip(str(SKIP["triton"]))
+        bl_function.BACKENDS.load("triton")
+        stats = torch.ops.snn_fast.bn_lif_stats_triton
+    else:
+        if SKIP["cpu"]:
+            pytest.skip(str(SKIP["cpu"]))
+        stats = torch.ops.snn_fast.bn_lif_stats
+    x = torch.full((3, 2 * 4), 0.75, dtype=dtype)
+    for eps in (1e-5, 3e-7, 0.1):
+        rstd = stats(x, 4, 1, eps)[1]
+        want = torch.tensor(1.0 / math.sqrt(eps), dtype=torch.float64).to(rstd.dtype)
+        assert torch.equal(rstd, want.expand(4)), (eps, rstd, want)
+    assert torch.tensor(1.0 / math.sqrt(float(torch.tensor(3e-7, dtype=torch.float32))), dtype=torch.float64) != \
+        torch.tensor(1.0 / math.sqrt(3e-7), dtype=torch.float64)  # what a float32 ε would have given
+
+
+@pytest.mark.parametrize("be", fused())
+def test_many_channels(be):
+    """300 channels (several programs of the Triton statistics' finish; ∂params summed over more than one
+    step of its loop) with learnable τ, θ, α and tdBN, against the reference."""
+    inp = make_inputs((3, 2, 300, 2), torch.float64, learn=True)
+    ref = run("reference", inp, torch.float64, True, 0.7, OPTIONS["hard-di"])
+    check(run(be, inp, torch.float64, True, 0.7, OPTIONS["hard-di"]), ref, torch.float64)
+
+
+@pytest.mark.skipif(bool(SKIP["triton"]), reason=str(SKIP["triton"]))
+def test_triton_ops_refuse_bad_channel_tensors():
+    """The Triton ops index weight, bias, mean and rstd by channel: a wrong size, dtype or device is
+    refused by name (it would be read out of bounds or in another precision), as by the C++ op."""
+    bl_function.BACKENDS.load("triton")
+    T, C, S = 2, 3, 4
+    x = torch.randn(T, 2 * C * S)
+    v0, params = torch.zeros(2 * C * S), torch.tensor([0.5, 1.0, 4.0])
+    good = dict(weight=torch.ones(C), bias=torch.zeros(C), mean=torch.zeros(C), rstd=torch.ones(C))
+    flags = (0, True, 0.0, True, False, 0.0, False, 0)  # contract.FLAG_ARGS
+    for name in good:
+        for bad in (torch.ones(C + 1) if name != "weight" else None, torch.ones(C, dtype=torch.float64),
+                    torch.ones(1, C)):
+            if bad is None:
+                continue
+            a = {**good, name: bad}
+            with pytest.raises(RuntimeError, match=f"bn_lif_triton: {name} must be"):
+                torch.ops.snn_fast.bn_lif_fwd_triton(x, v0, params, a["weight"], a["bias"], a["mean"], a["rstd"], 0.0,
+                                                     S, True, None, *flags, False, 0)
 
 
 @pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))

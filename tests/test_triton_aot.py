@@ -423,16 +423,17 @@ def compile_bn_lif():
                                                        (True, True, True, False, False)):
                     tdbn = npg  # tdBN's gain where the parameters learn (its θ term)
                     mk = "*i1" if mask else st
-                    fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "wide_ptr": pt, "w_ptr": pt, "r_ptr": pt,
-                           "m_ptr": pt, "b_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st, "vseq_ptr": st,
-                           "h_ptr": pt, "T": "i32", "N": "i32", "C": "i32", "INNER": "i32", "v_reset": "fp32",
-                           "tdbn_alpha": "fp32"}
+                    # wide_ptr: the float64 buffer (v_r, κ, tdBN's α) whatever x's dtype
+                    fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "wide_ptr": "*fp64", "w_ptr": pt,
+                           "r_ptr": pt, "m_ptr": pt, "b_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
+                           "vseq_ptr": st, "h_ptr": pt, "T": "i32", "N": "i32", "C": "i32", "INNER": "i32",
+                           "v_reset": "fp32"}
                     fc = dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False,
                               SAVE_H=not rerun, WIDE=False, EXACT=True, BLOCK=bt.BLOCK, TDBN=tdbn, STRICT=strict)
                     bwd = {"gs_ptr": st, "gvl_ptr": st, "gvs_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
-                           "wide_ptr": pt, "w_ptr": pt, "r_ptr": pt, "m_ptr": pt, "b_ptr": pt, "mask_ptr": mk,
+                           "wide_ptr": "*fp64", "w_ptr": pt, "r_ptr": pt, "m_ptr": pt, "b_ptr": pt, "mask_ptr": mk,
                            "h_ptr": pt, "gx_ptr": st, "gv0_ptr": st, "sums_ptr": pt, "T": "i32", "N": "i32",
-                           "C": "i32", "INNER": "i32", "v_reset": "fp32", "kappa": "fp32", "tdbn_alpha": "fp32"}
+                           "C": "i32", "INNER": "i32", "v_reset": "fp32", "kappa": "fp32"}
                     bc = dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
                               HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SCALE_BY_A=not npg, RERUN=rerun,
                               WIDE=False, EXACT=True, BLOCK=bt.BLOCK, TDBN=tdbn, STRICT=strict)
@@ -447,28 +448,31 @@ def compile_bn_lif():
             _, res = _compile(bk.bn_lif_dx_kernel, dx, dict(BLOCK=bt.DX_BLOCK), arch, bt.NUM_WARPS)
             rows.append(dict(kernel="dx", arch=arch, dtype=dt, **res))
             # the statistics of x (its storage dtype), 32-bit division as launched below 2³¹ values
-            part = {"x_ptr": st, "part_ptr": "*fp64", "C": "i32", "INNER": "i32", "COUNT": "i32", "CHUNK": "i32",
-                    "P": "i32"}
-            pc = dict(NARROW=True, BLOCK=bt.CHAN_BLOCK)
-            _, res = _compile(bk.bn_lif_stats_part_kernel, {**part, **{c: "constexpr" for c in pc}}, pc, arch,
-                              bt.NUM_WARPS)
-            rows.append(dict(kernel="stats_part", arch=arch, dtype=dt, **res))
-            fin = {"x_ptr": st, "part_ptr": "*fp64", "wide_ptr": pt, "mean_ptr": pt, "rstd_ptr": pt, "var_ptr": pt,
-                   "C": "i32", "INNER": "i32", "COUNT": "i32", "P": "i32", "eps": "fp32"}
-            fc = dict(WIDE=False, BLOCK=bt.FINISH_BLOCK)
+            for narrow in (True, False):
+                part = {"x_ptr": st, "part_ptr": "*fp64", "C": "i32", "INNER": "i32", "COUNT": "i32",
+                        "CHUNK": "i32", "P": "i32"}
+                pc = dict(NARROW=narrow, BLOCK=bt.CHAN_BLOCK)
+                _, res = _compile(bk.bn_lif_stats_part_kernel, {**part, **{c: "constexpr" for c in pc}}, pc, arch,
+                                  bt.NUM_WARPS)
+                rows.append(dict(kernel="stats_part", arch=arch, dtype=dt, narrow=narrow, **res))
+            fin = {"x_ptr": st, "part_ptr": "*fp64", "eps_ptr": "*fp64", "mean_ptr": pt, "rstd_ptr": pt,
+                   "var_ptr": pt, "C": "i32", "INNER": "i32", "COUNT": "i32", "P": "i32"}
+            fc = dict(BLOCK=bt.FINISH_BLOCK)
             k, res = _compile(bk.bn_lif_stats_finish_kernel, {**fin, **{c: "constexpr" for c in fc}}, fc, arch,
                               bt.NUM_WARPS)
             rows.append(dict(kernel="stats_finish", arch=arch, dtype=dt, sqrt_rn="sqrt.rn.f64" in k.asm["ptx"],
                              **res))
-        # the backward's channel pass ([C] tensors and sums in params' dtype: fp32 for fp32/bf16 x)
-        ch = {"sums_ptr": "*fp32", "params_ptr": "*fp32", "wide_ptr": "*fp32", "w_ptr": "*fp32", "r_ptr": "*fp32",
-              "gw_ptr": "*fp32", "gb_ptr": "*fp32", "gp_ptr": "*fp32", "coef_ptr": "*fp32", "pchan_ptr": "*fp64",
-              "T": "i32", "N": "i32", "C": "i32", "INNER": "i32", "COUNT": "i32", "tdbn_alpha": "fp32"}
-        for npg, batch, tdbn in ((True, True, True), (False, False, False)):
-            cc = dict(NEED_PARAM_GRAD=npg, BATCH_STATS=batch, TDBN=tdbn, WIDE=False, NARROW=True, BLOCK=bt.CHAN_BLOCK)
+        # the backward's channel pass ([C] tensors and sums in params' dtype: fp32 for fp32/bf16 x, fp64
+        # for fp64), 32- and 64-bit index paths
+        for pt, npg, batch, tdbn, narrow in (("*fp32", True, True, True, True), ("*fp32", False, False, False, True),
+                                             ("*fp32", True, True, True, False), ("*fp64", True, True, True, True)):
+            ch = {"sums_ptr": pt, "params_ptr": pt, "wide_ptr": "*fp64", "w_ptr": pt, "r_ptr": pt, "gw_ptr": pt,
+                  "gb_ptr": pt, "gp_ptr": pt, "coef_ptr": pt, "pchan_ptr": "*fp64", "T": "i32", "N": "i32",
+                  "C": "i32", "INNER": "i32", "COUNT": "i32"}
+            cc = dict(NEED_PARAM_GRAD=npg, BATCH_STATS=batch, TDBN=tdbn, NARROW=narrow, BLOCK=bt.CHAN_BLOCK)
             _, res = _compile(bk.bn_lif_channels_kernel, {**ch, **{c: "constexpr" for c in cc}}, cc, arch,
                               bt.NUM_WARPS)
-            rows.append(dict(kernel="channels", arch=arch, dtype="fp32", need_param_grad=npg, **res))
+            rows.append(dict(kernel="channels", arch=arch, dtype=pt[1:], need_param_grad=npg, narrow=narrow, **res))
         pk = {"pchan_ptr": "*fp64", "gp_ptr": "*fp32", "C": "i32", "BLOCK": "constexpr"}
         _, res = _compile(bk.bn_lif_params_kernel, pk, dict(BLOCK=bt.PARAM_BLOCK), arch, bt.NUM_WARPS)
         rows.append(dict(kernel="params", arch=arch, dtype="fp32", **res))
@@ -477,7 +481,7 @@ def compile_bn_lif():
 
 def test_aot_bn_lif_compiles_without_spills():
     rows = _subprocess("--bn-lif")
-    assert len(rows) == len(ARCHS) * (2 * (2 * 3 * 2 + 3) + 3)
+    assert len(rows) == len(ARCHS) * (2 * (2 * 3 * 2 + 4) + 5)
     assert {r["kernel"] for r in rows} == {"fwd", "bwd", "dx", "stats_part", "stats_finish", "channels", "params"}
     for r in rows:
         assert r["local"] == 0 and r["stack"] == 0, r

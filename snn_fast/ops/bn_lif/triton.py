@@ -50,9 +50,20 @@ def _check(x, v0, params, weight, inner, reset_timing):
                  lambda: f"bn_lif_triton: x's N = {x.shape[1]} is not a multiple of C·inner = {C}·{inner}")
 
 
+def _check_channels(x, params, **tensors):
+    """The [C] tensors the kernels index by channel: [C], params' dtype, x's device (the C++ op's
+    check_bn_args): a wrong one would be read out of bounds or in another precision, not refused."""
+    C = tensors["weight"].numel()
+    for name, t in tensors.items():
+        torch._check(t.dim() == 1 and t.shape[0] == C and t.dtype == params.dtype and t.device == x.device,
+                     lambda name=name, t=t: f"bn_lif_triton: {name} must be [{C}] {params.dtype} on {x.device}, "
+                                            f"got {list(t.shape)} {t.dtype} on {t.device}")
+
+
 def _wide(v_reset, reset_residual, tdbn_alpha, params):
-    """float64: v_r, κ and tdBN's α as the kernels' float64 buffer (else never read)."""
-    return _wide_buffer((float(v_reset), float(reset_residual), float(tdbn_alpha)), params)
+    """The kernels' float64 buffer (v_r, κ, tdBN's α), whatever x's dtype: v_r and κ are read from it
+    in float64 only, α always (the C++ op keeps α in double; a float argument is fp32)."""
+    return _wide_buffer((float(v_reset), float(reset_residual), float(tdbn_alpha)), params, always=True)
 
 
 def bn_lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, weight: torch.Tensor,
@@ -62,6 +73,7 @@ def bn_lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, w
                       strict_threshold: bool, reset_timing: int, return_v_seq: bool, save: int
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check(x, v0, params, weight, inner, reset_timing)
+    _check_channels(x, params, weight=weight, bias=bias, mean=mean, rstd=rstd)
     x, v0, params = x.contiguous(), v0.contiguous(), params.contiguous()
     T, N = x.shape
     s = torch.empty_like(x)
@@ -74,7 +86,7 @@ def bn_lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, w
         launch(_k.bn_lif_fwd_kernel, (_cdiv(N, BLOCK),),
                (x, v0, params, _wide(v_reset, reset_residual, tdbn_alpha, params), weight.contiguous(),
                 rstd.contiguous(), mean.contiguous(), bias.contiguous(), mask if mask is not None else x, s, v_last,
-                v_seq, saved, T, N, weight.numel(), inner, float(v_reset), float(tdbn_alpha)),
+                v_seq, saved, T, N, weight.numel(), inner, float(v_reset)),
                dict(tsg.surrogate_args(surrogate, x, "bn_lif_triton"), HARD_RESET=hard_reset,
                     DECAY_INPUT=decay_input, HAS_MASK=mask is not None, STORE_VSEQ=return_v_seq, SAVE_H=save_h,
                     WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL, BLOCK=BLOCK, TDBN=tdbn_alpha > 0,
@@ -91,6 +103,7 @@ def bn_lif_bwd_triton(grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor],
                       need_param_grad: bool
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check(x, v0, params, weight, inner, reset_timing)
+    _check_channels(x, params, weight=weight, bias=bias, mean=mean, rstd=rstd)
     T, N = x.shape
     C = weight.numel()
     rerun = save != lif_contract.SAVE_STATE
@@ -118,7 +131,7 @@ def bn_lif_bwd_triton(grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor],
         launch(_k.bn_lif_bwd_kernel, (_cdiv(N, BLOCK),),
                (grad_s, gvl if gvl is not None else grad_s, gvs if gvs is not None else grad_s, x, v0, params,
                 wide, weight, rstd, mean, bias, mask if mask is not None else x, h, gx, gv0, sums,
-                T, N, C, inner, float(v_reset), float(reset_residual), float(tdbn_alpha)),
+                T, N, C, inner, float(v_reset), float(reset_residual)),
                dict(tsg.surrogate_args(surrogate, x, "bn_lif_triton"), HARD_RESET=hard_reset,
                     DECAY_INPUT=decay_input, DETACH_RESET=detach_reset, HAS_MASK=mask is not None,
                     HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None, NEED_PARAM_GRAD=need_param_grad,
@@ -126,10 +139,9 @@ def bn_lif_bwd_triton(grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor],
                     BLOCK=BLOCK, TDBN=tdbn_alpha > 0, STRICT=strict_threshold, num_warps=NUM_WARPS))
     count = N // C
     launch(_k.bn_lif_channels_kernel, (C,),
-           (sums, params, wide, weight, rstd, gw, gb, gp, coef, pchan, T, N, C, inner, count, float(tdbn_alpha)),
+           (sums, params, wide, weight, rstd, gw, gb, gp, coef, pchan, T, N, C, inner, count),
            dict(NEED_PARAM_GRAD=need_param_grad, BATCH_STATS=batch_stats, TDBN=tdbn_alpha > 0,
-                WIDE=x.dtype == torch.float64, NARROW=count + CHAN_BLOCK < _I32, BLOCK=CHAN_BLOCK,
-                num_warps=NUM_WARPS))
+                NARROW=count + CHAN_BLOCK < _I32, BLOCK=CHAN_BLOCK, num_warps=NUM_WARPS))
     if need_param_grad:
         launch(_k.bn_lif_params_kernel, (1,), (pchan, gp, C), dict(BLOCK=PARAM_BLOCK, num_warps=NUM_WARPS))
     if batch_stats and N > 0:
@@ -165,8 +177,8 @@ def bn_lif_stats_triton(x: torch.Tensor, C: int, inner: int, eps: float
     launch(_k.bn_lif_stats_part_kernel, (C, P), (x, part, C, inner, count, chunk, P),
            dict(NARROW=count + 2 * chunk < _I32, BLOCK=CHAN_BLOCK, num_warps=NUM_WARPS))
     launch(_k.bn_lif_stats_finish_kernel, (_cdiv(C, FINISH_BLOCK),),
-           (x, part, _wide_buffer((float(eps),), mean), mean, rstd, var, C, inner, count, P, float(eps)),
-           dict(WIDE=pd == torch.float64, BLOCK=FINISH_BLOCK, num_warps=NUM_WARPS))
+           (x, part, _wide_buffer((float(eps),), mean, always=True), mean, rstd, var, C, inner, count, P),
+           dict(BLOCK=FINISH_BLOCK, num_warps=NUM_WARPS))
     return mean, rstd, var
 
 

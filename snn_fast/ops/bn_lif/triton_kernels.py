@@ -25,28 +25,25 @@ from ..lif.triton_kernels import _bwd_step, _fires, _lif_step, _mul_rn, _param_t
 
 
 @triton.jit
-def _affine(n, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr, gain, m):
-    """Element n's channel affine: a_c = w_c·(rstd_c·gain) (the C++ op's order), m_c, b_c."""
+def _affine(n, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr, gain, m, TDBN: tl.constexpr):
+    """Element n's channel affine: a_c = w_c·(rstd_c·gain) (the C++ op's order; w_c·rstd_c without
+    tdBN, its gain being exactly 1 whatever θ is), m_c, b_c."""
     c = (n // INNER) % C
     w = tl.load(w_ptr + c, mask=m, other=0.0)
     r = tl.load(r_ptr + c, mask=m, other=0.0)
     mm = tl.load(m_ptr + c, mask=m, other=0.0)
     bb = tl.load(b_ptr + c, mask=m, other=0.0)
-    return w * (r * gain), mm, bb
+    if TDBN:
+        a = w * (r * gain)
+    else:
+        a = w * r
+    return a, mm, bb
 
 
 @triton.jit
-def _gain(theta, wide_ptr, tdbn_alpha, TDBN: tl.constexpr, WIDE: tl.constexpr):
-    """tdBN's α·θ (α from the float64 buffer in float64), or 1."""
-    if TDBN:
-        if WIDE:
-            ta = tl.load(wide_ptr + 2)
-        else:
-            ta = tdbn_alpha + 0.0 * theta
-        g = ta * theta
-    else:
-        g = 1.0 + 0.0 * theta
-    return g
+def _gain(theta, wide_ptr):
+    """tdBN's gain α·θ, α the float64 buffer's third value rounded to θ's dtype (as the C++ op)."""
+    return tl.load(wide_ptr + 2).to(theta.dtype) * theta
 
 
 @triton.jit
@@ -93,7 +90,7 @@ def _forward(x_ptr, v0_ptr, mask_ptr, s_ptr, vseq_ptr, h_ptr, start, lane, m, a,
 @triton.jit
 def bn_lif_fwd_kernel(
     x_ptr, v0_ptr, params_ptr, wide_ptr, w_ptr, r_ptr, m_ptr, b_ptr, mask_ptr, s_ptr, vlast_ptr, vseq_ptr, h_ptr,
-    T, N, C, INNER, v_reset, tdbn_alpha,
+    T, N, C, INNER, v_reset,
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
     STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr,
     TDBN: tl.constexpr, STRICT: tl.constexpr = False,
@@ -102,8 +99,8 @@ def bn_lif_fwd_kernel(
     lane = tl.arange(0, BLOCK)
     m = lane < N - start
     k, theta, alpha, vr = _scalars(params_ptr, wide_ptr, v_reset, HARD_RESET, WIDE)
-    a, mm, bb = _affine(start + lane, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr,
-                        _gain(theta, wide_ptr, tdbn_alpha, TDBN, WIDE), m)
+    a, mm, bb = _affine(start + lane, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr, _gain(theta, wide_ptr) if TDBN else theta,
+                        m, TDBN)
     v = _forward(x_ptr, v0_ptr, mask_ptr, s_ptr, vseq_ptr, h_ptr, start, lane, m, a, mm, bb, k, theta, alpha, vr,
                  T, N, SG, SGF, HARD_RESET, DECAY_INPUT, HAS_MASK, True, STORE_VSEQ, SAVE_H, EXACT, STRICT)
     tl.store(vlast_ptr + start + lane, v.to(vlast_ptr.dtype.element_ty), mask=m)
@@ -124,7 +121,7 @@ def _emitted(h, theta, alpha, mp, m, SG: tl.constexpr, SGF: tl.constexpr, HAS_MA
 def bn_lif_bwd_kernel(
     gs_ptr, gvl_ptr, gvs_ptr, x_ptr, v0_ptr, params_ptr, wide_ptr, w_ptr, r_ptr, m_ptr, b_ptr, mask_ptr, h_ptr,
     gx_ptr, gv0_ptr, sums_ptr,
-    T, N, C, INNER, v_reset, kappa, tdbn_alpha,
+    T, N, C, INNER, v_reset, kappa,
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
     DETACH_RESET: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr, SCALE_BY_A: tl.constexpr, RERUN: tl.constexpr, WIDE: tl.constexpr,
@@ -138,8 +135,8 @@ def bn_lif_bwd_kernel(
         kap = tl.load(wide_ptr + 1)
     else:
         kap = kappa + 0.0 * k
-    a, mm, bb = _affine(start + lane, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr,
-                        _gain(theta, wide_ptr, tdbn_alpha, TDBN, WIDE), m)
+    a, mm, bb = _affine(start + lane, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr, _gain(theta, wide_ptr) if TDBN else theta,
+                        m, TDBN)
     if RERUN:  # save="recompute": the forward again, its H into the scratch h_ptr
         _forward(x_ptr, v0_ptr, mask_ptr, h_ptr, h_ptr, h_ptr, start, lane, m, a, mm, bb, k, theta, alpha, vr,
                  T, N, SG, SGF, HARD_RESET, DECAY_INPUT, HAS_MASK, False, False, True, EXACT, STRICT)
@@ -191,12 +188,13 @@ def bn_lif_bwd_kernel(
             sal += tl.where(m, dal, 0.0)
         dv = eps - eps * k
     tl.store(gv0_ptr + start + lane, dv.to(gv0_ptr.dtype.element_ty), mask=m)
+    n64 = tl.cast(N, tl.int64)  # the scratch's row offsets: 4·N passes 2³¹ from N = 2²⁹
     tl.store(sums_ptr + start + lane, g0, mask=m)
-    tl.store(sums_ptr + N + start + lane, g1, mask=m)
+    tl.store(sums_ptr + n64 + start + lane, g1, mask=m)
     if NEED_PARAM_GRAD:
-        tl.store(sums_ptr + 2 * N + start + lane, sk, mask=m)  # rows 2–4 of the scratch
-        tl.store(sums_ptr + 3 * N + start + lane, sth, mask=m)
-        tl.store(sums_ptr + 4 * N + start + lane, sal, mask=m)
+        tl.store(sums_ptr + 2 * n64 + start + lane, sk, mask=m)  # rows 2–4 of the scratch
+        tl.store(sums_ptr + 3 * n64 + start + lane, sth, mask=m)
+        tl.store(sums_ptr + 4 * n64 + start + lane, sal, mask=m)
 
 
 @triton.jit
@@ -226,59 +224,62 @@ def _channel_run(k, INNER, C, c):
 @triton.jit
 def bn_lif_channels_kernel(
     sums_ptr, params_ptr, wide_ptr, w_ptr, r_ptr, gw_ptr, gb_ptr, gp_ptr, coef_ptr, pchan_ptr,
-    T, N, C, INNER, COUNT, tdbn_alpha,
-    NEED_PARAM_GRAD: tl.constexpr, BATCH_STATS: tl.constexpr, TDBN: tl.constexpr, WIDE: tl.constexpr,
-    NARROW: tl.constexpr, BLOCK: tl.constexpr,
+    T, N, C, INNER, COUNT,
+    NEED_PARAM_GRAD: tl.constexpr, BATCH_STATS: tl.constexpr, TDBN: tl.constexpr, NARROW: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Program c: channel c's totals over its COUNT = B·inner neurons of the backward's per-neuron
     sums (rows 0–1 of ``sums``: Σ∂L/∂X', Σ∂L/∂X'·(x − m); rows 2–4 with parameter gradients), then
     batch norm's algebra in float64 as the C++ op does it: ∂weight = g1·rstd·gain, ∂bias = g0; with
     batch statistics the dx coefficients A = a, B = −a·rstd²·g1/n, D = −a·g0/n (n = T·COUNT); the
     channel's (∂k, ∂θ + tdBN's θ term g1·w·rstd·α, ∂α) into pchan [3, C], or without parameter
-    gradients program 0 zeroes ∂params."""
+    gradients program 0 zeroes ∂params. tdBN's α: the float64 buffer's third value."""
     c = tl.program_id(0).to(tl.int64)
     lane = tl.arange(0, BLOCK)
+    n64 = tl.cast(N, tl.int64)
     s0 = tl.zeros([BLOCK], dtype=tl.float64)
     s1 = tl.zeros([BLOCK], dtype=tl.float64)
     q0 = tl.zeros([BLOCK], dtype=tl.float64)
     q1 = tl.zeros([BLOCK], dtype=tl.float64)
     q2 = tl.zeros([BLOCK], dtype=tl.float64)
-    for off in range(0, COUNT, BLOCK):
+    # counted in steps, not values: a 32-bit counter stepping by BLOCK past COUNT could wrap
+    for it in range(0, (COUNT - 1) // BLOCK + 1):
         if NARROW:  # 32-bit division while COUNT + BLOCK fits
-            k = off + lane
+            k = it * BLOCK + lane
         else:
-            k = off.to(tl.int64) + lane
+            k = tl.cast(it, tl.int64) * BLOCK + lane
         mk = k < COUNT
         n = _channel_run(k, INNER, C, c)
         s0 += tl.load(sums_ptr + n, mask=mk, other=0.0).to(tl.float64)
-        s1 += tl.load(sums_ptr + N + n, mask=mk, other=0.0).to(tl.float64)
+        s1 += tl.load(sums_ptr + n64 + n, mask=mk, other=0.0).to(tl.float64)
         if NEED_PARAM_GRAD:
-            q0 += tl.load(sums_ptr + 2 * N + n, mask=mk, other=0.0).to(tl.float64)
-            q1 += tl.load(sums_ptr + 3 * N + n, mask=mk, other=0.0).to(tl.float64)
-            q2 += tl.load(sums_ptr + 4 * N + n, mask=mk, other=0.0).to(tl.float64)
+            q0 += tl.load(sums_ptr + 2 * n64 + n, mask=mk, other=0.0).to(tl.float64)
+            q1 += tl.load(sums_ptr + 3 * n64 + n, mask=mk, other=0.0).to(tl.float64)
+            q2 += tl.load(sums_ptr + 4 * n64 + n, mask=mk, other=0.0).to(tl.float64)
     g0 = tl.sum(s0, 0)
     g1 = tl.sum(s1, 0)
-    theta = tl.load(params_ptr + 1)
-    gain = _gain(theta, wide_ptr, tdbn_alpha, TDBN, WIDE)
     w = tl.load(w_ptr + c)
     r = tl.load(r_ptr + c)
     rd = r.to(tl.float64)
-    tl.store(gw_ptr + c, (g1 * rd * gain.to(tl.float64)).to(gw_ptr.dtype.element_ty))
+    if TDBN:
+        gain = _gain(tl.load(params_ptr + 1), wide_ptr)
+        gw = g1 * rd * gain.to(tl.float64)
+        a = w * (r * gain)  # the forward's a_c, exactly
+    else:
+        gw = g1 * rd
+        a = w * r
+    tl.store(gw_ptr + c, gw.to(gw_ptr.dtype.element_ty))
     tl.store(gb_ptr + c, g0.to(gb_ptr.dtype.element_ty))
     if BATCH_STATS:
         nf = tl.cast(T, tl.float64) * tl.cast(COUNT, tl.float64)
-        ad = (w * (r * gain)).to(tl.float64)  # the forward's a_c, exactly
+        ad = a.to(tl.float64)
         tl.store(coef_ptr + c, ad.to(coef_ptr.dtype.element_ty))
         tl.store(coef_ptr + C + c, (-ad * rd * rd * g1 / nf).to(coef_ptr.dtype.element_ty))
         tl.store(coef_ptr + 2 * C + c, (-ad * g0 / nf).to(coef_ptr.dtype.element_ty))
     if NEED_PARAM_GRAD:
         dth = tl.sum(q1, 0)
         if TDBN:
-            if WIDE:
-                ta = tl.load(wide_ptr + 2)
-            else:
-                ta = tl.cast(tdbn_alpha, tl.float64)
-            dth += g1 * w.to(tl.float64) * rd * ta
+            dth += g1 * w.to(tl.float64) * rd * tl.load(wide_ptr + 2)
         tl.store(pchan_ptr + c, tl.sum(q0, 0))
         tl.store(pchan_ptr + C + c, dth)
         tl.store(pchan_ptr + 2 * C + c, tl.sum(q2, 0))
@@ -334,12 +335,13 @@ def bn_lif_stats_part_kernel(x_ptr, part_ptr, C, INNER, COUNT, CHUNK, P, NARROW:
 
 
 @triton.jit
-def bn_lif_stats_finish_kernel(x_ptr, part_ptr, wide_ptr, mean_ptr, rstd_ptr, var_ptr, C, INNER, COUNT, P, eps,
-                               WIDE: tl.constexpr, BLOCK: tl.constexpr):
+def bn_lif_stats_finish_kernel(x_ptr, part_ptr, eps_ptr, mean_ptr, rstd_ptr, var_ptr, C, INNER, COUNT, P,
+                               BLOCK: tl.constexpr):
     """Channels c of this program: mean = K_c + Σd/n, biased var = Σd²/n − (Σd/n)² (rounding below 0
     clamped; a NaN kept), rstd = 1/√(var + eps) and the unbiased var·n/(n − 1), from the P chunks'
-    sums in chunk order, in float64 (eps from the float64 buffer in float64; tl.sqrt of a float64 is
-    IEEE-rounded: sqrt.rn.f64)."""
+    sums in chunk order, in float64 (eps from a float64 buffer; tl.sqrt of a float64 is IEEE-rounded:
+    sqrt.rn.f64; on a GPU Triton may contract a product and a sum into an FMA, the C++ op on the CPU
+    does not: last-bit differences in float64)."""
     c = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = c < C
     s1 = tl.zeros([BLOCK], dtype=tl.float64)
@@ -352,10 +354,7 @@ def bn_lif_stats_finish_kernel(x_ptr, part_ptr, wide_ptr, mean_ptr, rstd_ptr, va
     dm = s1 / n
     var = s2 / n - dm * dm
     var = tl.where(var < 0, 0.0, var)
-    if WIDE:
-        e = tl.load(wide_ptr)
-    else:
-        e = tl.cast(eps, tl.float64)
+    e = tl.load(eps_ptr)  # float64 whatever x is (a float argument would be rounded to fp32)
     tl.store(mean_ptr + c, (K + dm).to(mean_ptr.dtype.element_ty), mask=m)
     den = tl.where(m, var + e, 1.0)  # lanes past C: no 1/0 (the interpreter warns of it)
     tl.store(rstd_ptr + c, (1.0 / tl.sqrt(den)).to(rstd_ptr.dtype.element_ty), mask=m)

@@ -163,9 +163,11 @@ _WIDE: dict = {}
 _WIDE_MAX = 64
 
 
-def _wide_buffer(values: Tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
-    if like.dtype != torch.float64:
-        return like  # never read
+def _wide_buffer(values: Tuple[float, ...], like: torch.Tensor, always: bool = False) -> torch.Tensor:
+    """The buffer of ``values`` on ``like``'s device; without ``always``, only for float64 ``like``
+    (the kernels read it in float64 only: ``like`` itself stands in, never read)."""
+    if like.dtype != torch.float64 and not always:
+        return like
     if type(like) not in _EAGER_TYPES:  # traced: a constant of the graph, not a cached tensor
         return torch.tensor(values, dtype=torch.float64, device=like.device)
     key = (values, like.device)
