@@ -11,7 +11,9 @@
 #   Only some: --only overhead,lab (alias --stages).  See README "Running the GPU check".
 #
 # Environment: PYTHON (default python3), OUT (default ./gpu_check_out), WHL_DIR (default ./.whl: wheels
-# that the GPU image lacks, made by scripts/gpu_prepare.sh; installed offline into a temporary folder).
+# that the GPU image lacks, made by scripts/gpu_prepare.sh; installed offline into a temporary folder),
+# TMPDIR (default /tmp: where that folder and the check's work folder go; both are removed at the end,
+# the work folder unless SNN_FAST_GPU_CHECK_KEEP_WORK is set).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,7 +21,14 @@ PYTHON="${PYTHON:-python3}"
 export OUT="${OUT:-$ROOT/gpu_check_out}"
 mkdir -p "$OUT"
 WHL_DIR="${WHL_DIR:-$ROOT/.whl}"
-SITE="$(mktemp -d /tmp/snn_fast_site.XXXX)"
+# In $TMPDIR (default /tmp), removed when the check ends, however it ends: it used to be left behind by
+# every run (the check was exec'd, so nothing was left to remove it). A signal runs the traps once the
+# check, in the foreground (so it got the signal too when it was sent to the group), has ended.
+SITE="$(mktemp -d "${TMPDIR:-/tmp}/snn_fast_site.XXXXXX")"
+trap 'rm -rf "$SITE"' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
 if ls "$WHL_DIR"/*.whl >/dev/null 2>&1; then
   # --target, not the interpreter's site-packages: the image is left as it was.
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHL_DIR"/*.whl \
@@ -30,4 +39,5 @@ fi
 # A PYTHONPATH already set comes first (the compat suite runs the dry run against its own build).
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT:$SITE"
 export PYTHON
-exec "$PYTHON" scripts/gpu/check.py "$@"
+"$PYTHON" scripts/gpu/check.py "$@"
+exit $?

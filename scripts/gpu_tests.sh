@@ -25,7 +25,9 @@ if ! ls snn_fast/_C*.so >/dev/null 2>&1; then
     | tee "$OUT/pytest.log"
 fi
 WHL_DIR="${WHL_DIR:-$ROOT/.whl}"
-SITE="$(mktemp -d /tmp/snn_fast_site.XXXX)"
+# In $TMPDIR (default /tmp), removed on exit, a signal's included (it used to be left behind by every run).
+SITE="$(mktemp -d "${TMPDIR:-/tmp}/snn_fast_site.XXXXXX")"
+trap 'rm -rf "$SITE"' EXIT
 if ls "$WHL_DIR"/*.whl >/dev/null 2>&1; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHL_DIR"/*.whl \
     || echo "installing the wheels of $WHL_DIR failed: tests against SpikingJelly will skip"

@@ -118,6 +118,34 @@ def test_dry_run(tmp_path):
     assert {f"{n}.log" for n in STAGE_NAMES} <= logs and "env.json" in logs, logs
 
 
+@pytest.mark.parametrize("only, rc", [("autotable", 0), ("autotable,labb", 2)], ids=["ok", "unknown-stage"])
+def test_check_leaves_nothing_in_the_temporary_directory(tmp_path, only, rc):
+    """scripts/gpu_check.sh, however the check ends (here a cheap stage that passes, and an unknown stage
+    that argparse refuses), removes the folders it made in $TMPDIR: the wheels' folder (snn_fast_site.*,
+    left by every run while the script exec'd the check) and the check's work folder
+    (snn_fast_gpu_check_*, left when argparse refused a stage). Its own $TMPDIR, so nothing else's
+    folders count (a PYTHON that records its PYTHONPATH shows the wheels' folder was made there); the
+    results in $OUT stay."""
+    out, tmp, seen = tmp_path / "out", tmp_path / "tmp", tmp_path / "pythonpath.txt"
+    tmp.mkdir()
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$PYTHONPATH" >> "{seen}"\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    env = dict(os.environ, OUT=str(out), PYTHON=str(python), WHL_DIR=str(tmp_path / "no-wheels"), TMPDIR=str(tmp))
+    env.pop("SNN_FAST_GPU_CHECK_KEEP_WORK", None)
+    r = subprocess.run(["bash", SCRIPT, "--dry-run", "--only", only], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == rc, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    sites = {p for line in seen.read_text().splitlines() for p in line.split(os.pathsep) if "snn_fast_site." in p}
+    assert len(sites) == 1 and os.path.dirname(sites.pop()) == str(tmp), seen.read_text()
+    assert not os.listdir(tmp), os.listdir(tmp)
+    if rc == 0:
+        assert "| autotable | ok |" in (out / "summary.md").read_text()
+        assert (out / "logs.tar.gz").is_file()
+    else:
+        assert "unknown stage(s) labb" in r.stderr, r.stderr[-3000:]
+
+
 def test_a_failing_stage_fails_the_run(tmp_path, check_mod, monkeypatch):
     """A stage that exits non-zero is reported as FAILED and makes the whole run fail; the later stages
     still run (--only picks two cheap ones)."""
@@ -194,12 +222,17 @@ def test_gpu_tests_script_runs_and_reports(tmp_path):
     """scripts/gpu_tests.sh (the second call on a warm GPU machine): runs the pytest arguments it is
     given under its cap and leaves the log and the junit file in $OUT. Here on a few CPU tests."""
     out = tmp_path / "out"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, CAP="300", WORKERS="1",
-               WHL_DIR=str(tmp_path / "no-wheels"))
+               WHL_DIR=str(tmp_path / "no-wheels"), TMPDIR=str(tmp))
     r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_tests.sh"), "tests/test_errors.py", "-k",
                         "backend"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     log = (out / "pytest.log").read_text()
     assert r.returncode == 0, log[-3000:]
+    # its wheels' folder (snn_fast_site.*) is gone: every run used to leave one (the tests it ran may
+    # leave their own temporary files there: pytest's tmp_path folders)
+    assert not [p for p in os.listdir(tmp) if p.startswith("snn_fast_")], os.listdir(tmp)
     assert "passed" in log and "gpu_tests: pytest exit 0 (finished)" in log, log[-3000:]
     junit = (out / "junit.xml").read_text()
     assert "<testsuite" in junit and 'failures="0"' in junit, junit[:500]
@@ -233,9 +266,16 @@ def test_lab_stage_dry_run(tmp_path, check_mod, stages_mod, monkeypatch):
 
 
 def test_unknown_stage_is_refused(check_mod, tmp_path, monkeypatch):
+    """argparse's refusal leaves no work folder behind (it used to leave snn_fast_gpu_check_*/logs)."""
+    import tempfile
+
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    monkeypatch.delenv("SNN_FAST_GPU_CHECK_KEEP_WORK", raising=False)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     with pytest.raises(SystemExit):
         check_mod.main(["--dry-run", "--only", "overhead,labb"])
+    assert not os.listdir(tmp_path / "tmp")
 
 
 def test_bn_lif_stage_dry_run(tmp_path, check_mod, monkeypatch):

@@ -246,7 +246,19 @@ def main(argv=None):
     for p in os.listdir(out):  # $OUT holds this run's files only
         if os.path.isfile(os.path.join(out, p)):
             os.remove(os.path.join(out, p))
+    # In $TMPDIR (tempfile honours it); removed however main() ends (ap.error on an unknown stage used to
+    # leave it behind, logs/ and all), unless SNN_FAST_GPU_CHECK_KEEP_WORK asks to keep it.
     work = tempfile.mkdtemp(prefix="snn_fast_gpu_check_")
+    try:
+        return _run(args, ap, out, work)
+    finally:
+        # Everything the stages left there is in $OUT now (logs.tar.gz and the tables): each run used to
+        # leave its ~1 MB folder in the temporary directory (every dry run of the test suite, on every CI run).
+        if not os.environ.get("SNN_FAST_GPU_CHECK_KEEP_WORK"):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args, ap, out, work):
     py = os.environ.get("PYTHON") or sys.executable
     nproc = os.cpu_count() or 2
     budget = args.budget or (1800.0 if args.full else 480.0)
@@ -300,10 +312,6 @@ def main(argv=None):
     print(r.summary())
     print(f"files in {out}: {sorted(os.listdir(out))}")
     failed = [row for row in r.rows if row[1] not in ("ok", "skipped")]
-    # Everything the stages left there is in $OUT now (logs.tar.gz and the tables): each run used to leave
-    # its ~1 MB folder in the temporary directory (every dry run of the test suite, on every CI run).
-    if not os.environ.get("SNN_FAST_GPU_CHECK_KEEP_WORK"):
-        shutil.rmtree(work, ignore_errors=True)
     return 1 if failed else 0
 
 
