@@ -162,36 +162,6 @@ def test_bn_lif_module_cpp_autograd_bounded_ops(learn):
     assert counts.pop() <= (12 if learn else 5)
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_bn_lif_functional_ops(training):
-    """snn_fast.bn_lif's host work per fwd+bwd, op by op, on the path the CUDA backend shares (only the
-    ops' kernels differ): in training, the statistics in one op (mean, rstd and the unbiased variance),
-    both running buffers in one lerp, the forward and the backward op; in eval, rstd from the running
-    variance (two ops) and the mean's copy. The first GPU run found ~1 ms of host work per step when
-    these were ~10 separate torch calls in Python plus ~25 in the CUDA binding."""
-    if not snn_fast._ext.has_kernel("bn_lif_stats", "CPU"):
-        pytest.skip("this build of _C has no bn_lif_stats")
-    C = 8
-    x = _x((4, 2, C, 3, 3))
-    w, b = torch.rand(C, requires_grad=True), torch.rand(C, requires_grad=True)
-    rm, rv = torch.zeros(C), torch.ones(C)
-    g = torch.randn_like(x)
-
-    def run(x):
-        return snn_fast.bn_lif(x, w, b, rm, rv, training, 0.1, 1e-5, backend="cpu")[0]
-
-    run(x.detach())  # first call: constant caches filled
-    w.grad = b.grad = None
-    log = _fwd_bwd(run, x, g)
-    if training:
-        want = ["snn_fast.bn_lif_stats", "aten._foreach_lerp_", "snn_fast.bn_lif_fwd", "snn_fast.bn_lif_bwd"]
-    else:
-        want = ["aten._to_copy", "aten.add", "aten.rsqrt", "snn_fast.bn_lif_fwd", "snn_fast.bn_lif_bwd"]
-    # the gradients of w and b are accumulated into fresh .grad (autograd's, not ours: no copy)
-    assert log.work() == want, log.ops
-
-
-
 def _triton_bn_lif():
     from snn_fast.ops.bn_lif.function import BACKENDS as BN
 
@@ -201,6 +171,43 @@ def _triton_bn_lif():
     BN.load("triton")
     from snn_fast.ops.bn_lif import triton as bt
     return bt
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_bn_lif_functional_ops(training, backend):
+    """snn_fast.bn_lif's host work per fwd+bwd, op by op, on the path the CUDA backend shares (only the
+    ops' kernels differ) and on Triton's: in training, the statistics in one op (mean, rstd and the
+    unbiased variance; Triton's own op, where torch's var_mean, rsqrt and the unbiased factor ran),
+    both running buffers in one lerp, the forward and the backward op; in eval, rstd from the running
+    variance (two ops) and the mean's copy. The first GPU run found ~1 ms of host work per step when
+    these were ~10 separate torch calls in Python plus ~25 in the CUDA binding. Interpreted, each
+    Triton op is one opaque op here; on a GPU its own host work is the test above."""
+    if backend == "triton":
+        _triton_bn_lif()
+    elif not snn_fast._ext.has_kernel("bn_lif_stats", "CPU"):
+        pytest.skip("this build of _C has no bn_lif_stats")
+    C = 8
+    x = _x((4, 2, C, 3, 3))
+    w, b = torch.rand(C, requires_grad=True), torch.rand(C, requires_grad=True)
+    rm, rv = torch.zeros(C), torch.ones(C)
+    g = torch.randn_like(x)
+
+    def run(x):
+        return snn_fast.bn_lif(x, w, b, rm, rv, training, 0.1, 1e-5, backend=backend)[0]
+
+    run(x.detach())  # first call: constant caches filled
+    w.grad = b.grad = None
+    log = _fwd_bwd(run, x, g)
+    sfx = "_triton" if backend == "triton" else ""
+    if training:
+        want = [f"snn_fast.bn_lif_stats{sfx}", "aten._foreach_lerp_"]
+    else:
+        want = ["aten._to_copy", "aten.add", "aten.rsqrt"]
+    want += [f"snn_fast.bn_lif_fwd{sfx}", f"snn_fast.bn_lif_bwd{sfx}"]
+    # the gradients of w and b are accumulated into fresh .grad (autograd's, not ours: no copy)
+    assert log.work() == want, log.ops
+
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -237,27 +244,3 @@ def test_bn_lif_triton_ops_are_allocations_and_launches(monkeypatch, training):
                 "bn_lif_channels_kernel"] + (["bn_lif_params_kernel"] if need else []) + (
                 ["bn_lif_dx_kernel"] if training else [])
         assert launches == want
-
-
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_bn_lif_triton_functional_ops(training):
-    """snn_fast.bn_lif on Triton, per fwd+bwd: the statistics in one op (the Triton one: before, torch's
-    var_mean, rsqrt and the unbiased factor), both running buffers in one lerp, the forward and the
-    backward op; in eval rstd from the running variance (two ops) and the mean's copy. Interpreted,
-    each Triton op is one opaque op here, as on a GPU the ops' own host work is the test above."""
-    _triton_bn_lif()
-    C = 4
-    x = _x((3, 2, C, 5))
-    w, b = torch.rand(C, requires_grad=True), torch.rand(C, requires_grad=True)
-    rm, rv = torch.zeros(C), torch.ones(C)
-    g = torch.randn_like(x)
-
-    def run(x):
-        return snn_fast.bn_lif(x, w, b, rm, rv, training, 0.1, 1e-5, backend="triton")[0]
-
-    run(x.detach())  # first call: constant caches filled
-    w.grad = b.grad = None
-    log = _fwd_bwd(run, x, g)
-    head = (["snn_fast.bn_lif_stats_triton", "aten._foreach_lerp_"] if training
-            else ["aten._to_copy", "aten.add", "aten.rsqrt"])
-    assert log.work() == head + ["snn_fast.bn_lif_fwd_triton", "snn_fast.bn_lif_bwd_triton"], log.ops
