@@ -18,6 +18,7 @@ import torch
 import snn_fast
 from snn_fast import nn as snn
 from snn_fast.ops.bn_lif import function as bl_function
+from snn_fast.ops.bn_lif.contract import cuda_checkpoints
 
 from conftest import assert_close, assert_close_lowp
 
@@ -612,6 +613,16 @@ def test_user_surrogate_on_triton(name):
     check(got, ref, torch.float64)
 
 
+@pytest.mark.parametrize("be,T,training", fused([9, 19], [True, False]))
+def test_long_sequences(be, T, training):
+    """T past one 8-step segment (the CUDA backward re-runs each from the forward's checkpoint; Triton
+    and the CPU walk their own way), learnable τ/θ/α, tdBN: every output and gradient."""
+    inp = make_inputs((T, 2, 3, 2, 3), torch.float64, learn=True)
+    ref = run("reference", inp, torch.float64, training, 0.7, surrogate="atan")
+    got = run(be, inp, torch.float64, training, 0.7, surrogate="atan")
+    check(got, ref, torch.float64)
+
+
 @pytest.mark.parametrize("be,save", fused(["recompute", "state"]))
 def test_save_modes_agree(be, save):
     """Results do not depend on the save mode (Triton: H kept, or the forward re-run in the backward)."""
@@ -634,9 +645,9 @@ def test_save_modes_agree(be, save):
 
 
 @pytest.mark.skipif(bool(SKIP["cuda"]), reason=str(SKIP["cuda"]))
-@pytest.mark.parametrize("save,batch_stats,need", [(0, True, True), (1, True, False), (0, False, True)])
-def test_cuda_opcheck(save, batch_stats, need):
-    T, B, C, S = 3, 2, 4, 5
+@pytest.mark.parametrize("T,save,batch_stats,need", [(3, 0, True, True), (17, 1, True, False), (9, 0, False, True)])
+def test_cuda_opcheck(T, save, batch_stats, need):
+    B, C, S = 2, 4, 5
     x = torch.randn(T, B * C * S, device="cuda", requires_grad=True)
     v0 = torch.zeros(B * C * S, device="cuda", requires_grad=True)
     params = torch.tensor([0.5, 1.0, 4.0], device="cuda", requires_grad=need)
@@ -649,7 +660,7 @@ def test_cuda_opcheck(save, batch_stats, need):
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_fwd.default, fwd)
     det = [a.detach() if isinstance(a, torch.Tensor) else a for a in fwd]
     s, _, _, saved = torch.ops.snn_fast.bn_lif_fwd(*det)
-    assert saved.shape == ((T, B * C * S) if save == 0 else (0,))
+    assert saved.shape == (cuda_checkpoints(T), B * C * S)  # the membrane every 8 steps, either save mode
     bwd = (torch.randn_like(x), None, None, *det[:10], None, saved, s, *flags, save, need)
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_bwd.default, bwd)
 

@@ -3,29 +3,33 @@ against the reference, on any machine with nvcc (no GPU and no CUDA build of tor
 
 ``csrc/cuda/emulate/bn_lif_emulate.cu`` runs the kernels' own per-thread bodies (bn_lif_kernels.cuh:
 forward, backward, dx) for every thread index of the launchers' grid, and their block reductions (the
-backward's channel sums and algebra, ∂params, the batch statistics) share by share with the device's
-summation tree. ``emulate`` below drives them as csrc/cuda/bn_lif_cuda_binding.cpp does, with its
-allocations and launches: the kernels compute the scale a = weight·(rstd·gain), gain = tdbn_alpha·θ or
-1, themselves; the saved H (save=state) or a scratch the backward re-runs the forward into
-(recompute); ``scale_by_a = not batch_stats``; the channel pass (∂weight, ∂bias, the dx coefficients
-[a, −a·rstd²·g1/n, −a·g0/n] with batch statistics, the channels' parameter terms with tdBN's θ term);
-the ∂params pass. The batch statistics come from the emulated ``bn_lif_stats`` (chunked, shifted sums
-in double), as snn_fast/ops/bn_lif/function.py takes them on a GPU. Every output, the sums, the
-scratch H, the coefficients and the chunk sums start as NaN, so an element no thread writes shows.
+backward's blocks, the channel sums and algebra, ∂params, the batch statistics) share by share with the
+device's summation tree. ``emulate`` below drives them as csrc/cuda/bn_lif_cuda_binding.cpp does, with
+its allocations and launches: the kernels compute the scale a = weight·(rstd·gain), gain =
+tdbn_alpha·θ or 1, themselves; the forward keeps the membrane every 8 steps (both save modes) and the
+backward re-runs each 8-step segment from it into registers, walks it back, and sums its block's
+neurons ([C, P, 5] in double); ``scale_by_a = not batch_stats``; the channel pass (∂weight, ∂bias,
+the dx coefficients [a, −a·rstd²·g1/n, −a·g0/n] with batch statistics, the channels' parameter terms
+with tdBN's θ term); the ∂params pass. The batch statistics come from the emulated ``bn_lif_stats``
+(chunked, shifted sums in double), as snn_fast/ops/bn_lif/function.py takes them on a GPU. Every
+output, the checkpoints, the block sums, the coefficients and the chunk sums start as NaN, so an
+element no thread writes shows.
 
 Compared with ``bn_lif_reference_k`` (batch norm, then the LIF reference; gradients by autograd):
 float64 and float32 with ``assert_close``, float16/bfloat16 with ``assert_close_lowp`` and the spike
 flip bound of tests/test_bn_lif.py. The grid: hard/soft reset, decay_input on/off, detach_reset, κ,
 IF, the strict threshold (H = θ exactly included), batch and running statistics, plain BN and tdBN,
 the noise mask, save state and recompute, with and without parameter gradients; the shapes: inner = 1
-and > 1, C = 1, T = 1, B·S = 1, N below, equal to and past one block (kThreads). The last tests break
-the host algebra on purpose and check that the comparison notices.
+and > 1, C = 1, T = 1, T = 8, 9 and 17 (one segment, a checkpoint, two and a ragged tail), B·S = 1,
+B = 0, a channel's neurons below, equal to and past one block (kThreads). The last tests break the
+host algebra on purpose and check that the comparison notices.
 
 Skipped, with the reason, when nvcc is not found (``SNN_FAST_NVCC`` names a specific nvcc).
 """
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import tempfile
 
@@ -51,9 +55,13 @@ def bn_emulator():
     P, I, L, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
     flags = [I, I, D, I, I, D, I]
     lib.emu_bnlif_fwd.argtypes = [I, L, L, L, L] + [P] * 5 + [D] + [P] * 7 + flags
-    lib.emu_bnlif_bwd.argtypes = [I, L, L, L, L] + [P] * 8 + [D] + [P] * 4 + [I, I, I] + [P] * 4 + flags
+    lib.emu_bnlif_bwd.argtypes = [I, L, L, L, L] + [P] * 8 + [D] + [P] * 4 + [I, I] + [P] * 3 + flags
     lib.emu_bnlif_dx.argtypes = [I, L, L, L, L] + [P] * 4
-    lib.emu_bnlif_channels.argtypes = [I, L, L, L, L] + [P] * 5 + [D, I] + [P] * 5
+    lib.emu_bnlif_channels.argtypes = [I, L, L, L, L] + [P] * 4 + [D, I] + [P] * 5
+    lib.emu_bnlif_bwd_blocks.argtypes = [L, L]
+    lib.emu_bnlif_bwd_blocks.restype = L
+    lib.emu_bnlif_checkpoints.argtypes = [L]
+    lib.emu_bnlif_checkpoints.restype = L
     lib.emu_bnlif_stats.argtypes = [I, L, L, L, L, P, P, D, P, P, P]
     lib.emu_bnlif_stats_chunks.argtypes = [L, L, L, L]
     lib.emu_bnlif_stats_chunks.restype = L
@@ -66,6 +74,11 @@ def test_save_codes_are_the_package_codes(bn_emulator):
 
     assert (contract.SAVE_STATE, contract.SAVE_RECOMPUTE) == (SAVE_STATE, SAVE_RECOMPUTE)
     assert bn_emulator.emu_bnlif_threads() == 256
+    # the checkpoints every 8 steps (the fake of snn_fast/ops/bn_lif/contract.py counts them too)
+    from snn_fast.ops.bn_lif.contract import cuda_checkpoints
+
+    for T in range(1, 40):
+        assert bn_emulator.emu_bnlif_checkpoints(T) == cuda_checkpoints(T) == (T - 1) // 8
 
 
 # --- the binding, in torch -------------------------------------------------------------------------
@@ -92,37 +105,34 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
     # forward
     s, v_last = _nan((T, N), x.dtype), _nan((N,), x.dtype)
     v_seq = _nan((T, N), x.dtype) if return_v_seq else torch.empty(0, dtype=x.dtype)
-    keep_h = save == SAVE_STATE
-    saved = _nan((T, N), pt) if keep_h else torch.empty(0, dtype=x.dtype)
+    # the membrane every 8 steps, kept in both save modes ("no_checkpoint": the forward told to keep none)
+    saved = _nan((lib.emu_bnlif_checkpoints(T), N), pt)
+    keep = saved.shape[0] > 0 and "no_checkpoint" not in mutate
     assert lib.emu_bnlif_fwd(dt, T, N, C, k_inner, _ptr(x), _ptr(v0), _ptr(params), _ptr(w), _ptr(r), tdbn_alpha,
                              _ptr(m), _ptr(b), _ptr(mask), _ptr(s), _ptr(v_last),
-                             _ptr(v_seq) if return_v_seq else None, _ptr(saved) if keep_h else None, *lif_flags) == 0
+                             _ptr(v_seq) if return_v_seq else None, _ptr(saved) if keep else None, *lif_flags) == 0
     # backward
-    rerun = save != SAVE_STATE
-    if "no_rerun" in mutate:
-        rerun = False
     gvlast = None if gvl is None else gvl.to(x.dtype).contiguous()
     gvseq = None if gvs is None or gvs.numel() == 0 else gvs.to(x.dtype).contiguous()
-    h = _nan((T, N), pt) if save != SAVE_STATE else saved.contiguous()
     gx, gv0 = _nan((T, N), x.dtype), _nan((N,), x.dtype)
-    # the binding's one scratch in params' dtype: sums [2, N] | psum [3, N] | coef [3, C], by offset
-    n_ps, n_coef = (3 * N if need_param_grad else 0), (3 * C if batch_stats else 0)
-    scratch = _nan((2 * N + n_ps + n_coef,), pt)
-    sums = scratch[:2 * N].view(2, N)
-    psum = scratch[2 * N:2 * N + n_ps].view(3, N) if need_param_grad else None
-    coef = scratch[2 * N + n_ps:] if batch_stats else None
+    # the binding's double scratch: the blocks' sums [C, P, 5] | the channels' parameter terms [3, C];
+    # the dx coefficients [3, C] in params' dtype
+    P = lib.emu_bnlif_bwd_blocks(N, C)
+    scratch = _nan((C * P * 5 + (3 * C if need_param_grad else 0),), torch.float64)
+    part = scratch[:C * P * 5]
+    pchan = scratch[C * P * 5:] if need_param_grad else None
+    coef = _nan((3 * C,), pt) if batch_stats else None
     scale_by_a = not batch_stats
     if "scale_by_a" in mutate:
         scale_by_a = not scale_by_a
     assert lib.emu_bnlif_bwd(dt, T, N, C, k_inner, _ptr(gs.contiguous()), _ptr(gvlast), _ptr(gvseq), _ptr(x),
                              _ptr(v0), _ptr(params), _ptr(w), _ptr(r), tdbn_alpha, _ptr(m), _ptr(b), _ptr(mask),
-                             _ptr(h), int(rerun), int(scale_by_a), int(need_param_grad), _ptr(gx), _ptr(gv0),
-                             _ptr(sums), _ptr(psum), *lif_flags) == 0
+                             _ptr(saved) if saved.shape[0] > 0 else None, int(scale_by_a), int(need_param_grad),
+                             _ptr(gx), _ptr(gv0), _ptr(part), *lif_flags) == 0
     # the channel sums and their algebra, then ∂params
     gw, gb, gp = _nan((C,), pt), _nan((C,), pt), _nan((3,), pt)
-    pchan = _nan((3 * C,), torch.float64) if need_param_grad else None
     # "theta": the channel pass told plain batch norm (no tdBN gain: neither its θ term nor its scale)
-    assert lib.emu_bnlif_channels(dt, T, N, C, inner, _ptr(sums), _ptr(psum), _ptr(params), _ptr(w), _ptr(r),
+    assert lib.emu_bnlif_channels(dt, T, N, C, inner, _ptr(part), _ptr(params), _ptr(w), _ptr(r),
                                   0.0 if "theta" in mutate else tdbn_alpha, int(batch_stats), _ptr(gw), _ptr(gb),
                                   _ptr(coef), _ptr(pchan), _ptr(gp)) == 0
     if batch_stats and N > 0:
@@ -132,7 +142,7 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
     out = dict(s=s, v_last=v_last, grad_x=gx, grad_v0=gv0, grad_params=gp, grad_weight=gw, grad_bias=gb)
     if return_v_seq:
         out["v_seq"] = v_seq
-    return out, dict(saved=saved, sums=sums, psum=psum, coef=coef, pchan=pchan)
+    return out, dict(saved=saved, part=part.view(C, P, 5), coef=coef, pchan=pchan)
 
 
 def emulate_stats(lib, x2, C, inner, eps=EPS):
@@ -227,7 +237,7 @@ def run(lib, c, save, need_param_grad, no_grad_outputs=False, return_v_seq=True,
     function.py takes them for the CUDA backend), the running ones as function.py folds them."""
     x = c["x"]
     T, C = x.shape[0], x.shape[2]
-    inner = x[0, 0, 0].numel()
+    inner = math.prod(x.shape[3:])
     x2 = x.reshape(T, -1).contiguous()
     pd = c["params"].dtype
     if c["batch"]:
@@ -247,7 +257,7 @@ SAVES = {"state": SAVE_STATE, "recompute": SAVE_RECOMPUTE}
 
 def check_all(lib, c, want, dtype, what, saves=SAVES, params=(True, False), **kw):
     """Every save mode and parameter-gradient setting against ``want``; the state and recompute paths
-    also against each other (the same H, bit for bit)."""
+    also against each other (bit for bit: on CUDA they are one path)."""
     for need_param in params:
         first = None
         for save_name, save in saves.items():
@@ -258,12 +268,12 @@ def check_all(lib, c, want, dtype, what, saves=SAVES, params=(True, False), **kw
                     assert torch.equal(got[key], torch.zeros_like(got[key])), f"{name}: grad_params not zero"
                     continue
                 assert_close(got[key], want[key], dtype=dtype, name=f"{name} {key}")
-            if save == SAVE_STATE:
-                assert not extra["saved"].isnan().any(), f"{name}: H not written everywhere"
-            assert not extra["sums"].isnan().any(), f"{name}: sums not written everywhere"
+            assert not extra["saved"].isnan().any(), f"{name}: checkpoints not written everywhere"
+            assert not extra["part"].isnan().any(), f"{name}: block sums not written everywhere"
             if need_param:
-                assert not extra["psum"].isnan().any(), f"{name}: psum not written everywhere"
                 assert not extra["pchan"].isnan().any(), f"{name}: pchan not written everywhere"
+            else:
+                assert not extra["part"][:, :, 2:].any(), f"{name}: parameter terms without need_param_grad"
             if extra["coef"] is not None:
                 assert not extra["coef"].isnan().any(), f"{name}: dx coefficients not written everywhere"
             if first is None:
@@ -280,9 +290,10 @@ def check_all(lib, c, want, dtype, what, saves=SAVES, params=(True, False), **kw
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_emulated_bn_lif_float64(bn_emulator, variant, mode, noisy):
-    """[T, B, C, S] = [5, 3, 4, 25]: N = 300, one full block and a ragged one."""
+    """[T, B, C, S] = [11, 3, 4, 25]: 75 neurons per channel, one block each; T = 11 is a segment of 8
+    steps from v0 and a ragged one of 3 from the checkpoint."""
     sg_name = SURROGATES[(list(VARIANTS).index(variant) + list(MODES).index(mode)) % len(SURROGATES)]
-    c = make_case((5, 3, 4, 5, 5), torch.float64, variant, mode, sg_name, noisy=noisy)
+    c = make_case((11, 3, 4, 5, 5), torch.float64, variant, mode, sg_name, noisy=noisy)
     check_all(bn_emulator, c, reference(c), torch.float64, f"{variant}/{mode}/{sg_name}/noisy={noisy}")
 
 
@@ -292,11 +303,14 @@ SHAPES = {
     "inner1": (4, 3, 6),  # [T, B, C]: no spatial dims, inner = 1
     "c1": (4, 3, 1, 5, 5),  # one channel
     "t1": (1, 4, 3, 4, 4),  # one step
+    "t8": (8, 2, 3, 5),  # one full segment, no checkpoint
+    "t9": (9, 2, 3, 5),  # a checkpoint and a segment of one step
+    "t17": (17, 2, 3, 2, 2),  # two checkpoints, ragged tail
     "bs1": (6, 1, 5),  # B·S = 1: n = T
     "n5": (3, 1, 5),  # N = 5, most of the block idle
-    "n256": (2, 4, 4, 4, 4),  # N = kThreads exactly
-    "n294-inner49": (3, 2, 3, 7, 7),  # two blocks, ragged
-    "n771": (2, 257, 3),  # inner = 1, four blocks, three threads past N in the last
+    "c256": (2, 16, 2, 4, 4),  # 256 neurons per channel: one block each, exactly full
+    "c294-inner49": (3, 6, 3, 7, 7),  # 294 per channel: two blocks, the second ragged, runs across them
+    "c771": (10, 771, 2),  # inner = 1, 771 per channel: four blocks, three threads past the end
 }
 
 
@@ -305,6 +319,18 @@ SHAPES = {
 def test_emulated_bn_lif_shapes(bn_emulator, shape, mode):
     c = make_case(SHAPES[shape], torch.float64, "soft-di-det-kappa", mode, "atan", noisy=shape == "n294-inner49")
     check_all(bn_emulator, c, reference(c), torch.float64, f"{shape}/{mode}")
+
+
+def test_emulated_bn_lif_empty_batch(bn_emulator):
+    """B = 0 (running statistics): no neuron, yet every backward block runs and writes zero sums, so
+    ∂weight, ∂bias and ∂params are 0, not what an unwritten scratch held."""
+    c = make_case((9, 0, 3, 2), torch.float64, "hard-di", "running-tdbn")
+    for need_param in (True, False):
+        got, extra = run(bn_emulator, c, SAVE_STATE, need_param)
+        assert torch.equal(extra["part"], torch.zeros(3, 1, 5, dtype=torch.float64))
+        for key in ("grad_weight", "grad_bias", "grad_params"):
+            assert torch.equal(got[key], torch.zeros_like(got[key])), key
+        assert got["grad_x"].shape == (9, 0) and got["s"].shape == (9, 0)
 
 
 @pytest.mark.parametrize("mode", ["batch-bn", "running-tdbn"])
@@ -464,13 +490,13 @@ MUTATIONS = {
     "theta": "batch-tdbn",  # no θ term of the tdBN gain
     "dx_mean": "batch-bn",  # dx without the path through the batch mean
     "inner": "batch-bn",  # the kernels told inner = 1: the wrong channel's a, m, b
-    "no_rerun": "batch-bn",  # recompute without re-running the forward: the NaN scratch H is read
+    "no_checkpoint": "batch-bn",  # the forward keeps no checkpoint: the NaN rows are read
 }
 
 
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
 def test_a_broken_algebra_is_caught(bn_emulator, mutation):
-    c = make_case((4, 3, 4, 3, 3), torch.float64, "hard-di", MUTATIONS[mutation], "sigmoid")
+    c = make_case((10, 3, 4, 3, 3), torch.float64, "hard-di", MUTATIONS[mutation], "sigmoid")
     want = reference(c)
     got, _ = run(bn_emulator, c, SAVE_RECOMPUTE, True, mutate=(mutation,))
     with pytest.raises(AssertionError):

@@ -16,7 +16,8 @@ namespace snn_fast {
 
 // The ops' `save` argument: what lif_fwd keeps in its fourth output for lif_bwd
 // (snn_fast/ops/lif/contract.py SAVE, the same codes).
-constexpr int64_t kSaveState = 0;      // the GPU kernels: H for every step (the CPU kernel: nothing)
+constexpr int64_t kSaveState = 0;      // the GPU kernels: H for every step (the CPU kernel: nothing;
+                                       // bn_lif's CUDA kernels: as recompute, its backward reads x anyway)
 constexpr int64_t kSaveRecompute = 1;  // the GPU kernels: V every K steps (the CPU kernel: nothing)
 constexpr int64_t kSaveNone = 2;       // inference: nothing, no backward follows
 constexpr int64_t kSaveSgArg = 3;      // the CPU kernel: D = H − θ of every step, for a user's g′

@@ -9,16 +9,12 @@ namespace snn_fast {
 namespace cuda {
 namespace {
 
-// One thread per neuron (forward, backward, dx), one block per channel (the backward's
-// channel sums) or per channel chunk (statistics); the bodies are bn_lif_kernels.cuh's.
+// One thread per neuron (forward, dx), blocks of one channel's neurons (backward), one block per
+// channel (the backward's channel totals) or per channel chunk (statistics); the bodies are
+// bn_lif_kernels.cuh's.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) bnlif_forward(BNLIFFwdArgs args) {
   bnlif_fwd_thread<scalar_t>(args, int64_t(blockIdx.x) * kThreads + threadIdx.x);
-}
-
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) bnlif_backward(BNLIFBwdArgs args) {
-  bnlif_bwd_thread<scalar_t>(args, int64_t(blockIdx.x) * kThreads + threadIdx.x);
 }
 
 template <typename scalar_t>
@@ -42,10 +38,20 @@ __device__ void block_sum(double (&v)[K]) {
   for (int j = 0; j < K; ++j) v[j] = sh[j][0];
 }
 
-template <typename acc_t, typename idx_t>
+// Block (c, q) = blockIdx.x / P, % P: its neurons' walks, then their sums into part[c, q].
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 1 : 4) bnlif_backward(BNLIFBwdArgs args) {
+  double v[5];
+  bnlif_bwd_thread<scalar_t>(args, blockIdx.x / args.P, blockIdx.x % args.P, threadIdx.x, v);
+  block_sum<kThreads>(v);
+  if (threadIdx.x == 0)
+    for (int j = 0; j < 5; ++j) args.part[int64_t(blockIdx.x) * 5 + j] = v[j];
+}
+
+template <typename acc_t>
 __global__ void __launch_bounds__(kChanThreads) bnlif_channels(BNLIFChannelArgs args) {
   double v[5];
-  bnlif_channel_share<acc_t, idx_t>(args, blockIdx.x, threadIdx.x, kChanThreads, v);
+  bnlif_channel_share(args, blockIdx.x, threadIdx.x, kChanThreads, v);
   block_sum<kChanThreads>(v);
   if (threadIdx.x == 0) bnlif_channel_epilogue<acc_t>(args, blockIdx.x, v);
 }
@@ -83,14 +89,9 @@ int64_t bn_lif_stats_chunks(int64_t T, int64_t N, int64_t C, int64_t inner) {
 
 int bn_lif_channels_launch(const BNLIFChannelArgs& args, void* stream) {
   if (args.C == 0) return 0;
-  const bool narrow = bnlif_channels_narrow(args);
   return with_acc_type(args.dtype, [&](auto tag) {
-    using acc_t = decltype(tag);
-    auto st = static_cast<cudaStream_t>(stream);
-    if (narrow)
-      bnlif_channels<acc_t, uint32_t><<<dim3(unsigned(args.C)), kChanThreads, 0, st>>>(args);
-    else
-      bnlif_channels<acc_t, uint64_t><<<dim3(unsigned(args.C)), kChanThreads, 0, st>>>(args);
+    bnlif_channels<decltype(tag)><<<dim3(unsigned(args.C)), kChanThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        args);
     return int(cudaGetLastError());
   });
 }
@@ -129,10 +130,13 @@ int bn_lif_fwd_launch(const BNLIFFwdArgs& args, void* stream) {
   });
 }
 
+int64_t bn_lif_bwd_blocks(int64_t N, int64_t C) { return bnlif_bwd_blocks(N, C); }
+
+// With N = 0 (B = 0) the blocks still run: they write the zero totals the channel pass reads.
 int bn_lif_bwd_launch(const BNLIFBwdArgs& args, void* stream) {
-  if (args.N == 0 || args.T == 0) return 0;
+  if (args.C == 0) return 0;
   return with_storage_type(args.dtype, [&](auto tag) {
-    bnlif_backward<decltype(tag)><<<dim3(unsigned(blocks_for(args.N, 1))), kThreads, 0,
+    bnlif_backward<decltype(tag)><<<dim3(unsigned(args.C * args.P)), kThreads, 0,
                                     static_cast<cudaStream_t>(stream)>>>(args);
     return int(cudaGetLastError());
   });

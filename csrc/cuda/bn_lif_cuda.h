@@ -9,13 +9,18 @@
 // torch op for it on the host). Per element and step:
 //   stats     read x: per (channel, chunk) shifted sums Σ(x − K_c), Σ(x − K_c)² in double ([C, P, 2]),
 //             then per channel mean, rstd = 1/√(var + eps) and the unbiased variance (bn_lif_stats)
-//   forward   read x, write s, write H (acc_t, save="state")
-//   backward  read H (or re-run the forward into it: read x, write H), read x, read ∂L/∂S, write ∂L/∂X'
-//             (a_c·∂L/∂X' in eval); per neuron its sums over t of ∂L/∂X', ∂L/∂X'·(x − m) ([2, N]) and,
-//             with parameter gradients, its (∂k, ∂θ, ∂α) terms ([3, N])
-//   channels  one block per channel sums those in double: ∂weight, ∂bias, the dx coefficients and the
-//             channel's parameter-gradient terms ([3, C] double); one block then sums those into ∂params
+//   forward   read x, write s; with a backward to follow and T > kSeg = 8, V every 8 steps
+//             ([⌈T/8⌉ − 1, N] acc, both save modes: the backward reads x anyway, for batch norm)
+//   backward  read x, read ∂L/∂S, write ∂L/∂X' (a_c·∂L/∂X' in eval): the forward re-run 8 steps at a
+//             time into registers from those checkpoints, then walked back. Blocks of one channel's
+//             neurons (bn_lif_bwd_blocks per channel); each block sums its neurons' Σ_t ∂L/∂X',
+//             Σ_t ∂L/∂X'·(x − m) and, with parameter gradients, their (∂k, ∂θ, ∂α) terms in double
+//             ([C, P, 5]): no per-neuron [·, N] scratch
+//   channels  one block per channel sums its P block totals: ∂weight, ∂bias, the dx coefficients and
+//             the channel's parameter-gradient terms ([3, C] double); one block then sums those into
+//             ∂params
 //   dx        training: read ∂L/∂X', x, write ∂L/∂x = A_c·∂L/∂X' + B_c·(x − m_c) + D_c
+// So 9 passes over [T, N] per training step (3 forward, 6 backward), as on the CPU.
 // Every sum runs in a fixed order (fixed partition, fixed tree): the results are deterministic.
 #pragma once
 
@@ -25,6 +30,11 @@
 
 namespace snn_fast {
 namespace cuda {
+
+// The backward re-runs the forward kBNLIFSeg steps at a time (in registers); the forward keeps V after
+// steps kBNLIFSeg − 1, 2·kBNLIFSeg − 1, …: bn_lif_checkpoints(T) rows of N.
+constexpr int kBNLIFSeg = 8;
+inline int64_t bn_lif_checkpoints(int64_t T) { return T > 0 ? (T - 1) / kBNLIFSeg : 0; }
 
 struct BNLIFFwdArgs {
   DType dtype;
@@ -41,7 +51,7 @@ struct BNLIFFwdArgs {
   void* s;             // [T, N]
   void* v_last;        // [N]
   void* v_seq;         // [T, N] or null
-  void* h;             // [T, N] acc, or null (nothing saved)
+  void* ck;            // [⌈T/8⌉ − 1, N] acc: V after steps 7, 15, …; or null (no backward follows)
   LIFFlagsC flags;
 };
 
@@ -60,24 +70,23 @@ struct BNLIFBwdArgs {
   const void* b;
   double tdbn_alpha;
   const bool* mask;
-  void* h;                 // [T, N] acc: the forward's H, or a scratch the kernel fills first (rerun)
-  bool rerun;
+  const void* ck;          // [⌈T/8⌉ − 1, N] acc: the forward's checkpoints (unread for T <= 8)
   bool scale_by_a;         // write a_c·∂L/∂X' (running statistics) instead of ∂L/∂X'
   bool need_param_grad;
   void* grad_x;            // [T, N]
   void* grad_v0;           // [N]
-  void* sums;              // [2, N] acc
-  void* psum;              // [3, N] acc, or null without parameter gradients
+  int64_t P;               // blocks per channel: bn_lif_bwd_blocks(N, C)
+  double* part;            // [C, P, 5]: each block's sums (the parameter terms 0 without need_param_grad)
   LIFFlagsC flags;
 };
 
 // The per-channel reduction of the backward's sums and its epilogue (one block per channel), then the
 // parameter gradient (one block).
 struct BNLIFChannelArgs {
-  DType dtype;             // x's: the [C] tensors, sums and psum are in its acc type
+  DType dtype;             // x's: the [C] tensors are in its acc type
   int64_t T, N, C, inner;
-  const void* sums;        // [2, N] acc, from the backward
-  const void* psum;        // [3, N] acc, or null without parameter gradients
+  int64_t P;               // the backward's blocks per channel
+  const double* part;      // [C, P, 5], from the backward
   const void* params;      // [3] acc
   const void* w;           // [C] acc
   const void* rstd;        // [C] acc
@@ -121,6 +130,8 @@ int bn_lif_stats_launch(const BNStatsArgs& args, void* stream);
 // The chunks per channel of bn_lif_stats_launch for this shape (at least 1): enough blocks to fill a
 // GPU, each of at least a few thousand values.
 int64_t bn_lif_stats_chunks(int64_t T, int64_t N, int64_t C, int64_t inner);
+// The backward's blocks per channel (its grid is C of them each): ⌈B·inner / 256⌉, at least 1.
+int64_t bn_lif_bwd_blocks(int64_t N, int64_t C);
 
 }  // namespace cuda
 }  // namespace snn_fast

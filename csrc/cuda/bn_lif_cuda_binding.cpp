@@ -3,9 +3,10 @@
 // and the per-channel algebra between the walk and the dx pass, as bn_lif_cpu.cpp does it on the CPU
 // and snn_fast/ops/bn_lif/triton.py on Triton. Compiled only in CUDA builds (setup.py).
 //
-// `saved` (the fourth output of bn_lif_fwd) is, by `save`: the forward's H, [T, N] in params' dtype
-// (0, "state"), or nothing (1, "recompute": the backward re-runs the forward into a scratch H; 2,
-// inference). bn_lif_stats: the batch's per-channel mean, rstd and unbiased variance (one read of x).
+// `saved` (the fourth output of bn_lif_fwd) is, with save 0 ("state") or 1 ("recompute") alike, the
+// membrane every 8 steps, [⌈T/8⌉ − 1, N] in params' dtype (empty rows for T <= 8): the backward re-runs
+// the forward from them in registers, since it reads x anyway for batch norm's sums, so keeping H would
+// only add two passes; with 2 (inference), nothing. bn_lif_stats: the batch's per-channel mean, rstd and unbiased variance (one read of x).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -86,8 +87,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cuda(
   const Tensor w = weight.contiguous(), r = rstd.contiguous(), m = mean.contiguous(), b = bias.contiguous();
   Tensor s = at::empty_like(x), v_last = at::empty_like(v0);
   Tensor v_seq = return_v_seq ? at::empty_like(x) : at::empty({0}, x.options());
-  const bool keep_h = save == kSaveState;
-  Tensor saved = keep_h ? at::empty({T, N}, params.options()) : at::empty({0}, x.options());
+  const bool keep = save != kSaveNone;
+  Tensor saved = keep ? at::empty({bn_lif_checkpoints(T), N}, params.options()) : at::empty({0}, x.options());
   BNLIFFwdArgs f{};
   f.dtype = dtype_of(x, "bn_lif");
   f.T = T;
@@ -106,7 +107,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cuda(
   f.s = s.mutable_data_ptr();
   f.v_last = v_last.mutable_data_ptr();
   f.v_seq = return_v_seq ? v_seq.mutable_data_ptr() : nullptr;
-  f.h = keep_h ? saved.mutable_data_ptr() : nullptr;
+  f.ck = keep && bn_lif_checkpoints(T) > 0 ? saved.mutable_data_ptr() : nullptr;
   f.flags = bn_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
   C10_CUDA_CHECK(static_cast<cudaError_t>(bn_lif_fwd_launch(f, c10::cuda::getCurrentCUDAStream().stream())));
   return {s, v_last, v_seq, saved};
@@ -125,12 +126,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
   check_lif_bwd_args(grad_s_, gvlast_, gvseq_, x_, v0_, "bn_lif");
   TORCH_CHECK(save != kSaveNone, "bn_lif_bwd (CUDA kernel): the forward ran with save=2 (inference) and kept "
               "nothing for a backward");
-  const bool rerun = save != kSaveState;
-  if (!rerun)
-    TORCH_CHECK(saved_.sizes() == x_.sizes() && saved_.scalar_type() == params_.scalar_type() &&
-                    saved_.device() == x_.device(),
-                "bn_lif_bwd (CUDA kernel, save=0): `saved` must be the forward's H, [T, N] ", params_.scalar_type(),
-                ", written by the CUDA bn_lif_fwd, got ", saved_.sizes(), " ", saved_.scalar_type());
+  const int64_t n_ck = bn_lif_checkpoints(x_.size(0));
+  TORCH_CHECK(saved_.dim() == 2 && saved_.size(0) == n_ck && saved_.size(1) == x_.size(1) &&
+                  saved_.scalar_type() == params_.scalar_type() && saved_.device() == x_.device(),
+              "bn_lif_bwd (CUDA kernel): `saved` must be the forward's membrane checkpoints, [", n_ck, ", ",
+              x_.size(1), "] ", params_.scalar_type(), ", written by the CUDA bn_lif_fwd, got ", saved_.sizes(), " ",
+              saved_.scalar_type());
   const c10::cuda::CUDAGuard guard(x_.device());
   Tensor x = x_.contiguous(), v0 = v0_.contiguous(), params = params_.contiguous(), gs = grad_s_.contiguous();
   Tensor gvlast, gvseq;
@@ -140,20 +141,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
   const Tensor w = weight.contiguous(), r = rstd.contiguous(), m = mean.contiguous(), b = bias.contiguous();
-  Tensor h = rerun ? at::empty({T, N}, params.options()) : saved_.contiguous();
+  const Tensor ck = saved_.contiguous();
   Tensor gx = at::empty_like(x), gv0 = at::empty_like(v0);
-  // one scratch in params' dtype: the per-neuron sums [2, N], their parameter terms [3, N], the dx
-  // coefficients [3, C]; the channels' parameter terms [3, C] in double
-  const int64_t n_ps = need_param_grad ? 3 * N : 0, n_coef = batch_stats ? 3 * C : 0;
-  const Tensor scratch = at::empty({2 * N + n_ps + n_coef}, params.options());  // T >= 1: check_lif_args
-  const Tensor pchan = need_param_grad ? at::empty({3 * C}, params.options().dtype(at::kDouble)) : Tensor();
+  // one scratch in double: the backward blocks' sums [C, P, 5], the channels' parameter terms [3, C];
+  // the dx coefficients [3, C] in params' dtype
+  const int64_t P = bn_lif_bwd_blocks(N, C);
+  const Tensor scratch = at::empty({C * P * 5 + (need_param_grad ? 3 * C : 0)}, params.options().dtype(at::kDouble));
+  const Tensor coef = batch_stats ? at::empty({3 * C}, params.options()) : Tensor();
   Tensor gp = at::empty({3}, params.options()), gw = at::empty({C}, params.options()),
          gb = at::empty({C}, params.options());
-  char* base = static_cast<char*>(scratch.mutable_data_ptr());
-  const size_t esz = scratch.element_size();
-  void* sums = base;
-  void* psum = need_param_grad ? base + 2 * N * esz : nullptr;
-  void* coef = batch_stats ? base + (2 * N + n_ps) * esz : nullptr;
+  double* part = scratch.mutable_data_ptr<double>();
   BNLIFBwdArgs wa{};
   wa.dtype = dtype_of(x, "bn_lif");
   wa.T = T;
@@ -172,14 +169,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
   wa.b = b.const_data_ptr();
   wa.tdbn_alpha = tdbn_alpha;
   wa.mask = mask ? mask->const_data_ptr<bool>() : nullptr;
-  wa.h = h.mutable_data_ptr();
-  wa.rerun = rerun;
+  wa.ck = n_ck > 0 ? ck.const_data_ptr() : nullptr;
   wa.scale_by_a = !batch_stats;
   wa.need_param_grad = need_param_grad;
   wa.grad_x = gx.mutable_data_ptr();
   wa.grad_v0 = gv0.mutable_data_ptr();
-  wa.sums = sums;
-  wa.psum = psum;
+  wa.P = P;
+  wa.part = part;
   wa.flags = bn_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   C10_CUDA_CHECK(static_cast<cudaError_t>(bn_lif_bwd_launch(wa, stream)));
@@ -190,8 +186,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
   ca.N = N;
   ca.C = C;
   ca.inner = inner;
-  ca.sums = sums;
-  ca.psum = psum;
+  ca.P = P;
+  ca.part = part;
   ca.params = wa.params;
   ca.w = wa.w;
   ca.rstd = wa.rstd;
@@ -199,8 +195,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
   ca.batch_stats = batch_stats;
   ca.grad_w = gw.mutable_data_ptr();
   ca.grad_b = gb.mutable_data_ptr();
-  ca.coef = coef;
-  ca.pchan = need_param_grad ? pchan.mutable_data_ptr<double>() : nullptr;
+  ca.coef = batch_stats ? coef.mutable_data_ptr() : nullptr;
+  ca.pchan = need_param_grad ? part + C * P * 5 : nullptr;
   ca.grad_params = gp.mutable_data_ptr();
   C10_CUDA_CHECK(static_cast<cudaError_t>(bn_lif_channels_launch(ca, stream)));
   if (need_param_grad) C10_CUDA_CHECK(static_cast<cudaError_t>(bn_lif_params_launch(ca, stream)));
@@ -213,7 +209,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
     d.inner = inner;
     d.x = x.const_data_ptr();
     d.grad_x = gx.mutable_data_ptr();
-    d.coef = coef;
+    d.coef = coef.const_data_ptr();
     d.m = m.const_data_ptr();
     C10_CUDA_CHECK(static_cast<cudaError_t>(bn_lif_dx_launch(d, stream)));
   }

@@ -25,111 +25,136 @@ SNN_HD acc_t bnlif_emitted(acc_t h, const bool* mask, int64_t i, const LIFParams
   return mask != nullptr ? lif_fire_rt<acc_t>(h, mask[i], p) : lif_spike<acc_t>(h, p);
 }
 
-// The forward of neuron n over t = 0 … T − 1 from v0[n]: writes the optional s, v_seq and H (each
-// skipped when null) and returns V_T.
-template <typename scalar_t>
-SNN_HD acc_of_t<scalar_t> bnlif_run_forward(
-    const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_seq, acc_of_t<scalar_t>* h_out,
-    int64_t n, int64_t T, int64_t N, acc_of_t<scalar_t> a, acc_of_t<scalar_t> m, acc_of_t<scalar_t> b,
-    const LIFParams<acc_of_t<scalar_t>>& p) {
-  using acc_t = acc_of_t<scalar_t>;
-  acc_t v = to_acc(v0[n]);
-  with_flags(
-      [&](auto hard, auto di) {
-        for (int64_t t = 0; t < T; ++t) {
-          const int64_t i = t * N + n;
-          const acc_t h = lif_charge<decltype(di)::value>(v, bn_input<acc_t>(to_acc(x[i]) - m, a, b), p);
-          const acc_t sp = bnlif_emitted(h, mask, i, p);
-          if (s != nullptr) s[i] = from_acc<scalar_t>(sp);
-          if (h_out != nullptr) h_out[i] = h;
-          v = lif_reset<decltype(hard)::value>(h, sp, p);
-          if (v_seq != nullptr) v_seq[i] = from_acc<scalar_t>(v);
-        }
-      },
-      p.hard_reset, p.decay_input);
-  return v;
-}
+// The backward re-runs the forward in segments of kSeg steps held in registers; the forward keeps the
+// membrane V after steps kSeg − 1, 2·kSeg − 1, … ([⌈T/kSeg⌉ − 1, N] acc, nothing for T ≤ kSeg) so that
+// each segment starts from it. kSeg = 8: the LIF op's recompute interval (bn_lif_cuda.h, whose
+// bn_lif_checkpoints is this count for the host).
+constexpr int kSeg = kBNLIFSeg;
+SNN_HD int64_t bnlif_checkpoints(int64_t T) { return T > 0 ? (T - 1) / kSeg : 0; }
 
-// Forward of neuron n (channel (n / inner) % C): s, v_last, and the optional v_seq and H.
+// Forward of neuron n (channel (n / inner) % C) over t = 0 … T − 1: s, v_last, the optional v_seq and
+// the checkpoints (each skipped when null).
 template <typename scalar_t>
 SNN_HD void bnlif_fwd_thread(const BNLIFFwdArgs& args, int64_t n) {
   using acc_t = acc_of_t<scalar_t>;
-  if (n >= args.N) return;
-  const auto p = load_params(static_cast<const acc_t*>(args.params), args.flags);
-  const int64_t c = (n / args.inner) % args.C;
-  const acc_t v = bnlif_run_forward<scalar_t>(
-      static_cast<const scalar_t*>(args.x), static_cast<const scalar_t*>(args.v0), args.mask,
-      static_cast<scalar_t*>(args.s), static_cast<scalar_t*>(args.v_seq), static_cast<acc_t*>(args.h), n, args.T,
-      args.N, bnlif_scale<acc_t>(args.w, args.rstd, args.tdbn_alpha, c, p.theta),
-      static_cast<const acc_t*>(args.m)[c], static_cast<const acc_t*>(args.b)[c], p);
-  static_cast<scalar_t*>(args.v_last)[n] = from_acc<scalar_t>(v);
-}
-
-// Backward of neuron n, t = T − 1 … 0 (after re-running the forward into H with `rerun`): ∂L/∂X' (or
-// a_c·∂L/∂X' with scale_by_a) into grad_x, ∂L/∂v0, this neuron's Σ_t ∂L/∂X' and Σ_t ∂L/∂X'·(x − m)
-// into sums[n], sums[N + n] and, with need_param_grad, its (∂k, ∂θ, ∂α) terms into psum[·N + n].
-template <typename scalar_t>
-SNN_HD void bnlif_bwd_thread(const BNLIFBwdArgs& args, int64_t n) {
-  using acc_t = acc_of_t<scalar_t>;
-  const int64_t N = args.N, T = args.T;
+  const int64_t T = args.T, N = args.N;
   if (n >= N) return;
   const auto p = load_params(static_cast<const acc_t*>(args.params), args.flags);
   const int64_t c = (n / args.inner) % args.C;
   const acc_t a = bnlif_scale<acc_t>(args.w, args.rstd, args.tdbn_alpha, c, p.theta),
               m = static_cast<const acc_t*>(args.m)[c], b = static_cast<const acc_t*>(args.b)[c];
   const scalar_t* x = static_cast<const scalar_t*>(args.x);
-  const scalar_t* v0 = static_cast<const scalar_t*>(args.v0);
+  scalar_t* s = static_cast<scalar_t*>(args.s);
+  scalar_t* v_seq = static_cast<scalar_t*>(args.v_seq);
+  acc_t* ck = static_cast<acc_t*>(args.ck);
+  acc_t v = to_acc(static_cast<const scalar_t*>(args.v0)[n]);
+  with_flags(
+      [&](auto hard, auto di) {
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t i = t * N + n;
+          const acc_t h = lif_charge<decltype(di)::value>(v, bn_input<acc_t>(to_acc(x[i]) - m, a, b), p);
+          const acc_t sp = bnlif_emitted(h, args.mask, i, p);
+          s[i] = from_acc<scalar_t>(sp);
+          v = lif_reset<decltype(hard)::value>(h, sp, p);
+          if (v_seq != nullptr) v_seq[i] = from_acc<scalar_t>(v);
+          if (ck != nullptr && (t + 1) % kSeg == 0 && t + 1 < T) ck[((t + 1) / kSeg - 1) * N + n] = v;
+        }
+      },
+      p.hard_reset, p.decay_input);
+  static_cast<scalar_t*>(args.v_last)[n] = from_acc<scalar_t>(v);
+}
+
+// The backward's blocks per channel: one thread per neuron of the channel (B·inner of them), at least one.
+SNN_HD int64_t bnlif_bwd_blocks(int64_t N, int64_t C) {
+  const int64_t count = C > 0 ? N / C : 0, p = (count + kThreads - 1) / kThreads;
+  return p > 1 ? p : 1;
+}
+
+// Block (c, q) of the backward, thread tid: neuron k = q·kThreads + tid of channel c (k < B·inner; run
+// k / inner, element n = (k / inner·C + c)·inner + k % inner), t = T − 1 … 0, segment by segment: the
+// segment's H, X' − b and spikes re-run into registers from its checkpoint, then walked back. Writes
+// ∂L/∂X' (a_c·∂L/∂X' with scale_by_a) into grad_x and ∂L/∂v0, and returns the neuron's Σ_t ∂L/∂X',
+// Σ_t ∂L/∂X'·(x − m) and, with need_param_grad, its (∂k, ∂θ, ∂α) terms in out (zeros past the channel's
+// end) for the block's sum.
+template <typename scalar_t>
+SNN_HD void bnlif_bwd_thread(const BNLIFBwdArgs& args, int64_t c, int64_t q, int tid, double (&out)[5]) {
+  using acc_t = acc_of_t<scalar_t>;
+  for (int j = 0; j < 5; ++j) out[j] = 0;
+  const int64_t N = args.N, T = args.T, C = args.C, inner = args.inner;
+  const int64_t k = q * kThreads + tid;
+  if (C <= 0 || k >= N / C) return;
+  const int64_t r = k / inner, n = (r * C + c) * inner + (k - r * inner);
+  const auto p = load_params(static_cast<const acc_t*>(args.params), args.flags);
+  const acc_t a = bnlif_scale<acc_t>(args.w, args.rstd, args.tdbn_alpha, c, p.theta),
+              m = static_cast<const acc_t*>(args.m)[c], b = static_cast<const acc_t*>(args.b)[c];
+  const scalar_t* x = static_cast<const scalar_t*>(args.x);
   const scalar_t* gs = static_cast<const scalar_t*>(args.grad_s);
   const scalar_t* gvs = static_cast<const scalar_t*>(args.grad_v_seq);
-  acc_t* H = static_cast<acc_t*>(args.h);
+  const acc_t* ck = static_cast<const acc_t*>(args.ck);
   scalar_t* gx = static_cast<scalar_t*>(args.grad_x);
-  if (args.rerun) bnlif_run_forward<scalar_t>(x, v0, args.mask, nullptr, nullptr, H, n, T, N, a, m, b, p);
+  const acc_t v0 = to_acc(static_cast<const scalar_t*>(args.v0)[n]);
   acc_t dv = args.grad_v_last ? to_acc(static_cast<const scalar_t*>(args.grad_v_last)[n]) : acc_t(0);
   acc_t g0 = 0, g1 = 0, sk = 0, sth = 0, sal = 0;
   const acc_t scale = args.scale_by_a ? a : acc_t(1);
   with_flags(
       [&](auto hard, auto di, auto detach, auto pgrad) {
-        constexpr bool HARD = decltype(hard)::value, DI = decltype(di)::value, DET = decltype(detach)::value;
-        for (int64_t t = T - 1; t >= 0; --t) {
-          const int64_t i = t * N + n;
-          const acc_t h = H[i];
-          const acc_t sp = bnlif_emitted(h, args.mask, i, p);
-          if (gvs != nullptr) dv += to_acc(gvs[i]);
-          const acc_t xc = to_acc(x[i]) - m;
-          acc_t gp, dga, eps;
-          if constexpr (decltype(pgrad)::value) {
-            sg_grad_dalpha_rt<true, acc_t>(p.sg, h - p.theta, p.alpha, gp, dga);
-            const acc_t vprev = t > 0 ? lif_reset<HARD>(H[i - N], bnlif_emitted(H[i - N], args.mask, i - N, p), p)
-                                      : to_acc(v0[n]);
-            acc_t ek, eth, eal;
-            eps = lif_step_backward_g<HARD, DI, DET, acc_t, false>(h, sp, vprev, bn_input<acc_t>(xc, a, b),
-                                                                   to_acc(gs[i]), dv, gp, dga, p, ek, eth, eal);
-            sk += ek;
-            sth += eth;
-            sal += eal;
-          } else {
-            sg_grad_dalpha_rt<false, acc_t>(p.sg, h - p.theta, p.alpha, gp, dga);
-            const acc_t ds = lif_grad_s<HARD, DET, acc_t, false>(to_acc(gs[i]), dv, h, p);
-            eps = lif_grad_h<HARD>(dv, sp, ds, gp);
+        constexpr bool HARD = decltype(hard)::value, DI = decltype(di)::value, DET = decltype(detach)::value,
+                       PG = decltype(pgrad)::value;
+        for (int64_t seg = bnlif_checkpoints(T); seg >= 0; --seg) {
+          const int64_t t0 = seg * kSeg, len = T - t0 < kSeg ? T - t0 : kSeg;
+          acc_t hs[kSeg], xcs[kSeg];  // registers: every index is a constant after unrolling
+          const acc_t vstart = seg == 0 ? v0 : ck[(seg - 1) * N + n];
+          acc_t v = vstart;
+          // one running element index each way (not a 64-bit address per unrolled step)
+          int64_t i = t0 * N + n;
+#pragma unroll
+          for (int j = 0; j < kSeg; ++j) {
+            if (j < len) {
+              xcs[j] = to_acc(x[i]) - m;
+              hs[j] = lif_charge<DI>(v, bn_input<acc_t>(xcs[j], a, b), p);
+              v = lif_reset<HARD>(hs[j], bnlif_emitted(hs[j], args.mask, i, p), p);
+              i += N;
+            }
           }
-          const acc_t gxp = lif_grad_x<DI>(eps, p);
-          gx[i] = from_acc<scalar_t>(gxp * scale);
-          g0 += gxp;
-          g1 += gxp * xc;
-          dv = lif_grad_v_prev(eps, p);
+#pragma unroll
+          for (int j = kSeg - 1; j >= 0; --j) {
+            if (j < len) {
+              i -= N;
+              const acc_t h = hs[j], sp = bnlif_emitted(h, args.mask, i, p), xc = xcs[j];
+              if (gvs != nullptr) dv += to_acc(gvs[i]);
+              acc_t gp, dga, eps;
+              if constexpr (PG) {
+                sg_grad_dalpha_rt<true, acc_t>(p.sg, h - p.theta, p.alpha, gp, dga);
+                // V_{t−1}: the previous step's reset, or the segment's start
+                const acc_t vprev =
+                    j > 0 ? lif_reset<HARD>(hs[j - 1], bnlif_emitted(hs[j - 1], args.mask, i - N, p), p) : vstart;
+                acc_t ek, eth, eal;
+                eps = lif_step_backward_g<HARD, DI, DET, acc_t, false>(h, sp, vprev, bn_input<acc_t>(xc, a, b),
+                                                                       to_acc(gs[i]), dv, gp, dga, p, ek, eth, eal);
+                sk += ek;
+                sth += eth;
+                sal += eal;
+              } else {
+                sg_grad_dalpha_rt<false, acc_t>(p.sg, h - p.theta, p.alpha, gp, dga);
+                const acc_t ds = lif_grad_s<HARD, DET, acc_t, false>(to_acc(gs[i]), dv, h, p);
+                eps = lif_grad_h<HARD>(dv, sp, ds, gp);
+              }
+              const acc_t gxp = lif_grad_x<DI>(eps, p);
+              gx[i] = from_acc<scalar_t>(gxp * scale);
+              g0 += gxp;
+              g1 += gxp * xc;
+              dv = lif_grad_v_prev(eps, p);
+            }
+          }
         }
       },
       p.hard_reset, p.decay_input, p.detach_reset, args.need_param_grad);
   static_cast<scalar_t*>(args.grad_v0)[n] = from_acc<scalar_t>(dv);
-  acc_t* sums = static_cast<acc_t*>(args.sums);
-  sums[n] = g0;
-  sums[N + n] = g1;
-  if (args.need_param_grad) {
-    acc_t* ps = static_cast<acc_t*>(args.psum);
-    ps[n] = sk;
-    ps[N + n] = sth;
-    ps[2 * N + n] = sal;
-  }
+  out[0] = double(g0);
+  out[1] = double(g1);
+  out[2] = double(sk);
+  out[3] = double(sth);
+  out[4] = double(sal);
 }
 
 // Training, neuron n over t = 0 … T − 1: ∂L/∂x = A_c·∂L/∂X' + B_c·(x − m_c) + D_c, in place over
@@ -156,7 +181,7 @@ SNN_HD void bnlif_dx_thread(const BNLIFDxArgs& args, int64_t n) {
 // block's thread 0 runs on the block's totals; bn_lif.cu sums the shares with block_sum (a fixed tree),
 // the emulator with the same tree on the host.
 
-constexpr int kChanThreads = 512;   // bnlif_channels: one block per channel
+constexpr int kChanThreads = 256;   // bnlif_channels: one block per channel
 constexpr int kParamThreads = 256;  // bnlif_params: one block
 constexpr int kStatsThreads = 256;  // bnlif_stats_part: one block per (channel, chunk)
 
@@ -166,35 +191,21 @@ int with_acc_type(DType d, F&& f) {
   return d == DType::kFloat64 ? f(double{}) : f(float{});
 }
 
-// The 32-bit index instantiations serve while a channel's values plus one block's stride fit in 31 bits.
-inline bool bnlif_channels_narrow(const BNLIFChannelArgs& a) {
-  return a.N / a.C + kChanThreads < (int64_t(1) << 31);
-}
+// The 32-bit index instantiations of the statistics serve while a channel's values plus one block's
+// stride fit in 31 bits.
 inline bool bnlif_stats_narrow(const BNStatsArgs& a) {
   return a.T * (a.N / a.C) + kStatsThreads < (int64_t(1) << 31);
 }
 
-// Thread tid's share of channel c's per-neuron backward terms: Σ over its neurons
-// n = (b·C + c)·inner + i of sums[n], sums[N + n] and, with psum, psum[n], psum[N + n], psum[2N + n].
-// idx_t: 32-bit when the channel's B·inner + nthreads fits (the binding's choice), for the division.
-template <typename acc_t, typename idx_t>
+// Thread tid's share of channel c's totals: Σ over its backward blocks q of part[(c·P + q)·5 + j]
+// (Σ∂L/∂X', Σ∂L/∂X'·(x − m) and, with pchan, the three parameter terms).
 SNN_HD void bnlif_channel_share(const BNLIFChannelArgs& a, int64_t c, int tid, int nthreads, double (&out)[5]) {
-  const acc_t* sums = static_cast<const acc_t*>(a.sums);
-  const acc_t* ps = static_cast<const acc_t*>(a.psum);
-  const int64_t N = a.N;
-  const idx_t inner = idx_t(a.inner), count = idx_t(a.N / a.C);
   for (int j = 0; j < 5; ++j) out[j] = 0;
-#pragma unroll 4
-  for (idx_t k = idx_t(tid); k < count; k += idx_t(nthreads)) {
-    const idx_t b = k / inner;
-    const int64_t n = (int64_t(b) * a.C + c) * a.inner + int64_t(k - b * inner);
-    out[0] += double(sums[n]);
-    out[1] += double(sums[N + n]);
-    if (ps != nullptr) {
-      out[2] += double(ps[n]);
-      out[3] += double(ps[N + n]);
-      out[4] += double(ps[2 * N + n]);
-    }
+  const int K = a.pchan != nullptr ? 5 : 2;
+  for (int64_t q = tid; q < a.P; q += nthreads) {
+#pragma unroll
+    for (int j = 0; j < 5; ++j)  // constant indices: out stays in registers
+      if (j < K) out[j] += a.part[(c * a.P + q) * 5 + j];
   }
 }
 

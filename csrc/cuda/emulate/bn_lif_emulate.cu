@@ -4,12 +4,14 @@
 // Runs the very thread bodies the __global__ kernels run (bnlif_fwd_thread / bnlif_bwd_thread /
 // bnlif_dx_thread of ../bn_lif_kernels.cuh), for every thread index of the launchers' grid in turn
 // (blocks_for(N, 1)·kThreads, so the threads past N run too and must return), on host memory;
-// and the block reductions (the backward's channel sums, ∂params, the statistics) as bn_lif.cu runs
-// them: every thread's share (bnlif_*_share), the block's fixed tree of block_sum on the host in the
-// same order, then the epilogue. The arguments are those of bn_lif_cuda.h's structs, flattened for
+// the backward block by block (C·P blocks of kThreads, the threads past the channel's end included),
+// each block's thread sums through block_sum's tree; and the block reductions (the channel totals,
+// ∂params, the statistics) as bn_lif.cu runs them: every thread's share (bnlif_*_share), the block's
+// fixed tree of block_sum on the host in the same order, then the epilogue. The arguments are those of bn_lif_cuda.h's structs, flattened for
 // ctypes; the launchers' early returns are kept. What this checks: the channel indexing, the
-// per-channel scale a_c from weight, rstd and the gain, m, b, the forward, the saved or re-run H, the
-// backward walk, the per-neuron sums and parameter-gradient terms, their channel sums and algebra, the
+// per-channel scale a_c from weight, rstd and the gain, m, b, the forward and its checkpoints, the
+// backward's segments re-run from them and walked back, the block sums and parameter-gradient terms,
+// their channel sums and algebra, the
 // dx pass, the statistics' chunking and shift, the optional inputs and the flag dispatch, with
 // lif_step.h's functions in their order of operations. What it does not: the device's math library
 // (expf etc.), FMA contraction of the plain a·b + c in the sums and in dx (the host build uses
@@ -25,7 +27,7 @@ using namespace snn_fast::cuda;
 
 namespace {
 
-// The 64-bit index instantiations of the reductions (bn_lif.cu takes them past 2^31 values per
+// The 64-bit index instantiations of the statistics (bn_lif.cu takes them past 2^31 values per
 // channel, beyond any test's size) on request: emu_bnlif_force_wide_index(1).
 bool g_force_wide = false;
 
@@ -50,7 +52,7 @@ extern "C" {
 int emu_bnlif_fwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, const void* x, const void* v0,
                   const void* params, const void* w, const void* rstd, double tdbn_alpha, const void* m,
                   const void* b, const bool* mask, void* s,
-                  void* v_last, void* v_seq, void* h, int sg, int hard_reset, double v_reset, int decay_input,
+                  void* v_last, void* v_seq, void* ck, int sg, int hard_reset, double v_reset, int decay_input,
                   int detach_reset, double kappa, int strict) {
   BNLIFFwdArgs f{};
   f.dtype = DType(dtype);
@@ -70,7 +72,7 @@ int emu_bnlif_fwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, con
   f.s = s;
   f.v_last = v_last;
   f.v_seq = v_seq;
-  f.h = h;
+  f.ck = ck;
   f.flags = flags_of(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict);
   if (f.N == 0 || f.T == 0) return 0;
   return with_storage_type(f.dtype, [&](auto tag) {
@@ -84,8 +86,8 @@ int emu_bnlif_fwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, con
 int emu_bnlif_bwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, const void* grad_s,
                   const void* grad_v_last, const void* grad_v_seq, const void* x, const void* v0, const void* params,
                   const void* wt, const void* rstd, double tdbn_alpha, const void* m, const void* b,
-                  const bool* mask, void* h, int rerun, int scale_by_a,
-                  int need_param_grad, void* grad_x, void* grad_v0, void* sums, void* psum, int sg, int hard_reset,
+                  const bool* mask, const void* ck, int scale_by_a,
+                  int need_param_grad, void* grad_x, void* grad_v0, double* part, int sg, int hard_reset,
                   double v_reset, int decay_input, int detach_reset, double kappa, int strict) {
   BNLIFBwdArgs w{};
   w.dtype = DType(dtype);
@@ -105,19 +107,26 @@ int emu_bnlif_bwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, con
   w.m = m;
   w.b = b;
   w.mask = mask;
-  w.h = h;
-  w.rerun = rerun != 0;
+  w.ck = ck;
   w.scale_by_a = scale_by_a != 0;
   w.need_param_grad = need_param_grad != 0;
   w.grad_x = grad_x;
   w.grad_v0 = grad_v0;
-  w.sums = sums;
-  w.psum = psum;
+  w.P = bnlif_bwd_blocks(N, C);
+  w.part = part;
   w.flags = flags_of(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict);
-  if (w.N == 0 || w.T == 0) return 0;
+  if (w.C == 0) return 0;
   return with_storage_type(w.dtype, [&](auto tag) {
-    const int64_t threads = blocks_for(w.N, 1) * kThreads;
-    for (int64_t n = 0; n < threads; ++n) bnlif_bwd_thread<decltype(tag)>(w, n);
+    std::vector<double> v(kThreads * 5);
+    for (int64_t blk = 0; blk < w.C * w.P; ++blk) {
+      for (int tid = 0; tid < kThreads; ++tid) {
+        double share[5];
+        bnlif_bwd_thread<decltype(tag)>(w, blk / w.P, blk % w.P, tid, share);
+        for (int j = 0; j < 5; ++j) v[tid * 5 + j] = share[j];
+      }
+      block_sum_host<5>(v, kThreads);
+      for (int j = 0; j < 5; ++j) part[blk * 5 + j] = v[j];
+    }
     return 0;
   });
 }
@@ -144,7 +153,7 @@ int emu_bnlif_dx(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, cons
 }
 
 // bn_lif_channels_launch then, with pchan, bn_lif_params_launch (BNLIFChannelArgs; null where it allows).
-int emu_bnlif_channels(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, const void* sums, const void* psum,
+int emu_bnlif_channels(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, const double* part,
                        const void* params, const void* w, const void* rstd, double tdbn_alpha, int batch_stats,
                        void* grad_w, void* grad_b, void* coef, double* pchan, void* grad_params) {
   BNLIFChannelArgs a{};
@@ -153,8 +162,8 @@ int emu_bnlif_channels(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner
   a.N = N;
   a.C = C;
   a.inner = inner;
-  a.sums = sums;
-  a.psum = psum;
+  a.P = bnlif_bwd_blocks(N, C);
+  a.part = part;
   a.params = params;
   a.w = w;
   a.rstd = rstd;
@@ -168,15 +177,11 @@ int emu_bnlif_channels(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner
   if (a.C == 0) return 0;
   auto run = [&](auto tag) {
     using acc_t = decltype(tag);
-    const bool narrow = !g_force_wide && bnlif_channels_narrow(a);
     std::vector<double> v(kChanThreads * 5);
     for (int64_t c = 0; c < a.C; ++c) {
       for (int tid = 0; tid < kChanThreads; ++tid) {
         double share[5];
-        if (narrow)
-          bnlif_channel_share<acc_t, uint32_t>(a, c, tid, kChanThreads, share);
-        else
-          bnlif_channel_share<acc_t, uint64_t>(a, c, tid, kChanThreads, share);
+        bnlif_channel_share(a, c, tid, kChanThreads, share);
         for (int j = 0; j < 5; ++j) v[tid * 5 + j] = share[j];
       }
       block_sum_host<5>(v, kChanThreads);
@@ -240,6 +245,10 @@ int emu_bnlif_stats(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, c
     return 0;
   });
 }
+
+int64_t emu_bnlif_bwd_blocks(int64_t N, int64_t C) { return bnlif_bwd_blocks(N, C); }
+
+int64_t emu_bnlif_checkpoints(int64_t T) { return bnlif_checkpoints(T); }
 
 int64_t emu_bnlif_stats_chunks(int64_t T, int64_t N, int64_t C, int64_t inner) {
   return bnlif_stats_chunks(T, N, C, inner);

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..lif.contract import FLAG_ARGS, SAVE_STATE, fake_fwd_outputs  # noqa: F401  (the same flags as the LIF op)
+from ..lif.contract import FLAG_ARGS, SAVE_RECOMPUTE, SAVE_STATE, fake_fwd_outputs  # noqa: F401  (the same flags as the LIF op)
 
 FWD_SCHEMA = ("(Tensor x, Tensor v0, Tensor params, Tensor weight, Tensor bias, Tensor mean, Tensor rstd, "
               "float tdbn_alpha, int inner, bool batch_stats, Tensor? noise_mask, int surrogate, bool hard_reset, "
@@ -36,13 +36,21 @@ def pdtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def cuda_checkpoints(T: int) -> int:
+    """Rows of the CUDA forward's membrane checkpoints: V after steps 7, 15, … (csrc/cuda/bn_lif_cuda.h)."""
+    return max(T - 1, 0) // 8
+
+
 def fake_fwd_cpp(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, noise_mask, surrogate,
                  hard_reset, v_reset, decay_input, detach_reset, reset_residual, strict_threshold, reset_timing,
                  return_v_seq, save):
-    """The C++ op: the CPU forward saves nothing (its backward re-runs the forward); the CUDA one saves
-    H, [T, N] in params' dtype, with save=0 (csrc/cuda/bn_lif_cuda_binding.cpp)."""
-    keep_h = x.device.type == "cuda" and save == SAVE_STATE
-    saved = x.new_empty(x.shape, dtype=params.dtype) if keep_h else x.new_empty(0)
+    """The C++ op: the CPU forward saves nothing (its backward re-runs the forward); the CUDA one, with
+    save 0 or 1 alike, the membrane every 8 steps, [⌈T/8⌉ − 1, N] in params' dtype (its backward re-runs
+    the segments from them: csrc/cuda/bn_lif_cuda_binding.cpp)."""
+    if x.device.type == "cuda" and save in (SAVE_STATE, SAVE_RECOMPUTE):
+        saved = x.new_empty((cuda_checkpoints(x.shape[0]), x.shape[1]), dtype=params.dtype)
+    else:
+        saved = x.new_empty(0)
     return fake_fwd_outputs(x, v0, return_v_seq) + (saved,)
 
 
