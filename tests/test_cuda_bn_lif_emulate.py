@@ -58,8 +58,9 @@ def bn_emulator():
     lib.emu_bnlif_bwd.argtypes = [I, L, L, L, L] + [P] * 8 + [D] + [P] * 4 + [I, I] + [P] * 3 + flags
     lib.emu_bnlif_dx.argtypes = [I, L, L, L, L] + [P] * 4
     lib.emu_bnlif_channels.argtypes = [I, L, L, L, L] + [P] * 4 + [D, I] + [P] * 5
-    lib.emu_bnlif_bwd_blocks.argtypes = [L, L]
+    lib.emu_bnlif_bwd_blocks.argtypes = [L, L, L]
     lib.emu_bnlif_bwd_blocks.restype = L
+    lib.emu_bnlif_bwd_lanes.argtypes = [L, L, L]
     lib.emu_bnlif_checkpoints.argtypes = [L]
     lib.emu_bnlif_checkpoints.restype = L
     lib.emu_bnlif_stats.argtypes = [I, L, L, L, L, P, P, D, P, P, P]
@@ -117,7 +118,7 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
     gx, gv0 = _nan((T, N), x.dtype), _nan((N,), x.dtype)
     # the binding's double scratch: the blocks' sums [C, P, 5] | the channels' parameter terms [3, C];
     # the dx coefficients [3, C] in params' dtype
-    P = lib.emu_bnlif_bwd_blocks(N, C)
+    P = lib.emu_bnlif_bwd_blocks(N, C, k_inner)
     scratch = _nan((C * P * 5 + (3 * C if need_param_grad else 0),), torch.float64)
     part = scratch[:C * P * 5]
     pchan = scratch[C * P * 5:] if need_param_grad else None
@@ -132,7 +133,7 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
     # the channel sums and their algebra, then ∂params
     gw, gb, gp = _nan((C,), pt), _nan((C,), pt), _nan((3,), pt)
     # "theta": the channel pass told plain batch norm (no tdBN gain: neither its θ term nor its scale)
-    assert lib.emu_bnlif_channels(dt, T, N, C, inner, _ptr(part), _ptr(params), _ptr(w), _ptr(r),
+    assert lib.emu_bnlif_channels(dt, T, N, C, k_inner, _ptr(part), _ptr(params), _ptr(w), _ptr(r),
                                   0.0 if "theta" in mutate else tdbn_alpha, int(batch_stats), _ptr(gw), _ptr(gb),
                                   _ptr(coef), _ptr(pchan), _ptr(gp)) == 0
     if batch_stats and N > 0:
@@ -310,15 +311,35 @@ SHAPES = {
     "n5": (3, 1, 5),  # N = 5, most of the block idle
     "c256": (2, 16, 2, 4, 4),  # 256 neurons per channel: one block each, exactly full
     "c294-inner49": (3, 6, 3, 7, 7),  # 294 per channel: two blocks, the second ragged, runs across them
-    "c771": (10, 771, 2),  # inner = 1, 771 per channel: four blocks, three threads past the end
+    "c771": (10, 771, 2),  # inner = 1, 771 per channel: 2 lanes × 128 rows, 7 chunks, the last ragged
+    "inner1-c5": (3, 300, 5),  # inner = 1: 8 lanes (3 past the channels) × 32 rows, 10 chunks
+    "c70-b3": (2, 3, 70),  # 3 neurons per channel: 32 channels a block, the third group ragged (6)
+    "inner2": (3, 20, 6, 2),  # inner = 2: 4 lanes × 64 rows, two channel groups
 }
 
 
 @pytest.mark.parametrize("mode", ["batch-tdbn", "running-bn"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_emulated_bn_lif_shapes(bn_emulator, shape, mode):
-    c = make_case(SHAPES[shape], torch.float64, "soft-di-det-kappa", mode, "atan", noisy=shape == "n294-inner49")
+    c = make_case(SHAPES[shape], torch.float64, "soft-di-det-kappa", mode, "atan", noisy=shape == "c294-inner49")
     check_all(bn_emulator, c, reference(c), torch.float64, f"{shape}/{mode}")
+
+
+def test_backward_block_layout(bn_emulator):
+    """The backward's block: G channels × 256 / G rows (csrc/cuda/bn_lif_kernels.cuh bnlif_bwd_lanes),
+    for the issue's shapes and a Linear layer's; the grid covers every (channel, neuron) once (checked
+    by every emulated case: all block sums written, the results right)."""
+    cases = {  # [T, B, C, inner] -> (G, P)
+        (4, 32, 64, 3136): (1, 392),  # one channel a block: 1 KB runs
+        (4, 32, 512, 49): (1, 7),
+        (4, 256, 4096, 1): (8, 8),  # runs of 1: 8 channels per warp row, 32 rows
+        (4, 8, 4096, 1): (32, 1),  # 8 neurons per channel: 32 channels × 8 rows
+        (4, 3, 6, 1): (8, 1),  # no more lanes than the next power of two of C
+        (4, 0, 3, 2): (4, 1),
+    }
+    for (T, B, C, inner), want in cases.items():
+        N = B * C * inner
+        assert (bn_emulator.emu_bnlif_bwd_lanes(N, C, inner), bn_emulator.emu_bnlif_bwd_blocks(N, C, inner)) == want
 
 
 def test_emulated_bn_lif_empty_batch(bn_emulator):

@@ -23,29 +23,36 @@ __global__ void __launch_bounds__(kThreads) bnlif_dx(BNLIFDxArgs args) {
 }
 
 // The block's totals of K values per thread, summed in a fixed tree (the emulator sums in the same
-// order); valid in thread 0. NT: the block size, a power of two.
+// order); with `lanes` (a power of two <= NT) one total per lane l of the threads tid ≡ l (mod lanes),
+// valid in thread l (lanes = 1: the block's total, in thread 0). NT: the block size, a power of two.
 template <int NT, int K>
-__device__ void block_sum(double (&v)[K]) {
+__device__ void block_sum(double (&v)[K], int lanes = 1) {
   __shared__ double sh[K][NT];
   const int tid = threadIdx.x;
   for (int j = 0; j < K; ++j) sh[j][tid] = v[j];
   __syncthreads();
-  for (int s = NT / 2; s > 0; s >>= 1) {
+  for (int s = NT / 2; s >= lanes; s >>= 1) {
     if (tid < s)
       for (int j = 0; j < K; ++j) sh[j][tid] += sh[j][tid + s];
     __syncthreads();
   }
-  for (int j = 0; j < K; ++j) v[j] = sh[j][0];
+  for (int j = 0; j < K; ++j) v[j] = sh[j][tid < lanes ? tid : 0];
 }
 
-// Block (c, q) = blockIdx.x / P, % P: its neurons' walks, then their sums into part[c, q].
+// Block (cg, q) = (blockIdx.x % ⌈C / G⌉, blockIdx.x / ⌈C / G⌉): its neurons' walks, then each lane's
+// (channel's) sums into part[c, q]. Channel groups fastest, so that blocks running together read
+// neighbouring channels' elements (sectors shared in L2 where a run is short).
+// Launch bounds: up to 85 registers for fp32/16/bf16 (3 blocks of 256 per SM), 255 for fp64, whose
+// 8-step segments would spill in 128 (fp32 spilled a few bytes in 64).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 1 : 4) bnlif_backward(BNLIFBwdArgs args) {
+__global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 1 : 3) bnlif_backward(BNLIFBwdArgs args) {
+  const unsigned ng = unsigned((args.C + args.G - 1) / args.G), cg = blockIdx.x % ng, q = blockIdx.x / ng;
   double v[5];
-  bnlif_bwd_thread<scalar_t>(args, blockIdx.x / args.P, blockIdx.x % args.P, threadIdx.x, v);
-  block_sum<kThreads>(v);
-  if (threadIdx.x == 0)
-    for (int j = 0; j < 5; ++j) args.part[int64_t(blockIdx.x) * 5 + j] = v[j];
+  bnlif_bwd_thread<scalar_t>(args, cg, q, threadIdx.x, v);
+  block_sum<kThreads>(v, args.G);
+  const int64_t c = int64_t(cg) * args.G + threadIdx.x;
+  if (int(threadIdx.x) < args.G && c < args.C)
+    for (int j = 0; j < 5; ++j) args.part[(c * args.P + q) * 5 + j] = v[j];
 }
 
 template <typename acc_t>
@@ -130,13 +137,14 @@ int bn_lif_fwd_launch(const BNLIFFwdArgs& args, void* stream) {
   });
 }
 
-int64_t bn_lif_bwd_blocks(int64_t N, int64_t C) { return bnlif_bwd_blocks(N, C); }
+int bn_lif_bwd_lanes(int64_t N, int64_t C, int64_t inner) { return bnlif_bwd_lanes(N, C, inner); }
+int64_t bn_lif_bwd_blocks(int64_t N, int64_t C, int64_t inner) { return bnlif_bwd_blocks(N, C, inner); }
 
 // With N = 0 (B = 0) the blocks still run: they write the zero totals the channel pass reads.
 int bn_lif_bwd_launch(const BNLIFBwdArgs& args, void* stream) {
   if (args.C == 0) return 0;
   return with_storage_type(args.dtype, [&](auto tag) {
-    bnlif_backward<decltype(tag)><<<dim3(unsigned(args.C * args.P)), kThreads, 0,
+    bnlif_backward<decltype(tag)><<<dim3(unsigned((args.C + args.G - 1) / args.G * args.P)), kThreads, 0,
                                     static_cast<cudaStream_t>(stream)>>>(args);
     return int(cudaGetLastError());
   });

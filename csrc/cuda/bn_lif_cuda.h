@@ -12,15 +12,16 @@
 //   forward   read x, write s; with a backward to follow and T > kSeg = 8, V every 8 steps
 //             ([⌈T/8⌉ − 1, N] acc, both save modes: the backward reads x anyway, for batch norm)
 //   backward  read x, read ∂L/∂S, write ∂L/∂X' (a_c·∂L/∂X' in eval): the forward re-run 8 steps at a
-//             time into registers from those checkpoints, then walked back. Blocks of one channel's
-//             neurons (bn_lif_bwd_blocks per channel); each block sums its neurons' Σ_t ∂L/∂X',
+//             time into registers from those checkpoints, then walked back. Blocks of G channels ×
+//             256 / G of their neurons; each block sums, per channel, its neurons' Σ_t ∂L/∂X',
 //             Σ_t ∂L/∂X'·(x − m) and, with parameter gradients, their (∂k, ∂θ, ∂α) terms in double
 //             ([C, P, 5]): no per-neuron [·, N] scratch
 //   channels  one block per channel sums its P block totals: ∂weight, ∂bias, the dx coefficients and
 //             the channel's parameter-gradient terms ([3, C] double); one block then sums those into
 //             ∂params
 //   dx        training: read ∂L/∂X', x, write ∂L/∂x = A_c·∂L/∂X' + B_c·(x − m_c) + D_c
-// So 9 passes over [T, N] per training step (3 forward, 6 backward), as on the CPU.
+// So 9 passes over [T, N] per training step (3 forward, 6 backward), as on the CPU, plus for T > 8 the
+// checkpoints (written and read in the acc type: 2·4·(⌈T/8⌉ − 1) bytes per neuron in fp32).
 // Every sum runs in a fixed order (fixed partition, fixed tree): the results are deterministic.
 #pragma once
 
@@ -75,8 +76,9 @@ struct BNLIFBwdArgs {
   bool need_param_grad;
   void* grad_x;            // [T, N]
   void* grad_v0;           // [N]
-  int64_t P;               // blocks per channel: bn_lif_bwd_blocks(N, C)
-  double* part;            // [C, P, 5]: each block's sums (the parameter terms 0 without need_param_grad)
+  int G;                   // channels per block: bn_lif_bwd_lanes(N, C, inner)
+  int64_t P;               // row chunks: bn_lif_bwd_blocks(N, C, inner); the grid is ⌈C / G⌉·P blocks
+  double* part;            // [C, P, 5]: each (channel, chunk)'s sums (parameter terms 0 without need_param_grad)
   LIFFlagsC flags;
 };
 
@@ -130,8 +132,10 @@ int bn_lif_stats_launch(const BNStatsArgs& args, void* stream);
 // The chunks per channel of bn_lif_stats_launch for this shape (at least 1): enough blocks to fill a
 // GPU, each of at least a few thousand values.
 int64_t bn_lif_stats_chunks(int64_t T, int64_t N, int64_t C, int64_t inner);
-// The backward's blocks per channel (its grid is C of them each): ⌈B·inner / 256⌉, at least 1.
-int64_t bn_lif_bwd_blocks(int64_t N, int64_t C);
+// The backward's block: G channels × 256 / G of their neurons (bn_lif_kernels.cuh says how G is
+// chosen); its grid: ⌈C / G⌉ channel groups × P row chunks, P = ⌈B·inner·G / 256⌉ (at least 1).
+int bn_lif_bwd_lanes(int64_t N, int64_t C, int64_t inner);
+int64_t bn_lif_bwd_blocks(int64_t N, int64_t C, int64_t inner);
 
 }  // namespace cuda
 }  // namespace snn_fast

@@ -145,7 +145,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
   Tensor gx = at::empty_like(x), gv0 = at::empty_like(v0);
   // one scratch in double: the backward blocks' sums [C, P, 5], the channels' parameter terms [3, C];
   // the dx coefficients [3, C] in params' dtype
-  const int64_t P = bn_lif_bwd_blocks(N, C);
+  const int G = bn_lif_bwd_lanes(N, C, inner);
+  const int64_t P = bn_lif_bwd_blocks(N, C, inner);
   const Tensor scratch = at::empty({C * P * 5 + (need_param_grad ? 3 * C : 0)}, params.options().dtype(at::kDouble));
   const Tensor coef = batch_stats ? at::empty({3 * C}, params.options()) : Tensor();
   Tensor gp = at::empty({3}, params.options()), gw = at::empty({C}, params.options()),
@@ -174,6 +175,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
   wa.need_param_grad = need_param_grad;
   wa.grad_x = gx.mutable_data_ptr();
   wa.grad_v0 = gv0.mutable_data_ptr();
+  wa.G = G;
   wa.P = P;
   wa.part = part;
   wa.flags = bn_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);

@@ -64,25 +64,41 @@ SNN_HD void bnlif_fwd_thread(const BNLIFFwdArgs& args, int64_t n) {
   static_cast<scalar_t*>(args.v_last)[n] = from_acc<scalar_t>(v);
 }
 
-// The backward's blocks per channel: one thread per neuron of the channel (B·inner of them), at least one.
-SNN_HD int64_t bnlif_bwd_blocks(int64_t N, int64_t C) {
-  const int64_t count = C > 0 ? N / C : 0, p = (count + kThreads - 1) / kThreads;
+// The backward's block: G channels (lanes, a power of two) × kThreads / G neurons of each (rows); thread
+// tid is lane tid % G, row tid / G. G = 1 for a channel of many neurons with runs of 8 or more; more
+// where a channel has few neurons (so that the block's threads are not idle: G·count <= kThreads) or
+// short runs (inner < 8: neighbouring lanes are then neighbouring elements, so a warp reads whole
+// sectors, not one element C·inner apart per thread); never more lanes than channels.
+SNN_HD int bnlif_bwd_lanes(int64_t N, int64_t C, int64_t inner) {
+  const int64_t count = C > 0 ? N / C : 0;
+  int g = 1;
+  while (g < kThreads && 2 * g * count <= kThreads) g *= 2;
+  while (g < kThreads && g * inner < 8) g *= 2;
+  while (g > 1 && g / 2 >= C) g /= 2;
+  return g;
+}
+
+// The backward's row chunks P (its grid: ⌈C / G⌉·P blocks), at least one.
+SNN_HD int64_t bnlif_bwd_blocks(int64_t N, int64_t C, int64_t inner) {
+  const int64_t count = C > 0 ? N / C : 0, rows = kThreads / bnlif_bwd_lanes(N, C, inner);
+  const int64_t p = (count + rows - 1) / rows;
   return p > 1 ? p : 1;
 }
 
-// Block (c, q) of the backward, thread tid: neuron k = q·kThreads + tid of channel c (k < B·inner; run
-// k / inner, element n = (k / inner·C + c)·inner + k % inner), t = T − 1 … 0, segment by segment: the
-// segment's H, X' − b and spikes re-run into registers from its checkpoint, then walked back. Writes
-// ∂L/∂X' (a_c·∂L/∂X' with scale_by_a) into grad_x and ∂L/∂v0, and returns the neuron's Σ_t ∂L/∂X',
-// Σ_t ∂L/∂X'·(x − m) and, with need_param_grad, its (∂k, ∂θ, ∂α) terms in out (zeros past the channel's
-// end) for the block's sum.
+// Block (cg, q) of the backward, thread tid: channel c = cg·G + tid % G, its neuron k = q·(kThreads / G)
+// + tid / G (k < B·inner; run r = k / inner, element n = (r·C + c)·inner + k % inner), t = T − 1 … 0,
+// segment by segment: the segment's H and x − m re-run into registers from its checkpoint, then walked
+// back. Writes ∂L/∂X' (a_c·∂L/∂X' with scale_by_a) into grad_x and ∂L/∂v0, and returns the neuron's
+// Σ_t ∂L/∂X', Σ_t ∂L/∂X'·(x − m) and, with need_param_grad, its (∂k, ∂θ, ∂α) terms in out (zeros for a
+// thread past the channels or the channel's neurons) for the block's per-lane sums.
 template <typename scalar_t>
-SNN_HD void bnlif_bwd_thread(const BNLIFBwdArgs& args, int64_t c, int64_t q, int tid, double (&out)[5]) {
+SNN_HD void bnlif_bwd_thread(const BNLIFBwdArgs& args, int64_t cg, int64_t q, int tid, double (&out)[5]) {
   using acc_t = acc_of_t<scalar_t>;
   for (int j = 0; j < 5; ++j) out[j] = 0;
   const int64_t N = args.N, T = args.T, C = args.C, inner = args.inner;
-  const int64_t k = q * kThreads + tid;
-  if (C <= 0 || k >= N / C) return;
+  const int G = args.G;
+  const int64_t c = cg * G + tid % G, k = q * (kThreads / G) + tid / G;
+  if (c >= C || k >= N / C) return;
   const int64_t r = k / inner, n = (r * C + c) * inner + (k - r * inner);
   const auto p = load_params(static_cast<const acc_t*>(args.params), args.flags);
   const acc_t a = bnlif_scale<acc_t>(args.w, args.rstd, args.tdbn_alpha, c, p.theta),

@@ -33,8 +33,8 @@ bool g_force_wide = false;
 
 // bn_lif.cu's block_sum on the host: NT shares of K values, the same pairwise tree; the total in v[0].
 template <int K>
-void block_sum_host(std::vector<double>& v, int NT) {  // v[tid·K + j]
-  for (int s = NT / 2; s > 0; s >>= 1)
+void block_sum_host(std::vector<double>& v, int NT, int lanes = 1) {  // v[tid·K + j]; lane l's in v[l·K + j]
+  for (int s = NT / 2; s >= lanes; s >>= 1)
     for (int tid = 0; tid < s; ++tid)
       for (int j = 0; j < K; ++j) v[tid * K + j] += v[(tid + s) * K + j];
 }
@@ -112,20 +112,24 @@ int emu_bnlif_bwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, con
   w.need_param_grad = need_param_grad != 0;
   w.grad_x = grad_x;
   w.grad_v0 = grad_v0;
-  w.P = bnlif_bwd_blocks(N, C);
+  w.G = bnlif_bwd_lanes(N, C, inner);
+  w.P = bnlif_bwd_blocks(N, C, inner);
   w.part = part;
   w.flags = flags_of(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict);
   if (w.C == 0) return 0;
   return with_storage_type(w.dtype, [&](auto tag) {
     std::vector<double> v(kThreads * 5);
-    for (int64_t blk = 0; blk < w.C * w.P; ++blk) {
+    const int64_t ng = (w.C + w.G - 1) / w.G;
+    for (int64_t blk = 0; blk < ng * w.P; ++blk) {  // bn_lif.cu's order: channel groups fastest
+      const int64_t cg = blk % ng, q = blk / ng;
       for (int tid = 0; tid < kThreads; ++tid) {
         double share[5];
-        bnlif_bwd_thread<decltype(tag)>(w, blk / w.P, blk % w.P, tid, share);
+        bnlif_bwd_thread<decltype(tag)>(w, cg, q, tid, share);
         for (int j = 0; j < 5; ++j) v[tid * 5 + j] = share[j];
       }
-      block_sum_host<5>(v, kThreads);
-      for (int j = 0; j < 5; ++j) part[blk * 5 + j] = v[j];
+      block_sum_host<5>(v, kThreads, w.G);
+      for (int l = 0; l < w.G && cg * w.G + l < w.C; ++l)
+        for (int j = 0; j < 5; ++j) part[((cg * w.G + l) * w.P + q) * 5 + j] = v[l * 5 + j];
     }
     return 0;
   });
@@ -162,7 +166,7 @@ int emu_bnlif_channels(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner
   a.N = N;
   a.C = C;
   a.inner = inner;
-  a.P = bnlif_bwd_blocks(N, C);
+  a.P = bnlif_bwd_blocks(N, C, inner);
   a.part = part;
   a.params = params;
   a.w = w;
@@ -246,7 +250,9 @@ int emu_bnlif_stats(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, c
   });
 }
 
-int64_t emu_bnlif_bwd_blocks(int64_t N, int64_t C) { return bnlif_bwd_blocks(N, C); }
+int emu_bnlif_bwd_lanes(int64_t N, int64_t C, int64_t inner) { return bnlif_bwd_lanes(N, C, inner); }
+
+int64_t emu_bnlif_bwd_blocks(int64_t N, int64_t C, int64_t inner) { return bnlif_bwd_blocks(N, C, inner); }
 
 int64_t emu_bnlif_checkpoints(int64_t T) { return bnlif_checkpoints(T); }
 
