@@ -337,7 +337,7 @@ def test_backward_block_layout(bn_emulator):
         (4, 3, 6, 1): (8, 1),  # no more lanes than the next power of two of C
         (4, 0, 3, 2): (4, 1),
     }
-    for (T, B, C, inner), want in cases.items():
+    for (_, B, C, inner), want in cases.items():
         N = B * C * inner
         assert (bn_emulator.emu_bnlif_bwd_lanes(N, C, inner), bn_emulator.emu_bnlif_bwd_blocks(N, C, inner)) == want
 
