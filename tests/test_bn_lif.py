@@ -18,7 +18,7 @@ import torch
 import snn_fast
 from snn_fast import nn as snn
 from snn_fast.ops.bn_lif import function as bl_function
-from snn_fast.ops.bn_lif.contract import cuda_checkpoints
+from snn_fast.ops.bn_lif.contract import checkpoint_rows
 
 from conftest import assert_close, assert_close_lowp
 
@@ -487,13 +487,13 @@ def test_cxx_op_errors_name_the_op_and_argument():
 
 
 @pytest.mark.skipif(bool(SKIP["triton"]), reason=str(SKIP["triton"]))
-@pytest.mark.parametrize("save,need", [(0, True), (1, False)])
-def test_triton_opcheck(save, need):
+@pytest.mark.parametrize("T,save,need", [(3, 0, True), (17, 1, False), (9, 0, False)])
+def test_triton_opcheck(T, save, need):
     # the pair with its autograd registered (loading the backend; alone, this test used to find the
     # forward without one, depending on which test had run the backend first)
     bl_function.BACKENDS.load("triton")
 
-    T, B, C, S = 3, 2, 2, 3
+    B, C, S = 2, 2, 3
     x = torch.randn(T, B * C * S, dtype=torch.float32, requires_grad=True)
     v0 = torch.zeros(B * C * S, requires_grad=True)
     params = torch.tensor([0.5, 1.0, 4.0], requires_grad=need)
@@ -505,8 +505,13 @@ def test_triton_opcheck(save, need):
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_fwd_triton.default, fwd)
     det = [a.detach() if isinstance(a, torch.Tensor) else a for a in fwd]
     s, _, _, saved = torch.ops.snn_fast.bn_lif_fwd_triton(*det)
+    from snn_fast.ops.bn_lif import triton as bt
+
+    assert saved.shape == (checkpoint_rows(T, bt.SEG), B * C * S)  # the membrane every SEG steps, either mode
     bwd = (torch.randn_like(x), None, None, *det[:10], None, saved, s, *flags, save, need)
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_bwd_triton.default, bwd)
+    with pytest.raises(RuntimeError, match="`saved` must be the forward's membrane checkpoints"):
+        torch.ops.snn_fast.bn_lif_bwd_triton(*bwd[:14], x.new_empty(T, B * C * S), *bwd[15:])
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_stats_triton.default, (x.detach(), C, S, 1e-5))
 
 
@@ -623,9 +628,48 @@ def test_long_sequences(be, T, training):
     check(got, ref, torch.float64)
 
 
+# [T, B, C] shapes whose Triton backward (interpreted: 64 threads per program) has several channels per
+# program, the last group ragged (lanes past C), and several ragged row chunks per channel: inner 1
+# (lanes 8 for 6 channels, rows 8 of 20 neurons) and inner 3 (lanes 4 for 5 channels, rows 16 of 90).
+TRITON_LAYOUTS = {"inner1-c6": (17, 20, 6), "inner3-c5": (17, 30, 5, 3)}
+
+
+@pytest.mark.parametrize("be,layout", fused(list(TRITON_LAYOUTS)))
+def test_backward_layouts(be, layout):
+    """Channel groups and row chunks of the GPU backwards' blocks (per-block sums of batch norm's
+    terms, then per channel), T = 17 (whole segments and a ragged one), the noise mask and learnable
+    τ/θ/α: every output and gradient against the reference."""
+    shape = TRITON_LAYOUTS[layout]
+    name, dev = name_dev(be)
+    if name == "triton" and dev == "cpu":  # the layout the shape is for
+        from snn_fast.ops.bn_lif import triton as bt
+
+        C, inner = shape[2], math.prod(shape[3:])
+        N = shape[1] * C * inner
+        lanes, P = bt.bwd_lanes(N, C, inner), bt.bwd_chunks(N, C, inner)
+        assert lanes > 1 and C % lanes != 0 and P > 1 and (N // C) % (bt.BWD_BLOCK // lanes) != 0, (lanes, P)
+    inp = make_inputs(shape, torch.float64, learn=True)
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(2)) > 0.3
+    ref = run("reference", inp, torch.float64, True, 0.7, OPTIONS["hard-di"], noise_mask=mask)
+    got = run(be, inp, torch.float64, True, 0.7, OPTIONS["hard-di"], noise_mask=mask)
+    check(got, ref, torch.float64)
+
+
+@pytest.mark.parametrize("be", fused())
+def test_empty_batch(be):
+    """B = 0 in eval (running statistics): no neuron and no backward program, yet ∂weight, ∂bias and
+    ∂τ/θ/α are exactly 0, as the reference gives, not what an unwritten buffer held."""
+    inp = make_inputs((9, 0, 3, 2), torch.float64, learn=True)
+    ref = run("reference", inp, torch.float64, False, 0.7, OPTIONS["hard-di"])
+    got = run(be, inp, torch.float64, False, 0.7, OPTIONS["hard-di"])
+    check(got, ref, torch.float64)
+    for k in ("grad_w", "grad_b", "grad_tau", "grad_v_threshold", "grad_alpha"):
+        assert torch.equal(got[k], torch.zeros_like(got[k])), k
+
+
 @pytest.mark.parametrize("be,save", fused(["recompute", "state"]))
 def test_save_modes_agree(be, save):
-    """Results do not depend on the save mode (Triton: H kept, or the forward re-run in the backward)."""
+    """Results do not depend on the save mode (the GPU backends keep the same checkpoints for both)."""
     inp = make_inputs((5, 3, 4, 3, 3), torch.float64, learn=True)
     name, dev = name_dev(be)
     x = inp["x"].clone().to(dev).requires_grad_(True)
@@ -660,7 +704,7 @@ def test_cuda_opcheck(T, save, batch_stats, need):
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_fwd.default, fwd)
     det = [a.detach() if isinstance(a, torch.Tensor) else a for a in fwd]
     s, _, _, saved = torch.ops.snn_fast.bn_lif_fwd(*det)
-    assert saved.shape == (cuda_checkpoints(T), B * C * S)  # the membrane every 8 steps, either save mode
+    assert saved.shape == (checkpoint_rows(T), B * C * S)  # the membrane every 8 steps, either save mode
     bwd = (torch.randn_like(x), None, None, *det[:10], None, saved, s, *flags, save, need)
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_bwd.default, bwd)
 

@@ -76,10 +76,10 @@ def test_save_codes_are_the_package_codes(bn_emulator):
     assert (contract.SAVE_STATE, contract.SAVE_RECOMPUTE) == (SAVE_STATE, SAVE_RECOMPUTE)
     assert bn_emulator.emu_bnlif_threads() == 256
     # the checkpoints every 8 steps (the fake of snn_fast/ops/bn_lif/contract.py counts them too)
-    from snn_fast.ops.bn_lif.contract import cuda_checkpoints
+    from snn_fast.ops.bn_lif.contract import checkpoint_rows
 
     for T in range(1, 40):
-        assert bn_emulator.emu_bnlif_checkpoints(T) == cuda_checkpoints(T) == (T - 1) // 8
+        assert bn_emulator.emu_bnlif_checkpoints(T) == checkpoint_rows(T) == (T - 1) // 8
 
 
 # --- the binding, in torch -------------------------------------------------------------------------
@@ -340,6 +340,17 @@ def test_backward_block_layout(bn_emulator):
     for (_, B, C, inner), want in cases.items():
         N = B * C * inner
         assert (bn_emulator.emu_bnlif_bwd_lanes(N, C, inner), bn_emulator.emu_bnlif_bwd_blocks(N, C, inner)) == want
+    # The Triton backward lays its programs out by the same rule (snn_fast/ops/bn_lif/triton.py
+    # bwd_lanes, its block a parameter; bwd_chunks is 0 where the CUDA grid keeps one empty block).
+    from snn_fast.ops.bn_lif.triton import bwd_chunks, bwd_lanes
+
+    for B in (0, 1, 2, 3, 8, 32, 100):
+        for C in (1, 2, 3, 6, 64, 70, 512, 4096):
+            for inner in (1, 2, 3, 7, 8, 49, 3136):
+                N = B * C * inner
+                got = bwd_lanes(N, C, inner, 256), bwd_chunks(N, C, inner, 256)
+                want = bn_emulator.emu_bnlif_bwd_lanes(N, C, inner), bn_emulator.emu_bnlif_bwd_blocks(N, C, inner)
+                assert got == (want[0], want[1] if B else 0), (B, C, inner)
 
 
 def test_emulated_bn_lif_empty_batch(bn_emulator):

@@ -278,10 +278,11 @@ def test_unknown_stage_is_refused(check_mod, tmp_path, monkeypatch):
     assert not os.listdir(tmp_path / "tmp")
 
 
-def test_bn_lif_stage_dry_run(tmp_path, check_mod, monkeypatch):
+def test_bn_lif_stage_dry_run(tmp_path, check_mod, stages_mod, monkeypatch):
     """The opt-in bn-lif stage on this machine at its dry-run size: its tests pass and its benchmark
-    rows (the fused op, batch norm + snn_fast LIF, each with a user's surrogate too) reach the results
-    file; the run's work folder is gone afterwards (its logs are in $OUT)."""
+    rows (the fused op, batch norm + snn_fast LIF, each with a user's surrogate too, and the Triton
+    backward's variants) reach the results file; the run's work folder is gone afterwards (its logs
+    are in $OUT)."""
     import tempfile
 
     out = tmp_path / "out"
@@ -296,8 +297,14 @@ def test_bn_lif_stage_dry_run(tmp_path, check_mod, monkeypatch):
     csvs = [p for p in os.listdir(out) if p.endswith(".csv") and p != "correctness.csv"]
     assert len(csvs) == 1, os.listdir(out)
     with open(out / csvs[0]) as f:
-        provs = {r["provider"] for r in csv.DictReader(f) if r["op"] == "bn_lif"}
+        rows = list(csv.DictReader(f))
+    provs = {r["provider"] for r in rows if r["op"] == "bn_lif"}
     assert {"snn_fast-bn_lif", "bn+snn_fast-lif", "snn_fast-bn_lif-user", "bn+snn_fast-lif-user"} <= provs, provs
+    # the Triton backward's segment and warps variants: each agrees with the default and is timed
+    lab = [r for r in rows if r["op"] == "bn_lif-lab"]
+    assert [r["provider"] for r in lab] == [f"triton:{n}" for n, _ in stages_mod.BN_LIF_VARIANTS]
+    for r in lab:
+        assert r["note"] == "" and float(r["median_ms"]) > 0 and float(r["speedup"]) > 0, r
 
 
 def test_swap_in_stage_dry_run(tmp_path, check_mod, monkeypatch):

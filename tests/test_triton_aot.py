@@ -404,9 +404,10 @@ def _table(rows):
 
 def compile_bn_lif():
     """The bn_lif kernels (snn_fast/ops/bn_lif/triton_kernels.py) at their launch configuration, for
-    sm_80 and sm_90, fp32/bf16 storage: forward (saving H), backward (stored H and re-run, with and
-    without parameter gradients, noise mask and tdBN), the batch-statistics pass, and the per-channel
-    reductions (the backward's channel sums and algebra, ∂params, the statistics' two kernels)."""
+    sm_80 and sm_90, fp32/bf16/fp64 storage: forward (keeping the checkpoints), backward (one and
+    several channels per program, with and without parameter gradients, noise mask and tdBN), the
+    batch-statistics pass, and the per-channel reductions (the backward's channel sums and algebra,
+    ∂params, the statistics' two kernels)."""
     from snn_fast.ops.bn_lif import triton as bt
     from snn_fast.ops.bn_lif import triton_kernels as bk
     from snn_fast.ops.common import triton_surrogate as tsg
@@ -414,35 +415,36 @@ def compile_bn_lif():
 
     rows = []
     for arch in ARCHS:
-        for dt in ("fp32", "bf16"):
-            st, pt = f"*{dt}", "*fp32"
+        for dt in ("fp32", "bf16", "fp64"):
+            st, pt = f"*{dt}", "*fp64" if dt == "fp64" else "*fp32"
+            wide = dt == "fp64"
             for sg_name in ("sigmoid", "q_pseudo_spike"):
                 sg_args = tsg.surrogate_args(sgm.get(sg_name).id)
-                for hard, mask, npg, rerun, strict in ((True, False, False, False, False),
-                                                       (False, True, True, True, True),
-                                                       (True, True, True, False, False)):
+                for hard, mask, npg, lanes, strict in ((True, False, False, 1, False), (False, True, True, 8, True),
+                                                       (True, True, True, 1, False)):
                     tdbn = npg  # tdBN's gain where the parameters learn (its θ term)
                     mk = "*i1" if mask else st
                     # wide_ptr: the float64 buffer (v_r, κ, tdBN's α) whatever x's dtype
                     fwd = {"x_ptr": st, "v0_ptr": st, "params_ptr": pt, "wide_ptr": "*fp64", "w_ptr": pt,
                            "r_ptr": pt, "m_ptr": pt, "b_ptr": pt, "mask_ptr": mk, "s_ptr": st, "vlast_ptr": st,
-                           "vseq_ptr": st, "h_ptr": pt, "T": "i32", "N": "i32", "C": "i32", "INNER": "i32",
+                           "vseq_ptr": st, "ck_ptr": pt, "T": "i32", "N": "i32", "C": "i32", "INNER": "i32",
                            "v_reset": "fp32"}
                     fc = dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False,
-                              SAVE_H=not rerun, WIDE=False, EXACT=True, BLOCK=bt.BLOCK, TDBN=tdbn, STRICT=strict)
+                              SEG=bt.SEG, WIDE=wide, EXACT=True, BLOCK=bt.BLOCK, TDBN=tdbn, STRICT=strict)
                     bwd = {"gs_ptr": st, "gvl_ptr": st, "gvs_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
                            "wide_ptr": "*fp64", "w_ptr": pt, "r_ptr": pt, "m_ptr": pt, "b_ptr": pt, "mask_ptr": mk,
-                           "h_ptr": pt, "gx_ptr": st, "gv0_ptr": st, "sums_ptr": pt, "T": "i32", "N": "i32",
-                           "C": "i32", "INNER": "i32", "v_reset": "fp32", "kappa": "fp32"}
-                    bc = dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
-                              HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SCALE_BY_A=not npg, RERUN=rerun,
-                              WIDE=False, EXACT=True, BLOCK=bt.BLOCK, TDBN=tdbn, STRICT=strict)
-                    for kind, fn, sig, consts in (("fwd", bk.bn_lif_fwd_kernel, fwd, fc),
-                                                  ("bwd", bk.bn_lif_bwd_kernel, bwd, bc)):
+                           "ck_ptr": pt, "gx_ptr": st, "gv0_ptr": st, "part_ptr": "*fp64", "T": "i32", "N": "i32",
+                           "C": "i32", "INNER": "i32", "COUNT": "i32", "P": "i32", "v_reset": "fp32",
+                           "kappa": "fp32"}
+                    bwc = dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
+                               HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SCALE_BY_A=not npg, WIDE=wide,
+                               EXACT=True, SEG=bt.SEG, LANES=lanes, BLOCK=bt.BWD_BLOCK, TDBN=tdbn, STRICT=strict)
+                    for kind, fn, sig, consts, warps in (("fwd", bk.bn_lif_fwd_kernel, fwd, fc, bt.NUM_WARPS),
+                                                         ("bwd", bk.bn_lif_bwd_kernel, bwd, bwc, bt.BWD_WARPS)):
                         sig = {**sig, **{c: "constexpr" for c in consts}}
-                        _, res = _compile(fn, sig, consts, arch, bt.NUM_WARPS)
+                        _, res = _compile(fn, sig, consts, arch, warps)
                         rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard,
-                                         mask=mask, need_param_grad=npg, rerun=rerun, strict=strict, **res))
+                                         mask=mask, need_param_grad=npg, lanes=lanes, strict=strict, **res))
             dx = {"x_ptr": st, "gx_ptr": st, "coef_ptr": pt, "m_ptr": pt, "TN": "i64", "N": "i32", "C": "i32",
                   "INNER": "i32", "BLOCK": "constexpr"}
             _, res = _compile(bk.bn_lif_dx_kernel, dx, dict(BLOCK=bt.DX_BLOCK), arch, bt.NUM_WARPS)
@@ -462,17 +464,16 @@ def compile_bn_lif():
                               bt.NUM_WARPS)
             rows.append(dict(kernel="stats_finish", arch=arch, dtype=dt, sqrt_rn="sqrt.rn.f64" in k.asm["ptx"],
                              **res))
-        # the backward's channel pass ([C] tensors and sums in params' dtype: fp32 for fp32/bf16 x, fp64
-        # for fp64), 32- and 64-bit index paths
-        for pt, npg, batch, tdbn, narrow in (("*fp32", True, True, True, True), ("*fp32", False, False, False, True),
-                                             ("*fp32", True, True, True, False), ("*fp64", True, True, True, True)):
-            ch = {"sums_ptr": pt, "params_ptr": pt, "wide_ptr": "*fp64", "w_ptr": pt, "r_ptr": pt, "gw_ptr": pt,
-                  "gb_ptr": pt, "gp_ptr": pt, "coef_ptr": pt, "pchan_ptr": "*fp64", "T": "i32", "N": "i32",
-                  "C": "i32", "INNER": "i32", "COUNT": "i32"}
-            cc = dict(NEED_PARAM_GRAD=npg, BATCH_STATS=batch, TDBN=tdbn, NARROW=narrow, BLOCK=bt.CHAN_BLOCK)
+        # the backward's channel pass ([C] tensors in params' dtype: fp32 for fp32/bf16 x, fp64 for fp64)
+        for pt, npg, batch, tdbn in (("*fp32", True, True, True), ("*fp32", False, False, False),
+                                     ("*fp64", True, True, True)):
+            ch = {"part_ptr": "*fp64", "params_ptr": pt, "wide_ptr": "*fp64", "w_ptr": pt, "r_ptr": pt, "gw_ptr": pt,
+                  "gb_ptr": pt, "gp_ptr": pt, "coef_ptr": pt, "pchan_ptr": "*fp64", "T": "i32", "C": "i32",
+                  "COUNT": "i32", "P": "i32"}
+            cc = dict(NEED_PARAM_GRAD=npg, BATCH_STATS=batch, TDBN=tdbn, BLOCK=bt.CHAN_BLOCK)
             _, res = _compile(bk.bn_lif_channels_kernel, {**ch, **{c: "constexpr" for c in cc}}, cc, arch,
                               bt.NUM_WARPS)
-            rows.append(dict(kernel="channels", arch=arch, dtype=pt[1:], need_param_grad=npg, narrow=narrow, **res))
+            rows.append(dict(kernel="channels", arch=arch, dtype=pt[1:], need_param_grad=npg, **res))
         pk = {"pchan_ptr": "*fp64", "gp_ptr": "*fp32", "C": "i32", "BLOCK": "constexpr"}
         _, res = _compile(bk.bn_lif_params_kernel, pk, dict(BLOCK=bt.PARAM_BLOCK), arch, bt.NUM_WARPS)
         rows.append(dict(kernel="params", arch=arch, dtype="fp32", **res))
@@ -481,11 +482,11 @@ def compile_bn_lif():
 
 def test_aot_bn_lif_compiles_without_spills():
     rows = _subprocess("--bn-lif")
-    assert len(rows) == len(ARCHS) * (2 * (2 * 3 * 2 + 4) + 5)
+    assert len(rows) == len(ARCHS) * (3 * (2 * 3 * 2 + 4) + 4)
     assert {r["kernel"] for r in rows} == {"fwd", "bwd", "dx", "stats_part", "stats_finish", "channels", "params"}
     for r in rows:
         assert r["local"] == 0 and r["stack"] == 0, r
-        if r["kernel"] == "fwd" or (r["kernel"] == "bwd" and (r["rerun"] or r["need_param_grad"])):
+        if r["kernel"] in ("fwd", "bwd"):
             assert r["mul_rn"], r  # the affine input and the charge are pinned products (no FMA)
         if r["kernel"] == "stats_finish":
             assert r["sqrt_rn"], r  # rstd from an IEEE-rounded float64 square root

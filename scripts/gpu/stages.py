@@ -382,8 +382,76 @@ def stage_bn_lif(args):
     bb.print_table(rows)
     for r in rows:
         r["device_name"] = bb.common.device_name(DEVICE)
-    _save_bench_rows(args.work, args.stage, rows)
-    return 1 if rc not in (0, 5) else 0
+    lab = _bn_lif_triton_variants()
+    _save_bench_rows(args.work, args.stage, rows + lab)
+    return 1 if rc not in (0, 5) or any(r["note"] for r in lab) else 0
+
+
+# The Triton bn_lif backward's segment length and warps (one neuron per thread), chosen from register
+# counts without a GPU (snn_fast/ops/bn_lif/triton.py): the default first, then the alternatives.
+BN_LIF_VARIANTS = (("seg4-w4", dict(seg=4, warps=4)), ("seg8-w4", dict(seg=8, warps=4)),
+                   ("seg4-w8", dict(seg=4, warps=8)), ("seg2-w4", dict(seg=2, warps=4)),
+                   ("seg8-w8", dict(seg=8, warps=8)))
+
+
+def _bn_lif_triton_variants():
+    """Each BN_LIF_VARIANTS entry on the fused Triton op, fp32 training fwd+bwd, at T = 4 and 16 of
+    [T, 32, 64, 56, 56] (dry run: [9, 2, 4, 3, 3] under the interpreter): spikes and grad_x compared
+    with the default first (a variant that disagrees is reported, not timed), then timed side by side.
+    Rows: op 'bn_lif-lab', provider 'triton:<variant>', speedup = the default's time / this one's."""
+    from benchmarks import common
+
+    import snn_fast
+    from snn_fast.ops.bn_lif import function as bf
+
+    bf.BACKENDS.load("triton")
+    from snn_fast.ops.bn_lif import triton as bt
+
+    rows = []
+    for shape in [(9, 2, 4, 3, 3)] if DRY else [(4, 32, 64, 56, 56), (16, 32, 64, 56, 56)]:
+        g = torch.Generator(device=DEVICE).manual_seed(0)
+        x = torch.randn(shape, device=DEVICE, generator=g).requires_grad_(True)
+        gs = torch.randn(shape, device=DEVICE, generator=g)
+        C = shape[2]
+        w, b = torch.ones(C, device=DEVICE, requires_grad=True), torch.zeros(C, device=DEVICE, requires_grad=True)
+        fns, notes, base = {}, {}, None
+        for name, kw in BN_LIF_VARIANTS:
+            def step(kw=kw):
+                with bt.lab_variant(**kw):
+                    x.grad = None
+                    s, _ = snn_fast.bn_lif(x, w, b, None, None, True, backend="triton")
+                    s.backward(gs)
+                return s
+
+            try:
+                got = (step().detach(), x.grad.detach().clone())
+                _sync()
+            except Exception as e:  # noqa: BLE001 - a variant that fails is a row of its own
+                notes[name] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+                continue
+            if base is None:
+                base = got
+            elif not torch.equal(got[0], base[0]):
+                notes[name] = "spikes differ from the default"
+            elif not torch.allclose(got[1], base[1], rtol=1e-5, atol=1e-5):
+                notes[name] = "grad_x differs from the default"
+            if name not in notes:
+                fns[name] = step
+        tm = common.time_fns(fns, DEVICE, rounds=1 if DRY else 2, min_run_time=0.01 if DRY else 0.5)
+        ref = tm.get(BN_LIF_VARIANTS[0][0], (None,))[0]
+        for name, kw in BN_LIF_VARIANTS:
+            med = tm.get(name, (None, None, None))
+            rows.append(common.record(
+                op="bn_lif-lab", provider=f"triton:{name}", mode="fwd+bwd", shape="x".join(map(str, shape)),
+                dtype="float32", device=DEVICE, device_name=common.device_name(DEVICE),
+                threads=torch.get_num_threads(), median_ms=med[0], q20_ms=med[1], q80_ms=med[2],
+                bytes=9 * x.numel() * x.element_size(), variant=name, knobs=json.dumps(kw, sort_keys=True),
+                note=notes.get(name, ""), speedup=(ref / med[0]) if (ref and med[0]) else None))
+    print(common.markdown_table(rows))
+    for r in rows:
+        if r["note"]:
+            print(f"{r['provider']} {r['shape']}: {r['note']}")
+    return rows
 
 
 def stage_swap_in(args):

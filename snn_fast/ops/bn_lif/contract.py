@@ -36,22 +36,37 @@ def pdtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def cuda_checkpoints(T: int) -> int:
-    """Rows of the CUDA forward's membrane checkpoints: V after steps 7, 15, … (csrc/cuda/bn_lif_cuda.h)."""
-    return max(T - 1, 0) // 8
+CUDA_SEG = 8  # steps per segment of the CUDA backward (csrc/cuda/bn_lif_cuda.h kBNLIFSeg)
+
+
+def checkpoint_rows(T: int, seg: int = CUDA_SEG) -> int:
+    """Rows of a GPU forward's membrane checkpoints: V after steps seg, 2·seg, … before the last (CUDA,
+    and Triton with its own ``triton.SEG``; save "state" or "recompute" alike)."""
+    return max(T - 1, 0) // seg
+
+
+def fake_fwd_checkpoints(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, noise_mask,
+                         surrogate, hard_reset, v_reset, decay_input, detach_reset, reset_residual, strict_threshold,
+                         reset_timing, return_v_seq, save, seg=CUDA_SEG):
+    """A GPU forward: with save 0 or 1 alike the membrane every ``seg`` steps, [⌈T/seg⌉ − 1, N] in
+    params' dtype (the backward re-runs the segments from them); nothing otherwise."""
+    if save in (SAVE_STATE, SAVE_RECOMPUTE):
+        saved = x.new_empty((checkpoint_rows(x.shape[0], seg), x.shape[1]), dtype=params.dtype)
+    else:
+        saved = x.new_empty(0)
+    return fake_fwd_outputs(x, v0, return_v_seq) + (saved,)
 
 
 def fake_fwd_cpp(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, noise_mask, surrogate,
                  hard_reset, v_reset, decay_input, detach_reset, reset_residual, strict_threshold, reset_timing,
                  return_v_seq, save):
-    """The C++ op: the CPU forward saves nothing (its backward re-runs the forward); the CUDA one, with
-    save 0 or 1 alike, the membrane every 8 steps, [⌈T/8⌉ − 1, N] in params' dtype (its backward re-runs
-    the segments from them: csrc/cuda/bn_lif_cuda_binding.cpp)."""
-    if x.device.type == "cuda" and save in (SAVE_STATE, SAVE_RECOMPUTE):
-        saved = x.new_empty((cuda_checkpoints(x.shape[0]), x.shape[1]), dtype=params.dtype)
-    else:
-        saved = x.new_empty(0)
-    return fake_fwd_outputs(x, v0, return_v_seq) + (saved,)
+    """The C++ op: the CPU forward saves nothing (its backward re-runs the forward); the CUDA one the
+    checkpoints of ``fake_fwd_checkpoints`` (csrc/cuda/bn_lif_cuda_binding.cpp)."""
+    if x.device.type == "cuda":
+        return fake_fwd_checkpoints(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats,
+                                    noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
+                                    reset_residual, strict_threshold, reset_timing, return_v_seq, save)
+    return fake_fwd_outputs(x, v0, return_v_seq) + (x.new_empty(0),)
 
 
 def fake_bwd(grad_s, grad_v_last, grad_v_seq, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats,

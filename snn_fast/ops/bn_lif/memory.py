@@ -21,8 +21,8 @@ The fused op never writes the normalised y (nor reads it back twice), and sums b
 per-channel terms inside the LIF backward instead of in a pass of their own: 4 passes fewer. It also
 keeps no [T, N] tensor between forward and backward beyond x (BN + LIF keeps y). The CUDA kernels
 (``csrc/cuda/bn_lif_cuda.h``) move the same 9, plus for T > 8 the membrane every 8 steps (⌈T/8⌉ − 1
-rows of N in params' dtype, written and read) and [C, P, 5] block sums; Triton with save="state" adds
-H (written and read, compute size a) as its LIF op does.
+rows of N in params' dtype, written and read) and [C, P, 5] block sums; Triton the same with the
+membrane every 4 steps (``triton.SEG``).
 """
 from __future__ import annotations
 

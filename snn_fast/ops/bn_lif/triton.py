@@ -5,11 +5,15 @@ included, so that a call is allocations and launches only (the first GPU run mea
 ``TRITON_INTERPRET=1`` (no GPU) the kernels run in Triton's interpreter on CPU tensors, which is how
 CI tests them.
 
-Save modes: "state" keeps H of every step ([T, N] in the compute dtype) for the backward;
-"recompute" keeps nothing, and the backward re-runs the forward into a scratch H first.
+Save modes: "state" and "recompute" alike keep the membrane every ``SEG`` steps ([⌈T/SEG⌉ − 1, N]
+in params' dtype, nothing for T ≤ SEG), as the CUDA kernels do every 8: the backward re-runs each
+segment from it in registers and needs x anyway for batch norm's sums, so a kept H would only add its
+write and read (2 passes).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -22,6 +26,17 @@ from . import triton_kernels as _k
 
 BLOCK = 64 if INTERPRETED else 256
 NUM_WARPS = 4
+# The backward: one neuron per thread (a segment's H and x − m live in registers), BWD_BLOCK of them
+# per program, in columns of channels (``bwd_lanes``) as the CUDA backward's blocks. Steps per segment
+# (SEG): the registers a segment holds grow with it (H and x − m per step, V too with parameter
+# gradients). AOT for sm_90 (tests/test_triton_aot.py), fp32, 4 warps: 56 registers at SEG = 4
+# (sigmoid, no mask, no parameter gradients; 96 for q_pseudo_spike with mask and parameter gradients)
+# against 102 (164) at 8; 8 warps needed as many or more and spilled in float64 (Triton 3.6). The
+# price of 4: the checkpoints' write and read, 2·(⌈T/4⌉ − 1)/T of a float32 pass (none for T ≤ 4,
+# 0.25 pass at T = 8). Chosen from register counts; not timed on a GPU yet.
+BWD_WARPS = 2 if INTERPRETED else 4
+BWD_BLOCK = 32 * BWD_WARPS
+SEG = 4
 DX_BLOCK = 256 if INTERPRETED else 1024
 CHAN_BLOCK = 64 if INTERPRETED else 512  # the per-channel reductions: values per step of a program
 PARAM_BLOCK = 256
@@ -35,6 +50,47 @@ _I32 = 1 << 31
 
 def _cdiv(a, b):
     return (a + b - 1) // b
+
+
+@contextlib.contextmanager
+def lab_variant(seg: Optional[int] = None, warps: Optional[int] = None):
+    """Run the ops with another segment length and/or backward warps (one neuron per thread) instead of
+    the defaults (the GPU check's bn-lif stage times them side by side). Not thread-safe; a forward and
+    its backward must run under the same variant (the checkpoints' rows depend on ``seg``)."""
+    global SEG, BWD_WARPS, BWD_BLOCK
+    saved = SEG, BWD_WARPS, BWD_BLOCK
+    SEG = saved[0] if seg is None else seg
+    BWD_WARPS = saved[1] if warps is None else warps
+    BWD_BLOCK = 32 * BWD_WARPS
+    try:
+        yield
+    finally:
+        SEG, BWD_WARPS, BWD_BLOCK = saved
+
+
+def bwd_lanes(N: int, C: int, inner: int, block: int = None) -> int:
+    """Channels per backward program (a power of two; rows = block / lanes neurons of each): 1 for a
+    channel of many neurons with runs of 8 or more; more where a channel has few neurons (so that the
+    program's threads are not idle) or short runs (inner < 8: neighbouring columns are then
+    neighbouring elements, so a warp reads whole sectors); never more than the channels. The CUDA
+    backward's ``bnlif_bwd_lanes`` (csrc/cuda/bn_lif_kernels.cuh) with its block."""
+    block = BWD_BLOCK if block is None else block
+    count = N // C if C > 0 else 0
+    g = 1
+    while g < block and 2 * g * count <= block:
+        g *= 2
+    while g < block and g * inner < 8:
+        g *= 2
+    while g > 1 and g // 2 >= C:
+        g //= 2
+    return g
+
+
+def bwd_chunks(N: int, C: int, inner: int, block: int = None) -> int:
+    """Row chunks P of the backward (its grid: ⌈C / lanes⌉·P programs), 0 when there are no neurons."""
+    block = BWD_BLOCK if block is None else block
+    count = N // C if C > 0 else 0
+    return _cdiv(count, block // bwd_lanes(N, C, inner, block))
 
 
 def _check(x, v0, params, weight, inner, reset_timing):
@@ -79,8 +135,8 @@ def bn_lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, w
     s = torch.empty_like(x)
     v_last = torch.empty_like(v0)
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    save_h = save == lif_contract.SAVE_STATE
-    saved = torch.empty((T, N) if save_h else (0,), dtype=params.dtype, device=x.device)
+    keep = save in (lif_contract.SAVE_STATE, lif_contract.SAVE_RECOMPUTE)  # training: the checkpoints
+    saved = torch.empty((contract.checkpoint_rows(T, SEG), N) if keep else (0,), dtype=params.dtype, device=x.device)
     mask = noise_mask.contiguous() if noise_mask is not None else None
     if N > 0:
         launch(_k.bn_lif_fwd_kernel, (_cdiv(N, BLOCK),),
@@ -88,9 +144,9 @@ def bn_lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, w
                 rstd.contiguous(), mean.contiguous(), bias.contiguous(), mask if mask is not None else x, s, v_last,
                 v_seq, saved, T, N, weight.numel(), inner, float(v_reset)),
                dict(tsg.surrogate_args(surrogate, x, "bn_lif_triton"), HARD_RESET=hard_reset,
-                    DECAY_INPUT=decay_input, HAS_MASK=mask is not None, STORE_VSEQ=return_v_seq, SAVE_H=save_h,
-                    WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL, BLOCK=BLOCK, TDBN=tdbn_alpha > 0,
-                    STRICT=strict_threshold, num_warps=NUM_WARPS))
+                    DECAY_INPUT=decay_input, HAS_MASK=mask is not None, STORE_VSEQ=return_v_seq,
+                    SEG=SEG if keep else 0, WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL, BLOCK=BLOCK,
+                    TDBN=tdbn_alpha > 0, STRICT=strict_threshold, num_warps=NUM_WARPS))
     return s, v_last, v_seq, saved
 
 
@@ -106,42 +162,43 @@ def bn_lif_bwd_triton(grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor],
     _check_channels(x, params, weight=weight, bias=bias, mean=mean, rstd=rstd)
     T, N = x.shape
     C = weight.numel()
-    rerun = save != lif_contract.SAVE_STATE
-    if not rerun:
-        torch._check(saved.shape == x.shape and saved.dtype == params.dtype,
-                     lambda: "bn_lif_bwd_triton: `saved` must be the forward's H with save=0")
+    rows = contract.checkpoint_rows(T, SEG)
+    torch._check(saved.shape == (rows, N) and saved.dtype == params.dtype,
+                 lambda: f"bn_lif_bwd_triton: `saved` must be the forward's membrane checkpoints, [{rows}, {N}] "
+                         f"{params.dtype}, got {list(saved.shape)} {saved.dtype}")
     x, v0, params = x.contiguous(), v0.contiguous(), params.contiguous()
     grad_s = grad_s.to(x.dtype).contiguous()
     gvl = grad_v_last.to(x.dtype).contiguous() if grad_v_last is not None else None
     gvs = grad_v_seq.to(x.dtype).contiguous() if grad_v_seq is not None and grad_v_seq.numel() > 0 else None
     mask = noise_mask.contiguous() if noise_mask is not None else None
-    h = torch.empty((T, N), dtype=params.dtype, device=x.device) if rerun else saved.contiguous()
     weight, rstd, mean, bias = weight.contiguous(), rstd.contiguous(), mean.contiguous(), bias.contiguous()
     wide = _wide(v_reset, reset_residual, tdbn_alpha, params)
     pd, dev = params.dtype, x.device
     gx = torch.empty_like(x)
     gv0 = torch.empty_like(v0)
-    # per neuron: Σ_t ∂L/∂X', Σ_t ∂L/∂X'·(x − m) and, with parameter gradients, the (∂k, ∂θ, ∂α) terms
-    sums = torch.empty((5 if need_param_grad else 2, N), dtype=pd, device=dev)
+    count = N // C
+    lanes, P = bwd_lanes(N, C, inner), bwd_chunks(N, C, inner)
+    # per (channel, chunk): Σ ∂L/∂X', Σ ∂L/∂X'·(x − m) and, with parameter gradients, the (∂k, ∂θ, ∂α) terms
+    part = torch.empty((C, P, 5 if need_param_grad else 2), dtype=torch.float64, device=dev)
     gw, gb = torch.empty(C, dtype=pd, device=dev), torch.empty(C, dtype=pd, device=dev)
     gp = torch.empty(3, dtype=pd, device=dev)
     coef = torch.empty(3 * C, dtype=pd, device=dev) if batch_stats else gw  # [A | B | D] of the dx pass
     pchan = torch.empty((3, C), dtype=torch.float64, device=dev) if need_param_grad else gw
     if N > 0:
-        launch(_k.bn_lif_bwd_kernel, (_cdiv(N, BLOCK),),
+        launch(_k.bn_lif_bwd_kernel, (_cdiv(C, lanes) * P,),
                (grad_s, gvl if gvl is not None else grad_s, gvs if gvs is not None else grad_s, x, v0, params,
-                wide, weight, rstd, mean, bias, mask if mask is not None else x, h, gx, gv0, sums,
-                T, N, C, inner, float(v_reset), float(reset_residual)),
+                wide, weight, rstd, mean, bias, mask if mask is not None else x, saved.contiguous(), gx, gv0, part,
+                T, N, C, inner, count, P, float(v_reset), float(reset_residual)),
                dict(tsg.surrogate_args(surrogate, x, "bn_lif_triton"), HARD_RESET=hard_reset,
                     DECAY_INPUT=decay_input, DETACH_RESET=detach_reset, HAS_MASK=mask is not None,
                     HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None, NEED_PARAM_GRAD=need_param_grad,
-                    SCALE_BY_A=not batch_stats, RERUN=rerun, WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL,
-                    BLOCK=BLOCK, TDBN=tdbn_alpha > 0, STRICT=strict_threshold, num_warps=NUM_WARPS))
-    count = N // C
+                    SCALE_BY_A=not batch_stats, WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL, SEG=SEG,
+                    LANES=lanes, BLOCK=BWD_BLOCK, TDBN=tdbn_alpha > 0, STRICT=strict_threshold,
+                    num_warps=BWD_WARPS))
     launch(_k.bn_lif_channels_kernel, (C,),
-           (sums, params, wide, weight, rstd, gw, gb, gp, coef, pchan, T, N, C, inner, count),
-           dict(NEED_PARAM_GRAD=need_param_grad, BATCH_STATS=batch_stats, TDBN=tdbn_alpha > 0,
-                NARROW=count + CHAN_BLOCK < _I32, BLOCK=CHAN_BLOCK, num_warps=NUM_WARPS))
+           (part, params, wide, weight, rstd, gw, gb, gp, coef, pchan, T, C, count, P),
+           dict(NEED_PARAM_GRAD=need_param_grad, BATCH_STATS=batch_stats, TDBN=tdbn_alpha > 0, BLOCK=CHAN_BLOCK,
+                num_warps=NUM_WARPS))
     if need_param_grad:
         launch(_k.bn_lif_params_kernel, (1,), (pchan, gp, C), dict(BLOCK=PARAM_BLOCK, num_warps=NUM_WARPS))
     if batch_stats and N > 0:
@@ -182,18 +239,12 @@ def bn_lif_stats_triton(x: torch.Tensor, C: int, inner: int, eps: float
     return mean, rstd, var
 
 
-def _fake_fwd(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, noise_mask, surrogate,
-              hard_reset, v_reset, decay_input, detach_reset, reset_residual, strict_threshold, reset_timing,
-              return_v_seq, save):
-    saved = x.new_empty(x.shape if save == lif_contract.SAVE_STATE else (0,), dtype=params.dtype)
-    return contract.fake_fwd_outputs(x, v0, return_v_seq) + (saved,)
-
-
 FWD_NAME = "snn_fast::bn_lif_fwd_triton"
 BWD_NAME = "snn_fast::bn_lif_bwd_triton"
 STATS_NAME = "snn_fast::bn_lif_stats_triton"
 
-for _name, _fn, _schema, _fake in ((FWD_NAME, bn_lif_fwd_triton, contract.FWD_SCHEMA, _fake_fwd),
+for _name, _fn, _schema, _fake in ((FWD_NAME, bn_lif_fwd_triton, contract.FWD_SCHEMA,
+                                    functools.partial(contract.fake_fwd_checkpoints, seg=SEG)),
                                    (BWD_NAME, bn_lif_bwd_triton, contract.BWD_SCHEMA, contract.fake_bwd),
                                    (STATS_NAME, bn_lif_stats_triton, contract.STATS_SCHEMA, contract.fake_stats)):
     if INTERPRETED:

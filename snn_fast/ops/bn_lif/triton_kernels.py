@@ -3,17 +3,20 @@
 around the per-channel affine X' = (x − m_c)·a_c + b_c, channel c = (n // INNER) % C of element n, with
 a_c = w_c·(rstd_c·gain) computed in the kernels as the C++ op computes it (gain = α_tdBN·θ or 1).
 
-Per element and step (storage b bytes, compute a):
-    forward   read x, write s (+ H in a with save="state")                      2b (+ a)
-    backward  read H (or re-run the forward into a scratch H: read x, write H), read x, read ∂L/∂S,
-              write ∂L/∂X' (a_c·∂L/∂X' in eval)                                  3b + a (+ b + a)
+Per element and step (storage b bytes):
+    forward   read x, write s                                                   2b
+    backward  read x, read ∂L/∂S, write ∂L/∂X' (a_c·∂L/∂X' in eval)               3b
     dx        training only: read ∂L/∂X', read x, write ∂L/∂x                     3b
-and per element (not per step) the backward writes its sums over t of ∂L/∂X' and ∂L/∂X'·(x − m)
-([2, N]) and, with parameter gradients, its (∂k, ∂θ, ∂α) terms ([3, N]), which ``bn_lif_channels_kernel``
-reduces per channel (in float64, with batch norm's per-channel algebra) and ``bn_lif_params_kernel``
-over the channels. The batch statistics are two more kernels (``bn_lif_stats_*``): float64 sums of
-x − x_c0 per (channel, chunk), then mean, rstd and the unbiased variance per channel. So the whole
-op is kernels: no torch arithmetic on the host per call (the CUDA binding's layout, ``csrc/cuda/``).
+with the statistics' read of x, 9 passes in training, plus for T > SEG (triton.py) the membrane the
+forward keeps every SEG steps, written once and read once (4 bytes, 8 for float64): the backward
+re-runs each SEG-step segment from it with H and x − m in registers, then walks it back. Its programs
+are columns of channels × rows of their neurons, as the CUDA backward's blocks, so each program sums
+its neurons' ∂L/∂X', ∂L/∂X'·(x − m) and, with parameter gradients, (∂k, ∂θ, ∂α) terms per channel
+into a [C, P, 5|2] float64 scratch (no per-neuron sums), which ``bn_lif_channels_kernel`` reduces per
+channel (in float64, with batch norm's per-channel algebra) and ``bn_lif_params_kernel`` over the
+channels. The batch statistics are two more kernels (``bn_lif_stats_*``): float64 sums of x − x_c0
+per (channel, chunk), then mean, rstd and the unbiased variance per channel. So the whole op is
+kernels: no torch arithmetic on the host per call (the CUDA binding's layout, ``csrc/cuda/``).
 """
 from __future__ import annotations
 
@@ -61,14 +64,25 @@ def _scalars(params_ptr, wide_ptr, v_reset, HARD_RESET: tl.constexpr, WIDE: tl.c
 
 
 @triton.jit
-def _forward(x_ptr, v0_ptr, mask_ptr, s_ptr, vseq_ptr, h_ptr, start, lane, m, a, mm, bb, k, theta, alpha, vr, T, N,
-             SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
-             HAS_MASK: tl.constexpr, STORE_S: tl.constexpr, STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr,
-             EXACT: tl.constexpr, STRICT: tl.constexpr):
-    """All T steps of one block from v0 → V_T; writes s, v_seq and H as asked."""
+def bn_lif_fwd_kernel(
+    x_ptr, v0_ptr, params_ptr, wide_ptr, w_ptr, r_ptr, m_ptr, b_ptr, mask_ptr, s_ptr, vlast_ptr, vseq_ptr, ck_ptr,
+    T, N, C, INNER, v_reset,
+    SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
+    STORE_VSEQ: tl.constexpr, SEG: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr,
+    TDBN: tl.constexpr, STRICT: tl.constexpr = False,
+):
+    """All T steps of BLOCK consecutive neurons from v0: s (and v_seq); with SEG > 0 (training) also V
+    after steps SEG, 2·SEG, … before the last into ck ([⌈T/SEG⌉ − 1, N], compute dtype), from which
+    the backward re-runs each segment."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    lane = tl.arange(0, BLOCK)
+    m = lane < N - start
+    k, theta, alpha, vr = _scalars(params_ptr, wide_ptr, v_reset, HARD_RESET, WIDE)
+    a, mm, bb = _affine(start + lane, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr, _gain(theta, wide_ptr) if TDBN else theta,
+                        m, TDBN)
     v = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
     row = start
-    for _t in range(0, T):
+    for t in range(0, T):
         xv = tl.load(x_ptr + row + lane, mask=m, other=0.0).to(k.dtype)
         xp = _mul_rn(xv - mm, a, EXACT) + bb
         if HAS_MASK:
@@ -77,32 +91,14 @@ def _forward(x_ptr, v0_ptr, mask_ptr, s_ptr, vseq_ptr, h_ptr, start, lane, m, a,
             mk = m
         h, xs, s, v = _lif_step(v, xp, mk, k, theta, alpha, vr, SG, HARD_RESET, DECAY_INPUT, HAS_MASK, EXACT, SGF,
                                 STRICT)
-        if STORE_S:
-            tl.store(s_ptr + row + lane, s.to(s_ptr.dtype.element_ty), mask=m)
-        if SAVE_H:
-            tl.store(h_ptr + row + lane, h.to(h_ptr.dtype.element_ty), mask=m)
+        tl.store(s_ptr + row + lane, s.to(s_ptr.dtype.element_ty), mask=m)
         if STORE_VSEQ:
             tl.store(vseq_ptr + row + lane, v.to(vseq_ptr.dtype.element_ty), mask=m)
+        if SEG > 0:
+            tc = lane * 0 + t + 1  # as a tensor (t may be a plain int in the interpreter)
+            tl.store(ck_ptr + tl.cast(t // SEG, tl.int64) * N + start + lane, v,
+                     mask=m & (tc % SEG == 0) & (tc < T))
         row += N
-    return v
-
-
-@triton.jit
-def bn_lif_fwd_kernel(
-    x_ptr, v0_ptr, params_ptr, wide_ptr, w_ptr, r_ptr, m_ptr, b_ptr, mask_ptr, s_ptr, vlast_ptr, vseq_ptr, h_ptr,
-    T, N, C, INNER, v_reset,
-    SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
-    STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr,
-    TDBN: tl.constexpr, STRICT: tl.constexpr = False,
-):
-    start = tl.program_id(0).to(tl.int64) * BLOCK
-    lane = tl.arange(0, BLOCK)
-    m = lane < N - start
-    k, theta, alpha, vr = _scalars(params_ptr, wide_ptr, v_reset, HARD_RESET, WIDE)
-    a, mm, bb = _affine(start + lane, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr, _gain(theta, wide_ptr) if TDBN else theta,
-                        m, TDBN)
-    v = _forward(x_ptr, v0_ptr, mask_ptr, s_ptr, vseq_ptr, h_ptr, start, lane, m, a, mm, bb, k, theta, alpha, vr,
-                 T, N, SG, SGF, HARD_RESET, DECAY_INPUT, HAS_MASK, True, STORE_VSEQ, SAVE_H, EXACT, STRICT)
     tl.store(vlast_ptr + start + lane, v.to(vlast_ptr.dtype.element_ty), mask=m)
 
 
@@ -119,82 +115,126 @@ def _emitted(h, theta, alpha, mp, m, SG: tl.constexpr, SGF: tl.constexpr, HAS_MA
 
 @triton.jit
 def bn_lif_bwd_kernel(
-    gs_ptr, gvl_ptr, gvs_ptr, x_ptr, v0_ptr, params_ptr, wide_ptr, w_ptr, r_ptr, m_ptr, b_ptr, mask_ptr, h_ptr,
-    gx_ptr, gv0_ptr, sums_ptr,
-    T, N, C, INNER, v_reset, kappa,
+    gs_ptr, gvl_ptr, gvs_ptr, x_ptr, v0_ptr, params_ptr, wide_ptr, w_ptr, r_ptr, m_ptr, b_ptr, mask_ptr, ck_ptr,
+    gx_ptr, gv0_ptr, part_ptr,
+    T, N, C, INNER, COUNT, P, v_reset, kappa,
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
     DETACH_RESET: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
-    NEED_PARAM_GRAD: tl.constexpr, SCALE_BY_A: tl.constexpr, RERUN: tl.constexpr, WIDE: tl.constexpr,
-    EXACT: tl.constexpr, BLOCK: tl.constexpr, TDBN: tl.constexpr, STRICT: tl.constexpr = False,
+    NEED_PARAM_GRAD: tl.constexpr, SCALE_BY_A: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr,
+    SEG: tl.constexpr, LANES: tl.constexpr, BLOCK: tl.constexpr, TDBN: tl.constexpr, STRICT: tl.constexpr = False,
 ):
-    start = tl.program_id(0).to(tl.int64) * BLOCK
-    lane = tl.arange(0, BLOCK)
-    m = lane < N - start
+    """Program (channel group g, chunk p), the group fastest in the grid: LANES channels c = g·LANES + j
+    (columns) × BLOCK / LANES of each channel's COUNT = B·inner neurons (rows, k = p·rows + i; run
+    r = k // INNER, element (r·C + c)·INNER + k % INNER), one neuron per thread. Segments of SEG steps,
+    last first: the forward re-run over the segment from its V (v0 or the forward's checkpoint) with
+    H and x − m in registers (tuples unrolled by ``tl.static_range``: Triton has no indexable register
+    arrays), then walked back, writing ∂L/∂X' (a_c·∂L/∂X' in eval) and ∂L/∂v0. Each column's sums
+    over its neurons and steps, Σ∂L/∂X', Σ∂L/∂X'·(x − m) and with parameter gradients the (∂k, ∂θ, ∂α)
+    terms, go in float64 to part[c, p, :] ([C, P, W], W = 5 or 2) for ``bn_lif_channels_kernel``."""
+    ROWS: tl.constexpr = BLOCK // LANES
+    W: tl.constexpr = 5 if NEED_PARAM_GRAD else 2
+    pid = tl.program_id(0)
+    groups = (C + LANES - 1) // LANES
+    p = (pid // groups).to(tl.int64)
+    col = (pid % groups) * LANES + tl.arange(0, LANES)  # [LANES] channels
+    c = col[None, :]
+    kk = p * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1] neurons of the channel
+    m = (c < C) & (kk < COUNT)
+    run = kk // INNER
+    n = (run * C + c) * INNER + (kk - run * INNER)  # [ROWS, LANES] elements of a row of x
     k, theta, alpha, vr = _scalars(params_ptr, wide_ptr, v_reset, HARD_RESET, WIDE)
     if WIDE:
         kap = tl.load(wide_ptr + 1)
     else:
         kap = kappa + 0.0 * k
-    a, mm, bb = _affine(start + lane, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr, _gain(theta, wide_ptr) if TDBN else theta,
-                        m, TDBN)
-    if RERUN:  # save="recompute": the forward again, its H into the scratch h_ptr
-        _forward(x_ptr, v0_ptr, mask_ptr, h_ptr, h_ptr, h_ptr, start, lane, m, a, mm, bb, k, theta, alpha, vr,
-                 T, N, SG, SGF, HARD_RESET, DECAY_INPUT, HAS_MASK, False, False, True, EXACT, STRICT)
-    if HAS_GVLAST:
-        dv = tl.load(gvl_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    if TDBN:
+        gain = _gain(theta, wide_ptr)
     else:
-        dv = tl.zeros([BLOCK], dtype=k.dtype)
-    v0 = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
-    g0 = tl.zeros([BLOCK], dtype=k.dtype)
-    g1 = tl.zeros([BLOCK], dtype=k.dtype)
-    sk = tl.zeros([BLOCK], dtype=k.dtype)
-    sth = tl.zeros([BLOCK], dtype=k.dtype)
-    sal = tl.zeros([BLOCK], dtype=k.dtype)
-    for i in range(0, T):
-        t = T - 1 - i
-        row = tl.cast(t, tl.int64) * N + start
-        h = tl.load(h_ptr + row + lane, mask=m, other=0.0).to(k.dtype)
-        xs, s = _emitted(h, theta, alpha, mask_ptr + row + lane, m, SG, SGF, HAS_MASK, STRICT)
-        if HAS_GVSEQ:
-            dv += tl.load(gvs_ptr + row + lane, mask=m, other=0.0).to(k.dtype)
-        g_s = tl.load(gs_ptr + row + lane, mask=m, other=0.0).to(k.dtype)
-        eps, ds, gp = _bwd_step(h, xs, s, g_s, dv, theta, alpha, vr, kap, SG, HARD_RESET, DETACH_RESET, SGF)
-        xc = tl.load(x_ptr + row + lane, mask=m, other=0.0).to(k.dtype) - mm
-        if DECAY_INPUT:
-            gxp = eps * k
-        else:
-            gxp = eps
-        if SCALE_BY_A:
-            tl.store(gx_ptr + row + lane, (gxp * a).to(gx_ptr.dtype.element_ty), mask=m)
-        else:
-            tl.store(gx_ptr + row + lane, gxp.to(gx_ptr.dtype.element_ty), mask=m)
-        g0 += gxp
-        g1 += gxp * xc
-        if NEED_PARAM_GRAD:
-            xp = _mul_rn(xc, a, EXACT) + bb
-            first = (lane * 0 + t) == 0
-            hp = tl.load(h_ptr + row - N + lane, mask=m & (~first), other=0.0).to(k.dtype)
-            _, sp = _emitted(hp, theta, alpha, mask_ptr + row - N + lane, m & (~first), SG, SGF, HAS_MASK,
-                             STRICT)
-            if HARD_RESET:
-                vprev = sp * vr + (1.0 - sp) * hp
+        gain = theta
+    cm = c < C
+    w = tl.load(w_ptr + c, mask=cm, other=0.0)
+    rs = tl.load(r_ptr + c, mask=cm, other=0.0)
+    mm = tl.load(m_ptr + c, mask=cm, other=0.0)
+    bb = tl.load(b_ptr + c, mask=cm, other=0.0)
+    if TDBN:  # a_c as _affine (and the C++ op) computes it
+        a = w * (rs * gain)
+    else:
+        a = w * rs
+    if HAS_GVLAST:
+        dv = tl.load(gvl_ptr + n, mask=m, other=0.0).to(k.dtype)
+    else:
+        dv = tl.zeros([ROWS, LANES], dtype=k.dtype)
+    v_init = tl.load(v0_ptr + n, mask=m, other=0.0).to(k.dtype)
+    zero = tl.zeros([ROWS, LANES], dtype=k.dtype)
+    g0 = zero
+    g1 = zero
+    sk = zero
+    sth = zero
+    sal = zero
+    nseg = (T + SEG - 1) // SEG
+    for i in range(0, nseg):
+        seg = nseg - 1 - i
+        first = (kk * 0 + seg) == 0  # as a tensor (seg may be a plain int in the interpreter)
+        t0 = seg * SEG
+        row0 = tl.cast(t0, tl.int64) * N
+        vck = tl.load(ck_ptr + tl.cast(seg - 1, tl.int64) * N + n, mask=m & ~first, other=0.0).to(k.dtype)
+        v = tl.where(first, v_init, vck)
+        # Re-run the forward over the segment: the forward's own step, so the same H and S.
+        hs = ()
+        xcs = ()  # x − m_c of each step (Σ ∂L/∂X'·(x − m), and X' for the parameter terms)
+        vs = ()  # V_{t−1} of each step (parameter gradients)
+        for j in tl.static_range(SEG):
+            ok = m & ((kk * 0 + t0 + j) < T)
+            off = row0 + j * N + n
+            xc = tl.load(x_ptr + off, mask=ok, other=0.0).to(k.dtype) - mm
+            if HAS_MASK:
+                mk = tl.load(mask_ptr + off, mask=ok, other=1) != 0
             else:
-                vprev = hp - sp * theta
-            vprev = tl.where(first, v0, vprev)
-            dk, dth, dal = _param_terms(eps, ds, gp, dv, s, xs, xp, vprev, vr, alpha, SG, HARD_RESET, DECAY_INPUT,
-                                        SGF)
-            sk += tl.where(m, dk, 0.0)
-            sth += tl.where(m, dth, 0.0)
-            sal += tl.where(m, dal, 0.0)
-        dv = eps - eps * k
-    tl.store(gv0_ptr + start + lane, dv.to(gv0_ptr.dtype.element_ty), mask=m)
-    n64 = tl.cast(N, tl.int64)  # the scratch's row offsets: 4·N passes 2³¹ from N = 2²⁹
-    tl.store(sums_ptr + start + lane, g0, mask=m)
-    tl.store(sums_ptr + n64 + start + lane, g1, mask=m)
+                mk = ok  # unread
+            if NEED_PARAM_GRAD:
+                vs = vs + (v,)
+            h, xs, s, v = _lif_step(v, _mul_rn(xc, a, EXACT) + bb, mk, k, theta, alpha, vr, SG, HARD_RESET,
+                                    DECAY_INPUT, HAS_MASK, EXACT, SGF, STRICT)
+            hs = hs + (h,)
+            xcs = xcs + (xc,)
+        # Walk it back. Steps past T (last segment only) leave ∂L/∂V and the sums unchanged.
+        for j in tl.static_range(SEG - 1, -1, -1):
+            ok = m & ((kk * 0 + t0 + j) < T)
+            off = row0 + j * N + n
+            h = hs[j]
+            xs, s = _emitted(h, theta, alpha, mask_ptr + off, ok, SG, SGF, HAS_MASK, STRICT)
+            dvt = dv
+            if HAS_GVSEQ:
+                dvt += tl.load(gvs_ptr + off, mask=ok, other=0.0).to(k.dtype)
+            g_s = tl.load(gs_ptr + off, mask=ok, other=0.0).to(k.dtype)
+            eps, ds, gp = _bwd_step(h, xs, s, g_s, dvt, theta, alpha, vr, kap, SG, HARD_RESET, DETACH_RESET, SGF)
+            if DECAY_INPUT:
+                gxp = eps * k
+            else:
+                gxp = eps
+            if SCALE_BY_A:
+                tl.store(gx_ptr + off, (gxp * a).to(gx_ptr.dtype.element_ty), mask=ok)
+            else:
+                tl.store(gx_ptr + off, gxp.to(gx_ptr.dtype.element_ty), mask=ok)
+            g0 += tl.where(ok, gxp, zero)
+            g1 += tl.where(ok, gxp * xcs[j], zero)
+            if NEED_PARAM_GRAD:
+                xp = _mul_rn(xcs[j], a, EXACT) + bb
+                dk, dth, dal = _param_terms(eps, ds, gp, dvt, s, xs, xp, vs[j], vr, alpha, SG, HARD_RESET,
+                                            DECAY_INPUT, SGF)
+                sk += tl.where(ok, dk, zero)
+                sth += tl.where(ok, dth, zero)
+                sal += tl.where(ok, dal, zero)
+            dv = tl.where(ok, eps - eps * k, dv)
+    tl.store(gv0_ptr + n, dv.to(gv0_ptr.dtype.element_ty), mask=m)
+    at = (col.to(tl.int64) * P + p) * W
+    cm1 = col < C
+    tl.store(part_ptr + at, tl.sum(g0.to(tl.float64), axis=0), mask=cm1)
+    tl.store(part_ptr + at + 1, tl.sum(g1.to(tl.float64), axis=0), mask=cm1)
     if NEED_PARAM_GRAD:
-        tl.store(sums_ptr + 2 * n64 + start + lane, sk, mask=m)  # rows 2–4 of the scratch
-        tl.store(sums_ptr + 3 * n64 + start + lane, sth, mask=m)
-        tl.store(sums_ptr + 4 * n64 + start + lane, sal, mask=m)
+        tl.store(part_ptr + at + 2, tl.sum(sk.to(tl.float64), axis=0), mask=cm1)
+        tl.store(part_ptr + at + 3, tl.sum(sth.to(tl.float64), axis=0), mask=cm1)
+        tl.store(part_ptr + at + 4, tl.sum(sal.to(tl.float64), axis=0), mask=cm1)
 
 
 @triton.jit
@@ -223,39 +263,34 @@ def _channel_run(k, INNER, C, c):
 
 @triton.jit
 def bn_lif_channels_kernel(
-    sums_ptr, params_ptr, wide_ptr, w_ptr, r_ptr, gw_ptr, gb_ptr, gp_ptr, coef_ptr, pchan_ptr,
-    T, N, C, INNER, COUNT,
-    NEED_PARAM_GRAD: tl.constexpr, BATCH_STATS: tl.constexpr, TDBN: tl.constexpr, NARROW: tl.constexpr,
-    BLOCK: tl.constexpr,
+    part_ptr, params_ptr, wide_ptr, w_ptr, r_ptr, gw_ptr, gb_ptr, gp_ptr, coef_ptr, pchan_ptr,
+    T, C, COUNT, P,
+    NEED_PARAM_GRAD: tl.constexpr, BATCH_STATS: tl.constexpr, TDBN: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Program c: channel c's totals over its COUNT = B·inner neurons of the backward's per-neuron
-    sums (rows 0–1 of ``sums``: Σ∂L/∂X', Σ∂L/∂X'·(x − m); rows 2–4 with parameter gradients), then
-    batch norm's algebra in float64 as the C++ op does it: ∂weight = g1·rstd·gain, ∂bias = g0; with
-    batch statistics the dx coefficients A = a, B = −a·rstd²·g1/n, D = −a·g0/n (n = T·COUNT); the
+    """Program c: channel c's totals over the backward's P chunks (``part`` [C, P, W]: Σ∂L/∂X',
+    Σ∂L/∂X'·(x − m); with parameter gradients, W = 5, the (∂k, ∂θ, ∂α) terms), then batch norm's
+    algebra in float64 as the C++ op does it: ∂weight = g1·rstd·gain, ∂bias = g0; with batch statistics
+    the dx coefficients A = a, B = −a·rstd²·g1/n, D = −a·g0/n (n = T·COUNT, COUNT = B·inner); the
     channel's (∂k, ∂θ + tdBN's θ term g1·w·rstd·α, ∂α) into pchan [3, C], or without parameter
     gradients program 0 zeroes ∂params. tdBN's α: the float64 buffer's third value."""
+    W: tl.constexpr = 5 if NEED_PARAM_GRAD else 2
     c = tl.program_id(0).to(tl.int64)
     lane = tl.arange(0, BLOCK)
-    n64 = tl.cast(N, tl.int64)
     s0 = tl.zeros([BLOCK], dtype=tl.float64)
     s1 = tl.zeros([BLOCK], dtype=tl.float64)
     q0 = tl.zeros([BLOCK], dtype=tl.float64)
     q1 = tl.zeros([BLOCK], dtype=tl.float64)
     q2 = tl.zeros([BLOCK], dtype=tl.float64)
-    # counted in steps, not values: a 32-bit counter stepping by BLOCK past COUNT could wrap
-    for it in range(0, (COUNT - 1) // BLOCK + 1):
-        if NARROW:  # 32-bit division while COUNT + BLOCK fits
-            k = it * BLOCK + lane
-        else:
-            k = tl.cast(it, tl.int64) * BLOCK + lane
-        mk = k < COUNT
-        n = _channel_run(k, INNER, C, c)
-        s0 += tl.load(sums_ptr + n, mask=mk, other=0.0).to(tl.float64)
-        s1 += tl.load(sums_ptr + n64 + n, mask=mk, other=0.0).to(tl.float64)
+    for off in range(0, P, BLOCK):
+        j = off + lane
+        mk = j < P
+        at = (c * P + j) * W
+        s0 += tl.load(part_ptr + at, mask=mk, other=0.0)
+        s1 += tl.load(part_ptr + at + 1, mask=mk, other=0.0)
         if NEED_PARAM_GRAD:
-            q0 += tl.load(sums_ptr + 2 * n64 + n, mask=mk, other=0.0).to(tl.float64)
-            q1 += tl.load(sums_ptr + 3 * n64 + n, mask=mk, other=0.0).to(tl.float64)
-            q2 += tl.load(sums_ptr + 4 * n64 + n, mask=mk, other=0.0).to(tl.float64)
+            q0 += tl.load(part_ptr + at + 2, mask=mk, other=0.0)
+            q1 += tl.load(part_ptr + at + 3, mask=mk, other=0.0)
+            q2 += tl.load(part_ptr + at + 4, mask=mk, other=0.0)
     g0 = tl.sum(s0, 0)
     g1 = tl.sum(s1, 0)
     w = tl.load(w_ptr + c)
