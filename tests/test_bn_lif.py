@@ -381,12 +381,13 @@ def _triton_op_calls(bt, x, C, S, training, need, tdbn):
 def test_triton_ops_write_every_output(monkeypatch, training, need, tdbn):
     """Every output of the Triton ops is written by a kernel: with every float allocation filled with
     NaN, they come out finite and bitwise the same (∂params zeroed by the channel pass without
-    parameter gradients, the scratch rows read only where written); and the 64-bit index paths
-    (NARROW off, as beyond 2³¹ values) give bitwise the 32-bit paths' results."""
+    parameter gradients, the checkpoints and the block sums read only where written: T = 9, three
+    segments); and the statistics' 64-bit index path (NARROW off, as beyond 2³¹ values) gives bitwise
+    the 32-bit path's results."""
     bl_function.BACKENDS.load("triton")
     from snn_fast.ops.bn_lif import triton as bt
 
-    T, B, C, S = 3, 2, 5, 7
+    T, B, C, S = 9, 2, 5, 7
     x = torch.randn(T, B * C * S, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     want = _triton_op_calls(bt, x, C, S, training, need, tdbn)
     assert all(torch.isfinite(t).all() for t in want)
@@ -487,21 +488,29 @@ def test_cxx_op_errors_name_the_op_and_argument():
 
 
 @pytest.mark.skipif(bool(SKIP["triton"]), reason=str(SKIP["triton"]))
-@pytest.mark.parametrize("T,save,need", [(3, 0, True), (17, 1, False), (9, 0, False)])
-def test_triton_opcheck(T, save, need):
+@pytest.mark.parametrize("T,save,need,dtype", [(3, 0, True, torch.float32), (17, 1, False, torch.float32),
+                                               (9, 0, False, torch.float32), (9, 2, False, torch.bfloat16)],
+                         ids=["T3-state", "T17-recompute", "T9-state", "T9-none-bf16"])
+def test_triton_opcheck(T, save, need, dtype):
     # the pair with its autograd registered (loading the backend; alone, this test used to find the
     # forward without one, depending on which test had run the backend first)
     bl_function.BACKENDS.load("triton")
 
     B, C, S = 2, 2, 3
-    x = torch.randn(T, B * C * S, dtype=torch.float32, requires_grad=True)
-    v0 = torch.zeros(B * C * S, requires_grad=True)
+    x = torch.randn(T, B * C * S, dtype=dtype, requires_grad=True)
+    v0 = torch.zeros(B * C * S, dtype=dtype, requires_grad=True)
     params = torch.tensor([0.5, 1.0, 4.0], requires_grad=need)
     w, b = torch.rand(C, requires_grad=True), torch.randn(C, requires_grad=True)
-    var, mean = torch.var_mean(x.detach().view(-1, C, S), dim=(0, 2), correction=0)
+    var, mean = torch.var_mean(x.detach().float().view(-1, C, S), dim=(0, 2), correction=0)
     rstd = torch.rsqrt(var + 1e-5)
     flags = (0, True, 0.0, True, False, 0.0, False, 0)  # contract.FLAG_ARGS
     fwd = (x, v0, params, w, b, mean, rstd, 0.7, S, True, None, *flags, False, save)
+    if save == 2:  # no checkpoints (inference, no gradient): the C++ ops' empty tensor in x's dtype, as the fake
+        det = [a.detach() if isinstance(a, torch.Tensor) else a for a in fwd]
+        torch.library.opcheck(torch.ops.snn_fast.bn_lif_fwd_triton.default, det)
+        saved = torch.ops.snn_fast.bn_lif_fwd_triton(*det)[3]
+        assert saved.shape == (0,) and saved.dtype == dtype
+        return
     torch.library.opcheck(torch.ops.snn_fast.bn_lif_fwd_triton.default, fwd)
     det = [a.detach() if isinstance(a, torch.Tensor) else a for a in fwd]
     s, _, _, saved = torch.ops.snn_fast.bn_lif_fwd_triton(*det)
@@ -618,10 +627,11 @@ def test_user_surrogate_on_triton(name):
     check(got, ref, torch.float64)
 
 
-@pytest.mark.parametrize("be,T,training", fused([9, 19], [True, False]))
+@pytest.mark.parametrize("be,T,training", fused([8, 9, 12, 19], [True, False]))
 def test_long_sequences(be, T, training):
-    """T past one 8-step segment (the CUDA backward re-runs each from the forward's checkpoint; Triton
-    and the CPU walk their own way), learnable τ/θ/α, tdBN: every output and gradient."""
+    """T past one segment (the GPU backwards re-run each from the forward's checkpoint: 8 steps in
+    CUDA, 4 in Triton; T a multiple of either, and ragged), learnable τ/θ/α, tdBN: every output and
+    gradient."""
     inp = make_inputs((T, 2, 3, 2, 3), torch.float64, learn=True)
     ref = run("reference", inp, torch.float64, training, 0.7, surrogate="atan")
     got = run(be, inp, torch.float64, training, 0.7, surrogate="atan")
@@ -634,11 +644,16 @@ def test_long_sequences(be, T, training):
 TRITON_LAYOUTS = {"inner1-c6": (17, 20, 6), "inner3-c5": (17, 30, 5, 3)}
 
 
-@pytest.mark.parametrize("be,layout", fused(list(TRITON_LAYOUTS)))
-def test_backward_layouts(be, layout):
+LAYOUT_MODES = {"train-learn": (True, True), "train": (True, False), "eval-learn": (False, True)}
+
+
+@pytest.mark.parametrize("be,layout,mode", fused(list(TRITON_LAYOUTS), list(LAYOUT_MODES)))
+def test_backward_layouts(be, layout, mode):
     """Channel groups and row chunks of the GPU backwards' blocks (per-block sums of batch norm's
-    terms, then per channel), T = 17 (whole segments and a ragged one), the noise mask and learnable
-    τ/θ/α: every output and gradient against the reference."""
+    terms, then per channel), T = 17 (whole segments and a ragged one), the noise mask; batch
+    statistics with and without learnable τ/θ/α, running statistics (∂L/∂x = a_c·∂L/∂X' written by
+    the walk) with them: every output and gradient against the reference."""
+    training, learn = LAYOUT_MODES[mode]
     shape = TRITON_LAYOUTS[layout]
     name, dev = name_dev(be)
     if name == "triton" and dev == "cpu":  # the layout the shape is for
@@ -648,19 +663,23 @@ def test_backward_layouts(be, layout):
         N = shape[1] * C * inner
         lanes, P = bt.bwd_lanes(N, C, inner), bt.bwd_chunks(N, C, inner)
         assert lanes > 1 and C % lanes != 0 and P > 1 and (N // C) % (bt.BWD_BLOCK // lanes) != 0, (lanes, P)
-    inp = make_inputs(shape, torch.float64, learn=True)
+    inp = make_inputs(shape, torch.float64, learn=learn)
     mask = torch.rand(shape, generator=torch.Generator().manual_seed(2)) > 0.3
-    ref = run("reference", inp, torch.float64, True, 0.7, OPTIONS["hard-di"], noise_mask=mask)
-    got = run(be, inp, torch.float64, True, 0.7, OPTIONS["hard-di"], noise_mask=mask)
+    ref = run("reference", inp, torch.float64, training, 0.7, OPTIONS["hard-di"], noise_mask=mask)
+    got = run(be, inp, torch.float64, training, 0.7, OPTIONS["hard-di"], noise_mask=mask)
     check(got, ref, torch.float64)
 
 
 @pytest.mark.parametrize("be", fused())
-def test_empty_batch(be):
+def test_empty_batch(be, monkeypatch):
     """B = 0 in eval (running statistics): no neuron and no backward program, yet ∂weight, ∂bias and
-    ∂τ/θ/α are exactly 0, as the reference gives, not what an unwritten buffer held."""
+    ∂τ/θ/α are exactly 0, as the reference gives, not what an unwritten buffer held (Python-side
+    allocations, the Triton backend's, filled with NaN)."""
     inp = make_inputs((9, 0, 3, 2), torch.float64, learn=True)
     ref = run("reference", inp, torch.float64, False, 0.7, OPTIONS["hard-di"])
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: (lambda t: t.fill_(float("nan")) if t.is_floating_point()
+                                                         else t)(empty(*a, **k)))
     got = run(be, inp, torch.float64, False, 0.7, OPTIONS["hard-di"])
     check(got, ref, torch.float64)
     for k in ("grad_w", "grad_b", "grad_tau", "grad_v_threshold", "grad_alpha"):

@@ -49,7 +49,7 @@ def fake_fwd_checkpoints(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, in
                          surrogate, hard_reset, v_reset, decay_input, detach_reset, reset_residual, strict_threshold,
                          reset_timing, return_v_seq, save, seg=CUDA_SEG):
     """A GPU forward: with save 0 or 1 alike the membrane every ``seg`` steps, [⌈T/seg⌉ − 1, N] in
-    params' dtype (the backward re-runs the segments from them); nothing otherwise."""
+    params' dtype (the backward re-runs the segments from them); else an empty tensor of x's dtype."""
     if save in (SAVE_STATE, SAVE_RECOMPUTE):
         saved = x.new_empty((checkpoint_rows(x.shape[0], seg), x.shape[1]), dtype=params.dtype)
     else:

@@ -13,7 +13,6 @@ write and read (2 passes).
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Optional, Tuple
 
 import torch
@@ -136,7 +135,9 @@ def bn_lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, w
     v_last = torch.empty_like(v0)
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
     keep = save in (lif_contract.SAVE_STATE, lif_contract.SAVE_RECOMPUTE)  # training: the checkpoints
-    saved = torch.empty((contract.checkpoint_rows(T, SEG), N) if keep else (0,), dtype=params.dtype, device=x.device)
+    # the checkpoints, or the C++ ops' empty tensor in x's dtype (the fake's)
+    saved = torch.empty((contract.checkpoint_rows(T, SEG), N), dtype=params.dtype, device=x.device) if keep else \
+        x.new_empty(0)
     mask = noise_mask.contiguous() if noise_mask is not None else None
     if N > 0:
         launch(_k.bn_lif_fwd_kernel, (_cdiv(N, BLOCK),),
@@ -243,8 +244,18 @@ FWD_NAME = "snn_fast::bn_lif_fwd_triton"
 BWD_NAME = "snn_fast::bn_lif_bwd_triton"
 STATS_NAME = "snn_fast::bn_lif_stats_triton"
 
-for _name, _fn, _schema, _fake in ((FWD_NAME, bn_lif_fwd_triton, contract.FWD_SCHEMA,
-                                    functools.partial(contract.fake_fwd_checkpoints, seg=SEG)),
+
+
+def _fake_fwd(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, noise_mask, surrogate,
+              hard_reset, v_reset, decay_input, detach_reset, reset_residual, strict_threshold, reset_timing,
+              return_v_seq, save):
+    """The checkpoints of SEG as it is at the call (``lab_variant`` changes it)."""
+    return contract.fake_fwd_checkpoints(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats,
+                                         noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
+                                         reset_residual, strict_threshold, reset_timing, return_v_seq, save, seg=SEG)
+
+
+for _name, _fn, _schema, _fake in ((FWD_NAME, bn_lif_fwd_triton, contract.FWD_SCHEMA, _fake_fwd),
                                    (BWD_NAME, bn_lif_bwd_triton, contract.BWD_SCHEMA, contract.fake_bwd),
                                    (STATS_NAME, bn_lif_stats_triton, contract.STATS_SCHEMA, contract.fake_stats)):
     if INTERPRETED:

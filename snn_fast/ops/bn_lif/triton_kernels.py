@@ -176,7 +176,6 @@ def bn_lif_bwd_kernel(
         seg = nseg - 1 - i
         first = (kk * 0 + seg) == 0  # as a tensor (seg may be a plain int in the interpreter)
         t0 = seg * SEG
-        row0 = tl.cast(t0, tl.int64) * N
         vck = tl.load(ck_ptr + tl.cast(seg - 1, tl.int64) * N + n, mask=m & ~first, other=0.0).to(k.dtype)
         v = tl.where(first, v_init, vck)
         # Re-run the forward over the segment: the forward's own step, so the same H and S.
@@ -185,7 +184,7 @@ def bn_lif_bwd_kernel(
         vs = ()  # V_{t−1} of each step (parameter gradients)
         for j in tl.static_range(SEG):
             ok = m & ((kk * 0 + t0 + j) < T)
-            off = row0 + j * N + n
+            off = tl.cast(t0 + j, tl.int64) * N + n  # 64-bit: (t0 + j)·N passes 2³¹ before T·N does
             xc = tl.load(x_ptr + off, mask=ok, other=0.0).to(k.dtype) - mm
             if HAS_MASK:
                 mk = tl.load(mask_ptr + off, mask=ok, other=1) != 0
@@ -200,7 +199,7 @@ def bn_lif_bwd_kernel(
         # Walk it back. Steps past T (last segment only) leave ∂L/∂V and the sums unchanged.
         for j in tl.static_range(SEG - 1, -1, -1):
             ok = m & ((kk * 0 + t0 + j) < T)
-            off = row0 + j * N + n
+            off = tl.cast(t0 + j, tl.int64) * N + n  # 64-bit: (t0 + j)·N passes 2³¹ before T·N does
             h = hs[j]
             xs, s = _emitted(h, theta, alpha, mask_ptr + off, ok, SG, SGF, HAS_MASK, STRICT)
             dvt = dv

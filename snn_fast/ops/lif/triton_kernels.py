@@ -279,7 +279,7 @@ def lif_fwd_kernel(
         xv = x_next.to(k.dtype)
         if PREFETCH2:
             x_next = x_next2
-            x_next2 = _ld(x_ptr + row + 2 * N + lane, m & ((lane * 0 + t) < T - 2), STREAM)
+            x_next2 = _ld(x_ptr + row + 2 * tl.cast(N, tl.int64) + lane, m & ((lane * 0 + t) < T - 2), STREAM)
         else:
             x_next = _ld(x_ptr + row + N + lane, m & ((lane * 0 + t) < T - 1), STREAM)
         if HAS_MASK:
@@ -387,7 +387,7 @@ def lif_bwd_kernel(
             two = m & ((lane * 0 + t) > 1)
             hv_next = _ld(h_ptr + prev - N + lane, two, STREAM)
             gs_next = gs_next2
-            gs_next2 = _ld(gsp - 2 * N, two, STREAM)
+            gs_next2 = _ld(gsp - 2 * tl.cast(N, tl.int64), two, STREAM)  # 2·N: 64-bit past 2³⁰
         else:
             h_prev, xs_prev, s_prev = _load_state(h_ptr + prev + lane, mask_ptr + prev + lane, has_prev, theta,
                                                   alpha, SG, HAS_MASK, H_MINUS_THETA, SGF, STREAM, STRICT)
@@ -463,6 +463,7 @@ def lif_bwd_rc_kernel(
         acc_al = tl.zeros([BLOCK], dtype=k.dtype)
     v_init = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
     nseg = (T + CHUNK - 1) // CHUNK
+    n64 = tl.cast(N, tl.int64)
     for i in range(nseg):
         c = nseg - 1 - i
         first = (lane * 0 + c) == 0  # as a tensor (c may be a plain int in the interpreter)
@@ -476,9 +477,10 @@ def lif_bwd_rc_kernel(
         xvs = ()  # X_t of each step (∂H/∂k under decay_input)
         for j in tl.static_range(CHUNK):
             ok = m & ((lane * 0 + t0 + j) < T)
-            xv = tl.load(x_ptr + row0 + j * N + lane, mask=ok, other=0.0).to(k.dtype)
+            rowj = row0 + j * n64  # 64-bit: j·N in 32 bits wraps past 2³¹
+            xv = tl.load(x_ptr + rowj + lane, mask=ok, other=0.0).to(k.dtype)
             if HAS_MASK:
-                mk = tl.load(mask_ptr + row0 + j * N + lane, mask=ok, other=1) != 0
+                mk = tl.load(mask_ptr + rowj + lane, mask=ok, other=1) != 0
             else:
                 mk = ok  # unread
             if NEED_PARAM_GRAD or (TIMING == 1 and HARD_RESET):  # V_{t−1}: also a pending hard reset's R
@@ -492,7 +494,7 @@ def lif_bwd_rc_kernel(
         # Walk it back. Steps past T (last segment only) leave ∂L/∂V and the sums unchanged.
         for j in tl.static_range(CHUNK - 1, -1, -1):
             ok = m & ((lane * 0 + t0 + j) < T)
-            off = row0 + j * N + lane
+            off = row0 + j * n64 + lane
             h = hs[j]
             xs = h - theta
             s = _fires(xs, STRICT).to(k.dtype)
