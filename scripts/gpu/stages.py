@@ -394,11 +394,13 @@ BN_LIF_VARIANTS = (("seg4-w4", dict(seg=4, warps=4)), ("seg8-w4", dict(seg=8, wa
                    ("seg8-w8", dict(seg=8, warps=8)))
 
 
-def _bn_lif_triton_variants():
+def _bn_lif_triton_variants(budget_s: float = 90.0):
     """Each BN_LIF_VARIANTS entry on the fused Triton op, fp32 training fwd+bwd, at T = 4 and 16 of
     [T, 32, 64, 56, 56] (dry run: [9, 2, 4, 3, 3] under the interpreter): spikes and grad_x compared
     with the default first (a variant that disagrees is reported, not timed), then timed side by side.
-    Rows: op 'bn_lif-lab', provider 'triton:<variant>', speedup = the default's time / this one's."""
+    Rows: op 'bn_lif-lab', provider 'triton:<variant>', speedup = the default's time / this one's. A
+    shape is not started once ``budget_s`` is spent (each variant compiles its kernels: the stage
+    shares a device call with the build)."""
     from benchmarks import common
 
     import snn_fast
@@ -408,7 +410,11 @@ def _bn_lif_triton_variants():
     from snn_fast.ops.bn_lif import triton as bt
 
     rows = []
+    t_start = time.perf_counter()
     for shape in [(9, 2, 4, 3, 3)] if DRY else [(4, 32, 64, 56, 56), (16, 32, 64, 56, 56)]:
+        if time.perf_counter() - t_start > budget_s:
+            print(f"bn_lif variants {list(shape)}: skipped, the {budget_s:.0f} s budget is spent", flush=True)
+            continue
         g = torch.Generator(device=DEVICE).manual_seed(0)
         x = torch.randn(shape, device=DEVICE, generator=g).requires_grad_(True)
         gs = torch.randn(shape, device=DEVICE, generator=g)
