@@ -28,10 +28,9 @@ from ..lif.triton_kernels import _bwd_step, _fires, _lif_step, _mul_rn, _param_t
 
 
 @triton.jit
-def _affine(n, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr, gain, m, TDBN: tl.constexpr):
-    """Element n's channel affine: a_c = w_c·(rstd_c·gain) (the C++ op's order; w_c·rstd_c without
+def _affine(c, m, w_ptr, r_ptr, m_ptr, b_ptr, gain, TDBN: tl.constexpr):
+    """Channel c's affine (where m): a_c = w_c·(rstd_c·gain) (the C++ op's order; w_c·rstd_c without
     tdBN, its gain being exactly 1 whatever θ is), m_c, b_c."""
-    c = (n // INNER) % C
     w = tl.load(w_ptr + c, mask=m, other=0.0)
     r = tl.load(r_ptr + c, mask=m, other=0.0)
     mm = tl.load(m_ptr + c, mask=m, other=0.0)
@@ -41,6 +40,13 @@ def _affine(n, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr, gain, m, TDBN: tl.constexpr
     else:
         a = w * r
     return a, mm, bb
+
+
+@triton.jit
+def _channel_run(k, INNER, C, c):
+    """Value k of channel c's values in run order (run r = k // INNER, a (t, b) or b) → its element."""
+    r = k // INNER
+    return (r.to(tl.int64) * C + c) * INNER + (k - r * INNER)
 
 
 @triton.jit
@@ -78,8 +84,8 @@ def bn_lif_fwd_kernel(
     lane = tl.arange(0, BLOCK)
     m = lane < N - start
     k, theta, alpha, vr = _scalars(params_ptr, wide_ptr, v_reset, HARD_RESET, WIDE)
-    a, mm, bb = _affine(start + lane, C, INNER, w_ptr, r_ptr, m_ptr, b_ptr, _gain(theta, wide_ptr) if TDBN else theta,
-                        m, TDBN)
+    a, mm, bb = _affine((start + lane) // INNER % C, m, w_ptr, r_ptr, m_ptr, b_ptr,
+                        _gain(theta, wide_ptr) if TDBN else theta, TDBN)
     v = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
     row = start
     for t in range(0, T):
@@ -140,26 +146,13 @@ def bn_lif_bwd_kernel(
     c = col[None, :]
     kk = p * ROWS + tl.arange(0, ROWS)[:, None]  # [ROWS, 1] neurons of the channel
     m = (c < C) & (kk < COUNT)
-    run = kk // INNER
-    n = (run * C + c) * INNER + (kk - run * INNER)  # [ROWS, LANES] elements of a row of x
+    n = _channel_run(kk, INNER, C, c)  # [ROWS, LANES] elements of a row of x
     k, theta, alpha, vr = _scalars(params_ptr, wide_ptr, v_reset, HARD_RESET, WIDE)
     if WIDE:
         kap = tl.load(wide_ptr + 1)
     else:
         kap = kappa + 0.0 * k
-    if TDBN:
-        gain = _gain(theta, wide_ptr)
-    else:
-        gain = theta
-    cm = c < C
-    w = tl.load(w_ptr + c, mask=cm, other=0.0)
-    rs = tl.load(r_ptr + c, mask=cm, other=0.0)
-    mm = tl.load(m_ptr + c, mask=cm, other=0.0)
-    bb = tl.load(b_ptr + c, mask=cm, other=0.0)
-    if TDBN:  # a_c as _affine (and the C++ op) computes it
-        a = w * (rs * gain)
-    else:
-        a = w * rs
+    a, mm, bb = _affine(c, c < C, w_ptr, r_ptr, m_ptr, b_ptr, _gain(theta, wide_ptr) if TDBN else theta, TDBN)
     if HAS_GVLAST:
         dv = tl.load(gvl_ptr + n, mask=m, other=0.0).to(k.dtype)
     else:
@@ -252,13 +245,6 @@ def bn_lif_dx_kernel(x_ptr, gx_ptr, coef_ptr, m_ptr, TN, N, C, INNER, BLOCK: tl.
 
 
 # --- per-channel reductions (float64 sums in a fixed order: the result does not depend on timing) ---
-
-@triton.jit
-def _channel_run(k, INNER, C, c):
-    """Value k of channel c's values in run order (run r = k // INNER, a (t, b) or b) → its element."""
-    r = k // INNER
-    return (r.to(tl.int64) * C + c) * INNER + (k - r * INNER)
-
 
 @triton.jit
 def bn_lif_channels_kernel(
