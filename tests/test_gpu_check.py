@@ -42,7 +42,7 @@ def test_default_run_fits_the_budget(check_mod):
     """Estimated seconds per stage on the H200 (measured inputs: README "Running the GPU check") sum to
     less than the 480 s budget, which leaves a 600 s device call room for start-up and file transfer."""
     stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=False, nproc=16)
-    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "swap-in", "lab"]
+    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "bn-lif-bytes", "swap-in", "lab"]
     stages = [s for s in stages if s[0] not in check_mod.OPT_IN]  # the default run
     est = {s[0]: s[4] for s in stages}
     assert sum(est.values()) <= 480, est
@@ -168,7 +168,7 @@ def test_full_adds_the_ddp_and_w2_stages(check_mod):
     """--full runs the distributed stage and W2 after the others (the default run stays within its
     budget)."""
     stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=True, nproc=16)
-    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "swap-in", "lab", "ddp", "w2"]
+    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "bn-lif-bytes", "swap-in", "lab", "ddp", "w2"]
     assert all(s[1] >= s[4] for s in stages), "a timeout below its own estimate"
 
 
@@ -316,3 +316,18 @@ def test_swap_in_stage_dry_run(tmp_path, check_mod, monkeypatch):
     rc = check_mod.main(["--dry-run", "--only", "swap-in"])
     summary = (out / "summary.md").read_text()
     assert rc == 0 and "| swap-in | ok |" in summary, summary
+
+
+def test_bn_lif_bytes_stage_commands(check_mod):
+    """The opt-in bn-lif-bytes stage: on the GPU benchmarks/bytes_bn_lif.py under ncu at both shapes,
+    strict (the stage fails where the fused op moves more than 15 % over 9 passes), then the larger
+    shape with L2 left as the previous kernel left it; both run, either failing fails the stage. Dry run:
+    the CPU measurement of the fused op (tests/test_bytes_bn_lif.py runs the measurement itself)."""
+    cmd = dict((s[0], s[2]) for s in check_mod.stage_list("python3", "/tmp/w", dry=False, full=False, nproc=16))
+    line = cmd["bn-lif-bytes"][-1]
+    first, second = line.split("; a=$?; ")
+    assert first.endswith("bytes_bn_lif.py cuda --strict")
+    assert "bytes_bn_lif.py cuda --cache-control none --shape 4,32,64,56,56" in second
+    assert second.endswith("exit $(( a || b ))")
+    dry = dict((s[0], s[2]) for s in check_mod.stage_list("python3", "/tmp/w", dry=True, full=False, nproc=16))
+    assert "bytes_bn_lif.py cpu" in dry["bn-lif-bytes"][-1] and "snn_fast-bn_lif" in dry["bn-lif-bytes"][-1]

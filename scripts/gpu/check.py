@@ -7,7 +7,7 @@ carried wheels first); see README "Running the GPU check".
 --only (alias --stages, --stage) runs the named stages only, e.g. ``--only overhead,lab``. The ``lab``
 stage (Triton kernel variants side by side on W1) is opt-in: named by --only, added by --lab, part of
 --full; so are ``bn-lif`` (fused batch norm + LIF: its CUDA tests and benchmark; ``--only
-env,build,bn-lif``) and ``swap-in`` (snnTorch's W2 against its conversion). The default run's estimate already fills its budget without them.
+env,build,bn-lif``), ``bn-lif-bytes`` (its DRAM bytes from ncu; ``--only build,bn-lif-bytes``) and ``swap-in`` (snnTorch's W2 against its conversion). The default run's estimate already fills its budget without them.
 
 Files in $OUT (the device tool returns at most 8):
     summary.md                  environment, one line per stage (status, seconds, its last words)
@@ -37,7 +37,7 @@ STAGES_PY = os.path.join(ROOT, "scripts", "gpu", "stages.py")
 MAX_FILES = 8
 # Stages the default run leaves out (its estimate fills the budget): --only names them, --full adds
 # both, --lab adds lab. bn-lif needs the build: --only env,build,bn-lif.
-OPT_IN = {"lab", "bn-lif", "swap-in"}
+OPT_IN = {"lab", "bn-lif", "bn-lif-bytes", "swap-in"}
 
 
 def stage_list(py, work, dry, full, nproc):
@@ -92,6 +92,11 @@ def stage_list(py, work, dry, full, nproc):
         # user-surrogate rows: Triton's user variant compiles too). Estimate: ~130 Triton compiles
         # (~0.5 s), 2 × 6 do_bench rounds; the H100's run of the C++ rows and a Triton subset took 56 s.
         ("bn-lif", 300, st + ["bn_lif", "--stage-name", "bn-lif"] + w + d, {}, 130),
+        # Opt-in (OPT_IN): the bytes of one fused batch norm + LIF forward+backward (cuda and triton) and of
+        # batch norm + snn_fast LIF, from Nsight Compute's DRAM counters, against memory.py's count
+        # (issue 24: within 15 % of 9 passes; --strict fails the stage otherwise). Needs the build:
+        # --only build,bn-lif-bytes. Estimate: 9 children under ncu (~15 s each).
+        ("bn-lif-bytes", 300, bytes_cmd(py, dry), {}, 150),
         # Opt-in (OPT_IN): coming from snnTorch (benchmarks/swap_in.py): W2 written the snnTorch way vs its
         # conversion, per-step and multistep, n 512 and 4096, T 500 (needs snnTorch among the wheels).
         ("swap-in", 150, st + ["swap_in", "--stage-name", "swap-in"] + w + d, {}, 60),
@@ -108,6 +113,19 @@ def stage_list(py, work, dry, full, nproc):
         # --full only: W2 at the GPU sizes (the n² Linear is most of a step there; docs/spec.md §10).
         ("w2", 420, st + ["w2", "--stage-name", "w2"] + w + d, {}, 120),
     ] if full else [])
+
+
+def bytes_cmd(py, dry):
+    """benchmarks/bytes_bn_lif.py: on the GPU under ncu, both shapes with the caches flushed before each
+    kernel (an upper bound), then the larger one with L2 left as the previous kernel left it. Dry run:
+    the CPU measurement (callgrind) of the fused op at a small size, where valgrind is (plumbing only:
+    its passes fit in the cache; tests/test_bytes_bn_lif.py measures one that does not)."""
+    script = os.path.join(ROOT, "benchmarks", "bytes_bn_lif.py")
+    if dry:
+        return ["bash", "-c", "command -v valgrind >/dev/null || { echo 'dry run: no valgrind; skipped'; exit 0; }; "
+                f"exec {py} {script} cpu --shape 4,2,4,16,16 --provider snn_fast-bn_lif"]
+    return ["bash", "-c", f"{py} {script} cuda --strict; a=$?; {py} {script} cuda --cache-control none "
+            "--shape 4,32,64,56,56; b=$?; exit $(( a || b ))"]
 
 
 def autotable_cmd(py, work, dry, full):

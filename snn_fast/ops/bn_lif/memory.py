@@ -2,7 +2,8 @@
 the LIF op (the one place these are counted; ``benchmarks/test_bench_bn_lif.py`` prints them).
 
 Counted in passes over [T, N] in the storage dtype (b bytes per element), from the kernels' loads and
-stores (``csrc/cpu/bn_lif_cpu.cpp``, ``triton_kernels.py``), leaving out the [N] and [C] vectors:
+stores (``csrc/cpu/bn_lif_cpu.cpp``, ``triton_kernels.py``), plus ``STATE_ROWS`` rows of N (below),
+leaving out the [C] vectors:
 
     fused (CPU)      forward   statistics: read x                                        1
                                normalise and fire: read x, write s                       2
@@ -17,6 +18,11 @@ stores (``csrc/cpu/bn_lif_cpu.cpp``, ``triton_kernels.py``), leaving out the [N]
                      write ∂L/∂x                                                         5
                      total, training                                                     13
 
+Both also move 4 rows of N (``STATE_ROWS``), on every backend: the initial membrane v0 read by the
+forward and again by the backward (which re-runs the forward), v_T written by the forward and ∂L/∂v0
+by the backward. At T = 4 that is one pass more: 10 and 14. ``benchmarks/bytes_bn_lif.py`` measures
+them (on the CPU, 2026-12-07: 10.01 passes fused at [4, 32, 64, 56, 56], of which 1.0 from these rows).
+
 The fused op never writes the normalised y (nor reads it back twice), and sums batch norm's
 per-channel terms inside the LIF backward instead of in a pass of their own: 4 passes fewer. It also
 keeps no [T, N] tensor between forward and backward beyond x (BN + LIF keeps y). The CUDA kernels
@@ -30,6 +36,7 @@ import torch
 
 FUSED_PASSES = {"forward": 3, "backward": 6}
 UNFUSED_PASSES = {"forward": 5, "backward": 8}
+STATE_ROWS = 4  # rows of N: v0 (forward and backward), v_T, ∂L/∂v0
 
 
 def _b(dtype: torch.dtype) -> int:
@@ -37,12 +44,12 @@ def _b(dtype: torch.dtype) -> int:
 
 
 def fused_bytes(T: int, N: int, dtype: torch.dtype, training: bool = True) -> int:
-    """Bytes the fused CPU op moves for one forward+backward of x [T, N]."""
+    """Bytes the fused op moves for one forward+backward of x [T, N]."""
     passes = 9 if training else 5  # eval: no statistics pass, no batch-statistics pass
-    return passes * T * N * _b(dtype)
+    return (passes * T + STATE_ROWS) * N * _b(dtype)
 
 
 def unfused_bytes(T: int, N: int, dtype: torch.dtype, training: bool = True) -> int:
     """Bytes batch norm followed by the LIF op moves (eval: BN is one read and one write each way)."""
     passes = 13 if training else 9
-    return passes * T * N * _b(dtype)
+    return (passes * T + STATE_ROWS) * N * _b(dtype)
