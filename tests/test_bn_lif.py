@@ -375,6 +375,18 @@ def _triton_op_calls(bt, x, C, S, training, need, tdbn):
     return (*stats, s, v_last, *grads)
 
 
+def _nan_filled_allocations(mp):
+    """torch.empty and torch.empty_like (the Python-side allocations) fill floating tensors with NaN, so
+    an output no kernel writes shows."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    mp.setattr(torch, "empty", lambda *a, **k: nan(empty(*a, **k)))
+    mp.setattr(torch, "empty_like", lambda *a, **k: nan(empty_like(*a, **k)))
+
+
 @pytest.mark.skipif(bool(SKIP["triton"]), reason=str(SKIP["triton"]))
 @pytest.mark.parametrize("training,need,tdbn", [(True, True, 0.7), (True, False, 0.0), (False, True, 0.0),
                                                 (False, False, 0.7)])
@@ -393,14 +405,8 @@ def test_triton_ops_write_every_output(monkeypatch, training, need, tdbn):
     assert all(torch.isfinite(t).all() for t in want)
     if not need:
         assert torch.equal(want[-3], torch.zeros(3, dtype=x.dtype))  # ∂params
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def nan(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
     with monkeypatch.context() as mp:
-        mp.setattr(torch, "empty", lambda *a, **k: nan(empty(*a, **k)))
-        mp.setattr(torch, "empty_like", lambda *a, **k: nan(empty_like(*a, **k)))
+        _nan_filled_allocations(mp)
         got = _triton_op_calls(bt, x, C, S, training, need, tdbn)
     for g, w in zip(got, want):
         assert torch.equal(g, w)
@@ -677,9 +683,7 @@ def test_empty_batch(be, monkeypatch):
     allocations, the Triton backend's, filled with NaN)."""
     inp = make_inputs((9, 0, 3, 2), torch.float64, learn=True)
     ref = run("reference", inp, torch.float64, False, 0.7, OPTIONS["hard-di"])
-    empty = torch.empty
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: (lambda t: t.fill_(float("nan")) if t.is_floating_point()
-                                                         else t)(empty(*a, **k)))
+    _nan_filled_allocations(monkeypatch)
     got = run(be, inp, torch.float64, False, 0.7, OPTIONS["hard-di"])
     check(got, ref, torch.float64)
     for k in ("grad_w", "grad_b", "grad_tau", "grad_v_threshold", "grad_alpha"):
