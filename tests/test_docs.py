@@ -52,6 +52,7 @@ GENERATED_PREFIXES = (".venv", ".compat", "build/", ".venv-compat", "benchmarks/
 ELSEWHERE = {
     ("*", "summary.md"): "written by scripts/gpu_check.sh into the device's $OUT",
     ("*", "cuda_runtime.h"): "CUDA's header",
+    ("*", "callgrind.h"): "valgrind's header (benchmarks/bytes_bn_lif.py's client requests)",
     ("README.md", "train.py"): "a user's training script in an example command",
     ("examples/asgl_width_sweep.py", "experiment/development/main.py"): "the ASGL document's repository",
     ("examples/asgl_width_sweep.py", "main.py"): "the ASGL document's repository",

@@ -21,7 +21,9 @@ leaving out the [C] vectors:
 Both also move 4 rows of N (``STATE_ROWS``), on every backend: the initial membrane v0 read by the
 forward and again by the backward (which re-runs the forward), v_T written by the forward and ∂L/∂v0
 by the backward. At T = 4 that is one pass more: 10 and 14. ``benchmarks/bytes_bn_lif.py`` measures
-them (on the CPU, 2026-12-07: 10.01 passes fused at [4, 32, 64, 56, 56], of which 1.0 from these rows).
+them (on the CPU, 2026-12-07: 10.01 passes fused at [4, 32, 64, 56, 56], of which 1.0 from these rows;
+batch norm + LIF 12, not 14: torch's CPU batch norm backward goes channel by channel, so its second
+read of ∂L/∂y and x finds them in the cache).
 
 The fused op never writes the normalised y (nor reads it back twice), and sums batch norm's
 per-channel terms inside the LIF backward instead of in a pass of their own: 4 passes fewer. It also
