@@ -644,6 +644,69 @@ def test_long_sequences(be, T, training):
     check(got, ref, torch.float64)
 
 
+@pytest.mark.parametrize("be,start,T,mode", fused([None, 0.3], [4, 9], ["train-learn", "eval", "hard-soft"]))
+def test_uniform_start(be, start, T, mode):
+    """v0=None (the reset value) or a float: the kernels get v0 [1] (function._start) and read no row
+    of N for it, nor write ∂L/∂v0 (docs/spec.md §12.3). Every output, gradient and running statistic
+    is bit for bit what the same start given per neuron ([N], no gradient) gives; T = 9 re-runs a
+    segment from a checkpoint on the GPU backends."""
+    name, dev = name_dev(be)
+    opts = dict(OPTIONS["soft-nodi-det"] if mode == "hard-soft" else OPTIONS["hard-di"])
+    inp = make_inputs((T, 2, 3, 4, 5), torch.float64, learn=mode == "train-learn")
+    training = mode != "eval"
+
+    def go(v0):
+        x = inp["x"].to(dev).clone().requires_grad_(True)
+        w, b = (inp[k].to(dev).clone().requires_grad_(True) for k in ("w", "b"))
+        rm, rv = inp["rm"].to(dev).clone(), inp["rv"].to(dev).clone()
+        th = torch.tensor(0.9, dtype=torch.float64, device=dev, requires_grad=True)
+        out = snn_fast.bn_lif(x, w, b, rm, rv, training, 0.1, 1e-5, v0=v0, tdbn_alpha=0.7, return_v_seq=True,
+                              backend=name, **opts, **(dict(v_threshold=th) if inp["learn"] else {}))
+        g = torch.Generator().manual_seed(5)
+        sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(dev)).sum() for o in out).backward()
+        return [*out, x.grad, w.grad, b.grad, rm, rv] + ([th.grad] if inp["learn"] else [])
+
+    value = 0.3 if start is not None else (opts["v_reset"] if opts["v_reset"] is not None else 0.0)
+    want = go(torch.full((2, 3, 4, 5), value, dtype=torch.float64, device=dev))
+    got = go(start)
+    assert len(got) == len(want)
+    for i, (g_, w_) in enumerate(zip(got, want)):
+        assert torch.equal(g_, w_), i
+
+
+@pytest.mark.skipif(bool(SKIP["cpu"]) and bool(SKIP["triton"]), reason="needs the C++ or the Triton ops")
+def test_uniform_start_ops():
+    """The ops' v0 [1] (N > 1): accepted without a gradient (opcheck; ∂L/∂v0 [1] NaN, never a number),
+    refused by name when it requires one (both autograds), and any other size refused by name."""
+    T, B, C, S = 3, 2, 2, 3
+    N = B * C * S
+    x = torch.randn(T, N, dtype=torch.float64, requires_grad=True)
+    params = torch.tensor([0.5, 1.0, 4.0], dtype=torch.float64)
+    w, b = torch.rand(C, dtype=torch.float64, requires_grad=True), torch.randn(C, dtype=torch.float64)
+    var, mean = torch.var_mean(x.detach().view(-1, C, S), dim=(0, 2), correction=0)
+    rstd = torch.rsqrt(var + 1e-5)
+    flags = (0, True, 0.0, True, False, 0.0, False, 0)  # contract.FLAG_ARGS
+    ops = []
+    if not SKIP["cpu"]:
+        ops.append((torch.ops.snn_fast.bn_lif_fwd, torch.ops.snn_fast.bn_lif_bwd))
+    if not SKIP["triton"]:
+        bl_function.BACKENDS.load("triton")
+        ops.append((torch.ops.snn_fast.bn_lif_fwd_triton, torch.ops.snn_fast.bn_lif_bwd_triton))
+    for fwd_op, bwd_op in ops:
+        v0 = torch.full((1,), 0.2, dtype=torch.float64)
+        fwd = (x, v0, params, w, b, mean, rstd, 0.0, S, True, None, *flags, False, 0)
+        torch.library.opcheck(fwd_op.default, fwd)
+        det = [a.detach() if isinstance(a, torch.Tensor) else a for a in fwd]
+        s, v_last, _, saved = fwd_op(*det)
+        assert v_last.shape == (N,)
+        gx, gv0, *_ = bwd_op(torch.randn_like(s), None, None, *det[:10], None, saved, s, *flags, 0, False)
+        assert gv0.shape == (1,) and gv0.isnan().all() and gx.isfinite().all()
+        with pytest.raises((RuntimeError, ValueError), match="v0 of one element starts all 12 neurons"):
+            fwd_op(x, v0.clone().requires_grad_(True), *fwd[2:])
+        with pytest.raises(RuntimeError, match=r"v0 must be \[N\] = \[12\]"):
+            fwd_op(*det[:1], torch.zeros(2, dtype=torch.float64), *det[2:])
+
+
 # [T, B, C] shapes whose Triton backward (interpreted: 64 threads per program) has several channels per
 # program, the last group ragged (lanes past C), and several ragged row chunks per channel: inner 1
 # (lanes 8 for 6 channels, rows 8 of 20 neurons) and inner 3 (lanes 4 for 5 channels, rows 16 of 90).

@@ -13,12 +13,14 @@ import shutil
 import sys
 
 import pytest
+import torch
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import snn_fast  # noqa: E402
 from benchmarks import bytes_bn_lif as bb  # noqa: E402
 
-# A callgrind output file as callgrind 3.19 writes it (header, then per-function costs, then totals).
+# A callgrind output file as callgrind 3.19 wrote it here (its header and totals from a real run; one
+# function's costs kept of the body).
 CALLGRIND_OUT = """\
 # callgrind format
 version: 1
@@ -47,7 +49,8 @@ totals: 15593082 4471683 6626787 24308 555766 305535 12712 298513 214620 3461 15
 """
 
 # `ncu --csv --print-units base` (details page) with ncu's own lines before it, two kernels, one of
-# them with the metrics in another unit and a thousands separator.
+# them with the metrics in another unit and a thousands separator. Written from ncu's documented
+# columns, not captured (no GPU here): the first GPU run of the stage checks the real format.
 NCU_HEADER = ["ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream", "Block Size",
               "Grid Size", "Device", "CC", "Section Name", "Metric Name", "Metric Unit", "Metric Value"]
 
@@ -65,8 +68,10 @@ NCU_OUT = "\n".join([
     NCU_HEADER,
     _ncu_row("0", "bn_lif_stats_kernel", "dram__bytes_read.sum", "byte", "102,760,448"),
     _ncu_row("0", "bn_lif_stats_kernel", "dram__bytes_write.sum", "byte", "4,096"),
+    _ncu_row("0", "bn_lif_stats_kernel", "lts__t_sectors_srcunit_tex_op_write.sum", "sector", "128"),
     _ncu_row("1", "bn_lif_fwd_kernel", "dram__bytes_read.sum", "Mbyte", "102.76"),
-    _ncu_row("1", "bn_lif_fwd_kernel", "dram__bytes_write.sum", "Mbyte", "102.80"),
+    _ncu_row("1", "bn_lif_fwd_kernel", "dram__bytes_write.sum", "Mbyte", "90.5"),
+    _ncu_row("1", "bn_lif_fwd_kernel", "lts__t_sectors_srcunit_tex_op_write.sum", "sector", "3,211,264"),
 ]]) + "\n"
 
 
@@ -74,9 +79,9 @@ def test_parse_callgrind():
     counts = bb.parse_callgrind(CALLGRIND_OUT)
     assert counts["DLmr"] == 298513 and counts["DLdmw"] == 124809 and counts["Ir"] == 15593082
     got = bb.callgrind_bytes(counts)
-    assert got["read"] == (298513 + 12712) * 64  # DLmr + ILmr
+    assert got["read"] == 298513 * 64  # DLmr (data only: not ILmr)
     assert got["allocated"] == 214620 * 64  # DLmw
-    assert got["written"] == (157470 + 124809 + 3461) * 64  # DLdmr + DLdmw + ILdmr
+    assert got["written"] == (157470 + 124809) * 64  # DLdmr + DLdmw (not ILdmr)
 
 
 def test_parse_callgrind_refuses_other_files():
@@ -91,7 +96,8 @@ def test_parse_callgrind_refuses_other_files():
 def test_parse_ncu_csv():
     got = bb.parse_ncu_csv(NCU_OUT)
     assert got["read"] == 102_760_448 + 102_760_000
-    assert got["written"] == 4_096 + 102_800_000
+    assert got["written"] == (128 + 3_211_264) * 32  # the stores reaching L2, in 32-byte sectors
+    assert got["dram_written"] == 4_096 + 90_500_000
     assert got["kernels"] == ["bn_lif_stats_kernel", "bn_lif_fwd_kernel"]
 
 
@@ -100,6 +106,7 @@ def test_parse_ncu_csv():
     (NCU_OUT.replace('"102.76"', '"n/a"'), "not a number"),
     (NCU_OUT.replace('"Mbyte"', '"furlong"'), "unknown unit"),
     (NCU_OUT.replace("dram__bytes", "lts__t_bytes"), "no dram__bytes_read.sum"),
+    (NCU_OUT.replace("lts__t_sectors_srcunit_tex_op_write", "lts__t_other"), "no lts__t_sectors_srcunit"),
 ])
 def test_parse_ncu_csv_refuses(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -109,10 +116,11 @@ def test_parse_ncu_csv_refuses(bad, match):
 def test_model_passes_are_memory_py():
     from snn_fast.ops.bn_lif import memory
 
-    assert memory.STATE_ROWS == 4
-    for T in (1, 4, 16):
-        assert bb.model_passes("snn_fast-bn_lif", T) == sum(memory.FUSED_PASSES.values()) + 4 / T
+    assert (memory.STATE_ROWS, memory.UNIFORM_START_ROWS) == (4, 1)
+    for T in (1, 4, 16):  # the benchmark's steps start from v0=None: the fused op's v0 is [1]
+        assert bb.model_passes("snn_fast-bn_lif", T) == sum(memory.FUSED_PASSES.values()) + 1 / T
         assert bb.model_passes(bb.UNFUSED, T) == sum(memory.UNFUSED_PASSES.values()) + 4 / T
+    assert memory.fused_bytes(4, 10, torch.float32, uniform_start=False) == (9 * 4 + 4) * 10 * 4
 
 
 def _can_simulate():
@@ -122,19 +130,21 @@ def _can_simulate():
         return "needs valgrind"
     if not os.path.exists("/usr/include/valgrind/callgrind.h"):
         return "needs valgrind's callgrind.h"
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        return "needs a C compiler (the client-request library)"
     return None
 
 
 @pytest.mark.skipif(_can_simulate() is not None, reason=str(_can_simulate()))
 def test_cpu_fused_op_moves_the_counted_passes():
     """The measurement end to end on the CPU (callgrind, 1 MiB last level, [4, 8, 16, 128, 64]: 16 MiB
-    a pass): the fused op within 15 % of the model (10.15 passes of 10 when written) and of the issue's
-    9 passes over [T, N]. Batch norm + the
+    a pass): the fused op within 5 % of the model (9.25 passes; before v0=None became a [1] start,
+    10.17–10.26 of 10 with the instruction misses) and within the issue's 15 % of 9 passes. Batch norm + the
     LIF op is left out here (another child under valgrind, ~50 s): the benchmark measures it."""
     shape = (4, 8, 16, 128, 64)
     (row,) = bb.run("cpu", [shape], ll=1 << 20, only=["snn_fast-bn_lif"])
-    assert row["model_passes"] == 10.0 and row["target_passes"] == 9.0
-    assert abs(row["vs_model"] - 1) <= bb.TOLERANCE, row
+    assert row["model_passes"] == 9.25 and row["target_passes"] == 9
+    assert abs(row["vs_model"] - 1) <= 0.05, row  # the model, rows of N included (heap layout: ±0.1 pass)
     assert row["vs_target"] <= 1 + bb.TOLERANCE, row  # the issue's: within 15 % of 9 passes
     assert row["allocated_bytes"] > 0 and row["written_bytes"] > 0, row
 
@@ -152,3 +162,8 @@ def test_strict_fails_over_the_target(monkeypatch, capsys):
         assert bb.main(["cuda", "--strict"]) == rc, got
         assert bb.main(["cuda"]) == 0
     assert "more than 15% over 9" in capsys.readouterr().out
+
+
+def test_unknown_provider_is_refused(capsys):
+    assert bb.main(["cpu", "--provider", "snn_fast-bn_lif-trition"]) == 2
+    assert "unknown provider(s) ['snn_fast-bn_lif-trition']" in capsys.readouterr().err

@@ -54,8 +54,8 @@ def bn_emulator():
         lib = ctypes.CDLL(path)
     P, I, L, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
     flags = [I, I, D, I, I, D, I]
-    lib.emu_bnlif_fwd.argtypes = [I, L, L, L, L] + [P] * 5 + [D] + [P] * 7 + flags
-    lib.emu_bnlif_bwd.argtypes = [I, L, L, L, L] + [P] * 8 + [D] + [P] * 4 + [I, I] + [P] * 3 + flags
+    lib.emu_bnlif_fwd.argtypes = [I, L, L, L, L] + [P] * 5 + [D] + [P] * 7 + flags + [I]  # + v0_uniform
+    lib.emu_bnlif_bwd.argtypes = [I, L, L, L, L] + [P] * 8 + [D] + [P] * 4 + [I, I] + [P] * 3 + flags + [I]
     lib.emu_bnlif_dx.argtypes = [I, L, L, L, L] + [P] * 4
     lib.emu_bnlif_channels.argtypes = [I, L, L, L, L] + [P] * 4 + [D, I] + [P] * 5
     lib.emu_bnlif_bwd_blocks.argtypes = [L, L, L]
@@ -93,7 +93,8 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
             save, need_param_grad, return_v_seq=True, mutate=()):
     """bn_lif_fwd_cuda then bn_lif_bwd_cuda (csrc/cuda/bn_lif_cuda_binding.cpp) on the emulated kernels,
     with the binding's allocations and launches: forward; backward walk; the channel sums and their
-    algebra (and ∂params); the dx pass with batch statistics. x [T, N]; v0 [N]; params, weight, bias,
+    algebra (and ∂params); the dx pass with batch statistics. x [T, N]; v0 [N] (or [1] for N > 1: the
+    start of every neuron, bn_lif_checks.h's bn_uniform_v0); params, weight, bias,
     mean, rstd in params' dtype; flags = (sg, hard, vr, di, det, κ, strict). ``mutate`` breaks one step
     on purpose (test_a_broken_algebra_is_caught)."""
     T, N = x.shape
@@ -103,6 +104,7 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
     lif_flags = (flags[0], int(flags[1]), flags[2], int(flags[3]), int(flags[4]), flags[5], int(flags[6]))
     w, r, m, b = weight.contiguous(), rstd.contiguous(), mean.contiguous(), bias.contiguous()
     k_inner = 1 if "inner" in mutate else inner
+    uniform = int(v0.numel() == 1 and N > 1)
     # forward
     s, v_last = _nan((T, N), x.dtype), _nan((N,), x.dtype)
     v_seq = _nan((T, N), x.dtype) if return_v_seq else torch.empty(0, dtype=x.dtype)
@@ -111,11 +113,12 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
     keep = saved.shape[0] > 0 and "no_checkpoint" not in mutate
     assert lib.emu_bnlif_fwd(dt, T, N, C, k_inner, _ptr(x), _ptr(v0), _ptr(params), _ptr(w), _ptr(r), tdbn_alpha,
                              _ptr(m), _ptr(b), _ptr(mask), _ptr(s), _ptr(v_last),
-                             _ptr(v_seq) if return_v_seq else None, _ptr(saved) if keep else None, *lif_flags) == 0
+                             _ptr(v_seq) if return_v_seq else None, _ptr(saved) if keep else None, *lif_flags,
+                             uniform) == 0
     # backward
     gvlast = None if gvl is None else gvl.to(x.dtype).contiguous()
     gvseq = None if gvs is None or gvs.numel() == 0 else gvs.to(x.dtype).contiguous()
-    gx, gv0 = _nan((T, N), x.dtype), _nan((N,), x.dtype)
+    gx, gv0 = _nan((T, N), x.dtype), _nan(tuple(v0.shape), x.dtype)
     # the binding's double scratch: the blocks' sums [C, P, 5] | the channels' parameter terms [3, C];
     # the dx coefficients [3, C] in params' dtype
     P = lib.emu_bnlif_bwd_blocks(N, C, k_inner)
@@ -129,7 +132,7 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
     assert lib.emu_bnlif_bwd(dt, T, N, C, k_inner, _ptr(gs.contiguous()), _ptr(gvlast), _ptr(gvseq), _ptr(x),
                              _ptr(v0), _ptr(params), _ptr(w), _ptr(r), tdbn_alpha, _ptr(m), _ptr(b), _ptr(mask),
                              _ptr(saved) if saved.shape[0] > 0 else None, int(scale_by_a), int(need_param_grad),
-                             _ptr(gx), _ptr(gv0), _ptr(part), *lif_flags) == 0
+                             _ptr(gx), _ptr(gv0), _ptr(part), *lif_flags, uniform) == 0
     # the channel sums and their algebra, then ∂params
     gw, gb, gp = _nan((C,), pt), _nan((C,), pt), _nan((3,), pt)
     # "theta": the channel pass told plain batch norm (no tdBN gain: neither its θ term nor its scale)
@@ -363,6 +366,26 @@ def test_emulated_bn_lif_empty_batch(bn_emulator):
         for key in ("grad_weight", "grad_bias", "grad_params"):
             assert torch.equal(got[key], torch.zeros_like(got[key])), key
         assert got["grad_x"].shape == (9, 0) and got["s"].shape == (9, 0)
+
+
+@pytest.mark.parametrize("mode", ["batch-bn", "running-tdbn"])
+def test_emulated_bn_lif_uniform_start(bn_emulator, mode):
+    """v0 [1] (the op's start for v0=None or a float: bn_uniform_v0): every output bit for bit what the
+    same value given per neuron ([N]) gives, at T = 11 (a checkpoint) in both save modes; ∂L/∂v0 [1]
+    is NaN, written by element 0's thread, never a number."""
+    c = make_case((11, 3, 4, 5, 5), torch.float64, "hard-di", mode)
+    N = c["x"][0].numel()
+    c["v0"] = torch.full(c["x"].shape[1:], 0.3, dtype=torch.float64)
+    for save in (SAVE_STATE, SAVE_RECOMPUTE):
+        for need_param in (True, False):
+            want, _ = run(bn_emulator, c, save, need_param)
+            uni = dict(c, v0=torch.full((1,), 0.3, dtype=torch.float64))
+            got, _ = run(bn_emulator, uni, save, need_param)
+            assert want["grad_v0"].shape == (N,) and not want["grad_v0"].isnan().any()
+            assert got["grad_v0"].shape == (1,) and got["grad_v0"].isnan().all()
+            for key in want:
+                if key != "grad_v0":
+                    assert torch.equal(got[key], want[key]), (save, need_param, key)
 
 
 @pytest.mark.parametrize("mode", ["batch-bn", "running-tdbn"])

@@ -426,8 +426,10 @@ def compile_bn_lif():
             wide = dt == "fp64"
             for sg_name in ("sigmoid", "q_pseudo_spike"):
                 sg_args = tsg.surrogate_args(sgm.get(sg_name).id)
-                for hard, mask, npg, lanes, strict in ((True, False, False, 1, False), (False, True, True, 8, True),
-                                                       (True, True, True, 1, False)):
+                # uniform: v0 [1], the start of every neuron (v0=None or a float), on the plain training row
+                for hard, mask, npg, lanes, strict, uniform in ((True, False, False, 1, False, True),
+                                                                (False, True, True, 8, True, False),
+                                                                (True, True, True, 1, False, False)):
                     tdbn = npg  # tdBN's gain where the parameters learn (its θ term)
                     mk = "*i1" if mask else st
                     # wide_ptr: the float64 buffer (v_r, κ, tdBN's α) whatever x's dtype
@@ -436,7 +438,8 @@ def compile_bn_lif():
                            "vseq_ptr": st, "ck_ptr": pt, "T": "i32", "N": "i32", "C": "i32", "INNER": "i32",
                            "v_reset": "fp32"}
                     fc = dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, HAS_MASK=mask, STORE_VSEQ=False,
-                              SEG=bt.SEG, WIDE=wide, EXACT=True, BLOCK=bt.BLOCK, TDBN=tdbn, STRICT=strict)
+                              SEG=bt.SEG, WIDE=wide, EXACT=True, BLOCK=bt.BLOCK, TDBN=tdbn, STRICT=strict,
+                              UNIFORM_V0=uniform)
                     bwd = {"gs_ptr": st, "gvl_ptr": st, "gvs_ptr": st, "x_ptr": st, "v0_ptr": st, "params_ptr": pt,
                            "wide_ptr": "*fp64", "w_ptr": pt, "r_ptr": pt, "m_ptr": pt, "b_ptr": pt, "mask_ptr": mk,
                            "ck_ptr": pt, "gx_ptr": st, "gv0_ptr": st, "part_ptr": "*fp64", "T": "i32", "N": "i32",
@@ -444,13 +447,15 @@ def compile_bn_lif():
                            "kappa": "fp32"}
                     bwc = dict(**sg_args, HARD_RESET=hard, DECAY_INPUT=True, DETACH_RESET=False, HAS_MASK=mask,
                                HAS_GVLAST=True, HAS_GVSEQ=False, NEED_PARAM_GRAD=npg, SCALE_BY_A=not npg, WIDE=wide,
-                               EXACT=True, SEG=bt.SEG, LANES=lanes, BLOCK=bt.BWD_BLOCK, TDBN=tdbn, STRICT=strict)
+                               EXACT=True, SEG=bt.SEG, LANES=lanes, BLOCK=bt.BWD_BLOCK, TDBN=tdbn, STRICT=strict,
+                               UNIFORM_V0=uniform)
                     for kind, fn, sig, consts, warps in (("fwd", bk.bn_lif_fwd_kernel, fwd, fc, bt.NUM_WARPS),
                                                          ("bwd", bk.bn_lif_bwd_kernel, bwd, bwc, bt.BWD_WARPS)):
                         sig = {**sig, **{c: "constexpr" for c in consts}}
                         _, res = _compile(fn, sig, consts, arch, warps)
                         rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard,
-                                         mask=mask, need_param_grad=npg, lanes=lanes, strict=strict, **res))
+                                         mask=mask, need_param_grad=npg, lanes=lanes, strict=strict,
+                                         uniform_v0=uniform, **res))
             dx = {"x_ptr": st, "gx_ptr": st, "coef_ptr": pt, "m_ptr": pt, "TN": "i64", "N": "i32", "C": "i32",
                   "INNER": "i32", "BLOCK": "constexpr"}
             _, res = _compile(bk.bn_lif_dx_kernel, dx, dict(BLOCK=bt.DX_BLOCK), arch, bt.NUM_WARPS)
@@ -490,6 +495,7 @@ def test_aot_bn_lif_compiles_without_spills():
     rows = _subprocess("--bn-lif")
     assert len(rows) == len(ARCHS) * (3 * (2 * 3 * 2 + 4) + 4)
     assert {r["kernel"] for r in rows} == {"fwd", "bwd", "dx", "stats_part", "stats_finish", "channels", "params"}
+    assert {r["uniform_v0"] for r in rows if r["kernel"] in ("fwd", "bwd")} == {True, False}  # v0 [1] and [N]
     for r in rows:
         assert r["local"] == 0 and r["stack"] == 0, r
         assert not r["n32_mul"], r  # step offsets in 64 bits (test_aot_step_offsets_are_64_bit)

@@ -29,15 +29,17 @@ inline void check_save(int64_t save, const char* kernel, bool sg_arg_ok, const c
               sg_arg_ok ? ", 3 sg_arg)" : "; 3 sg_arg is the CPU kernel's)");
 }
 
-// x [T, N] with T >= 1, v0 [N] of x's dtype, params [3] in float32 (float64 for float64 x), a bool
-// noise_mask shaped like x, all on x's device, which must be of type `device`; sg a known
-// surrogate id. `kernel` names the backend in the device messages ("CPU kernel", "CUDA kernel").
+// x [T, N] with T >= 1, v0 [N] (or, with uniform_v0 and N > 1, [1]: one start for every neuron) of x's dtype,
+// params [3] in float32 (float64 for float64 x), a bool noise_mask shaped like x, all on x's device,
+// which must be of type `device`; sg a known surrogate id. `kernel` names the backend in the device
+// messages ("CPU kernel", "CUDA kernel").
 inline void check_lif_args(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& params,
                            const c10::optional<at::Tensor>& mask, int64_t sg, c10::DeviceType device,
-                           const char* kernel, const char* op = "lif") {
+                           const char* kernel, const char* op = "lif", bool uniform_v0 = false) {
   TORCH_CHECK(x.dim() == 2, op, ": x must be [T, N], got ", x.dim(), " dims");
   TORCH_CHECK(x.size(0) >= 1, op, ": x needs T >= 1 time steps");
-  TORCH_CHECK(v0.dim() == 1 && v0.size(0) == x.size(1), op, ": v0 must be [N] = [", x.size(1), "], got ",
+  TORCH_CHECK(v0.dim() == 1 && (v0.size(0) == x.size(1) || (uniform_v0 && v0.size(0) == 1 && x.size(1) > 1)), op,
+              ": v0 must be [N] = [", x.size(1), "]", uniform_v0 ? " (or [1] for N > 1)" : "", ", got ",
               v0.sizes());
   TORCH_CHECK(v0.scalar_type() == x.scalar_type(), op, ": v0 dtype ", v0.scalar_type(), " != x dtype ",
               x.scalar_type());
@@ -70,7 +72,8 @@ inline void check_lif_bwd_args(const at::Tensor& grad_s, const c10::optional<at:
   TORCH_CHECK(grad_s.sizes() == x.sizes() && grad_s.scalar_type() == x.scalar_type() &&
                   grad_s.device() == x.device(),
               op, "_bwd: grad_s must match x in shape, dtype and device");
-  TORCH_CHECK(!grad_v_last.has_value() || (grad_v_last->sizes() == v0.sizes() && grad_v_last->device() == x.device()),
+  TORCH_CHECK(!grad_v_last.has_value() || (grad_v_last->dim() == 1 && grad_v_last->size(0) == x.size(1) &&
+                                           grad_v_last->device() == x.device()),
               op, "_bwd: grad_v_last must be [N] = [", x.size(1), "] on x's device, got ",
               grad_v_last.has_value() ? grad_v_last->sizes() : at::IntArrayRef{});
   TORCH_CHECK(!grad_v_seq.has_value() || grad_v_seq->numel() == 0 ||

@@ -14,7 +14,10 @@
 namespace snn_fast {
 namespace cpu_bn_lif {
 
-// The per-channel affine of the charge's input, X' = (x − m_c)·a_c + b_c, [C] each in acc_t.
+// The per-channel affine of the charge's input, X' = (x − m_c)·a_c + b_c, [C] each in acc_t; and the
+// layout of the start the kernels take with it: v0_uniform, one value v0[0] for every neuron (the op's
+// v0 is [1]: a reset start, which has no gradient), so that neither v0 nor ∂L/∂v0 is a row of N in
+// memory (per-thread blocks of it in cache instead); else v0 and ∂L/∂v0 are [N].
 template <typename acc_t>
 struct BNAffine {
   const acc_t* a;
@@ -22,6 +25,7 @@ struct BNAffine {
   const acc_t* b;
   int64_t C;
   int64_t inner;
+  bool v0_uniform = false;
 };
 
 // Per-channel mean and biased variance over (T, B, S), in double: one read of x.
@@ -58,7 +62,7 @@ using NativeBnBwdFn = void (*)(const scalar_t* gs, const scalar_t* gvlast, const
                                const scalar_t* v0, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
                                const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool need_param_grad,
                                double* param_grad, double* chan_sums);
-constexpr int kBnNativeAbi = 1;
+constexpr int kBnNativeAbi = 2;  // 2: BNAffine::v0_uniform
 template <typename scalar_t, typename acc_t>
 constexpr int64_t bn_native_abi_tag() {
   return (int64_t(kBnNativeAbi) * 1000 + int64_t(sizeof(BNAffine<acc_t>))) * 100000000 +

@@ -41,7 +41,8 @@ struct BNLIFFwdArgs {
   DType dtype;
   int64_t T, N, C, inner;
   const void* x;       // [T, N] storage dtype
-  const void* v0;      // [N]
+  const void* v0;      // [N], or [1] with v0_uniform
+  bool v0_uniform;     // v0[0] starts every neuron (bn_uniform_v0: the op's v0 is [1], N > 1)
   const void* params;  // [3] acc: k, θ, α
   const void* w;       // [C] acc: weight, rstd (a_c = w_c·(rstd_c·gain)), mean m_c and shift b_c of
   const void* rstd;    //   X' = (x − m)·a + b
@@ -63,7 +64,8 @@ struct BNLIFBwdArgs {
   const void* grad_v_last; // [N] or null
   const void* grad_v_seq;  // [T, N] or null
   const void* x;
-  const void* v0;
+  const void* v0;          // [N], or [1] with v0_uniform
+  bool v0_uniform;         // v0[0] starts every neuron; grad_v0 [1] then gets NaN, never a gradient
   const void* params;
   const void* w;
   const void* rstd;
@@ -75,7 +77,7 @@ struct BNLIFBwdArgs {
   bool scale_by_a;         // write a_c·∂L/∂X' (running statistics) instead of ∂L/∂X'
   bool need_param_grad;
   void* grad_x;            // [T, N]
-  void* grad_v0;           // [N]
+  void* grad_v0;           // [N], or [1] with v0_uniform
   int G;                   // channels per block: bn_lif_bwd_lanes(N, C, inner)
   int64_t P;               // row chunks: bn_lif_bwd_blocks(N, C, inner); the grid is ⌈C / G⌉·P blocks
   double* part;            // [C, P, 5]: each (channel, chunk)'s sums (parameter terms 0 without need_param_grad)

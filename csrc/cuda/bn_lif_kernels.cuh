@@ -47,7 +47,7 @@ SNN_HD void bnlif_fwd_thread(const BNLIFFwdArgs& args, int64_t n) {
   scalar_t* s = static_cast<scalar_t*>(args.s);
   scalar_t* v_seq = static_cast<scalar_t*>(args.v_seq);
   acc_t* ck = static_cast<acc_t*>(args.ck);
-  acc_t v = to_acc(static_cast<const scalar_t*>(args.v0)[n]);
+  acc_t v = to_acc(static_cast<const scalar_t*>(args.v0)[args.v0_uniform ? 0 : n]);
   with_flags(
       [&](auto hard, auto di) {
         for (int64_t t = 0; t < T; ++t) {
@@ -108,7 +108,7 @@ SNN_HD void bnlif_bwd_thread(const BNLIFBwdArgs& args, int64_t cg, int64_t q, in
   const scalar_t* gvs = static_cast<const scalar_t*>(args.grad_v_seq);
   const acc_t* ck = static_cast<const acc_t*>(args.ck);
   scalar_t* gx = static_cast<scalar_t*>(args.grad_x);
-  const acc_t v0 = to_acc(static_cast<const scalar_t*>(args.v0)[n]);
+  const acc_t v0 = to_acc(static_cast<const scalar_t*>(args.v0)[args.v0_uniform ? 0 : n]);
   acc_t dv = args.grad_v_last ? to_acc(static_cast<const scalar_t*>(args.grad_v_last)[n]) : acc_t(0);
   acc_t g0 = 0, g1 = 0, sk = 0, sth = 0, sal = 0;
   const acc_t scale = args.scale_by_a ? a : acc_t(1);
@@ -165,7 +165,10 @@ SNN_HD void bnlif_bwd_thread(const BNLIFBwdArgs& args, int64_t cg, int64_t q, in
         }
       },
       p.hard_reset, p.decay_input, p.detach_reset, args.need_param_grad);
-  static_cast<scalar_t*>(args.grad_v0)[n] = from_acc<scalar_t>(dv);
+  if (!args.v0_uniform)
+    static_cast<scalar_t*>(args.grad_v0)[n] = from_acc<scalar_t>(dv);
+  else if (n == 0)  // a start shared by every neuron has no gradient here: NaN, never a number
+    static_cast<scalar_t*>(args.grad_v0)[0] = from_acc<scalar_t>(acc_t(nan("")));
   out[0] = double(g0);
   out[1] = double(g1);
   out[2] = double(sk);

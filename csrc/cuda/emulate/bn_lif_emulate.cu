@@ -53,7 +53,7 @@ int emu_bnlif_fwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, con
                   const void* params, const void* w, const void* rstd, double tdbn_alpha, const void* m,
                   const void* b, const bool* mask, void* s,
                   void* v_last, void* v_seq, void* ck, int sg, int hard_reset, double v_reset, int decay_input,
-                  int detach_reset, double kappa, int strict) {
+                  int detach_reset, double kappa, int strict, int v0_uniform) {
   BNLIFFwdArgs f{};
   f.dtype = DType(dtype);
   f.T = T;
@@ -62,6 +62,7 @@ int emu_bnlif_fwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, con
   f.inner = inner;
   f.x = x;
   f.v0 = v0;
+  f.v0_uniform = v0_uniform != 0;
   f.params = params;
   f.w = w;
   f.rstd = rstd;
@@ -88,7 +89,7 @@ int emu_bnlif_bwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, con
                   const void* wt, const void* rstd, double tdbn_alpha, const void* m, const void* b,
                   const bool* mask, const void* ck, int scale_by_a,
                   int need_param_grad, void* grad_x, void* grad_v0, double* part, int sg, int hard_reset,
-                  double v_reset, int decay_input, int detach_reset, double kappa, int strict) {
+                  double v_reset, int decay_input, int detach_reset, double kappa, int strict, int v0_uniform) {
   BNLIFBwdArgs w{};
   w.dtype = DType(dtype);
   w.T = T;
@@ -100,6 +101,7 @@ int emu_bnlif_bwd(int dtype, int64_t T, int64_t N, int64_t C, int64_t inner, con
   w.grad_v_seq = grad_v_seq;
   w.x = x;
   w.v0 = v0;
+  w.v0_uniform = v0_uniform != 0;
   w.params = params;
   w.w = wt;
   w.rstd = rstd;

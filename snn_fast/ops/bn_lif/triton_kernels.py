@@ -75,18 +75,21 @@ def bn_lif_fwd_kernel(
     T, N, C, INNER, v_reset,
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, HAS_MASK: tl.constexpr,
     STORE_VSEQ: tl.constexpr, SEG: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr,
-    TDBN: tl.constexpr, STRICT: tl.constexpr = False,
+    TDBN: tl.constexpr, STRICT: tl.constexpr = False, UNIFORM_V0: tl.constexpr = False,
 ):
     """All T steps of BLOCK consecutive neurons from v0: s (and v_seq); with SEG > 0 (training) also V
     after steps SEG, 2·SEG, … before the last into ck ([⌈T/SEG⌉ − 1, N], compute dtype), from which
-    the backward re-runs each segment."""
+    the backward re-runs each segment. UNIFORM_V0: v0 is [1], every neuron's start."""
     start = tl.program_id(0).to(tl.int64) * BLOCK
     lane = tl.arange(0, BLOCK)
     m = lane < N - start
     k, theta, alpha, vr = _scalars(params_ptr, wide_ptr, v_reset, HARD_RESET, WIDE)
     a, mm, bb = _affine((start + lane) // INNER % C, m, w_ptr, r_ptr, m_ptr, b_ptr,
                         _gain(theta, wide_ptr) if TDBN else theta, TDBN)
-    v = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    if UNIFORM_V0:
+        v = tl.load(v0_ptr).to(k.dtype) + tl.zeros([BLOCK], dtype=k.dtype)
+    else:
+        v = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
     row = start
     for t in range(0, T):
         xv = tl.load(x_ptr + row + lane, mask=m, other=0.0).to(k.dtype)
@@ -128,6 +131,7 @@ def bn_lif_bwd_kernel(
     DETACH_RESET: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr, SCALE_BY_A: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr,
     SEG: tl.constexpr, LANES: tl.constexpr, BLOCK: tl.constexpr, TDBN: tl.constexpr, STRICT: tl.constexpr = False,
+    UNIFORM_V0: tl.constexpr = False,
 ):
     """Program (channel group g, chunk p), the group fastest in the grid: LANES channels c = g·LANES + j
     (columns) × BLOCK / LANES of each channel's COUNT = B·inner neurons (rows, k = p·rows + i; run
@@ -136,7 +140,8 @@ def bn_lif_bwd_kernel(
     H and x − m in registers (tuples unrolled by ``tl.static_range``: Triton has no indexable register
     arrays), then walked back, writing ∂L/∂X' (a_c·∂L/∂X' in eval) and ∂L/∂v0. Each column's sums
     over its neurons and steps, Σ∂L/∂X', Σ∂L/∂X'·(x − m) and with parameter gradients the (∂k, ∂θ, ∂α)
-    terms, go in float64 to part[c, p, :] ([C, P, W], W = 5 or 2) for ``bn_lif_channels_kernel``."""
+    terms, go in float64 to part[c, p, :] ([C, P, W], W = 5 or 2) for ``bn_lif_channels_kernel``.
+    UNIFORM_V0: v0 is [1], every neuron's start, and ∂L/∂v0 is not computed (its [1] gets NaN)."""
     ROWS: tl.constexpr = BLOCK // LANES
     W: tl.constexpr = 5 if NEED_PARAM_GRAD else 2
     pid = tl.program_id(0)
@@ -157,7 +162,10 @@ def bn_lif_bwd_kernel(
         dv = tl.load(gvl_ptr + n, mask=m, other=0.0).to(k.dtype)
     else:
         dv = tl.zeros([ROWS, LANES], dtype=k.dtype)
-    v_init = tl.load(v0_ptr + n, mask=m, other=0.0).to(k.dtype)
+    if UNIFORM_V0:
+        v_init = tl.load(v0_ptr).to(k.dtype) + tl.zeros([ROWS, LANES], dtype=k.dtype)
+    else:
+        v_init = tl.load(v0_ptr + n, mask=m, other=0.0).to(k.dtype)
     zero = tl.zeros([ROWS, LANES], dtype=k.dtype)
     g0 = zero
     g1 = zero
@@ -218,7 +226,10 @@ def bn_lif_bwd_kernel(
                 sth += tl.where(ok, dth, zero)
                 sal += tl.where(ok, dal, zero)
             dv = tl.where(ok, eps - eps * k, dv)
-    tl.store(gv0_ptr + n, dv.to(gv0_ptr.dtype.element_ty), mask=m)
+    if UNIFORM_V0:  # never a gradient: NaN, by the thread of element 0
+        tl.store(gv0_ptr + n, tl.full([ROWS, LANES], float("nan"), gv0_ptr.dtype.element_ty), mask=m & (n == 0))
+    else:
+        tl.store(gv0_ptr + n, dv.to(gv0_ptr.dtype.element_ty), mask=m)
     at = (col.to(tl.int64) * P + p) * W
     cm1 = col < C
     tl.store(part_ptr + at, tl.sum(g0.to(tl.float64), axis=0), mask=cm1)

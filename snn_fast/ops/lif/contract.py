@@ -128,7 +128,7 @@ def check_op_args(who: str, x: torch.Tensor, v0: torch.Tensor, params: torch.Ten
 def fake_fwd_outputs(x: torch.Tensor, v0: torch.Tensor, return_v_seq: bool):
     """(s, v_last, v_seq) of a fwd op, for fake (shape) functions; each backend adds what it saves."""
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    return torch.empty_like(x), torch.empty_like(v0), v_seq
+    return torch.empty_like(x), x.new_empty(x.shape[1:]), v_seq  # v_last [N] (bn_lif's v0 may be [1])
 
 
 def fake_fwd_cpp(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,
