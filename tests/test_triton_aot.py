@@ -427,7 +427,8 @@ def compile_bn_lif():
             for sg_name in ("sigmoid", "q_pseudo_spike"):
                 sg_args = tsg.surrogate_args(sgm.get(sg_name).id)
                 # uniform: v0 [1], the start of every neuron (v0=None or a float), on the plain training row
-                for hard, mask, npg, lanes, strict, uniform in ((True, False, False, 1, False, True),
+                for hard, mask, npg, lanes, strict, uniform in ((True, False, False, 1, False, False),
+                                                                (True, False, False, 1, False, True),
                                                                 (False, True, True, 8, True, False),
                                                                 (True, True, True, 1, False, False)):
                     tdbn = npg  # tdBN's gain where the parameters learn (its θ term)
@@ -493,7 +494,7 @@ def compile_bn_lif():
 
 def test_aot_bn_lif_compiles_without_spills():
     rows = _subprocess("--bn-lif")
-    assert len(rows) == len(ARCHS) * (3 * (2 * 3 * 2 + 4) + 4)
+    assert len(rows) == len(ARCHS) * (3 * (2 * 4 * 2 + 4) + 4)
     assert {r["kernel"] for r in rows} == {"fwd", "bwd", "dx", "stats_part", "stats_finish", "channels", "params"}
     assert {r["uniform_v0"] for r in rows if r["kernel"] in ("fwd", "bwd")} == {True, False}  # v0 [1] and [N]
     for r in rows:

@@ -51,12 +51,6 @@ struct BNLIFFunction : public torch::autograd::Function<BNLIFFunction> {
                                double tdbn_alpha, int64_t inner, bool batch_stats, const optional<Tensor>& mask,
                                int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
                                double kappa, bool strict, int64_t timing, bool return_v_seq, int64_t save) {
-    // v0 [1] is one start for every neuron, whose gradient the kernels do not compute (bn_lif_checks.h)
-    // (sym sizes: traced with symbolic shapes too; bn_uniform_v0's test on them)
-    TORCH_CHECK(!(v0.requires_grad() && x.dim() == 2 && v0.dim() == 1 && v0.sym_size(0) == 1 &&
-                  x.sym_size(1) > 1),
-                "bn_lif: v0 of one element starts all ", x.sym_size(1), " neurons and gets no gradient; "
-                "pass v0 as [N] to differentiate it");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [s, v_last, v_seq, saved] =
         fwd_op().call(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, mask, sg, hard_reset,
@@ -121,6 +115,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_autograd(
     const Tensor& mean, const Tensor& rstd, double tdbn_alpha, int64_t inner, bool batch_stats,
     const optional<Tensor>& mask, int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
     double kappa, bool strict, int64_t timing, bool return_v_seq, int64_t save) {
+  // v0 [1] is one start for every neuron, whose gradient the kernels do not compute (bn_lif_checks.h);
+  // here, not in forward (which autograd runs with grad mode off); sym sizes: traced shapes too
+  TORCH_CHECK(!(at::GradMode::is_enabled() && v0.requires_grad() && x.dim() == 2 && v0.dim() == 1 &&
+                v0.sym_size(0) == 1 && x.sym_size(1) > 1),
+              "bn_lif: v0 of one element starts all ", x.sym_size(1), " neurons and gets no gradient; "
+              "pass v0 as [N] to differentiate it");
   auto out = BNLIFFunction::apply(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, mask, sg,
                                   hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing, return_v_seq,
                                   save);

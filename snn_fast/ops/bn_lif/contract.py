@@ -1,7 +1,8 @@
 """The fused bn_lif ops' contract: their schemas (``csrc/ops.cpp`` declares the C++ ones; a
 Python-defined backend declares its pair from these strings) and their fake (shape) functions.
 
-    fwd(x [T,N], v0 [N], params [3]=(k, θ, α), weight, bias, mean, rstd [C], tdbn_alpha, inner,
+    fwd(x [T,N], v0 [N] (or [1] for N > 1: every neuron's start, no gradient; grad_v0 is then [1] NaN),
+        params [3]=(k, θ, α), weight, bias, mean, rstd [C], tdbn_alpha, inner,
         batch_stats, noise_mask?, <LIF flags>, return_v_seq, save) -> (s, v_last, v_seq or [0], saved)
     bwd(grad_s, grad_v_last?, grad_v_seq?, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner,
         batch_stats, noise_mask?, saved, s, <LIF flags>, save, need_param_grad)

@@ -29,7 +29,7 @@ from .reference import bn_lif_reference_k
 def _save(ctx, a, out, needs) -> None:
     s, _, _, saved = out
     if needs[1] and a.v0.numel() == 1 and a.x.shape[1] > 1:  # as the C++ autograd (bn_lif_autograd.cpp)
-        raise ValueError(f"bn_lif: v0 of one element starts all {a.x.shape[1]} neurons and gets no gradient; "
+        raise RuntimeError(f"bn_lif: v0 of one element starts all {a.x.shape[1]} neurons and gets no gradient; "
                          "pass v0 as [N] to differentiate it")
     ctx.flags = {n: getattr(a, n) for n in contract.FLAG_ARGS}
     ctx.flags["save"] = a.save

@@ -2,8 +2,8 @@
 the LIF op (the one place these are counted; ``benchmarks/test_bench_bn_lif.py`` prints them).
 
 Counted in passes over [T, N] in the storage dtype (b bytes per element), from the kernels' loads and
-stores (``csrc/cpu/bn_lif_cpu.cpp``, ``triton_kernels.py``), plus ``STATE_ROWS`` rows of N (below),
-leaving out the [C] vectors:
+stores (``csrc/cpu/bn_lif_cpu.cpp``, ``triton_kernels.py``), plus rows of N (below), leaving out
+the [C] vectors:
 
     fused (CPU)      forward   statistics: read x                                        1
                                normalise and fire: read x, write s                       2
@@ -24,7 +24,7 @@ The fused op the same for a v0 tensor; for v0=None (the reset value) or a float,
 neuron shares, one value (its kernels take v0 as [1]) and no ∂L/∂v0, so v_T alone
 (``UNIFORM_START_ROWS``, 1). At T = 4: 9.25 and 14 passes. ``benchmarks/bytes_bn_lif.py`` measures
 them (on the CPU, 2026-12-07, v0=None, at [4, 32, 64, 56, 56]: 10.01 passes fused while it still read
-and wrote the 4 rows, 9.26 after; batch norm + LIF 12, not 14: torch's CPU batch norm backward goes
+and wrote the 4 rows, 9.25 after; batch norm + LIF 12, not 14: torch's CPU batch norm backward goes
 channel by channel, so its second read of ∂L/∂y and x finds them in the cache).
 
 The fused op never writes the normalised y (nor reads it back twice), and sums batch norm's

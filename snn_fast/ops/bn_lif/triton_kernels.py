@@ -227,7 +227,8 @@ def bn_lif_bwd_kernel(
                 sal += tl.where(ok, dal, zero)
             dv = tl.where(ok, eps - eps * k, dv)
     if UNIFORM_V0:  # never a gradient: NaN, by the thread of element 0
-        tl.store(gv0_ptr + n, tl.full([ROWS, LANES], float("nan"), gv0_ptr.dtype.element_ty), mask=m & (n == 0))
+        nan = tl.full([ROWS, LANES], float("nan"), k.dtype)  # made in k's dtype: bf16 has no such constant
+        tl.store(gv0_ptr + n, nan.to(gv0_ptr.dtype.element_ty), mask=m & (n == 0))
     else:
         tl.store(gv0_ptr + n, dv.to(gv0_ptr.dtype.element_ty), mask=m)
     at = (col.to(tl.int64) * P + p) * W
