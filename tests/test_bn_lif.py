@@ -646,7 +646,7 @@ def test_long_sequences(be, T, training):
 
 @pytest.mark.parametrize("be,start,T,mode", fused([None, 0.3], [4, 9], ["train-learn", "eval", "hard-soft"]))
 def test_uniform_start(be, start, T, mode):
-    """v0=None (the reset value) or a float: the kernels get v0 [1] (function._start) and read no row
+    """v0=None (the reset value) or a float: the kernels get v0 [1] (_initial_state_flat with uniform) and read no row
     of N for it, nor write ∂L/∂v0 (docs/spec.md §12.3). Every output, gradient and running statistic
     is bit for bit what the same start given per neuron ([N], no gradient) gives; T = 9 re-runs a
     segment from a checkpoint on the GPU backends."""
@@ -694,7 +694,7 @@ def test_uniform_start_low_precision(be, dtype):
 
 @pytest.mark.parametrize("be", fused())
 def test_uniform_start_reaches_the_kernels(be):
-    """v0=None and a float reach the fused op as v0 [1] (function._start), a tensor as [N]: the op
+    """v0=None and a float reach the fused op as v0 [1] (_initial_state_flat with uniform), a tensor as [N]: the op
     calls' v0 argument, seen below autograd."""
     from torch.utils._python_dispatch import TorchDispatchMode
 

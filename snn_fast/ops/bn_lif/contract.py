@@ -46,6 +46,12 @@ def checkpoint_rows(T: int, seg: int = CUDA_SEG) -> int:
     return max(T - 1, 0) // seg
 
 
+def uniform_v0(v0: torch.Tensor, N) -> bool:
+    """v0 [1] for N > 1: one start for every neuron, read once, with no ∂L/∂v0 (its [1] output is NaN);
+    csrc/common/bn_lif_checks.h's bn_uniform_v0."""
+    return v0.shape[0] == 1 and N > 1
+
+
 def fake_fwd_checkpoints(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, noise_mask,
                          surrogate, hard_reset, v_reset, decay_input, detach_reset, reset_residual, strict_threshold,
                          reset_timing, return_v_seq, save, seg=CUDA_SEG):

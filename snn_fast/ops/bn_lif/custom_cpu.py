@@ -87,7 +87,7 @@ def _bwd_unfused(grad_s, grad_v_last, grad_v_seq, x, v0, params, weight, bias, m
     xp = (xc * a.view(per_c)).add_(bias.view(per_c)).view(T, N)  # lif_step.h bn_input: mul, then add
     gvl = grad_v_last.to(pd) if grad_v_last is not None else None
     gvs = grad_v_seq.to(pd) if grad_v_seq is not None else None
-    uniform = v0.shape[0] == 1 and N > 1  # one start for every neuron (function._start): the LIF op takes [N]
+    uniform = contract.uniform_v0(v0, N)  # one start for every neuron: the LIF op takes [N]
     gxp, gv0, gp = lif_custom.bwd_given(
         grad_s.to(pd), gvl, gvs, xp, v0.to(pd).expand(N).contiguous() if uniform else v0.to(pd), params, None,
         xp.new_empty(0), s, None, None, surrogate, hard_reset,

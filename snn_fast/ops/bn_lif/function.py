@@ -28,7 +28,7 @@ from .reference import bn_lif_reference_k
 
 def _save(ctx, a, out, needs) -> None:
     s, _, _, saved = out
-    if needs[1] and a.v0.numel() == 1 and a.x.shape[1] > 1:  # as the C++ autograd (bn_lif_autograd.cpp)
+    if needs[1] and contract.uniform_v0(a.v0, a.x.shape[1]):  # as the C++ autograd (bn_lif_autograd.cpp)
         raise RuntimeError(f"bn_lif: v0 of one element starts all {a.x.shape[1]} neurons and gets no gradient; "
                          "pass v0 as [N] to differentiate it")
     ctx.flags = {n: getattr(a, n) for n in contract.FLAG_ARGS}
@@ -154,19 +154,6 @@ def _route(name: str, backend, sg: _sg.Surrogate, flags: lif_args.LIFFlags, nois
     return "reference"
 
 
-def _start(x, v0, flags: lif_args.LIFFlags) -> torch.Tensor:
-    """The kernels' v0: [1] for a start every neuron shares (None: the reset value, or a float; it has
-    no gradient), so that no row of N is read for it, twice, nor ∂L/∂v0 written (docs/spec.md §12.3);
-    else [N] (a tensor v0, or N ≤ 1)."""
-    n = x.numel() // x.shape[0]
-    if n > 1 and (v0 is None or (isinstance(v0, (int, float)) and not isinstance(v0, bool) and v0 == v0
-                                 and abs(v0) != float("inf"))):
-        value = float(v0) if v0 is not None else (flags.v_reset if flags.hard_reset else 0.0)
-        return _cached_const(("v0", 1, value, x.dtype, x.device),
-                             lambda: torch.full((1,), value, dtype=x.dtype, device=x.device))
-    return _initial_state_flat(x, v0, flags)
-
-
 def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float, v0, k,
                  theta, alpha, flags: lif_args.LIFFlags, sg: _sg.Surrogate, noise_mask=None, return_v_seq=False,
                  tdbn_alpha: Optional[float] = None, backend="auto", save=lif_contract.DEFAULT_SAVE):
@@ -201,7 +188,9 @@ def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, mom
                                                                lambda: torch.ones(C, dtype=pd, device=x.device))
     b = bias.to(pd) if bias is not None else _cached_const(("zeros", C, pd, x.device),
                                                            lambda: torch.zeros(C, dtype=pd, device=x.device))
-    v0_t = _start(x, v0, flags)
+    # a start every neuron shares (None: the reset value, or a float; no gradient) as v0 [1]: no row of
+    # N read for it, twice, nor ∂L/∂v0 written (docs/spec.md §12.3); a tensor v0 as [N]
+    v0_t = _initial_state_flat(x, v0, flags, uniform=True)
     if isinstance(k, torch.Tensor) or isinstance(theta, torch.Tensor) or isinstance(alpha, torch.Tensor):
         params = torch.stack([_as_param(k, pd, x.device), _as_param(theta, pd, x.device),
                               _as_param(alpha, pd, x.device)])

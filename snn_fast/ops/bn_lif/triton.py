@@ -98,7 +98,7 @@ def _check(x, v0, params, weight, inner, reset_timing):
     torch._check(reset_timing == lif_contract.RESET_AFTER_FIRE,
                  lambda: f"bn_lif_triton: reset_timing must be 0 (after the spike), got {reset_timing}")
     torch._check(v0.dtype == x.dtype, lambda: "bn_lif_triton: v0 must have x's dtype")
-    # [N], or [1] for N > 1 (one start for every neuron: function._start)
+    # [N], or [1] for N > 1 (one start for every neuron: contract.uniform_v0)
     torch._check(v0.dim() == 1 and (v0.shape[0] == x.shape[1] or (v0.shape[0] == 1 and x.shape[1] > 1)),
                  lambda: f"bn_lif_triton: v0 must be [N] = [{x.shape[1]}] (or [1] for N > 1), got {list(v0.shape)}")
     pd = contract.pdtype(x)
@@ -106,11 +106,6 @@ def _check(x, v0, params, weight, inner, reset_timing):
     C = weight.numel()
     torch._check(C >= 1 and inner >= 1 and x.shape[1] % (C * inner) == 0,
                  lambda: f"bn_lif_triton: x's N = {x.shape[1]} is not a multiple of C·inner = {C}·{inner}")
-
-
-def _uniform(v0, N) -> bool:
-    """v0 [1] for N > 1: one start for every neuron, read once, with no ∂L/∂v0 (its [1] is NaN)."""
-    return v0.shape[0] == 1 and N > 1
 
 
 def _check_channels(x, params, **tensors):
@@ -155,7 +150,7 @@ def bn_lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor, params: torch.Tensor, w
                dict(tsg.surrogate_args(surrogate, x, "bn_lif_triton"), HARD_RESET=hard_reset,
                     DECAY_INPUT=decay_input, HAS_MASK=mask is not None, STORE_VSEQ=return_v_seq,
                     SEG=SEG if keep else 0, WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL, BLOCK=BLOCK,
-                    TDBN=tdbn_alpha > 0, STRICT=strict_threshold, UNIFORM_V0=_uniform(v0, N),
+                    TDBN=tdbn_alpha > 0, STRICT=strict_threshold, UNIFORM_V0=contract.uniform_v0(v0, N),
                     num_warps=NUM_WARPS))
     return s, v_last, v_seq, saved
 
@@ -204,7 +199,7 @@ def bn_lif_bwd_triton(grad_s: torch.Tensor, grad_v_last: Optional[torch.Tensor],
                     HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None, NEED_PARAM_GRAD=need_param_grad,
                     SCALE_BY_A=not batch_stats, WIDE=x.dtype == torch.float64, EXACT=EXACT_MUL, SEG=SEG,
                     LANES=lanes, BLOCK=BWD_BLOCK, TDBN=tdbn_alpha > 0, STRICT=strict_threshold,
-                    UNIFORM_V0=_uniform(v0, N), num_warps=BWD_WARPS))
+                    UNIFORM_V0=contract.uniform_v0(v0, N), num_warps=BWD_WARPS))
     launch(_k.bn_lif_channels_kernel, (C,),
            (part, params, wide, weight, rstd, gw, gb, gp, coef, pchan, T, C, count, P),
            dict(NEED_PARAM_GRAD=need_param_grad, BATCH_STATS=batch_stats, TDBN=tdbn_alpha > 0, BLOCK=CHAN_BLOCK,

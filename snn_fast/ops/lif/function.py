@@ -137,12 +137,15 @@ def _cached_const(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
     return t
 
 
-def _initial_state_flat(x, v0, flags: lif_args.LIFFlags) -> torch.Tensor:
-    """``args.initial_state`` flattened to [N], from the cache when v0 is None or a float."""
+def _initial_state_flat(x, v0, flags: lif_args.LIFFlags, uniform: bool = False) -> torch.Tensor:
+    """``args.initial_state`` flattened to [N], from the cache when v0 is None or a float; with
+    ``uniform`` (bn_lif's kernels) such a start is [1] for N > 1, every neuron's (bn_lif contract)."""
     if v0 is None or (isinstance(v0, (int, float)) and not isinstance(v0, bool) and v0 == v0
                       and abs(v0) != float("inf")):
         value = float(v0) if v0 is not None else (flags.v_reset if flags.hard_reset else 0.0)
         n = x.numel() // x.shape[0]
+        if uniform and n > 1:
+            n = 1
         return _cached_const(("v0", n, value, x.dtype, x.device),
                              lambda: torch.full((n,), value, dtype=x.dtype, device=x.device))
     return lif_args.initial_state(x, v0, flags).reshape(-1)
