@@ -1,7 +1,7 @@
 """Bytes a batch norm + LIF forward+backward moves, measured, against the count of
 ``snn_fast/ops/bn_lif/memory.py``: 9 passes over [T, N] fused, 13 for batch norm + the LIF op, plus
-rows of N (the fused op's v_T: 1/T of a pass from v0=None, as here; the LIF op's v0 read twice, v_T
-and ∂L/∂v0 written: 4/T). Issue 24's target: the fused op within 15 % of its 9 passes.
+rows of N (v_T: 1/T of a pass from v0=None, as here, for either; v0 read twice and ∂L/∂v0 written
+besides for a v0 tensor: 4/T). Issue 24's target: the fused op within 15 % of its 9 passes.
 
     python benchmarks/bytes_bn_lif.py cpu  [--shape 4,32,64,56,56 ...] [--ll BYTES]   # valgrind
     python benchmarks/bytes_bn_lif.py cuda [--shape ...] [--cache-control all|none]     # Nsight Compute

@@ -6,7 +6,7 @@ by SpikingJelly's multi-step ``LIFNode`` (its torch backend).
 
 Shapes [T, B, C, H, W]: [4, 32, 64, 56, 56] (a ResNet's first stage) and [4, 32, 512, 7, 7] (its last).
 Default LIF (τ = 2, sigmoid α = 4, hard reset to 0). "MB moved" is the memory model's count
-(``snn_fast/ops/bn_lif/memory.py``: 9 passes fused, 13 for BN + LIF, each plus 4 rows of N;
+(``snn_fast/ops/bn_lif/memory.py``: 9 passes fused, 13 for BN + LIF, each plus 1 row of N for v0=None;
 ``benchmarks/bytes_bn_lif.py`` measures them); "vs BN+LIF" is the median of
 batch norm + snn_fast LIF over the row's.
 

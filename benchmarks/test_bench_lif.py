@@ -162,7 +162,8 @@ def bench_case(device, shape, dtype, names=None, rounds=3, compile_backend="indu
 
                 save = ours[1] or DEFAULT_SAVE
                 T, N = shape[0], n_elem // shape[0]
-                extra = dict(save=save, design_bytes=memory.bytes_moved(T, N, dtype, save, backend=ours[0])["total"],
+                moved = memory.bytes_moved(T, N, dtype, save, backend=ours[0], uniform_start=True)  # v0=None
+                extra = dict(save=save, design_bytes=moved["total"],
                              saved_bytes=memory.saved_bytes(T, N, dtype, save, backend=ours[0]))
             else:
                 extra = {}

@@ -14,7 +14,8 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(snn_fast, m) {
-  // LIF family over the whole T loop. x [T, N] contiguous, v0 [N] (x.dtype), params [3] = (k = 1/τ,
+  // LIF family over the whole T loop. x [T, N] contiguous, v0 [N] (x.dtype; or [1] for N > 1: one start
+  // for every neuron, no gradient computed for it, lif_checks.h uniform_v0), params [3] = (k = 1/τ,
   // θ, α) in float32 (float64 for float64 x). strict_threshold: fire on H > θ only (Θ(0) = 0);
   // reset_timing: 0 after the spike, 1 delayed, 2 none (snn_fast/ops/lif/args.py RESET_TIMINGS;
   // docs/spec.md §2; the CUDA kernels run 0 only). Returns (s [T, N], v_last [N], v_seq [T, N] or [0],
@@ -30,11 +31,11 @@ TORCH_LIBRARY(snn_fast, m) {
       "float v_reset, bool decay_input, bool detach_reset, float reset_residual, bool strict_threshold, "
       "int reset_timing, bool return_v_seq, int save) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
-  // Returns (grad_x [T, N], grad_v0 [N], grad_params [3] (zeros unless need_param_grad)). `saved` and
-  // `save` are the forward's. sg_grad (and sg_dalpha, required with need_param_grad): g′(H − θ) and
-  // ∂g/∂α(H − θ) given per element, [T, N] in params' dtype, instead of the built-in surrogate's
-  // (the CPU kernel only: a user's surrogate, evaluated in torch); `s` is read only then, under a
-  // noise mask (the emitted values stand in the reset).
+  // Returns (grad_x [T, N], grad_v0 like v0 (NaN for a [1] v0), grad_params [3] (zeros unless
+  // need_param_grad)). `saved` and `save` are the forward's. sg_grad (and sg_dalpha, required with
+  // need_param_grad): g′(H − θ) and ∂g/∂α(H − θ) given per element, [T, N] in params' dtype, instead
+  // of the built-in surrogate's (the CPU kernel only: a user's surrogate, evaluated in torch); `s` is
+  // read only then, under a noise mask (the emitted values stand in the reset).
   m.def(
       "lif_bwd(Tensor grad_s, Tensor? grad_v_last, Tensor? grad_v_seq, Tensor x, Tensor v0, Tensor params, "
       "Tensor? noise_mask, Tensor saved, Tensor s, Tensor? sg_grad, Tensor? sg_dalpha, int surrogate, "

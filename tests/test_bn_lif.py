@@ -693,6 +693,19 @@ def test_uniform_start_low_precision(be, dtype):
 
 
 @pytest.mark.parametrize("be", fused())
+def test_uniform_start_under_anomaly_detection(be):
+    """The [1] start's ∂L/∂v0 (NaN) never reaches autograd: a backward from v0=None passes under
+    torch.autograd.detect_anomaly, which checks every gradient a backward returns for NaN."""
+    name, dev = name_dev(be)
+    x = torch.randn(3, 2, 4, 5, device=dev, requires_grad=True)
+    w = torch.rand(4, device=dev, requires_grad=True)
+    with torch.autograd.detect_anomaly():
+        s, v = snn_fast.bn_lif(x, w, None, None, None, True, backend=name)
+        (s.sum() + v.sum()).backward()
+    assert x.grad.isfinite().all() and w.grad.isfinite().all()
+
+
+@pytest.mark.parametrize("be", fused())
 def test_uniform_start_reaches_the_kernels(be):
     """v0=None and a float reach the fused op as v0 [1] (_initial_state_flat with uniform), a tensor as [N]: the op
     calls' v0 argument, seen below autograd."""

@@ -117,10 +117,11 @@ def test_model_passes_are_memory_py():
     from snn_fast.ops.bn_lif import memory
 
     assert (memory.STATE_ROWS, memory.UNIFORM_START_ROWS) == (4, 1)
-    for T in (1, 4, 16):  # the benchmark's steps start from v0=None: the fused op's v0 is [1]
+    for T in (1, 4, 16):  # the benchmark's steps start from v0=None: both ops' v0 is [1]
         assert bb.model_passes("snn_fast-bn_lif", T) == sum(memory.FUSED_PASSES.values()) + 1 / T
-        assert bb.model_passes(bb.UNFUSED, T) == sum(memory.UNFUSED_PASSES.values()) + 4 / T
+        assert bb.model_passes(bb.UNFUSED, T) == sum(memory.UNFUSED_PASSES.values()) + 1 / T
     assert memory.fused_bytes(4, 10, torch.float32, uniform_start=False) == (9 * 4 + 4) * 10 * 4
+    assert memory.unfused_bytes(4, 10, torch.float32, uniform_start=False) == (13 * 4 + 4) * 10 * 4
 
 
 def _can_simulate():

@@ -94,7 +94,7 @@ def emulate(lib, x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, bat
     """bn_lif_fwd_cuda then bn_lif_bwd_cuda (csrc/cuda/bn_lif_cuda_binding.cpp) on the emulated kernels,
     with the binding's allocations and launches: forward; backward walk; the channel sums and their
     algebra (and ∂params); the dx pass with batch statistics. x [T, N]; v0 [N] (or [1] for N > 1: the
-    start of every neuron, bn_lif_checks.h's bn_uniform_v0); params, weight, bias,
+    start of every neuron, lif_checks.h's uniform_v0); params, weight, bias,
     mean, rstd in params' dtype; flags = (sg, hard, vr, di, det, κ, strict). ``mutate`` breaks one step
     on purpose (test_a_broken_algebra_is_caught)."""
     T, N = x.shape
@@ -370,7 +370,7 @@ def test_emulated_bn_lif_empty_batch(bn_emulator):
 
 @pytest.mark.parametrize("mode", ["batch-bn", "running-tdbn"])
 def test_emulated_bn_lif_uniform_start(bn_emulator, mode):
-    """v0 [1] (the op's start for v0=None or a float: bn_uniform_v0): every output bit for bit what the
+    """v0 [1] (the op's start for v0=None or a float: lif_checks.h uniform_v0): every output bit for bit what the
     same value given per neuron ([N]) gives, at T = 11 (a checkpoint) in both save modes; ∂L/∂v0 [1]
     is NaN, written by element 0's thread, never a number."""
     c = make_case((11, 3, 4, 5, 5), torch.float64, "hard-di", mode)

@@ -32,6 +32,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import ctypes
+import itertools
 
 import pytest
 import torch
@@ -194,10 +195,11 @@ def emulator(compiled):
     assert rc == 0, f"host emulator failed to build ({' '.join(cmd)}):\n{text}"
     lib = ctypes.CDLL(path)
     P, I, L, D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
-    lib.emu_lif_fwd.argtypes = [I, I, L, L] + [P] * 8 + [I, I, D, I, I, D, I]
-    lib.emu_lif_bwd.argtypes = [I, I, L, L] + [P] * 10 + [I, P, I, I, D, I, I, D, I]
-    lib.emu_lif_fwd_rc.argtypes = [I, I, L, L] + [P] * 8 + [I, I, D, I, I, D, I]
-    lib.emu_lif_bwd_rc.argtypes = [I, L, L] + [P] * 10 + [I, P, I, I, D, I, I, D, I]
+    # the last int: v0_uniform (v0 [1], every neuron's start)
+    lib.emu_lif_fwd.argtypes = [I, I, L, L] + [P] * 8 + [I, I, D, I, I, D, I, I]
+    lib.emu_lif_bwd.argtypes = [I, I, L, L] + [P] * 10 + [I, P, I, I, D, I, I, D, I, I]
+    lib.emu_lif_fwd_rc.argtypes = [I, I, L, L] + [P] * 8 + [I, I, D, I, I, D, I, I]
+    lib.emu_lif_bwd_rc.argtypes = [I, L, L] + [P] * 10 + [I, P, I, I, D, I, I, D, I, I]
     return lib
 
 
@@ -213,20 +215,22 @@ def _unpack(flags):
 
 
 def emulate(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
-    """fwd + bwd through the emulated kernels; outputs start as NaN so unwritten elements show."""
+    """fwd + bwd through the emulated kernels; outputs start as NaN so unwritten elements show. v0 [1]
+    for N > 1 is every neuron's start (the binding's uniform_v0)."""
     T, N = x.shape
     nan = float("nan")
+    uni = int(v0.numel() == 1 and N > 1)
     s, v_seq = torch.full_like(x, nan), torch.full_like(x, nan)
-    v_last, saved = torch.full_like(v0, nan), torch.full_like(x, nan)
+    v_last, saved = x.new_full((N,), nan), torch.full_like(x, nan)
     sg, hard, vr, di, det, kappa, strict = _unpack(flags)
     dt = DTYPE_ID[x.dtype]
     assert lib.emu_lif_fwd(dt, int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), _ptr(mask), _ptr(s), _ptr(v_last),
-                           _ptr(v_seq), _ptr(saved), sg, int(hard), vr, int(di), int(det), kappa, strict) == 0
-    gx, gv0 = torch.full_like(x, nan), torch.full_like(v0, nan)
+                           _ptr(v_seq), _ptr(saved), sg, int(hard), vr, int(di), int(det), kappa, strict, uni) == 0
+    gx, gv0 = torch.full_like(x, nan), torch.full_like(v0, 7.0)  # 7: a uniform start's NaN must be written
     gp = torch.zeros_like(params)
     assert lib.emu_lif_bwd(dt, int(wide), T, N, _ptr(gs), _ptr(gvl), _ptr(gvs), _ptr(x), _ptr(v0), _ptr(params),
                            _ptr(mask), _ptr(saved), _ptr(gx), _ptr(gv0), int(need_param), _ptr(gp), sg, int(hard), vr,
-                           int(di), int(det), kappa, strict) == 0
+                           int(di), int(det), kappa, strict, uni) == 0
     return dict(s=s, v_last=v_last, v_seq=v_seq, grad_x=gx, grad_v0=gv0, grad_params=gp)
 
 
@@ -236,19 +240,20 @@ def emulate_rc(lib, x, v0, params, mask, flags, gs, gvl, gvs, need_param, wide):
 
     T, N = x.shape
     nan = float("nan")
+    uni = int(v0.numel() == 1 and N > 1)
     s, v_seq = torch.full_like(x, nan), torch.full_like(x, nan)
-    v_last = torch.full_like(v0, nan)
+    v_last = x.new_full((N,), nan)
     ckpt = torch.full((max(checkpoint_rows(T), 1), N), nan, dtype=params.dtype)
     sg, hard, vr, di, det, kappa, strict = _unpack(flags)
     dt = DTYPE_ID[x.dtype]
     assert lib.emu_lif_fwd_rc(dt, int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), _ptr(mask), _ptr(s),
                               _ptr(v_last), _ptr(v_seq), _ptr(ckpt), sg, int(hard), vr, int(di), int(det), kappa,
-                              strict) == 0
-    gx, gv0 = torch.full_like(x, nan), torch.full_like(v0, nan)
+                              strict, uni) == 0
+    gx, gv0 = torch.full_like(x, nan), torch.full_like(v0, 7.0)  # 7: a uniform start's NaN must be written
     gp = torch.zeros_like(params)
     assert lib.emu_lif_bwd_rc(dt, T, N, _ptr(gs), _ptr(gvl), _ptr(gvs), _ptr(x), _ptr(v0), _ptr(params), _ptr(mask),
                               _ptr(ckpt), _ptr(gx), _ptr(gv0), int(need_param), _ptr(gp), sg, int(hard), vr, int(di),
-                              int(det), kappa, strict) == 0
+                              int(det), kappa, strict, uni) == 0
     return dict(s=s, v_last=v_last, v_seq=v_seq, grad_x=gx, grad_v0=gv0, grad_params=gp), ckpt
 
 
@@ -357,6 +362,30 @@ def test_emulated_kernels_ragged_n(emulator, N):
     got = emulate(emulator, *args, need_param=True, wide=False)
     for key in want:
         assert_close(got[key], want[key], dtype=torch.float32, name=f"N={N} {key}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("variant", ["hard0", "hard-neg_decayx", "soft_detach_kappa"])
+def test_emulated_uniform_start(emulator, dtype, variant):
+    """v0 [1] (the op's start for v0=None or a float: lif_checks.h uniform_v0): every output bit for bit
+    what the same start given per neuron gives, on both paths (state and recompute, 16-byte and scalar,
+    with and without parameter gradients), except ∂L/∂v0: [1] and NaN, written (it starts at 7)."""
+    for need_param, wide in itertools.product((False, True), (True, False)):
+        # several blocks of 256 threads; the scalar path with a ragged tail
+        x, v0, params, mask, flags, gs, gvl, gvs = _case(dtype, variant, "sigmoid", T=19,
+                                                         N=2 * 256 * 8 + (0 if wide else 3))
+        one = v0[:1].clone()
+        per_neuron = one.expand(v0.numel()).contiguous()
+        runs = [("state", lambda v: emulate(emulator, x, v, params, mask, flags, gs, gvl, gvs, need_param, wide)),
+                ("recompute", lambda v: emulate_rc(emulator, x, v, params, mask, flags, gs, gvl, gvs, need_param,
+                                                   wide)[0])]
+        for path, run in runs:
+            want, got = run(per_neuron), run(one)
+            where = f"{path}/param={need_param}/wide={wide}"
+            for key in ("s", "v_last", "v_seq", "grad_x", "grad_params"):
+                assert torch.equal(got[key], want[key]), f"{where} {key}"
+            assert got["grad_v0"].shape == (1,) and got["grad_v0"].isnan().all(), f"{where} grad_v0"
+            assert not want["grad_v0"].isnan().any(), f"{where}: the per-neuron start's gradient"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,7 +554,7 @@ def test_emulated_lowp_saved_state_sign_is_the_spike(emulator, dtype, wide):
     v_last, saved = torch.full_like(v0, nan), torch.full_like(x, nan)
     assert emulator.emu_lif_fwd(DTYPE_ID[dtype], int(wide), T, N, _ptr(x), _ptr(v0), _ptr(params), None, _ptr(s),
                                 _ptr(v_last), _ptr(v_seq), _ptr(saved), _sg.get("sigmoid").id, 0, 0.0, 1, 0,
-                                0.0, 0) == 0
+                                0.0, 0, 0) == 0
     h = v_seq.float()
     assert torch.signbit(h[:, 0]).all() and (h[:, 0] == 0).all(), "the case must produce H = −0"
     assert h[:, 2].isnan().all() and h[:, 7].isnan().all()

@@ -514,6 +514,116 @@ def test_v0_none_float_and_no_v_seq(be):
         check(got, ref, tag=f"v0={v0} v_reset={vr}: ")
 
 
+# Options whose backward reads V_{−1} (a learnable parameter, a pending hard reset) or not; a noise mask.
+UNIFORM_START_CASES = [("hard", opt(0.0), False, False),
+                       ("soft-det-kappa-learn", opt(None, True, True, 0.2), True, False),
+                       ("hard-nodi-learn-noisy", opt(-0.3, False), True, True),
+                       ("hard-delayed", opt(0.0, False, True, 0.0, reset_timing="delayed"), False, False)]
+
+
+@pytest.mark.parametrize("be,save,case", cases(FUSED, ["state", "recompute"], UNIFORM_START_CASES))
+def test_uniform_start(be, save, case):
+    """v0=None (the reset value) or a float: the kernels get v0 [1] (_initial_state_flat) and read no row
+    of N for it, nor write ∂L/∂v0 (docs/spec.md §2.4). Every output and gradient is bit for bit what
+    the same start given per neuron gives; T = 19 re-runs segments from checkpoints (save="recompute"),
+    N = 300 spans several programs (Triton) and blocks."""
+    _, opts, learn, noisy = case
+    if be.name == "cuda" and opts.get("reset_timing", "after_fire") != "after_fire":
+        pytest.skip("the CUDA kernel runs the reset after the spike only (auto sends the others to Triton)")
+    x, _, grads = make(19, 300, seed=3)
+    mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(2)) if noisy else None
+    start = opts["v_reset"] if opts["v_reset"] is not None else 0.0
+    for v0, value in ((None, start), (0.35, 0.35)):
+        kw = dict(learn=learn, noise_mask=mask, grads=grads, save=save)
+        got = run(be.name, be.device, x, v0, opts, **kw)
+        want = run(be.name, be.device, x, torch.full((300,), value, dtype=torch.float64), opts, **kw)
+        assert "grad_v0" not in got and want.pop("grad_v0").isfinite().all()
+        assert got.keys() == want.keys()
+        for key in got:
+            assert torch.equal(got[key], want[key]), (v0, key)
+
+
+@pytest.mark.parametrize("be", cases(FUSED))
+def test_uniform_start_under_anomaly_detection(be):
+    """The [1] start's ∂L/∂v0 (NaN) never reaches autograd: a backward from v0=None passes under
+    torch.autograd.detect_anomaly, which checks every gradient a backward returns for NaN."""
+    x = torch.randn(5, 40, device=be.device, requires_grad=True)
+    theta = torch.tensor(0.8, device=be.device, requires_grad=True)
+    with torch.autograd.detect_anomaly():
+        s, v = snn_fast.lif_multistep(x, v_threshold=theta, backend=be.name)
+        (s.sum() + v.sum()).backward()
+    assert x.grad.isfinite().all() and theta.grad.isfinite()
+
+
+@pytest.mark.parametrize("be,dtype", cases(FUSED, LOWP))
+def test_uniform_start_low_precision(be, dtype):
+    """v0=None in bf16/fp16 (the [1] ∂L/∂v0's NaN made in the compute dtype): bit for bit the start given
+    per neuron, gradients included."""
+    x, _, grads = make(6, 70, seed=4)
+    got = run(be.name, be.device, x, None, opt(0.0), dtype=dtype, learn=True, grads=grads)
+    want = run(be.name, be.device, x, torch.zeros(70), opt(0.0), dtype=dtype, learn=True, grads=grads)
+    want.pop("grad_v0")
+    for key in got:
+        assert torch.equal(got[key], want[key]), key
+
+
+@pytest.mark.parametrize("be", cases(FUSED))
+def test_uniform_start_reaches_the_kernels(be):
+    """v0=None and a float reach the op as v0 [1], a tensor as [N] (the op calls' v0, seen below
+    autograd); a single neuron keeps its [1] as [N]."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class V0(TorchDispatchMode):
+        shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "snn_fast" and func._schema.name.split("::")[-1].startswith("lif_fwd"):
+                self.shapes.append(tuple(args[1].shape))
+            return func(*args, **(kwargs or {}))
+
+    for shape, n in (((3, 2, 5), 10), ((3, 1), 1)):
+        x = torch.randn(*shape, device=be.device, requires_grad=True)
+        for v0, want in ((None, (1,)), (0.2, (1,)), (torch.zeros(shape[1:], device=be.device), (n,))):
+            with V0() as mode:
+                snn_fast.lif_multistep(x, v0, backend=be.name)[0].sum().backward()
+            assert mode.shapes == [want], (shape, v0, mode.shapes)
+            V0.shapes = []
+
+
+@pytest.mark.parametrize("be", cases(only("cpu", "cuda", "triton-interp", "triton-cuda")))
+def test_uniform_start_ops(be):
+    """The ops' v0 [1] (N > 1): accepted without a gradient (opcheck; v_last [N], ∂L/∂v0 [1] NaN, never a
+    number), refused by name when it requires one (both autograds, not under no_grad), and any other
+    size refused by name; every save mode."""
+    dev = be.device
+    if be.name == "triton":
+        _lt()
+        fwd_op, bwd_op = torch.ops.snn_fast.lif_fwd_triton, torch.ops.snn_fast.lif_bwd_triton
+        utils = dict(test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    else:
+        fwd_op, bwd_op, utils = torch.ops.snn_fast.lif_fwd, torch.ops.snn_fast.lif_bwd, {}
+    T, N = 20, 64
+    x = torch.randn(T, N, device=dev, requires_grad=True)
+    params = torch.tensor([0.5, 1.0, 4.0], device=dev)
+    v0 = torch.full((1,), 0.2, device=dev)
+    mask = torch.rand(T, N, device=dev) > 0.3
+    for save, m, need_param_grad in itertools.product((0, 1), (None, mask), (False, True)):
+        fwd = (x, v0, params, m, 0, True, 0.0, True, False, 0.1, False, 0, True, save)
+        torch.library.opcheck(fwd_op.default, fwd, **utils)
+        with torch.no_grad():
+            s, v_last, v_seq, saved = fwd_op(*fwd)
+        assert v_last.shape == (N,)
+        gx, gv0, _ = bwd_op(torch.randn_like(s), torch.randn_like(v_last), None, x.detach(), v0, params, m, saved,
+                            s, None, None, 0, True, 0.0, True, False, 0.1, False, 0, save, need_param_grad)
+        assert gv0.shape == (1,) and gv0.isnan().all() and gx.isfinite().all()
+    with pytest.raises(RuntimeError, match="v0 of one element starts all 64 neurons"):
+        fwd_op(x, v0.clone().requires_grad_(True), *fwd[2:])
+    with torch.no_grad():  # no gradient recorded: nothing to refuse
+        fwd_op(x, v0.clone().requires_grad_(True), *fwd[2:])
+    with pytest.raises(RuntimeError, match=r"v0 must be \[N\] = \[64\]"):
+        fwd_op(x.detach(), torch.zeros(2, device=dev), *fwd[2:])
+
+
 @pytest.mark.parametrize("be,use", cases(FUSED, ["s", "v_T"]))
 def test_loss_on_one_output(be, use):
     """Only grad_s or only grad_v_T reaches the backward (the other is None or zeros)."""

@@ -374,6 +374,26 @@ def test_switches(fresh, monkeypatch):
     assert n == 1
 
 
+@pytest.mark.parametrize("way", ["native", "given", "given-noisy"])
+def test_uniform_start(fresh, monkeypatch, way):
+    """v0=None with a user's surrogate on the CPU: v0 [1] through lif_bwd_native (its ABI 2), or through
+    lif_sg_arg and the walk with g′ given (native off; a noise mask), bit for bit the same start given
+    per neuron, parameter gradients included."""
+    sg = fresh("uni_sig", g=_sig, dg=FORMULAS[0][2], alpha=4.0, scaling=True)
+    monkeypatch.setenv(native_surrogate.ENV_NATIVE, "1" if way == "native" else "0")
+    x, _, grads = make(8, 300, seed=6)
+    mask = snn_fast.noise_mask_like(x, 0.3, torch.Generator().manual_seed(2)) if way == "given-noisy" else None
+    for save in ("state", "recompute"):
+        kw = dict(surrogate=sg.name, learn=True, noise_mask=mask, grads=grads, save=save)
+        n, calls = _native_calls(lambda: run("cpu", "cpu", x, None, opt(0.0, reset_residual=0.2), **kw))
+        assert n == (1 if way == "native" else 0), calls
+        got = run("cpu", "cpu", x, None, opt(0.0, reset_residual=0.2), **kw)
+        want = run("cpu", "cpu", x, torch.zeros(300, dtype=torch.float64), opt(0.0, reset_residual=0.2), **kw)
+        want.pop("grad_v0")
+        for key in got:
+            assert torch.equal(got[key], want[key]), (save, key)
+
+
 def test_disk_cache_serves_a_later_lookup(fresh, monkeypatch):
     """A second lookup after the in-process entry is gone loads the library from the disk cache
     without compiling."""

@@ -149,6 +149,12 @@ def compile_all():
                     rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard, mask=mask,
                                      need_param_grad=npg, block=block, warps=warps, user=sg_name in users,
                                      aligned=False, **res))
+                    # v0 [1] (UNIFORM_V0: v0=None or a float), beside: sigmoid, fp32 and bf16, two patterns
+                    if (which, sg_name) == ("builtin", "sigmoid") and dt in ("fp32", "bf16") and hard == npg:
+                        _, res = _compile(fn, sig, dict(consts, BLOCK=block, UNIFORM_V0=True), arch, warps)
+                        rows.append(dict(kernel=kind, arch=arch, dtype=dt, surrogate=sg_name, hard_reset=hard,
+                                         mask=mask, need_param_grad=npg, block=block, warps=warps, user=False,
+                                         aligned=False, uniform=True, **res))
     rows += _aligned_rows(lk, tsg)
     return rows
 
@@ -228,7 +234,12 @@ def aot_all():
 @pytest.fixture(scope="module")
 def aot_rows(aot_all):
     """The variants compiled as for any N (no divisibility assumed): the register worst case."""
-    return [r for r in aot_all if not r["aligned"]]
+    return [r for r in aot_all if not r["aligned"] and not r.get("uniform")]
+
+
+@pytest.fixture(scope="module")
+def aot_uniform_rows(aot_all):
+    return [r for r in aot_all if r.get("uniform")]
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +266,17 @@ def test_aot_compiles_every_variant(aot_rows):
     assert sum(r["kernel"] == "bwd_rc" for r in builtin) == len(ARCHS) * len(DTYPES) * len(RC_SURROGATES) * len(
         PATTERNS) + len(RC_SURROGATES)
     assert len([r for r in aot_rows if r["user"]]) == len(ARCHS) * len(USER_DTYPES) * len(USER_SURROGATES) * 2
+
+
+def test_aot_uniform_start_costs_nothing(aot_rows, aot_uniform_rows):
+    """v0 [1] (UNIFORM_V0) beside each [N] row of sigmoid in fp32 and bf16, for sm_80 and sm_90, every
+    kernel: no stack or local memory, no 32-bit multiple of N, and no register over the [N] start's."""
+    key = lambda r: (r["kernel"], r["arch"], r["dtype"], r["hard_reset"], r["mask"], r["need_param_grad"])  # noqa: E731
+    per_n = {key(r): r for r in aot_rows if r["surrogate"] == "sigmoid" and not r["user"]}
+    assert len(aot_uniform_rows) == len(ARCHS) * 2 * 8  # fp32/bf16 × (fwd, fwd_rc: 2; bwd, bwd_rc: 2 patterns each)
+    for r in aot_uniform_rows:
+        assert r["stack"] == 0 and r["local"] == 0 and not r["n32_mul"], r
+        assert r["regs"] <= per_n[key(r)]["regs"], (r, per_n[key(r)])
 
 
 def test_aot_recompute_chunk_matches_the_package():

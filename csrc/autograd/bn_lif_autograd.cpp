@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "../common/bn_lif_checks.h"
+#include "../common/lif_checks.h"
 #include "packed_flags.h"
 
 namespace snn_fast {
@@ -102,7 +103,7 @@ struct BNLIFFunction : public torch::autograd::Function<BNLIFFunction> {
     // batch-norm scalars, the mask, the 8 flags, return_v_seq and save
     variable_list out(21);
     out[0] = gx;
-    out[1] = gv0;
+    if (ctx->needs_input_grad(1)) out[1] = gv0;  // a [1] start's is NaN: none where none is needed
     if (need_param_grad) out[2] = gp;
     out[3] = gw;
     out[4] = gb;
@@ -115,12 +116,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_autograd(
     const Tensor& mean, const Tensor& rstd, double tdbn_alpha, int64_t inner, bool batch_stats,
     const optional<Tensor>& mask, int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset,
     double kappa, bool strict, int64_t timing, bool return_v_seq, int64_t save) {
-  // v0 [1] is one start for every neuron, whose gradient the kernels do not compute (bn_lif_checks.h);
-  // here, not in forward (which autograd runs with grad mode off); sym sizes: traced shapes too
-  TORCH_CHECK(!(at::GradMode::is_enabled() && v0.requires_grad() && x.dim() == 2 && v0.dim() == 1 &&
-                v0.sym_size(0) == 1 && x.sym_size(1) > 1),
-              "bn_lif: v0 of one element starts all ", x.sym_size(1), " neurons and gets no gradient; "
-              "pass v0 as [N] to differentiate it");
+  refuse_uniform_v0_grad(x, v0, "bn_lif");  // v0 [1]: one start for every neuron (lif_checks.h)
   auto out = BNLIFFunction::apply(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, mask, sg,
                                   hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing, return_v_seq,
                                   save);

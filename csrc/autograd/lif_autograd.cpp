@@ -12,6 +12,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "../common/lif_checks.h"
 #include "packed_flags.h"
 
 namespace snn_fast {
@@ -89,8 +90,9 @@ struct LIFFunction : public torch::autograd::Function<LIFFunction> {
         d.at("kappa").toDouble(), flag(f, kStrict), timing_of(f), save_of(f),
         need_param_grad);
     // one entry per forward argument: x, v0, params, then none for the mask, the 8 flags,
-    // return_v_seq and save
-    return {gx, gv0, need_param_grad ? gp : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
+    // return_v_seq and save. No grad_v0 where v0 needs none: a [1] start's is NaN (lif_checks.h), and
+    // anomaly mode checks every output for NaN, used or not.
+    return {gx, ctx->needs_input_grad(1) ? gv0 : Tensor(), need_param_grad ? gp : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
             Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
@@ -100,6 +102,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_autograd(const Tensor& x, con
                                                             bool hard_reset, double v_reset, bool decay_input,
                                                             bool detach_reset, double kappa, bool strict,
                                                             int64_t timing, bool return_v_seq, int64_t save) {
+  refuse_uniform_v0_grad(x, v0, "lif");  // v0 [1]: one start for every neuron (lif_checks.h)
   auto out = LIFFunction::apply(x, v0, params, mask, sg, hard_reset, v_reset, decay_input, detach_reset, kappa,
                                 strict, timing, return_v_seq, save);
   return {out[0], out[1], out[2], out[3]};

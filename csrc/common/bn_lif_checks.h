@@ -23,9 +23,4 @@ inline int64_t check_bn_args(const at::Tensor& x, const at::Tensor& params, cons
   return C;
 }
 
-// v0 [1] for N > 1 neurons: one start for all (the Python op passes a reset start so, which needs no
-// gradient): the kernels read v0[0] and write no ∂L/∂v0 (its [1] output is NaN, never a gradient).
-// v0 [N] (N ≤ 1 included) is per neuron, with its gradient.
-inline bool bn_uniform_v0(const at::Tensor& v0, int64_t N) { return v0.numel() == 1 && N > 1; }
-
 }  // namespace snn_fast

@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/DeviceType.h>
+#include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
@@ -29,18 +30,31 @@ inline void check_save(int64_t save, const char* kernel, bool sg_arg_ok, const c
               sg_arg_ok ? ", 3 sg_arg)" : "; 3 sg_arg is the CPU kernel's)");
 }
 
-// x [T, N] with T >= 1, v0 [N] (or, with uniform_v0 and N > 1, [1]: one start for every neuron) of x's dtype,
+// v0 [1] for N > 1: one start for every neuron (v0=None or a float). The kernels read v0[0] for
+// every neuron and compute no ∂L/∂v0: their grad_v0 is [1] and NaN, never a number (the autograds refuse
+// such a v0 that requires a gradient). snn_fast/ops/lif/contract.py uniform_v0 is the same rule.
+inline bool uniform_v0(const at::Tensor& v0, int64_t N) { return v0.numel() == 1 && N > 1; }
+
+// The autograds' refusal of such a v0 that requires a gradient: where autograd records, not in forward
+// (which autograd runs with grad mode off); sym sizes, for traced shapes too.
+inline void refuse_uniform_v0_grad(const at::Tensor& x, const at::Tensor& v0, const char* op) {
+  TORCH_CHECK(!(c10::GradMode::is_enabled() && v0.requires_grad() && x.dim() == 2 && v0.dim() == 1 &&
+                v0.sym_size(0) == 1 && x.sym_size(1) > 1),
+              op, ": v0 of one element starts all ", x.sym_size(1), " neurons and gets no gradient; "
+              "pass v0 as [N] to differentiate it");
+}
+
+// x [T, N] with T >= 1, v0 [N] (or [1] for N > 1: uniform_v0) of x's dtype,
 // params [3] in float32 (float64 for float64 x), a bool noise_mask shaped like x, all on x's device,
 // which must be of type `device`; sg a known surrogate id. `kernel` names the backend in the device
 // messages ("CPU kernel", "CUDA kernel").
 inline void check_lif_args(const at::Tensor& x, const at::Tensor& v0, const at::Tensor& params,
                            const c10::optional<at::Tensor>& mask, int64_t sg, c10::DeviceType device,
-                           const char* kernel, const char* op = "lif", bool uniform_v0 = false) {
+                           const char* kernel, const char* op = "lif") {
   TORCH_CHECK(x.dim() == 2, op, ": x must be [T, N], got ", x.dim(), " dims");
   TORCH_CHECK(x.size(0) >= 1, op, ": x needs T >= 1 time steps");
-  TORCH_CHECK(v0.dim() == 1 && (v0.size(0) == x.size(1) || (uniform_v0 && v0.size(0) == 1 && x.size(1) > 1)), op,
-              ": v0 must be [N] = [", x.size(1), "]", uniform_v0 ? " (or [1] for N > 1)" : "", ", got ",
-              v0.sizes());
+  TORCH_CHECK(v0.dim() == 1 && (v0.size(0) == x.size(1) || uniform_v0(v0, x.size(1))), op, ": v0 must be [N] = [",
+              x.size(1), "] (or [1] for N > 1), got ", v0.sizes());
   TORCH_CHECK(v0.scalar_type() == x.scalar_type(), op, ": v0 dtype ", v0.scalar_type(), " != x dtype ",
               x.scalar_type());
   TORCH_CHECK(params.dim() == 1 && params.size(0) == 3, op, ": params must be [3] = (k, theta, alpha)");

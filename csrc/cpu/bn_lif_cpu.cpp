@@ -89,7 +89,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cpu(
     const c10::optional<Tensor>& mask_, int64_t sg, bool hard_reset, double v_reset, bool decay_input, bool detach_reset, double kappa,
     bool strict, int64_t timing, bool return_v_seq,
     int64_t save) {
-  check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel", "bn_lif", true);
+  check_lif_args(x_, v0_, params, mask_, sg, c10::DeviceType::CPU, "CPU kernel", "bn_lif");
   check_save(save, "CPU kernel", false, "bn_lif");
   const int64_t C = check_bn_args(x_, params, weight_, bias_, mean_, rstd_, inner);
   Tensor x = x_.contiguous(), v0 = v0_.contiguous();
@@ -104,7 +104,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cpu(
     auto p = bn_make_params<acc_t>(params, sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
     const auto a = bn_scale<acc_t>(weight, rstd, bn_gain<acc_t>(tdbn_alpha, p.theta));
     cpu_bn_lif::BNAffine<acc_t> f{a.data(), mean.const_data_ptr<acc_t>(), bias.const_data_ptr<acc_t>(), C, inner,
-                                  bn_uniform_v0(v0, N)};
+                                  uniform_v0(v0, N)};
     cpu_bn_lif::bn_lif_fwd_kernel<scalar_t, acc_t>(
         x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr,
         s.mutable_data_ptr<scalar_t>(), v_last.mutable_data_ptr<scalar_t>(),
@@ -134,7 +134,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_common(
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
   Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = at::empty_like(v0);
-  const bool uniform = bn_uniform_v0(v0, N);
+  const bool uniform = uniform_v0(v0, N);
   if (uniform) gv0.fill_(std::numeric_limits<double>::quiet_NaN());  // not computed (BNAffine): never 0
   std::vector<double> pg(3, 0.0), gw(C), gb(C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_lif_bwd_cpu", [&] {
@@ -183,7 +183,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cpu(
     const Tensor& rstd, double tdbn_alpha, int64_t inner, bool batch_stats, const c10::optional<Tensor>& mask,
     const Tensor& /*saved*/, const Tensor& /*s*/, int64_t sg, bool hard_reset, double v_reset, bool decay_input,
     bool detach_reset, double kappa, bool strict, int64_t timing, int64_t save, bool need_param_grad) {
-  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CPU, "CPU kernel", "bn_lif", true);
+  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CPU, "CPU kernel", "bn_lif");
   check_lif_bwd_args(grad_s, gvlast, gvseq, x, v0, "bn_lif");
   check_save(save, "CPU kernel", false, "bn_lif");
   return bn_lif_bwd_common(
@@ -204,7 +204,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_native_cpu(
     const Tensor& rstd, double tdbn_alpha, int64_t inner, bool batch_stats, int64_t kernel, int64_t abi,
     bool hard_reset, double v_reset, bool decay_input, bool detach_reset, double kappa, bool strict,
     bool need_param_grad) {
-  check_lif_args(x, v0, params, c10::nullopt, 0, c10::DeviceType::CPU, "CPU kernel", "bn_lif", true);
+  check_lif_args(x, v0, params, c10::nullopt, 0, c10::DeviceType::CPU, "CPU kernel", "bn_lif");
   check_lif_bwd_args(grad_s, gvlast, gvseq, x, v0, "bn_lif");
   TORCH_CHECK(kernel != 0, "bn_lif_bwd_native: kernel is a null address");
   // The walk does not read p.sg: 0 (a built-in id) only passes bn_make_params's check.

@@ -224,13 +224,12 @@ void bn_lif_fwd_kernel(const scalar_t* x, const scalar_t* v0, const bool* mask, 
         BlockQueue queue(nblocks, T * N < cpu_lif::kFwdParallelMinWork);
         queue.run([&] {
           std::vector<acc_t> v(B), a(B), m(B), b(B);
-          // a uniform start: a block of it per thread, in cache, instead of a row of N (BNAffine)
-          std::vector<scalar_t> v0fill(f.v0_uniform ? B : 0, f.v0_uniform ? v0[0] : scalar_t(0));
+          cpu_lif::StartBlocks<scalar_t> start(v0, nullptr, f.v0_uniform, B);
           for (int64_t blk; (blk = queue.next()) >= 0;) {
             const int64_t n0 = blk * B, n = std::min(B, N - n0);
             expand(f, n0, n, a.data(), m.data(), b.data());
             fwd_block<decltype(hard)::value, decltype(di)::value, decltype(masked)::value, scalar_t, acc_t>(
-                x + n0, f.v0_uniform ? v0fill.data() : v0 + n0, mask ? mask + n0 : nullptr, s + n0, v_last + n0, v_seq ? v_seq + n0 : nullptr,
+                x + n0, start.v0(n0), mask ? mask + n0 : nullptr, s + n0, v_last + n0, v_seq ? v_seq + n0 : nullptr,
                 v.data(), a.data(), m.data(), b.data(), n, T, N, p);
           }
         });
@@ -430,9 +429,7 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
   BlockQueue queue(nblocks, T * N < cpu_lif::kBwdParallelMinWork);
   queue.run([&] {
     std::vector<acc_t> state(T * Bs), xcbuf(T * Bs), dv(Bs), lanes(5 * Bs), a(Bs), m(Bs), b(Bs);
-    // a uniform start (BNAffine): its block in cache, and ∂L/∂v0 (not asked for) into a per-thread sink
-    std::vector<scalar_t> v0fill(f.v0_uniform ? Bs : 0, f.v0_uniform ? v0[0] : scalar_t(0)),
-        gv0sink(f.v0_uniform ? Bs : 0);
+    cpu_lif::StartBlocks<scalar_t> start(v0, gv0, f.v0_uniform, Bs);
     for (int64_t blk; (blk = queue.next()) >= 0;) {
       const int64_t n0 = blk * Bs, n = std::min(Bs, N - n0);
       expand(f, n0, n, a.data(), m.data(), b.data());
@@ -441,8 +438,7 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
       const bool* mk = mask ? mask + n0 : nullptr;
       auto run = [&](auto pgrad) {
         bwd_block<SG, HARD, DI, DETACH, MASKED, decltype(pgrad)::value, scalar_t, acc_t>(
-            gs + n0, gvl, gvs, x + n0, f.v0_uniform ? v0fill.data() : v0 + n0, mk, gx + n0,
-            f.v0_uniform ? gv0sink.data() : gv0 + n0, state.data(), xcbuf.data(), dv.data(),
+            gs + n0, gvl, gvs, x + n0, start.v0(n0), mk, gx + n0, start.gv0(n0), state.data(), xcbuf.data(), dv.data(),
             lanes.data(), a.data(), m.data(), b.data(), n, Bs, T, N, p, partial.data() + blk * 3,
             block_sums.data() + blk * 2 * f.C, (n0 / f.inner) % f.C, n0 % f.inner, f.C, f.inner);
       };

@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -30,6 +31,13 @@ namespace snn_fast {
 namespace {
 
 using at::Tensor;
+
+// grad_v0, like v0; for a start every neuron shares (v0 [1]) the kernels compute none: NaN, never a number.
+Tensor empty_grad_v0(const Tensor& v0, int64_t N) {
+  Tensor g = at::empty_like(v0);
+  if (uniform_v0(v0, N)) g.fill_(std::numeric_limits<double>::quiet_NaN());
+  return g;
+}
 
 // save: kSaveSgArg writes D = H − θ of every step into `saved`, [T, N] in params' dtype; every other
 // mode saves nothing (the backward re-runs the forward).
@@ -49,7 +57,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const T
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor s = empty_cpu_cached(x.sizes(), x.scalar_type()), v_last = at::empty_like(v0);
+  Tensor s = empty_cpu_cached(x.sizes(), x.scalar_type()), v_last = at::empty({N}, x.options());
   Tensor v_seq = return_v_seq ? empty_cpu_cached(x.sizes(), x.scalar_type()) : at::empty({0}, x.options());
   Tensor saved = keep_arg ? empty_cpu_cached(x.sizes(), params.scalar_type()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {
@@ -59,7 +67,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const T
                               mask ? mask->const_data_ptr<bool>() : nullptr, s.mutable_data_ptr<scalar_t>(),
                               v_last.mutable_data_ptr<scalar_t>(),
                               return_v_seq ? v_seq.mutable_data_ptr<scalar_t>() : nullptr, T, N, p,
-                              keep_arg ? saved.mutable_data_ptr<acc_t>() : nullptr);
+                              keep_arg ? saved.mutable_data_ptr<acc_t>() : nullptr, uniform_v0(v0, N));
   });
   return {s, v_last, v_seq, saved};
 }
@@ -78,7 +86,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_builtin(const Tensor& grad_s_, const 
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = at::empty_like(v0);
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_grad_v0(v0, N);
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -88,7 +96,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_builtin(const Tensor& grad_s_, const 
     cpu_lif::lif_bwd_kernel<scalar_t, acc_t>(int(sg), gs.const_data_ptr<scalar_t>(), gvl, gvs, x.const_data_ptr<scalar_t>(),
                                    v0.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr,
                                    gx.mutable_data_ptr<scalar_t>(), gv0.mutable_data_ptr<scalar_t>(), T, N, p,
-                                   need_param_grad, pg.data());
+                                   need_param_grad, pg.data(), uniform_v0(v0, N));
   });
   Tensor grad_params = at::tensor(pg, params.options().dtype(at::kDouble)).to(params.scalar_type());
   return {gx, gv0, grad_params};
@@ -127,7 +135,7 @@ Tensor lif_sg_arg_cpu(const Tensor& x_, const Tensor& v0_, const Tensor& params,
     auto p = make_params<acc_t>(params, 0, hard_reset, v_reset, decay_input, false, 0.0);
     cpu_lif::lif_sg_arg_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
                                                 s.defined() ? s.const_data_ptr<scalar_t>() : nullptr,
-                                                d.mutable_data_ptr<acc_t>(), T, N, p);
+                                                d.mutable_data_ptr<acc_t>(), T, N, p, uniform_v0(v0, N));
   });
   return d;
 }
@@ -153,7 +161,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_given(
     s = s_.contiguous();
   }
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = at::empty_like(v0);
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_grad_v0(v0, N);
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_given_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -166,7 +174,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_given(
     cpu_lif::lif_bwd_given_kernel<scalar_t, acc_t>(
         given, gs.const_data_ptr<scalar_t>(), gvl, gvs, x.const_data_ptr<scalar_t>(), v0.const_data_ptr<scalar_t>(),
         mask ? mask->const_data_ptr<bool>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
-        gv0.mutable_data_ptr<scalar_t>(), T, N, p, need_param_grad, pg.data());
+        gv0.mutable_data_ptr<scalar_t>(), T, N, p, need_param_grad, pg.data(), uniform_v0(v0, N));
   });
   Tensor grad_params = at::tensor(pg, params.options().dtype(at::kDouble)).to(params.scalar_type());
   return {gx, gv0, grad_params};
@@ -187,7 +195,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_native_cpu(const Tensor& grad_s_, con
   if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();
   if (gvseq_.has_value() && gvseq_->numel() > 0) gvseq = gvseq_->to(x.scalar_type()).contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = at::empty_like(v0);
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_grad_v0(v0, N);
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_native_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -200,7 +208,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_native_cpu(const Tensor& grad_s_, con
     fn(gs.const_data_ptr<scalar_t>(), gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr,
        gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr, x.const_data_ptr<scalar_t>(),
        v0.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gv0.mutable_data_ptr<scalar_t>(), T, N, p,
-       need_param_grad, pg.data());
+       need_param_grad, pg.data(), uniform_v0(v0, N));
   });
   Tensor grad_params = at::tensor(pg, params.options().dtype(at::kDouble)).to(params.scalar_type());
   return {gx, gv0, grad_params};

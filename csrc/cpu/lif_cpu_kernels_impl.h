@@ -98,6 +98,14 @@ class BlockQueue {
 #define SNN_CPU_CLONES
 #endif
 #endif
+// The per-element helpers of the [vec] loops below, inlined whatever GCC's unit-growth budget has
+// left: a call left in such a loop keeps it scalar. In a user's compiled surrogate
+// (native_surrogate.py) that budget ran out once this header grew, and surrogate_grads stayed a call.
+#if defined(__GNUC__)
+#define SNN_CPU_INLINE __attribute__((always_inline)) inline
+#else
+#define SNN_CPU_INLINE inline
+#endif
 
 // The flags reach the loops as template arguments (snn_fast::with_flags, once per call), so each
 // loop holds only its own step formula: straight vector code. The step itself is lif_step.h's, the
@@ -184,9 +192,30 @@ SNN_CPU_CLONES void fwd_block(const scalar_t* __restrict__ x, const scalar_t* __
   for (int64_t j = 0; j < n; ++j) v_last[j] = scalar_t(v[j]);
 }
 
+// A start every neuron shares (v0 [1], v0_uniform: lif_checks.h uniform_v0): each thread reads a
+// block of it from its own buffer, in cache, and writes the ∂L/∂v0 nobody asked for into a sink,
+// instead of a row of N read by the forward, read again by the backward and written by it. The block's
+// pointers are base + step·n0 (step 0 or 1), not a branch: GCC unswitched the block loop on one, and
+// its copy of the inlined parameter-gradient walk stayed scalar (tests/test_native_surrogate.py).
+template <typename scalar_t>
+class StartBlocks {
+ public:
+  StartBlocks(const scalar_t* v0, scalar_t* gv0, bool uniform, int64_t B)
+      : fill_(uniform ? B : 0, uniform ? v0[0] : scalar_t(0)), sink_(uniform && gv0 ? B : 0),
+        v0_(uniform ? fill_.data() : v0), gv0_(uniform ? sink_.data() : gv0), step_(uniform ? 0 : 1) {}
+  const scalar_t* v0(int64_t n0) const { return v0_ + step_ * n0; }
+  scalar_t* gv0(int64_t n0) const { return gv0_ + step_ * n0; }
+
+ private:
+  std::vector<scalar_t> fill_, sink_;
+  const scalar_t* v0_;
+  scalar_t* gv0_;
+  int64_t step_;
+};
+
 template <typename scalar_t, typename acc_t>
 void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
-              scalar_t* v_seq, acc_t* d, int64_t T, int64_t N, const LIFParams<acc_t>& p) {
+              scalar_t* v_seq, acc_t* d, int64_t T, int64_t N, const LIFParams<acc_t>& p, bool v0_uniform) {
   const int64_t B = fwd_block_for(N);
   const int64_t nblocks = (N + B - 1) / B;
   with_timing(p, [&](auto timing) {
@@ -198,10 +227,11 @@ void fwd_impl(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t*
           BlockQueue queue(nblocks, T * N < kFwdParallelMinWork);
           queue.run([&] {
             std::vector<acc_t> v(B);
+            StartBlocks<scalar_t> start(v0, nullptr, v0_uniform, B);
             for (int64_t blk; (blk = queue.next()) >= 0;) {
               const int64_t n0 = blk * B, n = std::min(B, N - n0);
               fwd_block<canonical_hard<TIMING>(decltype(hard)::value), decltype(di)::value, decltype(masked)::value,
-                        KEEP, TIMING, scalar_t, acc_t>(x + n0, v0 + n0, mask ? mask + n0 : nullptr, s + n0,
+                        KEEP, TIMING, scalar_t, acc_t>(x + n0, start.v0(n0), mask ? mask + n0 : nullptr, s + n0,
                                                                 v_last + n0, v_seq ? v_seq + n0 : nullptr,
                                                                 d ? d + n0 : nullptr, v.data(), n, T, N, p);
             }
@@ -223,7 +253,7 @@ constexpr int kGivenSurrogate = -2;
 // No noise mask there (its emitted value needs the user's g; the given path runs it).
 constexpr int kNativeSurrogate = -3;
 template <int SG, typename scalar_t, typename T>
-inline void surrogate_grads(T h, const LIFParams<T>& p, const Given<scalar_t, T>& gv, int64_t i, T& gp, T& dga) {
+SNN_CPU_INLINE void surrogate_grads(T h, const LIFParams<T>& p, const Given<scalar_t, T>& gv, int64_t i, T& gp, T& dga) {
   if constexpr (SG == kGivenSurrogate) {
     gp = gv.gp[i];
     dga = gv.dga[i];
@@ -236,14 +266,14 @@ inline void surrogate_grads(T h, const LIFParams<T>& p, const Given<scalar_t, T>
 }
 // g′(H − θ) of element i.
 template <int SG, typename scalar_t, typename T>
-inline T sg_grad_at(T h, const LIFParams<T>& p, const Given<scalar_t, T>& gv, int64_t i) {
+SNN_CPU_INLINE T sg_grad_at(T h, const LIFParams<T>& p, const Given<scalar_t, T>& gv, int64_t i) {
   if constexpr (SG == kGivenSurrogate) return gv.gp[i];
   else return sg_grad<SG>(h - p.theta, p.alpha);
 }
 // The emitted S of element i from its H: the noise mask's choice (MASKED) or the spike. With a given
 // surrogate the mask's analog values came from the user's g in the forward: read from gv.s.
 template <bool MASKED, int SG, typename scalar_t, typename T>
-inline T emitted_at(T h, const bool* __restrict__ mask, const Given<scalar_t, T>& gv, int64_t i,
+SNN_CPU_INLINE T emitted_at(T h, const bool* __restrict__ mask, const Given<scalar_t, T>& gv, int64_t i,
                     const LIFParams<T>& p) {
   if constexpr (!MASKED) return lif_spike(h, p);
   else if constexpr (SG == kGivenSurrogate) return T(gv.s[i]);
@@ -544,7 +574,7 @@ void bwd_block_params(const scalar_t* __restrict__ gs, const scalar_t* __restric
 template <int SG, bool HARD, bool DI, bool DETACH, int TIMING, typename scalar_t, typename acc_t>
 void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
               const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
-              const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad,
+              const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad, bool v0_uniform,
               const Given<scalar_t, acc_t>& given = {}) {
   const int64_t B = bwd_block_for(T, N, need_param_grad);
   const int64_t nblocks = (N + B - 1) / B;
@@ -554,8 +584,11 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
   BlockQueue queue(nblocks, T * N < kBwdParallelMinWork);
   queue.run([&] {
     std::vector<acc_t> vprev(T * B), dv(B), lane_sums(3 * B), qbuf;  // qbuf: bwd_block_params only
+    StartBlocks<scalar_t> start(v0, gv0, v0_uniform, B);
     for (int64_t blk; (blk = queue.next()) >= 0;) {
       const int64_t n0 = blk * B, n = std::min(B, N - n0);
+      const scalar_t* v0b = start.v0(n0);
+      scalar_t* gv0b = start.gv0(n0);
       const scalar_t* gvl = gvlast ? gvlast + n0 : nullptr;
       const scalar_t* gvs = gvseq ? gvseq + n0 : nullptr;
       const bool* m = mask ? mask + n0 : nullptr;
@@ -568,11 +601,11 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
           TORCH_INTERNAL_ASSERT(false, "the compiled surrogate's walk runs without a noise mask");
         } else if (mask != nullptr) {
           bwd_block<kRerunSg<SG>, HARD, DI, DETACH, true, TIMING, scalar_t, acc_t>(
-              gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(),
+              gs + n0, gvl, gvs, x + n0, v0b, m, gv, gx + n0, gv0b, vprev.data(), dv.data(),
               lane_sums.data(), n, B, T, N, p, out3);
         } else if constexpr (TIMING != kResetAfterFire) {
-          bwd_block<SG, HARD, DI, DETACH, false, TIMING, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv,
-                                                                        gx + n0, gv0 + n0, vprev.data(), dv.data(),
+          bwd_block<SG, HARD, DI, DETACH, false, TIMING, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0b, m, gv,
+                                                                        gx + n0, gv0b, vprev.data(), dv.data(),
                                                                         lane_sums.data(), n, B, T, N, p, out3);
         }
       };
@@ -583,7 +616,7 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
         if constexpr (TIMING == kResetNone || !HARD) {
           if (!need_param_grad && mask == nullptr) {
             bwd_block_fast<SG, HARD, DI, DETACH, false, scalar_t, acc_t, TIMING>(
-                gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(), n, B, T, N,
+                gs + n0, gvl, gvs, x + n0, v0b, m, gv, gx + n0, gv0b, vprev.data(), dv.data(), n, B, T, N,
                 p);
             continue;
           }
@@ -594,19 +627,19 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
           full();
         } else {
           if (qbuf.empty()) qbuf.resize(T * B);
-          bwd_block_params<SG, HARD, DI, DETACH, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, gv, gx + n0,
-                                                                  gv0 + n0, vprev.data(), qbuf.data(), dv.data(),
+          bwd_block_params<SG, HARD, DI, DETACH, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0b, gv, gx + n0,
+                                                                  gv0b, vprev.data(), qbuf.data(), dv.data(),
                                                                   lane_sums.data(), n, B, T, N, p, out3);
         }
       } else if (mask != nullptr) {
         if constexpr (SG != kNativeSurrogate)
           bwd_block_fast<SG, HARD, DI, DETACH, true, scalar_t, acc_t>(
-              gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv, gx + n0, gv0 + n0, vprev.data(), dv.data(), n, B, T, N, p);
+              gs + n0, gvl, gvs, x + n0, v0b, m, gv, gx + n0, gv0b, vprev.data(), dv.data(), n, B, T, N, p);
         else
           TORCH_INTERNAL_ASSERT(false, "the compiled surrogate's walk runs without a noise mask");
       } else {
-        bwd_block_fast<SG, HARD, DI, DETACH, false, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0 + n0, m, gv,
-                                                                     gx + n0, gv0 + n0, vprev.data(), dv.data(), n,
+        bwd_block_fast<SG, HARD, DI, DETACH, false, scalar_t, acc_t>(gs + n0, gvl, gvs, x + n0, v0b, m, gv,
+                                                                     gx + n0, gv0b, vprev.data(), dv.data(), n,
                                                                      B, T, N, p);
       }
     }
@@ -621,15 +654,15 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
 
 template <typename scalar_t, typename acc_t>
 void lif_fwd_kernel(const scalar_t* x, const scalar_t* v0, const bool* mask, scalar_t* s, scalar_t* v_last,
-                    scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p, acc_t* d) {
-  fwd_impl<scalar_t, acc_t>(x, v0, mask, s, v_last, v_seq, d, T, N, p);
+                    scalar_t* v_seq, int64_t T, int64_t N, const LIFParams<acc_t>& p, acc_t* d, bool v0_uniform) {
+  fwd_impl<scalar_t, acc_t>(x, v0, mask, s, v_last, v_seq, d, T, N, p, v0_uniform);
 }
 
 // The surrogate and the flags are template arguments of the backward so its inner loops vectorise.
 template <typename scalar_t, typename acc_t>
 void lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
                     const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
-                    const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad) {
+                    const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad, bool v0_uniform) {
   with_timing(p, [&](auto timing) {
     constexpr int TIMING = decltype(timing)::value;
     with_flags(
@@ -640,7 +673,7 @@ void lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const sc
 #define SNN_CASE(ID)                                                                                       \
   case ID:                                                                                                 \
     return bwd_impl<ID, HARD, decltype(di)::value, DETACH, TIMING, scalar_t, acc_t>(                       \
-        gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, need_param_grad, param_grad);
+        gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, need_param_grad, param_grad, v0_uniform);
             SNN_FAST_SURROGATE_CASES(SNN_CASE)
 #undef SNN_CASE
           }
@@ -652,7 +685,7 @@ void lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const sc
 // D = H − θ, [T, N]: rerun_keep_h with B = N writes the rows of d in place.
 template <typename scalar_t, typename acc_t>
 void lif_sg_arg_kernel(const scalar_t* x, const scalar_t* v0, const scalar_t* s, acc_t* d, int64_t T, int64_t N,
-                       const LIFParams<acc_t>& p) {
+                       const LIFParams<acc_t>& p, bool v0_uniform) {
   TORCH_CHECK(default_firing(p), "lif_sg_arg: the default firing and reset only (a user's surrogate)");
   const int64_t B = fwd_block_for(N);
   const int64_t nblocks = (N + B - 1) / B;
@@ -662,10 +695,11 @@ void lif_sg_arg_kernel(const scalar_t* x, const scalar_t* v0, const scalar_t* s,
         BlockQueue queue(nblocks, T * N < kFwdParallelMinWork);
         queue.run([&] {
           std::vector<acc_t> v(B);
+          StartBlocks<scalar_t> start(v0, nullptr, v0_uniform, B);
           for (int64_t blk; (blk = queue.next()) >= 0;) {
             const int64_t n0 = blk * B, n = std::min(B, N - n0);
             rerun_keep_h<kGivenSurrogate, decltype(hard)::value, decltype(di)::value, decltype(masked)::value, true,
-                         scalar_t, acc_t>(x + n0, v0 + n0, nullptr, given.offset(n0), d + n0, v.data(), n, N, T, N,
+                         scalar_t, acc_t>(x + n0, start.v0(n0), nullptr, given.offset(n0), d + n0, v.data(), n, N, T, N,
                                           p);
           }
         });
@@ -677,12 +711,13 @@ template <typename scalar_t, typename acc_t>
 void lif_bwd_given_kernel(const Given<scalar_t, acc_t>& given, const scalar_t* gs, const scalar_t* gvlast,
                           const scalar_t* gvseq, const scalar_t* x, const scalar_t* v0, const bool* mask,
                           scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N, const LIFParams<acc_t>& p,
-                          bool need_param_grad, double* param_grad) {
+                          bool need_param_grad, double* param_grad, bool v0_uniform) {
   TORCH_CHECK(default_firing(p), "lif_bwd (given g′): the default firing and reset only (a user's surrogate)");
   with_flags(
       [&](auto hard, auto di, auto detach) {
         bwd_impl<kGivenSurrogate, decltype(hard)::value, decltype(di)::value, decltype(detach)::value,
-                 kResetAfterFire, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, need_param_grad, param_grad, given);
+                 kResetAfterFire, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, need_param_grad, param_grad,
+                                                   v0_uniform, given);
       },
       p.hard_reset, p.decay_input, p.detach_reset);
 }
@@ -694,12 +729,12 @@ void lif_bwd_given_kernel(const Given<scalar_t, acc_t>& given, const scalar_t* g
 template <typename scalar_t, typename acc_t>
 void lif_bwd_native_kernel(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
                            const scalar_t* v0, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
-                           const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad) {
+                           const LIFParams<acc_t>& p, bool need_param_grad, double* param_grad, bool v0_uniform) {
   with_flags(
       [&](auto hard, auto di, auto detach) {
         bwd_impl<kNativeSurrogate, decltype(hard)::value, decltype(di)::value, decltype(detach)::value,
                  kResetAfterFire, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, nullptr, gx, gv0, T, N, p,
-                                                   need_param_grad, param_grad);
+                                                   need_param_grad, param_grad, v0_uniform);
       },
       p.hard_reset, p.decay_input, p.detach_reset);
 }
@@ -707,15 +742,16 @@ void lif_bwd_native_kernel(const scalar_t* gs, const scalar_t* gvlast, const sca
 #define SNN_FAST_INSTANTIATE_LIF_CPU(scalar_t, acc_t)                                                        \
   template void lif_fwd_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const bool*, scalar_t*,     \
                                                 scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, \
-                                                acc_t*);                                                       \
+                                                acc_t*, bool);                                                       \
   template void lif_bwd_kernel<scalar_t, acc_t>(int, const scalar_t*, const scalar_t*, const scalar_t*,       \
                                                 const scalar_t*, const scalar_t*, const bool*, scalar_t*,         \
-                                                scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, bool, double*); \
+                                                scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, bool, double*, bool); \
   template void lif_sg_arg_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const scalar_t*, acc_t*,    \
-                                                   int64_t, int64_t, const LIFParams<acc_t>&);                   \
+                                                   int64_t, int64_t, const LIFParams<acc_t>&, bool);             \
   template void lif_bwd_given_kernel<scalar_t, acc_t>(                                                         \
       const Given<scalar_t, acc_t>&, const scalar_t*, const scalar_t*, const scalar_t*, const scalar_t*,        \
-      const scalar_t*, const bool*, scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, bool, double*);
+      const scalar_t*, const bool*, scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, bool, double*, \
+      bool);
 
 }  // namespace cpu_lif
 }  // namespace snn_fast

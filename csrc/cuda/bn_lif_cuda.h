@@ -42,7 +42,7 @@ struct BNLIFFwdArgs {
   int64_t T, N, C, inner;
   const void* x;       // [T, N] storage dtype
   const void* v0;      // [N], or [1] with v0_uniform
-  bool v0_uniform;     // v0[0] starts every neuron (bn_uniform_v0: the op's v0 is [1], N > 1)
+  bool v0_uniform;     // v0[0] starts every neuron (uniform_v0, lif_checks.h: the op's v0 is [1], N > 1)
   const void* params;  // [3] acc: k, θ, α
   const void* w;       // [C] acc: weight, rstd (a_c = w_c·(rstd_c·gain)), mean m_c and shift b_c of
   const void* rstd;    //   X' = (x − m)·a + b

@@ -29,7 +29,7 @@ using at::Tensor;
 int64_t check_bn(const Tensor& x, const Tensor& v0, const Tensor& params, const c10::optional<Tensor>& mask,
                  int64_t sg, const Tensor& weight, const Tensor& bias, const Tensor& mean, const Tensor& rstd,
                  int64_t inner, int64_t save) {
-  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CUDA, "CUDA kernel", "bn_lif", true);
+  check_lif_args(x, v0, params, mask, sg, c10::DeviceType::CUDA, "CUDA kernel", "bn_lif");
   check_save(save, "CUDA kernel", false, "bn_lif");
   dtype_of(x, "bn_lif");
   return check_bn_args(x, params, weight, bias, mean, rstd, inner);
@@ -97,7 +97,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cuda(
   f.inner = inner;
   f.x = x.const_data_ptr();
   f.v0 = v0.const_data_ptr();
-  f.v0_uniform = bn_uniform_v0(v0, N);
+  f.v0_uniform = uniform_v0(v0, N);
   f.params = params.const_data_ptr();
   f.w = w.const_data_ptr();
   f.rstd = r.const_data_ptr();
@@ -164,7 +164,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cuda(
   wa.grad_v_seq = gvseq.defined() ? gvseq.const_data_ptr() : nullptr;
   wa.x = x.const_data_ptr();
   wa.v0 = v0.const_data_ptr();
-  wa.v0_uniform = bn_uniform_v0(v0, N);
+  wa.v0_uniform = uniform_v0(v0, N);
   wa.params = params.const_data_ptr();
   wa.w = w.const_data_ptr();
   wa.rstd = r.const_data_ptr();

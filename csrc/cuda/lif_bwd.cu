@@ -133,7 +133,8 @@ int launch(const LIFBwdArgs& args, cudaStream_t stream) {
                       static_cast<scalar_t*>(args.grad_x),
                       static_cast<scalar_t*>(args.grad_v0),
                       args.workspace,
-                      nullptr};
+                      nullptr,
+                      args.v0_uniform};
   if (args.recompute) {  // `saved` holds the V checkpoints (accumulation dtype), not H
     a.saved = nullptr;
     a.ckpt = static_cast<const acc_of_t<scalar_t>*>(args.saved);
@@ -155,8 +156,9 @@ int launch(const LIFBwdArgs& args, cudaStream_t stream) {
   constexpr int V = vec_width<scalar_t>();
   const int64_t bytes = int64_t(sizeof(scalar_t)) * V;
   const bool wide = args.N % V == 0 && aligned(a.grad_s, bytes) && aligned(a.grad_v_last, bytes) &&
-                    aligned(a.grad_v_seq, bytes) && aligned(a.x, bytes) && aligned(a.v0, bytes) &&
-                    aligned(a.saved, bytes) && aligned(a.grad_x, bytes) && aligned(a.grad_v0, bytes) &&
+                    aligned(a.grad_v_seq, bytes) && aligned(a.x, bytes) &&
+                    (a.v0_uniform || (aligned(a.v0, bytes) && aligned(a.grad_v0, bytes))) &&
+                    aligned(a.saved, bytes) && aligned(a.grad_x, bytes) &&
                     aligned(a.mask, V);
   return wide ? launch_vec<scalar_t, V, false>(a, args, stream) : launch_vec<scalar_t, 1, false>(a, args, stream);
 }

@@ -96,6 +96,19 @@ SNN_HD void load_acc(const scalar_t* __restrict__ base, int64_t off,
   for (int j = 0; j < VEC; ++j) out[j] = to_acc(raw[j]);
 }
 
+// V_0 of neurons n0 … n0 + VEC − 1: v0[n0 …], or v0[0] for a start every neuron shares (uniform: v0 [1],
+// one value read instead of a row of N).
+template <int VEC, typename scalar_t>
+SNN_HD void load_start(const scalar_t* __restrict__ v0, bool uniform, int64_t n0, acc_of_t<scalar_t> (&out)[VEC]) {
+  if (uniform) {
+    const acc_of_t<scalar_t> u = to_acc(v0[0]);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) out[j] = u;
+  } else {
+    load_acc<VEC>(v0, n0, out);
+  }
+}
+
 template <int VEC, typename scalar_t>
 SNN_HD void store_acc(scalar_t* __restrict__ base, int64_t off,
                                           const acc_of_t<scalar_t> (&in)[VEC]) {
@@ -103,6 +116,17 @@ SNN_HD void store_acc(scalar_t* __restrict__ base, int64_t off,
 #pragma unroll
   for (int j = 0; j < VEC; ++j) raw[j] = from_acc<scalar_t>(in[j]);
   store_pack<VEC>(base, off, raw);
+}
+
+// ∂L/∂V_0 of neurons n0 … n0 + VEC − 1; a start every neuron shares (uniform) has none here: its one
+// element gets NaN, from the thread of neuron 0, never a number.
+template <int VEC, typename scalar_t>
+SNN_HD void store_grad_start(scalar_t* __restrict__ gv0, bool uniform, int64_t n0,
+                             const acc_of_t<scalar_t> (&dv)[VEC]) {
+  if (!uniform)
+    store_acc<VEC>(gv0, n0, dv);
+  else if (n0 == 0)
+    gv0[0] = from_acc<scalar_t>(acc_of_t<scalar_t>(nan("")));
 }
 
 template <int VEC>

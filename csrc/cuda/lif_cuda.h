@@ -59,7 +59,7 @@ struct LIFFwdArgs {
   DType dtype;
   int64_t T, N;
   const void* x;          // [T, N]
-  const void* v0;         // [N]
+  const void* v0;         // [N], or [1] with v0_uniform
   const void* params;     // [3] (k, θ, α): float32, float64 for float64 x; on the device
   const bool* mask;       // [T, N] or nullptr
   void* s;                // [T, N]
@@ -68,6 +68,7 @@ struct LIFFwdArgs {
   void* saved;            // [T, N], storage dtype (see above); nullptr with save="recompute"
   LIFFlagsC flags;
   void* ckpt;             // save="recompute": [lif_checkpoint_rows(T), N] accumulation dtype, else nullptr
+  bool v0_uniform;        // v0[0] starts every neuron (uniform_v0, lif_checks.h: the op's v0 is [1], N > 1)
 };
 
 struct LIFBwdArgs {
@@ -77,17 +78,18 @@ struct LIFBwdArgs {
   const void* grad_v_last; // [N] or nullptr (zero)
   const void* grad_v_seq;  // [T, N] or nullptr (zero)
   const void* x;           // [T, N]; read only when learning k with decay_input
-  const void* v0;          // [N]; read only when learning parameters
+  const void* v0;          // [N] ([1] with v0_uniform); read only when learning parameters or re-running
   const void* params;      // [3], device
   const bool* mask;        // [T, N] or nullptr
   const void* saved;       // [T, N] from the forward; with recompute its V checkpoints (accumulation dtype)
   void* grad_x;            // [T, N]
-  void* grad_v0;           // [N]
+  void* grad_v0;           // [N]; with v0_uniform [1], NaN (no gradient for a start every neuron shares)
   bool need_param_grad;
   void* grad_params;       // [3] in the params dtype; written only when need_param_grad
   double* workspace;       // lif_bwd_workspace_doubles(N, dtype) doubles when need_param_grad
   LIFFlagsC flags;
   bool recompute;          // save="recompute": re-run the forward from x and `saved` (the checkpoints)
+  bool v0_uniform;         // as LIFFwdArgs'
 };
 
 // Doubles of scratch the backward needs for its deterministic parameter-gradient reduction.

@@ -49,7 +49,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x_, const 
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor s = at::empty_like(x), v_last = at::empty_like(v0);
+  Tensor s = at::empty_like(x), v_last = at::empty({N}, x.options());
   Tensor v_seq = return_v_seq ? at::empty_like(x) : at::empty({0}, x.options());
   // H (save="state"), the V checkpoints in the accumulation dtype (save="recompute", see lif_cuda.h) or nothing
   Tensor saved = recompute ? at::empty({lif_checkpoint_rows(T), N}, params.options())
@@ -68,6 +68,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cuda(const Tensor& x_, const 
   a.saved = keep_h ? saved.mutable_data_ptr() : nullptr;
   a.ckpt = recompute && saved.numel() > 0 ? saved.mutable_data_ptr() : nullptr;
   a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
+  a.v0_uniform = uniform_v0(v0, N);
   C10_CUDA_CHECK(static_cast<cudaError_t>(lif_fwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
   return {s, v_last, v_seq, saved};
 }
@@ -136,6 +137,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_cuda(const Tensor& grad_s_, const c10
   }
   a.flags = make_flags(sg, hard_reset, v_reset, decay_input, detach_reset, kappa, strict, timing);
   a.recompute = recompute;
+  a.v0_uniform = uniform_v0(v0, N);  // the kernel writes NaN into gv0 [1]
   C10_CUDA_CHECK(static_cast<cudaError_t>(lif_bwd_launch(a, c10::cuda::getCurrentCUDAStream().stream())));
   return {gx, gv0, grad_params};
 }

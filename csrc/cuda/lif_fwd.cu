@@ -28,11 +28,13 @@ int launch(const LIFFwdArgs& args, cudaStream_t stream) {
                       static_cast<scalar_t*>(args.v_last),
                       static_cast<scalar_t*>(args.v_seq),
                       static_cast<scalar_t*>(args.saved),
-                      static_cast<acc_of_t<scalar_t>*>(args.ckpt)};
+                      static_cast<acc_of_t<scalar_t>*>(args.ckpt),
+                      args.v0_uniform};
   if (args.N == 0 || args.T == 0) return 0;
   constexpr int V = vec_width<scalar_t>();
   const int64_t bytes = int64_t(sizeof(scalar_t)) * V;
-  const bool wide = args.N % V == 0 && aligned(a.x, bytes) && aligned(a.v0, bytes) && aligned(a.s, bytes) &&
+  const bool wide = args.N % V == 0 && aligned(a.x, bytes) && (a.v0_uniform || aligned(a.v0, bytes)) &&
+                    aligned(a.s, bytes) &&
                     aligned(a.v_last, bytes) && aligned(a.v_seq, bytes) && aligned(a.saved, bytes) &&
                     aligned(a.mask, V) && aligned(a.ckpt, int64_t(sizeof(acc_of_t<scalar_t>)) * V);
   if (wide) {

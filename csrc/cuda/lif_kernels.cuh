@@ -20,6 +20,7 @@ struct FwdPtrs {
   scalar_t* __restrict__ v_seq;
   scalar_t* __restrict__ saved;            // nullptr with save="recompute"
   acc_of_t<scalar_t>* __restrict__ ckpt;   // save="recompute": V every kRcChunk steps, else nullptr
+  bool v0_uniform = false;                 // v0 [1]: v0[0] starts every neuron
 };
 
 // Forward for neurons [i·VEC, i·VEC + VEC): membranes in registers, one 16-byte access per tensor
@@ -33,7 +34,7 @@ SNN_HD void lif_fwd_thread(const FwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
   const LIFParams<acc_t> p = load_params<acc_t>(a.params, flags);
 
   acc_t v[VEC];
-  load_acc<VEC>(a.v0, n0, v);
+  load_start<VEC>(a.v0, a.v0_uniform, n0, v);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t off = t * N + n0;
     acc_t xv[VEC];
@@ -82,6 +83,7 @@ struct BwdPtrs {
   scalar_t* __restrict__ grad_v0;
   double* __restrict__ partial;  // [gridDim.x, 3] when PARAM
   const acc_of_t<scalar_t>* __restrict__ ckpt;  // save="recompute": the forward's V checkpoints
+  bool v0_uniform = false;  // v0 [1]: v0[0] starts every neuron; grad_v0 [1] gets NaN
 };
 
 // Backward for neurons [i·VEC, i·VEC + VEC), t = T−1 … 0 with ∂L/∂V in registers. With PARAM, adds
@@ -134,7 +136,7 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
     acc_t sp[VEC], v0v[VEC], xv[VEC];
     if (t > 0) load_step(t - 1, rawp, sp);
     if (PARAM) {
-      if (t == 0) load_acc<VEC>(a.v0, n0, v0v);
+      if (t == 0) load_start<VEC>(a.v0, a.v0_uniform, n0, v0v);
       if (p.decay_input) {
         load_acc<VEC>(a.x, off, xv);
       } else {
@@ -194,7 +196,7 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
       }
     }
   }
-  store_acc<VEC>(a.grad_v0, n0, dv);
+  store_grad_start<VEC>(a.grad_v0, a.v0_uniform, n0, dv);
 }
 
 // save="recompute": backward for neuron i from x, v0 and the V checkpoints, without a saved H.
@@ -234,7 +236,7 @@ SNN_HD void lif_bwd_rc_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, 
         for (int64_t c = nseg - 1; c >= 0; --c) {
           const int64_t t0 = c * K;
           const int len = int(T - t0 < K ? T - t0 : K);
-          const acc_t vstart = c == 0 ? load1(a.v0, n0) : load_ro(a.ckpt + (c - 1) * N + n0);
+          const acc_t vstart = c == 0 ? load1(a.v0, a.v0_uniform ? 0 : n0) : load_ro(a.ckpt + (c - 1) * N + n0);
           acc_t v = vstart;
 #pragma unroll 1
           for (int q = 0; q < len; ++q) {
@@ -276,7 +278,7 @@ SNN_HD void lif_bwd_rc_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, 
       },
       p.hard_reset, p.decay_input, p.detach_reset);
   const acc_t gv0[1] = {dv};
-  store_acc<1>(a.grad_v0, n0, gv0);
+  store_grad_start<1>(a.grad_v0, a.v0_uniform, n0, gv0);
 }
 
 }  // namespace cuda

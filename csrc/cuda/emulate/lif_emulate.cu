@@ -26,11 +26,11 @@ namespace {
 
 template <typename scalar_t>
 void fwd(bool wide, int64_t T, int64_t N, const void* x, const void* v0, const void* params, const bool* mask,
-         void* s, void* v_last, void* v_seq, void* saved, const LIFFlagsC& f, void* ckpt = nullptr) {
+         void* s, void* v_last, void* v_seq, void* saved, const LIFFlagsC& f, bool v0_uniform, void* ckpt = nullptr) {
   FwdPtrs<scalar_t> a{static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(v0),
                       static_cast<const acc_of_t<scalar_t>*>(params), mask, static_cast<scalar_t*>(s),
                       static_cast<scalar_t*>(v_last), static_cast<scalar_t*>(v_seq), static_cast<scalar_t*>(saved),
-                      static_cast<acc_of_t<scalar_t>*>(ckpt)};
+                      static_cast<acc_of_t<scalar_t>*>(ckpt), v0_uniform};
   constexpr int V = vec_width<scalar_t>();
   const int vec = wide ? V : 1;
   const int64_t threads = blocks_for(N, vec) * kThreads;
@@ -71,12 +71,12 @@ void bwd_vec(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, const LIFFlagsC& 
 template <typename scalar_t>
 void bwd(bool wide, int64_t T, int64_t N, const void* gs, const void* gvl, const void* gvs, const void* x,
          const void* v0, const void* params, const bool* mask, const void* saved, void* gx, void* gv0,
-         bool need_param, void* grad_params, const LIFFlagsC& f) {
+         bool need_param, void* grad_params, const LIFFlagsC& f, bool v0_uniform) {
   BwdPtrs<scalar_t> a{static_cast<const scalar_t*>(gs), static_cast<const scalar_t*>(gvl),
                       static_cast<const scalar_t*>(gvs), static_cast<const scalar_t*>(x),
                       static_cast<const scalar_t*>(v0), static_cast<const acc_of_t<scalar_t>*>(params), mask,
                       static_cast<const scalar_t*>(saved), static_cast<scalar_t*>(gx), static_cast<scalar_t*>(gv0),
-                      nullptr};
+                      nullptr, nullptr, v0_uniform};
   if (wide) bwd_vec<scalar_t, vec_width<scalar_t>()>(a, T, N, f, need_param, grad_params);
   else bwd_vec<scalar_t, 1>(a, T, N, f, need_param, grad_params);
 }
@@ -84,12 +84,12 @@ void bwd(bool wide, int64_t T, int64_t N, const void* gs, const void* gvl, const
 template <typename scalar_t>
 void bwd_rc(int64_t T, int64_t N, const void* gs, const void* gvl, const void* gvs, const void* x, const void* v0,
             const void* params, const bool* mask, const void* ckpt, void* gx, void* gv0, bool need_param,
-            void* grad_params, const LIFFlagsC& f) {
+            void* grad_params, const LIFFlagsC& f, bool v0_uniform) {
   BwdPtrs<scalar_t> a{static_cast<const scalar_t*>(gs), static_cast<const scalar_t*>(gvl),
                       static_cast<const scalar_t*>(gvs), static_cast<const scalar_t*>(x),
                       static_cast<const scalar_t*>(v0), static_cast<const acc_of_t<scalar_t>*>(params), mask,
                       nullptr, static_cast<scalar_t*>(gx), static_cast<scalar_t*>(gv0), nullptr,
-                      static_cast<const acc_of_t<scalar_t>*>(ckpt)};
+                      static_cast<const acc_of_t<scalar_t>*>(ckpt), v0_uniform};
   bwd_vec<scalar_t, kRcVec, true>(a, T, N, f, need_param, grad_params);
 }
 
@@ -101,10 +101,10 @@ extern "C" {
 // dtype) instead of H; the backward re-runs it from x and them (one neuron per thread, kRcVec).
 int emu_lif_fwd_rc(int dtype, int wide, int64_t T, int64_t N, const void* x, const void* v0, const void* params,
                    const bool* mask, void* s, void* v_last, void* v_seq, void* ckpt, int sg, int hard_reset,
-                   double v_reset, int decay_input, int detach_reset, double kappa, int strict) {
+                   double v_reset, int decay_input, int detach_reset, double kappa, int strict, int v0_uniform) {
   const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa, strict != 0};
   return with_storage_type(DType(dtype), [&](auto tag) {
-    fwd<decltype(tag)>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, nullptr, f, ckpt);
+    fwd<decltype(tag)>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, nullptr, f, v0_uniform != 0, ckpt);
     return 0;
   });
 }
@@ -112,10 +112,11 @@ int emu_lif_fwd_rc(int dtype, int wide, int64_t T, int64_t N, const void* x, con
 int emu_lif_bwd_rc(int dtype, int64_t T, int64_t N, const void* gs, const void* gvl, const void* gvs, const void* x,
                    const void* v0, const void* params, const bool* mask, const void* ckpt, void* gx, void* gv0,
                    int need_param, void* grad_params, int sg, int hard_reset, double v_reset, int decay_input,
-                   int detach_reset, double kappa, int strict) {
+                   int detach_reset, double kappa, int strict, int v0_uniform) {
   const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa, strict != 0};
   return with_storage_type(DType(dtype), [&](auto tag) {
-    bwd_rc<decltype(tag)>(T, N, gs, gvl, gvs, x, v0, params, mask, ckpt, gx, gv0, need_param, grad_params, f);
+    bwd_rc<decltype(tag)>(T, N, gs, gvl, gvs, x, v0, params, mask, ckpt, gx, gv0, need_param, grad_params, f,
+                          v0_uniform != 0);
     return 0;
   });
 }
@@ -126,10 +127,10 @@ int emu_rc_chunk() { return kRcChunk; }
 // N and the alignments allow it, as the launcher would).
 int emu_lif_fwd(int dtype, int wide, int64_t T, int64_t N, const void* x, const void* v0, const void* params,
                 const bool* mask, void* s, void* v_last, void* v_seq, void* saved, int sg, int hard_reset,
-                double v_reset, int decay_input, int detach_reset, double kappa, int strict) {
+                double v_reset, int decay_input, int detach_reset, double kappa, int strict, int v0_uniform) {
   const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa, strict != 0};
   return with_storage_type(DType(dtype), [&](auto tag) {
-    fwd<decltype(tag)>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f);
+    fwd<decltype(tag)>(wide, T, N, x, v0, params, mask, s, v_last, v_seq, saved, f, v0_uniform != 0);
     return 0;
   });
 }
@@ -137,10 +138,11 @@ int emu_lif_fwd(int dtype, int wide, int64_t T, int64_t N, const void* x, const 
 int emu_lif_bwd(int dtype, int wide, int64_t T, int64_t N, const void* gs, const void* gvl, const void* gvs,
                 const void* x, const void* v0, const void* params, const bool* mask, const void* saved, void* gx,
                 void* gv0, int need_param, void* grad_params, int sg, int hard_reset, double v_reset,
-                int decay_input, int detach_reset, double kappa, int strict) {
+                int decay_input, int detach_reset, double kappa, int strict, int v0_uniform) {
   const LIFFlagsC f{sg, hard_reset != 0, v_reset, decay_input != 0, detach_reset != 0, kappa, strict != 0};
   return with_storage_type(DType(dtype), [&](auto tag) {
-    bwd<decltype(tag)>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f);
+    bwd<decltype(tag)>(wide, T, N, gs, gvl, gvs, x, v0, params, mask, saved, gx, gv0, need_param, grad_params, f,
+                       v0_uniform != 0);
     return 0;
   });
 }

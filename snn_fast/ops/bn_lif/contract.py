@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..lif.contract import FLAG_ARGS, SAVE_RECOMPUTE, SAVE_STATE, fake_fwd_outputs  # noqa: F401  (the same flags as the LIF op)
+from ..lif.contract import uniform_v0  # noqa: F401  (v0 [1] for N > 1: one start for every neuron, as the LIF op's)
 
 FWD_SCHEMA = ("(Tensor x, Tensor v0, Tensor params, Tensor weight, Tensor bias, Tensor mean, Tensor rstd, "
               "float tdbn_alpha, int inner, bool batch_stats, Tensor? noise_mask, int surrogate, bool hard_reset, "
@@ -46,10 +47,6 @@ def checkpoint_rows(T: int, seg: int = CUDA_SEG) -> int:
     return max(T - 1, 0) // seg
 
 
-def uniform_v0(v0: torch.Tensor, N) -> bool:
-    """v0 [1] for N > 1: one start for every neuron, read once, with no ∂L/∂v0 (its [1] output is NaN);
-    csrc/common/bn_lif_checks.h's bn_uniform_v0."""
-    return v0.shape[0] == 1 and N > 1
 
 
 def fake_fwd_checkpoints(x, v0, params, weight, bias, mean, rstd, tdbn_alpha, inner, batch_stats, noise_mask,

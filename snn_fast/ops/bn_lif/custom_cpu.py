@@ -87,9 +87,8 @@ def _bwd_unfused(grad_s, grad_v_last, grad_v_seq, x, v0, params, weight, bias, m
     xp = (xc * a.view(per_c)).add_(bias.view(per_c)).view(T, N)  # lif_step.h bn_input: mul, then add
     gvl = grad_v_last.to(pd) if grad_v_last is not None else None
     gvs = grad_v_seq.to(pd) if grad_v_seq is not None else None
-    uniform = contract.uniform_v0(v0, N)  # one start for every neuron: the LIF op takes [N]
-    gxp, gv0, gp = lif_custom.bwd_given(
-        grad_s.to(pd), gvl, gvs, xp, v0.to(pd).expand(N).contiguous() if uniform else v0.to(pd), params, None,
+    gxp, gv0, gp = lif_custom.bwd_given(  # v0 [1]: one start for every neuron, as the LIF op's (NaN gv0)
+        grad_s.to(pd), gvl, gvs, xp, v0.to(pd), params, None,
         xp.new_empty(0), s, None, None, surrogate, hard_reset,
         v_reset, decay_input, detach_reset, reset_residual, lif_contract.SAVE_RECOMPUTE, need_param_grad,
         op="bn_lif_custom_cpu")
@@ -108,8 +107,7 @@ def _bwd_unfused(grad_s, grad_v_last, grad_v_seq, x, v0, params, weight, bias, m
     if batch_stats:  # through the batch's mean and variance: ∂x = a·∂X' − a·Σ∂X'/n − a·rstd²·xc·Σ∂X'·xc/n
         n = float(T) * float(N // C)
         gx.addcmul_(xc, (-ad * r * r * g1 / n).to(pd).view(per_c)).add_((-ad * g0 / n).to(pd).view(per_c))
-    gv0 = torch.full_like(v0, float("nan")) if uniform else gv0.to(x.dtype)  # as the kernels: never a gradient
-    return (gx.view(T, N).to(x.dtype), gv0, gp.to(pd), grad_w.to(pd), g0.to(pd))
+    return (gx.view(T, N).to(x.dtype), gv0.to(x.dtype), gp.to(pd), grad_w.to(pd), g0.to(pd))
 
 
 def bn_lif_bwd_custom_cpu(

@@ -28,14 +28,14 @@ from .reference import bn_lif_reference_k
 
 def _save(ctx, a, out, needs) -> None:
     s, _, _, saved = out
-    if needs[1] and contract.uniform_v0(a.v0, a.x.shape[1]):  # as the C++ autograd (bn_lif_autograd.cpp)
-        raise RuntimeError(f"bn_lif: v0 of one element starts all {a.x.shape[1]} neurons and gets no gradient; "
-                         "pass v0 as [N] to differentiate it")
+    if needs[1]:  # as the C++ autograd (bn_lif_autograd.cpp)
+        lif_contract.refuse_uniform_v0_grad("bn_lif", a.v0, a.x.shape[1])
     ctx.flags = {n: getattr(a, n) for n in contract.FLAG_ARGS}
     ctx.flags["save"] = a.save
     ctx.bn = dict(tdbn_alpha=a.tdbn_alpha, inner=a.inner, batch_stats=a.batch_stats)
     ctx.return_v_seq = a.return_v_seq
     ctx.need_param_grad = bool(needs[2])
+    ctx.need_v0_grad = bool(needs[1])
     ctx.save_for_backward(a.x, a.v0, a.params, a.weight, a.bias, a.mean, a.rstd, a.noise_mask, saved, s)
 
 
@@ -50,7 +50,8 @@ def _backward(ctx, grad_s, grad_v_last, grad_v_seq, _grad_saved=None):
     gx, gv0, gp, gw, gb = ctx.bwd(grad_s.contiguous(), grad_v_last, grad_v_seq, x, v0, params, weight, bias, mean,
                                   rstd, **ctx.bn, noise_mask=noise_mask, saved=saved, s=s, **ctx.flags,
                                   need_param_grad=ctx.need_param_grad)
-    return gx, gv0, (gp if ctx.need_param_grad else None), gw, gb
+    # no grad_v0 where v0 needs none: a [1] start's is NaN, and anomaly mode checks every output for NaN
+    return gx, (gv0 if ctx.need_v0_grad else None), (gp if ctx.need_param_grad else None), gw, gb
 
 
 AUTOGRAD = backends.FusedAutograd("BN-LIF", ("x", "v0", "params", "weight", "bias"), _save, _backward,
@@ -190,7 +191,7 @@ def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, mom
                                                            lambda: torch.zeros(C, dtype=pd, device=x.device))
     # a start every neuron shares (None: the reset value, or a float; no gradient) as v0 [1]: no row of
     # N read for it, twice, nor ∂L/∂v0 written (docs/spec.md §12.3); a tensor v0 as [N]
-    v0_t = _initial_state_flat(x, v0, flags, uniform=True)
+    v0_t = _initial_state_flat(x, v0, flags)
     if isinstance(k, torch.Tensor) or isinstance(theta, torch.Tensor) or isinstance(alpha, torch.Tensor):
         params = torch.stack([_as_param(k, pd, x.device), _as_param(theta, pd, x.device),
                               _as_param(alpha, pd, x.device)])

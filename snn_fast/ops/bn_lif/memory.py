@@ -18,14 +18,14 @@ the [C] vectors:
                      write ∂L/∂x                                                         5
                      total, training                                                     13
 
-Both also move rows of N. The LIF op, whatever the start: the initial membrane v0 read by the forward
-and again by the backward, v_T written by the forward and ∂L/∂v0 by the backward (``STATE_ROWS``, 4).
-The fused op the same for a v0 tensor; for v0=None (the reset value) or a float, the start every
-neuron shares, one value (its kernels take v0 as [1]) and no ∂L/∂v0, so v_T alone
-(``UNIFORM_START_ROWS``, 1). At T = 4: 9.25 and 14 passes. ``benchmarks/bytes_bn_lif.py`` measures
-them (on the CPU, 2026-12-07, v0=None, at [4, 32, 64, 56, 56]: 10.01 passes fused while it still read
-and wrote the 4 rows, 9.25 after; batch norm + LIF 12, not 14: torch's CPU batch norm backward goes
-channel by channel, so its second read of ∂L/∂y and x finds them in the cache).
+Both also move rows of N. For a v0 tensor: the initial membrane v0 read by the forward and again by
+the backward, v_T written by the forward and ∂L/∂v0 by the backward (``STATE_ROWS``, 4). For v0=None
+(the reset value) or a float, the start every neuron shares, one value (the kernels of both ops take
+v0 as [1]) and no ∂L/∂v0, so v_T alone (``UNIFORM_START_ROWS``, 1). At T = 4 with v0=None: 9.25 and
+13.25 passes. ``benchmarks/bytes_bn_lif.py`` measures them (on the CPU, 2026-12-07, v0=None, at
+[4, 32, 64, 56, 56]: 10.01 passes fused while it still read and wrote the 4 rows, 9.25 after; batch
+norm + LIF 12 while the LIF op read and wrote them, not 14: torch's CPU batch norm backward goes channel
+by channel, so its second read of ∂L/∂y and x finds them in the cache).
 
 The fused op never writes the normalised y (nor reads it back twice), and sums batch norm's
 per-channel terms inside the LIF backward instead of in a pass of their own: 4 passes fewer. It also
@@ -41,7 +41,7 @@ import torch
 FUSED_PASSES = {"forward": 3, "backward": 6}
 UNFUSED_PASSES = {"forward": 5, "backward": 8}
 STATE_ROWS = 4  # rows of N: v0 (forward and backward), v_T, ∂L/∂v0
-UNIFORM_START_ROWS = 1  # the fused op with v0=None or a float: v_T only
+UNIFORM_START_ROWS = 1  # either op with v0=None or a float: v_T only
 
 
 def _b(dtype: torch.dtype) -> int:
@@ -55,7 +55,8 @@ def fused_bytes(T: int, N: int, dtype: torch.dtype, training: bool = True, unifo
     return (passes * T + (UNIFORM_START_ROWS if uniform_start else STATE_ROWS)) * N * _b(dtype)
 
 
-def unfused_bytes(T: int, N: int, dtype: torch.dtype, training: bool = True) -> int:
-    """Bytes batch norm followed by the LIF op moves (eval: BN is one read and one write each way)."""
+def unfused_bytes(T: int, N: int, dtype: torch.dtype, training: bool = True, uniform_start: bool = True) -> int:
+    """Bytes batch norm followed by the LIF op moves (eval: BN is one read and one write each way);
+    ``uniform_start`` as ``fused_bytes``'."""
     passes = 13 if training else 9
-    return (passes * T + STATE_ROWS) * N * _b(dtype)
+    return (passes * T + (UNIFORM_START_ROWS if uniform_start else STATE_ROWS)) * N * _b(dtype)

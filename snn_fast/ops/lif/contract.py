@@ -7,10 +7,13 @@ Python-defined pairs, Triton's and the CPU's for a user-registered surrogate, ar
 ``FWD_SCHEMA`` / ``BWD_SCHEMA`` below, and ``tests/test_lif.py`` checks that the C++ schemas read the
 same):
 
-    fwd(x [T,N], v0 [N], params [3]=(k, θ, α), noise_mask?, <flags>, return_v_seq, save)
-        -> (s, v_last, v_seq or [0], saved)
+    fwd(x [T,N], v0 [N] or [1], params [3]=(k, θ, α), noise_mask?, <flags>, return_v_seq, save)
+        -> (s, v_last [N], v_seq or [0], saved)
     bwd(grad_s, grad_v_last?, grad_v_seq?, x, v0, params, noise_mask?, saved, s, sg_grad?, sg_dalpha?,
-        <flags>, save, need_param_grad) -> (grad_x, grad_v0, grad_params [3])
+        <flags>, save, need_param_grad) -> (grad_x, grad_v0 like v0, grad_params [3])
+
+v0 [1] for N > 1 (``uniform_v0``) is one start for every neuron; the kernels compute no gradient for
+it (its grad_v0 is NaN) and the autograds refuse one that requires a gradient.
 
 ``<flags>`` are ``FLAG_ARGS`` (``args.LIFFlags.op_kwargs``). ``save`` is one of ``SAVE``'s codes and
 says what ``saved`` holds (``saved_like``); the backward gets the forward's. ``sg_grad``/``sg_dalpha``
@@ -107,6 +110,7 @@ def check_op_args(who: str, x: torch.Tensor, v0: torch.Tensor, params: torch.Ten
     # Eager calls: one plain test of the common case (torch._check's lambdas cost microseconds per call);
     # anything off, or a traced call (symbolic shapes), goes through the checks that name the argument.
     if (not _is_compiling() and x.dim() == 2 and x.dtype in _OP_DTYPES and v0.dtype == x.dtype
+            and v0.dim() == 1 and (v0.shape[0] == x.shape[1] or uniform_v0(v0, x.shape[1]))
             and params.dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)
             and params.numel() == 3 and (0 <= surrogate < _sg.NUM_KERNEL_SURROGATES
                                          or surrogate >= _sg.CUSTOM_ID_BASE) and save in saves
@@ -115,6 +119,8 @@ def check_op_args(who: str, x: torch.Tensor, v0: torch.Tensor, params: torch.Ten
     torch._check(x.dim() == 2, lambda: f"{who}: x must be [T, N], got {x.dim()} dims")
     torch._check(x.dtype in _OP_DTYPES, lambda: f"{who}: unsupported dtype {x.dtype}")
     torch._check(v0.dtype == x.dtype, lambda: f"{who}: v0 dtype {v0.dtype} != x dtype {x.dtype}")
+    torch._check(v0.dim() == 1 and (v0.shape[0] == x.shape[1] or (v0.shape[0] == 1 and x.shape[1] > 1)),
+                 lambda: f"{who}: v0 must be [N] = [{x.shape[1]}] (or [1] for N > 1), got {tuple(v0.shape)}")
     want = torch.float64 if x.dtype == torch.float64 else torch.float32
     torch._check(params.dtype == want and params.numel() == 3,
                  lambda: f"{who}: params must be [3] {want}, got {tuple(params.shape)} {params.dtype}")
@@ -125,10 +131,23 @@ def check_op_args(who: str, x: torch.Tensor, v0: torch.Tensor, params: torch.Ten
                  lambda: f"{who}: reset_timing must be one of {KERNEL_RESET_CODES}, got {reset_timing}")
 
 
+def uniform_v0(v0: torch.Tensor, N) -> bool:
+    """v0 [1] for N > 1: one start for every neuron (v0=None or a float), read once per block instead of
+    as a row of N, with no ∂L/∂v0 (the kernels' [1] grad_v0 is NaN); csrc/common/lif_checks.h's uniform_v0."""
+    return v0.shape[0] == 1 and N > 1
+
+
+def refuse_uniform_v0_grad(op: str, v0: torch.Tensor, N) -> None:
+    """Where autograd records (as the C++ autograds): the kernels compute no gradient for such a v0."""
+    if uniform_v0(v0, N):
+        raise RuntimeError(f"{op}: v0 of one element starts all {N} neurons and gets no gradient; "
+                           "pass v0 as [N] to differentiate it")
+
+
 def fake_fwd_outputs(x: torch.Tensor, v0: torch.Tensor, return_v_seq: bool):
     """(s, v_last, v_seq) of a fwd op, for fake (shape) functions; each backend adds what it saves."""
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
-    return torch.empty_like(x), x.new_empty(x.shape[1:]), v_seq  # v_last [N] (bn_lif's v0 may be [1])
+    return torch.empty_like(x), x.new_empty(x.shape[1:]), v_seq  # v_last [N] (v0 may be [1]: uniform_v0)
 
 
 def fake_fwd_cpp(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input, detach_reset,

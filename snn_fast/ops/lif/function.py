@@ -28,10 +28,13 @@ from .reference import lif_reference_k
 def _save(ctx, a, out, needs) -> None:
     """Keep what ``_backward`` needs; ``a`` is the forward's arguments by name."""
     s, _, _, saved = out
+    if needs[1]:  # as the C++ autograd (lif_autograd.cpp)
+        contract.refuse_uniform_v0_grad("lif", a.v0, a.x.shape[1])
     ctx.flags = {n: getattr(a, n) for n in contract.FLAG_ARGS}
     ctx.flags["save"] = a.save
     ctx.return_v_seq = a.return_v_seq
     ctx.need_param_grad = bool(needs[2])
+    ctx.need_v0_grad = bool(needs[1])
     ctx.save_for_backward(a.x, a.v0, a.params, a.noise_mask, saved, s)
 
 
@@ -45,7 +48,8 @@ def _backward(ctx, grad_s, grad_v_last, grad_v_seq, _grad_saved=None):
         grad_v_seq = None  # the placeholder v_seq of return_v_seq=False carries nothing
     gx, gv0, gp = ctx.bwd(grad_s.contiguous(), grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved, s,
                           None, None, **ctx.flags, need_param_grad=ctx.need_param_grad)
-    return gx, gv0, (gp if ctx.need_param_grad else None)
+    # no grad_v0 where v0 needs none: a [1] start's is NaN, and anomaly mode checks every output for NaN
+    return gx, (gv0 if ctx.need_v0_grad else None), (gp if ctx.need_param_grad else None)
 
 
 AUTOGRAD = backends.FusedAutograd("LIF", ("x", "v0", "params"), _save, _backward, nondiff_outputs=(3,),
@@ -108,9 +112,9 @@ def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v
 
 
 # Small constant inputs of the fused ops, made once per key instead of on every call: the [3] params
-# of float (k, θ, α) and the [N] initial state of v0=None or a float (a fill of N elements, ~0.1 ms
-# at W4's N = 262144). The ops never write their inputs, so sharing one tensor is safe. Keyed on
-# inference mode too: an inference tensor cannot be saved for a later backward.
+# of float (k, θ, α) and the initial state of v0=None or a float (its [1]: contract.uniform_v0). The
+# ops never write their inputs, so sharing one tensor is safe. Keyed on inference mode too: an
+# inference tensor cannot be saved for a later backward.
 # Thread-safe (tests/test_threads.py): a hit is one dict lookup, atomic without a lock; a miss
 # makes the tensor, then inserts and evicts under _CONST_LOCK (two threads evicting the same oldest
 # key raced: KeyError).
@@ -137,15 +141,14 @@ def _cached_const(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
     return t
 
 
-def _initial_state_flat(x, v0, flags: lif_args.LIFFlags, uniform: bool = False) -> torch.Tensor:
-    """``args.initial_state`` flattened to [N], from the cache when v0 is None or a float; with
-    ``uniform`` (bn_lif's kernels) such a start is [1] for N > 1, every neuron's (bn_lif contract)."""
+def _initial_state_flat(x, v0, flags: lif_args.LIFFlags) -> torch.Tensor:
+    """``args.initial_state`` flattened to [N]; v0 None or a float is one start for every neuron, [1]
+    for N > 1 (contract.uniform_v0: the kernels read it once per block, and compute no ∂L/∂v0 for it),
+    from the cache."""
     if v0 is None or (isinstance(v0, (int, float)) and not isinstance(v0, bool) and v0 == v0
                       and abs(v0) != float("inf")):
         value = float(v0) if v0 is not None else (flags.v_reset if flags.hard_reset else 0.0)
-        n = x.numel() // x.shape[0]
-        if uniform and n > 1:
-            n = 1
+        n = min(x.numel() // x.shape[0], 1)  # [1], or [0] for N = 0
         return _cached_const(("v0", n, value, x.dtype, x.device),
                              lambda: torch.full((n,), value, dtype=x.dtype, device=x.device))
     return lif_args.initial_state(x, v0, flags).reshape(-1)

@@ -14,10 +14,12 @@ the comments there list the same terms), per call on x of shape [T, N] with stor
     inference (no grad)        read x, write s                                     2·T·N·b
 
 plus the [N] vectors (v0 read, v_last written; grad_v_last read, grad_v0 written; v0 read again by a
-backward that needs V_{t−1}), v_seq / grad_v_seq (T·N·b each) and the noise mask (T·N bytes per
-kernel that reads it) when present. The floor of docs/spec.md §10 is 5·T·N·b for forward+backward;
-recompute is there up to its checkpoints. The CPU backend saves nothing in either mode (its backward
-re-runs the forward). tests/test_lif.py checks ``saved_bytes`` against what autograd actually keeps.
+backward that needs V_{t−1}; a start every neuron shares, v0=None or a float, reaches the kernels as
+v0 [1] and costs none of the v0 and grad_v0 rows: ``uniform_start``), v_seq / grad_v_seq (T·N·b
+each) and the noise mask (T·N bytes per kernel that reads it) when present. The floor of
+docs/spec.md §10 is 5·T·N·b for forward+backward; recompute is there up to its checkpoints. The CPU
+backend saves nothing in either mode (its backward re-runs the forward). tests/test_lif.py checks
+``saved_bytes`` against what autograd actually keeps.
 
 A user-registered surrogate on the CPU (custom_cpu.py, ``custom_cpu_bytes``) evaluates its g′ on
 D = H − θ, [T, N] in the compute size a, and hands g′ to the C++ walk as a [T, N] buffer:
@@ -77,25 +79,27 @@ def saved_bytes(T: int, N: int, dtype: torch.dtype, save: str, backend: str = "t
 
 def bytes_moved(T: int, N: int, dtype: torch.dtype, save: str, *, mask: bool = False, v_seq: bool = False,
                 learn_tau_decay_input: bool = False, param_grad: bool = False, backend: str = "triton",
-                chunk: int = RECOMPUTE_CHUNK) -> Dict[str, int]:
+                chunk: int = RECOMPUTE_CHUNK, uniform_start: bool = False) -> Dict[str, int]:
     """{"fwd", "bwd", "total", "saved"}: bytes of one forward and one backward of the GPU kernels
-    (grad_v_last given; ``param_grad``: learnable τ/θ/α, which makes the state backward read v0).
+    (grad_v_last given; ``param_grad``: learnable τ/θ/α, which makes the state backward read v0;
+    ``uniform_start``: v0 None or a float, [1] to the kernels: no v0 or grad_v0 row).
     ``backend`` "cuda" or "triton": their recompute backwards differ in one term (below)."""
     b, a = _sizes(dtype)
     TN = T * N
+    v0_row = 0 if uniform_start else N * b  # each read of v0, and the grad_v0 written
     extra = (TN * b if v_seq else 0) + (TN if mask else 0)  # v_seq written / grad_v_seq read; mask read
-    fwd = 2 * TN * b + extra + 2 * N * b  # x, s; v0, v_last
-    bwd = 3 * TN * b + extra + 2 * N * b  # grad_s, grad_x + (H | x); grad_v_last, grad_v0
+    fwd = 2 * TN * b + extra + N * b + v0_row  # x, s; v_last, v0
+    bwd = 3 * TN * b + extra + N * b + v0_row  # grad_s, grad_x + (H | x); grad_v_last, grad_v0
     if save == "state":
         fwd += TN * b  # H
         if learn_tau_decay_input:
             bwd += TN * b  # x for ∂H/∂τ
         if param_grad:
-            bwd += N * b  # v0 for V_{−1}
+            bwd += v0_row  # v0 for V_{−1}
     else:
         ck = checkpoint_rows(T, chunk) * N * a
         fwd += ck
-        bwd += ck + N * b  # checkpoints; v0 starts the first segment
+        bwd += ck + v0_row  # checkpoints; v0 starts the first segment
         if mask:
             bwd += TN  # the walk back reads the mask again (the re-run read it a segment before)
         if learn_tau_decay_input and backend == "cuda":
@@ -111,18 +115,19 @@ def passes(T: int, N: int, dtype: torch.dtype, save: str, **kw) -> float:
 
 def custom_cpu_bytes(T: int, N: int, dtype: torch.dtype, save: str = "state", *, param_grad: bool = False,
                      mask: bool = False, v_seq: bool = False, compiled: bool = True,
-                     native: bool = False) -> Dict[str, int]:
+                     native: bool = False, uniform_start: bool = False) -> Dict[str, int]:
     """{"fwd", "bwd", "total", "saved"} of a user-registered surrogate on the CPU (the table above),
     grad_v_last given; ``compiled``: the user's functions compiled (one pass over D), else eager (their
     temporaries not counted: they stay in cache); ``native``: compiled into the walk (no noise mask),
-    the built-in CPU kernel's bytes."""
+    the built-in CPU kernel's bytes; ``uniform_start`` as ``bytes_moved``'s."""
     b, a = _sizes(dtype)
     TN = T * N
+    v0_row = 0 if uniform_start else N * b
     if native and not mask:  # the built-in walk's: x, s; x, grad_s, grad_x (lif_cpu.cpp); the [N] vectors
-        fwd = 2 * TN * b + 2 * N * b + (TN * b if v_seq else 0)
-        bwd = 3 * TN * b + 3 * N * b + (TN * b if v_seq else 0)  # v0, grad_v_last, grad_v0; grad_v_seq
+        fwd = 2 * TN * b + N * b + v0_row + (TN * b if v_seq else 0)
+        bwd = 3 * TN * b + N * b + 2 * v0_row + (TN * b if v_seq else 0)  # grad_v_last; v0, grad_v0; grad_v_seq
         return {"fwd": fwd, "bwd": bwd, "total": fwd + bwd, "saved": 0}
-    fwd = 2 * TN * b + 2 * N * b + (TN * b if v_seq else 0) + (TN if mask else 0)  # x, s; v0, v_last
+    fwd = 2 * TN * b + N * b + v0_row + (TN * b if v_seq else 0) + (TN if mask else 0)  # x, s; v_last, v0
     bwd = 0
     if save == "state" and not mask:
         fwd += TN * a  # D
@@ -130,8 +135,7 @@ def custom_cpu_bytes(T: int, N: int, dtype: torch.dtype, save: str = "state", *,
         bwd += TN * (b + a)  # lif_sg_arg: x, D
     bwd += TN * 2 * a  # the user's dg: D, g′
     bwd += TN * (3 * b + a)  # the walk: x, grad_s, g′, grad_x
-    bwd += 3 * N * b  # v0 (twice), grad_v_last; grad_v0 below
-    bwd += N * b
+    bwd += N * b + 3 * v0_row  # grad_v_last; v0 (twice), grad_v0
     if param_grad:  # ∂g/∂α written, read by the walk; eagerly also D (and g′) read again
         bwd += (2 if compiled else 4) * TN * a
     if v_seq:

@@ -380,10 +380,11 @@ def translate(sg: _sg.Surrogate, acc: torch.dtype) -> str:
         lines, result = _emit_fn(sg.dg_dalpha, acc)
         dalpha = lines + [f"  return {result};"]
     sig = "{ct} {name}<cpu_lif::kNativeSurrogate, {ct}>({ct} x, {ct} a)"
+    inl = "SNN_NATIVE_INLINE "
     return "\n".join(
         [f"// surrogate {sg.name!r}: g′ and ∂g/∂α, translated from its torch functions",
-         "template <>", "inline " + sig.format(ct=ct, name="sg_grad") + " {", "  using namespace detail;",
-         "  (void)x; (void)a;"] + grad + ["}", "template <>", "inline " + sig.format(ct=ct, name="sg_dalpha") + " {",
+         "template <>", inl + sig.format(ct=ct, name="sg_grad") + " {", "  using namespace detail;",
+         "  (void)x; (void)a;"] + grad + ["}", "template <>", inl + sig.format(ct=ct, name="sg_dalpha") + " {",
                                           "  using namespace detail;", "  (void)x; (void)a;"] + dalpha + ["}"])
 
 
@@ -393,8 +394,11 @@ def translate(sg: _sg.Surrogate, acc: torch.dtype) -> str:
 # short on the two-step walk with parameter gradients: scalar (test_generated_walk_vectorises).
 # |rel err| ~ 2 ulp. double: std::tanh.
 _PRELUDE = r"""
+// Inlined whatever GCC's unit-growth budget says: a call left in the walk's loop keeps it scalar (the
+// budget ran out for native_tanh once the kernels' header grew: tests/test_native_surrogate.py).
+#define SNN_NATIVE_INLINE __attribute__((always_inline)) inline
 namespace snn_fast {
-inline float native_tanh(float x) {
+SNN_NATIVE_INLINE float native_tanh(float x) {
   const float ax = detail::vabs(x);
   const float z = x * x;
   const float p = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
@@ -403,7 +407,7 @@ inline float native_tanh(float x) {
   const float big = std::copysign(1.0f - 2.0f / (e + 1.0f), x);
   return ax >= 0.625f ? big : p;
 }
-inline double native_tanh(double x) { return std::tanh(x); }
+SNN_NATIVE_INLINE double native_tanh(double x) { return std::tanh(x); }
 """
 
 _SCALARS = {torch.float32: ("float", "float"), torch.float64: ("double", "double"),

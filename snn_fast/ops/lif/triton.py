@@ -193,7 +193,7 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
     params = params.contiguous()
     T, N = x.shape
     s = torch.empty_like(x)
-    v_last = torch.empty_like(v0)
+    v_last = x.new_empty(N)
     v_seq = torch.empty_like(x) if return_v_seq else x.new_empty(0)
     if chunk:  # save="recompute": the V checkpoints (contract.checkpoint_rows), in the compute dtype
         saved = torch.empty((contract.checkpoint_rows(T, chunk), N), dtype=params.dtype, device=x.device)
@@ -201,12 +201,14 @@ def _fwd(x, v0, params, noise_mask, surrogate, hard_reset, v_reset, decay_input,
         saved = torch.empty((T, N) if save_h else (0,), dtype=x.dtype, device=x.device)
     mask = noise_mask.contiguous() if noise_mask is not None else None
     if N > 0:
+        uniform = contract.uniform_v0(v0, N)  # v0 [1]: one start for every neuron
         key = ("fwd", x.dtype, x.device.type, surrogate, hard_reset, decay_input, mask is not None, return_v_seq,
-               save_h, chunk, strict_threshold, reset_timing)
+               save_h, chunk, strict_threshold, reset_timing, uniform)
         kernel, consts, block = _spec(key, "fwd", FIXED_CONFIG, surrogate, x, dict(
             HARD_RESET=hard_reset, DECAY_INPUT=decay_input, HAS_MASK=mask is not None, STORE_VSEQ=return_v_seq,
             SAVE_H=save_h, H_MINUS_THETA=_saves_h_minus_theta(x.dtype), WIDE=x.dtype == torch.float64,
-            EXACT=EXACT_MUL, CHUNK=chunk, STRICT=strict_threshold, TIMING=reset_timing))
+            EXACT=EXACT_MUL, CHUNK=chunk, STRICT=strict_threshold, TIMING=reset_timing,
+            UNIFORM_V0=uniform))
         # saved is both h_ptr and ck_ptr: the flags select the one the kernel writes
         launch(kernel, _grid(N, block),
                (x, v0, params, _wide_buffer((float(v_reset), float(reset_residual)), params),
@@ -241,12 +243,13 @@ def _bwd(kind, grad_s, grad_v_last, grad_v_seq, x, v0, params, noise_mask, saved
     gv0 = torch.empty_like(v0)
     partial = None
     if N > 0:
+        uniform = contract.uniform_v0(v0, N)  # v0 [1]: one start for every neuron, no ∂L/∂v0 (NaN)
         key = (kind, x.dtype, x.device.type, surrogate, hard_reset, decay_input, detach_reset, mask is not None,
-               gvl is not None, gvs is not None, need_param_grad, chunk, strict_threshold, reset_timing)
+               gvl is not None, gvs is not None, need_param_grad, chunk, strict_threshold, reset_timing, uniform)
         flags = dict(HARD_RESET=hard_reset, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset,
                      HAS_MASK=mask is not None, HAS_GVLAST=gvl is not None, HAS_GVSEQ=gvs is not None,
                      NEED_PARAM_GRAD=need_param_grad, WIDE=x.dtype == torch.float64, STRICT=strict_threshold,
-                     TIMING=reset_timing)
+                     TIMING=reset_timing, UNIFORM_V0=uniform)
         if kind == "bwd":
             flags["H_MINUS_THETA"] = _saves_h_minus_theta(x.dtype)
             kernel, consts, block = _spec(key, kind, FIXED_CONFIG, surrogate, x, flags)

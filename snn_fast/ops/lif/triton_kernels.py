@@ -235,6 +235,27 @@ def _param_terms(eps, ds, gp, dvt, s, xs, xv, v_prev, vr, alpha, SG: tl.constexp
     return dk, dth, dal
 
 
+@triton.jit
+def _load_start(v0_ptr, start, lane, m, k, UNIFORM_V0: tl.constexpr, BLOCK: tl.constexpr):
+    """V_0 of the program's neurons in k's dtype. UNIFORM_V0: v0 is [1], every neuron's start
+    (contract.uniform_v0), one load instead of a row of N."""
+    if UNIFORM_V0:
+        v = tl.load(v0_ptr).to(k.dtype) + tl.zeros([BLOCK], dtype=k.dtype)
+    else:
+        v = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    return v
+
+
+@triton.jit
+def _store_grad_start(gv0_ptr, dv, start, lane, m, k, UNIFORM_V0: tl.constexpr, BLOCK: tl.constexpr):
+    """∂L/∂V_0; for a uniform start ([1]) none is computed: its one element gets NaN, never a number."""
+    if UNIFORM_V0:
+        nan = tl.full([BLOCK], float("nan"), k.dtype)  # made in k's dtype: bf16 has no such constant
+        tl.store(gv0_ptr + start + lane, nan.to(gv0_ptr.dtype.element_ty), mask=m & (start + lane == 0))
+    else:
+        tl.store(gv0_ptr + start + lane, dv.to(gv0_ptr.dtype.element_ty), mask=m)
+
+
 @triton.jit(do_not_specialize=["T", "N_BUCKET"])
 def lif_fwd_kernel(
     x_ptr, v0_ptr, params_ptr, wide_ptr, mask_ptr, s_ptr, vlast_ptr, vseq_ptr, h_ptr, ck_ptr,
@@ -243,7 +264,7 @@ def lif_fwd_kernel(
     STORE_VSEQ: tl.constexpr, SAVE_H: tl.constexpr, H_MINUS_THETA: tl.constexpr, WIDE: tl.constexpr,
     EXACT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
     STREAM: tl.constexpr = False, STAGES: tl.constexpr = None, PREFETCH2: tl.constexpr = False,
-    STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0,
+    STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0, UNIFORM_V0: tl.constexpr = False,
 ):
     # Per element and step: read x (b), write s (b), write H (b, training only) [+ v_seq b, + mask 1 B].
     # Knobs (defaults off; the GPU check's lab times them): STREAM, the streams' loads evict-first and
@@ -264,7 +285,7 @@ def lif_fwd_kernel(
         vr = v_reset + 0.0 * k
     if not HARD_RESET:
         vr = 0.0 * k  # soft reset charges towards 0
-    v = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    v = _load_start(v0_ptr, start, lane, m, k, UNIFORM_V0, BLOCK)
     row = start
     # x is prefetched one step ahead: its load does not wait on the recurrence, so issuing it before
     # step t's arithmetic doubles the loads in flight when few warps share an SM (small N, long T).
@@ -343,7 +364,7 @@ def lif_bwd_kernel(
     DETACH_RESET: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr, H_MINUS_THETA: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr,
     STREAM: tl.constexpr = False, STAGES: tl.constexpr = None, PREFETCH2: tl.constexpr = False,
-    STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0,
+    STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0, UNIFORM_V0: tl.constexpr = False,
 ):
     # Per element and step: read grad_s (b), read H (b), write grad_x (b)
     # [+ grad_v_seq b, + mask 1 B, + x b when NEED_PARAM_GRAD and DECAY_INPUT].
@@ -356,7 +377,7 @@ def lif_bwd_kernel(
     # V_{t−1} is needed for the parameter gradients and for a pending hard reset (TIMING 1: ∂L/∂V_{t−1}
     # is scaled by 1 − R)
     if NEED_PARAM_GRAD or (TIMING == 1 and HARD_RESET):
-        v0 = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+        v0 = _load_start(v0_ptr, start, lane, m, k, UNIFORM_V0, BLOCK)
     if NEED_PARAM_GRAD:
         acc_k = tl.zeros([BLOCK], dtype=k.dtype)
         acc_th = tl.zeros([BLOCK], dtype=k.dtype)
@@ -424,7 +445,7 @@ def lif_bwd_kernel(
         xs = xs_prev
         s = s_prev
         row = prev
-    tl.store(gv0_ptr + start + lane, dv.to(gv0_ptr.dtype.element_ty), mask=m)
+    _store_grad_start(gv0_ptr, dv, start, lane, m, k, UNIFORM_V0, BLOCK)
     if NEED_PARAM_GRAD:
         zero = 0.0 * k
         acc_k = tl.where(m, acc_k, zero)
@@ -443,7 +464,7 @@ def lif_bwd_rc_kernel(
     SG: tl.constexpr, SGF: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr,
     DETACH_RESET: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GVLAST: tl.constexpr, HAS_GVSEQ: tl.constexpr,
     NEED_PARAM_GRAD: tl.constexpr, WIDE: tl.constexpr, EXACT: tl.constexpr, CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr, STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0,
+    BLOCK: tl.constexpr, STRICT: tl.constexpr = False, TIMING: tl.constexpr = 0, UNIFORM_V0: tl.constexpr = False,
 ):
     # save="recompute": nothing of the forward but V every CHUNK steps (ck, [ceil(T/CHUNK) − 1, N] in
     # the compute dtype). Segments of CHUNK steps, last first: re-run the forward over the segment from
@@ -461,7 +482,7 @@ def lif_bwd_rc_kernel(
         acc_k = tl.zeros([BLOCK], dtype=k.dtype)
         acc_th = tl.zeros([BLOCK], dtype=k.dtype)
         acc_al = tl.zeros([BLOCK], dtype=k.dtype)
-    v_init = tl.load(v0_ptr + start + lane, mask=m, other=0.0).to(k.dtype)
+    v_init = _load_start(v0_ptr, start, lane, m, k, UNIFORM_V0, BLOCK)
     nseg = (T + CHUNK - 1) // CHUNK
     n64 = tl.cast(N, tl.int64)
     for i in range(nseg):
@@ -524,7 +545,7 @@ def lif_bwd_rc_kernel(
                 acc_k += tl.where(ok, g_k, zero)
                 acc_th += tl.where(ok, g_th, zero)
                 acc_al += tl.where(ok, g_al, zero)
-    tl.store(gv0_ptr + start + lane, dv.to(gv0_ptr.dtype.element_ty), mask=m)
+    _store_grad_start(gv0_ptr, dv, start, lane, m, k, UNIFORM_V0, BLOCK)
     if NEED_PARAM_GRAD:
         tl.store(pgrad_ptr + pid * 3, tl.sum(acc_k, axis=0))
         tl.store(pgrad_ptr + pid * 3 + 1, tl.sum(acc_th, axis=0))
