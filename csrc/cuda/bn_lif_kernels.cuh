@@ -168,7 +168,7 @@ SNN_HD void bnlif_bwd_thread(const BNLIFBwdArgs& args, int64_t cg, int64_t q, in
   if (!args.v0_uniform)
     static_cast<scalar_t*>(args.grad_v0)[n] = from_acc<scalar_t>(dv);
   else if (n == 0)  // a start shared by every neuron has no gradient here: NaN, never a number
-    static_cast<scalar_t*>(args.grad_v0)[0] = from_acc<scalar_t>(acc_t(nan("")));
+    static_cast<scalar_t*>(args.grad_v0)[0] = from_acc<scalar_t>(quiet_nan<acc_t>());
   out[0] = double(g0);
   out[1] = double(g1);
   out[2] = double(sk);

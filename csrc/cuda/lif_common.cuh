@@ -96,6 +96,13 @@ SNN_HD void load_acc(const scalar_t* __restrict__ base, int64_t off,
   for (int j = 0; j < VEC; ++j) out[j] = to_acc(raw[j]);
 }
 
+// A quiet NaN as a constant: nan("") is a call that parses its string (a stack frame and spilled
+// registers in the bf16 backward for sm_80).
+template <typename T>
+SNN_HD constexpr T quiet_nan() {
+  return T(__builtin_nan(""));
+}
+
 // V_0 of neurons n0 … n0 + VEC − 1: v0[n0 …], or v0[0] for a start every neuron shares (uniform: v0 [1],
 // one value read instead of a row of N).
 template <int VEC, typename scalar_t>
@@ -126,7 +133,7 @@ SNN_HD void store_grad_start(scalar_t* __restrict__ gv0, bool uniform, int64_t n
   if (!uniform)
     store_acc<VEC>(gv0, n0, dv);
   else if (n0 == 0)
-    gv0[0] = from_acc<scalar_t>(acc_of_t<scalar_t>(nan("")));
+    gv0[0] = from_acc<scalar_t>(quiet_nan<acc_of_t<scalar_t>>());
 }
 
 template <int VEC>

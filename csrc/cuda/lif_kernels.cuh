@@ -96,6 +96,9 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
   const int64_t n0 = i * VEC;  // int64 throughout: T·N may exceed 2^31
   if (n0 >= N) return;
   const LIFParams<acc_t> p = load_params<acc_t>(a.params, flags);
+  // A uniform start's grad_v0 [1] is NaN (no gradient): written here, before the loop, where few
+  // registers are live (at the end, beside dv, the branch cost the bf16/fp16 ×8 kernel a spill, sm_80).
+  if (a.v0_uniform && n0 == 0) a.grad_v0[0] = from_acc<scalar_t>(quiet_nan<acc_t>());
 
   acc_t dv[VEC];
   if (a.grad_v_last != nullptr) {
@@ -196,7 +199,7 @@ SNN_HD void lif_bwd_thread(const BwdPtrs<scalar_t>& a, int64_t T, int64_t N, con
       }
     }
   }
-  store_grad_start<VEC>(a.grad_v0, a.v0_uniform, n0, dv);
+  if (!a.v0_uniform) store_acc<VEC>(a.grad_v0, n0, dv);
 }
 
 // save="recompute": backward for neuron i from x, v0 and the V checkpoints, without a saved H.
