@@ -211,3 +211,21 @@ else:
     _hsettings.register_profile("long", max_examples=2000, derandomize=False, deadline=None, print_blob=True,
                                 suppress_health_check=_SLOW_OK)
     _hsettings.load_profile("ci")  # pytest's --hypothesis-profile, applied after this file, overrides it
+
+
+def op_v0_shapes(op: str, fn) -> list:
+    """fn() under a dispatch mode: the shape of the v0 argument (the second) of each snn_fast op call
+    whose name starts with ``op``, seen below autograd."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "snn_fast" and func._schema.name.split("::")[-1].startswith(op):
+                shapes.append(tuple(args[1].shape))
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        fn()
+    return shapes

@@ -20,7 +20,7 @@ from snn_fast import nn as snn
 from snn_fast.ops.bn_lif import function as bl_function
 from snn_fast.ops.bn_lif.contract import checkpoint_rows
 
-from conftest import assert_close, assert_close_lowp
+from conftest import assert_close, assert_close_lowp, op_v0_shapes
 
 # id -> (backend, device): Triton on CPU tensors runs interpreted (TRITON_INTERPRET=1, as in CI).
 DEVICE_OF = {"cpu": ("cpu", "cpu"), "triton": ("triton", "cpu"), "cuda": ("cuda", "cuda"),
@@ -646,7 +646,7 @@ def test_long_sequences(be, T, training):
 
 @pytest.mark.parametrize("be,start,T,mode", fused([None, 0.3], [4, 9], ["train-learn", "eval", "hard-soft"]))
 def test_uniform_start(be, start, T, mode):
-    """v0=None (the reset value) or a float: the kernels get v0 [1] (_initial_state_flat with uniform) and read no row
+    """v0=None (the reset value) or a float: the kernels get v0 [1] (_initial_state_flat) and read no row
     of N for it, nor write ∂L/∂v0 (docs/spec.md §12.3). Every output, gradient and running statistic
     is bit for bit what the same start given per neuron ([N], no gradient) gives; T = 9 re-runs a
     segment from a checkpoint on the GPU backends."""
@@ -707,26 +707,14 @@ def test_uniform_start_under_anomaly_detection(be):
 
 @pytest.mark.parametrize("be", fused())
 def test_uniform_start_reaches_the_kernels(be):
-    """v0=None and a float reach the fused op as v0 [1] (_initial_state_flat with uniform), a tensor as [N]: the op
+    """v0=None and a float reach the fused op as v0 [1] (_initial_state_flat), a tensor as [N]: the op
     calls' v0 argument, seen below autograd."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     name, dev = name_dev(be)
-
-    class V0(TorchDispatchMode):
-        shapes = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.namespace == "snn_fast" and func._schema.name.split("::")[-1].startswith("bn_lif_fwd"):
-                self.shapes.append(tuple(args[1].shape))
-            return func(*args, **(kwargs or {}))
-
     x = torch.randn(3, 2, 4, 5, device=dev, requires_grad=True)
     for v0, want in ((None, (1,)), (0.2, (1,)), (torch.zeros(2, 4, 5, device=dev), (40,))):
-        with V0() as mode:
-            snn_fast.bn_lif(x, None, None, None, None, True, v0=v0, backend=name)[0].sum().backward()
-        assert mode.shapes == [want], (v0, mode.shapes)
-        V0.shapes = []
+        shapes = op_v0_shapes("bn_lif_fwd", lambda: snn_fast.bn_lif(x, None, None, None, None, True, v0=v0,
+                                                                    backend=name)[0].sum().backward())
+        assert shapes == [want], (v0, shapes)
 
 
 @pytest.mark.skipif(bool(SKIP["cpu"]) and bool(SKIP["triton"]), reason="needs the C++ or the Triton ops")

@@ -42,7 +42,7 @@ from snn_fast import _ext
 from snn_fast import surrogate as sgm
 from snn_fast.ops.lif.reference import lif_multistep_reference
 
-from conftest import HAS_CUDA, assert_close, assert_close_lowp, nan_filled_allocations
+from conftest import HAS_CUDA, assert_close, assert_close_lowp, nan_filled_allocations, op_v0_shapes
 
 
 # --- backends ------------------------------------------------------------------------------------
@@ -571,23 +571,11 @@ def test_uniform_start_low_precision(be, dtype):
 def test_uniform_start_reaches_the_kernels(be):
     """v0=None and a float reach the op as v0 [1], a tensor as [N] (the op calls' v0, seen below
     autograd); a single neuron keeps its [1] as [N]."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class V0(TorchDispatchMode):
-        shapes = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.namespace == "snn_fast" and func._schema.name.split("::")[-1].startswith("lif_fwd"):
-                self.shapes.append(tuple(args[1].shape))
-            return func(*args, **(kwargs or {}))
-
     for shape, n in (((3, 2, 5), 10), ((3, 1), 1)):
         x = torch.randn(*shape, device=be.device, requires_grad=True)
         for v0, want in ((None, (1,)), (0.2, (1,)), (torch.zeros(shape[1:], device=be.device), (n,))):
-            with V0() as mode:
-                snn_fast.lif_multistep(x, v0, backend=be.name)[0].sum().backward()
-            assert mode.shapes == [want], (shape, v0, mode.shapes)
-            V0.shapes = []
+            shapes = op_v0_shapes("lif_fwd", lambda: snn_fast.lif_multistep(x, v0, backend=be.name)[0].sum().backward())
+            assert shapes == [want], (shape, v0, shapes)
 
 
 @pytest.mark.parametrize("be", cases(only("cpu", "cuda", "triton-interp", "triton-cuda")))
