@@ -1,5 +1,6 @@
 """Bytes a batch norm + LIF forward+backward moves, measured, against the count of
-``snn_fast/ops/bn_lif/memory.py``: 9 passes over [T, N] fused, 13 for batch norm + the LIF op, plus
+``snn_fast/ops/bn_lif/memory.py``: 9 passes over [T, N] fused (6 for the CPU kernel where its backward goes
+channel by channel and a channel stays in the cache), 13 for batch norm + the LIF op, plus
 rows of N (v_T: 1/T of a pass from v0=None, as here, for either; v0 read twice and ∂L/∂v0 written
 besides for a v0 tensor: 4/T). Issue 24's target: the fused op within 15 % of its 9 passes.
 
@@ -71,13 +72,25 @@ def providers(device: str) -> List[str]:
     return [bb._name(be, device) for be in bb.fused_backends(device)] + [UNFUSED]
 
 
-def model_passes(provider: str, T: int, training: bool = True) -> float:
-    """memory.py's count in passes over [T, N], its rows of N included (the steps start from v0=None)."""
+def model_passes(provider: str, shape, device: str = "cpu", ll: Optional[int] = None, training: bool = True) -> float:
+    """memory.py's count in passes over [T, N], its rows of N included (the steps start from v0=None). On
+    the CPU the fused op's backward goes channel by channel where the shape allows (memory.py
+    cpu_backward_by_channel); the model counts its 3 passes where a channel takes at most half of the
+    last-level cache ``ll`` (the measurement runs one thread), else 6."""
     from snn_fast.ops.bn_lif import memory
 
     f32 = _torch().float32
-    n = memory.fused_bytes(T, 1, f32, training) if provider != UNFUSED else memory.unfused_bytes(T, 1, f32, training)
-    return n / (T * 4)
+    T, C, inner = shape[0], shape[2], 1
+    for d in shape[3:]:
+        inner *= d
+    N = 1
+    for d in shape[1:]:
+        N *= d
+    if provider == UNFUSED:
+        return memory.unfused_bytes(T, N, f32, training) / (T * N * 4)
+    channel = memory.cpu_channel_bytes(T, N, C, inner, f32) if device == "cpu" else 0
+    cached = 0 < channel and ll is not None and 2 * channel <= ll
+    return memory.fused_bytes(T, N, f32, training, by_channel=cached) / (T * N * 4)
 
 
 def _target(provider: str) -> int:
@@ -314,7 +327,7 @@ def run(device: str, shapes=SHAPES, ll: Optional[int] = None, cache_control: str
                 unit = T * N * 4  # float32
                 # reads + writes, as the model counts; a CPU's write-allocate reads are their own column
                 passes = (m["read"] + m["written"]) / unit
-                model = model_passes(p, T)
+                model = model_passes(p, shape, device, ll if device == "cpu" else None)
                 target = _target(p)  # the [T, N] passes alone: 9 and 13
                 rows.append(dict(op="bn_lif-bytes", provider=p, shape="x".join(map(str, shape)), device=device,
                                  dtype="float32", read_bytes=m["read"], written_bytes=m["written"],

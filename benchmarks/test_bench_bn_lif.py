@@ -6,7 +6,8 @@ by SpikingJelly's multi-step ``LIFNode`` (its torch backend).
 
 Shapes [T, B, C, H, W]: [4, 32, 64, 56, 56] (a ResNet's first stage) and [4, 32, 512, 7, 7] (its last).
 Default LIF (τ = 2, sigmoid α = 4, hard reset to 0). "MB moved" is the memory model's count
-(``snn_fast/ops/bn_lif/memory.py``: 9 passes fused, 13 for BN + LIF, each plus 1 row of N for v0=None;
+(``snn_fast/ops/bn_lif/memory.py``: 9 passes fused, 6 for the CPU kernel where its backward goes channel
+by channel and a channel fits the cache, 13 for BN + LIF, each plus 1 row of N for v0=None;
 ``benchmarks/bytes_bn_lif.py`` measures them); "vs BN+LIF" is the median of
 batch norm + snn_fast LIF over the row's.
 
@@ -138,6 +139,22 @@ def check(fns, tensors, device="cpu"):
                 torch.testing.assert_close(t.grad, r, rtol=1e-3, atol=1e-4 * r.abs().max().item())
 
 
+def _channels_cached(shape, device) -> bool:
+    """Whether the CPU kernel's backward goes channel by channel here (memory.py cpu_backward_by_channel)
+    and every thread's channel fits half of this host's last-level cache: the model's 6 passes, else 9."""
+    if device != "cpu":
+        return False
+    from benchmarks.bytes_bn_lif import host_ll_bytes
+
+    try:
+        ll = host_ll_bytes()
+    except RuntimeError:
+        return False
+    T, N, inner = shape[0], int(torch.Size(shape[1:]).numel()), int(torch.Size(shape[3:]).numel())
+    channel = memory.cpu_channel_bytes(T, N, shape[2], inner, torch.float32)
+    return 0 < channel and channel * torch.get_num_threads() <= ll // 2
+
+
 def run(shapes=SHAPES, device="cpu", rounds=3, providers=None):
     """Rows of every provider (or of ``providers`` only) at each shape, checked before timing."""
     rows = []
@@ -151,7 +168,7 @@ def run(shapes=SHAPES, device="cpu", rounds=3, providers=None):
         for p, (med, q20, q80) in tm.items():
             base = tm["bn+snn_fast-lif-user" if "-user" in p else "bn+snn_fast-lif"][0]
             fused = p.startswith("snn_fast-bn_lif") and not p.endswith("-unfused")
-            nbytes = memory.fused_bytes(T, N, torch.float32) if fused else (
+            nbytes = memory.fused_bytes(T, N, torch.float32, by_channel=_channels_cached(shape, device)) if fused else (
                 memory.unfused_bytes(T, N, torch.float32))
             rows.append(dict(op="bn_lif", provider=p, mode="fwd+bwd", shape="x".join(map(str, shape)),
                              dtype="float32", device=device, threads=torch.get_num_threads(), median_ms=med,

@@ -89,6 +89,12 @@ TORCH_LIBRARY(snn_fast, m) {
   // the biased variance, the unbiased variance for the running statistics). One op for what took
   // var_mean, add, rsqrt and a scale (a small layer's step is host-bound on a GPU).
   m.def("bn_lif_stats(Tensor x, int C, int inner, float eps) -> (Tensor, Tensor, Tensor)");
+  // Whether the CPU kernel's training backward goes channel by channel for x [T, N] of C channels'
+  // runs of `inner` in a storage dtype of `element_size` bytes, with ∂L/∂v_seq and a noise mask given
+  // or not (csrc/cpu/bn_lif_cpu_kernels.h backward_by_channel; snn_fast/ops/bn_lif/memory.py mirrors
+  // it for the byte model, and tests hold the two equal).
+  m.def("bn_lif_cpu_backward_by_channel(int T, int N, int C, int inner, int element_size, bool grad_v_seq, "
+        "bool mask) -> bool");
 
   // Introspection of the CPU output cache (csrc/cpu/output_cache.h):
   // [cached bytes, live bytes, hits, misses], and a way to give its blocks back.

@@ -109,7 +109,7 @@ def run(backend, inp, dtype, training=True, tdbn=None, opts=None, surrogate="sig
     b = inp["b"].to(device=dev, dtype=pdt).clone().requires_grad_(True) if inp["b"] is not None else None
     rm = inp["rm"].to(device=dev, dtype=pdt).clone() if inp["rm"] is not None else None
     rv = inp["rv"].to(device=dev, dtype=pdt).clone() if inp["rv"] is not None else None
-    v0 = inp["v0"].to(dtype=dtype, device=dev).clone().requires_grad_(True)
+    v0 = inp["v0"].to(dtype=dtype, device=dev).clone().requires_grad_(True) if inp["v0"] is not None else None
     learned = {}
     if inp["learn"]:
         if opts.get("tau", 2.0) != float("inf"):
@@ -126,7 +126,9 @@ def run(backend, inp, dtype, training=True, tdbn=None, opts=None, surrogate="sig
     g = torch.Generator().manual_seed(123)
     loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(dev)).sum() for o in out)
     loss.backward()
-    res = {"s": out[0], "v_last": out[1], "grad_x": x.grad, "grad_v0": v0.grad}
+    res = {"s": out[0], "v_last": out[1], "grad_x": x.grad}
+    if v0 is not None:
+        res["grad_v0"] = v0.grad
     if return_v_seq:
         res["v_seq"] = out[2]
     if w is not None:
@@ -879,21 +881,148 @@ def test_reset_timing_runs_on_the_reference(timing):
 
 
 @pytest.mark.skipif(not snn_fast.HAS_C, reason="needs the built C++ extension")
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("learn", [False, True], ids=["fixed", "learn"])
-def test_cpu_results_do_not_depend_on_the_thread_count(learn):
-    """The CPU op adds its per-block channel and parameter sums in block order, so one thread and two
-    give the same bits. Every shape takes the parallel path (T·N >= 2^19); in the second the backward's
-    blocks (4096 elements at T = 4) end inside channels' runs (53 elements: the statistics per column);
-    the third is a Linear layer's [T, B, C] (runs of one: every short-run path, dx per row)."""
+def test_cpu_results_do_not_depend_on_the_thread_count(learn, training):
+    """The CPU op adds its channel and parameter sums in a fixed order (per block, or per channel, then
+    blocks or channels in order), so one thread and two give the same bits. Every shape takes the
+    parallel path (T·N >= 2^19). In training the first goes channel by channel (memory.py
+    cpu_backward_by_channel: runs of 4096), the others by blocks of the row: in the second the
+    backward's blocks (4096 elements at T = 4) end inside channels' runs (53 elements: the statistics
+    per column), the third is a Linear layer's [T, B, C] (runs of one: every short-run path, dx per
+    row). In eval all three go by blocks of the row (no batch-statistics pass)."""
+    shapes = ((4, 8, 16, 64, 64), (4, 128, 24, 53), (4, 256, 512))
+    assert [_by_channel(sh, torch.float32) for sh in shapes] == [True, False, False]
     before = torch.get_num_threads()
     try:
-        for shape in ((4, 8, 16, 64, 64), (4, 128, 24, 53), (4, 256, 512)):
+        for shape in shapes:
             inp = make_inputs(shape, torch.float32, learn=learn)
             got = {}
             for n in (1, 2):
                 torch.set_num_threads(n)
-                got[n] = run("cpu", inp, torch.float32, return_v_seq=False)
+                got[n] = run("cpu", inp, torch.float32, training, return_v_seq=False)
             for k in got[1]:
                 assert torch.equal(got[1][k], got[2][k]), f"{shape} {k}: 1 and 2 threads differ"
     finally:
         torch.set_num_threads(before)
+
+
+# --- the CPU kernel's training backward channel by channel -------------------------------------------
+# Shapes whose training backward goes channel by channel (memory.cpu_backward_by_channel,
+# csrc/cpu/bn_lif_cpu_kernels_impl.h backward_by_channel): each channel's walk, then its batch-statistics
+# pass from the cache. The option grid's own shapes (runs under 2048) go by blocks of the row.
+BY_CHANNEL = {
+    "runs-2100": (3, 2, 3, 2100),  # three channels, one walk block per run
+    "runs-2250-ragged": (2, 3, 2, 45, 50),  # runs of 2250 (not a multiple of the vector width)
+    "blocks-in-run": (16, 1, 2, 2500),  # two walk blocks per run (2048 + 452 lanes at T = 16)
+}
+
+
+def _by_channel(shape, dtype=torch.float64, **kw):
+    from snn_fast.ops.bn_lif import memory
+
+    return memory.cpu_backward_by_channel(shape[0], math.prod(shape[1:]), shape[2], math.prod(shape[3:]), dtype,
+                                          **kw)
+
+
+@pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))
+def test_by_channel_rule_is_the_kernels():
+    """memory.py's rule is the C++ kernel's (the op ``bn_lif_cpu_backward_by_channel`` asks the same
+    function the backward asks) over runs, channels, steps, dtypes, ∂L/∂v_seq and the mask, on both sides
+    of each limit."""
+    from snn_fast.ops.bn_lif import memory
+
+    n_true = 0
+    for T in (1, 4, 16):
+        for B in (1, 8, 32):
+            for C in (1, 2, 64):
+                for S in (1, 49, 2047, 2048, 3136, 12544):
+                    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+                        for gvs, mask in ((False, False), (True, False), (False, True), (True, True)):
+                            N = B * C * S
+                            want = torch.ops.snn_fast.bn_lif_cpu_backward_by_channel(
+                                T, N, C, S, torch.empty(0, dtype=dtype).element_size(), gvs, mask)
+                            got = memory.cpu_backward_by_channel(T, N, C, S, dtype, grad_v_seq=gvs, mask=mask)
+                            assert got == want, (T, B, C, S, dtype, gvs, mask)
+                            n_true += want
+    assert 0 < n_true
+    with pytest.raises(RuntimeError, match="multiple of C·inner"):
+        torch.ops.snn_fast.bn_lif_cpu_backward_by_channel(4, 10, 3, 2, 4, False, False)
+
+
+@pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))
+@pytest.mark.parametrize("learn", [False, True], ids=["fixed", "learn"])
+def test_cpu_by_channel_threaded(learn):
+    """Channel by channel on the parallel path (T·N = 2^19, both threads taking channels), float64, with a
+    noise mask, v_seq's gradient and v0=None, against the reference (the other by-channel tests run on
+    one thread: their T·N is under the parallel threshold)."""
+    shape = (4, 8, 4, 64, 64)
+    assert _by_channel(shape, grad_v_seq=True, mask=True) and math.prod(shape) == 1 << 19
+    inp = make_inputs(shape, torch.float64, learn=learn)
+    inp["v0"] = None
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(7)) > 0.2
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got = run("cpu", inp, torch.float64, True, 0.7, noise_mask=mask)
+    finally:
+        torch.set_num_threads(before)
+    check(got, run("reference", inp, torch.float64, True, 0.7, noise_mask=mask), torch.float64)
+
+
+def test_by_channel_shapes():
+    """The shapes below go channel by channel (v_seq's gradient given, as ``run`` gives it); the grid's,
+    runs under 2048, one channel, or a channel over 8 MiB of x, ∂L/∂S and ∂L/∂x go by blocks of the row."""
+    assert all(_by_channel(sh, grad_v_seq=True) for sh in BY_CHANNEL.values())
+    assert not _by_channel((5, 3, 4, 3, 5), grad_v_seq=True) and not _by_channel((6, 4, 8, 7, 7), torch.float32)
+    assert not _by_channel((4, 32, 128, 28, 28), torch.float32)  # runs of 784
+    assert not _by_channel((4, 3, 1, 50, 50))  # one channel
+    assert _by_channel((4, 32, 64, 56, 56), torch.float32)  # 4.6 MiB a channel
+    assert not _by_channel((4, 32, 64, 112, 112), torch.float32)  # 18.4 MiB a channel
+    assert not _by_channel((16, 32, 64, 56, 56), torch.float32)  # 18.4 MiB a channel
+
+
+@pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))
+@pytest.mark.parametrize("case", GRID, ids=lambda c: f"{c[0]}-{c[1]}-{'learn' if c[2] else 'fixed'}-{c[3]}")
+def test_cpu_by_channel_grid_float64(case):
+    """The option grid at a shape whose training backward goes channel by channel, against the reference."""
+    opt, sg, learn, (training, tdbn) = case
+    inp = make_inputs(BY_CHANNEL["runs-2100"], torch.float64, learn=learn)
+    ref = run("reference", inp, torch.float64, training, tdbn, OPTIONS[opt], sg)
+    check(run("cpu", inp, torch.float64, training, tdbn, OPTIONS[opt], sg), ref, torch.float64)
+
+
+@pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))
+@pytest.mark.parametrize("shape", list(BY_CHANNEL))
+@pytest.mark.parametrize("variant", ["learn-tdbn", "mask", "uniform-start", "eval", "float32"])
+def test_cpu_by_channel_shapes(shape, variant):
+    """Each shape with learnable τ/θ/α and tdBN, a noise mask, a start every neuron shares (v0 [1]), in
+    eval (by blocks of the row: no batch-statistics pass) and in float32, against the reference."""
+    dtype = torch.float32 if variant == "float32" else torch.float64
+    inp = make_inputs(BY_CHANNEL[shape], dtype, learn=variant == "learn-tdbn")
+    kw = dict(training=variant != "eval", tdbn=0.7 if variant in ("learn-tdbn", "eval") else None)
+    if variant == "mask":
+        kw["noise_mask"] = torch.rand(BY_CHANNEL[shape], generator=torch.Generator().manual_seed(5)) > 0.3
+    if variant == "uniform-start":
+        inp["v0"] = None
+    ref = run("reference", inp, dtype, **kw)
+    check(run("cpu", inp, dtype, **kw), ref, dtype)
+    assert ref["s"].any() and not ref["s"].all()
+
+
+@pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))
+@pytest.mark.parametrize("shape", list(BY_CHANNEL))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cpu_by_channel_low_precision(shape, dtype):
+    """As test_low_precision_within_torch_error, channel by channel: a·∂L/∂X' is stored in x's dtype by
+    the walk and read back by the channel's batch-statistics pass, as by the pass of its own."""
+    inp = make_inputs(BY_CHANNEL[shape], dtype)
+    ref64 = run("reference", inp, torch.float64, True, None, OPTIONS["hard-di"])
+    ref_lp = run("reference", inp, dtype, True, None, OPTIONS["hard-di"])
+    got = run("cpu", inp, dtype, True, None, OPTIONS["hard-di"])
+    for k in ("v_last", "v_seq", "grad_x", "grad_v0", "grad_w", "grad_b"):
+        assert_close_lowp(got[k], ref64[k], ref_lp[k].to(dtype), name=k)
+    flips = (got["s"].double() != ref64["s"]).float().mean().item()
+    flips_torch = (ref_lp["s"].double() != ref64["s"]).float().mean().item()
+    assert flips <= 2 * flips_torch + 1e-3, (flips, flips_torch)
+

@@ -17,7 +17,7 @@ from snn_fast import surrogate as sgm
 
 import user_surrogates
 from conftest import assert_close_lowp
-from test_bn_lif import EDGES, MODES, OPTIONS, check, make_inputs, run
+from test_bn_lif import BY_CHANNEL, EDGES, MODES, OPTIONS, check, make_inputs, run
 from test_custom_surrogate import _CountCalls
 
 native_surrogate = pytest.importorskip("snn_fast.ops.lif.native_surrogate")
@@ -131,6 +131,20 @@ def test_zero_variance_channel_and_noncontiguous(path, monkeypatch, native_cache
     ref = run("reference", inp, torch.float64, surrogate="user_sigmoid", noncontig=True)
     got = _run_path(path, inp, torch.float64, surrogate="user_sigmoid", noncontig=True)
     check(got, ref, torch.float64)
+
+
+@needs_native
+@pytest.mark.parametrize("shape", list(BY_CHANNEL))
+def test_native_by_channel(shape, monkeypatch, native_cache):
+    """The compiled walk at shapes whose training backward goes channel by channel (test_bn_lif.py
+    BY_CHANNEL: each channel's batch-statistics pass runs inside the library's kernel), learnable τ/θ/α
+    and tdBN, against the reference; and in eval, by blocks of the row."""
+    _set_path(monkeypatch, "native", native_cache)
+    inp = make_inputs(BY_CHANNEL[shape], torch.float64, learn=True)
+    for training in (True, False):
+        ref = run("reference", inp, torch.float64, training, 0.7, {"alpha": 2.0}, "user_shifted")
+        check(_run_path("native", inp, torch.float64, training, 0.7, {"alpha": 2.0}, "user_shifted"), ref,
+              torch.float64)
 
 
 @needs_native

@@ -6,6 +6,9 @@
 //   forward   bn_lif_stats: read x;  bn_lif_fwd: read x, write s                        3
 //   backward  the walk: read x, read ∂L/∂S, write a·∂L/∂X' (its re-run keeps x − m in L2); then,
 //             training only, the batch-statistics pass: read a·∂L/∂X', x, write ∂L/∂x      6 (eval: 3)
+//             Channel by channel (bn_lif_cpu_kernels.h backward_by_channel: long runs, a
+//             channel's elements within the cache) that pass runs on a channel right after its
+//             walk, from cache: the backward reads x and ∂L/∂S and writes ∂L/∂x once          3
 // Nothing is saved between forward and backward: the backward re-runs the forward per block.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -116,7 +119,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cpu(
 // Returns (grad_x, grad_v0, grad_params [3], grad_weight [C], grad_bias [C]). With batch_stats, mean
 // and rstd are the batch's own (training): grad_x includes their dependence on x. `walk(tag, args)`
 // runs the LIF walk of the surrogate (built-in or compiled: bn_lif_bwd_kernel's arguments after its
-// id) for the storage type of `tag`; the rest, around it, is the same for both.
+// id) for the storage type of `tag` and returns whether it ran the batch-statistics pass too; the
+// rest, around it, is the same for both.
 template <typename Walk>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_common(
     const Tensor& grad_s_, const c10::optional<Tensor>& gvlast_, const c10::optional<Tensor>& gvseq_,
@@ -145,14 +149,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_common(
     cpu_bn_lif::BNAffine<acc_t> f{a.data(), mean.const_data_ptr<acc_t>(), bias.const_data_ptr<acc_t>(), C, inner,
                                   uniform};
     std::vector<double> sums(2 * C);  // [Σ∂X' | Σ∂X'·(x − m)] per channel
-    walk(scalar_t(), gs.const_data_ptr<scalar_t>(), gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr,
-         gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr, x.const_data_ptr<scalar_t>(),
-         v0.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
-         gv0.mutable_data_ptr<scalar_t>(), T, N, p, f, need_param_grad, pg.data(), sums.data());
+    const double n = double(T) * double(N / C);
+    const cpu_bn_lif::BNBatchStats<acc_t> stats{rstd.const_data_ptr<acc_t>(), n};
+    // With batch statistics the walk may also run their pass (channel by channel: dx_done)
+    const bool dx_done = walk(
+        scalar_t(), gs.const_data_ptr<scalar_t>(), gvlast.defined() ? gvlast.const_data_ptr<scalar_t>() : nullptr,
+        gvseq.defined() ? gvseq.const_data_ptr<scalar_t>() : nullptr, x.const_data_ptr<scalar_t>(),
+        v0.const_data_ptr<scalar_t>(), mask ? mask->const_data_ptr<bool>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
+        gv0.mutable_data_ptr<scalar_t>(), T, N, p, f, need_param_grad, pg.data(), sums.data(),
+        batch_stats ? &stats : nullptr);
     // The per-channel algebra (docs/spec.md §12), in double: X' = (x − m)·a + b, a = w·rstd·gain.
     auto w = weight.accessor<acc_t, 1>();
     auto r = rstd.accessor<acc_t, 1>();
-    const double n = double(T) * double(N / C);
     double dgain = 0;
     std::vector<acc_t> coef(3 * C);
     for (int64_t c = 0; c < C; ++c) {
@@ -160,14 +168,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_common(
       gb[c] = g0;
       gw[c] = g1 * rc * double(gain);
       dgain += g1 * double(w[c]) * rc;
-      // ∂m = −a·Σ∂X', ∂var = −½·a·rstd²·Σ∂X'·xc (var biased, Σ(x − m) = 0 for the batch mean):
-      // ∂x = a·∂X' − a·Σ∂X'/n − a·rstd²·xc·Σ∂X'·xc/n; the walk wrote a·∂X' already.
-      coef[c] = acc_t(1);
-      coef[C + c] = acc_t(-double(a[c]) * rc * rc * g1 / n);
-      coef[2 * C + c] = acc_t(-double(a[c]) * g0 / n);
+      cpu_bn_lif::dx_coefficients<acc_t>(double(a[c]), rc, g0, g1, n, coef[c], coef[C + c], coef[2 * C + c]);
     }
     if (need_param_grad && tdbn_alpha > 0) pg[1] += tdbn_alpha * dgain;  // θ in the gain α·θ
-    if (batch_stats)
+    if (batch_stats && !dx_done)
       cpu_bn_lif::bn_lif_dx_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), T,
                                                     N, coef.data(), f);
   });
@@ -192,7 +196,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cpu(
       [&](auto tag, auto... args) {
         using scalar_t = decltype(tag);
         using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-        cpu_bn_lif::bn_lif_bwd_kernel<scalar_t, acc_t>(int(sg), args...);
+        return cpu_bn_lif::bn_lif_bwd_kernel<scalar_t, acc_t>(int(sg), args...);
       });
 }
 
@@ -219,11 +223,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_native_cpu(
                     ", this build expects ", want, " for x's dtype ", x.scalar_type(),
                     " (a library for another dtype, or built from other headers)");
         auto fn = reinterpret_cast<cpu_bn_lif::NativeBnBwdFn<scalar_t, acc_t>>(static_cast<intptr_t>(kernel));
-        fn(gs, gvl, gvs, xp, v0p, rest...);
+        return fn(gs, gvl, gvs, xp, v0p, rest...);
       });
 }
 
+bool bn_lif_cpu_backward_by_channel(int64_t T, int64_t N, int64_t C, int64_t inner, int64_t element_size,
+                                    bool grad_v_seq, bool mask) {
+  TORCH_CHECK(T >= 1 && C >= 1 && inner >= 1 && N % (C * inner) == 0 && element_size >= 1,
+              "bn_lif_cpu_backward_by_channel: need T, C, inner, element_size >= 1 and N a multiple of C·inner");
+  return cpu_bn_lif::backward_by_channel(T, N, C, inner, element_size, grad_v_seq, mask);
+}
+
 }  // namespace
+
+// No tensor arguments: CompositeImplicitAutograd, as output_cache.cpp's introspection ops.
+TORCH_LIBRARY_IMPL(snn_fast, CompositeImplicitAutograd, m) {
+  m.impl("bn_lif_cpu_backward_by_channel", &bn_lif_cpu_backward_by_channel);
+}
 
 TORCH_LIBRARY_IMPL(snn_fast, CPU, m) {
   m.impl("bn_lif_stats", &bn_lif_stats_cpu);

@@ -413,15 +413,101 @@ SNN_CPU_CLONES void bwd_block(const scalar_t* __restrict__ gs, const scalar_t* _
   }
 }
 
+// ---------------------------------------------------------------------------------------------------
+// gx ← A_c·gx + B_c·(x − m_c) + D_c over runs of S contiguous elements (one channel each).
+template <typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void dx_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ gx, int64_t n, acc_t A, acc_t Bc,
+                           acc_t D, acc_t m) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) gx[j] = scalar_t(A * acc_t(gx[j]) + (Bc * (acc_t(x[j]) - m) + D));  // [vec]
+}
+
+// The same over rows of W = C·inner elements with the coefficients expanded per column (short runs:
+// one dx_run call per run of a few elements cost more than the run).
+template <typename scalar_t, typename acc_t>
+SNN_CPU_CLONES void dx_row(const scalar_t* __restrict__ x, scalar_t* __restrict__ gx, int64_t W,
+                           const acc_t* __restrict__ A, const acc_t* __restrict__ Bc, const acc_t* __restrict__ D,
+                           const acc_t* __restrict__ m) {
+#pragma omp simd
+  for (int64_t k = 0; k < W; ++k) gx[k] = scalar_t(A[k] * acc_t(gx[k]) + (Bc[k] * (acc_t(x[k]) - m[k]) + D[k]));  // [vec]
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The training backward channel by channel (when: backward_by_channel, bn_lif_cpu_kernels.h). Its
+// batch-statistics pass (∂L/∂x = a·∂L/∂X' + B_c·xc + D_c) needs channel c's sums over all of (T, B, S)
+// before it can touch an element of c. Run after the whole walk, as a pass of its own, it reads
+// a·∂L/∂X' and x back from memory and writes ∂L/∂x: 3 of the op's 9 passes. Channel by channel
+// instead, one task walks a channel's elements (its T·B runs of S), which completes its sums, then
+// runs the pass over them while they are still in cache: the backward moves x, ∂L/∂S and ∂L/∂x once
+// each, 6 passes in all.
 template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
-void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+void bwd_by_channel(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+                    const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
+                    const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool need_param_grad, double* param_grad,
+                    double* chan_sums, const BNBatchStats<acc_t>& stats, int64_t Bs) {
+  const int64_t C = f.C, S = f.inner, rows = N / (C * S);
+  std::vector<double> partial(C * 3, 0.0);
+  std::fill(chan_sums, chan_sums + 2 * C, 0.0);  // each task adds into its own channel's only
+  BlockQueue queue(C, T * N < cpu_lif::kBwdParallelMinWork);
+  queue.run([&] {
+    const int64_t bmax = std::min(Bs, S);
+    std::vector<acc_t> state(T * bmax), xcbuf(T * bmax), dv(bmax), lanes(5 * bmax), a(bmax), m(bmax), b(bmax);
+    cpu_lif::StartBlocks<scalar_t> start(v0, gv0, f.v0_uniform, bmax);
+    for (int64_t c; (c = queue.next()) >= 0;) {
+      double acc3[3] = {0, 0, 0};
+      for (int64_t row = 0; row < rows; ++row) {  // the walk: blocks of the channel's run in each row
+        for (int64_t off = 0; off < S; off += bmax) {
+          const int64_t n0 = (row * C + c) * S + off, n = std::min(bmax, S - off);
+          expand(f, n0, n, a.data(), m.data(), b.data());
+          double out3[3] = {0, 0, 0};
+          auto run = [&](auto pgrad) {
+            bwd_block<SG, HARD, DI, DETACH, MASKED, decltype(pgrad)::value, scalar_t, acc_t>(
+                gs + n0, gvlast ? gvlast + n0 : nullptr, gvseq ? gvseq + n0 : nullptr, x + n0, start.v0(n0),
+                mask ? mask + n0 : nullptr, gx + n0, start.gv0(n0), state.data(), xcbuf.data(), dv.data(),
+                lanes.data(), a.data(), m.data(), b.data(), n, bmax, T, N, p, out3, chan_sums, c, off, C, S);
+          };
+          if (need_param_grad) run(Flag<true>{});
+          else run(Flag<false>{});
+          for (int i = 0; i < 3; ++i) acc3[i] += out3[i];
+        }
+      }
+      for (int i = 0; i < 3; ++i) partial[c * 3 + i] = acc3[i];
+      // The channel's sums are complete: its coefficients, then the pass over its runs.
+      acc_t A, Bc, D;
+      dx_coefficients<acc_t>(double(f.a[c]), double(stats.rstd[c]), chan_sums[c], chan_sums[C + c], stats.count, A,
+                             Bc, D);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t row = 0; row < rows; ++row) {
+          const int64_t n0 = t * N + (row * C + c) * S;
+          dx_run<scalar_t, acc_t>(x + n0, gx + n0, S, A, Bc, D, f.m[c]);
+        }
+    }
+  });
+  if (need_param_grad) {
+    double acc[3] = {0, 0, 0};
+    for (int64_t c = 0; c < C; ++c)
+      for (int i = 0; i < 3; ++i) acc[i] += partial[c * 3 + i];
+    for (int i = 0; i < 3; ++i) param_grad[i] = acc[i];
+  }
+}
+
+template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
+bool bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
               const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
               const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool need_param_grad, double* param_grad,
-              double* chan_sums) {
+              double* chan_sums, const BNBatchStats<acc_t>* stats) {
   // The block size of LIF's parameter-gradient backward, whatever the flags: the channel sums are
   // added in block order, so it must not depend on the thread count.
   const int64_t B = cpu_lif::bwd_block_for(T, N, true) / 2;  // two T × B scratches (V and xc)
   const int64_t Bs = std::max<int64_t>(B, 16);
+  if (stats != nullptr) {
+    if (backward_by_channel(T, N, f.C, f.inner, sizeof(scalar_t), gvseq != nullptr, mask != nullptr)) {
+      bwd_by_channel<SG, HARD, DI, DETACH, MASKED, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p,
+                                                                    f, need_param_grad, param_grad, chan_sums, *stats,
+                                                                    Bs);
+      return true;
+    }
+  }
   const int64_t nblocks = (N + Bs - 1) / Bs;
   std::vector<double> partial(nblocks * 3, 0.0);
   // Per block its channel sums, [2C] (a block touches a run of channels; the rest stay 0).
@@ -456,29 +542,35 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
       for (int i = 0; i < 3; ++i) acc[i] += partial[k * 3 + i];
     for (int i = 0; i < 3; ++i) param_grad[i] = acc[i];
   }
+  return false;
 }
 
 template <typename scalar_t, typename acc_t>
-void bn_lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+bool bn_lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
                        const scalar_t* v0, const bool* mask, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
                        const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool need_param_grad,
-                       double* param_grad, double* chan_sums) {
+                       double* param_grad, double* chan_sums, const BNBatchStats<acc_t>* stats) {
+  bool done = false;
   with_flags(
       [&](auto hard, auto di, auto detach) {
         constexpr bool H = decltype(hard)::value, D = decltype(di)::value, E = decltype(detach)::value;
-        if (mask != nullptr)
-          return bwd_impl<kRuntimeSurrogate, H, D, E, true, scalar_t, acc_t>(
-              gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, f, need_param_grad, param_grad, chan_sums);
+        if (mask != nullptr) {
+          done = bwd_impl<kRuntimeSurrogate, H, D, E, true, scalar_t, acc_t>(
+              gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, f, need_param_grad, param_grad, chan_sums, stats);
+          return;
+        }
         switch (sg) {
 #define SNN_CASE(ID)                                                                                          \
   case ID:                                                                                                    \
-    return bwd_impl<ID, H, D, E, false, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, f,   \
-                                                         need_param_grad, param_grad, chan_sums);
+    done = bwd_impl<ID, H, D, E, false, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, mask, gx, gv0, T, N, p, f,   \
+                                                         need_param_grad, param_grad, chan_sums, stats);      \
+    return;
           SNN_FAST_SURROGATE_CASES(SNN_CASE)
 #undef SNN_CASE
         }
       },
       p.hard_reset, p.decay_input, p.detach_reset);
+  return done;
 }
 
 // The walk of a user's surrogate compiled to C++ (cpu_lif::kNativeSurrogate): the translation unit that
@@ -486,38 +578,24 @@ void bn_lif_bwd_kernel(int sg, const scalar_t* gs, const scalar_t* gvlast, const
 // instantiates this for one dtype; bn_lif_cpu.cpp calls it through a NativeBnBwdFn pointer
 // (bn_lif_bwd_native). No noise mask (its emitted value needs the user's g).
 template <typename scalar_t, typename acc_t>
-void bn_lif_bwd_native_kernel(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
+bool bn_lif_bwd_native_kernel(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq, const scalar_t* x,
                               const scalar_t* v0, scalar_t* gx, scalar_t* gv0, int64_t T, int64_t N,
                               const LIFParams<acc_t>& p, const BNAffine<acc_t>& f, bool need_param_grad,
-                              double* param_grad, double* chan_sums) {
+                              double* param_grad, double* chan_sums, const BNBatchStats<acc_t>* stats) {
+  bool done = false;
   with_flags(
       [&](auto hard, auto di, auto detach) {
-        bwd_impl<cpu_lif::kNativeSurrogate, decltype(hard)::value, decltype(di)::value, decltype(detach)::value,
-                 false, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, nullptr, gx, gv0, T, N, p, f, need_param_grad,
-                                         param_grad, chan_sums);
+        done = bwd_impl<cpu_lif::kNativeSurrogate, decltype(hard)::value, decltype(di)::value, decltype(detach)::value,
+                        false, scalar_t, acc_t>(gs, gvlast, gvseq, x, v0, nullptr, gx, gv0, T, N, p, f,
+                                                need_param_grad, param_grad, chan_sums, stats);
       },
       p.hard_reset, p.decay_input, p.detach_reset);
+  return done;
 }
 
 // ---------------------------------------------------------------------------------------------------
-// gx ← A_c·gx + B_c·(x − m_c) + D_c over runs of S contiguous elements (one channel each).
-template <typename scalar_t, typename acc_t>
-SNN_CPU_CLONES void dx_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ gx, int64_t n, acc_t A, acc_t Bc,
-                           acc_t D, acc_t m) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) gx[j] = scalar_t(A * acc_t(gx[j]) + (Bc * (acc_t(x[j]) - m) + D));  // [vec]
-}
-
-// The same over rows of W = C·inner elements with the coefficients expanded per column (short runs:
-// one dx_run call per run of a few elements cost more than the run).
-template <typename scalar_t, typename acc_t>
-SNN_CPU_CLONES void dx_row(const scalar_t* __restrict__ x, scalar_t* __restrict__ gx, int64_t W,
-                           const acc_t* __restrict__ A, const acc_t* __restrict__ Bc, const acc_t* __restrict__ D,
-                           const acc_t* __restrict__ m) {
-#pragma omp simd
-  for (int64_t k = 0; k < W; ++k) gx[k] = scalar_t(A[k] * acc_t(gx[k]) + (Bc[k] * (acc_t(x[k]) - m[k]) + D[k]));  // [vec]
-}
-
+// The batch-statistics pass as a pass of its own, after a walk by blocks of the row (bn_lif_bwd_kernel
+// returned false): gx ← A_c·gx + B_c·(x − m_c) + D_c over all of [T, N].
 template <typename scalar_t, typename acc_t>
 void bn_lif_dx_kernel(const scalar_t* x, scalar_t* gx, int64_t T, int64_t N, const acc_t* coef,
                       const BNAffine<acc_t>& f) {
@@ -556,10 +634,11 @@ void bn_lif_dx_kernel(const scalar_t* x, scalar_t* gx, int64_t T, int64_t N, con
   template void bn_lif_fwd_kernel<scalar_t, acc_t>(const scalar_t*, const scalar_t*, const bool*, scalar_t*,    \
                                                    scalar_t*, scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&, \
                                                    const BNAffine<acc_t>&);                                    \
-  template void bn_lif_bwd_kernel<scalar_t, acc_t>(int, const scalar_t*, const scalar_t*, const scalar_t*,     \
+  template bool bn_lif_bwd_kernel<scalar_t, acc_t>(int, const scalar_t*, const scalar_t*, const scalar_t*,     \
                                                    const scalar_t*, const scalar_t*, const bool*, scalar_t*,      \
                                                    scalar_t*, int64_t, int64_t, const LIFParams<acc_t>&,         \
-                                                   const BNAffine<acc_t>&, bool, double*, double*);              \
+                                                   const BNAffine<acc_t>&, bool, double*, double*,               \
+                                                   const BNBatchStats<acc_t>*);                                  \
   template void bn_lif_dx_kernel<scalar_t, acc_t>(const scalar_t*, scalar_t*, int64_t, int64_t, const acc_t*,   \
                                                   const BNAffine<acc_t>&);
 

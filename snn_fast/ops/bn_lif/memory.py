@@ -27,6 +27,13 @@ v0 as [1]) and no ∂L/∂v0, so v_T alone (``UNIFORM_START_ROWS``, 1). At T = 4
 norm + LIF 12 while the LIF op read and wrote them, not 14: torch's CPU batch norm backward goes channel
 by channel, so its second read of ∂L/∂y and x finds them in the cache).
 
+The C++ CPU kernel's training backward goes channel by channel where the shape allows it
+(``cpu_backward_by_channel``, the mirror of ``csrc/cpu/bn_lif_cpu_kernels_impl.h`` backward_by_channel:
+runs of 2048 elements or more, a channel's x, ∂L/∂S and ∂L/∂x within 8 MiB, two channels or more): a
+channel's walk completes its sums, and its batch-statistics pass follows at once, finding its
+a·∂L/∂X' and x in the cache. Where the cache holds the channel (``fused_bytes(by_channel=True)``), the
+backward reads x and ∂L/∂S and writes ∂L/∂x once: 3 passes, 6 in all.
+
 The fused op never writes the normalised y (nor reads it back twice), and sums batch norm's
 per-channel terms inside the LIF backward instead of in a pass of their own: 4 passes fewer. It also
 keeps no [T, N] tensor between forward and backward beyond x (BN + LIF keeps y). The CUDA kernels
@@ -39,6 +46,11 @@ from __future__ import annotations
 import torch
 
 FUSED_PASSES = {"forward": 3, "backward": 6}
+BY_CHANNEL_BACKWARD_PASSES = 3  # the CPU kernel's, channel by channel, each channel held in the cache
+# backward_by_channel's limits: the least run (S), and a channel's x, ∂L/∂S and ∂L/∂x (with ∂L/∂v_seq
+# and the mask where given)
+CPU_CHANNEL_MIN_RUN = 2048
+CPU_CHANNEL_BYTES = 8 << 20
 UNFUSED_PASSES = {"forward": 5, "backward": 8}
 STATE_ROWS = 4  # rows of N: v0 (forward and backward), v_T, ∂L/∂v0
 UNIFORM_START_ROWS = 1  # either op with v0=None or a float: v_T only
@@ -48,10 +60,32 @@ def _b(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()
 
 
-def fused_bytes(T: int, N: int, dtype: torch.dtype, training: bool = True, uniform_start: bool = True) -> int:
+def cpu_backward_by_channel(T: int, N: int, C: int, inner: int, dtype: torch.dtype, grad_v_seq: bool = False,
+                            mask: bool = False) -> bool:
+    """Whether the CPU kernel's training backward goes channel by channel for x [T, N] with C channels of
+    ``inner`` elements per run (else by blocks of the row, then the batch-statistics pass over all of
+    it). Shape only: never the thread count, so the sums' order never depends on it."""
+    b = _b(dtype)
+    per_channel = T * (N // C) * (3 * b + (b if grad_v_seq else 0) + (1 if mask else 0))
+    return inner >= CPU_CHANNEL_MIN_RUN and C >= 2 and per_channel <= CPU_CHANNEL_BYTES
+
+
+def cpu_channel_bytes(T: int, N: int, C: int, inner: int, dtype: torch.dtype) -> int:
+    """One channel's x, ∂L/∂S and ∂L/∂x where the backward goes channel by channel (else 0): what the
+    cache must hold, per thread, for ``fused_bytes(by_channel=True)``."""
+    if not cpu_backward_by_channel(T, N, C, inner, dtype):
+        return 0
+    return T * (N // C) * 3 * _b(dtype)
+
+
+def fused_bytes(T: int, N: int, dtype: torch.dtype, training: bool = True, uniform_start: bool = True,
+                by_channel: bool = False) -> int:
     """Bytes the fused op moves for one forward+backward of x [T, N]; ``uniform_start``: v0 None or a
-    float (else a tensor)."""
+    float (else a tensor); ``by_channel``: the CPU kernel's training backward channel by channel, each
+    channel held in the cache from its walk to its batch-statistics pass."""
     passes = 9 if training else 5  # eval: no statistics pass, no batch-statistics pass
+    if training and by_channel:
+        passes -= FUSED_PASSES["backward"] - BY_CHANNEL_BACKWARD_PASSES
     return (passes * T + (UNIFORM_START_ROWS if uniform_start else STATE_ROWS)) * N * _b(dtype)
 
 
