@@ -446,8 +446,11 @@ def test_cpu_saved_state_is_what_memory_counts(dtype):
     for m in (True, False):
         assert torch.equal(grads["state", m], grads["recompute", m])
     b = memory.custom_cpu_bytes(16, 262144, torch.float32)
-    assert b["total"] == 36 * 16 * 262144 + 6 * 262144 * 4 and b["saved"] == 16 * 262144 * 4
-    assert memory.custom_cpu_bytes(16, 262144, torch.float32, "recompute")["total"] == b["total"] + 4 * 16 * 262144
+    # rows of N: v0 and v_last (forward); grad_v_last, v0 (the walk's re-run) and grad_v0 (backward)
+    assert b["total"] == 36 * 16 * 262144 + 5 * 262144 * 4 and b["saved"] == 16 * 262144 * 4
+    # recompute: lif_sg_arg writes D (4 bytes an element) and re-runs the forward from v0: a row more
+    assert memory.custom_cpu_bytes(16, 262144, torch.float32, "recompute")["total"] == \
+        b["total"] + 4 * 16 * 262144 + 262144 * 4
     # a learnable α: ∂g/∂α written and read; eagerly D (and g′) read again for it
     learn = {c: memory.custom_cpu_bytes(16, 262144, torch.float32, param_grad=True, compiled=c)["total"]
              for c in (True, False)}

@@ -318,7 +318,7 @@ def test_memory_counts_the_builtin_bytes():
         assert b["total"] == 5 * T * N * 4 + 5 * N * 4 and b["saved"] == 0, b
     given = memory.custom_cpu_bytes(T, N, torch.float32, param_grad=True)
     assert given["total"] - memory.custom_cpu_bytes(T, N, torch.float32, param_grad=True, native=True)["total"] \
-        == 6 * T * N * 4 + N * 4  # D, g′, ∂g/∂α written and read; v0 read once more
+        == 6 * T * N * 4  # D, g′, ∂g/∂α written and read; v0 read once by both walks (save="state")
     assert memory.custom_cpu_bytes(T, N, torch.float32, mask=True, native=True) == \
         memory.custom_cpu_bytes(T, N, torch.float32, mask=True)
 

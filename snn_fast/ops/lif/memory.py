@@ -129,13 +129,14 @@ def custom_cpu_bytes(T: int, N: int, dtype: torch.dtype, save: str = "state", *,
         return {"fwd": fwd, "bwd": bwd, "total": fwd + bwd, "saved": 0}
     fwd = 2 * TN * b + N * b + v0_row + (TN * b if v_seq else 0) + (TN if mask else 0)  # x, s; v_last, v0
     bwd = 0
-    if save == "state" and not mask:
+    rerun = not (save == "state" and not mask)  # lif_sg_arg re-runs the forward for D, from v0
+    if not rerun:
         fwd += TN * a  # D
     else:
-        bwd += TN * (b + a)  # lif_sg_arg: x, D
+        bwd += TN * (b + a) + v0_row  # lif_sg_arg: x, D; v0
     bwd += TN * 2 * a  # the user's dg: D, g′
     bwd += TN * (3 * b + a)  # the walk: x, grad_s, g′, grad_x
-    bwd += N * b + 3 * v0_row  # grad_v_last; v0 (twice), grad_v0
+    bwd += N * b + 2 * v0_row  # grad_v_last; v0 (the walk's re-run), grad_v0
     if param_grad:  # ∂g/∂α written, read by the walk; eagerly also D (and g′) read again
         bwd += (2 if compiled else 4) * TN * a
     if v_seq:
