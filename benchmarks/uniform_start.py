@@ -3,7 +3,8 @@ kernels, no row of N read for it and no ∂L/∂v0 written; docs/spec.md §2.4) 
 per neuron (``torch.zeros(N)``, no gradient: the [N] path), forward+backward, interleaved, medians.
 
     python benchmarks/uniform_start.py            # CPU kernel
-    python benchmarks/uniform_start.py cuda       # the CUDA and Triton kernels (a GPU)
+    python benchmarks/uniform_start.py cuda       # the CUDA and Triton kernels (a GPU; also in the GPU
+                                                  # check's bn-lif stage)
 
 The bytes it saves: 3 rows of N (v0 read by the forward and by the backward, ∂L/∂v0 written), against
 5 passes over [T, N] plus those rows: 3/(5·T + 4) of the traffic, 12.5 % at T = 4 and 3.6 % at T = 16.
@@ -23,11 +24,11 @@ import snn_fast  # noqa: E402
 SHAPES = [((4, 32, 64, 56, 56), 8), ((16, 32, 8192), 30), ((4, 32, 512, 7, 7), 40)]  # (shape, rounds)
 
 
-def main(device: str = "cpu") -> None:
+def main(device: str = "cpu", shapes=SHAPES) -> None:
     backends = ["cpu"] if device == "cpu" else ["cuda", "triton"]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
-    for shape, rounds in SHAPES:
+    for shape, rounds in shapes:
         x = torch.randn(shape, device=device).requires_grad_(True)
         g = torch.randn(shape, device=device)
         starts = {"v0=None ([1])": None, "v0=zeros ([N])": torch.zeros(shape[1:], device=device)}

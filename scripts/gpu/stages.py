@@ -355,8 +355,9 @@ def stage_bn_lif(args):
     Triton: the first GPU run had the binding's, this version's Triton statistics and channel kernels
     have not run on a GPU), then
     benchmarks/test_bench_bn_lif.py: each fused backend vs batch norm + snn_fast LIF vs batch norm +
-    SpikingJelly LIF at [4, 32, 64, 56, 56] and [4, 32, 512, 7, 7]. Dry run: the CPU kernel's edge rows
-    and a tiny shape."""
+    SpikingJelly LIF at [4, 32, 64, 56, 56] and [4, 32, 512, 7, 7], the Triton backward's variants, and
+    the LIF op's uniform start against a start per neuron (benchmarks/uniform_start.py). Dry run: the
+    CPU kernel's edge rows and a tiny shape."""
     from snn_fast import _ext
 
     if not DRY and not _ext.has_kernel("bn_lif_fwd", "CUDA"):
@@ -384,6 +385,15 @@ def stage_bn_lif(args):
         r["device_name"] = bb.common.device_name(DEVICE)
     lab = _bn_lif_triton_variants()
     _save_bench_rows(args.work, args.stage, rows + lab)
+    # The LIF op's v0=None ([1] to the kernels) against the same start per neuron, CUDA and Triton, in
+    # the log (benchmarks/uniform_start.py; measured on the CPU only so far)
+    from benchmarks import uniform_start
+
+    try:  # after the rows are saved: a failure here is reported, not the stage's end
+        uniform_start.main(DEVICE, [((2, 2, 4, 6, 6), 2)] if DRY else uniform_start.SHAPES)
+    except Exception as e:  # noqa: BLE001
+        print(f"uniform_start: {type(e).__name__}: {e}".splitlines()[0][:300], flush=True)
+        rc = rc if rc not in (0, 5) else 1
     return 1 if rc not in (0, 5) or any(r["note"] for r in lab) else 0
 
 
