@@ -148,3 +148,16 @@ def test_swap_in_reports_differing_spikes(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "SPIKES DIFFER: converted per-step vs snnTorch: 1 of " in out, out
     assert "fwd+bwd  converted per-step" in out  # timed all the same
+
+
+def test_builds_ab_runs_both_builds(capsys):
+    """benchmarks/builds_ab.py at a tiny shape, this build as both A and B: every round's two children
+    ran the given build and printed their forward and backward medians."""
+    from benchmarks import builds_ab
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(snn_fast.__file__)))
+    assert builds_ab.main(["--a", here, "--b", here, "--shape", "2,2,4,3,3", "--steps", "2", "--rounds", "2"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("round")]
+    assert [ln.split(":")[0] for ln in lines] == ["round 1 A", "round 1 B", "round 2 A", "round 2 B"]
+    for ln in lines:
+        assert snn_fast.__file__ in ln and " fwd " in ln and " bwd " in ln, ln
