@@ -909,7 +909,7 @@ def test_cpu_results_do_not_depend_on_the_thread_count(learn, training):
 
 # --- the CPU kernel's training backward channel by channel -------------------------------------------
 # Shapes whose training backward goes channel by channel (memory.cpu_backward_by_channel,
-# csrc/cpu/bn_lif_cpu_kernels_impl.h backward_by_channel): each channel's walk, then its batch-statistics
+# csrc/cpu/bn_lif_cpu_kernels.h backward_by_channel): each channel's walk, then its batch-statistics
 # pass from the cache. The option grid's own shapes (runs under 2048) go by blocks of the row.
 BY_CHANNEL = {
     "runs-2100": (3, 2, 3, 2100),  # three channels, one walk block per run
