@@ -948,6 +948,8 @@ def test_by_channel_rule_is_the_kernels():
     assert 0 < n_true
     with pytest.raises(RuntimeError, match="multiple of C·inner"):
         torch.ops.snn_fast.bn_lif_cpu_backward_by_channel(4, 10, 3, 2, 4, False, False)
+    torch.library.opcheck(torch.ops.snn_fast.bn_lif_cpu_backward_by_channel.default,
+                          (4, 3 * 2 * 2100, 3, 2100, 4, True, False), test_utils=("test_schema",))
 
 
 @pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))

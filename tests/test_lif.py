@@ -1236,6 +1236,7 @@ def test_every_registered_op_is_opchecked():
         "bn_lif_fwd": "test_bn_lif.py::test_cxx_opcheck (CUDA: test_cuda_opcheck)",
         "bn_lif_bwd": "test_bn_lif.py::test_cxx_opcheck (CUDA: test_cuda_opcheck)",
         "bn_lif_stats": "test_bn_lif.py::test_cxx_opcheck",
+        "bn_lif_cpu_backward_by_channel": "test_bn_lif.py::test_by_channel_rule_is_the_kernels",
         "bn_lif_bwd_native": "test_bn_lif_user_surrogate.py::test_bn_lif_bwd_native_opcheck",
         "bn_lif_fwd_custom_cpu": "test_bn_lif_user_surrogate.py::test_custom_ops_opcheck",
         "bn_lif_bwd_custom_cpu": "test_bn_lif_user_surrogate.py::test_custom_ops_opcheck",
