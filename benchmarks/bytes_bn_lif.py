@@ -163,7 +163,8 @@ def parse_ncu_csv(text: str) -> Dict[str, object]:
         name = row.get("Metric Name")
         if name not in sums:
             continue
-        unit = (row.get("Metric Unit") or "byte").strip().lower()
+        # an empty unit is the metric's own: sectors for a sector count (never read as bytes: 32× off)
+        unit = (row.get("Metric Unit") or "").strip().lower() or ("sector" if "__t_sectors" in name else "byte")
         if unit not in _UNITS:
             raise ValueError(f"unknown unit {unit!r} of {name}")
         value = (row.get("Metric Value") or "").replace(",", "").strip()

@@ -50,7 +50,8 @@ totals: 15593082 4471683 6626787 24308 555766 305535 12712 298513 214620 3461 15
 
 # `ncu --csv --print-units base` (details page) with ncu's own lines before it, two kernels, one of
 # them with the metrics in another unit and a thousands separator. Written from ncu's documented
-# columns, not captured (no GPU here): the first GPU run of the stage checks the real format.
+# columns and public captures of them (the section "Command line profiler metrics", "2,816"-style
+# values), not captured here (no GPU): the first GPU run of the stage checks the real format.
 NCU_HEADER = ["ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream", "Block Size",
               "Grid Size", "Device", "CC", "Section Name", "Metric Name", "Metric Unit", "Metric Value"]
 
@@ -99,6 +100,16 @@ def test_parse_ncu_csv():
     assert got["written"] == (128 + 3_211_264) * 32  # the stores reaching L2, in 32-byte sectors
     assert got["dram_written"] == 4_096 + 90_500_000
     assert got["kernels"] == ["bn_lif_stats_kernel", "bn_lif_fwd_kernel"]
+
+
+def test_parse_ncu_csv_without_units():
+    """An ncu that leaves the unit column empty: each metric in its own unit (a sector count stays
+    sectors), and ncu's closing line after the CSV is no row."""
+    bare = NCU_OUT.replace('"byte"', '""').replace('"Mbyte","102.76"', '"","102,760,000"')
+    bare = bare.replace('"Mbyte","90.5"', '"","90,500,000"').replace('"sector"', '""')
+    assert not any(f'"{u}"' in bare for u in ("sector", "byte", "Mbyte"))
+    got = bb.parse_ncu_csv(bare + "==PROF== Disconnected from process 4242\n")
+    assert got == bb.parse_ncu_csv(NCU_OUT)
 
 
 @pytest.mark.parametrize("bad, match", [
