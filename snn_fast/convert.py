@@ -836,7 +836,13 @@ def _user_surrogate_fuses(bn: nn.Module, neuron: nn.Module) -> bool:
     slower than the pair."""
     t = next(iter(bn.buffers()), None)
     t = next(iter(bn.parameters()), None) if t is None else t
-    if t is not None and t.device.type == "cuda":
+    return _user_surrogate_fuses_on(t.device.type if t is not None else "cpu", neuron)
+
+
+def _user_surrogate_fuses_on(device_type: str, neuron: nn.Module) -> bool:
+    """_user_surrogate_fuses for a batch norm on ``device_type`` (apart, so both ways are tested without
+    a GPU)."""
+    if device_type == "cuda":
         return neuron.sg.triton is not None
     if not neuron.flags.fire_at_threshold or neuron.noise_prob > 0:
         return False
