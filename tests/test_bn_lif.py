@@ -907,6 +907,22 @@ def test_cpu_results_do_not_depend_on_the_thread_count(learn, training):
         torch.set_num_threads(before)
 
 
+@pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))
+@pytest.mark.parametrize("shape", [(4, 16, 1500, 3), (4, 16, 5000)], ids=["runs-3", "runs-1"])
+def test_cpu_short_runs_wider_than_a_task(shape):
+    """Short runs (under 16 elements) in rows of C·inner wider than one task of the CPU dx pass
+    (kShortRunDxCols = 4096 columns): a row is taken in two column chunks, the first ending inside a
+    channel's run at 4096 = 3·1365 + 1. Two threads (T·N >= 2^18: the parallel path)."""
+    inp = make_inputs(shape, torch.float64, learn=True)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got = run("cpu", inp, torch.float64)
+    finally:
+        torch.set_num_threads(before)
+    check(got, run("reference", inp, torch.float64), torch.float64)
+
+
 # --- the CPU kernel's training backward channel by channel -------------------------------------------
 # Shapes whose training backward goes channel by channel (memory.cpu_backward_by_channel,
 # csrc/cpu/bn_lif_cpu_kernels.h backward_by_channel): each channel's walk, then its batch-statistics

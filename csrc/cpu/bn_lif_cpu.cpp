@@ -100,7 +100,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_lif_fwd_cpu(
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor s = empty_cpu_cached(x.sizes(), x.scalar_type()), v_last = at::empty({N}, x.options());
+  Tensor s = empty_cpu_cached(x.sizes(), x.scalar_type()), v_last = empty_cpu_cached({N}, x.scalar_type());
   Tensor v_seq = return_v_seq ? empty_cpu_cached(x.sizes(), x.scalar_type()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_lif_fwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -137,7 +137,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_common(
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = at::empty_like(v0);
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_cpu_cached(v0.sizes(), v0.scalar_type());
   const bool uniform = uniform_v0(v0, N);
   if (uniform) gv0.fill_(std::numeric_limits<double>::quiet_NaN());  // not computed (BNAffine): never 0
   std::vector<double> pg(3, 0.0), gw(C), gb(C);
@@ -162,18 +162,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_common(
     auto w = weight.accessor<acc_t, 1>();
     auto r = rstd.accessor<acc_t, 1>();
     double dgain = 0;
-    std::vector<acc_t> coef(3 * C);
     for (int64_t c = 0; c < C; ++c) {
-      const double g0 = sums[c], g1 = sums[C + c], rc = double(r[c]);
-      gb[c] = g0;
+      const double g1 = sums[C + c], rc = double(r[c]);
+      gb[c] = sums[c];
       gw[c] = g1 * rc * double(gain);
       dgain += g1 * double(w[c]) * rc;
-      cpu_bn_lif::dx_coefficients<acc_t>(double(a[c]), rc, g0, g1, n, coef[c], coef[C + c], coef[2 * C + c]);
     }
     if (need_param_grad && tdbn_alpha > 0) pg[1] += tdbn_alpha * dgain;  // θ in the gain α·θ
-    if (batch_stats && !dx_done)
+    if (batch_stats && !dx_done) {  // the batch-statistics pass as a pass of its own
+      std::vector<acc_t> coef(3 * C);
+      for (int64_t c = 0; c < C; ++c)
+        cpu_bn_lif::dx_coefficients<acc_t>(double(a[c]), double(r[c]), sums[c], sums[C + c], n, coef[c], coef[C + c],
+                                           coef[2 * C + c]);
       cpu_bn_lif::bn_lif_dx_kernel<scalar_t, acc_t>(x.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), T,
                                                     N, coef.data(), f);
+    }
   });
   auto dopt = params.options().dtype(at::kDouble);
   Tensor grad_params = at::tensor(pg, dopt).to(params.scalar_type());

@@ -39,6 +39,7 @@ constexpr int kAfter = kResetAfterFire;
 constexpr int64_t kShortRunStats = 64;
 constexpr int64_t kShortRunStatsAlways = 16;  // below it, per column whatever C·inner (bn_stats_kernel)
 constexpr int64_t kShortRunDx = 16;
+constexpr int64_t kShortRunDxCols = 4096;  // columns per task of the short-run dx pass (bn_lif_dx_kernel)
 constexpr int64_t kShortRunExpand = 8;
 
 // a, m, b of lanes n0 … n0 + n − 1 into per-lane arrays.
@@ -422,8 +423,8 @@ SNN_CPU_CLONES void dx_run(const scalar_t* __restrict__ x, scalar_t* __restrict_
   for (int64_t j = 0; j < n; ++j) gx[j] = scalar_t(A * acc_t(gx[j]) + (Bc * (acc_t(x[j]) - m) + D));  // [vec]
 }
 
-// The same over rows of W = C·inner elements with the coefficients expanded per column (short runs:
-// one dx_run call per run of a few elements cost more than the run).
+// The same over W elements of a row of the [rows, C·inner] view with the coefficients expanded per
+// column (short runs: one dx_run call per run of a few elements cost more than the run).
 template <typename scalar_t, typename acc_t>
 SNN_CPU_CLONES void dx_row(const scalar_t* __restrict__ x, scalar_t* __restrict__ gx, int64_t W,
                            const acc_t* __restrict__ A, const acc_t* __restrict__ Bc, const acc_t* __restrict__ D,
@@ -483,12 +484,7 @@ void bwd_by_channel(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* 
         }
     }
   });
-  if (need_param_grad) {
-    double acc[3] = {0, 0, 0};
-    for (int64_t c = 0; c < C; ++c)
-      for (int i = 0; i < 3; ++i) acc[i] += partial[c * 3 + i];
-    for (int i = 0; i < 3; ++i) param_grad[i] = acc[i];
-  }
+  if (need_param_grad) cpu_lif::sum_param_partials(partial, param_grad);
 }
 
 template <int SG, bool HARD, bool DI, bool DETACH, bool MASKED, typename scalar_t, typename acc_t>
@@ -536,12 +532,7 @@ bool bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
   std::fill(chan_sums, chan_sums + 2 * f.C, 0.0);
   for (int64_t k = 0; k < nblocks; ++k)
     for (int64_t i = 0; i < 2 * f.C; ++i) chan_sums[i] += block_sums[k * 2 * f.C + i];
-  if (need_param_grad) {
-    double acc[3] = {0, 0, 0};
-    for (int64_t k = 0; k < nblocks; ++k)
-      for (int i = 0; i < 3; ++i) acc[i] += partial[k * 3 + i];
-    for (int i = 0; i < 3; ++i) param_grad[i] = acc[i];
-  }
+  if (need_param_grad) cpu_lif::sum_param_partials(partial, param_grad);
   return false;
 }
 
@@ -602,20 +593,32 @@ void bn_lif_dx_kernel(const scalar_t* x, scalar_t* gx, int64_t T, int64_t N, con
   const int64_t runs = T * (N / f.inner);
   const int64_t C = f.C;
   if (f.inner < kShortRunDx) {
+    // Tasks of (≤ kShortRunDxCols columns) × (a block of rows), so that the expanded coefficients
+    // stay a few cache-resident KiB per thread whatever C (not 4 rows of W for the whole call).
     const int64_t W = C * f.inner, rows = runs / C;
-    std::vector<acc_t> cols(4 * W);
-    for (int64_t k = 0; k < W; ++k) {
-      const int64_t c = k / f.inner;
-      cols[k] = coef[c];
-      cols[W + k] = coef[C + c];
-      cols[2 * W + k] = coef[2 * C + c];
-      cols[3 * W + k] = f.m[c];
-    }
-    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / W);
-    at::parallel_for(0, rows, T * N < cpu_lif::kFwdParallelMinWork ? rows : grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        dx_row<scalar_t, acc_t>(x + r * W, gx + r * W, W, cols.data(), cols.data() + W, cols.data() + 2 * W,
-                                cols.data() + 3 * W);
+    const int64_t cw = std::min<int64_t>(W, kShortRunDxCols), chunks = (W + cw - 1) / cw;
+    const int64_t rb = std::max<int64_t>(1, (int64_t(1) << 15) / cw), rblocks = (rows + rb - 1) / rb;
+    const int64_t tasks = chunks * rblocks;
+    at::parallel_for(0, tasks, T * N < cpu_lif::kFwdParallelMinWork ? tasks : 1, [&](int64_t t0, int64_t t1) {
+      std::vector<acc_t> cols(4 * cw);
+      int64_t filled = -1;  // the chunk whose columns cols holds: a thread's tasks run chunk by chunk
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t chunk = t / rblocks, k0 = chunk * cw, n = std::min(cw, W - k0);
+        if (chunk != filled) {
+          for (int64_t j = 0; j < n; ++j) {
+            const int64_t c = (k0 + j) / f.inner;
+            cols[j] = coef[c];
+            cols[cw + j] = coef[C + c];
+            cols[2 * cw + j] = coef[2 * C + c];
+            cols[3 * cw + j] = f.m[c];
+          }
+          filled = chunk;
+        }
+        const int64_t r0 = (t % rblocks) * rb, r1 = std::min(rows, r0 + rb);
+        for (int64_t r = r0; r < r1; ++r)
+          dx_row<scalar_t, acc_t>(x + r * W + k0, gx + r * W + k0, n, cols.data(), cols.data() + cw,
+                                  cols.data() + 2 * cw, cols.data() + 3 * cw);
+      }
     });
     return;
   }

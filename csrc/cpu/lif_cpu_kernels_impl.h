@@ -80,6 +80,14 @@ class BlockQueue {
   std::atomic<int64_t> next_{0};
 };
 
+// Σ over tasks of their (∂k, ∂θ, ∂α) partials, in task order (fixed, whatever thread ran which task).
+inline void sum_param_partials(const std::vector<double>& partial, double* param_grad) {
+  double acc[3] = {0, 0, 0};
+  for (size_t k = 0; k + 3 <= partial.size(); k += 3)
+    for (int i = 0; i < 3; ++i) acc[i] += partial[k + i];
+  for (int i = 0; i < 3; ++i) param_grad[i] = acc[i];
+}
+
 // Loops marked [vec] are the hot per-element loops: tests/test_cpu_vectorised.py compiles them for
 // float32 with a built-in and a given surrogate and fails unless GCC reports each one vectorised
 // (a scalar walk is several times slower and still passes every numerical test).
@@ -644,12 +652,7 @@ void bwd_impl(const scalar_t* gs, const scalar_t* gvlast, const scalar_t* gvseq,
       }
     }
   });
-  if (need_param_grad) {
-    double acc[3] = {0, 0, 0};
-    for (int64_t b = 0; b < nblocks; ++b)
-      for (int i = 0; i < 3; ++i) acc[i] += partial[b * 3 + i];
-    for (int i = 0; i < 3; ++i) param_grad[i] = acc[i];
-  }
+  if (need_param_grad) sum_param_partials(partial, param_grad);
 }
 
 template <typename scalar_t, typename acc_t>
