@@ -34,7 +34,7 @@ using at::Tensor;
 
 // grad_v0, like v0; for a start every neuron shares (v0 [1]) the kernels compute none: NaN, never a number.
 Tensor empty_grad_v0(const Tensor& v0, int64_t N) {
-  Tensor g = at::empty_like(v0);
+  Tensor g = empty_cpu_cached(v0.sizes(), v0.scalar_type());  // v0 contiguous: as empty_like
   if (uniform_v0(v0, N)) g.fill_(std::numeric_limits<double>::quiet_NaN());
   return g;
 }
@@ -57,7 +57,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lif_fwd_cpu(const Tensor& x_, const T
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor s = empty_cpu_cached(x.sizes(), x.scalar_type()), v_last = at::empty({N}, x.options());
+  Tensor s = empty_cpu_cached(x.sizes(), x.scalar_type()), v_last = empty_cpu_cached({N}, x.scalar_type());
   Tensor v_seq = return_v_seq ? empty_cpu_cached(x.sizes(), x.scalar_type()) : at::empty({0}, x.options());
   Tensor saved = keep_arg ? empty_cpu_cached(x.sizes(), params.scalar_type()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu", [&] {

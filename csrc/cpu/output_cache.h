@@ -1,4 +1,4 @@
-// A small cache of large CPU blocks for the fused kernels' outputs (s, v_seq, grad_x).
+// A small cache of large CPU blocks for the fused kernels' outputs (s, v_seq, grad_x, v_T, grad_v0).
 //
 // Why: glibc returns a freed block of tens of MiB to the OS (trim / munmap) and the next step's
 // allocation of the same size faults every 4 KiB page in again. At W4 ([16, 32, 8192] float32) that
