@@ -908,19 +908,25 @@ def test_cpu_results_do_not_depend_on_the_thread_count(learn, training):
 
 
 @pytest.mark.skipif(bool(SKIP["cpu"]), reason=str(SKIP["cpu"]))
-@pytest.mark.parametrize("shape", [(4, 16, 1500, 3), (4, 16, 5000)], ids=["runs-3", "runs-1"])
+@pytest.mark.parametrize("shape", [(4, 16, 1501, 3), (4, 16, 5003)], ids=["runs-3", "runs-1"])
 def test_cpu_short_runs_wider_than_a_task(shape):
-    """Short runs (under 16 elements) in rows of C·inner wider than one task of the CPU dx pass
-    (kShortRunDxCols = 4096 columns): a row is taken in two column chunks, the first ending inside a
-    channel's run at 4096 = 3·1365 + 1. Two threads (T·N >= 2^18: the parallel path)."""
+    """Short runs (under 16 elements) in rows of C·inner wider than the CPU dx pass's most columns per
+    task (kShortRunDxCols = 4096): each row in two equal chunks, 2252 and 2251 columns (the first
+    ending inside a channel's run of 3) or 2502 and 2501. One thread, and three (T·N >= 2^18: the
+    parallel path), whose middle thread's rows cross from the first chunk into the second (its
+    coefficients refilled): the same bits, and the reference's values."""
     inp = make_inputs(shape, torch.float64, learn=True)
     before = torch.get_num_threads()
+    got = {}
     try:
-        torch.set_num_threads(2)
-        got = run("cpu", inp, torch.float64)
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            got[n] = run("cpu", inp, torch.float64)
     finally:
         torch.set_num_threads(before)
-    check(got, run("reference", inp, torch.float64), torch.float64)
+    for k in got[1]:
+        assert torch.equal(got[1][k], got[3][k]), f"{k}: 1 and 3 threads differ"
+    check(got[3], run("reference", inp, torch.float64), torch.float64)
 
 
 # --- the CPU kernel's training backward channel by channel -------------------------------------------

@@ -681,16 +681,18 @@ def test_fuse_user_surrogate_where_a_kernel_runs_it(monkeypatch, tmp_path):
     monkeypatch.setenv(native_surrogate.ENV_NATIVE, "0")
     assert fused("user_torch_only") == 0
     # a batch norm on a GPU: fused exactly where the surrogate has Triton functions (the fused Triton
-    # kernels run either firing and a noise mask); the decision alone, no GPU here
+    # kernels run either firing and a noise mask), whatever the CPU walk could translate (on, so that
+    # the CPU rule would fuse user_torch_only); the decision alone, no GPU here
     from snn_fast.convert import _user_surrogate_fuses_on
 
+    monkeypatch.setenv(native_surrogate.ENV_NATIVE, "1")
+    assert _user_surrogate_fuses_on("cpu", snn.LIF(surrogate="user_torch_only")) == native
     for kw in ({}, dict(fire_at_threshold=False), dict(noise_prob=0.3)):
         assert not _user_surrogate_fuses_on("cuda", snn.LIF(surrogate="user_torch_only", **kw))
         assert _user_surrogate_fuses_on("cuda", snn.LIF(surrogate="user_shifted", **kw)) == (
             sgm.get("user_shifted").triton is not None)
     assert (sgm.get("user_shifted").triton is not None) == (user_surrogates.triton is not None)
     if native:
-        monkeypatch.setenv(native_surrogate.ENV_NATIVE, "1")
         torch.manual_seed(10)
         net = torch.nn.Sequential(snn.MultiStep(torch.nn.Conv2d(2, 3, 3, padding=1)),
                                   snn.MultiStep(torch.nn.BatchNorm2d(3)), snn.LIF(surrogate="user_torch_only"))

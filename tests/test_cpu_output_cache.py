@@ -1,5 +1,6 @@
 """The CPU output cache (csrc/cpu/output_cache.h): freed kernel outputs are reused, never leak stale
 data into results, stay visible to the profiler, and obey SNN_FAST_CPU_CACHE_MB."""
+import gc
 import math
 import os
 import subprocess
@@ -134,9 +135,15 @@ def test_state_rows_come_from_the_cache(op):
     x = torch.randn(shape, generator=g) * 2
     v0 = torch.randn(shape[1:], generator=g) * 0.2
     gs = torch.randn(shape, generator=g)
-    live = stats()["live"]
-    v_last, gv0 = _step_with_state(op, x, v0, gs)
-    assert stats()["live"] - live == 2 * n * 4, "v_T and grad_v0 must be live blocks of the cache"
+    gc.collect()  # no cached block of an earlier test freed by a collection within the step
+    gc.disable()
+    try:
+        live = stats()["live"]
+        v_last, gv0 = _step_with_state(op, x, v0, gs)
+        grown = stats()["live"] - live
+    finally:
+        gc.enable()
+    assert grown == 2 * n * 4, "v_T and grad_v0 must be live blocks of the cache"
     v_last.fill_(math.nan)
     gv0.fill_(math.nan)
     del v_last, gv0

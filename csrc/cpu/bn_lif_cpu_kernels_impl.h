@@ -39,7 +39,7 @@ constexpr int kAfter = kResetAfterFire;
 constexpr int64_t kShortRunStats = 64;
 constexpr int64_t kShortRunStatsAlways = 16;  // below it, per column whatever C·inner (bn_stats_kernel)
 constexpr int64_t kShortRunDx = 16;
-constexpr int64_t kShortRunDxCols = 4096;  // columns per task of the short-run dx pass (bn_lif_dx_kernel)
+constexpr int64_t kShortRunDxCols = 4096;  // most columns per task of the short-run dx pass (bn_lif_dx_kernel)
 constexpr int64_t kShortRunExpand = 8;
 
 // a, m, b of lanes n0 … n0 + n − 1 into per-lane arrays.
@@ -593,17 +593,17 @@ void bn_lif_dx_kernel(const scalar_t* x, scalar_t* gx, int64_t T, int64_t N, con
   const int64_t runs = T * (N / f.inner);
   const int64_t C = f.C;
   if (f.inner < kShortRunDx) {
-    // Tasks of (≤ kShortRunDxCols columns) × (a block of rows), so that the expanded coefficients
-    // stay a few cache-resident KiB per thread whatever C (not 4 rows of W for the whole call).
+    // Tasks of (one row) × (a chunk of ≤ kShortRunDxCols columns, the chunks of a row equal), chunk-major,
+    // split between threads by rows as whole rows were: the expanded coefficients are one chunk's per
+    // thread (64 KiB in float), not 4 rows of C·inner for the call.
     const int64_t W = C * f.inner, rows = runs / C;
-    const int64_t cw = std::min<int64_t>(W, kShortRunDxCols), chunks = (W + cw - 1) / cw;
-    const int64_t rb = std::max<int64_t>(1, (int64_t(1) << 15) / cw), rblocks = (rows + rb - 1) / rb;
-    const int64_t tasks = chunks * rblocks;
-    at::parallel_for(0, tasks, T * N < cpu_lif::kFwdParallelMinWork ? tasks : 1, [&](int64_t t0, int64_t t1) {
+    const int64_t chunks = (W + kShortRunDxCols - 1) / kShortRunDxCols, cw = (W + chunks - 1) / chunks;
+    const int64_t tasks = chunks * rows, grain = std::max<int64_t>(1, (int64_t(1) << 15) / cw);
+    at::parallel_for(0, tasks, T * N < cpu_lif::kFwdParallelMinWork ? tasks : grain, [&](int64_t t0, int64_t t1) {
       std::vector<acc_t> cols(4 * cw);
-      int64_t filled = -1;  // the chunk whose columns cols holds: a thread's tasks run chunk by chunk
+      int64_t filled = -1;  // the chunk whose coefficients cols holds
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t chunk = t / rblocks, k0 = chunk * cw, n = std::min(cw, W - k0);
+        const int64_t chunk = t / rows, r = t % rows, k0 = chunk * cw, n = std::min(cw, W - k0);
         if (chunk != filled) {
           for (int64_t j = 0; j < n; ++j) {
             const int64_t c = (k0 + j) / f.inner;
@@ -614,10 +614,8 @@ void bn_lif_dx_kernel(const scalar_t* x, scalar_t* gx, int64_t T, int64_t N, con
           }
           filled = chunk;
         }
-        const int64_t r0 = (t % rblocks) * rb, r1 = std::min(rows, r0 + rb);
-        for (int64_t r = r0; r < r1; ++r)
-          dx_row<scalar_t, acc_t>(x + r * W + k0, gx + r * W + k0, n, cols.data(), cols.data() + cw,
-                                  cols.data() + 2 * cw, cols.data() + 3 * cw);
+        dx_row<scalar_t, acc_t>(x + r * W + k0, gx + r * W + k0, n, cols.data(), cols.data() + cw,
+                                cols.data() + 2 * cw, cols.data() + 3 * cw);
       }
     });
     return;
