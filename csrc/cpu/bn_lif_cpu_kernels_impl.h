@@ -76,8 +76,8 @@ inline void expand(const BNAffine<acc_t>& f, int64_t n0, int64_t n, acc_t* a, ac
 // Statistics: channel c owns the T·B runs of S contiguous elements at ((t·B + b)·C + c)·S. Each run's
 // sum and its sum of squared deviations from the run's mean are taken in the compute dtype (vector
 // reductions over one run, in L1; the deviations' own sum corrects for the rounding of that mean),
-// and the runs are merged in double in run order (Chan et al.), one channel per task: no cancellation
-// of E[x²] − E[x]², and the result does not depend on the thread count.
+// and each channel merges its runs in double in run order (Chan et al.): no cancellation of
+// E[x²] − E[x]², and the result does not depend on the thread count.
 template <typename scalar_t>
 SNN_CPU_CLONES void run_moments(const scalar_t* __restrict__ p, int64_t n, double& mean, double& m2) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -153,23 +153,34 @@ void bn_stats_kernel(const scalar_t* x, int64_t T, int64_t N, int64_t C, int64_t
   // column arrays stay in L2.
   if (inner < kShortRunStatsAlways || (inner < kShortRunStats && C * inner <= kShortRunCols))
     return bn_stats_short_runs<scalar_t>(x, runs, C, inner, mean, var);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(runs * inner, 1));
-  at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      double cnt = 0, mu = 0, m2 = 0;
-      for (int64_t r = 0; r < runs; ++r) {
-        double rm, q;
-        run_moments<scalar_t>(x + (r * C + c) * inner, inner, rm, q);
-        const double n_new = cnt + double(inner);
-        const double delta = rm - mu;
-        mu += delta * (double(inner) / n_new);
-        m2 += q + delta * delta * (cnt * double(inner) / n_new);
-        cnt = n_new;
-      }
-      mean[c] = mu;
-      var[c] = std::max(m2, 0.0) / cnt;
-    }
-  });
+  // Runs in memory order, a block of rows of the [runs, C·inner] view (about 2^20 elements) at a time:
+  // threads take ranges of the block's runs as x lies, then each channel merges its runs of the block
+  // (Chan et al.) in run order, as before: the same bits, whatever the threads. Taken channel by
+  // channel, a channel's T·B runs lie C·inner apart and each one restarted the hardware prefetch
+  // (the statistics of [4, 32, 64, 56, 56] float32 took 5.8 ms against 3.5–4 ms for x.sum()).
+  const int64_t R = std::clamp<int64_t>((int64_t(1) << 20) / (C * inner), 1, std::max<int64_t>(runs, 1));
+  std::vector<double> rmean(R * C), rm2(R * C), cnt(C, 0.0), mu(C, 0.0), m2(C, 0.0);
+  for (int64_t r0 = 0; r0 < runs; r0 += R) {
+    const int64_t nr = std::min(R, runs - r0);
+    const scalar_t* xb = x + r0 * C * inner;
+    at::parallel_for(0, nr * C, std::max<int64_t>(1, (int64_t(1) << 16) / inner), [&](int64_t a, int64_t b) {
+      for (int64_t i = a; i < b; ++i) run_moments<scalar_t>(xb + i * inner, inner, rmean[i], rm2[i]);
+    });
+    at::parallel_for(0, C, std::max<int64_t>(1, 4096 / nr), [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = 0; r < nr; ++r) {
+          const double n_new = cnt[c] + double(inner);
+          const double delta = rmean[r * C + c] - mu[c];
+          mu[c] += delta * (double(inner) / n_new);
+          m2[c] += rm2[r * C + c] + delta * delta * (cnt[c] * double(inner) / n_new);
+          cnt[c] = n_new;
+        }
+    });
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    mean[c] = mu[c];
+    var[c] = std::max(m2[c], 0.0) / cnt[c];
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
