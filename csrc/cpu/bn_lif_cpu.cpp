@@ -15,7 +15,6 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -137,9 +136,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_common(
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_cpu_cached(v0.sizes(), v0.scalar_type());
   const bool uniform = uniform_v0(v0, N);
-  if (uniform) gv0.fill_(std::numeric_limits<double>::quiet_NaN());  // not computed (BNAffine): never 0
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_cpu_cached_grad_v0(v0, uniform);
   std::vector<double> pg(3, 0.0), gw(C), gb(C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bn_lif_bwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;

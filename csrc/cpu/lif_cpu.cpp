@@ -17,7 +17,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -31,13 +30,6 @@ namespace snn_fast {
 namespace {
 
 using at::Tensor;
-
-// grad_v0, like v0; for a start every neuron shares (v0 [1]) the kernels compute none: NaN, never a number.
-Tensor empty_grad_v0(const Tensor& v0, int64_t N) {
-  Tensor g = empty_cpu_cached(v0.sizes(), v0.scalar_type());  // v0 contiguous: as empty_like
-  if (uniform_v0(v0, N)) g.fill_(std::numeric_limits<double>::quiet_NaN());
-  return g;
-}
 
 // save: kSaveSgArg writes D = H − θ of every step into `saved`, [T, N] in params' dtype; every other
 // mode saves nothing (the backward re-runs the forward).
@@ -86,7 +78,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_builtin(const Tensor& grad_s_, const 
   c10::optional<Tensor> mask;
   if (mask_.has_value()) mask = mask_->contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_grad_v0(v0, N);
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_cpu_cached_grad_v0(v0, uniform_v0(v0, N));
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -161,7 +153,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_given(
     s = s_.contiguous();
   }
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_grad_v0(v0, N);
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_cpu_cached_grad_v0(v0, uniform_v0(v0, N));
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_given_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -195,7 +187,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_native_cpu(const Tensor& grad_s_, con
   if (gvlast_.has_value()) gvlast = gvlast_->to(x.scalar_type()).contiguous();
   if (gvseq_.has_value() && gvseq_->numel() > 0) gvseq = gvseq_->to(x.scalar_type()).contiguous();
   const int64_t T = x.size(0), N = x.size(1);
-  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_grad_v0(v0, N);
+  Tensor gx = empty_cpu_cached(x.sizes(), x.scalar_type()), gv0 = empty_cpu_cached_grad_v0(v0, uniform_v0(v0, N));
   std::vector<double> pg(3, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_bwd_native_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <mutex>
 
@@ -147,6 +148,12 @@ at::Tensor empty_cpu_cached(at::IntArrayRef sizes, at::ScalarType dtype) {
   auto& ctx = at::globalContext();
   if (ctx.deterministicAlgorithms() && ctx.deterministicFillUninitializedMemory()) at::native::fill_empty_deterministic_(t);
   return t;
+}
+
+at::Tensor empty_cpu_cached_grad_v0(const at::Tensor& v0, bool uniform) {
+  at::Tensor g = empty_cpu_cached(v0.sizes(), v0.scalar_type());
+  if (uniform) g.fill_(std::numeric_limits<double>::quiet_NaN());
+  return g;
 }
 
 std::vector<int64_t> cpu_cache_stats() { return CachingCPUAllocator::get().stats(); }

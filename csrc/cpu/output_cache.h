@@ -22,6 +22,11 @@ namespace snn_fast {
 // at::empty(sizes, dtype) on the CPU, contiguous, through the cache when large enough.
 at::Tensor empty_cpu_cached(at::IntArrayRef sizes, at::ScalarType dtype);
 
+// ∂L/∂v0 of the LIF and bn_lif backwards, shaped like v0 (contiguous), from the cache. For a start
+// that every neuron shares (`uniform`: v0 is [1], lif_checks.h uniform_v0) the kernels compute none,
+// so it is NaN, never a number that could pass for a gradient.
+at::Tensor empty_cpu_cached_grad_v0(const at::Tensor& v0, bool uniform);
+
 // {bytes held in free blocks, bytes live in handed-out blocks, cache hits, misses}.
 std::vector<int64_t> cpu_cache_stats();
 // Frees every cached block (live blocks are unaffected).
