@@ -64,8 +64,12 @@ $(VENV)/.lint-deps: $(VENV)/.created
 lint: $(VENV)/.lint-deps
 	$(VENV)/bin/ruff check .
 
+# The nvcc compiles of tests/test_cuda_compile.py (none reads torch) are kept in build/nvcc-test-cache
+# under a hash of all they read, so `make compat` after `make test` reuses their reports.
+NVCC_TEST_CACHE := $(CURDIR)/build/nvcc-test-cache
+
 test: $(VENV)/.test-deps $(VENV)/.built
-	$(PY) -m pytest tests -n $${PYTEST_WORKERS:-2} -q
+	SNN_FAST_NVCC_CACHE=$(NVCC_TEST_CACHE) $(PY) -m pytest tests -n $${PYTEST_WORKERS:-2} -q
 
 # FULL=1: the long sizes too (CPU: W2 at n = 2048); the default run finishes in about 5 minutes on 2 cores.
 FULL ?= 0
@@ -103,7 +107,7 @@ compat: $(COMPAT_VENV)/.deps
 	cd tests && PYTHONPATH=$(CURDIR)/.compat/pkg ../$(COMPAT_PY) -c \
 	  "import snn_fast, sys; assert snn_fast.HAS_C and '.compat' in snn_fast.__file__, snn_fast.__file__"
 	@# bin/pytest, not `python -m pytest`: -m would put the repository root (and its own build of _C) first
-	PYTHONPATH=$(CURDIR)/.compat/pkg $(COMPAT_VENV)/bin/pytest tests -n $${PYTEST_WORKERS:-2} -q
+	SNN_FAST_NVCC_CACHE=$(NVCC_TEST_CACHE) PYTHONPATH=$(CURDIR)/.compat/pkg $(COMPAT_VENV)/bin/pytest tests -n $${PYTEST_WORKERS:-2} -q
 
 clean:
 	rm -rf build *.egg-info snn_fast/_C*.so $(VENV) .compat $(COMPAT_VENV)

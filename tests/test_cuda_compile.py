@@ -20,10 +20,20 @@ needed: the kernel units include only CUDA headers and our own).
   tests/test_cuda_bn_lif_emulate.py (which reuses this file's nvcc lookup and ``_compile_emulator``).
 
 Skipped, with the reason, when nvcc is not found. ``SNN_FAST_NVCC`` names a specific nvcc.
+
+``SNN_FAST_NVCC_CACHE`` (the Makefile sets it to build/nvcc-test-cache): a folder where each
+successful compile's report (and the emulator's library) is kept under a hash of everything it read:
+the command, nvcc's and the host compiler's versions, and every file under csrc/include and
+csrc/cuda. None of these compiles reads torch, so ``make compat``, the same suite right after
+``make test``, gets the same ptxas reports from it instead of ~10 minutes of nvcc on CI's 2 cores.
+Unset: every run compiles.
 """
 from __future__ import annotations
 
+import functools
 import glob
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -102,6 +112,70 @@ def _demangle(names):
     return dict(zip(names, short))
 
 
+CACHE = os.environ.get("SNN_FAST_NVCC_CACHE") or None
+
+
+@functools.lru_cache(maxsize=None)
+def _tool_versions() -> str:
+    """nvcc's version and its host compiler's (nvcc runs the first c++ on PATH)."""
+    out = []
+    for cmd in ([NVCC, "--version"], ["c++", "--version"]):
+        try:
+            out.append(subprocess.run(cmd, capture_output=True, text=True).stdout)
+        except OSError as e:
+            out.append(repr(e))
+    return "\n".join(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _sources_digest() -> str:
+    """A hash of every file the compiles may include: csrc/include and csrc/cuda, names and bytes."""
+    h = hashlib.sha256()
+    for top in ("include", "cuda"):
+        for path in sorted(glob.glob(os.path.join(ROOT, "csrc", top, "**", "*"), recursive=True)):
+            if os.path.isfile(path):
+                h.update(os.path.relpath(path, ROOT).encode() + b"\0")
+                with open(path, "rb") as f:
+                    h.update(f.read() + b"\0")
+    return h.hexdigest()
+
+
+def _cached(cmd: list, outdir: str, outfile: str | None, run):
+    """``run()`` -> (rc, text), or its earlier result from CACHE. The key is the command with ``outdir``
+    made neutral, the tools' versions and the sources; only a success is kept (a failure, or a
+    transient one such as running out of memory, always compiles again). ``outfile`` (in ``outdir``):
+    a product the tests use, kept and restored beside the report."""
+    if CACHE is None:
+        return run()
+    key = hashlib.sha256(json.dumps([[a.replace(outdir, "<out>") for a in cmd], _tool_versions(),
+                                     _sources_digest()]).encode()).hexdigest()[:32]
+    entry = os.path.join(CACHE, key)
+    if os.path.isfile(os.path.join(entry, "report.json")):
+        with open(os.path.join(entry, "report.json")) as f:
+            rep = json.load(f)
+        if outfile is not None:
+            shutil.copyfile(os.path.join(entry, os.path.basename(outfile)), outfile)
+        return rep["rc"], rep["text"]
+    rc, text = run()
+    if rc == 0:
+        tmp = entry + f".tmp{os.getpid()}"
+        os.makedirs(tmp, exist_ok=True)
+        if outfile is not None:
+            shutil.copyfile(outfile, os.path.join(tmp, os.path.basename(outfile)))
+        with open(os.path.join(tmp, "report.json"), "w") as f:
+            json.dump({"rc": rc, "text": text}, f)
+        try:
+            os.rename(tmp, entry)  # whole or absent: another worker may have stored it meanwhile
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return rc, text
+
+
+def _run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return r.returncode, r.stdout + r.stderr
+
+
 def _compile(unit: str, outdir: str):
     cmd = [NVCC, "-std=c++17", "-O3", "-I", os.path.join(ROOT, "csrc", "include"),
            "-I", os.path.join(ROOT, "csrc", "cuda"),
@@ -109,8 +183,8 @@ def _compile(unit: str, outdir: str):
            "-o", os.path.join(outdir, os.path.basename(unit) + ".o")]
     for a in ARCHS:
         cmd[1:1] = ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    return cmd, r.returncode, r.stdout + r.stderr
+    rc, text = _cached(cmd, outdir, None, lambda: _run(cmd))
+    return cmd, rc, text
 
 
 def _compile_emulator(outdir: str, source: str = EMULATOR):
@@ -121,8 +195,8 @@ def _compile_emulator(outdir: str, source: str = EMULATOR):
     cmd = [NVCC, "-std=c++17", "-O2", "-shared", "-Xcompiler", "-fPIC,-ffp-contract=off", "-I",
            os.path.join(ROOT, "csrc", "include"),
            "-I", os.path.join(ROOT, "csrc", "cuda"), source, "-o", out]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    return cmd, r.returncode, r.stdout + r.stderr, out
+    rc, text = _cached(cmd, outdir, out, lambda: _run(cmd))
+    return cmd, rc, text, out
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +254,64 @@ def test_parse_ptxas_reads_spills():
         "ptxas info    : Used 255 registers, used 0 barriers, 360 bytes cmem[0]\n"
     )
     assert parse_ptxas(text) == {("90", "_Z3fooPf"): dict(stack=8, spill_stores=4, spill_loads=12, regs=255)}
+
+
+def test_nvcc_cache_reuses_only_an_identical_successful_compile(tmp_path, monkeypatch):
+    """_cached: the same command (in another output folder) and sources give the stored report and
+    product without running; a failure is not stored; another command, other tool versions or an
+    edited source compile again."""
+    import test_cuda_compile as m
+    monkeypatch.setattr(m, "CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(m, "_tool_versions", lambda: "nvcc 1")
+    monkeypatch.setattr(m, "_sources_digest", lambda: "sources 1")
+    runs = []
+
+    def build(outdir, rc=0, cmd_tail="-O3"):
+        out = os.path.join(outdir, "lib.so")
+        cmd = ["nvcc", cmd_tail, "-o", out]
+
+        def run():
+            runs.append(cmd)
+            with open(out, "w") as f:
+                f.write(f"product {len(runs)}")
+            return rc, f"report {len(runs)}"
+        return m._cached(cmd, outdir, out, run), out
+
+    for d in ("a", "b", "c", "d", "e", "f", "g"):
+        (tmp_path / d).mkdir()
+    (rc, text), _ = build(str(tmp_path / "a"))
+    assert (rc, text, len(runs)) == (0, "report 1", 1)
+    (rc, text), out = build(str(tmp_path / "b"))  # another temporary folder: the same compile
+    assert (rc, text, len(runs)) == (0, "report 1", 1)
+    assert open(out).read() == "product 1"  # the product restored where the caller looks
+    assert build(str(tmp_path / "c"), cmd_tail="-O2")[0] == (0, "report 2")
+    assert build(str(tmp_path / "d"), rc=1, cmd_tail="-G")[0] == (1, "report 3")
+    assert build(str(tmp_path / "e"), cmd_tail="-G")[0] == (0, "report 4")  # the failure was not kept
+    monkeypatch.setattr(m, "_tool_versions", lambda: "nvcc 2")
+    assert build(str(tmp_path / "f"))[0] == (0, "report 5")
+    monkeypatch.setattr(m, "_sources_digest", lambda: "sources 2")
+    assert build(str(tmp_path / "g"))[0] == (0, "report 6")
+
+
+def test_sources_digest_sees_every_header(tmp_path, monkeypatch):
+    """The cache key's source hash changes with any file's bytes or name under csrc/include and
+    csrc/cuda (headers in subfolders too), and with nothing else."""
+    import test_cuda_compile as m
+    for d in ("csrc/include/snn_fast", "csrc/cuda/emulate", "csrc/cpu"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "csrc/include/snn_fast/a.h").write_text("a")
+    (tmp_path / "csrc/cuda/emulate/b.cuh").write_text("b")
+    (tmp_path / "csrc/cpu/c.cpp").write_text("c")
+    monkeypatch.setattr(m, "ROOT", str(tmp_path))
+    digest = m._sources_digest.__wrapped__
+    d0 = digest()
+    (tmp_path / "csrc/cpu/c.cpp").write_text("c2")  # not read by the nvcc compiles
+    assert digest() == d0
+    (tmp_path / "csrc/cuda/emulate/b.cuh").write_text("b2")
+    d1 = digest()
+    assert d1 != d0
+    (tmp_path / "csrc/include/snn_fast/a.h").rename(tmp_path / "csrc/include/snn_fast/a2.h")
+    assert digest() not in (d0, d1)
 
 
 # ---------------------------------------------------------------------------------------------
