@@ -1,6 +1,9 @@
 """Builds snn_fast._C from csrc/: the CPU kernels always; the CUDA kernels (csrc/cuda/*.cu) only when
 torch has CUDA and nvcc is found, unless SNN_FAST_NO_CUDA=1. SNN_FAST_NO_EXT=1 skips the extension
-altogether (the reference and Triton backends still work)."""
+altogether (the reference and Triton backends still work). SNN_FAST_CPU_CLONES=0 builds the CPU
+kernels' hot loops once, for the baseline x86-64, instead of three clones picked at load time
+(x86-64-v4, x86-64-v3, baseline): `make compat` does, since it checks torch compatibility, not speed,
+and the clones are ~40 % of the CPU kernels' compile time."""
 import glob
 import os
 import shutil
@@ -51,6 +54,8 @@ def extensions():
     # info the templated kernels made a 410 MB library and 1.5 GB of objects per build, and a CI run
     # (two builds, two CUDA torches) ran out of disk.
     cxx = ["-O3", "-g0", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-ffp-contract=off"]
+    if os.environ.get("SNN_FAST_CPU_CLONES", "1") == "0":
+        cxx.append("-DSNN_CPU_CLONES=")  # lif_cpu_kernels_impl.h: empty, no target_clones
     with_cuda = (
         not _flag("SNN_FAST_NO_CUDA")
         and torch.version.cuda is not None
