@@ -297,20 +297,23 @@ def test_sources_digest_sees_every_header(tmp_path, monkeypatch):
     """The cache key's source hash changes with any file's bytes or name under csrc/include and
     csrc/cuda (headers in subfolders too), and with nothing else."""
     import test_cuda_compile as m
-    for d in ("csrc/include/snn_fast", "csrc/cuda/emulate", "csrc/cpu"):
-        (tmp_path / d).mkdir(parents=True)
-    (tmp_path / "csrc/include/snn_fast/a.h").write_text("a")
-    (tmp_path / "csrc/cuda/emulate/b.cuh").write_text("b")
-    (tmp_path / "csrc/cpu/c.cpp").write_text("c")
+    # a tree of its own (built from parts: these files are not the repository's)
+    inc, emu, cpu = (tmp_path.joinpath("csrc", *parts) for parts in (("include", "snn_fast"), ("cuda", "emulate"),
+                                                                    ("cpu",)))
+    for d in (inc, emu, cpu):
+        d.mkdir(parents=True)
+    (inc / "first").write_text("a")
+    (emu / "second").write_text("b")
+    (cpu / "third").write_text("c")
     monkeypatch.setattr(m, "ROOT", str(tmp_path))
     digest = m._sources_digest.__wrapped__
     d0 = digest()
-    (tmp_path / "csrc/cpu/c.cpp").write_text("c2")  # not read by the nvcc compiles
+    (cpu / "third").write_text("c2")  # not read by the nvcc compiles
     assert digest() == d0
-    (tmp_path / "csrc/cuda/emulate/b.cuh").write_text("b2")
+    (emu / "second").write_text("b2")
     d1 = digest()
     assert d1 != d0
-    (tmp_path / "csrc/include/snn_fast/a.h").rename(tmp_path / "csrc/include/snn_fast/a2.h")
+    (inc / "first").rename(inc / "renamed")
     assert digest() not in (d0, d1)
 
 
