@@ -17,6 +17,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # No GPU: run Triton kernels on CPU tensors in its interpreter. Must precede any `import triton`
 # (pytest imports this file before any test module).
@@ -213,10 +214,27 @@ else:
     _hsettings.load_profile("ci")  # pytest's --hypothesis-profile, applied after this file, overrides it
 
 
+class OpLog(TorchDispatchMode):
+    """Names (``namespace.op``) of the top-level torch calls made while active: the fused ops,
+    allocations, copies, ``.item()``'s ``_local_scalar_dense`` sync (tests/test_host_work.py,
+    tests/test_cuda_graphs.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(f"{func.namespace}.{func._schema.name.split('::')[-1]}")
+        return func(*args, **(kwargs or {}))
+
+    def names(self):
+        """The op names without their namespace."""
+        return {o.split(".")[-1] for o in self.ops}
+
+
 def op_v0_shapes(op: str, fn) -> list:
     """fn() under a dispatch mode: the shape of the v0 argument (the second) of each snn_fast op call
     whose name starts with ``op``, seen below autograd."""
-    from torch.utils._python_dispatch import TorchDispatchMode
 
     shapes = []
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import snn_fast
 from snn_fast import nn as snn
+
+from conftest import OpLog as _OpLog
 
 pytestmark = pytest.mark.skipif(not snn_fast.HAS_C, reason="needs the C++ extension")
 
@@ -29,17 +30,7 @@ VIEWS = {"view", "_unsafe_view", "alias", "detach", "expand", "as_strided", "_re
 SYNCS = {"_local_scalar_dense", "item", "is_nonzero", "equal"}
 
 
-class OpLog(TorchDispatchMode):
-    """Names (``namespace.op``) of the top-level torch calls made while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(f"{func.namespace}.{func._schema.name.split('::')[-1]}")
-        return func(*args, **(kwargs or {}))
-
+class OpLog(_OpLog):
     def work(self):
         """Everything but views."""
         return [o for o in self.ops if o.split(".")[-1] not in VIEWS]

@@ -6,8 +6,9 @@ switches threads every few bytecodes, which turns a rare interleaving into a lik
 that nothing raises and that every result equals the single-threaded one.
 
 The caches and registries, and why each is safe:
-- ``ops/lif/function.py`` ``_cached_const``: lookups lock-free, insert + evict under a lock (before:
-  ``pop(next(iter(...)))`` raced with inserts: "dictionary changed size during iteration", KeyError).
+- ``snn_fast/ops/common/consts.py`` ``cached``: lookups lock-free, insert (and the bound's check) under a lock;
+  nothing is evicted (a FIFO eviction once raced: ``pop(next(iter(...)))`` with inserts gave
+  "dictionary changed size during iteration" and KeyError).
 - ``backends.OpBackends.load``: first load (import + torch.library registration) under a lock, so
   the registration runs once (torch refuses a second fake for the same op).
 - ``surrogate`` registry: register/unregister under a lock; readers iterate over snapshots.
@@ -30,7 +31,7 @@ import torch
 import snn_fast
 from snn_fast import backends
 from snn_fast import surrogate as sg
-from snn_fast.ops.lif import function as lif_function
+from snn_fast.ops.common import consts
 
 THREADS = 8
 
@@ -64,8 +65,8 @@ class _YieldingKey:
     checks on every call) and free-threaded builds. On 3.11 with the package's own keys (tuples of
     floats, dtypes, devices: C-level hash and ==) the eviction happens to be one atomic stretch of
     bytecode, so the end-to-end test below cannot catch a racy eviction (3 of 3 runs passed with one);
-    with these keys an unguarded ``_CONST_CACHE.pop(next(iter(_CONST_CACHE)))`` raises KeyError (two
-    threads evicting the same oldest key) in every run."""
+    with these keys the old cache's unguarded ``pop(next(iter(cache)))`` raised KeyError (two threads
+    evicting the same oldest key) in every run."""
 
     def __init__(self, j):
         self.j = j
@@ -79,22 +80,24 @@ class _YieldingKey:
         return isinstance(other, _YieldingKey) and other.j == self.j
 
 
-def test_const_cache_concurrent_inserts_and_evictions(fast_switching):
-    """More distinct keys than the cache holds (32), from 8 threads: every lookup returns the tensor
-    its own key makes, and nothing raises."""
-    lif_function._CONST_CACHE.clear()
-    n_keys = 4 * lif_function._CONST_CACHE_SIZE
+def test_const_cache_concurrent_inserts_past_its_bound(fast_switching, monkeypatch):
+    """More distinct keys than the cache holds (bound set to 32 here), from 8 threads: every lookup
+    returns the tensor its own key makes, the bound holds, and nothing raises."""
+    monkeypatch.setattr(consts, "_CACHE", {})
+    monkeypatch.setattr(consts, "MAX_ENTRIES", 32)
+    n_keys = 4 * consts.MAX_ENTRIES
+    cpu = torch.device("cpu")
 
     def work(i):
         bad = 0
         for r in range(400):
             j = (i * 7 + r) % n_keys
-            t = lif_function._cached_const((_YieldingKey(j),), lambda j=j: torch.tensor([float(j)]))
+            t = consts.cached((_YieldingKey(j),), cpu, lambda j=j: torch.tensor([float(j)]))
             bad += int(t.item() != j)
         return bad
 
     assert _run_threads(work) == [0] * THREADS
-    assert len(lif_function._CONST_CACHE) <= lif_function._CONST_CACHE_SIZE
+    assert len(consts._CACHE) == consts.MAX_ENTRIES
 
 
 @pytest.mark.skipif(not snn_fast.HAS_C, reason="snn_fast._C not built")

@@ -20,7 +20,8 @@ from ... import _ext, backends
 from ... import surrogate as _sg
 from ..lif import args as lif_args
 from ..lif import contract as lif_contract
-from ..lif.function import _as_param, _cached_const, _initial_state_flat
+from ..common import consts
+from ..lif.function import _as_param, _initial_state_flat
 from . import args as bn_args
 from . import contract
 from .reference import bn_lif_reference_k
@@ -185,9 +186,9 @@ def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, mom
         else:
             mean = running_mean.to(pd, copy=True)  # a copy: saved for the backward
             rstd = torch.rsqrt(running_var.to(pd) + eps)
-    w = weight.to(pd) if weight is not None else _cached_const(("ones", C, pd, x.device),
+    w = weight.to(pd) if weight is not None else consts.cached(("ones", C, pd, x.device), x.device,
                                                                lambda: torch.ones(C, dtype=pd, device=x.device))
-    b = bias.to(pd) if bias is not None else _cached_const(("zeros", C, pd, x.device),
+    b = bias.to(pd) if bias is not None else consts.cached(("zeros", C, pd, x.device), x.device,
                                                            lambda: torch.zeros(C, dtype=pd, device=x.device))
     # a start every neuron shares (None: the reset value, or a float; no gradient) as v0 [1]: no row of
     # N read for it, twice, nor ∂L/∂v0 written (docs/spec.md §12.3); a tensor v0 as [N]
@@ -197,8 +198,8 @@ def bn_lif_apply(x, weight, bias, running_mean, running_var, training: bool, mom
                               _as_param(alpha, pd, x.device)])
     else:
         kf, tf, af = float(k), float(theta), float(alpha)
-        params = _cached_const(("params", kf, tf, af, pd, x.device),
-                               lambda: torch.tensor([kf, tf, af], dtype=pd, device=x.device))
+        params = consts.cached(("params", kf, tf, af, pd, x.device), x.device,
+                               lambda: consts.values((kf, tf, af), pd, x.device))
     mask2 = None if noise_mask is None else noise_mask.reshape(T, -1)
     ta = float(tdbn_alpha) if tdbn_alpha is not None else 0.0
     train = backends.needs_grad(x2, v0_t, params, w, b)

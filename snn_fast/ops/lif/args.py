@@ -16,6 +16,7 @@ from typing import Optional, Union
 import torch
 
 from ... import surrogate as _sg
+from ..common import consts
 
 Scalar = Union[float, int, torch.Tensor]
 
@@ -70,11 +71,7 @@ KERNEL_RESET_TIMINGS = ("after_fire", "delayed", "none")
 CUDA_RESET_TIMINGS = ("after_fire",)
 
 
-def _is_compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # pragma: no cover - older torch
-        return False
+_is_compiling = consts.compiling
 
 
 def _check_scalar(name: str, value, lo=None, hi=None, lo_open=True, hi_open=True, allow_inf=False):
@@ -84,8 +81,8 @@ def _check_scalar(name: str, value, lo=None, hi=None, lo_open=True, hi_open=True
             raise ValueError(f"{name} must be a scalar (one element), got shape {tuple(value.shape)}")
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
-        if _is_compiling():  # a value check would need a device sync and break the graph
-            return value
+        if _is_compiling() or consts.capturing(value.device):
+            return value  # its value check would sync: a graph break, or torch's error inside a CUDA graph capture
         v = float(value.detach().reshape(()).item())
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         v = float(value)

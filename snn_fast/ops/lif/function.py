@@ -12,14 +12,14 @@ get their gradients through ``params``.
 from __future__ import annotations
 
 import os
-import threading
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import torch
 
 from ... import _ext, backends
 from ... import surrogate as _sg
 from ...autotable import AutoTable
+from ..common import consts
 from . import args as lif_args
 from . import contract
 from .reference import lif_reference_k
@@ -111,36 +111,6 @@ def fused_forward(b: backends.Loaded, x, v0, params, noise_mask, flags, return_v
         return b.fwd(x, v0, params, noise_mask, *flags, return_v_seq, save)
 
 
-# Small constant inputs of the fused ops, made once per key instead of on every call: the [3] params
-# of float (k, θ, α) and the initial state of v0=None or a float (its [1]: contract.uniform_v0). The
-# ops never write their inputs, so sharing one tensor is safe. Keyed on inference mode too: an
-# inference tensor cannot be saved for a later backward.
-# Thread-safe (tests/test_threads.py): a hit is one dict lookup, atomic without a lock; a miss
-# makes the tensor, then inserts and evicts under _CONST_LOCK (two threads evicting the same oldest
-# key raced: KeyError).
-_CONST_CACHE: Dict[tuple, torch.Tensor] = {}
-_CONST_CACHE_SIZE = 32
-_CONST_LOCK = threading.Lock()
-
-
-def _cached_const(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-    if lif_args._is_compiling():
-        return make()
-    key = key + (torch.is_inference_mode_enabled(),)
-    t = _CONST_CACHE.get(key)
-    if t is None:
-        with torch.no_grad():
-            t = make()
-        with _CONST_LOCK:
-            hit = _CONST_CACHE.get(key)
-            if hit is not None:  # another thread made it meanwhile: share one tensor
-                return hit
-            while len(_CONST_CACHE) >= _CONST_CACHE_SIZE:
-                del _CONST_CACHE[next(iter(_CONST_CACHE))]  # oldest first
-            _CONST_CACHE[key] = t
-    return t
-
-
 def _initial_state_flat(x, v0, flags: lif_args.LIFFlags) -> torch.Tensor:
     """``args.initial_state`` flattened to [N]; v0 None or a float is one start for every neuron, [1]
     for N > 1 (contract.uniform_v0: the kernels read it once per block, and compute no ∂L/∂v0 for it),
@@ -149,7 +119,7 @@ def _initial_state_flat(x, v0, flags: lif_args.LIFFlags) -> torch.Tensor:
                       and abs(v0) != float("inf")):
         value = float(v0) if v0 is not None else (flags.v_reset if flags.hard_reset else 0.0)
         n = min(x.numel() // x.shape[0], 1)  # [1], or [0] for N = 0
-        return _cached_const(("v0", n, value, x.dtype, x.device),
+        return consts.cached(("v0", n, value, x.dtype, x.device), x.device,
                              lambda: torch.full((n,), value, dtype=x.dtype, device=x.device))
     return lif_args.initial_state(x, v0, flags).reshape(-1)
 
@@ -158,7 +128,8 @@ def _as_param(v, dtype, device) -> torch.Tensor:
     if isinstance(v, torch.Tensor):
         return v.reshape(()).to(device=device, dtype=dtype)
     f = float(v)
-    return _cached_const(("scalar", f, dtype, device), lambda: torch.tensor(f, dtype=dtype, device=device))
+    return consts.cached(("scalar", f, dtype, device), device,
+                         lambda: torch.full((), f, dtype=dtype, device=device))
 
 
 def _kernel_for_timing(name: str, backend, x, sg: _sg.Surrogate, flags: lif_args.LIFFlags) -> str:
@@ -241,8 +212,8 @@ def lif_apply(x, v0, k, theta, alpha, flags: lif_args.LIFFlags, sg: _sg.Surrogat
                               _as_param(alpha, pdtype, x.device)])
     else:
         kf, tf, af = float(k), float(theta), float(alpha)
-        params = _cached_const(("params", kf, tf, af, pdtype, x.device),
-                               lambda: torch.tensor([kf, tf, af], dtype=pdtype, device=x.device))
+        params = consts.cached(("params", kf, tf, af, pdtype, x.device), x.device,
+                               lambda: consts.values((kf, tf, af), pdtype, x.device))
     mask2 = None if noise_mask is None else noise_mask.reshape(T, -1)
     flag_args = flags.op_args
     # backends.needs_grad written out: this runs on every call of every step (~0.2 µs less)

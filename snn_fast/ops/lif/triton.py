@@ -29,6 +29,7 @@ import torch
 import triton
 
 from ... import surrogate as _sg
+from ..common import consts
 from ..common import triton_surrogate as tsg
 from . import contract
 from . import triton_kernels as _k
@@ -158,11 +159,8 @@ def _rc_chunk() -> int:
 
 
 # float64: the kernels' float constants (v_r and κ; bn_lif adds tdBN's α, its statistics eps) as a
-# float64 buffer (wide_ptr: a float argument reaches a kernel as fp32), one per (values, device).
-_WIDE: dict = {}
-_WIDE_MAX = 64
-
-
+# float64 buffer (wide_ptr: a float argument reaches a kernel as fp32), one per (values, device), kept
+# as the ops' other constants are (snn_fast/ops/common/consts.py: CUDA graphs read them at every replay).
 def _wide_buffer(values: Tuple[float, ...], like: torch.Tensor, always: bool = False) -> torch.Tensor:
     """The buffer of ``values`` on ``like``'s device; without ``always``, only for float64 ``like``
     (the kernels read it in float64 only: ``like`` itself stands in, never read)."""
@@ -170,15 +168,8 @@ def _wide_buffer(values: Tuple[float, ...], like: torch.Tensor, always: bool = F
         return like
     if type(like) not in _EAGER_TYPES:  # traced: a constant of the graph, not a cached tensor
         return torch.tensor(values, dtype=torch.float64, device=like.device)
-    key = (values, like.device)
-    buf = _WIDE.get(key)
-    if buf is None:
-        with torch.inference_mode(False):
-            buf = torch.tensor(values, dtype=torch.float64, device=like.device)
-        if len(_WIDE) >= _WIDE_MAX:
-            _WIDE.clear()
-        _WIDE[key] = buf
-    return buf
+    dev = like.device
+    return consts.cached(("wide", values, dev), dev, lambda: consts.values(values, torch.float64, dev))
 
 
 def _saves_h_minus_theta(dtype: torch.dtype) -> bool:
