@@ -42,7 +42,7 @@ def test_default_run_fits_the_budget(check_mod):
     """Estimated seconds per stage on the H200 (measured inputs: README "Running the GPU check") sum to
     less than the 480 s budget, which leaves a 600 s device call room for start-up and file transfer."""
     stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=False, nproc=16)
-    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "bn-lif-bytes", "swap-in", "lab"]
+    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "bn-lif-bytes", "swap-in", "cuda-graphs", "lab"]
     stages = [s for s in stages if s[0] not in check_mod.OPT_IN]  # the default run
     est = {s[0]: s[4] for s in stages}
     assert sum(est.values()) <= 480, est
@@ -168,7 +168,8 @@ def test_full_adds_the_ddp_and_w2_stages(check_mod):
     """--full runs the distributed stage and W2 after the others (the default run stays within its
     budget)."""
     stages = check_mod.stage_list("python3", "/tmp/w", dry=False, full=True, nproc=16)
-    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "bn-lif-bytes", "swap-in", "lab", "ddp", "w2"]
+    assert [s[0] for s in stages] == STAGE_NAMES + ["bn-lif", "bn-lif-bytes", "swap-in", "cuda-graphs", "lab",
+                                                    "ddp", "w2"]
     assert all(s[1] >= s[4] for s in stages), "a timeout below its own estimate"
 
 
@@ -316,6 +317,17 @@ def test_swap_in_stage_dry_run(tmp_path, check_mod, monkeypatch):
     rc = check_mod.main(["--dry-run", "--only", "swap-in"])
     summary = (out / "summary.md").read_text()
     assert rc == 0 and "| swap-in | ok |" in summary, summary
+
+
+def test_cuda_graphs_stage_dry_run(tmp_path, check_mod, monkeypatch):
+    """The opt-in cuda-graphs stage without a GPU: no timing, and tests/test_cuda_graphs.py's simulated
+    captures pass (its GPU rows skip); the stage's log shows the file ran."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("OUT", str(out))
+    rc = check_mod.main(["--dry-run", "--only", "cuda-graphs"])
+    summary = (out / "summary.md").read_text()
+    assert rc == 0 and "| cuda-graphs | ok |" in summary, summary
+    assert "tests/test_cuda_graphs.py: rc 0" in summary, summary
 
 
 def test_bn_lif_bytes_stage_commands(check_mod):

@@ -7,7 +7,8 @@ carried wheels first); see README "Running the GPU check".
 --only (alias --stages, --stage) runs the named stages only, e.g. ``--only overhead,lab``. The ``lab``
 stage (Triton kernel variants side by side on W1) is opt-in: named by --only, added by --lab, part of
 --full; so are ``bn-lif`` (fused batch norm + LIF: its CUDA tests and benchmark; ``--only
-env,build,bn-lif``), ``bn-lif-bytes`` (its DRAM bytes from ncu; ``--only build,bn-lif-bytes``) and ``swap-in`` (snnTorch's W2 against its conversion). The default run's estimate already fills its budget without them.
+env,build,bn-lif``), ``bn-lif-bytes`` (its DRAM bytes from ncu; ``--only build,bn-lif-bytes``) ``swap-in`` (snnTorch's W2 against its conversion) and ``cuda-graphs`` (a captured training step
+replayed, timed against eager, and tests/test_cuda_graphs.py). The default run's estimate already fills its budget without them.
 
 Files in $OUT (the device tool returns at most 8):
     summary.md                  environment, one line per stage (status, seconds, its last words)
@@ -37,7 +38,7 @@ STAGES_PY = os.path.join(ROOT, "scripts", "gpu", "stages.py")
 MAX_FILES = 8
 # Stages the default run leaves out (its estimate fills the budget): --only names them, --full adds
 # both, --lab adds lab. bn-lif needs the build: --only env,build,bn-lif.
-OPT_IN = {"lab", "bn-lif", "bn-lif-bytes", "swap-in"}
+OPT_IN = {"lab", "bn-lif", "bn-lif-bytes", "swap-in", "cuda-graphs"}
 
 
 def stage_list(py, work, dry, full, nproc):
@@ -100,6 +101,10 @@ def stage_list(py, work, dry, full, nproc):
         # Opt-in (OPT_IN): coming from snnTorch (benchmarks/swap_in.py): W2 written the snnTorch way vs its
         # conversion, per-step and multistep, n 512 and 4096, T 500 (needs snnTorch among the wheels).
         ("swap-in", 150, st + ["swap_in", "--stage-name", "swap-in"] + w + d, {}, 60),
+        # Opt-in (OPT_IN): a small training step eager vs captured in a CUDA graph and replayed (cuda and
+        # triton), then tests/test_cuda_graphs.py (capture/replay vs eager, reduce-overhead compile).
+        # Estimate: 2 × (3 warm-up steps, 6 do_bench rounds), pytest's start, 2 Inductor compiles (~20 s).
+        ("cuda-graphs", 180, st + ["cuda_graphs", "--stage-name", "cuda-graphs"] + w + d, {}, 75),
         # Opt-in (OPT_IN): named variants of the Triton kernels side by side on W1 (launch path, BLOCK,
         # warps, neurons per thread, kernel knobs, recompute segment). Estimate: 19 variants × 6 shapes,
         # two kernel compiles per variant and dtype (~1 s each), two do_bench rounds (~0.3 s); it

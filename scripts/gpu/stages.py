@@ -613,6 +613,49 @@ def stage_overhead(args):
     return 0
 
 
+def stage_cuda_graphs(args):
+    """A small host-bound training step (Linear → LIF → Linear → LIF, x [4, 32, 256]) eager against
+    the same step captured in a CUDA graph and replayed, GPU-timed, per backend; then the GPU rows of
+    tests/test_cuda_graphs.py (capture and replay against eager steps, reduce-overhead compile). Dry
+    run: the file's simulated-capture rows only. A failure there fails the stage, after the timings."""
+    from benchmarks import common
+    from snn_fast import nn as snn
+
+    for b in ([] if DRY else ["cuda", "triton"]):
+        try:
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(snn.MultiStep(torch.nn.Linear(256, 256)), snn.LIF(backend=b),
+                                        snn.MultiStep(torch.nn.Linear(256, 256)), snn.LIF(backend=b)).to(DEVICE)
+            x = torch.randn(4, 32, 256, device=DEVICE)
+            g = torch.randn(4, 32, 256, device=DEVICE)
+
+            def step():
+                snn.reset_net(model)
+                model(x).backward(g)
+
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            t = common.time_fns({"eager": step, "graph": graph.replay}, DEVICE, rounds=3)
+            print(f"cuda graph, {b}: training step eager {t['eager'][0]:.3f} ms ({t['eager'][1]:.3f}-"
+                  f"{t['eager'][2]:.3f}), replayed {t['graph'][0]:.3f} ms ({t['graph'][1]:.3f}-{t['graph'][2]:.3f}): "
+                  f"{t['eager'][0] / t['graph'][0]:.2f}x", flush=True)
+        except Exception as e:  # noqa: BLE001 - the tests below say what broke
+            print(f"cuda graph, {b}: {type(e).__name__}: {e}".splitlines()[0][:300], flush=True)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
+                           os.path.join(ROOT, "tests", "test_cuda_graphs.py")],
+                          cwd=ROOT, capture_output=True, text=True)
+    print(proc.stdout[-6000:], proc.stderr[-2000:], sep="\n")
+    print(f"tests/test_cuda_graphs.py: rc {proc.returncode}", flush=True)
+    return 0 if proc.returncode == 0 else 1
+
+
 def _overhead_bn_lif(host_ms, reps):
     """The fused batch norm + LIF (docs/spec.md §12) at a host-bound size: GPU-timed and host time per
     training fwd+bwd for each fused backend, batch norm + snn_fast LIF and the fused op's pieces (the
@@ -985,7 +1028,7 @@ def stage_lab(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["env", "lif", "w1", "tempotron", "models", "w2", "overhead", "tiny", "ddp",
-                                      "lab", "bn_lif", "swap_in"])
+                                      "lab", "bn_lif", "swap_in", "cuda_graphs"])
     ap.add_argument("--work", default=".")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--stage-name", dest="stage_name", default=None, help="label in the output files")
@@ -1003,7 +1046,7 @@ def main(argv=None):
     os.makedirs(args.work, exist_ok=True)
     fn = dict(env=stage_env, lif=stage_lif, w1=stage_w1, tempotron=stage_tempotron, models=stage_models,
               w2=stage_w2, overhead=stage_overhead, tiny=stage_tiny, ddp=stage_ddp, lab=stage_lab,
-              bn_lif=stage_bn_lif, swap_in=stage_swap_in)[
+              bn_lif=stage_bn_lif, swap_in=stage_swap_in, cuda_graphs=stage_cuda_graphs)[
         ap.parse_args(argv).stage]
     return fn(args)
 
