@@ -13,8 +13,8 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _flag(name):
-    return os.environ.get(name, "0").lower() in ("1", "true", "yes")
+def _flag(name, default="0"):
+    return os.environ.get(name, default).lower() in ("1", "true", "yes")
 
 
 def _cuda_home_guess():
@@ -54,7 +54,7 @@ def extensions():
     # info the templated kernels made a 410 MB library and 1.5 GB of objects per build, and a CI run
     # (two builds, two CUDA torches) ran out of disk.
     cxx = ["-O3", "-g0", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-ffp-contract=off"]
-    if os.environ.get("SNN_FAST_CPU_CLONES", "1") == "0":
+    if not _flag("SNN_FAST_CPU_CLONES", default="1"):
         cxx.append("-DSNN_CPU_CLONES=")  # lif_cpu_kernels_impl.h: empty, no target_clones
     with_cuda = (
         not _flag("SNN_FAST_NO_CUDA")
