@@ -12,7 +12,7 @@ A capture imposes three rules on the ops (``snn_fast/ops/common/consts.py`` says
 
 Without a GPU, the capture is simulated (``consts.capturing`` patched to say yes). Those tests
 record what the ops do: no sync, no tensor made from host data, nothing kept in the cache. The GPU
-tests capture and replay for real, against eager steps. The GPU check's overhead stage runs them.
+tests capture and replay for real, against eager steps. The GPU check's opt-in cuda-graphs stage runs them.
 """
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def _graph_step(model, x, g, warmup=3):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = step()
-    return graph, out
+    return graph, out, side
 
 
 def _eager_step(model, x, g):
@@ -177,22 +177,27 @@ def _eager_step(model, x, g):
     return out
 
 
-def _churn_the_caches(device):
+def _churn_the_caches(device, stream):
     """Eager calls with many new float constants (more keys than the old cache held: it evicted, and
-    freed, a tensor a graph reads), then fresh allocations of NaN that would take a freed block."""
-    x = torch.randn(2, 64, device=device)
-    for j in range(80):
-        snn_fast.lif_multistep(x, tau=1.5 + 0.01 * j, v_threshold=0.5 + 0.001 * j)
-    return [torch.full((64,), float("nan"), device=device) for _ in range(256)]
+    freed, a tensor a graph reads), then fresh allocations of NaN that would take a freed block, on the
+    stream the constants were made on (the allocator gives a freed block only to its own stream)."""
+    with torch.cuda.stream(stream):
+        x = torch.randn(2, 64, device=device)
+        for j in range(80):
+            snn_fast.lif_multistep(x, tau=1.5 + 0.01 * j, v_threshold=0.5 + 0.001 * j)
+        keep = [torch.full((64,), float("nan"), device=device) for _ in range(256)]
+    torch.cuda.current_stream().wait_stream(stream)
+    return keep
 
 
-def _compare_replays(model, graph, out, x, g, eager_model, steps=3):
+def _compare_replays(model, graph, out, side, x, g, eager_model, steps=3):
+    kept = {k: t.data_ptr() for k, t in consts._CACHE.items()}  # what the graph may read
     for i in range(steps):
         new_x = torch.randn_like(x) * 2
         new_g = torch.randn_like(g)
         x.copy_(new_x)
         g.copy_(new_g)
-        keep = _churn_the_caches(x.device) if i == 1 else None
+        keep = _churn_the_caches(x.device, side) if i == 1 else None
         graph.replay()
         want = _eager_step(eager_model, new_x, new_g)
         torch.testing.assert_close(out, want, rtol=0, atol=0, msg=lambda m: f"replay {i}: spikes: {m}")
@@ -201,6 +206,7 @@ def _compare_replays(model, graph, out, x, g, eager_model, steps=3):
         for (n, b), c in zip(model.named_buffers(), eager_model.buffers()):
             torch.testing.assert_close(b, c, rtol=1e-6, atol=1e-7, msg=lambda m: f"replay {i}: {n}: {m}")
         del keep
+    assert all(k in consts._CACHE and consts._CACHE[k].data_ptr() == p for k, p in kept.items())
 
 
 @pytest.mark.parametrize("backend", _backends_on_gpu())
@@ -216,8 +222,8 @@ def test_lif_training_step_replays_as_eager(backend, learn):
     eager_model = copy.deepcopy(model)
     x = torch.randn(4, 8, 32, device="cuda")
     g = torch.randn(4, 8, 16, device="cuda")
-    graph, out = _graph_step(model, x, g)
-    _compare_replays(model, graph, out, x, g, eager_model)
+    graph, out, side = _graph_step(model, x, g)
+    _compare_replays(model, graph, out, side, x, g, eager_model)
 
 
 class _PerStepNet(torch.nn.Module):
@@ -241,8 +247,8 @@ def test_single_step_loop_replays_as_eager(backend):
     eager_model = copy.deepcopy(model)
     x = torch.randn(6, 8, 32, device="cuda")
     g = torch.randn(6, 8, 16, device="cuda")
-    graph, out = _graph_step(model, x, g)
-    _compare_replays(model, graph, out, x, g, eager_model)
+    graph, out, side = _graph_step(model, x, g)
+    _compare_replays(model, graph, out, side, x, g, eager_model)
 
 
 @pytest.mark.parametrize("backend", _backends_on_gpu())
@@ -276,24 +282,27 @@ def test_bn_lif_training_step_replays_as_eager(backend, affine):
     eager_model = copy.deepcopy(model)
     x = torch.randn(4, 2, 3, 10, 10, device="cuda")
     g = torch.randn(4, 2, 8, 10, 10, device="cuda")
-    graph, out = _graph_step(model, x, g)
+    graph, out, side = _graph_step(model, x, g)
     eager_model.load_state_dict(model.state_dict())  # the warm-up and capture steps moved the statistics
-    _compare_replays(model, graph, out, x, g, eager_model)
+    _compare_replays(model, graph, out, side, x, g, eager_model)
 
 
 @gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_reduce_overhead_compile_uses_cuda_graphs(backend, monkeypatch):
-    """torch.compile(mode='reduce-overhead') runs the step as a CUDA graph (no skip: no CPU tensor, no
-    op that refuses capture) and gives the eager results."""
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+def test_reduce_overhead_compile_uses_cuda_graphs(backend, train, monkeypatch):
+    """torch.compile(mode='reduce-overhead') runs the step as CUDA graphs (no skip: no CPU tensor, no
+    op that refuses capture), replayed, with the eager results: inference, and training (the backward
+    graph too; the gradients of x and of a learnable θ against eager). The neuron alone: a Linear's
+    GEMM or 1/τ compiled by Inductor may round otherwise than eager and flip a spike; the op may not."""
     from torch._dynamo.utils import counters
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(snn.MultiStep(torch.nn.Linear(32, 32)), snn.LIF(backend=backend)).cuda()
+    model = snn.LIF(tau=1.8, backend=backend, learnable_threshold=True).cuda()
+    eager_model = copy.deepcopy(model)
 
-    def step(x):
-        snn.reset_net(model)
-        return model(x)
+    def step(m, x):
+        snn.reset_net(m)
+        return m(x)
 
     replays = []
     replay = torch.cuda.CUDAGraph.replay
@@ -301,11 +310,27 @@ def test_reduce_overhead_compile_uses_cuda_graphs(backend, monkeypatch):
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
-    for i in range(5):  # cudagraph trees: a warm-up run, a recording, then replays
-        x = torch.randn(4, 8, 32, device="cuda")
-        with torch.no_grad():
-            got = compiled(x).clone()
-            want = step(x)
-        assert torch.equal(got, want), f"call {i}"
+    torch.manual_seed(0)
+    for i in range(5):  # cudagraph trees: a warm-up run, a recording (which replays once), then replays
+        x = torch.randn(4, 8, 32, device="cuda") * 2
+        g = torch.randn(4, 8, 32, device="cuda")
+        torch.compiler.cudagraph_mark_step_begin()
+        if train:
+            model.zero_grad(set_to_none=True)
+            eager_model.zero_grad(set_to_none=True)
+            xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+            out = compiled(model, xc)
+            out.backward(g)
+            got = out.detach().clone()
+            want = step(eager_model, xe)
+            want.backward(g)
+            torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"call {i}: x.grad: {m}")
+            torch.testing.assert_close(model.v_threshold.grad, eager_model.v_threshold.grad, rtol=1e-5, atol=1e-5,
+                                       msg=lambda m: f"call {i}: v_threshold.grad: {m}")
+        else:
+            with torch.no_grad():
+                got = compiled(model, x).clone()
+                want = step(eager_model, x)
+        assert torch.equal(got, want.detach()), f"call {i}"
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
-    assert replays, "no CUDA graph was replayed"
+    assert len(replays) >= 2, f"{len(replays)} CUDA graph replays: the recording's own, at most"

@@ -7,8 +7,10 @@ carried wheels first); see README "Running the GPU check".
 --only (alias --stages, --stage) runs the named stages only, e.g. ``--only overhead,lab``. The ``lab``
 stage (Triton kernel variants side by side on W1) is opt-in: named by --only, added by --lab, part of
 --full; so are ``bn-lif`` (fused batch norm + LIF: its CUDA tests and benchmark; ``--only
-env,build,bn-lif``), ``bn-lif-bytes`` (its DRAM bytes from ncu; ``--only build,bn-lif-bytes``) ``swap-in`` (snnTorch's W2 against its conversion) and ``cuda-graphs`` (a captured training step
-replayed, timed against eager, and tests/test_cuda_graphs.py). The default run's estimate already fills its budget without them.
+env,build,bn-lif``), ``bn-lif-bytes`` (its DRAM bytes from ncu; ``--only build,bn-lif-bytes``),
+``swap-in`` (snnTorch's W2 against its conversion) and ``cuda-graphs`` (a captured training step
+replayed, timed against eager, and tests/test_cuda_graphs.py). The default run's estimate already
+fills its budget without them.
 
 Files in $OUT (the device tool returns at most 8):
     summary.md                  environment, one line per stage (status, seconds, its last words)

@@ -71,6 +71,8 @@ def cached(key: tuple, device: torch.device, make: Callable[[], torch.Tensor]) -
         return make()  # filled by the graph's own kernels: not valid outside its replays, so not kept
     with torch.no_grad():
         t = make()
+    if device.type == "cuda":  # a fill kernel is asynchronous: done before another stream or thread reads it
+        torch.cuda.current_stream(device).synchronize()
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is not None:  # another thread made it meanwhile: share one tensor

@@ -56,7 +56,7 @@ def heaviside(x: torch.Tensor, strict: bool = False) -> torch.Tensor:
 def spike(x: torch.Tensor, alpha, surrogate="sigmoid", mask: Optional[torch.Tensor] = None, strict: bool = False):
     sg = _sg.get(surrogate)
     if not isinstance(alpha, torch.Tensor):
-        alpha = torch.tensor(float(alpha), dtype=x.dtype, device=x.device)
+        alpha = torch.full((), float(alpha), dtype=x.dtype, device=x.device)  # no host copy: capturable
     return _SurrogateSpike.apply(x, alpha, mask, sg, strict)
 
 

@@ -29,7 +29,7 @@ import torch
 import triton
 
 from ... import surrogate as _sg
-from ..common import consts
+from ..common import consts as device_consts  # `consts` names the launches' constexprs here
 from ..common import triton_surrogate as tsg
 from . import contract
 from . import triton_kernels as _k
@@ -169,7 +169,7 @@ def _wide_buffer(values: Tuple[float, ...], like: torch.Tensor, always: bool = F
     if type(like) not in _EAGER_TYPES:  # traced: a constant of the graph, not a cached tensor
         return torch.tensor(values, dtype=torch.float64, device=like.device)
     dev = like.device
-    return consts.cached(("wide", values, dev), dev, lambda: consts.values(values, torch.float64, dev))
+    return device_consts.cached(("wide", values, dev), dev, lambda: device_consts.values(values, torch.float64, dev))
 
 
 def _saves_h_minus_theta(dtype: torch.dtype) -> bool:

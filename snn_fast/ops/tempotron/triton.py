@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import consts
 from . import args as psp
 from . import contract
 
@@ -175,7 +176,8 @@ def _acc(dtype):
 def _consts(tau, tau_s, scale, acc_dtype, device):
     """[1/τ_slow, 1/τ_fast, da, ds, scale, δ, c1] (tempotron_consts in tempotron.h)."""
     inv_slow, inv_fast, delta, da, ds, c1 = psp.kernel_consts(tau, tau_s)
-    return torch.tensor([inv_slow, inv_fast, da, ds, scale, delta, c1], dtype=acc_dtype, device=device)
+    vals = (inv_slow, inv_fast, da, ds, scale, delta, c1)
+    return consts.cached(("tempotron", vals, acc_dtype, device), device, lambda: consts.values(vals, acc_dtype, device))
 
 
 BLOCK_1D = 256
