@@ -128,6 +128,20 @@ def test_simulated_capture_makes_no_host_data_and_no_sync(fresh_cache, monkeypat
         assert torch.equal(g, w), f"output {i} differs from the eager call's"
 
 
+@pytest.mark.parametrize("op", ["lif", "bn_lif"])
+@pytest.mark.parametrize("name", ["tau", "v_threshold", "alpha"])
+def test_a_cpu_parameter_with_x_elsewhere_is_named_during_a_capture(capture, op, name):
+    """Eager mode moves a CPU τ/θ/α to x's device at each call; a capture cannot (a host copy): the
+    argument is named, before any work. x on the meta device stands in for the GPU."""
+    x = torch.zeros(2, 2, 3, 1, 1, device="meta")
+    kw = {name: torch.tensor(2.0)}
+    with pytest.raises(ValueError, match=f"{name} is on the CPU .* CUDA graph capture"):
+        if op == "lif":
+            snn_fast.lif_multistep(x, **kw)
+        else:
+            snn_fast.bn_lif(x, None, None, None, None, True, 0.1, 1e-5, **kw)
+
+
 def test_a_bad_tensor_tau_is_still_refused_outside_a_capture():
     x = torch.randn(3, 4)
     with pytest.raises(ValueError, match="tau"):
@@ -268,6 +282,19 @@ def test_functional_lif_with_a_tensor_tau_captures(backend):
         s_want, v_want = snn_fast.lif_multistep(x, tau=tau, backend=backend)  # eager, the same tensor
         assert torch.equal(s, s_want) and torch.equal(v, v_want), f"tau={t}"
     assert s.sum() > 0 and not torch.equal(v, snn_fast.lif_multistep(x, tau=2.0, backend=backend)[1])
+
+
+@gpu
+def test_a_cpu_tau_runs_eagerly_and_is_refused_in_a_capture():
+    x = torch.randn(4, 100, device="cuda")
+    tau = torch.tensor(2.0)
+    s, _ = snn_fast.lif_multistep(x, tau=tau)
+    assert torch.equal(s, snn_fast.lif_multistep(x, tau=2.0)[0])
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(ValueError, match="tau is on the CPU"):
+        with torch.cuda.graph(graph):
+            snn_fast.lif_multistep(x, tau=tau)
 
 
 @pytest.mark.parametrize("backend", _backends_on_gpu())

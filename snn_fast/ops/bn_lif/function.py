@@ -271,5 +271,6 @@ def bn_lif(
     lif_contract.check_save(save)
     if isinstance(v0, torch.Tensor) and v0.device != x.device:
         raise ValueError(f"v0 is on {v0.device} but x is on {x.device}; put them on the same device")
+    lif_args.check_param_devices(x, tau=tau, decay=decay, v_threshold=v_threshold, alpha=alpha)
     return bn_lif_apply(x, weight, bias, running_mean, running_var, training, float(momentum), float(eps), v0, k,
                         theta, alpha, flags, sg, noise_mask, return_v_seq, tdbn_alpha, backend, save)

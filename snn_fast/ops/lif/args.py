@@ -178,6 +178,18 @@ def check_x(x: torch.Tensor, allow_float64: bool = True) -> None:
         raise ValueError("x has T = 0 time steps; need T >= 1")
 
 
+def check_param_devices(x: torch.Tensor, **params) -> None:
+    """Tensor τ/decay/θ/α: on x's device, or on the CPU (moved to x's device at each call), but not on
+    the CPU inside a CUDA graph capture, where that copy from the host cannot be captured."""
+    for name, p in params.items():
+        if isinstance(p, torch.Tensor) and p.device != x.device:
+            if p.device.type != "cpu":
+                raise ValueError(f"{name} is on {p.device} but x is on {x.device}")
+            if consts.capturing(x.device):
+                raise ValueError(f"{name} is on the CPU and x on {x.device}: inside a CUDA graph capture its copy "
+                                 f"to {x.device} cannot be captured; put {name} on {x.device}")
+
+
 def initial_state(x: torch.Tensor, v0, flags: LIFFlags) -> torch.Tensor:
     """Broadcast ``v0`` (None, float or tensor) to ``x[0]``'s shape, dtype and device."""
     shape = x.shape[1:]

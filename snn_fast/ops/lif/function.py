@@ -298,7 +298,5 @@ def lif_multistep(
     contract.check_save(save)
     if isinstance(v0, torch.Tensor) and v0.device != x.device:
         raise ValueError(f"v0 is on {v0.device} but x is on {x.device}; put them on the same device")
-    for name, p in (("tau", tau), ("decay", decay), ("v_threshold", v_threshold), ("alpha", alpha)):
-        if isinstance(p, torch.Tensor) and p.device != x.device and p.device.type != "cpu":
-            raise ValueError(f"{name} is on {p.device} but x is on {x.device}")
+    lif_args.check_param_devices(x, tau=tau, decay=decay, v_threshold=v_threshold, alpha=alpha)
     return lif_apply(x, v0, k, theta, alpha, flags, sg, noise_mask, return_v_seq, backend, save)
