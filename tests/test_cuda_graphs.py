@@ -361,3 +361,43 @@ def test_reduce_overhead_compile_uses_cuda_graphs(backend, train, monkeypatch):
         assert torch.equal(got, want.detach()), f"call {i}"
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
     assert len(replays) >= 2, f"{len(replays)} CUDA graph replays: the recording's own, at most"
+
+
+@gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_reduce_overhead_compile_of_bn_lif_training(backend, monkeypatch):
+    """The fused batch norm + LIF in training under reduce-overhead: its running statistics (buffers
+    mutated in place) updated by the replays as by eager steps, no cudagraph skip."""
+    from torch._dynamo.utils import counters
+
+    model = snn.BNLIF(8, backend=backend).cuda()
+    eager_model = copy.deepcopy(model)
+
+    def step(m, x):
+        snn.reset_net(m)
+        return m(x)
+
+    replays = []
+    replay = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda self: (replays.append(1), replay(self))[1])
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    torch.manual_seed(0)
+    for i in range(5):
+        x = torch.randn(4, 2, 8, 6, 6, device="cuda") + 0.5
+        g = torch.randn(4, 2, 8, 6, 6, device="cuda")
+        torch.compiler.cudagraph_mark_step_begin()
+        model.zero_grad(set_to_none=True)
+        eager_model.zero_grad(set_to_none=True)
+        out = compiled(model, x)
+        out.backward(g)
+        want = step(eager_model, x)
+        want.backward(g)
+        assert torch.equal(out.detach(), want.detach()), f"call {i}"
+        for (n, p), q in zip(model.named_parameters(), eager_model.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"call {i}: {n}: {m}")
+        for (n, b), c in zip(model.named_buffers(), eager_model.buffers()):
+            torch.testing.assert_close(b, c, rtol=1e-6, atol=1e-6, msg=lambda m: f"call {i}: {n}: {m}")
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    assert len(replays) >= 2, f"{len(replays)} CUDA graph replays: the recording's own, at most"

@@ -105,8 +105,9 @@ def stage_list(py, work, dry, full, nproc):
         ("swap-in", 150, st + ["swap_in", "--stage-name", "swap-in"] + w + d, {}, 60),
         # Opt-in (OPT_IN): a small training step eager vs captured in a CUDA graph and replayed (cuda and
         # triton), then tests/test_cuda_graphs.py (capture/replay vs eager, reduce-overhead compile).
-        # Estimate: 2 × (3 warm-up steps, 6 do_bench rounds), pytest's start, 2 Inductor compiles (~20 s).
-        ("cuda-graphs", 180, st + ["cuda_graphs", "--stage-name", "cuda-graphs"] + w + d, {}, 75),
+        # Estimate: 2 × (3 warm-up steps, 6 do_bench rounds, 3 × 400 steps), pytest's start, 6 Inductor
+        # compiles (reduce-overhead: LIF inference and training, bn_lif training; ~10 s each).
+        ("cuda-graphs", 240, st + ["cuda_graphs", "--stage-name", "cuda-graphs"] + w + d, {}, 100),
         # Opt-in (OPT_IN): named variants of the Triton kernels side by side on W1 (launch path, BLOCK,
         # warps, neurons per thread, kernel knobs, recompute segment). Estimate: 19 variants × 6 shapes,
         # two kernel compiles per variant and dtype (~1 s each), two do_bench rounds (~0.3 s); it
