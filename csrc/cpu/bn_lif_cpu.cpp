@@ -176,10 +176,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_common(
                                                     N, coef.data(), f);
     }
   });
-  auto dopt = params.options().dtype(at::kDouble);
-  Tensor grad_params = at::tensor(pg, dopt).to(params.scalar_type());
-  return {gx, gv0, grad_params, at::tensor(gw, dopt).to(params.scalar_type()),
-          at::tensor(gb, dopt).to(params.scalar_type())};
+  const auto pt = params.scalar_type();
+  return {gx, gv0, cpu_tensor_of(pg, pt), cpu_tensor_of(gw, pt), cpu_tensor_of(gb, pt)};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bn_lif_bwd_cpu(

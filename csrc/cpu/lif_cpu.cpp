@@ -90,7 +90,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_builtin(const Tensor& grad_s_, const 
                                    gx.mutable_data_ptr<scalar_t>(), gv0.mutable_data_ptr<scalar_t>(), T, N, p,
                                    need_param_grad, pg.data(), uniform_v0(v0, N));
   });
-  Tensor grad_params = at::tensor(pg, params.options().dtype(at::kDouble)).to(params.scalar_type());
+  Tensor grad_params = cpu_tensor_of(pg, params.scalar_type());
   return {gx, gv0, grad_params};
 }
 
@@ -168,7 +168,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_given(
         mask ? mask->const_data_ptr<bool>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
         gv0.mutable_data_ptr<scalar_t>(), T, N, p, need_param_grad, pg.data(), uniform_v0(v0, N));
   });
-  Tensor grad_params = at::tensor(pg, params.options().dtype(at::kDouble)).to(params.scalar_type());
+  Tensor grad_params = cpu_tensor_of(pg, params.scalar_type());
   return {gx, gv0, grad_params};
 }
 
@@ -202,7 +202,7 @@ std::tuple<Tensor, Tensor, Tensor> lif_bwd_native_cpu(const Tensor& grad_s_, con
        v0.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gv0.mutable_data_ptr<scalar_t>(), T, N, p,
        need_param_grad, pg.data(), uniform_v0(v0, N));
   });
-  Tensor grad_params = at::tensor(pg, params.options().dtype(at::kDouble)).to(params.scalar_type());
+  Tensor grad_params = cpu_tensor_of(pg, params.scalar_type());
   return {gx, gv0, grad_params};
 }
 

@@ -3,6 +3,7 @@
 
 #include <ATen/EmptyTensor.h>
 #include <ATen/Context.h>
+#include <ATen/Dispatch.h>
 #include <ATen/native/TensorFactories.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/Allocator.h>
@@ -154,6 +155,15 @@ at::Tensor empty_cpu_cached_grad_v0(const at::Tensor& v0, bool uniform) {
   at::Tensor g = empty_cpu_cached(v0.sizes(), v0.scalar_type());
   if (uniform) g.fill_(std::numeric_limits<double>::quiet_NaN());
   return g;
+}
+
+at::Tensor cpu_tensor_of(const std::vector<double>& values, at::ScalarType dtype) {
+  at::Tensor t = at::empty({int64_t(values.size())}, at::TensorOptions().dtype(dtype).device(at::kCPU));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cpu_tensor_of", [&] {
+    scalar_t* p = t.mutable_data_ptr<scalar_t>();
+    for (size_t i = 0; i < values.size(); ++i) p[i] = static_cast<scalar_t>(values[i]);  // as .to(): nearest
+  });
+  return t;
 }
 
 std::vector<int64_t> cpu_cache_stats() { return CachingCPUAllocator::get().stats(); }
