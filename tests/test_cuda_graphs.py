@@ -314,6 +314,31 @@ def test_bn_lif_training_step_replays_as_eager(backend, affine):
     _compare_replays(model, graph, out, side, x, g, eager_model)
 
 
+def _step(m, x):
+    snn.reset_net(m)
+    return m(x)
+
+
+def _reduce_overhead(monkeypatch):
+    """``torch.compile(mode='reduce-overhead')`` of ``_step``, fresh (Dynamo reset, counters cleared),
+    and the list each CUDA graph replay appends to."""
+    from torch._dynamo.utils import counters
+
+    replays = []
+    replay = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda self: (replays.append(1), replay(self))[1])
+    torch._dynamo.reset()
+    counters.clear()
+    return torch.compile(_step, mode="reduce-overhead", fullgraph=True), replays
+
+
+def _assert_replayed_without_skips(replays):
+    from torch._dynamo.utils import counters
+
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    assert len(replays) >= 2, f"{len(replays)} CUDA graph replays: the recording's own, at most"
+
+
 @gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
@@ -322,21 +347,9 @@ def test_reduce_overhead_compile_uses_cuda_graphs(backend, train, monkeypatch):
     op that refuses capture), replayed, with the eager results: inference, and training (the backward
     graph too; the gradients of x and of a learnable θ against eager). The neuron alone: a Linear's
     GEMM or 1/τ compiled by Inductor may round otherwise than eager and flip a spike; the op may not."""
-    from torch._dynamo.utils import counters
-
     model = snn.LIF(tau=1.8, backend=backend, learnable_threshold=True).cuda()
     eager_model = copy.deepcopy(model)
-
-    def step(m, x):
-        snn.reset_net(m)
-        return m(x)
-
-    replays = []
-    replay = torch.cuda.CUDAGraph.replay
-    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda self: (replays.append(1), replay(self))[1])
-    torch._dynamo.reset()
-    counters.clear()
-    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    compiled, replays = _reduce_overhead(monkeypatch)
     torch.manual_seed(0)
     for i in range(5):  # cudagraph trees: a warm-up run, a recording (which replays once), then replays
         x = torch.randn(4, 8, 32, device="cuda") * 2
@@ -349,7 +362,7 @@ def test_reduce_overhead_compile_uses_cuda_graphs(backend, train, monkeypatch):
             out = compiled(model, xc)
             out.backward(g)
             got = out.detach().clone()
-            want = step(eager_model, xe)
+            want = _step(eager_model, xe)
             want.backward(g)
             torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"call {i}: x.grad: {m}")
             torch.testing.assert_close(model.v_threshold.grad, eager_model.v_threshold.grad, rtol=1e-5, atol=1e-5,
@@ -357,10 +370,9 @@ def test_reduce_overhead_compile_uses_cuda_graphs(backend, train, monkeypatch):
         else:
             with torch.no_grad():
                 got = compiled(model, x).clone()
-                want = step(eager_model, x)
+                want = _step(eager_model, x)
         assert torch.equal(got, want.detach()), f"call {i}"
-    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
-    assert len(replays) >= 2, f"{len(replays)} CUDA graph replays: the recording's own, at most"
+    _assert_replayed_without_skips(replays)
 
 
 @gpu
@@ -368,21 +380,9 @@ def test_reduce_overhead_compile_uses_cuda_graphs(backend, train, monkeypatch):
 def test_reduce_overhead_compile_of_bn_lif_training(backend, monkeypatch):
     """The fused batch norm + LIF in training under reduce-overhead: its running statistics (buffers
     mutated in place) updated by the replays as by eager steps, no cudagraph skip."""
-    from torch._dynamo.utils import counters
-
     model = snn.BNLIF(8, backend=backend).cuda()
     eager_model = copy.deepcopy(model)
-
-    def step(m, x):
-        snn.reset_net(m)
-        return m(x)
-
-    replays = []
-    replay = torch.cuda.CUDAGraph.replay
-    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda self: (replays.append(1), replay(self))[1])
-    torch._dynamo.reset()
-    counters.clear()
-    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    compiled, replays = _reduce_overhead(monkeypatch)
     torch.manual_seed(0)
     for i in range(5):
         x = torch.randn(4, 2, 8, 6, 6, device="cuda") + 0.5
@@ -392,12 +392,11 @@ def test_reduce_overhead_compile_of_bn_lif_training(backend, monkeypatch):
         eager_model.zero_grad(set_to_none=True)
         out = compiled(model, x)
         out.backward(g)
-        want = step(eager_model, x)
+        want = _step(eager_model, x)
         want.backward(g)
         assert torch.equal(out.detach(), want.detach()), f"call {i}"
         for (n, p), q in zip(model.named_parameters(), eager_model.parameters()):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"call {i}: {n}: {m}")
         for (n, b), c in zip(model.named_buffers(), eager_model.buffers()):
             torch.testing.assert_close(b, c, rtol=1e-6, atol=1e-6, msg=lambda m: f"call {i}: {n}: {m}")
-    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
-    assert len(replays) >= 2, f"{len(replays)} CUDA graph replays: the recording's own, at most"
+    _assert_replayed_without_skips(replays)
