@@ -18,7 +18,8 @@ no reference to any of them. So the rules are:
   memory pool.
 
 Thread-safe (tests/test_threads.py): a hit is one dict lookup, atomic without a lock; a miss makes
-the tensor, then inserts it under ``_LOCK``.
+the tensor, waits for it on a GPU (another stream or thread may read it next), then inserts it under
+``_LOCK``.
 """
 from __future__ import annotations
 
